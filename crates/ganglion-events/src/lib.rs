@@ -1,0 +1,31 @@
+//! Matrix events as PDUs: building a new event for a room version (content hash, signature,
+//! reference-hash event id), parsing stored canonical JSON back, the room version's auth rules
+//! through ruma's state-res crate, redaction, and the client-facing event format.
+//!
+//! Pure functions over JSON and keys: no database, no network.
+
+mod auth;
+mod build;
+mod client;
+mod key;
+mod pdu;
+
+pub use auth::{AuthError, auth_event_types, check_auth};
+pub use build::{BuildError, EventTemplate, build_pdu};
+pub use client::{client_event, redacted_json};
+pub use key::{KeyError, ServerKey};
+pub use pdu::{Pdu, PduError};
+pub use ruma;
+
+use ruma::{RoomVersionId, room_version_rules::RoomVersionRules};
+
+/// Room versions this server creates and joins. 12 is the default, as the spec recommends.
+pub const SUPPORTED_ROOM_VERSIONS: [RoomVersionId; 3] = [RoomVersionId::V10, RoomVersionId::V11, RoomVersionId::V12];
+
+/// The rules of a supported room version, or `None` for one we do not support.
+pub fn rules_for(version: &RoomVersionId) -> Option<RoomVersionRules> {
+    if SUPPORTED_ROOM_VERSIONS.contains(version) { version.rules() } else { None }
+}
+
+#[cfg(test)]
+mod tests;

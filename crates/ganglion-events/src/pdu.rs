@@ -1,0 +1,155 @@
+//! A persisted event, parsed from its exact canonical JSON.
+
+use std::sync::Arc;
+
+use ruma::{
+    EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
+    events::TimelineEventType,
+};
+use serde::Deserialize;
+use serde_json::value::RawValue as RawJsonValue;
+
+#[derive(Debug, thiserror::Error)]
+#[error("malformed PDU: {0}")]
+pub struct PduError(pub String);
+
+/// A PDU. `json` is the exact canonical JSON that was hashed and signed (without `event_id`).
+#[derive(Debug, Clone)]
+pub struct Pdu {
+    pub event_id: OwnedEventId,
+    /// The room the event belongs to. In room version 12 the create event carries no `room_id`;
+    /// it is filled in from the event id here.
+    pub room_id: OwnedRoomId,
+    room_id_in_json: bool,
+    pub sender: OwnedUserId,
+    pub origin_server_ts: MilliSecondsSinceUnixEpoch,
+    pub kind: TimelineEventType,
+    pub content: Box<RawJsonValue>,
+    pub state_key: Option<String>,
+    pub prev_events: Vec<OwnedEventId>,
+    pub auth_events: Vec<OwnedEventId>,
+    pub redacts: Option<OwnedEventId>,
+    pub depth: UInt,
+    pub json: Arc<str>,
+}
+
+#[derive(Deserialize)]
+struct Fields {
+    room_id: Option<OwnedRoomId>,
+    sender: OwnedUserId,
+    origin_server_ts: MilliSecondsSinceUnixEpoch,
+    #[serde(rename = "type")]
+    kind: TimelineEventType,
+    content: Box<RawJsonValue>,
+    state_key: Option<String>,
+    #[serde(default)]
+    prev_events: Vec<OwnedEventId>,
+    #[serde(default)]
+    auth_events: Vec<OwnedEventId>,
+    redacts: Option<OwnedEventId>,
+    depth: UInt,
+}
+
+#[derive(Deserialize)]
+struct RedactsInContent {
+    redacts: Option<OwnedEventId>,
+}
+
+impl Pdu {
+    pub fn from_json(event_id: OwnedEventId, json: Arc<str>) -> Result<Pdu, PduError> {
+        let fields: Fields = serde_json::from_str(&json).map_err(|e| PduError(e.to_string()))?;
+        let room_id_in_json = fields.room_id.is_some();
+        let room_id = match fields.room_id {
+            Some(room_id) => room_id,
+            // Room v12: the create event's id, with the `!` sigil, is the room id.
+            None if fields.kind == TimelineEventType::RoomCreate => {
+                RoomId::parse(format!("!{}", &event_id.as_str()[1..])).map_err(|e| PduError(e.to_string()))?
+            }
+            None => return Err(PduError("missing room_id".into())),
+        };
+        let redacts = match fields.redacts {
+            Some(redacts) => Some(redacts),
+            None if fields.kind == TimelineEventType::RoomRedaction => {
+                serde_json::from_str::<RedactsInContent>(fields.content.get()).ok().and_then(|c| c.redacts)
+            }
+            None => None,
+        };
+        Ok(Pdu {
+            event_id,
+            room_id,
+            room_id_in_json,
+            sender: fields.sender,
+            origin_server_ts: fields.origin_server_ts,
+            kind: fields.kind,
+            content: fields.content,
+            state_key: fields.state_key,
+            prev_events: fields.prev_events,
+            auth_events: fields.auth_events,
+            redacts,
+            depth: fields.depth,
+            json,
+        })
+    }
+
+    pub fn is_state(&self) -> bool {
+        self.state_key.is_some()
+    }
+
+    pub fn content_value(&self) -> serde_json::Value {
+        serde_json::from_str(self.content.get()).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl ruma::state_res::Event for Pdu {
+    type Id = OwnedEventId;
+
+    fn event_id(&self) -> &Self::Id {
+        &self.event_id
+    }
+
+    fn room_id(&self) -> Option<&RoomId> {
+        self.room_id_in_json.then_some(&*self.room_id)
+    }
+
+    fn sender(&self) -> &UserId {
+        &self.sender
+    }
+
+    fn origin_server_ts(&self) -> MilliSecondsSinceUnixEpoch {
+        self.origin_server_ts
+    }
+
+    fn event_type(&self) -> &TimelineEventType {
+        &self.kind
+    }
+
+    fn content(&self) -> &RawJsonValue {
+        &self.content
+    }
+
+    fn state_key(&self) -> Option<&str> {
+        self.state_key.as_deref()
+    }
+
+    fn prev_events(&self) -> Box<dyn DoubleEndedIterator<Item = &Self::Id> + '_> {
+        Box::new(self.prev_events.iter())
+    }
+
+    fn auth_events(&self) -> Box<dyn DoubleEndedIterator<Item = &Self::Id> + '_> {
+        Box::new(self.auth_events.iter())
+    }
+
+    fn redacts(&self) -> Option<&Self::Id> {
+        self.redacts.as_ref()
+    }
+
+    fn rejected(&self) -> bool {
+        false
+    }
+}
+
+impl AsRef<EventId> for Pdu {
+    fn as_ref(&self) -> &EventId {
+        &self.event_id
+    }
+}

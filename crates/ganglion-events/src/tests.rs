@@ -1,0 +1,235 @@
+use std::collections::HashMap;
+
+use ruma::{
+    OwnedEventId, RoomId, UserId, events::StateEventType, room_version_rules::RoomVersionRules,
+    signatures::Ed25519KeyPair,
+};
+use serde_json::json;
+
+use super::*;
+
+fn key() -> ServerKey {
+    ServerKey::ephemeral("example.org")
+}
+
+/// Builds a tiny room (create, creator join, power levels, join rules) and returns its events.
+fn room(key: &ServerKey, version: &ruma::RoomVersionId) -> Vec<Pdu> {
+    let rules = version.rules().unwrap();
+    let alice = UserId::parse("@alice:example.org").unwrap();
+    let mut create_content = json!({ "room_version": version.as_str() });
+    if !rules.authorization.use_room_create_sender {
+        create_content["creator"] = json!(alice.as_str());
+    }
+    let create_room_id = if rules.authorization.room_create_event_id_as_room_id {
+        None
+    } else {
+        Some(RoomId::parse("!room:example.org").unwrap())
+    };
+    let create = build_pdu(
+        key,
+        &rules,
+        create_room_id.as_deref(),
+        &alice,
+        &EventTemplate::state("m.room.create", "", create_content),
+        &[],
+        &[],
+        1,
+        1_000,
+    )
+    .unwrap();
+    let room_id = create.room_id.clone();
+    let mut events = vec![create];
+    // Since v12 creators have infinite power and must not be listed in `users`.
+    let users = if rules.authorization.explicitly_privilege_room_creators {
+        json!({})
+    } else {
+        json!({ alice.as_str(): 100 })
+    };
+    let templates = [
+        EventTemplate::state("m.room.member", alice.as_str(), json!({ "membership": "join" })),
+        EventTemplate::state("m.room.power_levels", "", json!({ "users": users })),
+        EventTemplate::state("m.room.join_rules", "", json!({ "join_rule": "invite" })),
+    ];
+    for template in templates {
+        let pdu = next(key, &rules, &room_id, &alice, &events, template).unwrap();
+        events.push(pdu);
+    }
+    events
+}
+
+/// Builds the next event on top of `events` with auth events from their state, and checks it.
+fn next(
+    key: &ServerKey,
+    rules: &RoomVersionRules,
+    room_id: &RoomId,
+    sender: &UserId,
+    events: &[Pdu],
+    template: EventTemplate,
+) -> Result<Pdu, AuthError> {
+    let state: HashMap<(String, String), &Pdu> = events
+        .iter()
+        .filter_map(|e| e.state_key.clone().map(|k| ((e.kind.to_string(), k), e)))
+        .collect();
+    let content = serde_json::value::to_raw_value(&template.content).unwrap();
+    let types =
+        auth_event_types(&rules.authorization, &template.kind, sender, template.state_key.as_deref(), &content)?;
+    let auth_events: Vec<OwnedEventId> = types
+        .iter()
+        .filter_map(|(kind, key)| state.get(&(kind.to_string(), key.clone())).map(|e| e.event_id.clone()))
+        .collect();
+    let last = events.last().unwrap();
+    let pdu = build_pdu(
+        key,
+        rules,
+        Some(room_id),
+        sender,
+        &template,
+        std::slice::from_ref(&last.event_id),
+        &auth_events,
+        u64::from(last.depth) + 1,
+        2_000,
+    )
+    .unwrap();
+    let by_id: HashMap<OwnedEventId, &Pdu> = events.iter().map(|e| (e.event_id.clone(), e)).collect();
+    check_auth(&rules.authorization, &pdu, &by_id, |kind: &StateEventType, key: &str| {
+        state.get(&(kind.to_string(), key.to_owned())).copied()
+    })?;
+    Ok(pdu)
+}
+
+#[test]
+fn event_id_is_the_reference_hash_and_signature_verifies() {
+    let key = key();
+    for version in SUPPORTED_ROOM_VERSIONS {
+        let rules = version.rules().unwrap();
+        let events = room(&key, &version);
+        for pdu in &events {
+            let object: ruma::CanonicalJsonObject = serde_json::from_str(&pdu.json).unwrap();
+            let hash = ruma::signatures::reference_hash(&object, &rules).unwrap();
+            assert_eq!(pdu.event_id.as_str(), format!("${hash}"));
+            assert!(object.contains_key("hashes"));
+            let public_key = key.key_pair.public_key();
+            let mut keys = std::collections::BTreeMap::new();
+            let mut server_keys = std::collections::BTreeMap::new();
+            server_keys.insert(
+                format!("ed25519:{}", key.key_pair.version()),
+                ruma::serde::Base64::<ruma::serde::base64::Standard, Vec<u8>>::new(public_key.to_vec()),
+            );
+            keys.insert("example.org".to_owned(), server_keys);
+            let verified = ruma::signatures::verify_event(&keys, &object, &rules).unwrap();
+            assert_eq!(verified, ruma::signatures::Verified::All, "{version}");
+        }
+    }
+}
+
+#[test]
+fn v12_room_id_is_the_create_event_hash() {
+    let key = key();
+    let events = room(&key, &ruma::RoomVersionId::V12);
+    let create = &events[0];
+    assert_eq!(create.room_id.as_str(), format!("!{}", &create.event_id.as_str()[1..]));
+    assert!(!create.json.contains("room_id"));
+    // The create event is never among auth_events in v12.
+    for pdu in &events[1..] {
+        assert!(!pdu.auth_events.contains(&create.event_id));
+        assert!(pdu.json.contains(create.room_id.as_str()));
+    }
+}
+
+#[test]
+fn v11_and_v10_events_reference_the_create_event() {
+    let key = key();
+    for version in [ruma::RoomVersionId::V10, ruma::RoomVersionId::V11] {
+        let events = room(&key, &version);
+        for pdu in &events[1..] {
+            assert!(pdu.auth_events.contains(&events[0].event_id), "{version}");
+        }
+    }
+}
+
+#[test]
+fn stranger_cannot_send_and_member_without_power_cannot_rename() {
+    let key = key();
+    for version in SUPPORTED_ROOM_VERSIONS {
+        let rules = version.rules().unwrap();
+        let mut events = room(&key, &version);
+        let room_id = events[0].room_id.clone();
+        let bob = UserId::parse("@bob:example.org").unwrap();
+        let alice = UserId::parse("@alice:example.org").unwrap();
+        // Not joined: rejected.
+        let error = next(&key, &rules, &room_id, &bob, &events, EventTemplate::message("m.room.message", json!({"body": "hi"})))
+            .unwrap_err();
+        assert!(error.0.contains("not joined") || error.0.contains("member"), "{version}: {error}");
+        // Invite-only: bob cannot join uninvited.
+        let join = EventTemplate::state("m.room.member", bob.as_str(), json!({"membership": "join"}));
+        assert!(next(&key, &rules, &room_id, &bob, &events, join.clone()).is_err());
+        let invite = EventTemplate::state("m.room.member", bob.as_str(), json!({"membership": "invite"}));
+        events.push(next(&key, &rules, &room_id, &alice, &events, invite).unwrap());
+        events.push(next(&key, &rules, &room_id, &bob, &events, join).unwrap());
+        // Joined but powerless: cannot set the name (state_default 50).
+        let name = EventTemplate::state("m.room.name", "", json!({"name": "nope"}));
+        let error = next(&key, &rules, &room_id, &bob, &events, name.clone()).unwrap_err();
+        assert!(error.0.contains("power"), "{version}: {error}");
+        // Alice can.
+        next(&key, &rules, &room_id, &alice, &events, name).unwrap();
+        // Bob can talk.
+        next(&key, &rules, &room_id, &bob, &events, EventTemplate::message("m.room.message", json!({"body": "hi"})))
+            .unwrap();
+    }
+}
+
+#[test]
+fn redaction_strips_content_per_room_version() {
+    let key = key();
+    let rules = ruma::RoomVersionId::V11.rules().unwrap();
+    let events = room(&key, &ruma::RoomVersionId::V11);
+    let alice = UserId::parse("@alice:example.org").unwrap();
+    let message = next(
+        &key,
+        &rules,
+        &events[0].room_id,
+        &alice,
+        &events,
+        EventTemplate::message("m.room.message", json!({"body": "secret", "msgtype": "m.text"})),
+    )
+    .unwrap();
+    assert_eq!(redacted_json(&message, &rules.redaction), json!({}));
+    // Power levels keep their `users` map through a redaction.
+    let power_levels = &events[2];
+    let redacted = redacted_json(power_levels, &rules.redaction);
+    assert_eq!(redacted["users"]["@alice:example.org"], json!(100));
+    assert!(redacted_json(&events[3], &rules.redaction).get("join_rule").is_some());
+}
+
+#[test]
+fn floats_are_not_canonical_json() {
+    let key = key();
+    let rules = ruma::RoomVersionId::V12.rules().unwrap();
+    let alice = UserId::parse("@alice:example.org").unwrap();
+    let room_id = RoomId::parse("!abc:example.org").unwrap();
+    let error = build_pdu(
+        &key,
+        &rules,
+        Some(&room_id),
+        &alice,
+        &EventTemplate::message("m.room.message", json!({"n": 1.5})),
+        &[],
+        &[],
+        1,
+        1,
+    )
+    .unwrap_err();
+    assert!(matches!(error, BuildError::NotCanonical(_)));
+}
+
+#[test]
+fn signing_key_persists_across_loads() {
+    let dir = std::env::temp_dir().join(format!("ganglion-key-test-{}", std::process::id()));
+    let path = dir.join("signing.key");
+    let first = ServerKey::load_or_generate("example.org", &path).unwrap();
+    let second = ServerKey::load_or_generate("example.org", &path).unwrap();
+    assert_eq!(first.key_pair.public_key(), second.key_pair.public_key());
+    assert_eq!(first.key_pair.version(), second.key_pair.version());
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = Ed25519KeyPair::generate();
+}

@@ -1,0 +1,214 @@
+//! Persisted events (PDUs as exact canonical JSON) and client transaction ids.
+
+use ganglion_types::{EventNid, RoomNid, SnapshotNid, StateKeyNid, TypeNid};
+use sqlx::Row;
+
+use crate::{Conn, Result, state::placeholders};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRow {
+    pub event_nid: EventNid,
+    pub stream_pos: i64,
+    pub event_id: String,
+    pub room_nid: RoomNid,
+    pub depth: i64,
+    pub type_nid: TypeNid,
+    pub state_key_nid: Option<StateKeyNid>,
+    pub sender: String,
+    pub origin_server_ts: i64,
+    pub json: String,
+    pub snapshot_nid: SnapshotNid,
+    pub replaces_nid: Option<EventNid>,
+    pub redacted_by: Option<String>,
+}
+
+/// An event about to be persisted; the database assigns its NID.
+#[derive(Debug, Clone)]
+pub struct NewEvent<'a> {
+    pub stream_pos: i64,
+    pub event_id: &'a str,
+    pub room_nid: RoomNid,
+    pub depth: i64,
+    pub type_nid: TypeNid,
+    pub state_key_nid: Option<StateKeyNid>,
+    pub sender: &'a str,
+    pub origin_server_ts: i64,
+    pub json: &'a str,
+    pub snapshot_nid: SnapshotNid,
+    pub replaces_nid: Option<EventNid>,
+}
+
+const EVENT_COLUMNS: &str = "event_nid, stream_pos, event_id, room_nid, depth, type_nid, state_key_nid, sender, \
+     origin_server_ts, json, snapshot_nid, replaces_nid, redacted_by";
+
+fn event_from_row(row: sqlx::any::AnyRow) -> EventRow {
+    EventRow {
+        event_nid: EventNid(row.get(0)),
+        stream_pos: row.get(1),
+        event_id: row.get(2),
+        room_nid: RoomNid(row.get(3)),
+        depth: row.get(4),
+        type_nid: TypeNid(row.get(5)),
+        state_key_nid: row.get::<Option<i64>, _>(6).map(StateKeyNid),
+        sender: row.get(7),
+        origin_server_ts: row.get(8),
+        json: row.get(9),
+        snapshot_nid: SnapshotNid(row.get(10)),
+        replaces_nid: row.get::<Option<i64>, _>(11).map(EventNid),
+        redacted_by: row.get(12),
+    }
+}
+
+pub async fn insert_event(conn: &mut Conn, event: &NewEvent<'_>) -> Result<EventNid> {
+    let row = sqlx::query(
+        "INSERT INTO events (stream_pos, event_id, room_nid, depth, type_nid, state_key_nid, sender, origin_server_ts, json, snapshot_nid, replaces_nid)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING event_nid",
+    )
+    .bind(event.stream_pos)
+    .bind(event.event_id)
+    .bind(event.room_nid.0)
+    .bind(event.depth)
+    .bind(event.type_nid.0)
+    .bind(event.state_key_nid.map(|nid| nid.0))
+    .bind(event.sender)
+    .bind(event.origin_server_ts)
+    .bind(event.json)
+    .bind(event.snapshot_nid.0)
+    .bind(event.replaces_nid.map(|nid| nid.0))
+    .fetch_one(conn)
+    .await?;
+    Ok(EventNid(row.get(0)))
+}
+
+pub async fn event_by_id(conn: &mut Conn, event_id: &str) -> Result<Option<EventRow>> {
+    let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE event_id = $1");
+    Ok(sqlx::query(sqlx::AssertSqlSafe(sql)).bind(event_id).fetch_optional(conn).await?.map(event_from_row))
+}
+
+pub async fn events_by_nid(conn: &mut Conn, nids: &[EventNid]) -> Result<Vec<EventRow>> {
+    let mut events = Vec::with_capacity(nids.len());
+    for chunk in nids.chunks(500) {
+        let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE event_nid IN ({})", placeholders(chunk.len(), 1));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for nid in chunk {
+            query = query.bind(nid.0);
+        }
+        events.extend(query.fetch_all(&mut *conn).await?.into_iter().map(event_from_row));
+    }
+    Ok(events)
+}
+
+pub async fn events_by_id(conn: &mut Conn, ids: &[String]) -> Result<Vec<EventRow>> {
+    let mut events = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(500) {
+        let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN ({})", placeholders(chunk.len(), 1));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in chunk {
+            query = query.bind(id.as_str());
+        }
+        events.extend(query.fetch_all(&mut *conn).await?.into_iter().map(event_from_row));
+    }
+    Ok(events)
+}
+
+/// Events of a room with `after < stream_pos <= up_to`: the first `limit` in ascending order, or
+/// with `newest_first` the last `limit` in descending order.
+pub async fn events_in_room(
+    conn: &mut Conn,
+    room_nid: RoomNid,
+    after: i64,
+    up_to: i64,
+    limit: i64,
+    newest_first: bool,
+) -> Result<Vec<EventRow>> {
+    let order = if newest_first { "DESC" } else { "ASC" };
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE room_nid = $1 AND stream_pos > $2 AND stream_pos <= $3 ORDER BY stream_pos {order} LIMIT $4"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(room_nid.0).bind(after).bind(up_to).bind(limit).fetch_all(conn).await?;
+    Ok(rows.into_iter().map(event_from_row).collect())
+}
+
+/// The rooms among `rooms` with events in `after < stream_pos <= up_to`.
+pub async fn rooms_with_events_between(
+    conn: &mut Conn,
+    rooms: &[RoomNid],
+    after: i64,
+    up_to: i64,
+) -> Result<Vec<RoomNid>> {
+    let mut changed = Vec::new();
+    for chunk in rooms.chunks(500) {
+        let sql = format!(
+            "SELECT DISTINCT room_nid FROM events WHERE stream_pos > $1 AND stream_pos <= $2 AND room_nid IN ({})",
+            placeholders(chunk.len(), 3)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(after).bind(up_to);
+        for nid in chunk {
+            query = query.bind(nid.0);
+        }
+        changed.extend(query.fetch_all(&mut *conn).await?.into_iter().map(|row| RoomNid(row.get(0))));
+    }
+    Ok(changed)
+}
+
+/// The latest event of a room at or before `up_to`.
+pub async fn latest_event_in_room_at(conn: &mut Conn, room_nid: RoomNid, up_to: i64) -> Result<Option<EventRow>> {
+    Ok(events_in_room(conn, room_nid, 0, up_to, 1, true).await?.into_iter().next())
+}
+
+pub async fn set_redacted_by(conn: &mut Conn, event_id: &str, redaction_event_id: &str) -> Result<()> {
+    sqlx::query("UPDATE events SET redacted_by = $1 WHERE event_id = $2 AND redacted_by IS NULL")
+        .bind(redaction_event_id)
+        .bind(event_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn max_event_stream_pos(conn: &mut Conn) -> Result<i64> {
+    let row = sqlx::query("SELECT COALESCE(MAX(stream_pos), 0) FROM events").fetch_one(conn).await?;
+    Ok(row.get(0))
+}
+
+pub async fn event_id_by_txn(conn: &mut Conn, user_id: &str, device_id: &str, txn_id: &str) -> Result<Option<String>> {
+    let row = sqlx::query("SELECT event_id FROM event_txns WHERE user_id = $1 AND device_id = $2 AND txn_id = $3")
+        .bind(user_id)
+        .bind(device_id)
+        .bind(txn_id)
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.map(|row| row.get(0)))
+}
+
+pub async fn insert_txn(conn: &mut Conn, user_id: &str, device_id: &str, txn_id: &str, event_id: &str) -> Result<()> {
+    sqlx::query("INSERT INTO event_txns (user_id, device_id, txn_id, event_id) VALUES ($1, $2, $3, $4)")
+        .bind(user_id)
+        .bind(device_id)
+        .bind(txn_id)
+        .bind(event_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The transaction id a device used for an event, to echo back in `unsigned.transaction_id`.
+pub async fn txn_ids_of_events(
+    conn: &mut Conn,
+    user_id: &str,
+    device_id: &str,
+    event_ids: &[String],
+) -> Result<Vec<(String, String)>> {
+    let mut found = Vec::new();
+    for chunk in event_ids.chunks(500) {
+        let sql = format!(
+            "SELECT event_id, txn_id FROM event_txns WHERE user_id = $1 AND device_id = $2 AND event_id IN ({})",
+            placeholders(chunk.len(), 3)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(user_id).bind(device_id);
+        for id in chunk {
+            query = query.bind(id.as_str());
+        }
+        found.extend(query.fetch_all(&mut *conn).await?.into_iter().map(|row| (row.get(0), row.get(1))));
+    }
+    Ok(found)
+}

@@ -1,0 +1,128 @@
+//! Rows of the receipts and account-data streams. Each table keeps the latest row per key; an
+//! update moves the row to a new stream position, which is all an incremental sync needs.
+
+use sqlx::Row;
+
+use crate::{Conn, Result, state::placeholders};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiptRow {
+    pub room_id: String,
+    pub user_id: String,
+    pub receipt_type: String,
+    pub thread_id: String,
+    pub event_id: String,
+    pub ts: i64,
+    pub stream_pos: i64,
+}
+
+pub async fn upsert_receipt(conn: &mut Conn, receipt: &ReceiptRow) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO receipts (room_id, user_id, receipt_type, thread_id, event_id, ts, stream_pos) VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (room_id, user_id, receipt_type, thread_id) DO UPDATE SET event_id = excluded.event_id, ts = excluded.ts, stream_pos = excluded.stream_pos",
+    )
+    .bind(&receipt.room_id)
+    .bind(&receipt.user_id)
+    .bind(&receipt.receipt_type)
+    .bind(&receipt.thread_id)
+    .bind(&receipt.event_id)
+    .bind(receipt.ts)
+    .bind(receipt.stream_pos)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Receipts in `rooms` whose position is in `after < stream_pos <= up_to`.
+pub async fn receipts_between(conn: &mut Conn, rooms: &[String], after: i64, up_to: i64) -> Result<Vec<ReceiptRow>> {
+    let mut receipts = Vec::new();
+    for chunk in rooms.chunks(500) {
+        let sql = format!(
+            "SELECT room_id, user_id, receipt_type, thread_id, event_id, ts, stream_pos FROM receipts
+             WHERE stream_pos > $1 AND stream_pos <= $2 AND room_id IN ({}) ORDER BY stream_pos",
+            placeholders(chunk.len(), 3)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(after).bind(up_to);
+        for room in chunk {
+            query = query.bind(room.as_str());
+        }
+        receipts.extend(query.fetch_all(&mut *conn).await?.into_iter().map(|row| ReceiptRow {
+            room_id: row.get(0),
+            user_id: row.get(1),
+            receipt_type: row.get(2),
+            thread_id: row.get(3),
+            event_id: row.get(4),
+            ts: row.get(5),
+            stream_pos: row.get(6),
+        }));
+    }
+    Ok(receipts)
+}
+
+pub async fn max_receipt_stream_pos(conn: &mut Conn) -> Result<i64> {
+    let row = sqlx::query("SELECT COALESCE(MAX(stream_pos), 0) FROM receipts").fetch_one(conn).await?;
+    Ok(row.get(0))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountDataRow {
+    /// Empty for global account data.
+    pub room_id: String,
+    pub data_type: String,
+    pub content: String,
+    pub stream_pos: i64,
+}
+
+pub async fn upsert_account_data(
+    conn: &mut Conn,
+    user_id: &str,
+    room_id: &str,
+    data_type: &str,
+    content: &str,
+    stream_pos: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO account_data (user_id, room_id, data_type, content, stream_pos) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (user_id, room_id, data_type) DO UPDATE SET content = excluded.content, stream_pos = excluded.stream_pos",
+    )
+    .bind(user_id)
+    .bind(room_id)
+    .bind(data_type)
+    .bind(content)
+    .bind(stream_pos)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A user's account data rows in `after < stream_pos <= up_to`.
+pub async fn account_data_between(conn: &mut Conn, user_id: &str, after: i64, up_to: i64) -> Result<Vec<AccountDataRow>> {
+    let rows = sqlx::query(
+        "SELECT room_id, data_type, content, stream_pos FROM account_data WHERE user_id = $1 AND stream_pos > $2 AND stream_pos <= $3
+         ORDER BY stream_pos",
+    )
+    .bind(user_id)
+    .bind(after)
+    .bind(up_to)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| AccountDataRow { room_id: row.get(0), data_type: row.get(1), content: row.get(2), stream_pos: row.get(3) })
+        .collect())
+}
+
+pub async fn account_data_content(conn: &mut Conn, user_id: &str, room_id: &str, data_type: &str) -> Result<Option<String>> {
+    let row = sqlx::query("SELECT content FROM account_data WHERE user_id = $1 AND room_id = $2 AND data_type = $3")
+        .bind(user_id)
+        .bind(room_id)
+        .bind(data_type)
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.map(|row| row.get(0)))
+}
+
+pub async fn max_account_data_stream_pos(conn: &mut Conn) -> Result<i64> {
+    let row = sqlx::query("SELECT COALESCE(MAX(stream_pos), 0) FROM account_data").fetch_one(conn).await?;
+    Ok(row.get(0))
+}

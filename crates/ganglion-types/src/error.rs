@@ -1,0 +1,39 @@
+//! The closed set of error classes. Every library error reports one; `ganglion-http` maps each
+//! class to an HTTP status and Matrix errcode in a single `match`.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The request is not allowed (auth rules, power levels, membership).
+    Forbidden,
+    NotFound,
+    /// The body is not JSON.
+    NotJson,
+    /// The body is JSON but not of the expected shape.
+    BadJson,
+    /// A parameter has an invalid value.
+    InvalidParam,
+    MissingParam,
+    UserInUse,
+    InvalidUsername,
+    RoomInUse,
+    MissingToken,
+    UnknownToken,
+    /// The request needs user-interactive authentication; carries the session id.
+    UserInteractiveAuth,
+    LimitExceeded { retry_after: Duration },
+    TooLarge,
+    Unrecognized,
+    MethodNotAllowed,
+    UnsupportedRoomVersion,
+    GuestAccessForbidden,
+    Exclusive,
+    /// The request needs a dependency that is down (e.g. the master); retry later.
+    Unavailable,
+    Internal,
+}
+
+pub trait HasErrorClass {
+    fn class(&self) -> ErrorClass;
+}

@@ -1,0 +1,89 @@
+//! Vocabulary with no IO: stream kinds and positions, the sync token, roles, endpoint classes
+//! and the closed set of error classes every error in Ganglion maps to.
+//!
+//! Nothing here talks to a database, a socket or a clock.
+
+mod error;
+mod nid;
+mod stream;
+mod token;
+
+pub use error::{ErrorClass, HasErrorClass};
+pub use nid::{BlockNid, EventNid, RoomNid, SnapshotNid, StateKeyNid, TypeNid};
+pub use stream::{StreamKind, StreamPosition};
+pub use token::{SyncToken, TokenParseError};
+
+use serde::{Deserialize, Serialize};
+
+/// A process role. `All` runs every role in one process (the embedded default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    All,
+    Master,
+    Sync,
+    ClientReader,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::All => "all",
+            Role::Master => "master",
+            Role::Sync => "sync",
+            Role::ClientReader => "client-reader",
+        }
+    }
+
+    /// Whether a process of this role serves requests of `class`.
+    pub fn serves(self, class: EndpointClass) -> bool {
+        match self {
+            Role::All => true,
+            Role::Master => matches!(class, EndpointClass::WellKnown),
+            Role::Sync => matches!(class, EndpointClass::Sync | EndpointClass::WellKnown),
+            Role::ClientReader => matches!(
+                class,
+                EndpointClass::ClientRead
+                    | EndpointClass::ClientWrite
+                    | EndpointClass::Auth
+                    | EndpointClass::WellKnown
+            ),
+        }
+    }
+}
+
+/// What kind of traffic an endpoint carries; the load balancer routes by it (DESIGN.md §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndpointClass {
+    Sync,
+    ClientRead,
+    ClientWrite,
+    Auth,
+    Media,
+    Federation,
+    FederationMedia,
+    Keys,
+    Admin,
+    WellKnown,
+}
+
+impl EndpointClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointClass::Sync => "sync",
+            EndpointClass::ClientRead => "client_read",
+            EndpointClass::ClientWrite => "client_write",
+            EndpointClass::Auth => "auth",
+            EndpointClass::Media => "media",
+            EndpointClass::Federation => "federation",
+            EndpointClass::FederationMedia => "federation_media",
+            EndpointClass::Keys => "keys",
+            EndpointClass::Admin => "admin",
+            EndpointClass::WellKnown => "well_known",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
