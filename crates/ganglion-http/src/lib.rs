@@ -1,0 +1,32 @@
+//! The HTTP edge shared by every role: the route table type, the single mapping from
+//! [`ErrorClass`] to Matrix errors, the JSON body and access-token extractors, rate limits,
+//! CORS, and `serve`.
+//!
+//! Handlers live in the role crates; this crate knows nothing of storage or of the master.
+
+mod auth;
+mod error;
+mod json;
+mod ratelimit;
+mod route;
+
+pub use auth::{Auth, Authenticator, MaybeAuth, Session, access_token};
+pub use error::{MatrixError, MatrixResult};
+pub use json::{MatrixJson, MatrixQuery, lenient};
+pub use ratelimit::{RateLimiter, client_ip};
+pub use route::{Route, RouteInfo, router_from_routes};
+
+use std::{future::Future, io, net::SocketAddr};
+
+use axum::Router;
+use tokio::net::TcpListener;
+
+/// Serves `app` on a bound listener until `shutdown` completes (tests bind port 0).
+pub async fn serve(listener: TcpListener, app: Router, shutdown: impl Future<Output = ()> + Send + 'static) -> io::Result<()> {
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+#[cfg(test)]
+mod tests;

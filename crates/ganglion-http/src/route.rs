@@ -1,0 +1,152 @@
+//! The route table: every endpoint is one `Route` with its method, path, endpoint class and
+//! handler. The HTTP router and the load balancer configs are built from the same list.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use axum::{
+    Router,
+    extract::Request,
+    handler::Handler,
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{MethodFilter, MethodRouter, on},
+};
+use ganglion_types::{EndpointClass, ErrorClass};
+use http::{HeaderValue, Method, StatusCode, header};
+use serde::Serialize;
+
+use crate::{MatrixError, RateLimiter};
+
+pub struct Route<S> {
+    pub method: Method,
+    pub path: &'static str,
+    pub class: EndpointClass,
+    pub handler: MethodRouter<S>,
+}
+
+/// A route without its handler, for printing and for load balancer configs.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RouteInfo {
+    pub method: String,
+    pub path: String,
+    pub class: EndpointClass,
+}
+
+macro_rules! constructor {
+    ($name:ident, $method:ident, $filter:ident) => {
+        pub fn $name<H, T>(path: &'static str, class: EndpointClass, handler: H) -> Route<S>
+        where
+            H: Handler<T, S>,
+            T: 'static,
+        {
+            Route { method: Method::$method, path, class, handler: on(MethodFilter::$filter, handler) }
+        }
+    };
+}
+
+impl<S: Clone + Send + Sync + 'static> Route<S> {
+    constructor!(get, GET, GET);
+    constructor!(put, PUT, PUT);
+    constructor!(post, POST, POST);
+    constructor!(delete, DELETE, DELETE);
+
+    /// Supplies the handler's state, producing a route of the app's router.
+    pub fn with_state(self, state: S) -> Route<()> {
+        Route { method: self.method, path: self.path, class: self.class, handler: self.handler.with_state(state) }
+    }
+
+    pub fn info(&self) -> RouteInfo {
+        RouteInfo { method: self.method.to_string(), path: self.path.to_owned(), class: self.class }
+    }
+}
+
+/// Builds the router: routes of one path merge into one method router; unknown paths answer
+/// 404 and known paths with another method 405, both `M_UNRECOGNIZED`; CORS headers on every
+/// response; the per-IP rate limit on every request; any plain-text error from the framework is
+/// rewritten as a Matrix error.
+pub fn router_from_routes(routes: Vec<Route<()>>, limiter: Arc<RateLimiter>, max_body_bytes: usize) -> Router {
+    let mut by_path: BTreeMap<&'static str, MethodRouter<()>> = BTreeMap::new();
+    for route in routes {
+        let merged = match by_path.remove(route.path) {
+            Some(existing) => existing.merge(route.handler),
+            None => route.handler,
+        };
+        by_path.insert(route.path, merged);
+    }
+    let mut router = Router::new();
+    for (path, method_router) in by_path {
+        router = router.route(path, method_router.fallback(method_not_allowed));
+    }
+    router
+        .fallback(unrecognized)
+        .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn(move |request: Request, next: Next| {
+            let limiter = limiter.clone();
+            async move { edge(limiter, max_body_bytes, request, next).await }
+        }))
+}
+
+async fn unrecognized() -> MatrixError {
+    MatrixError::unrecognized()
+}
+
+async fn method_not_allowed() -> MatrixError {
+    MatrixError::new(ErrorClass::MethodNotAllowed, "Unrecognized request: method not allowed")
+}
+
+async fn edge(limiter: Arc<RateLimiter>, max_body_bytes: usize, request: Request, next: Next) -> Response {
+    let mut response = if request.method() == Method::OPTIONS {
+        StatusCode::OK.into_response()
+    } else if content_length(&request).is_some_and(|length| length > max_body_bytes as u64) {
+        MatrixError::new(ErrorClass::TooLarge, "Request body too large").into_response()
+    } else {
+        let (parts, body) = request.into_parts();
+        match limiter.check_ip(crate::client_ip(&parts)) {
+            Err(error) => error.into_response(),
+            Ok(()) => matrixify(next.run(Request::from_parts(parts, body)).await).await,
+        }
+    };
+    let headers = response.headers_mut();
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, PUT, DELETE, OPTIONS"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("X-Requested-With, Content-Type, Authorization"),
+    );
+    response
+}
+
+fn content_length(request: &Request) -> Option<u64> {
+    request.headers().get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// Turns a non-JSON error response (an extractor rejection from the framework) into a Matrix
+/// error with the same status.
+async fn matrixify(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"));
+    if !status.is_client_error() && !status.is_server_error() || is_json {
+        return response;
+    }
+    let body = axum::body::to_bytes(response.into_body(), 64 * 1024).await.unwrap_or_default();
+    let message = String::from_utf8_lossy(&body).into_owned();
+    let class = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorClass::TooLarge,
+        StatusCode::METHOD_NOT_ALLOWED => ErrorClass::MethodNotAllowed,
+        StatusCode::NOT_FOUND => ErrorClass::Unrecognized,
+        StatusCode::UNAUTHORIZED => ErrorClass::MissingToken,
+        StatusCode::FORBIDDEN => ErrorClass::Forbidden,
+        status if status.is_server_error() => ErrorClass::Internal,
+        _ => ErrorClass::InvalidParam,
+    };
+    let mut response = MatrixError::new(class, message).into_response();
+    *response.status_mut() = status;
+    response
+}

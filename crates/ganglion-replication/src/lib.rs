@@ -1,0 +1,113 @@
+//! How new stream rows reach readers. A stream's single writer commits rows to the database,
+//! then publishes a [`StreamRow`] on the [`Bus`]; readers track [`Positions`] (how far each
+//! stream is readable) and wake waiting `/sync` requests through the [`Notifier`], which wakes
+//! only the requests that care about the row's room or user.
+//!
+//! This crate ships the in-process bus used by `role = "all"`. Invariant: a position is
+//! published only after its rows are committed, so a reader never waits on the database for a
+//! position it has been told about.
+
+mod notifier;
+mod typing;
+
+pub use notifier::{Listener, Notifier};
+pub use typing::TypingStore;
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicI64, Ordering},
+};
+
+use ganglion_types::{StreamKind, StreamPosition, SyncToken};
+
+/// A new row on a stream, as readers learn of it.
+#[derive(Debug, Clone)]
+pub struct StreamRow {
+    pub kind: StreamKind,
+    pub position: StreamPosition,
+    /// The room the row belongs to, if any: wakes the room's listeners.
+    pub room_id: Option<Arc<str>>,
+    /// Users the row concerns directly (account data owner, membership target): wakes them even
+    /// when they are not (yet) in the room.
+    pub user_ids: Vec<Arc<str>>,
+}
+
+/// Where writers publish committed rows.
+pub trait Bus: Send + Sync + 'static {
+    fn publish(&self, row: StreamRow);
+}
+
+/// How far each stream is readable in this process.
+#[derive(Debug)]
+pub struct Positions {
+    events: AtomicI64,
+    receipts: AtomicI64,
+    typing: AtomicI64,
+    account_data: AtomicI64,
+    typing_epoch: u64,
+}
+
+impl Positions {
+    pub fn new(initial: SyncToken) -> Positions {
+        Positions {
+            events: AtomicI64::new(initial.events.0),
+            receipts: AtomicI64::new(initial.receipts.0),
+            typing: AtomicI64::new(initial.typing.0),
+            account_data: AtomicI64::new(initial.account_data.0),
+            typing_epoch: initial.typing_epoch,
+        }
+    }
+
+    fn slot(&self, kind: StreamKind) -> &AtomicI64 {
+        match kind {
+            StreamKind::Events => &self.events,
+            StreamKind::Receipts => &self.receipts,
+            StreamKind::Typing => &self.typing,
+            StreamKind::AccountData => &self.account_data,
+        }
+    }
+
+    pub fn get(&self, kind: StreamKind) -> StreamPosition {
+        StreamPosition(self.slot(kind).load(Ordering::Acquire))
+    }
+
+    /// Moves a stream forward; never backwards.
+    pub fn advance(&self, kind: StreamKind, position: StreamPosition) {
+        self.slot(kind).fetch_max(position.0, Ordering::AcqRel);
+    }
+
+    /// The current token: every stream at its readable position.
+    pub fn current(&self) -> SyncToken {
+        let mut token = SyncToken { typing_epoch: self.typing_epoch, ..SyncToken::default() };
+        for kind in StreamKind::all() {
+            token.set(kind, self.get(kind));
+        }
+        token
+    }
+
+    pub fn typing_epoch(&self) -> u64 {
+        self.typing_epoch
+    }
+}
+
+/// The bus of `role = "all"`: publishing advances this process's positions and wakes listeners.
+pub struct InProcessBus {
+    positions: Arc<Positions>,
+    notifier: Arc<Notifier>,
+}
+
+impl InProcessBus {
+    pub fn new(positions: Arc<Positions>, notifier: Arc<Notifier>) -> InProcessBus {
+        InProcessBus { positions, notifier }
+    }
+}
+
+impl Bus for InProcessBus {
+    fn publish(&self, row: StreamRow) {
+        self.positions.advance(row.kind, row.position);
+        self.notifier.notify(&row);
+    }
+}
+
+#[cfg(test)]
+mod tests;

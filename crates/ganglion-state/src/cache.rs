@@ -1,0 +1,87 @@
+//! Bounded in-memory caches. A two-generation map: lookups promote into the young generation;
+//! when it fills, the old generation is dropped. Cheap, lock-light, close enough to LRU.
+
+use std::{collections::HashMap, hash::Hash, sync::Arc};
+
+use ganglion_types::{BlockNid, EventNid, SnapshotNid, StateKeyNid, TypeNid};
+use parking_lot::Mutex;
+
+use crate::{Snapshot, StoredEvent};
+
+pub struct BoundedCache<K, V> {
+    capacity: usize,
+    inner: Mutex<(HashMap<K, V>, HashMap<K, V>)>,
+}
+
+impl<K: Eq + Hash + Clone, V: Clone> BoundedCache<K, V> {
+    pub fn new(capacity: usize) -> Self {
+        BoundedCache { capacity: capacity.max(2), inner: Mutex::new((HashMap::new(), HashMap::new())) }
+    }
+
+    pub fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Eq + Hash + ?Sized,
+    {
+        let mut guard = self.inner.lock();
+        let (young, old) = &mut *guard;
+        if let Some(value) = young.get(key) {
+            return Some(value.clone());
+        }
+        let (key, value) = old.remove_entry(key)?;
+        Self::insert_young(self.capacity, young, old, key, value.clone());
+        Some(value)
+    }
+
+    pub fn insert(&self, key: K, value: V) {
+        let mut guard = self.inner.lock();
+        let (young, old) = &mut *guard;
+        Self::insert_young(self.capacity, young, old, key, value);
+    }
+
+    pub fn remove(&self, key: &K) {
+        let mut guard = self.inner.lock();
+        guard.0.remove(key);
+        guard.1.remove(key);
+    }
+
+    fn insert_young(capacity: usize, young: &mut HashMap<K, V>, old: &mut HashMap<K, V>, key: K, value: V) {
+        if young.len() >= capacity / 2 {
+            *old = std::mem::take(young);
+        }
+        young.insert(key, value);
+    }
+}
+
+/// Every cache the state layer keeps, shared by all services of a process.
+pub struct Caches {
+    pub(crate) snapshots: BoundedCache<SnapshotNid, Snapshot>,
+    pub(crate) blocks: BoundedCache<BlockNid, Arc<Vec<ganglion_storage::state::StateEntry>>>,
+    pub(crate) events: BoundedCache<EventNid, StoredEvent>,
+    pub(crate) event_nids: BoundedCache<String, EventNid>,
+    pub(crate) type_nids: BoundedCache<String, TypeNid>,
+    pub(crate) type_names: BoundedCache<TypeNid, Arc<str>>,
+    pub(crate) state_key_nids: BoundedCache<String, StateKeyNid>,
+    pub(crate) state_key_names: BoundedCache<StateKeyNid, Arc<str>>,
+}
+
+impl Default for Caches {
+    fn default() -> Self {
+        Caches::new()
+    }
+}
+
+impl Caches {
+    pub fn new() -> Caches {
+        Caches {
+            snapshots: BoundedCache::new(4_096),
+            blocks: BoundedCache::new(65_536),
+            events: BoundedCache::new(50_000),
+            event_nids: BoundedCache::new(50_000),
+            type_nids: BoundedCache::new(10_000),
+            type_names: BoundedCache::new(10_000),
+            state_key_nids: BoundedCache::new(200_000),
+            state_key_names: BoundedCache::new(200_000),
+        }
+    }
+}
