@@ -70,6 +70,8 @@ impl MatrixError {
             ErrorClass::UserInUse => (StatusCode::BAD_REQUEST, "M_USER_IN_USE"),
             ErrorClass::InvalidUsername => (StatusCode::BAD_REQUEST, "M_INVALID_USERNAME"),
             ErrorClass::RoomInUse => (StatusCode::BAD_REQUEST, "M_ROOM_IN_USE"),
+            ErrorClass::AliasInUse => (StatusCode::CONFLICT, "M_UNKNOWN"),
+            ErrorClass::Unknown => (StatusCode::BAD_REQUEST, "M_UNKNOWN"),
             ErrorClass::MissingToken => (StatusCode::UNAUTHORIZED, "M_MISSING_TOKEN"),
             ErrorClass::UnknownToken => (StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN"),
             ErrorClass::UserInteractiveAuth => (StatusCode::UNAUTHORIZED, "M_FORBIDDEN"),

@@ -10,7 +10,7 @@ mod json;
 mod ratelimit;
 mod route;
 
-pub use auth::{Auth, Authenticator, MaybeAuth, Session, access_token};
+pub use auth::{Auth, Authenticator, BoxFuture, MaybeAuth, Session, access_token};
 pub use error::{MatrixError, MatrixResult};
 pub use json::{MatrixJson, MatrixQuery, lenient};
 pub use ratelimit::{RateLimiter, client_ip};

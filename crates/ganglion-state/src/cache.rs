@@ -3,7 +3,7 @@
 
 use std::{collections::HashMap, hash::Hash, sync::Arc};
 
-use ganglion_types::{BlockNid, EventNid, SnapshotNid, StateKeyNid, TypeNid};
+use ganglion_types::{BlockNid, EventNid, RoomNid, SnapshotNid, StateKeyNid, TypeNid};
 use parking_lot::Mutex;
 
 use crate::{Snapshot, StoredEvent};
@@ -39,6 +39,12 @@ impl<K: Eq + Hash + Clone, V: Clone> BoundedCache<K, V> {
         Self::insert_young(self.capacity, young, old, key, value);
     }
 
+    pub fn clear(&self) {
+        let mut guard = self.inner.lock();
+        guard.0.clear();
+        guard.1.clear();
+    }
+
     pub fn remove(&self, key: &K) {
         let mut guard = self.inner.lock();
         guard.0.remove(key);
@@ -63,6 +69,7 @@ pub struct Caches {
     pub(crate) type_names: BoundedCache<TypeNid, Arc<str>>,
     pub(crate) state_key_nids: BoundedCache<String, StateKeyNid>,
     pub(crate) state_key_names: BoundedCache<StateKeyNid, Arc<str>>,
+    pub(crate) room_versions: BoundedCache<RoomNid, ganglion_events::ruma::RoomVersionId>,
 }
 
 impl Default for Caches {
@@ -82,6 +89,21 @@ impl Caches {
             type_names: BoundedCache::new(10_000),
             state_key_nids: BoundedCache::new(200_000),
             state_key_names: BoundedCache::new(200_000),
+            room_versions: BoundedCache::new(100_000),
         }
+    }
+}
+
+impl Caches {
+    /// Forgets everything (after a rolled-back write whose ids the database may reuse).
+    pub fn clear(&self) {
+        self.snapshots.clear();
+        self.blocks.clear();
+        self.events.clear();
+        self.event_nids.clear();
+        self.type_nids.clear();
+        self.type_names.clear();
+        self.state_key_nids.clear();
+        self.state_key_names.clear();
     }
 }

@@ -5,6 +5,7 @@
 //! plus the event itself. State resolution arrives with federation, where histories fork.
 
 mod cache;
+mod read;
 mod snapshot;
 
 pub use cache::{BoundedCache, Caches};
@@ -96,21 +97,25 @@ impl Caches {
         changes: &[store::StateEntry],
     ) -> Result<Snapshot> {
         let mut next = base.clone();
-        let mut new_blocks = Vec::new();
         for (bucket, entries) in base.apply(changes) {
             let block_nid = store::insert_state_block(conn, &entries).await?;
-            new_blocks.push((block_nid, entries.clone()));
             next.set_bucket(bucket, block_nid, entries);
         }
         let nid = store::insert_state_snapshot(conn, room_nid, &next.bucket_list()).await?;
         next.nid = Some(nid);
-        // Cache only after the caller commits would be stricter; NIDs of a rolled-back
-        // transaction are never referenced again, so caching them early is harmless.
-        for (block_nid, entries) in new_blocks {
-            self.blocks.insert(block_nid, entries);
-        }
-        self.snapshots.insert(nid, next.clone());
         Ok(next)
+    }
+
+    /// Caches a snapshot written by [`Caches::write_snapshot`], once its transaction committed.
+    /// (SQLite may reuse the ids of a rolled-back transaction, so caching earlier could poison
+    /// the cache.)
+    pub fn remember_snapshot(&self, snapshot: &Snapshot) {
+        if let Some(nid) = snapshot.nid {
+            for (block_nid, entries) in snapshot.blocks() {
+                self.blocks.insert(block_nid, entries);
+            }
+            self.snapshots.insert(nid, snapshot.clone());
+        }
     }
 
     /// Interned event type NID (inserting when new).

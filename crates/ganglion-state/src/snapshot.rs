@@ -77,6 +77,10 @@ impl Snapshot {
         self.buckets.insert(bucket, (block, entries));
     }
 
+    pub(crate) fn blocks(&self) -> impl Iterator<Item = (BlockNid, Arc<Vec<StateEntry>>)> + '_ {
+        self.buckets.values().map(|(block, entries)| (*block, entries.clone()))
+    }
+
     pub(crate) fn bucket_list(&self) -> Vec<(u16, BlockNid)> {
         self.buckets.iter().map(|(bucket, (block, _))| (*bucket, *block)).collect()
     }

@@ -80,6 +80,17 @@ pub async fn insert_event(conn: &mut Conn, event: &NewEvent<'_>) -> Result<Event
     Ok(EventNid(row.get(0)))
 }
 
+/// Points a just-inserted state event at the snapshot it produced (the snapshot needs the
+/// event's NID, so it is written after the row).
+pub async fn set_event_snapshot(conn: &mut Conn, event_nid: EventNid, snapshot_nid: SnapshotNid) -> Result<()> {
+    sqlx::query("UPDATE events SET snapshot_nid = $1 WHERE event_nid = $2")
+        .bind(snapshot_nid.0)
+        .bind(event_nid.0)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 pub async fn event_by_id(conn: &mut Conn, event_id: &str) -> Result<Option<EventRow>> {
     let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE event_id = $1");
     Ok(sqlx::query(sqlx::AssertSqlSafe(sql)).bind(event_id).fetch_optional(conn).await?.map(event_from_row))
@@ -211,4 +222,27 @@ pub async fn txn_ids_of_events(
         found.extend(query.fetch_all(&mut *conn).await?.into_iter().map(|row| (row.get(0), row.get(1))));
     }
     Ok(found)
+}
+
+/// Every event of a room that set the state `(type_nid, state_key_nid)` at or before `up_to`,
+/// oldest first: the history of one state key (a user's memberships, the history visibility).
+pub async fn state_events_for_key_in_room(
+    conn: &mut Conn,
+    room_nid: RoomNid,
+    type_nid: TypeNid,
+    state_key_nid: StateKeyNid,
+    up_to: i64,
+) -> Result<Vec<EventRow>> {
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE room_nid = $1 AND type_nid = $2 AND state_key_nid = $3 AND stream_pos <= $4
+         ORDER BY stream_pos"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(room_nid.0)
+        .bind(type_nid.0)
+        .bind(state_key_nid.0)
+        .bind(up_to)
+        .fetch_all(conn)
+        .await?;
+    Ok(rows.into_iter().map(event_from_row).collect())
 }

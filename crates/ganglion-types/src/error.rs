@@ -18,6 +18,10 @@ pub enum ErrorClass {
     UserInUse,
     InvalidUsername,
     RoomInUse,
+    /// The alias is taken (409).
+    AliasInUse,
+    /// A request that is well-formed but not valid now (400 `M_UNKNOWN`).
+    Unknown,
     MissingToken,
     UnknownToken,
     /// The request needs user-interactive authentication; carries the session id.

@@ -1,0 +1,42 @@
+//! Access-token lookup against the database.
+
+use std::sync::Arc;
+
+use ganglion_events::ruma::{OwnedDeviceId, OwnedUserId};
+use ganglion_http::{Authenticator, MatrixError, MatrixResult, RateLimiter, Session};
+use ganglion_storage::{Db, accounts};
+
+pub struct DbAuthenticator {
+    db: Db,
+    limiter: Arc<RateLimiter>,
+}
+
+impl DbAuthenticator {
+    pub fn new(db: Db, limiter: Arc<RateLimiter>) -> DbAuthenticator {
+        DbAuthenticator { db, limiter }
+    }
+
+    async fn lookup(&self, access_token: &str) -> MatrixResult<Option<Session>> {
+        let mut conn = self.db.conn().await.map_err(MatrixError::from)?;
+        let Some((user_id, device_id)) = accounts::session_by_token(&mut conn, access_token).await.map_err(MatrixError::from)?
+        else {
+            return Ok(None);
+        };
+        let user_id = OwnedUserId::try_from(user_id).map_err(|e| MatrixError::internal(e.to_string()))?;
+        Ok(Some(Session {
+            user_id,
+            device_id: OwnedDeviceId::from(device_id),
+            access_token: access_token.to_owned(),
+        }))
+    }
+}
+
+impl Authenticator for DbAuthenticator {
+    fn session<'a>(&'a self, access_token: &'a str) -> ganglion_http::BoxFuture<'a, MatrixResult<Option<Session>>> {
+        Box::pin(self.lookup(access_token))
+    }
+
+    fn rate_limiter(&self) -> &RateLimiter {
+        &self.limiter
+    }
+}

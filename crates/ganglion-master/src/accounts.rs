@@ -1,0 +1,188 @@
+//! Account writes: users, devices, access tokens, passwords and filters.
+
+use argon2::{
+    Argon2, PasswordHash, PasswordHasher, PasswordVerifier,
+    password_hash::SaltString,
+};
+use ganglion_events::ruma::{OwnedDeviceId, OwnedUserId, UserId};
+use ganglion_rpc::{LoginRequest, MasterError, MasterResult, RegisterRequest, SessionGrant};
+use ganglion_storage::{accounts as store, now_ms};
+use ganglion_types::ErrorClass;
+use rand::Rng;
+use serde_json::Value;
+
+use crate::{MasterService, internal};
+
+fn random_string(length: usize) -> String {
+    rand::rng().sample_iter(rand::distr::Alphanumeric).take(length).map(char::from).collect()
+}
+
+fn new_access_token() -> String {
+    format!("gng_{}", random_string(40))
+}
+
+fn new_device_id() -> String {
+    random_string(10).to_uppercase()
+}
+
+/// Hashes off the async runtime: argon2 is deliberately slow.
+async fn hash_password(password: String) -> MasterResult<String> {
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>()).map_err(|e| MasterError::internal(e.to_string()))?;
+        Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|hash| hash.to_string())
+            .map_err(|e| MasterError::internal(e.to_string()))
+    })
+    .await
+    .map_err(|e| MasterError::internal(e.to_string()))?
+}
+
+/// Whether `password` matches the stored argon2 hash.
+pub async fn verify_password(password: String, hash: String) -> bool {
+    tokio::task::spawn_blocking(move || {
+        PasswordHash::new(&hash).is_ok_and(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+    })
+    .await
+    .unwrap_or(false)
+}
+
+pub(crate) async fn register(svc: &MasterService, request: RegisterRequest) -> MasterResult<SessionGrant> {
+    let localpart = match request.username {
+        Some(username) => username.to_lowercase(),
+        None => format!("u{}", random_string(12).to_lowercase()),
+    };
+    let user_id = UserId::parse(format!("@{localpart}:{}", svc.config.server_name))
+        .map_err(|e| MasterError::new(ErrorClass::InvalidUsername, format!("Invalid username: {e}")))?;
+    if user_id.is_historical() {
+        return Err(MasterError::new(ErrorClass::InvalidUsername, "Username contains invalid characters"));
+    }
+    let password_hash = match request.password {
+        Some(password) => Some(hash_password(password).await?),
+        None => None,
+    };
+    let now = now_ms();
+    let mut tx = svc.db.begin().await.map_err(internal)?;
+    if !store::insert_user(&mut tx, user_id.as_str(), password_hash.as_deref(), now).await.map_err(internal)? {
+        return Err(MasterError::new(ErrorClass::UserInUse, "User ID already taken"));
+    }
+    let grant = if request.inhibit_login {
+        SessionGrant { user_id: user_id.clone(), access_token: None, device_id: None }
+    } else {
+        let device_id = request.device_id.unwrap_or_else(new_device_id);
+        let access_token = new_access_token();
+        store::upsert_device(&mut tx, user_id.as_str(), &device_id, request.initial_device_display_name.as_deref(), now)
+            .await
+            .map_err(internal)?;
+        store::insert_access_token(&mut tx, &access_token, user_id.as_str(), &device_id).await.map_err(internal)?;
+        SessionGrant { user_id: user_id.clone(), access_token: Some(access_token), device_id: Some(device_id.into()) }
+    };
+    tx.commit().await.map_err(|e| internal(ganglion_storage::StorageError::from(e)))?;
+    tracing::info!(user_id = %user_id, "registered user");
+    Ok(grant)
+}
+
+pub(crate) async fn login(svc: &MasterService, request: LoginRequest) -> MasterResult<SessionGrant> {
+    let forbidden = || MasterError::forbidden("Invalid username or password");
+    let hash = {
+        let mut conn = svc.db.conn().await.map_err(internal)?;
+        store::password_hash_of_user(&mut conn, request.user_id.as_str()).await.map_err(internal)?
+    };
+    let Some(hash) = hash else { return Err(forbidden()) };
+    if !verify_password(request.password, hash).await {
+        return Err(forbidden());
+    }
+    let device_id = request.device_id.unwrap_or_else(new_device_id);
+    let access_token = new_access_token();
+    let mut tx = svc.db.begin().await.map_err(internal)?;
+    store::upsert_device(
+        &mut tx,
+        request.user_id.as_str(),
+        &device_id,
+        request.initial_device_display_name.as_deref(),
+        now_ms(),
+    )
+    .await
+    .map_err(internal)?;
+    store::insert_access_token(&mut tx, &access_token, request.user_id.as_str(), &device_id).await.map_err(internal)?;
+    tx.commit().await.map_err(|e| internal(ganglion_storage::StorageError::from(e)))?;
+    Ok(SessionGrant { user_id: request.user_id, access_token: Some(access_token), device_id: Some(device_id.into()) })
+}
+
+/// Ends the session of `access_token`: the token and its device go (per the spec, logout
+/// deletes the device).
+pub(crate) async fn logout(svc: &MasterService, access_token: &str) -> MasterResult<()> {
+    let mut tx = svc.db.begin().await.map_err(internal)?;
+    if let Some((user_id, device_id)) = store::session_by_token(&mut tx, access_token).await.map_err(internal)? {
+        store::delete_device(&mut tx, &user_id, &device_id).await.map_err(internal)?;
+    }
+    store::delete_access_token(&mut tx, access_token).await.map_err(internal)?;
+    tx.commit().await.map_err(|e| internal(ganglion_storage::StorageError::from(e)))
+}
+
+pub(crate) async fn logout_all(svc: &MasterService, user_id: &OwnedUserId) -> MasterResult<()> {
+    let mut tx = svc.db.begin().await.map_err(internal)?;
+    for device in store::devices_of_user(&mut tx, user_id.as_str()).await.map_err(internal)? {
+        store::delete_device(&mut tx, user_id.as_str(), &device.device_id).await.map_err(internal)?;
+    }
+    store::delete_access_tokens_of_user(&mut tx, user_id.as_str(), None).await.map_err(internal)?;
+    tx.commit().await.map_err(|e| internal(ganglion_storage::StorageError::from(e)))
+}
+
+pub(crate) async fn set_password(
+    svc: &MasterService,
+    user_id: &OwnedUserId,
+    new_password: &str,
+    logout_devices: bool,
+    keep_device: Option<&OwnedDeviceId>,
+) -> MasterResult<()> {
+    if new_password.is_empty() {
+        return Err(MasterError::new(ErrorClass::BadJson, "The new password must not be empty"));
+    }
+    let hash = hash_password(new_password.to_owned()).await?;
+    let mut tx = svc.db.begin().await.map_err(internal)?;
+    store::set_password_hash(&mut tx, user_id.as_str(), &hash).await.map_err(internal)?;
+    if logout_devices {
+        let keep = keep_device.map(|device| device.as_str());
+        for device in store::devices_of_user(&mut tx, user_id.as_str()).await.map_err(internal)? {
+            if Some(device.device_id.as_str()) != keep {
+                store::delete_device(&mut tx, user_id.as_str(), &device.device_id).await.map_err(internal)?;
+            }
+        }
+        store::delete_access_tokens_of_user(&mut tx, user_id.as_str(), keep).await.map_err(internal)?;
+    }
+    tx.commit().await.map_err(|e| internal(ganglion_storage::StorageError::from(e)))
+}
+
+pub(crate) async fn delete_devices(svc: &MasterService, user_id: &OwnedUserId, device_ids: &[OwnedDeviceId]) -> MasterResult<()> {
+    let mut tx = svc.db.begin().await.map_err(internal)?;
+    for device_id in device_ids {
+        store::delete_device(&mut tx, user_id.as_str(), device_id.as_str()).await.map_err(internal)?;
+    }
+    tx.commit().await.map_err(|e| internal(ganglion_storage::StorageError::from(e)))
+}
+
+pub(crate) async fn rename_device(
+    svc: &MasterService,
+    user_id: &OwnedUserId,
+    device_id: &OwnedDeviceId,
+    name: &str,
+) -> MasterResult<()> {
+    let mut conn = svc.db.conn().await.map_err(internal)?;
+    if store::set_device_display_name(&mut conn, user_id.as_str(), device_id.as_str(), name).await.map_err(internal)? {
+        Ok(())
+    } else {
+        Err(MasterError::not_found("Unknown device"))
+    }
+}
+
+pub(crate) async fn create_filter(svc: &MasterService, user_id: &OwnedUserId, filter: Value) -> MasterResult<String> {
+    if !filter.is_object() {
+        return Err(MasterError::bad_json("A filter must be a JSON object"));
+    }
+    let text = serde_json::to_string(&filter).map_err(|e| MasterError::bad_json(e.to_string()))?;
+    let mut tx = svc.db.begin().await.map_err(internal)?;
+    let filter_id = store::insert_filter(&mut tx, user_id.as_str(), &text).await.map_err(internal)?;
+    tx.commit().await.map_err(|e| internal(ganglion_storage::StorageError::from(e)))?;
+    Ok(filter_id.to_string())
+}

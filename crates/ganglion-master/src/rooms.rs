@@ -1,0 +1,421 @@
+//! Room writes: creation, events, membership, profile propagation, aliases and visibility.
+
+use std::collections::BTreeMap;
+
+use ganglion_events::{
+    EventTemplate,
+    ruma::{OwnedDeviceId, OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomAliasId, RoomVersionId},
+};
+use ganglion_rpc::{CreateRoomRequest, MasterError, MasterResult, MembershipChange, Preset, ProfileField};
+use ganglion_storage::{accounts as account_store, events as event_store, rooms as room_store};
+use ganglion_types::ErrorClass;
+use serde_json::{Map, Value, json};
+
+use crate::{MasterService, internal, power, writer::Batch};
+
+pub(crate) async fn send_event(
+    svc: &MasterService,
+    sender: &OwnedUserId,
+    device_id: Option<&OwnedDeviceId>,
+    room_id: &OwnedRoomId,
+    template: EventTemplate,
+    txn_id: Option<&str>,
+) -> MasterResult<OwnedEventId> {
+    if !template.content.is_object() {
+        return Err(MasterError::bad_json("Event content must be a JSON object"));
+    }
+    let mut batch = Batch::begin(svc).await?;
+    if let (Some(device_id), Some(txn_id)) = (device_id, txn_id) {
+        let mut conn = svc.db.conn().await.map_err(internal)?;
+        if let Some(event_id) =
+            event_store::event_id_by_txn(&mut conn, sender.as_str(), device_id.as_str(), txn_id).await.map_err(internal)?
+        {
+            return OwnedEventId::try_from(event_id).map_err(|e| MasterError::internal(e.to_string()));
+        }
+    }
+    if template.kind == "m.room.create" {
+        return Err(MasterError::forbidden("A room has exactly one m.room.create event"));
+    }
+    if template.kind == "m.room.redaction" {
+        check_redaction(&mut batch, sender, room_id, &template).await?;
+    }
+    let txn = match (device_id, txn_id) {
+        (Some(device_id), Some(txn_id)) => Some((device_id, txn_id)),
+        _ => None,
+    };
+    let event = batch.append(room_id, sender, &template, txn).await?;
+    batch.commit().await?;
+    Ok(event.pdu.event_id.clone())
+}
+
+/// Users may redact their own events; redacting another's needs the `redact` power level.
+async fn check_redaction(
+    batch: &mut Batch<'_>,
+    sender: &OwnedUserId,
+    room_id: &OwnedRoomId,
+    template: &EventTemplate,
+) -> MasterResult<()> {
+    let Some(target_id) = &template.redacts else {
+        return Err(MasterError::bad_json("Redaction without a target event"));
+    };
+    let target = batch.event_by_id(target_id.as_str()).await?;
+    let Some(target) = target.filter(|target| &target.pdu.room_id == room_id) else {
+        return Err(MasterError::not_found("Event not found in this room"));
+    };
+    if target.pdu.sender == *sender {
+        return Ok(());
+    }
+    let head = batch.head(room_id).await?.ok_or_else(|| MasterError::not_found("Unknown room"))?;
+    let create = batch.state_event(&head, "m.room.create", "").await?;
+    let power_levels = batch.state_event(&head, "m.room.power_levels", "").await?;
+    let Some(create) = create else { return Err(MasterError::internal("room without create event")) };
+    let power_levels = power_levels.as_ref().map(|event| &*event.pdu);
+    let mine = power::user_power(&head.rules.authorization, &create.pdu, power_levels, sender.as_str());
+    if mine < power::required_power(power_levels, "redact", 50) {
+        return Err(MasterError::forbidden("You may only redact your own events"));
+    }
+    Ok(())
+}
+
+fn member_content(membership: &str, profile: &account_store::Profile, reason: Option<String>) -> Value {
+    let mut content = Map::new();
+    content.insert("membership".into(), json!(membership));
+    if let Some(displayname) = &profile.displayname {
+        content.insert("displayname".into(), json!(displayname));
+    }
+    if let Some(avatar_url) = &profile.avatar_url {
+        content.insert("avatar_url".into(), json!(avatar_url));
+    }
+    if let Some(reason) = reason {
+        content.insert("reason".into(), json!(reason));
+    }
+    Value::Object(content)
+}
+
+async fn profile(svc: &MasterService, user_id: &str) -> MasterResult<account_store::Profile> {
+    let mut conn = svc.db.conn().await.map_err(internal)?;
+    Ok(account_store::profile_of_user(&mut conn, user_id).await.map_err(internal)?.unwrap_or_default())
+}
+
+pub(crate) async fn update_membership(
+    svc: &MasterService,
+    sender: &OwnedUserId,
+    room_id: &OwnedRoomId,
+    target: &OwnedUserId,
+    change: MembershipChange,
+    reason: Option<String>,
+) -> MasterResult<OwnedEventId> {
+    let (membership, target) = match change {
+        MembershipChange::Join => ("join", sender),
+        MembershipChange::Leave => ("leave", sender),
+        MembershipChange::Invite => ("invite", target),
+        MembershipChange::Kick | MembershipChange::Unban => ("leave", target),
+        MembershipChange::Ban => ("ban", target),
+    };
+    // The member event of a join or invite carries the profile of the user it is about.
+    let profile = match change {
+        MembershipChange::Join | MembershipChange::Invite => profile(svc, target.as_str()).await?,
+        _ => account_store::Profile::default(),
+    };
+    if change == MembershipChange::Invite && target.server_name() == svc.config.server_name.as_str() {
+        let mut conn = svc.db.conn().await.map_err(internal)?;
+        if !account_store::user_exists(&mut conn, target.as_str()).await.map_err(internal)? {
+            return Err(MasterError::not_found("Unknown user"));
+        }
+    }
+    let mut batch = Batch::begin(svc).await?;
+    let Some(head) = batch.head(room_id).await? else {
+        return Err(MasterError::not_found("Unknown room"));
+    };
+    let current = batch.state_event(&head, "m.room.member", target.as_str()).await?;
+    let current = current.as_ref().and_then(|event| {
+        event.pdu.content_value().get("membership").and_then(Value::as_str).map(str::to_owned)
+    });
+    match change {
+        MembershipChange::Unban if current.as_deref() != Some("ban") => {
+            return Err(MasterError::forbidden("The user is not banned"));
+        }
+        MembershipChange::Kick if !matches!(current.as_deref(), Some("join" | "invite" | "knock")) => {
+            return Err(MasterError::forbidden("The user is not in the room"));
+        }
+        MembershipChange::Join if current.as_deref() == Some("join") => {
+            // Joining twice is idempotent for the client; no new event unless the profile moved.
+        }
+        _ => {}
+    }
+    let content = member_content(membership, &profile, reason);
+    let template = EventTemplate::state("m.room.member", target.as_str(), content);
+    let event = batch.append(room_id, sender, &template, None).await?;
+    batch.commit().await?;
+    Ok(event.pdu.event_id.clone())
+}
+
+pub(crate) async fn forget_room(svc: &MasterService, user_id: &OwnedUserId, room_id: &OwnedRoomId) -> MasterResult<()> {
+    let mut conn = svc.db.conn().await.map_err(internal)?;
+    let Some(room) = room_store::room_by_id(&mut conn, room_id.as_str()).await.map_err(internal)? else {
+        return Err(MasterError::not_found("Unknown room"));
+    };
+    let membership = room_store::membership_of_user_in_room(&mut conn, room.room_nid, user_id.as_str())
+        .await
+        .map_err(internal)?;
+    match membership.as_ref().map(|m| m.membership.as_str()) {
+        Some("leave" | "ban") => {
+            room_store::set_membership_forgotten(&mut conn, room.room_nid, user_id.as_str()).await.map_err(internal)
+        }
+        Some(_) => Err(MasterError::new(ErrorClass::Unknown, "You must leave the room before forgetting it")),
+        None => Err(MasterError::not_found("You were never in this room")),
+    }
+}
+
+pub(crate) async fn set_profile(
+    svc: &MasterService,
+    user_id: &OwnedUserId,
+    field: ProfileField,
+    value: Option<String>,
+) -> MasterResult<()> {
+    let mut conn = svc.db.conn().await.map_err(internal)?;
+    let Some(mut profile) = account_store::profile_of_user(&mut conn, user_id.as_str()).await.map_err(internal)? else {
+        return Err(MasterError::not_found("Unknown user"));
+    };
+    match field {
+        ProfileField::Displayname => profile.displayname = value.filter(|v| !v.is_empty()),
+        ProfileField::AvatarUrl => profile.avatar_url = value.filter(|v| !v.is_empty()),
+    }
+    account_store::set_profile(&mut conn, user_id.as_str(), &profile).await.map_err(internal)?;
+    let memberships = room_store::memberships_of_user(&mut conn, user_id.as_str()).await.map_err(internal)?;
+    let joined: Vec<_> = memberships.into_iter().filter(|m| m.membership == "join").map(|m| m.room_nid).collect();
+    let rooms = room_store::rooms_by_nid(&mut conn, &joined).await.map_err(internal)?;
+    drop(conn);
+    for room in rooms {
+        let Ok(room_id) = OwnedRoomId::try_from(room.room_id.as_str()) else { continue };
+        let template = EventTemplate::state("m.room.member", user_id.as_str(), member_content("join", &profile, None));
+        let mut batch = Batch::begin(svc).await?;
+        // A room where the user may no longer change their member event (e.g. a racing ban)
+        // keeps the old profile; the profile itself is already updated.
+        match batch.append(&room_id, user_id, &template, None).await {
+            Ok(_) => {
+                batch.commit().await?;
+            }
+            Err(error) if error.class == ErrorClass::Forbidden => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
+
+fn power_levels_content(
+    rules: &ganglion_events::ruma::room_version_rules::RoomVersionRules,
+    creator: &OwnedUserId,
+    preset: Preset,
+    invite: &[OwnedUserId],
+    override_content: Option<&Map<String, Value>>,
+) -> Value {
+    let mut users = Map::new();
+    if !rules.authorization.explicitly_privilege_room_creators {
+        users.insert(creator.to_string(), json!(100));
+        if preset == Preset::TrustedPrivateChat {
+            for user in invite {
+                users.insert(user.to_string(), json!(100));
+            }
+        }
+    }
+    let mut content = json!({
+        "users": users,
+        "users_default": 0,
+        "events": {
+            "m.room.name": 50,
+            "m.room.power_levels": 100,
+            "m.room.history_visibility": 100,
+            "m.room.canonical_alias": 50,
+            "m.room.avatar": 50,
+            "m.room.tombstone": 100,
+            "m.room.server_acl": 100,
+            "m.room.encryption": 100,
+        },
+        "events_default": 0,
+        "state_default": 50,
+        "ban": 50,
+        "kick": 50,
+        "redact": 50,
+        "invite": 0,
+        "notifications": { "room": 50 },
+    });
+    if let (Some(override_content), Some(object)) = (override_content, content.as_object_mut()) {
+        for (key, value) in override_content {
+            object.insert(key.clone(), value.clone());
+        }
+    }
+    content
+}
+
+pub(crate) async fn create_room(
+    svc: &MasterService,
+    sender: &OwnedUserId,
+    request: CreateRoomRequest,
+) -> MasterResult<OwnedRoomId> {
+    let version = match &request.room_version {
+        Some(version) => version.clone(),
+        None => RoomVersionId::try_from(svc.config.rooms.default_version.as_str())
+            .map_err(|e| MasterError::internal(e.to_string()))?,
+    };
+    let Some(rules) = ganglion_events::rules_for(&version) else {
+        return Err(MasterError::new(ErrorClass::UnsupportedRoomVersion, format!("Room version {version} is not supported")));
+    };
+    let alias = match &request.room_alias_name {
+        Some(name) => {
+            let alias = RoomAliasId::parse(format!("#{name}:{}", svc.config.server_name))
+                .map_err(|e| MasterError::invalid_param(format!("Invalid room_alias_name: {e}")))?;
+            let mut conn = svc.db.conn().await.map_err(internal)?;
+            if room_store::room_id_by_alias(&mut conn, alias.as_str()).await.map_err(internal)?.is_some() {
+                return Err(MasterError::new(ErrorClass::RoomInUse, "Room alias already taken"));
+            }
+            Some(alias)
+        }
+        None => None,
+    };
+    let preset = request.preset.unwrap_or(if request.public { Preset::PublicChat } else { Preset::PrivateChat });
+    let sender_profile = profile(svc, sender.as_str()).await?;
+
+    let mut create_content = request.creation_content.clone().unwrap_or_default();
+    create_content.insert("room_version".into(), json!(version.as_str()));
+    if rules.authorization.use_room_create_sender {
+        create_content.remove("creator");
+    } else {
+        create_content.insert("creator".into(), json!(sender.as_str()));
+    }
+    if rules.authorization.additional_room_creators && preset == Preset::TrustedPrivateChat && !request.invite.is_empty() {
+        let creators: Vec<Value> = request.invite.iter().map(|user| json!(user.as_str())).collect();
+        create_content.insert("additional_creators".into(), Value::Array(creators));
+    }
+
+    // Later entries of the same (type, state_key) replace earlier ones, in spec order.
+    let mut state: Vec<((String, String), Value)> = Vec::new();
+    let mut put = |kind: &str, key: &str, content: Value| {
+        let id = (kind.to_owned(), key.to_owned());
+        state.retain(|(existing, _)| existing != &id);
+        state.push((id, content));
+    };
+    put(
+        "m.room.power_levels",
+        "",
+        power_levels_content(&rules, sender, preset, &request.invite, request.power_level_content_override.as_ref()),
+    );
+    if let Some(alias) = &alias {
+        put("m.room.canonical_alias", "", json!({ "alias": alias.as_str() }));
+    }
+    let join_rule = if preset == Preset::PublicChat { "public" } else { "invite" };
+    put("m.room.join_rules", "", json!({ "join_rule": join_rule }));
+    put("m.room.history_visibility", "", json!({ "history_visibility": "shared" }));
+    let guest_access = if preset == Preset::PublicChat { "forbidden" } else { "can_join" };
+    put("m.room.guest_access", "", json!({ "guest_access": guest_access }));
+    for event in &request.initial_state {
+        if event.kind == "m.room.create" || event.kind == "m.room.member" {
+            return Err(MasterError::bad_json(format!("initial_state may not contain {}", event.kind)));
+        }
+        put(&event.kind, &event.state_key, Value::Object(event.content.clone()));
+    }
+    if let Some(name) = &request.name {
+        put("m.room.name", "", json!({ "name": name }));
+    }
+    if let Some(topic) = &request.topic {
+        put("m.room.topic", "", json!({ "topic": topic, "m.topic": [{ "body": topic, "mimetype": "text/plain" }] }));
+    }
+
+    let mut batch = Batch::begin(svc).await?;
+    let (room_id, _) = batch.create_room(&version, sender, Value::Object(create_content), request.public).await?;
+    let join = EventTemplate::state("m.room.member", sender.as_str(), member_content("join", &sender_profile, None));
+    batch.append(&room_id, sender, &join, None).await?;
+    // Power levels go first so the creator may send the rest; the others follow in order.
+    for ((kind, key), content) in state {
+        batch.append(&room_id, sender, &EventTemplate::state(kind, key, content), None).await?;
+    }
+    let mut invite_profiles = BTreeMap::new();
+    for user in &request.invite {
+        if !invite_profiles.contains_key(user) {
+            invite_profiles.insert(user.clone(), profile(svc, user.as_str()).await?);
+        }
+    }
+    for (user, user_profile) in &invite_profiles {
+        let mut content = member_content("invite", user_profile, None);
+        if request.is_direct {
+            content["is_direct"] = json!(true);
+        }
+        batch.append(&room_id, sender, &EventTemplate::state("m.room.member", user.as_str(), content), None).await?;
+    }
+    if let Some(alias) = &alias {
+        let conn = batch_conn(&mut batch);
+        if !room_store::insert_alias(conn, alias.as_str(), room_id.as_str(), sender.as_str()).await.map_err(internal)? {
+            return Err(MasterError::new(ErrorClass::RoomInUse, "Room alias already taken"));
+        }
+    }
+    batch.commit().await?;
+    Ok(room_id)
+}
+
+fn batch_conn<'a>(batch: &'a mut Batch<'_>) -> &'a mut ganglion_storage::Conn {
+    batch.connection()
+}
+
+pub(crate) async fn set_alias(
+    svc: &MasterService,
+    user_id: &OwnedUserId,
+    alias: &OwnedRoomAliasId,
+    room_id: &OwnedRoomId,
+) -> MasterResult<()> {
+    if alias.server_name() != svc.config.server_name.as_str() {
+        return Err(MasterError::invalid_param("Alias must be on this server"));
+    }
+    let mut conn = svc.db.conn().await.map_err(internal)?;
+    if room_store::room_by_id(&mut conn, room_id.as_str()).await.map_err(internal)?.is_none() {
+        return Err(MasterError::not_found("Unknown room"));
+    }
+    if !room_store::insert_alias(&mut conn, alias.as_str(), room_id.as_str(), user_id.as_str()).await.map_err(internal)? {
+        return Err(MasterError::new(ErrorClass::AliasInUse, "Room alias already exists"));
+    }
+    Ok(())
+}
+
+pub(crate) async fn delete_alias(svc: &MasterService, user_id: &OwnedUserId, alias: &OwnedRoomAliasId) -> MasterResult<()> {
+    let mut conn = svc.db.conn().await.map_err(internal)?;
+    let Some((room_id, creator)) = room_store::alias(&mut conn, alias.as_str()).await.map_err(internal)? else {
+        return Err(MasterError::not_found("Unknown alias"));
+    };
+    drop(conn);
+    if creator != user_id.as_str() {
+        let room_id = OwnedRoomId::try_from(room_id).map_err(|e| MasterError::internal(e.to_string()))?;
+        require_state_power(svc, user_id, &room_id).await?;
+    }
+    let mut conn = svc.db.conn().await.map_err(internal)?;
+    room_store::delete_alias(&mut conn, alias.as_str()).await.map_err(internal)?;
+    Ok(())
+}
+
+pub(crate) async fn set_room_visibility(
+    svc: &MasterService,
+    user_id: &OwnedUserId,
+    room_id: &OwnedRoomId,
+    public: bool,
+) -> MasterResult<()> {
+    let room_nid = require_state_power(svc, user_id, room_id).await?;
+    let mut conn = svc.db.conn().await.map_err(internal)?;
+    room_store::set_room_public(&mut conn, room_nid, public).await.map_err(internal)
+}
+
+/// Requires the user to have the `state_default` power level in the room; returns its NID.
+async fn require_state_power(
+    svc: &MasterService,
+    user_id: &OwnedUserId,
+    room_id: &OwnedRoomId,
+) -> MasterResult<ganglion_types::RoomNid> {
+    let mut batch = Batch::begin(svc).await?;
+    let Some(head) = batch.head(room_id).await? else { return Err(MasterError::not_found("Unknown room")) };
+    let create = batch.state_event(&head, "m.room.create", "").await?;
+    let power_levels = batch.state_event(&head, "m.room.power_levels", "").await?;
+    let Some(create) = create else { return Err(MasterError::internal("room without create event")) };
+    let power_levels = power_levels.as_ref().map(|event| &*event.pdu);
+    let mine = power::user_power(&head.rules.authorization, &create.pdu, power_levels, user_id.as_str());
+    if mine < power::required_power(power_levels, "state_default", 50) {
+        return Err(MasterError::forbidden("You do not have permission to do that in this room"));
+    }
+    Ok(head.room_nid)
+}

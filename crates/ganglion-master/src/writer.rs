@@ -1,0 +1,361 @@
+//! The events stream's writer: room heads, and batches of events built, authorised and
+//! persisted in one transaction.
+
+use std::{collections::HashMap, sync::Arc};
+
+use ganglion_events::{
+    EventTemplate, Pdu, auth_event_types, build_pdu, check_auth,
+    ruma::{
+        OwnedDeviceId, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, UserId,
+        events::StateEventType, room_version_rules::RoomVersionRules,
+    },
+};
+use ganglion_replication::StreamRow;
+use ganglion_rpc::{MasterError, MasterResult};
+use ganglion_state::{Snapshot, StoredEvent};
+use ganglion_storage::{
+    Db, events as event_store, rooms as room_store,
+    state::StateEntry,
+};
+use ganglion_types::{ErrorClass, EventNid, RoomNid, SnapshotNid, StreamKind, StreamPosition};
+use sqlx::{Any, Transaction};
+use tokio::sync::MutexGuard;
+
+use crate::{MasterService, internal};
+
+/// Positions of the streams the master writes, and the heads of rooms it has touched.
+pub struct Writer {
+    pub(crate) last_event_pos: i64,
+    pub(crate) last_receipt_pos: i64,
+    pub(crate) last_account_data_pos: i64,
+    heads: HashMap<OwnedRoomId, RoomHead>,
+}
+
+/// What the writer needs to append to a room: its current state and newest event.
+#[derive(Clone)]
+pub(crate) struct RoomHead {
+    pub room_nid: RoomNid,
+    pub rules: Arc<RoomVersionRules>,
+    pub snapshot: Snapshot,
+    pub latest_event_id: Option<OwnedEventId>,
+    pub max_depth: i64,
+}
+
+impl Writer {
+    pub(crate) async fn load(db: &Db) -> MasterResult<Writer> {
+        let mut conn = db.conn().await.map_err(internal)?;
+        Ok(Writer {
+            last_event_pos: event_store::max_event_stream_pos(&mut conn).await.map_err(internal)?,
+            last_receipt_pos: ganglion_storage::streams::max_receipt_stream_pos(&mut conn).await.map_err(internal)?,
+            last_account_data_pos: ganglion_storage::streams::max_account_data_stream_pos(&mut conn)
+                .await
+                .map_err(internal)?,
+            heads: HashMap::new(),
+        })
+    }
+}
+
+fn now_ms() -> u64 {
+    ganglion_storage::now_ms().max(0) as u64
+}
+
+fn build_error(error: ganglion_events::BuildError) -> MasterError {
+    match error {
+        ganglion_events::BuildError::TooLarge => MasterError::new(ErrorClass::TooLarge, error.to_string()),
+        ganglion_events::BuildError::ContentNotObject | ganglion_events::BuildError::NotCanonical(_) => {
+            MasterError::bad_json(error.to_string())
+        }
+        ganglion_events::BuildError::Signing(_) => MasterError::internal(error.to_string()),
+    }
+}
+
+/// Events appended in one transaction. Dropping a batch without committing rolls it back.
+pub(crate) struct Batch<'w> {
+    svc: &'w MasterService,
+    writer: MutexGuard<'w, Writer>,
+    tx: Option<Transaction<'static, Any>>,
+    heads: HashMap<OwnedRoomId, RoomHead>,
+    next_pos: i64,
+    appended: Vec<Appended>,
+    committed: bool,
+}
+
+struct Appended {
+    event: StoredEvent,
+    snapshot: Option<Snapshot>,
+    redacted: Option<EventNid>,
+}
+
+impl<'w> Batch<'w> {
+    pub(crate) async fn begin(svc: &'w MasterService) -> MasterResult<Batch<'w>> {
+        let writer = svc.writer.lock().await;
+        let tx = svc.db.begin().await.map_err(internal)?;
+        let next_pos = writer.last_event_pos + 1;
+        Ok(Batch { svc, writer, tx: Some(tx), heads: HashMap::new(), next_pos, appended: Vec::new(), committed: false })
+    }
+
+    fn conn(&mut self) -> &mut ganglion_storage::Conn {
+        self.tx.as_mut().expect("transaction is open until commit")
+    }
+
+    /// The batch's transaction, for rows that commit with its events (aliases).
+    pub(crate) fn connection(&mut self) -> &mut ganglion_storage::Conn {
+        self.conn()
+    }
+
+    /// The head of a room, or `None` for an unknown room.
+    pub(crate) async fn head(&mut self, room_id: &RoomId) -> MasterResult<Option<RoomHead>> {
+        if let Some(head) = self.heads.get(room_id) {
+            return Ok(Some(head.clone()));
+        }
+        if let Some(head) = self.writer.heads.get(room_id) {
+            return Ok(Some(head.clone()));
+        }
+        let caches = self.svc.caches.clone();
+        let conn = self.conn();
+        let Some(room) = room_store::room_by_id(conn, room_id.as_str()).await.map_err(internal)? else {
+            return Ok(None);
+        };
+        let (Some(snapshot_nid), Some(latest_nid)) = (room.current_snapshot_nid, room.latest_event_nid) else {
+            return Ok(None);
+        };
+        let snapshot = caches.snapshot(conn, snapshot_nid).await.map_err(internal)?;
+        let latest = caches.event(conn, latest_nid).await.map_err(internal)?;
+        let version = RoomVersionId::try_from(room.room_version.as_str()).map_err(|e| MasterError::internal(e.to_string()))?;
+        let rules = version.rules().ok_or_else(|| MasterError::internal("room version without rules"))?;
+        let head = RoomHead {
+            room_nid: room.room_nid,
+            rules: Arc::new(rules),
+            snapshot,
+            latest_event_id: latest.map(|event| event.pdu.event_id.clone()),
+            max_depth: room.max_depth,
+        };
+        self.writer.heads.insert(room_id.to_owned(), head.clone());
+        Ok(Some(head))
+    }
+
+    /// The current state event `(kind, key)` of a room, as this batch sees it.
+    pub(crate) async fn state_event(&mut self, head: &RoomHead, kind: &str, key: &str) -> MasterResult<Option<StoredEvent>> {
+        let caches = self.svc.caches.clone();
+        caches.state_event(self.conn(), &head.snapshot, kind, key).await.map_err(internal)
+    }
+
+    pub(crate) async fn event_by_id(&mut self, event_id: &str) -> MasterResult<Option<StoredEvent>> {
+        let caches = self.svc.caches.clone();
+        caches.event_by_id(self.conn(), event_id).await.map_err(internal)
+    }
+
+    /// Starts a room: builds and persists its create event. Returns the new room's id.
+    pub(crate) async fn create_room(
+        &mut self,
+        version: &RoomVersionId,
+        sender: &UserId,
+        create_content: serde_json::Value,
+        public: bool,
+    ) -> MasterResult<(OwnedRoomId, StoredEvent)> {
+        let rules = version.rules().ok_or_else(|| MasterError::new(ErrorClass::UnsupportedRoomVersion, "unsupported room version"))?;
+        let template = EventTemplate::state("m.room.create", "", create_content);
+        let room_id = if rules.authorization.room_create_event_id_as_room_id {
+            None
+        } else {
+            Some(random_room_id(&self.svc.config.server_name)?)
+        };
+        let pdu = build_pdu(&self.svc.key, &rules, room_id.as_deref(), sender, &template, &[], &[], 1, now_ms())
+            .map_err(build_error)?;
+        check_auth(&rules.authorization, &pdu, &HashMap::new(), |_: &StateEventType, _: &str| None::<&Pdu>)
+            .map_err(|e| MasterError::bad_json(format!("invalid m.room.create: {e}")))?;
+        let room_id = pdu.room_id.clone();
+        let room_nid = room_store::insert_room(self.conn(), room_id.as_str(), version.as_str(), public)
+            .await
+            .map_err(|e| if e.is_unique_violation() { MasterError::new(ErrorClass::RoomInUse, "room exists") } else { internal(e) })?;
+        let head = RoomHead {
+            room_nid,
+            rules: Arc::new(rules),
+            snapshot: Snapshot::empty(),
+            latest_event_id: None,
+            max_depth: 0,
+        };
+        self.heads.insert(room_id.clone(), head);
+        let event = self.persist(&room_id, pdu, None).await?;
+        Ok((room_id, event))
+    }
+
+    /// Builds an event on top of the room's head, checks it against the auth rules and the
+    /// current state, and persists it in this batch.
+    pub(crate) async fn append(
+        &mut self,
+        room_id: &RoomId,
+        sender: &UserId,
+        template: &EventTemplate,
+        txn: Option<(&OwnedDeviceId, &str)>,
+    ) -> MasterResult<StoredEvent> {
+        let Some(head) = self.head(room_id).await? else {
+            return Err(MasterError::not_found("Unknown room"));
+        };
+        let rules = head.rules.clone();
+        let content = serde_json::value::to_raw_value(&template.content).map_err(|e| MasterError::bad_json(e.to_string()))?;
+        let types = auth_event_types(&rules.authorization, &template.kind, sender, template.state_key.as_deref(), &content)
+            .map_err(|e| MasterError::bad_json(e.0))?;
+        let mut state: HashMap<(String, String), StoredEvent> = HashMap::new();
+        let wanted = types.iter().map(|(kind, key)| (kind.to_string(), key.clone())).chain(std::iter::once(("m.room.create".to_owned(), String::new())));
+        for (kind, key) in wanted.collect::<Vec<_>>() {
+            if let Some(event) = self.state_event(&head, &kind, &key).await? {
+                state.insert((kind, key), event);
+            }
+        }
+        let auth_events: Vec<OwnedEventId> = types
+            .iter()
+            .filter_map(|(kind, key)| state.get(&(kind.to_string(), key.clone())).map(|e| e.pdu.event_id.clone()))
+            .collect();
+        let prev_events: Vec<OwnedEventId> = head.latest_event_id.iter().cloned().collect();
+        let depth = (head.max_depth + 1) as u64;
+        let pdu = build_pdu(&self.svc.key, &rules, Some(room_id), sender, template, &prev_events, &auth_events, depth, now_ms())
+            .map_err(build_error)?;
+        let by_id: HashMap<OwnedEventId, &Pdu> = state.values().map(|e| (e.pdu.event_id.clone(), &*e.pdu)).collect();
+        check_auth(&rules.authorization, &pdu, &by_id, |kind: &StateEventType, key: &str| {
+            state.get(&(kind.to_string(), key.to_owned())).map(|e| &*e.pdu)
+        })
+        .map_err(|e| MasterError::forbidden(format!("Event not allowed: {e}")))?;
+        self.persist(room_id, pdu, txn).await
+    }
+
+    async fn persist(&mut self, room_id: &RoomId, pdu: Pdu, txn: Option<(&OwnedDeviceId, &str)>) -> MasterResult<StoredEvent> {
+        let mut head = match self.heads.get(room_id) {
+            Some(head) => head.clone(),
+            None => self.head(room_id).await?.ok_or_else(|| MasterError::not_found("Unknown room"))?,
+        };
+        let caches = self.svc.caches.clone();
+        let position = self.next_pos;
+        let conn = self.conn();
+        let type_nid = caches.type_nid(conn, pdu.kind.to_string().as_str()).await.map_err(internal)?;
+        let state_key_nid = match &pdu.state_key {
+            Some(key) => Some(caches.state_key_nid(conn, key).await.map_err(internal)?),
+            None => None,
+        };
+        let replaces_nid = state_key_nid.and_then(|key_nid| head.snapshot.get(type_nid, key_nid));
+        let depth = i64::try_from(u64::from(pdu.depth)).unwrap_or(i64::MAX);
+        let event_id = pdu.event_id.to_string();
+        let sender = pdu.sender.to_string();
+        let new_event = event_store::NewEvent {
+            stream_pos: position,
+            event_id: &event_id,
+            room_nid: head.room_nid,
+            depth,
+            type_nid,
+            state_key_nid,
+            sender: &sender,
+            origin_server_ts: i64::from(pdu.origin_server_ts.0),
+            json: &pdu.json,
+            snapshot_nid: head.snapshot.nid.unwrap_or(SnapshotNid(0)),
+            replaces_nid,
+        };
+        let event_nid = event_store::insert_event(conn, &new_event).await.map_err(internal)?;
+        let mut new_snapshot = None;
+        if let Some(state_key_nid) = state_key_nid {
+            let entry = StateEntry { type_nid, state_key_nid, event_nid };
+            let snapshot = caches.write_snapshot(conn, head.room_nid, &head.snapshot, &[entry]).await.map_err(internal)?;
+            let snapshot_nid = snapshot.nid.ok_or_else(|| MasterError::internal("snapshot without nid"))?;
+            event_store::set_event_snapshot(conn, event_nid, snapshot_nid).await.map_err(internal)?;
+            head.snapshot = snapshot.clone();
+            new_snapshot = Some(snapshot);
+        }
+        let snapshot_nid = head.snapshot.nid.ok_or_else(|| MasterError::internal("room without state"))?;
+        room_store::set_room_head(conn, head.room_nid, event_nid, snapshot_nid, depth).await.map_err(internal)?;
+        if pdu.kind.to_string() == "m.room.member" {
+            if let Some(target) = &pdu.state_key {
+                let membership = pdu.content_value().get("membership").and_then(|m| m.as_str()).unwrap_or("leave").to_owned();
+                room_store::upsert_membership(conn, head.room_nid, target, &membership, event_nid, position)
+                    .await
+                    .map_err(internal)?;
+            }
+        }
+        let mut redacted = None;
+        if let Some(target) = &pdu.redacts {
+            if let Some(target_row) = event_store::event_by_id(conn, target.as_str()).await.map_err(internal)? {
+                if target_row.room_nid == head.room_nid {
+                    event_store::set_redacted_by(conn, target.as_str(), &event_id).await.map_err(internal)?;
+                    redacted = Some(target_row.event_nid);
+                }
+            }
+        }
+        if let Some((device_id, txn_id)) = txn {
+            event_store::insert_txn(conn, &sender, device_id.as_str(), txn_id, &event_id).await.map_err(internal)?;
+        }
+        let row = event_store::EventRow {
+            event_nid,
+            stream_pos: position,
+            event_id,
+            room_nid: head.room_nid,
+            depth,
+            type_nid,
+            state_key_nid,
+            sender,
+            origin_server_ts: i64::from(pdu.origin_server_ts.0),
+            json: pdu.json.to_string(),
+            snapshot_nid,
+            replaces_nid,
+            redacted_by: None,
+        };
+        head.latest_event_id = Some(pdu.event_id.clone());
+        head.max_depth = depth;
+        self.heads.insert(room_id.to_owned(), head);
+        self.next_pos += 1;
+        let event = StoredEvent { row: Arc::new(row), pdu: Arc::new(pdu) };
+        self.appended.push(Appended { event: event.clone(), snapshot: new_snapshot, redacted });
+        Ok(event)
+    }
+
+    /// Commits, then updates caches and heads and publishes every event, in position order.
+    pub(crate) async fn commit(mut self) -> MasterResult<Vec<StoredEvent>> {
+        let tx = self.tx.take().expect("transaction is open until commit");
+        tx.commit().await.map_err(|e| internal(ganglion_storage::StorageError::from(e)))?;
+        self.committed = true;
+        let caches = self.svc.caches.clone();
+        for (room_id, head) in self.heads.drain() {
+            self.writer.heads.insert(room_id, head);
+        }
+        let mut events = Vec::with_capacity(self.appended.len());
+        for appended in self.appended.drain(..) {
+            if let Some(snapshot) = &appended.snapshot {
+                caches.remember_snapshot(snapshot);
+            }
+            if let Some(redacted) = appended.redacted {
+                caches.forget_event(redacted);
+            }
+            caches.remember_event(appended.event.clone());
+            self.writer.last_event_pos = appended.event.row.stream_pos;
+            let user_ids = match (&appended.event.pdu.state_key, appended.event.pdu.kind.to_string().as_str()) {
+                (Some(target), "m.room.member") => vec![Arc::from(target.as_str())],
+                _ => Vec::new(),
+            };
+            self.svc.bus.publish(StreamRow {
+                kind: StreamKind::Events,
+                position: StreamPosition(appended.event.row.stream_pos),
+                room_id: Some(Arc::from(appended.event.pdu.room_id.as_str())),
+                user_ids,
+            });
+            events.push(appended.event);
+        }
+        Ok(events)
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        // A rolled-back transaction may have interned names or written blocks whose ids the
+        // database hands out again; forget everything cached since.
+        if !self.committed && !self.appended.is_empty() {
+            self.svc.caches.clear();
+        }
+    }
+}
+
+fn random_room_id(server_name: &str) -> MasterResult<OwnedRoomId> {
+    use rand::Rng;
+    let localpart: String = rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(18)
+        .map(char::from)
+        .collect();
+    RoomId::parse(format!("!{localpart}:{server_name}")).map_err(|e| MasterError::internal(e.to_string()))
+}

@@ -1,0 +1,80 @@
+//! The `ganglion` binary: `run` starts the roles named in the config, `routes` prints the route
+//! table. Everything else lives in `ganglion-app`.
+
+use std::{io::Write, path::PathBuf};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "ganglion", version, about = "A Matrix homeserver built as a cluster of workers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the homeserver. Without --config: the embedded default (localhost, 127.0.0.1:8008,
+    /// SQLite under ./ganglion-data, open registration).
+    Run {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Prints the route table.
+    Routes {
+        #[arg(long, value_enum, default_value = "json")]
+        format: RouteFormat,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RouteFormat {
+    Json,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Routes { format: RouteFormat::Json } => {
+            let table = ganglion_app::route_table();
+            println!("{}", serde_json::to_string_pretty(&table)?);
+            Ok(())
+        }
+        Command::Run { config } => run(config),
+    }
+}
+
+fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
+        )
+        .init();
+    let config = match ganglion_config::Config::load(config_path.as_deref()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("ganglion: {error}");
+            std::process::exit(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        let result = ganglion_app::run(config, shutdown, |address| {
+            // The one line on stdout: tools and tests wait for it.
+            println!("ganglion ready http://{address}");
+            let _ = std::io::stdout().flush();
+        })
+        .await;
+        if let Err(error) = result {
+            eprintln!("ganglion: {error}");
+            std::process::exit(1);
+        }
+    });
+    Ok(())
+}
