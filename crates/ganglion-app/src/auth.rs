@@ -18,7 +18,8 @@ impl DbAuthenticator {
 
     async fn lookup(&self, access_token: &str) -> MatrixResult<Option<Session>> {
         let mut conn = self.db.conn().await.map_err(MatrixError::from)?;
-        let Some((user_id, device_id)) = accounts::session_by_token(&mut conn, access_token).await.map_err(MatrixError::from)?
+        let Some((user_id, device_id)) =
+            accounts::session_by_token(&mut conn, access_token).await.map_err(MatrixError::from)?
         else {
             return Ok(None);
         };
@@ -32,7 +33,10 @@ impl DbAuthenticator {
 }
 
 impl Authenticator for DbAuthenticator {
-    fn session<'a>(&'a self, access_token: &'a str) -> ganglion_http::BoxFuture<'a, MatrixResult<Option<Session>>> {
+    fn session<'a>(
+        &'a self,
+        access_token: &'a str,
+    ) -> ganglion_http::BoxFuture<'a, MatrixResult<Option<Session>>> {
         Box::pin(self.lookup(access_token))
     }
 

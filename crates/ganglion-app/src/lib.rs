@@ -56,11 +56,10 @@ pub async fn run(
     on_ready: impl FnOnce(std::net::SocketAddr),
 ) -> Result<(), AppError> {
     let config = Arc::new(config);
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| AppError::Listen {
-        address: config.data_dir.display().to_string(),
-        source,
-    })?;
-    let key = Arc::new(ServerKey::load_or_generate(&config.server_name, &config.data_dir.join("signing.key"))?);
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|source| AppError::Listen { address: config.data_dir.display().to_string(), source })?;
+    let key =
+        Arc::new(ServerKey::load_or_generate(&config.server_name, &config.data_dir.join("signing.key"))?);
     let db = Db::connect(&config.database_url(), config.database.max_connections).await?;
     tracing::info!(backend = ?db.backend, "database ready");
 
@@ -74,7 +73,8 @@ pub async fn run(
     let authenticator: Arc<dyn Authenticator> = Arc::new(DbAuthenticator::new(db.clone(), limiter.clone()));
 
     let role = config.worker.role;
-    let master = MasterService::new(db.clone(), caches.clone(), key, config.clone(), bus, typing.clone()).await?;
+    let master =
+        MasterService::new(db.clone(), caches.clone(), key, config.clone(), bus, typing.clone()).await?;
     let mut routes: Vec<Route<()>> = Vec::new();
     if role_serves(role, EndpointClass::ClientRead) {
         let master: Arc<dyn Master> = master.clone();
@@ -88,7 +88,10 @@ pub async fn run(
             typing.clone(),
         );
         routes.extend(
-            ganglion_client::routes().into_iter().filter(|r| role.serves(r.class)).map(|r| r.with_state(state.clone())),
+            ganglion_client::routes()
+                .into_iter()
+                .filter(|r| role.serves(r.class))
+                .map(|r| r.with_state(state.clone())),
         );
     }
     if role_serves(role, EndpointClass::Sync) {
@@ -144,7 +147,9 @@ async fn initial_token(db: &Db, typing_epoch: u64) -> Result<SyncToken, AppError
         events: StreamPosition(ganglion_storage::events::max_event_stream_pos(&mut conn).await?),
         receipts: StreamPosition(ganglion_storage::streams::max_receipt_stream_pos(&mut conn).await?),
         typing: StreamPosition::ZERO,
-        account_data: StreamPosition(ganglion_storage::streams::max_account_data_stream_pos(&mut conn).await?),
+        account_data: StreamPosition(
+            ganglion_storage::streams::max_account_data_stream_pos(&mut conn).await?,
+        ),
         typing_epoch,
     })
 }

@@ -223,11 +223,7 @@ fn ruma_server_name_is_valid(name: &str) -> Result<(), ()> {
     }
     let (host, port) = match name.rsplit_once(':') {
         Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => {
-            if host.contains(':') && !host.starts_with('[') {
-                (name, None)
-            } else {
-                (host, Some(port))
-            }
+            if host.contains(':') && !host.starts_with('[') { (name, None) } else { (host, Some(port)) }
         }
         _ => (name, None),
     };

@@ -34,7 +34,11 @@ pub struct EventTemplate {
 }
 
 impl EventTemplate {
-    pub fn state(kind: impl Into<String>, state_key: impl Into<String>, content: serde_json::Value) -> EventTemplate {
+    pub fn state(
+        kind: impl Into<String>,
+        state_key: impl Into<String>,
+        content: serde_json::Value,
+    ) -> EventTemplate {
         EventTemplate { kind: kind.into(), content, state_key: Some(state_key.into()), redacts: None }
     }
 

@@ -40,10 +40,8 @@ pub fn client_event(
     if let Some(state_key) = &pdu.state_key {
         event.insert("state_key".into(), Value::String(state_key.clone()));
     }
-    if let Some(redacts) = &pdu.redacts {
-        if redaction.is_none() {
-            event.insert("redacts".into(), Value::String(redacts.to_string()));
-        }
+    if let Some(redacts) = pdu.redacts.as_ref().filter(|_| redaction.is_none()) {
+        event.insert("redacts".into(), Value::String(redacts.to_string()));
     }
     if let Some((_, redacted_because)) = redaction {
         unsigned.insert("redacted_because".into(), redacted_because);
@@ -57,4 +55,3 @@ pub fn client_event(
     event.insert("unsigned".into(), Value::Object(unsigned));
     Value::Object(event)
 }
-

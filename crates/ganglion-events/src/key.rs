@@ -18,7 +18,10 @@ pub struct ServerKey {
 
 impl std::fmt::Debug for ServerKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerKey").field("server_name", &self.server_name).field("version", &self.key_pair.version()).finish()
+        f.debug_struct("ServerKey")
+            .field("server_name", &self.server_name)
+            .field("version", &self.key_pair.version())
+            .finish()
     }
 }
 
@@ -33,17 +36,20 @@ impl ServerKey {
                 std::fs::create_dir_all(parent).map_err(|e| error(e.to_string()))?;
             }
             let document = Ed25519KeyPair::generate();
-            let version = format!("a_{}", &ENGINE.encode(&document[document.len() - 4..]).replace(['+', '/'], "_"));
+            let version =
+                format!("a_{}", &ENGINE.encode(&document[document.len() - 4..]).replace(['+', '/'], "_"));
             let line = format!("ed25519 {version} {}\n", ENGINE.encode(&document));
             std::fs::write(path, line).map_err(|e| error(e.to_string()))?;
         }
         let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
         let mut parts = text.split_whitespace();
-        let (Some("ed25519"), Some(version), Some(encoded)) = (parts.next(), parts.next(), parts.next()) else {
+        let (Some("ed25519"), Some(version), Some(encoded)) = (parts.next(), parts.next(), parts.next())
+        else {
             return Err(error("expected `ed25519 <version> <base64>`".into()));
         };
         let document = ENGINE.decode(encoded.trim_end_matches('=')).map_err(|e| error(e.to_string()))?;
-        let key_pair = Ed25519KeyPair::from_der(&document, version.to_owned()).map_err(|e| error(e.to_string()))?;
+        let key_pair =
+            Ed25519KeyPair::from_der(&document, version.to_owned()).map_err(|e| error(e.to_string()))?;
         Ok(ServerKey { server_name: server_name.to_owned(), key_pair })
     }
 

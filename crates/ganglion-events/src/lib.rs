@@ -20,7 +20,8 @@ pub use ruma;
 use ruma::{RoomVersionId, room_version_rules::RoomVersionRules};
 
 /// Room versions this server creates and joins. 12 is the default, as the spec recommends.
-pub const SUPPORTED_ROOM_VERSIONS: [RoomVersionId; 3] = [RoomVersionId::V10, RoomVersionId::V11, RoomVersionId::V12];
+pub const SUPPORTED_ROOM_VERSIONS: [RoomVersionId; 3] =
+    [RoomVersionId::V10, RoomVersionId::V11, RoomVersionId::V12];
 
 /// The rules of a supported room version, or `None` for one we do not support.
 pub fn rules_for(version: &RoomVersionId) -> Option<RoomVersionRules> {

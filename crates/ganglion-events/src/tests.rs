@@ -66,13 +66,16 @@ fn next(
     events: &[Pdu],
     template: EventTemplate,
 ) -> Result<Pdu, AuthError> {
-    let state: HashMap<(String, String), &Pdu> = events
-        .iter()
-        .filter_map(|e| e.state_key.clone().map(|k| ((e.kind.to_string(), k), e)))
-        .collect();
+    let state: HashMap<(String, String), &Pdu> =
+        events.iter().filter_map(|e| e.state_key.clone().map(|k| ((e.kind.to_string(), k), e))).collect();
     let content = serde_json::value::to_raw_value(&template.content).unwrap();
-    let types =
-        auth_event_types(&rules.authorization, &template.kind, sender, template.state_key.as_deref(), &content)?;
+    let types = auth_event_types(
+        &rules.authorization,
+        &template.kind,
+        sender,
+        template.state_key.as_deref(),
+        &content,
+    )?;
     let auth_events: Vec<OwnedEventId> = types
         .iter()
         .filter_map(|(kind, key)| state.get(&(kind.to_string(), key.clone())).map(|e| e.event_id.clone()))
@@ -157,8 +160,15 @@ fn stranger_cannot_send_and_member_without_power_cannot_rename() {
         let bob = UserId::parse("@bob:example.org").unwrap();
         let alice = UserId::parse("@alice:example.org").unwrap();
         // Not joined: rejected.
-        let error = next(&key, &rules, &room_id, &bob, &events, EventTemplate::message("m.room.message", json!({"body": "hi"})))
-            .unwrap_err();
+        let error = next(
+            &key,
+            &rules,
+            &room_id,
+            &bob,
+            &events,
+            EventTemplate::message("m.room.message", json!({"body": "hi"})),
+        )
+        .unwrap_err();
         assert!(error.0.contains("not joined") || error.0.contains("member"), "{version}: {error}");
         // Invite-only: bob cannot join uninvited.
         let join = EventTemplate::state("m.room.member", bob.as_str(), json!({"membership": "join"}));
@@ -173,8 +183,15 @@ fn stranger_cannot_send_and_member_without_power_cannot_rename() {
         // Alice can.
         next(&key, &rules, &room_id, &alice, &events, name).unwrap();
         // Bob can talk.
-        next(&key, &rules, &room_id, &bob, &events, EventTemplate::message("m.room.message", json!({"body": "hi"})))
-            .unwrap();
+        next(
+            &key,
+            &rules,
+            &room_id,
+            &bob,
+            &events,
+            EventTemplate::message("m.room.message", json!({"body": "hi"})),
+        )
+        .unwrap();
     }
 }
 
@@ -232,4 +249,94 @@ fn signing_key_persists_across_loads() {
     assert_eq!(first.key_pair.version(), second.key_pair.version());
     let _ = std::fs::remove_dir_all(dir);
     let _ = Ed25519KeyPair::generate();
+}
+
+/// The spec's cryptographic test vectors (appendices, "Cryptographic Test Vectors").
+mod spec_vectors {
+    use base64::Engine;
+    use ruma::{CanonicalJsonObject, CanonicalJsonValue, signatures::Ed25519KeyPair};
+
+    fn spec_key() -> Ed25519KeyPair {
+        // The spec's seed has non-zero trailing bits, so decode leniently.
+        let engine = base64::engine::GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            base64::engine::GeneralPurposeConfig::new()
+                .with_encode_padding(false)
+                .with_decode_allow_trailing_bits(true)
+                .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+        );
+        let seed = engine.decode("YJDBA9Xnr2sVqXD9Vj7XVUnmFZcZrlw8Md7kMW+3XA1").unwrap();
+        // PKCS#8 v1 wrapping of an ed25519 seed: a fixed prefix, then the 32 bytes.
+        let mut der = vec![
+            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+        ];
+        der.extend_from_slice(&seed);
+        Ed25519KeyPair::from_der(&der, "1".into()).unwrap()
+    }
+
+    fn object(json: &str) -> CanonicalJsonObject {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn signature(object: &CanonicalJsonObject) -> String {
+        let CanonicalJsonValue::Object(signatures) = &object["signatures"] else { panic!("no signatures") };
+        let CanonicalJsonValue::Object(domain) = &signatures["domain"] else { panic!("no domain") };
+        domain["ed25519:1"].as_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn json_signing_matches_the_spec() {
+        let key = spec_key();
+        let mut empty = object("{}");
+        ruma::signatures::sign_json("domain", &key, &mut empty).unwrap();
+        assert_eq!(
+            signature(&empty),
+            "K8280/U9SSy9IVtjBuVeLr+HpOB4BQFWbg+UZaADMtTdGYI7Geitb76LTrr5QV/7Xg4ahLwYGYZzuHGZKM5ZAQ"
+        );
+        let mut data = object(r#"{"one": 1, "two": "Two"}"#);
+        ruma::signatures::sign_json("domain", &key, &mut data).unwrap();
+        assert_eq!(
+            signature(&data),
+            "KqmLSbO39/Bzb0QIYE82zqLwsA+PDzYIpIRA2sRQ4sL53+sN6/fpNSoqE7BP7vBZhG6kYdD13EIMJpvhJI+6Bw"
+        );
+    }
+
+    #[test]
+    fn event_hashing_and_signing_match_the_spec() {
+        let key = spec_key();
+        let rules = ruma::room_version_rules::RedactionRules::V1;
+        let mut event = object(
+            r#"{"room_id": "!x:domain", "sender": "@a:domain", "origin": "domain", "origin_server_ts": 1000000,
+                "signatures": {}, "hashes": {}, "type": "X", "content": {}, "prev_events": [], "auth_events": [],
+                "depth": 3, "unsigned": {"age_ts": 1000000}}"#,
+        );
+        ruma::signatures::hash_and_sign_event("domain", &key, &mut event, &rules).unwrap();
+        assert_eq!(
+            event["hashes"],
+            CanonicalJsonValue::Object(object(
+                r#"{"sha256": "5jM4wQpv6lnBo7CLIghJuHdW+s2CMBJPUOGOC89ncos"}"#
+            ))
+        );
+        assert_eq!(
+            signature(&event),
+            "KxwGjPSDEtvnFgU00fwFz+l6d2pJM6XBIaMEn81SXPTRl16AqLAYqfIReFGZlHi5KLjAWbOoMszkwsQma+lYAg"
+        );
+
+        let mut message = object(
+            r#"{"content": {"body": "Here is the message content"}, "event_id": "$0:domain", "origin": "domain",
+                "origin_server_ts": 1000000, "type": "m.room.message", "room_id": "!r:domain", "sender": "@u:domain",
+                "signatures": {}, "unsigned": {"age_ts": 1000000}}"#,
+        );
+        ruma::signatures::hash_and_sign_event("domain", &key, &mut message, &rules).unwrap();
+        assert_eq!(
+            message["hashes"],
+            CanonicalJsonValue::Object(object(
+                r#"{"sha256": "onLKD1bGljeBWQhWZ1kaP9SorVmRQNdN5aM2JYU2n/g"}"#
+            ))
+        );
+        assert_eq!(
+            signature(&message),
+            "Wm+VzmOUOz08Ds+0NTWb1d4CZrVsJSikkeRxh6aCcUwu6pNC78FunoD7KNWzqFn241eYHYMGCA5McEiVPdhzBA"
+        );
+    }
 }

@@ -100,7 +100,9 @@ pub mod lenient {
 
     pub fn u64_opt<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
         match Option::<String>::deserialize(deserializer)? {
-            Some(text) => text.parse().map(Some).map_err(|_| D::Error::custom(format!("not a number: {text}"))),
+            Some(text) => {
+                text.parse().map(Some).map_err(|_| D::Error::custom(format!("not a number: {text}")))
+            }
             None => Ok(None),
         }
     }

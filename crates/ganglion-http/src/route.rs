@@ -52,7 +52,12 @@ impl<S: Clone + Send + Sync + 'static> Route<S> {
 
     /// Supplies the handler's state, producing a route of the app's router.
     pub fn with_state(self, state: S) -> Route<()> {
-        Route { method: self.method, path: self.path, class: self.class, handler: self.handler.with_state(state) }
+        Route {
+            method: self.method,
+            path: self.path,
+            class: self.class,
+            handler: self.handler.with_state(state),
+        }
     }
 
     pub fn info(&self) -> RouteInfo {
@@ -64,7 +69,11 @@ impl<S: Clone + Send + Sync + 'static> Route<S> {
 /// 404 and known paths with another method 405, both `M_UNRECOGNIZED`; CORS headers on every
 /// response; the per-IP rate limit on every request; any plain-text error from the framework is
 /// rewritten as a Matrix error.
-pub fn router_from_routes(routes: Vec<Route<()>>, limiter: Arc<RateLimiter>, max_body_bytes: usize) -> Router {
+pub fn router_from_routes(
+    routes: Vec<Route<()>>,
+    limiter: Arc<RateLimiter>,
+    max_body_bytes: usize,
+) -> Router {
     let mut by_path: BTreeMap<&'static str, MethodRouter<()>> = BTreeMap::new();
     for route in routes {
         let merged = match by_path.remove(route.path) {
@@ -77,13 +86,12 @@ pub fn router_from_routes(routes: Vec<Route<()>>, limiter: Arc<RateLimiter>, max
     for (path, method_router) in by_path {
         router = router.route(path, method_router.fallback(method_not_allowed));
     }
-    router
-        .fallback(unrecognized)
-        .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
-        .layer(middleware::from_fn(move |request: Request, next: Next| {
+    router.fallback(unrecognized).layer(axum::extract::DefaultBodyLimit::max(max_body_bytes)).layer(
+        middleware::from_fn(move |request: Request, next: Next| {
             let limiter = limiter.clone();
             async move { edge(limiter, max_body_bytes, request, next).await }
-        }))
+        }),
+    )
 }
 
 async fn unrecognized() -> MatrixError {

@@ -1,9 +1,6 @@
 //! Account writes: users, devices, access tokens, passwords and filters.
 
-use argon2::{
-    Argon2, PasswordHash, PasswordHasher, PasswordVerifier,
-    password_hash::SaltString,
-};
+use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier, password_hash::SaltString};
 use ganglion_events::ruma::{OwnedDeviceId, OwnedUserId, UserId};
 use ganglion_rpc::{LoginRequest, MasterError, MasterResult, RegisterRequest, SessionGrant};
 use ganglion_storage::{accounts as store, now_ms};
@@ -28,7 +25,8 @@ fn new_device_id() -> String {
 /// Hashes off the async runtime: argon2 is deliberately slow.
 async fn hash_password(password: String) -> MasterResult<String> {
     tokio::task::spawn_blocking(move || {
-        let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>()).map_err(|e| MasterError::internal(e.to_string()))?;
+        let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>())
+            .map_err(|e| MasterError::internal(e.to_string()))?;
         Argon2::default()
             .hash_password(password.as_bytes(), &salt)
             .map(|hash| hash.to_string())
@@ -41,7 +39,8 @@ async fn hash_password(password: String) -> MasterResult<String> {
 /// Whether `password` matches the stored argon2 hash.
 pub async fn verify_password(password: String, hash: String) -> bool {
     tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&hash).is_ok_and(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+        PasswordHash::new(&hash)
+            .is_ok_and(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
     })
     .await
     .unwrap_or(false)
@@ -63,7 +62,10 @@ pub(crate) async fn register(svc: &MasterService, request: RegisterRequest) -> M
     };
     let now = now_ms();
     let mut tx = svc.db.begin().await.map_err(internal)?;
-    if !store::insert_user(&mut tx, user_id.as_str(), password_hash.as_deref(), now).await.map_err(internal)? {
+    if !store::insert_user(&mut tx, user_id.as_str(), password_hash.as_deref(), now)
+        .await
+        .map_err(internal)?
+    {
         return Err(MasterError::new(ErrorClass::UserInUse, "User ID already taken"));
     }
     let grant = if request.inhibit_login {
@@ -71,11 +73,23 @@ pub(crate) async fn register(svc: &MasterService, request: RegisterRequest) -> M
     } else {
         let device_id = request.device_id.unwrap_or_else(new_device_id);
         let access_token = new_access_token();
-        store::upsert_device(&mut tx, user_id.as_str(), &device_id, request.initial_device_display_name.as_deref(), now)
+        store::upsert_device(
+            &mut tx,
+            user_id.as_str(),
+            &device_id,
+            request.initial_device_display_name.as_deref(),
+            now,
+        )
+        .await
+        .map_err(internal)?;
+        store::insert_access_token(&mut tx, &access_token, user_id.as_str(), &device_id)
             .await
             .map_err(internal)?;
-        store::insert_access_token(&mut tx, &access_token, user_id.as_str(), &device_id).await.map_err(internal)?;
-        SessionGrant { user_id: user_id.clone(), access_token: Some(access_token), device_id: Some(device_id.into()) }
+        SessionGrant {
+            user_id: user_id.clone(),
+            access_token: Some(access_token),
+            device_id: Some(device_id.into()),
+        }
     };
     tx.commit().await.map_err(|e| internal(ganglion_storage::StorageError::from(e)))?;
     tracing::info!(user_id = %user_id, "registered user");
@@ -104,16 +118,24 @@ pub(crate) async fn login(svc: &MasterService, request: LoginRequest) -> MasterR
     )
     .await
     .map_err(internal)?;
-    store::insert_access_token(&mut tx, &access_token, request.user_id.as_str(), &device_id).await.map_err(internal)?;
+    store::insert_access_token(&mut tx, &access_token, request.user_id.as_str(), &device_id)
+        .await
+        .map_err(internal)?;
     tx.commit().await.map_err(|e| internal(ganglion_storage::StorageError::from(e)))?;
-    Ok(SessionGrant { user_id: request.user_id, access_token: Some(access_token), device_id: Some(device_id.into()) })
+    Ok(SessionGrant {
+        user_id: request.user_id,
+        access_token: Some(access_token),
+        device_id: Some(device_id.into()),
+    })
 }
 
 /// Ends the session of `access_token`: the token and its device go (per the spec, logout
 /// deletes the device).
 pub(crate) async fn logout(svc: &MasterService, access_token: &str) -> MasterResult<()> {
     let mut tx = svc.db.begin().await.map_err(internal)?;
-    if let Some((user_id, device_id)) = store::session_by_token(&mut tx, access_token).await.map_err(internal)? {
+    if let Some((user_id, device_id)) =
+        store::session_by_token(&mut tx, access_token).await.map_err(internal)?
+    {
         store::delete_device(&mut tx, &user_id, &device_id).await.map_err(internal)?;
     }
     store::delete_access_token(&mut tx, access_token).await.map_err(internal)?;
@@ -154,7 +176,11 @@ pub(crate) async fn set_password(
     tx.commit().await.map_err(|e| internal(ganglion_storage::StorageError::from(e)))
 }
 
-pub(crate) async fn delete_devices(svc: &MasterService, user_id: &OwnedUserId, device_ids: &[OwnedDeviceId]) -> MasterResult<()> {
+pub(crate) async fn delete_devices(
+    svc: &MasterService,
+    user_id: &OwnedUserId,
+    device_ids: &[OwnedDeviceId],
+) -> MasterResult<()> {
     let mut tx = svc.db.begin().await.map_err(internal)?;
     for device_id in device_ids {
         store::delete_device(&mut tx, user_id.as_str(), device_id.as_str()).await.map_err(internal)?;
@@ -169,14 +195,21 @@ pub(crate) async fn rename_device(
     name: &str,
 ) -> MasterResult<()> {
     let mut conn = svc.db.conn().await.map_err(internal)?;
-    if store::set_device_display_name(&mut conn, user_id.as_str(), device_id.as_str(), name).await.map_err(internal)? {
+    if store::set_device_display_name(&mut conn, user_id.as_str(), device_id.as_str(), name)
+        .await
+        .map_err(internal)?
+    {
         Ok(())
     } else {
         Err(MasterError::not_found("Unknown device"))
     }
 }
 
-pub(crate) async fn create_filter(svc: &MasterService, user_id: &OwnedUserId, filter: Value) -> MasterResult<String> {
+pub(crate) async fn create_filter(
+    svc: &MasterService,
+    user_id: &OwnedUserId,
+    filter: Value,
+) -> MasterResult<String> {
     if !filter.is_object() {
         return Err(MasterError::bad_json("A filter must be a JSON object"));
     }

@@ -11,13 +11,18 @@ use serde_json::Value;
 
 use crate::{MasterService, internal};
 
-async fn require_joined(svc: &MasterService, user_id: &OwnedUserId, room_id: &OwnedRoomId) -> MasterResult<ganglion_types::RoomNid> {
+async fn require_joined(
+    svc: &MasterService,
+    user_id: &OwnedUserId,
+    room_id: &OwnedRoomId,
+) -> MasterResult<ganglion_types::RoomNid> {
     let mut conn = svc.db.conn().await.map_err(internal)?;
     let Some(room) = room_store::room_by_id(&mut conn, room_id.as_str()).await.map_err(internal)? else {
         return Err(MasterError::not_found("Unknown room"));
     };
-    let membership =
-        room_store::membership_of_user_in_room(&mut conn, room.room_nid, user_id.as_str()).await.map_err(internal)?;
+    let membership = room_store::membership_of_user_in_room(&mut conn, room.room_nid, user_id.as_str())
+        .await
+        .map_err(internal)?;
     if membership.as_ref().map(|m| m.membership.as_str()) != Some("join") {
         return Err(MasterError::forbidden("You are not in this room"));
     }
@@ -32,7 +37,9 @@ pub(crate) async fn set_typing(
     timeout_ms: u64,
 ) -> MasterResult<()> {
     require_joined(svc, user_id, room_id).await?;
-    if let Some(position) = svc.typing.set(room_id.as_str(), user_id.as_str(), typing, Duration::from_millis(timeout_ms)) {
+    if let Some(position) =
+        svc.typing.set(room_id.as_str(), user_id.as_str(), typing, Duration::from_millis(timeout_ms))
+    {
         svc.bus.publish(StreamRow {
             kind: StreamKind::Typing,
             position,
@@ -54,7 +61,8 @@ pub(crate) async fn set_receipt(
     let room_nid = require_joined(svc, user_id, room_id).await?;
     {
         let mut conn = svc.db.conn().await.map_err(internal)?;
-        let event = ganglion_storage::events::event_by_id(&mut conn, event_id.as_str()).await.map_err(internal)?;
+        let event =
+            ganglion_storage::events::event_by_id(&mut conn, event_id.as_str()).await.map_err(internal)?;
         if event.is_none_or(|event| event.room_nid != room_nid) {
             return Err(MasterError::not_found("Event not found in this room"));
         }
@@ -96,7 +104,10 @@ pub(crate) async fn set_account_data(
         return Err(MasterError::invalid_param("Account data type must not be empty"));
     }
     if matches!(data_type, "m.fully_read" | "m.push_rules") && room_id.is_none() {
-        return Err(MasterError::new(ganglion_types::ErrorClass::BadJson, format!("Cannot set {data_type} through this API")));
+        return Err(MasterError::new(
+            ganglion_types::ErrorClass::BadJson,
+            format!("Cannot set {data_type} through this API"),
+        ));
     }
     let text = serde_json::to_string(&content).map_err(|e| MasterError::bad_json(e.to_string()))?;
     let mut writer = svc.writer.lock().await;

@@ -116,11 +116,20 @@ impl Master for MasterService {
         accounts::delete_devices(self, user_id, device_ids).await
     }
 
-    async fn rename_device(&self, user_id: &OwnedUserId, device_id: &OwnedDeviceId, name: &str) -> MasterResult<()> {
+    async fn rename_device(
+        &self,
+        user_id: &OwnedUserId,
+        device_id: &OwnedDeviceId,
+        name: &str,
+    ) -> MasterResult<()> {
         accounts::rename_device(self, user_id, device_id, name).await
     }
 
-    async fn create_room(&self, sender: &OwnedUserId, request: CreateRoomRequest) -> MasterResult<OwnedRoomId> {
+    async fn create_room(
+        &self,
+        sender: &OwnedUserId,
+        request: CreateRoomRequest,
+    ) -> MasterResult<OwnedRoomId> {
         rooms::create_room(self, sender, request).await
     }
 
@@ -150,7 +159,12 @@ impl Master for MasterService {
         rooms::forget_room(self, user_id, room_id).await
     }
 
-    async fn set_profile(&self, user_id: &OwnedUserId, field: ProfileField, value: Option<String>) -> MasterResult<()> {
+    async fn set_profile(
+        &self,
+        user_id: &OwnedUserId,
+        field: ProfileField,
+        value: Option<String>,
+    ) -> MasterResult<()> {
         rooms::set_profile(self, user_id, field, value).await
     }
 
@@ -189,7 +203,12 @@ impl Master for MasterService {
         accounts::create_filter(self, user_id, filter).await
     }
 
-    async fn set_alias(&self, user_id: &OwnedUserId, alias: &OwnedRoomAliasId, room_id: &OwnedRoomId) -> MasterResult<()> {
+    async fn set_alias(
+        &self,
+        user_id: &OwnedUserId,
+        alias: &OwnedRoomAliasId,
+        room_id: &OwnedRoomId,
+    ) -> MasterResult<()> {
         rooms::set_alias(self, user_id, alias, room_id).await
     }
 
@@ -197,13 +216,20 @@ impl Master for MasterService {
         rooms::delete_alias(self, user_id, alias).await
     }
 
-    async fn set_room_visibility(&self, user_id: &OwnedUserId, room_id: &OwnedRoomId, public: bool) -> MasterResult<()> {
+    async fn set_room_visibility(
+        &self,
+        user_id: &OwnedUserId,
+        room_id: &OwnedRoomId,
+        public: bool,
+    ) -> MasterResult<()> {
         rooms::set_room_visibility(self, user_id, room_id, public).await
     }
 }
 
 /// Maps a storage or state error to a master error (internal unless the class says otherwise).
-pub(crate) fn internal<E: ganglion_types::HasErrorClass + std::fmt::Display>(error: E) -> ganglion_rpc::MasterError {
+pub(crate) fn internal<E: ganglion_types::HasErrorClass + std::fmt::Display>(
+    error: E,
+) -> ganglion_rpc::MasterError {
     let class = error.class();
     if class == ganglion_types::ErrorClass::Internal {
         tracing::error!(%error, "master internal error");

@@ -13,7 +13,12 @@ fn int(value: Option<&Value>) -> Option<i64> {
 }
 
 /// A user's power in a room: infinite for creators from room version 12 on.
-pub(crate) fn user_power(rules: &AuthorizationRules, create: &Pdu, power_levels: Option<&Pdu>, user_id: &str) -> i64 {
+pub(crate) fn user_power(
+    rules: &AuthorizationRules,
+    create: &Pdu,
+    power_levels: Option<&Pdu>,
+    user_id: &str,
+) -> i64 {
     if rules.explicitly_privilege_room_creators {
         let content = create.content_value();
         let additional = content.get("additional_creators").and_then(Value::as_array);

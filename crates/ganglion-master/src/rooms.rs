@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use ganglion_events::{
     EventTemplate,
-    ruma::{OwnedDeviceId, OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomAliasId, RoomVersionId},
+    ruma::{
+        OwnedDeviceId, OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomAliasId, RoomVersionId,
+    },
 };
 use ganglion_rpc::{CreateRoomRequest, MasterError, MasterResult, MembershipChange, Preset, ProfileField};
 use ganglion_storage::{accounts as account_store, events as event_store, rooms as room_store};
@@ -28,7 +30,9 @@ pub(crate) async fn send_event(
     if let (Some(device_id), Some(txn_id)) = (device_id, txn_id) {
         let mut conn = svc.db.conn().await.map_err(internal)?;
         if let Some(event_id) =
-            event_store::event_id_by_txn(&mut conn, sender.as_str(), device_id.as_str(), txn_id).await.map_err(internal)?
+            event_store::event_id_by_txn(&mut conn, sender.as_str(), device_id.as_str(), txn_id)
+                .await
+                .map_err(internal)?
         {
             return OwnedEventId::try_from(event_id).map_err(|e| MasterError::internal(e.to_string()));
         }
@@ -150,7 +154,11 @@ pub(crate) async fn update_membership(
     Ok(event.pdu.event_id.clone())
 }
 
-pub(crate) async fn forget_room(svc: &MasterService, user_id: &OwnedUserId, room_id: &OwnedRoomId) -> MasterResult<()> {
+pub(crate) async fn forget_room(
+    svc: &MasterService,
+    user_id: &OwnedUserId,
+    room_id: &OwnedRoomId,
+) -> MasterResult<()> {
     let mut conn = svc.db.conn().await.map_err(internal)?;
     let Some(room) = room_store::room_by_id(&mut conn, room_id.as_str()).await.map_err(internal)? else {
         return Err(MasterError::not_found("Unknown room"));
@@ -160,7 +168,9 @@ pub(crate) async fn forget_room(svc: &MasterService, user_id: &OwnedUserId, room
         .map_err(internal)?;
     match membership.as_ref().map(|m| m.membership.as_str()) {
         Some("leave" | "ban") => {
-            room_store::set_membership_forgotten(&mut conn, room.room_nid, user_id.as_str()).await.map_err(internal)
+            room_store::set_membership_forgotten(&mut conn, room.room_nid, user_id.as_str())
+                .await
+                .map_err(internal)
         }
         Some(_) => Err(MasterError::new(ErrorClass::Unknown, "You must leave the room before forgetting it")),
         None => Err(MasterError::not_found("You were never in this room")),
@@ -174,7 +184,9 @@ pub(crate) async fn set_profile(
     value: Option<String>,
 ) -> MasterResult<()> {
     let mut conn = svc.db.conn().await.map_err(internal)?;
-    let Some(mut profile) = account_store::profile_of_user(&mut conn, user_id.as_str()).await.map_err(internal)? else {
+    let Some(mut profile) =
+        account_store::profile_of_user(&mut conn, user_id.as_str()).await.map_err(internal)?
+    else {
         return Err(MasterError::not_found("Unknown user"));
     };
     match field {
@@ -183,12 +195,14 @@ pub(crate) async fn set_profile(
     }
     account_store::set_profile(&mut conn, user_id.as_str(), &profile).await.map_err(internal)?;
     let memberships = room_store::memberships_of_user(&mut conn, user_id.as_str()).await.map_err(internal)?;
-    let joined: Vec<_> = memberships.into_iter().filter(|m| m.membership == "join").map(|m| m.room_nid).collect();
+    let joined: Vec<_> =
+        memberships.into_iter().filter(|m| m.membership == "join").map(|m| m.room_nid).collect();
     let rooms = room_store::rooms_by_nid(&mut conn, &joined).await.map_err(internal)?;
     drop(conn);
     for room in rooms {
         let Ok(room_id) = OwnedRoomId::try_from(room.room_id.as_str()) else { continue };
-        let template = EventTemplate::state("m.room.member", user_id.as_str(), member_content("join", &profile, None));
+        let template =
+            EventTemplate::state("m.room.member", user_id.as_str(), member_content("join", &profile, None));
         let mut batch = Batch::begin(svc).await?;
         // A room where the user may no longer change their member event (e.g. a racing ban)
         // keeps the old profile; the profile itself is already updated.
@@ -259,7 +273,10 @@ pub(crate) async fn create_room(
             .map_err(|e| MasterError::internal(e.to_string()))?,
     };
     let Some(rules) = ganglion_events::rules_for(&version) else {
-        return Err(MasterError::new(ErrorClass::UnsupportedRoomVersion, format!("Room version {version} is not supported")));
+        return Err(MasterError::new(
+            ErrorClass::UnsupportedRoomVersion,
+            format!("Room version {version} is not supported"),
+        ));
     };
     let alias = match &request.room_alias_name {
         Some(name) => {
@@ -273,7 +290,8 @@ pub(crate) async fn create_room(
         }
         None => None,
     };
-    let preset = request.preset.unwrap_or(if request.public { Preset::PublicChat } else { Preset::PrivateChat });
+    let preset =
+        request.preset.unwrap_or(if request.public { Preset::PublicChat } else { Preset::PrivateChat });
     let sender_profile = profile(svc, sender.as_str()).await?;
 
     let mut create_content = request.creation_content.clone().unwrap_or_default();
@@ -283,7 +301,10 @@ pub(crate) async fn create_room(
     } else {
         create_content.insert("creator".into(), json!(sender.as_str()));
     }
-    if rules.authorization.additional_room_creators && preset == Preset::TrustedPrivateChat && !request.invite.is_empty() {
+    if rules.authorization.additional_room_creators
+        && preset == Preset::TrustedPrivateChat
+        && !request.invite.is_empty()
+    {
         let creators: Vec<Value> = request.invite.iter().map(|user| json!(user.as_str())).collect();
         create_content.insert("additional_creators".into(), Value::Array(creators));
     }
@@ -298,7 +319,13 @@ pub(crate) async fn create_room(
     put(
         "m.room.power_levels",
         "",
-        power_levels_content(&rules, sender, preset, &request.invite, request.power_level_content_override.as_ref()),
+        power_levels_content(
+            &rules,
+            sender,
+            preset,
+            &request.invite,
+            request.power_level_content_override.as_ref(),
+        ),
     );
     if let Some(alias) = &alias {
         put("m.room.canonical_alias", "", json!({ "alias": alias.as_str() }));
@@ -318,12 +345,18 @@ pub(crate) async fn create_room(
         put("m.room.name", "", json!({ "name": name }));
     }
     if let Some(topic) = &request.topic {
-        put("m.room.topic", "", json!({ "topic": topic, "m.topic": [{ "body": topic, "mimetype": "text/plain" }] }));
+        put(
+            "m.room.topic",
+            "",
+            json!({ "topic": topic, "m.topic": [{ "body": topic, "mimetype": "text/plain" }] }),
+        );
     }
 
     let mut batch = Batch::begin(svc).await?;
-    let (room_id, _) = batch.create_room(&version, sender, Value::Object(create_content), request.public).await?;
-    let join = EventTemplate::state("m.room.member", sender.as_str(), member_content("join", &sender_profile, None));
+    let (room_id, _) =
+        batch.create_room(&version, sender, Value::Object(create_content), request.public).await?;
+    let join =
+        EventTemplate::state("m.room.member", sender.as_str(), member_content("join", &sender_profile, None));
     batch.append(&room_id, sender, &join, None).await?;
     // Power levels go first so the creator may send the rest; the others follow in order.
     for ((kind, key), content) in state {
@@ -340,11 +373,16 @@ pub(crate) async fn create_room(
         if request.is_direct {
             content["is_direct"] = json!(true);
         }
-        batch.append(&room_id, sender, &EventTemplate::state("m.room.member", user.as_str(), content), None).await?;
+        batch
+            .append(&room_id, sender, &EventTemplate::state("m.room.member", user.as_str(), content), None)
+            .await?;
     }
     if let Some(alias) = &alias {
         let conn = batch_conn(&mut batch);
-        if !room_store::insert_alias(conn, alias.as_str(), room_id.as_str(), sender.as_str()).await.map_err(internal)? {
+        if !room_store::insert_alias(conn, alias.as_str(), room_id.as_str(), sender.as_str())
+            .await
+            .map_err(internal)?
+        {
             return Err(MasterError::new(ErrorClass::RoomInUse, "Room alias already taken"));
         }
     }
@@ -369,15 +407,23 @@ pub(crate) async fn set_alias(
     if room_store::room_by_id(&mut conn, room_id.as_str()).await.map_err(internal)?.is_none() {
         return Err(MasterError::not_found("Unknown room"));
     }
-    if !room_store::insert_alias(&mut conn, alias.as_str(), room_id.as_str(), user_id.as_str()).await.map_err(internal)? {
+    if !room_store::insert_alias(&mut conn, alias.as_str(), room_id.as_str(), user_id.as_str())
+        .await
+        .map_err(internal)?
+    {
         return Err(MasterError::new(ErrorClass::AliasInUse, "Room alias already exists"));
     }
     Ok(())
 }
 
-pub(crate) async fn delete_alias(svc: &MasterService, user_id: &OwnedUserId, alias: &OwnedRoomAliasId) -> MasterResult<()> {
+pub(crate) async fn delete_alias(
+    svc: &MasterService,
+    user_id: &OwnedUserId,
+    alias: &OwnedRoomAliasId,
+) -> MasterResult<()> {
     let mut conn = svc.db.conn().await.map_err(internal)?;
-    let Some((room_id, creator)) = room_store::alias(&mut conn, alias.as_str()).await.map_err(internal)? else {
+    let Some((room_id, creator)) = room_store::alias(&mut conn, alias.as_str()).await.map_err(internal)?
+    else {
         return Err(MasterError::not_found("Unknown alias"));
     };
     drop(conn);

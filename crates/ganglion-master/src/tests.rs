@@ -12,7 +12,11 @@ fn v12_creators_have_infinite_power() {
         &RoomVersionId::V12.rules().unwrap(),
         None,
         &alice,
-        &ganglion_events::EventTemplate::state("m.room.create", "", serde_json::json!({"room_version": "12"})),
+        &ganglion_events::EventTemplate::state(
+            "m.room.create",
+            "",
+            serde_json::json!({"room_version": "12"}),
+        ),
         &[],
         &[],
         1,

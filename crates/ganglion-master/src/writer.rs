@@ -6,17 +6,14 @@ use std::{collections::HashMap, sync::Arc};
 use ganglion_events::{
     EventTemplate, Pdu, auth_event_types, build_pdu, check_auth,
     ruma::{
-        OwnedDeviceId, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, UserId,
-        events::StateEventType, room_version_rules::RoomVersionRules,
+        OwnedDeviceId, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, UserId, events::StateEventType,
+        room_version_rules::RoomVersionRules,
     },
 };
 use ganglion_replication::StreamRow;
 use ganglion_rpc::{MasterError, MasterResult};
 use ganglion_state::{Snapshot, StoredEvent};
-use ganglion_storage::{
-    Db, events as event_store, rooms as room_store,
-    state::StateEntry,
-};
+use ganglion_storage::{Db, events as event_store, rooms as room_store, state::StateEntry};
 use ganglion_types::{ErrorClass, EventNid, RoomNid, SnapshotNid, StreamKind, StreamPosition};
 use sqlx::{Any, Transaction};
 use tokio::sync::MutexGuard;
@@ -46,7 +43,9 @@ impl Writer {
         let mut conn = db.conn().await.map_err(internal)?;
         Ok(Writer {
             last_event_pos: event_store::max_event_stream_pos(&mut conn).await.map_err(internal)?,
-            last_receipt_pos: ganglion_storage::streams::max_receipt_stream_pos(&mut conn).await.map_err(internal)?,
+            last_receipt_pos: ganglion_storage::streams::max_receipt_stream_pos(&mut conn)
+                .await
+                .map_err(internal)?,
             last_account_data_pos: ganglion_storage::streams::max_account_data_stream_pos(&mut conn)
                 .await
                 .map_err(internal)?,
@@ -91,7 +90,15 @@ impl<'w> Batch<'w> {
         let writer = svc.writer.lock().await;
         let tx = svc.db.begin().await.map_err(internal)?;
         let next_pos = writer.last_event_pos + 1;
-        Ok(Batch { svc, writer, tx: Some(tx), heads: HashMap::new(), next_pos, appended: Vec::new(), committed: false })
+        Ok(Batch {
+            svc,
+            writer,
+            tx: Some(tx),
+            heads: HashMap::new(),
+            next_pos,
+            appended: Vec::new(),
+            committed: false,
+        })
     }
 
     fn conn(&mut self) -> &mut ganglion_storage::Conn {
@@ -116,12 +123,14 @@ impl<'w> Batch<'w> {
         let Some(room) = room_store::room_by_id(conn, room_id.as_str()).await.map_err(internal)? else {
             return Ok(None);
         };
-        let (Some(snapshot_nid), Some(latest_nid)) = (room.current_snapshot_nid, room.latest_event_nid) else {
+        let (Some(snapshot_nid), Some(latest_nid)) = (room.current_snapshot_nid, room.latest_event_nid)
+        else {
             return Ok(None);
         };
         let snapshot = caches.snapshot(conn, snapshot_nid).await.map_err(internal)?;
         let latest = caches.event(conn, latest_nid).await.map_err(internal)?;
-        let version = RoomVersionId::try_from(room.room_version.as_str()).map_err(|e| MasterError::internal(e.to_string()))?;
+        let version = RoomVersionId::try_from(room.room_version.as_str())
+            .map_err(|e| MasterError::internal(e.to_string()))?;
         let rules = version.rules().ok_or_else(|| MasterError::internal("room version without rules"))?;
         let head = RoomHead {
             room_nid: room.room_nid,
@@ -135,7 +144,12 @@ impl<'w> Batch<'w> {
     }
 
     /// The current state event `(kind, key)` of a room, as this batch sees it.
-    pub(crate) async fn state_event(&mut self, head: &RoomHead, kind: &str, key: &str) -> MasterResult<Option<StoredEvent>> {
+    pub(crate) async fn state_event(
+        &mut self,
+        head: &RoomHead,
+        kind: &str,
+        key: &str,
+    ) -> MasterResult<Option<StoredEvent>> {
         let caches = self.svc.caches.clone();
         caches.state_event(self.conn(), &head.snapshot, kind, key).await.map_err(internal)
     }
@@ -153,21 +167,30 @@ impl<'w> Batch<'w> {
         create_content: serde_json::Value,
         public: bool,
     ) -> MasterResult<(OwnedRoomId, StoredEvent)> {
-        let rules = version.rules().ok_or_else(|| MasterError::new(ErrorClass::UnsupportedRoomVersion, "unsupported room version"))?;
+        let rules = version.rules().ok_or_else(|| {
+            MasterError::new(ErrorClass::UnsupportedRoomVersion, "unsupported room version")
+        })?;
         let template = EventTemplate::state("m.room.create", "", create_content);
         let room_id = if rules.authorization.room_create_event_id_as_room_id {
             None
         } else {
             Some(random_room_id(&self.svc.config.server_name)?)
         };
-        let pdu = build_pdu(&self.svc.key, &rules, room_id.as_deref(), sender, &template, &[], &[], 1, now_ms())
-            .map_err(build_error)?;
+        let pdu =
+            build_pdu(&self.svc.key, &rules, room_id.as_deref(), sender, &template, &[], &[], 1, now_ms())
+                .map_err(build_error)?;
         check_auth(&rules.authorization, &pdu, &HashMap::new(), |_: &StateEventType, _: &str| None::<&Pdu>)
             .map_err(|e| MasterError::bad_json(format!("invalid m.room.create: {e}")))?;
         let room_id = pdu.room_id.clone();
         let room_nid = room_store::insert_room(self.conn(), room_id.as_str(), version.as_str(), public)
             .await
-            .map_err(|e| if e.is_unique_violation() { MasterError::new(ErrorClass::RoomInUse, "room exists") } else { internal(e) })?;
+            .map_err(|e| {
+                if e.is_unique_violation() {
+                    MasterError::new(ErrorClass::RoomInUse, "room exists")
+                } else {
+                    internal(e)
+                }
+            })?;
         let head = RoomHead {
             room_nid,
             rules: Arc::new(rules),
@@ -193,11 +216,21 @@ impl<'w> Batch<'w> {
             return Err(MasterError::not_found("Unknown room"));
         };
         let rules = head.rules.clone();
-        let content = serde_json::value::to_raw_value(&template.content).map_err(|e| MasterError::bad_json(e.to_string()))?;
-        let types = auth_event_types(&rules.authorization, &template.kind, sender, template.state_key.as_deref(), &content)
-            .map_err(|e| MasterError::bad_json(e.0))?;
+        let content = serde_json::value::to_raw_value(&template.content)
+            .map_err(|e| MasterError::bad_json(e.to_string()))?;
+        let types = auth_event_types(
+            &rules.authorization,
+            &template.kind,
+            sender,
+            template.state_key.as_deref(),
+            &content,
+        )
+        .map_err(|e| MasterError::bad_json(e.0))?;
         let mut state: HashMap<(String, String), StoredEvent> = HashMap::new();
-        let wanted = types.iter().map(|(kind, key)| (kind.to_string(), key.clone())).chain(std::iter::once(("m.room.create".to_owned(), String::new())));
+        let wanted = types
+            .iter()
+            .map(|(kind, key)| (kind.to_string(), key.clone()))
+            .chain(std::iter::once(("m.room.create".to_owned(), String::new())));
         for (kind, key) in wanted.collect::<Vec<_>>() {
             if let Some(event) = self.state_event(&head, &kind, &key).await? {
                 state.insert((kind, key), event);
@@ -205,13 +238,26 @@ impl<'w> Batch<'w> {
         }
         let auth_events: Vec<OwnedEventId> = types
             .iter()
-            .filter_map(|(kind, key)| state.get(&(kind.to_string(), key.clone())).map(|e| e.pdu.event_id.clone()))
+            .filter_map(|(kind, key)| {
+                state.get(&(kind.to_string(), key.clone())).map(|e| e.pdu.event_id.clone())
+            })
             .collect();
         let prev_events: Vec<OwnedEventId> = head.latest_event_id.iter().cloned().collect();
         let depth = (head.max_depth + 1) as u64;
-        let pdu = build_pdu(&self.svc.key, &rules, Some(room_id), sender, template, &prev_events, &auth_events, depth, now_ms())
-            .map_err(build_error)?;
-        let by_id: HashMap<OwnedEventId, &Pdu> = state.values().map(|e| (e.pdu.event_id.clone(), &*e.pdu)).collect();
+        let pdu = build_pdu(
+            &self.svc.key,
+            &rules,
+            Some(room_id),
+            sender,
+            template,
+            &prev_events,
+            &auth_events,
+            depth,
+            now_ms(),
+        )
+        .map_err(build_error)?;
+        let by_id: HashMap<OwnedEventId, &Pdu> =
+            state.values().map(|e| (e.pdu.event_id.clone(), &*e.pdu)).collect();
         check_auth(&rules.authorization, &pdu, &by_id, |kind: &StateEventType, key: &str| {
             state.get(&(kind.to_string(), key.to_owned())).map(|e| &*e.pdu)
         })
@@ -219,7 +265,12 @@ impl<'w> Batch<'w> {
         self.persist(room_id, pdu, txn).await
     }
 
-    async fn persist(&mut self, room_id: &RoomId, pdu: Pdu, txn: Option<(&OwnedDeviceId, &str)>) -> MasterResult<StoredEvent> {
+    async fn persist(
+        &mut self,
+        room_id: &RoomId,
+        pdu: Pdu,
+        txn: Option<(&OwnedDeviceId, &str)>,
+    ) -> MasterResult<StoredEvent> {
         let mut head = match self.heads.get(room_id) {
             Some(head) => head.clone(),
             None => self.head(room_id).await?.ok_or_else(|| MasterError::not_found("Unknown room"))?,
@@ -253,17 +304,27 @@ impl<'w> Batch<'w> {
         let mut new_snapshot = None;
         if let Some(state_key_nid) = state_key_nid {
             let entry = StateEntry { type_nid, state_key_nid, event_nid };
-            let snapshot = caches.write_snapshot(conn, head.room_nid, &head.snapshot, &[entry]).await.map_err(internal)?;
+            let snapshot = caches
+                .write_snapshot(conn, head.room_nid, &head.snapshot, &[entry])
+                .await
+                .map_err(internal)?;
             let snapshot_nid = snapshot.nid.ok_or_else(|| MasterError::internal("snapshot without nid"))?;
             event_store::set_event_snapshot(conn, event_nid, snapshot_nid).await.map_err(internal)?;
             head.snapshot = snapshot.clone();
             new_snapshot = Some(snapshot);
         }
         let snapshot_nid = head.snapshot.nid.ok_or_else(|| MasterError::internal("room without state"))?;
-        room_store::set_room_head(conn, head.room_nid, event_nid, snapshot_nid, depth).await.map_err(internal)?;
+        room_store::set_room_head(conn, head.room_nid, event_nid, snapshot_nid, depth)
+            .await
+            .map_err(internal)?;
         if pdu.kind.to_string() == "m.room.member" {
             if let Some(target) = &pdu.state_key {
-                let membership = pdu.content_value().get("membership").and_then(|m| m.as_str()).unwrap_or("leave").to_owned();
+                let membership = pdu
+                    .content_value()
+                    .get("membership")
+                    .and_then(|m| m.as_str())
+                    .unwrap_or("leave")
+                    .to_owned();
                 room_store::upsert_membership(conn, head.room_nid, target, &membership, event_nid, position)
                     .await
                     .map_err(internal)?;
@@ -271,7 +332,9 @@ impl<'w> Batch<'w> {
         }
         let mut redacted = None;
         if let Some(target) = &pdu.redacts {
-            if let Some(target_row) = event_store::event_by_id(conn, target.as_str()).await.map_err(internal)? {
+            if let Some(target_row) =
+                event_store::event_by_id(conn, target.as_str()).await.map_err(internal)?
+            {
                 if target_row.room_nid == head.room_nid {
                     event_store::set_redacted_by(conn, target.as_str(), &event_id).await.map_err(internal)?;
                     redacted = Some(target_row.event_nid);
@@ -279,7 +342,9 @@ impl<'w> Batch<'w> {
             }
         }
         if let Some((device_id, txn_id)) = txn {
-            event_store::insert_txn(conn, &sender, device_id.as_str(), txn_id, &event_id).await.map_err(internal)?;
+            event_store::insert_txn(conn, &sender, device_id.as_str(), txn_id, &event_id)
+                .await
+                .map_err(internal)?;
         }
         let row = event_store::EventRow {
             event_nid,
@@ -324,7 +389,8 @@ impl<'w> Batch<'w> {
             }
             caches.remember_event(appended.event.clone());
             self.writer.last_event_pos = appended.event.row.stream_pos;
-            let user_ids = match (&appended.event.pdu.state_key, appended.event.pdu.kind.to_string().as_str()) {
+            let user_ids = match (&appended.event.pdu.state_key, appended.event.pdu.kind.to_string().as_str())
+            {
                 (Some(target), "m.room.member") => vec![Arc::from(target.as_str())],
                 _ => Vec::new(),
             };
@@ -352,10 +418,7 @@ impl Drop for Batch<'_> {
 
 fn random_room_id(server_name: &str) -> MasterResult<OwnedRoomId> {
     use rand::Rng;
-    let localpart: String = rand::rng()
-        .sample_iter(rand::distr::Alphanumeric)
-        .take(18)
-        .map(char::from)
-        .collect();
+    let localpart: String =
+        rand::rng().sample_iter(rand::distr::Alphanumeric).take(18).map(char::from).collect();
     RoomId::parse(format!("!{localpart}:{server_name}")).map_err(|e| MasterError::internal(e.to_string()))
 }

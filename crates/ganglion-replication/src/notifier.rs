@@ -13,11 +13,14 @@ use tokio::sync::Notify;
 
 use crate::StreamRow;
 
+/// The listeners waiting on one key, by listener id.
+type Waiting = HashMap<u64, Arc<Notify>>;
+
 /// Listeners keyed by room id and user id.
 #[derive(Default)]
 pub struct Notifier {
     next_id: AtomicU64,
-    listeners: Mutex<HashMap<Arc<str>, HashMap<u64, Arc<Notify>>>>,
+    listeners: Mutex<HashMap<Arc<str>, Waiting>>,
 }
 
 /// A registration; dropping it unregisters. Register before reading the database, so a row

@@ -5,7 +5,12 @@ use ganglion_types::{StreamKind, StreamPosition, SyncToken};
 use super::*;
 
 fn row(room: &str, position: i64) -> StreamRow {
-    StreamRow { kind: StreamKind::Events, position: StreamPosition(position), room_id: Some(Arc::from(room)), user_ids: vec![] }
+    StreamRow {
+        kind: StreamKind::Events,
+        position: StreamPosition(position),
+        room_id: Some(Arc::from(room)),
+        user_ids: vec![],
+    }
 }
 
 #[tokio::test(start_paused = true)]

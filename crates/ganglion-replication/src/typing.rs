@@ -33,7 +33,13 @@ impl TypingStore {
 
     /// Records that `user` is (or stopped) typing in `room`; returns the new position when the
     /// visible set changed.
-    pub fn set(&self, room_id: &str, user_id: &str, typing: bool, timeout: Duration) -> Option<StreamPosition> {
+    pub fn set(
+        &self,
+        room_id: &str,
+        user_id: &str,
+        typing: bool,
+        timeout: Duration,
+    ) -> Option<StreamPosition> {
         let mut inner = self.inner.lock();
         let users = inner.typing.entry(room_id.to_owned()).or_default();
         let changed = if typing {
@@ -82,7 +88,8 @@ impl TypingStore {
     /// Users typing in `room` now, sorted.
     pub fn typing_in_room(&self, room_id: &str) -> Vec<String> {
         let inner = self.inner.lock();
-        let mut users: Vec<String> = inner.typing.get(room_id).map(|users| users.keys().cloned().collect()).unwrap_or_default();
+        let mut users: Vec<String> =
+            inner.typing.get(room_id).map(|users| users.keys().cloned().collect()).unwrap_or_default();
         users.sort();
         users
     }

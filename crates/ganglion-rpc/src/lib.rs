@@ -148,9 +148,18 @@ pub trait Master: Send + Sync + 'static {
         keep_device: Option<&OwnedDeviceId>,
     ) -> MasterResult<()>;
     async fn delete_devices(&self, user_id: &OwnedUserId, device_ids: &[OwnedDeviceId]) -> MasterResult<()>;
-    async fn rename_device(&self, user_id: &OwnedUserId, device_id: &OwnedDeviceId, name: &str) -> MasterResult<()>;
+    async fn rename_device(
+        &self,
+        user_id: &OwnedUserId,
+        device_id: &OwnedDeviceId,
+        name: &str,
+    ) -> MasterResult<()>;
 
-    async fn create_room(&self, sender: &OwnedUserId, request: CreateRoomRequest) -> MasterResult<OwnedRoomId>;
+    async fn create_room(
+        &self,
+        sender: &OwnedUserId,
+        request: CreateRoomRequest,
+    ) -> MasterResult<OwnedRoomId>;
     /// Builds, authorises and persists an event. Idempotent per `(sender, device, txn_id)`:
     /// a retry returns the first event's id.
     async fn send_event(
@@ -171,10 +180,20 @@ pub trait Master: Send + Sync + 'static {
     ) -> MasterResult<OwnedEventId>;
     async fn forget_room(&self, user_id: &OwnedUserId, room_id: &OwnedRoomId) -> MasterResult<()>;
     /// Updates the profile and the user's member event in every joined room.
-    async fn set_profile(&self, user_id: &OwnedUserId, field: ProfileField, value: Option<String>) -> MasterResult<()>;
+    async fn set_profile(
+        &self,
+        user_id: &OwnedUserId,
+        field: ProfileField,
+        value: Option<String>,
+    ) -> MasterResult<()>;
 
-    async fn set_typing(&self, user_id: &OwnedUserId, room_id: &OwnedRoomId, typing: bool, timeout_ms: u64)
-    -> MasterResult<()>;
+    async fn set_typing(
+        &self,
+        user_id: &OwnedUserId,
+        room_id: &OwnedRoomId,
+        typing: bool,
+        timeout_ms: u64,
+    ) -> MasterResult<()>;
     async fn set_receipt(
         &self,
         user_id: &OwnedUserId,
@@ -192,7 +211,17 @@ pub trait Master: Send + Sync + 'static {
     ) -> MasterResult<()>;
     async fn create_filter(&self, user_id: &OwnedUserId, filter: Value) -> MasterResult<String>;
 
-    async fn set_alias(&self, user_id: &OwnedUserId, alias: &OwnedRoomAliasId, room_id: &OwnedRoomId) -> MasterResult<()>;
+    async fn set_alias(
+        &self,
+        user_id: &OwnedUserId,
+        alias: &OwnedRoomAliasId,
+        room_id: &OwnedRoomId,
+    ) -> MasterResult<()>;
     async fn delete_alias(&self, user_id: &OwnedUserId, alias: &OwnedRoomAliasId) -> MasterResult<()>;
-    async fn set_room_visibility(&self, user_id: &OwnedUserId, room_id: &OwnedRoomId, public: bool) -> MasterResult<()>;
+    async fn set_room_visibility(
+        &self,
+        user_id: &OwnedUserId,
+        room_id: &OwnedRoomId,
+        public: bool,
+    ) -> MasterResult<()>;
 }

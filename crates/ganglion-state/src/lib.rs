@@ -166,7 +166,12 @@ impl Caches {
 
     /// The NID pair of `(type, state_key)`, or `None` if either was never interned (so no state
     /// can hold it).
-    pub async fn state_pair(&self, conn: &mut Conn, kind: &str, key: &str) -> Result<Option<(TypeNid, StateKeyNid)>> {
+    pub async fn state_pair(
+        &self,
+        conn: &mut Conn,
+        kind: &str,
+        key: &str,
+    ) -> Result<Option<(TypeNid, StateKeyNid)>> {
         let Some(type_nid) = self.existing_type_nid(conn, kind).await? else { return Ok(None) };
         let Some(key_nid) = self.existing_state_key_nid(conn, key).await? else { return Ok(None) };
         Ok(Some((type_nid, key_nid)))
@@ -287,7 +292,12 @@ impl Caches {
     }
 
     /// Every state event of `snapshot`, optionally only those of `kind`.
-    pub async fn state_events(&self, conn: &mut Conn, snapshot: &Snapshot, kind: Option<&str>) -> Result<Vec<StoredEvent>> {
+    pub async fn state_events(
+        &self,
+        conn: &mut Conn,
+        snapshot: &Snapshot,
+        kind: Option<&str>,
+    ) -> Result<Vec<StoredEvent>> {
         let type_filter = match kind {
             Some(kind) => match self.existing_type_nid(conn, kind).await? {
                 Some(nid) => Some(nid),

@@ -50,7 +50,8 @@ impl Caches {
                     .collect();
             }
         }
-        let replaced: Vec<EventNid> = events.iter().filter_map(|e| e.row.replaces_nid).collect::<HashSet<_>>().into_iter().collect();
+        let replaced: Vec<EventNid> =
+            events.iter().filter_map(|e| e.row.replaces_nid).collect::<HashSet<_>>().into_iter().collect();
         let replaced: HashMap<EventNid, StoredEvent> =
             self.events(conn, &replaced).await?.into_iter().map(|e| (e.row.event_nid, e)).collect();
         let mut formatted = Vec::with_capacity(events.len());

@@ -19,7 +19,12 @@ pub struct Profile {
 }
 
 /// Inserts a user; returns false when the id is taken.
-pub async fn insert_user(conn: &mut Conn, user_id: &str, password_hash: Option<&str>, now: i64) -> Result<bool> {
+pub async fn insert_user(
+    conn: &mut Conn,
+    user_id: &str,
+    password_hash: Option<&str>,
+    now: i64,
+) -> Result<bool> {
     let result = sqlx::query(
         "INSERT INTO users (user_id, password_hash, created_ts) VALUES ($1, $2, $3) ON CONFLICT (user_id) DO NOTHING",
     )
@@ -32,7 +37,8 @@ pub async fn insert_user(conn: &mut Conn, user_id: &str, password_hash: Option<&
 }
 
 pub async fn user_exists(conn: &mut Conn, user_id: &str) -> Result<bool> {
-    let row = sqlx::query("SELECT 1 FROM users WHERE user_id = $1").bind(user_id).fetch_optional(conn).await?;
+    let row =
+        sqlx::query("SELECT 1 FROM users WHERE user_id = $1").bind(user_id).fetch_optional(conn).await?;
     Ok(row.is_some())
 }
 
@@ -121,7 +127,11 @@ pub async fn delete_access_token(conn: &mut Conn, token: &str) -> Result<()> {
 }
 
 /// Deletes every access token of a user, except those of `keep_device`.
-pub async fn delete_access_tokens_of_user(conn: &mut Conn, user_id: &str, keep_device: Option<&str>) -> Result<()> {
+pub async fn delete_access_tokens_of_user(
+    conn: &mut Conn,
+    user_id: &str,
+    keep_device: Option<&str>,
+) -> Result<()> {
     sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 AND device_id <> $2")
         .bind(user_id)
         .bind(keep_device.unwrap_or(""))
@@ -161,7 +171,12 @@ fn device_from_row(row: sqlx::any::AnyRow) -> Device {
 }
 
 /// Renames a device; returns false when it does not exist.
-pub async fn set_device_display_name(conn: &mut Conn, user_id: &str, device_id: &str, name: &str) -> Result<bool> {
+pub async fn set_device_display_name(
+    conn: &mut Conn,
+    user_id: &str,
+    device_id: &str,
+    name: &str,
+) -> Result<bool> {
     let result = sqlx::query("UPDATE devices SET display_name = $1 WHERE user_id = $2 AND device_id = $3")
         .bind(name)
         .bind(user_id)

@@ -82,7 +82,11 @@ pub async fn insert_event(conn: &mut Conn, event: &NewEvent<'_>) -> Result<Event
 
 /// Points a just-inserted state event at the snapshot it produced (the snapshot needs the
 /// event's NID, so it is written after the row).
-pub async fn set_event_snapshot(conn: &mut Conn, event_nid: EventNid, snapshot_nid: SnapshotNid) -> Result<()> {
+pub async fn set_event_snapshot(
+    conn: &mut Conn,
+    event_nid: EventNid,
+    snapshot_nid: SnapshotNid,
+) -> Result<()> {
     sqlx::query("UPDATE events SET snapshot_nid = $1 WHERE event_nid = $2")
         .bind(snapshot_nid.0)
         .bind(event_nid.0)
@@ -99,7 +103,10 @@ pub async fn event_by_id(conn: &mut Conn, event_id: &str) -> Result<Option<Event
 pub async fn events_by_nid(conn: &mut Conn, nids: &[EventNid]) -> Result<Vec<EventRow>> {
     let mut events = Vec::with_capacity(nids.len());
     for chunk in nids.chunks(500) {
-        let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE event_nid IN ({})", placeholders(chunk.len(), 1));
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE event_nid IN ({})",
+            placeholders(chunk.len(), 1)
+        );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for nid in chunk {
             query = query.bind(nid.0);
@@ -112,7 +119,10 @@ pub async fn events_by_nid(conn: &mut Conn, nids: &[EventNid]) -> Result<Vec<Eve
 pub async fn events_by_id(conn: &mut Conn, ids: &[String]) -> Result<Vec<EventRow>> {
     let mut events = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(500) {
-        let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN ({})", placeholders(chunk.len(), 1));
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN ({})",
+            placeholders(chunk.len(), 1)
+        );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for id in chunk {
             query = query.bind(id.as_str());
@@ -136,7 +146,13 @@ pub async fn events_in_room(
     let sql = format!(
         "SELECT {EVENT_COLUMNS} FROM events WHERE room_nid = $1 AND stream_pos > $2 AND stream_pos <= $3 ORDER BY stream_pos {order} LIMIT $4"
     );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(room_nid.0).bind(after).bind(up_to).bind(limit).fetch_all(conn).await?;
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(room_nid.0)
+        .bind(after)
+        .bind(up_to)
+        .bind(limit)
+        .fetch_all(conn)
+        .await?;
     Ok(rows.into_iter().map(event_from_row).collect())
 }
 
@@ -163,7 +179,11 @@ pub async fn rooms_with_events_between(
 }
 
 /// The latest event of a room at or before `up_to`.
-pub async fn latest_event_in_room_at(conn: &mut Conn, room_nid: RoomNid, up_to: i64) -> Result<Option<EventRow>> {
+pub async fn latest_event_in_room_at(
+    conn: &mut Conn,
+    room_nid: RoomNid,
+    up_to: i64,
+) -> Result<Option<EventRow>> {
     Ok(events_in_room(conn, room_nid, 0, up_to, 1, true).await?.into_iter().next())
 }
 
@@ -181,17 +201,29 @@ pub async fn max_event_stream_pos(conn: &mut Conn) -> Result<i64> {
     Ok(row.get(0))
 }
 
-pub async fn event_id_by_txn(conn: &mut Conn, user_id: &str, device_id: &str, txn_id: &str) -> Result<Option<String>> {
-    let row = sqlx::query("SELECT event_id FROM event_txns WHERE user_id = $1 AND device_id = $2 AND txn_id = $3")
-        .bind(user_id)
-        .bind(device_id)
-        .bind(txn_id)
-        .fetch_optional(conn)
-        .await?;
+pub async fn event_id_by_txn(
+    conn: &mut Conn,
+    user_id: &str,
+    device_id: &str,
+    txn_id: &str,
+) -> Result<Option<String>> {
+    let row =
+        sqlx::query("SELECT event_id FROM event_txns WHERE user_id = $1 AND device_id = $2 AND txn_id = $3")
+            .bind(user_id)
+            .bind(device_id)
+            .bind(txn_id)
+            .fetch_optional(conn)
+            .await?;
     Ok(row.map(|row| row.get(0)))
 }
 
-pub async fn insert_txn(conn: &mut Conn, user_id: &str, device_id: &str, txn_id: &str, event_id: &str) -> Result<()> {
+pub async fn insert_txn(
+    conn: &mut Conn,
+    user_id: &str,
+    device_id: &str,
+    txn_id: &str,
+    event_id: &str,
+) -> Result<()> {
     sqlx::query("INSERT INTO event_txns (user_id, device_id, txn_id, event_id) VALUES ($1, $2, $3, $4)")
         .bind(user_id)
         .bind(device_id)
@@ -245,4 +277,61 @@ pub async fn state_events_for_key_in_room(
         .fetch_all(conn)
         .await?;
     Ok(rows.into_iter().map(event_from_row).collect())
+}
+
+/// `(event_nid, stream_pos)` of a room's events with `after < stream_pos <= up_to`, newest
+/// first, at most `limit`: a timeline window without loading the events' JSON.
+pub async fn event_nids_in_room_newest_first(
+    conn: &mut Conn,
+    room_nid: RoomNid,
+    after: i64,
+    up_to: i64,
+    limit: i64,
+) -> Result<Vec<(EventNid, i64)>> {
+    let rows = sqlx::query(
+        "SELECT event_nid, stream_pos FROM events WHERE room_nid = $1 AND stream_pos > $2 AND stream_pos <= $3
+         ORDER BY stream_pos DESC LIMIT $4",
+    )
+    .bind(room_nid.0)
+    .bind(after)
+    .bind(up_to)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|row| (EventNid(row.get(0)), row.get(1))).collect())
+}
+
+/// For each room among `rooms` with events in `after < stream_pos <= up_to`, its newest
+/// `per_room` events there as `(room_nid, event_nid, stream_pos)`, newest first within a room:
+/// the changed rooms and their timeline windows in one query.
+pub async fn newest_event_nids_of_rooms_between(
+    conn: &mut Conn,
+    rooms: &[RoomNid],
+    after: i64,
+    up_to: i64,
+    per_room: i64,
+) -> Result<Vec<(RoomNid, EventNid, i64)>> {
+    let mut newest = Vec::new();
+    for chunk in rooms.chunks(500) {
+        let sql = format!(
+            "SELECT room_nid, event_nid, stream_pos FROM (
+                 SELECT room_nid, event_nid, stream_pos,
+                        ROW_NUMBER() OVER (PARTITION BY room_nid ORDER BY stream_pos DESC) AS newest_rank
+                 FROM events WHERE stream_pos > $1 AND stream_pos <= $2 AND room_nid IN ({})
+             ) AS ranked WHERE newest_rank <= $3 ORDER BY room_nid, stream_pos DESC",
+            placeholders(chunk.len(), 4)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(after).bind(up_to).bind(per_room);
+        for nid in chunk {
+            query = query.bind(nid.0);
+        }
+        newest.extend(
+            query
+                .fetch_all(&mut *conn)
+                .await?
+                .into_iter()
+                .map(|row| (RoomNid(row.get(0)), EventNid(row.get(1)), row.get(2))),
+        );
+    }
+    Ok(newest)
 }

@@ -70,12 +70,10 @@ impl Db {
     pub async fn connect(url: &str, max_connections: u32) -> Result<Db> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") { Backend::Sqlite } else { Backend::Postgres };
-        if backend == Backend::Sqlite {
-            if let Some(path) = sqlite_path(url) {
-                if let Some(parent) = std::path::Path::new(&path).parent() {
-                    let _ = std::fs::create_dir_all(parent);
-                }
-            }
+        let sqlite_dir =
+            sqlite_path(url).and_then(|path| std::path::Path::new(&path).parent().map(|p| p.to_owned()));
+        if let Some(parent) = sqlite_dir.filter(|_| backend == Backend::Sqlite) {
+            let _ = std::fs::create_dir_all(parent);
         }
         let options = AnyConnectOptions::from_str(url)?;
         let pool = AnyPoolOptions::new()

@@ -12,7 +12,8 @@ pub(crate) async fn run(db: &Db) -> Result<()> {
     let mut conn = db.pool.acquire().await?;
     conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_ts BIGINT NOT NULL)")
         .await?;
-    let applied: Vec<(i64,)> = sqlx::query_as("SELECT version FROM schema_migrations").fetch_all(&mut *conn).await?;
+    let applied: Vec<(i64,)> =
+        sqlx::query_as("SELECT version FROM schema_migrations").fetch_all(&mut *conn).await?;
     drop(conn);
     for (version, sql) in MIGRATIONS {
         if applied.iter().any(|(done,)| done == version) {

@@ -31,13 +31,20 @@ fn room_from_row(row: sqlx::any::AnyRow) -> RoomRow {
     }
 }
 
-pub async fn insert_room(conn: &mut Conn, room_id: &str, room_version: &str, is_public: bool) -> Result<RoomNid> {
-    let row = sqlx::query("INSERT INTO rooms (room_id, room_version, is_public) VALUES ($1, $2, $3) RETURNING room_nid")
-        .bind(room_id)
-        .bind(room_version)
-        .bind(is_public as i64)
-        .fetch_one(conn)
-        .await?;
+pub async fn insert_room(
+    conn: &mut Conn,
+    room_id: &str,
+    room_version: &str,
+    is_public: bool,
+) -> Result<RoomNid> {
+    let row = sqlx::query(
+        "INSERT INTO rooms (room_id, room_version, is_public) VALUES ($1, $2, $3) RETURNING room_nid",
+    )
+    .bind(room_id)
+    .bind(room_version)
+    .bind(is_public as i64)
+    .fetch_one(conn)
+    .await?;
     Ok(RoomNid(row.get(0)))
 }
 
@@ -54,7 +61,8 @@ pub async fn room_by_nid(conn: &mut Conn, room_nid: RoomNid) -> Result<Option<Ro
 pub async fn rooms_by_nid(conn: &mut Conn, nids: &[RoomNid]) -> Result<Vec<RoomRow>> {
     let mut rooms = Vec::with_capacity(nids.len());
     for chunk in nids.chunks(500) {
-        let sql = format!("SELECT {ROOM_COLUMNS} FROM rooms WHERE room_nid IN ({})", placeholders(chunk.len(), 1));
+        let sql =
+            format!("SELECT {ROOM_COLUMNS} FROM rooms WHERE room_nid IN ({})", placeholders(chunk.len(), 1));
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for nid in chunk {
             query = query.bind(nid.0);
@@ -93,11 +101,13 @@ pub async fn set_room_public(conn: &mut Conn, room_nid: RoomNid, is_public: bool
 
 /// Room ids listed in the public room directory, newest first.
 pub async fn public_room_ids(conn: &mut Conn, limit: i64, offset: i64) -> Result<Vec<String>> {
-    let rows = sqlx::query("SELECT room_id FROM rooms WHERE is_public = 1 ORDER BY room_nid DESC LIMIT $1 OFFSET $2")
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(conn)
-        .await?;
+    let rows = sqlx::query(
+        "SELECT room_id FROM rooms WHERE is_public = 1 ORDER BY room_nid DESC LIMIT $1 OFFSET $2",
+    )
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(conn)
+    .await?;
     Ok(rows.into_iter().map(|row| row.get(0)).collect())
 }
 
@@ -120,7 +130,10 @@ pub async fn insert_alias(conn: &mut Conn, alias: &str, room_id: &str, creator: 
 }
 
 pub async fn room_id_by_alias(conn: &mut Conn, alias: &str) -> Result<Option<String>> {
-    let row = sqlx::query("SELECT room_id FROM room_aliases WHERE alias = $1").bind(alias).fetch_optional(conn).await?;
+    let row = sqlx::query("SELECT room_id FROM room_aliases WHERE alias = $1")
+        .bind(alias)
+        .fetch_optional(conn)
+        .await?;
     Ok(row.map(|row| row.get(0)))
 }
 
@@ -209,14 +222,23 @@ pub async fn memberships_of_user(conn: &mut Conn, user_id: &str) -> Result<Vec<M
     Ok(rows.into_iter().map(membership_from_row).collect())
 }
 
-pub async fn membership_of_user_in_room(conn: &mut Conn, room_nid: RoomNid, user_id: &str) -> Result<Option<MembershipRow>> {
+pub async fn membership_of_user_in_room(
+    conn: &mut Conn,
+    room_nid: RoomNid,
+    user_id: &str,
+) -> Result<Option<MembershipRow>> {
     let sql = format!("SELECT {MEMBERSHIP_COLUMNS} FROM memberships WHERE room_nid = $1 AND user_id = $2");
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(room_nid.0).bind(user_id).fetch_optional(conn).await?;
+    let row =
+        sqlx::query(sqlx::AssertSqlSafe(sql)).bind(room_nid.0).bind(user_id).fetch_optional(conn).await?;
     Ok(row.map(membership_from_row))
 }
 
 /// Current memberships of a room, optionally only those with `membership`.
-pub async fn memberships_of_room(conn: &mut Conn, room_nid: RoomNid, membership: Option<&str>) -> Result<Vec<MembershipRow>> {
+pub async fn memberships_of_room(
+    conn: &mut Conn,
+    room_nid: RoomNid,
+    membership: Option<&str>,
+) -> Result<Vec<MembershipRow>> {
     let rows = match membership {
         Some(membership) => {
             let sql = format!(
@@ -225,7 +247,8 @@ pub async fn memberships_of_room(conn: &mut Conn, room_nid: RoomNid, membership:
             sqlx::query(sqlx::AssertSqlSafe(sql)).bind(room_nid.0).bind(membership).fetch_all(conn).await?
         }
         None => {
-            let sql = format!("SELECT {MEMBERSHIP_COLUMNS} FROM memberships WHERE room_nid = $1 ORDER BY user_id");
+            let sql =
+                format!("SELECT {MEMBERSHIP_COLUMNS} FROM memberships WHERE room_nid = $1 ORDER BY user_id");
             sqlx::query(sqlx::AssertSqlSafe(sql)).bind(room_nid.0).fetch_all(conn).await?
         }
     };

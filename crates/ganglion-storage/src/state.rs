@@ -34,7 +34,7 @@ pub fn encode_entries(entries: &[StateEntry]) -> Vec<u8> {
 }
 
 pub fn decode_entries(bytes: &[u8]) -> Result<Vec<StateEntry>> {
-    if bytes.len() % ENTRY_BYTES != 0 {
+    if !bytes.len().is_multiple_of(ENTRY_BYTES) {
         return Err(StorageError::Corrupt("state block length".into()));
     }
     Ok(bytes
@@ -57,7 +57,7 @@ pub fn encode_buckets(buckets: &[(u16, BlockNid)]) -> Vec<u8> {
 }
 
 pub fn decode_buckets(bytes: &[u8]) -> Result<Vec<(u16, BlockNid)>> {
-    if bytes.len() % BUCKET_BYTES != 0 {
+    if !bytes.len().is_multiple_of(BUCKET_BYTES) {
         return Err(StorageError::Corrupt("state snapshot length".into()));
     }
     Ok(bytes
@@ -128,7 +128,10 @@ pub async fn event_type_names_by_nid(conn: &mut Conn, nids: &[TypeNid]) -> Resul
     Ok(names)
 }
 
-pub async fn state_key_names_by_nid(conn: &mut Conn, nids: &[StateKeyNid]) -> Result<HashMap<StateKeyNid, String>> {
+pub async fn state_key_names_by_nid(
+    conn: &mut Conn,
+    nids: &[StateKeyNid],
+) -> Result<HashMap<StateKeyNid, String>> {
     let mut names = HashMap::with_capacity(nids.len());
     for chunk in nids.chunks(500) {
         let sql = format!(
@@ -154,7 +157,10 @@ pub async fn insert_state_block(conn: &mut Conn, entries: &[StateEntry]) -> Resu
     Ok(BlockNid(row.get(0)))
 }
 
-pub async fn state_blocks_by_nid(conn: &mut Conn, nids: &[BlockNid]) -> Result<HashMap<BlockNid, Vec<StateEntry>>> {
+pub async fn state_blocks_by_nid(
+    conn: &mut Conn,
+    nids: &[BlockNid],
+) -> Result<HashMap<BlockNid, Vec<StateEntry>>> {
     let mut blocks = HashMap::with_capacity(nids.len());
     for chunk in nids.chunks(500) {
         let sql = format!(
@@ -173,12 +179,17 @@ pub async fn state_blocks_by_nid(conn: &mut Conn, nids: &[BlockNid]) -> Result<H
     Ok(blocks)
 }
 
-pub async fn insert_state_snapshot(conn: &mut Conn, room_nid: RoomNid, buckets: &[(u16, BlockNid)]) -> Result<SnapshotNid> {
-    let row = sqlx::query("INSERT INTO state_snapshots (room_nid, buckets) VALUES ($1, $2) RETURNING snapshot_nid")
-        .bind(room_nid.0)
-        .bind(encode_buckets(buckets))
-        .fetch_one(conn)
-        .await?;
+pub async fn insert_state_snapshot(
+    conn: &mut Conn,
+    room_nid: RoomNid,
+    buckets: &[(u16, BlockNid)],
+) -> Result<SnapshotNid> {
+    let row =
+        sqlx::query("INSERT INTO state_snapshots (room_nid, buckets) VALUES ($1, $2) RETURNING snapshot_nid")
+            .bind(room_nid.0)
+            .bind(encode_buckets(buckets))
+            .fetch_one(conn)
+            .await?;
     Ok(SnapshotNid(row.get(0)))
 }
 

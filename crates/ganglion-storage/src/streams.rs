@@ -34,7 +34,12 @@ pub async fn upsert_receipt(conn: &mut Conn, receipt: &ReceiptRow) -> Result<()>
 }
 
 /// Receipts in `rooms` whose position is in `after < stream_pos <= up_to`.
-pub async fn receipts_between(conn: &mut Conn, rooms: &[String], after: i64, up_to: i64) -> Result<Vec<ReceiptRow>> {
+pub async fn receipts_between(
+    conn: &mut Conn,
+    rooms: &[String],
+    after: i64,
+    up_to: i64,
+) -> Result<Vec<ReceiptRow>> {
     let mut receipts = Vec::new();
     for chunk in rooms.chunks(500) {
         let sql = format!(
@@ -96,7 +101,12 @@ pub async fn upsert_account_data(
 }
 
 /// A user's account data rows in `after < stream_pos <= up_to`.
-pub async fn account_data_between(conn: &mut Conn, user_id: &str, after: i64, up_to: i64) -> Result<Vec<AccountDataRow>> {
+pub async fn account_data_between(
+    conn: &mut Conn,
+    user_id: &str,
+    after: i64,
+    up_to: i64,
+) -> Result<Vec<AccountDataRow>> {
     let rows = sqlx::query(
         "SELECT room_id, data_type, content, stream_pos FROM account_data WHERE user_id = $1 AND stream_pos > $2 AND stream_pos <= $3
          ORDER BY stream_pos",
@@ -108,21 +118,108 @@ pub async fn account_data_between(conn: &mut Conn, user_id: &str, after: i64, up
     .await?;
     Ok(rows
         .into_iter()
-        .map(|row| AccountDataRow { room_id: row.get(0), data_type: row.get(1), content: row.get(2), stream_pos: row.get(3) })
+        .map(|row| AccountDataRow {
+            room_id: row.get(0),
+            data_type: row.get(1),
+            content: row.get(2),
+            stream_pos: row.get(3),
+        })
         .collect())
 }
 
-pub async fn account_data_content(conn: &mut Conn, user_id: &str, room_id: &str, data_type: &str) -> Result<Option<String>> {
-    let row = sqlx::query("SELECT content FROM account_data WHERE user_id = $1 AND room_id = $2 AND data_type = $3")
-        .bind(user_id)
-        .bind(room_id)
-        .bind(data_type)
-        .fetch_optional(conn)
-        .await?;
+pub async fn account_data_content(
+    conn: &mut Conn,
+    user_id: &str,
+    room_id: &str,
+    data_type: &str,
+) -> Result<Option<String>> {
+    let row = sqlx::query(
+        "SELECT content FROM account_data WHERE user_id = $1 AND room_id = $2 AND data_type = $3",
+    )
+    .bind(user_id)
+    .bind(room_id)
+    .bind(data_type)
+    .fetch_optional(conn)
+    .await?;
     Ok(row.map(|row| row.get(0)))
 }
 
 pub async fn max_account_data_stream_pos(conn: &mut Conn) -> Result<i64> {
     let row = sqlx::query("SELECT COALESCE(MAX(stream_pos), 0) FROM account_data").fetch_one(conn).await?;
     Ok(row.get(0))
+}
+
+// Membership reads of the sync role (the memberships table is written with the events stream).
+
+/// A user's membership row with its room's id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRoomRow {
+    pub room_nid: ganglion_types::RoomNid,
+    pub room_id: String,
+    pub membership: String,
+    pub event_nid: ganglion_types::EventNid,
+    pub stream_pos: i64,
+    pub forgotten: bool,
+}
+
+/// Every room a user has a membership in, with the room id, in one query.
+pub async fn rooms_of_user(conn: &mut Conn, user_id: &str) -> Result<Vec<UserRoomRow>> {
+    let rows = sqlx::query(
+        "SELECT m.room_nid, r.room_id, m.membership, m.event_nid, m.stream_pos, m.forgotten
+         FROM memberships m JOIN rooms r ON r.room_nid = m.room_nid WHERE m.user_id = $1",
+    )
+    .bind(user_id)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| UserRoomRow {
+            room_nid: ganglion_types::RoomNid(row.get(0)),
+            room_id: row.get(1),
+            membership: row.get(2),
+            event_nid: ganglion_types::EventNid(row.get(3)),
+            stream_pos: row.get(4),
+            forgotten: row.get::<i64, _>(5) != 0,
+        })
+        .collect())
+}
+
+/// `(joined, invited)` member counts of a room.
+pub async fn member_counts_of_room(conn: &mut Conn, room_nid: ganglion_types::RoomNid) -> Result<(i64, i64)> {
+    let rows = sqlx::query(
+        "SELECT membership, COUNT(*) FROM memberships WHERE room_nid = $1 AND membership IN ('join', 'invite')
+         GROUP BY membership",
+    )
+    .bind(room_nid.0)
+    .fetch_all(conn)
+    .await?;
+    let (mut joined, mut invited) = (0, 0);
+    for row in rows {
+        match row.get::<String, _>(0).as_str() {
+            "join" => joined = row.get(1),
+            _ => invited = row.get(1),
+        }
+    }
+    Ok((joined, invited))
+}
+
+/// Up to `limit` members of a room other than `except_user` with one of `memberships`, oldest
+/// membership first: the room summary's heroes.
+pub async fn heroes_of_room(
+    conn: &mut Conn,
+    room_nid: ganglion_types::RoomNid,
+    except_user: &str,
+    memberships: &[&str],
+    limit: i64,
+) -> Result<Vec<String>> {
+    let sql = format!(
+        "SELECT user_id FROM memberships WHERE room_nid = $1 AND user_id <> $2 AND membership IN ({})
+         ORDER BY stream_pos LIMIT $3",
+        placeholders(memberships.len(), 4)
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(room_nid.0).bind(except_user).bind(limit);
+    for membership in memberships {
+        query = query.bind(*membership);
+    }
+    Ok(query.fetch_all(conn).await?.into_iter().map(|row| row.get(0)).collect())
 }

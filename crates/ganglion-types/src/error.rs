@@ -26,7 +26,9 @@ pub enum ErrorClass {
     UnknownToken,
     /// The request needs user-interactive authentication; carries the session id.
     UserInteractiveAuth,
-    LimitExceeded { retry_after: Duration },
+    LimitExceeded {
+        retry_after: Duration,
+    },
     TooLarge,
     Unrecognized,
     MethodNotAllowed,

@@ -1,0 +1,43 @@
+//! The route table is data: `tests/snapshots/routes.json` is generated from it and checked in,
+//! so a change of routing shows up in review. Off CI a stale snapshot is rewritten (and the test
+//! fails once); on CI it only fails.
+
+use std::collections::BTreeSet;
+
+#[test]
+fn route_table_matches_snapshot() {
+    let table = ganglion_app::route_table();
+    let rendered = format!("{}\n", serde_json::to_string_pretty(&table).unwrap());
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/snapshots/routes.json");
+    let current = std::fs::read_to_string(&path).unwrap_or_default();
+    if current != rendered {
+        if std::env::var_os("CI").is_none() {
+            std::fs::write(&path, &rendered).unwrap();
+        }
+        panic!(
+            "{} is stale; regenerated it (run `cargo test -p ganglion-app` and commit the diff)",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn every_route_is_registered_once_under_a_matrix_prefix() {
+    let table = ganglion_app::route_table();
+    let mut seen = BTreeSet::new();
+    for route in &table {
+        assert!(
+            route.path.starts_with("/_matrix/") || route.path.starts_with("/.well-known/"),
+            "{} {}",
+            route.method,
+            route.path
+        );
+        assert!(
+            seen.insert((route.method.clone(), route.path.clone())),
+            "duplicate {} {}",
+            route.method,
+            route.path
+        );
+    }
+    assert!(table.iter().any(|route| route.path == "/_matrix/client/v3/sync"));
+}

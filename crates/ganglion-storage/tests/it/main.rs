@@ -1,0 +1,204 @@
+//! Storage conformance: every test runs on SQLite and on a throwaway PostgreSQL.
+
+use ganglion_storage::{
+    Backend, Db, accounts,
+    events::{self, NewEvent},
+    rooms, state, streams,
+};
+use ganglion_testkit::Postgres;
+use ganglion_types::{EventNid, RoomNid, SnapshotNid, StateKeyNid, TypeNid};
+
+/// Runs `body` once per backend, each on a fresh database.
+macro_rules! on_both_backends {
+    ($name:ident, |$db:ident| $body:block) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let dir = tempfile::tempdir().unwrap();
+                let url = format!("sqlite://{}/test.db?mode=rwc", dir.path().display());
+                let $db = Db::connect(&url, 4).await.unwrap();
+                assert_eq!($db.backend, Backend::Sqlite);
+                $body
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let url = tokio::task::spawn_blocking(|| {
+                    let postgres = Postgres::shared().unwrap();
+                    postgres.create_database().unwrap()
+                })
+                .await
+                .unwrap();
+                let $db = Db::connect(&url, 4).await.unwrap();
+                assert_eq!($db.backend, Backend::Postgres);
+                $body
+            }
+        }
+    };
+}
+
+on_both_backends!(migrations_are_idempotent, |db| {
+    let url_again = db.clone();
+    drop(url_again);
+    // Connecting again re-runs the migration check without re-applying anything.
+    let mut conn = db.conn().await.unwrap();
+    let applied: Vec<(i64,)> =
+        sqlx::query_as("SELECT version FROM schema_migrations").fetch_all(&mut *conn).await.unwrap();
+    assert_eq!(applied, vec![(1,)]);
+});
+
+on_both_backends!(users_devices_and_tokens, |db| {
+    let mut conn = db.conn().await.unwrap();
+    assert!(accounts::insert_user(&mut conn, "@a:x", Some("hash"), 1).await.unwrap());
+    assert!(!accounts::insert_user(&mut conn, "@a:x", None, 2).await.unwrap());
+    assert_eq!(accounts::password_hash_of_user(&mut conn, "@a:x").await.unwrap().as_deref(), Some("hash"));
+    accounts::upsert_device(&mut conn, "@a:x", "DEV", Some("phone"), 5).await.unwrap();
+    accounts::upsert_device(&mut conn, "@a:x", "DEV", None, 6).await.unwrap();
+    accounts::insert_access_token(&mut conn, "tok", "@a:x", "DEV").await.unwrap();
+    assert_eq!(
+        accounts::session_by_token(&mut conn, "tok").await.unwrap(),
+        Some(("@a:x".to_owned(), "DEV".to_owned()))
+    );
+    let devices = accounts::devices_of_user(&mut conn, "@a:x").await.unwrap();
+    assert_eq!(devices.len(), 1);
+    assert_eq!(devices[0].display_name.as_deref(), Some("phone"));
+    accounts::delete_device(&mut conn, "@a:x", "DEV").await.unwrap();
+    assert_eq!(accounts::session_by_token(&mut conn, "tok").await.unwrap(), None);
+    assert_eq!(accounts::insert_filter(&mut conn, "@a:x", "{}").await.unwrap(), 0);
+    assert_eq!(accounts::insert_filter(&mut conn, "@a:x", "{\"a\":1}").await.unwrap(), 1);
+    assert_eq!(accounts::filter_by_id(&mut conn, "@a:x", 1).await.unwrap().as_deref(), Some("{\"a\":1}"));
+});
+
+on_both_backends!(events_are_read_back_by_position, |db| {
+    let mut conn = db.conn().await.unwrap();
+    let room = rooms::insert_room(&mut conn, "!r:x", "12", false).await.unwrap();
+    let kind = state::type_nid_or_insert(&mut conn, "m.room.message").await.unwrap();
+    assert_eq!(state::type_nid_or_insert(&mut conn, "m.room.message").await.unwrap(), kind);
+    for position in 1..=5_i64 {
+        let event_id = format!("$e{position}");
+        let json = format!("{{\"n\":{position}}}");
+        let new = NewEvent {
+            stream_pos: position,
+            event_id: &event_id,
+            room_nid: room,
+            depth: position,
+            type_nid: kind,
+            state_key_nid: None,
+            sender: "@a:x",
+            origin_server_ts: position,
+            json: &json,
+            snapshot_nid: SnapshotNid(1),
+            replaces_nid: None,
+        };
+        events::insert_event(&mut conn, &new).await.unwrap();
+    }
+    let newest = events::events_in_room(&mut conn, room, 1, 4, 2, true).await.unwrap();
+    assert_eq!(newest.iter().map(|e| e.stream_pos).collect::<Vec<_>>(), vec![4, 3]);
+    let oldest = events::events_in_room(&mut conn, room, 1, 4, 2, false).await.unwrap();
+    assert_eq!(oldest.iter().map(|e| e.stream_pos).collect::<Vec<_>>(), vec![2, 3]);
+    assert_eq!(events::max_event_stream_pos(&mut conn).await.unwrap(), 5);
+    assert_eq!(
+        events::rooms_with_events_between(&mut conn, &[room, RoomNid(999)], 4, 5).await.unwrap(),
+        vec![room]
+    );
+    assert!(events::rooms_with_events_between(&mut conn, &[room], 5, 9).await.unwrap().is_empty());
+    events::set_redacted_by(&mut conn, "$e2", "$r").await.unwrap();
+    assert_eq!(
+        events::event_by_id(&mut conn, "$e2").await.unwrap().unwrap().redacted_by.as_deref(),
+        Some("$r")
+    );
+    events::insert_txn(&mut conn, "@a:x", "DEV", "t1", "$e3").await.unwrap();
+    assert_eq!(
+        events::event_id_by_txn(&mut conn, "@a:x", "DEV", "t1").await.unwrap().as_deref(),
+        Some("$e3")
+    );
+    // A duplicate event id is refused, not silently merged.
+    let duplicate = NewEvent {
+        stream_pos: 6,
+        event_id: "$e1",
+        room_nid: room,
+        depth: 6,
+        type_nid: kind,
+        state_key_nid: None,
+        sender: "@a:x",
+        origin_server_ts: 6,
+        json: "{}",
+        snapshot_nid: SnapshotNid(1),
+        replaces_nid: None,
+    };
+    assert!(events::insert_event(&mut conn, &duplicate).await.unwrap_err().is_unique_violation());
+});
+
+on_both_backends!(state_blocks_round_trip, |db| {
+    let mut conn = db.conn().await.unwrap();
+    let entries = vec![
+        state::StateEntry { type_nid: TypeNid(1), state_key_nid: StateKeyNid(2), event_nid: EventNid(3) },
+        state::StateEntry {
+            type_nid: TypeNid(4),
+            state_key_nid: StateKeyNid(5),
+            event_nid: EventNid(i64::MAX),
+        },
+    ];
+    let block = state::insert_state_block(&mut conn, &entries).await.unwrap();
+    let snapshot = state::insert_state_snapshot(&mut conn, RoomNid(1), &[(7, block)]).await.unwrap();
+    assert_eq!(state::state_snapshot_buckets(&mut conn, snapshot).await.unwrap(), vec![(7, block)]);
+    let blocks = state::state_blocks_by_nid(&mut conn, &[block]).await.unwrap();
+    assert_eq!(blocks[&block], entries);
+});
+
+on_both_backends!(receipts_and_account_data_keep_the_latest_row, |db| {
+    let mut conn = db.conn().await.unwrap();
+    let receipt = |event: &str, position| streams::ReceiptRow {
+        room_id: "!r:x".into(),
+        user_id: "@a:x".into(),
+        receipt_type: "m.read".into(),
+        thread_id: String::new(),
+        event_id: event.into(),
+        ts: 1,
+        stream_pos: position,
+    };
+    streams::upsert_receipt(&mut conn, &receipt("$1", 1)).await.unwrap();
+    streams::upsert_receipt(&mut conn, &receipt("$2", 2)).await.unwrap();
+    let rows = streams::receipts_between(&mut conn, &["!r:x".to_owned()], 0, 10).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].event_id, "$2");
+    assert!(streams::receipts_between(&mut conn, &["!r:x".to_owned()], 2, 10).await.unwrap().is_empty());
+    streams::upsert_account_data(&mut conn, "@a:x", "", "m.direct", "{}", 1).await.unwrap();
+    streams::upsert_account_data(&mut conn, "@a:x", "", "m.direct", "{\"x\":1}", 3).await.unwrap();
+    let rows = streams::account_data_between(&mut conn, "@a:x", 1, 3).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].content, "{\"x\":1}");
+    assert_eq!(streams::max_account_data_stream_pos(&mut conn).await.unwrap(), 3);
+});
+
+on_both_backends!(a_rolled_back_transaction_leaves_nothing, |db| {
+    {
+        let mut tx = db.begin().await.unwrap();
+        accounts::insert_user(&mut tx, "@ghost:x", None, 1).await.unwrap();
+        rooms::insert_room(&mut tx, "!ghost:x", "12", false).await.unwrap();
+        // Dropped without commit.
+    }
+    let mut conn = db.conn().await.unwrap();
+    assert!(!accounts::user_exists(&mut conn, "@ghost:x").await.unwrap());
+    assert!(rooms::room_by_id(&mut conn, "!ghost:x").await.unwrap().is_none());
+});
+
+on_both_backends!(memberships_track_the_current_state, |db| {
+    let mut conn = db.conn().await.unwrap();
+    let room = rooms::insert_room(&mut conn, "!m:x", "12", true).await.unwrap();
+    rooms::upsert_membership(&mut conn, room, "@a:x", "join", EventNid(1), 1).await.unwrap();
+    rooms::upsert_membership(&mut conn, room, "@b:x", "invite", EventNid(2), 2).await.unwrap();
+    rooms::upsert_membership(&mut conn, room, "@b:x", "join", EventNid(3), 3).await.unwrap();
+    assert_eq!(rooms::joined_member_count(&mut conn, room).await.unwrap(), 2);
+    rooms::upsert_membership(&mut conn, room, "@a:x", "leave", EventNid(4), 4).await.unwrap();
+    rooms::set_membership_forgotten(&mut conn, room, "@a:x").await.unwrap();
+    let mine = rooms::memberships_of_user(&mut conn, "@a:x").await.unwrap();
+    assert_eq!(mine.len(), 1);
+    assert!(mine[0].forgotten);
+    assert_eq!(rooms::public_room_ids(&mut conn, 10, 0).await.unwrap(), vec!["!m:x".to_owned()]);
+    assert!(rooms::insert_alias(&mut conn, "#a:x", "!m:x", "@a:x").await.unwrap());
+    assert!(!rooms::insert_alias(&mut conn, "#a:x", "!m:x", "@b:x").await.unwrap());
+    assert_eq!(rooms::room_id_by_alias(&mut conn, "#a:x").await.unwrap().as_deref(), Some("!m:x"));
+});
