@@ -10,6 +10,7 @@ mod accounts;
 mod ephemeral;
 mod power;
 mod rooms;
+mod sends;
 mod writer;
 
 use std::sync::Arc;
@@ -43,6 +44,8 @@ pub struct MasterService {
     /// Invariant: held while allocating positions and persisting, so commits happen in
     /// position order.
     writer: Mutex<Writer>,
+    /// Client sends, group-committed by the task started in `new`.
+    send_queue: sends::SendQueue,
 }
 
 impl MasterService {
@@ -56,7 +59,20 @@ impl MasterService {
         typing: Arc<TypingStore>,
     ) -> MasterResult<Arc<MasterService>> {
         let writer = Writer::load(&db).await?;
-        Ok(Arc::new(MasterService { db, caches, key, config, bus, typing, writer: Mutex::new(writer) }))
+        let (send_queue, jobs) = tokio::sync::mpsc::channel(4096);
+        let service = Arc::new(MasterService {
+            db,
+            caches,
+            key,
+            config,
+            bus,
+            typing,
+            writer: Mutex::new(writer),
+            send_queue,
+        });
+        let task_service = service.clone();
+        tokio::spawn(async move { sends::run(&task_service, jobs).await });
+        Ok(service)
     }
 
     /// The positions readers may start from.

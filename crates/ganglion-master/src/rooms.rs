@@ -9,7 +9,7 @@ use ganglion_events::{
     },
 };
 use ganglion_rpc::{CreateRoomRequest, MasterError, MasterResult, MembershipChange, Preset, ProfileField};
-use ganglion_storage::{accounts as account_store, events as event_store, rooms as room_store};
+use ganglion_storage::{accounts as account_store, rooms as room_store};
 use ganglion_types::ErrorClass;
 use serde_json::{Map, Value, json};
 
@@ -26,29 +26,38 @@ pub(crate) async fn send_event(
     if !template.content.is_object() {
         return Err(MasterError::bad_json("Event content must be a JSON object"));
     }
-    let mut batch = Batch::begin(svc).await?;
-    if let (Some(device_id), Some(txn_id)) = (device_id, txn_id) {
-        let mut conn = svc.db.conn().await.map_err(internal)?;
-        if let Some(event_id) =
-            event_store::event_id_by_txn(&mut conn, sender.as_str(), device_id.as_str(), txn_id)
-                .await
-                .map_err(internal)?
-        {
-            return OwnedEventId::try_from(event_id).map_err(|e| MasterError::internal(e.to_string()));
-        }
-    }
+    crate::sends::submit(&svc.send_queue, |reply| crate::sends::SendJob {
+        sender: sender.clone(),
+        device_id: device_id.cloned(),
+        room_id: room_id.clone(),
+        template,
+        txn_id: txn_id.map(str::to_owned),
+        reply,
+    })
+    .await
+}
+
+/// Appends a client's event to the batch, with the checks the client API adds to the auth
+/// rules.
+pub(crate) async fn append_send(
+    batch: &mut Batch<'_>,
+    sender: &OwnedUserId,
+    room_id: &OwnedRoomId,
+    template: &EventTemplate,
+    device_id: Option<&OwnedDeviceId>,
+    txn_id: Option<&str>,
+) -> MasterResult<OwnedEventId> {
     if template.kind == "m.room.create" {
         return Err(MasterError::forbidden("A room has exactly one m.room.create event"));
     }
     if template.kind == "m.room.redaction" {
-        check_redaction(&mut batch, sender, room_id, &template).await?;
+        check_redaction(batch, sender, room_id, template).await?;
     }
     let txn = match (device_id, txn_id) {
         (Some(device_id), Some(txn_id)) => Some((device_id, txn_id)),
         _ => None,
     };
-    let event = batch.append(room_id, sender, &template, txn).await?;
-    batch.commit().await?;
+    let event = batch.append(room_id, sender, template, txn).await?;
     Ok(event.pdu.event_id.clone())
 }
 

@@ -77,6 +77,8 @@ pub(crate) struct Batch<'w> {
     next_pos: i64,
     appended: Vec<Appended>,
     committed: bool,
+    /// Set when a database error hit the transaction: it can only be rolled back.
+    poisoned: bool,
 }
 
 struct Appended {
@@ -98,6 +100,7 @@ impl<'w> Batch<'w> {
             next_pos,
             appended: Vec::new(),
             committed: false,
+            poisoned: false,
         })
     }
 
@@ -203,9 +206,47 @@ impl<'w> Batch<'w> {
         Ok((room_id, event))
     }
 
+    /// Whether a database error hit the transaction (only a rollback is possible then).
+    pub(crate) fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    pub(crate) async fn event_id_by_txn(
+        &mut self,
+        user_id: &UserId,
+        device_id: &OwnedDeviceId,
+        txn_id: &str,
+    ) -> MasterResult<Option<OwnedEventId>> {
+        let found =
+            event_store::event_id_by_txn(self.conn(), user_id.as_str(), device_id.as_str(), txn_id).await;
+        let found = found.map_err(|e| {
+            self.poisoned = true;
+            internal(e)
+        })?;
+        found
+            .map(|id| OwnedEventId::try_from(id).map_err(|e| MasterError::internal(e.to_string())))
+            .transpose()
+    }
+
     /// Builds an event on top of the room's head, checks it against the auth rules and the
     /// current state, and persists it in this batch.
     pub(crate) async fn append(
+        &mut self,
+        room_id: &RoomId,
+        sender: &UserId,
+        template: &EventTemplate,
+        txn: Option<(&OwnedDeviceId, &str)>,
+    ) -> MasterResult<StoredEvent> {
+        let result = self.append_unchecked(room_id, sender, template, txn).await;
+        if let Err(error) = &result
+            && matches!(error.class, ErrorClass::Internal | ErrorClass::Unavailable)
+        {
+            self.poisoned = true;
+        }
+        result
+    }
+
+    async fn append_unchecked(
         &mut self,
         room_id: &RoomId,
         sender: &UserId,
@@ -317,29 +358,23 @@ impl<'w> Batch<'w> {
         room_store::set_room_head(conn, head.room_nid, event_nid, snapshot_nid, depth)
             .await
             .map_err(internal)?;
-        if pdu.kind.to_string() == "m.room.member" {
-            if let Some(target) = &pdu.state_key {
-                let membership = pdu
-                    .content_value()
-                    .get("membership")
-                    .and_then(|m| m.as_str())
-                    .unwrap_or("leave")
-                    .to_owned();
-                room_store::upsert_membership(conn, head.room_nid, target, &membership, event_nid, position)
-                    .await
-                    .map_err(internal)?;
-            }
+        if pdu.kind.to_string() == "m.room.member"
+            && let Some(target) = &pdu.state_key
+        {
+            let membership =
+                pdu.content_value().get("membership").and_then(|m| m.as_str()).unwrap_or("leave").to_owned();
+            room_store::upsert_membership(conn, head.room_nid, target, &membership, event_nid, position)
+                .await
+                .map_err(internal)?;
         }
         let mut redacted = None;
-        if let Some(target) = &pdu.redacts {
-            if let Some(target_row) =
+        if let Some(target) = &pdu.redacts
+            && let Some(target_row) =
                 event_store::event_by_id(conn, target.as_str()).await.map_err(internal)?
-            {
-                if target_row.room_nid == head.room_nid {
-                    event_store::set_redacted_by(conn, target.as_str(), &event_id).await.map_err(internal)?;
-                    redacted = Some(target_row.event_nid);
-                }
-            }
+            && target_row.room_nid == head.room_nid
+        {
+            event_store::set_redacted_by(conn, target.as_str(), &event_id).await.map_err(internal)?;
+            redacted = Some(target_row.event_nid);
         }
         if let Some((device_id, txn_id)) = txn {
             event_store::insert_txn(conn, &sender, device_id.as_str(), txn_id, &event_id)
