@@ -51,10 +51,16 @@ pub fn route_table() -> Vec<RouteInfo> {
 /// Runs the process described by `config` until `shutdown` completes. `on_ready` receives the
 /// bound client API address.
 pub async fn run(
-    config: Config,
+    mut config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_ready: impl FnOnce(std::net::SocketAddr),
 ) -> Result<(), AppError> {
+    // Bind first: with port 0 the real address is only known now, and everything that
+    // advertises it (well-known) must see it.
+    let listener = TcpListener::bind(config.http.listen)
+        .await
+        .map_err(|source| AppError::Listen { address: config.http.listen.to_string(), source })?;
+    config.http.listen = listener.local_addr().map_err(AppError::Serve)?;
     let config = Arc::new(config);
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| AppError::Listen { address: config.data_dir.display().to_string(), source })?;
@@ -128,10 +134,7 @@ pub async fn run(
             }
         }),
     );
-    let listener = TcpListener::bind(config.http.listen)
-        .await
-        .map_err(|source| AppError::Listen { address: config.http.listen.to_string(), source })?;
-    let address = listener.local_addr().map_err(AppError::Serve)?;
+    let address = config.http.listen;
     tracing::info!(%address, role = role.as_str(), server_name = %config.server_name, "client API listening");
     on_ready(address);
     ganglion_http::serve(listener, router, shutdown).await.map_err(AppError::Serve)

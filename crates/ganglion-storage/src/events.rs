@@ -256,29 +256,6 @@ pub async fn txn_ids_of_events(
     Ok(found)
 }
 
-/// Every event of a room that set the state `(type_nid, state_key_nid)` at or before `up_to`,
-/// oldest first: the history of one state key (a user's memberships, the history visibility).
-pub async fn state_events_for_key_in_room(
-    conn: &mut Conn,
-    room_nid: RoomNid,
-    type_nid: TypeNid,
-    state_key_nid: StateKeyNid,
-    up_to: i64,
-) -> Result<Vec<EventRow>> {
-    let sql = format!(
-        "SELECT {EVENT_COLUMNS} FROM events WHERE room_nid = $1 AND type_nid = $2 AND state_key_nid = $3 AND stream_pos <= $4
-         ORDER BY stream_pos"
-    );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(room_nid.0)
-        .bind(type_nid.0)
-        .bind(state_key_nid.0)
-        .bind(up_to)
-        .fetch_all(conn)
-        .await?;
-    Ok(rows.into_iter().map(event_from_row).collect())
-}
-
 /// `(event_nid, stream_pos)` of a room's events with `after < stream_pos <= up_to`, newest
 /// first, at most `limit`: a timeline window without loading the events' JSON.
 pub async fn event_nids_in_room_newest_first(

@@ -1,0 +1,93 @@
+//! Account data, global and per room. Only the owner reads or writes it.
+
+use axum::{
+    Json,
+    extract::{Path, State},
+};
+use ganglion_events::ruma::{OwnedRoomId, RoomId};
+use ganglion_http::{Auth, MatrixError, MatrixJson, MatrixResult, Session};
+use ganglion_storage::streams as stream_store;
+use serde_json::{Map, Value};
+
+use super::own_user;
+use crate::ClientState;
+
+/// Types the server maintains itself: push rules through `/pushrules`, the fully-read marker
+/// through `/read_markers`.
+const SERVER_CONTROLLED: &[&str] = &["m.push_rules", "m.fully_read"];
+
+fn room_id_param(text: &str) -> MatrixResult<OwnedRoomId> {
+    RoomId::parse(text)
+        .map_err(|error| MatrixError::invalid_param(format!("Invalid room id {text:?}: {error}")))
+}
+
+/// The stored content of one account data entry (`room_id` empty for global data), or 404.
+async fn content(
+    state: &ClientState,
+    session: &Session,
+    user_id: &str,
+    room_id: &str,
+    data_type: &str,
+) -> MatrixResult<Value> {
+    let user_id = own_user(session, user_id, "account data")?;
+    let mut conn = state.db.conn().await?;
+    let text = stream_store::account_data_content(&mut conn, user_id.as_str(), room_id, data_type).await?;
+    let text = text.ok_or_else(|| MatrixError::not_found("Account data not found"))?;
+    serde_json::from_str(&text)
+        .map_err(|error| MatrixError::internal(format!("stored account data is not JSON: {error}")))
+}
+
+/// Refuses types the server maintains. (The spec answers these with 405 `M_BAD_JSON`; our
+/// error classes have no such pair, so this is 400 `M_BAD_JSON`.)
+fn check_settable(data_type: &str) -> MatrixResult<()> {
+    if SERVER_CONTROLLED.contains(&data_type) {
+        return Err(MatrixError::bad_json(format!("Cannot set {data_type} through this API")));
+    }
+    Ok(())
+}
+
+/// `GET /user/{userId}/account_data/{type}`.
+pub(crate) async fn global(
+    State(state): State<ClientState>,
+    Auth(session): Auth,
+    Path((user_id, data_type)): Path<(String, String)>,
+) -> MatrixResult<Json<Value>> {
+    Ok(Json(content(&state, &session, &user_id, "", &data_type).await?))
+}
+
+/// `PUT /user/{userId}/account_data/{type}`.
+pub(crate) async fn set_global(
+    State(state): State<ClientState>,
+    Auth(session): Auth,
+    Path((user_id, data_type)): Path<(String, String)>,
+    MatrixJson(body): MatrixJson<Map<String, Value>>,
+) -> MatrixResult<Json<Value>> {
+    let user_id = own_user(&session, &user_id, "account data")?;
+    check_settable(&data_type)?;
+    state.master.set_account_data(&user_id, None, &data_type, Value::Object(body)).await?;
+    Ok(Json(Value::Object(Map::new())))
+}
+
+/// `GET /user/{userId}/rooms/{roomId}/account_data/{type}`.
+pub(crate) async fn in_room(
+    State(state): State<ClientState>,
+    Auth(session): Auth,
+    Path((user_id, room_id, data_type)): Path<(String, String, String)>,
+) -> MatrixResult<Json<Value>> {
+    let room_id = room_id_param(&room_id)?;
+    Ok(Json(content(&state, &session, &user_id, room_id.as_str(), &data_type).await?))
+}
+
+/// `PUT /user/{userId}/rooms/{roomId}/account_data/{type}`.
+pub(crate) async fn set_in_room(
+    State(state): State<ClientState>,
+    Auth(session): Auth,
+    Path((user_id, room_id, data_type)): Path<(String, String, String)>,
+    MatrixJson(body): MatrixJson<Map<String, Value>>,
+) -> MatrixResult<Json<Value>> {
+    let user_id = own_user(&session, &user_id, "account data")?;
+    let room_id = room_id_param(&room_id)?;
+    check_settable(&data_type)?;
+    state.master.set_account_data(&user_id, Some(&room_id), &data_type, Value::Object(body)).await?;
+    Ok(Json(Value::Object(Map::new())))
+}

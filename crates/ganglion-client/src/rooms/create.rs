@@ -1,0 +1,78 @@
+//! `POST /createRoom`: the body is checked here, before the master is called, so a bad request
+//! writes nothing; the master builds the events and checks the rest.
+
+use axum::{Json, extract::State};
+use ganglion_events::{SUPPORTED_ROOM_VERSIONS, ruma::RoomVersionId};
+use ganglion_http::{Auth, MatrixError, MatrixResult};
+use ganglion_rpc::{CreateRoomRequest, InitialStateEvent, Preset};
+use ganglion_types::ErrorClass;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::access::{self, RequiredJson};
+use crate::ClientState;
+
+#[derive(Deserialize)]
+struct CreateRoomBody {
+    visibility: Option<String>,
+    room_alias_name: Option<String>,
+    name: Option<String>,
+    topic: Option<String>,
+    #[serde(default)]
+    invite: Vec<String>,
+    room_version: Option<String>,
+    creation_content: Option<Map<String, Value>>,
+    #[serde(default)]
+    initial_state: Vec<InitialStateEvent>,
+    preset: Option<Preset>,
+    #[serde(default)]
+    is_direct: bool,
+    power_level_content_override: Option<Map<String, Value>>,
+}
+
+pub(crate) async fn create_room(
+    State(state): State<ClientState>,
+    Auth(session): Auth,
+    RequiredJson(body): RequiredJson,
+) -> MatrixResult<Json<Value>> {
+    let request = create_room_request(access::from_object(body)?)?;
+    let room_id = state.master.create_room(&session.user_id, request).await?;
+    Ok(Json(json!({ "room_id": room_id })))
+}
+
+fn create_room_request(body: CreateRoomBody) -> MatrixResult<CreateRoomRequest> {
+    let public = match body.visibility.as_deref() {
+        None => false,
+        Some(visibility) => access::one_of(visibility, &["public", "private"], "visibility")? == "public",
+    };
+    let invite = body.invite.iter().map(|user| access::user_id(user)).collect::<MatrixResult<Vec<_>>>()?;
+    let room_version = match body.room_version {
+        Some(version) => Some(supported_room_version(&version)?),
+        None => None,
+    };
+    Ok(CreateRoomRequest {
+        public,
+        room_alias_name: body.room_alias_name,
+        name: body.name,
+        topic: body.topic,
+        invite,
+        room_version,
+        creation_content: body.creation_content,
+        initial_state: body.initial_state,
+        preset: body.preset,
+        is_direct: body.is_direct,
+        power_level_content_override: body.power_level_content_override,
+    })
+}
+
+fn supported_room_version(version: &str) -> MatrixResult<RoomVersionId> {
+    RoomVersionId::try_from(version)
+        .ok()
+        .filter(|version| SUPPORTED_ROOM_VERSIONS.contains(version))
+        .ok_or_else(|| {
+            MatrixError::new(
+                ErrorClass::UnsupportedRoomVersion,
+                format!("Room version {version:?} is not supported"),
+            )
+        })
+}

@@ -1,0 +1,155 @@
+//! Sending events: messages (idempotent per transaction id), state and redactions.
+
+use std::collections::HashSet;
+
+use axum::{
+    Json,
+    extract::{Path, State},
+};
+use ganglion_events::EventTemplate;
+use ganglion_http::{Auth, MatrixError, MatrixJson, MatrixResult};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::access::{self, RequiredJson};
+use crate::ClientState;
+
+/// `PUT /rooms/{roomId}/send/{eventType}/{txnId}`.
+pub(crate) async fn send_message(
+    State(state): State<ClientState>,
+    Auth(session): Auth,
+    Path((room_id, event_type, txn_id)): Path<(String, String, String)>,
+    RequiredJson(mut content): RequiredJson,
+) -> MatrixResult<Json<Value>> {
+    let room_id = access::room_id(&room_id)?;
+    // A redaction sent as a message carries its target in the content; the builder places it
+    // where the room version wants it.
+    let redacts = match (event_type.as_str(), content.remove("redacts")) {
+        ("m.room.redaction", Some(Value::String(target))) => Some(access::event_id(&target)?),
+        ("m.room.redaction", Some(_)) => return Err(MatrixError::bad_json("`redacts` must be an event id")),
+        (_, Some(other)) => {
+            content.insert("redacts".into(), other);
+            None
+        }
+        (_, None) => None,
+    };
+    let mut template = EventTemplate::message(event_type, Value::Object(content));
+    template.redacts = redacts;
+    let event_id = state
+        .master
+        .send_event(&session.user_id, Some(&session.device_id), &room_id, template, Some(&txn_id))
+        .await?;
+    Ok(Json(json!({ "event_id": event_id })))
+}
+
+/// `PUT /rooms/{roomId}/state/{eventType}/{stateKey}`.
+pub(crate) async fn send_state(
+    State(state): State<ClientState>,
+    Auth(session): Auth,
+    Path((room_id, event_type, state_key)): Path<(String, String, String)>,
+    RequiredJson(content): RequiredJson,
+) -> MatrixResult<Json<Value>> {
+    put_state(&state, &session, &room_id, event_type, state_key, content).await
+}
+
+/// `PUT /rooms/{roomId}/state/{eventType}` (and with a trailing slash): the empty state key.
+pub(crate) async fn send_state_without_key(
+    State(state): State<ClientState>,
+    Auth(session): Auth,
+    Path((room_id, event_type)): Path<(String, String)>,
+    RequiredJson(content): RequiredJson,
+) -> MatrixResult<Json<Value>> {
+    put_state(&state, &session, &room_id, event_type, String::new(), content).await
+}
+
+async fn put_state(
+    state: &ClientState,
+    session: &ganglion_http::Session,
+    room_id: &str,
+    event_type: String,
+    state_key: String,
+    content: Map<String, Value>,
+) -> MatrixResult<Json<Value>> {
+    let room_id = access::room_id(room_id)?;
+    if event_type == "m.room.canonical_alias" {
+        check_new_aliases(state, room_id.as_str(), &content).await?;
+    }
+    let template = EventTemplate::state(event_type, state_key, Value::Object(content));
+    let event_id =
+        state.master.send_event(&session.user_id, Some(&session.device_id), &room_id, template, None).await?;
+    Ok(Json(json!({ "event_id": event_id })))
+}
+
+/// Aliases newly listed in an `m.room.canonical_alias` event must be valid aliases; those
+/// already in the room's state are not checked again, as the spec asks.
+// FIXME: the spec also wants `M_BAD_ALIAS` for a local alias that points to another room, which
+// needs an error class of its own.
+async fn check_new_aliases(
+    state: &ClientState,
+    room_id: &str,
+    content: &Map<String, Value>,
+) -> MatrixResult<()> {
+    let listed = listed_aliases(content)?;
+    if listed.is_empty() {
+        return Ok(());
+    }
+    let mut conn = state.db.conn().await?;
+    let room = access::room(&mut conn, room_id).await?;
+    let snapshot = access::snapshot(state, &mut conn, room.current_snapshot_nid).await?;
+    let existing = match state.caches.state_event(&mut conn, &snapshot, "m.room.canonical_alias", "").await? {
+        Some(event) => {
+            let content = state.caches.visible_content(&mut conn, &event).await?;
+            content.as_object().map(listed_aliases).transpose().ok().flatten().unwrap_or_default()
+        }
+        None => Vec::new(),
+    };
+    let existing: HashSet<&str> = existing.iter().map(String::as_str).collect();
+    for alias in listed.iter().filter(|alias| !existing.contains(alias.as_str())) {
+        access::room_alias(alias)?;
+    }
+    Ok(())
+}
+
+/// `alias` and `alt_aliases` of a canonical alias content.
+fn listed_aliases(content: &Map<String, Value>) -> MatrixResult<Vec<String>> {
+    #[derive(Deserialize)]
+    struct CanonicalAlias {
+        alias: Option<String>,
+        #[serde(default)]
+        alt_aliases: Vec<String>,
+    }
+    let parsed: CanonicalAlias = access::from_object(content.clone())?;
+    Ok(parsed.alias.into_iter().chain(parsed.alt_aliases).collect())
+}
+
+#[derive(Deserialize)]
+struct RedactBody {
+    reason: Option<String>,
+}
+
+/// `PUT /rooms/{roomId}/redact/{eventId}/{txnId}`.
+pub(crate) async fn redact(
+    State(state): State<ClientState>,
+    Auth(session): Auth,
+    Path((room_id, event_id, txn_id)): Path<(String, String, String)>,
+    MatrixJson(body): MatrixJson<Map<String, Value>>,
+) -> MatrixResult<Json<Value>> {
+    let body: RedactBody = access::from_object(body)?;
+    let room_id = access::room_id(&room_id)?;
+    let target = access::event_id(&event_id)?;
+    let mut content = Map::new();
+    if let Some(reason) = body.reason {
+        content.insert("reason".into(), Value::String(reason));
+    }
+    let template = EventTemplate {
+        kind: "m.room.redaction".into(),
+        content: Value::Object(content),
+        state_key: None,
+        redacts: Some(target),
+    };
+    let event_id = state
+        .master
+        .send_event(&session.user_id, Some(&session.device_id), &room_id, template, Some(&txn_id))
+        .await?;
+    Ok(Json(json!({ "event_id": event_id })))
+}

@@ -1,0 +1,107 @@
+//! Command-line arguments. Parsing only: nothing here talks to a server.
+
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Registers users, puts them in rooms, sends messages from concurrent closed-loop senders while
+/// every user long-polls `/sync`, and reports sends/s, send latency, fan-out latency, initial sync
+/// time and server RSS.
+#[derive(Debug, Parser)]
+#[command(name = "ganglion-load", version)]
+pub struct Args {
+    /// Base URL of a running homeserver, e.g. http://127.0.0.1:8008.
+    #[arg(long, conflicts_with = "spawn", required_unless_present = "spawn")]
+    pub url: Option<String>,
+
+    /// Start a throwaway server with ganglion-testkit on this backend (PostgreSQL gets a
+    /// throwaway database). The server is stopped when the run ends.
+    #[arg(long, value_enum)]
+    pub spawn: Option<SpawnBackend>,
+
+    /// Process ID of the server behind --url, to read its RSS and CPU time from /proc.
+    #[arg(long, conflicts_with = "spawn")]
+    pub server_pid: Option<u32>,
+
+    /// Number of users; each one runs a /sync long-poll loop.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub users: u32,
+
+    /// Number of rooms.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rooms: u32,
+
+    /// Rooms each user joins; a room then has about users * rooms-per-user / rooms members.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rooms_per_user: u32,
+
+    /// Concurrent closed-loop senders. Sender i sends as user i mod users, round-robin over that
+    /// user's rooms.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub senders: u32,
+
+    /// Length of the measured window (after the warm-up), e.g. 30s, 2m, 500ms.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// Sending time before the measured window starts; nothing sent in it is counted.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub warmup: Duration,
+
+    /// Longest wait, once senders stop, for every member's /sync to receive every sent message.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub drain: Duration,
+
+    /// Ask /sync for this timeline limit with an inline filter, so that a busy room's timeline is
+    /// not cut short (`limited`). Without it the server's default limit applies.
+    #[arg(long)]
+    pub timeline_limit: Option<u32>,
+
+    /// Concurrent requests while registering users, creating rooms and joining them.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub setup_concurrency: u32,
+
+    /// Tokio worker threads for the load tool itself (default: one per core). The tool shares
+    /// the machine with the server; its own CPU use is reported so that a saturated client shows.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub client_threads: Option<u32>,
+
+    /// Print one JSON object on stdout instead of the table. Progress still goes to stderr.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SpawnBackend {
+    Sqlite,
+    Postgres,
+}
+
+impl SpawnBackend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpawnBackend::Sqlite => "sqlite",
+            SpawnBackend::Postgres => "postgres",
+        }
+    }
+}
+
+/// Parses `30s`, `500ms`, `2m`, `1.5s`, `1h` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split_at = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split_at);
+    let value: f64 =
+        number.parse().map_err(|_| format!("`{text}` is not a duration such as 30s, 500ms or 2m"))?;
+    let seconds_per_unit = match unit.trim() {
+        "" | "s" | "sec" | "secs" => 1.0,
+        "ms" => 0.001,
+        "m" | "min" | "mins" => 60.0,
+        "h" => 3600.0,
+        other => return Err(format!("unknown unit `{other}` in `{text}`; use ms, s, m or h")),
+    };
+    Duration::try_from_secs_f64(value * seconds_per_unit).map_err(|error| format!("`{text}`: {error}"))
+}
+
+#[cfg(test)]
+mod tests;

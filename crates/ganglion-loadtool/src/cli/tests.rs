@@ -1,0 +1,49 @@
+use std::time::Duration;
+
+use clap::Parser;
+
+use super::{Args, SpawnBackend, parse_duration};
+
+#[test]
+fn durations_take_common_units() {
+    assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+    assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+    assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+    assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+    assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+}
+
+#[test]
+fn durations_reject_garbage() {
+    assert!(parse_duration("").is_err());
+    assert!(parse_duration("fast").is_err());
+    assert!(parse_duration("10 parsecs").is_err());
+    assert!(parse_duration("-1s").is_err());
+}
+
+#[test]
+fn url_and_spawn_are_exclusive_and_one_is_required() {
+    assert!(Args::try_parse_from(["ganglion-load"]).is_err());
+    assert!(Args::try_parse_from(["ganglion-load", "--url", "http://x", "--spawn", "sqlite"]).is_err());
+    assert!(Args::try_parse_from(["ganglion-load", "--spawn", "sqlite", "--server-pid", "1"]).is_err());
+    let args = Args::try_parse_from([
+        "ganglion-load",
+        "--spawn",
+        "postgres",
+        "--users",
+        "100",
+        "--rooms",
+        "20",
+        "--senders",
+        "8",
+        "--duration",
+        "30s",
+        "--warmup",
+        "5s",
+        "--json",
+    ])
+    .unwrap();
+    assert_eq!(args.spawn, Some(SpawnBackend::Postgres));
+    assert_eq!(args.duration, Duration::from_secs(30));
+    assert!(args.json);
+}

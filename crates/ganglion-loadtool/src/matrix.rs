@@ -1,0 +1,342 @@
+//! The few client-server API calls the benchmark makes, over plain HTTP/1.1.
+//!
+//! Calls used in the measured phase (`send_message`, `sync`) return a [`Reply`] and leave retries
+//! and counting to the caller. Setup calls retry on 429 and fail the run on anything else.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use reqwest::{RequestBuilder, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::clock;
+
+/// Setup calls give up after this many 429s in a row.
+const SETUP_RATE_LIMIT_RETRIES: u32 = 50;
+
+/// A logged-in user.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub user_id: String,
+    pub access_token: String,
+}
+
+/// What the server answered.
+#[derive(Debug)]
+pub enum Reply {
+    /// A 2xx, with the body and the clock reading once the whole body had arrived.
+    Ok { body: Bytes, received_ns: u64 },
+    /// A 429; wait this long before retrying.
+    RateLimited(Duration),
+    /// Any other status, with the start of the body for the report.
+    Failed { status: StatusCode, body: String },
+}
+
+/// Errors of one kind of request, never dropped: every non-2xx lands in `by_status`.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ErrorCounts {
+    /// 429 answers (each was waited out and retried).
+    pub rate_limited: u64,
+    /// Other non-2xx answers by status code.
+    pub by_status: BTreeMap<u16, u64>,
+    /// Connection failures and timeouts: no status at all.
+    pub transport: u64,
+    /// 2xx answers whose body could not be parsed.
+    pub bad_body: u64,
+    /// The first failure of any kind, verbatim, to show what went wrong.
+    pub first: Option<String>,
+}
+
+impl ErrorCounts {
+    pub fn failed(&mut self, status: StatusCode, body: &str) {
+        *self.by_status.entry(status.as_u16()).or_default() += 1;
+        self.first.get_or_insert_with(|| format!("{status}: {body}"));
+    }
+
+    pub fn transport(&mut self, error: &reqwest::Error) {
+        self.transport += 1;
+        self.first.get_or_insert_with(|| format!("{error:#}"));
+    }
+
+    pub fn bad_body(&mut self, error: &serde_json::Error) {
+        self.bad_body += 1;
+        self.first.get_or_insert_with(|| format!("unparseable 2xx body: {error}"));
+    }
+
+    pub fn merge(&mut self, other: ErrorCounts) {
+        self.rate_limited += other.rate_limited;
+        for (status, count) in other.by_status {
+            *self.by_status.entry(status).or_default() += count;
+        }
+        self.transport += other.transport;
+        self.bad_body += other.bad_body;
+        if self.first.is_none() {
+            self.first = other.first;
+        }
+    }
+
+    /// Failures other than 429s.
+    pub fn failures(&self) -> u64 {
+        self.by_status.values().sum::<u64>() + self.transport + self.bad_body
+    }
+}
+
+/// One HTTP client bound to one server. Each clone shares the connection pool.
+#[derive(Debug, Clone)]
+pub struct Api {
+    base_url: String,
+    http: reqwest::Client,
+}
+
+#[derive(Deserialize)]
+struct RegisterResponse {
+    user_id: String,
+    access_token: String,
+}
+
+#[derive(Deserialize)]
+struct InteractiveAuth {
+    session: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RoomIdResponse {
+    room_id: String,
+}
+
+#[derive(Deserialize)]
+struct RateLimitBody {
+    retry_after_ms: Option<u64>,
+}
+
+impl Api {
+    /// `pool_size` idle connections are kept per host: size it for every request that can be in
+    /// flight at once, or connections get closed and reopened under load.
+    pub fn new(base_url: &str, pool_size: usize, timeout: Duration) -> anyhow::Result<Api> {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(pool_size)
+            .tcp_nodelay(true)
+            .timeout(timeout)
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Api { base_url: base_url.trim_end_matches('/').to_owned(), http })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/_matrix/client{path}", self.base_url)
+    }
+
+    /// Sends a request and reads the whole body.
+    pub async fn execute(&self, request: RequestBuilder) -> Result<Reply, reqwest::Error> {
+        let response = request.send().await?;
+        let status = response.status();
+        let retry_after_header = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = response.bytes().await?;
+        let received_ns = clock::now_ns();
+        if status.is_success() {
+            return Ok(Reply::Ok { body, received_ns });
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            let from_body = serde_json::from_slice::<RateLimitBody>(&body)
+                .ok()
+                .and_then(|limit| limit.retry_after_ms)
+                .map(Duration::from_millis);
+            let wait = from_body.or(retry_after_header).unwrap_or(Duration::from_secs(1));
+            return Ok(Reply::RateLimited(wait));
+        }
+        let body = String::from_utf8_lossy(&body);
+        let body: String = body.chars().take(300).collect();
+        Ok(Reply::Failed { status, body })
+    }
+
+    /// Runs a setup call: 429s are counted in `rate_limited` and waited out, any other failure
+    /// ends the run with `what` in the message.
+    async fn setup_call(
+        &self,
+        what: &str,
+        rate_limited: &AtomicU64,
+        request: impl Fn() -> RequestBuilder,
+    ) -> anyhow::Result<Bytes> {
+        for _ in 0..SETUP_RATE_LIMIT_RETRIES {
+            match self.execute(request()).await.with_context(|| format!("{what}: request failed"))? {
+                Reply::Ok { body, .. } => return Ok(body),
+                Reply::RateLimited(wait) => {
+                    rate_limited.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(wait).await;
+                }
+                Reply::Failed { status, body } => bail!("{what}: {status}: {body}"),
+            }
+        }
+        bail!("{what}: still rate limited after {SETUP_RATE_LIMIT_RETRIES} retries")
+    }
+
+    /// Checks that a Matrix server answers at all.
+    pub async fn versions(&self) -> anyhow::Result<()> {
+        let url = self.url("/versions");
+        match self.execute(self.http.get(&url)).await.with_context(|| format!("GET {url}"))? {
+            Reply::Ok { .. } => Ok(()),
+            Reply::RateLimited(_) => bail!("GET {url}: rate limited"),
+            Reply::Failed { status, body } => bail!("GET {url}: {status}: {body}"),
+        }
+    }
+
+    /// Registers a user through user-interactive auth: a POST without `auth` answers 401 with a
+    /// `session`, and the POST that returns it with `m.login.dummy` creates the account. A server
+    /// that registers on the first POST is fine too.
+    pub async fn register(
+        &self,
+        username: &str,
+        password: &str,
+        rate_limited: &AtomicU64,
+    ) -> anyhow::Result<Session> {
+        let url = self.url("/v3/register");
+        let what = format!("registering {username}");
+        let mut auth_session = None;
+        for _ in 0..SETUP_RATE_LIMIT_RETRIES {
+            let mut body = json!({
+                "username": username,
+                "password": password,
+                "initial_device_display_name": "ganglion-load",
+            });
+            if let Some(session) = &auth_session {
+                body["auth"] = json!({ "type": "m.login.dummy", "session": session });
+            }
+            let response = self
+                .http
+                .post(&url)
+                .json(&body)
+                .send()
+                .await
+                .with_context(|| format!("{what}: request failed"))?;
+            let status = response.status();
+            let bytes = response.bytes().await.with_context(|| format!("{what}: reading the response"))?;
+            match status {
+                status if status.is_success() => {
+                    let registered: RegisterResponse = serde_json::from_slice(&bytes)
+                        .with_context(|| format!("{what}: unexpected response"))?;
+                    return Ok(Session {
+                        user_id: registered.user_id,
+                        access_token: registered.access_token,
+                    });
+                }
+                StatusCode::UNAUTHORIZED if auth_session.is_none() => {
+                    let challenge: InteractiveAuth = serde_json::from_slice(&bytes)
+                        .with_context(|| format!("{what}: 401 without an auth session"))?;
+                    let session =
+                        challenge.session.with_context(|| format!("{what}: 401 without an auth session"))?;
+                    auth_session = Some(session);
+                }
+                StatusCode::TOO_MANY_REQUESTS => {
+                    rate_limited.fetch_add(1, Ordering::Relaxed);
+                    let wait = serde_json::from_slice::<RateLimitBody>(&bytes)
+                        .ok()
+                        .and_then(|limit| limit.retry_after_ms)
+                        .unwrap_or(1000);
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                }
+                status => {
+                    let body = String::from_utf8_lossy(&bytes);
+                    bail!("{what}: {status}: {}", body.chars().take(300).collect::<String>());
+                }
+            }
+        }
+        bail!("{what}: still rate limited after {SETUP_RATE_LIMIT_RETRIES} retries")
+    }
+
+    /// Creates a public room and returns its ID.
+    pub async fn create_room(
+        &self,
+        session: &Session,
+        name: &str,
+        rate_limited: &AtomicU64,
+    ) -> anyhow::Result<String> {
+        let url = self.url("/v3/createRoom");
+        let body = json!({ "preset": "public_chat", "name": name });
+        let bytes = self
+            .setup_call(&format!("creating room {name}"), rate_limited, || {
+                self.http.post(&url).bearer_auth(&session.access_token).json(&body)
+            })
+            .await?;
+        let created: RoomIdResponse =
+            serde_json::from_slice(&bytes).context("createRoom: no room_id in the response")?;
+        Ok(created.room_id)
+    }
+
+    pub async fn join(
+        &self,
+        session: &Session,
+        room_id: &str,
+        rate_limited: &AtomicU64,
+    ) -> anyhow::Result<()> {
+        let url = self.url(&format!("/v3/join/{}", encode_component(room_id)));
+        let what = format!("{} joining {room_id}", session.user_id);
+        self.setup_call(&what, rate_limited, || {
+            self.http.post(&url).bearer_auth(&session.access_token).json(&json!({}))
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// `PUT /rooms/{roomId}/send/m.room.message/{txnId}`.
+    pub async fn send_message(
+        &self,
+        session: &Session,
+        room_id: &str,
+        txn_id: &str,
+        content: &serde_json::Value,
+    ) -> Result<Reply, reqwest::Error> {
+        let url = self.url(&format!(
+            "/v3/rooms/{}/send/m.room.message/{}",
+            encode_component(room_id),
+            encode_component(txn_id)
+        ));
+        let request = self.http.put(url).bearer_auth(&session.access_token).json(content);
+        self.execute(request).await
+    }
+
+    /// `GET /sync`; `filter` is an inline JSON filter, sent as is.
+    pub async fn sync(
+        &self,
+        session: &Session,
+        since: Option<&str>,
+        timeout_ms: u64,
+        filter: Option<&str>,
+    ) -> Result<Reply, reqwest::Error> {
+        let mut url = self.url(&format!("/v3/sync?timeout={timeout_ms}"));
+        if let Some(since) = since {
+            let _ = write!(url, "&since={}", encode_component(since));
+        }
+        if let Some(filter) = filter {
+            let _ = write!(url, "&filter={}", encode_component(filter));
+        }
+        let request = self.http.get(url).bearer_auth(&session.access_token);
+        self.execute(request).await
+    }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters, for a path segment or a query
+/// value (room IDs carry `!` and `:`, sync tokens may carry anything).
+pub fn encode_component(text: &str) -> String {
+    let mut encoded = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            encoded.push(char::from(byte));
+        } else {
+            let _ = write!(encoded, "%{byte:02X}");
+        }
+    }
+    encoded
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,192 @@
+//! The sync filter (`POST /user/{userId}/filter` bodies, or inline JSON in `?filter=`): which
+//! rooms, events and sections a `/sync` response carries. Parsing and matching only; no IO.
+
+use ganglion_http::MatrixError;
+use serde::Deserialize;
+
+/// Events a timeline holds when the filter does not say.
+pub const DEFAULT_TIMELINE_LIMIT: usize = 10;
+/// Most events a timeline may hold, whatever the filter asks.
+pub const MAX_TIMELINE_LIMIT: usize = 1000;
+
+/// A whole sync filter.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Filter {
+    pub room: RoomFilter,
+    pub account_data: EventFilter,
+    pub presence: EventFilter,
+    pub event_fields: Option<Vec<String>>,
+    pub event_format: EventFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventFormat {
+    #[default]
+    Client,
+    Federation,
+}
+
+/// What the filter says about rooms.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct RoomFilter {
+    pub rooms: Option<Vec<String>>,
+    pub not_rooms: Vec<String>,
+    pub include_leave: bool,
+    pub timeline: RoomEventFilter,
+    pub state: RoomEventFilter,
+    pub ephemeral: RoomEventFilter,
+    pub account_data: RoomEventFilter,
+}
+
+/// A filter on non-room events (global account data, presence).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct EventFilter {
+    pub limit: Option<u64>,
+    pub types: Option<Vec<String>>,
+    pub not_types: Vec<String>,
+    pub senders: Option<Vec<String>>,
+    pub not_senders: Vec<String>,
+}
+
+/// A filter on the events of one section of a room.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct RoomEventFilter {
+    pub limit: Option<u64>,
+    pub types: Option<Vec<String>>,
+    pub not_types: Vec<String>,
+    pub senders: Option<Vec<String>>,
+    pub not_senders: Vec<String>,
+    pub rooms: Option<Vec<String>>,
+    pub not_rooms: Vec<String>,
+    pub contains_url: Option<bool>,
+    pub lazy_load_members: bool,
+    pub include_redundant_members: bool,
+    pub unread_thread_notifications: bool,
+}
+
+impl Filter {
+    /// Parses filter JSON: text that is not JSON is `M_INVALID_PARAM`; JSON of the wrong shape
+    /// (a filter that is not an object, a string where a list belongs, a negative limit) is
+    /// `M_BAD_JSON`.
+    pub fn parse(text: &str) -> Result<Filter, MatrixError> {
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|error| MatrixError::invalid_param(format!("Filter is not valid JSON: {error}")))?;
+        for (path, section) in sections(&value) {
+            if !section.is_object() {
+                return Err(MatrixError::bad_json(format!("Filter field `{path}` must be a JSON object")));
+            }
+        }
+        serde_json::from_value(value)
+            .map_err(|error| MatrixError::bad_json(format!("Invalid filter: {error}")))
+    }
+
+    /// Whether `room_id` may appear in the response at all.
+    pub fn allows_room(&self, room_id: &str) -> bool {
+        allows_room(&self.room.rooms, &self.room.not_rooms, room_id)
+    }
+
+    /// How many events a room's timeline holds at most.
+    pub fn timeline_limit(&self) -> usize {
+        self.room
+            .timeline
+            .limit
+            .map_or(DEFAULT_TIMELINE_LIMIT, |limit| usize::try_from(limit).unwrap_or(MAX_TIMELINE_LIMIT))
+            .min(MAX_TIMELINE_LIMIT)
+    }
+}
+
+impl EventFilter {
+    pub fn allows(&self, kind: &str, sender: Option<&str>) -> bool {
+        allows_type(&self.types, &self.not_types, kind)
+            && allows_sender(&self.senders, &self.not_senders, sender)
+    }
+}
+
+impl RoomEventFilter {
+    pub fn allows_room(&self, room_id: &str) -> bool {
+        allows_room(&self.rooms, &self.not_rooms, room_id)
+    }
+
+    /// Whether an event of type `kind` from `sender` passes; `has_url` says whether its content
+    /// has a `url` key. The `not_` lists win over the allow lists.
+    pub fn allows_event(&self, kind: &str, sender: Option<&str>, has_url: bool) -> bool {
+        allows_type(&self.types, &self.not_types, kind)
+            && allows_sender(&self.senders, &self.not_senders, sender)
+            && self.contains_url.is_none_or(|wanted| wanted == has_url)
+    }
+
+    /// Whether events of type `kind` can pass at all (for sections whose events have no sender).
+    pub fn allows_type(&self, kind: &str) -> bool {
+        allows_type(&self.types, &self.not_types, kind)
+    }
+
+    /// Whether the filter looks at anything but the room: when it does not, every event of an
+    /// allowed room passes and matching can be skipped.
+    pub fn filters_events(&self) -> bool {
+        self.types.is_some()
+            || !self.not_types.is_empty()
+            || self.senders.is_some()
+            || !self.not_senders.is_empty()
+            || self.contains_url.is_some()
+    }
+}
+
+/// The filter and its sections that must be JSON objects (serde would also accept a list for a
+/// struct), with their paths; absent and `null` sections are left out.
+fn sections(filter: &serde_json::Value) -> Vec<(&'static str, &serde_json::Value)> {
+    let present = |section: &serde_json::Value| !section.is_null();
+    let mut sections = vec![("filter", filter)];
+    for (path, key) in [("room", "room"), ("account_data", "account_data"), ("presence", "presence")] {
+        sections.extend(filter.get(key).filter(|s| present(s)).map(|section| (path, section)));
+    }
+    if let Some(room) = filter.get("room") {
+        for (path, key) in [
+            ("room.timeline", "timeline"),
+            ("room.state", "state"),
+            ("room.ephemeral", "ephemeral"),
+            ("room.account_data", "account_data"),
+        ] {
+            sections.extend(room.get(key).filter(|s| present(s)).map(|section| (path, section)));
+        }
+    }
+    sections
+}
+
+fn allows_room(rooms: &Option<Vec<String>>, not_rooms: &[String], room_id: &str) -> bool {
+    !not_rooms.iter().any(|room| room == room_id)
+        && rooms.as_ref().is_none_or(|rooms| rooms.iter().any(|room| room == room_id))
+}
+
+fn allows_type(types: &Option<Vec<String>>, not_types: &[String], kind: &str) -> bool {
+    !not_types.iter().any(|pattern| type_matches(pattern, kind))
+        && types.as_ref().is_none_or(|types| types.iter().any(|pattern| type_matches(pattern, kind)))
+}
+
+/// A sender list cannot match an event without a sender (e.g. `m.typing`), so such events pass
+/// the sender lists untouched.
+fn allows_sender(senders: &Option<Vec<String>>, not_senders: &[String], sender: Option<&str>) -> bool {
+    let Some(sender) = sender else { return true };
+    !not_senders.iter().any(|excluded| excluded == sender)
+        && senders.as_ref().is_none_or(|senders| senders.iter().any(|allowed| allowed == sender))
+}
+
+/// Matches an event type against a filter pattern, where `*` stands for any run of characters.
+pub fn type_matches(pattern: &str, kind: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = kind.strip_prefix(first) else { return false };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else { return rest.is_empty() };
+    for part in middle {
+        match rest.find(part) {
+            Some(index) => rest = &rest[index + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}

@@ -1,0 +1,75 @@
+//! `GET /_matrix/client/v3/sync`: parses the query (token, filter, timeout) and hands over to
+//! the long-poll.
+
+use std::time::Duration;
+
+use axum::{Json, extract::State};
+use ganglion_http::{Auth, MatrixError, MatrixQuery, MatrixResult, lenient};
+use ganglion_storage::accounts;
+use ganglion_types::SyncToken;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::{SyncState, compute::SyncRequest, filter::Filter, wait};
+
+/// Longest a request may be held open, whatever `timeout` asks.
+const MAX_TIMEOUT: Duration = Duration::from_secs(300);
+
+#[derive(Deserialize)]
+pub(crate) struct SyncQuery {
+    filter: Option<String>,
+    since: Option<String>,
+    #[serde(default, deserialize_with = "lenient::bool_opt")]
+    full_state: Option<bool>,
+    set_presence: Option<String>,
+    #[serde(default, deserialize_with = "lenient::u64_opt")]
+    timeout: Option<u64>,
+}
+
+/// `GET /sync`.
+pub(crate) async fn sync(
+    State(state): State<SyncState>,
+    Auth(session): Auth,
+    MatrixQuery(query): MatrixQuery<SyncQuery>,
+) -> MatrixResult<Json<Value>> {
+    let since = match query.since.as_deref() {
+        None | Some("") => None,
+        Some(token) => {
+            Some(SyncToken::parse(token).map_err(|_| MatrixError::invalid_param("Invalid `since` token"))?)
+        }
+    };
+    // There is no presence stream yet: the value is checked and otherwise ignored.
+    if let Some(presence) = query.set_presence.as_deref()
+        && !matches!(presence, "online" | "offline" | "unavailable")
+    {
+        return Err(MatrixError::invalid_param("`set_presence` must be online, offline or unavailable"));
+    }
+    let filter = match query.filter.as_deref() {
+        None | Some("") => Filter::default(),
+        Some(filter) => filter_of_user(&state, session.user_id.as_str(), filter).await?,
+    };
+    let timeout = Duration::from_millis(query.timeout.unwrap_or(0)).min(MAX_TIMEOUT);
+    let request = SyncRequest {
+        user_id: session.user_id.as_str(),
+        device_id: session.device_id.as_str(),
+        since,
+        full_state: query.full_state.unwrap_or(false),
+        filter: &filter,
+    };
+    let batch = wait::sync_within(&state, &request, timeout).await?;
+    Ok(Json(batch.into_json()))
+}
+
+/// The filter of `?filter=`: inline JSON when it starts with `{`, else the id of one of the
+/// user's stored filters.
+async fn filter_of_user(state: &SyncState, user_id: &str, filter: &str) -> MatrixResult<Filter> {
+    if filter.starts_with('{') {
+        return Filter::parse(filter);
+    }
+    let filter_id: i64 = filter.parse().map_err(|_| MatrixError::invalid_param("Unknown filter id"))?;
+    let mut conn = state.db.conn().await?;
+    let Some(stored) = accounts::filter_by_id(&mut conn, user_id, filter_id).await? else {
+        return Err(MatrixError::invalid_param("Unknown filter id"));
+    };
+    Filter::parse(&stored)
+}

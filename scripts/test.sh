@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The test command. Installs what the tests need and is missing (Debian packages, when run as
+# root), builds every target of the workspace, then runs every test: unit tests, the storage
+# conformance tests and the black-box suite (real `ganglion` processes on SQLite and on a
+# throwaway PostgreSQL that the testkit starts on a free port and stops when the tests end; the
+# machine's own PostgreSQL and Redis are never used).
+#
+# Extra arguments go to `cargo test`, e.g. `scripts/test.sh -p ganglion-tests -- sqlite`.
+# Environment: CARGO_BUILD_JOBS and RUST_TEST_THREADS default to 2 (a 2-core machine).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+have() { command -v "$1" >/dev/null 2>&1; }
+
+# Debian package -> how to tell it is already there.
+missing=()
+if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && ! have initdb; then
+    # Only the server binaries are used (initdb, postgres, createdb, pg_isready).
+    missing+=(postgresql)
+fi
+# Cluster tests will also need these; uncomment when they land:
+# have redis-server || missing+=(redis-server)
+# have nginx || missing+=(nginx)
+
+if ((${#missing[@]})); then
+    if [[ "$(id -u)" -eq 0 ]] && have apt-get; then
+        echo "scripts/test.sh: installing ${missing[*]}" >&2
+        if [[ " ${missing[*]} " == *" postgresql "* && ! -e /etc/postgresql-common/createcluster.conf ]]; then
+            # We want the binaries, not a system cluster started on port 5432.
+            mkdir -p /etc/postgresql-common
+            echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.conf
+        fi
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    else
+        echo "scripts/test.sh: missing Debian packages: ${missing[*]} (run as root to install them)" >&2
+        exit 1
+    fi
+fi
+
+export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
+export RUST_TEST_THREADS="${RUST_TEST_THREADS:-2}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+cargo --version
+cargo build --workspace --all-targets
+cargo test --workspace "$@"

@@ -1,0 +1,188 @@
+//! Error responses, each checked by HTTP status and `errcode`, and that failures write nothing.
+
+use std::time::Duration;
+
+use ganglion_testkit::{Backend, Bucket, RateLimits, ServerOptions, TestServer, enc, eventually};
+use reqwest::Method;
+use serde_json::json;
+
+use crate::{PASSWORD, get_ok, initial_since, register_all, start};
+
+on_all_backends!(
+    malformed_and_wrong_shape_bodies,
+    unknown_endpoints_and_wrong_methods,
+    missing_and_invalid_tokens,
+    oversized_body_is_too_large,
+    rate_limit_answers_429_with_retry_after,
+    registration_disabled_is_forbidden,
+    failed_create_room_leaves_nothing_behind,
+);
+
+async fn malformed_and_wrong_shape_bodies(backend: Backend) {
+    let server = start(backend).await;
+    let alice = register_all(&server, &["alice"]).await.remove(0);
+    let api = server.api();
+    let token = Some(alice.access_token.as_str());
+
+    for body in [&b"{not json"[..], b"", b"[1, 2", b"\xff\xfe"] {
+        let response = api
+            .raw(Method::POST, "/createRoom", token, Some("application/json"), Some(body.to_vec()))
+            .await
+            .unwrap();
+        response.err(400, "M_NOT_JSON");
+    }
+    let login =
+        api.raw(Method::POST, "/login", None, Some("application/json"), Some(b"{".to_vec())).await.unwrap();
+    login.err(400, "M_NOT_JSON");
+
+    for body in [json!({ "preset": 5 }), json!({ "invite": "@bob:localhost" }), json!([]), json!("room")] {
+        alice.post("/createRoom", &body).await.unwrap().err(400, "M_BAD_JSON");
+    }
+    let room = alice.create_room(&json!({})).await.unwrap();
+    let typing = format!("/rooms/{}/typing/{}", enc(&room), enc(&alice.user_id));
+    alice.put(&typing, &json!({ "typing": "yes" })).await.unwrap().err(400, "M_BAD_JSON");
+    let login = json!({ "type": "m.login.password", "identifier": "alice", "password": 1 });
+    api.post("/login", None, &login).await.unwrap().err(400, "M_BAD_JSON");
+}
+
+async fn unknown_endpoints_and_wrong_methods(backend: Backend) {
+    let server = start(backend).await;
+    let alice = register_all(&server, &["alice"]).await.remove(0);
+    let api = server.api();
+
+    for token in [None, Some(alice.access_token.as_str())] {
+        api.get("/no_such_endpoint", token).await.unwrap().err(404, "M_UNRECOGNIZED");
+        api.get("/_matrix/client/v3/rooms/!a:localhost/no_such_thing", token)
+            .await
+            .unwrap()
+            .err(404, "M_UNRECOGNIZED");
+        api.get("/_matrix/client/v0/login", token).await.unwrap().err(404, "M_UNRECOGNIZED");
+    }
+    api.get("/createRoom", Some(&alice.access_token)).await.unwrap().err(405, "M_UNRECOGNIZED");
+    api.request(Method::PUT, "/login", None, Some(&json!({}))).await.unwrap().err(405, "M_UNRECOGNIZED");
+    api.request(Method::DELETE, "/account/whoami", Some(&alice.access_token), None)
+        .await
+        .unwrap()
+        .err(405, "M_UNRECOGNIZED");
+}
+
+async fn missing_and_invalid_tokens(backend: Backend) {
+    let server = start(backend).await;
+    register_all(&server, &["alice"]).await;
+    let api = server.api();
+
+    for path in ["/account/whoami", "/sync", "/joined_rooms", "/devices"] {
+        api.get(path, None).await.unwrap().err(401, "M_MISSING_TOKEN");
+        api.get(path, Some("not-a-token")).await.unwrap().err(401, "M_UNKNOWN_TOKEN");
+    }
+    api.post("/createRoom", None, &json!({})).await.unwrap().err(401, "M_MISSING_TOKEN");
+    api.post("/createRoom", Some("not-a-token"), &json!({})).await.unwrap().err(401, "M_UNKNOWN_TOKEN");
+    // Public endpoints need no token.
+    api.get("/login", None).await.unwrap().ok();
+    api.get("/_matrix/client/versions", None).await.unwrap().ok();
+}
+
+async fn oversized_body_is_too_large(backend: Backend) {
+    let options = ServerOptions { max_body_bytes: Some(2048), ..ServerOptions::default() };
+    let server = TestServer::start(backend, options).await.unwrap();
+    let alice = register_all(&server, &["alice"]).await.remove(0);
+
+    let small = json!({ "topic": "x".repeat(1000) });
+    let room = alice.create_room(&small).await.unwrap();
+    let large = json!({ "topic": "x".repeat(4000) });
+    alice.post("/createRoom", &large).await.unwrap().err(413, "M_TOO_LARGE");
+    let message = json!({ "msgtype": "m.text", "body": "y".repeat(10_000) });
+    let path = format!("/rooms/{}/send/m.room.message/big-1", enc(&room));
+    alice.put(&path, &message).await.unwrap().err(413, "M_TOO_LARGE");
+    let joined = get_ok(&alice, "/joined_rooms").await;
+    assert_eq!(joined["joined_rooms"], json!([room]), "the refused createRoom made a room");
+}
+
+async fn rate_limit_answers_429_with_retry_after(backend: Backend) {
+    let limits = RateLimits { per_user: Bucket { per_second: 1.0, burst: 5 }, ..RateLimits::generous() };
+    let options = ServerOptions { rate_limits: Some(limits), ..ServerOptions::default() };
+    let server = TestServer::start(backend, options).await.unwrap();
+    let [alice, bob] = <[_; 2]>::try_from(register_all(&server, &["alice", "bob"]).await).unwrap();
+
+    let mut statuses = Vec::new();
+    let mut limited = None;
+    for _ in 0..20 {
+        let response = alice.get("/account/whoami").await.unwrap();
+        statuses.push(response.status);
+        if response.status == 429 {
+            limited = Some(response);
+            break;
+        }
+    }
+    let limited =
+        limited.unwrap_or_else(|| panic!("20 quick requests with burst 5 were never limited: {statuses:?}"));
+    assert_eq!(statuses[0], 200, "the first request fits in the burst");
+    assert!(statuses.len() > 1, "burst 5 allows more than one request");
+    let body = limited.err(429, "M_LIMIT_EXCEEDED");
+    let retry_after = body["retry_after_ms"].as_u64().unwrap_or_else(|| panic!("no retry_after_ms: {body}"));
+    assert!(retry_after > 0 && retry_after <= 5_000, "retry_after_ms {retry_after} for a 1/s bucket");
+
+    // Per user: bob is unaffected; and alice gets through again once the bucket refills.
+    get_ok(&bob, "/account/whoami").await;
+    let alice = &alice;
+    eventually(Duration::from_secs(10), "alice's bucket to refill", move || async move {
+        Ok((alice.get("/account/whoami").await?.status == 200).then_some(()))
+    })
+    .await
+    .unwrap();
+}
+
+async fn registration_disabled_is_forbidden(backend: Backend) {
+    let options = ServerOptions { registration: false, ..ServerOptions::default() };
+    let server = TestServer::start(backend, options).await.unwrap();
+    let api = server.api();
+    api.post("/register", None, &json!({})).await.unwrap().err(403, "M_FORBIDDEN");
+    let body = json!({
+        "username": "mallory",
+        "password": PASSWORD,
+        "auth": { "type": "m.login.dummy" },
+    });
+    api.post("/register", None, &body).await.unwrap().err(403, "M_FORBIDDEN");
+    let login = json!({
+        "type": "m.login.password",
+        "identifier": { "type": "m.id.user", "user": "mallory" },
+        "password": PASSWORD,
+    });
+    api.post("/login", None, &login).await.unwrap().err(403, "M_FORBIDDEN");
+}
+
+async fn failed_create_room_leaves_nothing_behind(backend: Backend) {
+    let server = start(backend).await;
+    let alice = register_all(&server, &["alice"]).await.remove(0);
+    let existing = alice.create_room(&json!({ "room_alias_name": "taken" })).await.unwrap();
+    let since = initial_since(&alice, "").await;
+
+    let invalid_state = json!({
+        "name": "half",
+        "initial_state": [{ "type": "m.room.topic", "state_key": 5, "content": { "topic": "t" } }],
+    });
+    let failed = alice.post("/createRoom", &invalid_state).await.unwrap();
+    assert_eq!(failed.status, 400, "invalid initial_state: {}", failed.text);
+    let bad_invite = json!({ "name": "half", "invite": ["not-a-user-id"] });
+    let failed = alice.post("/createRoom", &bad_invite).await.unwrap();
+    assert_eq!(failed.status, 400, "invalid invitee: {}", failed.text);
+    assert!(
+        matches!(failed.errcode(), Some("M_BAD_JSON" | "M_INVALID_PARAM")),
+        "invalid invitee errcode: {}",
+        failed.text
+    );
+    let taken = json!({ "name": "half", "room_alias_name": "taken" });
+    alice.post("/createRoom", &taken).await.unwrap().err(400, "M_ROOM_IN_USE");
+
+    let joined = get_ok(&alice, "/joined_rooms").await;
+    assert_eq!(joined["joined_rooms"], json!([existing]), "a failed createRoom left a room behind");
+    let directory = get_ok(&alice, &format!("/directory/room/{}", enc("#taken:localhost"))).await;
+    assert_eq!(directory["room_id"], existing.as_str(), "the alias moved");
+    let sync = alice.sync(&format!("since={}&timeout=0", enc(&since))).await.unwrap();
+    let new_rooms: Vec<&String> = ["join", "invite", "leave"]
+        .iter()
+        .filter_map(|section| sync["rooms"][section].as_object())
+        .flat_map(|rooms| rooms.keys())
+        .collect();
+    assert!(new_rooms.is_empty(), "sync shows rooms from failed requests: {new_rooms:?}");
+}

@@ -1,0 +1,1 @@
+//! Intentionally empty: the suite lives in `blackbox/`.
