@@ -277,38 +277,3 @@ pub async fn event_nids_in_room_newest_first(
     .await?;
     Ok(rows.into_iter().map(|row| (EventNid(row.get(0)), row.get(1))).collect())
 }
-
-/// For each room among `rooms` with events in `after < stream_pos <= up_to`, its newest
-/// `per_room` events there as `(room_nid, event_nid, stream_pos)`, newest first within a room:
-/// the changed rooms and their timeline windows in one query.
-pub async fn newest_event_nids_of_rooms_between(
-    conn: &mut Conn,
-    rooms: &[RoomNid],
-    after: i64,
-    up_to: i64,
-    per_room: i64,
-) -> Result<Vec<(RoomNid, EventNid, i64)>> {
-    let mut newest = Vec::new();
-    for chunk in rooms.chunks(500) {
-        let sql = format!(
-            "SELECT room_nid, event_nid, stream_pos FROM (
-                 SELECT room_nid, event_nid, stream_pos,
-                        ROW_NUMBER() OVER (PARTITION BY room_nid ORDER BY stream_pos DESC) AS newest_rank
-                 FROM events WHERE stream_pos > $1 AND stream_pos <= $2 AND room_nid IN ({})
-             ) AS ranked WHERE newest_rank <= $3 ORDER BY room_nid, stream_pos DESC",
-            placeholders(chunk.len(), 4)
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(after).bind(up_to).bind(per_room);
-        for nid in chunk {
-            query = query.bind(nid.0);
-        }
-        newest.extend(
-            query
-                .fetch_all(&mut *conn)
-                .await?
-                .into_iter()
-                .map(|row| (RoomNid(row.get(0)), EventNid(row.get(1)), row.get(2))),
-        );
-    }
-    Ok(newest)
-}

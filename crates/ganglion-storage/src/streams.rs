@@ -223,3 +223,54 @@ pub async fn heroes_of_room(
     }
     Ok(query.fetch_all(conn).await?.into_iter().map(|row| row.get(0)).collect())
 }
+
+/// A user's membership rows (as [`rooms_of_user`]) and, for each room the user is joined to
+/// (or whose row moved past `up_to`), its newest `per_room` events with
+/// `after < stream_pos <= up_to` as `(room_nid, event_nid, stream_pos)`, newest first within a
+/// room: an incremental sync's two reads in one round trip.
+pub async fn rooms_of_user_with_newest_events(
+    conn: &mut Conn,
+    user_id: &str,
+    after: i64,
+    up_to: i64,
+    per_room: i64,
+) -> Result<(Vec<UserRoomRow>, Vec<(ganglion_types::RoomNid, ganglion_types::EventNid, i64)>)> {
+    let rows = sqlx::query(
+        "SELECT CAST(0 AS BIGINT), m.room_nid, r.room_id, m.membership, m.event_nid, m.stream_pos, m.forgotten
+         FROM memberships m JOIN rooms r ON r.room_nid = m.room_nid WHERE m.user_id = $1
+         UNION ALL
+         SELECT CAST(1 AS BIGINT), ranked.room_nid, NULL, NULL, ranked.event_nid, ranked.stream_pos, 0 FROM (
+             SELECT e.room_nid, e.event_nid, e.stream_pos,
+                    ROW_NUMBER() OVER (PARTITION BY e.room_nid ORDER BY e.stream_pos DESC) AS newest_rank
+             FROM events e WHERE e.stream_pos > $2 AND e.stream_pos <= $3 AND e.room_nid IN (
+                 SELECT room_nid FROM memberships WHERE user_id = $1 AND (membership = 'join' OR stream_pos > $3)
+             )
+         ) AS ranked WHERE ranked.newest_rank <= $4",
+    )
+    .bind(user_id)
+    .bind(after)
+    .bind(up_to)
+    .bind(per_room)
+    .fetch_all(conn)
+    .await?;
+    let mut rooms = Vec::new();
+    let mut events = Vec::new();
+    for row in rows {
+        let room_nid = ganglion_types::RoomNid(row.get(1));
+        if row.get::<i64, _>(0) == 0 {
+            rooms.push(UserRoomRow {
+                room_nid,
+                room_id: row.get(2),
+                membership: row.get(3),
+                event_nid: ganglion_types::EventNid(row.get(4)),
+                stream_pos: row.get(5),
+                forgotten: row.get::<i64, _>(6) != 0,
+            });
+        } else {
+            events.push((room_nid, ganglion_types::EventNid(row.get(4)), row.get(5)));
+        }
+    }
+    // Newest first within each room, whatever order the union came back in.
+    events.sort_unstable_by_key(|(room_nid, _, stream_pos)| (*room_nid, std::cmp::Reverse(*stream_pos)));
+    Ok((rooms, events))
+}

@@ -3,8 +3,8 @@
 //! Invariant: every stream is read in `since < position <= next` and `next` becomes
 //! `next_batch`, so successive syncs neither lose nor repeat a row. Membership rows may already
 //! be ahead of `next`; such a room's membership is read from its state at `next` instead.
-//! A room without a change in the range costs no query of its own: the changed rooms and their
-//! timeline windows come from one query over all the user's rooms.
+//! A room without a change in the range costs no query of its own: an incremental sync reads the
+//! user's memberships together with the timeline windows of the changed rooms in one query.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -14,7 +14,7 @@ use std::{
 use ganglion_events::ruma::events::TimelineEventType;
 use ganglion_state::{Caches, Snapshot, StateError, StoredEvent};
 use ganglion_storage::{
-    Conn, StorageError, events as event_store,
+    Conn, StorageError,
     streams::{self as stream_store, AccountDataRow, ReceiptRow, UserRoomRow},
 };
 use ganglion_types::{ErrorClass, EventNid, HasErrorClass, RoomNid, StreamKind, StreamPosition, SyncToken};
@@ -132,7 +132,17 @@ pub(crate) async fn sync_batch(
 ) -> Result<SyncBatch, SyncError> {
     let mut conn = state.db.conn().await?;
     let sync = Computation::new(state, request, next);
-    let rows = stream_store::rooms_of_user(&mut conn, request.user_id).await?;
+    // An incremental sync reads the memberships and the timeline windows of the joined rooms
+    // (which also tell the changed rooms) in one round trip.
+    let (rows, newest_events) = match request.since {
+        Some(_) if sync.since_events < next.events.0 => {
+            let per_room = sync.per_room_window() as i64;
+            let (after, up_to) = (sync.since_events, next.events.0);
+            stream_store::rooms_of_user_with_newest_events(&mut conn, request.user_id, after, up_to, per_room)
+                .await?
+        }
+        _ => (stream_store::rooms_of_user(&mut conn, request.user_id).await?, Vec::new()),
+    };
     let mut joined = Vec::new();
     let mut invited = Vec::new();
     let mut left = Vec::new();
@@ -169,7 +179,7 @@ pub(crate) async fn sync_batch(
     };
     let (global_data, mut room_data) = sync.account_data(&mut conn).await?;
     batch.account_data = global_data;
-    sync.joined_rooms(&mut conn, joined, &mut room_data, &mut batch.join).await?;
+    sync.joined_rooms(&mut conn, joined, newest_events, &mut room_data, &mut batch.join).await?;
     for room in invited {
         let invite_state = sync.invite_state(&mut conn, &room).await?;
         batch.invite.insert(room.room_id, json!({ "invite_state": { "events": invite_state } }));
@@ -210,6 +220,11 @@ impl<'a> Computation<'a> {
             since_typing,
             timeline_limit: request.filter.timeline_limit(),
         }
+    }
+
+    /// Events read ahead per room: one more than the timeline holds, to tell `limited`.
+    fn per_room_window(&self) -> usize {
+        self.timeline_limit + 1
     }
 
     fn viewer(&self) -> Option<(&str, &str)> {
@@ -317,6 +332,7 @@ impl<'a> Computation<'a> {
         &self,
         conn: &mut Conn,
         rooms: Vec<RoomMembership>,
+        newest_events: Vec<(RoomNid, EventNid, i64)>,
         room_data: &mut HashMap<String, Vec<AccountDataRow>>,
         out: &mut Map<String, Value>,
     ) -> Result<(), SyncError> {
@@ -324,22 +340,10 @@ impl<'a> Computation<'a> {
             return Ok(());
         }
         let range = Range { after: self.since_events, up_to: self.next.events.0 };
-        let per_room = self.timeline_limit + 1;
+        let per_room = self.per_room_window();
         let mut windows: HashMap<RoomNid, Vec<(EventNid, i64)>> = HashMap::new();
-        if self.request.since.is_some() && range.after < range.up_to {
-            // One query finds the changed rooms and their newest events.
-            let nids: Vec<RoomNid> = rooms.iter().map(|room| room.room_nid).collect();
-            for (room_nid, event_nid, position) in event_store::newest_event_nids_of_rooms_between(
-                conn,
-                &nids,
-                range.after,
-                range.up_to,
-                per_room as i64,
-            )
-            .await?
-            {
-                windows.entry(room_nid).or_default().push((event_nid, position));
-            }
+        for (room_nid, event_nid, position) in newest_events {
+            windows.entry(room_nid).or_default().push((event_nid, position));
         }
         let room_ids: Vec<String> = rooms.iter().map(|room| room.room_id.clone()).collect();
         let mut receipts = self.receipts(conn, &room_ids).await?;

@@ -74,8 +74,9 @@ impl Filter {
     /// (a filter that is not an object, a string where a list belongs, a negative limit) is
     /// `M_BAD_JSON`.
     pub fn parse(text: &str) -> Result<Filter, MatrixError> {
-        let value: serde_json::Value = serde_json::from_str(text)
+        let mut value: serde_json::Value = serde_json::from_str(text)
             .map_err(|error| MatrixError::invalid_param(format!("Filter is not valid JSON: {error}")))?;
+        remove_nulls(&mut value);
         for (path, section) in sections(&value) {
             if !section.is_object() {
                 return Err(MatrixError::bad_json(format!("Filter field `{path}` must be a JSON object")));
@@ -136,13 +137,20 @@ impl RoomEventFilter {
     }
 }
 
+/// A `null` field means the same as an absent one (the filter API stores what clients send).
+fn remove_nulls(value: &mut serde_json::Value) {
+    if let serde_json::Value::Object(object) = value {
+        object.retain(|_, field| !field.is_null());
+        object.values_mut().for_each(remove_nulls);
+    }
+}
+
 /// The filter and its sections that must be JSON objects (serde would also accept a list for a
-/// struct), with their paths; absent and `null` sections are left out.
+/// struct), with their paths; absent sections are left out.
 fn sections(filter: &serde_json::Value) -> Vec<(&'static str, &serde_json::Value)> {
-    let present = |section: &serde_json::Value| !section.is_null();
     let mut sections = vec![("filter", filter)];
     for (path, key) in [("room", "room"), ("account_data", "account_data"), ("presence", "presence")] {
-        sections.extend(filter.get(key).filter(|s| present(s)).map(|section| (path, section)));
+        sections.extend(filter.get(key).map(|section| (path, section)));
     }
     if let Some(room) = filter.get("room") {
         for (path, key) in [
@@ -151,7 +159,7 @@ fn sections(filter: &serde_json::Value) -> Vec<(&'static str, &serde_json::Value
             ("room.ephemeral", "ephemeral"),
             ("room.account_data", "account_data"),
         ] {
-            sections.extend(room.get(key).filter(|s| present(s)).map(|section| (path, section)));
+            sections.extend(room.get(key).map(|section| (path, section)));
         }
     }
     sections

@@ -93,6 +93,17 @@ fn section_room_lists_apply_per_section() {
 }
 
 #[test]
+fn null_fields_mean_absent() {
+    let filter = Filter::parse(
+        r#"{"room":{"timeline":{"limit":null,"types":null,"not_types":null},"state":null,"rooms":null},"presence":null}"#,
+    )
+    .unwrap();
+    assert_eq!(filter.timeline_limit(), DEFAULT_TIMELINE_LIMIT);
+    assert!(!filter.room.timeline.filters_events());
+    assert!(filter.allows_room("!a:x"));
+}
+
+#[test]
 fn timeline_limit_is_capped() {
     let filter = Filter::parse(r#"{"room":{"timeline":{"limit":1000000}}}"#).unwrap();
     assert_eq!(filter.timeline_limit(), MAX_TIMELINE_LIMIT);
