@@ -14,7 +14,7 @@ use ganglion_config::Config;
 use ganglion_events::ServerKey;
 use ganglion_http::{Authenticator, RateLimiter, Route, RouteInfo, router_from_routes};
 use ganglion_master::MasterService;
-use ganglion_replication::{InProcessBus, Notifier, Positions, TypingStore};
+use ganglion_replication::{InProcessBus, Notifier, Positions, RecentEvents, TypingStore};
 use ganglion_rpc::Master;
 use ganglion_state::Caches;
 use ganglion_storage::Db;
@@ -73,10 +73,13 @@ pub async fn run(
     let typing = Arc::new(TypingStore::new());
     let notifier = Notifier::new();
     let typing_epoch = ganglion_storage::now_ms().max(0) as u64;
-    let positions = Arc::new(Positions::new(initial_token(&db, typing_epoch).await?));
-    let bus = Arc::new(InProcessBus::new(positions.clone(), notifier.clone()));
+    let start = initial_token(&db, typing_epoch).await?;
+    let positions = Arc::new(Positions::new(start));
+    let recent = Arc::new(RecentEvents::new(start.events));
+    let bus = Arc::new(InProcessBus::new(positions.clone(), notifier.clone(), recent.clone()));
     let limiter = Arc::new(RateLimiter::new(&config.rate_limits));
-    let authenticator: Arc<dyn Authenticator> = Arc::new(DbAuthenticator::new(db.clone(), limiter.clone()));
+    let authenticator: Arc<dyn Authenticator> =
+        Arc::new(DbAuthenticator::new(db.clone(), caches.clone(), limiter.clone()));
 
     let role = config.worker.role;
     let master =
@@ -109,6 +112,8 @@ pub async fn run(
             positions: positions.clone(),
             notifier: notifier.clone(),
             typing: typing.clone(),
+            recent: recent.clone(),
+            memberships: Arc::new(ganglion_sync::MembershipCache::default()),
         };
         routes.extend(ganglion_sync::routes().into_iter().map(|r| r.with_state(state.clone())));
     }

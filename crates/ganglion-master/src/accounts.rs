@@ -23,7 +23,8 @@ fn new_device_id() -> String {
 }
 
 /// Hashes off the async runtime: argon2 is deliberately slow.
-async fn hash_password(password: String) -> MasterResult<String> {
+async fn hash_password(svc: &MasterService, password: String) -> MasterResult<String> {
+    let _permit = svc.hashing.acquire().await.map_err(|e| MasterError::internal(e.to_string()))?;
     tokio::task::spawn_blocking(move || {
         let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>())
             .map_err(|e| MasterError::internal(e.to_string()))?;
@@ -37,7 +38,8 @@ async fn hash_password(password: String) -> MasterResult<String> {
 }
 
 /// Whether `password` matches the stored argon2 hash.
-pub async fn verify_password(password: String, hash: String) -> bool {
+async fn verify_password(svc: &MasterService, password: String, hash: String) -> bool {
+    let Ok(_permit) = svc.hashing.acquire().await else { return false };
     tokio::task::spawn_blocking(move || {
         PasswordHash::new(&hash)
             .is_ok_and(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
@@ -57,7 +59,7 @@ pub(crate) async fn register(svc: &MasterService, request: RegisterRequest) -> M
         return Err(MasterError::new(ErrorClass::InvalidUsername, "Username contains invalid characters"));
     }
     let password_hash = match request.password {
-        Some(password) => Some(hash_password(password).await?),
+        Some(password) => Some(hash_password(svc, password).await?),
         None => None,
     };
     let now = now_ms();
@@ -96,6 +98,21 @@ pub(crate) async fn register(svc: &MasterService, request: RegisterRequest) -> M
     Ok(grant)
 }
 
+pub(crate) async fn check_password(
+    svc: &MasterService,
+    user_id: &OwnedUserId,
+    password: &str,
+) -> MasterResult<bool> {
+    let hash = {
+        let mut conn = svc.db.conn().await.map_err(internal)?;
+        store::password_hash_of_user(&mut conn, user_id.as_str()).await.map_err(internal)?
+    };
+    Ok(match hash {
+        Some(hash) => verify_password(svc, password.to_owned(), hash).await,
+        None => false,
+    })
+}
+
 pub(crate) async fn login(svc: &MasterService, request: LoginRequest) -> MasterResult<SessionGrant> {
     let forbidden = || MasterError::forbidden("Invalid username or password");
     let hash = {
@@ -103,7 +120,7 @@ pub(crate) async fn login(svc: &MasterService, request: LoginRequest) -> MasterR
         store::password_hash_of_user(&mut conn, request.user_id.as_str()).await.map_err(internal)?
     };
     let Some(hash) = hash else { return Err(forbidden()) };
-    if !verify_password(request.password, hash).await {
+    if !verify_password(svc, request.password, hash).await {
         return Err(forbidden());
     }
     let device_id = request.device_id.unwrap_or_else(new_device_id);
@@ -139,7 +156,9 @@ pub(crate) async fn logout(svc: &MasterService, access_token: &str) -> MasterRes
         store::delete_device(&mut tx, &user_id, &device_id).await.map_err(internal)?;
     }
     store::delete_access_token(&mut tx, access_token).await.map_err(internal)?;
-    tx.commit().await.map_err(|e| internal(ganglion_storage::StorageError::from(e)))
+    tx.commit().await.map_err(|e| internal(ganglion_storage::StorageError::from(e)))?;
+    svc.caches.forget_sessions();
+    Ok(())
 }
 
 pub(crate) async fn logout_all(svc: &MasterService, user_id: &OwnedUserId) -> MasterResult<()> {
@@ -148,7 +167,9 @@ pub(crate) async fn logout_all(svc: &MasterService, user_id: &OwnedUserId) -> Ma
         store::delete_device(&mut tx, user_id.as_str(), &device.device_id).await.map_err(internal)?;
     }
     store::delete_access_tokens_of_user(&mut tx, user_id.as_str(), None).await.map_err(internal)?;
-    tx.commit().await.map_err(|e| internal(ganglion_storage::StorageError::from(e)))
+    tx.commit().await.map_err(|e| internal(ganglion_storage::StorageError::from(e)))?;
+    svc.caches.forget_sessions();
+    Ok(())
 }
 
 pub(crate) async fn set_password(
@@ -161,7 +182,7 @@ pub(crate) async fn set_password(
     if new_password.is_empty() {
         return Err(MasterError::new(ErrorClass::BadJson, "The new password must not be empty"));
     }
-    let hash = hash_password(new_password.to_owned()).await?;
+    let hash = hash_password(svc, new_password.to_owned()).await?;
     let mut tx = svc.db.begin().await.map_err(internal)?;
     store::set_password_hash(&mut tx, user_id.as_str(), &hash).await.map_err(internal)?;
     if logout_devices {
@@ -173,7 +194,9 @@ pub(crate) async fn set_password(
         }
         store::delete_access_tokens_of_user(&mut tx, user_id.as_str(), keep).await.map_err(internal)?;
     }
-    tx.commit().await.map_err(|e| internal(ganglion_storage::StorageError::from(e)))
+    tx.commit().await.map_err(|e| internal(ganglion_storage::StorageError::from(e)))?;
+    svc.caches.forget_sessions();
+    Ok(())
 }
 
 pub(crate) async fn delete_devices(
@@ -185,7 +208,9 @@ pub(crate) async fn delete_devices(
     for device_id in device_ids {
         store::delete_device(&mut tx, user_id.as_str(), device_id.as_str()).await.map_err(internal)?;
     }
-    tx.commit().await.map_err(|e| internal(ganglion_storage::StorageError::from(e)))
+    tx.commit().await.map_err(|e| internal(ganglion_storage::StorageError::from(e)))?;
+    svc.caches.forget_sessions();
+    Ok(())
 }
 
 pub(crate) async fn rename_device(

@@ -45,6 +45,7 @@ pub(crate) async fn set_typing(
             position,
             room_id: Some(Arc::from(room_id.as_str())),
             user_ids: Vec::new(),
+            event_nid: None,
         });
     }
     Ok(())
@@ -86,6 +87,7 @@ pub(crate) async fn set_receipt(
         position: StreamPosition(position),
         room_id: Some(Arc::from(room_id.as_str())),
         user_ids: vec![Arc::from(user_id.as_str())],
+        event_nid: None,
     });
     Ok(())
 }
@@ -123,6 +125,7 @@ pub(crate) async fn set_account_data(
         position: StreamPosition(position),
         room_id: None,
         user_ids: vec![Arc::from(user_id.as_str())],
+        event_nid: None,
     });
     Ok(())
 }

@@ -46,6 +46,9 @@ pub struct MasterService {
     writer: Mutex<Writer>,
     /// Client sends, group-committed by the task started in `new`.
     send_queue: sends::SendQueue,
+    /// Bounds concurrent argon2 runs: each takes ~19 MiB, and an allocator keeps what a burst of
+    /// logins made it grow to.
+    hashing: tokio::sync::Semaphore,
 }
 
 impl MasterService {
@@ -69,6 +72,7 @@ impl MasterService {
             typing,
             writer: Mutex::new(writer),
             send_queue,
+            hashing: tokio::sync::Semaphore::new(2),
         });
         let task_service = service.clone();
         tokio::spawn(async move { sends::run(&task_service, jobs).await });
@@ -95,6 +99,7 @@ impl MasterService {
                 position,
                 room_id: Some(Arc::from(room_id.as_str())),
                 user_ids: Vec::new(),
+                event_nid: None,
             });
         }
     }
@@ -108,6 +113,10 @@ impl Master for MasterService {
 
     async fn login(&self, request: LoginRequest) -> MasterResult<SessionGrant> {
         accounts::login(self, request).await
+    }
+
+    async fn check_password(&self, user_id: &OwnedUserId, password: &str) -> MasterResult<bool> {
+        accounts::check_password(self, user_id, password).await
     }
 
     async fn logout(&self, access_token: &str) -> MasterResult<()> {

@@ -415,6 +415,7 @@ impl<'w> Batch<'w> {
             self.writer.heads.insert(room_id, head);
         }
         let mut events = Vec::with_capacity(self.appended.len());
+        let mut rows = Vec::with_capacity(self.appended.len());
         for appended in self.appended.drain(..) {
             if let Some(snapshot) = &appended.snapshot {
                 caches.remember_snapshot(snapshot);
@@ -429,14 +430,16 @@ impl<'w> Batch<'w> {
                 (Some(target), "m.room.member") => vec![Arc::from(target.as_str())],
                 _ => Vec::new(),
             };
-            self.svc.bus.publish(StreamRow {
+            rows.push(StreamRow {
                 kind: StreamKind::Events,
                 position: StreamPosition(appended.event.row.stream_pos),
                 room_id: Some(Arc::from(appended.event.pdu.room_id.as_str())),
                 user_ids,
+                event_nid: Some(appended.event.row.event_nid),
             });
             events.push(appended.event);
         }
+        self.svc.bus.publish_all(rows);
         Ok(events)
     }
 }

@@ -8,9 +8,11 @@
 //! position it has been told about.
 
 mod notifier;
+mod recent;
 mod typing;
 
 pub use notifier::{Listener, Notifier};
+pub use recent::RecentEvents;
 pub use typing::TypingStore;
 
 use std::sync::{
@@ -18,7 +20,7 @@ use std::sync::{
     atomic::{AtomicI64, Ordering},
 };
 
-use ganglion_types::{StreamKind, StreamPosition, SyncToken};
+use ganglion_types::{EventNid, StreamKind, StreamPosition, SyncToken};
 
 /// A new row on a stream, as readers learn of it.
 #[derive(Debug, Clone)]
@@ -30,11 +32,21 @@ pub struct StreamRow {
     /// Users the row concerns directly (account data owner, membership target): wakes them even
     /// when they are not (yet) in the room.
     pub user_ids: Vec<Arc<str>>,
+    /// For rows of the events stream: the event.
+    pub event_nid: Option<EventNid>,
 }
 
 /// Where writers publish committed rows.
 pub trait Bus: Send + Sync + 'static {
     fn publish(&self, row: StreamRow);
+
+    /// Publishes rows committed together; readers see all of them before any wake-up, so a
+    /// woken `/sync` returns the whole batch at once.
+    fn publish_all(&self, rows: Vec<StreamRow>) {
+        for row in rows {
+            self.publish(row);
+        }
+    }
 }
 
 /// How far each stream is readable in this process.
@@ -94,18 +106,41 @@ impl Positions {
 pub struct InProcessBus {
     positions: Arc<Positions>,
     notifier: Arc<Notifier>,
+    recent: Arc<RecentEvents>,
 }
 
 impl InProcessBus {
-    pub fn new(positions: Arc<Positions>, notifier: Arc<Notifier>) -> InProcessBus {
-        InProcessBus { positions, notifier }
+    pub fn new(
+        positions: Arc<Positions>,
+        notifier: Arc<Notifier>,
+        recent: Arc<RecentEvents>,
+    ) -> InProcessBus {
+        InProcessBus { positions, notifier, recent }
+    }
+
+    fn record(&self, row: &StreamRow) {
+        if let (StreamKind::Events, Some(room_id), Some(event_nid)) = (row.kind, &row.room_id, row.event_nid)
+        {
+            self.recent.record(room_id, row.position.0, event_nid, &row.user_ids);
+        }
     }
 }
 
 impl Bus for InProcessBus {
     fn publish(&self, row: StreamRow) {
+        self.record(&row);
         self.positions.advance(row.kind, row.position);
         self.notifier.notify(&row);
+    }
+
+    fn publish_all(&self, rows: Vec<StreamRow>) {
+        for row in &rows {
+            self.record(row);
+            self.positions.advance(row.kind, row.position);
+        }
+        for row in &rows {
+            self.notifier.notify(row);
+        }
     }
 }
 

@@ -10,6 +10,7 @@ fn row(room: &str, position: i64) -> StreamRow {
         position: StreamPosition(position),
         room_id: Some(Arc::from(room)),
         user_ids: vec![],
+        event_nid: Some(ganglion_types::EventNid(position)),
     }
 }
 
@@ -17,11 +18,14 @@ fn row(room: &str, position: i64) -> StreamRow {
 async fn a_row_wakes_only_listeners_of_its_room() {
     let positions = Arc::new(Positions::new(SyncToken::default()));
     let notifier = Notifier::new();
-    let bus = InProcessBus::new(positions.clone(), notifier.clone());
+    let recent = Arc::new(RecentEvents::new(StreamPosition(0)));
+    let bus = InProcessBus::new(positions.clone(), notifier.clone(), recent.clone());
     let in_room = notifier.listen(vec![Arc::from("!a:x")]);
     let elsewhere = notifier.listen(vec![Arc::from("!b:x")]);
     bus.publish(row("!a:x", 5));
     assert_eq!(positions.get(StreamKind::Events), StreamPosition(5));
+    assert_eq!(recent.newest_between("!a:x", 0, 5, 10), Some(vec![(ganglion_types::EventNid(5), 5)]));
+    assert_eq!(recent.newest_between("!b:x", 0, 5, 10), Some(vec![]));
     tokio::time::timeout(Duration::from_secs(1), in_room.notified()).await.unwrap();
     assert!(tokio::time::timeout(Duration::from_secs(1), elsewhere.notified()).await.is_err());
 }
@@ -35,6 +39,7 @@ async fn a_row_published_before_waiting_is_not_lost() {
         position: StreamPosition(1),
         room_id: None,
         user_ids: vec![Arc::from("@u:x")],
+        event_nid: None,
     });
     tokio::time::timeout(Duration::from_millis(10), listener.notified()).await.unwrap();
     drop(listener);
@@ -60,4 +65,23 @@ fn typing_changes_advance_the_stream_and_expire() {
     assert_eq!(expired.len(), 1);
     assert!(typing.typing_in_room("!r:x").is_empty());
     assert!(typing.position() > first);
+}
+
+#[test]
+fn recent_events_answer_only_what_they_saw() {
+    let recent = RecentEvents::new(StreamPosition(10));
+    let user: Arc<str> = Arc::from("@u:x");
+    for position in 11..=300 {
+        let members = if position == 20 { vec![user.clone()] } else { vec![] };
+        recent.record("!r:x", position, ganglion_types::EventNid(position), &members);
+    }
+    // Before the process started: unknown.
+    assert_eq!(recent.newest_between("!other:x", 5, 300, 10), None);
+    // Evicted: unknown.
+    assert_eq!(recent.newest_between("!r:x", 100, 300, 10), None);
+    let newest = recent.newest_between("!r:x", 290, 300, 3).unwrap();
+    assert_eq!(newest.iter().map(|(_, p)| *p).collect::<Vec<_>>(), vec![300, 299, 298]);
+    assert_eq!(recent.membership_changed_after("@u:x", 19), Some(true));
+    assert_eq!(recent.membership_changed_after("@u:x", 20), Some(false));
+    assert_eq!(recent.membership_changed_after("@u:x", 5), None);
 }

@@ -137,6 +137,8 @@ pub trait Master: Send + Sync + 'static {
     async fn register(&self, request: RegisterRequest) -> MasterResult<SessionGrant>;
     /// Checks the password and opens a session.
     async fn login(&self, request: LoginRequest) -> MasterResult<SessionGrant>;
+    /// Whether `password` is the user's (false for unknown or deactivated users).
+    async fn check_password(&self, user_id: &OwnedUserId, password: &str) -> MasterResult<bool>;
     async fn logout(&self, access_token: &str) -> MasterResult<()>;
     async fn logout_all(&self, user_id: &OwnedUserId) -> MasterResult<()>;
     /// Sets a new password; with `logout_devices`, ends every session but `keep_device`'s.

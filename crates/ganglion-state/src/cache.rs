@@ -70,6 +70,8 @@ pub struct Caches {
     pub(crate) state_key_nids: BoundedCache<String, StateKeyNid>,
     pub(crate) state_key_names: BoundedCache<StateKeyNid, Arc<str>>,
     pub(crate) room_versions: BoundedCache<RoomNid, ganglion_events::ruma::RoomVersionId>,
+    /// access token -> (user id, device id)
+    sessions: BoundedCache<String, (String, String)>,
 }
 
 impl Default for Caches {
@@ -90,6 +92,7 @@ impl Caches {
             state_key_nids: BoundedCache::new(200_000),
             state_key_names: BoundedCache::new(200_000),
             room_versions: BoundedCache::new(100_000),
+            sessions: BoundedCache::new(100_000),
         }
     }
 }
@@ -97,6 +100,7 @@ impl Caches {
 impl Caches {
     /// Forgets everything (after a rolled-back write whose ids the database may reuse).
     pub fn clear(&self) {
+        self.sessions.clear();
         self.snapshots.clear();
         self.blocks.clear();
         self.events.clear();
@@ -105,5 +109,22 @@ impl Caches {
         self.type_names.clear();
         self.state_key_nids.clear();
         self.state_key_names.clear();
+    }
+}
+
+impl Caches {
+    /// The `(user id, device id)` of an access token seen recently.
+    pub fn session(&self, access_token: &str) -> Option<(String, String)> {
+        self.sessions.get(access_token)
+    }
+
+    pub fn remember_session(&self, access_token: &str, user_id: &str, device_id: &str) {
+        self.sessions.insert(access_token.to_owned(), (user_id.to_owned(), device_id.to_owned()));
+    }
+
+    /// Forgets every cached session; called whenever any token is revoked.
+    // FIXME(#4): other processes learn of revocations through the caches stream.
+    pub fn forget_sessions(&self) {
+        self.sessions.clear();
     }
 }

@@ -136,12 +136,24 @@ pub(crate) async fn sync_batch(
     // (which also tell the changed rooms) in one round trip.
     let (rows, newest_events) = match request.since {
         Some(_) if sync.since_events < next.events.0 => {
-            let per_room = sync.per_room_window() as i64;
+            let per_room = sync.per_room_window();
             let (after, up_to) = (sync.since_events, next.events.0);
-            stream_store::rooms_of_user_with_newest_events(&mut conn, request.user_id, after, up_to, per_room)
-                .await?
+            let rows = user_rooms(state, &mut conn, request.user_id).await?;
+            match newest_events_from_memory(state, &rows, after, up_to, per_room) {
+                Some(newest_events) => (rows.as_ref().clone(), newest_events),
+                None => {
+                    stream_store::rooms_of_user_with_newest_events(
+                        &mut conn,
+                        request.user_id,
+                        after,
+                        up_to,
+                        per_room as i64,
+                    )
+                    .await?
+                }
+            }
         }
-        _ => (stream_store::rooms_of_user(&mut conn, request.user_id).await?, Vec::new()),
+        _ => (user_rooms(state, &mut conn, request.user_id).await?.as_ref().clone(), Vec::new()),
     };
     let mut joined = Vec::new();
     let mut invited = Vec::new();
@@ -190,6 +202,43 @@ pub(crate) async fn sync_batch(
         batch.leave.insert(room.room_id, section);
     }
     Ok(batch)
+}
+
+/// The user's rooms, from the membership cache or the database.
+async fn user_rooms(
+    state: &SyncState,
+    conn: &mut Conn,
+    user_id: &str,
+) -> Result<Arc<Vec<UserRoomRow>>, SyncError> {
+    if let Some(rows) = state.memberships.get(&state.recent, user_id) {
+        return Ok(rows);
+    }
+    // Read the position first: a member event published after it invalidates this entry.
+    let loaded_at = state.positions.get(StreamKind::Events).0;
+    let rows = Arc::new(stream_store::rooms_of_user(conn, user_id).await?);
+    // Forgetting a left room changes no stream, so nothing would invalidate an entry holding one:
+    // users with left rooms are read from the database every time.
+    if rows.iter().all(|row| row.membership == "join" || row.membership == "invite") {
+        state.memberships.insert(user_id, loaded_at, rows.clone());
+    }
+    Ok(rows)
+}
+
+/// The newest events of the rooms whose timelines a sync reads (joined now, or membership
+/// changed after `up_to`), from memory; `None` when memory does not reach back to `after`.
+fn newest_events_from_memory(
+    state: &SyncState,
+    rows: &[UserRoomRow],
+    after: i64,
+    up_to: i64,
+    per_room: usize,
+) -> Option<Vec<(RoomNid, EventNid, i64)>> {
+    let mut newest = Vec::new();
+    for row in rows.iter().filter(|row| row.membership == "join" || row.stream_pos > up_to) {
+        let events = state.recent.newest_between(&row.room_id, after, up_to, per_room)?;
+        newest.extend(events.into_iter().map(|(event_nid, position)| (row.room_nid, event_nid, position)));
+    }
+    Some(newest)
 }
 
 /// The state of one computation.

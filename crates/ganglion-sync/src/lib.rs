@@ -14,7 +14,7 @@ use std::sync::Arc;
 use axum::extract::FromRef;
 use ganglion_config::Config;
 use ganglion_http::{Authenticator, Route};
-use ganglion_replication::{Notifier, Positions, TypingStore};
+use ganglion_replication::{Notifier, Positions, RecentEvents, TypingStore};
 use ganglion_state::Caches;
 use ganglion_storage::Db;
 use ganglion_types::EndpointClass;
@@ -28,6 +28,43 @@ pub struct SyncState {
     pub positions: Arc<Positions>,
     pub notifier: Arc<Notifier>,
     pub typing: Arc<TypingStore>,
+    /// The newest events per room, fed by the bus: incremental syncs read their timelines here.
+    pub recent: Arc<RecentEvents>,
+    pub memberships: Arc<MembershipCache>,
+}
+
+/// Each user's rooms as last read from the database, with the events position read at; valid
+/// while `RecentEvents` saw no member event about the user since.
+#[derive(Default)]
+pub struct MembershipCache {
+    by_user: parking_lot::Mutex<
+        std::collections::HashMap<String, (i64, Arc<Vec<ganglion_storage::streams::UserRoomRow>>)>,
+    >,
+}
+
+impl MembershipCache {
+    pub(crate) fn get(
+        &self,
+        recent: &RecentEvents,
+        user_id: &str,
+    ) -> Option<Arc<Vec<ganglion_storage::streams::UserRoomRow>>> {
+        let by_user = self.by_user.lock();
+        let (loaded_at, rows) = by_user.get(user_id)?;
+        (recent.membership_changed_after(user_id, *loaded_at) == Some(false)).then(|| rows.clone())
+    }
+
+    pub(crate) fn insert(
+        &self,
+        user_id: &str,
+        loaded_at: i64,
+        rows: Arc<Vec<ganglion_storage::streams::UserRoomRow>>,
+    ) {
+        let mut by_user = self.by_user.lock();
+        if by_user.len() >= 100_000 {
+            by_user.clear();
+        }
+        by_user.insert(user_id.to_owned(), (loaded_at, rows));
+    }
 }
 
 impl FromRef<SyncState> for Arc<dyn Authenticator> {

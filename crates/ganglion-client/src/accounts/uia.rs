@@ -11,10 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use ganglion_events::ruma::OwnedUserId;
 use ganglion_http::{MatrixError, MatrixResult};
-use ganglion_storage::accounts as account_store;
 use ganglion_types::ErrorClass;
 use parking_lot::Mutex;
 use rand::Rng;
@@ -285,24 +283,7 @@ async fn password_stage(
     if expected_user.is_some_and(|expected| *expected != user_id) {
         return Ok(Err("The password must be that of the logged-in user"));
     }
-    let hash = {
-        let mut conn = state.db.conn().await?;
-        account_store::password_hash_of_user(&mut conn, user_id.as_str()).await?
-    };
-    let matches = match hash {
-        Some(hash) => password_matches(password, hash).await,
-        None => false,
-    };
+    // The master owns password hashes (and bounds how many argon2 runs at once).
+    let matches = state.master.check_password(&user_id, &password).await?;
     Ok(if matches { Ok(user_id) } else { Err("Invalid username or password") })
-}
-
-/// Whether `password` matches the stored argon2 hash. Verification runs off the async runtime:
-/// argon2 is deliberately slow.
-async fn password_matches(password: String, hash: String) -> bool {
-    tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&hash)
-            .is_ok_and(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
-    })
-    .await
-    .unwrap_or(false)
 }
