@@ -33,13 +33,14 @@ pub struct SyncState {
     pub memberships: Arc<MembershipCache>,
 }
 
+/// A user's rooms, as read from the database.
+type UserRooms = Arc<Vec<ganglion_storage::streams::UserRoomRow>>;
+
 /// Each user's rooms as last read from the database, with the events position read at; valid
 /// while `RecentEvents` saw no member event about the user since.
 #[derive(Default)]
 pub struct MembershipCache {
-    by_user: parking_lot::Mutex<
-        std::collections::HashMap<String, (i64, Arc<Vec<ganglion_storage::streams::UserRoomRow>>)>,
-    >,
+    by_user: parking_lot::Mutex<std::collections::HashMap<String, (i64, UserRooms)>>,
 }
 
 impl MembershipCache {
