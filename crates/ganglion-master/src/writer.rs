@@ -35,6 +35,7 @@ pub(crate) struct RoomHead {
     pub rules: Arc<RoomVersionRules>,
     pub snapshot: Snapshot,
     pub latest_event_id: Option<OwnedEventId>,
+    pub latest_event_nid: Option<EventNid>,
     pub max_depth: i64,
 }
 
@@ -83,6 +84,7 @@ pub(crate) struct Batch<'w> {
 
 struct Appended {
     event: StoredEvent,
+    txn: Option<(String, String)>,
     snapshot: Option<Snapshot>,
     redacted: Option<EventNid>,
 }
@@ -140,6 +142,7 @@ impl<'w> Batch<'w> {
             rules: Arc::new(rules),
             snapshot,
             latest_event_id: latest.map(|event| event.pdu.event_id.clone()),
+            latest_event_nid: Some(latest_nid),
             max_depth: room.max_depth,
         };
         self.writer.heads.insert(room_id.to_owned(), head.clone());
@@ -199,6 +202,7 @@ impl<'w> Batch<'w> {
             rules: Arc::new(rules),
             snapshot: Snapshot::empty(),
             latest_event_id: None,
+            latest_event_nid: None,
             max_depth: 0,
         };
         self.heads.insert(room_id.clone(), head);
@@ -355,9 +359,7 @@ impl<'w> Batch<'w> {
             new_snapshot = Some(snapshot);
         }
         let snapshot_nid = head.snapshot.nid.ok_or_else(|| MasterError::internal("room without state"))?;
-        room_store::set_room_head(conn, head.room_nid, event_nid, snapshot_nid, depth)
-            .await
-            .map_err(internal)?;
+        // The room's row is written once per batch, at commit.
         if pdu.kind.to_string() == "m.room.member"
             && let Some(target) = &pdu.state_key
         {
@@ -397,16 +399,31 @@ impl<'w> Batch<'w> {
             redacted_by: None,
         };
         head.latest_event_id = Some(pdu.event_id.clone());
+        head.latest_event_nid = Some(event_nid);
         head.max_depth = depth;
         self.heads.insert(room_id.to_owned(), head);
         self.next_pos += 1;
         let event = StoredEvent { row: Arc::new(row), pdu: Arc::new(pdu) };
-        self.appended.push(Appended { event: event.clone(), snapshot: new_snapshot, redacted });
+        self.appended.push(Appended {
+            event: event.clone(),
+            txn: txn.map(|(device, txn_id)| (device.to_string(), txn_id.to_owned())),
+            snapshot: new_snapshot,
+            redacted,
+        });
         Ok(event)
     }
 
     /// Commits, then updates caches and heads and publishes every event, in position order.
     pub(crate) async fn commit(mut self) -> MasterResult<Vec<StoredEvent>> {
+        let heads: Vec<RoomHead> = self.heads.values().cloned().collect();
+        for head in heads {
+            if let (Some(latest), Some(snapshot)) = (head.latest_event_nid, head.snapshot.nid) {
+                let conn = self.conn();
+                room_store::set_room_head(conn, head.room_nid, latest, snapshot, head.max_depth)
+                    .await
+                    .map_err(internal)?;
+            }
+        }
         let tx = self.tx.take().expect("transaction is open until commit");
         tx.commit().await.map_err(|e| internal(ganglion_storage::StorageError::from(e)))?;
         self.committed = true;
@@ -424,6 +441,8 @@ impl<'w> Batch<'w> {
                 caches.forget_event(redacted);
             }
             caches.remember_event(appended.event.clone());
+            let txn = appended.txn.as_ref().map(|(device, txn_id)| (device.as_str(), txn_id.as_str()));
+            caches.remember_event_txn(appended.event.row.event_nid, txn);
             self.writer.last_event_pos = appended.event.row.stream_pos;
             let user_ids = match (&appended.event.pdu.state_key, appended.event.pdu.kind.to_string().as_str())
             {

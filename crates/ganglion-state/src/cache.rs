@@ -72,6 +72,8 @@ pub struct Caches {
     pub(crate) room_versions: BoundedCache<RoomNid, ganglion_events::ruma::RoomVersionId>,
     /// access token -> (user id, device id)
     sessions: BoundedCache<String, (String, String)>,
+    /// event -> the (device id, transaction id) it was sent with, `None` for none.
+    pub(crate) event_txns: BoundedCache<EventNid, Option<(Arc<str>, Arc<str>)>>,
 }
 
 impl Default for Caches {
@@ -93,6 +95,7 @@ impl Caches {
             state_key_names: BoundedCache::new(200_000),
             room_versions: BoundedCache::new(100_000),
             sessions: BoundedCache::new(100_000),
+            event_txns: BoundedCache::new(100_000),
         }
     }
 }
@@ -126,5 +129,12 @@ impl Caches {
     // FIXME(#4): other processes learn of revocations through the caches stream.
     pub fn forget_sessions(&self) {
         self.sessions.clear();
+    }
+}
+
+impl Caches {
+    /// Records the transaction id a just-persisted event was sent with (or that it had none).
+    pub fn remember_event_txn(&self, event_nid: EventNid, txn: Option<(&str, &str)>) {
+        self.event_txns.insert(event_nid, txn.map(|(device, txn_id)| (Arc::from(device), Arc::from(txn_id))));
     }
 }

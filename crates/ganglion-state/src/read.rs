@@ -41,13 +41,22 @@ impl Caches {
     ) -> Result<Vec<Value>> {
         let mut txn_ids: HashMap<String, String> = HashMap::new();
         if let Some((user_id, device_id)) = viewer {
-            let own: Vec<String> =
-                events.iter().filter(|e| e.row.sender == user_id).map(|e| e.row.event_id.clone()).collect();
-            if !own.is_empty() {
-                txn_ids = ganglion_storage::events::txn_ids_of_events(conn, user_id, device_id, &own)
-                    .await?
-                    .into_iter()
-                    .collect();
+            // The writer records the transaction id (or its absence) of every event it persists;
+            // only events it did not (older than this process) need the database.
+            let mut unknown = Vec::new();
+            for event in events.iter().filter(|e| e.row.sender == user_id) {
+                match self.event_txns.get(&event.row.event_nid) {
+                    Some(Some((device, txn_id))) if &*device == device_id => {
+                        txn_ids.insert(event.row.event_id.clone(), txn_id.to_string());
+                    }
+                    Some(_) => {}
+                    None => unknown.push(event.row.event_id.clone()),
+                }
+            }
+            if !unknown.is_empty() {
+                txn_ids.extend(
+                    ganglion_storage::events::txn_ids_of_events(conn, user_id, device_id, &unknown).await?,
+                );
             }
         }
         let replaced: Vec<EventNid> =
