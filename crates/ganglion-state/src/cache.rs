@@ -59,6 +59,9 @@ impl<K: Eq + Hash + Clone, V: Clone> BoundedCache<K, V> {
     }
 }
 
+/// The `(device id, transaction id)` a client sent an event with.
+pub(crate) type DeviceTxn = (Arc<str>, Arc<str>);
+
 /// Every cache the state layer keeps, shared by all services of a process.
 pub struct Caches {
     pub(crate) snapshots: BoundedCache<SnapshotNid, Snapshot>,
@@ -73,7 +76,7 @@ pub struct Caches {
     /// access token -> (user id, device id)
     sessions: BoundedCache<String, (String, String)>,
     /// event -> the (device id, transaction id) it was sent with, `None` for none.
-    pub(crate) event_txns: BoundedCache<EventNid, Option<(Arc<str>, Arc<str>)>>,
+    pub(crate) event_txns: BoundedCache<EventNid, Option<DeviceTxn>>,
 }
 
 impl Default for Caches {
