@@ -76,8 +76,25 @@ fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
+        // SIGINT or SIGTERM: stop accepting, finish in-flight requests, exit.
         let shutdown = async {
-            let _ = tokio::signal::ctrl_c().await;
+            let terminate = async {
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(mut signal) => {
+                        signal.recv().await;
+                    }
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate => {}
+            }
+            // Long-polls may hold requests open for minutes; give them a moment, not forever.
+            tokio::spawn(async {
+                tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+                std::process::exit(0);
+            });
         };
         let result = ganglion_app::run(config, shutdown, |address| {
             // The one line on stdout: tools and tests wait for it.
