@@ -16,6 +16,7 @@ on_all_backends!(
     rate_limit_answers_429_with_retry_after,
     registration_disabled_is_forbidden,
     failed_create_room_leaves_nothing_behind,
+    junk_on_every_route_never_answers_5xx,
 );
 
 async fn malformed_and_wrong_shape_bodies(backend: Backend) {
@@ -185,4 +186,95 @@ async fn failed_create_room_leaves_nothing_behind(backend: Backend) {
         .flat_map(|rooms| rooms.keys())
         .collect();
     assert!(new_rooms.is_empty(), "sync shows rooms from failed requests: {new_rooms:?}");
+}
+
+/// Every route of the route table (`tests/snapshots/routes.json`), with junk in its path
+/// parameters, query and body, with and without a token: the answer is always a Matrix error or
+/// a success, never a 5xx.
+async fn junk_on_every_route_never_answers_5xx(backend: Backend) {
+    let server = start(backend).await;
+    let alice = register_all(&server, &["alice"]).await.remove(0);
+    let room = alice.create_room(&json!({ "name": "junk" })).await.unwrap();
+    let api = server.api();
+    let routes: Vec<serde_json::Value> =
+        serde_json::from_str(include_str!("../snapshots/routes.json")).unwrap();
+    let params = [
+        "%00".to_owned(),
+        "!nope".to_owned(),
+        "@bad".to_owned(),
+        "%24x".to_owned(),
+        "%ZZ".to_owned(),
+        "a".repeat(300),
+        enc(&room),
+        enc("@alice:localhost"),
+        enc("#a:localhost"),
+        "m.room.message".to_owned(),
+        "%F0%9F%98%80".to_owned(),
+    ];
+    let queries = [
+        "",
+        "?limit=-1",
+        "?limit=abc&dir=x",
+        "?from=zzz&dir=b",
+        "?since=s1_9999_0_0_0_0",
+        "?filter=%7B",
+        "?at=p-5",
+    ];
+    let big = format!("{{\"msgtype\":\"m.text\",\"body\":\"{}\"}}", "x".repeat(2_000));
+    let bodies: Vec<Option<Vec<u8>>> = vec![
+        None,
+        Some(b"".to_vec()),
+        Some(b"{".to_vec()),
+        Some(b"[]".to_vec()),
+        Some(b"null".to_vec()),
+        Some(b"{\"a\": 1.5}".to_vec()),
+        Some(b"{\"user_id\": \"@x\", \"content\": {\"x\": [1]}}".to_vec()),
+        Some(big.into_bytes()),
+    ];
+    let mut requests = 0;
+    for (index, route) in routes.iter().enumerate() {
+        let method = Method::from_bytes(route["method"].as_str().unwrap().as_bytes()).unwrap();
+        for round in 0..4 {
+            let pick = index * 7 + round * 3;
+            let mut slot = 0;
+            let mut path = String::new();
+            for piece in route["path"].as_str().unwrap().split_inclusive(['{', '}']) {
+                if let Some(literal) = piece.strip_suffix('{') {
+                    path.push_str(literal);
+                } else if piece.ends_with('}') {
+                    slot += 1;
+                    path.push_str(&params[(pick + slot) % params.len()]);
+                } else {
+                    path.push_str(piece);
+                }
+            }
+            path.push_str(queries[(pick + round) % queries.len()]);
+            // Bodies only where HTTP carries them: a server may answer a GET before reading one.
+            let body =
+                if method == Method::GET { None } else { bodies[(pick + 2 * round) % bodies.len()].clone() };
+            for token in [Some(alice.access_token.as_str()), None] {
+                let response = api
+                    .raw(method.clone(), &path, token, Some("application/json"), body.clone())
+                    .await
+                    .unwrap();
+                requests += 1;
+                assert!(
+                    response.status < 500,
+                    "{method} {path} answered {}: {}",
+                    response.status,
+                    response.text
+                );
+                // A bare user-interactive-auth challenge is a flows object without an errcode.
+                if response.status >= 400 && response.body.get("flows").is_none() {
+                    assert!(
+                        response.errcode().is_some_and(|code| code.starts_with("M_")),
+                        "{method} {path} answered {} without a Matrix errcode: {}",
+                        response.status,
+                        response.text
+                    );
+                }
+            }
+        }
+    }
+    assert!(requests > 500, "only {requests} requests");
 }
