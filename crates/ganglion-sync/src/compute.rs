@@ -204,6 +204,13 @@ pub(crate) async fn sync_batch(
     Ok(batch)
 }
 
+/// The rooms a user is joined to now (the rooms a long-poll listens to, besides the user).
+pub(crate) async fn joined_room_ids(state: &SyncState, user_id: &str) -> Result<Vec<Arc<str>>, SyncError> {
+    let mut conn = state.db.conn().await?;
+    let rows = user_rooms(state, &mut conn, user_id).await?;
+    Ok(rows.iter().filter(|row| row.membership == "join").map(|row| Arc::from(row.room_id.as_str())).collect())
+}
+
 /// The user's rooms, from the membership cache or the database.
 async fn user_rooms(
     state: &SyncState,

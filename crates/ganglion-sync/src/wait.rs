@@ -47,6 +47,18 @@ pub(crate) async fn sync_within(
     // `full_state` answers at once, as the spec asks.
     let waits = !timeout.is_zero() && !request.full_state;
     let mut listening: Option<Listening> = None;
+    // A client polling right after its last response usually finds nothing new: when no stream
+    // moved past `since`, listen first and compute only once something arrives.
+    if waits && let Some(since) = &request.since {
+        let current = state.positions.current();
+        if compute::next_token(current, Some(since)) == *since {
+            let rooms = compute::joined_room_ids(state, request.user_id).await?;
+            let fresh = listening.insert(Listening::new(state, request.user_id, &rooms));
+            if state.positions.current() == current {
+                let _ = tokio::time::timeout_at(deadline, fresh.listener.notified()).await;
+            }
+        }
+    }
     loop {
         let current = state.positions.current();
         let next = compute::next_token(current, request.since.as_ref());
