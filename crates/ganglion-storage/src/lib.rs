@@ -12,12 +12,12 @@ pub mod rooms;
 pub mod state;
 pub mod streams;
 
-use std::str::FromStr;
+use std::{str::FromStr, sync::Arc};
 
 use ganglion_types::{ErrorClass, HasErrorClass};
 pub use sqlx::AnyConnection as Conn;
 use sqlx::{
-    AnyPool,
+    AnyConnection, AnyPool, Connection,
     any::{AnyConnectOptions, AnyPoolOptions},
 };
 
@@ -58,11 +58,70 @@ pub enum Backend {
     Sqlite,
 }
 
-/// The database handle every service shares.
+/// The database handle every service shares. Transactions come from `pool`; plain reads and
+/// single-statement writes from `readers`, which hands connections back without sqlx's
+/// ping-on-release (a round trip to the connection's worker for every `conn()`).
 #[derive(Clone, Debug)]
 pub struct Db {
     pub pool: AnyPool,
     pub backend: Backend,
+    readers: Arc<ReadPool>,
+}
+
+struct ReadPool {
+    options: AnyConnectOptions,
+    backend: Backend,
+    idle: parking_lot::Mutex<Vec<AnyConnection>>,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl std::fmt::Debug for ReadPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadPool").field("available", &self.permits.available_permits()).finish()
+    }
+}
+
+/// A connection from [`Db::conn`]; returned to the pool when dropped.
+pub struct DbConn {
+    conn: Option<AnyConnection>,
+    readers: Arc<ReadPool>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl std::ops::Deref for DbConn {
+    type Target = AnyConnection;
+
+    fn deref(&self) -> &AnyConnection {
+        self.conn.as_ref().expect("connection is present until drop")
+    }
+}
+
+impl std::ops::DerefMut for DbConn {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        self.conn.as_mut().expect("connection is present until drop")
+    }
+}
+
+impl Drop for DbConn {
+    fn drop(&mut self) {
+        // A connection dropped mid-query is still fine to reuse: sqlx waits for the previous
+        // command to finish before running the next one on it.
+        if let Some(conn) = self.conn.take() {
+            self.readers.idle.lock().push(conn);
+        }
+    }
+}
+
+async fn prepare(conn: &mut AnyConnection, backend: Backend) -> Result<(), sqlx::Error> {
+    if backend == Backend::Sqlite {
+        // WAL lets readers proceed during a write; NORMAL sync is durable across process
+        // crashes, which is what the embedded default promises.
+        sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
+        sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
+        sqlx::query("PRAGMA busy_timeout = 10000").execute(&mut *conn).await?;
+        sqlx::query("PRAGMA foreign_keys = OFF").execute(&mut *conn).await?;
+    }
+    Ok(())
 }
 
 impl Db {
@@ -82,28 +141,39 @@ impl Db {
             // A broken connection surfaces as a query error anyway; pinging on every acquire
             // costs a round trip per query.
             .test_before_acquire(false)
-            .after_connect(move |conn, _meta| {
-                Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        // WAL lets readers proceed during a write; NORMAL sync is durable across
-                        // process crashes, which is what the embedded default promises.
-                        sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
-                        sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
-                        sqlx::query("PRAGMA busy_timeout = 10000").execute(&mut *conn).await?;
-                        sqlx::query("PRAGMA foreign_keys = OFF").execute(&mut *conn).await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect_with(options)
+            .after_connect(move |conn, _meta| Box::pin(prepare(conn, backend)))
+            .connect_with(options.clone())
             .await?;
-        let db = Db { pool, backend };
+        let readers = Arc::new(ReadPool {
+            options,
+            backend,
+            idle: parking_lot::Mutex::new(Vec::new()),
+            permits: Arc::new(tokio::sync::Semaphore::new(max_connections as usize)),
+        });
+        let db = Db { pool, backend, readers };
         migrations::run(&db).await?;
         Ok(db)
     }
 
-    pub async fn conn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>> {
-        Ok(self.pool.acquire().await?)
+    /// A connection for reads and single-statement writes.
+    pub async fn conn(&self) -> Result<DbConn> {
+        let permit = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            self.readers.permits.clone().acquire_owned(),
+        )
+        .await
+        .map_err(|_| StorageError::Database(sqlx::Error::PoolTimedOut))?
+        .map_err(|_| StorageError::Database(sqlx::Error::PoolClosed))?;
+        let idle = self.readers.idle.lock().pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => {
+                let mut conn = AnyConnection::connect_with(&self.readers.options).await?;
+                prepare(&mut conn, self.readers.backend).await?;
+                conn
+            }
+        };
+        Ok(DbConn { conn: Some(conn), readers: self.readers.clone(), _permit: permit })
     }
 
     pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {

@@ -208,7 +208,11 @@ pub(crate) async fn sync_batch(
 pub(crate) async fn joined_room_ids(state: &SyncState, user_id: &str) -> Result<Vec<Arc<str>>, SyncError> {
     let mut conn = state.db.conn().await?;
     let rows = user_rooms(state, &mut conn, user_id).await?;
-    Ok(rows.iter().filter(|row| row.membership == "join").map(|row| Arc::from(row.room_id.as_str())).collect())
+    Ok(rows
+        .iter()
+        .filter(|row| row.membership == "join")
+        .map(|row| Arc::from(row.room_id.as_str()))
+        .collect())
 }
 
 /// The user's rooms, from the membership cache or the database.
