@@ -21,6 +21,7 @@ on_all_backends!(
     timeline_filters_limit_and_prev_batch_continues,
     full_state_returns_the_whole_room_state,
     lazy_loading_sends_only_the_senders_members,
+    lazy_loading_in_an_unnamed_room_sends_the_heroes,
     typing_and_receipts_reach_the_other_user,
     account_data_appears_in_sync,
 );
@@ -406,4 +407,35 @@ async fn account_data_appears_in_sync(backend: Backend) {
     let bobs = bob.sync("").await.unwrap();
     assert!(global_of(&bobs).is_none() && room_data_of(&bobs).is_none(), "bob sees alice's account data");
     bob.get(&global_path).await.unwrap().err(403, "M_FORBIDDEN");
+}
+
+/// An unnamed room is named after its heroes, so lazy loading also sends their member events
+/// (and the summary names them), even when they have not spoken.
+async fn lazy_loading_in_an_unnamed_room_sends_the_heroes(backend: Backend) {
+    let server = start(backend).await;
+    let [alice, bob, carol] =
+        <[Account; 3]>::try_from(register_all(&server, &["alice", "bob", "carol"]).await).unwrap();
+    let room = alice.create_room(&json!({ "preset": "public_chat" })).await.unwrap();
+    bob.join(&room).await.unwrap();
+    carol.join(&room).await.unwrap();
+    for i in 0..3 {
+        alice.send_text(&room, &format!("alice {i}")).await.unwrap();
+    }
+    let lazy_filter = filter_param(
+        &json!({ "room": { "timeline": { "limit": 3 }, "state": { "lazy_load_members": true } } }),
+    );
+    let sync = alice.sync(&lazy_filter).await.unwrap();
+    let mut events = joined_events(&sync, &room, "state");
+    events.extend(joined_events(&sync, &room, "timeline"));
+    let members: HashSet<String> = events
+        .iter()
+        .filter(|e| e["type"] == "m.room.member")
+        .map(|e| e["state_key"].as_str().unwrap().to_owned())
+        .collect();
+    let everyone: HashSet<String> =
+        ["@alice:localhost", "@bob:localhost", "@carol:localhost"].map(String::from).into();
+    assert_eq!(members, everyone, "the heroes' member events must come with lazy loading");
+    let heroes = &room_in(&sync, "join", &room)["summary"]["m.heroes"];
+    let heroes: HashSet<&str> = heroes.as_array().unwrap().iter().map(|h| h.as_str().unwrap()).collect();
+    assert_eq!(heroes, HashSet::from(["@bob:localhost", "@carol:localhost"]));
 }

@@ -591,12 +591,17 @@ impl<'a> Computation<'a> {
         if lazy {
             let mut members: Vec<&str> =
                 timeline.events.iter().map(|event| event.pdu.sender.as_str()).collect();
+            let mut heroes = Vec::new();
             if full {
                 // The user's own member event lets the client show the user's name and avatar.
-                // The heroes' member events, which the spec also asks for, are left out: the
-                // black-box lazy-loading test pins the member set to the timeline's senders.
                 members.push(self.request.user_id);
+                // A room without a name or alias is named after its heroes, so the client needs
+                // their member events too (the spec asks for them).
+                if !self.has_name_or_alias(conn, &start).await? {
+                    heroes = self.summary(conn, room.room_nid).await?.heroes;
+                }
             }
+            members.extend(heroes.iter().map(String::as_str));
             members.sort_unstable();
             members.dedup();
             if let Some(member_type) = member_type {
@@ -623,6 +628,16 @@ impl<'a> Computation<'a> {
             .collect();
         events.sort_by_key(|event| event.row.stream_pos);
         Ok(events)
+    }
+
+    /// Whether the room's state has an `m.room.name` or `m.room.canonical_alias` event.
+    async fn has_name_or_alias(&self, conn: &mut Conn, snapshot: &Snapshot) -> Result<bool, SyncError> {
+        for kind in ["m.room.name", "m.room.canonical_alias"] {
+            if self.caches.state_event(conn, snapshot, kind, "").await?.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Keeps the state entries whose type the filter allows, judged by the interned type names
