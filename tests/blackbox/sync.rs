@@ -363,6 +363,11 @@ async fn typing_and_receipts_reach_the_other_user(backend: Backend) {
 
 async fn account_data_appears_in_sync(backend: Backend) {
     let (_server, alice, bob, room) = alice_and_bob_in_a_room(backend).await;
+    // The initial sync carries the (server-default) push rules as `m.push_rules`, as Element expects.
+    let initial = alice.sync("").await.unwrap();
+    let push_rules = events_of(&initial["account_data"]).into_iter().find(|e| e["type"] == "m.push_rules");
+    let push_rules = push_rules.expect("m.push_rules in the initial sync's account data");
+    assert!(push_rules["content"]["global"]["override"].as_array().is_some_and(|rules| !rules.is_empty()));
     let mut since = initial_since(&alice, "").await;
     let global_path = format!("/user/{}/account_data/org.ganglion.test", enc(&alice.user_id));
     let room_path =

@@ -9,6 +9,7 @@ mod build;
 mod client;
 mod key;
 mod pdu;
+pub mod push_rules;
 
 pub use auth::{AuthError, auth_event_types, check_auth};
 pub use build::{BuildError, EventTemplate, build_pdu};

@@ -189,7 +189,17 @@ pub(crate) async fn sync_batch(
         account_data: Vec::new(),
         joined_room_ids: listen,
     };
-    let (global_data, mut room_data) = sync.account_data(&mut conn).await?;
+    let (mut global_data, mut room_data) = sync.account_data(&mut conn).await?;
+    // Push rules are server defaults (users cannot change them yet); clients such as Element
+    // expect them as `m.push_rules` account data in the initial sync.
+    if request.since.is_none() && request.filter.account_data.allows("m.push_rules", None) {
+        let user_id = ganglion_events::ruma::UserId::parse(request.user_id)
+            .map_err(|e| SyncError::Storage(StorageError::Corrupt(format!("session user id: {e}"))))?;
+        global_data.push(json!({
+            "type": "m.push_rules",
+            "content": { "global": ganglion_events::push_rules::default_ruleset(&user_id) },
+        }));
+    }
     batch.account_data = global_data;
     sync.joined_rooms(&mut conn, joined, newest_events, &mut room_data, &mut batch.join).await?;
     for room in invited {

@@ -6,12 +6,13 @@ use ganglion_rpc::ProfileField;
 use ganglion_types::ErrorClass;
 use serde_json::{Map, Value, json};
 
+use ganglion_events::push_rules::default_ruleset;
+
 use super::{
     discovery::{base_url, capabilities_of},
     filters::check_filter_shape,
     login::{UserIdentifier, identified_user},
     profile::new_field_value,
-    push_rules::default_ruleset,
     register::new_user_id,
     uia::{DUMMY, Flow, PASSWORD, UiaSessions, challenge, flow_is_complete, stage_is_next},
 };
