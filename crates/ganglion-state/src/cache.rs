@@ -90,8 +90,8 @@ impl Caches {
         Caches {
             snapshots: BoundedCache::new(4_096),
             blocks: BoundedCache::new(65_536),
-            events: BoundedCache::new(50_000),
-            event_nids: BoundedCache::new(50_000),
+            events: BoundedCache::new(20_000),
+            event_nids: BoundedCache::new(20_000),
             type_nids: BoundedCache::new(10_000),
             type_names: BoundedCache::new(10_000),
             state_key_nids: BoundedCache::new(200_000),

@@ -120,6 +120,8 @@ async fn prepare(conn: &mut AnyConnection, backend: Backend) -> Result<(), sqlx:
         sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
         sqlx::query("PRAGMA busy_timeout = 10000").execute(&mut *conn).await?;
         sqlx::query("PRAGMA foreign_keys = OFF").execute(&mut *conn).await?;
+        // Each connection has its own page cache; the OS page cache already holds the file.
+        sqlx::query("PRAGMA cache_size = -1024").execute(&mut *conn).await?;
     }
     Ok(())
 }
@@ -135,8 +137,11 @@ impl Db {
             let _ = std::fs::create_dir_all(parent);
         }
         let options = AnyConnectOptions::from_str(url)?;
+        // SQLite takes one writer at a time: a few connections for transactions are plenty.
+        let transaction_connections =
+            if backend == Backend::Sqlite { max_connections.min(4) } else { max_connections };
         let pool = AnyPoolOptions::new()
-            .max_connections(max_connections)
+            .max_connections(transaction_connections)
             .acquire_timeout(std::time::Duration::from_secs(10))
             // A broken connection surfaces as a query error anyway; pinging on every acquire
             // costs a round trip per query.
