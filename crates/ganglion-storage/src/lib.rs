@@ -24,17 +24,50 @@ use sqlx::{
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     #[error("corrupt row: {0}")]
     Corrupt(String),
     #[error("migration {version} failed: {source}")]
     Migration { version: i64, source: sqlx::Error },
 }
 
+/// Counts connection-level failures (I/O, protocol). A connection from [`Db::conn`] that was
+/// out while the count moved may be the broken one, so it is closed instead of reused.
+static CONNECTION_FAILURES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Whether the error means the connection (or the server behind it) is gone: I/O failures, and
+/// PostgreSQL's connection-exception (08) and operator-intervention (57P) classes.
+fn is_connection_failure(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::Tls(_) | sqlx::Error::WorkerCrashed => {
+            true
+        }
+        sqlx::Error::Database(error) => {
+            error.code().is_some_and(|code| code.starts_with("08") || code.starts_with("57P"))
+        }
+        _ => false,
+    }
+}
+
+impl From<sqlx::Error> for StorageError {
+    fn from(error: sqlx::Error) -> StorageError {
+        if is_connection_failure(&error) {
+            CONNECTION_FAILURES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        StorageError::Database(error)
+    }
+}
+
 impl HasErrorClass for StorageError {
     fn class(&self) -> ErrorClass {
         match self {
-            StorageError::Database(sqlx::Error::PoolTimedOut) => ErrorClass::Unavailable,
+            // The database is down, restarting or overloaded: the request may succeed later (503).
+            StorageError::Database(error)
+                if is_connection_failure(error)
+                    || matches!(error, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed) =>
+            {
+                ErrorClass::Unavailable
+            }
             _ => ErrorClass::Internal,
         }
     }
@@ -84,6 +117,7 @@ impl std::fmt::Debug for ReadPool {
 /// A connection from [`Db::conn`]; returned to the pool when dropped.
 pub struct DbConn {
     conn: Option<AnyConnection>,
+    failures_at_acquire: u64,
     readers: Arc<ReadPool>,
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
@@ -106,7 +140,10 @@ impl Drop for DbConn {
     fn drop(&mut self) {
         // A connection dropped mid-query is still fine to reuse: sqlx waits for the previous
         // command to finish before running the next one on it.
-        if let Some(conn) = self.conn.take() {
+        let failures = CONNECTION_FAILURES.load(std::sync::atomic::Ordering::Relaxed);
+        if let Some(conn) = self.conn.take()
+            && failures == self.failures_at_acquire
+        {
             self.readers.idle.lock().push(conn);
         }
     }
@@ -169,6 +206,7 @@ impl Db {
         .await
         .map_err(|_| StorageError::Database(sqlx::Error::PoolTimedOut))?
         .map_err(|_| StorageError::Database(sqlx::Error::PoolClosed))?;
+        let failures_at_acquire = CONNECTION_FAILURES.load(std::sync::atomic::Ordering::Relaxed);
         let idle = self.readers.idle.lock().pop();
         let conn = match idle {
             Some(conn) => conn,
@@ -178,7 +216,7 @@ impl Db {
                 conn
             }
         };
-        Ok(DbConn { conn: Some(conn), readers: self.readers.clone(), _permit: permit })
+        Ok(DbConn { conn: Some(conn), failures_at_acquire, readers: self.readers.clone(), _permit: permit })
     }
 
     pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
