@@ -7,6 +7,7 @@
 mod auth;
 mod build;
 mod client;
+pub mod filter;
 mod key;
 mod pdu;
 pub mod push_rules;

@@ -19,8 +19,6 @@ mod uia;
 use ganglion_events::ruma::{OwnedUserId, UserId};
 use ganglion_http::{MatrixError, MatrixResult, Route, Session};
 use ganglion_types::EndpointClass::{Auth, ClientRead, ClientWrite, WellKnown};
-use serde::de::DeserializeOwned;
-use serde_json::{Map, Value};
 
 use crate::ClientState;
 pub use uia::UiaSessions;
@@ -79,12 +77,7 @@ pub(crate) fn routes() -> Vec<Route<ClientState>> {
     ]
 }
 
-/// Deserializes a request body that must be a JSON object. (Taking the body as a map first
-/// keeps serde from accepting a JSON array for a struct.)
-fn from_object<T: DeserializeOwned>(body: Map<String, Value>) -> MatrixResult<T> {
-    serde_json::from_value(Value::Object(body))
-        .map_err(|error| MatrixError::bad_json(format!("Invalid JSON: {error}")))
-}
+use crate::rooms::from_object;
 
 /// The user id of a path, or `M_INVALID_PARAM`.
 fn user_id_param(text: &str) -> MatrixResult<OwnedUserId> {

@@ -5,6 +5,8 @@
 //! master.
 
 mod access;
+
+pub(crate) use access::from_object;
 mod create;
 mod directory;
 mod ephemeral;
