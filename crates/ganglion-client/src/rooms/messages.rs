@@ -19,7 +19,7 @@ use serde_json::{Map, Value, json};
 
 use super::{
     access::{self, HistoryRules},
-    filter::RoomEventFilter,
+    filter::{self, RoomEventFilter},
 };
 use crate::ClientState;
 
@@ -72,7 +72,7 @@ pub(crate) async fn messages(
         Some(_) => return Err(MatrixError::invalid_param("`dir` must be `b` or `f`")),
         None => return Err(MatrixError::missing_param("Missing `dir`")),
     };
-    let filter = query.filter.as_deref().map(RoomEventFilter::parse).transpose()?.unwrap_or_default();
+    let filter = query.filter.as_deref().map(filter::parse).transpose()?.unwrap_or_default();
     let limit = query.limit.or(filter.limit).unwrap_or(10).clamp(1, MAX_LIMIT) as usize;
     let from = query.from.as_deref().map(|token| access::parse_stream_point(token, "from")).transpose()?;
     let to = query.to.as_deref().map(|token| access::parse_stream_point(token, "to")).transpose()?;
@@ -193,7 +193,7 @@ impl PageReader<'_> {
             return false;
         }
         let has_url = self.filter.needs_content() && pdu.content_value().get("url").is_some();
-        self.filter.allows_event(&kind, pdu.sender.as_str(), has_url)
+        self.filter.allows_event(&kind, Some(pdu.sender.as_str()), has_url)
     }
 }
 
