@@ -82,8 +82,16 @@ pub async fn run(
         Arc::new(DbAuthenticator::new(db.clone(), caches.clone(), limiter.clone()));
 
     let role = config.worker.role;
-    let master =
-        MasterService::new(db.clone(), caches.clone(), key, config.clone(), bus, typing.clone()).await?;
+    let master = MasterService::new(
+        db.clone(),
+        caches.clone(),
+        key,
+        config.clone(),
+        bus,
+        typing.clone(),
+        positions.clone(),
+    )
+    .await?;
     let mut routes: Vec<Route<()>> = Vec::new();
     if role_serves(role, EndpointClass::ClientRead) {
         let master: Arc<dyn Master> = master.clone();

@@ -6,7 +6,7 @@
 //! registration and generous rate limits, because it is meant for trying Ganglion out. With a
 //! config file, unspecified keys take production values: registration off, Synapse-like limits.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
 
 use figment::{
     Figment,
@@ -28,6 +28,53 @@ pub struct Config {
     pub registration: RegistrationConfig,
     pub rate_limits: RateLimitConfig,
     pub rooms: RoomsConfig,
+    /// Cluster mode: Redis carries replication (never the source of truth).
+    pub redis: RedisConfig,
+    /// Cluster mode: timeouts between processes.
+    pub cluster: ClusterConfig,
+    /// Cluster mode: every process of the cluster by name. A process finds its own entry by
+    /// `worker.name`; its client API listens on the entry's `http` address.
+    pub instance_map: BTreeMap<String, InstanceConfig>,
+    /// Cluster mode: where the generated nginx config listens.
+    pub load_balancer: LoadBalancerConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceConfig {
+    pub role: Role,
+    /// Client API (and health) listener.
+    pub http: SocketAddr,
+    /// gRPC listener; the master must have one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://host:port/db`. Required by every cluster role.
+    pub url: String,
+    /// Approximate length each Redis Stream is trimmed to (`XADD … MAXLEN ~`).
+    pub stream_maxlen: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Deadline of every call to the master.
+    pub rpc_timeout_ms: u64,
+    /// How long a worker waits for its replication to reach a position a client already saw
+    /// (a sync token from another worker, its own write) before answering 503.
+    pub replication_wait_ms: u64,
+    /// How often a worker reads new stream rows from the database while Redis is unreachable.
+    pub fallback_poll_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadBalancerConfig {
+    pub listen: SocketAddr,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -121,6 +168,14 @@ impl Config {
                 login: Bucket { per_second: 100.0, burst: 500 },
             },
             rooms: RoomsConfig { default_version: "12".into() },
+            redis: RedisConfig { url: String::new(), stream_maxlen: 10_000 },
+            cluster: ClusterConfig {
+                rpc_timeout_ms: 10_000,
+                replication_wait_ms: 5_000,
+                fallback_poll_ms: 250,
+            },
+            instance_map: BTreeMap::new(),
+            load_balancer: LoadBalancerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8008)) },
         }
     }
 
@@ -139,6 +194,15 @@ impl Config {
 
     /// Loads the config: defaults, then `file` (if any), then `GANGLION_*` variables.
     pub fn load(file: Option<&std::path::Path>) -> Result<Config, ConfigError> {
+        Config::load_instance(file, None)
+    }
+
+    /// Loads the config of the cluster process `instance`, which takes its role from the
+    /// instance map: one file describes the whole cluster.
+    pub fn load_instance(
+        file: Option<&std::path::Path>,
+        instance: Option<&str>,
+    ) -> Result<Config, ConfigError> {
         let figment = match file {
             Some(path) => {
                 if !path.exists() {
@@ -148,7 +212,20 @@ impl Config {
             }
             None => Figment::from(Serialized::defaults(Config::embedded_default())),
         };
-        Config::from_figment(figment.merge(Env::prefixed("GANGLION_").split("__")))
+        let mut figment = figment.merge(Env::prefixed("GANGLION_").split("__"));
+        if let Some(name) = instance {
+            figment = figment.merge(Serialized::default("worker.name", name));
+            let map: BTreeMap<String, InstanceConfig> =
+                figment.extract_inner("instance_map").unwrap_or_default();
+            let Some(entry) = map.get(name) else {
+                return Err(ConfigError::Invalid {
+                    key: "instance_map",
+                    problem: format!("has no instance named {name:?}"),
+                });
+            };
+            figment = figment.merge(Serialized::default("worker.role", entry.role));
+        }
+        Config::from_figment(figment)
     }
 
     pub fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
@@ -164,6 +241,10 @@ impl Config {
             ConfigError::Load(message)
         })?;
         config.validate()?;
+        let mut config = config;
+        if let Some(instance) = config.instance() {
+            config.http.listen = instance.http;
+        }
         Ok(config)
     }
 
@@ -172,12 +253,7 @@ impl Config {
         if ruma_server_name_is_valid(&self.server_name).is_err() {
             return invalid("server_name", "not a valid Matrix server name (host[:port])");
         }
-        if self.worker.role != Role::All {
-            return invalid(
-                "worker.role",
-                "only \"all\" is available in this build; cluster roles come with cluster mode",
-            );
-        }
+        self.validate_cluster()?;
         if !self.database.url.is_empty()
             && !self.database.url.starts_with("sqlite:")
             && !self.database.url.starts_with("postgres://")
@@ -204,6 +280,77 @@ impl Config {
             return invalid("rooms.default_version", "must be one of 10, 11, 12");
         }
         Ok(())
+    }
+
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let invalid = |key, problem: String| Err(ConfigError::Invalid { key, problem });
+        let masters: Vec<(&String, &InstanceConfig)> =
+            self.instance_map.iter().filter(|(_, i)| i.role == Role::Master).collect();
+        if !self.instance_map.is_empty() {
+            if masters.len() != 1 {
+                return invalid("instance_map", format!("needs exactly one master, has {}", masters.len()));
+            }
+            if masters[0].1.grpc.is_none() {
+                return invalid("instance_map", format!("master {:?} needs a grpc address", masters[0].0));
+            }
+            if let Some((name, _)) = self.instance_map.iter().find(|(_, i)| i.role == Role::All) {
+                return invalid(
+                    "instance_map",
+                    format!("instance {name:?}: role \"all\" cannot be in a cluster"),
+                );
+            }
+        }
+        if self.worker.role == Role::All {
+            return Ok(());
+        }
+        match self.instance_map.get(&self.worker.name) {
+            None => {
+                return invalid(
+                    "worker.name",
+                    format!("{:?} is not in instance_map (every cluster process must be)", self.worker.name),
+                );
+            }
+            Some(instance) if instance.role != self.worker.role => {
+                return invalid(
+                    "worker.role",
+                    format!(
+                        "is {} but instance_map.{} says {}",
+                        self.worker.role.as_str(),
+                        self.worker.name,
+                        instance.role.as_str()
+                    ),
+                );
+            }
+            Some(_) => {}
+        }
+        if !self.database.url.starts_with("postgres://") && !self.database.url.starts_with("postgresql://") {
+            return invalid(
+                "database.url",
+                "cluster roles share one PostgreSQL database (postgres://…)".into(),
+            );
+        }
+        if !self.redis.url.starts_with("redis://") {
+            return invalid("redis.url", "cluster roles need Redis (redis://host:port)".into());
+        }
+        if self.cluster.rpc_timeout_ms == 0 || self.cluster.fallback_poll_ms == 0 {
+            return invalid("cluster", "timeouts must be at least 1 ms".into());
+        }
+        Ok(())
+    }
+
+    /// This process's entry in the instance map (none for `role = "all"`).
+    pub fn instance(&self) -> Option<&InstanceConfig> {
+        if self.worker.role == Role::All { None } else { self.instance_map.get(&self.worker.name) }
+    }
+
+    /// The master's gRPC address.
+    pub fn master_grpc(&self) -> Option<SocketAddr> {
+        self.instance_map.values().find(|i| i.role == Role::Master).and_then(|i| i.grpc)
+    }
+
+    /// Names and entries of the instances of `role`.
+    pub fn instances_of(&self, role: Role) -> Vec<(&str, &InstanceConfig)> {
+        self.instance_map.iter().filter(|(_, i)| i.role == role).map(|(n, i)| (n.as_str(), i)).collect()
     }
 
     /// The database URL, with the SQLite default filled in.

@@ -158,6 +158,7 @@ pub(crate) async fn logout(svc: &MasterService, access_token: &str) -> MasterRes
     store::delete_access_token(&mut tx, access_token).await.map_err(internal)?;
     tx.commit().await.map_err(|e| internal(ganglion_storage::StorageError::from(e)))?;
     svc.caches.forget_sessions();
+    svc.bus.invalidate(ganglion_replication::Invalidation::Sessions);
     Ok(())
 }
 
@@ -169,6 +170,7 @@ pub(crate) async fn logout_all(svc: &MasterService, user_id: &OwnedUserId) -> Ma
     store::delete_access_tokens_of_user(&mut tx, user_id.as_str(), None).await.map_err(internal)?;
     tx.commit().await.map_err(|e| internal(ganglion_storage::StorageError::from(e)))?;
     svc.caches.forget_sessions();
+    svc.bus.invalidate(ganglion_replication::Invalidation::Sessions);
     Ok(())
 }
 
@@ -196,6 +198,7 @@ pub(crate) async fn set_password(
     }
     tx.commit().await.map_err(|e| internal(ganglion_storage::StorageError::from(e)))?;
     svc.caches.forget_sessions();
+    svc.bus.invalidate(ganglion_replication::Invalidation::Sessions);
     Ok(())
 }
 
@@ -210,6 +213,7 @@ pub(crate) async fn delete_devices(
     }
     tx.commit().await.map_err(|e| internal(ganglion_storage::StorageError::from(e)))?;
     svc.caches.forget_sessions();
+    svc.bus.invalidate(ganglion_replication::Invalidation::Sessions);
     Ok(())
 }
 

@@ -21,14 +21,14 @@ use ganglion_events::{
     EventTemplate, ServerKey,
     ruma::{OwnedDeviceId, OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedUserId},
 };
-use ganglion_replication::{Bus, TypingStore};
+use ganglion_replication::{Bus, Positions, TypingStore};
 use ganglion_rpc::{
     CreateRoomRequest, LoginRequest, Master, MasterResult, MembershipChange, ProfileField, RegisterRequest,
-    SessionGrant,
+    SessionGrant, TypingSnapshot,
 };
 use ganglion_state::Caches;
 use ganglion_storage::Db;
-use ganglion_types::{StreamPosition, SyncToken};
+use ganglion_types::SyncToken;
 use serde_json::Value;
 use tokio::sync::Mutex;
 
@@ -41,6 +41,10 @@ pub struct MasterService {
     config: Arc<Config>,
     bus: Arc<dyn Bus>,
     typing: Arc<TypingStore>,
+    /// Identifies this run of the master: typing positions restart with it.
+    typing_epoch: u64,
+    /// What has been committed and published, per stream.
+    positions: Arc<Positions>,
     /// Invariant: held while allocating positions and persisting, so commits happen in
     /// position order.
     writer: Mutex<Writer>,
@@ -60,6 +64,7 @@ impl MasterService {
         config: Arc<Config>,
         bus: Arc<dyn Bus>,
         typing: Arc<TypingStore>,
+        positions: Arc<Positions>,
     ) -> MasterResult<Arc<MasterService>> {
         let writer = Writer::load(&db).await?;
         let (send_queue, jobs) = tokio::sync::mpsc::channel(4096);
@@ -70,6 +75,8 @@ impl MasterService {
             config,
             bus,
             typing,
+            typing_epoch: positions.typing_epoch(),
+            positions,
             writer: Mutex::new(writer),
             send_queue,
             hashing: tokio::sync::Semaphore::new(2),
@@ -77,18 +84,6 @@ impl MasterService {
         let task_service = service.clone();
         tokio::spawn(async move { sends::run(&task_service, jobs).await });
         Ok(service)
-    }
-
-    /// The positions readers may start from.
-    pub async fn current_token(&self, typing_epoch: u64) -> SyncToken {
-        let writer = self.writer.lock().await;
-        SyncToken {
-            events: StreamPosition(writer.last_event_pos),
-            receipts: StreamPosition(writer.last_receipt_pos),
-            typing: self.typing.position(),
-            account_data: StreamPosition(writer.last_account_data_pos),
-            typing_epoch,
-        }
     }
 
     /// Expires typing notifications; run every second or so.
@@ -107,6 +102,15 @@ impl MasterService {
 
 #[async_trait]
 impl Master for MasterService {
+    async fn positions(&self) -> MasterResult<SyncToken> {
+        Ok(self.positions.current())
+    }
+
+    async fn typing_snapshot(&self) -> MasterResult<TypingSnapshot> {
+        let (position, rooms) = self.typing.snapshot();
+        Ok(TypingSnapshot { epoch: self.typing_epoch, position, rooms })
+    }
+
     async fn register(&self, request: RegisterRequest) -> MasterResult<SessionGrant> {
         accounts::register(self, request).await
     }

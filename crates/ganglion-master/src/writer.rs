@@ -433,12 +433,14 @@ impl<'w> Batch<'w> {
         }
         let mut events = Vec::with_capacity(self.appended.len());
         let mut rows = Vec::with_capacity(self.appended.len());
+        let mut redacted_events = Vec::new();
         for appended in self.appended.drain(..) {
             if let Some(snapshot) = &appended.snapshot {
                 caches.remember_snapshot(snapshot);
             }
             if let Some(redacted) = appended.redacted {
                 caches.forget_event(redacted);
+                redacted_events.push(redacted);
             }
             caches.remember_event(appended.event.clone());
             let txn = appended.txn.as_ref().map(|(device, txn_id)| (device.as_str(), txn_id.as_str()));
@@ -457,6 +459,10 @@ impl<'w> Batch<'w> {
                 event_nid: Some(appended.event.row.event_nid),
             });
             events.push(appended.event);
+        }
+        // Invalidations first: a reader woken by the redaction must not serve the stale copy.
+        for redacted in redacted_events {
+            self.svc.bus.invalidate(ganglion_replication::Invalidation::Event(redacted));
         }
         self.svc.bus.publish_all(rows);
         Ok(events)

@@ -36,9 +36,23 @@ pub struct StreamRow {
     pub event_nid: Option<EventNid>,
 }
 
+/// A cached entry that other processes must drop after a committed change (the `caches`
+/// stream). The writer has already dropped its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalidation {
+    /// Access tokens were revoked: forget every cached session.
+    Sessions,
+    /// The event was redacted: its cached copy is stale.
+    Event(EventNid),
+}
+
 /// Where writers publish committed rows.
 pub trait Bus: Send + Sync + 'static {
     fn publish(&self, row: StreamRow);
+
+    /// Tells other processes to drop a cache entry. In one process there is nothing to do: the
+    /// writer shares its caches with the readers.
+    fn invalidate(&self, _what: Invalidation) {}
 
     /// Publishes rows committed together; readers see all of them before any wake-up, so a
     /// woken `/sync` returns the whole batch at once.

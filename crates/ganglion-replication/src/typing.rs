@@ -85,6 +85,58 @@ impl TypingStore {
         StreamPosition(self.inner.lock().position)
     }
 
+    /// Every room where someone is typing, with its typers (sorted), and the position.
+    pub fn snapshot(&self) -> (StreamPosition, Vec<(String, Vec<String>)>) {
+        let inner = self.inner.lock();
+        let mut rooms: Vec<(String, Vec<String>)> = inner
+            .typing
+            .iter()
+            .map(|(room, users)| {
+                let mut users: Vec<String> = users.keys().cloned().collect();
+                users.sort();
+                (room.clone(), users)
+            })
+            .collect();
+        rooms.sort();
+        (StreamPosition(inner.position), rooms)
+    }
+
+    /// A follower's copy: replaces everything with the writer's snapshot. Every room in it
+    /// counts as changed at `position`, so a sync from an older token resends them.
+    pub fn reset(&self, position: StreamPosition, rooms: &[(String, Vec<String>)]) {
+        let mut inner = self.inner.lock();
+        let previous: Vec<String> = inner.typing.keys().cloned().collect();
+        inner.typing.clear();
+        inner.changed_at.clear();
+        inner.position = position.0;
+        // The writer expires entries and tells us; ours never expire on their own.
+        let never = Instant::now() + Duration::from_secs(10 * 365 * 24 * 3600);
+        for (room, users) in rooms {
+            inner.typing.insert(room.clone(), users.iter().map(|u| (u.clone(), never)).collect());
+            inner.changed_at.insert(room.clone(), position.0);
+        }
+        for room in previous {
+            inner.changed_at.insert(room, position.0);
+        }
+    }
+
+    /// A follower's copy: `room`'s typers as of the writer's `position`. Older positions are
+    /// ignored (replays after a reconnect).
+    pub fn apply(&self, room_id: &str, users: &[String], position: StreamPosition) {
+        let mut inner = self.inner.lock();
+        if position.0 <= inner.position {
+            return;
+        }
+        let never = Instant::now() + Duration::from_secs(10 * 365 * 24 * 3600);
+        inner.position = position.0;
+        if users.is_empty() {
+            inner.typing.remove(room_id);
+        } else {
+            inner.typing.insert(room_id.to_owned(), users.iter().map(|u| (u.clone(), never)).collect());
+        }
+        inner.changed_at.insert(room_id.to_owned(), position.0);
+    }
+
     /// Users typing in `room` now, sorted.
     pub fn typing_in_room(&self, room_id: &str) -> Vec<String> {
         let inner = self.inner.lock();

@@ -11,7 +11,7 @@ use ganglion_events::{
     EventTemplate,
     ruma::{OwnedDeviceId, OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomVersionId},
 };
-use ganglion_types::{ErrorClass, HasErrorClass};
+use ganglion_types::{ErrorClass, HasErrorClass, StreamPosition, SyncToken};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -132,8 +132,22 @@ pub enum ProfileField {
     AvatarUrl,
 }
 
+/// The typing stream as the master holds it: workers start from this and follow the stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TypingSnapshot {
+    /// Identifies the master's run; typing positions restart with it.
+    pub epoch: u64,
+    pub position: StreamPosition,
+    /// Rooms where someone is typing, with the users typing, sorted.
+    pub rooms: Vec<(String, Vec<String>)>,
+}
+
 #[async_trait]
 pub trait Master: Send + Sync + 'static {
+    /// The positions every stream has been committed and published up to.
+    async fn positions(&self) -> MasterResult<SyncToken>;
+    async fn typing_snapshot(&self) -> MasterResult<TypingSnapshot>;
+
     async fn register(&self, request: RegisterRequest) -> MasterResult<SessionGrant>;
     /// Checks the password and opens a session.
     async fn login(&self, request: LoginRequest) -> MasterResult<SessionGrant>;

@@ -24,6 +24,10 @@ enum Command {
     Run {
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Cluster mode: which process of the config's `instance_map` this is (sets
+        /// `worker.name` and takes `worker.role` from the map).
+        #[arg(long)]
+        worker: Option<String>,
     },
     /// Prints the route table.
     Routes {
@@ -45,7 +49,7 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&table)?);
             Ok(())
         }
-        Command::Run { config } => run(config),
+        Command::Run { config, worker } => run(config, worker),
     }
 }
 
@@ -60,7 +64,7 @@ fn tune_allocator() {
     }
 }
 
-fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
+fn run(config_path: Option<PathBuf>, worker: Option<String>) -> anyhow::Result<()> {
     tune_allocator();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -70,7 +74,7 @@ fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,ruma_state_res=warn")),
         )
         .init();
-    let config = match ganglion_config::Config::load(config_path.as_deref()) {
+    let config = match ganglion_config::Config::load_instance(config_path.as_deref(), worker.as_deref()) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("ganglion: {error}");
