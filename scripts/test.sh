@@ -3,7 +3,8 @@
 # root), builds every target of the workspace, then runs every test: unit tests, the storage
 # conformance tests and the black-box suite (real `ganglion` processes on SQLite and on a
 # throwaway PostgreSQL that the testkit starts on a free port and stops when the tests end; the
-# machine's own PostgreSQL and Redis are never used).
+# cluster tests add throwaway Redis and nginx processes the same way; the machine's own
+# PostgreSQL and Redis are never used).
 #
 # Extra arguments go to `cargo test`, e.g. `scripts/test.sh -p ganglion-tests -- sqlite`.
 # Environment: CARGO_BUILD_JOBS and RUST_TEST_THREADS default to 2 (a 2-core machine).
@@ -18,9 +19,9 @@ if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && ! have initdb; 
     # Only the server binaries are used (initdb, postgres, createdb, pg_isready).
     missing+=(postgresql)
 fi
-# Cluster tests will also need these; uncomment when they land:
-# have redis-server || missing+=(redis-server)
-# have nginx || missing+=(nginx)
+# The cluster tests start throwaway Redis and nginx processes from these packages.
+have redis-server || missing+=(redis-server)
+have nginx || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
 
 if ((${#missing[@]})); then
     if [[ "$(id -u)" -eq 0 ]] && have apt-get; then
@@ -29,6 +30,12 @@ if ((${#missing[@]})); then
             # We want the binaries, not a system cluster started on port 5432.
             mkdir -p /etc/postgresql-common
             echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.conf
+        fi
+        if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+            # Install the packages without starting their system services (port 80, 6379).
+            printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+            chmod +x /usr/sbin/policy-rc.d
+            trap 'rm -f /usr/sbin/policy-rc.d' EXIT
         fi
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq

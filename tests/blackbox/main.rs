@@ -1,8 +1,10 @@
 //! Black-box suite: real `ganglion` processes driven over HTTP by matrix-sdk and reqwest.
 //!
-//! Every scenario is an `async fn(Backend)` and runs twice, as `<area>::sqlite::<name>` and
-//! `<area>::postgres::<name>` (see [`on_all_backends!`]). Each run starts its own server; the
-//! PostgreSQL runs share one throwaway cluster per test process, with a fresh database each.
+//! Every scenario is an `async fn(Backend)` and runs three times, as `<area>::sqlite::<name>`,
+//! `<area>::postgres::<name>` and `<area>::cluster::<name>` (see [`on_all_backends!`]): the
+//! embedded default on both databases, and a cluster (master, 2 sync workers, 2 client-readers,
+//! Redis, nginx) driven through nginx. Each run starts its own servers; the PostgreSQL runs share
+//! one throwaway cluster per test process, with a fresh database each.
 //! Waits are bounded: long-poll syncs with a deadline, never sleeps.
 
 use std::{future::Future, time::Duration};
@@ -26,6 +28,14 @@ macro_rules! on_all_backends {
                 #[tokio::test]
                 async fn $scenario() {
                     crate::run(super::$scenario(ganglion_testkit::Backend::Postgres)).await
+                }
+            )+
+        }
+        mod cluster {
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    crate::run(super::$scenario(ganglion_testkit::Backend::Cluster)).await
                 }
             )+
         }

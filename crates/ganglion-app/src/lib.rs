@@ -2,9 +2,12 @@
 //! loads the signing key, wires the bus, builds the router from the route table, and serves.
 //!
 //! `role = "all"` (the embedded default) runs the master, sync and client-reader services in
-//! one process with the in-process bus.
+//! one process with the in-process bus. In a cluster, `master` publishes on Redis and serves
+//! gRPC; `sync` and `client-reader` call the master over gRPC and follow its streams.
 
 mod auth;
+mod cluster;
+pub mod nginx;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -14,12 +17,15 @@ use ganglion_config::Config;
 use ganglion_events::ServerKey;
 use ganglion_http::{Authenticator, RateLimiter, Route, RouteInfo, router_from_routes};
 use ganglion_master::MasterService;
-use ganglion_replication::{InProcessBus, Notifier, Positions, RecentEvents, TypingStore};
+use ganglion_replication::{
+    Bus, CatchUp, InProcessBus, Notifier, Positions, RecentEvents, TypingStore,
+    redis::{Follower, RedisBus},
+};
 use ganglion_rpc::Master;
 use ganglion_state::Caches;
 use ganglion_storage::Db;
 use ganglion_sync::SyncState;
-use ganglion_types::{EndpointClass, Role, StreamPosition, SyncToken};
+use ganglion_types::{Role, StreamPosition, SyncToken};
 use http::HeaderValue;
 use tokio::net::TcpListener;
 
@@ -37,6 +43,10 @@ pub enum AppError {
     Listen { address: String, source: std::io::Error },
     #[error("server: {0}")]
     Serve(std::io::Error),
+    #[error("redis: {0}")]
+    Redis(String),
+    #[error("config: {0}")]
+    Config(&'static str),
 }
 
 /// The route table: every endpoint of every role, one line each, with its class. Handlers are
@@ -62,99 +72,235 @@ pub async fn run(
         .map_err(|source| AppError::Listen { address: config.http.listen.to_string(), source })?;
     config.http.listen = listener.local_addr().map_err(AppError::Serve)?;
     let config = Arc::new(config);
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|source| AppError::Listen { address: config.data_dir.display().to_string(), source })?;
-    let key =
-        Arc::new(ServerKey::load_or_generate(&config.server_name, &config.data_dir.join("signing.key"))?);
+    let role = config.worker.role;
     let db = Db::connect(&config.database_url(), config.database.max_connections).await?;
-    tracing::info!(backend = ?db.backend, "database ready");
+    tracing::info!(backend = ?db.backend, role = role.as_str(), "database ready");
+
+    // One `shutdown` for every server of the process.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+    let until_stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|stopped| *stopped).await;
+        }
+    };
 
     let caches = Arc::new(Caches::new());
     let typing = Arc::new(TypingStore::new());
     let notifier = Notifier::new();
-    let typing_epoch = ganglion_storage::now_ms().max(0) as u64;
+    // The master's run identifies the typing stream's epoch; workers learn it from the master.
+    let typing_epoch = if role == Role::Sync || role == Role::ClientReader {
+        0
+    } else {
+        ganglion_storage::now_ms().max(0) as u64
+    };
     let start = initial_token(&db, typing_epoch).await?;
     let positions = Arc::new(Positions::new(start));
     let recent = Arc::new(RecentEvents::new(start.events));
-    let bus = Arc::new(InProcessBus::new(positions.clone(), notifier.clone(), recent.clone()));
     let limiter = Arc::new(RateLimiter::new(&config.rate_limits));
     let authenticator: Arc<dyn Authenticator> =
         Arc::new(DbAuthenticator::new(db.clone(), caches.clone(), limiter.clone()));
 
-    let role = config.worker.role;
-    let master = MasterService::new(
+    let mut catch_up: Option<Arc<dyn CatchUp>> = None;
+    let mut follower: Option<Arc<Follower>> = None;
+    let master: Arc<dyn Master> = match role {
+        Role::All | Role::Master => {
+            std::fs::create_dir_all(&config.data_dir).map_err(|source| AppError::Listen {
+                address: config.data_dir.display().to_string(),
+                source,
+            })?;
+            let key = Arc::new(ServerKey::load_or_generate(
+                &config.server_name,
+                &config.data_dir.join("signing.key"),
+            )?);
+            let local = InProcessBus::new(positions.clone(), notifier.clone(), recent.clone());
+            let bus: Arc<dyn Bus> = if role == Role::Master {
+                Arc::new(
+                    RedisBus::start(
+                        local,
+                        typing.clone(),
+                        &config.redis.url,
+                        config.redis.stream_maxlen,
+                        typing_epoch,
+                    )
+                    .map_err(|e| AppError::Redis(e.to_string()))?,
+                )
+            } else {
+                Arc::new(local)
+            };
+            let service = MasterService::new(
+                db.clone(),
+                caches.clone(),
+                key,
+                config.clone(),
+                bus,
+                typing.clone(),
+                positions.clone(),
+            )
+            .await?;
+            let typing_master = service.clone();
+            tokio::spawn(async move {
+                let mut interval = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    interval.tick().await;
+                    typing_master.expire_typing();
+                }
+            });
+            if role == Role::Master {
+                let address =
+                    config.master_grpc().ok_or(AppError::Config("the master needs a grpc address"))?;
+                let grpc = TcpListener::bind(address)
+                    .await
+                    .map_err(|source| AppError::Listen { address: address.to_string(), source })?;
+                let served: Arc<dyn Master> = service.clone();
+                let stopped = until_stopped();
+                tokio::spawn(async move {
+                    if let Err(error) = ganglion_rpc::grpc::serve(served, grpc, stopped).await {
+                        tracing::error!(%error, "gRPC server failed");
+                    }
+                });
+                tracing::info!(%address, "gRPC listening");
+            }
+            service
+        }
+        Role::Sync | Role::ClientReader => {
+            let address = config.master_grpc().ok_or(AppError::Config("instance_map has no master"))?;
+            let remote: Arc<dyn Master> = Arc::new(ganglion_rpc::grpc::RemoteMaster::new(
+                address,
+                Duration::from_millis(config.cluster.rpc_timeout_ms),
+            ));
+            let hooks = Arc::new(cluster::WorkerHooks { master: remote.clone(), caches: caches.clone() });
+            let follow = Follower::new(
+                db.clone(),
+                positions.clone(),
+                notifier.clone(),
+                recent.clone(),
+                typing.clone(),
+                hooks,
+                config.redis.url.clone(),
+                Duration::from_millis(config.cluster.fallback_poll_ms),
+            );
+            follow.start();
+            let as_catch_up: Arc<dyn CatchUp> = follow.clone();
+            catch_up = Some(as_catch_up.clone());
+            follower = Some(follow);
+            Arc::new(cluster::WorkerMaster::new(
+                remote,
+                as_catch_up,
+                caches.clone(),
+                Duration::from_millis(config.cluster.replication_wait_ms),
+            ))
+        }
+    };
+
+    let mut routes: Vec<Route<()>> = Vec::new();
+    let state = ClientState::new(
         db.clone(),
         caches.clone(),
-        key,
+        master,
+        authenticator.clone(),
         config.clone(),
-        bus,
-        typing.clone(),
         positions.clone(),
-    )
-    .await?;
-    let mut routes: Vec<Route<()>> = Vec::new();
-    if role_serves(role, EndpointClass::ClientRead) {
-        let master: Arc<dyn Master> = master.clone();
-        let state = ClientState::new(
-            db.clone(),
-            caches.clone(),
-            master,
-            authenticator.clone(),
-            config.clone(),
-            positions.clone(),
-            typing.clone(),
-        );
-        routes.extend(
-            ganglion_client::routes()
-                .into_iter()
-                .filter(|r| role.serves(r.class))
-                .map(|r| r.with_state(state.clone())),
-        );
-    }
-    if role_serves(role, EndpointClass::Sync) {
-        let state = SyncState {
-            db: db.clone(),
-            caches: caches.clone(),
-            authenticator: authenticator.clone(),
-            config: config.clone(),
-            positions: positions.clone(),
-            notifier: notifier.clone(),
-            typing: typing.clone(),
-            recent: recent.clone(),
-            memberships: Arc::new(ganglion_sync::MembershipCache::default()),
-        };
-        routes.extend(ganglion_sync::routes().into_iter().map(|r| r.with_state(state.clone())));
-    }
-
-    let typing_master = master.clone();
-    tokio::spawn(async move {
-        let mut interval = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            interval.tick().await;
-            typing_master.expire_typing();
-        }
-    });
+        typing.clone(),
+    );
+    routes.extend(
+        ganglion_client::routes()
+            .into_iter()
+            .filter(|r| role.serves(r.class))
+            .map(|r| r.with_state(state.clone())),
+    );
+    let state = SyncState {
+        db: db.clone(),
+        caches: caches.clone(),
+        authenticator: authenticator.clone(),
+        config: config.clone(),
+        positions: positions.clone(),
+        notifier: notifier.clone(),
+        typing: typing.clone(),
+        recent: recent.clone(),
+        memberships: Arc::new(ganglion_sync::MembershipCache::default()),
+        catch_up,
+    };
+    routes.extend(
+        ganglion_sync::routes()
+            .into_iter()
+            .filter(|r| role.serves(r.class))
+            .map(|r| r.with_state(state.clone())),
+    );
 
     let instance = HeaderValue::from_str(&format!("{}/{}", role.as_str(), config.worker.name))
         .unwrap_or(HeaderValue::from_static("ganglion"));
-    let router: Router = router_from_routes(routes, limiter, config.http.max_body_bytes).layer(
-        axum::middleware::from_fn(move |request: Request, next: Next| {
-            let instance = instance.clone();
-            async move {
-                let mut response: Response = next.run(request).await;
-                response.headers_mut().insert("x-ganglion-instance", instance);
-                response
-            }
-        }),
-    );
+    let mut router: Router = router_from_routes(routes, limiter, config.http.max_body_bytes);
+    if let Some(follower) = follower {
+        router = router.route(
+            "/_ganglion/v1/replication",
+            axum::routing::get(move || replication_status(follower.clone(), positions.clone())),
+        );
+    }
+    let trusted_proxies = Arc::new(config.http.trusted_proxies.clone());
+    let router = router.layer(axum::middleware::from_fn(move |mut request: Request, next: Next| {
+        let instance = instance.clone();
+        let trusted_proxies = trusted_proxies.clone();
+        async move {
+            forwarded_client(&mut request, &trusted_proxies);
+            // Continue the caller's trace, or start one; gRPC calls made for this request carry it.
+            let traceparent = request
+                .headers()
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .map(ganglion_rpc::trace::child_of)
+                .unwrap_or_else(ganglion_rpc::trace::new_traceparent);
+            let mut response: Response = ganglion_rpc::trace::scope(traceparent, next.run(request)).await;
+            response.headers_mut().insert("x-ganglion-instance", instance);
+            response
+        }
+    }));
     let address = config.http.listen;
     tracing::info!(%address, role = role.as_str(), server_name = %config.server_name, "client API listening");
     on_ready(address);
-    ganglion_http::serve(listener, router, shutdown).await.map_err(AppError::Serve)
+    ganglion_http::serve(listener, router, until_stopped()).await.map_err(AppError::Serve)
 }
 
-fn role_serves(role: Role, class: EndpointClass) -> bool {
-    role.serves(class)
+/// Behind a trusted load balancer, the client is the one it names, not the balancer itself:
+/// replaces the peer address that rate limits and UIA read.
+fn forwarded_client(request: &mut Request, trusted_proxies: &[std::net::IpAddr]) {
+    use axum::extract::ConnectInfo;
+    let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<std::net::SocketAddr>>().copied()
+    else {
+        return;
+    };
+    if !trusted_proxies.contains(&peer.ip()) {
+        return;
+    }
+    let headers = request.headers();
+    let named =
+        headers.get("x-real-ip").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok()).or_else(
+            || {
+                let forwarded = headers.get("x-forwarded-for")?.to_str().ok()?;
+                forwarded.rsplit(',').next()?.trim().parse().ok()
+            },
+        );
+    if let Some(ip) = named {
+        request.extensions_mut().insert(ConnectInfo(std::net::SocketAddr::new(ip, peer.port())));
+    }
+}
+
+/// `GET /_ganglion/v1/replication` on a worker: how it follows the master, for operators and
+/// the load tool. Lag percentiles cover the entries since the previous call.
+async fn replication_status(
+    follower: Arc<Follower>,
+    positions: Arc<Positions>,
+) -> axum::Json<serde_json::Value> {
+    let lag = follower.take_lag_stats();
+    axum::Json(serde_json::json!({
+        "following_redis": follower.is_following_redis(),
+        "positions": positions.current().to_string(),
+        "lag_ms": { "samples": lag.samples, "p50": lag.p50_ms, "p99": lag.p99_ms, "max": lag.max_ms },
+    }))
 }
 
 async fn initial_token(db: &Db, typing_epoch: u64) -> Result<SyncToken, AppError> {

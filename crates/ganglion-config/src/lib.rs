@@ -94,6 +94,9 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Base URL advertised in `/.well-known/matrix/client`; defaults to `http://<listen>`.
     pub public_baseurl: Option<String>,
+    /// Peers whose `X-Real-IP` / `X-Forwarded-For` name the client (the load balancer), so
+    /// per-IP limits apply to clients rather than to the proxy.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -145,6 +148,22 @@ pub enum ConfigError {
     Invalid { key: &'static str, problem: String },
 }
 
+/// The config's top-level keys, as `GANGLION_<KEY>` variables may name them.
+const TOP_LEVEL_KEYS: [&str; 12] = [
+    "server_name",
+    "data_dir",
+    "worker",
+    "http",
+    "database",
+    "registration",
+    "rate_limits",
+    "rooms",
+    "redis",
+    "cluster",
+    "instance_map",
+    "load_balancer",
+];
+
 pub const SUPPORTED_ROOM_VERSIONS: [&str; 3] = ["10", "11", "12"];
 
 impl Config {
@@ -158,6 +177,7 @@ impl Config {
                 listen: SocketAddr::from(([127, 0, 0, 1], 8008)),
                 max_body_bytes: 1024 * 1024,
                 public_baseurl: None,
+                trusted_proxies: vec![[127, 0, 0, 1].into(), std::net::Ipv6Addr::LOCALHOST.into()],
             },
             database: DatabaseConfig { url: String::new(), max_connections: 8 },
             registration: RegistrationConfig { enabled: true },
@@ -212,7 +232,11 @@ impl Config {
             }
             None => Figment::from(Serialized::defaults(Config::embedded_default())),
         };
-        let mut figment = figment.merge(Env::prefixed("GANGLION_").split("__"));
+        // Only variables naming a config key: tools share the prefix (`GANGLION_BIN`, …).
+        let env = Env::prefixed("GANGLION_")
+            .filter(|key| TOP_LEVEL_KEYS.contains(&key.as_str().split("__").next().unwrap_or_default()))
+            .split("__");
+        let mut figment = figment.merge(env);
         if let Some(name) = instance {
             figment = figment.merge(Serialized::default("worker.name", name));
             let map: BTreeMap<String, InstanceConfig> =

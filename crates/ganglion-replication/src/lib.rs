@@ -9,16 +9,33 @@
 
 mod notifier;
 mod recent;
+pub mod redis;
 mod typing;
 
 pub use notifier::{Listener, Notifier};
 pub use recent::RecentEvents;
 pub use typing::TypingStore;
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicI64, Ordering},
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicI64, AtomicU64, Ordering},
+    },
+    time::Duration,
 };
+
+use tokio::sync::Notify;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A reader that learns of rows from another process and can be asked to catch up.
+pub trait CatchUp: Send + Sync + 'static {
+    /// Waits (at most `limit`) until this process has every committed row up to `token`,
+    /// reading the database when Redis is slow. False when it could not (database down).
+    fn reach(&self, token: SyncToken, limit: Duration) -> BoxFuture<'_, bool>;
+}
 
 use ganglion_types::{EventNid, StreamKind, StreamPosition, SyncToken};
 
@@ -70,7 +87,9 @@ pub struct Positions {
     receipts: AtomicI64,
     typing: AtomicI64,
     account_data: AtomicI64,
-    typing_epoch: u64,
+    typing_epoch: AtomicU64,
+    /// Woken on every advance, for requests waiting to reach a position.
+    advanced: Notify,
 }
 
 impl Positions {
@@ -80,7 +99,8 @@ impl Positions {
             receipts: AtomicI64::new(initial.receipts.0),
             typing: AtomicI64::new(initial.typing.0),
             account_data: AtomicI64::new(initial.account_data.0),
-            typing_epoch: initial.typing_epoch,
+            typing_epoch: AtomicU64::new(initial.typing_epoch),
+            advanced: Notify::new(),
         }
     }
 
@@ -99,12 +119,47 @@ impl Positions {
 
     /// Moves a stream forward; never backwards.
     pub fn advance(&self, kind: StreamKind, position: StreamPosition) {
-        self.slot(kind).fetch_max(position.0, Ordering::AcqRel);
+        if self.slot(kind).fetch_max(position.0, Ordering::AcqRel) < position.0 {
+            self.advanced.notify_waiters();
+        }
+    }
+
+    /// A follower learned that the typing stream's writer restarted (or first met it): typing
+    /// positions start again in the new epoch.
+    pub fn reset_typing(&self, epoch: u64, position: StreamPosition) {
+        self.typing_epoch.store(epoch, Ordering::Release);
+        self.typing.store(position.0, Ordering::Release);
+        self.advanced.notify_waiters();
+    }
+
+    /// Whether every stream of `token` is readable here. Typing counts only within one epoch:
+    /// a token from another epoch is answered from the current typing state anyway.
+    pub fn has_reached(&self, token: &SyncToken) -> bool {
+        StreamKind::all().into_iter().all(|kind| {
+            kind == StreamKind::Typing && token.typing_epoch != self.typing_epoch()
+                || self.get(kind) >= token.get(kind)
+        })
+    }
+
+    /// Waits until `has_reached(token)`, at most `limit`.
+    pub async fn wait_for(&self, token: &SyncToken, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let advanced = self.advanced.notified();
+            tokio::pin!(advanced);
+            advanced.as_mut().enable();
+            if self.has_reached(token) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, advanced).await.is_err() {
+                return self.has_reached(token);
+            }
+        }
     }
 
     /// The current token: every stream at its readable position.
     pub fn current(&self) -> SyncToken {
-        let mut token = SyncToken { typing_epoch: self.typing_epoch, ..SyncToken::default() };
+        let mut token = SyncToken { typing_epoch: self.typing_epoch(), ..SyncToken::default() };
         for kind in StreamKind::all() {
             token.set(kind, self.get(kind));
         }
@@ -112,7 +167,7 @@ impl Positions {
     }
 
     pub fn typing_epoch(&self) -> u64 {
-        self.typing_epoch
+        self.typing_epoch.load(Ordering::Acquire)
     }
 }
 

@@ -6,6 +6,9 @@
 //! plain domain types so they cross a process boundary unchanged; errors carry an
 //! [`ErrorClass`] so a worker answers with the master's Matrix error without parsing strings.
 
+pub mod grpc;
+pub mod trace;
+
 use async_trait::async_trait;
 use ganglion_events::{
     EventTemplate,

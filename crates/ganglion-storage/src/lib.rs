@@ -8,6 +8,7 @@
 pub mod accounts;
 pub mod events;
 mod migrations;
+pub mod replication;
 pub mod rooms;
 pub mod state;
 pub mod streams;

@@ -38,6 +38,16 @@ pub(crate) async fn sync(
             Some(SyncToken::parse(token).map_err(|_| MatrixError::invalid_param("Invalid `since` token"))?)
         }
     };
+    // A token from another worker may be ahead of this one: wait for replication rather than
+    // answer from an older state (which would repeat or skip rows).
+    if let (Some(catch_up), Some(since)) = (&state.catch_up, &since)
+        && !catch_up.reach(*since, Duration::from_millis(state.config.cluster.replication_wait_ms)).await
+    {
+        return Err(MatrixError::new(
+            ganglion_types::ErrorClass::Unavailable,
+            "This server is catching up; try again shortly",
+        ));
+    }
     // There is no presence stream yet: the value is checked and otherwise ignored.
     if let Some(presence) = query.set_presence.as_deref()
         && !matches!(presence, "online" | "offline" | "unavailable")

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use axum::extract::FromRef;
 use ganglion_config::Config;
 use ganglion_http::{Authenticator, Route};
-use ganglion_replication::{Notifier, Positions, RecentEvents, TypingStore};
+use ganglion_replication::{CatchUp, Notifier, Positions, RecentEvents, TypingStore};
 use ganglion_state::Caches;
 use ganglion_storage::Db;
 use ganglion_types::EndpointClass;
@@ -31,6 +31,8 @@ pub struct SyncState {
     /// The newest events per room, fed by the bus: incremental syncs read their timelines here.
     pub recent: Arc<RecentEvents>,
     pub memberships: Arc<MembershipCache>,
+    /// In a cluster: reaches a `since` token handed out by another sync worker.
+    pub catch_up: Option<Arc<dyn CatchUp>>,
 }
 
 /// A user's rooms, as read from the database.

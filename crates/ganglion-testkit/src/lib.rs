@@ -1,23 +1,36 @@
 //! Test harness for black-box tests: starts real `ganglion` processes and talks to them over HTTP.
 //!
 //! - [`TestServer`] writes a config file, spawns the binary, waits (bounded) for its
-//!   `ganglion ready http://…` line and kills it on drop. [`Backend`] picks SQLite or a fresh
-//!   database on a throwaway PostgreSQL cluster ([`Postgres`]), never the machine's own one.
+//!   `ganglion ready http://…` line and kills it on drop. [`Backend`] picks SQLite, a fresh
+//!   database on a throwaway PostgreSQL cluster ([`Postgres`], never the machine's own one), or a
+//!   whole [`Cluster`] behind nginx, so the same scenario runs on every topology.
+//! - [`Cluster`] starts a split cluster from one config file: a fresh PostgreSQL database, a
+//!   throwaway [`Redis`], the master, two sync workers, two client-readers and [`Nginx`] with the
+//!   config `ganglion routes --format nginx` prints. Cluster tests kill, restart and terminate its
+//!   processes (by pid) and stop, kill or flush its Redis.
 //! - [`Api`] and [`Account`] are small reqwest helpers for exact wire checks.
 //! - [`sdk_client`] gives a logged-in `matrix_sdk::Client` for the high-level scenarios.
 //!
-//! Everything here waits with a deadline; nothing sleeps to synchronise.
+//! Every process started here dies with the test process (parent-death signal) and is killed on
+//! drop; `GANGLION_TESTKIT_KEEP=1` keeps the temp directories (configs, logs) for a look after.
+//! Everything waits with a deadline; nothing sleeps to synchronise.
 
 mod binary;
+mod cluster;
 mod http;
+mod nginx;
 mod postgres;
+mod redis;
 mod sdk;
 mod server;
 mod wait;
 
 pub use binary::ganglion_binary;
+pub use cluster::Cluster;
 pub use http::{Account, Api, Response, enc};
+pub use nginx::{Nginx, free_port};
 pub use postgres::Postgres;
+pub use redis::{Redis, Reply};
 pub use sdk::{sdk_client, sdk_login, sdk_new_client, sdk_register};
 pub use server::{Backend, Bucket, RateLimits, ServerOptions, TestServer};
 pub use wait::eventually;

@@ -29,28 +29,53 @@ enum Command {
         #[arg(long)]
         worker: Option<String>,
     },
-    /// Prints the route table.
+    /// Prints the route table, or the nginx config that routes a cluster's traffic by it.
     Routes {
         #[arg(long, value_enum, default_value = "json")]
         format: RouteFormat,
+        /// The cluster's config file, whose `instance_map` and `load_balancer` the nginx config
+        /// is rendered from.
+        #[arg(long, required_if_eq("format", "nginx"))]
+        config: Option<PathBuf>,
     },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
 enum RouteFormat {
     Json,
+    /// A complete nginx.conf: `nginx -p <dir> -c <dir>/nginx.conf -g 'daemon off;'`.
+    Nginx,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Routes { format: RouteFormat::Json } => {
-            let table = ganglion_app::route_table();
-            println!("{}", serde_json::to_string_pretty(&table)?);
-            Ok(())
-        }
+        Command::Routes { format, config } => routes(format, config),
         Command::Run { config, worker } => run(config, worker),
     }
+}
+
+fn routes(format: RouteFormat, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let table = ganglion_app::route_table();
+    match format {
+        RouteFormat::Json => writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&table)?)?,
+        RouteFormat::Nginx => {
+            // clap insists on --config with nginx; the embedded default has no cluster to route.
+            let rendered = ganglion_config::Config::load(config_path.as_deref())
+                .map_err(|error| error.to_string())
+                .and_then(|config| {
+                    ganglion_app::nginx::nginx_config(&config, &table).map_err(|e| e.to_string())
+                });
+            match rendered {
+                Ok(text) => std::io::stdout().write_all(text.as_bytes())?,
+                Err(error) => {
+                    eprintln!("ganglion: {error}");
+                    std::process::exit(2);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Keeps glibc's heap (still used by SQLite's C code) from holding on to memory: a fixed mmap

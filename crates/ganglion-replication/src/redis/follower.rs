@@ -1,0 +1,552 @@
+//! A worker's side: follows the master's streams into this process's positions, recent events,
+//! typing copy and caches, and wakes its long-polls.
+//!
+//! Invariant: rows are recorded in position order, each exactly once, under `apply`; a row is
+//! taken from Redis only when it is the next position, and anything else sends the worker to
+//! the database, which holds every committed row.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use ganglion_storage::{Db, replication as store};
+use ganglion_types::{EventNid, StreamKind, StreamPosition, SyncToken};
+use parking_lot::Mutex as SyncMutex;
+use redis::{Value, aio::MultiplexedConnection};
+use tokio::sync::Mutex;
+
+use super::{CACHES_KEY, DB_STREAMS, key_of, now_us};
+use crate::{
+    BoxFuture, Bus, CatchUp, InProcessBus, Invalidation, Notifier, Positions, RecentEvents, StreamRow,
+    TypingStore,
+};
+
+/// Rows read from the database per query while catching up.
+const CATCH_UP_BATCH: i64 = 1000;
+/// How long one blocking read waits; when it returns empty the worker checks the database, which
+/// also notices rows whose publication a crashed master never made.
+const BLOCK_MS: u64 = 2000;
+/// Entries per read.
+const READ_COUNT: usize = 1000;
+/// How long `reach` waits for Redis before reading the database itself.
+const REDIS_GRACE: Duration = Duration::from_millis(20);
+/// Lag samples kept for percentiles.
+const LAG_SAMPLES: usize = 100_000;
+
+/// The typing stream as the master holds it: epoch, position, rooms with their typers.
+pub type TypingState = (u64, StreamPosition, Vec<(String, Vec<String>)>);
+
+/// What the follower needs from the rest of the worker.
+pub trait FollowerHooks: Send + Sync + 'static {
+    /// Asks the master for its typing state; `None` when it cannot be reached.
+    fn typing_snapshot(&self) -> BoxFuture<'_, Option<TypingState>>;
+    /// Drops a cache entry, or every cache with `None`.
+    fn invalidate(&self, what: Option<Invalidation>);
+}
+
+/// Replication lag: from the master's publish to this worker's recording, per entry taken
+/// from Redis.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LagStats {
+    pub samples: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+pub struct Follower {
+    db: Db,
+    positions: Arc<Positions>,
+    local: InProcessBus,
+    typing: Arc<TypingStore>,
+    hooks: Arc<dyn FollowerHooks>,
+    redis_url: String,
+    poll_interval: Duration,
+    /// Held while recording rows, so that Redis and the database never record one twice.
+    apply: Mutex<CacheSequence>,
+    following_redis: AtomicBool,
+    lags: SyncMutex<Vec<f64>>,
+}
+
+/// The last invalidation seen: `(epoch, seq)`.
+type CacheSequence = Option<(u64, u64)>;
+
+impl Follower {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        db: Db,
+        positions: Arc<Positions>,
+        notifier: Arc<Notifier>,
+        recent: Arc<RecentEvents>,
+        typing: Arc<TypingStore>,
+        hooks: Arc<dyn FollowerHooks>,
+        redis_url: String,
+        poll_interval: Duration,
+    ) -> Arc<Follower> {
+        Arc::new(Follower {
+            db,
+            local: InProcessBus::new(positions.clone(), notifier, recent),
+            positions,
+            typing,
+            hooks,
+            redis_url,
+            poll_interval,
+            apply: Mutex::new(None),
+            following_redis: AtomicBool::new(false),
+            lags: SyncMutex::new(Vec::new()),
+        })
+    }
+
+    /// Starts following: Redis when it answers, the database every `poll_interval` when not.
+    pub fn start(self: &Arc<Self>) {
+        let follower = self.clone();
+        tokio::spawn(async move { follower.run().await });
+    }
+
+    /// Whether wake-ups currently come from Redis (false: polling the database).
+    pub fn is_following_redis(&self) -> bool {
+        self.following_redis.load(Ordering::Relaxed)
+    }
+
+    /// Lag percentiles since the last call, and forgets the samples.
+    pub fn take_lag_stats(&self) -> LagStats {
+        let mut samples = std::mem::take(&mut *self.lags.lock());
+        if samples.is_empty() {
+            return LagStats::default();
+        }
+        samples.sort_by(f64::total_cmp);
+        let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+        LagStats { samples: samples.len(), p50_ms: at(0.5), p99_ms: at(0.99), max_ms: at(1.0) }
+    }
+
+    async fn run(self: Arc<Self>) {
+        let client = match redis::Client::open(self.redis_url.as_str()) {
+            Ok(client) => Some(client),
+            Err(error) => {
+                tracing::error!(%error, "invalid Redis URL; following the database only");
+                None
+            }
+        };
+        let mut warned = false;
+        loop {
+            if let Some(client) = &client {
+                match connect(client).await {
+                    Ok(connection) => {
+                        warned = false;
+                        tracing::info!("following replication on Redis");
+                        if let Err(error) = self.follow(connection).await {
+                            tracing::warn!(%error, "lost Redis; polling the database until it is back");
+                        }
+                    }
+                    Err(error) if !warned => {
+                        warned = true;
+                        tracing::warn!(%error, "cannot reach Redis; polling the database until it is back");
+                    }
+                    Err(_) => {}
+                }
+            }
+            self.following_redis.store(false, Ordering::Relaxed);
+            self.poll_once().await;
+            tokio::time::sleep(self.poll_interval).await;
+        }
+    }
+
+    /// One round without Redis: invalidations may have been missed, so sessions are read
+    /// afresh; the typing state comes from the master; rows from the database.
+    async fn poll_once(&self) {
+        self.hooks.invalidate(Some(Invalidation::Sessions));
+        self.refresh_typing(false).await;
+        self.catch_up_logged().await;
+    }
+
+    async fn follow(&self, mut connection: MultiplexedConnection) -> redis::RedisResult<()> {
+        // Where the id-less streams end now: everything published from here on is read.
+        let mut typing_id = last_id(&mut connection, key_of(StreamKind::Typing)).await?;
+        let mut caches_id = last_id(&mut connection, CACHES_KEY).await?;
+        *self.apply.lock().await = None;
+        // Anything may have been missed while disconnected.
+        self.hooks.invalidate(None);
+        self.refresh_typing(true).await;
+        self.catch_up_logged().await;
+        self.following_redis.store(true, Ordering::Relaxed);
+        let mut db_ids: HashMap<StreamKind, String> =
+            DB_STREAMS.iter().map(|&kind| (kind, format!("{}-0", self.positions.get(kind).0))).collect();
+        loop {
+            let mut command = redis::cmd("XREAD");
+            command.arg("COUNT").arg(READ_COUNT).arg("BLOCK").arg(BLOCK_MS).arg("STREAMS");
+            command.arg(CACHES_KEY).arg(key_of(StreamKind::Typing));
+            for kind in DB_STREAMS {
+                command.arg(key_of(kind));
+            }
+            command.arg(&caches_id).arg(&typing_id);
+            for kind in DB_STREAMS {
+                command.arg(&db_ids[&kind]);
+            }
+            let reply: Value = command.query_async(&mut connection).await?;
+            let streams = parse_read_reply(reply);
+            if streams.is_empty() {
+                // Quiet for a while: make sure nothing committed went unpublished.
+                self.catch_up_logged().await;
+                continue;
+            }
+            let mut entries: HashMap<String, Vec<Entry>> = HashMap::new();
+            for (key, stream_entries) in streams {
+                if let Some(last) = stream_entries.last() {
+                    let id = last.id.clone();
+                    match key.as_str() {
+                        CACHES_KEY => caches_id = id,
+                        k if k == key_of(StreamKind::Typing) => typing_id = id,
+                        k => {
+                            if let Some(kind) = DB_STREAMS.into_iter().find(|&kind| key_of(kind) == k) {
+                                db_ids.insert(kind, id);
+                            }
+                        }
+                    }
+                }
+                entries.insert(key, stream_entries);
+            }
+            self.apply_entries(entries).await;
+        }
+    }
+
+    async fn apply_entries(&self, mut entries: HashMap<String, Vec<Entry>>) {
+        let now = now_us();
+        let mut lags = Vec::new();
+        let mut gap = false;
+        let mut typing_gap = false;
+        {
+            let mut sequence = self.apply.lock().await;
+            // Invalidations first: a row recorded below must not be served from a stale cache.
+            for entry in entries.remove(CACHES_KEY).unwrap_or_default() {
+                let (Some(epoch), Some(seq)) = (entry.int("e"), entry.int("s")) else { continue };
+                let (epoch, seq) = (epoch as u64, seq as u64);
+                let in_order = matches!(*sequence, Some((e, s)) if e == epoch && s + 1 == seq);
+                if !in_order && sequence.is_some() {
+                    self.hooks.invalidate(None);
+                }
+                *sequence = Some((epoch, seq));
+                match (entry.str("w"), entry.int("n")) {
+                    (Some("sessions"), _) => self.hooks.invalidate(Some(Invalidation::Sessions)),
+                    (Some("event"), Some(nid)) => {
+                        self.hooks.invalidate(Some(Invalidation::Event(EventNid(nid))))
+                    }
+                    _ => {}
+                }
+            }
+            let mut rows = Vec::new();
+            for kind in DB_STREAMS {
+                let mut next = self.positions.get(kind).0;
+                for entry in entries.remove(key_of(kind)).unwrap_or_default() {
+                    let Some(position) = entry.int("p") else { continue };
+                    if position <= next {
+                        continue;
+                    }
+                    if position != next + 1 {
+                        gap = true;
+                        break;
+                    }
+                    next = position;
+                    if let Some(sent) = entry.int("t") {
+                        lags.push((now - sent).max(0) as f64 / 1000.0);
+                    }
+                    rows.push(StreamRow {
+                        kind,
+                        position: StreamPosition(position),
+                        room_id: entry.str("r").map(Arc::from),
+                        user_ids: entry.users().into_iter().map(Arc::from).collect(),
+                        event_nid: entry.int("n").map(EventNid),
+                    });
+                }
+            }
+            for entry in entries.remove(key_of(StreamKind::Typing)).unwrap_or_default() {
+                let (Some(epoch), Some(position), Some(room)) =
+                    (entry.int("e"), entry.int("p"), entry.str("r"))
+                else {
+                    continue;
+                };
+                let current = self.positions.get(StreamKind::Typing).0;
+                if epoch as u64 != self.positions.typing_epoch() || position > current + 1 {
+                    typing_gap = true;
+                    break;
+                }
+                if position <= current {
+                    continue;
+                }
+                self.typing.apply(room, &entry.users(), StreamPosition(position));
+                rows.push(StreamRow {
+                    kind: StreamKind::Typing,
+                    position: StreamPosition(position),
+                    room_id: Some(Arc::from(room)),
+                    user_ids: Vec::new(),
+                    event_nid: None,
+                });
+            }
+            self.local.publish_all(rows);
+        }
+        if !lags.is_empty() {
+            let mut samples = self.lags.lock();
+            if samples.len() + lags.len() <= LAG_SAMPLES {
+                samples.extend(lags);
+            }
+        }
+        if typing_gap {
+            self.refresh_typing(true).await;
+        }
+        if gap {
+            self.catch_up_logged().await;
+        }
+    }
+
+    /// Replaces the typing copy with the master's when its epoch or position differs (or
+    /// always, with `force`).
+    async fn refresh_typing(&self, force: bool) {
+        let Some((epoch, position, rooms)) = self.hooks.typing_snapshot().await else { return };
+        let _guard = self.apply.lock().await;
+        if !force
+            && epoch == self.positions.typing_epoch()
+            && position == self.positions.get(StreamKind::Typing)
+        {
+            return;
+        }
+        self.typing.reset(position, &rooms);
+        self.positions.reset_typing(epoch, position);
+        let rows = rooms
+            .iter()
+            .map(|(room, _)| StreamRow {
+                kind: StreamKind::Typing,
+                position,
+                room_id: Some(Arc::from(room.as_str())),
+                user_ids: Vec::new(),
+                event_nid: None,
+            })
+            .collect();
+        self.local.publish_all(rows);
+    }
+
+    async fn catch_up_logged(&self) {
+        if let Err(error) = self.catch_up().await {
+            tracing::warn!(%error, "catching up from the database failed; retrying shortly");
+        }
+    }
+
+    /// Records every committed row this process has not seen, from the database.
+    async fn catch_up(&self) -> Result<(), ganglion_storage::StorageError> {
+        let _guard = self.apply.lock().await;
+        let mut conn = self.db.conn().await?;
+        loop {
+            let after = self.positions.get(StreamKind::Events).0;
+            let events = store::event_rows_between(&mut conn, after, i64::MAX, CATCH_UP_BATCH).await?;
+            let done = (events.len() as i64) < CATCH_UP_BATCH;
+            let mut rows = Vec::with_capacity(events.len());
+            for event in events {
+                if event.event_type == "m.room.redaction"
+                    && let Some(redacted) = store::event_redacted_by(&mut conn, &event.event_id).await?
+                {
+                    self.hooks.invalidate(Some(Invalidation::Event(redacted)));
+                }
+                let user_ids = match (&event.state_key, event.event_type.as_str()) {
+                    (Some(target), "m.room.member") => vec![Arc::from(target.as_str())],
+                    _ => Vec::new(),
+                };
+                rows.push(StreamRow {
+                    kind: StreamKind::Events,
+                    position: StreamPosition(event.stream_pos),
+                    room_id: Some(Arc::from(event.room_id.as_str())),
+                    user_ids,
+                    event_nid: Some(event.event_nid),
+                });
+            }
+            self.local.publish_all(rows);
+            if done {
+                break;
+            }
+        }
+        loop {
+            let after = self.positions.get(StreamKind::Receipts).0;
+            let receipts = store::receipt_rows_between(&mut conn, after, i64::MAX, CATCH_UP_BATCH).await?;
+            let done = (receipts.len() as i64) < CATCH_UP_BATCH;
+            let rows = receipts
+                .into_iter()
+                .map(|(position, room_id, user_id)| StreamRow {
+                    kind: StreamKind::Receipts,
+                    position: StreamPosition(position),
+                    room_id: Some(Arc::from(room_id)),
+                    user_ids: vec![Arc::from(user_id)],
+                    event_nid: None,
+                })
+                .collect();
+            self.local.publish_all(rows);
+            if done {
+                break;
+            }
+        }
+        loop {
+            let after = self.positions.get(StreamKind::AccountData).0;
+            let data = store::account_data_rows_between(&mut conn, after, i64::MAX, CATCH_UP_BATCH).await?;
+            let done = (data.len() as i64) < CATCH_UP_BATCH;
+            let rows = data
+                .into_iter()
+                .map(|(position, user_id)| StreamRow {
+                    kind: StreamKind::AccountData,
+                    position: StreamPosition(position),
+                    room_id: None,
+                    user_ids: vec![Arc::from(user_id)],
+                    event_nid: None,
+                })
+                .collect();
+            self.local.publish_all(rows);
+            if done {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl CatchUp for Follower {
+    fn reach(&self, token: SyncToken, limit: Duration) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            // Usually Redis brings it within a millisecond or two.
+            if self.positions.wait_for(&token, limit.min(REDIS_GRACE)).await {
+                return true;
+            }
+            // Otherwise the database has every committed row: after reading it, a position
+            // still ahead was never committed (a made-up token), and is answered like one.
+            let caught_up = tokio::time::timeout(limit, async {
+                self.catch_up().await?;
+                if token.typing_epoch == self.positions.typing_epoch()
+                    && token.typing > self.positions.get(StreamKind::Typing)
+                {
+                    self.refresh_typing(false).await;
+                }
+                Ok::<(), ganglion_storage::StorageError>(())
+            })
+            .await;
+            match caught_up {
+                Ok(Ok(())) => true,
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "cannot catch up from the database");
+                    false
+                }
+                Err(_) => false,
+            }
+        })
+    }
+}
+
+/// A dedicated connection for blocking reads: no response timeout, or a quiet stream would
+/// look like a dead Redis.
+async fn connect(client: &redis::Client) -> redis::RedisResult<MultiplexedConnection> {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_response_timeout(None);
+    client.get_multiplexed_async_connection_with_config(&config).await
+}
+
+async fn last_id(connection: &mut MultiplexedConnection, key: &str) -> redis::RedisResult<String> {
+    let reply: Value = tokio::time::timeout(
+        Duration::from_secs(2),
+        redis::cmd("XREVRANGE").arg(key).arg("+").arg("-").arg("COUNT").arg(1).query_async(connection),
+    )
+    .await
+    .map_err(|_| redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))??;
+    let entries = parse_entries(reply);
+    Ok(entries.into_iter().next().map(|entry| entry.id).unwrap_or_else(|| "0-0".to_owned()))
+}
+
+/// One stream entry: id and fields.
+#[derive(Debug, Default)]
+struct Entry {
+    id: String,
+    fields: HashMap<String, String>,
+}
+
+impl Entry {
+    fn str(&self, field: &str) -> Option<&str> {
+        self.fields.get(field).map(String::as_str)
+    }
+
+    fn int(&self, field: &str) -> Option<i64> {
+        self.str(field)?.parse().ok()
+    }
+
+    fn users(&self) -> Vec<String> {
+        self.str("u").and_then(|u| serde_json::from_str(u).ok()).unwrap_or_default()
+    }
+}
+
+fn text(value: Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes).ok(),
+        Value::SimpleString(s) => Some(s),
+        Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+fn items(value: Value) -> Vec<Value> {
+    match value {
+        Value::Array(items) | Value::Set(items) => items,
+        Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `[[id, [field, value, …]], …]`
+fn parse_entries(value: Value) -> Vec<Entry> {
+    items(value)
+        .into_iter()
+        .filter_map(|entry| {
+            let mut parts = items(entry).into_iter();
+            let id = text(parts.next()?)?;
+            let mut fields = HashMap::new();
+            let mut flat = items(parts.next()?).into_iter();
+            while let (Some(field), Some(value)) = (flat.next(), flat.next()) {
+                if let (Some(field), Some(value)) = (text(field), text(value)) {
+                    fields.insert(field, value);
+                }
+            }
+            Some(Entry { id, fields })
+        })
+        .collect()
+}
+
+/// XREAD's reply: `[[key, entries], …]`, or nil when the block timed out.
+fn parse_read_reply(value: Value) -> Vec<(String, Vec<Entry>)> {
+    let streams = match value {
+        Value::Map(pairs) => pairs.into_iter().map(|(k, v)| (text(k), v)).collect::<Vec<_>>(),
+        other => items(other)
+            .into_iter()
+            .filter_map(|stream| {
+                let mut parts = items(stream).into_iter();
+                Some((text(parts.next()?), parts.next()?))
+            })
+            .collect(),
+    };
+    streams.into_iter().filter_map(|(key, entries)| Some((key?, parse_entries(entries)))).collect()
+}
+
+#[cfg(test)]
+pub(super) mod tests_support {
+    /// `(key, [(id, p, r, u)])` of an XREAD reply.
+    #[allow(clippy::type_complexity)]
+    pub fn parse(
+        value: redis::Value,
+    ) -> Vec<(String, Vec<(String, Option<i64>, Option<String>, Vec<String>)>)> {
+        super::parse_read_reply(value)
+            .into_iter()
+            .map(|(key, entries)| {
+                let entries = entries
+                    .into_iter()
+                    .map(|e| (e.id.clone(), e.int("p"), e.str("r").map(str::to_owned), e.users()))
+                    .collect();
+                (key, entries)
+            })
+            .collect()
+    }
+}

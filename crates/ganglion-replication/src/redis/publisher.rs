@@ -1,0 +1,201 @@
+//! The master's side: a [`Bus`] that wakes this process's readers and queues each row for
+//! Redis. A background task writes the queue in pipelines; the writer never waits on Redis.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use ganglion_types::StreamKind;
+use redis::aio::MultiplexedConnection;
+use tokio::sync::mpsc;
+
+use super::{CACHES_KEY, DB_STREAMS, key_of, now_us};
+use crate::{Bus, InProcessBus, Invalidation, StreamRow, TypingStore};
+
+/// Entries waiting for Redis; beyond this they are dropped (workers catch up from the database).
+const QUEUE: usize = 65_536;
+/// Most entries in one pipeline.
+const PIPELINE: usize = 1024;
+const REDIS_DEADLINE: Duration = Duration::from_secs(2);
+
+enum Outgoing {
+    Row { row: StreamRow, typers: Option<Vec<String>> },
+    Invalidate { seq: u64, what: Invalidation },
+}
+
+pub struct RedisBus {
+    local: InProcessBus,
+    typing: Arc<TypingStore>,
+    queue: mpsc::Sender<Outgoing>,
+    invalidations: AtomicU64,
+    dropped: Arc<AtomicU64>,
+}
+
+impl RedisBus {
+    /// Starts the publishing task. `epoch` identifies this run of the master (typing positions
+    /// and invalidation sequence numbers restart with it).
+    pub fn start(
+        local: InProcessBus,
+        typing: Arc<TypingStore>,
+        redis_url: &str,
+        maxlen: u64,
+        epoch: u64,
+    ) -> Result<RedisBus, redis::RedisError> {
+        let client = redis::Client::open(redis_url)?;
+        let (queue, outgoing) = mpsc::channel(QUEUE);
+        let dropped = Arc::new(AtomicU64::new(0));
+        tokio::spawn(run(client, outgoing, maxlen, epoch, dropped.clone()));
+        Ok(RedisBus { local, typing, queue, invalidations: AtomicU64::new(0), dropped })
+    }
+
+    /// Entries that never reached Redis (queue full or Redis unreachable).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    fn enqueue(&self, outgoing: Outgoing) {
+        if self.queue.try_send(outgoing).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn enqueue_row(&self, row: &StreamRow) {
+        let typers = match (row.kind, &row.room_id) {
+            (StreamKind::Typing, Some(room)) => Some(self.typing.typing_in_room(room)),
+            _ => None,
+        };
+        self.enqueue(Outgoing::Row { row: row.clone(), typers });
+    }
+}
+
+impl Bus for RedisBus {
+    fn publish(&self, row: StreamRow) {
+        self.enqueue_row(&row);
+        self.local.publish(row);
+    }
+
+    fn publish_all(&self, rows: Vec<StreamRow>) {
+        for row in &rows {
+            self.enqueue_row(row);
+        }
+        self.local.publish_all(rows);
+    }
+
+    fn invalidate(&self, what: Invalidation) {
+        let seq = self.invalidations.fetch_add(1, Ordering::AcqRel) + 1;
+        self.enqueue(Outgoing::Invalidate { seq, what });
+    }
+}
+
+async fn run(
+    client: redis::Client,
+    mut outgoing: mpsc::Receiver<Outgoing>,
+    maxlen: u64,
+    epoch: u64,
+    dropped: Arc<AtomicU64>,
+) {
+    let mut connection: Option<MultiplexedConnection> = None;
+    let mut retry_at = Instant::now();
+    let mut batch = Vec::with_capacity(PIPELINE);
+    while outgoing.recv_many(&mut batch, PIPELINE).await > 0 {
+        if connection.is_none() && Instant::now() >= retry_at {
+            connection = connect(&client).await;
+            if connection.is_none() {
+                // Don't stall the queue on a dead Redis: drop for a while, workers poll meanwhile.
+                retry_at = Instant::now() + Duration::from_millis(500);
+            }
+        }
+        let Some(conn) = connection.as_mut() else {
+            dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            batch.clear();
+            continue;
+        };
+        let pipe = pipeline(&batch, maxlen, epoch);
+        let result = tokio::time::timeout(REDIS_DEADLINE, pipe.query_async::<()>(conn)).await;
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) if error.to_string().contains("equal or smaller") => {
+                // Redis holds positions from another database (restored or reset): start the
+                // streams afresh; workers notice the gap and read the database.
+                tracing::warn!(%error, "Redis streams are ahead of the database; resetting them");
+                let mut reset = redis::pipe();
+                for kind in DB_STREAMS {
+                    reset.cmd("DEL").arg(key_of(kind)).ignore();
+                }
+                let _ = reset.query_async::<()>(conn).await;
+                if pipe.query_async::<()>(conn).await.is_err() {
+                    dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                }
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "publishing to Redis failed; workers will read the database");
+                dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                connection = None;
+            }
+            Err(_) => {
+                tracing::warn!("publishing to Redis timed out; workers will read the database");
+                dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                connection = None;
+            }
+        }
+        batch.clear();
+    }
+}
+
+async fn connect(client: &redis::Client) -> Option<MultiplexedConnection> {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_response_timeout(Some(REDIS_DEADLINE));
+    match client.get_multiplexed_async_connection_with_config(&config).await {
+        Ok(connection) => Some(connection),
+        Err(error) => {
+            tracing::warn!(%error, "cannot reach Redis; workers will read the database");
+            None
+        }
+    }
+}
+
+fn pipeline(batch: &[Outgoing], maxlen: u64, epoch: u64) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    let now = now_us();
+    for outgoing in batch {
+        match outgoing {
+            Outgoing::Row { row, typers } => {
+                let cmd = pipe.cmd("XADD").arg(key_of(row.kind)).arg("MAXLEN").arg("~").arg(maxlen);
+                // Database-backed rows are addressed by position, so readers resume exactly.
+                if row.kind == StreamKind::Typing {
+                    cmd.arg("*").arg("e").arg(epoch);
+                } else {
+                    cmd.arg(format!("{}-0", row.position.0));
+                }
+                cmd.arg("p").arg(row.position.0).arg("t").arg(now);
+                if let Some(room) = &row.room_id {
+                    cmd.arg("r").arg(room.as_ref());
+                }
+                if let Some(nid) = row.event_nid {
+                    cmd.arg("n").arg(nid.0);
+                }
+                let users: Vec<&str> = match typers {
+                    Some(typers) => typers.iter().map(String::as_str).collect(),
+                    None => row.user_ids.iter().map(|u| u.as_ref()).collect(),
+                };
+                cmd.arg("u").arg(serde_json::to_string(&users).unwrap_or_else(|_| "[]".into()));
+                cmd.ignore();
+            }
+            Outgoing::Invalidate { seq, what } => {
+                let cmd = pipe.cmd("XADD").arg(CACHES_KEY).arg("MAXLEN").arg("~").arg(maxlen).arg("*");
+                cmd.arg("e").arg(epoch).arg("s").arg(*seq).arg("t").arg(now);
+                match what {
+                    Invalidation::Sessions => cmd.arg("w").arg("sessions"),
+                    Invalidation::Event(nid) => cmd.arg("w").arg("event").arg("n").arg(nid.0),
+                };
+                cmd.ignore();
+            }
+        }
+    }
+    pipe
+}

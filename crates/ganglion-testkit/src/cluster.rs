@@ -1,0 +1,555 @@
+//! A split cluster for tests: a fresh PostgreSQL database, a throwaway [`Redis`], the `master`,
+//! two `sync` workers, two `client-reader`s and nginx in front, configured from `ganglion routes
+//! --format nginx`. One config file describes every process, as in production.
+//!
+//! Everything lives in one temp directory: `cluster.toml`, `data/` (shared: the master writes the
+//! signing key there), `redis/`, `nginx.conf` (as generated) and each process's
+//! `<name>.stdout.log` and `<name>.stderr.log` (appended to across restarts). Every port is a free
+//! loopback port picked at start and kept for the cluster's life, so restarted processes come back
+//! where clients expect them. Processes are killed by pid, never by name.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use tokio::sync::oneshot;
+
+use crate::{
+    binary::{ganglion_binary, tail},
+    nginx::Nginx,
+    postgres::Postgres,
+    redis::Redis,
+    server::{
+        BUILD_DEADLINE, ConfigSettings, READY_DEADLINE, SERVER_NAME, ServerOptions, Supervised, append_log,
+        blocking, config_toml, ganglion_command, keep_dirs, port_of_url, quote, read_stdout, ready_url,
+        without_ganglion_env,
+    },
+    wait::eventually,
+};
+
+/// The name of the master process in `instance_map`.
+pub(crate) const MASTER: &str = "master";
+/// Every process of the cluster, `(name, role)`, in start order: the master first (it migrates
+/// the database and creates the signing key), then the workers.
+const INSTANCES: [(&str, &str); 5] = [
+    (MASTER, "master"),
+    ("sync1", "sync"),
+    ("sync2", "sync"),
+    ("reader1", "client-reader"),
+    ("reader2", "client-reader"),
+];
+const CONFIG_FILE: &str = "cluster.toml";
+/// How long `ganglion routes --format nginx` may take.
+const ROUTES_DEADLINE: Duration = Duration::from_secs(60);
+/// How long nginx may take to answer `/_matrix/client/versions` through to a worker.
+const NGINX_DEADLINE: Duration = Duration::from_secs(30);
+
+/// One process of the cluster.
+struct Instance {
+    name: &'static str,
+    role: &'static str,
+    http_port: u16,
+    grpc_port: Option<u16>,
+    /// `None` until started and after a kill.
+    process: Option<Supervised>,
+}
+
+impl Instance {
+    fn running(&self) -> Option<&Supervised> {
+        self.process.as_ref().filter(|process| process.is_running())
+    }
+}
+
+/// A running cluster; every process it started is killed on drop (by pid).
+pub struct Cluster {
+    /// nginx's `http://127.0.0.1:PORT`.
+    base_url: String,
+    binary: PathBuf,
+    database_url: String,
+    options: ServerOptions,
+    config: String,
+    config_path: PathBuf,
+    instances: Vec<Instance>,
+    /// `None` only while [`Cluster::start`] runs.
+    nginx: Option<Nginx>,
+    redis: Redis,
+    /// A PostgreSQL of the cluster's own ([`Cluster::start_with_own_postgres`]).
+    postgres: Option<Postgres>,
+    /// Declared last: removed once everything above is dead.
+    dir: Option<tempfile::TempDir>,
+    dir_path: PathBuf,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pids: Vec<(&str, Option<u32>)> =
+            self.instances.iter().map(|i| (i.name, i.running().map(Supervised::pid))).collect();
+        f.debug_struct("Cluster")
+            .field("base_url", &self.base_url)
+            .field("instances", &pids)
+            .field("redis", &self.redis)
+            .field("dir", &self.dir_path)
+            .finish()
+    }
+}
+
+impl Cluster {
+    /// Starts a cluster on a fresh database of the shared throwaway PostgreSQL
+    /// ([`Postgres::shared`]) and waits (bounded) until every process is ready and nginx answers.
+    /// `options` apply to every process (`env` included).
+    pub async fn start(options: ServerOptions) -> anyhow::Result<Cluster> {
+        Cluster::start_on(options, false).await
+    }
+
+    /// Like [`Cluster::start`], on a PostgreSQL of its own (see [`Cluster::own_postgres`]), for
+    /// tests that stop the database.
+    pub async fn start_with_own_postgres(options: ServerOptions) -> anyhow::Result<Cluster> {
+        Cluster::start_on(options, true).await
+    }
+
+    async fn start_on(options: ServerOptions, own_postgres: bool) -> anyhow::Result<Cluster> {
+        let binary =
+            blocking(BUILD_DEADLINE, "locating or building the ganglion binary", ganglion_binary).await?;
+        let dir = tempfile::Builder::new().prefix("ganglion-cluster-").tempdir().context("temp dir")?;
+        let dir_path = dir.path().to_path_buf();
+        fs::create_dir_all(dir_path.join("data")).context("creating the data dir")?;
+
+        let (postgres, database_url) = if own_postgres {
+            let postgres = blocking(READY_DEADLINE, "starting a PostgreSQL cluster", Postgres::start).await?;
+            let database_url = postgres.create_database()?;
+            (Some(postgres), database_url)
+        } else {
+            let database_url = blocking(READY_DEADLINE, "provisioning a PostgreSQL database", || {
+                Postgres::shared()?.create_database()
+            })
+            .await?;
+            (None, database_url)
+        };
+        let redis_dir = dir_path.join("redis");
+        let redis = blocking(READY_DEADLINE, "starting Redis", move || Redis::start_in(&redis_dir)).await?;
+
+        // Held together, so that the kernel hands out distinct ports; released just before use.
+        let listeners = (0..INSTANCES.len() + 2)
+            .map(|_| TcpListener::bind("127.0.0.1:0").context("finding a free port"))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut ports = listeners
+            .iter()
+            .map(|listener| Ok(listener.local_addr()?.port()))
+            .collect::<anyhow::Result<Vec<u16>>>()?;
+        drop(listeners);
+        let load_balancer_port = ports.pop().context("ports")?;
+        let grpc_port = ports.pop().context("ports")?;
+        let instances: Vec<Instance> = INSTANCES
+            .iter()
+            .zip(ports)
+            .map(|(&(name, role), http_port)| Instance {
+                name,
+                role,
+                http_port,
+                grpc_port: (name == MASTER).then_some(grpc_port),
+                process: None,
+            })
+            .collect();
+
+        let data_dir = dir_path.join("data");
+        let settings = ConfigSettings {
+            server_name: SERVER_NAME,
+            data_dir: &data_dir,
+            database_url: &database_url,
+            options: &options,
+        };
+        let config = config_toml(&settings, None, &topology(&redis.url(), load_balancer_port, &instances));
+        let config_path = dir_path.join(CONFIG_FILE);
+        fs::write(&config_path, &config).with_context(|| format!("writing {}", config_path.display()))?;
+
+        let mut cluster = Cluster {
+            base_url: String::new(),
+            binary,
+            database_url,
+            options,
+            config,
+            config_path,
+            instances,
+            nginx: None,
+            redis,
+            postgres,
+            dir: Some(dir),
+            dir_path,
+        };
+        // From here on, a failure drops `cluster`, which kills whatever it started.
+        cluster.start_all_ganglion().await?;
+        let nginx_config = cluster.nginx_config().await?;
+        let nginx = Nginx::start(&nginx_config).with_context(|| {
+            format!(
+                "starting nginx with the generated config ({})",
+                cluster.dir_path.join("nginx.conf").display()
+            )
+        })?;
+        cluster.base_url = nginx.base_url().trim_end_matches('/').to_owned();
+        cluster.nginx = Some(nginx);
+        cluster.wait_for_nginx().await?;
+        Ok(cluster)
+    }
+
+    /// nginx's `http://127.0.0.1:PORT`: where clients go.
+    pub fn base_url(&self) -> String {
+        self.base_url.clone()
+    }
+
+    /// `http://127.0.0.1:PORT` of one process, bypassing nginx (whether it runs or not).
+    ///
+    /// # Panics
+    /// If the cluster has no process `name` (see [`Cluster::instance_names`]).
+    pub fn url_of(&self, name: &str) -> String {
+        format!("http://127.0.0.1:{}", self.instance(name).http_port)
+    }
+
+    /// The role (`master`, `sync`, `client-reader`) of process `name`, as in
+    /// `X-Ganglion-Instance: <role>/<name>`.
+    ///
+    /// # Panics
+    /// If the cluster has no process `name`.
+    pub fn role_of(&self, name: &str) -> &'static str {
+        self.instance(name).role
+    }
+
+    /// The process id of `name`, `None` when it is not running.
+    ///
+    /// # Panics
+    /// If the cluster has no process `name`.
+    pub fn pid_of(&self, name: &str) -> Option<u32> {
+        self.instance(name).running().map(Supervised::pid)
+    }
+
+    /// Every process name, in start order: `master`, `sync1`, `sync2`, `reader1`, `reader2`.
+    pub fn instance_names(&self) -> Vec<&'static str> {
+        self.instances.iter().map(|instance| instance.name).collect()
+    }
+
+    /// SIGKILL (a crash) of process `name` and wait until it is reaped; a no-op if it is not running.
+    ///
+    /// # Panics
+    /// If the cluster has no process `name`, or the process outlives SIGKILL by seconds.
+    pub fn kill(&mut self, name: &str) {
+        let index = self.index_of(name).unwrap_or_else(|error| panic!("{error:#}"));
+        if let Some(process) = self.instances[index].process.take() {
+            process.kill().unwrap_or_else(|error| panic!("{error:#}"));
+        }
+    }
+
+    /// Starts process `name` (stopped or killed before) with the same config and port, and waits
+    /// (bounded) for its ready line. Fails if it is running.
+    pub async fn start_instance(&mut self, name: &str) -> anyhow::Result<()> {
+        let index = self.index_of(name)?;
+        if let Some(process) = self.instances[index].running() {
+            anyhow::bail!("{name} is already running (pid {})", process.pid());
+        }
+        self.instances[index].process = None;
+        let (role, port) = (self.instances[index].role, self.instances[index].http_port);
+        let stderr = append_log(&self.stderr_path(name))?;
+        let stdout_log = append_log(&self.dir_path.join(format!("{name}.stdout.log")))?;
+        let command = ganglion_command(
+            &self.binary,
+            &self.config_path,
+            Some(name),
+            &self.dir_path,
+            &self.options.env,
+            stderr,
+        );
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let process = Supervised::spawn(
+            &format!("ganglion-{name}"),
+            command,
+            libc::SIGKILL,
+            Some(Box::new(move |stdout| read_stdout(stdout, stdout_log, ready_tx))),
+        )?;
+        let problem = match ready_url(ready_rx).await {
+            Ok(url) if port_of_url(&url) == Some(port) => {
+                self.instances[index].process = Some(process);
+                return Ok(());
+            }
+            Ok(url) => format!("its ready line says {url}, not port {port}"),
+            Err(problem) => match process.exited_within(Duration::from_secs(1)).await {
+                Some(Ok(status)) => format!("{problem}; {status}"),
+                _ => problem,
+            },
+        };
+        drop(process);
+        anyhow::bail!(
+            "ganglion {name} ({role}, {}) did not start: {problem}\n--- {} ---\n{}\n--- {name}.stderr.log (tail) ---\n{}",
+            self.binary.display(),
+            self.config_path.display(),
+            self.config,
+            tail(&self.stderr_log(name), 60)
+        )
+    }
+
+    /// [`Cluster::kill`] then [`Cluster::start_instance`]: a crash and a restart on the same port.
+    pub async fn restart(&mut self, name: &str) -> anyhow::Result<()> {
+        let index = self.index_of(name)?;
+        if let Some(process) = self.instances[index].process.take() {
+            process.kill()?;
+        }
+        self.start_instance(name).await
+    }
+
+    /// SIGKILL every `ganglion` process at once and wait until each is reaped. Redis, nginx and
+    /// PostgreSQL keep running.
+    pub fn kill_all_ganglion(&mut self) -> anyhow::Result<()> {
+        let processes: Vec<Supervised> = self.instances.iter_mut().filter_map(|i| i.process.take()).collect();
+        for process in &processes {
+            process.signal(libc::SIGKILL);
+        }
+        processes.iter().try_for_each(Supervised::kill)
+    }
+
+    /// Kills every `ganglion` process (SIGKILL) and starts them all again, in start order, on the
+    /// same ports; waits until each is ready.
+    pub async fn restart_all_ganglion(&mut self) -> anyhow::Result<()> {
+        self.kill_all_ganglion()?;
+        self.start_all_ganglion().await
+    }
+
+    /// SIGTERM to process `name` and its exit status once it exits within `deadline` (it is
+    /// SIGKILLed after that, and this fails).
+    pub async fn terminate(&mut self, name: &str, deadline: Duration) -> anyhow::Result<ExitStatus> {
+        let index = self.index_of(name)?;
+        let process =
+            self.instances[index].process.take().with_context(|| format!("{name} is not running"))?;
+        process.terminate(deadline).await
+    }
+
+    /// SIGTERM to every running `ganglion` process at once; each one's exit status, in start order.
+    /// Fails (after waiting for all of them) if one outlives `deadline`; it is SIGKILLed.
+    pub async fn terminate_all_ganglion(
+        &mut self,
+        deadline: Duration,
+    ) -> anyhow::Result<Vec<(String, ExitStatus)>> {
+        let processes: Vec<(&'static str, Supervised)> = self
+            .instances
+            .iter_mut()
+            .filter_map(|i| i.process.take().filter(Supervised::is_running).map(|p| (i.name, p)))
+            .collect();
+        for (_, process) in &processes {
+            process.signal(libc::SIGTERM);
+        }
+        let end = Instant::now() + deadline;
+        let mut statuses = Vec::new();
+        let mut failures = Vec::new();
+        for (name, process) in &processes {
+            match process.exit_status_within(end.saturating_duration_since(Instant::now())).await {
+                Ok(status) => statuses.push(((*name).to_owned(), status)),
+                Err(error) => failures.push(format!("{error:#}")),
+            }
+        }
+        anyhow::ensure!(failures.is_empty(), "after SIGTERM: {}", failures.join("; "));
+        Ok(statuses)
+    }
+
+    /// The cluster's Redis, to stop, kill, flush or restart it.
+    pub fn redis(&mut self) -> &mut Redis {
+        &mut self.redis
+    }
+
+    /// The cluster's nginx.
+    pub fn nginx(&mut self) -> &mut Nginx {
+        self.nginx.as_mut().expect("nginx runs once Cluster::start has returned")
+    }
+
+    /// The PostgreSQL of [`Cluster::start_with_own_postgres`] (`None` on the shared one).
+    pub fn own_postgres(&self) -> Option<&Postgres> {
+        self.postgres.as_ref()
+    }
+
+    /// `database.url` of every process.
+    pub fn database_url(&self) -> &str {
+        &self.database_url
+    }
+
+    /// The cluster's temp directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir_path
+    }
+
+    /// The config file every process runs with.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// Everything process `name` wrote to stderr so far (across restarts).
+    pub fn stderr_log(&self, name: &str) -> String {
+        fs::read_to_string(self.stderr_path(name)).unwrap_or_default()
+    }
+
+    /// Every process's stderr log, one after another, each under a `--- <name> ---` line.
+    pub fn stderr_logs(&self) -> String {
+        let mut all = String::new();
+        for instance in &self.instances {
+            let _ = writeln!(all, "--- {} ---\n{}", instance.name, self.stderr_log(instance.name));
+        }
+        all
+    }
+
+    pub(crate) fn binary(&self) -> &Path {
+        &self.binary
+    }
+
+    pub(crate) fn options(&self) -> &ServerOptions {
+        &self.options
+    }
+
+    fn stderr_path(&self, name: &str) -> PathBuf {
+        self.dir_path.join(format!("{name}.stderr.log"))
+    }
+
+    fn index_of(&self, name: &str) -> anyhow::Result<usize> {
+        self.instances.iter().position(|instance| instance.name == name).with_context(|| {
+            format!("the cluster has no process named {name:?} (it has {:?})", self.instance_names())
+        })
+    }
+
+    fn instance(&self, name: &str) -> &Instance {
+        match self.index_of(name) {
+            Ok(index) => &self.instances[index],
+            Err(error) => panic!("{error:#}"),
+        }
+    }
+
+    /// Starts every process that is not running, in start order.
+    async fn start_all_ganglion(&mut self) -> anyhow::Result<()> {
+        for (name, _) in INSTANCES {
+            if self.pid_of(name).is_none() {
+                self.start_instance(name).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `ganglion routes --format nginx --config cluster.toml` (bounded); its output, also
+    /// saved as `nginx.conf` in the cluster's directory.
+    async fn nginx_config(&self) -> anyhow::Result<String> {
+        let output_path = self.dir_path.join("nginx.conf");
+        let stderr_path = self.dir_path.join("routes.stderr.log");
+        let output =
+            fs::File::create(&output_path).with_context(|| format!("creating {}", output_path.display()))?;
+        let mut command = Command::new(&self.binary);
+        command
+            .args(["routes", "--format", "nginx", "--config"])
+            .arg(&self.config_path)
+            .current_dir(&self.dir_path)
+            .stdin(Stdio::null())
+            .stdout(output)
+            .stderr(append_log(&stderr_path)?);
+        without_ganglion_env(&mut command);
+        // The same overrides as the processes, so nginx agrees with them (body size, listeners).
+        command.envs(self.options.env.iter().map(|(k, v)| (k, v)));
+        let mut child =
+            command.spawn().with_context(|| format!("spawning {} routes", self.binary.display()))?;
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().context("waiting for `ganglion routes`")? {
+                break status;
+            }
+            if started.elapsed() > ROUTES_DEADLINE {
+                let _ = child.kill();
+                let _ = child.wait();
+                anyhow::bail!("`ganglion routes --format nginx` did not finish within {ROUTES_DEADLINE:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let stderr = fs::read_to_string(&stderr_path).unwrap_or_default();
+        anyhow::ensure!(
+            status.success(),
+            "`{} routes --format nginx --config {}` failed ({status}):\n{}",
+            self.binary.display(),
+            self.config_path.display(),
+            tail(&stderr, 30)
+        );
+        let text =
+            fs::read_to_string(&output_path).with_context(|| format!("reading {}", output_path.display()))?;
+        anyhow::ensure!(!text.trim().is_empty(), "`ganglion routes --format nginx` printed nothing");
+        Ok(text)
+    }
+
+    /// Waits (bounded) until a request through nginx reaches a worker.
+    async fn wait_for_nginx(&self) -> anyhow::Result<()> {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+        let url = format!("{}/_matrix/client/versions", self.base_url);
+        let last = std::sync::Mutex::new(String::from("no answer yet"));
+        let reached = eventually(NGINX_DEADLINE, "nginx to answer /_matrix/client/versions", || {
+            let request = http.get(&url).send();
+            let last = &last;
+            async move {
+                let problem = match request.await {
+                    Ok(response) if response.status().is_success() => return Ok(Some(())),
+                    Ok(response) => format!("status {}", response.status()),
+                    Err(error) => error.to_string(),
+                };
+                *last.lock().unwrap_or_else(|p| p.into_inner()) = problem;
+                Ok(None)
+            }
+        })
+        .await;
+        reached.map_err(|error| {
+            let last = last.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            anyhow::anyhow!(
+                "{error:#} (last: {last})\n--- {} ---\n{}",
+                self.dir_path.join("nginx.conf").display(),
+                tail(&fs::read_to_string(self.dir_path.join("nginx.conf")).unwrap_or_default(), 40)
+            )
+        })
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Err(error) = self.kill_all_ganglion() {
+            eprintln!("ganglion-testkit: killing the cluster: {error:#}");
+        }
+        if std::thread::panicking() {
+            for instance in &self.instances {
+                eprintln!(
+                    "--- ganglion {} ({}, {}) stderr (tail) ---\n{}\n---",
+                    instance.name,
+                    instance.role,
+                    self.url_of(instance.name),
+                    tail(&self.stderr_log(instance.name), 40)
+                );
+            }
+        }
+        if keep_dirs()
+            && let Some(dir) = self.dir.take()
+        {
+            eprintln!("ganglion-testkit: kept {}", dir.keep().display());
+        }
+    }
+}
+
+/// The cluster's own tables: `[redis]`, `[load_balancer]` and the `instance_map`.
+fn topology(redis_url: &str, load_balancer_port: u16, instances: &[Instance]) -> String {
+    let mut toml = String::new();
+    let _ = writeln!(toml, "\n[redis]\nurl = {}", quote(redis_url));
+    let _ = writeln!(toml, "\n[load_balancer]\nlisten = \"127.0.0.1:{load_balancer_port}\"");
+    for instance in instances {
+        let _ = writeln!(
+            toml,
+            "\n[instance_map.{}]\nrole = {}\nhttp = \"127.0.0.1:{}\"",
+            instance.name,
+            quote(instance.role),
+            instance.http_port
+        );
+        if let Some(grpc) = instance.grpc_port {
+            let _ = writeln!(toml, "grpc = \"127.0.0.1:{grpc}\"");
+        }
+    }
+    toml
+}
+
+#[cfg(test)]
+mod tests;
