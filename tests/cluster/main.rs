@@ -3,6 +3,7 @@
 //! are killed and restarted. Waits are bounded; nothing sleeps to synchronise, only to keep a
 //! fault in place for a while under load.
 
+mod degraded;
 mod faults;
 mod routing;
 

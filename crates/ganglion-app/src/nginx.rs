@@ -188,6 +188,12 @@ http {{
     let _ = write!(
         out,
         "
+        # Operators' endpoints of each process (replication status) are not for clients.
+        location ^~ /_ganglion/ {{
+            default_type application/json;
+            return 404 '{{\"errcode\":\"M_UNRECOGNIZED\",\"error\":\"Unrecognized request\"}}';
+        }}
+
         # Unknown paths (and route parameters holding an encoded `/`, which nginx decodes before
         # matching): client-readers answer 404 M_UNRECOGNIZED, or serve the route.
         location / {{

@@ -41,7 +41,9 @@ async fn fake_instance(name: &str, role: Role) -> InstanceConfig {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = listener.local_addr().unwrap();
     let instance = format!("{}/{name}", role.as_str());
-    let app = Router::new().fallback(move || {
+    // Reads the whole body before answering, as a real worker does: answering first makes
+    // nginx see the connection close mid-upload (502).
+    let app = Router::new().fallback(move |_body: axum::body::Bytes| {
         let instance = instance.clone();
         async move { ([("x-ganglion-instance", instance)], "{}") }
     });

@@ -15,9 +15,16 @@ pub struct Args {
     pub url: Option<String>,
 
     /// Start a throwaway server with ganglion-testkit on this backend (PostgreSQL gets a
-    /// throwaway database). The server is stopped when the run ends.
+    /// throwaway database). `cluster` starts PostgreSQL, Redis, the master, the sync workers
+    /// (--sync-workers), two client-readers and nginx, and drives the cluster through nginx.
+    /// Everything is stopped when the run ends.
     #[arg(long, value_enum)]
     pub spawn: Option<SpawnBackend>,
+
+    /// Sync workers of a `--spawn cluster` (1 or 2; default 2). With 1, nginx sends every
+    /// `/sync` to the one worker.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=2))]
+    pub sync_workers: Option<u32>,
 
     /// Process ID of the server behind --url, to read its RSS and CPU time from /proc.
     #[arg(long, conflicts_with = "spawn")]
@@ -75,6 +82,7 @@ pub struct Args {
 pub enum SpawnBackend {
     Sqlite,
     Postgres,
+    Cluster,
 }
 
 impl SpawnBackend {
@@ -82,7 +90,26 @@ impl SpawnBackend {
         match self {
             SpawnBackend::Sqlite => "sqlite",
             SpawnBackend::Postgres => "postgres",
+            SpawnBackend::Cluster => "cluster",
         }
+    }
+}
+
+/// The number of sync workers when none is asked for.
+pub const DEFAULT_SYNC_WORKERS: u32 = 2;
+
+impl Args {
+    /// Checks what clap cannot: --sync-workers only with `--spawn cluster`.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.sync_workers.is_some() && self.spawn != Some(SpawnBackend::Cluster) {
+            return Err("--sync-workers needs --spawn cluster".to_owned());
+        }
+        Ok(())
+    }
+
+    /// The sync workers a spawned cluster runs with; `None` for anything but `--spawn cluster`.
+    pub fn cluster_sync_workers(&self) -> Option<u32> {
+        (self.spawn == Some(SpawnBackend::Cluster)).then(|| self.sync_workers.unwrap_or(DEFAULT_SYNC_WORKERS))
     }
 }
 

@@ -1,6 +1,7 @@
 //! `ganglion-load`: a closed-loop load benchmark for the client-server API. It registers users,
 //! puts them in rooms, keeps one `/sync` long-poll per user, sends messages from concurrent
-//! senders and reports sends/s, send and fan-out latency, initial sync time and server RSS.
+//! senders and reports sends/s, send and fan-out latency, initial sync time and server RSS; for
+//! a cluster, also every worker's replication lag.
 //!
 //! It is a benchmark, not a test: it measures and reports, and asserts nothing about the server
 //! beyond what it needs to run. Every non-2xx answer is counted in the report.
@@ -11,6 +12,7 @@ mod matrix;
 mod plan;
 mod procfs;
 mod receiver;
+mod replication;
 mod report;
 mod run;
 mod sender;

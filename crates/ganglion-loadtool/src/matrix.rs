@@ -10,11 +10,15 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
+use reqwest::header::HeaderValue;
 use reqwest::{RequestBuilder, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::clock;
+
+/// The header naming the process that answered, `<role>/<name>`.
+const INSTANCE_HEADER: &str = "x-ganglion-instance";
 
 /// Setup calls give up after this many 429s in a row.
 const SETUP_RATE_LIMIT_RETRIES: u32 = 50;
@@ -29,8 +33,9 @@ pub struct Session {
 /// What the server answered.
 #[derive(Debug)]
 pub enum Reply {
-    /// A 2xx, with the body and the clock reading once the whole body had arrived.
-    Ok { body: Bytes, received_ns: u64 },
+    /// A 2xx, with the body, the clock reading once the whole body had arrived and the
+    /// `X-Ganglion-Instance` header (`<role>/<name>` of the process that answered), if any.
+    Ok { body: Bytes, received_ns: u64, instance: Option<HeaderValue> },
     /// A 429; wait this long before retrying.
     RateLimited(Duration),
     /// Any other status, with the start of the body for the report.
@@ -141,10 +146,11 @@ impl Api {
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
+        let instance = response.headers().get(INSTANCE_HEADER).cloned();
         let body = response.bytes().await?;
         let received_ns = clock::now_ns();
         if status.is_success() {
-            return Ok(Reply::Ok { body, received_ns });
+            return Ok(Reply::Ok { body, received_ns, instance });
         }
         if status == StatusCode::TOO_MANY_REQUESTS {
             let from_body = serde_json::from_slice::<RateLimitBody>(&body)

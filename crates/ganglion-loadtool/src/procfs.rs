@@ -43,22 +43,42 @@ impl Process {
 /// postmaster and its backends), in seconds. A child that exited in between is not counted.
 pub fn tree_cpu_seconds(root: u32) -> Option<f64> {
     let mut ticks = stat_cpu_ticks(&std::fs::read_to_string(format!("/proc/{root}/stat")).ok()?)?;
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+    for (_, stat) in children(root) {
+        ticks += stat_cpu_ticks(&stat).unwrap_or(0);
+    }
+    Some(ticks as f64 / TICKS_PER_SECOND)
+}
+
+/// The first direct child of `parent` whose command name is `name` (as in `/proc/<pid>/comm`),
+/// e.g. the nginx master a testkit thread of this process started. Only reads `/proc`.
+#[cfg_attr(not(feature = "spawn"), allow(dead_code))]
+pub fn child_named(parent: u32, name: &str) -> Option<u32> {
+    children(parent).into_iter().find(|(_, stat)| stat_name(stat) == Some(name)).map(|(pid, _)| pid)
+}
+
+/// The direct children of `parent`, with their `/proc/<pid>/stat`. A child that exits in between
+/// is left out.
+fn children(parent: u32) -> Vec<(u32, String)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(pid) = name.to_str().and_then(|name| name.parse::<u32>().ok()) else {
             continue;
         };
-        if pid == root {
+        if pid == parent {
             continue;
         }
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
         };
-        if stat_parent(&stat) == Some(root) {
-            ticks += stat_cpu_ticks(&stat).unwrap_or(0);
+        if stat_parent(&stat) == Some(parent) {
+            found.push((pid, stat));
         }
     }
-    Some(ticks as f64 / TICKS_PER_SECOND)
+    found
 }
 
 /// The value of a `Key:   123 kB` line of `/proc/<pid>/status`.
@@ -76,6 +96,11 @@ fn stat_cpu_ticks(stat: &str) -> Option<u64> {
     let utime: u64 = fields.next()?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
     Some(utime + stime)
+}
+
+/// The command name (field 2, between the first `(` and the last `)`).
+fn stat_name(stat: &str) -> Option<&str> {
+    stat.get(stat.find('(')? + 1..stat.rfind(')')?)
 }
 
 /// The parent PID (field 4) from `/proc/<pid>/stat`.

@@ -87,6 +87,19 @@ pub struct ReceiverOutcome {
     pub limited_timelines: u64,
     pub requests: u64,
     pub errors: ErrorCounts,
+    /// Successful incremental syncs by the process that answered (`X-Ganglion-Instance`, or
+    /// `unknown`); few entries, so a list.
+    pub answers_by_instance: Vec<(String, u64)>,
+}
+
+impl ReceiverOutcome {
+    fn count_answer(&mut self, instance: Option<&str>) {
+        let instance = instance.unwrap_or("unknown");
+        match self.answers_by_instance.iter_mut().find(|(name, _)| name == instance) {
+            Some((_, count)) => *count += 1,
+            None => self.answers_by_instance.push((instance.to_owned(), 1)),
+        }
+    }
 }
 
 pub struct Receiver {
@@ -130,17 +143,20 @@ impl Receiver {
             };
             outcome.requests += 1;
             let pause = match reply {
-                Ok(Reply::Ok { body, received_ns }) => match serde_json::from_slice::<SyncResponse>(&body) {
-                    Ok(response) => {
-                        self.collect(&response, received_ns, &mut outcome);
-                        since = response.next_batch;
-                        None
+                Ok(Reply::Ok { body, received_ns, instance }) => {
+                    match serde_json::from_slice::<SyncResponse>(&body) {
+                        Ok(response) => {
+                            outcome.count_answer(instance.as_ref().and_then(|value| value.to_str().ok()));
+                            self.collect(&response, received_ns, &mut outcome);
+                            since = response.next_batch;
+                            None
+                        }
+                        Err(error) => {
+                            outcome.errors.bad_body(&error);
+                            Some(RETRY_PAUSE)
+                        }
                     }
-                    Err(error) => {
-                        outcome.errors.bad_body(&error);
-                        Some(RETRY_PAUSE)
-                    }
-                },
+                }
                 Ok(Reply::RateLimited(wait)) => {
                     outcome.errors.rate_limited += 1;
                     Some(wait)
@@ -174,7 +190,7 @@ impl Receiver {
             let reply = self.api.sync(&self.session, None, 0, self.filter.as_deref()).await;
             outcome.requests += 1;
             match reply {
-                Ok(Reply::Ok { body, received_ns }) => {
+                Ok(Reply::Ok { body, received_ns, .. }) => {
                     let response: SyncResponse = serde_json::from_slice(&body).map_err(|error| {
                         anyhow::anyhow!("initial sync of {}: {error}", self.session.user_id)
                     })?;

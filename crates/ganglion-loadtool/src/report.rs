@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::cli::Args;
 use crate::matrix::ErrorCounts;
 use crate::receiver::ReceiverOutcome;
+use crate::replication::{Lag, WorkerReadings};
 use crate::sender::SenderOutcome;
 use crate::stats::{Summary, summarize_ns};
 
@@ -40,7 +41,9 @@ impl Window {
 pub struct Measurements {
     pub backend: &'static str,
     pub base_url: String,
+    /// The only server process, or a cluster's master.
     pub server_pid: Option<u32>,
+    pub sync_workers: Option<u32>,
     pub mean_members: f64,
     pub setup_took: Duration,
     pub setup_rate_limited: u64,
@@ -49,15 +52,32 @@ pub struct Measurements {
     /// Indexed by sender number.
     pub senders: Vec<SenderOutcome>,
     pub receivers: Vec<ReceiverOutcome>,
-    /// `(clock ns, bytes)`.
+    /// `(clock ns, bytes)`, summed over the server's processes.
     pub rss_samples: Vec<(u64, u64)>,
+    /// Every `ganglion` process (one, or a cluster's).
+    pub processes: Vec<ProcessMeasurement>,
+    /// CPU seconds used during the window by PostgreSQL's postmaster and backends, for a
+    /// spawned PostgreSQL.
+    pub database_cpu_seconds: Option<f64>,
+    /// A spawned cluster's Redis, and nginx's master and workers.
+    pub redis_cpu_seconds: Option<f64>,
+    pub nginx_cpu_seconds: Option<f64>,
+    pub client_cpu_seconds: Option<f64>,
+    /// A cluster's workers' `/_ganglion/v1/replication` at both ends of the window.
+    pub replication: Vec<WorkerReadings>,
+}
+
+/// One `ganglion` process's readings.
+#[derive(Debug, Clone)]
+pub struct ProcessMeasurement {
+    pub name: String,
+    pub role: String,
+    pub pid: u32,
     pub rss_at_end_bytes: Option<u64>,
+    /// VmHWM, read after the run.
     pub peak_rss_bytes: Option<u64>,
     /// CPU seconds used during the window.
-    pub server_cpu_seconds: Option<f64>,
-    /// PostgreSQL's postmaster and backends, for a spawned PostgreSQL.
-    pub database_cpu_seconds: Option<f64>,
-    pub client_cpu_seconds: Option<f64>,
+    pub cpu_seconds: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -70,8 +90,12 @@ pub struct Report {
     /// Time from sending each user's first `/sync` to having its whole body; all users at once.
     pub initial_sync_ms: Option<Summary>,
     pub sync: Syncs,
+    /// A cluster's replication lag over the window; `null` for a single process.
+    pub replication: Option<Replication>,
     pub memory: Memory,
     pub cpu: Cpu,
+    /// Each `ganglion` process (all of a cluster's), with its role.
+    pub processes: Vec<ProcessReport>,
     /// Rate-limit answers during setup (register, createRoom, join), waited out and retried.
     pub setup_rate_limited: u64,
     pub targets: Vec<TargetCheck>,
@@ -79,10 +103,14 @@ pub struct Report {
 
 #[derive(Debug, Serialize)]
 pub struct ServerInfo {
-    /// `sqlite` or `postgres` for a spawned server, `url` for one given with --url.
+    /// `sqlite`, `postgres` or `cluster` for a spawned server, `url` for one given with --url.
     pub backend: &'static str,
+    /// nginx's URL for a cluster.
     pub base_url: String,
+    /// The only process, or a cluster's master (every process is in `processes`).
     pub pid: Option<u32>,
+    /// A spawned cluster's sync workers.
+    pub sync_workers: Option<u32>,
 }
 
 #[derive(Debug, Serialize)]
@@ -139,24 +167,76 @@ pub struct Fanout {
 pub struct Syncs {
     pub requests: u64,
     pub errors: ErrorCounts,
+    /// Successful incremental syncs by the process that answered them.
+    pub by_instance: Vec<InstanceAnswers>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InstanceAnswers {
+    /// `X-Ganglion-Instance`: `<role>/<name>`, or `unknown`.
+    pub instance: String,
+    pub answers: u64,
+    /// Users (long-pollers) with at least one answer from it.
+    pub users: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Replication {
+    /// One entry per worker (sync and client-reader), in start order.
+    pub workers: Vec<WorkerLag>,
+    /// The worst worker's figures: the highest p50, p99 and max over the workers with samples
+    /// (each from a different worker, perhaps); `samples` is the total. The headline is `p99`.
+    pub overall: Option<Lag>,
+    /// Workers whose call failed at either end of the window.
+    pub failed_workers: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct WorkerLag {
+    pub name: String,
+    /// Whether the worker followed Redis (rather than polling the database) at the start and
+    /// at the end of the window.
+    pub following_redis: (Option<bool>, Option<bool>),
+    /// Its readable positions at the end of the window.
+    pub positions: Option<String>,
+    /// Over the window; `null` when a call failed.
+    pub lag_ms: Option<Lag>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProcessReport {
+    pub name: String,
+    pub role: String,
+    pub pid: u32,
+    pub rss_mib: Option<f64>,
+    pub rss_peak_mib: Option<f64>,
+    /// CPU seconds per second of the window.
+    pub cpu_cores: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct Memory {
-    /// Server RSS at the end of the window.
+    /// Server RSS at the end of the window (for a cluster: summed over its `ganglion` processes,
+    /// as are the two figures below).
     pub rss_mib: Option<f64>,
     /// Highest sampled RSS inside the window.
     pub rss_max_in_window_mib: Option<f64>,
-    /// The kernel's high-water mark (VmHWM) over the server's life, read after the run.
+    /// The kernel's high-water mark (VmHWM) over the server's life, read after the run; for a
+    /// cluster the sum of each process's own peak.
     pub rss_peak_mib: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct Cpu {
-    /// CPU seconds per second of the window: 2.0 is both cores of a 2-core machine.
+    /// CPU seconds per second of the window: 2.0 is both cores of a 2-core machine. For a
+    /// cluster, summed over its `ganglion` processes.
     pub server_cores: Option<f64>,
     /// The spawned PostgreSQL cluster (postmaster and backends); `null` otherwise.
     pub database_cores: Option<f64>,
+    /// A spawned cluster's Redis and nginx (master and workers); `null` otherwise.
+    pub redis_cores: Option<f64>,
+    pub nginx_cores: Option<f64>,
     pub load_tool_cores: Option<f64>,
 }
 
@@ -179,35 +259,54 @@ impl Report {
             sync_requests += receiver.requests;
             sync_errors.merge(receiver.errors.clone());
         }
+        let by_instance = answers_by_instance(&measurements.receivers);
         let mut initial: Vec<i64> = measurements
             .initial_sync_times
             .iter()
             .map(|took| i64::try_from(took.as_nanos()).unwrap_or(i64::MAX))
             .collect();
+        let processes = &measurements.processes;
+        let rss_at_end_bytes = sum(processes.iter().map(|process| process.rss_at_end_bytes));
         let rss_max_in_window = measurements
             .rss_samples
             .iter()
             .filter(|(at_ns, _)| window.contains(*at_ns))
             .map(|&(_, bytes)| bytes)
-            .chain(measurements.rss_at_end_bytes)
+            .chain(rss_at_end_bytes)
             .max();
         let memory = Memory {
-            rss_mib: measurements.rss_at_end_bytes.map(to_mib),
+            rss_mib: rss_at_end_bytes.map(to_mib),
             rss_max_in_window_mib: rss_max_in_window.map(to_mib),
-            rss_peak_mib: measurements.peak_rss_bytes.map(to_mib),
+            rss_peak_mib: sum(processes.iter().map(|process| process.peak_rss_bytes)).map(to_mib),
         };
         let window_seconds = window.seconds();
+        let per_second = |seconds: Option<f64>| seconds.map(|seconds| seconds / window_seconds);
         let cpu = Cpu {
-            server_cores: measurements.server_cpu_seconds.map(|seconds| seconds / window_seconds),
-            database_cores: measurements.database_cpu_seconds.map(|seconds| seconds / window_seconds),
-            load_tool_cores: measurements.client_cpu_seconds.map(|seconds| seconds / window_seconds),
+            server_cores: per_second(sum(processes.iter().map(|process| process.cpu_seconds))),
+            database_cores: per_second(measurements.database_cpu_seconds),
+            redis_cores: per_second(measurements.redis_cpu_seconds),
+            nginx_cores: per_second(measurements.nginx_cpu_seconds),
+            load_tool_cores: per_second(measurements.client_cpu_seconds),
         };
-        let targets = targets(measurements.backend, &sends, &fanout, &memory);
+        let process_reports = processes
+            .iter()
+            .map(|process| ProcessReport {
+                name: process.name.clone(),
+                role: process.role.clone(),
+                pid: process.pid,
+                rss_mib: process.rss_at_end_bytes.map(to_mib),
+                rss_peak_mib: process.peak_rss_bytes.map(to_mib),
+                cpu_cores: per_second(process.cpu_seconds),
+            })
+            .collect();
+        let replication = replication(&measurements.replication);
+        let targets = targets(measurements.backend, &sends, &fanout, &memory, replication.as_ref());
         Report {
             server: ServerInfo {
                 backend: measurements.backend,
                 base_url: measurements.base_url,
                 pid: measurements.server_pid,
+                sync_workers: measurements.sync_workers,
             },
             config: Config {
                 users: args.users,
@@ -224,9 +323,11 @@ impl Report {
             sends,
             fanout,
             initial_sync_ms: summarize_ns(&mut initial),
-            sync: Syncs { requests: sync_requests, errors: sync_errors },
+            sync: Syncs { requests: sync_requests, errors: sync_errors, by_instance },
+            replication,
             memory,
             cpu,
+            processes: process_reports,
             setup_rate_limited: measurements.setup_rate_limited,
             targets,
         }
@@ -236,12 +337,20 @@ impl Report {
     pub fn table(&self) -> String {
         let mut out = String::new();
         let config = &self.config;
+        let pid = match (self.processes.len(), self.server.pid) {
+            (0 | 1, Some(pid)) => format!(" (pid {pid})"),
+            (count, Some(pid)) => format!(" ({count} processes, master pid {pid})"),
+            (_, None) => String::new(),
+        };
+        let sync_workers = match self.server.sync_workers {
+            Some(1) => ", 1 sync worker".to_owned(),
+            Some(count) => format!(", {count} sync workers"),
+            None => String::new(),
+        };
         let _ = writeln!(
             out,
-            "ganglion-load: {} server at {}{}",
-            self.server.backend,
-            self.server.base_url,
-            self.server.pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default()
+            "ganglion-load: {} server at {}{pid}{sync_workers}",
+            self.server.backend, self.server.base_url,
         );
         let _ = writeln!(
             out,
@@ -281,6 +390,56 @@ impl Report {
                 }
             }
         }
+        if let Some(replication) = &self.replication {
+            let _ = writeln!(out);
+            let _ = writeln!(
+                out,
+                "{:<26}{:>10}{:>10}{:>10}{:>10}  following Redis (start/end)",
+                "replication lag (ms)", "p50", "p99", "max", "samples"
+            );
+            for worker in &replication.workers {
+                let following = |value: Option<bool>| match value {
+                    Some(true) => "yes",
+                    Some(false) => "NO",
+                    None => "?",
+                };
+                match (&worker.lag_ms, &worker.error) {
+                    (Some(lag), _) => {
+                        let _ = writeln!(
+                            out,
+                            "{:<26}{:>10.2}{:>10.2}{:>10.2}{:>10}  {}/{}",
+                            worker.name,
+                            lag.p50,
+                            lag.p99,
+                            lag.max,
+                            lag.samples,
+                            following(worker.following_redis.0),
+                            following(worker.following_redis.1)
+                        );
+                    }
+                    (None, error) => {
+                        let _ = writeln!(
+                            out,
+                            "{:<26}failed: {}",
+                            worker.name,
+                            error.as_deref().unwrap_or("no answer")
+                        );
+                    }
+                }
+            }
+            match &replication.overall {
+                Some(lag) => {
+                    let _ = writeln!(
+                        out,
+                        "{:<26}{:>10.2}{:>10.2}{:>10.2}{:>10}",
+                        "worst worker", lag.p50, lag.p99, lag.max, lag.samples
+                    );
+                }
+                None => {
+                    let _ = writeln!(out, "{:<26}{:>10}", "worst worker", "no samples");
+                }
+            }
+        }
         let _ = writeln!(out);
         let sends = &self.sends;
         let _ = writeln!(
@@ -306,25 +465,59 @@ impl Report {
             fanout.of_failed_sends,
             fanout.limited_timelines
         );
+        if self.sync.by_instance.len() > 1 {
+            let answers: Vec<String> = self
+                .sync
+                .by_instance
+                .iter()
+                .map(|entry| format!("{} {} ({} users)", entry.instance, entry.answers, entry.users))
+                .collect();
+            let _ = writeln!(out, "{:<26}{}", "sync answers by process", answers.join(", "));
+        }
+        let summed = if self.processes.len() > 1 {
+            format!(" (sum of {} processes)", self.processes.len())
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             out,
-            "{:<26}{} at end, {} max in window, {} peak (VmHWM)",
+            "{:<26}{} at end, {} max in window, {} peak (VmHWM){summed}",
             "server RSS",
             mib(self.memory.rss_mib),
             mib(self.memory.rss_max_in_window_mib),
             mib(self.memory.rss_peak_mib)
         );
-        let database = match self.cpu.database_cores {
-            Some(cores) => format!(", PostgreSQL {cores:.2}"),
-            None => String::new(),
-        };
+        let mut others = String::new();
+        for (name, cores) in [
+            ("PostgreSQL", self.cpu.database_cores),
+            ("Redis", self.cpu.redis_cores),
+            ("nginx", self.cpu.nginx_cores),
+        ] {
+            if let Some(cores) = cores {
+                let _ = write!(others, ", {name} {cores:.2}");
+            }
+        }
         let _ = writeln!(
             out,
-            "{:<26}server {}{database}, load tool {} (cores)",
+            "{:<26}server {}{summed}{others}, load tool {} (cores)",
             "CPU in window",
             optional(self.cpu.server_cores, 2),
             optional(self.cpu.load_tool_cores, 2)
         );
+        if self.processes.len() > 1 {
+            for process in &self.processes {
+                let _ = writeln!(
+                    out,
+                    "{:<26}{:<14} pid {:<8} RSS {:>10}, peak {:>10}, CPU {} cores",
+                    format!("  {}", process.name),
+                    process.role,
+                    process.pid,
+                    mib(process.rss_mib),
+                    mib(process.rss_peak_mib),
+                    optional(process.cpu_cores, 2)
+                );
+            }
+        }
         let _ = writeln!(
             out,
             "{:<26}setup {}, send {}, sync {}",
@@ -347,7 +540,7 @@ impl Report {
             }
         }
         let _ = writeln!(out);
-        let _ = writeln!(out, "{:<36}{:>12}{:>8}", "target (issue: 100 users, 20 rooms)", "value", "met");
+        let _ = writeln!(out, "{:<40}{:>12}{:>8}", "target (issue: 100 users, 20 rooms)", "value", "met");
         for check in &self.targets {
             let met = match check.met {
                 Some(true) => "yes",
@@ -356,7 +549,7 @@ impl Report {
             };
             let _ = writeln!(
                 out,
-                "{:<36}{:>12}{:>8}",
+                "{:<40}{:>12}{:>8}",
                 format!("{} {}", check.metric, check.target),
                 optional(check.value, 1),
                 met
@@ -450,10 +643,84 @@ fn fanout(senders: &[SenderOutcome], receivers: &[ReceiverOutcome], window: Wind
     }
 }
 
+/// Successful incremental syncs per answering process, and how many users each one answered.
+fn answers_by_instance(receivers: &[ReceiverOutcome]) -> Vec<InstanceAnswers> {
+    let mut all: Vec<InstanceAnswers> = Vec::new();
+    for receiver in receivers {
+        for (instance, answers) in &receiver.answers_by_instance {
+            match all.iter_mut().find(|entry| entry.instance == *instance) {
+                Some(entry) => {
+                    entry.answers += answers;
+                    entry.users += 1;
+                }
+                None => all.push(InstanceAnswers { instance: instance.clone(), answers: *answers, users: 1 }),
+            }
+        }
+    }
+    all.sort_by(|a, b| a.instance.cmp(&b.instance));
+    all
+}
+
+/// Each worker's lag over the window (its answer at the end), and the worst of them.
+fn replication(readings: &[WorkerReadings]) -> Option<Replication> {
+    if readings.is_empty() {
+        return None;
+    }
+    let workers: Vec<WorkerLag> = readings
+        .iter()
+        .map(|reading| {
+            let error = match (&reading.start, &reading.end) {
+                (Err(error), _) => Some(format!("at the window's start: {error}")),
+                (Ok(_), Err(error)) => Some(format!("at the window's end: {error}")),
+                (Ok(_), Ok(_)) => None,
+            };
+            WorkerLag {
+                name: reading.name.clone(),
+                following_redis: (
+                    reading.start.as_ref().ok().map(|status| status.following_redis),
+                    reading.end.as_ref().ok().map(|status| status.following_redis),
+                ),
+                positions: reading.end.as_ref().ok().map(|status| status.positions.clone()),
+                // Without the reset at the start, the end's figures would cover the warm-up too.
+                lag_ms: match (&reading.start, &reading.end) {
+                    (Ok(_), Ok(end)) => Some(end.lag_ms),
+                    _ => None,
+                },
+                error,
+            }
+        })
+        .collect();
+    let with_samples: Vec<Lag> =
+        workers.iter().filter_map(|worker| worker.lag_ms).filter(|lag| lag.samples > 0).collect();
+    let overall = (!with_samples.is_empty()).then(|| Lag {
+        samples: with_samples.iter().map(|lag| lag.samples).sum(),
+        p50: with_samples.iter().map(|lag| lag.p50).fold(f64::MIN, f64::max),
+        p99: with_samples.iter().map(|lag| lag.p99).fold(f64::MIN, f64::max),
+        max: with_samples.iter().map(|lag| lag.max).fold(f64::MIN, f64::max),
+    });
+    let failed_workers = workers.iter().filter(|worker| worker.error.is_some()).count() as u64;
+    Some(Replication { workers, overall, failed_workers })
+}
+
+/// Sums readings, skipping missing ones; `None` when every one is missing.
+fn sum<T: std::iter::Sum<T>>(values: impl Iterator<Item = Option<T>>) -> Option<T> {
+    let mut values = values.flatten().peekable();
+    values.peek()?;
+    Some(values.sum())
+}
+
 /// The issue's targets. They are stated for 100 users in 20 rooms; RSS has a target only on
-/// the embedded default (SQLite), and a server behind --url is held to the SQLite targets.
-fn targets(backend: &str, sends: &Sends, fanout: &Fanout, memory: &Memory) -> Vec<TargetCheck> {
-    let postgres = backend == "postgres";
+/// the embedded default (SQLite), and a server behind --url is held to the SQLite targets. A
+/// cluster (on PostgreSQL) is held to PostgreSQL's throughput target, which is also the rate at
+/// which its replication lag target (p99 < 10 ms, worst worker) is stated.
+fn targets(
+    backend: &str,
+    sends: &Sends,
+    fanout: &Fanout,
+    memory: &Memory,
+    replication: Option<&Replication>,
+) -> Vec<TargetCheck> {
+    let postgres = backend == "postgres" || backend == "cluster";
     let sends_target = if postgres { 1000.0 } else { 2000.0 };
     let mut checks = vec![
         TargetCheck {
@@ -467,6 +734,9 @@ fn targets(backend: &str, sends: &Sends, fanout: &Fanout, memory: &Memory) -> Ve
     ];
     if !postgres {
         checks.push(below("server RSS MiB", 100.0, memory.rss_max_in_window_mib));
+    }
+    if let Some(replication) = replication {
+        checks.push(below("replication lag p99 ms", 10.0, replication.overall.map(|lag| lag.p99)));
     }
     checks
 }

@@ -16,7 +16,8 @@ use crate::matrix::{Api, Session};
 use crate::plan::Plan;
 use crate::procfs::{self, Process};
 use crate::receiver::{LONG_POLL_TIMEOUT_MS, Receiver, ReceiverOutcome};
-use crate::report::{self, Measurements, Window};
+use crate::replication::{Poller, WorkerReadings};
+use crate::report::{self, Measurements, ProcessMeasurement, Window};
 use crate::sender::{Sender, SenderOutcome, TargetRoom};
 use crate::server::Server;
 
@@ -42,18 +43,22 @@ pub struct Counters {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    args.validate().map_err(anyhow::Error::msg)?;
     let users = args.users as usize;
     let rooms = args.rooms as usize;
     let plan = Plan::new(users, rooms, args.rooms_per_user as usize).map_err(anyhow::Error::msg)?;
     let progress = Progress::new();
 
     let server = Server::start(&args).await?;
+    let processes: Vec<String> =
+        server.processes.iter().map(|process| format!("{} pid {}", process.name, process.pid)).collect();
     progress.say(&format!(
         "server {} at {}{}",
         server.backend,
         server.base_url,
-        server.pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default()
+        if processes.is_empty() { String::new() } else { format!(" ({})", processes.join(", ")) }
     ));
+    let replication = if server.workers.is_empty() { None } else { Some(Poller::new()?) };
     let setup_concurrency = args.setup_concurrency as usize;
     let setup_api = Api::new(&server.base_url, setup_concurrency, REQUEST_TIMEOUT)?;
     // Long-polls and sends get their own pools, each big enough for all of its requests at
@@ -136,7 +141,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         };
 
     // Senders, the RSS sampler and progress lines.
-    let rss_sampler = server.pid.map(|pid| tokio::spawn(sample_rss(pid, stop_receivers_rx.clone())));
+    let rss_sampler = (!server.processes.is_empty())
+        .then(|| tokio::spawn(sample_rss(server.pids(), stop_receivers_rx.clone())));
     let stop_senders = Arc::new(AtomicBool::new(false));
     let mut sender_tasks = Vec::with_capacity(args.senders as usize);
     for index in 0..args.senders {
@@ -165,9 +171,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let progress_task = tokio::spawn(report_progress(progress.clone(), counters.clone()));
 
     tokio::time::sleep(args.warmup).await;
+    // Each call resets the worker's lag figures: the second covers the window.
+    let replication_start = match &replication {
+        Some(poller) => poller.poll(&server.workers).await,
+        None => Vec::new(),
+    };
     let window_start = Snapshot::take(&server);
     tokio::time::sleep(args.duration).await;
     let window_end = Snapshot::take(&server);
+    let replication_end = match &replication {
+        Some(poller) => poller.poll(&server.workers).await,
+        None => Vec::new(),
+    };
     stop_senders.store(true, Ordering::Relaxed);
     progress_task.abort();
 
@@ -199,12 +214,31 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Some(task) => task.await.context("the RSS sampler panicked")?,
         None => Vec::new(),
     };
-    let peak_rss_bytes = server.pid.and_then(|pid| Process::Pid(pid).peak_rss_bytes());
+    let processes: Vec<ProcessMeasurement> = server
+        .processes
+        .iter()
+        .zip(window_start.processes.iter().zip(&window_end.processes))
+        .map(|(process, (start, end))| ProcessMeasurement {
+            name: process.name.clone(),
+            role: process.role.clone(),
+            pid: process.pid,
+            rss_at_end_bytes: end.rss_bytes,
+            peak_rss_bytes: Process::Pid(process.pid).peak_rss_bytes(),
+            cpu_seconds: start.cpu_seconds.zip(end.cpu_seconds).map(|(start, end)| end - start),
+        })
+        .collect();
+    let replication: Vec<WorkerReadings> = server
+        .workers
+        .iter()
+        .zip(replication_start.into_iter().zip(replication_end))
+        .map(|(worker, (start, end))| WorkerReadings { name: worker.name.clone(), start, end })
+        .collect();
 
     let measurements = Measurements {
         backend: server.backend,
         base_url: server.base_url.clone(),
-        server_pid: server.pid,
+        server_pid: server.main_pid(),
+        sync_workers: server.sync_workers,
         mean_members: plan.mean_members(),
         setup_took,
         setup_rate_limited: setup_rate_limited.load(Ordering::Relaxed),
@@ -213,20 +247,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         senders,
         receivers,
         rss_samples,
-        rss_at_end_bytes: window_end.server_rss_bytes,
-        peak_rss_bytes,
-        server_cpu_seconds: window_start
-            .server_cpu_seconds
-            .zip(window_end.server_cpu_seconds)
-            .map(|(start, end)| end - start),
-        database_cpu_seconds: window_start
-            .database_cpu_seconds
-            .zip(window_end.database_cpu_seconds)
-            .map(|(start, end)| end - start),
-        client_cpu_seconds: window_start
-            .client_cpu_seconds
-            .zip(window_end.client_cpu_seconds)
-            .map(|(start, end)| end - start),
+        processes,
+        database_cpu_seconds: difference(window_start.database_cpu_seconds, window_end.database_cpu_seconds),
+        redis_cpu_seconds: difference(window_start.redis_cpu_seconds, window_end.redis_cpu_seconds),
+        nginx_cpu_seconds: difference(window_start.nginx_cpu_seconds, window_end.nginx_cpu_seconds),
+        client_cpu_seconds: difference(window_start.client_cpu_seconds, window_end.client_cpu_seconds),
+        replication,
     };
     let report = report::Report::new(&args, measurements);
     if args.json {
@@ -250,8 +276,13 @@ async fn collect_initial(
     Ok(times)
 }
 
-/// RSS readings of `pid` as `(clock ns, bytes)` until `stop` turns true.
-async fn sample_rss(pid: u32, mut stop: watch::Receiver<bool>) -> Vec<(u64, u64)> {
+/// `end - start` of two CPU time readings.
+fn difference(start: Option<f64>, end: Option<f64>) -> Option<f64> {
+    start.zip(end).map(|(start, end)| end - start)
+}
+
+/// The summed RSS of `pids` as `(clock ns, bytes)` until `stop` turns true.
+async fn sample_rss(pids: Vec<u32>, mut stop: watch::Receiver<bool>) -> Vec<(u64, u64)> {
     let mut samples = Vec::new();
     let mut interval = tokio::time::interval(RSS_SAMPLE_INTERVAL);
     loop {
@@ -260,8 +291,9 @@ async fn sample_rss(pid: u32, mut stop: watch::Receiver<bool>) -> Vec<(u64, u64)
             _ = stop.changed() => break,
             _ = interval.tick() => {}
         }
-        if let Some(rss) = Process::Pid(pid).rss_bytes() {
-            samples.push((clock::now_ns(), rss));
+        let readings: Vec<u64> = pids.iter().filter_map(|&pid| Process::Pid(pid).rss_bytes()).collect();
+        if !readings.is_empty() {
+            samples.push((clock::now_ns(), readings.iter().sum()));
         }
     }
     samples
@@ -270,19 +302,34 @@ async fn sample_rss(pid: u32, mut stop: watch::Receiver<bool>) -> Vec<(u64, u64)
 /// Readings taken at a window boundary.
 struct Snapshot {
     at_ns: u64,
-    server_rss_bytes: Option<u64>,
-    server_cpu_seconds: Option<f64>,
+    /// In `Server::processes` order.
+    processes: Vec<ProcessReading>,
     database_cpu_seconds: Option<f64>,
+    redis_cpu_seconds: Option<f64>,
+    nginx_cpu_seconds: Option<f64>,
     client_cpu_seconds: Option<f64>,
+}
+
+struct ProcessReading {
+    rss_bytes: Option<u64>,
+    cpu_seconds: Option<f64>,
 }
 
 impl Snapshot {
     fn take(server: &Server) -> Snapshot {
         Snapshot {
             at_ns: clock::now_ns(),
-            server_rss_bytes: server.pid.and_then(|pid| Process::Pid(pid).rss_bytes()),
-            server_cpu_seconds: server.pid.and_then(|pid| Process::Pid(pid).cpu_seconds()),
+            processes: server
+                .processes
+                .iter()
+                .map(|process| ProcessReading {
+                    rss_bytes: Process::Pid(process.pid).rss_bytes(),
+                    cpu_seconds: Process::Pid(process.pid).cpu_seconds(),
+                })
+                .collect(),
             database_cpu_seconds: server.database_pid.and_then(procfs::tree_cpu_seconds),
+            redis_cpu_seconds: server.redis_pid.and_then(procfs::tree_cpu_seconds),
+            nginx_cpu_seconds: server.nginx_pid.and_then(procfs::tree_cpu_seconds),
             client_cpu_seconds: Process::This.cpu_seconds(),
         }
     }

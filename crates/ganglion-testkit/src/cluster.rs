@@ -36,7 +36,8 @@ use crate::{
 /// The name of the master process in `instance_map`.
 pub(crate) const MASTER: &str = "master";
 /// Every process of the cluster, `(name, role)`, in start order: the master first (it migrates
-/// the database and creates the signing key), then the workers.
+/// the database and creates the signing key), then the workers. [`Cluster::start_with`] may leave
+/// out `sync2` and `reader2`.
 const INSTANCES: [(&str, &str); 5] = [
     (MASTER, "master"),
     ("sync1", "sync"),
@@ -104,16 +105,32 @@ impl Cluster {
     /// ([`Postgres::shared`]) and waits (bounded) until every process is ready and nginx answers.
     /// `options` apply to every process (`env` included).
     pub async fn start(options: ServerOptions) -> anyhow::Result<Cluster> {
-        Cluster::start_on(options, false).await
+        Cluster::start_on(options, false, &INSTANCES).await
+    }
+
+    /// Like [`Cluster::start`], with `sync_workers` `sync` workers and `client_readers`
+    /// `client-reader`s (1 or 2 each; [`Cluster::start`] runs 2 of each). nginx's upstreams hold
+    /// only the processes that exist, so with one sync worker every `/sync` goes to `sync1`.
+    pub async fn start_with(
+        options: ServerOptions,
+        sync_workers: usize,
+        client_readers: usize,
+    ) -> anyhow::Result<Cluster> {
+        let instances = layout(sync_workers, client_readers)?;
+        Cluster::start_on(options, false, &instances).await
     }
 
     /// Like [`Cluster::start`], on a PostgreSQL of its own (see [`Cluster::own_postgres`]), for
     /// tests that stop the database.
     pub async fn start_with_own_postgres(options: ServerOptions) -> anyhow::Result<Cluster> {
-        Cluster::start_on(options, true).await
+        Cluster::start_on(options, true, &INSTANCES).await
     }
 
-    async fn start_on(options: ServerOptions, own_postgres: bool) -> anyhow::Result<Cluster> {
+    async fn start_on(
+        options: ServerOptions,
+        own_postgres: bool,
+        layout: &[(&'static str, &'static str)],
+    ) -> anyhow::Result<Cluster> {
         let binary =
             blocking(BUILD_DEADLINE, "locating or building the ganglion binary", ganglion_binary).await?;
         let dir = tempfile::Builder::new().prefix("ganglion-cluster-").tempdir().context("temp dir")?;
@@ -135,7 +152,7 @@ impl Cluster {
         let redis = blocking(READY_DEADLINE, "starting Redis", move || Redis::start_in(&redis_dir)).await?;
 
         // Held together, so that the kernel hands out distinct ports; released just before use.
-        let listeners = (0..INSTANCES.len() + 2)
+        let listeners = (0..layout.len() + 2)
             .map(|_| TcpListener::bind("127.0.0.1:0").context("finding a free port"))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let mut ports = listeners
@@ -145,7 +162,7 @@ impl Cluster {
         drop(listeners);
         let load_balancer_port = ports.pop().context("ports")?;
         let grpc_port = ports.pop().context("ports")?;
-        let instances: Vec<Instance> = INSTANCES
+        let instances: Vec<Instance> = layout
             .iter()
             .zip(ports)
             .map(|(&(name, role), http_port)| Instance {
@@ -227,7 +244,8 @@ impl Cluster {
         self.instance(name).running().map(Supervised::pid)
     }
 
-    /// Every process name, in start order: `master`, `sync1`, `sync2`, `reader1`, `reader2`.
+    /// Every process name, in start order: `master`, `sync1`, `sync2`, `reader1`, `reader2` (fewer
+    /// after [`Cluster::start_with`]).
     pub fn instance_names(&self) -> Vec<&'static str> {
         self.instances.iter().map(|instance| instance.name).collect()
     }
@@ -423,7 +441,7 @@ impl Cluster {
 
     /// Starts every process that is not running, in start order.
     async fn start_all_ganglion(&mut self) -> anyhow::Result<()> {
-        for (name, _) in INSTANCES {
+        for name in self.instance_names() {
             if self.pid_of(name).is_none() {
                 self.start_instance(name).await?;
             }
@@ -529,6 +547,22 @@ impl Drop for Cluster {
             eprintln!("ganglion-testkit: kept {}", dir.keep().display());
         }
     }
+}
+
+/// The processes of a cluster with `sync_workers` sync workers and `client_readers`
+/// client-readers, in start order: a subset of [`INSTANCES`].
+fn layout(sync_workers: usize, client_readers: usize) -> anyhow::Result<Vec<(&'static str, &'static str)>> {
+    anyhow::ensure!(
+        (1..=2).contains(&sync_workers) && (1..=2).contains(&client_readers),
+        "a test cluster has 1 or 2 sync workers and 1 or 2 client-readers, not {sync_workers} and \
+         {client_readers}"
+    );
+    Ok(INSTANCES
+        .into_iter()
+        .filter(|&(name, _)| {
+            !(name == "sync2" && sync_workers < 2 || name == "reader2" && client_readers < 2)
+        })
+        .collect())
 }
 
 /// The cluster's own tables: `[redis]`, `[load_balancer]` and the `instance_map`.

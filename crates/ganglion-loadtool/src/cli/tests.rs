@@ -47,3 +47,25 @@ fn url_and_spawn_are_exclusive_and_one_is_required() {
     assert_eq!(args.duration, Duration::from_secs(30));
     assert!(args.json);
 }
+
+#[test]
+fn sync_workers_go_with_a_spawned_cluster_only() {
+    let cluster = Args::try_parse_from(["ganglion-load", "--spawn", "cluster"]).unwrap();
+    assert_eq!(cluster.spawn, Some(SpawnBackend::Cluster));
+    assert!(cluster.validate().is_ok());
+    assert_eq!(cluster.cluster_sync_workers(), Some(2));
+
+    let one = Args::try_parse_from(["ganglion-load", "--spawn", "cluster", "--sync-workers", "1"]).unwrap();
+    assert!(one.validate().is_ok());
+    assert_eq!(one.cluster_sync_workers(), Some(1));
+
+    assert!(Args::try_parse_from(["ganglion-load", "--spawn", "cluster", "--sync-workers", "3"]).is_err());
+    assert!(Args::try_parse_from(["ganglion-load", "--spawn", "cluster", "--sync-workers", "0"]).is_err());
+
+    let embedded =
+        Args::try_parse_from(["ganglion-load", "--spawn", "sqlite", "--sync-workers", "1"]).unwrap();
+    assert!(embedded.validate().is_err());
+    assert_eq!(embedded.cluster_sync_workers(), None);
+    let url = Args::try_parse_from(["ganglion-load", "--url", "http://x"]).unwrap();
+    assert_eq!(url.cluster_sync_workers(), None);
+}

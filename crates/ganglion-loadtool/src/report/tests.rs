@@ -1,7 +1,9 @@
 use crate::receiver::{Delivery, ReceiverOutcome};
 use crate::sender::{SendRecord, SenderOutcome};
 
-use super::{Window, fanout, sends};
+use crate::replication::{Lag, Status, WorkerReadings};
+
+use super::{InstanceAnswers, Window, answers_by_instance, fanout, replication, sends, sum};
 
 const MS: u64 = 1_000_000;
 const S: u64 = 1_000_000_000;
@@ -82,4 +84,73 @@ fn fanout_samples_only_messages_sent_inside_the_window() {
     assert_eq!(fanout.delivered, 1);
     assert_eq!(fanout.missing, 0);
     assert!(fanout.latency_ms.is_none());
+}
+
+fn status(following_redis: bool, lag: Lag) -> Status {
+    Status { following_redis, positions: "p".to_owned(), lag_ms: lag }
+}
+
+#[test]
+fn replication_reports_each_worker_and_the_worst_of_them() {
+    let lag = |samples, p50, p99, max| Lag { samples, p50, p99, max };
+    let readings = vec![
+        WorkerReadings {
+            name: "sync1".to_owned(),
+            start: Ok(status(true, lag(500, 9.0, 90.0, 900.0))), // the warm-up's: ignored
+            end: Ok(status(true, lag(1000, 0.5, 3.0, 12.0))),
+        },
+        WorkerReadings {
+            name: "sync2".to_owned(),
+            start: Ok(status(true, Lag::default())),
+            end: Ok(status(false, lag(900, 0.7, 2.0, 20.0))),
+        },
+        // No entries in the window: left out of the worst-worker figures.
+        WorkerReadings {
+            name: "reader1".to_owned(),
+            start: Ok(status(true, Lag::default())),
+            end: Ok(status(true, Lag::default())),
+        },
+        WorkerReadings {
+            name: "reader2".to_owned(),
+            start: Err("connection refused".to_owned()),
+            end: Ok(status(true, lag(10, 50.0, 50.0, 50.0))),
+        },
+    ];
+    let replication = replication(&readings).unwrap();
+    assert_eq!(replication.workers.len(), 4);
+    assert_eq!(replication.workers[0].lag_ms, Some(lag(1000, 0.5, 3.0, 12.0)));
+    assert_eq!(replication.workers[1].following_redis, (Some(true), Some(false)));
+    // Without a reset at the start, the end's figures would include the warm-up.
+    assert_eq!(replication.workers[3].lag_ms, None);
+    assert!(replication.workers[3].error.as_deref().unwrap().contains("connection refused"));
+    assert_eq!(replication.failed_workers, 1);
+    assert_eq!(replication.overall, Some(lag(1900, 0.7, 3.0, 20.0)));
+
+    assert!(super::replication(&[]).is_none());
+}
+
+#[test]
+fn sync_answers_are_counted_by_process_and_user() {
+    let receivers = vec![
+        ReceiverOutcome { answers_by_instance: vec![("sync/sync2".to_owned(), 5)], ..Default::default() },
+        ReceiverOutcome {
+            answers_by_instance: vec![("sync/sync1".to_owned(), 3), ("sync/sync2".to_owned(), 1)],
+            ..Default::default()
+        },
+        ReceiverOutcome::default(),
+    ];
+    assert_eq!(
+        answers_by_instance(&receivers),
+        vec![
+            InstanceAnswers { instance: "sync/sync1".to_owned(), answers: 3, users: 1 },
+            InstanceAnswers { instance: "sync/sync2".to_owned(), answers: 6, users: 2 },
+        ]
+    );
+}
+
+#[test]
+fn sums_skip_missing_readings() {
+    assert_eq!(sum([Some(1_u64), None, Some(2)].into_iter()), Some(3));
+    assert_eq!(sum([None::<u64>, None].into_iter()), None);
+    assert_eq!(sum(std::iter::empty::<Option<f64>>()), None);
 }

@@ -84,7 +84,8 @@ fn drop_kills_the_server_and_removes_its_directory() {
     assert!(dir.join("redis.log").is_file());
     drop(redis);
     assert!(!process_alive(pid));
-    assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+    // (Its port is free now, but another test may already have taken it: not checked.)
+    let _ = port;
     assert!(!dir.exists());
 }
 
@@ -162,7 +163,8 @@ fn dies_with_a_killed_test_process() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(!process_alive(pid), "redis {pid} survived SIGKILL of its test process");
-    assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+    // (Its port is free now, but another test may already have taken it: not checked.)
+    let _ = port;
     // Nothing could run in the killed process to remove the directory: do it here.
     std::fs::remove_dir_all(&dir).unwrap();
 }
