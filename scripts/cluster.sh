@@ -4,6 +4,10 @@
 # `ganglion routes --format nginx`. Clients use http://127.0.0.1:8008 (the nginx port).
 # Ctrl-C stops everything; the data stays in DIR for the next start.
 #
+# Like a service manager would, the script starts a ganglion process again a second after it
+# exits (kill -9 one to see the cluster recover). Redis is not restarted: stop it to see the
+# workers fall back to the database, and start it again with DIR/start-redis.sh.
+#
 #   scripts/cluster.sh [DIR]          (default DIR: ./ganglion-cluster)
 #
 # Environment: GANGLION_BIN (default: build target/release/ganglion), BASE_PORT (default 8100:
@@ -44,7 +48,8 @@ stop() {
     wait 2>/dev/null || true
     as_pg "$pg_bin/pg_ctl" -D "$dir/pg" -m fast stop >/dev/null 2>&1 || true
 }
-trap stop INT TERM EXIT
+trap 'stop; exit 0' INT TERM
+trap stop EXIT
 
 # PostgreSQL refuses to run as root: use the postgres user then.
 as_pg() { if [[ $(id -u) -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi; }
@@ -58,8 +63,12 @@ as_pg "$pg_bin/pg_ctl" -D "$dir/pg" -l "$dir/postgres.log" -w \
     -o "-c listen_addresses=127.0.0.1 -c port=$pg_port -c unix_socket_directories=$dir/pg" start >/dev/null
 as_pg "$pg_bin/createdb" -h 127.0.0.1 -p "$pg_port" -U ganglion ganglion 2>/dev/null || true
 
-redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" \
-    >"$dir/redis.log" 2>&1 &
+cat >"$dir/start-redis.sh" <<REDIS
+#!/bin/sh
+exec redis-server --port $redis_port --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" >>"$dir/redis.log" 2>&1
+REDIS
+chmod +x "$dir/start-redis.sh"
+"$dir/start-redis.sh" &
 pids+=($!)
 
 cat >"$dir/cluster.toml" <<TOML
@@ -92,15 +101,27 @@ role = "client-reader"
 http = "127.0.0.1:$((base + 4))"
 TOML
 
+# Runs instance $1, starting it again a second after it exits; returns once it is first ready.
 start() {
-    "$bin" run --config "$dir/cluster.toml" --worker "$1" >"$dir/$1.stdout.log" 2>"$dir/$1.stderr.log" &
+    local name=$1 log="$dir/$1.stdout.log"
+    : >"$log"
+    (
+        trap 'kill "$child" 2>/dev/null; exit 0' TERM
+        while true; do
+            "$bin" run --config "$dir/cluster.toml" --worker "$name" >>"$log" 2>>"$dir/$name.stderr.log" &
+            child=$!
+            wait "$child" || true
+            echo "cluster.sh: $name exited; starting it again" >&2
+            sleep 1
+        done
+    ) &
     pids+=($!)
     for _ in $(seq 600); do
-        grep -q "ganglion ready" "$dir/$1.stdout.log" 2>/dev/null && return 0
-        kill -0 "${pids[-1]}" 2>/dev/null || { tail "$dir/$1.stderr.log" >&2; exit 1; }
+        grep -q "ganglion ready" "$log" 2>/dev/null && return 0
         sleep 0.1
     done
-    echo "cluster.sh: $1 did not start" >&2
+    echo "cluster.sh: $name did not start; see $dir/$name.stderr.log" >&2
+    tail "$dir/$name.stderr.log" >&2
     exit 1
 }
 start master
@@ -112,5 +133,4 @@ mkdir -p "$dir/nginx"
 pids+=($!)
 
 echo "ganglion cluster ready: http://$listen (logs and config in $dir)"
-wait -n "${pids[@]}" || true
-echo "cluster.sh: a process exited; see the logs in $dir" >&2
+wait
