@@ -6,6 +6,7 @@
 mod degraded;
 mod faults;
 mod routing;
+mod script;
 
 use std::{future::Future, time::Duration};
 
