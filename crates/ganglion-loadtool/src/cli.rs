@@ -47,6 +47,13 @@ pub struct Args {
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     pub senders: u32,
 
+    /// Cap on sends per second over all senders: each sender then sends at most every
+    /// senders / rate seconds (staggered), still waiting for each answer before the next send.
+    /// Without it, senders send as fast as the server answers. Many paced senders spread a modest
+    /// rate over many rooms, so that every user receives messages.
+    #[arg(long, value_parser = parse_rate)]
+    pub send_rate: Option<f64>,
+
     /// Length of the measured window (after the warm-up), e.g. 30s, 2m, 500ms.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub duration: Duration,
@@ -110,6 +117,14 @@ impl Args {
     /// The sync workers a spawned cluster runs with; `None` for anything but `--spawn cluster`.
     pub fn cluster_sync_workers(&self) -> Option<u32> {
         (self.spawn == Some(SpawnBackend::Cluster)).then(|| self.sync_workers.unwrap_or(DEFAULT_SYNC_WORKERS))
+    }
+}
+
+/// A positive, finite number of sends per second.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!("`{text}` is not a positive number of sends per second")),
     }
 }
 

@@ -120,6 +120,8 @@ pub struct Config {
     pub rooms_per_user: u32,
     pub mean_members_per_room: f64,
     pub senders: u32,
+    /// --send-rate: the cap on sends per second over all senders, if any.
+    pub send_rate: Option<f64>,
     pub warmup_s: f64,
     pub duration_s: f64,
     pub timeline_limit: Option<u32>,
@@ -314,6 +316,7 @@ impl Report {
                 rooms_per_user: args.rooms_per_user.min(args.rooms),
                 mean_members_per_room: measurements.mean_members,
                 senders: args.senders,
+                send_rate: args.send_rate,
                 warmup_s: args.warmup.as_secs_f64(),
                 duration_s: args.duration.as_secs_f64(),
                 timeline_limit: args.timeline_limit,
@@ -354,12 +357,13 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "{} users in {} rooms ({:.1} members per room), {} senders; {:.1} s warm-up, {:.1} s \
+            "{} users in {} rooms ({:.1} members per room), {} senders{}; {:.1} s warm-up, {:.1} s \
              measured; setup took {:.1} s",
             config.users,
             config.rooms,
             config.mean_members_per_room,
             config.senders,
+            config.send_rate.map(|rate| format!(" (at most {rate} sends/s in all)")).unwrap_or_default(),
             config.warmup_s,
             config.duration_s,
             self.setup_s
@@ -465,7 +469,7 @@ impl Report {
             fanout.of_failed_sends,
             fanout.limited_timelines
         );
-        if self.sync.by_instance.len() > 1 {
+        if self.processes.len() > 1 || self.sync.by_instance.len() > 1 {
             let answers: Vec<String> = self
                 .sync
                 .by_instance

@@ -144,6 +144,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let rss_sampler = (!server.processes.is_empty())
         .then(|| tokio::spawn(sample_rss(server.pids(), stop_receivers_rx.clone())));
     let stop_senders = Arc::new(AtomicBool::new(false));
+    // Paced senders share the rate evenly, their slots staggered across one period.
+    let pace_period = args.send_rate.map(|rate| Duration::from_secs_f64(f64::from(args.senders) / rate));
+    let pace_origin = tokio::time::Instant::now();
     let mut sender_tasks = Vec::with_capacity(args.senders as usize);
     for index in 0..args.senders {
         let user = index as usize % users;
@@ -161,12 +164,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             rooms: target_rooms,
             run_id: run_id.clone(),
             counters: counters.clone(),
+            pace: pace_period.map(|period| {
+                (period, pace_origin + period.mul_f64(f64::from(index) / f64::from(args.senders)))
+            }),
         };
         sender_tasks.push(tokio::spawn(sender.run(stop_senders.clone())));
     }
     progress.say(&format!(
-        "{} senders running; warm-up {:?}, then measuring {:?}",
-        args.senders, args.warmup, args.duration
+        "{} senders running{}; warm-up {:?}, then measuring {:?}",
+        args.senders,
+        args.send_rate.map(|rate| format!(" at up to {rate} sends/s in all")).unwrap_or_default(),
+        args.warmup,
+        args.duration
     ));
     let progress_task = tokio::spawn(report_progress(progress.clone(), counters.clone()));
 

@@ -1,10 +1,13 @@
-//! One closed-loop sender: sends the next message as soon as the last one was answered, round-robin
-//! over its user's rooms, until told to stop. It records every attempt's outcome by sequence
+//! One closed-loop sender: sends the next message as soon as the last one was answered (or, when
+//! paced, at its next slot if that is later), round-robin over its user's rooms, until told to
+//! stop. It records every attempt's outcome by sequence
 //! number so that `report` can match receivers' deliveries against it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use serde_json::json;
 
@@ -47,6 +50,8 @@ pub struct Sender {
     pub rooms: Vec<TargetRoom>,
     pub run_id: Arc<str>,
     pub counters: Arc<Counters>,
+    /// `(period, first slot)`: send at most once per period, from the first slot on.
+    pub pace: Option<(Duration, Instant)>,
 }
 
 impl Sender {
@@ -56,7 +61,16 @@ impl Sender {
             return outcome;
         }
         let mut seq: u32 = 0;
+        let mut next_slot = self.pace.map(|(_, first)| first);
         while !stop.load(Ordering::Relaxed) {
+            if let (Some((period, _)), Some(slot)) = (self.pace, next_slot.as_mut()) {
+                tokio::time::sleep_until(*slot).await;
+                // A sender that fell behind starts afresh rather than bursting to catch up.
+                *slot = (*slot + period).max(Instant::now());
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+            }
             let room = &self.rooms[seq as usize % self.rooms.len()];
             let record = self.send_one(room, seq, &stop, &mut outcome.errors).await;
             if record.ack_ns.is_some() {

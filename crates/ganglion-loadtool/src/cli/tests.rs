@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use super::{Args, SpawnBackend, parse_duration};
+use super::{Args, SpawnBackend, parse_duration, parse_rate};
 
 #[test]
 fn durations_take_common_units() {
@@ -68,4 +68,14 @@ fn sync_workers_go_with_a_spawned_cluster_only() {
     assert_eq!(embedded.cluster_sync_workers(), None);
     let url = Args::try_parse_from(["ganglion-load", "--url", "http://x"]).unwrap();
     assert_eq!(url.cluster_sync_workers(), None);
+}
+
+#[test]
+fn send_rates_are_positive() {
+    assert_eq!(parse_rate("1000").unwrap(), 1000.0);
+    assert_eq!(parse_rate("2.5").unwrap(), 2.5);
+    assert!(parse_rate("0").is_err());
+    assert!(parse_rate("-3").is_err());
+    assert!(parse_rate("inf").is_err());
+    assert!(parse_rate("fast").is_err());
 }
