@@ -74,8 +74,13 @@ pids+=($!)
 cat >"$dir/cluster.toml" <<TOML
 server_name = "localhost"
 data_dir = "$dir/data"
+# Like the embedded default: loopback only, so open registration and generous limits.
 [registration]
 enabled = true
+[rate_limits]
+per_user = { per_second = 1000.0, burst = 5000 }
+per_ip = { per_second = 2000.0, burst = 10000 }
+login = { per_second = 100.0, burst = 500 }
 [database]
 url = "postgres://ganglion@127.0.0.1:$pg_port/ganglion"
 max_connections = 16
