@@ -1,7 +1,7 @@
 //! What a worker adds around the master's gRPC client: read-your-writes, and the hooks its
 //! replication follower calls.
 
-use std::{sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use ganglion_events::{
@@ -40,9 +40,14 @@ impl WorkerMaster {
         WorkerMaster { remote, catch_up, caches, wait }
     }
 
-    async fn settle<T>(&self, result: MasterResult<T>) -> MasterResult<T> {
+    async fn settle<T>(&self, call: impl Future<Output = MasterResult<T>>) -> MasterResult<T> {
+        let (result, after) = ganglion_rpc::grpc::with_positions_after(call).await;
         let value = result?;
-        if let Ok(mut token) = self.remote.positions().await {
+        let after = match after {
+            Some(token) => Some(token),
+            None => self.remote.positions().await.ok(),
+        };
+        if let Some(mut token) = after {
             // Typing is ephemeral and may only arrive through Redis: never wait on it.
             token.typing_epoch = u64::MAX;
             if !self.catch_up.reach(token, self.wait).await {
@@ -71,7 +76,7 @@ impl Master for WorkerMaster {
     }
 
     async fn register(&self, request: RegisterRequest) -> MasterResult<SessionGrant> {
-        self.settle(self.remote.register(request).await).await
+        self.settle(self.remote.register(request)).await
     }
 
     async fn login(&self, request: LoginRequest) -> MasterResult<SessionGrant> {
@@ -119,7 +124,7 @@ impl Master for WorkerMaster {
         sender: &OwnedUserId,
         request: CreateRoomRequest,
     ) -> MasterResult<OwnedRoomId> {
-        self.settle(self.remote.create_room(sender, request).await).await
+        self.settle(self.remote.create_room(sender, request)).await
     }
 
     async fn send_event(
@@ -130,7 +135,7 @@ impl Master for WorkerMaster {
         template: EventTemplate,
         txn_id: Option<&str>,
     ) -> MasterResult<OwnedEventId> {
-        self.settle(self.remote.send_event(sender, device_id, room_id, template, txn_id).await).await
+        self.settle(self.remote.send_event(sender, device_id, room_id, template, txn_id)).await
     }
 
     async fn update_membership(
@@ -141,7 +146,7 @@ impl Master for WorkerMaster {
         change: MembershipChange,
         reason: Option<String>,
     ) -> MasterResult<OwnedEventId> {
-        self.settle(self.remote.update_membership(sender, room_id, target, change, reason).await).await
+        self.settle(self.remote.update_membership(sender, room_id, target, change, reason)).await
     }
 
     async fn forget_room(&self, user_id: &OwnedUserId, room_id: &OwnedRoomId) -> MasterResult<()> {
@@ -154,7 +159,7 @@ impl Master for WorkerMaster {
         field: ProfileField,
         value: Option<String>,
     ) -> MasterResult<()> {
-        self.settle(self.remote.set_profile(user_id, field, value).await).await
+        self.settle(self.remote.set_profile(user_id, field, value)).await
     }
 
     async fn set_typing(
@@ -175,7 +180,7 @@ impl Master for WorkerMaster {
         event_id: &OwnedEventId,
         thread_id: Option<String>,
     ) -> MasterResult<()> {
-        self.settle(self.remote.set_receipt(user_id, room_id, receipt_type, event_id, thread_id).await).await
+        self.settle(self.remote.set_receipt(user_id, room_id, receipt_type, event_id, thread_id)).await
     }
 
     async fn set_account_data(
@@ -185,7 +190,7 @@ impl Master for WorkerMaster {
         data_type: &str,
         content: Value,
     ) -> MasterResult<()> {
-        self.settle(self.remote.set_account_data(user_id, room_id, data_type, content).await).await
+        self.settle(self.remote.set_account_data(user_id, room_id, data_type, content)).await
     }
 
     async fn create_filter(&self, user_id: &OwnedUserId, filter: Value) -> MasterResult<String> {

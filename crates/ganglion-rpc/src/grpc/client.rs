@@ -20,7 +20,7 @@ use tonic::{
     transport::{Channel, Endpoint, Uri},
 };
 
-use super::{TRACEPARENT, convert::*};
+use super::{POSITIONS, TRACEPARENT, convert::*};
 use crate::{
     CreateRoomRequest, LoginRequest, Master, MasterResult, MembershipChange, ProfileField, RegisterRequest,
     SessionGrant, TypingSnapshot, trace,
@@ -128,11 +128,36 @@ impl RemoteMaster {
         }
         // grpc-timeout bounds the call once connected; this also bounds connecting.
         match tokio::time::timeout(timeout, rpc(self.client.clone(), request)).await {
-            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Ok(response)) => {
+                if let Some(positions) = response
+                    .metadata()
+                    .get(POSITIONS)
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|value| SyncToken::parse(value).ok())
+                {
+                    let _ = POSITIONS_AFTER.try_with(|cell| cell.set(Some(positions)));
+                }
+                Ok(response.into_inner())
+            }
             Ok(Err(status)) => Err(error_from_status(&status)),
             Err(_elapsed) => Err(unavailable()),
         }
     }
+}
+
+tokio::task_local! {
+    static POSITIONS_AFTER: std::cell::Cell<Option<SyncToken>>;
+}
+
+/// Runs `call` (calls of a [`RemoteMaster`]) and returns with its output the master's positions
+/// after the last call that answered, when the master sent them.
+pub async fn with_positions_after<F: Future>(call: F) -> (F::Output, Option<SyncToken>) {
+    POSITIONS_AFTER
+        .scope(std::cell::Cell::new(None), async move {
+            let output = call.await;
+            (output, POSITIONS_AFTER.with(std::cell::Cell::get))
+        })
+        .await
 }
 
 #[async_trait]

@@ -9,11 +9,14 @@ mod client;
 mod convert;
 mod server;
 
-pub use client::RemoteMaster;
+pub use client::{RemoteMaster, with_positions_after};
 pub use server::serve;
 
 /// The W3C trace-context header, as gRPC metadata.
 const TRACEPARENT: &str = "traceparent";
+/// Response metadata: the master's positions once the call was done, so a worker waits for
+/// its replication to reach its own write without asking again.
+const POSITIONS: &str = "ganglion-positions";
 
 #[cfg(test)]
 mod tests;

@@ -16,7 +16,7 @@ use tonic::{
 };
 use tracing::Instrument;
 
-use super::{TRACEPARENT, convert::*};
+use super::{POSITIONS, TRACEPARENT, convert::*};
 use crate::{Master, MasterResult, trace};
 
 /// Serves `master` on `listener` until `shutdown` completes, then waits for open calls to end.
@@ -59,7 +59,13 @@ impl Adapter {
         let result = trace::scope(traceparent, handler(self.master.clone(), request.into_inner()))
             .instrument(span)
             .await;
-        result.map(Response::new).map_err(status_from_error)
+        let mut response = Response::new(result.map_err(status_from_error)?);
+        if let Ok(positions) = self.master.positions().await
+            && let Ok(value) = positions.to_string().parse()
+        {
+            response.metadata_mut().insert(POSITIONS, value);
+        }
+        Ok(response)
     }
 }
 
