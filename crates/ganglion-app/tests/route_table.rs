@@ -41,3 +41,23 @@ fn every_route_is_registered_once_under_a_matrix_prefix() {
     }
     assert!(table.iter().any(|route| route.path == "/_matrix/client/v3/sync"));
 }
+
+/// `deploy/generated/nginx.conf` is what `ganglion routes --format nginx` makes of the example
+/// cluster beside it: a change of routing shows up there in review.
+#[test]
+fn example_nginx_config_matches_the_code() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/generated");
+    let config = ganglion_config::Config::load(Some(&dir.join("cluster.toml"))).unwrap();
+    let rendered = ganglion_app::nginx::nginx_config(&config, &ganglion_app::route_table()).unwrap();
+    let path = dir.join("nginx.conf");
+    let current = std::fs::read_to_string(&path).unwrap_or_default();
+    if current != rendered {
+        if std::env::var_os("CI").is_none() {
+            std::fs::write(&path, &rendered).unwrap();
+        }
+        panic!(
+            "{} is stale; regenerated it (run `cargo test -p ganglion-app` and commit the diff)",
+            path.display()
+        );
+    }
+}
