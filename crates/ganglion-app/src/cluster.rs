@@ -234,6 +234,12 @@ impl FollowerHooks for WorkerHooks {
         })
     }
 
+    fn remember_event(&self, row: ganglion_storage::events::EventRow) {
+        if let Ok(event) = ganglion_state::StoredEvent::from_row(row) {
+            self.caches.remember_event(event);
+        }
+    }
+
     fn invalidate(&self, what: Option<Invalidation>) {
         match what {
             None => self.caches.clear(),

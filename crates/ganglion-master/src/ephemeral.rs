@@ -46,6 +46,7 @@ pub(crate) async fn set_typing(
             room_id: Some(Arc::from(room_id.as_str())),
             user_ids: Vec::new(),
             event_nid: None,
+            event: None,
         });
     }
     Ok(())
@@ -88,6 +89,7 @@ pub(crate) async fn set_receipt(
         room_id: Some(Arc::from(room_id.as_str())),
         user_ids: vec![Arc::from(user_id.as_str())],
         event_nid: None,
+        event: None,
     });
     Ok(())
 }
@@ -126,6 +128,7 @@ pub(crate) async fn set_account_data(
         room_id: None,
         user_ids: vec![Arc::from(user_id.as_str())],
         event_nid: None,
+        event: None,
     });
     Ok(())
 }

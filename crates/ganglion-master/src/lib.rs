@@ -95,6 +95,7 @@ impl MasterService {
                 room_id: Some(Arc::from(room_id.as_str())),
                 user_ids: Vec::new(),
                 event_nid: None,
+                event: None,
             });
         }
     }

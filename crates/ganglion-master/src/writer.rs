@@ -457,6 +457,7 @@ impl<'w> Batch<'w> {
                 room_id: Some(Arc::from(appended.event.pdu.room_id.as_str())),
                 user_ids,
                 event_nid: Some(appended.event.row.event_nid),
+                event: Some(appended.event.row.clone()),
             });
             events.push(appended.event);
         }

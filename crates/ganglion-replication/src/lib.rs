@@ -51,6 +51,9 @@ pub struct StreamRow {
     pub user_ids: Vec<Arc<str>>,
     /// For rows of the events stream: the event.
     pub event_nid: Option<EventNid>,
+    /// The event's row, when the writer has it at hand: other processes cache it from the
+    /// replication entry instead of reading it back from the database.
+    pub event: Option<Arc<ganglion_storage::events::EventRow>>,
 }
 
 /// A cached entry that other processes must drop after a committed change (the `caches`

@@ -11,6 +11,7 @@ fn row(room: &str, position: i64) -> StreamRow {
         room_id: Some(Arc::from(room)),
         user_ids: vec![],
         event_nid: Some(ganglion_types::EventNid(position)),
+        event: None,
     }
 }
 
@@ -40,6 +41,7 @@ async fn a_row_published_before_waiting_is_not_lost() {
         room_id: None,
         user_ids: vec![Arc::from("@u:x")],
         event_nid: None,
+        event: None,
     });
     tokio::time::timeout(Duration::from_millis(10), listener.notified()).await.unwrap();
     drop(listener);

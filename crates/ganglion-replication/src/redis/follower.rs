@@ -47,6 +47,8 @@ pub trait FollowerHooks: Send + Sync + 'static {
     fn typing_snapshot(&self) -> BoxFuture<'_, Option<TypingState>>;
     /// Drops a cache entry, or every cache with `None`.
     fn invalidate(&self, what: Option<Invalidation>);
+    /// A new event's row, as the writer stored it: worth caching before readers wake.
+    fn remember_event(&self, _row: ganglion_storage::events::EventRow) {}
 }
 
 /// Replication lag: from the master's publish to this worker's recording, per entry taken
@@ -71,6 +73,8 @@ pub struct Follower {
     apply: Mutex<CacheSequence>,
     following_redis: AtomicBool,
     lags: SyncMutex<Vec<f64>>,
+    /// Events invalidated (redacted) lately: a late Redis entry must not cache their old row.
+    redacted: SyncMutex<std::collections::HashSet<EventNid>>,
 }
 
 /// The last invalidation seen: `(epoch, seq)`.
@@ -99,6 +103,7 @@ impl Follower {
             apply: Mutex::new(None),
             following_redis: AtomicBool::new(false),
             lags: SyncMutex::new(Vec::new()),
+            redacted: SyncMutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -232,9 +237,7 @@ impl Follower {
                 *sequence = Some((epoch, seq));
                 match (entry.str("w"), entry.int("n")) {
                     (Some("sessions"), _) => self.hooks.invalidate(Some(Invalidation::Sessions)),
-                    (Some("event"), Some(nid)) => {
-                        self.hooks.invalidate(Some(Invalidation::Event(EventNid(nid))))
-                    }
+                    (Some("event"), Some(nid)) => self.forget_event(EventNid(nid)),
                     _ => {}
                 }
             }
@@ -251,6 +254,11 @@ impl Follower {
                         break;
                     }
                     next = position;
+                    if let Some(row) = entry.str("ev").and_then(super::decode_event)
+                        && !self.redacted.lock().contains(&row.event_nid)
+                    {
+                        self.hooks.remember_event(row);
+                    }
                     if let Some(sent) = entry.int("t") {
                         lags.push((now - sent).max(0) as f64 / 1000.0);
                     }
@@ -260,6 +268,7 @@ impl Follower {
                         room_id: entry.str("r").map(Arc::from),
                         user_ids: entry.users().into_iter().map(Arc::from).collect(),
                         event_nid: entry.int("n").map(EventNid),
+                        event: None,
                     });
                 }
             }
@@ -284,6 +293,7 @@ impl Follower {
                     room_id: Some(Arc::from(room)),
                     user_ids: Vec::new(),
                     event_nid: None,
+                    event: None,
                 });
             }
             self.local.publish_all(rows);
@@ -300,6 +310,17 @@ impl Follower {
         if gap {
             self.catch_up_logged().await;
         }
+    }
+
+    fn forget_event(&self, nid: EventNid) {
+        {
+            let mut redacted = self.redacted.lock();
+            if redacted.len() >= 100_000 {
+                redacted.clear();
+            }
+            redacted.insert(nid);
+        }
+        self.hooks.invalidate(Some(Invalidation::Event(nid)));
     }
 
     /// Replaces the typing copy with the master's when its epoch or position differs (or
@@ -323,6 +344,7 @@ impl Follower {
                 room_id: Some(Arc::from(room.as_str())),
                 user_ids: Vec::new(),
                 event_nid: None,
+                event: None,
             })
             .collect();
         self.local.publish_all(rows);
@@ -347,7 +369,7 @@ impl Follower {
                 if event.event_type == "m.room.redaction"
                     && let Some(redacted) = store::event_redacted_by(&mut conn, &event.event_id).await?
                 {
-                    self.hooks.invalidate(Some(Invalidation::Event(redacted)));
+                    self.forget_event(redacted);
                 }
                 let user_ids = match (&event.state_key, event.event_type.as_str()) {
                     (Some(target), "m.room.member") => vec![Arc::from(target.as_str())],
@@ -359,6 +381,7 @@ impl Follower {
                     room_id: Some(Arc::from(event.room_id.as_str())),
                     user_ids,
                     event_nid: Some(event.event_nid),
+                    event: None,
                 });
             }
             self.local.publish_all(rows);
@@ -378,6 +401,7 @@ impl Follower {
                     room_id: Some(Arc::from(room_id)),
                     user_ids: vec![Arc::from(user_id)],
                     event_nid: None,
+                    event: None,
                 })
                 .collect();
             self.local.publish_all(rows);
@@ -397,6 +421,7 @@ impl Follower {
                     room_id: None,
                     user_ids: vec![Arc::from(user_id)],
                     event_nid: None,
+                    event: None,
                 })
                 .collect();
             self.local.publish_all(rows);

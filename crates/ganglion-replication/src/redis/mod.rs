@@ -10,7 +10,8 @@
 //!
 //! Entry fields are short and readable with `redis-cli XRANGE`: `p` position, `r` room id,
 //! `u` user ids (JSON array), `n` event nid, `e` the master's epoch, `s` invalidation sequence,
-//! `w` what to invalidate, `t` publish time (µs since the Unix epoch, for replication lag).
+//! `w` what to invalidate, `t` publish time (µs since the Unix epoch, for replication lag), `ev`
+//! the event's stored row (a JSON array), so workers cache new events without reading them back.
 
 mod follower;
 mod publisher;
@@ -20,7 +21,9 @@ pub use publisher::RedisBus;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ganglion_types::StreamKind;
+use ganglion_storage::events::EventRow;
+use ganglion_types::{EventNid, RoomNid, SnapshotNid, StateKeyNid, StreamKind, TypeNid};
+use serde_json::{Value, json};
 
 /// Streams whose rows live in the database, in the order a worker reads them.
 const DB_STREAMS: [StreamKind; 3] = [StreamKind::Events, StreamKind::Receipts, StreamKind::AccountData];
@@ -35,6 +38,51 @@ fn key_of(kind: StreamKind) -> &'static str {
 }
 
 const CACHES_KEY: &str = "ganglion:caches";
+
+/// An event row as the `ev` field: `[nid, pos, id, room, depth, type, state_key, sender, ts,
+/// snapshot, replaces, redacted_by, json]`.
+fn encode_event(row: &EventRow) -> String {
+    json!([
+        row.event_nid.0,
+        row.stream_pos,
+        row.event_id,
+        row.room_nid.0,
+        row.depth,
+        row.type_nid.0,
+        row.state_key_nid.map(|n| n.0),
+        row.sender,
+        row.origin_server_ts,
+        row.snapshot_nid.0,
+        row.replaces_nid.map(|n| n.0),
+        row.redacted_by,
+        row.json,
+    ])
+    .to_string()
+}
+
+/// The inverse of [`encode_event`]; `None` for anything else (the worker then reads the
+/// database when it needs the event).
+fn decode_event(field: &str) -> Option<EventRow> {
+    let Value::Array(items) = serde_json::from_str::<Value>(field).ok()? else { return None };
+    let [nid, pos, id, room, depth, kind, state_key, sender, ts, snapshot, replaces, redacted_by, json] =
+        <[Value; 13]>::try_from(items).ok()?;
+    let opt_int = |v: &Value| if v.is_null() { Some(None) } else { v.as_i64().map(Some) };
+    Some(EventRow {
+        event_nid: EventNid(nid.as_i64()?),
+        stream_pos: pos.as_i64()?,
+        event_id: id.as_str()?.to_owned(),
+        room_nid: RoomNid(room.as_i64()?),
+        depth: depth.as_i64()?,
+        type_nid: TypeNid(kind.as_i64()?),
+        state_key_nid: opt_int(&state_key)?.map(StateKeyNid),
+        sender: sender.as_str()?.to_owned(),
+        origin_server_ts: ts.as_i64()?,
+        snapshot_nid: SnapshotNid(snapshot.as_i64()?),
+        replaces_nid: opt_int(&replaces)?.map(EventNid),
+        redacted_by: if redacted_by.is_null() { None } else { Some(redacted_by.as_str()?.to_owned()) },
+        json: json.as_str()?.to_owned(),
+    })
+}
 
 fn now_us() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)

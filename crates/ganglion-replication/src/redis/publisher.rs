@@ -179,6 +179,9 @@ fn pipeline(batch: &[Outgoing], maxlen: u64, epoch: u64) -> redis::Pipeline {
                 if let Some(nid) = row.event_nid {
                     cmd.arg("n").arg(nid.0);
                 }
+                if let Some(event) = &row.event {
+                    cmd.arg("ev").arg(super::encode_event(event));
+                }
                 let users: Vec<&str> = match typers {
                     Some(typers) => typers.iter().map(String::as_str).collect(),
                     None => row.user_ids.iter().map(|u| u.as_ref()).collect(),

@@ -70,6 +70,7 @@ mod live {
             room_id: None,
             user_ids: vec![Arc::from("@alice:x")],
             event_nid: None,
+            event: None,
         }
     }
 
@@ -128,6 +129,7 @@ mod live {
             room_id: Some(Arc::from("!room:x")),
             user_ids: Vec::new(),
             event_nid: None,
+            event: None,
         });
         until("typing arrives", || typing.typing_in_room("!room:x") == ["@alice:x"]).await;
 
@@ -145,4 +147,28 @@ mod live {
         assert_eq!(positions.get(StreamKind::AccountData).0, 2);
         assert!(follower.take_lag_stats().samples >= 2);
     }
+}
+
+#[test]
+fn event_rows_cross_redis_unchanged() {
+    use ganglion_storage::events::EventRow;
+    use ganglion_types::{EventNid, RoomNid, SnapshotNid, StateKeyNid, TypeNid};
+    let row = EventRow {
+        event_nid: EventNid(12),
+        stream_pos: 40,
+        event_id: "$abc".into(),
+        room_nid: RoomNid(3),
+        depth: 7,
+        type_nid: TypeNid(2),
+        state_key_nid: Some(StateKeyNid(9)),
+        sender: "@alice:x".into(),
+        origin_server_ts: 1_764_000_000_000,
+        snapshot_nid: SnapshotNid(5),
+        replaces_nid: None,
+        redacted_by: None,
+        json: r#"{"content":{"body":"hi \"there\""},"type":"m.room.message"}"#.into(),
+    };
+    assert_eq!(super::decode_event(&super::encode_event(&row)), Some(row));
+    assert_eq!(super::decode_event("[1,2]"), None);
+    assert_eq!(super::decode_event("not json"), None);
 }
