@@ -40,14 +40,7 @@ pub(crate) async fn set_typing(
     if let Some(position) =
         svc.typing.set(room_id.as_str(), user_id.as_str(), typing, Duration::from_millis(timeout_ms))
     {
-        svc.bus.publish(StreamRow {
-            kind: StreamKind::Typing,
-            position,
-            room_id: Some(Arc::from(room_id.as_str())),
-            user_ids: Vec::new(),
-            event_nid: None,
-            event: None,
-        });
+        svc.bus.publish(StreamRow::new(StreamKind::Typing, position, Some(room_id.as_str()), Vec::new()));
     }
     Ok(())
 }
@@ -83,14 +76,13 @@ pub(crate) async fn set_receipt(
     };
     stream_store::upsert_receipt(&mut conn, &receipt).await.map_err(internal)?;
     writer.last_receipt_pos = position;
-    svc.bus.publish(StreamRow {
-        kind: StreamKind::Receipts,
-        position: StreamPosition(position),
-        room_id: Some(Arc::from(room_id.as_str())),
-        user_ids: vec![Arc::from(user_id.as_str())],
-        event_nid: None,
-        event: None,
-    });
+    let user_ids = vec![Arc::from(user_id.as_str())];
+    svc.bus.publish(StreamRow::new(
+        StreamKind::Receipts,
+        StreamPosition(position),
+        Some(room_id.as_str()),
+        user_ids,
+    ));
     Ok(())
 }
 
@@ -122,13 +114,7 @@ pub(crate) async fn set_account_data(
         .await
         .map_err(internal)?;
     writer.last_account_data_pos = position;
-    svc.bus.publish(StreamRow {
-        kind: StreamKind::AccountData,
-        position: StreamPosition(position),
-        room_id: None,
-        user_ids: vec![Arc::from(user_id.as_str())],
-        event_nid: None,
-        event: None,
-    });
+    let user_ids = vec![Arc::from(user_id.as_str())];
+    svc.bus.publish(StreamRow::new(StreamKind::AccountData, StreamPosition(position), None, user_ids));
     Ok(())
 }

@@ -89,14 +89,13 @@ impl MasterService {
     /// Expires typing notifications; run every second or so.
     pub fn expire_typing(&self) {
         for (room_id, position) in self.typing.expire(std::time::Instant::now()) {
-            self.bus.publish(ganglion_replication::StreamRow {
-                kind: ganglion_types::StreamKind::Typing,
+            let row = ganglion_replication::StreamRow::new(
+                ganglion_types::StreamKind::Typing,
                 position,
-                room_id: Some(Arc::from(room_id.as_str())),
-                user_ids: Vec::new(),
-                event_nid: None,
-                event: None,
-            });
+                Some(room_id.as_str()),
+                Vec::new(),
+            );
+            self.bus.publish(row);
         }
     }
 }

@@ -14,7 +14,7 @@ use ganglion_replication::StreamRow;
 use ganglion_rpc::{MasterError, MasterResult};
 use ganglion_state::{Snapshot, StoredEvent};
 use ganglion_storage::{Db, events as event_store, rooms as room_store, state::StateEntry};
-use ganglion_types::{ErrorClass, EventNid, RoomNid, SnapshotNid, StreamKind, StreamPosition};
+use ganglion_types::{ErrorClass, EventNid, RoomNid, SnapshotNid, StreamPosition};
 use sqlx::{Any, Transaction};
 use tokio::sync::MutexGuard;
 
@@ -446,19 +446,14 @@ impl<'w> Batch<'w> {
             let txn = appended.txn.as_ref().map(|(device, txn_id)| (device.as_str(), txn_id.as_str()));
             caches.remember_event_txn(appended.event.row.event_nid, txn);
             self.writer.last_event_pos = appended.event.row.stream_pos;
-            let user_ids = match (&appended.event.pdu.state_key, appended.event.pdu.kind.to_string().as_str())
-            {
-                (Some(target), "m.room.member") => vec![Arc::from(target.as_str())],
-                _ => Vec::new(),
-            };
-            rows.push(StreamRow {
-                kind: StreamKind::Events,
-                position: StreamPosition(appended.event.row.stream_pos),
-                room_id: Some(Arc::from(appended.event.pdu.room_id.as_str())),
-                user_ids,
-                event_nid: Some(appended.event.row.event_nid),
-                event: Some(appended.event.row.clone()),
-            });
+            rows.push(StreamRow::event(
+                StreamPosition(appended.event.row.stream_pos),
+                appended.event.pdu.room_id.as_str(),
+                appended.event.row.event_nid,
+                &appended.event.pdu.kind.to_string(),
+                appended.event.pdu.state_key.as_deref(),
+                Some(appended.event.row.clone()),
+            ));
             events.push(appended.event);
         }
         // Invalidations first: a reader woken by the redaction must not serve the stale copy.

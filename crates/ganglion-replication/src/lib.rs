@@ -56,6 +56,42 @@ pub struct StreamRow {
     pub event: Option<Arc<ganglion_storage::events::EventRow>>,
 }
 
+impl StreamRow {
+    /// A row of a stream other than events.
+    pub fn new(
+        kind: StreamKind,
+        position: StreamPosition,
+        room_id: Option<&str>,
+        user_ids: Vec<Arc<str>>,
+    ) -> Self {
+        StreamRow { kind, position, room_id: room_id.map(Arc::from), user_ids, event_nid: None, event: None }
+    }
+
+    /// A row of the events stream. A member event also concerns its target, who may not be in
+    /// the room (yet) and must be woken all the same.
+    pub fn event(
+        position: StreamPosition,
+        room_id: &str,
+        event_nid: EventNid,
+        event_type: &str,
+        state_key: Option<&str>,
+        event: Option<Arc<ganglion_storage::events::EventRow>>,
+    ) -> Self {
+        let user_ids = match (state_key, event_type) {
+            (Some(target), "m.room.member") => vec![Arc::from(target)],
+            _ => Vec::new(),
+        };
+        StreamRow {
+            kind: StreamKind::Events,
+            position,
+            room_id: Some(Arc::from(room_id)),
+            user_ids,
+            event_nid: Some(event_nid),
+            event,
+        }
+    }
+}
+
 /// A cached entry that other processes must drop after a committed change (the `caches`
 /// stream). The writer has already dropped its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -287,14 +287,12 @@ impl Follower {
                     continue;
                 }
                 self.typing.apply(room, &entry.users(), StreamPosition(position));
-                rows.push(StreamRow {
-                    kind: StreamKind::Typing,
-                    position: StreamPosition(position),
-                    room_id: Some(Arc::from(room)),
-                    user_ids: Vec::new(),
-                    event_nid: None,
-                    event: None,
-                });
+                rows.push(StreamRow::new(
+                    StreamKind::Typing,
+                    StreamPosition(position),
+                    Some(room),
+                    Vec::new(),
+                ));
             }
             self.local.publish_all(rows);
         }
@@ -338,14 +336,7 @@ impl Follower {
         self.positions.reset_typing(epoch, position);
         let rows = rooms
             .iter()
-            .map(|(room, _)| StreamRow {
-                kind: StreamKind::Typing,
-                position,
-                room_id: Some(Arc::from(room.as_str())),
-                user_ids: Vec::new(),
-                event_nid: None,
-                event: None,
-            })
+            .map(|(room, _)| StreamRow::new(StreamKind::Typing, position, Some(room), Vec::new()))
             .collect();
         self.local.publish_all(rows);
     }
@@ -360,76 +351,65 @@ impl Follower {
     async fn catch_up(&self) -> Result<(), ganglion_storage::StorageError> {
         let _guard = self.apply.lock().await;
         let mut conn = self.db.conn().await?;
-        loop {
-            let after = self.positions.get(StreamKind::Events).0;
-            let events = store::event_rows_between(&mut conn, after, i64::MAX, CATCH_UP_BATCH).await?;
-            let done = (events.len() as i64) < CATCH_UP_BATCH;
-            let mut rows = Vec::with_capacity(events.len());
-            for event in events {
-                if event.event_type == "m.room.redaction"
-                    && let Some(redacted) = store::event_redacted_by(&mut conn, &event.event_id).await?
-                {
-                    self.forget_event(redacted);
+        for kind in DB_STREAMS {
+            loop {
+                let rows = self.rows_after(&mut conn, kind, self.positions.get(kind).0).await?;
+                let done = (rows.len() as i64) < CATCH_UP_BATCH;
+                self.local.publish_all(rows);
+                if done {
+                    break;
                 }
-                let user_ids = match (&event.state_key, event.event_type.as_str()) {
-                    (Some(target), "m.room.member") => vec![Arc::from(target.as_str())],
-                    _ => Vec::new(),
-                };
-                rows.push(StreamRow {
-                    kind: StreamKind::Events,
-                    position: StreamPosition(event.stream_pos),
-                    room_id: Some(Arc::from(event.room_id.as_str())),
-                    user_ids,
-                    event_nid: Some(event.event_nid),
-                    event: None,
-                });
-            }
-            self.local.publish_all(rows);
-            if done {
-                break;
-            }
-        }
-        loop {
-            let after = self.positions.get(StreamKind::Receipts).0;
-            let receipts = store::receipt_rows_between(&mut conn, after, i64::MAX, CATCH_UP_BATCH).await?;
-            let done = (receipts.len() as i64) < CATCH_UP_BATCH;
-            let rows = receipts
-                .into_iter()
-                .map(|(position, room_id, user_id)| StreamRow {
-                    kind: StreamKind::Receipts,
-                    position: StreamPosition(position),
-                    room_id: Some(Arc::from(room_id)),
-                    user_ids: vec![Arc::from(user_id)],
-                    event_nid: None,
-                    event: None,
-                })
-                .collect();
-            self.local.publish_all(rows);
-            if done {
-                break;
-            }
-        }
-        loop {
-            let after = self.positions.get(StreamKind::AccountData).0;
-            let data = store::account_data_rows_between(&mut conn, after, i64::MAX, CATCH_UP_BATCH).await?;
-            let done = (data.len() as i64) < CATCH_UP_BATCH;
-            let rows = data
-                .into_iter()
-                .map(|(position, user_id)| StreamRow {
-                    kind: StreamKind::AccountData,
-                    position: StreamPosition(position),
-                    room_id: None,
-                    user_ids: vec![Arc::from(user_id)],
-                    event_nid: None,
-                    event: None,
-                })
-                .collect();
-            self.local.publish_all(rows);
-            if done {
-                break;
             }
         }
         Ok(())
+    }
+
+    /// The next rows of `kind` after `after` in the database, at most `CATCH_UP_BATCH`.
+    async fn rows_after(
+        &self,
+        conn: &mut ganglion_storage::Conn,
+        kind: StreamKind,
+        after: i64,
+    ) -> Result<Vec<StreamRow>, ganglion_storage::StorageError> {
+        let position = StreamPosition;
+        Ok(match kind {
+            StreamKind::Events => {
+                let events = store::event_rows_between(conn, after, i64::MAX, CATCH_UP_BATCH).await?;
+                let mut rows = Vec::with_capacity(events.len());
+                for event in events {
+                    if event.event_type == "m.room.redaction"
+                        && let Some(redacted) = store::event_redacted_by(conn, &event.event_id).await?
+                    {
+                        self.forget_event(redacted);
+                    }
+                    rows.push(StreamRow::event(
+                        position(event.stream_pos),
+                        &event.room_id,
+                        event.event_nid,
+                        &event.event_type,
+                        event.state_key.as_deref(),
+                        None,
+                    ));
+                }
+                rows
+            }
+            StreamKind::Receipts => store::receipt_rows_between(conn, after, i64::MAX, CATCH_UP_BATCH)
+                .await?
+                .into_iter()
+                .map(|(at, room_id, user_id)| {
+                    StreamRow::new(kind, position(at), Some(&room_id), vec![Arc::from(user_id)])
+                })
+                .collect(),
+            StreamKind::AccountData => {
+                store::account_data_rows_between(conn, after, i64::MAX, CATCH_UP_BATCH)
+                    .await?
+                    .into_iter()
+                    .map(|(at, user_id)| StreamRow::new(kind, position(at), None, vec![Arc::from(user_id)]))
+                    .collect()
+            }
+            // Typing has no table: it comes from the master (`refresh_typing`).
+            StreamKind::Typing => Vec::new(),
+        })
     }
 }
 
