@@ -96,3 +96,59 @@ async fn logout_ends_the_session_on_every_worker_with_or_without_redis() {
     })
     .await
 }
+
+/// Lines of `log` at WARN level or above that mention Redis.
+fn redis_warnings(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|line| (line.contains(" WARN ") || line.contains(" ERROR ")) && line.contains("Redis"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_redis_outage_is_logged_once_and_summarised_when_it_ends() {
+    crate::run(async {
+        let mut cluster = Cluster::start(ServerOptions::default()).await?;
+        let alice = Api::new(cluster.base_url()).register("alice", "password-alice").await?;
+        let room = alice.create_room(&json!({})).await?;
+        let names = cluster.instance_names();
+        let before: Vec<usize> =
+            names.iter().map(|name| redis_warnings(&cluster.stderr_log(name)).len()).collect();
+
+        cluster.redis().stop()?;
+        // Keep writing while Redis is down, for several of the old 500 ms retry periods.
+        for i in 0..30 {
+            alice.send_text(&room, &format!("while Redis is down {i}")).await?;
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        cluster.redis().start_again()?;
+        let mut since = alice.sync("timeout=0").await?["next_batch"].as_str().unwrap_or_default().to_owned();
+        eventually(Duration::from_secs(30), "every process logs that Redis is back", || {
+            let (alice, room) = (alice.clone(), room.clone());
+            let logs: Vec<String> = names.iter().map(|name| cluster.stderr_log(name)).collect();
+            let since_now = since.clone();
+            async move {
+                // Writes after the outage make the master publish (and so notice Redis is back).
+                alice.send_text(&room, "after the outage").await?;
+                let _ = alice.sync(&format!("since={since_now}&timeout=0")).await?;
+                Ok(logs.iter().all(|log| log.contains("Redis is reachable again")).then_some(()))
+            }
+        })
+        .await?;
+        since.clear();
+        for (name, before) in names.iter().zip(before) {
+            let log = cluster.stderr_log(name);
+            let warnings = redis_warnings(&log);
+            assert_eq!(
+                warnings.len() - before,
+                1,
+                "{name} should warn once per outage, got:\n{}",
+                warnings[before..].join("\n")
+            );
+            let summary =
+                log.lines().find(|line| line.contains("Redis is reachable again")).unwrap_or_default();
+            assert!(summary.contains("failed attempts"), "{name}: {summary}");
+        }
+        Ok(())
+    })
+    .await
+}

@@ -358,7 +358,7 @@ mod tests {
         let error = nginx_config(&config_without_sync, &crate::route_table()).unwrap_err();
         assert_eq!(
             error.to_string(),
-            "no instance in instance_map serves sync endpoints (needed by GET /_matrix/client/v3/sync)"
+            "no instance in instance_map serves sync endpoints (needed by GET /_matrix/client/r0/sync)"
         );
 
         // The fallback for unknown paths needs a client-reader too.

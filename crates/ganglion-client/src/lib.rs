@@ -59,9 +59,10 @@ impl ClientState {
     }
 }
 
-/// The client-reader's routes. Each handler is one hop from here.
+/// The client-reader's routes, with the `r0` form of each that existed in r0. Each handler is
+/// one hop from here.
 pub fn routes() -> Vec<Route<ClientState>> {
     let mut routes = accounts::routes();
     routes.extend(rooms::routes());
-    routes
+    ganglion_http::with_r0_aliases(routes)
 }

@@ -1,7 +1,7 @@
 //! The route table: every endpoint is one `Route` with its method, path, endpoint class and
 //! handler. The HTTP router and the load balancer configs are built from the same list.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{borrow::Cow, collections::BTreeMap, sync::Arc};
 
 use axum::{
     Router,
@@ -19,7 +19,7 @@ use crate::{MatrixError, RateLimiter};
 
 pub struct Route<S> {
     pub method: Method,
-    pub path: &'static str,
+    pub path: Cow<'static, str>,
     pub class: EndpointClass,
     pub handler: MethodRouter<S>,
 }
@@ -39,7 +39,12 @@ macro_rules! constructor {
             H: Handler<T, S>,
             T: 'static,
         {
-            Route { method: Method::$method, path, class, handler: on(MethodFilter::$filter, handler) }
+            Route {
+                method: Method::$method,
+                path: Cow::Borrowed(path),
+                class,
+                handler: on(MethodFilter::$filter, handler),
+            }
         }
     };
 }
@@ -61,8 +66,47 @@ impl<S: Clone + Send + Sync + 'static> Route<S> {
     }
 
     pub fn info(&self) -> RouteInfo {
-        RouteInfo { method: self.method.to_string(), path: self.path.to_owned(), class: self.class }
+        RouteInfo { method: self.method.to_string(), path: self.path.clone().into_owned(), class: self.class }
     }
+}
+
+/// The client-server API's version prefix before v1.1 renamed `r0` to `v3`.
+const V3_PREFIX: &str = "/_matrix/client/v3/";
+const R0_PREFIX: &str = "/_matrix/client/r0/";
+
+/// `v3` endpoints that the spec added after r0.6.1: they have no `r0` form. Every other `v3`
+/// path existed in `r0` with the same semantics.
+const NOT_IN_R0: [&str; 7] = [
+    "/_matrix/client/v3/knock/",
+    "/_matrix/client/v3/refresh",
+    "/_matrix/client/v3/login/get_token",
+    "/_matrix/client/v3/keys/device_signing/",
+    "/_matrix/client/v3/keys/signatures/",
+    "/_matrix/client/v3/rooms/{roomId}/report",
+    "/_matrix/client/v3/users/{userId}/report",
+];
+
+/// Adds the `r0` form of every `v3` route that existed in r0, with the same class and handler.
+/// Clients, bots and bridges still call `r0`; the aliases come from the table itself, so the
+/// router and the load balancer config follow it without a second list.
+pub fn with_r0_aliases<S: Clone>(mut routes: Vec<Route<S>>) -> Vec<Route<S>> {
+    let aliases: Vec<Route<S>> = routes
+        .iter()
+        .filter_map(|route| {
+            let rest = route.path.strip_prefix(V3_PREFIX)?;
+            if NOT_IN_R0.iter().any(|newer| route.path.starts_with(newer)) {
+                return None;
+            }
+            Some(Route {
+                method: route.method.clone(),
+                path: Cow::Owned(format!("{R0_PREFIX}{rest}")),
+                class: route.class,
+                handler: route.handler.clone(),
+            })
+        })
+        .collect();
+    routes.extend(aliases);
+    routes
 }
 
 /// Builds the router: routes of one path merge into one method router; unknown paths answer
@@ -74,9 +118,9 @@ pub fn router_from_routes(
     limiter: Arc<RateLimiter>,
     max_body_bytes: usize,
 ) -> Router {
-    let mut by_path: BTreeMap<&'static str, MethodRouter<()>> = BTreeMap::new();
+    let mut by_path: BTreeMap<Cow<'static, str>, MethodRouter<()>> = BTreeMap::new();
     for route in routes {
-        let merged = match by_path.remove(route.path) {
+        let merged = match by_path.remove(&route.path) {
             Some(existing) => existing.merge(route.handler),
             None => route.handler,
         };
@@ -84,7 +128,7 @@ pub fn router_from_routes(
     }
     let mut router = Router::new();
     for (path, method_router) in by_path {
-        router = router.route(path, method_router.fallback(method_not_allowed));
+        router = router.route(&path, method_router.fallback(method_not_allowed));
     }
     router.fallback(unrecognized).layer(axum::extract::DefaultBodyLimit::max(max_body_bytes)).layer(
         middleware::from_fn(move |request: Request, next: Next| {
@@ -103,6 +147,7 @@ async fn method_not_allowed() -> MatrixError {
 }
 
 async fn edge(limiter: Arc<RateLimiter>, max_body_bytes: usize, request: Request, next: Next) -> Response {
+    let cacheable = request.uri().path().starts_with("/.well-known/");
     let mut response = if request.method() == Method::OPTIONS {
         StatusCode::OK.into_response()
     } else if content_length(&request).is_some_and(|length| length > max_body_bytes as u64) {
@@ -124,6 +169,12 @@ async fn edge(limiter: Arc<RateLimiter>, max_body_bytes: usize, request: Request
         header::ACCESS_CONTROL_ALLOW_HEADERS,
         HeaderValue::from_static("X-Requested-With, Content-Type, Authorization"),
     );
+    // Answers carry tokens, messages and account data: no browser or proxy may keep them.
+    // Discovery documents are the same for everyone and may be cached for a while.
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        let policy = if cacheable { "public, max-age=3600" } else { "no-store" };
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(policy));
+    }
     response
 }
 

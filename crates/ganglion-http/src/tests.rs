@@ -85,6 +85,7 @@ fn every_error_class_maps_to_an_errcode() {
         ErrorClass::TooLarge,
         ErrorClass::Unrecognized,
         ErrorClass::MethodNotAllowed,
+        ErrorClass::ServerManaged,
         ErrorClass::MissingToken,
         ErrorClass::UnknownToken,
     ];

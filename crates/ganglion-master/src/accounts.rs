@@ -70,6 +70,9 @@ pub(crate) async fn register(svc: &MasterService, request: RegisterRequest) -> M
     {
         return Err(MasterError::new(ErrorClass::UserInUse, "User ID already taken"));
     }
+    // Clients show a user without a display name as the full user id: start from the localpart.
+    let profile = store::Profile { displayname: Some(user_id.localpart().to_owned()), avatar_url: None };
+    store::set_profile(&mut tx, user_id.as_str(), &profile).await.map_err(internal)?;
     let grant = if request.inhibit_login {
         SessionGrant { user_id: user_id.clone(), access_token: None, device_id: None }
     } else {

@@ -77,7 +77,11 @@ impl FromRef<SyncState> for Arc<dyn Authenticator> {
 }
 
 pub fn routes() -> Vec<Route<SyncState>> {
-    vec![Route::get("/_matrix/client/v3/sync", EndpointClass::Sync, handler::sync)]
+    ganglion_http::with_r0_aliases(vec![Route::get(
+        "/_matrix/client/v3/sync",
+        EndpointClass::Sync,
+        handler::sync,
+    )])
 }
 
 #[cfg(test)]

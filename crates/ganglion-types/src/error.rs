@@ -32,6 +32,9 @@ pub enum ErrorClass {
     TooLarge,
     Unrecognized,
     MethodNotAllowed,
+    /// Data only the server may write through this endpoint (405 `M_BAD_JSON`, as the spec
+    /// says for `m.push_rules` and `m.fully_read` account data).
+    ServerManaged,
     UnsupportedRoomVersion,
     GuestAccessForbidden,
     Exclusive,

@@ -7,6 +7,7 @@ use axum::{
 use ganglion_events::ruma::{OwnedRoomId, RoomId};
 use ganglion_http::{Auth, MatrixError, MatrixJson, MatrixResult, Session};
 use ganglion_storage::streams as stream_store;
+use ganglion_types::ErrorClass;
 use serde_json::{Map, Value};
 
 use super::own_user;
@@ -37,11 +38,13 @@ async fn content(
         .map_err(|error| MatrixError::internal(format!("stored account data is not JSON: {error}")))
 }
 
-/// Refuses types the server maintains. (The spec answers these with 405 `M_BAD_JSON`; our
-/// error classes have no such pair, so this is 400 `M_BAD_JSON`.)
+/// Refuses types the server maintains, with the spec's 405 `M_BAD_JSON`.
 fn check_settable(data_type: &str) -> MatrixResult<()> {
     if SERVER_CONTROLLED.contains(&data_type) {
-        return Err(MatrixError::bad_json(format!("Cannot set {data_type} through this API")));
+        return Err(MatrixError::new(
+            ErrorClass::ServerManaged,
+            format!("Cannot set {data_type} through this API"),
+        ));
     }
     Ok(())
 }

@@ -8,9 +8,13 @@ use serde_json::{Map, Value, json};
 
 use crate::ClientState;
 
-/// The spec versions whose client-server API we serve.
-const SPEC_VERSIONS: [&str; 12] =
-    ["v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11", "v1.12"];
+/// The spec versions whose client-server API we serve. The `r0` releases are listed because
+/// every `r0` path is served too, and older clients gate features on them (Element enables
+/// lazy-loaded members only when it sees `r0.5.0`).
+const SPEC_VERSIONS: [&str; 20] = [
+    "r0.0.1", "r0.1.0", "r0.2.0", "r0.3.0", "r0.4.0", "r0.5.0", "r0.6.0", "r0.6.1", "v1.1", "v1.2", "v1.3",
+    "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11", "v1.12",
+];
 
 /// The base URL clients should use: the configured public one, else the listener's address.
 pub(crate) fn base_url(config: &Config) -> String {

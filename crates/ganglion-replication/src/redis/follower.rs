@@ -11,7 +11,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use ganglion_storage::{Db, replication as store};
@@ -20,7 +20,7 @@ use parking_lot::Mutex as SyncMutex;
 use redis::{Value, aio::MultiplexedConnection};
 use tokio::sync::Mutex;
 
-use super::{CACHES_KEY, DB_STREAMS, key_of, now_us};
+use super::{CACHES_KEY, DB_STREAMS, key_of, now_us, outage::Outage};
 use crate::{
     BoxFuture, Bus, CatchUp, InProcessBus, Invalidation, Notifier, Positions, RecentEvents, StreamRow,
     TypingStore,
@@ -137,22 +137,21 @@ impl Follower {
                 None
             }
         };
-        let mut warned = false;
+        let mut outage = Outage::new("follower");
         loop {
-            if let Some(client) = &client {
+            if let Some(client) = &client
+                && outage.may_retry(Instant::now())
+            {
                 match connect(client).await {
                     Ok(connection) => {
-                        warned = false;
-                        tracing::info!("following replication on Redis");
+                        if outage.recovered(Instant::now()).is_none() {
+                            tracing::info!("following replication on Redis");
+                        }
                         if let Err(error) = self.follow(connection).await {
-                            tracing::warn!(%error, "lost Redis; polling the database until it is back");
+                            outage.failed(Instant::now(), "lost Redis", &error);
                         }
                     }
-                    Err(error) if !warned => {
-                        warned = true;
-                        tracing::warn!(%error, "cannot reach Redis; polling the database until it is back");
-                    }
-                    Err(_) => {}
+                    Err(error) => outage.failed(Instant::now(), "cannot reach Redis", &error),
                 }
             }
             self.following_redis.store(false, Ordering::Relaxed);

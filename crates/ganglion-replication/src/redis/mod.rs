@@ -14,6 +14,7 @@
 //! the event's stored row (a JSON array), so workers cache new events without reading them back.
 
 mod follower;
+mod outage;
 mod publisher;
 
 pub use follower::{Follower, FollowerHooks, LagStats, TypingState};

@@ -13,7 +13,7 @@ use ganglion_types::StreamKind;
 use redis::aio::MultiplexedConnection;
 use tokio::sync::mpsc;
 
-use super::{CACHES_KEY, DB_STREAMS, key_of, now_us};
+use super::{CACHES_KEY, DB_STREAMS, key_of, now_us, outage::Outage};
 use crate::{Bus, InProcessBus, Invalidation, StreamRow, TypingStore};
 
 /// Entries waiting for Redis; beyond this they are dropped (workers catch up from the database).
@@ -99,25 +99,28 @@ async fn run(
     dropped: Arc<AtomicU64>,
 ) {
     let mut connection: Option<MultiplexedConnection> = None;
-    let mut retry_at = Instant::now();
+    let mut outage = Outage::new("publisher");
     let mut batch = Vec::with_capacity(PIPELINE);
     while outgoing.recv_many(&mut batch, PIPELINE).await > 0 {
-        if connection.is_none() && Instant::now() >= retry_at {
-            connection = connect(&client).await;
-            if connection.is_none() {
+        if connection.is_none() && outage.may_retry(Instant::now()) {
+            match connect(&client).await {
+                Ok(connected) => connection = Some(connected),
                 // Don't stall the queue on a dead Redis: drop for a while, workers poll meanwhile.
-                retry_at = Instant::now() + Duration::from_millis(500);
+                Err(error) => outage.failed(Instant::now(), "cannot reach Redis", &error),
             }
         }
         let Some(conn) = connection.as_mut() else {
             dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            outage.dropped(batch.len() as u64);
             batch.clear();
             continue;
         };
         let pipe = pipeline(&batch, maxlen, epoch);
         let result = tokio::time::timeout(REDIS_DEADLINE, pipe.query_async::<()>(conn)).await;
         match result {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => {
+                outage.recovered(Instant::now());
+            }
             Ok(Err(error)) if error.to_string().contains("equal or smaller") => {
                 // Redis holds positions from another database (restored or reset): start the
                 // streams afresh; workers notice the gap and read the database.
@@ -127,18 +130,21 @@ async fn run(
                     reset.cmd("DEL").arg(key_of(kind)).ignore();
                 }
                 let _ = reset.query_async::<()>(conn).await;
+                outage.recovered(Instant::now());
                 if pipe.query_async::<()>(conn).await.is_err() {
                     dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 }
             }
             Ok(Err(error)) => {
-                tracing::warn!(%error, "publishing to Redis failed; workers will read the database");
+                outage.failed(Instant::now(), "publishing to Redis failed", &error);
                 dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                outage.dropped(batch.len() as u64);
                 connection = None;
             }
             Err(_) => {
-                tracing::warn!("publishing to Redis timed out; workers will read the database");
+                outage.failed(Instant::now(), "publishing to Redis failed", &"timed out");
                 dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                outage.dropped(batch.len() as u64);
                 connection = None;
             }
         }
@@ -146,17 +152,11 @@ async fn run(
     }
 }
 
-async fn connect(client: &redis::Client) -> Option<MultiplexedConnection> {
+async fn connect(client: &redis::Client) -> redis::RedisResult<MultiplexedConnection> {
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(1)))
         .set_response_timeout(Some(REDIS_DEADLINE));
-    match client.get_multiplexed_async_connection_with_config(&config).await {
-        Ok(connection) => Some(connection),
-        Err(error) => {
-            tracing::warn!(%error, "cannot reach Redis; workers will read the database");
-            None
-        }
-    }
+    client.get_multiplexed_async_connection_with_config(&config).await
 }
 
 fn pipeline(batch: &[Outgoing], maxlen: u64, epoch: u64) -> redis::Pipeline {

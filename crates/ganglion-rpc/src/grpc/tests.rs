@@ -546,6 +546,7 @@ fn every_error_class_crosses_the_wire() {
         ErrorClass::TooLarge,
         ErrorClass::Unrecognized,
         ErrorClass::MethodNotAllowed,
+        ErrorClass::ServerManaged,
         ErrorClass::UnsupportedRoomVersion,
         ErrorClass::GuestAccessForbidden,
         ErrorClass::Exclusive,
