@@ -50,6 +50,7 @@ mod membership;
 mod pagination;
 mod restart;
 mod rooms;
+mod strangers;
 mod sync;
 
 /// Upper bound for one scenario, server start included, so a hung server fails instead of hanging.

@@ -413,8 +413,16 @@ pub(crate) async fn set_alias(
         return Err(MasterError::invalid_param("Alias must be on this server"));
     }
     let mut conn = svc.db.conn().await.map_err(internal)?;
-    if room_store::room_by_id(&mut conn, room_id.as_str()).await.map_err(internal)?.is_none() {
+    let Some(room) = room_store::room_by_id(&mut conn, room_id.as_str()).await.map_err(internal)? else {
         return Err(MasterError::not_found("Unknown room"));
+    };
+    // As Synapse does by default: only a member may point an alias at a room, or anyone could
+    // dress up a stranger's private room under a name of their choosing.
+    let membership = room_store::membership_of_user_in_room(&mut conn, room.room_nid, user_id.as_str())
+        .await
+        .map_err(internal)?;
+    if !membership.is_some_and(|m| m.membership == "join") {
+        return Err(MasterError::forbidden("You must be in the room to create an alias for it"));
     }
     if !room_store::insert_alias(&mut conn, alias.as_str(), room_id.as_str(), user_id.as_str())
         .await
