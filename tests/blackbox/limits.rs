@@ -22,6 +22,19 @@ fn huge() -> String {
     "x".repeat(HUGE)
 }
 
+/// `len` letters that PostgreSQL cannot compress much, so they overflow an index entry.
+fn noise(len: usize) -> String {
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            char::from(b'a' + (state % 26) as u8)
+        })
+        .collect()
+}
+
 #[track_caller]
 fn too_large(response: Response, what: &str) {
     assert_eq!(
@@ -210,6 +223,7 @@ async fn create_room_and_identifier_limits(backend: Backend) {
     let server = start(backend).await;
     let alice = register_all(&server, &["alice"]).await.remove(0);
     let room = alice.create_room(&json!({ "preset": "public_chat" })).await.unwrap();
+    let after_setup = alice.send_text(&room, "setup").await.unwrap();
     let mut since = initial_since(&alice, "").await;
 
     let state = |kind: &str, key: &str, content: Value| json!([{ "type": kind, "state_key": key, "content": content }]);
@@ -312,10 +326,22 @@ async fn create_room_and_identifier_limits(backend: Backend) {
         };
         response.err(400, "M_INVALID_PARAM");
     }
+    // Identifiers that end up in unique indexes, outside events: account data types, thread ids.
+    let user = enc(&alice.user_id);
+    let account_data = |kind: &str| format!("/user/{user}/account_data/{}", enc(kind));
+    let room_data = |kind: &str| format!("/user/{user}/rooms/{}/account_data/{}", enc(&room), enc(kind));
+    for path in [account_data(&long), room_data(&long), account_data(&noise(6_000)), room_data(&noise(6_000))]
+    {
+        alice.put(&path, &json!({ "a": 1 })).await.unwrap().err(400, "M_INVALID_PARAM");
+    }
+    alice.put(&account_data(&at_limit), &json!({ "a": 1 })).await.unwrap().ok();
+    assert_eq!(get_ok(&alice, &account_data(&at_limit)).await, json!({ "a": 1 }));
+    let receipt = room_path(&room, &format!("receipt/m.read/{}", enc(&after_setup)));
+    alice.post(&receipt, &json!({ "thread_id": noise(6_000) })).await.unwrap().err(400, "M_INVALID_PARAM");
     let invite = json!({ "user_id": format!("@{}:localhost", "u".repeat(300)) });
     alice.post(&room_path(&room, "invite"), &invite).await.unwrap().err(400, "M_INVALID_PARAM");
     for len in [4_000, 20_000] {
-        let segment = "s".repeat(len);
+        let segment = noise(len);
         for path in [
             send(&segment, "t3"),
             send("m.room.message", &segment),
