@@ -46,6 +46,7 @@ mod accounts;
 mod chat;
 mod errors;
 mod legacy;
+mod limits;
 mod membership;
 mod pagination;
 mod restart;

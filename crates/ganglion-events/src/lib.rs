@@ -13,7 +13,10 @@ mod pdu;
 pub mod push_rules;
 
 pub use auth::{AuthError, auth_event_types, check_auth};
-pub use build::{BuildError, EventTemplate, build_pdu};
+pub use build::{
+    BuildError, EventTemplate, MAX_EVENT_FIELD_BYTES, MAX_PDU_BYTES, build_pdu, check_template,
+    check_template_fields, check_template_size, minimum_pdu_bytes,
+};
 pub use client::{client_event, redacted_json};
 pub use key::{KeyError, ServerKey};
 pub use pdu::{Pdu, PduError};

@@ -1,5 +1,6 @@
 use std::collections::HashMap;
 
+use ganglion_types::{ErrorClass, HasErrorClass};
 use ruma::{
     OwnedEventId, RoomId, UserId, events::StateEventType, room_version_rules::RoomVersionRules,
     signatures::Ed25519KeyPair,
@@ -237,6 +238,98 @@ fn floats_are_not_canonical_json() {
     )
     .unwrap_err();
     assert!(matches!(error, BuildError::NotCanonical(_)));
+}
+
+/// A message whose `body` is `len` bytes, built on an empty room head.
+fn message_of(key: &ServerKey, rules: &RoomVersionRules, len: usize) -> Result<Pdu, BuildError> {
+    let alice = UserId::parse("@alice:example.org").unwrap();
+    let room_id = RoomId::parse("!abc:example.org").unwrap();
+    let template = EventTemplate::message("m.room.message", json!({ "body": "x".repeat(len) }));
+    build_pdu(key, rules, Some(&room_id), &alice, &template, &[], &[], 1, 1_700_000_000_000)
+}
+
+#[test]
+fn oversized_event_is_too_large_not_a_signing_failure() {
+    let key = key();
+    for version in SUPPORTED_ROOM_VERSIONS {
+        let rules = version.rules().unwrap();
+        let error = message_of(&key, &rules, 100_000).unwrap_err();
+        assert!(matches!(error, BuildError::TooLarge), "{version}: {error:?}");
+        assert_eq!(error.class(), ErrorClass::TooLarge);
+        assert!(error.to_string().contains("65535 bytes"), "{error}");
+    }
+}
+
+#[test]
+fn the_largest_event_that_builds_is_within_the_limit_and_one_byte_more_is_too_large() {
+    let key = key();
+    for version in SUPPORTED_ROOM_VERSIONS {
+        let rules = version.rules().unwrap();
+        // Bisect the longest body that still builds: hashes and signatures count too.
+        let (mut fits, mut too_long) = (60_000, 70_000);
+        while too_long - fits > 1 {
+            let middle = (fits + too_long) / 2;
+            match message_of(&key, &rules, middle) {
+                Ok(_) => fits = middle,
+                Err(BuildError::TooLarge) => too_long = middle,
+                Err(other) => panic!("{version}: {other:?}"),
+            }
+        }
+        let largest = message_of(&key, &rules, fits).unwrap();
+        assert!(largest.json.len() <= MAX_PDU_BYTES, "{version}: {}", largest.json.len());
+        // Within a signature's length of the limit: the final check, not only ruma's content
+        // hash (which does not count signatures), decides.
+        assert!(largest.json.len() > MAX_PDU_BYTES - 200, "{version}: {}", largest.json.len());
+    }
+}
+
+#[test]
+fn template_checks_refuse_what_the_builder_would_refuse() {
+    let key = key();
+    let alice = UserId::parse("@alice:example.org").unwrap();
+    let room_id = RoomId::parse("!abc:example.org").unwrap();
+    let rules = ruma::RoomVersionId::V12.rules().unwrap();
+    let redacts = OwnedEventId::try_from("$target").unwrap();
+    let templates = [
+        EventTemplate::message("m.room.message", json!({ "body": "hi" })),
+        EventTemplate::state("m.room.topic", "", json!({ "topic": "x".repeat(1000) })),
+        EventTemplate::state("m.room.member", alice.as_str(), json!({ "membership": "join" })),
+        EventTemplate {
+            kind: "m.room.redaction".into(),
+            content: json!({}),
+            state_key: None,
+            redacts: Some(redacts),
+        },
+    ];
+    let create = EventTemplate::state("m.room.create", "", json!({ "room_version": "12" }));
+    // Only a v12 create event is built without a room id.
+    let cases = templates.iter().map(|template| (template, Some(&*room_id))).chain([(&create, None)]);
+    for (template, room) in cases {
+        let pdu = build_pdu(&key, &rules, room, &alice, template, &[], &[], 1, 1).unwrap();
+        let minimum = minimum_pdu_bytes(template, room, &alice);
+        // A lower bound, and a close one.
+        assert!(minimum <= pdu.json.len(), "{} > {}: {}", minimum, pdu.json.len(), pdu.json);
+        assert!(pdu.json.len() - minimum < 64, "{} vs {}: {}", minimum, pdu.json.len(), pdu.json);
+        check_template(template, room, &alice).unwrap();
+    }
+
+    let body = |len: usize| EventTemplate::message("m.room.message", json!({ "body": "x".repeat(len) }));
+    let error = check_template(&body(70_000), Some(&room_id), &alice).unwrap_err();
+    assert!(matches!(error, BuildError::TooLarge), "{error:?}");
+    check_template(&body(60_000), Some(&room_id), &alice).unwrap();
+
+    let long = "t".repeat(MAX_EVENT_FIELD_BYTES + 1);
+    let at_limit = "t".repeat(MAX_EVENT_FIELD_BYTES);
+    check_template(&EventTemplate::state(at_limit.clone(), at_limit.clone(), json!({})), None, &alice)
+        .unwrap();
+    let error = check_template(&EventTemplate::message(long.clone(), json!({})), None, &alice).unwrap_err();
+    assert!(matches!(error, BuildError::FieldTooLong("type")), "{error:?}");
+    assert_eq!(error.class(), ErrorClass::BadJson);
+    let error = check_template(&EventTemplate::state("m.x", long, json!({})), None, &alice).unwrap_err();
+    assert!(matches!(error, BuildError::FieldTooLong("state_key")), "{error:?}");
+    // Both too long and too large: the size decides.
+    let huge_type = EventTemplate::message("t".repeat(100_000), json!({}));
+    assert!(matches!(check_template(&huge_type, None, &alice), Err(BuildError::TooLarge)));
 }
 
 #[test]

@@ -53,6 +53,13 @@ pub(crate) async fn set_receipt(
     event_id: &OwnedEventId,
     thread_id: Option<String>,
 ) -> MasterResult<()> {
+    // A thread id is `main` or an event id; longer ones would not fit PostgreSQL's index either.
+    if thread_id.as_ref().is_some_and(|thread_id| thread_id.len() > ganglion_events::MAX_EVENT_FIELD_BYTES) {
+        return Err(MasterError::invalid_param(format!(
+            "`thread_id` is longer than the maximum of {} bytes",
+            ganglion_events::MAX_EVENT_FIELD_BYTES
+        )));
+    }
     let room_nid = require_joined(svc, user_id, room_id).await?;
     {
         let mut conn = svc.db.conn().await.map_err(internal)?;
@@ -98,6 +105,13 @@ pub(crate) async fn set_account_data(
     }
     if data_type.is_empty() {
         return Err(MasterError::invalid_param("Account data type must not be empty"));
+    }
+    // An event type, so held to the same 255 bytes (it is also part of a unique index).
+    if data_type.len() > ganglion_events::MAX_EVENT_FIELD_BYTES {
+        return Err(MasterError::invalid_param(format!(
+            "Account data type is longer than the maximum of {} bytes",
+            ganglion_events::MAX_EVENT_FIELD_BYTES
+        )));
     }
     if matches!(data_type, "m.fully_read" | "m.push_rules") && room_id.is_none() {
         return Err(MasterError::new(

@@ -13,7 +13,19 @@ use ganglion_storage::{accounts as account_store, rooms as room_store};
 use ganglion_types::ErrorClass;
 use serde_json::{Map, Value, json};
 
-use crate::{MasterService, internal, power, writer::Batch};
+use crate::{
+    MasterService, internal, power,
+    writer::{Batch, check_template},
+};
+
+/// The longest transaction id, in bytes. The spec sets none; ids are stored in a unique index,
+/// which PostgreSQL cannot build over a few KiB, and 255 is the limit of every other identifier.
+const MAX_TXN_ID_BYTES: usize = 255;
+
+/// Room-dependent bytes a member event may add to its template: a room id (up to 255 bytes),
+/// the auth and prev event ids, depth and timestamp. A profile that leaves less room than this
+/// is refused before any member event is built.
+const MEMBER_EVENT_ROOM_BYTES: usize = 1024;
 
 pub(crate) async fn send_event(
     svc: &MasterService,
@@ -25,6 +37,14 @@ pub(crate) async fn send_event(
 ) -> MasterResult<OwnedEventId> {
     if !template.content.is_object() {
         return Err(MasterError::bad_json("Event content must be a JSON object"));
+    }
+    check_template(&template, Some(room_id), sender)?;
+    if let Some(txn_id) = txn_id
+        && txn_id.len() > MAX_TXN_ID_BYTES
+    {
+        return Err(MasterError::invalid_param(format!(
+            "The transaction id is longer than the maximum of {MAX_TXN_ID_BYTES} bytes"
+        )));
     }
     crate::sends::submit(&svc.send_queue, |reply| crate::sends::SendJob {
         sender: sender.clone(),
@@ -130,6 +150,9 @@ pub(crate) async fn update_membership(
         MembershipChange::Join | MembershipChange::Invite => profile(svc, target.as_str()).await?,
         _ => account_store::Profile::default(),
     };
+    let content = member_content(membership, &profile, reason);
+    let template = EventTemplate::state("m.room.member", target.as_str(), content);
+    check_template(&template, Some(room_id), sender)?;
     if change == MembershipChange::Invite && target.server_name() == svc.config.server_name.as_str() {
         let mut conn = svc.db.conn().await.map_err(internal)?;
         if !account_store::user_exists(&mut conn, target.as_str()).await.map_err(internal)? {
@@ -156,8 +179,6 @@ pub(crate) async fn update_membership(
         }
         _ => {}
     }
-    let content = member_content(membership, &profile, reason);
-    let template = EventTemplate::state("m.room.member", target.as_str(), content);
     let event = batch.append(room_id, sender, &template, None).await?;
     batch.commit().await?;
     Ok(event.pdu.event_id.clone())
@@ -202,6 +223,20 @@ pub(crate) async fn set_profile(
         ProfileField::Displayname => profile.displayname = value.filter(|v| !v.is_empty()),
         ProfileField::AvatarUrl => profile.avatar_url = value.filter(|v| !v.is_empty()),
     }
+    // Refused here rather than room by room: the member event of every joined room carries it.
+    let template =
+        EventTemplate::state("m.room.member", user_id.as_str(), member_content("join", &profile, None));
+    if ganglion_events::minimum_pdu_bytes(&template, None, user_id) + MEMBER_EVENT_ROOM_BYTES
+        > ganglion_events::MAX_PDU_BYTES
+    {
+        return Err(MasterError::new(
+            ErrorClass::TooLarge,
+            format!(
+                "The profile would make member events larger than the maximum of {} bytes",
+                ganglion_events::MAX_PDU_BYTES
+            ),
+        ));
+    }
     account_store::set_profile(&mut conn, user_id.as_str(), &profile).await.map_err(internal)?;
     let memberships = room_store::memberships_of_user(&mut conn, user_id.as_str()).await.map_err(internal)?;
     let joined: Vec<_> =
@@ -210,8 +245,6 @@ pub(crate) async fn set_profile(
     drop(conn);
     for room in rooms {
         let Ok(room_id) = OwnedRoomId::try_from(room.room_id.as_str()) else { continue };
-        let template =
-            EventTemplate::state("m.room.member", user_id.as_str(), member_content("join", &profile, None));
         let mut batch = Batch::begin(svc).await?;
         // A room where the user may no longer change their member event (e.g. a racing ban)
         // keeps the old profile; the profile itself is already updated.
@@ -287,18 +320,10 @@ pub(crate) async fn create_room(
             format!("Room version {version} is not supported"),
         ));
     };
-    let alias = match &request.room_alias_name {
-        Some(name) => {
-            let alias = RoomAliasId::parse(format!("#{name}:{}", svc.config.server_name))
-                .map_err(|e| MasterError::invalid_param(format!("Invalid room_alias_name: {e}")))?;
-            let mut conn = svc.db.conn().await.map_err(internal)?;
-            if room_store::room_id_by_alias(&mut conn, alias.as_str()).await.map_err(internal)?.is_some() {
-                return Err(MasterError::new(ErrorClass::RoomInUse, "Room alias already taken"));
-            }
-            Some(alias)
-        }
-        None => None,
-    };
+    // Parsed only once the events are known not to be too large: a 100 KB alias is a too-large
+    // `m.room.canonical_alias` before it is an invalid alias.
+    let alias_text =
+        request.room_alias_name.as_ref().map(|name| format!("#{name}:{}", svc.config.server_name));
     let preset =
         request.preset.unwrap_or(if request.public { Preset::PublicChat } else { Preset::PrivateChat });
     let sender_profile = profile(svc, sender.as_str()).await?;
@@ -336,8 +361,8 @@ pub(crate) async fn create_room(
             request.power_level_content_override.as_ref(),
         ),
     );
-    if let Some(alias) = &alias {
-        put("m.room.canonical_alias", "", json!({ "alias": alias.as_str() }));
+    if let Some(alias) = &alias_text {
+        put("m.room.canonical_alias", "", json!({ "alias": alias }));
     }
     let join_rule = if preset == Preset::PublicChat { "public" } else { "invite" };
     put("m.room.join_rules", "", json!({ "join_rule": join_rule }));
@@ -361,16 +386,16 @@ pub(crate) async fn create_room(
         );
     }
 
-    let mut batch = Batch::begin(svc).await?;
-    let (room_id, _) =
-        batch.create_room(&version, sender, Value::Object(create_content), request.public).await?;
-    let join =
-        EventTemplate::state("m.room.member", sender.as_str(), member_content("join", &sender_profile, None));
-    batch.append(&room_id, sender, &join, None).await?;
-    // Power levels go first so the creator may send the rest; the others follow in order.
-    for ((kind, key), content) in state {
-        batch.append(&room_id, sender, &EventTemplate::state(kind, key, content), None).await?;
-    }
+    let create = Value::Object(create_content);
+    // After the create event: the creator's join, then power levels so the creator may send the
+    // rest, the other state in order, and the invites.
+    let mut templates = vec![EventTemplate::state(
+        "m.room.member",
+        sender.as_str(),
+        member_content("join", &sender_profile, None),
+    )];
+    templates
+        .extend(state.into_iter().map(|((kind, key), content)| EventTemplate::state(kind, key, content)));
     let mut invite_profiles = BTreeMap::new();
     for user in &request.invite {
         if !invite_profiles.contains_key(user) {
@@ -382,9 +407,35 @@ pub(crate) async fn create_room(
         if request.is_direct {
             content["is_direct"] = json!(true);
         }
-        batch
-            .append(&room_id, sender, &EventTemplate::state("m.room.member", user.as_str(), content), None)
-            .await?;
+        templates.push(EventTemplate::state("m.room.member", user.as_str(), content));
+    }
+
+    // Every event is checked before the batch starts, sizes first (413) then identifiers (400),
+    // so a request that cannot succeed leaves no room behind and holds no lock.
+    let create_template = EventTemplate::state("m.room.create", "", create.clone());
+    for template in std::iter::once(&create_template).chain(&templates) {
+        ganglion_events::check_template_size(template, None, sender).map_err(internal)?;
+    }
+    for template in std::iter::once(&create_template).chain(&templates) {
+        ganglion_events::check_template_fields(template).map_err(internal)?;
+    }
+    let alias = match &alias_text {
+        Some(alias) => {
+            let alias = RoomAliasId::parse(alias)
+                .map_err(|e| MasterError::invalid_param(format!("Invalid room_alias_name: {e}")))?;
+            let mut conn = svc.db.conn().await.map_err(internal)?;
+            if room_store::room_id_by_alias(&mut conn, alias.as_str()).await.map_err(internal)?.is_some() {
+                return Err(MasterError::new(ErrorClass::RoomInUse, "Room alias already taken"));
+            }
+            Some(alias)
+        }
+        None => None,
+    };
+
+    let mut batch = Batch::begin(svc).await?;
+    let (room_id, _) = batch.create_room(&version, sender, create, request.public).await?;
+    for template in &templates {
+        batch.append(&room_id, sender, template, None).await?;
     }
     if let Some(alias) = &alias {
         let conn = batch_conn(&mut batch);
@@ -421,7 +472,7 @@ pub(crate) async fn set_alias(
     let membership = room_store::membership_of_user_in_room(&mut conn, room.room_nid, user_id.as_str())
         .await
         .map_err(internal)?;
-    if !membership.is_some_and(|m| m.membership == "join") {
+    if membership.is_none_or(|m| m.membership != "join") {
         return Err(MasterError::forbidden("You must be in the room to create an alias for it"));
     }
     if !room_store::insert_alias(&mut conn, alias.as_str(), room_id.as_str(), user_id.as_str())

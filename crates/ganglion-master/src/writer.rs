@@ -60,13 +60,18 @@ fn now_ms() -> u64 {
 }
 
 fn build_error(error: ganglion_events::BuildError) -> MasterError {
-    match error {
-        ganglion_events::BuildError::TooLarge => MasterError::new(ErrorClass::TooLarge, error.to_string()),
-        ganglion_events::BuildError::ContentNotObject | ganglion_events::BuildError::NotCanonical(_) => {
-            MasterError::bad_json(error.to_string())
-        }
-        ganglion_events::BuildError::Signing(_) => MasterError::internal(error.to_string()),
-    }
+    internal(error)
+}
+
+/// Refuses a template that cannot become an event (too large whatever the room adds, or a
+/// `type` or `state_key` too long) before a batch starts, so nothing is written or locked for
+/// it; `build_pdu` checks the exact size again inside the batch.
+pub(crate) fn check_template(
+    template: &EventTemplate,
+    room_id: Option<&RoomId>,
+    sender: &UserId,
+) -> MasterResult<()> {
+    ganglion_events::check_template(template, room_id, sender).map_err(internal)
 }
 
 /// Events appended in one transaction. Dropping a batch without committing rolls it back.

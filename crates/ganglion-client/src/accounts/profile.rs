@@ -9,14 +9,17 @@ use ganglion_events::ruma::{MxcUri, OwnedUserId};
 use ganglion_http::{Auth, MatrixError, MatrixJson, MatrixResult, Session};
 use ganglion_rpc::ProfileField;
 use ganglion_storage::accounts::{self as account_store, Profile};
+use ganglion_types::ErrorClass;
 use serde_json::{Map, Value, json};
 
 use super::user_id_param;
 use crate::ClientState;
 
-/// Longest display name, in characters (as Synapse; member events must stay small).
+/// Longest display name, in characters (as Synapse). Every member event of the user carries the
+/// profile, so it must stay far from the 64 KiB event limit; a longer value is refused with
+/// 413 `M_TOO_LARGE` before any room is touched.
 const MAX_DISPLAYNAME_CHARS: usize = 256;
-/// Longest avatar URL, in bytes.
+/// Longest avatar URL, in bytes (an mxc URI is far shorter); refused the same way.
 const MAX_AVATAR_URL_BYTES: usize = 1000;
 
 /// The profile of a local user, or 404.
@@ -90,13 +93,13 @@ pub(crate) fn new_field_value(
         Some(_) => return Err(MatrixError::bad_json(format!("`{key}` must be a string"))),
     };
     match field {
-        ProfileField::Displayname if value.chars().count() > MAX_DISPLAYNAME_CHARS => {
-            Err(MatrixError::invalid_param(format!(
-                "The display name is longer than {MAX_DISPLAYNAME_CHARS} characters"
-            )))
-        }
-        ProfileField::AvatarUrl if value.len() > MAX_AVATAR_URL_BYTES => Err(MatrixError::invalid_param(
-            format!("The avatar URL is longer than {MAX_AVATAR_URL_BYTES} bytes"),
+        ProfileField::Displayname if value.chars().count() > MAX_DISPLAYNAME_CHARS => Err(MatrixError::new(
+            ErrorClass::TooLarge,
+            format!("The display name is longer than the maximum of {MAX_DISPLAYNAME_CHARS} characters"),
+        )),
+        ProfileField::AvatarUrl if value.len() > MAX_AVATAR_URL_BYTES => Err(MatrixError::new(
+            ErrorClass::TooLarge,
+            format!("The avatar URL is longer than the maximum of {MAX_AVATAR_URL_BYTES} bytes"),
         )),
         ProfileField::AvatarUrl if <&MxcUri>::from(value.as_str()).validate().is_err() => {
             Err(MatrixError::invalid_param("The avatar URL must be an mxc:// URI"))

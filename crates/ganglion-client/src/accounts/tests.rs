@@ -226,7 +226,11 @@ fn profile_values_are_strings_or_null() {
     assert_eq!(name(json!({ "displayname": "" })).unwrap(), None);
     assert_eq!(class_of(name(json!({}))), ErrorClass::MissingParam);
     assert_eq!(class_of(name(json!({ "displayname": 5 }))), ErrorClass::BadJson);
-    assert_eq!(class_of(name(json!({ "displayname": "x".repeat(257) }))), ErrorClass::InvalidParam);
+    assert_eq!(
+        name(json!({ "displayname": "é".repeat(256) })).unwrap().map(|n| n.chars().count()),
+        Some(256)
+    );
+    assert_eq!(class_of(name(json!({ "displayname": "x".repeat(257) }))), ErrorClass::TooLarge);
 
     let avatar = |body: Value| new_field_value(ProfileField::AvatarUrl, &object(body));
     assert_eq!(
@@ -237,6 +241,8 @@ fn profile_values_are_strings_or_null() {
         class_of(avatar(json!({ "avatar_url": "https://example.org/a.png" }))),
         ErrorClass::InvalidParam
     );
+    let long_avatar = format!("mxc://localhost/{}", "a".repeat(1000));
+    assert_eq!(class_of(avatar(json!({ "avatar_url": long_avatar }))), ErrorClass::TooLarge);
 }
 
 // Filters.

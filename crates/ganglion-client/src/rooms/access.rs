@@ -21,6 +21,9 @@ use serde_json::{Map, Value};
 
 use crate::ClientState;
 
+/// The longest event id, in bytes (the spec's limit on identifiers).
+const MAX_EVENT_ID_BYTES: usize = 255;
+
 pub(crate) fn room_id(text: &str) -> MatrixResult<OwnedRoomId> {
     RoomId::parse(text)
         .map_err(|error| MatrixError::invalid_param(format!("Invalid room id {text:?}: {error}")))
@@ -32,6 +35,12 @@ pub(crate) fn user_id(text: &str) -> MatrixResult<OwnedUserId> {
 }
 
 pub(crate) fn event_id(text: &str) -> MatrixResult<OwnedEventId> {
+    // ruma bounds only the `$local:server` form; the spec's 255 bytes holds for every form.
+    if text.len() > MAX_EVENT_ID_BYTES {
+        return Err(MatrixError::invalid_param(format!(
+            "Invalid event id: longer than the maximum of {MAX_EVENT_ID_BYTES} bytes"
+        )));
+    }
     EventId::parse(text)
         .map_err(|error| MatrixError::invalid_param(format!("Invalid event id {text:?}: {error}")))
 }

@@ -6,8 +6,8 @@ use axum::{
     Json,
     extract::{Path, State},
 };
-use ganglion_events::EventTemplate;
-use ganglion_http::{Auth, MatrixError, MatrixJson, MatrixResult};
+use ganglion_events::{EventTemplate, ruma::RoomId};
+use ganglion_http::{Auth, MatrixError, MatrixJson, MatrixResult, Session};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -19,22 +19,22 @@ pub(crate) async fn send_message(
     State(state): State<ClientState>,
     Auth(session): Auth,
     Path((room_id, event_type, txn_id)): Path<(String, String, String)>,
-    RequiredJson(mut content): RequiredJson,
+    RequiredJson(content): RequiredJson,
 ) -> MatrixResult<Json<Value>> {
     let room_id = access::room_id(&room_id)?;
+    let mut template = EventTemplate::message(event_type, Value::Object(content));
+    check_size(&session, &room_id, &template)?;
     // A redaction sent as a message carries its target in the content; the builder places it
     // where the room version wants it.
-    let redacts = match (event_type.as_str(), content.remove("redacts")) {
-        ("m.room.redaction", Some(Value::String(target))) => Some(access::event_id(&target)?),
-        ("m.room.redaction", Some(_)) => return Err(MatrixError::bad_json("`redacts` must be an event id")),
-        (_, Some(other)) => {
-            content.insert("redacts".into(), other);
-            None
-        }
-        (_, None) => None,
-    };
-    let mut template = EventTemplate::message(event_type, Value::Object(content));
-    template.redacts = redacts;
+    if template.kind == "m.room.redaction"
+        && let Some(content) = template.content.as_object_mut()
+        && let Some(target) = content.remove("redacts")
+    {
+        let Value::String(target) = target else {
+            return Err(MatrixError::bad_json("`redacts` must be an event id"));
+        };
+        template.redacts = Some(access::event_id(&target)?);
+    }
     let event_id = state
         .master
         .send_event(&session.user_id, Some(&session.device_id), &room_id, template, Some(&txn_id))
@@ -64,20 +64,30 @@ pub(crate) async fn send_state_without_key(
 
 async fn put_state(
     state: &ClientState,
-    session: &ganglion_http::Session,
+    session: &Session,
     room_id: &str,
     event_type: String,
     state_key: String,
     content: Map<String, Value>,
 ) -> MatrixResult<Json<Value>> {
     let room_id = access::room_id(room_id)?;
-    if event_type == "m.room.canonical_alias" {
-        check_new_aliases(state, room_id.as_str(), &content).await?;
-    }
     let template = EventTemplate::state(event_type, state_key, Value::Object(content));
+    check_size(session, &room_id, &template)?;
+    if template.kind == "m.room.canonical_alias"
+        && let Some(content) = template.content.as_object()
+    {
+        check_new_aliases(state, room_id.as_str(), content).await?;
+    }
     let event_id =
         state.master.send_event(&session.user_id, Some(&session.device_id), &room_id, template, None).await?;
     Ok(Json(json!({ "event_id": event_id })))
+}
+
+/// An event too large whatever the room adds is refused before the content's own checks: a
+/// 100 KB `redacts` or alias makes a too-large event before an invalid one. The master checks
+/// again (and `type` and `state_key` lengths) for every writer.
+fn check_size(session: &Session, room_id: &RoomId, template: &EventTemplate) -> MatrixResult<()> {
+    ganglion_events::check_template_size(template, Some(room_id), &session.user_id).map_err(MatrixError::from)
 }
 
 /// Aliases newly listed in an `m.room.canonical_alias` event must be valid aliases; those
