@@ -421,6 +421,12 @@ pub(crate) async fn create_room(
     }
     let alias = match &alias_text {
         Some(alias) => {
+            if alias.len() > ganglion_events::MAX_EVENT_FIELD_BYTES {
+                return Err(MasterError::invalid_param(format!(
+                    "Invalid room_alias_name: the alias is longer than {} bytes",
+                    ganglion_events::MAX_EVENT_FIELD_BYTES
+                )));
+            }
             let alias = RoomAliasId::parse(alias)
                 .map_err(|e| MasterError::invalid_param(format!("Invalid room_alias_name: {e}")))?;
             let mut conn = svc.db.conn().await.map_err(internal)?;
