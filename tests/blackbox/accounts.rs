@@ -1,8 +1,8 @@
 //! Accounts: registration (UIA), availability, login, whoami, logout, password change, devices.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, time::Duration};
 
-use ganglion_testkit::{Account, Api, Backend, Response, enc};
+use ganglion_testkit::{Account, Api, Backend, Response, enc, eventually};
 use serde_json::{Value, json};
 
 use crate::{PASSWORD, get_ok, start};
@@ -10,6 +10,7 @@ use crate::{PASSWORD, get_ok, start};
 on_all_backends!(
     registration_is_user_interactive_and_checks_names,
     login_whoami_and_logout,
+    login_as_an_existing_device_revokes_its_old_token,
     logout_all_ends_every_session,
     password_change_needs_uia_and_replaces_the_password,
     devices_can_be_listed_renamed_and_deleted,
@@ -127,6 +128,77 @@ async fn login_whoami_and_logout(backend: Backend) {
     let ids: Vec<&str> =
         devices["devices"].as_array().unwrap().iter().map(|d| d["device_id"].as_str().unwrap()).collect();
     assert_eq!(ids, [registered.device_id.as_str()], "logout deletes the device");
+}
+
+/// Logging in again with a `device_id` replaces that device's session: the old token answers
+/// 401 `M_UNKNOWN_TOKEN` on every process (a cluster learns of it through the caches stream),
+/// the new one works, and the device is still listed once.
+async fn login_as_an_existing_device_revokes_its_old_token(backend: Backend) {
+    let mut server = start(backend).await;
+    let api = server.api();
+    let registered = server.register("alice", PASSWORD).await.unwrap();
+    let login_as_phone = json!({
+        "type": "m.login.password",
+        "identifier": { "type": "m.id.user", "user": "alice" },
+        "password": PASSWORD,
+        "device_id": "PHONE",
+    });
+    let session_of = |body: &Value| {
+        assert_eq!(body["device_id"], "PHONE", "{body}");
+        Account::new(api.clone(), "@alice:localhost", body["access_token"].as_str().unwrap(), "PHONE")
+    };
+    let old = session_of(&api.post("/login", None, &login_as_phone).await.unwrap().ok());
+
+    // Every process that serves the client API, with how to ask it whether a token works: the
+    // direct address of each cluster worker, and the front door (nginx or the one process).
+    let mut targets = vec![(api.clone(), "/account/whoami"), (api.clone(), "/sync?timeout=0")];
+    if let Some(cluster) = server.cluster() {
+        for name in ["reader1", "reader2", "sync1", "sync2"] {
+            let path = if name.starts_with("sync") { "/sync?timeout=0" } else { "/account/whoami" };
+            targets.push((Api::new(cluster.url_of(name)), path));
+        }
+    }
+    let through = |target: &Api, account: &Account| {
+        Account::new(target.clone(), &account.user_id, &account.access_token, &account.device_id)
+    };
+    // Each process caches the old session before it is revoked.
+    for (target, path) in &targets {
+        let response = through(target, &old).get(path).await.unwrap();
+        assert_eq!(response.status, 200, "{} {path}: {}", target.base_url(), response.text);
+    }
+
+    let new = session_of(&api.post("/login", None, &login_as_phone).await.unwrap().ok());
+    assert_ne!(new.access_token, old.access_token);
+    for (target, path) in &targets {
+        let old = through(target, &old);
+        eventually(Duration::from_secs(5), "the old token is refused", || {
+            let old = old.clone();
+            async move {
+                let response = old.get(path).await?;
+                Ok((response.status == 401 && response.errcode() == Some("M_UNKNOWN_TOKEN")).then_some(()))
+            }
+        })
+        .await
+        .unwrap_or_else(|error| panic!("{} {path}: {error:#}", target.base_url()));
+    }
+    // Once refused, refused for good, wherever the request lands.
+    for _ in 0..5 {
+        for (target, path) in &targets {
+            through(target, &old).get(path).await.unwrap().err(401, "M_UNKNOWN_TOKEN");
+            let response = through(target, &new).get(path).await.unwrap();
+            assert_eq!(response.status, 200, "{} {path}: {}", target.base_url(), response.text);
+        }
+    }
+    let me = whoami(&new).await.ok();
+    assert_eq!(me["device_id"], "PHONE");
+    let devices = get_ok(&new, "/devices").await;
+    let mut ids: Vec<&str> =
+        devices["devices"].as_array().unwrap().iter().map(|d| d["device_id"].as_str().unwrap()).collect();
+    ids.sort_unstable();
+    let mut expected = vec!["PHONE", registered.device_id.as_str()];
+    expected.sort_unstable();
+    assert_eq!(ids, expected, "the device is listed once");
+    whoami(&registered).await.ok();
 }
 
 async fn logout_all_ends_every_session(backend: Backend) {

@@ -45,6 +45,7 @@ macro_rules! on_all_backends {
 mod accounts;
 mod chat;
 mod errors;
+mod ignoring;
 mod legacy;
 mod limits;
 mod membership;

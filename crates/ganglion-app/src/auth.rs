@@ -23,11 +23,12 @@ impl DbAuthenticator {
         let (user_id, device_id) = match self.caches.session(access_token) {
             Some(session) => session,
             None => {
+                let generation = self.caches.sessions_generation();
                 let mut conn = self.db.conn().await.map_err(MatrixError::from)?;
                 let found =
                     accounts::session_by_token(&mut conn, access_token).await.map_err(MatrixError::from)?;
                 let Some((user_id, device_id)) = found else { return Ok(None) };
-                self.caches.remember_session(access_token, &user_id, &device_id);
+                self.caches.remember_session(generation, access_token, &user_id, &device_id);
                 (user_id, device_id)
             }
         };

@@ -80,6 +80,10 @@ impl Master for WorkerMaster {
     }
 
     async fn login(&self, request: LoginRequest) -> MasterResult<SessionGrant> {
+        // Naming an existing device revokes its old token: drop this worker's sessions at once.
+        if request.device_id.is_some() {
+            return self.sessions_changed(self.remote.login(request).await).await;
+        }
         self.remote.login(request).await
     }
 

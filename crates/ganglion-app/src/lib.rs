@@ -100,7 +100,7 @@ pub async fn run(
     };
     let start = initial_token(&db, typing_epoch).await?;
     let positions = Arc::new(Positions::new(start));
-    let recent = Arc::new(RecentEvents::new(start.events));
+    let recent = Arc::new(RecentEvents::new(start));
     let limiter = Arc::new(RateLimiter::new(&config.rate_limits));
     let authenticator: Arc<dyn Authenticator> =
         Arc::new(DbAuthenticator::new(db.clone(), caches.clone(), limiter.clone()));
@@ -223,6 +223,7 @@ pub async fn run(
         typing: typing.clone(),
         recent: recent.clone(),
         memberships: Arc::new(ganglion_sync::MembershipCache::default()),
+        ignored_users: Arc::new(ganglion_sync::IgnoredUsersCache::default()),
         catch_up,
     };
     routes.extend(

@@ -8,6 +8,7 @@ mod auth;
 mod build;
 mod client;
 pub mod filter;
+pub mod ignored_users;
 mod key;
 mod pdu;
 pub mod push_rules;

@@ -138,10 +138,19 @@ pub(crate) async fn login(svc: &MasterService, request: LoginRequest) -> MasterR
     )
     .await
     .map_err(internal)?;
+    // Logging in as an existing device replaces its session: the spec has the server invalidate
+    // any token previously associated with that device.
+    let revoked = store::delete_access_tokens_of_device(&mut tx, request.user_id.as_str(), &device_id)
+        .await
+        .map_err(internal)?;
     store::insert_access_token(&mut tx, &access_token, request.user_id.as_str(), &device_id)
         .await
         .map_err(internal)?;
     tx.commit().await.map_err(|e| internal(ganglion_storage::StorageError::from(e)))?;
+    if revoked > 0 {
+        svc.caches.forget_sessions();
+        svc.bus.invalidate(ganglion_replication::Invalidation::Sessions);
+    }
     Ok(SessionGrant {
         user_id: request.user_id,
         access_token: Some(access_token),

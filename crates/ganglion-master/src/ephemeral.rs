@@ -2,11 +2,14 @@
 
 use std::{sync::Arc, time::Duration};
 
-use ganglion_events::ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
+use ganglion_events::{
+    ignored_users,
+    ruma::{OwnedEventId, OwnedRoomId, OwnedUserId},
+};
 use ganglion_replication::StreamRow;
 use ganglion_rpc::{MasterError, MasterResult};
 use ganglion_storage::{rooms as room_store, streams as stream_store};
-use ganglion_types::{StreamKind, StreamPosition};
+use ganglion_types::{HasErrorClass, StreamKind, StreamPosition};
 use serde_json::Value;
 
 use crate::{MasterService, internal};
@@ -118,6 +121,10 @@ pub(crate) async fn set_account_data(
             ganglion_types::ErrorClass::BadJson,
             format!("Cannot set {data_type} through this API"),
         ));
+    }
+    if room_id.is_none() && data_type == ignored_users::IGNORED_USER_LIST {
+        ignored_users::check_ignored_user_list(&content, user_id.as_str())
+            .map_err(|error| MasterError::new(error.class(), error.to_string()))?;
     }
     let text = serde_json::to_string(&content).map_err(|e| MasterError::bad_json(e.to_string()))?;
     let mut writer = svc.writer.lock().await;

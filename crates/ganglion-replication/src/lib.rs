@@ -227,9 +227,12 @@ impl InProcessBus {
     }
 
     fn record(&self, row: &StreamRow) {
-        if let (StreamKind::Events, Some(room_id), Some(event_nid)) = (row.kind, &row.room_id, row.event_nid)
-        {
-            self.recent.record(room_id, row.position.0, event_nid, &row.user_ids);
+        match (row.kind, &row.room_id, row.event_nid) {
+            (StreamKind::Events, Some(room_id), Some(event_nid)) => {
+                self.recent.record(room_id, row.position.0, event_nid, &row.user_ids);
+            }
+            (StreamKind::AccountData, _, _) => self.recent.record_account_data(row.position.0, &row.user_ids),
+            _ => {}
         }
     }
 }

@@ -1,10 +1,11 @@
-//! The newest events of each room and the latest membership change of each user, as learned
-//! from the bus. Lets `/sync` answer "what is new in my rooms since position P" from memory
-//! instead of the database, for any P this process has seen rows after.
+//! The newest events of each room, the latest membership change of each user and the latest
+//! account data change of each user, as learned from the bus. Lets `/sync` answer "what is new
+//! in my rooms since position P" from memory instead of the database, for any P this process has
+//! seen rows after, and tell whether a user's cached account data is still current.
 
 use std::collections::{HashMap, VecDeque};
 
-use ganglion_types::{EventNid, StreamPosition};
+use ganglion_types::{EventNid, SyncToken};
 use parking_lot::RwLock;
 
 /// Events kept per room; older ones are forgotten (and the room answers only for later `after`).
@@ -23,15 +24,38 @@ pub struct RecentEvents {
     rooms: RwLock<HashMap<String, Room>>,
     /// user id -> position of the latest member event about them.
     member_changes: RwLock<HashMap<String, i64>>,
+    /// Account data rows after this position were all recorded.
+    account_data_start: i64,
+    /// user id -> account data position of their latest account data change.
+    account_data_changes: RwLock<HashMap<String, i64>>,
 }
 
 impl RecentEvents {
-    pub fn new(start: StreamPosition) -> RecentEvents {
+    /// Records rows after `start`'s positions (the positions this process started from).
+    pub fn new(start: SyncToken) -> RecentEvents {
         RecentEvents {
-            start: start.0,
+            start: start.events.0,
             rooms: RwLock::new(HashMap::new()),
             member_changes: RwLock::new(HashMap::new()),
+            account_data_start: start.account_data.0,
+            account_data_changes: RwLock::new(HashMap::new()),
         }
+    }
+
+    pub(crate) fn record_account_data(&self, position: i64, users: &[std::sync::Arc<str>]) {
+        let mut changes = self.account_data_changes.write();
+        for user in users {
+            changes.insert(user.to_string(), position);
+        }
+    }
+
+    /// Whether account data of `user_id` was recorded after `position` (of the account data
+    /// stream); `None` when `position` is before this process started (it cannot tell).
+    pub fn account_data_changed_after(&self, user_id: &str, position: i64) -> Option<bool> {
+        if position < self.account_data_start {
+            return None;
+        }
+        Some(self.account_data_changes.read().get(user_id).is_some_and(|changed| *changed > position))
     }
 
     pub(crate) fn record(

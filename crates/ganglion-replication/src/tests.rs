@@ -19,7 +19,7 @@ fn row(room: &str, position: i64) -> StreamRow {
 async fn a_row_wakes_only_listeners_of_its_room() {
     let positions = Arc::new(Positions::new(SyncToken::default()));
     let notifier = Notifier::new();
-    let recent = Arc::new(RecentEvents::new(StreamPosition(0)));
+    let recent = Arc::new(RecentEvents::new(SyncToken::default()));
     let bus = InProcessBus::new(positions.clone(), notifier.clone(), recent.clone());
     let in_room = notifier.listen(vec![Arc::from("!a:x")]);
     let elsewhere = notifier.listen(vec![Arc::from("!b:x")]);
@@ -71,7 +71,7 @@ fn typing_changes_advance_the_stream_and_expire() {
 
 #[test]
 fn recent_events_answer_only_what_they_saw() {
-    let recent = RecentEvents::new(StreamPosition(10));
+    let recent = RecentEvents::new(SyncToken { events: StreamPosition(10), ..SyncToken::default() });
     let user: Arc<str> = Arc::from("@u:x");
     for position in 11..=300 {
         let members = if position == 20 { vec![user.clone()] } else { vec![] };
@@ -86,4 +86,25 @@ fn recent_events_answer_only_what_they_saw() {
     assert_eq!(recent.membership_changed_after("@u:x", 19), Some(true));
     assert_eq!(recent.membership_changed_after("@u:x", 20), Some(false));
     assert_eq!(recent.membership_changed_after("@u:x", 5), None);
+}
+
+#[test]
+fn account_data_changes_are_told_per_user_from_the_start_on() {
+    let recent = RecentEvents::new(SyncToken { account_data: StreamPosition(4), ..SyncToken::default() });
+    recent.record_account_data(7, &[Arc::from("@u:x")]);
+    assert_eq!(recent.account_data_changed_after("@u:x", 6), Some(true));
+    assert_eq!(recent.account_data_changed_after("@u:x", 7), Some(false));
+    assert_eq!(recent.account_data_changed_after("@other:x", 4), Some(false));
+    // Before the process started: unknown.
+    assert_eq!(recent.account_data_changed_after("@u:x", 3), None);
+}
+
+#[test]
+fn the_bus_records_account_data_rows() {
+    let recent = Arc::new(RecentEvents::new(SyncToken::default()));
+    let bus =
+        InProcessBus::new(Arc::new(Positions::new(SyncToken::default())), Notifier::new(), recent.clone());
+    bus.publish(StreamRow::new(StreamKind::AccountData, StreamPosition(1), None, vec![Arc::from("@u:x")]));
+    assert_eq!(recent.account_data_changed_after("@u:x", 0), Some(true));
+    assert_eq!(recent.account_data_changed_after("@u:x", 1), Some(false));
 }

@@ -75,6 +75,9 @@ pub struct Caches {
     pub(crate) room_versions: BoundedCache<RoomNid, ganglion_events::ruma::RoomVersionId>,
     /// access token -> (user id, device id)
     sessions: BoundedCache<String, (String, String)>,
+    /// Bumped by every `forget_sessions`, so a lookup that read the database before a revocation
+    /// does not cache its stale answer after it.
+    sessions_generation: std::sync::atomic::AtomicU64,
     /// event -> the (device id, transaction id) it was sent with, `None` for none.
     pub(crate) event_txns: BoundedCache<EventNid, Option<DeviceTxn>>,
 }
@@ -98,6 +101,7 @@ impl Caches {
             state_key_names: BoundedCache::new(200_000),
             room_versions: BoundedCache::new(100_000),
             sessions: BoundedCache::new(100_000),
+            sessions_generation: std::sync::atomic::AtomicU64::new(0),
             event_txns: BoundedCache::new(100_000),
         }
     }
@@ -106,7 +110,7 @@ impl Caches {
 impl Caches {
     /// Forgets everything (after a rolled-back write whose ids the database may reuse).
     pub fn clear(&self) {
-        self.sessions.clear();
+        self.forget_sessions();
         self.snapshots.clear();
         self.blocks.clear();
         self.events.clear();
@@ -124,13 +128,24 @@ impl Caches {
         self.sessions.get(access_token)
     }
 
-    pub fn remember_session(&self, access_token: &str, user_id: &str, device_id: &str) {
-        self.sessions.insert(access_token.to_owned(), (user_id.to_owned(), device_id.to_owned()));
+    /// The current sessions generation: read it before looking a token up in the database.
+    pub fn sessions_generation(&self) -> u64 {
+        self.sessions_generation.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Forgets every cached session; called whenever any token is revoked.
-    // FIXME(#4): other processes learn of revocations through the caches stream.
+    /// Caches a session read from the database while the sessions generation was `generation`;
+    /// dropped again if a revocation came in between (the database answer may predate it).
+    pub fn remember_session(&self, generation: u64, access_token: &str, user_id: &str, device_id: &str) {
+        self.sessions.insert(access_token.to_owned(), (user_id.to_owned(), device_id.to_owned()));
+        if self.sessions_generation() != generation {
+            self.sessions.remove(&access_token.to_owned());
+        }
+    }
+
+    /// Forgets every cached session; called whenever any token is revoked (other processes
+    /// learn of revocations through the caches stream).
     pub fn forget_sessions(&self) {
+        self.sessions_generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.sessions.clear();
     }
 }

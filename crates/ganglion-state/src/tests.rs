@@ -66,3 +66,17 @@ fn bounded_cache_evicts_old_generation() {
     assert_eq!(cache.get(&9), Some(18));
     assert_eq!(cache.get(&0), None);
 }
+
+#[test]
+fn a_session_read_before_a_revocation_is_not_cached_after_it() {
+    let caches = Caches::new();
+    let before = caches.sessions_generation();
+    caches.remember_session(before, "fresh", "@u:x", "D1");
+    assert_eq!(caches.session("fresh"), Some(("@u:x".to_owned(), "D1".to_owned())));
+    // A lookup read the database, then a revocation cleared the cache before it stored its answer.
+    let read_at = caches.sessions_generation();
+    caches.forget_sessions();
+    caches.remember_session(read_at, "stale", "@u:x", "D2");
+    assert_eq!(caches.session("stale"), None);
+    assert_eq!(caches.session("fresh"), None);
+}

@@ -126,6 +126,16 @@ pub async fn delete_access_token(conn: &mut Conn, token: &str) -> Result<()> {
     Ok(())
 }
 
+/// Deletes the access tokens of one device; how many there were.
+pub async fn delete_access_tokens_of_device(conn: &mut Conn, user_id: &str, device_id: &str) -> Result<u64> {
+    let result = sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2")
+        .bind(user_id)
+        .bind(device_id)
+        .execute(conn)
+        .await?;
+    Ok(result.rows_affected())
+}
+
 /// Deletes every access token of a user, except those of `keep_device`.
 pub async fn delete_access_tokens_of_user(
     conn: &mut Conn,

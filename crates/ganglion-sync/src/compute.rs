@@ -11,7 +11,7 @@ use std::{
     sync::Arc,
 };
 
-use ganglion_events::ruma::events::TimelineEventType;
+use ganglion_events::{ignored_users::IGNORED_USER_LIST, ruma::events::TimelineEventType};
 use ganglion_state::{Caches, Snapshot, StateError, StoredEvent};
 use ganglion_storage::{
     Conn, StorageError,
@@ -22,9 +22,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::{
-    SyncState, ephemeral,
+    IgnoredUsers, SyncState, ephemeral,
     filter::Filter,
-    timeline::{self, Range, Timeline, Window},
+    timeline::{self, Range, Selection, Timeline, Window},
 };
 
 const MEMBER: &str = "m.room.member";
@@ -131,7 +131,9 @@ pub(crate) async fn sync_batch(
     next: SyncToken,
 ) -> Result<SyncBatch, SyncError> {
     let mut conn = state.db.conn().await?;
-    let sync = Computation::new(state, request, next);
+    let mut sync = Computation::new(state, request, next);
+    sync.ignored = ignored_users(state, &mut conn, request.user_id).await?;
+    let (mut global_data, mut room_data) = sync.account_data(&mut conn).await?;
     // An incremental sync reads the memberships and the timeline windows of the joined rooms
     // (which also tell the changed rooms) in one round trip.
     let (rows, newest_events) = match request.since {
@@ -171,7 +173,11 @@ pub(crate) async fn sync_batch(
         let changed_in_range = membership.stream_pos > sync.since_events;
         match membership.membership.as_str() {
             "join" => joined.push(membership),
-            "invite" if request.since.is_none() || changed_in_range => invited.push(membership),
+            // After a change of the ignore list, pending invites are told again: one that was
+            // hidden may now be from a user no longer ignored.
+            "invite" if request.since.is_none() || changed_in_range || sync.ignore_list_changed => {
+                invited.push(membership)
+            }
             "leave" | "ban"
                 if changed_in_range && (request.since.is_some() || request.filter.room.include_leave) =>
             {
@@ -189,7 +195,6 @@ pub(crate) async fn sync_batch(
         account_data: Vec::new(),
         joined_room_ids: listen,
     };
-    let (mut global_data, mut room_data) = sync.account_data(&mut conn).await?;
     // Push rules are server defaults (users cannot change them yet); clients such as Element
     // expect them as `m.push_rules` account data in the initial sync.
     if request.since.is_none() && request.filter.account_data.allows("m.push_rules", None) {
@@ -203,7 +208,8 @@ pub(crate) async fn sync_batch(
     batch.account_data = global_data;
     sync.joined_rooms(&mut conn, joined, newest_events, &mut room_data, &mut batch.join).await?;
     for room in invited {
-        let invite_state = sync.invite_state(&mut conn, &room).await?;
+        // Invites from ignored users are never delivered (the spec's Ignoring Users module).
+        let Some(invite_state) = sync.invite_state(&mut conn, &room).await? else { continue };
         batch.invite.insert(room.room_id, json!({ "invite_state": { "events": invite_state } }));
     }
     for room in left {
@@ -245,6 +251,23 @@ async fn user_rooms(
     Ok(rows)
 }
 
+/// The users `user_id` ignores, from the cache or the database.
+async fn ignored_users(state: &SyncState, conn: &mut Conn, user_id: &str) -> Result<IgnoredUsers, SyncError> {
+    if let Some(ignored) = state.ignored_users.get(&state.recent, user_id) {
+        return Ok(ignored);
+    }
+    // Read the position first: account data published after it invalidates this entry.
+    let loaded_at = state.positions.get(StreamKind::AccountData).0;
+    let content = stream_store::account_data_content(conn, user_id, "", IGNORED_USER_LIST).await?;
+    let ignored = Arc::new(
+        content
+            .map(|content| ganglion_events::ignored_users::ignored_users_of(&content, user_id))
+            .unwrap_or_default(),
+    );
+    state.ignored_users.insert(user_id, loaded_at, ignored.clone());
+    Ok(ignored)
+}
+
 /// The newest events of the rooms whose timelines a sync reads (joined now, or membership
 /// changed after `up_to`), from memory; `None` when memory does not reach back to `after`.
 fn newest_events_from_memory(
@@ -273,6 +296,12 @@ struct Computation<'a> {
     /// `since`'s typing position, 0 when it is from another typing epoch.
     since_typing: StreamPosition,
     timeline_limit: usize,
+    /// The users the user ignores: their non-state events and invites are left out.
+    ignored: IgnoredUsers,
+    /// The ignore list changed in the range (an incremental sync): every joined room comes
+    /// with a `limited` timeline, so clients drop what they hold and paginate again under the
+    /// new list.
+    ignore_list_changed: bool,
 }
 
 impl<'a> Computation<'a> {
@@ -289,6 +318,16 @@ impl<'a> Computation<'a> {
             since_events: request.since.map_or(0, |since| since.events.0),
             since_typing,
             timeline_limit: request.filter.timeline_limit(),
+            ignored: IgnoredUsers::default(),
+            ignore_list_changed: false,
+        }
+    }
+
+    fn timeline_selection(&self) -> Selection<'_> {
+        Selection {
+            filter: &self.request.filter.room.timeline,
+            ignored: &self.ignored,
+            limit: self.timeline_limit,
         }
     }
 
@@ -349,9 +388,10 @@ impl<'a> Computation<'a> {
         Ok(event.as_ref().and_then(membership_of).as_deref() == Some("join"))
     }
 
-    /// Global account data events, and room account data by room id.
+    /// Global account data events, and room account data by room id. Notes whether the ignore
+    /// list changed in the range.
     async fn account_data(
-        &self,
+        &mut self,
         conn: &mut Conn,
     ) -> Result<(Vec<Value>, HashMap<String, Vec<AccountDataRow>>), SyncError> {
         let after = self.request.since.map_or(0, |since| since.account_data.0);
@@ -363,6 +403,9 @@ impl<'a> Computation<'a> {
         let mut by_room: HashMap<String, Vec<AccountDataRow>> = HashMap::new();
         for row in stream_store::account_data_between(conn, self.request.user_id, after, up_to).await? {
             if row.room_id.is_empty() {
+                if row.data_type == IGNORED_USER_LIST && self.request.since.is_some() {
+                    self.ignore_list_changed = true;
+                }
                 if self.request.filter.account_data.allows(&row.data_type, None) {
                     global.push(account_data_event(&row));
                 }
@@ -439,7 +482,9 @@ impl<'a> Computation<'a> {
                 }
                 None => Window::read(conn, room.room_nid, range, per_room).await?,
             };
+            let relimit = self.ignore_list_changed && !full;
             if !full
+                && !relimit
                 && window.newest_first.is_empty()
                 && !typing_changed
                 && receipts.is_empty()
@@ -448,34 +493,43 @@ impl<'a> Computation<'a> {
                 continue;
             }
 
-            let timeline = Timeline::select(
+            let mut timeline = Timeline::select(
                 conn,
                 self.caches,
                 (room.room_nid, &room.room_id),
                 range,
                 window,
-                &self.request.filter.room.timeline,
-                self.timeline_limit,
+                &self.timeline_selection(),
             )
             .await?;
+            if relimit {
+                // What the client holds was chosen under the old list: a gap tells it to drop
+                // that and paginate back (the state section covers the range).
+                timeline.limited = true;
+                timeline.gap = true;
+            }
             let state = self.room_state(conn, &room, &timeline, range, full).await?;
 
             let mut ephemeral = Vec::new();
             let ephemeral_filter = &self.request.filter.room.ephemeral;
             if ephemeral_filter.allows_room(&room.room_id) {
                 if ephemeral_filter.allows_type("m.typing") && (typing_changed || full) {
-                    let typing = self.state.typing.typing_in_room(&room.room_id);
+                    let mut typing = self.state.typing.typing_in_room(&room.room_id);
+                    typing.retain(|user_id| !self.ignored.contains(user_id));
                     if typing_changed || !typing.is_empty() {
                         ephemeral.push(ephemeral::typing_event(typing));
                     }
                 }
                 if ephemeral_filter.allows_type("m.receipt") {
+                    let mut receipts = receipts;
+                    receipts.retain(|receipt| !self.ignored.contains(&receipt.user_id));
                     ephemeral.extend(ephemeral::receipt_event(&receipts, self.request.user_id));
                 }
             }
             let account_data = self.room_account_data(&room.room_id, account_data);
 
             if !full
+                && !relimit
                 && timeline.events.is_empty()
                 && state.is_empty()
                 && ephemeral.is_empty()
@@ -550,8 +604,7 @@ impl<'a> Computation<'a> {
             (room.room_nid, &room.room_id),
             range,
             window,
-            &self.request.filter.room.timeline,
-            self.timeline_limit,
+            &self.timeline_selection(),
         )
         .await?;
         let state = self.room_state(conn, room, &timeline, range, full).await?;
@@ -673,11 +726,19 @@ impl<'a> Computation<'a> {
         Ok(chosen.into_iter().filter(|nid| allowed.contains(nid)).collect())
     }
 
-    /// The `invite_state` of an invited room: stripped state at the invite.
-    async fn invite_state(&self, conn: &mut Conn, room: &RoomMembership) -> Result<Vec<Value>, SyncError> {
+    /// The `invite_state` of an invited room: stripped state at the invite; `None` when the
+    /// inviter is ignored.
+    async fn invite_state(
+        &self,
+        conn: &mut Conn,
+        room: &RoomMembership,
+    ) -> Result<Option<Vec<Value>>, SyncError> {
         let Some(invite) = self.caches.event(conn, room.event_nid).await? else {
             return Err(StorageError::Corrupt(format!("missing member event {}", room.event_nid)).into());
         };
+        if self.ignored.contains(invite.pdu.sender.as_str()) {
+            return Ok(None);
+        }
         let snapshot = self.caches.snapshot(conn, invite.row.snapshot_nid).await?;
         let mut events = Vec::with_capacity(INVITE_STATE_TYPES.len() + 2);
         for kind in INVITE_STATE_TYPES {
@@ -701,7 +762,7 @@ impl<'a> Computation<'a> {
                 "sender": event.pdu.sender.as_str(),
             }));
         }
-        Ok(stripped)
+        Ok(Some(stripped))
     }
 
     /// The room summary, from the current memberships.

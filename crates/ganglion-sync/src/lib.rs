@@ -31,6 +31,7 @@ pub struct SyncState {
     /// The newest events per room, fed by the bus: incremental syncs read their timelines here.
     pub recent: Arc<RecentEvents>,
     pub memberships: Arc<MembershipCache>,
+    pub ignored_users: Arc<IgnoredUsersCache>,
     /// In a cluster: reaches a `since` token handed out by another sync worker.
     pub catch_up: Option<Arc<dyn CatchUp>>,
 }
@@ -67,6 +68,33 @@ impl MembershipCache {
             by_user.clear();
         }
         by_user.insert(user_id.to_owned(), (loaded_at, rows));
+    }
+}
+
+/// The users a user ignores (`m.ignored_user_list`), parsed.
+pub(crate) type IgnoredUsers = Arc<std::collections::HashSet<String>>;
+
+/// Each user's ignored users as last read from the database, with the account data position
+/// read at; valid while `RecentEvents` saw no account data of the user since. Every sync needs
+/// the list, and almost nobody changes it.
+#[derive(Default)]
+pub struct IgnoredUsersCache {
+    by_user: parking_lot::Mutex<std::collections::HashMap<String, (i64, IgnoredUsers)>>,
+}
+
+impl IgnoredUsersCache {
+    pub(crate) fn get(&self, recent: &RecentEvents, user_id: &str) -> Option<IgnoredUsers> {
+        let by_user = self.by_user.lock();
+        let (loaded_at, ignored) = by_user.get(user_id)?;
+        (recent.account_data_changed_after(user_id, *loaded_at) == Some(false)).then(|| ignored.clone())
+    }
+
+    pub(crate) fn insert(&self, user_id: &str, loaded_at: i64, ignored: IgnoredUsers) {
+        let mut by_user = self.by_user.lock();
+        if by_user.len() >= 100_000 {
+            by_user.clear();
+        }
+        by_user.insert(user_id.to_owned(), (loaded_at, ignored));
     }
 }
 

@@ -2,6 +2,8 @@
 //! the timeline filter, and whether older events of the range were left out (a gap the `state`
 //! section must cover).
 
+use std::collections::HashSet;
+
 use ganglion_state::{Caches, Snapshot, StoredEvent};
 use ganglion_storage::{Conn, events as event_store};
 use ganglion_types::{EventNid, RoomNid};
@@ -51,6 +53,30 @@ impl Window {
     }
 }
 
+/// What a timeline keeps: at most `limit` events that pass the timeline filter and are not
+/// non-state events of a user the viewer ignores.
+pub(crate) struct Selection<'a> {
+    pub filter: &'a RoomEventFilter,
+    pub ignored: &'a HashSet<String>,
+    pub limit: usize,
+}
+
+impl Selection<'_> {
+    fn keeps(&self, event: &StoredEvent) -> bool {
+        event_passes(self.filter, event) && !sent_by_ignored(self.ignored, event)
+    }
+
+    fn keeps_every_event(&self) -> bool {
+        !self.filter.filters_events() && self.ignored.is_empty()
+    }
+}
+
+/// Whether `event` is one the Ignoring Users module hides: a non-state event of an ignored
+/// user (their state events stay, so the room looks the same to everyone).
+pub(crate) fn sent_by_ignored(ignored: &HashSet<String>, event: &StoredEvent) -> bool {
+    !ignored.is_empty() && !event.pdu.is_state() && ignored.contains(event.pdu.sender.as_str())
+}
+
 pub(crate) struct Timeline {
     /// Oldest first.
     pub events: Vec<StoredEvent>,
@@ -72,23 +98,23 @@ impl Timeline {
     }
 
     /// The timeline of `room_id` in `range`: the newest `limit` events of `window` (read further
-    /// back when the filter rejects some) that pass `filter`.
+    /// back when the selection rejects some) that the selection keeps.
     pub(crate) async fn select(
         conn: &mut Conn,
         caches: &Caches,
         room: (RoomNid, &str),
         range: Range,
         window: Window,
-        filter: &RoomEventFilter,
-        limit: usize,
+        selection: &Selection<'_>,
     ) -> Result<Timeline, SyncError> {
         let (room_nid, room_id) = room;
+        let limit = selection.limit;
         let newest_in_range = window.newest_first.first().map(|(nid, _)| *nid);
-        if !filter.allows_room(room_id) {
+        if !selection.filter.allows_room(room_id) {
             let gap = newest_in_range.is_some();
             return Ok(Timeline { events: Vec::new(), limited: gap, gap, newest_in_range });
         }
-        if !filter.filters_events() {
+        if selection.keeps_every_event() {
             // Every event passes: the window's newest `limit` are the timeline.
             let limited = window.newest_first.len() > limit;
             let nids: Vec<EventNid> =
@@ -108,7 +134,7 @@ impl Timeline {
             let nids: Vec<EventNid> = window.newest_first.iter().map(|(nid, _)| *nid).collect();
             for event in caches.events(conn, &nids).await? {
                 scanned += 1;
-                if !event_passes(filter, &event) {
+                if !selection.keeps(&event) {
                     rejected_after_last_match = true;
                     continue;
                 }

@@ -1,19 +1,21 @@
-//! The timeline: `/messages` pagination and single events, each filtered by history visibility.
+//! The timeline: `/messages` pagination and single events, each filtered by history visibility
+//! and by the user's ignore list (an ignored user's non-state events are left out).
 //!
 //! A pagination token is a point between two events of the events stream (see
 //! `access::stream_point`): backwards from `P` reads events at positions `<= P`, newest first;
 //! forwards reads positions `> P`. The `end` of a page is the point just past the last event
 //! read, so each event appears on exactly one page.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use axum::{
     Json,
     extract::{Path, State},
 };
+use ganglion_events::ignored_users::{IGNORED_USER_LIST, ignored_users_of};
 use ganglion_http::{Auth, MatrixError, MatrixQuery, MatrixResult, lenient};
 use ganglion_state::StoredEvent;
-use ganglion_storage::{Conn, events as event_store, rooms::RoomRow};
+use ganglion_storage::{Conn, events as event_store, rooms::RoomRow, streams as stream_store};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -85,7 +87,9 @@ pub(crate) async fn messages(
     let ceiling = rules.visible_up_to().map_or(head, |last| last.min(head));
     let (after, up_to) = page_range(direction, from, to, ceiling);
     let page = if filter.allows_room(&readable.room.room_id) {
-        let reader = PageReader { room: &readable.room, rules: &rules, filter: &filter, user_id };
+        let ignored = ignored_users(&mut conn, user_id).await?;
+        let reader =
+            PageReader { room: &readable.room, rules: &rules, filter: &filter, ignored: &ignored, user_id };
         reader.read(&mut conn, direction, after, up_to, limit).await?
     } else {
         Page { events: Vec::new(), end: None }
@@ -123,6 +127,7 @@ struct PageReader<'a> {
     room: &'a RoomRow,
     rules: &'a HistoryRules,
     filter: &'a RoomEventFilter,
+    ignored: &'a HashSet<String>,
     user_id: &'a str,
 }
 
@@ -192,9 +197,18 @@ impl PageReader<'_> {
         if !self.rules.can_see(event.row.stream_pos, two_sided) {
             return false;
         }
+        if !pdu.is_state() && self.ignored.contains(pdu.sender.as_str()) {
+            return false;
+        }
         let has_url = self.filter.needs_content() && pdu.content_value().get("url").is_some();
         self.filter.allows_event(&kind, Some(pdu.sender.as_str()), has_url)
     }
+}
+
+/// The users `user_id` ignores (read at each request: paging is not the hot path).
+async fn ignored_users(conn: &mut Conn, user_id: &str) -> MatrixResult<HashSet<String>> {
+    let content = stream_store::account_data_content(conn, user_id, "", IGNORED_USER_LIST).await?;
+    Ok(content.map(|content| ignored_users_of(&content, user_id)).unwrap_or_default())
 }
 
 fn cursor(direction: Direction, after: i64, up_to: i64) -> i64 {
@@ -243,8 +257,14 @@ pub(crate) async fn event(
         return Err(not_found());
     }
     let rules = access::history_rules(&state, &mut conn, &readable.room, user_id, head).await?;
-    let reader =
-        PageReader { room: &readable.room, rules: &rules, filter: &RoomEventFilter::default(), user_id };
+    let ignored = ignored_users(&mut conn, user_id).await?;
+    let reader = PageReader {
+        room: &readable.room,
+        rules: &rules,
+        filter: &RoomEventFilter::default(),
+        ignored: &ignored,
+        user_id,
+    };
     if !reader.wants(&event) {
         return Err(not_found());
     }

@@ -96,7 +96,7 @@ mod live {
         let local = InProcessBus::new(
             master_positions,
             Notifier::new(),
-            Arc::new(RecentEvents::new(StreamPosition::ZERO)),
+            Arc::new(RecentEvents::new(SyncToken::default())),
         );
         let bus = RedisBus::start(local, master_typing.clone(), &redis.url(), 1000, EPOCH).unwrap();
 
@@ -108,7 +108,7 @@ mod live {
             db,
             positions.clone(),
             Notifier::new(),
-            Arc::new(RecentEvents::new(StreamPosition::ZERO)),
+            Arc::new(RecentEvents::new(SyncToken::default())),
             typing.clone(),
             hooks.clone(),
             redis.url(),
