@@ -69,6 +69,13 @@ impl HasErrorClass for StorageError {
             {
                 ErrorClass::Unavailable
             }
+            // A value PostgreSQL's text cannot hold (a NUL from a path segment, say): the
+            // client's input, not the server, is at fault; SQLite stores it as given.
+            StorageError::Database(sqlx::Error::Database(error))
+                if error.code().is_some_and(|code| code == "22021" || code == "22P05") =>
+            {
+                ErrorClass::InvalidParam
+            }
             _ => ErrorClass::Internal,
         }
     }

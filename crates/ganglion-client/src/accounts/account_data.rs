@@ -1,10 +1,10 @@
 //! Account data, global and per room. Only the owner reads or writes it.
 
+use crate::rooms::room_id_param;
 use axum::{
     Json,
     extract::{Path, State},
 };
-use ganglion_events::ruma::{OwnedRoomId, RoomId};
 use ganglion_http::{Auth, MatrixError, MatrixJson, MatrixResult, Session};
 use ganglion_storage::streams as stream_store;
 use ganglion_types::ErrorClass;
@@ -16,11 +16,6 @@ use crate::ClientState;
 /// Types the server maintains itself: push rules through `/pushrules`, the fully-read marker
 /// through `/read_markers`.
 const SERVER_CONTROLLED: &[&str] = &["m.push_rules", "m.fully_read"];
-
-fn room_id_param(text: &str) -> MatrixResult<OwnedRoomId> {
-    RoomId::parse(text)
-        .map_err(|error| MatrixError::invalid_param(format!("Invalid room id {text:?}: {error}")))
-}
 
 /// The stored content of one account data entry (`room_id` empty for global data), or 404.
 async fn content(

@@ -16,7 +16,7 @@ mod push_rules;
 mod register;
 mod uia;
 
-use ganglion_events::ruma::{OwnedUserId, UserId};
+use ganglion_events::ruma::OwnedUserId;
 use ganglion_http::{MatrixError, MatrixResult, Route, Session};
 use ganglion_types::EndpointClass::{Auth, ClientRead, ClientWrite, WellKnown};
 
@@ -77,13 +77,7 @@ pub(crate) fn routes() -> Vec<Route<ClientState>> {
     ]
 }
 
-use crate::rooms::from_object;
-
-/// The user id of a path, or `M_INVALID_PARAM`.
-fn user_id_param(text: &str) -> MatrixResult<OwnedUserId> {
-    UserId::parse(text)
-        .map_err(|error| MatrixError::invalid_param(format!("Invalid user id {text:?}: {error}")))
-}
+use crate::rooms::{from_object, user_id_param};
 
 /// The path's user, who must be the requester: account data and filters are private.
 fn own_user(session: &Session, text: &str, what: &str) -> MatrixResult<OwnedUserId> {

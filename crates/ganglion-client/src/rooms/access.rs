@@ -21,31 +21,41 @@ use serde_json::{Map, Value};
 
 use crate::ClientState;
 
-/// The longest event id, in bytes (the spec's limit on identifiers).
-const MAX_EVENT_ID_BYTES: usize = 255;
+/// The longest identifier, in bytes (the spec's limit on room, user, event ids and aliases).
+const MAX_IDENTIFIER_BYTES: usize = 255;
+
+/// Refuses an identifier over the spec's 255 bytes. ruma's parsers cannot be relied on for
+/// this: their length checks depend on the form of the id and, through the `compat-*` features
+/// any crate in the build may turn on, are sometimes off altogether.
+fn within_limit(kind: &str, text: &str) -> MatrixResult<()> {
+    if text.len() > MAX_IDENTIFIER_BYTES {
+        return Err(MatrixError::invalid_param(format!(
+            "Invalid {kind}: longer than the maximum of {MAX_IDENTIFIER_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
 
 pub(crate) fn room_id(text: &str) -> MatrixResult<OwnedRoomId> {
+    within_limit("room id", text)?;
     RoomId::parse(text)
         .map_err(|error| MatrixError::invalid_param(format!("Invalid room id {text:?}: {error}")))
 }
 
 pub(crate) fn user_id(text: &str) -> MatrixResult<OwnedUserId> {
+    within_limit("user id", text)?;
     UserId::parse(text)
         .map_err(|error| MatrixError::invalid_param(format!("Invalid user id {text:?}: {error}")))
 }
 
 pub(crate) fn event_id(text: &str) -> MatrixResult<OwnedEventId> {
-    // ruma bounds only the `$local:server` form; the spec's 255 bytes holds for every form.
-    if text.len() > MAX_EVENT_ID_BYTES {
-        return Err(MatrixError::invalid_param(format!(
-            "Invalid event id: longer than the maximum of {MAX_EVENT_ID_BYTES} bytes"
-        )));
-    }
+    within_limit("event id", text)?;
     EventId::parse(text)
         .map_err(|error| MatrixError::invalid_param(format!("Invalid event id {text:?}: {error}")))
 }
 
 pub(crate) fn room_alias(text: &str) -> MatrixResult<OwnedRoomAliasId> {
+    within_limit("room alias", text)?;
     RoomAliasId::parse(text)
         .map_err(|error| MatrixError::invalid_param(format!("Invalid room alias {text:?}: {error}")))
 }

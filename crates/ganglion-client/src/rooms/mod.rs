@@ -6,7 +6,7 @@
 
 mod access;
 
-pub(crate) use access::from_object;
+pub(crate) use access::{from_object, room_id as room_id_param, user_id as user_id_param};
 mod create;
 mod directory;
 mod ephemeral;
