@@ -44,9 +44,11 @@ macro_rules! on_all_backends {
 
 mod accounts;
 mod chat;
+mod config;
 mod errors;
 mod membership;
 mod pagination;
+mod ratelimits;
 mod restart;
 mod rooms;
 mod sync;

@@ -2,6 +2,7 @@
 //! writes nothing; the master builds the events and checks the rest.
 
 use axum::{Json, extract::State};
+use ganglion_config::RateLimitAction;
 use ganglion_events::{SUPPORTED_ROOM_VERSIONS, ruma::RoomVersionId};
 use ganglion_http::{Auth, MatrixError, MatrixResult};
 use ganglion_rpc::{CreateRoomRequest, InitialStateEvent, Preset};
@@ -35,6 +36,8 @@ pub(crate) async fn create_room(
     Auth(session): Auth,
     RequiredJson(body): RequiredJson,
 ) -> MatrixResult<Json<Value>> {
+    // Synapse counts a room creation as a message.
+    state.authenticator.rate_limiter().check_user(RateLimitAction::Message, session.user_id.as_str())?;
     let request = create_room_request(access::from_object(body)?)?;
     let room_id = state.master.create_room(&session.user_id, request).await?;
     Ok(Json(json!({ "room_id": room_id })))

@@ -6,6 +6,7 @@ use axum::{
     Json,
     extract::{Path, State},
 };
+use ganglion_config::RateLimitAction;
 use ganglion_events::EventTemplate;
 use ganglion_http::{Auth, MatrixError, MatrixJson, MatrixResult};
 use serde::Deserialize;
@@ -21,6 +22,7 @@ pub(crate) async fn send_message(
     Path((room_id, event_type, txn_id)): Path<(String, String, String)>,
     RequiredJson(mut content): RequiredJson,
 ) -> MatrixResult<Json<Value>> {
+    state.authenticator.rate_limiter().check_user(RateLimitAction::Message, session.user_id.as_str())?;
     let room_id = access::room_id(&room_id)?;
     // A redaction sent as a message carries its target in the content; the builder places it
     // where the room version wants it.
@@ -70,6 +72,7 @@ async fn put_state(
     state_key: String,
     content: Map<String, Value>,
 ) -> MatrixResult<Json<Value>> {
+    state.authenticator.rate_limiter().check_user(RateLimitAction::Message, session.user_id.as_str())?;
     let room_id = access::room_id(room_id)?;
     if event_type == "m.room.canonical_alias" {
         check_new_aliases(state, room_id.as_str(), &content).await?;
@@ -134,6 +137,7 @@ pub(crate) async fn redact(
     Path((room_id, event_id, txn_id)): Path<(String, String, String)>,
     MatrixJson(body): MatrixJson<Map<String, Value>>,
 ) -> MatrixResult<Json<Value>> {
+    state.authenticator.rate_limiter().check_user(RateLimitAction::Message, session.user_id.as_str())?;
     let body: RedactBody = access::from_object(body)?;
     let room_id = access::room_id(&room_id)?;
     let target = access::event_id(&event_id)?;
