@@ -2,7 +2,7 @@
 //! address, reads never, so an office of users behind one address is not throttled while a user
 //! flooding messages and an address guessing passwords are.
 
-use ganglion_testkit::{Account, Api, Backend, Bucket, RateLimits, ServerOptions, TestServer, enc};
+use ganglion_testkit::{Account, Api, Backend, ServerOptions, TestServer, enc};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -10,11 +10,9 @@ use crate::PASSWORD;
 
 on_all_backends!(an_office_behind_one_address_is_not_throttled, flooding_and_password_guessing_are_limited);
 
-/// Production limits, with registration open and unlimited: accounts are provisioned before
-/// the test, which is about what users do afterwards.
+/// A config file with registration on and no `[rate_limits]`: the production limits.
 async fn start_on_production_limits(backend: Backend) -> TestServer {
-    let limits = RateLimits::production().with("registration", Bucket { per_second: 1000.0, burst: 5000 });
-    let options = ServerOptions { rate_limits: Some(limits), ..ServerOptions::default() };
+    let options = ServerOptions { registration: true, rate_limits: None, ..ServerOptions::default() };
     TestServer::start(backend, options).await.unwrap()
 }
 

@@ -247,9 +247,10 @@ impl RateLimitConfig {
         }
     }
 
-    /// Close to Synapse's defaults, except where many users share one address: logins per
-    /// address let an office of a few hundred people open their clients at once, while
-    /// failed attempts (per account and per address) stop password guessing.
+    /// Close to Synapse's defaults, except where many users share one address: logins and
+    /// registrations per address let an office of a few hundred people sign up and open their
+    /// clients at once, while failed attempts (per account and per address) stop password
+    /// guessing.
     pub fn production() -> RateLimitConfig {
         let bucket = |per_second, burst| Bucket { per_second, burst };
         RateLimitConfig {
@@ -259,7 +260,7 @@ impl RateLimitConfig {
             login_account: bucket(0.17, 3),
             login_failed_attempts: bucket(0.17, 3),
             login_failed_attempts_address: bucket(0.5, 30),
-            registration: bucket(0.17, 3),
+            registration: bucket(1.0, 300),
             joins: bucket(0.1, 10),
             invites_per_room: bucket(0.3, 10),
             invites_per_user: bucket(0.003, 5),
