@@ -78,9 +78,22 @@ data_dir = "$dir/data"
 [registration]
 enabled = true
 [rate_limits]
-per_user = { per_second = 1000.0, burst = 5000 }
-per_ip = { per_second = 2000.0, burst = 10000 }
-login = { per_second = 100.0, burst = 500 }
+message = { per_second = 100.0, burst = 1000 }
+login_address = { per_second = 100.0, burst = 1000 }
+login_account = { per_second = 100.0, burst = 1000 }
+login_failed_attempts = { per_second = 100.0, burst = 1000 }
+login_failed_attempts_address = { per_second = 100.0, burst = 1000 }
+registration = { per_second = 100.0, burst = 1000 }
+joins = { per_second = 100.0, burst = 1000 }
+invites_per_room = { per_second = 100.0, burst = 1000 }
+invites_per_user = { per_second = 100.0, burst = 1000 }
+invites_per_issuer = { per_second = 100.0, burst = 1000 }
+media_upload = { per_second = 100.0, burst = 1000 }
+key_requests = { per_second = 100.0, burst = 1000 }
+threepid_validation = { per_second = 100.0, burst = 1000 }
+[http]
+# nginx, on this machine: its X-Forwarded-For names the clients.
+trusted_proxies = ["127.0.0.1"]
 [database]
 url = "postgres://ganglion@127.0.0.1:$pg_port/ganglion"
 max_connections = 16

@@ -100,15 +100,22 @@ async fn oversized_body_is_too_large(backend: Backend) {
 }
 
 async fn rate_limit_answers_429_with_retry_after(backend: Backend) {
-    let limits = RateLimits { per_user: Bucket { per_second: 1.0, burst: 5 }, ..RateLimits::generous() };
+    let limits = RateLimits::generous().with("message", Bucket { per_second: 1.0, burst: 5 });
     let options = ServerOptions { rate_limits: Some(limits), ..ServerOptions::default() };
     let server = TestServer::start(backend, options).await.unwrap();
     let [alice, bob] = <[_; 2]>::try_from(register_all(&server, &["alice", "bob"]).await).unwrap();
+    let room = alice.create_room(&json!({ "preset": "public_chat" })).await.unwrap();
+    bob.join(&room).await.unwrap();
+    let send = |account: &ganglion_testkit::Account, n: usize| {
+        let path = format!("/rooms/{}/send/m.room.message/t{n}", enc(&room));
+        let account = account.clone();
+        async move { account.put(&path, &json!({ "msgtype": "m.text", "body": "x" })).await }
+    };
 
     let mut statuses = Vec::new();
     let mut limited = None;
-    for _ in 0..20 {
-        let response = alice.get("/account/whoami").await.unwrap();
+    for n in 0..20 {
+        let response = send(&alice, n).await.unwrap();
         statuses.push(response.status);
         if response.status == 429 {
             limited = Some(response);
@@ -116,18 +123,21 @@ async fn rate_limit_answers_429_with_retry_after(backend: Backend) {
         }
     }
     let limited =
-        limited.unwrap_or_else(|| panic!("20 quick requests with burst 5 were never limited: {statuses:?}"));
-    assert_eq!(statuses[0], 200, "the first request fits in the burst");
-    assert!(statuses.len() > 1, "burst 5 allows more than one request");
+        limited.unwrap_or_else(|| panic!("20 quick sends with burst 5 were never limited: {statuses:?}"));
+    assert_eq!(statuses[0], 200, "the first send fits in the burst");
+    assert!(statuses.len() > 1, "burst 5 allows more than one send");
     let body = limited.err(429, "M_LIMIT_EXCEEDED");
     let retry_after = body["retry_after_ms"].as_u64().unwrap_or_else(|| panic!("no retry_after_ms: {body}"));
     assert!(retry_after > 0 && retry_after <= 5_000, "retry_after_ms {retry_after} for a 1/s bucket");
+    assert!(limited.headers.contains_key("retry-after"), "a Retry-After header");
 
-    // Per user: bob is unaffected; and alice gets through again once the bucket refills.
-    get_ok(&bob, "/account/whoami").await;
-    let alice = &alice;
+    // Per user and per action: bob still sends, alice still reads; and alice gets through
+    // again once her bucket refills.
+    assert_eq!(send(&bob, 100).await.unwrap().status, 200);
+    get_ok(&alice, "/account/whoami").await;
+    let (alice, send) = (&alice, &send);
     eventually(Duration::from_secs(10), "alice's bucket to refill", move || async move {
-        Ok((alice.get("/account/whoami").await?.status == 200).then_some(()))
+        Ok((send(alice, 200).await?.status == 200).then_some(()))
     })
     .await
     .unwrap();

@@ -44,12 +44,14 @@ macro_rules! on_all_backends {
 
 mod accounts;
 mod chat;
+mod config;
 mod errors;
 mod ignoring;
 mod legacy;
 mod limits;
 mod membership;
 mod pagination;
+mod ratelimits;
 mod restart;
 mod rooms;
 mod strangers;

@@ -13,7 +13,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use axum::{Router, extract::Request, middleware::Next, response::Response};
 use ganglion_client::ClientState;
-use ganglion_config::Config;
+use ganglion_config::{AddressRange, Config};
 use ganglion_events::ServerKey;
 use ganglion_http::{Authenticator, RateLimiter, Route, RouteInfo, router_from_routes};
 use ganglion_master::MasterService;
@@ -235,7 +235,7 @@ pub async fn run(
 
     let instance = HeaderValue::from_str(&format!("{}/{}", role.as_str(), config.worker.name))
         .unwrap_or(HeaderValue::from_static("ganglion"));
-    let mut router: Router = router_from_routes(routes, limiter, config.http.max_body_bytes);
+    let mut router: Router = router_from_routes(routes, config.http.max_body_bytes);
     if let Some(follower) = follower {
         router = router.route(
             "/_ganglion/v1/replication",
@@ -247,7 +247,7 @@ pub async fn run(
         let instance = instance.clone();
         let trusted_proxies = trusted_proxies.clone();
         async move {
-            forwarded_client(&mut request, &trusted_proxies);
+            replace_peer_with_forwarded_client(&mut request, &trusted_proxies);
             // Continue the caller's trace, or start one; gRPC calls made for this request carry it.
             let traceparent = request
                 .headers()
@@ -268,25 +268,15 @@ pub async fn run(
 
 /// Behind a trusted load balancer, the client is the one it names, not the balancer itself:
 /// replaces the peer address that rate limits and UIA read.
-fn forwarded_client(request: &mut Request, trusted_proxies: &[std::net::IpAddr]) {
+fn replace_peer_with_forwarded_client(request: &mut Request, trusted_proxies: &[AddressRange]) {
     use axum::extract::ConnectInfo;
     let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<std::net::SocketAddr>>().copied()
     else {
         return;
     };
-    if !trusted_proxies.contains(&peer.ip()) {
-        return;
-    }
-    let headers = request.headers();
-    let named =
-        headers.get("x-real-ip").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok()).or_else(
-            || {
-                let forwarded = headers.get("x-forwarded-for")?.to_str().ok()?;
-                forwarded.rsplit(',').next()?.trim().parse().ok()
-            },
-        );
-    if let Some(ip) = named {
-        request.extensions_mut().insert(ConnectInfo(std::net::SocketAddr::new(ip, peer.port())));
+    let client = ganglion_http::forwarded_client(peer.ip(), request.headers(), trusted_proxies);
+    if client != peer.ip() {
+        request.extensions_mut().insert(ConnectInfo(std::net::SocketAddr::new(client, peer.port())));
     }
 }
 

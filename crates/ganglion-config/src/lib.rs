@@ -1,19 +1,26 @@
 //! Configuration loading: defaults, then a TOML file, then `GANGLION_*` environment variables
-//! (nested keys joined with `__`, e.g. `GANGLION_HTTP__LISTEN`). Validation happens here, once,
-//! so every other crate can trust the values; errors name the offending key.
+//! (nested keys joined with `__`, e.g. `GANGLION_HTTP__LISTEN`, in any case). Validation happens
+//! here, once, so every other crate can trust the values; errors name the offending key, and a
+//! `GANGLION_*` variable that names no key (a typo) stops the server rather than being ignored.
 //!
 //! Two profiles exist. With no config file the embedded default applies: loopback only, open
 //! registration and generous rate limits, because it is meant for trying Ganglion out. With a
 //! config file, unspecified keys take production values: registration off, Synapse-like limits.
 
+mod address;
+mod env;
+
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
 
 use figment::{
     Figment,
-    providers::{Env, Format, Serialized, Toml},
+    providers::{Format, Serialized, Toml},
 };
 use ganglion_types::Role;
 use serde::{Deserialize, Serialize};
+
+pub use address::AddressRange;
+pub use env::TOOL_VARIABLES;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -94,9 +101,10 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Base URL advertised in `/.well-known/matrix/client`; defaults to `http://<listen>`.
     pub public_baseurl: Option<String>,
-    /// Peers whose `X-Real-IP` / `X-Forwarded-For` name the client (the load balancer), so
-    /// per-IP limits apply to clients rather than to the proxy.
-    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Load balancers (IPs or CIDRs) whose `X-Forwarded-For` (or, lacking it, `X-Real-IP`)
+    /// names the client, so per-address limits apply to clients rather than to the proxy. Any
+    /// other peer is the client itself, whatever headers it sends.
+    pub trusted_proxies: Vec<AddressRange>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -121,16 +129,167 @@ pub struct Bucket {
     pub burst: u32,
 }
 
+/// Rate limits on actions, as Synapse's `rc_*` settings: per user where there is one,
+/// per client address for unauthenticated actions. Reads (`/sync` included) are never limited,
+/// so many users behind one address (an office NAT) do not throttle each other.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
     pub enabled: bool,
-    /// Every authenticated request, per user.
-    pub per_user: Bucket,
-    /// Every request, per client IP.
-    pub per_ip: Bucket,
-    /// Login and registration attempts, per client IP.
-    pub login: Bucket,
+    /// Events sent (messages, state, redactions) and rooms created, per user.
+    pub message: Bucket,
+    /// Login attempts, per client address.
+    pub login_address: Bucket,
+    /// Login attempts, per account.
+    pub login_account: Bucket,
+    /// Failed login attempts (wrong password), per account; once empty, even the right
+    /// password is refused until it refills.
+    pub login_failed_attempts: Bucket,
+    /// Failed login attempts, per client address, across accounts.
+    pub login_failed_attempts_address: Bucket,
+    /// Accounts registered, per client address.
+    pub registration: Bucket,
+    /// Rooms joined, per user.
+    pub joins: Bucket,
+    /// Invites into one room, per room.
+    pub invites_per_room: Bucket,
+    /// Invites received, per invited user.
+    pub invites_per_user: Bucket,
+    /// Invites sent, per inviting user.
+    pub invites_per_issuer: Bucket,
+    /// Media uploads, per user.
+    pub media_upload: Bucket,
+    /// End-to-end key requests (`/keys/query`, `/keys/claim`), per user.
+    pub key_requests: Bucket,
+    /// Third-party identifier validation (email/phone tokens), per client address.
+    pub threepid_validation: Bucket,
+    /// Users (bots, bridges) that no limit applies to.
+    pub exempt_users: Vec<String>,
+    /// Client addresses (IPs or CIDRs) that no per-address limit applies to.
+    pub exempt_addresses: Vec<AddressRange>,
+}
+
+/// An action with a rate limit: each names one bucket of [`RateLimitConfig`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RateLimitAction {
+    Message,
+    LoginAddress,
+    LoginAccount,
+    LoginFailedAttempts,
+    LoginFailedAttemptsAddress,
+    Registration,
+    Joins,
+    InvitesPerRoom,
+    InvitesPerUser,
+    InvitesPerIssuer,
+    MediaUpload,
+    KeyRequests,
+    ThreepidValidation,
+}
+
+impl RateLimitAction {
+    pub const ALL: [RateLimitAction; 13] = [
+        RateLimitAction::Message,
+        RateLimitAction::LoginAddress,
+        RateLimitAction::LoginAccount,
+        RateLimitAction::LoginFailedAttempts,
+        RateLimitAction::LoginFailedAttemptsAddress,
+        RateLimitAction::Registration,
+        RateLimitAction::Joins,
+        RateLimitAction::InvitesPerRoom,
+        RateLimitAction::InvitesPerUser,
+        RateLimitAction::InvitesPerIssuer,
+        RateLimitAction::MediaUpload,
+        RateLimitAction::KeyRequests,
+        RateLimitAction::ThreepidValidation,
+    ];
+
+    /// The key under `[rate_limits]`.
+    pub fn key(self) -> &'static str {
+        match self {
+            RateLimitAction::Message => "message",
+            RateLimitAction::LoginAddress => "login_address",
+            RateLimitAction::LoginAccount => "login_account",
+            RateLimitAction::LoginFailedAttempts => "login_failed_attempts",
+            RateLimitAction::LoginFailedAttemptsAddress => "login_failed_attempts_address",
+            RateLimitAction::Registration => "registration",
+            RateLimitAction::Joins => "joins",
+            RateLimitAction::InvitesPerRoom => "invites_per_room",
+            RateLimitAction::InvitesPerUser => "invites_per_user",
+            RateLimitAction::InvitesPerIssuer => "invites_per_issuer",
+            RateLimitAction::MediaUpload => "media_upload",
+            RateLimitAction::KeyRequests => "key_requests",
+            RateLimitAction::ThreepidValidation => "threepid_validation",
+        }
+    }
+}
+
+impl RateLimitConfig {
+    /// Every action at `bucket`, no exemptions.
+    pub fn uniform(bucket: Bucket) -> RateLimitConfig {
+        RateLimitConfig {
+            enabled: true,
+            message: bucket,
+            login_address: bucket,
+            login_account: bucket,
+            login_failed_attempts: bucket,
+            login_failed_attempts_address: bucket,
+            registration: bucket,
+            joins: bucket,
+            invites_per_room: bucket,
+            invites_per_user: bucket,
+            invites_per_issuer: bucket,
+            media_upload: bucket,
+            key_requests: bucket,
+            threepid_validation: bucket,
+            exempt_users: Vec::new(),
+            exempt_addresses: Vec::new(),
+        }
+    }
+
+    /// Close to Synapse's defaults, except where many users share one address: logins and
+    /// registrations per address let an office of a few hundred people sign up and open their
+    /// clients at once, while failed attempts (per account and per address) stop password
+    /// guessing.
+    pub fn production() -> RateLimitConfig {
+        let bucket = |per_second, burst| Bucket { per_second, burst };
+        RateLimitConfig {
+            enabled: true,
+            message: bucket(0.2, 10),
+            login_address: bucket(5.0, 300),
+            login_account: bucket(0.17, 3),
+            login_failed_attempts: bucket(0.17, 3),
+            login_failed_attempts_address: bucket(0.5, 30),
+            registration: bucket(1.0, 300),
+            joins: bucket(0.1, 10),
+            invites_per_room: bucket(0.3, 10),
+            invites_per_user: bucket(0.003, 5),
+            invites_per_issuer: bucket(0.3, 10),
+            media_upload: bucket(10.0, 50),
+            key_requests: bucket(20.0, 100),
+            threepid_validation: bucket(0.003, 5),
+            exempt_users: Vec::new(),
+            exempt_addresses: Vec::new(),
+        }
+    }
+
+    pub fn bucket(&self, action: RateLimitAction) -> Bucket {
+        match action {
+            RateLimitAction::Message => self.message,
+            RateLimitAction::LoginAddress => self.login_address,
+            RateLimitAction::LoginAccount => self.login_account,
+            RateLimitAction::LoginFailedAttempts => self.login_failed_attempts,
+            RateLimitAction::LoginFailedAttemptsAddress => self.login_failed_attempts_address,
+            RateLimitAction::Registration => self.registration,
+            RateLimitAction::Joins => self.joins,
+            RateLimitAction::InvitesPerRoom => self.invites_per_room,
+            RateLimitAction::InvitesPerUser => self.invites_per_user,
+            RateLimitAction::InvitesPerIssuer => self.invites_per_issuer,
+            RateLimitAction::MediaUpload => self.media_upload,
+            RateLimitAction::KeyRequests => self.key_requests,
+            RateLimitAction::ThreepidValidation => self.threepid_validation,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -146,23 +305,13 @@ pub enum ConfigError {
     Load(String),
     #[error("config key `{key}`: {problem}")]
     Invalid { key: &'static str, problem: String },
+    #[error(
+        "environment variable {variable} names no config key (`{key}`): config variables are \
+         GANGLION_<SECTION>__<KEY>, e.g. GANGLION_HTTP__LISTEN (tools' variables: {tools})",
+        tools = TOOL_VARIABLES.join(", ")
+    )]
+    UnknownVariable { variable: String, key: String },
 }
-
-/// The config's top-level keys, as `GANGLION_<KEY>` variables may name them.
-const TOP_LEVEL_KEYS: [&str; 12] = [
-    "server_name",
-    "data_dir",
-    "worker",
-    "http",
-    "database",
-    "registration",
-    "rate_limits",
-    "rooms",
-    "redis",
-    "cluster",
-    "instance_map",
-    "load_balancer",
-];
 
 pub const SUPPORTED_ROOM_VERSIONS: [&str; 3] = ["10", "11", "12"];
 
@@ -177,16 +326,13 @@ impl Config {
                 listen: SocketAddr::from(([127, 0, 0, 1], 8008)),
                 max_body_bytes: 1024 * 1024,
                 public_baseurl: None,
-                trusted_proxies: vec![[127, 0, 0, 1].into(), std::net::Ipv6Addr::LOCALHOST.into()],
+                // Nothing proxies for the embedded default, which listens on loopback.
+                trusted_proxies: Vec::new(),
             },
             database: DatabaseConfig { url: String::new(), max_connections: 8 },
             registration: RegistrationConfig { enabled: true },
-            rate_limits: RateLimitConfig {
-                enabled: true,
-                per_user: Bucket { per_second: 1000.0, burst: 5000 },
-                per_ip: Bucket { per_second: 2000.0, burst: 10000 },
-                login: Bucket { per_second: 100.0, burst: 500 },
-            },
+            // For trying out locally: on, but no one person at a keyboard reaches these.
+            rate_limits: RateLimitConfig::uniform(Bucket { per_second: 100.0, burst: 1000 }),
             rooms: RoomsConfig { default_version: "12".into() },
             redis: RedisConfig { url: String::new(), stream_maxlen: 10_000 },
             cluster: ClusterConfig {
@@ -203,12 +349,7 @@ impl Config {
     pub fn production_default() -> Config {
         let mut config = Config::embedded_default();
         config.registration.enabled = false;
-        config.rate_limits = RateLimitConfig {
-            enabled: true,
-            per_user: Bucket { per_second: 10.0, burst: 50 },
-            per_ip: Bucket { per_second: 20.0, burst: 100 },
-            login: Bucket { per_second: 0.17, burst: 3 },
-        };
+        config.rate_limits = RateLimitConfig::production();
         config
     }
 
@@ -223,6 +364,17 @@ impl Config {
         file: Option<&std::path::Path>,
         instance: Option<&str>,
     ) -> Result<Config, ConfigError> {
+        let variables = std::env::vars_os()
+            .map(|(name, value)| (name.to_string_lossy().into_owned(), value.to_string_lossy().into_owned()));
+        Config::load_with_variables(file, instance, variables)
+    }
+
+    /// [`Config::load_instance`] with these environment variables instead of the process's.
+    pub fn load_with_variables(
+        file: Option<&std::path::Path>,
+        instance: Option<&str>,
+        variables: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
         let figment = match file {
             Some(path) => {
                 if !path.exists() {
@@ -232,10 +384,7 @@ impl Config {
             }
             None => Figment::from(Serialized::defaults(Config::embedded_default())),
         };
-        // Only variables naming a config key: tools share the prefix (`GANGLION_BIN`, …).
-        let env = Env::prefixed("GANGLION_")
-            .filter(|key| TOP_LEVEL_KEYS.contains(&key.as_str().split("__").next().unwrap_or_default()))
-            .split("__");
+        let env = env::Overrides::from_variables(variables)?;
         let mut figment = figment.merge(env);
         if let Some(name) = instance {
             figment = figment.merge(Serialized::default("worker.name", name));
@@ -260,7 +409,12 @@ impl Config {
                 message = format!("key `{key}`: {message}");
             }
             if let Some(metadata) = &error.metadata {
-                message = format!("{message} (in {})", metadata.name);
+                if metadata.name.contains("environment") && !error.path.is_empty() {
+                    let variable = metadata.interpolate(&figment::Profile::Default, &error.path);
+                    message = format!("{message} (set by the environment variable {variable})");
+                } else {
+                    message = format!("{message} (in {})", metadata.name);
+                }
             }
             ConfigError::Load(message)
         })?;
@@ -291,14 +445,22 @@ impl Config {
         if self.http.max_body_bytes < 1024 {
             return invalid("http.max_body_bytes", "must be at least 1024");
         }
-        for (key, bucket) in [
-            ("rate_limits.per_user", self.rate_limits.per_user),
-            ("rate_limits.per_ip", self.rate_limits.per_ip),
-            ("rate_limits.login", self.rate_limits.login),
-        ] {
+        for action in RateLimitAction::ALL {
+            let bucket = self.rate_limits.bucket(action);
             if !(bucket.per_second > 0.0 && bucket.per_second.is_finite()) || bucket.burst == 0 {
-                return invalid(key, "per_second must be > 0 and burst at least 1");
+                return Err(ConfigError::Invalid {
+                    key: "rate_limits",
+                    problem: format!("{}: per_second must be > 0 and burst at least 1", action.key()),
+                });
             }
+        }
+        if let Some(user) =
+            self.rate_limits.exempt_users.iter().find(|user| ruma::UserId::parse(user.as_str()).is_err())
+        {
+            return Err(ConfigError::Invalid {
+                key: "rate_limits.exempt_users",
+                problem: format!("{user:?} is not a user id (@localpart:server)"),
+            });
         }
         if !SUPPORTED_ROOM_VERSIONS.contains(&self.rooms.default_version.as_str()) {
             return invalid("rooms.default_version", "must be one of 10, 11, 12");

@@ -22,7 +22,7 @@ fn embedded_default_is_open_and_on_loopback() {
 fn config_file_defaults_to_production_values() {
     let config = load_toml("server_name = \"example.org\"\n").unwrap();
     assert!(!config.registration.enabled);
-    assert_eq!(config.rate_limits.login.burst, 3);
+    assert_eq!(config.rate_limits.login_account.burst, 3);
 }
 
 #[test]
@@ -92,4 +92,100 @@ fn cluster_config_errors_name_the_key() {
     let wrong_role = format!("{CLUSTER}[worker]\nrole = \"sync\"\nname = \"reader1\"\n");
     let error = load_toml(&wrong_role).unwrap_err().to_string();
     assert!(error.contains("worker.role"), "{error}");
+}
+
+fn variables(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect()
+}
+
+fn load_with(file_text: Option<&str>, pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ganglion.toml");
+    if let Some(text) = file_text {
+        std::fs::write(&path, text).unwrap();
+    }
+    Config::load_with_variables(file_text.map(|_| path.as_path()), None, variables(pairs))
+}
+
+#[test]
+fn upper_case_variables_override_as_documented() {
+    let pairs = [
+        ("GANGLION_HTTP__LISTEN", "127.0.0.1:9999"),
+        ("GANGLION_SERVER_NAME", "example.org"),
+        ("GANGLION_RATE_LIMITS__MESSAGE__BURST", "7"),
+        ("GANGLION_RATE_LIMITS__EXEMPT_USERS", "[\"@bot:example.org\"]"),
+        ("GANGLION_HTTP__TRUSTED_PROXIES", "[\"10.0.0.0/8\"]"),
+        ("GANGLION_HTTP__PUBLIC_BASEURL", "https://matrix.example.org"),
+        ("GANGLION_BIN", "/usr/bin/ganglion"),
+        ("GANGLION_TESTKIT_KEEP", "1"),
+        ("PATH", "/usr/bin"),
+    ];
+    // Without a file (embedded default) and over a file (production default).
+    for file in [None, Some("server_name = \"file.example\"\n[http]\nlisten = \"127.0.0.1:1\"\n")] {
+        let config = load_with(file, &pairs).unwrap();
+        assert_eq!(config.http.listen.to_string(), "127.0.0.1:9999", "file {file:?}");
+        assert_eq!(config.server_name, "example.org");
+        assert_eq!(config.rate_limits.message.burst, 7);
+        assert_eq!(config.rate_limits.exempt_users, ["@bot:example.org"]);
+        assert!(config.http.trusted_proxies[0].contains("10.1.2.3".parse().unwrap()));
+        assert_eq!(config.http.public_baseurl.as_deref(), Some("https://matrix.example.org"));
+    }
+    let over_file =
+        load_with(Some("server_name = \"file.example\"\n"), &[("GANGLION_HTTP__LISTEN", "127.0.0.1:9")]);
+    let over_file = over_file.unwrap();
+    assert_eq!(over_file.server_name, "file.example", "keys not overridden keep the file's value");
+    assert_eq!(over_file.rate_limits.login_account.burst, 3, "production defaults under a file");
+    // The lower-case form keeps working.
+    let lower = load_with(None, &[("ganglion_http__listen", "127.0.0.1:9998")]).unwrap();
+    assert_eq!(lower.http.listen.to_string(), "127.0.0.1:9998");
+}
+
+#[test]
+fn unknown_variable_is_refused_with_its_name() {
+    for name in
+        ["GANGLION_FOO", "GANGLION_HTTP__LISTEN_ADDR", "GANGLION_HTTP__LISTEN__PORT", "GANGLION_HTTP_LISTEN"]
+    {
+        let error = load_with(None, &[(name, "1")]).unwrap_err();
+        assert!(matches!(error, ConfigError::UnknownVariable { .. }), "{name}: {error}");
+        let message = error.to_string();
+        assert!(message.contains(name) && message.contains("GANGLION_HTTP__LISTEN"), "{message}");
+    }
+    let error = load_with(None, &[("GANGLION_HTTP__LISTEN", "nowhere")]).unwrap_err().to_string();
+    assert!(error.contains("http.listen") && error.contains("GANGLION_HTTP__LISTEN"), "{error}");
+}
+
+#[test]
+fn rate_limits_are_per_action_with_exemptions() {
+    let config = load_toml(
+        "[rate_limits]\nmessage = { per_second = 1, burst = 2 }\nexempt_users = [\"@bot:example.org\"]\n\
+         exempt_addresses = [\"192.168.0.0/16\", \"::1\"]\n",
+    )
+    .unwrap();
+    assert_eq!(config.rate_limits.message, Bucket { per_second: 1.0, burst: 2 });
+    assert_eq!(config.rate_limits.joins, RateLimitConfig::production().joins, "others keep their default");
+    let exempt = &config.rate_limits.exempt_addresses;
+    assert!(exempt[0].contains("192.168.4.5".parse().unwrap()));
+    assert!(exempt[0].contains("::ffff:192.168.4.5".parse().unwrap()), "IPv4-mapped peers");
+    assert!(!exempt[0].contains("192.169.0.1".parse().unwrap()));
+    assert!(exempt[1].contains("::1".parse().unwrap()) && !exempt[1].contains("::2".parse().unwrap()));
+
+    let error = load_toml("[rate_limits]\nexempt_users = [\"bot\"]\n").unwrap_err().to_string();
+    assert!(error.contains("rate_limits.exempt_users"), "{error}");
+    let error = load_toml("[rate_limits]\nexempt_addresses = [\"10.0.0.0/33\"]\n").unwrap_err().to_string();
+    assert!(error.contains("rate_limits.exempt_addresses") && error.contains("10.0.0.0/33"), "{error}");
+    let error =
+        load_toml("[rate_limits]\nmessage = { per_second = 0, burst = 2 }\n").unwrap_err().to_string();
+    assert!(error.contains("rate_limits") && error.contains("message"), "{error}");
+    let error = load_toml("[rate_limits]\nper_ip = { per_second = 1, burst = 2 }\n").unwrap_err().to_string();
+    assert!(error.contains("per_ip"), "the old generic buckets are gone: {error}");
+}
+
+#[test]
+fn production_defaults_trust_no_proxy_and_let_an_office_log_in() {
+    let config = load_toml("server_name = \"example.org\"\n").unwrap();
+    assert!(config.http.trusted_proxies.is_empty());
+    assert!(Config::embedded_default().http.trusted_proxies.is_empty());
+    for bucket in [config.rate_limits.login_address, config.rate_limits.registration] {
+        assert!(f64::from(bucket.burst) >= 200.0, "200 at once from one address: {bucket:?}");
+    }
 }

@@ -1,5 +1,5 @@
-//! Access tokens: the `Auth` extractor resolves the token through the state's `Authenticator`
-//! and applies the per-user rate limit.
+//! Access tokens: the `Auth` extractor resolves the token through the state's `Authenticator`,
+//! which also holds the process's rate limiter for the handlers' actions.
 
 use std::{future::Future, pin::Pin, sync::Arc};
 
@@ -58,7 +58,6 @@ where
             return Err(MatrixError::new(ErrorClass::UnknownToken, "Unknown access token")
                 .with("soft_logout", serde_json::Value::Bool(false)));
         };
-        authenticator.rate_limiter().check_user(session.user_id.as_str())?;
         Ok(Auth(session))
     }
 }

@@ -1,7 +1,7 @@
 //! The route table: every endpoint is one `Route` with its method, path, endpoint class and
 //! handler. The HTTP router and the load balancer configs are built from the same list.
 
-use std::{borrow::Cow, collections::BTreeMap, sync::Arc};
+use std::{borrow::Cow, collections::BTreeMap};
 
 use axum::{
     Router,
@@ -15,7 +15,7 @@ use ganglion_types::{EndpointClass, ErrorClass};
 use http::{HeaderValue, Method, StatusCode, header};
 use serde::Serialize;
 
-use crate::{MatrixError, RateLimiter};
+use crate::MatrixError;
 
 pub struct Route<S> {
     pub method: Method,
@@ -111,13 +111,10 @@ pub fn with_r0_aliases<S: Clone>(mut routes: Vec<Route<S>>) -> Vec<Route<S>> {
 
 /// Builds the router: routes of one path merge into one method router; unknown paths answer
 /// 404 and known paths with another method 405, both `M_UNRECOGNIZED`; CORS headers on every
-/// response; the per-IP rate limit on every request; any plain-text error from the framework is
-/// rewritten as a Matrix error.
-pub fn router_from_routes(
-    routes: Vec<Route<()>>,
-    limiter: Arc<RateLimiter>,
-    max_body_bytes: usize,
-) -> Router {
+/// response; any plain-text error from the framework is rewritten as a Matrix error. Rate limits
+/// are the handlers' (per action), never the edge's: reads from many users behind one address
+/// must not throttle each other.
+pub fn router_from_routes(routes: Vec<Route<()>>, max_body_bytes: usize) -> Router {
     let mut by_path: BTreeMap<Cow<'static, str>, MethodRouter<()>> = BTreeMap::new();
     for route in routes {
         let merged = match by_path.remove(&route.path) {
@@ -131,9 +128,8 @@ pub fn router_from_routes(
         router = router.route(&path, method_router.fallback(method_not_allowed));
     }
     router.fallback(unrecognized).layer(axum::extract::DefaultBodyLimit::max(max_body_bytes)).layer(
-        middleware::from_fn(move |request: Request, next: Next| {
-            let limiter = limiter.clone();
-            async move { edge(limiter, max_body_bytes, request, next).await }
+        middleware::from_fn(move |request: Request, next: Next| async move {
+            edge(max_body_bytes, request, next).await
         }),
     )
 }
@@ -146,18 +142,14 @@ async fn method_not_allowed() -> MatrixError {
     MatrixError::new(ErrorClass::MethodNotAllowed, "Unrecognized request: method not allowed")
 }
 
-async fn edge(limiter: Arc<RateLimiter>, max_body_bytes: usize, request: Request, next: Next) -> Response {
+async fn edge(max_body_bytes: usize, request: Request, next: Next) -> Response {
     let cacheable = request.uri().path().starts_with("/.well-known/");
     let mut response = if request.method() == Method::OPTIONS {
         StatusCode::OK.into_response()
     } else if content_length(&request).is_some_and(|length| length > max_body_bytes as u64) {
         MatrixError::new(ErrorClass::TooLarge, "Request body too large").into_response()
     } else {
-        let (parts, body) = request.into_parts();
-        match limiter.check_ip(crate::client_ip(&parts)) {
-            Err(error) => error.into_response(),
-            Ok(()) => matrixify(next.run(Request::from_parts(parts, body)).await).await,
-        }
+        matrixify(next.run(request).await).await
     };
     let headers = response.headers_mut();
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));

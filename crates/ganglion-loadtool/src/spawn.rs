@@ -35,12 +35,7 @@ pub async fn start(backend: SpawnBackend, sync_workers: Option<u32>) -> anyhow::
     let unreachable = Bucket { per_second: 1_000_000.0, burst: 10_000_000 };
     let options = ServerOptions {
         registration: true,
-        rate_limits: Some(RateLimits {
-            enabled: true,
-            per_user: unreachable,
-            per_ip: unreachable,
-            login: unreachable,
-        }),
+        rate_limits: Some(RateLimits::all(unreachable)),
         ..ServerOptions::default()
     };
     let testkit_backend = match backend {

@@ -228,6 +228,12 @@ impl Db {
     }
 
     pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        if self.backend == Backend::Sqlite {
+            // A deferred transaction that reads, then writes while another connection writes,
+            // fails at once with SQLITE_BUSY (busy_timeout cannot help it); taking the write
+            // lock up front makes concurrent writers wait their turn instead.
+            return Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?);
+        }
         Ok(self.pool.begin().await?)
     }
 }

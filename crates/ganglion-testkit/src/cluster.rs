@@ -46,6 +46,8 @@ const INSTANCES: [(&str, &str); 5] = [
     ("reader2", "client-reader"),
 ];
 const CONFIG_FILE: &str = "cluster.toml";
+/// The address nginx connects to the processes from (`proxy_bind`), their one trusted proxy.
+pub(crate) const NGINX_ADDRESS: &str = "127.0.0.2";
 /// How long `ganglion routes --format nginx` may take.
 const ROUTES_DEADLINE: Duration = Duration::from_secs(60);
 /// How long nginx may take to answer `/_matrix/client/versions` through to a worker.
@@ -180,6 +182,7 @@ impl Cluster {
             data_dir: &data_dir,
             database_url: &database_url,
             options: &options,
+            trusted_proxies: &[NGINX_ADDRESS],
         };
         let config = config_toml(&settings, None, &topology(&redis.url(), load_balancer_port, &instances));
         let config_path = dir_path.join(CONFIG_FILE);
@@ -492,7 +495,11 @@ impl Cluster {
         let text =
             fs::read_to_string(&output_path).with_context(|| format!("reading {}", output_path.display()))?;
         anyhow::ensure!(!text.trim().is_empty(), "`ganglion routes --format nginx` printed nothing");
-        Ok(text)
+        // nginx reaches the processes from an address of its own, as in production, so that
+        // trusting it (`http.trusted_proxies`) does not also trust the tests' clients on 127.0.0.1.
+        let proxy = "proxy_http_version 1.1;";
+        anyhow::ensure!(text.contains(proxy), "no `{proxy}` in the generated nginx config");
+        Ok(text.replacen(proxy, &format!("{proxy}\n        proxy_bind {NGINX_ADDRESS};"), 1))
     }
 
     /// Waits (bounded) until a request through nginx reaches a worker.

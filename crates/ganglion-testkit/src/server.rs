@@ -76,24 +76,47 @@ pub struct Bucket {
     pub burst: u32,
 }
 
-/// The `[rate_limits]` table.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// The `[rate_limits]` table: the buckets of the actions it names (`message`,
+/// `login_address`, …; the others keep the production defaults of a config file) and the
+/// exemptions.
+#[derive(Debug, Clone, PartialEq)]
 pub struct RateLimits {
     pub enabled: bool,
-    pub per_user: Bucket,
-    pub per_ip: Bucket,
-    pub login: Bucket,
+    pub buckets: Vec<(&'static str, Bucket)>,
+    pub exempt_users: Vec<String>,
+    pub exempt_addresses: Vec<String>,
 }
 
 impl RateLimits {
-    /// Limits no test should hit (the embedded default profile's values).
-    pub fn generous() -> RateLimits {
+    /// The production defaults (a config file's), changed only where [`RateLimits::with`] says.
+    pub fn production() -> RateLimits {
         RateLimits {
             enabled: true,
-            per_user: Bucket { per_second: 1000.0, burst: 5000 },
-            per_ip: Bucket { per_second: 2000.0, burst: 10000 },
-            login: Bucket { per_second: 100.0, burst: 500 },
+            buckets: Vec::new(),
+            exempt_users: Vec::new(),
+            exempt_addresses: Vec::new(),
         }
+    }
+
+    /// Every action at `bucket`.
+    pub fn all(bucket: Bucket) -> RateLimits {
+        let mut limits = RateLimits::production();
+        for action in ganglion_config::RateLimitAction::ALL {
+            limits = limits.with(action.key(), bucket);
+        }
+        limits
+    }
+
+    /// Limits no test should hit.
+    pub fn generous() -> RateLimits {
+        RateLimits::all(Bucket { per_second: 1000.0, burst: 5000 })
+    }
+
+    /// `action` (a key of `[rate_limits]`) at `bucket`.
+    pub fn with(mut self, action: &'static str, bucket: Bucket) -> RateLimits {
+        self.buckets.retain(|(name, _)| *name != action);
+        self.buckets.push((action, bucket));
+        self
     }
 }
 
@@ -315,6 +338,7 @@ impl TestServer {
             data_dir: &data_dir,
             database_url: &self.database_url,
             options: &self.options,
+            trusted_proxies: &[],
         };
         config_toml(
             &settings,
@@ -394,6 +418,8 @@ pub(crate) struct ConfigSettings<'a> {
     pub(crate) data_dir: &'a Path,
     pub(crate) database_url: &'a str,
     pub(crate) options: &'a ServerOptions,
+    /// `http.trusted_proxies`: a cluster's nginx; none for one process.
+    pub(crate) trusted_proxies: &'a [&'a str],
 }
 
 /// The config file of a test topology: `settings` and the [`ServerOptions`] tables, `http_listen`
@@ -410,9 +436,9 @@ pub(crate) fn config_toml(
     let _ = writeln!(toml, "server_name = {}", quote(settings.server_name));
     let _ = writeln!(toml, "data_dir = {}", quote(&settings.data_dir.to_string_lossy()));
     toml.push_str(topology);
-    if http_listen.is_some() || options.max_body_bytes.is_some() {
-        let _ = write!(toml, "\n[http]\n");
-    }
+    let _ = write!(toml, "\n[http]\n");
+    let proxies: Vec<String> = settings.trusted_proxies.iter().map(|proxy| quote(proxy)).collect();
+    let _ = writeln!(toml, "trusted_proxies = [{}]", proxies.join(", "));
     if let Some(listen) = http_listen {
         let _ = writeln!(toml, "listen = {}", quote(listen));
     }
@@ -422,15 +448,13 @@ pub(crate) fn config_toml(
     let _ = writeln!(toml, "\n[database]\nurl = {}\nmax_connections = 8", quote(settings.database_url));
     let _ = writeln!(toml, "\n[registration]\nenabled = {}", options.registration);
     if let Some(limits) = &options.rate_limits {
-        let bucket = |b: &Bucket| format!("{{ per_second = {:?}, burst = {} }}", b.per_second, b.burst);
-        let _ = writeln!(
-            toml,
-            "\n[rate_limits]\nenabled = {}\nper_user = {}\nper_ip = {}\nlogin = {}",
-            limits.enabled,
-            bucket(&limits.per_user),
-            bucket(&limits.per_ip),
-            bucket(&limits.login)
-        );
+        let _ = writeln!(toml, "\n[rate_limits]\nenabled = {}", limits.enabled);
+        for (action, b) in &limits.buckets {
+            let _ = writeln!(toml, "{action} = {{ per_second = {:?}, burst = {} }}", b.per_second, b.burst);
+        }
+        let list = |items: &[String]| items.iter().map(|item| quote(item)).collect::<Vec<_>>().join(", ");
+        let _ = writeln!(toml, "exempt_users = [{}]", list(&limits.exempt_users));
+        let _ = writeln!(toml, "exempt_addresses = [{}]", list(&limits.exempt_addresses));
     }
     let _ = writeln!(toml, "\n[rooms]\ndefault_version = \"12\"");
     if !options.extra_toml.is_empty() {

@@ -1,10 +1,11 @@
 //! Sessions: password login, logout, and whoami.
 
 use axum::{Json, extract::State};
+use ganglion_config::RateLimitAction;
 use ganglion_events::ruma::{OwnedUserId, ServerName, UserId};
 use ganglion_http::{Auth, MatrixError, MatrixJson, MatrixResult, client_ip};
 use ganglion_rpc::LoginRequest;
-use ganglion_types::ErrorClass;
+use ganglion_types::{ErrorClass, HasErrorClass};
 use http::request::Parts;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -85,13 +86,16 @@ struct LoginBody {
     initial_device_display_name: Option<String>,
 }
 
-/// `POST /login` with `m.login.password`. Rate-limited per client IP.
+/// `POST /login` with `m.login.password`. Rate-limited per client address and per account;
+/// failed attempts lock the account and the address for a while.
 pub(crate) async fn login(
     State(state): State<ClientState>,
     parts: Parts,
     MatrixJson(body): MatrixJson<Map<String, Value>>,
 ) -> MatrixResult<Json<Value>> {
-    state.authenticator.rate_limiter().check_login(client_ip(&parts))?;
+    let limiter = state.authenticator.rate_limiter();
+    let ip = client_ip(&parts);
+    limiter.check_address(RateLimitAction::LoginAddress, ip)?;
     let body: LoginBody = from_object(body)?;
     if body.kind != PASSWORD {
         return Err(MatrixError::new(ErrorClass::Unknown, format!("Unsupported login type {:?}", body.kind)));
@@ -104,13 +108,23 @@ pub(crate) async fn login(
         &state.config.server_name,
     )?;
     let password = body.password.ok_or_else(|| MatrixError::missing_param("Missing `password`"))?;
+    limiter.check_failed_logins(user_id.as_str(), ip)?;
+    limiter.check_user(RateLimitAction::LoginAccount, user_id.as_str())?;
     let request = LoginRequest {
-        user_id,
+        user_id: user_id.clone(),
         password,
         device_id: body.device_id.filter(|device_id| !device_id.is_empty()),
         initial_device_display_name: body.initial_device_display_name,
     };
-    let grant = state.master.login(request).await?;
+    let grant = match state.master.login(request).await {
+        Ok(grant) => grant,
+        Err(error) => {
+            if error.class() == ErrorClass::Forbidden {
+                limiter.record_failed_login(user_id.as_str(), ip);
+            }
+            return Err(error.into());
+        }
+    };
     let (Some(access_token), Some(device_id)) = (grant.access_token, grant.device_id) else {
         return Err(MatrixError::internal("The master opened no session for a login"));
     };

@@ -1,6 +1,7 @@
 //! Registration (user-interactive, with the dummy stage) and username availability.
 
 use axum::{Json, extract::State};
+use ganglion_config::RateLimitAction;
 use ganglion_events::ruma::{OwnedUserId, UserId};
 use ganglion_http::{MatrixError, MatrixJson, MatrixQuery, MatrixResult, client_ip};
 use ganglion_rpc::RegisterRequest;
@@ -90,7 +91,7 @@ pub(crate) async fn register(
     let ip = client_ip(&parts);
     let uia = Uia { flows: REGISTER_FLOWS, binding: "POST /register".to_owned(), user_id: None };
     let passed = uia::authenticate(&state, uia, body.auth, ip).await?;
-    state.authenticator.rate_limiter().check_login(ip)?;
+    state.authenticator.rate_limiter().check_address(RateLimitAction::Registration, ip)?;
     let request = RegisterRequest {
         username: user_id.map(|user_id| user_id.localpart().to_owned()),
         password: body.password,

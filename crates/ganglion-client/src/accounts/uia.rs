@@ -267,8 +267,6 @@ async fn password_stage(
     expected_user: Option<&OwnedUserId>,
     client_ip: IpAddr,
 ) -> MatrixResult<Result<OwnedUserId, &'static str>> {
-    // Password guesses count against the same limit as logins.
-    state.authenticator.rate_limiter().check_login(client_ip)?;
     let Some(password) = auth.password.clone() else { return Ok(Err("Missing password")) };
     let user_id = match (&auth.identifier, &auth.user, expected_user) {
         // An authenticated request may leave out whom the password is for.
@@ -283,7 +281,13 @@ async fn password_stage(
     if expected_user.is_some_and(|expected| *expected != user_id) {
         return Ok(Err("The password must be that of the logged-in user"));
     }
+    // Password guesses count against the same failed-attempt limits as logins.
+    let limiter = state.authenticator.rate_limiter();
+    limiter.check_failed_logins(user_id.as_str(), client_ip)?;
     // The master owns password hashes (and bounds how many argon2 runs at once).
     let matches = state.master.check_password(&user_id, &password).await?;
+    if !matches {
+        limiter.record_failed_login(user_id.as_str(), client_ip);
+    }
     Ok(if matches { Ok(user_id) } else { Err("Invalid username or password") })
 }

@@ -2,6 +2,7 @@
 //! writes nothing; the master builds the events and checks the rest.
 
 use axum::{Json, extract::State};
+use ganglion_config::RateLimitAction;
 use ganglion_events::{SUPPORTED_ROOM_VERSIONS, ruma::RoomVersionId};
 use ganglion_http::{Auth, MatrixError, MatrixResult};
 use ganglion_rpc::{CreateRoomRequest, InitialStateEvent, Preset};
@@ -35,7 +36,15 @@ pub(crate) async fn create_room(
     Auth(session): Auth,
     RequiredJson(body): RequiredJson,
 ) -> MatrixResult<Json<Value>> {
+    // Synapse counts a room creation as a message, and its `invite` list as invites.
+    let limiter = state.authenticator.rate_limiter();
+    let creator = session.user_id.as_str();
+    limiter.check_user(RateLimitAction::Message, creator)?;
     let request = create_room_request(access::from_object(body)?)?;
+    for invitee in &request.invite {
+        limiter.check_user(RateLimitAction::InvitesPerIssuer, creator)?;
+        limiter.check_on_behalf_of(RateLimitAction::InvitesPerUser, invitee.as_str(), creator)?;
+    }
     let room_id = state.master.create_room(&session.user_id, request).await?;
     Ok(Json(json!({ "room_id": room_id })))
 }

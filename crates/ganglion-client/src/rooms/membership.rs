@@ -5,6 +5,7 @@ use axum::{
     Json,
     extract::{Path, State},
 };
+use ganglion_config::RateLimitAction;
 use ganglion_events::ruma::{OwnedRoomId, OwnedUserId};
 use ganglion_http::{Auth, MatrixError, MatrixJson, MatrixResult};
 use ganglion_rpc::MembershipChange;
@@ -64,6 +65,7 @@ async fn join_room(
     room_id: OwnedRoomId,
     reason: Option<String>,
 ) -> MatrixResult<Json<Value>> {
+    state.authenticator.rate_limiter().check_user(RateLimitAction::Joins, user_id.as_str())?;
     state.master.update_membership(user_id, &room_id, user_id, MembershipChange::Join, reason).await?;
     Ok(Json(json!({ "room_id": room_id })))
 }
@@ -141,6 +143,13 @@ async fn change_other(
     let room_id = access::room_id(&room_id)?;
     let target = body.user_id.ok_or_else(|| MatrixError::missing_param("Missing `user_id`"))?;
     let target = access::user_id(&target)?;
+    if change == MembershipChange::Invite {
+        let limiter = state.authenticator.rate_limiter();
+        let inviter = session.user_id.as_str();
+        limiter.check_user(RateLimitAction::InvitesPerIssuer, inviter)?;
+        limiter.check_on_behalf_of(RateLimitAction::InvitesPerRoom, room_id.as_str(), inviter)?;
+        limiter.check_on_behalf_of(RateLimitAction::InvitesPerUser, target.as_str(), inviter)?;
+    }
     state.master.update_membership(&session.user_id, &room_id, &target, change, body.reason).await?;
     Ok(Json(json!({})))
 }

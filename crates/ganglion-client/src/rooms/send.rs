@@ -6,6 +6,7 @@ use axum::{
     Json,
     extract::{Path, State},
 };
+use ganglion_config::RateLimitAction;
 use ganglion_events::{EventTemplate, ruma::RoomId};
 use ganglion_http::{Auth, MatrixError, MatrixJson, MatrixResult, Session};
 use serde::Deserialize;
@@ -21,6 +22,7 @@ pub(crate) async fn send_message(
     Path((room_id, event_type, txn_id)): Path<(String, String, String)>,
     RequiredJson(content): RequiredJson,
 ) -> MatrixResult<Json<Value>> {
+    state.authenticator.rate_limiter().check_user(RateLimitAction::Message, session.user_id.as_str())?;
     let room_id = access::room_id(&room_id)?;
     let mut template = EventTemplate::message(event_type, Value::Object(content));
     check_size(&session, &room_id, &template)?;
@@ -70,6 +72,7 @@ async fn put_state(
     state_key: String,
     content: Map<String, Value>,
 ) -> MatrixResult<Json<Value>> {
+    state.authenticator.rate_limiter().check_user(RateLimitAction::Message, session.user_id.as_str())?;
     let room_id = access::room_id(room_id)?;
     let template = EventTemplate::state(event_type, state_key, Value::Object(content));
     check_size(session, &room_id, &template)?;
@@ -144,6 +147,7 @@ pub(crate) async fn redact(
     Path((room_id, event_id, txn_id)): Path<(String, String, String)>,
     MatrixJson(body): MatrixJson<Map<String, Value>>,
 ) -> MatrixResult<Json<Value>> {
+    state.authenticator.rate_limiter().check_user(RateLimitAction::Message, session.user_id.as_str())?;
     let body: RedactBody = access::from_object(body)?;
     let room_id = access::room_id(&room_id)?;
     let target = access::event_id(&event_id)?;

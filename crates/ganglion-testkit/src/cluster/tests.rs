@@ -28,6 +28,7 @@ fn load_as(options: &ServerOptions, name: &str) -> Config {
         data_dir: Path::new("/tmp/cluster \"data\""),
         database_url: "postgres://postgres@127.0.0.1:5999/ganglion_1_0",
         options,
+        trusted_proxies: &[super::NGINX_ADDRESS],
     };
     let text = config_toml(&settings, None, &topology("redis://127.0.0.1:6999", 43000, &instances()));
     let path = dir.path().join("cluster.toml");
@@ -57,7 +58,8 @@ fn every_process_loads_the_cluster_config_with_its_role_and_port() {
         assert_eq!(config.server_name, "localhost");
         assert_eq!(config.instance_map.len(), 5);
         assert!(config.registration.enabled);
-        assert_eq!(config.rate_limits.per_user.burst, 5000, "generous limits, not production ones");
+        assert_eq!(config.rate_limits.message.burst, 5000, "generous limits, not production ones");
+        assert!(config.http.trusted_proxies[0].contains(super::NGINX_ADDRESS.parse().unwrap()));
         assert_eq!(config.rooms.default_version, "12");
     }
 }
@@ -67,10 +69,11 @@ fn cluster_config_carries_the_server_options() {
     let options = ServerOptions {
         registration: false,
         rate_limits: Some(RateLimits {
-            enabled: true,
-            per_user: Bucket { per_second: 1.5, burst: 2 },
-            per_ip: Bucket { per_second: 3.0, burst: 4 },
-            login: Bucket { per_second: 0.5, burst: 1 },
+            exempt_users: vec!["@bot:localhost".to_owned()],
+            exempt_addresses: vec!["10.0.0.0/8".to_owned()],
+            ..RateLimits::production()
+                .with("message", Bucket { per_second: 1.5, burst: 2 })
+                .with("login_address", Bucket { per_second: 0.5, burst: 1 })
         }),
         max_body_bytes: Some(4096),
         extra_toml: "[cluster]\nreplication_wait_ms = 1234".to_owned(),
@@ -78,14 +81,17 @@ fn cluster_config_carries_the_server_options() {
     };
     let config = load_as(&options, "reader2");
     assert!(!config.registration.enabled);
-    assert_eq!(config.rate_limits.per_user.per_second, 1.5);
-    assert_eq!(config.rate_limits.login.burst, 1);
+    assert_eq!(config.rate_limits.message.per_second, 1.5);
+    assert_eq!(config.rate_limits.login_address.burst, 1);
+    assert_eq!(config.rate_limits.joins.burst, 10, "actions not named keep the production default");
+    assert_eq!(config.rate_limits.exempt_users, ["@bot:localhost"]);
+    assert!(config.rate_limits.exempt_addresses[0].contains("10.1.1.1".parse().unwrap()));
     assert_eq!(config.http.max_body_bytes, 4096);
     assert_eq!(config.http.listen.to_string(), "127.0.0.1:41005", "the instance map's address wins");
     assert_eq!(config.cluster.replication_wait_ms, 1234);
 
     let production = load_as(&ServerOptions { rate_limits: None, ..ServerOptions::default() }, "sync1");
-    assert_eq!(production.rate_limits.per_user.burst, 50, "no [rate_limits]: the production defaults");
+    assert_eq!(production.rate_limits.message.burst, 10, "no [rate_limits]: the production defaults");
 }
 
 /// `X-Ganglion-Instance` of any answer from `base_url` (a worker answers 404 for the classes it
