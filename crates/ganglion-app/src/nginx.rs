@@ -156,11 +156,11 @@ http {{
         error_page 414 /_ganglion/error/414;
         error_page 431 494 /_ganglion/error/431;
         error_page 502 504 /_ganglion/error/502;
-        location = /_ganglion/error/400 {{ internal; default_type application/json; return 400 '{{\"errcode\":\"M_UNKNOWN\",\"error\":\"Bad request\"}}'; }}
-        location = /_ganglion/error/413 {{ internal; default_type application/json; return 413 '{{\"errcode\":\"M_TOO_LARGE\",\"error\":\"Request body too large\"}}'; }}
-        location = /_ganglion/error/414 {{ internal; default_type application/json; return 414 '{{\"errcode\":\"M_UNKNOWN\",\"error\":\"Request URI too long\"}}'; }}
-        location = /_ganglion/error/431 {{ internal; default_type application/json; return 431 '{{\"errcode\":\"M_UNKNOWN\",\"error\":\"Request headers too large\"}}'; }}
-        location = /_ganglion/error/502 {{ internal; default_type application/json; return 502 '{{\"errcode\":\"M_UNKNOWN\",\"error\":\"No server for this endpoint is reachable; try again shortly\"}}'; }}
+        location = /_ganglion/error/400 {{ internal; default_type application/json; add_header Cache-Control no-store always; add_header Access-Control-Allow-Origin * always; return 400 '{{\"errcode\":\"M_UNKNOWN\",\"error\":\"Bad request\"}}'; }}
+        location = /_ganglion/error/413 {{ internal; default_type application/json; add_header Cache-Control no-store always; add_header Access-Control-Allow-Origin * always; return 413 '{{\"errcode\":\"M_TOO_LARGE\",\"error\":\"Request body too large\"}}'; }}
+        location = /_ganglion/error/414 {{ internal; default_type application/json; add_header Cache-Control no-store always; add_header Access-Control-Allow-Origin * always; return 414 '{{\"errcode\":\"M_UNKNOWN\",\"error\":\"Request URI too long\"}}'; }}
+        location = /_ganglion/error/431 {{ internal; default_type application/json; add_header Cache-Control no-store always; add_header Access-Control-Allow-Origin * always; return 431 '{{\"errcode\":\"M_UNKNOWN\",\"error\":\"Request headers too large\"}}'; }}
+        location = /_ganglion/error/502 {{ internal; default_type application/json; add_header Cache-Control no-store always; add_header Access-Control-Allow-Origin * always; return 502 '{{\"errcode\":\"M_UNKNOWN\",\"error\":\"No server for this endpoint is reachable; try again shortly\"}}'; }}
 ",
         listen = config.load_balancer.listen,
     );
@@ -191,6 +191,8 @@ http {{
         # Operators' endpoints of each process (replication status) are not for clients.
         location ^~ /_ganglion/ {{
             default_type application/json;
+            add_header Cache-Control no-store always;
+            add_header Access-Control-Allow-Origin * always;
             return 404 '{{\"errcode\":\"M_UNRECOGNIZED\",\"error\":\"Unrecognized request\"}}';
         }}
 

@@ -189,5 +189,13 @@ async fn bodies_pass_up_to_max_body_bytes() {
     for (size, status) in [(64 * 1024, 200), (max, 200), (max + 1, 413)] {
         let response = proxy.client.put(&url).body(vec![b' '; size]).send().await.unwrap();
         assert_eq!(response.status(), status, "{size} bytes");
+        if status == 413 {
+            // nginx's own answer, as the server's would be: uncacheable and readable by a
+            // browser client on another origin.
+            assert_eq!(response.headers()["cache-control"], "no-store");
+            assert_eq!(response.headers()["access-control-allow-origin"], "*");
+            let body: serde_json::Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+            assert_eq!(body["errcode"], "M_TOO_LARGE");
+        }
     }
 }
