@@ -7,8 +7,7 @@ use ganglion_testkit::{Account, Backend, enc};
 use serde_json::{Value, json};
 
 use crate::{
-    events_of, get_ok, initial_since, joined_events, message_bodies, paginate, register_all, room_in, start,
-    sync_until,
+    events_of, get_ok, initial_since, joined_events, message_bodies, paginate, room_in, start, sync_until,
 };
 
 on_all_backends!(ignored_users_messages_and_invites_are_hidden_until_unignored);
@@ -46,11 +45,7 @@ fn is_bobs_rename(event: &Value) -> bool {
 
 async fn ignored_users_messages_and_invites_are_hidden_until_unignored(backend: Backend) {
     let server = start(backend).await;
-    let [alice, bob, carol] =
-        <[Account; 3]>::try_from(register_all(&server, &["alice", "bob", "carol"]).await).unwrap();
-    let room = alice.create_room(&json!({ "preset": "public_chat" })).await.unwrap();
-    bob.join(&room).await.unwrap();
-    carol.join(&room).await.unwrap();
+    let ([alice, bob, carol], room) = crate::three_in_a_public_room(&server).await;
     let list = list_path(&alice);
     let ignoring_bob = json!({ "ignored_users": { bob.user_id.as_str(): {} } });
 

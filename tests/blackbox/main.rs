@@ -83,6 +83,16 @@ pub async fn register_all(server: &TestServer, names: &[&str]) -> Vec<Account> {
     accounts
 }
 
+/// Alice, Bob and Carol, all joined to a public room Alice created; returns them and the room.
+pub async fn three_in_a_public_room(server: &TestServer) -> ([Account; 3], String) {
+    let accounts = register_all(server, &["alice", "bob", "carol"]).await;
+    let [alice, bob, carol] = <[Account; 3]>::try_from(accounts).unwrap();
+    let room = alice.create_room(&serde_json::json!({ "preset": "public_chat" })).await.unwrap();
+    bob.join(&room).await.unwrap();
+    carol.join(&room).await.unwrap();
+    ([alice, bob, carol], room)
+}
+
 /// The account behind a logged-in matrix-sdk client, for raw requests with the same device.
 pub fn account_of(server: &TestServer, client: &matrix_sdk::Client) -> Account {
     Account::new(

@@ -127,11 +127,7 @@ async fn powerless_user_cannot_rename_the_room(backend: Backend) {
 
 async fn kick_unban_and_forget(backend: Backend) {
     let server = start(backend).await;
-    let [alice, bob, carol] =
-        <[Account; 3]>::try_from(register_all(&server, &["alice", "bob", "carol"]).await).unwrap();
-    let room = alice.create_room(&json!({ "preset": "public_chat" })).await.unwrap();
-    bob.join(&room).await.unwrap();
-    carol.join(&room).await.unwrap();
+    let ([alice, bob, carol], room) = crate::three_in_a_public_room(&server).await;
 
     // Kick: bob is out, by alice's hand, and may come back.
     let kick = json!({ "user_id": "@bob:localhost", "reason": "cool off" });

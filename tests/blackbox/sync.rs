@@ -418,11 +418,7 @@ async fn account_data_appears_in_sync(backend: Backend) {
 /// (and the summary names them), even when they have not spoken.
 async fn lazy_loading_in_an_unnamed_room_sends_the_heroes(backend: Backend) {
     let server = start(backend).await;
-    let [alice, bob, carol] =
-        <[Account; 3]>::try_from(register_all(&server, &["alice", "bob", "carol"]).await).unwrap();
-    let room = alice.create_room(&json!({ "preset": "public_chat" })).await.unwrap();
-    bob.join(&room).await.unwrap();
-    carol.join(&room).await.unwrap();
+    let ([alice, _bob, _carol], room) = crate::three_in_a_public_room(&server).await;
     for i in 0..3 {
         alice.send_text(&room, &format!("alice {i}")).await.unwrap();
     }

@@ -86,10 +86,17 @@ async fn put_state(
     Ok(Json(json!({ "event_id": event_id })))
 }
 
+/// Event types whose content this handler validates itself before the master sees it.
+const CHECKED_HERE: [&str; 2] = ["m.room.redaction", "m.room.canonical_alias"];
+
 /// An event too large whatever the room adds is refused before the content's own checks: a
-/// 100 KB `redacts` or alias makes a too-large event before an invalid one. The master checks
-/// again (and `type` and `state_key` lengths) for every writer.
+/// 100 KB `redacts` or alias makes a too-large event before an invalid one. Only the types
+/// validated here need it early; the master checks every event (and `type` and `state_key`
+/// lengths) before its batch, so ordinary sends are measured once.
 fn check_size(session: &Session, room_id: &RoomId, template: &EventTemplate) -> MatrixResult<()> {
+    if !CHECKED_HERE.contains(&template.kind.as_str()) {
+        return Ok(());
+    }
     ganglion_events::check_template_size(template, Some(room_id), &session.user_id).map_err(MatrixError::from)
 }
 
