@@ -169,11 +169,12 @@ pub async fn run(
         }
         Role::Sync | Role::ClientReader => {
             let address = config.master_grpc().ok_or(AppError::Config("instance_map has no master"))?;
-            let remote: Arc<dyn Master> = Arc::new(ganglion_rpc::grpc::RemoteMaster::new(
+            let remote = ganglion_rpc::grpc::RemoteMaster::new(
                 address,
                 Duration::from_millis(config.cluster.rpc_timeout_ms),
-            ));
-            let hooks = Arc::new(cluster::WorkerHooks { master: remote.clone(), caches: caches.clone() });
+            );
+            let hooks =
+                Arc::new(cluster::WorkerHooks { master: Arc::new(remote.clone()), caches: caches.clone() });
             let follow = Follower::new(
                 db.clone(),
                 positions.clone(),
@@ -188,12 +189,12 @@ pub async fn run(
             let as_catch_up: Arc<dyn CatchUp> = follow.clone();
             catch_up = Some(as_catch_up.clone());
             follower = Some(follow);
-            Arc::new(cluster::WorkerMaster::new(
-                remote,
-                as_catch_up,
-                caches.clone(),
-                Duration::from_millis(config.cluster.replication_wait_ms),
-            ))
+            let own_writes = cluster::OwnWrites {
+                catch_up: as_catch_up,
+                caches: caches.clone(),
+                wait: Duration::from_millis(config.cluster.replication_wait_ms),
+            };
+            Arc::new(remote.reading_own_writes(Arc::new(own_writes)))
         }
     };
 

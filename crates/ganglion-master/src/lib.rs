@@ -18,18 +18,19 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use ganglion_config::Config;
 use ganglion_events::{
-    EventTemplate, ServerKey,
-    ruma::{OwnedDeviceId, OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedUserId},
+    ServerKey,
+    ruma::{OwnedEventId, OwnedRoomId},
 };
 use ganglion_replication::{Bus, Positions, TypingStore};
 use ganglion_rpc::{
-    CreateRoomRequest, LoginRequest, Master, MasterResult, MembershipChange, ProfileField, RegisterRequest,
-    SessionGrant, TypingSnapshot,
+    Accounts, CheckPassword, CreateFilter, CreateRoom, DeleteAlias, DeleteDevices, Ephemeral, ForgetRoom,
+    LoginRequest, Logout, LogoutAll, MasterResult, RegisterRequest, RenameDevice, Rooms, SendEvent,
+    SessionGrant, SetAccountData, SetAlias, SetPassword, SetProfile, SetReceipt, SetRoomVisibility,
+    SetTyping, Streams, TypingSnapshot, UpdateMembership,
 };
 use ganglion_state::Caches;
 use ganglion_storage::Db;
 use ganglion_types::SyncToken;
-use serde_json::Value;
 use tokio::sync::Mutex;
 
 pub use writer::Writer;
@@ -101,7 +102,7 @@ impl MasterService {
 }
 
 #[async_trait]
-impl Master for MasterService {
+impl Streams for MasterService {
     async fn positions(&self) -> MasterResult<SyncToken> {
         Ok(self.positions.current())
     }
@@ -110,7 +111,10 @@ impl Master for MasterService {
         let (position, rooms) = self.typing.snapshot();
         Ok(TypingSnapshot { epoch: self.typing_epoch, position, rooms })
     }
+}
 
+#[async_trait]
+impl Accounts for MasterService {
     async fn register(&self, request: RegisterRequest) -> MasterResult<SessionGrant> {
         accounts::register(self, request).await
     }
@@ -119,139 +123,84 @@ impl Master for MasterService {
         accounts::login(self, request).await
     }
 
-    async fn check_password(&self, user_id: &OwnedUserId, password: &str) -> MasterResult<bool> {
-        accounts::check_password(self, user_id, password).await
+    async fn check_password(&self, r: CheckPassword) -> MasterResult<bool> {
+        accounts::check_password(self, &r.user_id, &r.password).await
     }
 
-    async fn logout(&self, access_token: &str) -> MasterResult<()> {
-        accounts::logout(self, access_token).await
+    async fn logout(&self, r: Logout) -> MasterResult<()> {
+        accounts::logout(self, &r.access_token).await
     }
 
-    async fn logout_all(&self, user_id: &OwnedUserId) -> MasterResult<()> {
-        accounts::logout_all(self, user_id).await
+    async fn logout_all(&self, r: LogoutAll) -> MasterResult<()> {
+        accounts::logout_all(self, &r.user_id).await
     }
 
-    async fn set_password(
-        &self,
-        user_id: &OwnedUserId,
-        new_password: &str,
-        logout_devices: bool,
-        keep_device: Option<&OwnedDeviceId>,
-    ) -> MasterResult<()> {
-        accounts::set_password(self, user_id, new_password, logout_devices, keep_device).await
+    async fn set_password(&self, r: SetPassword) -> MasterResult<()> {
+        accounts::set_password(self, &r.user_id, &r.new_password, r.logout_devices, r.keep_device.as_ref())
+            .await
     }
 
-    async fn delete_devices(&self, user_id: &OwnedUserId, device_ids: &[OwnedDeviceId]) -> MasterResult<()> {
-        accounts::delete_devices(self, user_id, device_ids).await
+    async fn delete_devices(&self, r: DeleteDevices) -> MasterResult<()> {
+        accounts::delete_devices(self, &r.user_id, &r.device_ids).await
     }
 
-    async fn rename_device(
-        &self,
-        user_id: &OwnedUserId,
-        device_id: &OwnedDeviceId,
-        name: &str,
-    ) -> MasterResult<()> {
-        accounts::rename_device(self, user_id, device_id, name).await
+    async fn rename_device(&self, r: RenameDevice) -> MasterResult<()> {
+        accounts::rename_device(self, &r.user_id, &r.device_id, &r.name).await
     }
 
-    async fn create_room(
-        &self,
-        sender: &OwnedUserId,
-        request: CreateRoomRequest,
-    ) -> MasterResult<OwnedRoomId> {
-        rooms::create_room(self, sender, request).await
+    async fn create_filter(&self, r: CreateFilter) -> MasterResult<String> {
+        accounts::create_filter(self, &r.user_id, r.filter).await
+    }
+}
+
+#[async_trait]
+impl Rooms for MasterService {
+    async fn create_room(&self, r: CreateRoom) -> MasterResult<OwnedRoomId> {
+        rooms::create_room(self, &r.sender, r.request).await
     }
 
-    async fn send_event(
-        &self,
-        sender: &OwnedUserId,
-        device_id: Option<&OwnedDeviceId>,
-        room_id: &OwnedRoomId,
-        template: EventTemplate,
-        txn_id: Option<&str>,
-    ) -> MasterResult<OwnedEventId> {
-        rooms::send_event(self, sender, device_id, room_id, template, txn_id).await
+    async fn send_event(&self, r: SendEvent) -> MasterResult<OwnedEventId> {
+        rooms::send_event(self, &r.sender, r.device_id.as_ref(), &r.room_id, r.template, r.txn_id.as_deref())
+            .await
     }
 
-    async fn update_membership(
-        &self,
-        sender: &OwnedUserId,
-        room_id: &OwnedRoomId,
-        target: &OwnedUserId,
-        change: MembershipChange,
-        reason: Option<String>,
-    ) -> MasterResult<OwnedEventId> {
-        rooms::update_membership(self, sender, room_id, target, change, reason).await
+    async fn update_membership(&self, r: UpdateMembership) -> MasterResult<OwnedEventId> {
+        rooms::update_membership(self, &r.sender, &r.room_id, &r.target, r.change, r.reason).await
     }
 
-    async fn forget_room(&self, user_id: &OwnedUserId, room_id: &OwnedRoomId) -> MasterResult<()> {
-        rooms::forget_room(self, user_id, room_id).await
+    async fn forget_room(&self, r: ForgetRoom) -> MasterResult<()> {
+        rooms::forget_room(self, &r.user_id, &r.room_id).await
     }
 
-    async fn set_profile(
-        &self,
-        user_id: &OwnedUserId,
-        field: ProfileField,
-        value: Option<String>,
-    ) -> MasterResult<()> {
-        rooms::set_profile(self, user_id, field, value).await
+    async fn set_profile(&self, r: SetProfile) -> MasterResult<()> {
+        rooms::set_profile(self, &r.user_id, r.field, r.value).await
     }
 
-    async fn set_typing(
-        &self,
-        user_id: &OwnedUserId,
-        room_id: &OwnedRoomId,
-        typing: bool,
-        timeout_ms: u64,
-    ) -> MasterResult<()> {
-        ephemeral::set_typing(self, user_id, room_id, typing, timeout_ms).await
+    async fn set_alias(&self, r: SetAlias) -> MasterResult<()> {
+        rooms::set_alias(self, &r.user_id, &r.alias, &r.room_id).await
     }
 
-    async fn set_receipt(
-        &self,
-        user_id: &OwnedUserId,
-        room_id: &OwnedRoomId,
-        receipt_type: &str,
-        event_id: &OwnedEventId,
-        thread_id: Option<String>,
-    ) -> MasterResult<()> {
-        ephemeral::set_receipt(self, user_id, room_id, receipt_type, event_id, thread_id).await
+    async fn delete_alias(&self, r: DeleteAlias) -> MasterResult<()> {
+        rooms::delete_alias(self, &r.user_id, &r.alias).await
     }
 
-    async fn set_account_data(
-        &self,
-        user_id: &OwnedUserId,
-        room_id: Option<&OwnedRoomId>,
-        data_type: &str,
-        content: Value,
-    ) -> MasterResult<()> {
-        ephemeral::set_account_data(self, user_id, room_id, data_type, content).await
+    async fn set_room_visibility(&self, r: SetRoomVisibility) -> MasterResult<()> {
+        rooms::set_room_visibility(self, &r.user_id, &r.room_id, r.public).await
+    }
+}
+
+#[async_trait]
+impl Ephemeral for MasterService {
+    async fn set_typing(&self, r: SetTyping) -> MasterResult<()> {
+        ephemeral::set_typing(self, &r.user_id, &r.room_id, r.typing, r.timeout_ms).await
     }
 
-    async fn create_filter(&self, user_id: &OwnedUserId, filter: Value) -> MasterResult<String> {
-        accounts::create_filter(self, user_id, filter).await
+    async fn set_receipt(&self, r: SetReceipt) -> MasterResult<()> {
+        ephemeral::set_receipt(self, &r.user_id, &r.room_id, &r.receipt_type, &r.event_id, r.thread_id).await
     }
 
-    async fn set_alias(
-        &self,
-        user_id: &OwnedUserId,
-        alias: &OwnedRoomAliasId,
-        room_id: &OwnedRoomId,
-    ) -> MasterResult<()> {
-        rooms::set_alias(self, user_id, alias, room_id).await
-    }
-
-    async fn delete_alias(&self, user_id: &OwnedUserId, alias: &OwnedRoomAliasId) -> MasterResult<()> {
-        rooms::delete_alias(self, user_id, alias).await
-    }
-
-    async fn set_room_visibility(
-        &self,
-        user_id: &OwnedUserId,
-        room_id: &OwnedRoomId,
-        public: bool,
-    ) -> MasterResult<()> {
-        rooms::set_room_visibility(self, user_id, room_id, public).await
+    async fn set_account_data(&self, r: SetAccountData) -> MasterResult<()> {
+        ephemeral::set_account_data(self, &r.user_id, r.room_id.as_ref(), &r.data_type, r.content).await
     }
 }
 

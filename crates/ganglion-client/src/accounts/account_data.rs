@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 
 use super::own_user;
 use crate::ClientState;
+use ganglion_rpc::SetAccountData;
 
 /// Types the server maintains itself: push rules through `/pushrules`, the fully-read marker
 /// through `/read_markers`.
@@ -62,7 +63,8 @@ pub(crate) async fn set_global(
 ) -> MatrixResult<Json<Value>> {
     let user_id = own_user(&session, &user_id, "account data")?;
     check_settable(&data_type)?;
-    state.master.set_account_data(&user_id, None, &data_type, Value::Object(body)).await?;
+    let request = SetAccountData { user_id, room_id: None, data_type, content: Value::Object(body) };
+    state.master.set_account_data(request).await?;
     Ok(Json(Value::Object(Map::new())))
 }
 
@@ -86,6 +88,7 @@ pub(crate) async fn set_in_room(
     let user_id = own_user(&session, &user_id, "account data")?;
     let room_id = room_id_param(&room_id)?;
     check_settable(&data_type)?;
-    state.master.set_account_data(&user_id, Some(&room_id), &data_type, Value::Object(body)).await?;
+    let request = SetAccountData { user_id, room_id: Some(room_id), data_type, content: Value::Object(body) };
+    state.master.set_account_data(request).await?;
     Ok(Json(Value::Object(Map::new())))
 }

@@ -17,6 +17,7 @@ use super::{
     uia::{self, AuthData, Uia},
 };
 use crate::ClientState;
+use ganglion_rpc::{DeleteDevices, RenameDevice};
 
 /// A device as the client API shows it: absent fields are left out.
 fn device_json(device: Device) -> Value {
@@ -73,7 +74,7 @@ pub(crate) async fn rename_device(
     match body.display_name {
         Some(name) => {
             let device_id = OwnedDeviceId::from(device_id);
-            state.master.rename_device(&session.user_id, &device_id, &name).await?;
+            state.master.rename_device(RenameDevice { user_id: session.user_id, device_id, name }).await?;
         }
         None => {
             let mut conn = state.db.conn().await?;
@@ -102,7 +103,8 @@ pub(crate) async fn delete_device(
     let binding = format!("DELETE /devices/{device_id} {}", session.user_id);
     let uia = Uia { flows: PASSWORD_FLOWS, binding, user_id: Some(&session.user_id) };
     let passed = uia::authenticate(&state, uia, body.auth, client_ip(&parts)).await?;
-    state.master.delete_devices(&session.user_id, &[OwnedDeviceId::from(device_id)]).await?;
+    let device_ids = vec![OwnedDeviceId::from(device_id)];
+    state.master.delete_devices(DeleteDevices { user_id: session.user_id, device_ids }).await?;
     state.uia.close(&passed.session);
     Ok(Json(json!({})))
 }
@@ -125,7 +127,7 @@ pub(crate) async fn delete_devices(
     let uia = Uia { flows: PASSWORD_FLOWS, binding, user_id: Some(&session.user_id) };
     let passed = uia::authenticate(&state, uia, body.auth, client_ip(&parts)).await?;
     let device_ids: Vec<OwnedDeviceId> = body.devices.into_iter().map(OwnedDeviceId::from).collect();
-    state.master.delete_devices(&session.user_id, &device_ids).await?;
+    state.master.delete_devices(DeleteDevices { user_id: session.user_id, device_ids }).await?;
     state.uia.close(&passed.session);
     Ok(Json(json!({})))
 }

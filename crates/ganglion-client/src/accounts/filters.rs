@@ -12,6 +12,7 @@ use serde_json::{Map, Value, json};
 
 use super::own_user;
 use crate::ClientState;
+use ganglion_rpc::CreateFilter;
 
 // The shape of a filter, from the spec's `Filter` schema. Unknown keys are allowed; known keys
 // must have the right types. Deserialized only to check that, so the fields are never read.
@@ -87,7 +88,7 @@ pub(crate) async fn create_filter(
 ) -> MatrixResult<Json<Value>> {
     let user_id = own_user(&session, &user_id, "filters")?;
     check_filter_shape(&body)?;
-    let filter_id = state.master.create_filter(&user_id, Value::Object(body)).await?;
+    let filter_id = state.master.create_filter(CreateFilter { user_id, filter: Value::Object(body) }).await?;
     Ok(Json(json!({ "filter_id": filter_id })))
 }
 

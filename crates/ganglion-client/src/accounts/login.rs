@@ -4,7 +4,6 @@ use axum::{Json, extract::State};
 use ganglion_config::RateLimitAction;
 use ganglion_events::ruma::{OwnedUserId, ServerName, UserId};
 use ganglion_http::{Auth, MatrixError, MatrixJson, MatrixResult, client_ip};
-use ganglion_rpc::LoginRequest;
 use ganglion_types::{ErrorClass, HasErrorClass};
 use http::request::Parts;
 use serde::Deserialize;
@@ -12,6 +11,7 @@ use serde_json::{Map, Value, json};
 
 use super::{from_object, uia::PASSWORD};
 use crate::ClientState;
+use ganglion_rpc::{LoginRequest, Logout, LogoutAll};
 
 /// A user identifier object (`identifier` in `/login` and in `m.login.password` stages).
 #[derive(Debug, Clone, Deserialize)]
@@ -136,7 +136,7 @@ pub(crate) async fn logout(
     State(state): State<ClientState>,
     Auth(session): Auth,
 ) -> MatrixResult<Json<Value>> {
-    state.master.logout(&session.access_token).await?;
+    state.master.logout(Logout { access_token: session.access_token }).await?;
     Ok(Json(json!({})))
 }
 
@@ -145,7 +145,7 @@ pub(crate) async fn logout_all(
     State(state): State<ClientState>,
     Auth(session): Auth,
 ) -> MatrixResult<Json<Value>> {
-    state.master.logout_all(&session.user_id).await?;
+    state.master.logout_all(LogoutAll { user_id: session.user_id }).await?;
     Ok(Json(json!({})))
 }
 

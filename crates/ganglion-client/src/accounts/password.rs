@@ -11,6 +11,7 @@ use super::{
     uia::{self, AuthData, Flow, PASSWORD, Uia},
 };
 use crate::ClientState;
+use ganglion_rpc::SetPassword;
 
 pub(crate) const PASSWORD_FLOWS: &[Flow] = &[&[PASSWORD]];
 
@@ -45,9 +46,13 @@ pub(crate) async fn change_password(
         (Some(user_id), _) | (None, Some(user_id)) => user_id.clone(),
         (None, None) => return Err(MatrixError::forbidden("The password stage named no user")),
     };
-    let keep_device = session.as_ref().map(|session| &session.device_id);
-    let logout_devices = body.logout_devices.unwrap_or(true);
-    state.master.set_password(&user_id, &body.new_password, logout_devices, keep_device).await?;
+    let request = SetPassword {
+        user_id,
+        new_password: body.new_password,
+        logout_devices: body.logout_devices.unwrap_or(true),
+        keep_device: session.map(|session| session.device_id),
+    };
+    state.master.set_password(request).await?;
     state.uia.close(&passed.session);
     Ok(Json(json!({})))
 }

@@ -7,13 +7,13 @@ use axum::{
 };
 use ganglion_events::ruma::{MxcUri, OwnedUserId};
 use ganglion_http::{Auth, MatrixError, MatrixJson, MatrixResult, Session};
-use ganglion_rpc::ProfileField;
 use ganglion_storage::accounts::{self as account_store, Profile};
 use ganglion_types::ErrorClass;
 use serde_json::{Map, Value, json};
 
 use super::user_id_param;
 use crate::ClientState;
+use ganglion_rpc::{ProfileField, SetProfile};
 
 /// Longest display name, in characters (as Synapse). Every member event of the user carries the
 /// profile, so it must stay far from the 64 KiB event limit; a longer value is refused with
@@ -120,7 +120,7 @@ async fn set_profile_field(
         return Err(MatrixError::forbidden("Cannot change the profile of other users"));
     }
     let value = new_field_value(field, body)?;
-    state.master.set_profile(&session.user_id, field, value).await?;
+    state.master.set_profile(SetProfile { user_id: session.user_id.clone(), field, value }).await?;
     Ok(Json(json!({})))
 }
 

@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 
 use super::login::{UserIdentifier, identified_user};
 use crate::ClientState;
+use ganglion_rpc::CheckPassword;
 
 pub(crate) const DUMMY: &str = "m.login.dummy";
 pub(crate) const PASSWORD: &str = "m.login.password";
@@ -285,7 +286,7 @@ async fn password_stage(
     let limiter = state.authenticator.rate_limiter();
     limiter.check_failed_logins(user_id.as_str(), client_ip)?;
     // The master owns password hashes (and bounds how many argon2 runs at once).
-    let matches = state.master.check_password(&user_id, &password).await?;
+    let matches = state.master.check_password(CheckPassword { user_id: user_id.clone(), password }).await?;
     if !matches {
         limiter.record_failed_login(user_id.as_str(), client_ip);
     }

@@ -5,13 +5,13 @@ use axum::{Json, extract::State};
 use ganglion_config::RateLimitAction;
 use ganglion_events::{SUPPORTED_ROOM_VERSIONS, ruma::RoomVersionId};
 use ganglion_http::{Auth, MatrixError, MatrixResult};
-use ganglion_rpc::{CreateRoomRequest, InitialStateEvent, Preset};
 use ganglion_types::ErrorClass;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::access::{self, RequiredJson};
 use crate::ClientState;
+use ganglion_rpc::{CreateRoom, CreateRoomRequest, InitialStateEvent, Preset};
 
 #[derive(Deserialize)]
 struct CreateRoomBody {
@@ -45,7 +45,7 @@ pub(crate) async fn create_room(
         limiter.check_user(RateLimitAction::InvitesPerIssuer, creator)?;
         limiter.check_on_behalf_of(RateLimitAction::InvitesPerUser, invitee.as_str(), creator)?;
     }
-    let room_id = state.master.create_room(&session.user_id, request).await?;
+    let room_id = state.master.create_room(CreateRoom { sender: session.user_id, request }).await?;
     Ok(Json(json!({ "room_id": room_id })))
 }
 

@@ -12,6 +12,7 @@ use serde_json::{Map, Value, json};
 
 use super::access::{self, HistoryVisibility};
 use crate::ClientState;
+use ganglion_rpc::{DeleteAlias, SetAlias};
 
 /// `GET /directory/room/{roomAlias}`.
 pub(crate) async fn alias(
@@ -40,7 +41,7 @@ pub(crate) async fn set_alias(
     let body: SetAliasBody = access::from_object(body)?;
     let alias = access::room_alias(&alias)?;
     let room_id = access::room_id(&body.room_id)?;
-    state.master.set_alias(&session.user_id, &alias, &room_id).await?;
+    state.master.set_alias(SetAlias { user_id: session.user_id, alias, room_id }).await?;
     Ok(Json(json!({})))
 }
 
@@ -51,7 +52,7 @@ pub(crate) async fn delete_alias(
     Path(alias): Path<String>,
 ) -> MatrixResult<Json<Value>> {
     let alias = access::room_alias(&alias)?;
-    state.master.delete_alias(&session.user_id, &alias).await?;
+    state.master.delete_alias(DeleteAlias { user_id: session.user_id, alias }).await?;
     Ok(Json(json!({})))
 }
 

@@ -11,6 +11,7 @@ use serde_json::{Map, Value, json};
 
 use super::access;
 use crate::ClientState;
+use ganglion_rpc::{SetAccountData, SetReceipt, SetTyping};
 
 /// How long a user types when the client names no timeout.
 const DEFAULT_TYPING_TIMEOUT_MS: u64 = 30_000;
@@ -34,7 +35,8 @@ pub(crate) async fn typing(
         return Err(MatrixError::forbidden("You may only set your own typing state"));
     }
     let timeout = body.timeout.unwrap_or(DEFAULT_TYPING_TIMEOUT_MS);
-    state.master.set_typing(&session.user_id, &room_id, body.typing, timeout).await?;
+    let request = SetTyping { user_id: session.user_id, room_id, typing: body.typing, timeout_ms: timeout };
+    state.master.set_typing(request).await?;
     Ok(Json(json!({})))
 }
 
@@ -66,7 +68,10 @@ pub(crate) async fn receipt(
         }
         set_fully_read(&state, &session.user_id, &room_id, &event_id).await?;
     } else {
-        state.master.set_receipt(&session.user_id, &room_id, receipt_type, &event_id, thread_id).await?;
+        state
+            .master
+            .set_receipt(receipt_request(&session.user_id, &room_id, receipt_type, &event_id, thread_id))
+            .await?;
     }
     Ok(Json(json!({})))
 }
@@ -98,10 +103,13 @@ pub(crate) async fn read_markers(
         set_fully_read(&state, user_id, &room_id, event_id).await?;
     }
     if let Some(event_id) = &read {
-        state.master.set_receipt(user_id, &room_id, "m.read", event_id, None).await?;
+        state.master.set_receipt(receipt_request(user_id, &room_id, "m.read", event_id, None)).await?;
     }
     if let Some(event_id) = &read_private {
-        state.master.set_receipt(user_id, &room_id, "m.read.private", event_id, None).await?;
+        state
+            .master
+            .set_receipt(receipt_request(user_id, &room_id, "m.read.private", event_id, None))
+            .await?;
     }
     Ok(Json(json!({})))
 }
@@ -123,6 +131,28 @@ async fn set_fully_read(
         }
     }
     let content = json!({ "event_id": event_id });
-    state.master.set_account_data(user_id, Some(room_id), "m.fully_read", content).await?;
+    let request = SetAccountData {
+        user_id: user_id.clone(),
+        room_id: Some(room_id.clone()),
+        data_type: "m.fully_read".to_owned(),
+        content,
+    };
+    state.master.set_account_data(request).await?;
     Ok(())
+}
+
+fn receipt_request(
+    user_id: &OwnedUserId,
+    room_id: &OwnedRoomId,
+    receipt_type: &str,
+    event_id: &OwnedEventId,
+    thread_id: Option<String>,
+) -> SetReceipt {
+    SetReceipt {
+        user_id: user_id.clone(),
+        room_id: room_id.clone(),
+        receipt_type: receipt_type.to_owned(),
+        event_id: event_id.clone(),
+        thread_id,
+    }
 }

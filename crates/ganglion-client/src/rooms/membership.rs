@@ -8,13 +8,13 @@ use axum::{
 use ganglion_config::RateLimitAction;
 use ganglion_events::ruma::{OwnedRoomId, OwnedUserId};
 use ganglion_http::{Auth, MatrixError, MatrixJson, MatrixResult};
-use ganglion_rpc::MembershipChange;
 use ganglion_storage::rooms as room_store;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::access;
 use crate::ClientState;
+use ganglion_rpc::{ForgetRoom, MembershipChange, UpdateMembership};
 
 #[derive(Deserialize)]
 struct ReasonBody {
@@ -66,7 +66,7 @@ async fn join_room(
     reason: Option<String>,
 ) -> MatrixResult<Json<Value>> {
     state.authenticator.rate_limiter().check_user(RateLimitAction::Joins, user_id.as_str())?;
-    state.master.update_membership(user_id, &room_id, user_id, MembershipChange::Join, reason).await?;
+    state.master.update_membership(own(user_id, room_id.clone(), MembershipChange::Join, reason)).await?;
     Ok(Json(json!({ "room_id": room_id })))
 }
 
@@ -79,7 +79,7 @@ pub(crate) async fn leave(
     let body: ReasonBody = access::from_object(body)?;
     let room_id = access::room_id(&room_id)?;
     let user_id = &session.user_id;
-    state.master.update_membership(user_id, &room_id, user_id, MembershipChange::Leave, body.reason).await?;
+    state.master.update_membership(own(user_id, room_id, MembershipChange::Leave, body.reason)).await?;
     Ok(Json(json!({})))
 }
 
@@ -91,7 +91,7 @@ pub(crate) async fn forget(
     Path(room_id): Path<String>,
 ) -> MatrixResult<Json<Value>> {
     let room_id = access::room_id(&room_id)?;
-    state.master.forget_room(&session.user_id, &room_id).await?;
+    state.master.forget_room(ForgetRoom { user_id: session.user_id, room_id }).await?;
     Ok(Json(json!({})))
 }
 
@@ -150,6 +150,17 @@ async fn change_other(
         limiter.check_on_behalf_of(RateLimitAction::InvitesPerRoom, room_id.as_str(), inviter)?;
         limiter.check_on_behalf_of(RateLimitAction::InvitesPerUser, target.as_str(), inviter)?;
     }
-    state.master.update_membership(&session.user_id, &room_id, &target, change, body.reason).await?;
+    let request = UpdateMembership { sender: session.user_id, room_id, target, change, reason: body.reason };
+    state.master.update_membership(request).await?;
     Ok(Json(json!({})))
+}
+
+/// The user's own change of membership.
+fn own(
+    user_id: &OwnedUserId,
+    room_id: OwnedRoomId,
+    change: MembershipChange,
+    reason: Option<String>,
+) -> UpdateMembership {
+    UpdateMembership { sender: user_id.clone(), room_id, target: user_id.clone(), change, reason }
 }

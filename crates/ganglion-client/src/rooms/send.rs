@@ -7,13 +7,17 @@ use axum::{
     extract::{Path, State},
 };
 use ganglion_config::RateLimitAction;
-use ganglion_events::{EventTemplate, ruma::RoomId};
+use ganglion_events::{
+    EventTemplate,
+    ruma::{OwnedRoomId, RoomId},
+};
 use ganglion_http::{Auth, MatrixError, MatrixJson, MatrixResult, Session};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::access::{self, RequiredJson};
 use crate::ClientState;
+use ganglion_rpc::SendEvent;
 
 /// `PUT /rooms/{roomId}/send/{eventType}/{txnId}`.
 pub(crate) async fn send_message(
@@ -37,10 +41,7 @@ pub(crate) async fn send_message(
         };
         template.redacts = Some(access::event_id(&target)?);
     }
-    let event_id = state
-        .master
-        .send_event(&session.user_id, Some(&session.device_id), &room_id, template, Some(&txn_id))
-        .await?;
+    let event_id = state.master.send_event(send_request(&session, room_id, template, Some(txn_id))).await?;
     Ok(Json(json!({ "event_id": event_id })))
 }
 
@@ -81,8 +82,7 @@ async fn put_state(
     {
         check_new_aliases(state, room_id.as_str(), content).await?;
     }
-    let event_id =
-        state.master.send_event(&session.user_id, Some(&session.device_id), &room_id, template, None).await?;
+    let event_id = state.master.send_event(send_request(session, room_id, template, None)).await?;
     Ok(Json(json!({ "event_id": event_id })))
 }
 
@@ -168,9 +168,21 @@ pub(crate) async fn redact(
         state_key: None,
         redacts: Some(target),
     };
-    let event_id = state
-        .master
-        .send_event(&session.user_id, Some(&session.device_id), &room_id, template, Some(&txn_id))
-        .await?;
+    let event_id = state.master.send_event(send_request(&session, room_id, template, Some(txn_id))).await?;
     Ok(Json(json!({ "event_id": event_id })))
+}
+
+fn send_request(
+    session: &Session,
+    room_id: OwnedRoomId,
+    template: EventTemplate,
+    txn_id: Option<String>,
+) -> SendEvent {
+    SendEvent {
+        sender: session.user_id.clone(),
+        device_id: Some(session.device_id.clone()),
+        room_id,
+        template,
+        txn_id,
+    }
 }

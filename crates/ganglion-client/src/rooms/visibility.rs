@@ -10,6 +10,7 @@ use serde_json::{Map, Value, json};
 
 use super::access;
 use crate::ClientState;
+use ganglion_rpc::SetRoomVisibility;
 
 /// `GET /directory/list/room/{roomId}`.
 pub(crate) async fn visibility(
@@ -39,6 +40,7 @@ pub(crate) async fn set_visibility(
     let room_id = access::room_id(&room_id)?;
     let visibility =
         access::one_of(body.visibility.as_deref().unwrap_or("public"), &["public", "private"], "visibility")?;
-    state.master.set_room_visibility(&session.user_id, &room_id, visibility == "public").await?;
+    let request = SetRoomVisibility { user_id: session.user_id, room_id, public: visibility == "public" };
+    state.master.set_room_visibility(request).await?;
     Ok(Json(json!({})))
 }

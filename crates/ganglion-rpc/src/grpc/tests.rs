@@ -1,7 +1,12 @@
-//! A fake `Master` served on a real loopback socket and called through `RemoteMaster`.
+//! A fake master served on a real loopback socket and called through `RemoteMaster`.
+//!
+//! `service!` implements every service for [`Fake`]: each call is recorded as its request's
+//! `Debug` and answered with a [`Canned`] value, so a new call needs no code here, only a line
+//! in `calls_round_trip_exactly`.
 
 use std::{
     collections::VecDeque,
+    fmt::Debug,
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
@@ -11,36 +16,87 @@ use async_trait::async_trait;
 use ganglion_events::{
     EventTemplate,
     ruma::{
-        OwnedDeviceId, OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomVersionId,
-        owned_event_id, owned_room_id, owned_user_id,
+        OwnedEventId, OwnedRoomId, OwnedUserId, RoomVersionId, owned_event_id, owned_room_alias_id,
+        owned_room_id, owned_user_id,
     },
 };
-use ganglion_proto::master::v1::{self as pb, master_client::MasterClient};
+use ganglion_proto::master::v1::{self as pb, ephemeral_client::EphemeralClient, rooms_client::RoomsClient};
 use ganglion_types::{ErrorClass, StreamPosition, SyncToken};
 use prost::Message;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::{net::TcpListener, sync::oneshot, time::Instant};
 use tonic::transport::Endpoint;
 
-use super::{RemoteMaster, serve};
+use super::{ReadYourWrites, RemoteMaster, serve};
 use crate::{
-    CreateRoomRequest, InitialStateEvent, LoginRequest, Master, MasterError, MasterResult, MembershipChange,
-    Preset, ProfileField, RegisterRequest, SessionGrant, TypingSnapshot, trace,
+    Accounts, CheckPassword, CreateFilter, CreateRoom, CreateRoomRequest, DeleteAlias, DeleteDevices,
+    Ephemeral, ForgetRoom, InitialStateEvent, LoginRequest, Logout, LogoutAll, MasterError, MasterResult,
+    MembershipChange, Preset, ProfileField, RegisterRequest, RenameDevice, Rooms, SendEvent, SessionGrant,
+    SetAccountData, SetAlias, SetPassword, SetProfile, SetReceipt, SetRoomVisibility, SetTyping, Streams,
+    TypingSnapshot, UpdateMembership, trace,
 };
 
 const TIMEOUT: Duration = Duration::from_millis(200);
 
-/// Records each call as `name args`, with the trace context it ran in; answers with `failure`
-/// when set, after the next queued delay.
+/// Records each call as its request's `Debug`, with the trace context it ran in; answers with
+/// `failure` when set, after the next queued delay.
 #[derive(Default)]
-struct Fake {
+pub(crate) struct Fake {
     calls: Mutex<Vec<String>>,
     traceparents: Mutex<Vec<Option<String>>>,
     delays: Mutex<VecDeque<Duration>>,
     failure: Mutex<Option<MasterError>>,
 }
 
+/// What the fake answers.
+pub(crate) trait Canned {
+    fn canned() -> Self;
+}
+
+impl Canned for () {
+    fn canned() {}
+}
+
+impl Canned for bool {
+    fn canned() -> bool {
+        true
+    }
+}
+
+impl Canned for String {
+    fn canned() -> String {
+        "filter-1".to_owned()
+    }
+}
+
+impl Canned for OwnedEventId {
+    fn canned() -> OwnedEventId {
+        owned_event_id!("$event:test")
+    }
+}
+
+impl Canned for OwnedRoomId {
+    fn canned() -> OwnedRoomId {
+        owned_room_id!("!new:test")
+    }
+}
+
+impl Canned for SessionGrant {
+    fn canned() -> SessionGrant {
+        SessionGrant {
+            user_id: alice(),
+            access_token: Some("token".to_owned()),
+            device_id: Some("PHONE".into()),
+        }
+    }
+}
+
 impl Fake {
+    pub(crate) async fn answer<T: Canned>(&self, request: impl Debug) -> MasterResult<T> {
+        self.enter(format!("{request:?}")).await?;
+        Ok(T::canned())
+    }
+
     async fn enter(&self, call: String) -> MasterResult<()> {
         self.calls.lock().unwrap().push(call);
         self.traceparents.lock().unwrap().push(trace::current());
@@ -85,12 +141,8 @@ fn typing_snapshot() -> TypingSnapshot {
     }
 }
 
-fn event_id() -> OwnedEventId {
-    owned_event_id!("$event:test")
-}
-
 #[async_trait]
-impl Master for Fake {
+impl Streams for Fake {
     async fn positions(&self) -> MasterResult<SyncToken> {
         // The server also asks after every call to send the positions along; that lookup runs
         // outside the call's trace scope and is not one of the calls under test.
@@ -103,160 +155,6 @@ impl Master for Fake {
     async fn typing_snapshot(&self) -> MasterResult<TypingSnapshot> {
         self.enter("typing_snapshot".to_owned()).await?;
         Ok(typing_snapshot())
-    }
-
-    async fn register(&self, request: RegisterRequest) -> MasterResult<SessionGrant> {
-        self.enter(format!("register {request:?}")).await?;
-        Ok(SessionGrant {
-            user_id: owned_user_id!("@alice:test"),
-            access_token: Some("token".to_owned()),
-            device_id: request.device_id.map(Into::into),
-        })
-    }
-
-    async fn login(&self, request: LoginRequest) -> MasterResult<SessionGrant> {
-        self.enter(format!("login {request:?}")).await?;
-        Ok(SessionGrant { user_id: request.user_id, access_token: None, device_id: None })
-    }
-
-    async fn check_password(&self, user_id: &OwnedUserId, password: &str) -> MasterResult<bool> {
-        self.enter(format!("check_password {user_id} {password}")).await?;
-        Ok(password == "right")
-    }
-
-    async fn logout(&self, access_token: &str) -> MasterResult<()> {
-        self.enter(format!("logout {access_token}")).await
-    }
-
-    async fn logout_all(&self, user_id: &OwnedUserId) -> MasterResult<()> {
-        self.enter(format!("logout_all {user_id}")).await
-    }
-
-    async fn set_password(
-        &self,
-        user_id: &OwnedUserId,
-        new_password: &str,
-        logout_devices: bool,
-        keep_device: Option<&OwnedDeviceId>,
-    ) -> MasterResult<()> {
-        self.enter(format!("set_password {user_id} {new_password} {logout_devices} {keep_device:?}")).await
-    }
-
-    async fn delete_devices(&self, user_id: &OwnedUserId, device_ids: &[OwnedDeviceId]) -> MasterResult<()> {
-        self.enter(format!("delete_devices {user_id} {device_ids:?}")).await
-    }
-
-    async fn rename_device(
-        &self,
-        user_id: &OwnedUserId,
-        device_id: &OwnedDeviceId,
-        name: &str,
-    ) -> MasterResult<()> {
-        self.enter(format!("rename_device {user_id} {device_id} {name}")).await
-    }
-
-    async fn create_room(
-        &self,
-        sender: &OwnedUserId,
-        request: CreateRoomRequest,
-    ) -> MasterResult<OwnedRoomId> {
-        self.enter(format!("create_room {sender} {request:?}")).await?;
-        Ok(owned_room_id!("!new:test"))
-    }
-
-    async fn send_event(
-        &self,
-        sender: &OwnedUserId,
-        device_id: Option<&OwnedDeviceId>,
-        room_id: &OwnedRoomId,
-        template: EventTemplate,
-        txn_id: Option<&str>,
-    ) -> MasterResult<OwnedEventId> {
-        self.enter(format!("send_event {sender} {device_id:?} {room_id} {template:?} {txn_id:?}")).await?;
-        Ok(event_id())
-    }
-
-    async fn update_membership(
-        &self,
-        sender: &OwnedUserId,
-        room_id: &OwnedRoomId,
-        target: &OwnedUserId,
-        change: MembershipChange,
-        reason: Option<String>,
-    ) -> MasterResult<OwnedEventId> {
-        self.enter(format!("update_membership {sender} {room_id} {target} {change:?} {reason:?}")).await?;
-        Ok(event_id())
-    }
-
-    async fn forget_room(&self, user_id: &OwnedUserId, room_id: &OwnedRoomId) -> MasterResult<()> {
-        self.enter(format!("forget_room {user_id} {room_id}")).await
-    }
-
-    async fn set_profile(
-        &self,
-        user_id: &OwnedUserId,
-        field: ProfileField,
-        value: Option<String>,
-    ) -> MasterResult<()> {
-        self.enter(format!("set_profile {user_id} {field:?} {value:?}")).await
-    }
-
-    async fn set_typing(
-        &self,
-        user_id: &OwnedUserId,
-        room_id: &OwnedRoomId,
-        typing: bool,
-        timeout_ms: u64,
-    ) -> MasterResult<()> {
-        self.enter(format!("set_typing {user_id} {room_id} {typing} {timeout_ms}")).await
-    }
-
-    async fn set_receipt(
-        &self,
-        user_id: &OwnedUserId,
-        room_id: &OwnedRoomId,
-        receipt_type: &str,
-        event_id: &OwnedEventId,
-        thread_id: Option<String>,
-    ) -> MasterResult<()> {
-        self.enter(format!("set_receipt {user_id} {room_id} {receipt_type} {event_id} {thread_id:?}")).await
-    }
-
-    async fn set_account_data(
-        &self,
-        user_id: &OwnedUserId,
-        room_id: Option<&OwnedRoomId>,
-        data_type: &str,
-        content: Value,
-    ) -> MasterResult<()> {
-        self.enter(format!("set_account_data {user_id} {room_id:?} {data_type} {content}")).await
-    }
-
-    async fn create_filter(&self, user_id: &OwnedUserId, filter: Value) -> MasterResult<String> {
-        self.enter(format!("create_filter {user_id} {filter}")).await?;
-        Ok("filter-1".to_owned())
-    }
-
-    async fn set_alias(
-        &self,
-        user_id: &OwnedUserId,
-        alias: &OwnedRoomAliasId,
-        room_id: &OwnedRoomId,
-    ) -> MasterResult<()> {
-        self.enter(format!("set_alias {user_id} {alias} {room_id}")).await
-    }
-
-    async fn delete_alias(&self, user_id: &OwnedUserId, alias: &OwnedRoomAliasId) -> MasterResult<()> {
-        self.enter(format!("delete_alias {user_id} {alias}")).await
-    }
-
-    async fn set_room_visibility(
-        &self,
-        user_id: &OwnedUserId,
-        room_id: &OwnedRoomId,
-        public: bool,
-    ) -> MasterResult<()> {
-        self.enter(format!("set_room_visibility {user_id} {room_id} {public}")).await
     }
 }
 
@@ -284,23 +182,68 @@ fn room() -> OwnedRoomId {
     owned_room_id!("!room:test")
 }
 
+fn send(device_id: Option<&str>, txn_id: Option<&str>) -> SendEvent {
+    SendEvent {
+        sender: alice(),
+        device_id: device_id.map(Into::into),
+        room_id: room(),
+        template: EventTemplate::message("m.room.message", json!({ "body": "hi" })),
+        txn_id: txn_id.map(str::to_owned),
+    }
+}
+
+/// Makes `call` through gRPC and checks the master saw exactly `request`.
+async fn round_trip<R: Debug + Clone, T>(
+    fake: &Fake,
+    request: R,
+    call: impl AsyncFnOnce(R) -> MasterResult<T>,
+) -> T {
+    let expected = format!("{request:?}");
+    let answer = call(request).await.unwrap();
+    assert_eq!(fake.last_call(), expected);
+    answer
+}
+
 #[tokio::test]
 async fn calls_round_trip_exactly() {
     let fake = Arc::new(Fake::default());
     let (master, _stop) = start(fake.clone()).await;
+    let m = &master;
+    let f = &fake;
 
-    let request = RegisterRequest {
+    let register = RegisterRequest {
         username: Some("alice".to_owned()),
         password: Some("hunter2".to_owned()),
         device_id: Some("PHONE".to_owned()),
         initial_device_display_name: Some("Alice's phone".to_owned()),
         inhibit_login: true,
     };
-    let grant = master.register(request.clone()).await.unwrap();
-    assert_eq!(fake.last_call(), format!("register {request:?}"));
-    assert_eq!(grant.user_id, alice());
-    assert_eq!(grant.access_token.as_deref(), Some("token"));
-    assert_eq!(grant.device_id.as_deref().map(|device_id| device_id.as_str()), Some("PHONE"));
+    let grant = round_trip(f, register, async |r| m.register(r).await).await;
+    assert_eq!(format!("{grant:?}"), format!("{:?}", SessionGrant::canned()));
+    let login = LoginRequest {
+        user_id: alice(),
+        password: "pw".to_owned(),
+        device_id: Some("PHONE".to_owned()),
+        initial_device_display_name: None,
+    };
+    round_trip(f, login, async |r| m.login(r).await).await;
+    let check = CheckPassword { user_id: alice(), password: "right".to_owned() };
+    assert!(round_trip(f, check, async |r| m.check_password(r).await).await);
+    round_trip(f, Logout { access_token: "tok".to_owned() }, async |r| m.logout(r).await).await;
+    round_trip(f, LogoutAll { user_id: alice() }, async |r| m.logout_all(r).await).await;
+    let set_password = SetPassword {
+        user_id: alice(),
+        new_password: "new".to_owned(),
+        logout_devices: true,
+        keep_device: Some("PHONE".into()),
+    };
+    round_trip(f, set_password, async |r| m.set_password(r).await).await;
+    let delete = DeleteDevices { user_id: alice(), device_ids: vec!["A".into(), "B".into()] };
+    round_trip(f, delete, async |r| m.delete_devices(r).await).await;
+    let rename = RenameDevice { user_id: alice(), device_id: "A".into(), name: "Laptop".to_owned() };
+    round_trip(f, rename, async |r| m.rename_device(r).await).await;
+    let filter = CreateFilter { user_id: alice(), filter: json!({ "room": { "timeline": { "limit": 5 } } }) };
+    assert_eq!(round_trip(f, filter, async |r| m.create_filter(r).await).await, "filter-1");
 
     let request = CreateRoomRequest {
         public: true,
@@ -321,44 +264,67 @@ async fn calls_round_trip_exactly() {
             .as_object()
             .cloned(),
     };
-    let room_id = master.create_room(&alice(), request.clone()).await.unwrap();
-    assert_eq!(fake.last_call(), format!("create_room @alice:test {request:?}"));
-    assert_eq!(room_id, owned_room_id!("!new:test"));
-
-    let template = EventTemplate {
-        kind: "m.room.message".to_owned(),
-        content: json!({ "msgtype": "m.text", "body": "hi", "nested": [1, 2.5, null] }),
-        state_key: None,
-        redacts: Some(owned_event_id!("$old:test")),
+    let create = CreateRoom { sender: alice(), request };
+    assert_eq!(round_trip(f, create, async |r| m.create_room(r).await).await, OwnedRoomId::canned());
+    let send_event = SendEvent {
+        template: EventTemplate {
+            kind: "m.room.message".to_owned(),
+            content: json!({ "msgtype": "m.text", "body": "hi", "nested": [1, 2.5, null] }),
+            state_key: None,
+            redacts: Some(owned_event_id!("$old:test")),
+        },
+        ..send(Some("PHONE"), Some("txn-1"))
     };
-    let device_id = OwnedDeviceId::from("PHONE");
-    let sent = master.send_event(&alice(), Some(&device_id), &room(), template.clone(), Some("txn-1")).await;
-    let sent = sent.unwrap();
-    assert_eq!(
-        fake.last_call(),
-        format!("send_event @alice:test Some({device_id:?}) !room:test {template:?} Some(\"txn-1\")")
-    );
-    assert_eq!(sent, event_id());
+    assert_eq!(round_trip(f, send_event, async |r| m.send_event(r).await).await, OwnedEventId::canned());
+    let ban = UpdateMembership {
+        sender: alice(),
+        room_id: room(),
+        target: owned_user_id!("@bob:test"),
+        change: MembershipChange::Ban,
+        reason: Some("spam".to_owned()),
+    };
+    round_trip(f, ban, async |r| m.update_membership(r).await).await;
+    round_trip(f, ForgetRoom { user_id: alice(), room_id: room() }, async |r| m.forget_room(r).await).await;
+    let profile = SetProfile {
+        user_id: alice(),
+        field: ProfileField::AvatarUrl,
+        value: Some("mxc://test/a".to_owned()),
+    };
+    round_trip(f, profile, async |r| m.set_profile(r).await).await;
+    let alias = SetAlias { user_id: alice(), alias: owned_room_alias_id!("#lobby:test"), room_id: room() };
+    round_trip(f, alias, async |r| m.set_alias(r).await).await;
+    let alias = DeleteAlias { user_id: alice(), alias: owned_room_alias_id!("#lobby:test") };
+    round_trip(f, alias, async |r| m.delete_alias(r).await).await;
+    let visibility = SetRoomVisibility { user_id: alice(), room_id: room(), public: true };
+    round_trip(f, visibility, async |r| m.set_room_visibility(r).await).await;
 
-    let content = json!({ "tags": { "u.work": { "order": 0.5 } } });
-    master.set_account_data(&alice(), Some(&room()), "m.tag", content.clone()).await.unwrap();
-    assert_eq!(fake.last_call(), format!("set_account_data @alice:test Some({:?}) m.tag {content}", room()));
-    master.set_account_data(&alice(), None, "m.push_rules", json!({})).await.unwrap();
-    assert_eq!(fake.last_call(), "set_account_data @alice:test None m.push_rules {}");
+    let typing = SetTyping { user_id: alice(), room_id: room(), typing: true, timeout_ms: 30_000 };
+    round_trip(f, typing, async |r| m.set_typing(r).await).await;
+    let receipt = SetReceipt {
+        user_id: alice(),
+        room_id: room(),
+        receipt_type: "m.read".to_owned(),
+        event_id: owned_event_id!("$event:test"),
+        thread_id: Some("main".to_owned()),
+    };
+    round_trip(f, receipt, async |r| m.set_receipt(r).await).await;
+    let tags = SetAccountData {
+        user_id: alice(),
+        room_id: Some(room()),
+        data_type: "m.tag".to_owned(),
+        content: json!({ "tags": { "u.work": { "order": 0.5 } } }),
+    };
+    round_trip(f, tags, async |r| m.set_account_data(r).await).await;
+    let global = SetAccountData {
+        user_id: alice(),
+        room_id: None,
+        data_type: "m.direct".to_owned(),
+        content: json!({}),
+    };
+    round_trip(f, global, async |r| m.set_account_data(r).await).await;
 
     assert_eq!(master.positions().await.unwrap(), sync_token());
     assert_eq!(master.typing_snapshot().await.unwrap(), typing_snapshot());
-
-    let target = owned_user_id!("@bob:test");
-    let membership = master.update_membership(&alice(), &room(), &target, MembershipChange::Ban, None).await;
-    assert_eq!(membership.unwrap(), event_id());
-    assert_eq!(fake.last_call(), "update_membership @alice:test !room:test @bob:test Ban None");
-    master.set_profile(&alice(), ProfileField::AvatarUrl, Some("mxc://test/a".to_owned())).await.unwrap();
-    assert_eq!(fake.last_call(), "set_profile @alice:test AvatarUrl Some(\"mxc://test/a\")");
-    assert!(master.check_password(&alice(), "right").await.unwrap());
-    assert!(!master.check_password(&alice(), "wrong").await.unwrap());
-    assert_eq!(master.create_filter(&alice(), json!({ "room": {} })).await.unwrap(), "filter-1");
-    assert_eq!(fake.last_call(), r#"create_filter @alice:test {"room":{}}"#);
 }
 
 #[tokio::test]
@@ -379,7 +345,8 @@ async fn errors_arrive_with_their_class_and_message() {
     ];
     for error in errors {
         fake.fail_with(error.clone());
-        let received = master.forget_room(&alice(), &room()).await.unwrap_err();
+        let received =
+            master.forget_room(ForgetRoom { user_id: alice(), room_id: room() }).await.unwrap_err();
         assert_eq!((received.class, received.message), (error.class, error.message));
     }
 }
@@ -389,10 +356,11 @@ async fn bad_input_is_a_typed_invalid_argument() {
     let fake = Arc::new(Fake::default());
     let (address, _stop) = start_on(fake.clone(), "127.0.0.1:0".parse().unwrap()).await;
     let channel = Endpoint::from_shared(format!("http://{address}")).unwrap().connect().await.unwrap();
-    let mut client = MasterClient::new(channel);
+    let mut rooms = RoomsClient::new(channel.clone());
+    let mut ephemeral = EphemeralClient::new(channel);
 
     let bad_user = pb::ForgetRoomRequest { user_id: "alice".to_owned(), room_id: "!room:test".to_owned() };
-    let status = client.forget_room(bad_user).await.unwrap_err();
+    let status = rooms.forget_room(bad_user).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     let failure = pb::MasterFailure::decode(status.details()).unwrap();
     assert_eq!(failure.class(), pb::ErrorCode::InvalidParam);
@@ -404,7 +372,7 @@ async fn bad_input_is_a_typed_invalid_argument() {
         data_type: "m.tag".to_owned(),
         content_json: "{not json".to_owned(),
     };
-    let status = client.set_account_data(bad_json).await.unwrap_err();
+    let status = ephemeral.set_account_data(bad_json).await.unwrap_err();
     let failure = pb::MasterFailure::decode(status.details()).unwrap();
     assert_eq!(failure.class(), pb::ErrorCode::BadJson);
 
@@ -413,7 +381,7 @@ async fn bad_input_is_a_typed_invalid_argument() {
         room_id: "!room:test".to_owned(),
         ..Default::default()
     };
-    let status = client.send_event(no_template).await.unwrap_err();
+    let status = rooms.send_event(no_template).await.unwrap_err();
     assert_eq!(pb::MasterFailure::decode(status.details()).unwrap().class(), pb::ErrorCode::InvalidParam);
 
     let unknown_change = pb::UpdateMembershipRequest {
@@ -423,7 +391,7 @@ async fn bad_input_is_a_typed_invalid_argument() {
         change: 99,
         reason: None,
     };
-    let status = client.update_membership(unknown_change).await.unwrap_err();
+    let status = rooms.update_membership(unknown_change).await.unwrap_err();
     assert_eq!(pb::MasterFailure::decode(status.details()).unwrap().class(), pb::ErrorCode::InvalidParam);
 
     assert!(fake.calls().is_empty(), "the master saw {:?}", fake.calls());
@@ -480,27 +448,23 @@ async fn send_event_with_a_txn_id_is_retried_after_a_timeout() {
     let (master, _stop) = start(fake.clone()).await;
     fake.delays.lock().unwrap().push_back(Duration::from_secs(5));
 
-    let template = EventTemplate::message("m.room.message", json!({ "body": "hi" }));
-    let device_id = OwnedDeviceId::from("PHONE");
     let started = Instant::now();
-    let sent = master.send_event(&alice(), Some(&device_id), &room(), template, Some("txn-7")).await.unwrap();
-    assert_eq!(sent, event_id());
+    let sent = master.send_event(send(Some("PHONE"), Some("txn-7"))).await.unwrap();
+    assert_eq!(sent, OwnedEventId::canned());
     assert!(started.elapsed() < 2 * TIMEOUT + Duration::from_millis(300), "took {:?}", started.elapsed());
     let calls = fake.calls();
     assert_eq!(calls.len(), 2, "{calls:?}");
-    assert!(calls.iter().all(|call| call.ends_with("Some(\"txn-7\")")), "{calls:?}");
+    assert!(calls.iter().all(|call| call.contains("txn_id: Some(\"txn-7\")")), "{calls:?}");
 }
 
 #[tokio::test]
 async fn send_event_is_not_retried_without_a_device_and_txn_id() {
     let fake = Arc::new(Fake::default());
     let (master, _stop) = start(fake.clone()).await;
-    let device_id = OwnedDeviceId::from("PHONE");
-    for (device_id, txn_id) in [(None, Some("txn-8")), (Some(&device_id), None)] {
+    for (device_id, txn_id) in [(None, Some("txn-8")), (Some("PHONE"), None)] {
         fake.calls.lock().unwrap().clear();
         fake.delays.lock().unwrap().push_back(Duration::from_secs(5));
-        let template = EventTemplate::message("m.room.message", json!({ "body": "hi" }));
-        let error = master.send_event(&alice(), device_id, &room(), template, txn_id).await.unwrap_err();
+        let error = master.send_event(send(device_id, txn_id)).await.unwrap_err();
         assert_eq!(error.class, ErrorClass::Unavailable);
         assert_eq!(fake.calls().len(), 1, "{:?}", fake.calls());
     }
@@ -554,8 +518,8 @@ fn every_error_class_crosses_the_wire() {
         ErrorClass::Internal,
     ];
     for class in classes {
-        let status = super::convert::status_from_error(MasterError::new(class.clone(), "why"));
-        let error = super::convert::error_from_status(&status);
+        let status = super::status::status_from_error(MasterError::new(class.clone(), "why"));
+        let error = super::status::error_from_status(&status);
         assert_eq!((error.class, error.message.as_str()), (class, "why"));
     }
 }
@@ -564,25 +528,54 @@ fn every_error_class_crosses_the_wire() {
 fn a_status_without_details_is_unavailable_or_internal() {
     use tonic::{Code, Status};
     for code in [Code::Unavailable, Code::DeadlineExceeded, Code::Cancelled, Code::Unknown] {
-        let error = super::convert::error_from_status(&Status::new(code, "h2 error"));
+        let error = super::status::error_from_status(&Status::new(code, "h2 error"));
         assert_eq!(error.class, ErrorClass::Unavailable, "{code:?}");
         assert_eq!(error.message, "The master is unavailable; try again shortly");
     }
-    let error = super::convert::error_from_status(&Status::unimplemented("no such method"));
+    let error = super::status::error_from_status(&Status::unimplemented("no such method"));
     assert_eq!(error.class, ErrorClass::Internal);
 }
 
+/// Records what the client asked of the worker after each call.
+#[derive(Default)]
+struct Recorder {
+    seen: Mutex<Vec<String>>,
+}
+
+#[async_trait]
+impl ReadYourWrites for Recorder {
+    async fn reach(&self, positions: SyncToken) {
+        self.seen.lock().unwrap().push(format!("reach {positions}"));
+    }
+
+    fn forget_sessions(&self) {
+        self.seen.lock().unwrap().push("forget sessions".to_owned());
+    }
+}
+
 #[tokio::test]
-async fn answers_carry_the_masters_positions_after_the_call() {
+async fn the_worker_waits_for_its_own_writes_as_each_call_asks() {
     let fake = Arc::new(Fake::default());
     let (master, _stop) = start(fake.clone()).await;
-    let (result, after) =
-        super::with_positions_after(master.create_filter(&alice(), json!({"room": {}}))).await;
-    result.unwrap();
-    assert_eq!(after, Some(sync_token()));
-    // A failed call brings none.
-    fake.fail_with(crate::MasterError::forbidden("no"));
-    let (result, after) = super::with_positions_after(master.create_filter(&alice(), json!({}))).await;
-    assert!(result.is_err());
-    assert_eq!(after, None);
+    let recorder = Arc::new(Recorder::default());
+    let master = master.reading_own_writes(recorder.clone());
+    let seen = || std::mem::take(&mut *recorder.seen.lock().unwrap());
+
+    // A write to a stream waits for the positions the master sent along with its answer.
+    master.send_event(send(Some("PHONE"), Some("t"))).await.unwrap();
+    assert_eq!(seen(), [format!("reach {}", sync_token())]);
+    // Revoking sessions drops the cached ones; a write outside the streams waits for nothing.
+    master.logout(Logout { access_token: "tok".to_owned() }).await.unwrap();
+    assert_eq!(seen(), ["forget sessions"]);
+    master
+        .set_typing(SetTyping { user_id: alice(), room_id: room(), typing: true, timeout_ms: 1 })
+        .await
+        .unwrap();
+    master.check_password(CheckPassword { user_id: alice(), password: "pw".to_owned() }).await.unwrap();
+    assert!(seen().is_empty());
+    // A failed call asks nothing of the worker.
+    fake.fail_with(MasterError::forbidden("no"));
+    assert!(master.send_event(send(Some("PHONE"), Some("u"))).await.is_err());
+    assert!(master.logout(Logout { access_token: "tok".to_owned() }).await.is_err());
+    assert!(seen().is_empty());
 }

@@ -1,0 +1,123 @@
+//! The `Ephemeral` service: typing, receipts and account data, the per-user streams.
+
+use ganglion_events::ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
+use ganglion_proto::master::v1 as pb;
+use serde_json::Value;
+
+use crate::wire::{AfterCall, Call, ConvertError, id, json_value, optional_id};
+
+service! {
+    /// Typing, receipts and account data.
+    pub trait Ephemeral: ephemeral_server::Ephemeral, ephemeral_client::EphemeralClient {
+        fn set_typing(SetTyping) -> () as pb::Done;
+        fn set_receipt(SetReceipt) -> () as pb::Done;
+        fn set_account_data(SetAccountData) -> () as pb::Done;
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SetTyping {
+    pub user_id: OwnedUserId,
+    pub room_id: OwnedRoomId,
+    pub typing: bool,
+    pub timeout_ms: u64,
+}
+
+impl Call for SetTyping {
+    type Message = pb::SetTypingRequest;
+
+    fn into_message(self) -> pb::SetTypingRequest {
+        pb::SetTypingRequest {
+            user_id: self.user_id.into(),
+            room_id: self.room_id.into(),
+            typing: self.typing,
+            timeout_ms: self.timeout_ms,
+        }
+    }
+
+    fn from_message(message: pb::SetTypingRequest) -> Result<Self, ConvertError> {
+        Ok(SetTyping {
+            user_id: id("user_id", message.user_id)?,
+            room_id: id("room_id", message.room_id)?,
+            typing: message.typing,
+            timeout_ms: message.timeout_ms,
+        })
+    }
+
+    fn after(&self) -> AfterCall {
+        // Typing is ephemeral and may only reach a worker through Redis: never wait on it.
+        AfterCall::Nothing
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SetReceipt {
+    pub user_id: OwnedUserId,
+    pub room_id: OwnedRoomId,
+    pub receipt_type: String,
+    pub event_id: OwnedEventId,
+    pub thread_id: Option<String>,
+}
+
+impl Call for SetReceipt {
+    type Message = pb::SetReceiptRequest;
+
+    fn into_message(self) -> pb::SetReceiptRequest {
+        pb::SetReceiptRequest {
+            user_id: self.user_id.into(),
+            room_id: self.room_id.into(),
+            receipt_type: self.receipt_type,
+            event_id: self.event_id.into(),
+            thread_id: self.thread_id,
+        }
+    }
+
+    fn from_message(message: pb::SetReceiptRequest) -> Result<Self, ConvertError> {
+        Ok(SetReceipt {
+            user_id: id("user_id", message.user_id)?,
+            room_id: id("room_id", message.room_id)?,
+            receipt_type: message.receipt_type,
+            event_id: id("event_id", message.event_id)?,
+            thread_id: message.thread_id,
+        })
+    }
+
+    fn after(&self) -> AfterCall {
+        AfterCall::AwaitReplication
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SetAccountData {
+    pub user_id: OwnedUserId,
+    /// `None` for global account data.
+    pub room_id: Option<OwnedRoomId>,
+    pub data_type: String,
+    pub content: Value,
+}
+
+impl Call for SetAccountData {
+    type Message = pb::SetAccountDataRequest;
+
+    fn into_message(self) -> pb::SetAccountDataRequest {
+        pb::SetAccountDataRequest {
+            user_id: self.user_id.into(),
+            room_id: self.room_id.map(Into::into),
+            data_type: self.data_type,
+            content_json: self.content.to_string(),
+        }
+    }
+
+    fn from_message(message: pb::SetAccountDataRequest) -> Result<Self, ConvertError> {
+        Ok(SetAccountData {
+            user_id: id("user_id", message.user_id)?,
+            room_id: optional_id("room_id", message.room_id)?,
+            data_type: message.data_type,
+            content: json_value("content_json", &message.content_json)?,
+        })
+    }
+
+    fn after(&self) -> AfterCall {
+        AfterCall::AwaitReplication
+    }
+}

@@ -1,0 +1,417 @@
+//! The `Rooms` service: rooms, their events and memberships, profiles, aliases and the directory.
+
+use ganglion_events::{
+    EventTemplate,
+    ruma::{OwnedDeviceId, OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomVersionId},
+};
+use ganglion_proto::master::v1 as pb;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::wire::{
+    AfterCall, Call, ConvertError, id, ids, json_object, json_value, object_json, optional_id, unknown_enum,
+};
+
+service! {
+    /// Rooms, their events and memberships, profiles, aliases and the room directory.
+    pub trait Rooms: rooms_server::Rooms, rooms_client::RoomsClient {
+        fn create_room(CreateRoom) -> OwnedRoomId as pb::CreateRoomResponse;
+        /// Builds, authorises and persists an event. Idempotent per `(sender, device, txn_id)`:
+        /// a retry returns the first event's id.
+        fn send_event(SendEvent) -> OwnedEventId as pb::EventIdResponse;
+        fn update_membership(UpdateMembership) -> OwnedEventId as pb::EventIdResponse;
+        fn forget_room(ForgetRoom) -> () as pb::Done;
+        /// Updates the profile and the user's member event in every joined room.
+        fn set_profile(SetProfile) -> () as pb::Done;
+        fn set_alias(SetAlias) -> () as pb::Done;
+        fn delete_alias(DeleteAlias) -> () as pb::Done;
+        fn set_room_visibility(SetRoomVisibility) -> () as pb::Done;
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Preset {
+    PrivateChat,
+    PublicChat,
+    TrustedPrivateChat,
+}
+
+/// One entry of `createRoom`'s `initial_state`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct InitialStateEvent {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub state_key: String,
+    pub content: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct CreateRoomRequest {
+    pub public: bool,
+    pub room_alias_name: Option<String>,
+    pub name: Option<String>,
+    pub topic: Option<String>,
+    pub invite: Vec<OwnedUserId>,
+    pub room_version: Option<RoomVersionId>,
+    pub creation_content: Option<Map<String, Value>>,
+    pub initial_state: Vec<InitialStateEvent>,
+    pub preset: Option<Preset>,
+    pub is_direct: bool,
+    pub power_level_content_override: Option<Map<String, Value>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CreateRoom {
+    pub sender: OwnedUserId,
+    pub request: CreateRoomRequest,
+}
+
+impl Call for CreateRoom {
+    type Message = pb::CreateRoomRequest;
+
+    fn into_message(self) -> pb::CreateRoomRequest {
+        let request = self.request;
+        pb::CreateRoomRequest {
+            sender: self.sender.into(),
+            public: request.public,
+            room_alias_name: request.room_alias_name,
+            name: request.name,
+            topic: request.topic,
+            invite: request.invite.into_iter().map(Into::into).collect(),
+            room_version: request.room_version.map(Into::into),
+            creation_content_json: request.creation_content.map(object_json),
+            initial_state: request
+                .initial_state
+                .into_iter()
+                .map(|event| pb::InitialStateEvent {
+                    r#type: event.kind,
+                    state_key: event.state_key,
+                    content_json: object_json(event.content),
+                })
+                .collect(),
+            preset: request.preset.map_or(pb::Preset::Unspecified, |preset| match preset {
+                Preset::PrivateChat => pb::Preset::PrivateChat,
+                Preset::PublicChat => pb::Preset::PublicChat,
+                Preset::TrustedPrivateChat => pb::Preset::TrustedPrivateChat,
+            }) as i32,
+            is_direct: request.is_direct,
+            power_level_content_override_json: request.power_level_content_override.map(object_json),
+        }
+    }
+
+    fn from_message(message: pb::CreateRoomRequest) -> Result<Self, ConvertError> {
+        let preset = match pb::Preset::try_from(message.preset) {
+            Ok(pb::Preset::Unspecified) => None,
+            Ok(pb::Preset::PrivateChat) => Some(Preset::PrivateChat),
+            Ok(pb::Preset::PublicChat) => Some(Preset::PublicChat),
+            Ok(pb::Preset::TrustedPrivateChat) => Some(Preset::TrustedPrivateChat),
+            Err(_) => return Err(unknown_enum("preset", message.preset)),
+        };
+        let initial_state = message
+            .initial_state
+            .into_iter()
+            .map(|event| {
+                Ok(InitialStateEvent {
+                    kind: event.r#type,
+                    state_key: event.state_key,
+                    content: json_object("initial_state.content_json", &event.content_json)?,
+                })
+            })
+            .collect::<Result<_, ConvertError>>()?;
+        let optional_object =
+            |field, text: Option<String>| -> Result<Option<Map<String, Value>>, ConvertError> {
+                text.as_deref().map(|text| json_object(field, text)).transpose()
+            };
+        let request = CreateRoomRequest {
+            public: message.public,
+            room_alias_name: message.room_alias_name,
+            name: message.name,
+            topic: message.topic,
+            invite: ids("invite", message.invite)?,
+            room_version: optional_id::<RoomVersionId>("room_version", message.room_version)?,
+            creation_content: optional_object("creation_content_json", message.creation_content_json)?,
+            initial_state,
+            preset,
+            is_direct: message.is_direct,
+            power_level_content_override: optional_object(
+                "power_level_content_override_json",
+                message.power_level_content_override_json,
+            )?,
+        };
+        Ok(CreateRoom { sender: id("sender", message.sender)?, request })
+    }
+
+    fn after(&self) -> AfterCall {
+        AfterCall::AwaitReplication
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SendEvent {
+    pub sender: OwnedUserId,
+    pub device_id: Option<OwnedDeviceId>,
+    pub room_id: OwnedRoomId,
+    pub template: EventTemplate,
+    pub txn_id: Option<String>,
+}
+
+impl Call for SendEvent {
+    type Message = pb::SendEventRequest;
+
+    fn into_message(self) -> pb::SendEventRequest {
+        let template = self.template;
+        pb::SendEventRequest {
+            sender: self.sender.into(),
+            device_id: self.device_id.map(Into::into),
+            room_id: self.room_id.into(),
+            template: Some(pb::EventTemplate {
+                r#type: template.kind,
+                content_json: template.content.to_string(),
+                state_key: template.state_key,
+                redacts: template.redacts.map(Into::into),
+            }),
+            txn_id: self.txn_id,
+        }
+    }
+
+    fn from_message(message: pb::SendEventRequest) -> Result<Self, ConvertError> {
+        let template = message
+            .template
+            .ok_or(ConvertError::InvalidParam { field: "template", reason: "missing".to_owned() })?;
+        Ok(SendEvent {
+            sender: id("sender", message.sender)?,
+            device_id: optional_id("device_id", message.device_id)?,
+            room_id: id("room_id", message.room_id)?,
+            template: EventTemplate {
+                kind: template.r#type,
+                content: json_value("template.content_json", &template.content_json)?,
+                state_key: template.state_key,
+                redacts: optional_id("template.redacts", template.redacts)?,
+            },
+            txn_id: message.txn_id,
+        })
+    }
+
+    fn after(&self) -> AfterCall {
+        AfterCall::AwaitReplication
+    }
+
+    fn idempotent(&self) -> bool {
+        // The master returns the first event's id for a repeated (sender, device_id, txn_id);
+        // without a device it cannot tell a retry from a new send.
+        self.device_id.is_some() && self.txn_id.is_some()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MembershipChange {
+    Join,
+    Invite,
+    Leave,
+    Kick,
+    Ban,
+    Unban,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpdateMembership {
+    pub sender: OwnedUserId,
+    pub room_id: OwnedRoomId,
+    pub target: OwnedUserId,
+    pub change: MembershipChange,
+    pub reason: Option<String>,
+}
+
+impl Call for UpdateMembership {
+    type Message = pb::UpdateMembershipRequest;
+
+    fn into_message(self) -> pb::UpdateMembershipRequest {
+        let change = match self.change {
+            MembershipChange::Join => pb::MembershipChange::Join,
+            MembershipChange::Invite => pb::MembershipChange::Invite,
+            MembershipChange::Leave => pb::MembershipChange::Leave,
+            MembershipChange::Kick => pb::MembershipChange::Kick,
+            MembershipChange::Ban => pb::MembershipChange::Ban,
+            MembershipChange::Unban => pb::MembershipChange::Unban,
+        };
+        pb::UpdateMembershipRequest {
+            sender: self.sender.into(),
+            room_id: self.room_id.into(),
+            target: self.target.into(),
+            change: change.into(),
+            reason: self.reason,
+        }
+    }
+
+    fn from_message(message: pb::UpdateMembershipRequest) -> Result<Self, ConvertError> {
+        let change = match pb::MembershipChange::try_from(message.change) {
+            Ok(pb::MembershipChange::Join) => MembershipChange::Join,
+            Ok(pb::MembershipChange::Invite) => MembershipChange::Invite,
+            Ok(pb::MembershipChange::Leave) => MembershipChange::Leave,
+            Ok(pb::MembershipChange::Kick) => MembershipChange::Kick,
+            Ok(pb::MembershipChange::Ban) => MembershipChange::Ban,
+            Ok(pb::MembershipChange::Unban) => MembershipChange::Unban,
+            Ok(pb::MembershipChange::Unspecified) | Err(_) => {
+                return Err(unknown_enum("change", message.change));
+            }
+        };
+        Ok(UpdateMembership {
+            sender: id("sender", message.sender)?,
+            room_id: id("room_id", message.room_id)?,
+            target: id("target", message.target)?,
+            change,
+            reason: message.reason,
+        })
+    }
+
+    fn after(&self) -> AfterCall {
+        AfterCall::AwaitReplication
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ForgetRoom {
+    pub user_id: OwnedUserId,
+    pub room_id: OwnedRoomId,
+}
+
+impl Call for ForgetRoom {
+    type Message = pb::ForgetRoomRequest;
+
+    fn into_message(self) -> pb::ForgetRoomRequest {
+        pb::ForgetRoomRequest { user_id: self.user_id.into(), room_id: self.room_id.into() }
+    }
+
+    fn from_message(message: pb::ForgetRoomRequest) -> Result<Self, ConvertError> {
+        Ok(ForgetRoom { user_id: id("user_id", message.user_id)?, room_id: id("room_id", message.room_id)? })
+    }
+
+    fn after(&self) -> AfterCall {
+        AfterCall::Nothing
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProfileField {
+    Displayname,
+    AvatarUrl,
+}
+
+#[derive(Debug, Clone)]
+pub struct SetProfile {
+    pub user_id: OwnedUserId,
+    pub field: ProfileField,
+    /// `None` clears the field.
+    pub value: Option<String>,
+}
+
+impl Call for SetProfile {
+    type Message = pb::SetProfileRequest;
+
+    fn into_message(self) -> pb::SetProfileRequest {
+        let field = match self.field {
+            ProfileField::Displayname => pb::ProfileField::Displayname,
+            ProfileField::AvatarUrl => pb::ProfileField::AvatarUrl,
+        };
+        pb::SetProfileRequest { user_id: self.user_id.into(), field: field.into(), value: self.value }
+    }
+
+    fn from_message(message: pb::SetProfileRequest) -> Result<Self, ConvertError> {
+        let field = match pb::ProfileField::try_from(message.field) {
+            Ok(pb::ProfileField::Displayname) => ProfileField::Displayname,
+            Ok(pb::ProfileField::AvatarUrl) => ProfileField::AvatarUrl,
+            Ok(pb::ProfileField::Unspecified) | Err(_) => return Err(unknown_enum("field", message.field)),
+        };
+        Ok(SetProfile { user_id: id("user_id", message.user_id)?, field, value: message.value })
+    }
+
+    fn after(&self) -> AfterCall {
+        AfterCall::AwaitReplication
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SetAlias {
+    pub user_id: OwnedUserId,
+    pub alias: OwnedRoomAliasId,
+    pub room_id: OwnedRoomId,
+}
+
+impl Call for SetAlias {
+    type Message = pb::SetAliasRequest;
+
+    fn into_message(self) -> pb::SetAliasRequest {
+        pb::SetAliasRequest {
+            user_id: self.user_id.into(),
+            alias: self.alias.into(),
+            room_id: self.room_id.into(),
+        }
+    }
+
+    fn from_message(message: pb::SetAliasRequest) -> Result<Self, ConvertError> {
+        Ok(SetAlias {
+            user_id: id("user_id", message.user_id)?,
+            alias: id("alias", message.alias)?,
+            room_id: id("room_id", message.room_id)?,
+        })
+    }
+
+    fn after(&self) -> AfterCall {
+        AfterCall::Nothing
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DeleteAlias {
+    pub user_id: OwnedUserId,
+    pub alias: OwnedRoomAliasId,
+}
+
+impl Call for DeleteAlias {
+    type Message = pb::DeleteAliasRequest;
+
+    fn into_message(self) -> pb::DeleteAliasRequest {
+        pb::DeleteAliasRequest { user_id: self.user_id.into(), alias: self.alias.into() }
+    }
+
+    fn from_message(message: pb::DeleteAliasRequest) -> Result<Self, ConvertError> {
+        Ok(DeleteAlias { user_id: id("user_id", message.user_id)?, alias: id("alias", message.alias)? })
+    }
+
+    fn after(&self) -> AfterCall {
+        AfterCall::Nothing
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SetRoomVisibility {
+    pub user_id: OwnedUserId,
+    pub room_id: OwnedRoomId,
+    pub public: bool,
+}
+
+impl Call for SetRoomVisibility {
+    type Message = pb::SetRoomVisibilityRequest;
+
+    fn into_message(self) -> pb::SetRoomVisibilityRequest {
+        pb::SetRoomVisibilityRequest {
+            user_id: self.user_id.into(),
+            room_id: self.room_id.into(),
+            public: self.public,
+        }
+    }
+
+    fn from_message(message: pb::SetRoomVisibilityRequest) -> Result<Self, ConvertError> {
+        Ok(SetRoomVisibility {
+            user_id: id("user_id", message.user_id)?,
+            room_id: id("room_id", message.room_id)?,
+            public: message.public,
+        })
+    }
+
+    fn after(&self) -> AfterCall {
+        AfterCall::Nothing
+    }
+}
