@@ -43,6 +43,11 @@ macro_rules! on_both_backends {
     };
 }
 
+mod key_backup;
+mod keys;
+mod presence;
+mod to_device;
+
 on_both_backends!(migrations_are_idempotent, |db| {
     let url_again = db.clone();
     drop(url_again);
@@ -52,7 +57,7 @@ on_both_backends!(migrations_are_idempotent, |db| {
         .fetch_all(&mut *conn)
         .await
         .unwrap();
-    assert_eq!(applied, vec![(1,)]);
+    assert_eq!(applied, vec![(1,), (2,)]);
 });
 
 on_both_backends!(users_devices_and_tokens, |db| {
