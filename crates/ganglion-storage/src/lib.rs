@@ -7,11 +7,15 @@
 
 pub mod accounts;
 pub mod events;
+pub mod key_backup;
+pub mod keys;
 mod migrations;
+pub mod presence;
 pub mod replication;
 pub mod rooms;
 pub mod state;
 pub mod streams;
+pub mod to_device;
 
 use std::{str::FromStr, sync::Arc};
 

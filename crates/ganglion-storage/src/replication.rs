@@ -97,3 +97,62 @@ pub async fn account_data_rows_between(
     .await?;
     Ok(rows.into_iter().map(|row| (row.get(0), row.get(1))).collect())
 }
+
+/// `(stream_pos, user_id, device_id)` of to-device messages with `after < stream_pos <= up_to`,
+/// for waking the recipient. Delivered messages are deleted and leave no row, so a reader that
+/// must reach the stream's end takes it from `to_device::max_to_device_stream_pos`.
+pub async fn to_device_rows_between(
+    conn: &mut Conn,
+    after: i64,
+    up_to: i64,
+    limit: i64,
+) -> Result<Vec<(i64, String, String)>> {
+    let rows = sqlx::query(
+        "SELECT stream_pos, user_id, device_id FROM to_device_messages WHERE stream_pos > $1 AND stream_pos <= $2
+         ORDER BY stream_pos LIMIT $3",
+    )
+    .bind(after)
+    .bind(up_to)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|row| (row.get(0), row.get(1), row.get(2))).collect())
+}
+
+/// `(stream_pos, user_id)` of device-list changes with `after < stream_pos <= up_to`.
+pub async fn device_list_rows_between(
+    conn: &mut Conn,
+    after: i64,
+    up_to: i64,
+    limit: i64,
+) -> Result<Vec<(i64, String)>> {
+    let rows = sqlx::query(
+        "SELECT stream_pos, user_id FROM device_list_changes WHERE stream_pos > $1 AND stream_pos <= $2
+         ORDER BY stream_pos LIMIT $3",
+    )
+    .bind(after)
+    .bind(up_to)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|row| (row.get(0), row.get(1))).collect())
+}
+
+/// `(stream_pos, user_id)` of presence rows with `after < stream_pos <= up_to`.
+pub async fn presence_rows_between(
+    conn: &mut Conn,
+    after: i64,
+    up_to: i64,
+    limit: i64,
+) -> Result<Vec<(i64, String)>> {
+    let rows = sqlx::query(
+        "SELECT stream_pos, user_id FROM presence WHERE stream_pos > $1 AND stream_pos <= $2
+         ORDER BY stream_pos LIMIT $3",
+    )
+    .bind(after)
+    .bind(up_to)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|row| (row.get(0), row.get(1))).collect())
+}

@@ -1,52 +1,63 @@
 //! Storage conformance: every test runs on SQLite and on a throwaway PostgreSQL.
 
 use ganglion_storage::{
-    Backend, Db, accounts,
+    accounts,
     events::{self, NewEvent},
     rooms, state, streams,
 };
-use ganglion_testkit::Postgres;
 use ganglion_types::{EventNid, RoomNid, SnapshotNid, StateKeyNid, TypeNid};
 
-/// Runs `body` once per backend, each on a fresh database.
+/// Runs `body` once per backend, each on a fresh database with `connections` connections
+/// (4 unless given).
 macro_rules! on_both_backends {
     ($name:ident, |$db:ident| $body:block) => {
+        on_both_backends!($name, connections = 4, |$db| $body);
+    };
+    ($name:ident, connections = $connections:expr, |$db:ident| $body:block) => {
         mod $name {
+            #[allow(unused_imports)]
             use super::*;
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
                 let dir = tempfile::tempdir().unwrap();
                 let url = format!("sqlite://{}/test.db?mode=rwc", dir.path().display());
-                let $db = Db::connect(&url, 4).await.unwrap();
-                assert_eq!($db.backend, Backend::Sqlite);
+                let $db = ganglion_storage::Db::connect(&url, $connections).await.unwrap();
+                assert_eq!($db.backend, ganglion_storage::Backend::Sqlite);
                 $body
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
                 let url = tokio::task::spawn_blocking(|| {
-                    let postgres = Postgres::shared().unwrap();
+                    let postgres = ganglion_testkit::Postgres::shared().unwrap();
                     postgres.create_database().unwrap()
                 })
                 .await
                 .unwrap();
-                let $db = Db::connect(&url, 4).await.unwrap();
-                assert_eq!($db.backend, Backend::Postgres);
+                let $db = ganglion_storage::Db::connect(&url, $connections).await.unwrap();
+                assert_eq!($db.backend, ganglion_storage::Backend::Postgres);
                 $body
             }
         }
     };
 }
 
+mod key_backup;
+mod keys;
+mod presence;
+mod to_device;
+
 on_both_backends!(migrations_are_idempotent, |db| {
     let url_again = db.clone();
     drop(url_again);
     // Connecting again re-runs the migration check without re-applying anything.
     let mut conn = db.conn().await.unwrap();
-    let applied: Vec<(i64,)> =
-        sqlx::query_as("SELECT version FROM schema_migrations").fetch_all(&mut *conn).await.unwrap();
-    assert_eq!(applied, vec![(1,)]);
+    let applied: Vec<(i64,)> = sqlx::query_as("SELECT version FROM schema_migrations ORDER BY version")
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(applied, vec![(1,), (2,)]);
 });
 
 on_both_backends!(users_devices_and_tokens, |db| {
