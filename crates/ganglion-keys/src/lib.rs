@@ -7,12 +7,16 @@
 //! Nothing here touches a database, a socket or gRPC: the master persists what these functions
 //! return, and the HTTP edge reports a [`KeyError`] through its `ErrorClass`.
 
+mod cross_signing;
 mod device;
 mod error;
 mod json;
 mod one_time;
 mod signature;
 
+pub use cross_signing::{
+    CrossSigningKey, CrossSigningKeys, check_cross_signing_key, check_cross_signing_keys,
+};
 pub use device::{DeviceKeys, check_device_keys};
 pub use error::KeyError;
 pub use one_time::{
