@@ -7,6 +7,7 @@
 //! Nothing here touches a database, a socket or gRPC: the master persists what these functions
 //! return, and the HTTP edge reports a [`KeyError`] through its `ErrorClass`.
 
+mod backup;
 mod cross_signing;
 mod device;
 mod error;
@@ -14,6 +15,10 @@ mod json;
 mod one_time;
 mod signature;
 
+pub use backup::{
+    BackupKey, BackupSession, BackupVersion, RoomKey, better_session, check_backup_version,
+    check_key_backup_data, check_room_keys, check_room_sessions,
+};
 pub use cross_signing::{
     CrossSigningKey, CrossSigningKeys, check_cross_signing_key, check_cross_signing_keys,
 };

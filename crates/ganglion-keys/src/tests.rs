@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::*;
 
+mod backup;
 mod cross_signing;
 mod device;
 mod one_time;
