@@ -14,6 +14,7 @@ mod error;
 mod json;
 mod one_time;
 mod signature;
+mod to_device;
 
 pub use backup::{
     BackupKey, BackupSession, BackupVersion, RoomKey, better_session, check_backup_version,
@@ -28,6 +29,9 @@ pub use one_time::{
     MAX_KEY_ID_BYTES, MAX_ONE_TIME_KEYS_PER_REQUEST, OneTimeKey, check_fallback_keys, check_one_time_keys,
 };
 pub use signature::{check_same_key, uploaded_signature, verify_signature};
+pub use to_device::{
+    MAX_EVENT_TYPE_BYTES, MAX_TO_DEVICE_EDU_BYTES, ToDeviceMessage, check_to_device_messages,
+};
 
 /// An ed25519 public key: 32 bytes, written in JSON as unpadded standard base64.
 pub type Ed25519PublicKey = ruma::serde::Base64<ruma::serde::base64::Standard, [u8; 32]>;

@@ -14,6 +14,7 @@ mod cross_signing;
 mod device;
 mod one_time;
 mod signatures;
+mod to_device;
 
 fn alice() -> OwnedUserId {
     UserId::parse("@alice:example.org").unwrap()
