@@ -305,5 +305,8 @@ async fn initial_token(db: &Db, typing_epoch: u64) -> Result<SyncToken, AppError
             ganglion_storage::streams::max_account_data_stream_pos(&mut conn).await?,
         ),
         typing_epoch,
+        to_device: StreamPosition(ganglion_storage::to_device::max_to_device_stream_pos(&mut conn).await?),
+        device_lists: StreamPosition(ganglion_storage::keys::max_device_list_stream_pos(&mut conn).await?),
+        presence: StreamPosition(ganglion_storage::presence::max_presence_stream_pos(&mut conn).await?),
     })
 }

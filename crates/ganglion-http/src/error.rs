@@ -80,6 +80,7 @@ impl MatrixError {
             ErrorClass::Unrecognized => (StatusCode::NOT_FOUND, "M_UNRECOGNIZED"),
             ErrorClass::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "M_UNRECOGNIZED"),
             ErrorClass::ServerManaged => (StatusCode::METHOD_NOT_ALLOWED, "M_BAD_JSON"),
+            ErrorClass::InvalidSignature => (StatusCode::BAD_REQUEST, "M_INVALID_SIGNATURE"),
             ErrorClass::UnsupportedRoomVersion => (StatusCode::BAD_REQUEST, "M_UNSUPPORTED_ROOM_VERSION"),
             ErrorClass::GuestAccessForbidden => (StatusCode::FORBIDDEN, "M_GUEST_ACCESS_FORBIDDEN"),
             ErrorClass::Exclusive => (StatusCode::BAD_REQUEST, "M_EXCLUSIVE"),

@@ -161,6 +161,7 @@ fn every_error_class_maps_to_an_errcode() {
         ErrorClass::Unrecognized,
         ErrorClass::MethodNotAllowed,
         ErrorClass::ServerManaged,
+        ErrorClass::InvalidSignature,
         ErrorClass::MissingToken,
         ErrorClass::UnknownToken,
     ];

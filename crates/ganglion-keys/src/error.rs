@@ -46,9 +46,7 @@ impl HasErrorClass for KeyError {
             KeyError::WrongOwner { .. } | KeyError::Invalid { .. } | KeyError::KeyMismatch { .. } => {
                 ErrorClass::InvalidParam
             }
-            // FIXME: the spec's errcode is M_INVALID_SIGNATURE (400), which `ErrorClass` cannot say
-            // yet; `InvalidParam` keeps the status right until an `InvalidSignature` class exists.
-            KeyError::InvalidSignature { .. } => ErrorClass::InvalidParam,
+            KeyError::InvalidSignature { .. } => ErrorClass::InvalidSignature,
             // The spec's `/keys/device_signing/upload` answers M_MISSING_PARAM here.
             KeyError::NoMasterKey => ErrorClass::MissingParam,
             KeyError::TooLarge { .. } => ErrorClass::TooLarge,

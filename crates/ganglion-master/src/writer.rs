@@ -25,6 +25,13 @@ pub struct Writer {
     pub(crate) last_event_pos: i64,
     pub(crate) last_receipt_pos: i64,
     pub(crate) last_account_data_pos: i64,
+    // Read by the writes of these streams, which land next.
+    #[allow(dead_code)]
+    pub(crate) last_to_device_pos: i64,
+    #[allow(dead_code)]
+    pub(crate) last_device_list_pos: i64,
+    #[allow(dead_code)]
+    pub(crate) last_presence_pos: i64,
     heads: HashMap<OwnedRoomId, RoomHead>,
 }
 
@@ -48,6 +55,15 @@ impl Writer {
                 .await
                 .map_err(internal)?,
             last_account_data_pos: ganglion_storage::streams::max_account_data_stream_pos(&mut conn)
+                .await
+                .map_err(internal)?,
+            last_to_device_pos: ganglion_storage::to_device::max_to_device_stream_pos(&mut conn)
+                .await
+                .map_err(internal)?,
+            last_device_list_pos: ganglion_storage::keys::max_device_list_stream_pos(&mut conn)
+                .await
+                .map_err(internal)?,
+            last_presence_pos: ganglion_storage::presence::max_presence_stream_pos(&mut conn)
                 .await
                 .map_err(internal)?,
             heads: HashMap::new(),

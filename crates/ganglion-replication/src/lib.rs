@@ -122,10 +122,8 @@ pub trait Bus: Send + Sync + 'static {
 /// How far each stream is readable in this process.
 #[derive(Debug)]
 pub struct Positions {
-    events: AtomicI64,
-    receipts: AtomicI64,
-    typing: AtomicI64,
-    account_data: AtomicI64,
+    /// One per stream, in `StreamKind::all()` order.
+    streams: [AtomicI64; StreamKind::all().len()],
     typing_epoch: AtomicU64,
     /// Woken on every advance, for requests waiting to reach a position.
     advanced: Notify,
@@ -134,22 +132,14 @@ pub struct Positions {
 impl Positions {
     pub fn new(initial: SyncToken) -> Positions {
         Positions {
-            events: AtomicI64::new(initial.events.0),
-            receipts: AtomicI64::new(initial.receipts.0),
-            typing: AtomicI64::new(initial.typing.0),
-            account_data: AtomicI64::new(initial.account_data.0),
+            streams: StreamKind::all().map(|kind| AtomicI64::new(initial.get(kind).0)),
             typing_epoch: AtomicU64::new(initial.typing_epoch),
             advanced: Notify::new(),
         }
     }
 
     fn slot(&self, kind: StreamKind) -> &AtomicI64 {
-        match kind {
-            StreamKind::Events => &self.events,
-            StreamKind::Receipts => &self.receipts,
-            StreamKind::Typing => &self.typing,
-            StreamKind::AccountData => &self.account_data,
-        }
+        &self.streams[kind as usize]
     }
 
     pub fn get(&self, kind: StreamKind) -> StreamPosition {
@@ -167,7 +157,7 @@ impl Positions {
     /// positions start again in the new epoch.
     pub fn reset_typing(&self, epoch: u64, position: StreamPosition) {
         self.typing_epoch.store(epoch, Ordering::Release);
-        self.typing.store(position.0, Ordering::Release);
+        self.slot(StreamKind::Typing).store(position.0, Ordering::Release);
         self.advanced.notify_waiters();
     }
 

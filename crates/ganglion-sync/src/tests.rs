@@ -153,6 +153,7 @@ fn token(events: i64, typing: i64, epoch: u64) -> SyncToken {
         typing: StreamPosition(typing),
         account_data: StreamPosition(1),
         typing_epoch: epoch,
+        ..SyncToken::default()
     }
 }
 

@@ -35,6 +35,8 @@ pub enum ErrorClass {
     /// Data only the server may write through this endpoint (405 `M_BAD_JSON`, as the spec
     /// says for `m.push_rules` and `m.fully_read` account data).
     ServerManaged,
+    /// A signature on uploaded keys does not verify (400 `M_INVALID_SIGNATURE`).
+    InvalidSignature,
     UnsupportedRoomVersion,
     GuestAccessForbidden,
     Exclusive,

@@ -11,11 +11,24 @@ pub enum StreamKind {
     Receipts,
     Typing,
     AccountData,
+    /// Messages sent to one device, deleted once its sync acknowledges them.
+    ToDevice,
+    /// Users whose devices or keys changed.
+    DeviceLists,
+    Presence,
 }
 
 impl StreamKind {
-    pub const fn all() -> [StreamKind; 4] {
-        [StreamKind::Events, StreamKind::Receipts, StreamKind::Typing, StreamKind::AccountData]
+    pub const fn all() -> [StreamKind; 7] {
+        [
+            StreamKind::Events,
+            StreamKind::Receipts,
+            StreamKind::Typing,
+            StreamKind::AccountData,
+            StreamKind::ToDevice,
+            StreamKind::DeviceLists,
+            StreamKind::Presence,
+        ]
     }
 
     pub fn as_str(self) -> &'static str {
@@ -24,13 +37,21 @@ impl StreamKind {
             StreamKind::Receipts => "receipts",
             StreamKind::Typing => "typing",
             StreamKind::AccountData => "account_data",
+            StreamKind::ToDevice => "to_device",
+            StreamKind::DeviceLists => "device_lists",
+            StreamKind::Presence => "presence",
         }
     }
 
     /// Ephemeral streams live only in the writer's memory; a restart starts them afresh.
     pub fn is_durable(self) -> bool {
         match self {
-            StreamKind::Events | StreamKind::Receipts | StreamKind::AccountData => true,
+            StreamKind::Events
+            | StreamKind::Receipts
+            | StreamKind::AccountData
+            | StreamKind::ToDevice
+            | StreamKind::DeviceLists
+            | StreamKind::Presence => true,
             StreamKind::Typing => false,
         }
     }

@@ -8,15 +8,41 @@ fn sync_token_round_trips() {
         typing: StreamPosition(3),
         account_data: StreamPosition(9),
         typing_epoch: 1_700_000_000_000,
+        to_device: StreamPosition(5),
+        device_lists: StreamPosition(11),
+        presence: StreamPosition(2),
     };
     let text = token.to_string();
-    assert_eq!(text, "s1_42_7_3_9_1700000000000");
+    assert_eq!(text, "s2_42_7_3_9_1700000000000_5_11_2");
     assert_eq!(SyncToken::parse(&text), Ok(token));
 }
 
 #[test]
+fn a_version_1_token_reads_the_newer_streams_from_their_start() {
+    let token = SyncToken::parse("s1_42_7_3_9_1700000000000").unwrap();
+    assert_eq!(
+        (token.events, token.account_data, token.typing_epoch),
+        (StreamPosition(42), StreamPosition(9), 1_700_000_000_000)
+    );
+    assert_eq!((token.to_device, token.device_lists, token.presence), Default::default());
+}
+
+#[test]
 fn sync_token_rejects_garbage() {
-    for bad in ["", "s1", "s2_1_2_3_4_5", "s1_1_2_3_4", "s1_1_2_3_4_5_6", "s1_-1_2_3_4_5", "s1_a_2_3_4_5"] {
+    let bad = [
+        "",
+        "s1",
+        "s3_1_2_3_4_5_6_7_8",
+        "s2_1_2_3_4_5",
+        "s2_1_2_3_4_5_6_7",
+        "s2_1_2_3_4_5_6_7_8_9",
+        "s1_1_2_3_4",
+        "s1_1_2_3_4_5_6",
+        "s1_-1_2_3_4_5",
+        "s2_1_2_3_4_5_6_-7_8",
+        "s1_a_2_3_4_5",
+    ];
+    for bad in bad {
         assert_eq!(SyncToken::parse(bad), Err(TokenParseError), "{bad}");
     }
 }
@@ -27,6 +53,8 @@ fn every_stream_is_in_the_token() {
     for (index, kind) in StreamKind::all().into_iter().enumerate() {
         token.set(kind, StreamPosition(index as i64 + 1));
         assert_eq!(token.get(kind), StreamPosition(index as i64 + 1));
+        // Readers index per-stream arrays by the discriminant.
+        assert_eq!(kind as usize, index);
     }
 }
 

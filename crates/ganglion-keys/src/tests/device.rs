@@ -98,5 +98,5 @@ fn device_keys_need_the_device_key_own_signature() {
     // A signature that is not base64.
     let mut value = device_keys(&key);
     value["signatures"]["@alice:example.org"]["ed25519:JLAFKJWSCS"] = json!("%%%");
-    assert_eq!(signature_error(&value).class(), ErrorClass::InvalidParam);
+    assert_eq!(signature_error(&value).class(), ErrorClass::InvalidSignature);
 }

@@ -360,6 +360,12 @@ impl Follower {
                 }
             }
         }
+        // Delivered to-device messages are deleted, so the newest positions may have no row
+        // left; every position up to the writer's committed mark is final all the same.
+        let mark = ganglion_storage::to_device::max_to_device_stream_pos(&mut conn).await?;
+        if mark > self.positions.get(StreamKind::ToDevice).0 {
+            self.local.publish(StreamRow::new(StreamKind::ToDevice, StreamPosition(mark), None, Vec::new()));
+        }
         Ok(())
     }
 
@@ -406,6 +412,24 @@ impl Follower {
                     .map(|(at, user_id)| StreamRow::new(kind, position(at), None, vec![Arc::from(user_id)]))
                     .collect()
             }
+            StreamKind::ToDevice => store::to_device_rows_between(conn, after, i64::MAX, CATCH_UP_BATCH)
+                .await?
+                .into_iter()
+                .map(|(at, user_id, _device_id)| {
+                    StreamRow::new(kind, position(at), None, vec![Arc::from(user_id)])
+                })
+                .collect(),
+            // The rooms a row wakes are the writer's to know; a caught-up row wakes its user only.
+            StreamKind::DeviceLists => store::device_list_rows_between(conn, after, i64::MAX, CATCH_UP_BATCH)
+                .await?
+                .into_iter()
+                .map(|(at, user_id)| StreamRow::new(kind, position(at), None, vec![Arc::from(user_id)]))
+                .collect(),
+            StreamKind::Presence => store::presence_rows_between(conn, after, i64::MAX, CATCH_UP_BATCH)
+                .await?
+                .into_iter()
+                .map(|(at, user_id)| StreamRow::new(kind, position(at), None, vec![Arc::from(user_id)]))
+                .collect(),
             // Typing has no table: it comes from the master (`refresh_typing`).
             StreamKind::Typing => Vec::new(),
         })

@@ -2,7 +2,7 @@
 //!
 //! The master publishes each committed row on one Redis Stream per stream ([`RedisBus`]);
 //! workers follow them with blocking reads ([`Follower`]). Redis only carries wake-ups and
-//! recent rows: rows of the database-backed streams (events, receipts, account data) have the
+//! recent rows: rows of the database-backed streams (all but typing) have the
 //! Redis entry id `<position>-0`, so a worker resumes exactly where it left off, and whenever it
 //! sees a gap, reconnects or starts, it reads what it missed from the database by position.
 //! Typing (held in the master's memory) and cache invalidations have no table: a worker that
@@ -27,7 +27,14 @@ use ganglion_types::{EventNid, RoomNid, SnapshotNid, StateKeyNid, StreamKind, Ty
 use serde_json::{Value, json};
 
 /// Streams whose rows live in the database, in the order a worker reads them.
-const DB_STREAMS: [StreamKind; 3] = [StreamKind::Events, StreamKind::Receipts, StreamKind::AccountData];
+const DB_STREAMS: [StreamKind; 6] = [
+    StreamKind::Events,
+    StreamKind::Receipts,
+    StreamKind::AccountData,
+    StreamKind::ToDevice,
+    StreamKind::DeviceLists,
+    StreamKind::Presence,
+];
 
 fn key_of(kind: StreamKind) -> &'static str {
     match kind {
@@ -35,6 +42,9 @@ fn key_of(kind: StreamKind) -> &'static str {
         StreamKind::Receipts => "ganglion:receipts",
         StreamKind::Typing => "ganglion:typing",
         StreamKind::AccountData => "ganglion:account_data",
+        StreamKind::ToDevice => "ganglion:to_device",
+        StreamKind::DeviceLists => "ganglion:device_lists",
+        StreamKind::Presence => "ganglion:presence",
     }
 }
 

@@ -130,6 +130,9 @@ fn sync_token() -> SyncToken {
         typing: StreamPosition(3),
         account_data: StreamPosition(9),
         typing_epoch: 1_700_000_000,
+        to_device: StreamPosition(4),
+        device_lists: StreamPosition(8),
+        presence: StreamPosition(1),
     }
 }
 
@@ -511,6 +514,7 @@ fn every_error_class_crosses_the_wire() {
         ErrorClass::Unrecognized,
         ErrorClass::MethodNotAllowed,
         ErrorClass::ServerManaged,
+        ErrorClass::InvalidSignature,
         ErrorClass::UnsupportedRoomVersion,
         ErrorClass::GuestAccessForbidden,
         ErrorClass::Exclusive,
