@@ -45,6 +45,7 @@ macro_rules! on_all_backends {
 mod accounts;
 mod chat;
 mod config;
+mod e2ee;
 mod errors;
 mod ignoring;
 mod legacy;

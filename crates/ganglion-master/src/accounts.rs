@@ -8,7 +8,9 @@ use ganglion_types::ErrorClass;
 use rand::Rng;
 use serde_json::Value;
 
-use crate::{MasterService, internal};
+use ganglion_replication::StreamRow;
+
+use crate::{MasterService, internal, keys, writer::Writer};
 
 fn random_string(length: usize) -> String {
     rand::rng().sample_iter(rand::distr::Alphanumeric).take(length).map(char::from).collect()
@@ -161,26 +163,31 @@ pub(crate) async fn login(svc: &MasterService, request: LoginRequest) -> MasterR
 /// Ends the session of `access_token`: the token and its device go (per the spec, logout
 /// deletes the device).
 pub(crate) async fn logout(svc: &MasterService, access_token: &str) -> MasterResult<()> {
+    let mut writer = svc.writer.lock().await;
     let mut tx = svc.db.begin().await.map_err(internal)?;
+    let mut row = None;
     if let Some((user_id, device_id)) =
         store::session_by_token(&mut tx, access_token).await.map_err(internal)?
     {
-        store::delete_device(&mut tx, &user_id, &device_id).await.map_err(internal)?;
+        row = delete_devices_in(&writer, &mut tx, &user_id, vec![device_id]).await?;
     }
     store::delete_access_token(&mut tx, access_token).await.map_err(internal)?;
     tx.commit().await.map_err(|e| internal(ganglion_storage::StorageError::from(e)))?;
+    published(svc, &mut writer, row);
     svc.caches.forget_sessions();
     svc.bus.invalidate(ganglion_replication::Invalidation::Sessions);
     Ok(())
 }
 
 pub(crate) async fn logout_all(svc: &MasterService, user_id: &OwnedUserId) -> MasterResult<()> {
+    let mut writer = svc.writer.lock().await;
     let mut tx = svc.db.begin().await.map_err(internal)?;
-    for device in store::devices_of_user(&mut tx, user_id.as_str()).await.map_err(internal)? {
-        store::delete_device(&mut tx, user_id.as_str(), &device.device_id).await.map_err(internal)?;
-    }
+    let devices = store::devices_of_user(&mut tx, user_id.as_str()).await.map_err(internal)?;
+    let devices = devices.into_iter().map(|device| device.device_id).collect();
+    let row = delete_devices_in(&writer, &mut tx, user_id.as_str(), devices).await?;
     store::delete_access_tokens_of_user(&mut tx, user_id.as_str(), None).await.map_err(internal)?;
     tx.commit().await.map_err(|e| internal(ganglion_storage::StorageError::from(e)))?;
+    published(svc, &mut writer, row);
     svc.caches.forget_sessions();
     svc.bus.invalidate(ganglion_replication::Invalidation::Sessions);
     Ok(())
@@ -197,18 +204,23 @@ pub(crate) async fn set_password(
         return Err(MasterError::new(ErrorClass::BadJson, "The new password must not be empty"));
     }
     let hash = hash_password(svc, new_password.to_owned()).await?;
+    let mut writer = svc.writer.lock().await;
     let mut tx = svc.db.begin().await.map_err(internal)?;
     store::set_password_hash(&mut tx, user_id.as_str(), &hash).await.map_err(internal)?;
+    let mut row = None;
     if logout_devices {
         let keep = keep_device.map(|device| device.as_str());
-        for device in store::devices_of_user(&mut tx, user_id.as_str()).await.map_err(internal)? {
-            if Some(device.device_id.as_str()) != keep {
-                store::delete_device(&mut tx, user_id.as_str(), &device.device_id).await.map_err(internal)?;
-            }
-        }
+        let devices = store::devices_of_user(&mut tx, user_id.as_str()).await.map_err(internal)?;
+        let devices = devices
+            .into_iter()
+            .map(|device| device.device_id)
+            .filter(|device| Some(device.as_str()) != keep)
+            .collect();
+        row = delete_devices_in(&writer, &mut tx, user_id.as_str(), devices).await?;
         store::delete_access_tokens_of_user(&mut tx, user_id.as_str(), keep).await.map_err(internal)?;
     }
     tx.commit().await.map_err(|e| internal(ganglion_storage::StorageError::from(e)))?;
+    published(svc, &mut writer, row);
     svc.caches.forget_sessions();
     svc.bus.invalidate(ganglion_replication::Invalidation::Sessions);
     Ok(())
@@ -219,11 +231,12 @@ pub(crate) async fn delete_devices(
     user_id: &OwnedUserId,
     device_ids: &[OwnedDeviceId],
 ) -> MasterResult<()> {
+    let mut writer = svc.writer.lock().await;
     let mut tx = svc.db.begin().await.map_err(internal)?;
-    for device_id in device_ids {
-        store::delete_device(&mut tx, user_id.as_str(), device_id.as_str()).await.map_err(internal)?;
-    }
+    let devices = device_ids.iter().map(ToString::to_string).collect();
+    let row = delete_devices_in(&writer, &mut tx, user_id.as_str(), devices).await?;
     tx.commit().await.map_err(|e| internal(ganglion_storage::StorageError::from(e)))?;
+    published(svc, &mut writer, row);
     svc.caches.forget_sessions();
     svc.bus.invalidate(ganglion_replication::Invalidation::Sessions);
     Ok(())
@@ -259,4 +272,30 @@ pub(crate) async fn create_filter(
     let filter_id = store::insert_filter(&mut tx, user_id.as_str(), &text).await.map_err(internal)?;
     tx.commit().await.map_err(|e| internal(ganglion_storage::StorageError::from(e)))?;
     Ok(filter_id.to_string())
+}
+
+/// Deletes devices with their keys and pending to-device messages in `tx` (under the writer
+/// lock). When one had keys, records the user's device-list change: the row to publish once
+/// `tx` is committed.
+async fn delete_devices_in(
+    writer: &Writer,
+    tx: &mut ganglion_storage::Conn,
+    user_id: &str,
+    device_ids: Vec<String>,
+) -> MasterResult<Option<StreamRow>> {
+    let mut had_keys = false;
+    for device_id in &device_ids {
+        store::delete_device(tx, user_id, device_id).await.map_err(internal)?;
+        had_keys |= keys::forget_device(tx, user_id, device_id).await?;
+    }
+    if !had_keys {
+        return Ok(None);
+    }
+    keys::device_list_changed(writer, tx, user_id).await.map(Some)
+}
+
+fn published(svc: &MasterService, writer: &mut Writer, row: Option<StreamRow>) {
+    if let Some(row) = row {
+        keys::publish_device_list_row(svc, writer, row);
+    }
 }

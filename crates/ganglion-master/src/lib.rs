@@ -8,6 +8,7 @@
 
 mod accounts;
 mod ephemeral;
+mod keys;
 mod power;
 mod rooms;
 mod sends;
@@ -23,10 +24,11 @@ use ganglion_events::{
 };
 use ganglion_replication::{Bus, Positions, TypingStore};
 use ganglion_rpc::{
-    Accounts, CheckPassword, CreateFilter, CreateRoom, DeleteAlias, DeleteDevices, Ephemeral, ForgetRoom,
-    LoginRequest, Logout, LogoutAll, MasterResult, RegisterRequest, RenameDevice, Rooms, SendEvent,
-    SessionGrant, SetAccountData, SetAlias, SetPassword, SetProfile, SetReceipt, SetRoomVisibility,
-    SetTyping, Streams, TypingSnapshot, UpdateMembership,
+    Accounts, CheckPassword, ClaimKeys, ClaimedKey, CreateFilter, CreateRoom, DeleteAlias, DeleteDevices,
+    Ephemeral, ForgetRoom, Keys, LoginRequest, Logout, LogoutAll, MasterResult, OneTimeKeyCounts,
+    RegisterRequest, RenameDevice, Rooms, SendEvent, SendToDevice, SessionGrant, SetAccountData, SetAlias,
+    SetPassword, SetProfile, SetReceipt, SetRoomVisibility, SetTyping, Streams, TypingSnapshot,
+    UpdateMembership, UploadKeys, UploadSignatures, UploadSigningKeys,
 };
 use ganglion_state::Caches;
 use ganglion_storage::Db;
@@ -201,6 +203,29 @@ impl Ephemeral for MasterService {
 
     async fn set_account_data(&self, r: SetAccountData) -> MasterResult<()> {
         ephemeral::set_account_data(self, &r.user_id, r.room_id.as_ref(), &r.data_type, r.content).await
+    }
+}
+
+#[async_trait]
+impl Keys for MasterService {
+    async fn upload_keys(&self, r: UploadKeys) -> MasterResult<OneTimeKeyCounts> {
+        keys::upload_keys(self, r).await
+    }
+
+    async fn claim_keys(&self, r: ClaimKeys) -> MasterResult<Vec<ClaimedKey>> {
+        keys::claim_keys(self, r).await
+    }
+
+    async fn upload_signing_keys(&self, r: UploadSigningKeys) -> MasterResult<()> {
+        keys::upload_signing_keys(self, r).await
+    }
+
+    async fn upload_signatures(&self, r: UploadSignatures) -> MasterResult<serde_json::Value> {
+        keys::upload_signatures(self, r).await
+    }
+
+    async fn send_to_device(&self, r: SendToDevice) -> MasterResult<()> {
+        keys::send_to_device(self, r).await
     }
 }
 

@@ -25,10 +25,7 @@ pub struct Writer {
     pub(crate) last_event_pos: i64,
     pub(crate) last_receipt_pos: i64,
     pub(crate) last_account_data_pos: i64,
-    // Read by the writes of these streams, which land next.
-    #[allow(dead_code)]
     pub(crate) last_to_device_pos: i64,
-    #[allow(dead_code)]
     pub(crate) last_device_list_pos: i64,
     #[allow(dead_code)]
     pub(crate) last_presence_pos: i64,

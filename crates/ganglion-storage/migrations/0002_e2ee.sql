@@ -116,3 +116,7 @@ CREATE TABLE backup_keys (
     session_data_json TEXT NOT NULL,
     PRIMARY KEY (user_id, version, room_id, session_id)
 );
+
+-- Membership changes by position: a sync reads those in its range to tell which users' device
+-- lists it must report as changed or left.
+CREATE INDEX memberships_by_position ON memberships (stream_pos);

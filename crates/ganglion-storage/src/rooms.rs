@@ -262,3 +262,55 @@ pub async fn joined_member_count(conn: &mut Conn, room_nid: RoomNid) -> Result<i
         .await?;
     Ok(row.get(0))
 }
+
+/// The rooms a user is joined or invited to: who sees the user's device list and presence.
+pub async fn room_ids_shared_by_user(conn: &mut Conn, user_id: &str) -> Result<Vec<String>> {
+    let rows = sqlx::query(
+        "SELECT r.room_id FROM memberships m JOIN rooms r ON r.room_nid = m.room_nid
+         WHERE m.user_id = $1 AND m.membership IN ('join', 'invite') ORDER BY r.room_id",
+    )
+    .bind(user_id)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|row| row.get(0)).collect())
+}
+
+/// Every user joined or invited to a room the user is joined or invited to, the user included.
+pub async fn users_sharing_a_room_with(conn: &mut Conn, user_id: &str) -> Result<Vec<String>> {
+    let rows = sqlx::query(
+        "SELECT DISTINCT o.user_id FROM memberships m JOIN memberships o ON o.room_nid = m.room_nid
+         WHERE m.user_id = $1 AND m.membership IN ('join', 'invite') AND o.membership IN ('join', 'invite')
+         ORDER BY o.user_id",
+    )
+    .bind(user_id)
+    .fetch_all(conn)
+    .await?;
+    let mut users: Vec<String> = rows.into_iter().map(|row| row.get(0)).collect();
+    if let Err(at) = users.binary_search_by(|user| user.as_str().cmp(user_id)) {
+        users.insert(at, user_id.to_owned());
+    }
+    Ok(users)
+}
+
+/// The current memberships in `rooms` that changed in `after < stream_pos <= up_to`.
+pub async fn membership_changes_between(
+    conn: &mut Conn,
+    rooms: &[RoomNid],
+    after: i64,
+    up_to: i64,
+) -> Result<Vec<MembershipRow>> {
+    let mut changes = Vec::new();
+    for chunk in rooms.chunks(500) {
+        let sql = format!(
+            "SELECT {MEMBERSHIP_COLUMNS} FROM memberships WHERE stream_pos > $1 AND stream_pos <= $2
+             AND room_nid IN ({}) ORDER BY stream_pos",
+            crate::state::placeholders(chunk.len(), 3)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(after).bind(up_to);
+        for room in chunk {
+            query = query.bind(room.0);
+        }
+        changes.extend(query.fetch_all(&mut *conn).await?.into_iter().map(membership_from_row));
+    }
+    Ok(changes)
+}

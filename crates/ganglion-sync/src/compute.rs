@@ -7,7 +7,7 @@
 //! user's memberships together with the timeline windows of the changed rooms in one query.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::Arc,
 };
 
@@ -22,7 +22,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::{
-    IgnoredUsers, SyncState, ephemeral,
+    IgnoredUsers, SyncState,
+    e2ee::{self, DeviceListChanges},
+    ephemeral,
     filter::Filter,
     timeline::{self, Range, Selection, Timeline, Window},
 };
@@ -75,6 +77,10 @@ pub(crate) struct SyncBatch {
     pub invite: Map<String, Value>,
     pub leave: Map<String, Value>,
     pub account_data: Vec<Value>,
+    pub to_device: Vec<Value>,
+    pub device_lists: DeviceListChanges,
+    pub one_time_key_counts: BTreeMap<String, i64>,
+    pub unused_fallback_key_types: Vec<String>,
     /// The rooms the user is joined to (and the filter allows): new rows in them may change
     /// the next response.
     pub joined_room_ids: Vec<Arc<str>>,
@@ -86,6 +92,8 @@ impl SyncBatch {
             && self.invite.is_empty()
             && self.leave.is_empty()
             && self.account_data.is_empty()
+            && self.to_device.is_empty()
+            && self.device_lists.is_empty()
     }
 
     pub(crate) fn into_json(self) -> Value {
@@ -94,8 +102,10 @@ impl SyncBatch {
             "rooms": { "join": self.join, "invite": self.invite, "leave": self.leave, "knock": {} },
             "account_data": { "events": self.account_data },
             "presence": { "events": [] },
-            "to_device": { "events": [] },
-            "device_lists": { "changed": [], "left": [] },
+            "to_device": { "events": self.to_device },
+            "device_lists": { "changed": self.device_lists.changed, "left": self.device_lists.left },
+            "device_one_time_keys_count": self.one_time_key_counts,
+            "device_unused_fallback_key_types": self.unused_fallback_key_types,
         })
     }
 }
@@ -157,6 +167,18 @@ pub(crate) async fn sync_batch(
         }
         _ => (user_rooms(state, &mut conn, request.user_id).await?.as_ref().clone(), Vec::new()),
     };
+    let device_lists = match &request.since {
+        Some(since) => {
+            let rooms: Vec<RoomNid> = rows.iter().map(|row| row.room_nid).collect();
+            e2ee::device_list_changes(&mut conn, request.user_id, &rooms, since, &next).await?
+        }
+        // An initial sync has no device-list changes: the client fetches every list it needs.
+        None => DeviceListChanges::default(),
+    };
+    let (to_device, to_device_stop) =
+        e2ee::to_device(&mut conn, request.user_id, request.device_id, request.since.as_ref(), &next).await?;
+    let (one_time_key_counts, unused_fallback_key_types) =
+        e2ee::key_state(&mut conn, request.user_id, request.device_id).await?;
     let mut joined = Vec::new();
     let mut invited = Vec::new();
     let mut left = Vec::new();
@@ -187,12 +209,20 @@ pub(crate) async fn sync_batch(
         }
     }
 
+    let mut next_batch = next;
+    if let Some(stop) = to_device_stop {
+        next_batch.to_device = stop;
+    }
     let mut batch = SyncBatch {
-        next_batch: next,
+        next_batch,
         join: Map::new(),
         invite: Map::new(),
         leave: Map::new(),
         account_data: Vec::new(),
+        to_device,
+        device_lists,
+        one_time_key_counts,
+        unused_fallback_key_types,
         joined_room_ids: listen,
     };
     // Push rules are server defaults (users cannot change them yet); clients such as Element

@@ -3,6 +3,7 @@
 //! through the `Notifier` only for rows of the user's rooms or the user, never by polling.
 
 mod compute;
+mod e2ee;
 mod ephemeral;
 pub mod filter;
 mod handler;
@@ -105,11 +106,11 @@ impl FromRef<SyncState> for Arc<dyn Authenticator> {
 }
 
 pub fn routes() -> Vec<Route<SyncState>> {
-    ganglion_http::with_r0_aliases(vec![Route::get(
-        "/_matrix/client/v3/sync",
-        EndpointClass::Sync,
-        handler::sync,
-    )])
+    ganglion_http::with_r0_aliases(vec![
+        Route::get("/_matrix/client/v3/sync", EndpointClass::Sync, handler::sync),
+        // Device-list changes are the sync's to compute; any reader may answer them.
+        Route::get("/_matrix/client/v3/keys/changes", EndpointClass::ClientRead, e2ee::changes),
+    ])
 }
 
 #[cfg(test)]

@@ -10,11 +10,11 @@ mod devices;
 mod discovery;
 mod filters;
 mod login;
-mod password;
+pub(crate) mod password;
 mod profile;
 mod push_rules;
 mod register;
-mod uia;
+pub(crate) mod uia;
 
 use ganglion_events::ruma::OwnedUserId;
 use ganglion_http::{MatrixError, MatrixResult, Route, Session};

@@ -4,7 +4,7 @@
 //! Reads go to the database and never past the readable positions; every write goes to the
 //! master.
 
-mod access;
+pub(crate) mod access;
 
 pub(crate) use access::{from_object, room_id as room_id_param, user_id as user_id_param};
 mod create;

@@ -29,11 +29,12 @@ use tonic::transport::Endpoint;
 
 use super::{ReadYourWrites, RemoteMaster, serve};
 use crate::{
-    Accounts, CheckPassword, CreateFilter, CreateRoom, CreateRoomRequest, DeleteAlias, DeleteDevices,
-    Ephemeral, ForgetRoom, InitialStateEvent, LoginRequest, Logout, LogoutAll, MasterError, MasterResult,
-    MembershipChange, Preset, ProfileField, RegisterRequest, RenameDevice, Rooms, SendEvent, SessionGrant,
-    SetAccountData, SetAlias, SetPassword, SetProfile, SetReceipt, SetRoomVisibility, SetTyping, Streams,
-    TypingSnapshot, UpdateMembership, trace,
+    Accounts, CheckPassword, ClaimKeys, ClaimedKey, CreateFilter, CreateRoom, CreateRoomRequest, DeleteAlias,
+    DeleteDevices, Ephemeral, ForgetRoom, InitialStateEvent, KeyClaim, Keys, LoginRequest, Logout, LogoutAll,
+    MasterError, MasterResult, MembershipChange, OneTimeKeyCounts, Preset, ProfileField, RegisterRequest,
+    RenameDevice, Rooms, SendEvent, SendToDevice, SessionGrant, SetAccountData, SetAlias, SetPassword,
+    SetProfile, SetReceipt, SetRoomVisibility, SetTyping, Streams, TypingSnapshot, UpdateMembership,
+    UploadKeys, UploadSignatures, UploadSigningKeys, trace,
 };
 
 const TIMEOUT: Duration = Duration::from_millis(200);
@@ -78,6 +79,29 @@ impl Canned for OwnedEventId {
 impl Canned for OwnedRoomId {
     fn canned() -> OwnedRoomId {
         owned_room_id!("!new:test")
+    }
+}
+
+impl Canned for OneTimeKeyCounts {
+    fn canned() -> OneTimeKeyCounts {
+        OneTimeKeyCounts([("signed_curve25519".to_owned(), 49)].into())
+    }
+}
+
+impl Canned for Vec<ClaimedKey> {
+    fn canned() -> Vec<ClaimedKey> {
+        vec![ClaimedKey {
+            user_id: owned_user_id!("@bob:test"),
+            device_id: "BOBPHONE".into(),
+            key_id: "signed_curve25519:AAAAHQ".to_owned(),
+            key: json!({ "key": "zKbLg+NrIjpnagy+pIY6uPL4ZwEG2v+8F9lmgsnlZzs", "signatures": {} }),
+        }]
+    }
+}
+
+impl Canned for serde_json::Value {
+    fn canned() -> serde_json::Value {
+        json!({ "@bob:test": { "BOBPHONE": { "errcode": "M_INVALID_SIGNATURE", "error": "no" } } })
     }
 }
 
@@ -325,6 +349,43 @@ async fn calls_round_trip_exactly() {
         content: json!({}),
     };
     round_trip(f, global, async |r| m.set_account_data(r).await).await;
+
+    let upload = UploadKeys {
+        user_id: alice(),
+        device_id: "PHONE".into(),
+        device_keys: Some(json!({ "user_id": "@alice:test", "device_id": "PHONE", "keys": {} })),
+        one_time_keys: Some(json!({ "signed_curve25519:AAAAHQ": { "key": "k" } })),
+        fallback_keys: None,
+    };
+    let counts = round_trip(f, upload, async |r| m.upload_keys(r).await).await;
+    assert_eq!(counts, OneTimeKeyCounts::canned());
+    let claim = ClaimKeys {
+        claims: vec![KeyClaim {
+            user_id: owned_user_id!("@bob:test"),
+            device_id: "BOBPHONE".into(),
+            algorithm: "signed_curve25519".to_owned(),
+        }],
+    };
+    assert_eq!(round_trip(f, claim, async |r| m.claim_keys(r).await).await, Vec::<ClaimedKey>::canned());
+    let signing = UploadSigningKeys {
+        user_id: alice(),
+        master_key: Some(json!({ "usage": ["master"] })),
+        self_signing_key: None,
+        user_signing_key: Some(json!({ "usage": ["user_signing"] })),
+    };
+    round_trip(f, signing, async |r| m.upload_signing_keys(r).await).await;
+    let signatures =
+        UploadSignatures { user_id: alice(), signatures: json!({ "@alice:test": { "PHONE": {} } }) };
+    let failures = round_trip(f, signatures, async |r| m.upload_signatures(r).await).await;
+    assert_eq!(failures, serde_json::Value::canned());
+    let to_device = SendToDevice {
+        sender: alice(),
+        sender_device: "PHONE".into(),
+        event_type: "m.room_key_request".to_owned(),
+        txn_id: "t1".to_owned(),
+        body: json!({ "messages": { "@bob:test": { "*": { "action": "cancellation" } } } }),
+    };
+    round_trip(f, to_device, async |r| m.send_to_device(r).await).await;
 
     assert_eq!(master.positions().await.unwrap(), sync_token());
     assert_eq!(master.typing_snapshot().await.unwrap(), typing_snapshot());

@@ -1,0 +1,174 @@
+//! The end-to-end encryption parts of a sync: the device's to-device messages, the device lists
+//! that changed, and the device's one-time and fallback key state; and `GET /keys/changes`,
+//! which reports device-list changes between two tokens the same way.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use axum::{Json, extract::State};
+use ganglion_http::{Auth, MatrixError, MatrixQuery, MatrixResult};
+use ganglion_storage::{Conn, keys as key_store, rooms as room_store, to_device as to_device_store};
+use ganglion_types::{RoomNid, StreamPosition, SyncToken};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::{SyncState, compute::SyncError};
+
+/// At most this many to-device messages per response; the rest come with the next sync.
+pub(crate) const TO_DEVICE_LIMIT: i64 = 100;
+
+/// The device's to-device messages after `since`, up to `next`, at most [`TO_DEVICE_LIMIT`].
+/// Messages up to `since` were delivered in an earlier response the client acknowledged by
+/// sending its token, so they are deleted. Returns the messages and, when more are waiting, the
+/// position of the last one: the next token must not pass the messages left out.
+pub(crate) async fn to_device(
+    conn: &mut Conn,
+    user_id: &str,
+    device_id: &str,
+    since: Option<&SyncToken>,
+    next: &SyncToken,
+) -> Result<(Vec<Value>, Option<StreamPosition>), SyncError> {
+    let after = since.map_or(0, |since| since.to_device.0);
+    // Deleting is a write: look first, so the usual sync with nothing to acknowledge stays a read.
+    if after > 0
+        && !to_device_store::to_device_messages_for(conn, user_id, device_id, 0, after, 1).await?.is_empty()
+    {
+        to_device_store::delete_to_device_messages_up_to(conn, user_id, device_id, after).await?;
+    }
+    if after >= next.to_device.0 {
+        return Ok((Vec::new(), None));
+    }
+    let rows = to_device_store::to_device_messages_for(
+        conn,
+        user_id,
+        device_id,
+        after,
+        next.to_device.0,
+        TO_DEVICE_LIMIT,
+    )
+    .await?;
+    let truncated = rows.len() as i64 == TO_DEVICE_LIMIT;
+    let last = rows.last().map(|row| StreamPosition(row.stream_pos));
+    let events = rows
+        .into_iter()
+        .map(|row| {
+            let content: Value = serde_json::from_str(&row.content_json).unwrap_or_else(|_| json!({}));
+            json!({ "sender": row.sender, "type": row.event_type, "content": content })
+        })
+        .collect();
+    Ok((events, if truncated { last } else { None }))
+}
+
+/// Users whose device lists the syncing user should fetch again (`changed`) or may forget
+/// (`left`) between two tokens: users sharing a room whose devices or keys changed, users who
+/// came to share a room (they or the user joined or were invited), and users who no longer
+/// share any room.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct DeviceListChanges {
+    pub changed: BTreeSet<String>,
+    pub left: BTreeSet<String>,
+}
+
+impl DeviceListChanges {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.changed.is_empty() && self.left.is_empty()
+    }
+}
+
+fn shares(membership: &str) -> bool {
+    membership == "join" || membership == "invite"
+}
+
+/// `rooms`: every room the user has a membership in (left ones too, as leaving one is a change).
+pub(crate) async fn device_list_changes(
+    conn: &mut Conn,
+    user_id: &str,
+    rooms: &[RoomNid],
+    since: &SyncToken,
+    next: &SyncToken,
+) -> Result<DeviceListChanges, SyncError> {
+    let mut changes = DeviceListChanges::default();
+    let devices_moved = since.device_lists < next.device_lists;
+    let memberships = if since.events < next.events && !rooms.is_empty() {
+        room_store::membership_changes_between(conn, rooms, since.events.0, next.events.0).await?
+    } else {
+        Vec::new()
+    };
+    if !devices_moved && memberships.is_empty() {
+        return Ok(changes);
+    }
+    let sharing: BTreeSet<String> =
+        room_store::users_sharing_a_room_with(conn, user_id).await?.into_iter().collect();
+    if devices_moved {
+        let sharing: Vec<String> = sharing.iter().cloned().collect();
+        let moved = key_store::users_with_device_list_changes_among(
+            conn,
+            &sharing,
+            since.device_lists.0,
+            next.device_lists.0,
+        )
+        .await?;
+        changes.changed.extend(moved.into_iter().map(|(user, _)| user));
+    }
+    for membership in memberships {
+        if membership.user_id == user_id {
+            // The user's own membership: everyone in that room is new to it, or gone.
+            let members = room_store::memberships_of_room(conn, membership.room_nid, None).await?;
+            for member in members.into_iter().filter(|member| shares(&member.membership)) {
+                if member.user_id == user_id {
+                    continue;
+                }
+                if shares(&membership.membership) {
+                    changes.changed.insert(member.user_id);
+                } else if !sharing.contains(&member.user_id) {
+                    changes.left.insert(member.user_id);
+                }
+            }
+        } else if shares(&membership.membership) {
+            changes.changed.insert(membership.user_id);
+        } else if !sharing.contains(&membership.user_id) {
+            changes.left.insert(membership.user_id);
+        }
+    }
+    changes.changed.retain(|user| !changes.left.contains(user));
+    changes.left.remove(user_id);
+    Ok(changes)
+}
+
+/// The device's unclaimed one-time keys by algorithm (`signed_curve25519` always there) and the
+/// algorithms of its unused fallback keys.
+pub(crate) async fn key_state(
+    conn: &mut Conn,
+    user_id: &str,
+    device_id: &str,
+) -> Result<(BTreeMap<String, i64>, Vec<String>), SyncError> {
+    let mut counts = BTreeMap::from([("signed_curve25519".to_owned(), 0)]);
+    counts.extend(key_store::one_time_key_counts(conn, user_id, device_id).await?);
+    let fallback = key_store::unused_fallback_key_types(conn, user_id, device_id).await?;
+    Ok((counts, fallback))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ChangesQuery {
+    from: String,
+    to: String,
+}
+
+/// `GET /keys/changes`: the device-list changes between two sync tokens.
+pub(crate) async fn changes(
+    State(state): State<SyncState>,
+    Auth(session): Auth,
+    MatrixQuery(query): MatrixQuery<ChangesQuery>,
+) -> MatrixResult<Json<Value>> {
+    let parse = |token: &str, name: &str| {
+        SyncToken::parse(token).map_err(|_| MatrixError::invalid_param(format!("Invalid `{name}` token")))
+    };
+    let (from, to) = (parse(&query.from, "from")?, parse(&query.to, "to")?);
+    let mut conn = state.db.conn().await?;
+    let rooms: Vec<RoomNid> = ganglion_storage::streams::rooms_of_user(&mut conn, session.user_id.as_str())
+        .await?
+        .iter()
+        .map(|row| row.room_nid)
+        .collect();
+    let changes = device_list_changes(&mut conn, session.user_id.as_str(), &rooms, &from, &to).await?;
+    Ok(Json(json!({ "changed": changes.changed, "left": changes.left })))
+}
