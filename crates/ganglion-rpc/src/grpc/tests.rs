@@ -514,6 +514,7 @@ fn every_error_class_crosses_the_wire() {
         ErrorClass::UnsupportedRoomVersion,
         ErrorClass::GuestAccessForbidden,
         ErrorClass::Exclusive,
+        ErrorClass::WrongRoomKeysVersion { current_version: "42".to_owned() },
         ErrorClass::Unavailable,
         ErrorClass::Internal,
     ];
