@@ -1,0 +1,32 @@
+//! The end-to-end encryption module's endpoints.
+//!
+//! Reads go to the database; every write goes to the master.
+
+mod backup;
+
+use ganglion_http::Route;
+use ganglion_types::EndpointClass::{ClientRead, ClientWrite};
+
+use crate::ClientState;
+
+// One route per line, even past the line width: the table reads as data.
+#[rustfmt::skip]
+pub(crate) fn routes() -> Vec<Route<ClientState>> {
+    vec![
+        // Server-side key backup.
+        Route::post("/_matrix/client/v3/room_keys/version", ClientWrite, backup::create_version),
+        Route::get("/_matrix/client/v3/room_keys/version", ClientRead, backup::current_version),
+        Route::get("/_matrix/client/v3/room_keys/version/{version}", ClientRead, backup::version),
+        Route::put("/_matrix/client/v3/room_keys/version/{version}", ClientWrite, backup::update_version),
+        Route::delete("/_matrix/client/v3/room_keys/version/{version}", ClientWrite, backup::delete_version),
+        Route::get("/_matrix/client/v3/room_keys/keys", ClientRead, backup::keys),
+        Route::put("/_matrix/client/v3/room_keys/keys", ClientWrite, backup::put_keys),
+        Route::delete("/_matrix/client/v3/room_keys/keys", ClientWrite, backup::delete_keys),
+        Route::get("/_matrix/client/v3/room_keys/keys/{roomId}", ClientRead, backup::room_keys),
+        Route::put("/_matrix/client/v3/room_keys/keys/{roomId}", ClientWrite, backup::put_room_keys),
+        Route::delete("/_matrix/client/v3/room_keys/keys/{roomId}", ClientWrite, backup::delete_room_keys),
+        Route::get("/_matrix/client/v3/room_keys/keys/{roomId}/{sessionId}", ClientRead, backup::session_key),
+        Route::put("/_matrix/client/v3/room_keys/keys/{roomId}/{sessionId}", ClientWrite, backup::put_session_key),
+        Route::delete("/_matrix/client/v3/room_keys/keys/{roomId}/{sessionId}", ClientWrite, backup::delete_session_key),
+    ]
+}
