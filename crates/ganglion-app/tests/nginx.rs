@@ -95,6 +95,8 @@ fn concrete(path: &str) -> String {
                 "ruleId" => ".m.rule.master",
                 "receiptType" => "m.read",
                 "id" => "some-id",
+                "version" => "1",
+                "sessionId" => "sessionid1",
                 other => panic!("no example value for {{{other}}} in {path}: add one"),
             }),
         })

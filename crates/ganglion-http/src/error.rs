@@ -14,7 +14,8 @@ use serde_json::{Map, Value, json};
 pub struct MatrixError {
     pub class: ErrorClass,
     pub message: String,
-    /// Extra top-level fields (UIA `flows`/`session`, `retry_after_ms`, …).
+    /// Extra top-level fields (UIA `flows`/`session`, …). `retry_after_ms` and `current_version`
+    /// come from the class.
     pub extra: Map<String, Value>,
 }
 
@@ -84,6 +85,7 @@ impl MatrixError {
             ErrorClass::UnsupportedRoomVersion => (StatusCode::BAD_REQUEST, "M_UNSUPPORTED_ROOM_VERSION"),
             ErrorClass::GuestAccessForbidden => (StatusCode::FORBIDDEN, "M_GUEST_ACCESS_FORBIDDEN"),
             ErrorClass::Exclusive => (StatusCode::BAD_REQUEST, "M_EXCLUSIVE"),
+            ErrorClass::WrongRoomKeysVersion { .. } => (StatusCode::FORBIDDEN, "M_WRONG_ROOM_KEYS_VERSION"),
             ErrorClass::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "M_UNKNOWN"),
             ErrorClass::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN"),
         }
@@ -112,6 +114,9 @@ impl IntoResponse for MatrixError {
         }
         if let ErrorClass::LimitExceeded { retry_after } = &self.class {
             body.insert("retry_after_ms".into(), json!(retry_after.as_millis() as u64));
+        }
+        if let ErrorClass::WrongRoomKeysVersion { current_version } = &self.class {
+            body.insert("current_version".into(), json!(current_version));
         }
         body.extend(self.extra);
         let mut response = (status, Json(Value::Object(body))).into_response();

@@ -164,12 +164,31 @@ fn every_error_class_maps_to_an_errcode() {
         ErrorClass::InvalidSignature,
         ErrorClass::MissingToken,
         ErrorClass::UnknownToken,
+        ErrorClass::WrongRoomKeysVersion { current_version: "1".to_owned() },
     ];
     for class in classes {
         let (status, errcode) = MatrixError::status_and_errcode(&class);
         assert!(status.is_client_error(), "{class:?}");
         assert!(errcode.starts_with("M_"));
     }
+}
+
+#[tokio::test]
+async fn a_wrong_room_keys_version_names_the_current_one() {
+    use axum::response::IntoResponse;
+    let class = ErrorClass::WrongRoomKeysVersion { current_version: "42".to_owned() };
+    let response = MatrixError::new(class, "Wrong backup version.").into_response();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+    let body: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(
+        body,
+        json!({
+            "errcode": "M_WRONG_ROOM_KEYS_VERSION",
+            "error": "Wrong backup version.",
+            "current_version": "42",
+        })
+    );
 }
 
 fn client_of(peer: &str, forwarded_for: &[&str], real_ip: Option<&str>, trusted: &[&str]) -> String {

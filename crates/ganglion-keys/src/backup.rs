@@ -14,6 +14,10 @@ use crate::{
     json::{canonical_object, field, object_field, str_field},
 };
 
+/// The longest room id or session id a backup takes, as the spec bounds other identifiers. Real
+/// session ids are 43 bytes of base64; the bound keeps both within a database index row.
+pub const MAX_BACKUP_ID_BYTES: usize = 255;
+
 /// The metadata of a backed-up session key that decides which copy the server keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackupSession {
@@ -71,6 +75,7 @@ pub fn check_room_keys(body: &Value) -> Result<Vec<RoomKey>, KeyError> {
     let mut keys = Vec::new();
     for (room_id, room) in object_field(&body, "body", "rooms")? {
         let what = format!("rooms.{room_id}");
+        check_id_length(&what, room_id)?;
         let room_id = RoomId::parse(room_id).map_err(|_| KeyError::invalid(&what, "is not a room id"))?;
         let room = room.as_object().ok_or_else(|| KeyError::malformed(&what, "must be an object"))?;
         sessions(&what, &room_id, room, &mut keys)?;
@@ -108,12 +113,22 @@ fn sessions(
 ) -> Result<(), KeyError> {
     for (session_id, key) in object_field(room, what, "sessions")? {
         let what = format!("{what}.sessions.{session_id}");
+        check_id_length(&what, session_id)?;
         let key = key.as_object().ok_or_else(|| KeyError::malformed(&what, "must be an object"))?;
         keys.push(RoomKey {
             room_id: room_id.to_owned(),
             session_id: session_id.clone(),
             key: check_key_data(&what, key)?,
         });
+    }
+    Ok(())
+}
+
+/// Refuses a room or session id longer than [`MAX_BACKUP_ID_BYTES`]; for ids that come in a
+/// request's path, the caller checks with this too.
+pub fn check_id_length(what: &str, id: &str) -> Result<(), KeyError> {
+    if id.len() > MAX_BACKUP_ID_BYTES {
+        return Err(KeyError::invalid(what, format!("longer than {MAX_BACKUP_ID_BYTES} bytes")));
     }
     Ok(())
 }

@@ -17,8 +17,8 @@ mod signature;
 mod to_device;
 
 pub use backup::{
-    BackupKey, BackupSession, BackupVersion, RoomKey, better_session, check_backup_version,
-    check_key_backup_data, check_room_keys, check_room_sessions,
+    BackupKey, BackupSession, BackupVersion, MAX_BACKUP_ID_BYTES, RoomKey, better_session,
+    check_backup_version, check_id_length, check_key_backup_data, check_room_keys, check_room_sessions,
 };
 pub use cross_signing::{
     CrossSigningKey, CrossSigningKeys, check_cross_signing_key, check_cross_signing_keys,

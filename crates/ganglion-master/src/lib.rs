@@ -1,13 +1,14 @@
-//! The master role: the single writer of the events, receipts, typing and account-data streams
-//! and of accounts. It builds each event for its room version, checks it against the auth rules
-//! and the room's current state, persists it (event, state snapshot, room head, membership,
-//! transaction id) in one database transaction, and only then publishes it on the bus.
+//! The master role: the single writer of the events, receipts, typing and account-data streams,
+//! of accounts and of key backups. It builds each event for its room version, checks it against
+//! the auth rules and the room's current state, persists it (event, state snapshot, room head,
+//! membership, transaction id) in one database transaction, and only then publishes it on the bus.
 //!
 //! Invariant: positions on a stream are allocated under the writer lock and committed in the
 //! same transaction as their rows, so readers never see a gap.
 
 mod accounts;
 mod ephemeral;
+mod key_backup;
 mod keys;
 mod power;
 mod rooms;
@@ -24,11 +25,12 @@ use ganglion_events::{
 };
 use ganglion_replication::{Bus, Positions, TypingStore};
 use ganglion_rpc::{
-    Accounts, CheckPassword, ClaimKeys, ClaimedKey, CreateFilter, CreateRoom, DeleteAlias, DeleteDevices,
-    Ephemeral, ForgetRoom, Keys, LoginRequest, Logout, LogoutAll, MasterResult, OneTimeKeyCounts,
-    RegisterRequest, RenameDevice, Rooms, SendEvent, SendToDevice, SessionGrant, SetAccountData, SetAlias,
+    Accounts, CheckPassword, ClaimKeys, ClaimedKey, CreateBackupVersion, CreateFilter, CreateRoom,
+    DeleteAlias, DeleteBackupKeys, DeleteBackupVersion, DeleteDevices, Ephemeral, ForgetRoom, KeyBackup,
+    Keys, LoginRequest, Logout, LogoutAll, MasterResult, OneTimeKeyCounts, PutBackupKeys, RegisterRequest,
+    RenameDevice, RoomKeysUpdate, Rooms, SendEvent, SendToDevice, SessionGrant, SetAccountData, SetAlias,
     SetPassword, SetProfile, SetReceipt, SetRoomVisibility, SetTyping, Streams, TypingSnapshot,
-    UpdateMembership, UploadKeys, UploadSignatures, UploadSigningKeys,
+    UpdateBackupVersion, UpdateMembership, UploadKeys, UploadSignatures, UploadSigningKeys,
 };
 use ganglion_state::Caches;
 use ganglion_storage::Db;
@@ -56,6 +58,8 @@ pub struct MasterService {
     /// Bounds concurrent argon2 runs: each takes ~19 MiB, and an allocator keeps what a burst of
     /// logins made it grow to.
     hashing: tokio::sync::Semaphore,
+    /// Serialises each user's key backup writes.
+    backups: key_backup::BackupLocks,
 }
 
 impl MasterService {
@@ -83,6 +87,7 @@ impl MasterService {
             writer: Mutex::new(writer),
             send_queue,
             hashing: tokio::sync::Semaphore::new(2),
+            backups: key_backup::BackupLocks::new(),
         });
         let task_service = service.clone();
         tokio::spawn(async move { sends::run(&task_service, jobs).await });
@@ -226,6 +231,29 @@ impl Keys for MasterService {
 
     async fn send_to_device(&self, r: SendToDevice) -> MasterResult<()> {
         keys::send_to_device(self, r).await
+    }
+}
+
+#[async_trait]
+impl KeyBackup for MasterService {
+    async fn create_backup_version(&self, r: CreateBackupVersion) -> MasterResult<i64> {
+        key_backup::create_version(self, r).await
+    }
+
+    async fn update_backup_version(&self, r: UpdateBackupVersion) -> MasterResult<()> {
+        key_backup::update_version(self, r).await
+    }
+
+    async fn delete_backup_version(&self, r: DeleteBackupVersion) -> MasterResult<()> {
+        key_backup::delete_version(self, r).await
+    }
+
+    async fn put_backup_keys(&self, r: PutBackupKeys) -> MasterResult<RoomKeysUpdate> {
+        key_backup::put_keys(self, r).await
+    }
+
+    async fn delete_backup_keys(&self, r: DeleteBackupKeys) -> MasterResult<RoomKeysUpdate> {
+        key_backup::delete_keys(self, r).await
     }
 }
 

@@ -2,6 +2,8 @@ use ganglion_events::ruma::RoomVersionId;
 
 use super::power;
 
+mod key_backup;
+
 #[test]
 fn v12_creators_have_infinite_power() {
     let rules = RoomVersionId::V12.rules().unwrap().authorization;

@@ -1,8 +1,10 @@
 //! The master's API: every write that advances a stream the master owns (events, receipts,
-//! typing, account data) and the account writes (users, devices, tokens, filters, aliases).
+//! typing, account data), the account writes (users, devices, tokens, filters, aliases) and the
+//! key backup writes.
 //!
 //! It is split by concern into services, one module each: [`streams`] (what a starting worker
-//! reads), [`accounts`], [`rooms`], [`ephemeral`] and [`keys`]. [`Master`] is all of them together.
+//! reads), [`accounts`], [`rooms`], [`ephemeral`], [`keys`] and [`key_backup`]. [`Master`] is all
+//! of them together.
 //! Workers hold an `Arc<dyn Master>`: with `role = "all"` the master itself, called in process;
 //! in cluster mode a [`grpc::RemoteMaster`].
 //!
@@ -20,6 +22,7 @@ mod service;
 pub mod accounts;
 pub mod ephemeral;
 pub mod grpc;
+pub mod key_backup;
 pub mod keys;
 pub mod rooms;
 pub mod streams;
@@ -32,6 +35,10 @@ pub use accounts::{
 };
 pub use ephemeral::{Ephemeral, SetAccountData, SetReceipt, SetTyping};
 use ganglion_types::{ErrorClass, HasErrorClass};
+pub use key_backup::{
+    CreateBackupVersion, DeleteBackupKeys, DeleteBackupVersion, KeyBackup, PutBackupKeys, RoomKeysUpdate,
+    UpdateBackupVersion,
+};
 pub use keys::{
     ClaimKeys, ClaimedKey, KeyClaim, Keys, OneTimeKeyCounts, SendToDevice, UploadKeys, UploadSignatures,
     UploadSigningKeys,
@@ -86,6 +93,6 @@ impl HasErrorClass for MasterError {
 pub type MasterResult<T> = Result<T, MasterError>;
 
 /// The whole master: every service. Implemented by anything that implements them all.
-pub trait Master: Streams + Accounts + Rooms + Ephemeral + Keys {}
+pub trait Master: Streams + Accounts + Rooms + Ephemeral + Keys + KeyBackup {}
 
-impl<T: Streams + Accounts + Rooms + Ephemeral + Keys + ?Sized> Master for T {}
+impl<T: Streams + Accounts + Rooms + Ephemeral + Keys + KeyBackup + ?Sized> Master for T {}

@@ -96,6 +96,17 @@ pub async fn backup_version(
         .map(version_from_row))
 }
 
+/// Whether the user ever had this version, deleted or not: deleting a deleted version succeeds,
+/// deleting one that never existed does not.
+pub async fn backup_version_existed(conn: &mut Conn, user_id: &str, version: i64) -> Result<bool> {
+    let row = sqlx::query("SELECT 1 FROM backup_versions WHERE user_id = $1 AND version = $2")
+        .bind(user_id)
+        .bind(version)
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.is_some())
+}
+
 /// Replaces a version's `auth_data`; returns false when there is no such (undeleted) version.
 pub async fn set_backup_auth_data(
     conn: &mut Conn,

@@ -40,6 +40,11 @@ pub enum ErrorClass {
     UnsupportedRoomVersion,
     GuestAccessForbidden,
     Exclusive,
+    /// A key backup write named a backup version that is not the user's current one (403
+    /// `M_WRONG_ROOM_KEYS_VERSION`); the answer names the current version.
+    WrongRoomKeysVersion {
+        current_version: String,
+    },
     /// The request needs a dependency that is down (e.g. the master); retry later.
     Unavailable,
     Internal,

@@ -84,6 +84,15 @@ fn room_key_bodies_list_every_session() {
     let error = check_room_keys(&bad_session).unwrap_err();
     assert_eq!(error.to_string(), "rooms.!a:example.org.sessions.s1.first_message_index: is required");
     assert_eq!(class(check_room_keys(&json!({}))), ErrorClass::BadJson);
+
+    // Ids beyond the bound are refused wherever they are.
+    let long_session = "s".repeat(MAX_BACKUP_ID_BYTES + 1);
+    let body = json!({ "sessions": { long_session.clone(): key_data() } });
+    assert_eq!(class(check_room_sessions(&room_id, &body)), ErrorClass::InvalidParam);
+    let long_room = format!("!{}:example.org", "r".repeat(MAX_BACKUP_ID_BYTES));
+    let body = json!({ "rooms": { long_room: { "sessions": {} } } });
+    assert_eq!(class(check_room_keys(&body)), ErrorClass::InvalidParam);
+    assert!(check_id_length("session", &long_session[1..]).is_ok());
 }
 
 #[test]

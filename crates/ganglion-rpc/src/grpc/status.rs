@@ -50,6 +50,7 @@ pub(crate) fn status_from_error(error: MasterError) -> Status {
         ErrorClass::UnsupportedRoomVersion => (Wire::UnsupportedRoomVersion, Code::InvalidArgument),
         ErrorClass::GuestAccessForbidden => (Wire::GuestAccessForbidden, Code::PermissionDenied),
         ErrorClass::Exclusive => (Wire::Exclusive, Code::PermissionDenied),
+        ErrorClass::WrongRoomKeysVersion { .. } => (Wire::WrongRoomKeysVersion, Code::FailedPrecondition),
         ErrorClass::Unavailable => (Wire::Unavailable, Code::Unavailable),
         ErrorClass::Internal => (Wire::Internal, Code::Internal),
     };
@@ -59,7 +60,16 @@ pub(crate) fn status_from_error(error: MasterError) -> Status {
         }
         _ => 0,
     };
-    let failure = pb::MasterFailure { class: class as i32, message: error.message.clone(), retry_after_ms };
+    let current_version = match &error.class {
+        ErrorClass::WrongRoomKeysVersion { current_version } => current_version.clone(),
+        _ => String::new(),
+    };
+    let failure = pb::MasterFailure {
+        class: class as i32,
+        message: error.message.clone(),
+        retry_after_ms,
+        current_version,
+    };
     Status::with_details(code, error.message, failure.encode_to_vec().into())
 }
 
@@ -110,6 +120,9 @@ fn error_class(failure: &pb::MasterFailure) -> Option<ErrorClass> {
         Wire::UnsupportedRoomVersion => ErrorClass::UnsupportedRoomVersion,
         Wire::GuestAccessForbidden => ErrorClass::GuestAccessForbidden,
         Wire::Exclusive => ErrorClass::Exclusive,
+        Wire::WrongRoomKeysVersion => {
+            ErrorClass::WrongRoomKeysVersion { current_version: failure.current_version.clone() }
+        }
         Wire::Unavailable => ErrorClass::Unavailable,
         Wire::Internal => ErrorClass::Internal,
     })

@@ -20,7 +20,10 @@ use ganglion_events::{
         owned_room_id, owned_user_id,
     },
 };
-use ganglion_proto::master::v1::{self as pb, ephemeral_client::EphemeralClient, rooms_client::RoomsClient};
+use ganglion_proto::master::v1::{
+    self as pb, ephemeral_client::EphemeralClient, key_backup_client::KeyBackupClient,
+    rooms_client::RoomsClient,
+};
 use ganglion_types::{ErrorClass, StreamPosition, SyncToken};
 use prost::Message;
 use serde_json::json;
@@ -29,12 +32,13 @@ use tonic::transport::Endpoint;
 
 use super::{ReadYourWrites, RemoteMaster, serve};
 use crate::{
-    Accounts, CheckPassword, ClaimKeys, ClaimedKey, CreateFilter, CreateRoom, CreateRoomRequest, DeleteAlias,
-    DeleteDevices, Ephemeral, ForgetRoom, InitialStateEvent, KeyClaim, Keys, LoginRequest, Logout, LogoutAll,
-    MasterError, MasterResult, MembershipChange, OneTimeKeyCounts, Preset, ProfileField, RegisterRequest,
-    RenameDevice, Rooms, SendEvent, SendToDevice, SessionGrant, SetAccountData, SetAlias, SetPassword,
-    SetProfile, SetReceipt, SetRoomVisibility, SetTyping, Streams, TypingSnapshot, UpdateMembership,
-    UploadKeys, UploadSignatures, UploadSigningKeys, trace,
+    Accounts, CheckPassword, ClaimKeys, ClaimedKey, CreateBackupVersion, CreateFilter, CreateRoom,
+    CreateRoomRequest, DeleteAlias, DeleteBackupKeys, DeleteBackupVersion, DeleteDevices, Ephemeral,
+    ForgetRoom, InitialStateEvent, KeyBackup, KeyClaim, Keys, LoginRequest, Logout, LogoutAll, MasterError,
+    MasterResult, MembershipChange, OneTimeKeyCounts, Preset, ProfileField, PutBackupKeys, RegisterRequest,
+    RenameDevice, RoomKeysUpdate, Rooms, SendEvent, SendToDevice, SessionGrant, SetAccountData, SetAlias,
+    SetPassword, SetProfile, SetReceipt, SetRoomVisibility, SetTyping, Streams, TypingSnapshot,
+    UpdateBackupVersion, UpdateMembership, UploadKeys, UploadSignatures, UploadSigningKeys, trace,
 };
 
 const TIMEOUT: Duration = Duration::from_millis(200);
@@ -67,6 +71,18 @@ impl Canned for bool {
 impl Canned for String {
     fn canned() -> String {
         "filter-1".to_owned()
+    }
+}
+
+impl Canned for i64 {
+    fn canned() -> i64 {
+        7
+    }
+}
+
+impl Canned for RoomKeysUpdate {
+    fn canned() -> RoomKeysUpdate {
+        RoomKeysUpdate { etag: 3, count: 2 }
     }
 }
 
@@ -386,6 +402,42 @@ async fn calls_round_trip_exactly() {
         body: json!({ "messages": { "@bob:test": { "*": { "action": "cancellation" } } } }),
     };
     round_trip(f, to_device, async |r| m.send_to_device(r).await).await;
+    let auth_data = r#"{"public_key":"abc","signatures":{}}"#.to_owned();
+    let algorithm = "m.megolm_backup.v1.curve25519-aes-sha2".to_owned();
+    let create =
+        CreateBackupVersion { user_id: alice(), algorithm: algorithm.clone(), auth_data: auth_data.clone() };
+    assert_eq!(round_trip(f, create, async |r| m.create_backup_version(r).await).await, 7);
+    let update = UpdateBackupVersion { user_id: alice(), version: 7, algorithm, auth_data };
+    round_trip(f, update, async |r| m.update_backup_version(r).await).await;
+    let delete = DeleteBackupVersion { user_id: alice(), version: 6 };
+    round_trip(f, delete, async |r| m.delete_backup_version(r).await).await;
+    let key_data = json!({
+        "first_message_index": 3,
+        "forwarded_count": 1,
+        "is_verified": true,
+        "session_data": { "ciphertext": "c", "ephemeral": "e", "mac": "m" },
+    });
+    // The largest count JSON can carry exactly.
+    let unverified = json!({
+        "first_message_index": 0,
+        "forwarded_count": 9_007_199_254_740_991_u64,
+        "is_verified": false,
+        "session_data": {},
+    });
+    let body = json!({ "rooms": { "!room:test": { "sessions": { "s1": key_data, "s2": unverified } } } });
+    let keys = ganglion_keys::check_room_keys(&body).unwrap();
+    let put = PutBackupKeys { user_id: alice(), version: 7, keys };
+    let update = round_trip(f, put, async |r| m.put_backup_keys(r).await).await;
+    assert_eq!(update, RoomKeysUpdate::canned());
+    let delete = DeleteBackupKeys {
+        user_id: alice(),
+        version: 7,
+        room_id: Some(room()),
+        session_id: Some("s1".to_owned()),
+    };
+    round_trip(f, delete, async |r| m.delete_backup_keys(r).await).await;
+    let delete = DeleteBackupKeys { user_id: alice(), version: 7, room_id: None, session_id: None };
+    round_trip(f, delete, async |r| m.delete_backup_keys(r).await).await;
 
     assert_eq!(master.positions().await.unwrap(), sync_token());
     assert_eq!(master.typing_snapshot().await.unwrap(), typing_snapshot());
@@ -421,7 +473,8 @@ async fn bad_input_is_a_typed_invalid_argument() {
     let (address, _stop) = start_on(fake.clone(), "127.0.0.1:0".parse().unwrap()).await;
     let channel = Endpoint::from_shared(format!("http://{address}")).unwrap().connect().await.unwrap();
     let mut rooms = RoomsClient::new(channel.clone());
-    let mut ephemeral = EphemeralClient::new(channel);
+    let mut ephemeral = EphemeralClient::new(channel.clone());
+    let mut key_backup = KeyBackupClient::new(channel);
 
     let bad_user = pb::ForgetRoomRequest { user_id: "alice".to_owned(), room_id: "!room:test".to_owned() };
     let status = rooms.forget_room(bad_user).await.unwrap_err();
@@ -456,6 +509,24 @@ async fn bad_input_is_a_typed_invalid_argument() {
         reason: None,
     };
     let status = rooms.update_membership(unknown_change).await.unwrap_err();
+    assert_eq!(pb::MasterFailure::decode(status.details()).unwrap().class(), pb::ErrorCode::InvalidParam);
+
+    let key = pb::BackupRoomKey {
+        room_id: "!room:test".to_owned(),
+        session_id: "s1".to_owned(),
+        session_data_json: "{}".to_owned(),
+        ..Default::default()
+    };
+    let put = |key: pb::BackupRoomKey| pb::PutBackupKeysRequest {
+        user_id: "@alice:test".to_owned(),
+        version: 1,
+        keys: vec![key],
+    };
+    let not_an_object = pb::BackupRoomKey { session_data_json: "[]".to_owned(), ..key.clone() };
+    let status = key_backup.put_backup_keys(put(not_an_object)).await.unwrap_err();
+    assert_eq!(pb::MasterFailure::decode(status.details()).unwrap().class(), pb::ErrorCode::BadJson);
+    let beyond_json = pb::BackupRoomKey { first_message_index: 1 << 53, ..key };
+    let status = key_backup.put_backup_keys(put(beyond_json)).await.unwrap_err();
     assert_eq!(pb::MasterFailure::decode(status.details()).unwrap().class(), pb::ErrorCode::InvalidParam);
 
     assert!(fake.calls().is_empty(), "the master saw {:?}", fake.calls());
@@ -579,6 +650,7 @@ fn every_error_class_crosses_the_wire() {
         ErrorClass::UnsupportedRoomVersion,
         ErrorClass::GuestAccessForbidden,
         ErrorClass::Exclusive,
+        ErrorClass::WrongRoomKeysVersion { current_version: "42".to_owned() },
         ErrorClass::Unavailable,
         ErrorClass::Internal,
     ];
@@ -637,6 +709,9 @@ async fn the_worker_waits_for_its_own_writes_as_each_call_asks() {
         .await
         .unwrap();
     master.check_password(CheckPassword { user_id: alice(), password: "pw".to_owned() }).await.unwrap();
+    // Backups are no stream: the master committed them before answering.
+    let put = PutBackupKeys { user_id: alice(), version: 1, keys: Vec::new() };
+    master.put_backup_keys(put).await.unwrap();
     assert!(seen().is_empty());
     // A failed call asks nothing of the worker.
     fake.fail_with(MasterError::forbidden("no"));

@@ -47,6 +47,11 @@ on_both_backends!(backup_versions_are_numbered_and_never_reused, |db| {
     assert!(key_backup::delete_backup_version(&mut tx, "@a:x", 2).await.unwrap());
     tx.commit().await.unwrap();
     assert!(!key_backup::delete_backup_version(&mut conn, "@a:x", 2).await.unwrap());
+    // Deleted versions still existed; a number never handed out did not.
+    assert!(key_backup::backup_version_existed(&mut conn, "@a:x", 2).await.unwrap());
+    assert!(key_backup::backup_version_existed(&mut conn, "@a:x", 1).await.unwrap());
+    assert!(!key_backup::backup_version_existed(&mut conn, "@a:x", 9).await.unwrap());
+    assert!(!key_backup::backup_version_existed(&mut conn, "@b:x", 2).await.unwrap());
     assert_eq!(key_backup::backup_key_count(&mut conn, "@a:x", 2).await.unwrap(), 0);
     assert_eq!(key_backup::backup_version(&mut conn, "@a:x", 2).await.unwrap(), None);
     assert!(!key_backup::set_backup_auth_data(&mut conn, "@a:x", 2, "{}").await.unwrap());
