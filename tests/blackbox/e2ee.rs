@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeSet, time::Duration};
 
-use ganglion_testkit::{Account, Backend, enc, sdk_client, sdk_login};
+use ganglion_testkit::{Account, Backend, ServerOptions, TestServer, enc, sdk_client, sdk_login};
 use matrix_sdk::{
     Client,
     config::SyncSettings,
@@ -35,6 +35,7 @@ on_all_backends!(
     to_device_messages_arrive_once_and_are_deleted_once_acknowledged,
     device_lists_follow_devices_and_memberships,
     bad_key_uploads_are_refused_and_store_nothing,
+    invite_only_rooms_are_encrypted_when_the_server_says_so,
 );
 
 fn sync_settings() -> SyncSettings {
@@ -439,4 +440,36 @@ async fn bad_key_uploads_are_refused_and_store_nothing(backend: Backend) {
     alice.put("/_matrix/client/v3/sendToDevice/m.test/big", &too_big).await.unwrap().err(413, "M_TOO_LARGE");
     let sync = bob.sync("").await.unwrap();
     assert_eq!(sync["to_device"]["events"], json!([]));
+}
+
+async fn invite_only_rooms_are_encrypted_when_the_server_says_so(backend: Backend) {
+    let options = ServerOptions {
+        env: vec![("GANGLION_ROOMS__ENCRYPTION_ENABLED_BY_DEFAULT_FOR_ROOM_TYPE".into(), "invite".into())],
+        ..ServerOptions::default()
+    };
+    let server = TestServer::start(backend, options).await.unwrap();
+    let alice = sdk_client(&server.base_url, "alice", PASSWORD).await.unwrap();
+    let bob = sdk_client(&server.base_url, "bob", PASSWORD).await.unwrap();
+    // Both upload their device keys first.
+    sync_all(&[&alice, &bob]).await;
+    let raw = account_of(&server, &alice);
+    let encryption_of = async |room: &str| {
+        raw.get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.encryption/", enc(room))).await.unwrap()
+    };
+    let public = raw.create_room(&json!({ "preset": "public_chat" })).await.unwrap();
+    encryption_of(&public).await.err(404, "M_NOT_FOUND");
+    let private = raw.create_room(&json!({ "preset": "private_chat" })).await.unwrap();
+    assert_eq!(encryption_of(&private).await.ok(), json!({ "algorithm": "m.megolm.v1.aes-sha2" }));
+
+    // A client sending there encrypts without being asked, and the other member decrypts.
+    let room_id = OwnedRoomId::try_from(private.as_str()).unwrap();
+    let raw_bob = account_of(&server, &bob);
+    raw.invite(&private, &raw_bob.user_id).await.unwrap();
+    raw_bob.join(&private).await.unwrap();
+    sync_all(&[&alice, &bob]).await;
+    send_text(&alice, &room_id, "encrypted by default").await;
+    until_all_decrypt(&[&alice, &bob], &room_id, &BTreeSet::from(["encrypted by default".to_owned()])).await;
+    let events = crate::paginate(&raw_bob, &private, "b", None, 50).await;
+    assert!(events.iter().any(|event| event["type"] == "m.room.encrypted"));
+    assert!(!events.iter().any(|event| event["type"] == "m.room.message"));
 }

@@ -297,6 +297,23 @@ impl RateLimitConfig {
 pub struct RoomsConfig {
     /// Room version for new rooms when the client names none.
     pub default_version: String,
+    /// Which new rooms get `m.room.encryption` in their initial state.
+    #[serde(default)]
+    pub encryption_enabled_by_default_for_room_type: EncryptionByDefault,
+}
+
+/// Rooms that are encrypted from their creation, whatever the client asks (as Synapse's setting
+/// of the same name).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EncryptionByDefault {
+    /// Every new room.
+    All,
+    /// Rooms created with the `private_chat` or `trusted_private_chat` preset.
+    Invite,
+    /// None: clients decide.
+    #[default]
+    Off,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -333,7 +350,10 @@ impl Config {
             registration: RegistrationConfig { enabled: true },
             // For trying out locally: on, but no one person at a keyboard reaches these.
             rate_limits: RateLimitConfig::uniform(Bucket { per_second: 100.0, burst: 1000 }),
-            rooms: RoomsConfig { default_version: "12".into() },
+            rooms: RoomsConfig {
+                default_version: "12".into(),
+                encryption_enabled_by_default_for_room_type: EncryptionByDefault::Off,
+            },
             redis: RedisConfig { url: String::new(), stream_maxlen: 10_000 },
             cluster: ClusterConfig {
                 rpc_timeout_ms: 10_000,

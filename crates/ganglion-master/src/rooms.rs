@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use ganglion_config::EncryptionByDefault;
 use ganglion_events::{
     EventTemplate,
     ruma::{
@@ -369,6 +370,15 @@ pub(crate) async fn create_room(
     put("m.room.history_visibility", "", json!({ "history_visibility": "shared" }));
     let guest_access = if preset == Preset::PublicChat { "forbidden" } else { "can_join" };
     put("m.room.guest_access", "", json!({ "guest_access": guest_access }));
+    let encrypted = match svc.config.rooms.encryption_enabled_by_default_for_room_type {
+        EncryptionByDefault::All => true,
+        EncryptionByDefault::Invite => preset != Preset::PublicChat,
+        EncryptionByDefault::Off => false,
+    };
+    if encrypted {
+        // Before `initial_state`, which may name another algorithm.
+        put("m.room.encryption", "", json!({ "algorithm": "m.megolm.v1.aes-sha2" }));
+    }
     for event in &request.initial_state {
         if event.kind == "m.room.create" || event.kind == "m.room.member" {
             return Err(MasterError::bad_json(format!("initial_state may not contain {}", event.kind)));

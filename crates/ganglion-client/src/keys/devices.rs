@@ -6,6 +6,7 @@ use axum::{
     Json,
     extract::{Path, State},
 };
+use ganglion_config::RateLimitAction;
 use ganglion_events::ruma::{OwnedDeviceId, OwnedUserId};
 use ganglion_http::{Auth, MatrixError, MatrixJson, MatrixResult, client_ip};
 use ganglion_rpc::{ClaimKeys, KeyClaim, SendToDevice, UploadKeys, UploadSignatures, UploadSigningKeys};
@@ -63,6 +64,7 @@ pub(crate) async fn query(
     Auth(session): Auth,
     MatrixJson(body): MatrixJson<Map<String, Value>>,
 ) -> MatrixResult<Json<Value>> {
+    state.authenticator.rate_limiter().check_user(RateLimitAction::KeyRequests, session.user_id.as_str())?;
     let body: QueryBody = from_object(body)?;
     let mut users = Vec::new();
     let mut wanted: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -178,9 +180,10 @@ struct ClaimBody {
 /// `POST /keys/claim`: one key per device, a one-time key while any is left, else the fallback.
 pub(crate) async fn claim(
     State(state): State<ClientState>,
-    Auth(_session): Auth,
+    Auth(session): Auth,
     MatrixJson(body): MatrixJson<Map<String, Value>>,
 ) -> MatrixResult<Json<Value>> {
+    state.authenticator.rate_limiter().check_user(RateLimitAction::KeyRequests, session.user_id.as_str())?;
     let body: ClaimBody = from_object(body)?;
     let mut claims = Vec::new();
     let mut failures = Map::new();
