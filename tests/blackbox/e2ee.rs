@@ -36,6 +36,8 @@ on_all_backends!(
     device_lists_follow_devices_and_memberships,
     bad_key_uploads_are_refused_and_store_nothing,
     invite_only_rooms_are_encrypted_when_the_server_says_so,
+    cross_signing_and_sas_verify_a_new_device,
+    a_key_backup_restores_history_on_a_fresh_device,
 );
 
 fn sync_settings() -> SyncSettings {
@@ -472,4 +474,157 @@ async fn invite_only_rooms_are_encrypted_when_the_server_says_so(backend: Backen
     let events = crate::paginate(&raw_bob, &private, "b", None, 50).await;
     assert!(events.iter().any(|event| event["type"] == "m.room.encrypted"));
     assert!(!events.iter().any(|event| event["type"] == "m.room.message"));
+}
+
+/// Syncs both clients until `done` holds.
+async fn until(clients: &[&Client], what: &str, done: impl AsyncFn() -> bool) {
+    let rounds = async {
+        loop {
+            sync_all(clients).await;
+            if done().await {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(SYNC_DEADLINE, rounds)
+        .await
+        .unwrap_or_else(|_| panic!("{what} within {SYNC_DEADLINE:?}"));
+}
+
+async fn cross_signing_and_sas_verify_a_new_device(backend: Backend) {
+    let server = start(backend).await;
+    let phone = sdk_client(&server.base_url, "alice", PASSWORD).await.unwrap();
+    sync_all(&[&phone]).await;
+    // A first upload of cross-signing keys needs no password: the spec lets a client bootstrap.
+    phone.encryption().bootstrap_cross_signing(None).await.unwrap();
+    let status = phone.encryption().cross_signing_status().await.unwrap();
+    assert!(status.is_complete(), "{status:?}");
+
+    let laptop = sdk_login(&server.base_url, "alice", PASSWORD).await.unwrap();
+    let both = [&phone, &laptop];
+    let alice = phone.user_id().unwrap().to_owned();
+    let (phone_id, laptop_id) =
+        (phone.device_id().unwrap().to_owned(), laptop.device_id().unwrap().to_owned());
+    // Each learns of the other from its sync's device-list changes (a request from a device the
+    // phone does not know yet would be dropped).
+    until(&both, "each device sees the other", async || {
+        laptop.encryption().get_device(&alice, &phone_id).await.unwrap().is_some()
+            && phone.encryption().get_device(&alice, &laptop_id).await.unwrap().is_some()
+    })
+    .await;
+    let phone_on_laptop = laptop.encryption().get_device(&alice, &phone_id).await.unwrap().unwrap();
+    assert!(
+        !laptop
+            .encryption()
+            .get_device(&alice, &laptop_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .is_cross_signed_by_owner()
+    );
+
+    // The laptop asks the phone for a verification; both go through SAS by to-device messages.
+    let request = phone_on_laptop.request_verification().await.unwrap();
+    let flow_id = request.flow_id().to_owned();
+    until(&both, "the phone receives the request", async || {
+        phone.encryption().get_verification_request(&alice, &flow_id).await.is_some()
+    })
+    .await;
+    phone.encryption().get_verification_request(&alice, &flow_id).await.unwrap().accept().await.unwrap();
+    until(&both, "the request is ready", async || request.is_ready()).await;
+    let laptop_sas = request.start_sas().await.unwrap().expect("SAS started");
+    until(&both, "the phone sees the SAS", async || {
+        phone.encryption().get_verification(&alice, &flow_id).await.and_then(|v| v.sas()).is_some()
+    })
+    .await;
+    let phone_sas = phone.encryption().get_verification(&alice, &flow_id).await.unwrap().sas().unwrap();
+    phone_sas.accept().await.unwrap();
+    until(&both, "both can show the emoji", async || {
+        laptop_sas.can_be_presented() && phone_sas.can_be_presented()
+    })
+    .await;
+    let symbols = |sas: &matrix_sdk::encryption::verification::SasVerification| {
+        sas.emoji().unwrap().iter().map(|emoji| emoji.symbol).collect::<Vec<_>>()
+    };
+    assert_eq!(symbols(&laptop_sas), symbols(&phone_sas));
+    laptop_sas.confirm().await.unwrap();
+    phone_sas.confirm().await.unwrap();
+    until(&both, "the verification is done", async || laptop_sas.is_done() && phone_sas.is_done()).await;
+
+    // The phone, which holds the self-signing key, signed the laptop; every client sees it.
+    until(&both, "the laptop is cross-signed", async || {
+        phone
+            .encryption()
+            .get_device(&alice, &laptop_id)
+            .await
+            .unwrap()
+            .is_some_and(|d| d.is_cross_signed_by_owner())
+    })
+    .await;
+    let observer = sdk_client(&server.base_url, "bob", PASSWORD).await.unwrap();
+    let raw = account_of(&server, &observer);
+    let keys = raw
+        .post("/_matrix/client/v3/keys/query", &json!({ "device_keys": { alice.as_str(): [] } }))
+        .await
+        .unwrap()
+        .ok();
+    let self_signing =
+        keys["self_signing_keys"][alice.as_str()]["keys"].as_object().unwrap().keys().next().unwrap().clone();
+    let signatures = &keys["device_keys"][alice.as_str()][laptop_id.as_str()]["signatures"][alice.as_str()];
+    assert!(signatures.get(&self_signing).is_some(), "no self-signing signature on the laptop: {keys}");
+    assert!(keys["master_keys"][alice.as_str()].is_object());
+    assert!(
+        keys["user_signing_keys"].get(alice.as_str()).is_none(),
+        "another user's user-signing key is private"
+    );
+
+    // Replacing cross-signing keys now asks for the password.
+    let replace = raw_account_of(&server, &phone)
+        .post("/_matrix/client/v3/keys/device_signing/upload", &keys_of_user(&keys, alice.as_str()))
+        .await
+        .unwrap();
+    assert_eq!(replace.status, 401, "{}", replace.text);
+    assert!(replace.body["flows"].is_array());
+}
+
+fn raw_account_of(server: &TestServer, client: &Client) -> Account {
+    account_of(server, client)
+}
+
+fn keys_of_user(keys: &Value, user: &str) -> Value {
+    json!({ "master_key": keys["master_keys"][user], "self_signing_key": keys["self_signing_keys"][user] })
+}
+
+async fn a_key_backup_restores_history_on_a_fresh_device(backend: Backend) {
+    let server = start(backend).await;
+    let alice = sdk_client(&server.base_url, "alice", PASSWORD).await.unwrap();
+    let bob = sdk_client(&server.base_url, "bob", PASSWORD).await.unwrap();
+    sync_all(&[&alice, &bob]).await;
+    let room_id = encrypted_room(&alice, &[&bob], &[&alice, &bob]).await;
+    send_text(&bob, &room_id, "history 1").await;
+    send_text(&alice, &room_id, "history 2").await;
+    let history = BTreeSet::from(["history 1".to_owned(), "history 2".to_owned()]);
+    until_all_decrypt(&[&alice, &bob], &room_id, &history).await;
+
+    // Recovery: cross-signing, secret storage and a key backup holding the room keys.
+    let recovery_key =
+        alice.encryption().recovery().enable().wait_for_backups_to_upload().await.expect("recovery enabled");
+    let version = account_of(&server, &alice).get("/_matrix/client/v3/room_keys/version").await.unwrap().ok();
+    assert!(version["count"].as_u64().unwrap() >= 2, "{version}");
+
+    // A fresh device knows nothing, until it recovers with the key and downloads the backup.
+    let fresh = sdk_login(&server.base_url, "alice", PASSWORD).await.unwrap();
+    fresh.sync_once(sync_settings()).await.unwrap();
+    assert!(decrypted_bodies(&fresh, &room_id).await.is_empty());
+    fresh.encryption().recovery().recover(&recovery_key).await.expect("recovered");
+    fresh.encryption().backups().download_room_keys_for_room(&room_id).await.expect("backup downloaded");
+    let restored = async {
+        loop {
+            if history.is_subset(&decrypted_bodies(&fresh, &room_id).await) {
+                return;
+            }
+            fresh.sync_once(sync_settings()).await.unwrap();
+        }
+    };
+    tokio::time::timeout(SYNC_DEADLINE, restored).await.expect("the fresh device decrypts the history");
 }
