@@ -1,7 +1,8 @@
-//! The master role: the single writer of the events, receipts, typing and account-data streams
-//! and of accounts. It builds each event for its room version, checks it against the auth rules
-//! and the room's current state, persists it (event, state snapshot, room head, membership,
-//! transaction id) in one database transaction, and only then publishes it on the bus.
+//! The master role: the single writer of the events, receipts, typing, account-data and
+//! presence streams and of accounts. It builds each event for its room version, checks it
+//! against the auth rules and the room's current state, persists it (event, state snapshot, room
+//! head, membership, transaction id) in one database transaction, and only then publishes it on
+//! the bus.
 //!
 //! Invariant: positions on a stream are allocated under the writer lock and committed in the
 //! same transaction as their rows, so readers never see a gap.
@@ -9,6 +10,7 @@
 mod accounts;
 mod ephemeral;
 mod power;
+mod presence;
 mod rooms;
 mod sends;
 mod writer;
@@ -24,9 +26,9 @@ use ganglion_events::{
 use ganglion_replication::{Bus, Positions, TypingStore};
 use ganglion_rpc::{
     Accounts, CheckPassword, CreateFilter, CreateRoom, DeleteAlias, DeleteDevices, Ephemeral, ForgetRoom,
-    LoginRequest, Logout, LogoutAll, MasterResult, RegisterRequest, RenameDevice, Rooms, SendEvent,
-    SessionGrant, SetAccountData, SetAlias, SetPassword, SetProfile, SetReceipt, SetRoomVisibility,
-    SetTyping, Streams, TypingSnapshot, UpdateMembership,
+    LoginRequest, Logout, LogoutAll, MasterResult, Presence, PresenceSyncing, RegisterRequest, RenameDevice,
+    Rooms, SendEvent, SessionGrant, SetAccountData, SetAlias, SetPassword, SetPresence, SetProfile,
+    SetReceipt, SetRoomVisibility, SetTyping, Streams, TypingSnapshot, UpdateMembership,
 };
 use ganglion_state::Caches;
 use ganglion_storage::Db;
@@ -54,6 +56,8 @@ pub struct MasterService {
     /// Bounds concurrent argon2 runs: each takes ~19 MiB, and an allocator keeps what a burst of
     /// logins made it grow to.
     hashing: tokio::sync::Semaphore,
+    /// Live presence of the users who are not offline, and its timeouts.
+    presence: presence::PresenceStore,
 }
 
 impl MasterService {
@@ -68,6 +72,7 @@ impl MasterService {
         positions: Arc<Positions>,
     ) -> MasterResult<Arc<MasterService>> {
         let writer = Writer::load(&db).await?;
+        let presence = presence::PresenceStore::load(&db, &config.presence).await?;
         let (send_queue, jobs) = tokio::sync::mpsc::channel(4096);
         let service = Arc::new(MasterService {
             db,
@@ -81,6 +86,7 @@ impl MasterService {
             writer: Mutex::new(writer),
             send_queue,
             hashing: tokio::sync::Semaphore::new(2),
+            presence,
         });
         let task_service = service.clone();
         tokio::spawn(async move { sends::run(&task_service, jobs).await });
@@ -98,6 +104,17 @@ impl MasterService {
             );
             self.bus.publish(row);
         }
+    }
+
+    /// How often [`MasterService::expire_presence`] should run; `None` when presence is off.
+    pub fn presence_tick(&self) -> Option<std::time::Duration> {
+        self.presence.enabled.then(|| self.presence.timings.tick())
+    }
+
+    /// Applies the presence timeouts (idle, offline, no longer currently active) and writes
+    /// the rows clients must see.
+    pub async fn expire_presence(&self) -> MasterResult<()> {
+        presence::expire(self).await
     }
 }
 
@@ -201,6 +218,17 @@ impl Ephemeral for MasterService {
 
     async fn set_account_data(&self, r: SetAccountData) -> MasterResult<()> {
         ephemeral::set_account_data(self, &r.user_id, r.room_id.as_ref(), &r.data_type, r.content).await
+    }
+}
+
+#[async_trait]
+impl Presence for MasterService {
+    async fn set_presence(&self, r: SetPresence) -> MasterResult<()> {
+        presence::set_presence(self, r).await
+    }
+
+    async fn presence_syncing(&self, r: PresenceSyncing) -> MasterResult<()> {
+        presence::presence_syncing(self, r).await
     }
 }
 

@@ -30,7 +30,6 @@ pub struct Writer {
     pub(crate) last_to_device_pos: i64,
     #[allow(dead_code)]
     pub(crate) last_device_list_pos: i64,
-    #[allow(dead_code)]
     pub(crate) last_presence_pos: i64,
     heads: HashMap<OwnedRoomId, RoomHead>,
 }

@@ -2,7 +2,8 @@
 //! typing, account data) and the account writes (users, devices, tokens, filters, aliases).
 //!
 //! It is split by concern into services, one module each: [`streams`] (what a starting worker
-//! reads), [`accounts`], [`rooms`] and [`ephemeral`]. [`Master`] is all of them together.
+//! reads), [`accounts`], [`rooms`], [`ephemeral`] and [`presence`]. [`Master`] is all of them
+//! together.
 //! Workers hold an `Arc<dyn Master>`: with `role = "all"` the master itself, called in process;
 //! in cluster mode a [`grpc::RemoteMaster`].
 //!
@@ -20,6 +21,7 @@ mod service;
 pub mod accounts;
 pub mod ephemeral;
 pub mod grpc;
+pub mod presence;
 pub mod rooms;
 pub mod streams;
 pub mod trace;
@@ -31,6 +33,7 @@ pub use accounts::{
 };
 pub use ephemeral::{Ephemeral, SetAccountData, SetReceipt, SetTyping};
 use ganglion_types::{ErrorClass, HasErrorClass};
+pub use presence::{Presence, PresenceSyncing, SetPresence};
 pub use rooms::{
     CreateRoom, CreateRoomRequest, DeleteAlias, ForgetRoom, InitialStateEvent, MembershipChange, Preset,
     ProfileField, Rooms, SendEvent, SetAlias, SetProfile, SetRoomVisibility, UpdateMembership,
@@ -81,6 +84,6 @@ impl HasErrorClass for MasterError {
 pub type MasterResult<T> = Result<T, MasterError>;
 
 /// The whole master: every service. Implemented by anything that implements them all.
-pub trait Master: Streams + Accounts + Rooms + Ephemeral {}
+pub trait Master: Streams + Accounts + Rooms + Ephemeral + Presence {}
 
-impl<T: Streams + Accounts + Rooms + Ephemeral + ?Sized> Master for T {}
+impl<T: Streams + Accounts + Rooms + Ephemeral + Presence + ?Sized> Master for T {}

@@ -8,7 +8,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use ganglion_proto::master::v1::{
     self as pb, accounts_server::AccountsServer, ephemeral_server::EphemeralServer,
-    rooms_server::RoomsServer, streams_server::StreamsServer,
+    presence_server::PresenceServer, rooms_server::RoomsServer, streams_server::StreamsServer,
 };
 use tokio::net::TcpListener;
 use tonic::{
@@ -35,7 +35,8 @@ pub async fn serve(
         .add_service(StreamsServer::new(adapter.clone()))
         .add_service(AccountsServer::new(adapter.clone()))
         .add_service(RoomsServer::new(adapter.clone()))
-        .add_service(EphemeralServer::new(adapter))
+        .add_service(EphemeralServer::new(adapter.clone()))
+        .add_service(PresenceServer::new(adapter))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

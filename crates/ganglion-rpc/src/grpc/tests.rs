@@ -31,9 +31,9 @@ use super::{ReadYourWrites, RemoteMaster, serve};
 use crate::{
     Accounts, CheckPassword, CreateFilter, CreateRoom, CreateRoomRequest, DeleteAlias, DeleteDevices,
     Ephemeral, ForgetRoom, InitialStateEvent, LoginRequest, Logout, LogoutAll, MasterError, MasterResult,
-    MembershipChange, Preset, ProfileField, RegisterRequest, RenameDevice, Rooms, SendEvent, SessionGrant,
-    SetAccountData, SetAlias, SetPassword, SetProfile, SetReceipt, SetRoomVisibility, SetTyping, Streams,
-    TypingSnapshot, UpdateMembership, trace,
+    MembershipChange, Presence, PresenceSyncing, Preset, ProfileField, RegisterRequest, RenameDevice, Rooms,
+    SendEvent, SessionGrant, SetAccountData, SetAlias, SetPassword, SetPresence, SetProfile, SetReceipt,
+    SetRoomVisibility, SetTyping, Streams, TypingSnapshot, UpdateMembership, trace,
 };
 
 const TIMEOUT: Duration = Duration::from_millis(200);
@@ -326,6 +326,25 @@ async fn calls_round_trip_exactly() {
     };
     round_trip(f, global, async |r| m.set_account_data(r).await).await;
 
+    use ganglion_events::presence::PresenceState;
+    let status = SetPresence {
+        user_id: alice(),
+        device_id: "PHONE".into(),
+        presence: PresenceState::Unavailable,
+        status_msg: Some("lunch".to_owned()),
+    };
+    round_trip(f, status, async |r| m.set_presence(r).await).await;
+    let offline = SetPresence {
+        user_id: alice(),
+        device_id: "PHONE".into(),
+        presence: PresenceState::Offline,
+        status_msg: None,
+    };
+    round_trip(f, offline, async |r| m.set_presence(r).await).await;
+    let syncing =
+        PresenceSyncing { user_id: alice(), device_id: "LAPTOP".into(), presence: PresenceState::Online };
+    round_trip(f, syncing, async |r| m.presence_syncing(r).await).await;
+
     assert_eq!(master.positions().await.unwrap(), sync_token());
     assert_eq!(master.typing_snapshot().await.unwrap(), typing_snapshot());
 }
@@ -360,7 +379,8 @@ async fn bad_input_is_a_typed_invalid_argument() {
     let (address, _stop) = start_on(fake.clone(), "127.0.0.1:0".parse().unwrap()).await;
     let channel = Endpoint::from_shared(format!("http://{address}")).unwrap().connect().await.unwrap();
     let mut rooms = RoomsClient::new(channel.clone());
-    let mut ephemeral = EphemeralClient::new(channel);
+    let mut ephemeral = EphemeralClient::new(channel.clone());
+    let mut presence = ganglion_proto::master::v1::presence_client::PresenceClient::new(channel);
 
     let bad_user = pb::ForgetRoomRequest { user_id: "alice".to_owned(), room_id: "!room:test".to_owned() };
     let status = rooms.forget_room(bad_user).await.unwrap_err();
@@ -395,6 +415,14 @@ async fn bad_input_is_a_typed_invalid_argument() {
         reason: None,
     };
     let status = rooms.update_membership(unknown_change).await.unwrap_err();
+    assert_eq!(pb::MasterFailure::decode(status.details()).unwrap().class(), pb::ErrorCode::InvalidParam);
+
+    let no_state = pb::PresenceSyncingRequest {
+        user_id: "@alice:test".to_owned(),
+        device_id: "PHONE".to_owned(),
+        presence: 0,
+    };
+    let status = presence.presence_syncing(no_state).await.unwrap_err();
     assert_eq!(pb::MasterFailure::decode(status.details()).unwrap().class(), pb::ErrorCode::InvalidParam);
 
     assert!(fake.calls().is_empty(), "the master saw {:?}", fake.calls());
