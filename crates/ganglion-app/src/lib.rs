@@ -212,6 +212,7 @@ pub async fn run(
     };
 
     let mut routes: Vec<Route<()>> = Vec::new();
+    let syncing = ganglion_sync::SyncingDevices::new(master.clone(), &config.presence);
     let state = ClientState::new(
         db.clone(),
         caches.clone(),
@@ -239,6 +240,7 @@ pub async fn run(
         memberships: Arc::new(ganglion_sync::MembershipCache::default()),
         ignored_users: Arc::new(ganglion_sync::IgnoredUsersCache::default()),
         catch_up,
+        syncing,
     };
     routes.extend(
         ganglion_sync::routes()

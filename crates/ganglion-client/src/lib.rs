@@ -3,6 +3,7 @@
 //! `Master` trait, so this crate never writes a stream table.
 
 mod accounts;
+mod presence;
 mod rooms;
 
 use std::sync::Arc;
@@ -64,5 +65,6 @@ impl ClientState {
 pub fn routes() -> Vec<Route<ClientState>> {
     let mut routes = accounts::routes();
     routes.extend(rooms::routes());
+    routes.extend(presence::routes());
     ganglion_http::with_r0_aliases(routes)
 }

@@ -24,6 +24,7 @@ use serde_json::{Map, Value, json};
 use crate::{
     IgnoredUsers, SyncState, ephemeral,
     filter::Filter,
+    presence,
     timeline::{self, Range, Selection, Timeline, Window},
 };
 
@@ -75,6 +76,7 @@ pub(crate) struct SyncBatch {
     pub invite: Map<String, Value>,
     pub leave: Map<String, Value>,
     pub account_data: Vec<Value>,
+    pub presence: Vec<Value>,
     /// The rooms the user is joined to (and the filter allows): new rows in them may change
     /// the next response.
     pub joined_room_ids: Vec<Arc<str>>,
@@ -86,6 +88,7 @@ impl SyncBatch {
             && self.invite.is_empty()
             && self.leave.is_empty()
             && self.account_data.is_empty()
+            && self.presence.is_empty()
     }
 
     pub(crate) fn into_json(self) -> Value {
@@ -93,7 +96,7 @@ impl SyncBatch {
             "next_batch": self.next_batch.to_string(),
             "rooms": { "join": self.join, "invite": self.invite, "leave": self.leave, "knock": {} },
             "account_data": { "events": self.account_data },
-            "presence": { "events": [] },
+            "presence": { "events": self.presence },
             "to_device": { "events": [] },
             "device_lists": { "changed": [], "left": [] },
         })
@@ -193,6 +196,7 @@ pub(crate) async fn sync_batch(
         invite: Map::new(),
         leave: Map::new(),
         account_data: Vec::new(),
+        presence: Vec::new(),
         joined_room_ids: listen,
     };
     // Push rules are server defaults (users cannot change them yet); clients such as Element
@@ -207,6 +211,7 @@ pub(crate) async fn sync_batch(
     }
     batch.account_data = global_data;
     sync.joined_rooms(&mut conn, joined, newest_events, &mut room_data, &mut batch.join).await?;
+    batch.presence = presence::presence_events(state, &mut conn, request, &next, &batch.join).await?;
     for room in invited {
         // Invites from ignored users are never delivered (the spec's Ignoring Users module).
         let Some(invite_state) = sync.invite_state(&mut conn, &room).await? else { continue };
