@@ -51,6 +51,7 @@ mod legacy;
 mod limits;
 mod membership;
 mod pagination;
+mod presence;
 mod ratelimits;
 mod restart;
 mod rooms;
