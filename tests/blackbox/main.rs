@@ -53,6 +53,7 @@ mod legacy;
 mod limits;
 mod membership;
 mod pagination;
+mod presence;
 mod ratelimits;
 mod restart;
 mod rooms;

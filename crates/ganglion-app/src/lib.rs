@@ -150,6 +150,19 @@ pub async fn run(
                     typing_master.expire_typing();
                 }
             });
+            if let Some(tick) = service.presence_tick() {
+                let presence_master = service.clone();
+                tokio::spawn(async move {
+                    let mut interval = tokio::time::interval(tick);
+                    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        interval.tick().await;
+                        if let Err(error) = presence_master.expire_presence().await {
+                            tracing::warn!(%error, "applying the presence timeouts failed");
+                        }
+                    }
+                });
+            }
             if role == Role::Master {
                 let address =
                     config.master_grpc().ok_or(AppError::Config("the master needs a grpc address"))?;
@@ -199,6 +212,7 @@ pub async fn run(
     };
 
     let mut routes: Vec<Route<()>> = Vec::new();
+    let syncing = ganglion_sync::SyncingDevices::new(master.clone(), &config.presence);
     let state = ClientState::new(
         db.clone(),
         caches.clone(),
@@ -226,6 +240,7 @@ pub async fn run(
         memberships: Arc::new(ganglion_sync::MembershipCache::default()),
         ignored_users: Arc::new(ganglion_sync::IgnoredUsersCache::default()),
         catch_up,
+        syncing,
     };
     routes.extend(
         ganglion_sync::routes()

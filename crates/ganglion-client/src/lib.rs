@@ -4,6 +4,7 @@
 
 mod accounts;
 mod keys;
+mod presence;
 mod rooms;
 
 use std::sync::Arc;
@@ -66,5 +67,6 @@ pub fn routes() -> Vec<Route<ClientState>> {
     let mut routes = accounts::routes();
     routes.extend(rooms::routes());
     routes.extend(keys::routes());
+    routes.extend(presence::routes());
     ganglion_http::with_r0_aliases(routes)
 }

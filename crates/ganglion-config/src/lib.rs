@@ -35,6 +35,7 @@ pub struct Config {
     pub registration: RegistrationConfig,
     pub rate_limits: RateLimitConfig,
     pub rooms: RoomsConfig,
+    pub presence: PresenceConfig,
     /// Cluster mode: Redis carries replication (never the source of truth).
     pub redis: RedisConfig,
     /// Cluster mode: timeouts between processes.
@@ -316,6 +317,38 @@ pub enum EncryptionByDefault {
     Off,
 }
 
+/// The presence module: online, unavailable (idle) and offline, shown to users who share a room.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceConfig {
+    /// Off: nothing is stored or sent, `GET /presence/{userId}/status` says `offline` and `PUT`
+    /// does nothing (as Synapse's `presence.enabled = false`).
+    pub enabled: bool,
+    /// An online user with no activity (an online sync, a `PUT`) for this long becomes
+    /// `unavailable`.
+    pub idle_timeout_ms: u64,
+    /// A user whose devices have neither synced nor been active for this long becomes
+    /// `offline`. Sync workers tell the master about syncing devices at most every third of it.
+    pub offline_timeout_ms: u64,
+}
+
+impl PresenceConfig {
+    /// How long after their last activity a user counts as `currently_active` (Synapse's
+    /// `LAST_ACTIVE_GRANULARITY`, a minute), kept under half the idle timeout.
+    pub fn last_active_granularity_ms(&self) -> u64 {
+        (60_000u64).min(self.idle_timeout_ms / 2)
+    }
+
+    /// How often a sync worker tells the master that a device still syncs: a third of the
+    /// offline timeout, and often enough that a syncing user stays `currently_active`.
+    pub fn syncing_report_interval_ms(&self) -> u64 {
+        (self.offline_timeout_ms / 3).min(self.last_active_granularity_ms() / 2).max(1)
+    }
+}
+
+/// Shortest idle and offline timeouts: the master checks them a few times a second at most.
+pub const MIN_PRESENCE_TIMEOUT_MS: u64 = 500;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("config: {0}")]
@@ -353,6 +386,12 @@ impl Config {
             rooms: RoomsConfig {
                 default_version: "12".into(),
                 encryption_enabled_by_default_for_room_type: EncryptionByDefault::Off,
+            },
+            // Synapse's idle timer; offline after a minute without a sync.
+            presence: PresenceConfig {
+                enabled: true,
+                idle_timeout_ms: 5 * 60 * 1000,
+                offline_timeout_ms: 60_000,
             },
             redis: RedisConfig { url: String::new(), stream_maxlen: 10_000 },
             cluster: ClusterConfig {
@@ -484,6 +523,13 @@ impl Config {
         }
         if !SUPPORTED_ROOM_VERSIONS.contains(&self.rooms.default_version.as_str()) {
             return invalid("rooms.default_version", "must be one of 10, 11, 12");
+        }
+        let too_short = format!("must be at least {MIN_PRESENCE_TIMEOUT_MS} ms");
+        if self.presence.idle_timeout_ms < MIN_PRESENCE_TIMEOUT_MS {
+            return invalid("presence.idle_timeout_ms", &too_short);
+        }
+        if self.presence.offline_timeout_ms < MIN_PRESENCE_TIMEOUT_MS {
+            return invalid("presence.offline_timeout_ms", &too_short);
         }
         Ok(())
     }

@@ -189,3 +189,21 @@ fn production_defaults_trust_no_proxy_and_let_an_office_log_in() {
         assert!(f64::from(bucket.burst) >= 200.0, "200 at once from one address: {bucket:?}");
     }
 }
+
+#[test]
+fn presence_is_on_by_default_and_switched_by_file_or_environment() {
+    let config = load_toml("server_name = \"example.org\"\n").unwrap();
+    assert!(config.presence.enabled);
+    assert_eq!((config.presence.idle_timeout_ms, config.presence.offline_timeout_ms), (300_000, 60_000));
+    let config =
+        load_toml("[presence]\nenabled = false\nidle_timeout_ms = 1500\noffline_timeout_ms = 2000\n")
+            .unwrap();
+    assert!(!config.presence.enabled);
+    assert_eq!((config.presence.idle_timeout_ms, config.presence.offline_timeout_ms), (1500, 2000));
+    let config = load_with(None, &[("GANGLION_PRESENCE__ENABLED", "false")]).unwrap();
+    assert!(!config.presence.enabled);
+    let config = load_with(Some("[presence]\nenabled = false\n"), &[("GANGLION_PRESENCE__ENABLED", "true")]);
+    assert!(config.unwrap().presence.enabled, "the environment wins over the file");
+    let error = load_toml("[presence]\noffline_timeout_ms = 10\n").unwrap_err().to_string();
+    assert!(error.contains("presence.offline_timeout_ms"), "{error}");
+}

@@ -11,6 +11,7 @@ pub mod filter;
 pub mod ignored_users;
 mod key;
 mod pdu;
+pub mod presence;
 pub mod push_rules;
 
 pub use auth::{AuthError, auth_event_types, check_auth};

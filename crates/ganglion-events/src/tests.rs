@@ -433,3 +433,29 @@ mod spec_vectors {
         );
     }
 }
+
+#[test]
+fn presence_content_leaves_out_what_synapse_leaves_out() {
+    use crate::presence::{PresenceState, presence_content};
+    assert_eq!(
+        presence_content(PresenceState::Online, Some("lunch"), 1_000, true, 3_500),
+        json!({ "presence": "online", "last_active_ago": 2_500, "status_msg": "lunch", "currently_active": true })
+    );
+    // Never active, no status, not online: only the state.
+    assert_eq!(
+        presence_content(PresenceState::Offline, Some(""), 0, true, 3_500),
+        json!({ "presence": "offline" })
+    );
+    assert_eq!(
+        presence_content(PresenceState::Unavailable, None, 3_000, false, 3_500),
+        json!({ "presence": "unavailable", "last_active_ago": 500 })
+    );
+    for state in [PresenceState::Online, PresenceState::Unavailable, PresenceState::Offline] {
+        assert_eq!(PresenceState::parse(state.as_str()), Some(state));
+    }
+    assert_eq!(PresenceState::parse("busy"), None);
+    assert!(
+        PresenceState::Online > PresenceState::Unavailable
+            && PresenceState::Unavailable > PresenceState::Offline
+    );
+}

@@ -1,7 +1,8 @@
-//! The master role: the single writer of the events, receipts, typing and account-data streams,
-//! of accounts and of key backups. It builds each event for its room version, checks it against
-//! the auth rules and the room's current state, persists it (event, state snapshot, room head,
-//! membership, transaction id) in one database transaction, and only then publishes it on the bus.
+//! The master role: the single writer of the events, receipts, typing, account-data,
+//! to-device, device-list and presence streams, of accounts and of key backups. It builds each
+//! event for its room version, checks it against the auth rules and the room's current state,
+//! persists it (event, state snapshot, room head, membership, transaction id) in one database
+//! transaction, and only then publishes it on the bus.
 //!
 //! Invariant: positions on a stream are allocated under the writer lock and committed in the
 //! same transaction as their rows, so readers never see a gap.
@@ -11,6 +12,7 @@ mod ephemeral;
 mod key_backup;
 mod keys;
 mod power;
+mod presence;
 mod rooms;
 mod sends;
 mod writer;
@@ -27,10 +29,11 @@ use ganglion_replication::{Bus, Positions, TypingStore};
 use ganglion_rpc::{
     Accounts, CheckPassword, ClaimKeys, ClaimedKey, CreateBackupVersion, CreateFilter, CreateRoom,
     DeleteAlias, DeleteBackupKeys, DeleteBackupVersion, DeleteDevices, Ephemeral, ForgetRoom, KeyBackup,
-    Keys, LoginRequest, Logout, LogoutAll, MasterResult, OneTimeKeyCounts, PutBackupKeys, RegisterRequest,
-    RenameDevice, RoomKeysUpdate, Rooms, SendEvent, SendToDevice, SessionGrant, SetAccountData, SetAlias,
-    SetPassword, SetProfile, SetReceipt, SetRoomVisibility, SetTyping, Streams, TypingSnapshot,
-    UpdateBackupVersion, UpdateMembership, UploadKeys, UploadSignatures, UploadSigningKeys,
+    Keys, LoginRequest, Logout, LogoutAll, MasterResult, OneTimeKeyCounts, Presence, PresenceSyncing,
+    PutBackupKeys, RegisterRequest, RenameDevice, RoomKeysUpdate, Rooms, SendEvent, SendToDevice,
+    SessionGrant, SetAccountData, SetAlias, SetPassword, SetPresence, SetProfile, SetReceipt,
+    SetRoomVisibility, SetTyping, Streams, TypingSnapshot, UpdateBackupVersion, UpdateMembership, UploadKeys,
+    UploadSignatures, UploadSigningKeys,
 };
 use ganglion_state::Caches;
 use ganglion_storage::Db;
@@ -60,6 +63,8 @@ pub struct MasterService {
     hashing: tokio::sync::Semaphore,
     /// Serialises each user's key backup writes.
     backups: key_backup::BackupLocks,
+    /// Live presence of the users who are not offline, and its timeouts.
+    presence: presence::PresenceStore,
 }
 
 impl MasterService {
@@ -74,6 +79,7 @@ impl MasterService {
         positions: Arc<Positions>,
     ) -> MasterResult<Arc<MasterService>> {
         let writer = Writer::load(&db).await?;
+        let presence = presence::PresenceStore::load(&db, &config.presence).await?;
         let (send_queue, jobs) = tokio::sync::mpsc::channel(4096);
         let service = Arc::new(MasterService {
             db,
@@ -88,6 +94,7 @@ impl MasterService {
             send_queue,
             hashing: tokio::sync::Semaphore::new(2),
             backups: key_backup::BackupLocks::new(),
+            presence,
         });
         let task_service = service.clone();
         tokio::spawn(async move { sends::run(&task_service, jobs).await });
@@ -105,6 +112,17 @@ impl MasterService {
             );
             self.bus.publish(row);
         }
+    }
+
+    /// How often [`MasterService::expire_presence`] should run; `None` when presence is off.
+    pub fn presence_tick(&self) -> Option<std::time::Duration> {
+        self.presence.enabled.then(|| self.presence.timings.tick())
+    }
+
+    /// Applies the presence timeouts (idle, offline, no longer currently active) and writes
+    /// the rows clients must see.
+    pub async fn expire_presence(&self) -> MasterResult<()> {
+        presence::expire(self).await
     }
 }
 
@@ -254,6 +272,17 @@ impl KeyBackup for MasterService {
 
     async fn delete_backup_keys(&self, r: DeleteBackupKeys) -> MasterResult<RoomKeysUpdate> {
         key_backup::delete_keys(self, r).await
+    }
+}
+
+#[async_trait]
+impl Presence for MasterService {
+    async fn set_presence(&self, r: SetPresence) -> MasterResult<()> {
+        presence::set_presence(self, r).await
+    }
+
+    async fn presence_syncing(&self, r: PresenceSyncing) -> MasterResult<()> {
+        presence::presence_syncing(self, r).await
     }
 }
 

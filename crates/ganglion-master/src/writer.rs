@@ -27,7 +27,6 @@ pub struct Writer {
     pub(crate) last_account_data_pos: i64,
     pub(crate) last_to_device_pos: i64,
     pub(crate) last_device_list_pos: i64,
-    #[allow(dead_code)]
     pub(crate) last_presence_pos: i64,
     heads: HashMap<OwnedRoomId, RoomHead>,
 }

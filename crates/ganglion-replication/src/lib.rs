@@ -47,7 +47,10 @@ pub struct StreamRow {
     /// The room the row belongs to, if any: wakes the room's listeners.
     pub room_id: Option<Arc<str>>,
     /// Users the row concerns directly (account data owner, membership target): wakes them even
-    /// when they are not (yet) in the room.
+    /// when they are not (yet) in the room. The `Notifier` treats every entry as a key, so a
+    /// presence row lists its user and the room ids of the rooms the user is joined to: the
+    /// long-polls of everyone who shares a room with them wake. (A row caught up from the
+    /// database carries its user only.)
     pub user_ids: Vec<Arc<str>>,
     /// For rows of the events stream: the event.
     pub event_nid: Option<EventNid>,

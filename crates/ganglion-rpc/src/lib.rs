@@ -3,8 +3,8 @@
 //! key backup writes.
 //!
 //! It is split by concern into services, one module each: [`streams`] (what a starting worker
-//! reads), [`accounts`], [`rooms`], [`ephemeral`], [`keys`] and [`key_backup`]. [`Master`] is all
-//! of them together.
+//! reads), [`accounts`], [`rooms`], [`ephemeral`], [`keys`], [`key_backup`] and [`presence`].
+//! [`Master`] is all of them together.
 //! Workers hold an `Arc<dyn Master>`: with `role = "all"` the master itself, called in process;
 //! in cluster mode a [`grpc::RemoteMaster`].
 //!
@@ -24,6 +24,7 @@ pub mod ephemeral;
 pub mod grpc;
 pub mod key_backup;
 pub mod keys;
+pub mod presence;
 pub mod rooms;
 pub mod streams;
 pub mod trace;
@@ -43,6 +44,7 @@ pub use keys::{
     ClaimKeys, ClaimedKey, KeyClaim, Keys, OneTimeKeyCounts, SendToDevice, UploadKeys, UploadSignatures,
     UploadSigningKeys,
 };
+pub use presence::{Presence, PresenceSyncing, SetPresence};
 pub use rooms::{
     CreateRoom, CreateRoomRequest, DeleteAlias, ForgetRoom, InitialStateEvent, MembershipChange, Preset,
     ProfileField, Rooms, SendEvent, SetAlias, SetProfile, SetRoomVisibility, UpdateMembership,
@@ -93,6 +95,6 @@ impl HasErrorClass for MasterError {
 pub type MasterResult<T> = Result<T, MasterError>;
 
 /// The whole master: every service. Implemented by anything that implements them all.
-pub trait Master: Streams + Accounts + Rooms + Ephemeral + Keys + KeyBackup {}
+pub trait Master: Streams + Accounts + Rooms + Ephemeral + Keys + KeyBackup + Presence {}
 
-impl<T: Streams + Accounts + Rooms + Ephemeral + Keys + KeyBackup + ?Sized> Master for T {}
+impl<T: Streams + Accounts + Rooms + Ephemeral + Keys + KeyBackup + Presence + ?Sized> Master for T {}

@@ -75,6 +75,37 @@ pub async fn presence_between(
     Ok(presence)
 }
 
+/// The presence rows in `after < stream_pos <= up_to` of `user_id` and of every user who shares
+/// a joined room with them, by position: what a `/sync` of `user_id` shows, in one query.
+pub async fn presence_of_room_mates_between(
+    conn: &mut Conn,
+    user_id: &str,
+    after: i64,
+    up_to: i64,
+) -> Result<Vec<PresenceRow>> {
+    let sql = format!(
+        "SELECT {PRESENCE_COLUMNS} FROM presence WHERE stream_pos > $1 AND stream_pos <= $2 AND (user_id = $3 OR user_id IN (
+             SELECT other.user_id FROM memberships mine JOIN memberships other ON other.room_nid = mine.room_nid
+             WHERE mine.user_id = $3 AND mine.membership = 'join' AND other.membership = 'join'
+         ))
+         ORDER BY stream_pos"
+    );
+    let rows =
+        sqlx::query(sqlx::AssertSqlSafe(sql)).bind(after).bind(up_to).bind(user_id).fetch_all(conn).await?;
+    Ok(rows.into_iter().map(presence_from_row).collect())
+}
+
+/// Every user whose stored presence is not `offline`: the master's timeouts start from them.
+pub async fn presence_not_offline(conn: &mut Conn) -> Result<Vec<PresenceRow>> {
+    let sql = format!("SELECT {PRESENCE_COLUMNS} FROM presence WHERE state <> 'offline'");
+    Ok(sqlx::query(sqlx::AssertSqlSafe(sql))
+        .fetch_all(conn)
+        .await?
+        .into_iter()
+        .map(presence_from_row)
+        .collect())
+}
+
 pub async fn max_presence_stream_pos(conn: &mut Conn) -> Result<i64> {
     let row = sqlx::query("SELECT COALESCE(MAX(stream_pos), 0) FROM presence").fetch_one(conn).await?;
     Ok(row.get(0))

@@ -255,6 +255,20 @@ pub async fn memberships_of_room(
     Ok(rows.into_iter().map(membership_from_row).collect())
 }
 
+/// Whether `user_id` and `other` are both joined to some room.
+pub async fn users_share_a_room(conn: &mut Conn, user_id: &str, other: &str) -> Result<bool> {
+    let row = sqlx::query(
+        "SELECT 1 FROM memberships mine JOIN memberships other ON other.room_nid = mine.room_nid
+         WHERE mine.user_id = $1 AND mine.membership = 'join' AND other.user_id = $2 AND other.membership = 'join'
+         LIMIT 1",
+    )
+    .bind(user_id)
+    .bind(other)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.is_some())
+}
+
 pub async fn joined_member_count(conn: &mut Conn, room_nid: RoomNid) -> Result<i64> {
     let row = sqlx::query("SELECT COUNT(*) FROM memberships WHERE room_nid = $1 AND membership = 'join'")
         .bind(room_nid.0)

@@ -26,6 +26,7 @@ use crate::{
     e2ee::{self, DeviceListChanges},
     ephemeral,
     filter::Filter,
+    presence,
     timeline::{self, Range, Selection, Timeline, Window},
 };
 
@@ -81,6 +82,7 @@ pub(crate) struct SyncBatch {
     pub device_lists: DeviceListChanges,
     pub one_time_key_counts: BTreeMap<String, i64>,
     pub unused_fallback_key_types: Vec<String>,
+    pub presence: Vec<Value>,
     /// The rooms the user is joined to (and the filter allows): new rows in them may change
     /// the next response.
     pub joined_room_ids: Vec<Arc<str>>,
@@ -94,6 +96,7 @@ impl SyncBatch {
             && self.account_data.is_empty()
             && self.to_device.is_empty()
             && self.device_lists.is_empty()
+            && self.presence.is_empty()
     }
 
     pub(crate) fn into_json(self) -> Value {
@@ -101,7 +104,7 @@ impl SyncBatch {
             "next_batch": self.next_batch.to_string(),
             "rooms": { "join": self.join, "invite": self.invite, "leave": self.leave, "knock": {} },
             "account_data": { "events": self.account_data },
-            "presence": { "events": [] },
+            "presence": { "events": self.presence },
             "to_device": { "events": self.to_device },
             "device_lists": { "changed": self.device_lists.changed, "left": self.device_lists.left },
             "device_one_time_keys_count": self.one_time_key_counts,
@@ -223,6 +226,7 @@ pub(crate) async fn sync_batch(
         device_lists,
         one_time_key_counts,
         unused_fallback_key_types,
+        presence: Vec::new(),
         joined_room_ids: listen,
     };
     // Push rules are server defaults (users cannot change them yet); clients such as Element
@@ -237,6 +241,7 @@ pub(crate) async fn sync_batch(
     }
     batch.account_data = global_data;
     sync.joined_rooms(&mut conn, joined, newest_events, &mut room_data, &mut batch.join).await?;
+    batch.presence = presence::presence_events(state, &mut conn, request, &next, &batch.join).await?;
     for room in invited {
         // Invites from ignored users are never delivered (the spec's Ignoring Users module).
         let Some(invite_state) = sync.invite_state(&mut conn, &room).await? else { continue };

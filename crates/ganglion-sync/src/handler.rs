@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use axum::{Json, extract::State};
+use ganglion_events::presence::PresenceState;
 use ganglion_http::{Auth, MatrixError, MatrixQuery, MatrixResult, lenient};
 use ganglion_storage::accounts;
 use ganglion_types::SyncToken;
@@ -48,17 +49,19 @@ pub(crate) async fn sync(
             "This server is catching up; try again shortly",
         ));
     }
-    // There is no presence stream yet: the value is checked and otherwise ignored.
-    if let Some(presence) = query.set_presence.as_deref()
-        && !matches!(presence, "online" | "offline" | "unavailable")
-    {
-        return Err(MatrixError::invalid_param("`set_presence` must be online, offline or unavailable"));
-    }
+    let presence = match query.set_presence.as_deref() {
+        None => PresenceState::Online,
+        Some(presence) => PresenceState::parse(presence).ok_or_else(|| {
+            MatrixError::invalid_param("`set_presence` must be online, offline or unavailable")
+        })?,
+    };
     let filter = match query.filter.as_deref() {
         None | Some("") => Filter::default(),
         Some(filter) => filter_of_user(&state, session.user_id.as_str(), filter).await?,
     };
     let timeout = Duration::from_millis(query.timeout.unwrap_or(0)).min(MAX_TIMEOUT);
+    // Counts the device as syncing (online by default) until the response is ready.
+    let _syncing = state.syncing.sync_started(&session.user_id, &session.device_id, presence).await;
     let request = SyncRequest {
         user_id: session.user_id.as_str(),
         device_id: session.device_id.as_str(),

@@ -1,12 +1,14 @@
 //! The sync role: `GET /_matrix/client/v3/sync`. A request computes the changes between its
 //! `since` token and the current positions; when there are none it waits, woken by the bus
 //! through the `Notifier` only for rows of the user's rooms or the user, never by polling.
+//! Syncing devices are reported to the master for presence, throttled per device.
 
 mod compute;
 mod e2ee;
 mod ephemeral;
 pub mod filter;
 mod handler;
+mod presence;
 mod timeline;
 mod wait;
 
@@ -19,6 +21,7 @@ use ganglion_replication::{CatchUp, Notifier, Positions, RecentEvents, TypingSto
 use ganglion_state::Caches;
 use ganglion_storage::Db;
 use ganglion_types::EndpointClass;
+pub use presence::SyncingDevices;
 
 #[derive(Clone)]
 pub struct SyncState {
@@ -35,6 +38,8 @@ pub struct SyncState {
     pub ignored_users: Arc<IgnoredUsersCache>,
     /// In a cluster: reaches a `since` token handed out by another sync worker.
     pub catch_up: Option<Arc<dyn CatchUp>>,
+    /// The devices syncing here, reported to the master for presence.
+    pub syncing: Arc<SyncingDevices>,
 }
 
 /// A user's rooms, as read from the database.

@@ -8,8 +8,8 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use ganglion_proto::master::v1::{
     self as pb, accounts_server::AccountsServer, ephemeral_server::EphemeralServer,
-    key_backup_server::KeyBackupServer, keys_server::KeysServer, rooms_server::RoomsServer,
-    streams_server::StreamsServer,
+    key_backup_server::KeyBackupServer, keys_server::KeysServer, presence_server::PresenceServer,
+    rooms_server::RoomsServer, streams_server::StreamsServer,
 };
 use tokio::net::TcpListener;
 use tonic::{
@@ -38,7 +38,8 @@ pub async fn serve(
         .add_service(RoomsServer::new(adapter.clone()))
         .add_service(EphemeralServer::new(adapter.clone()))
         .add_service(KeysServer::new(adapter.clone()))
-        .add_service(KeyBackupServer::new(adapter))
+        .add_service(KeyBackupServer::new(adapter.clone()))
+        .add_service(PresenceServer::new(adapter))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

@@ -35,10 +35,11 @@ use crate::{
     Accounts, CheckPassword, ClaimKeys, ClaimedKey, CreateBackupVersion, CreateFilter, CreateRoom,
     CreateRoomRequest, DeleteAlias, DeleteBackupKeys, DeleteBackupVersion, DeleteDevices, Ephemeral,
     ForgetRoom, InitialStateEvent, KeyBackup, KeyClaim, Keys, LoginRequest, Logout, LogoutAll, MasterError,
-    MasterResult, MembershipChange, OneTimeKeyCounts, Preset, ProfileField, PutBackupKeys, RegisterRequest,
-    RenameDevice, RoomKeysUpdate, Rooms, SendEvent, SendToDevice, SessionGrant, SetAccountData, SetAlias,
-    SetPassword, SetProfile, SetReceipt, SetRoomVisibility, SetTyping, Streams, TypingSnapshot,
-    UpdateBackupVersion, UpdateMembership, UploadKeys, UploadSignatures, UploadSigningKeys, trace,
+    MasterResult, MembershipChange, OneTimeKeyCounts, Presence, PresenceSyncing, Preset, ProfileField,
+    PutBackupKeys, RegisterRequest, RenameDevice, RoomKeysUpdate, Rooms, SendEvent, SendToDevice,
+    SessionGrant, SetAccountData, SetAlias, SetPassword, SetPresence, SetProfile, SetReceipt,
+    SetRoomVisibility, SetTyping, Streams, TypingSnapshot, UpdateBackupVersion, UpdateMembership, UploadKeys,
+    UploadSignatures, UploadSigningKeys, trace,
 };
 
 const TIMEOUT: Duration = Duration::from_millis(200);
@@ -438,6 +439,24 @@ async fn calls_round_trip_exactly() {
     round_trip(f, delete, async |r| m.delete_backup_keys(r).await).await;
     let delete = DeleteBackupKeys { user_id: alice(), version: 7, room_id: None, session_id: None };
     round_trip(f, delete, async |r| m.delete_backup_keys(r).await).await;
+    use ganglion_events::presence::PresenceState;
+    let status = SetPresence {
+        user_id: alice(),
+        device_id: "PHONE".into(),
+        presence: PresenceState::Unavailable,
+        status_msg: Some("lunch".to_owned()),
+    };
+    round_trip(f, status, async |r| m.set_presence(r).await).await;
+    let offline = SetPresence {
+        user_id: alice(),
+        device_id: "PHONE".into(),
+        presence: PresenceState::Offline,
+        status_msg: None,
+    };
+    round_trip(f, offline, async |r| m.set_presence(r).await).await;
+    let syncing =
+        PresenceSyncing { user_id: alice(), device_id: "LAPTOP".into(), presence: PresenceState::Online };
+    round_trip(f, syncing, async |r| m.presence_syncing(r).await).await;
 
     assert_eq!(master.positions().await.unwrap(), sync_token());
     assert_eq!(master.typing_snapshot().await.unwrap(), typing_snapshot());
@@ -474,7 +493,8 @@ async fn bad_input_is_a_typed_invalid_argument() {
     let channel = Endpoint::from_shared(format!("http://{address}")).unwrap().connect().await.unwrap();
     let mut rooms = RoomsClient::new(channel.clone());
     let mut ephemeral = EphemeralClient::new(channel.clone());
-    let mut key_backup = KeyBackupClient::new(channel);
+    let mut key_backup = KeyBackupClient::new(channel.clone());
+    let mut presence = ganglion_proto::master::v1::presence_client::PresenceClient::new(channel);
 
     let bad_user = pb::ForgetRoomRequest { user_id: "alice".to_owned(), room_id: "!room:test".to_owned() };
     let status = rooms.forget_room(bad_user).await.unwrap_err();
@@ -527,6 +547,13 @@ async fn bad_input_is_a_typed_invalid_argument() {
     assert_eq!(pb::MasterFailure::decode(status.details()).unwrap().class(), pb::ErrorCode::BadJson);
     let beyond_json = pb::BackupRoomKey { first_message_index: 1 << 53, ..key };
     let status = key_backup.put_backup_keys(put(beyond_json)).await.unwrap_err();
+    assert_eq!(pb::MasterFailure::decode(status.details()).unwrap().class(), pb::ErrorCode::InvalidParam);
+    let no_state = pb::PresenceSyncingRequest {
+        user_id: "@alice:test".to_owned(),
+        device_id: "PHONE".to_owned(),
+        presence: 0,
+    };
+    let status = presence.presence_syncing(no_state).await.unwrap_err();
     assert_eq!(pb::MasterFailure::decode(status.details()).unwrap().class(), pb::ErrorCode::InvalidParam);
 
     assert!(fake.calls().is_empty(), "the master saw {:?}", fake.calls());
