@@ -11,7 +11,6 @@
 use std::{
     fmt::Write as _,
     fs,
-    net::TcpListener,
     path::{Path, PathBuf},
     process::{Command, ExitStatus, Stdio},
     time::{Duration, Instant},
@@ -153,15 +152,7 @@ impl Cluster {
         let redis_dir = dir_path.join("redis");
         let redis = blocking(READY_DEADLINE, "starting Redis", move || Redis::start_in(&redis_dir)).await?;
 
-        // Held together, so that the kernel hands out distinct ports; released just before use.
-        let listeners = (0..layout.len() + 2)
-            .map(|_| TcpListener::bind("127.0.0.1:0").context("finding a free port"))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let mut ports = listeners
-            .iter()
-            .map(|listener| Ok(listener.local_addr()?.port()))
-            .collect::<anyhow::Result<Vec<u16>>>()?;
-        drop(listeners);
+        let mut ports = crate::ports::free_ports(layout.len() + 2)?;
         let load_balancer_port = ports.pop().context("ports")?;
         let grpc_port = ports.pop().context("ports")?;
         let instances: Vec<Instance> = layout

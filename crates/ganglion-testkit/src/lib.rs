@@ -19,6 +19,7 @@ mod binary;
 mod cluster;
 mod http;
 mod nginx;
+mod ports;
 mod postgres;
 mod redis;
 mod sdk;

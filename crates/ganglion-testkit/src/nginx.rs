@@ -4,7 +4,7 @@
 
 use std::{
     fs,
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
     os::unix::{fs::PermissionsExt, process::CommandExt},
     path::PathBuf,
     process::{Command, ExitStatus, Stdio},
@@ -149,12 +149,9 @@ impl Drop for Nginx {
     }
 }
 
-/// A loopback port nothing listens on right now (someone else may take it before it is used).
+/// A loopback port nothing listens on right now (see `ports`).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("finding a free port")
-        .port()
+    crate::ports::free_port().expect("finding a free port")
 }
 
 /// The first `listen` directive's address (`host:port` or a bare port), as something to connect to.

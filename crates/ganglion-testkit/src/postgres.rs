@@ -8,7 +8,6 @@
 use std::{
     ffi::CString,
     fs,
-    net::TcpListener,
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Command, ExitStatus, Stdio},
@@ -382,8 +381,7 @@ fn chown(path: &Path, uid: libc::uid_t, gid: libc::gid_t) -> anyhow::Result<()> 
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(listener.local_addr()?.port())
+    crate::ports::free_port()
 }
 
 /// `$GANGLION_TEST_PG_BIN`, else the newest `/usr/lib/postgresql/<N>/bin`, else the directory of

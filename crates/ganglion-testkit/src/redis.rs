@@ -8,7 +8,7 @@
 use std::{
     fs,
     io::{BufReader, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     thread,
@@ -97,9 +97,7 @@ impl Redis {
         // A port picked by the kernel can be taken again before redis binds it: retry a few times.
         let mut last_error = None;
         for _ in 0..3 {
-            let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-            let port = listener.local_addr().context("finding a free port")?.port();
-            drop(listener);
+            let port = crate::ports::free_port()?;
             let mut redis =
                 Redis { binary: binary.clone(), port, process: None, dir: None, dir_path: dir_path.clone() };
             match redis.spawn() {
