@@ -48,7 +48,7 @@ fn sync_settings() -> SyncSettings {
 
 /// One sync round for every client, each after the one before (a client's uploads and
 /// key-sharing to-device messages go out with its sync).
-async fn sync_all(clients: &[&Client]) {
+pub(crate) async fn sync_all(clients: &[&Client]) {
     for client in clients {
         client.sync_once(sync_settings()).await.unwrap();
     }
@@ -70,7 +70,11 @@ async fn decrypted_bodies(client: &Client, room_id: &OwnedRoomId) -> BTreeSet<St
 }
 
 /// Syncs every client until each decrypts every body of `expected` in `room_id`.
-async fn until_all_decrypt(clients: &[&Client], room_id: &OwnedRoomId, expected: &BTreeSet<String>) {
+pub(crate) async fn until_all_decrypt(
+    clients: &[&Client],
+    room_id: &OwnedRoomId,
+    expected: &BTreeSet<String>,
+) {
     let rounds = async {
         loop {
             sync_all(clients).await;
@@ -129,7 +133,7 @@ async fn encrypted_room(creator: &Client, members: &[&Client], all: &[&Client]) 
     room_id
 }
 
-async fn send_text(client: &Client, room_id: &OwnedRoomId, body: &str) {
+pub(crate) async fn send_text(client: &Client, room_id: &OwnedRoomId, body: &str) {
     let room = client.get_room(room_id).unwrap();
     room.send(RoomMessageEventContent::text_plain(body)).await.unwrap();
 }

@@ -49,6 +49,7 @@ mod config;
 mod e2ee;
 mod errors;
 mod ignoring;
+mod interop;
 mod legacy;
 mod limits;
 mod membership;
