@@ -15,6 +15,7 @@ on_all_backends!(
     initial_state_and_power_level_override_apply,
     room_versions_10_11_12_and_unknown,
     state_and_event_endpoints,
+    identical_rooms_created_at_once_are_distinct_rooms,
 );
 
 /// Content of the state event `kind`/`key` in `room`.
@@ -252,4 +253,20 @@ async fn state_and_event_endpoints(backend: Backend) {
     // Someone who never was in the private room cannot read its state.
     bob.get(&format!("/rooms/{}/state", enc(&room))).await.unwrap().err(403, "M_FORBIDDEN");
     bob.get(&format!("/rooms/{}/state/m.room.name/", enc(&room))).await.unwrap().err(403, "M_FORBIDDEN");
+}
+
+/// In room version 12 a room's id is its create event's hash: rooms one user creates with the same
+/// content in the same millisecond must still be distinct rooms.
+async fn identical_rooms_created_at_once_are_distinct_rooms(backend: Backend) {
+    let server = start(backend).await;
+    let [alice] = <[Account; 1]>::try_from(register_all(&server, &["alice"]).await).unwrap();
+    let creates = (0..20).map(|_| {
+        let alice = alice.clone();
+        tokio::spawn(async move { alice.create_room(&json!({ "preset": "private_chat" })).await.unwrap() })
+    });
+    let mut rooms = std::collections::BTreeSet::new();
+    for create in creates {
+        rooms.insert(create.await.unwrap());
+    }
+    assert_eq!(rooms.len(), 20, "{rooms:?}");
 }

@@ -6,10 +6,34 @@ use clap::{Parser, ValueEnum};
 
 /// Registers users, puts them in rooms, sends messages from concurrent closed-loop senders while
 /// every user long-polls `/sync`, and reports sends/s, send latency, fan-out latency, initial sync
-/// time and server RSS.
+/// time and server RSS. Other workloads (--workload) send to-device messages to many devices, or
+/// claim and query end-to-end encryption keys.
 #[derive(Debug, Parser)]
 #[command(name = "ganglion-load", version)]
 pub struct Args {
+    /// What to measure. `rooms`: messages into rooms, fanned out to every member's /sync.
+    /// `to-device`: each sender sends one to-device message to every device of every user
+    /// (--users x --devices-per-user devices, each long-polling /sync). `keys-claim` and
+    /// `keys-query`: --senders clients call /keys/claim or /keys/query in closed loops against
+    /// devices that published one-time keys.
+    #[arg(long, value_enum, default_value_t = Workload::Rooms)]
+    pub workload: Workload,
+
+    /// Rooms workload: create the rooms with `m.room.encryption` (megolm) in their initial state
+    /// and send `m.room.encrypted` events shaped like megolm ones instead of `m.room.message`.
+    #[arg(long)]
+    pub encrypted: bool,
+
+    /// Devices of each user in the to-device and keys workloads (default 1): the first comes
+    /// with registration, each other one from a password login.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub devices_per_user: Option<u32>,
+
+    /// Keys workloads: devices asked for one key each in one /keys/claim, or users asked for in
+    /// one /keys/query (default 10).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub keys_per_request: Option<u32>,
+
     /// Base URL of a running homeserver, e.g. http://127.0.0.1:8008.
     #[arg(long, conflicts_with = "spawn", required_unless_present = "spawn")]
     pub url: Option<String>,
@@ -30,11 +54,12 @@ pub struct Args {
     #[arg(long, conflicts_with = "spawn")]
     pub server_pid: Option<u32>,
 
-    /// Number of users; each one runs a /sync long-poll loop.
+    /// Number of users. In the rooms workload each one runs a /sync long-poll loop; in the
+    /// to-device workload each of their devices does.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub users: u32,
 
-    /// Number of rooms.
+    /// Number of rooms (rooms workload).
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     pub rooms: u32,
 
@@ -43,7 +68,8 @@ pub struct Args {
     pub rooms_per_user: u32,
 
     /// Concurrent closed-loop senders. Sender i sends as user i mod users, round-robin over that
-    /// user's rooms.
+    /// user's rooms. In the to-device workload each sender is a user of its own; in the keys
+    /// workloads these are the clients calling /keys/claim or /keys/query, users of their own.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     pub senders: u32,
 
@@ -86,6 +112,29 @@ pub struct Args {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Workload {
+    Rooms,
+    ToDevice,
+    KeysClaim,
+    KeysQuery,
+}
+
+impl Workload {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Workload::Rooms => "rooms",
+            Workload::ToDevice => "to-device",
+            Workload::KeysClaim => "keys-claim",
+            Workload::KeysQuery => "keys-query",
+        }
+    }
+
+    fn is_keys(self) -> bool {
+        matches!(self, Workload::KeysClaim | Workload::KeysQuery)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SpawnBackend {
     Sqlite,
     Postgres,
@@ -104,14 +153,41 @@ impl SpawnBackend {
 
 /// The number of sync workers when none is asked for.
 pub const DEFAULT_SYNC_WORKERS: u32 = 2;
+/// Devices per user when none is asked for.
+const DEFAULT_DEVICES_PER_USER: u32 = 1;
+/// Devices per /keys/claim, users per /keys/query, when none is asked for.
+const DEFAULT_KEYS_PER_REQUEST: u32 = 10;
 
 impl Args {
-    /// Checks what clap cannot: --sync-workers only with `--spawn cluster`.
+    /// Checks what clap cannot: --sync-workers only with `--spawn cluster`, and each workload's
+    /// flags only with that workload.
     pub fn validate(&self) -> Result<(), String> {
         if self.sync_workers.is_some() && self.spawn != Some(SpawnBackend::Cluster) {
             return Err("--sync-workers needs --spawn cluster".to_owned());
         }
+        if self.encrypted && self.workload != Workload::Rooms {
+            return Err("--encrypted goes with --workload rooms".to_owned());
+        }
+        if self.devices_per_user.is_some() && self.workload == Workload::Rooms {
+            return Err(
+                "--devices-per-user goes with --workload to-device, keys-claim or keys-query".to_owned()
+            );
+        }
+        if self.keys_per_request.is_some() && !self.workload.is_keys() {
+            return Err("--keys-per-request goes with --workload keys-claim or keys-query".to_owned());
+        }
+        if self.send_rate.is_some() && self.workload.is_keys() {
+            return Err("--send-rate goes with --workload rooms or to-device".to_owned());
+        }
         Ok(())
+    }
+
+    pub fn devices_per_user(&self) -> u32 {
+        self.devices_per_user.unwrap_or(DEFAULT_DEVICES_PER_USER)
+    }
+
+    pub fn keys_per_request(&self) -> u32 {
+        self.keys_per_request.unwrap_or(DEFAULT_KEYS_PER_REQUEST)
     }
 
     /// The sync workers a spawned cluster runs with; `None` for anything but `--spawn cluster`.

@@ -1,13 +1,16 @@
 //! `ganglion-load`: a closed-loop load benchmark for the client-server API. It registers users,
 //! puts them in rooms, keeps one `/sync` long-poll per user, sends messages from concurrent
 //! senders and reports sends/s, send and fan-out latency, initial sync time and server RSS; for
-//! a cluster, also every worker's replication lag.
+//! a cluster, also every worker's replication lag. The rooms may be encrypted; other workloads
+//! send to-device messages to many devices, or claim and query end-to-end encryption keys.
 //!
 //! It is a benchmark, not a test: it measures and reports, and asserts nothing about the server
 //! beyond what it needs to run. Every non-2xx answer is counted in the report.
 
 mod cli;
 mod clock;
+mod e2ee;
+mod keys;
 mod matrix;
 mod plan;
 mod procfs;
@@ -17,6 +20,7 @@ mod report;
 mod run;
 mod sender;
 mod server;
+mod setup;
 mod spawn;
 mod stats;
 

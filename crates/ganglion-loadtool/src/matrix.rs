@@ -1,7 +1,8 @@
 //! The few client-server API calls the benchmark makes, over plain HTTP/1.1.
 //!
-//! Calls used in the measured phase (`send_message`, `sync`) return a [`Reply`] and leave retries
-//! and counting to the caller. Setup calls retry on 429 and fail the run on anything else.
+//! Calls used in the measured phase (`send_event`, `send_to_device`, `sync`, the `/keys` calls)
+//! return a [`Reply`] and leave retries and counting to the caller. Setup calls retry on 429 and
+//! fail the run on anything else.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -23,10 +24,11 @@ const INSTANCE_HEADER: &str = "x-ganglion-instance";
 /// Setup calls give up after this many 429s in a row.
 const SETUP_RATE_LIMIT_RETRIES: u32 = 50;
 
-/// A logged-in user.
+/// A logged-in device.
 #[derive(Debug, Clone)]
 pub struct Session {
     pub user_id: String,
+    pub device_id: String,
     pub access_token: String,
 }
 
@@ -98,9 +100,11 @@ pub struct Api {
     http: reqwest::Client,
 }
 
+/// The answer to `/register` and `/login`.
 #[derive(Deserialize)]
 struct RegisterResponse {
     user_id: String,
+    device_id: String,
     access_token: String,
 }
 
@@ -232,6 +236,7 @@ impl Api {
                         .with_context(|| format!("{what}: unexpected response"))?;
                     return Ok(Session {
                         user_id: registered.user_id,
+                        device_id: registered.device_id,
                         access_token: registered.access_token,
                     });
                 }
@@ -259,15 +264,50 @@ impl Api {
         bail!("{what}: still rate limited after {SETUP_RATE_LIMIT_RETRIES} retries")
     }
 
-    /// Creates a public room and returns its ID.
+    /// Logs `username` in again: a new device of the user.
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+        rate_limited: &AtomicU64,
+    ) -> anyhow::Result<Session> {
+        let url = self.url("/v3/login");
+        let body = json!({
+            "type": "m.login.password",
+            "identifier": { "type": "m.id.user", "user": username },
+            "password": password,
+            "initial_device_display_name": "ganglion-load",
+        });
+        let bytes = self
+            .setup_call(&format!("logging in {username}"), rate_limited, || self.http.post(&url).json(&body))
+            .await?;
+        let logged_in: RegisterResponse =
+            serde_json::from_slice(&bytes).context("login: unexpected response")?;
+        Ok(Session {
+            user_id: logged_in.user_id,
+            device_id: logged_in.device_id,
+            access_token: logged_in.access_token,
+        })
+    }
+
+    /// Creates a public room and returns its ID; an encrypted one has `m.room.encryption`
+    /// (megolm) in its initial state.
     pub async fn create_room(
         &self,
         session: &Session,
         name: &str,
+        encrypted: bool,
         rate_limited: &AtomicU64,
     ) -> anyhow::Result<String> {
         let url = self.url("/v3/createRoom");
-        let body = json!({ "preset": "public_chat", "name": name });
+        let mut body = json!({ "preset": "public_chat", "name": name });
+        if encrypted {
+            body["initial_state"] = json!([{
+                "type": "m.room.encryption",
+                "state_key": "",
+                "content": { "algorithm": crate::e2ee::MEGOLM_ALGORITHM },
+            }]);
+        }
         let bytes = self
             .setup_call(&format!("creating room {name}"), rate_limited, || {
                 self.http.post(&url).bearer_auth(&session.access_token).json(&body)
@@ -293,20 +333,66 @@ impl Api {
         Ok(())
     }
 
-    /// `PUT /rooms/{roomId}/send/m.room.message/{txnId}`.
-    pub async fn send_message(
+    /// Uploads one-time and fallback keys in setup; answers the server's one-time key counts.
+    pub async fn setup_upload_keys(
+        &self,
+        session: &Session,
+        body: &serde_json::Value,
+        rate_limited: &AtomicU64,
+    ) -> anyhow::Result<Bytes> {
+        let url = self.url("/v3/keys/upload");
+        let what = format!("uploading keys of {} {}", session.user_id, session.device_id);
+        self.setup_call(&what, rate_limited, || {
+            self.http.post(&url).bearer_auth(&session.access_token).json(body)
+        })
+        .await
+    }
+
+    /// `PUT /rooms/{roomId}/send/{eventType}/{txnId}`.
+    pub async fn send_event(
         &self,
         session: &Session,
         room_id: &str,
+        event_type: &str,
         txn_id: &str,
         content: &serde_json::Value,
     ) -> Result<Reply, reqwest::Error> {
         let url = self.url(&format!(
-            "/v3/rooms/{}/send/m.room.message/{}",
+            "/v3/rooms/{}/send/{}/{}",
             encode_component(room_id),
+            encode_component(event_type),
             encode_component(txn_id)
         ));
         let request = self.http.put(url).bearer_auth(&session.access_token).json(content);
+        self.execute(request).await
+    }
+
+    /// `PUT /sendToDevice/{eventType}/{txnId}`; `body` is `{"messages": …}`.
+    pub async fn send_to_device(
+        &self,
+        session: &Session,
+        event_type: &str,
+        txn_id: &str,
+        body: &serde_json::Value,
+    ) -> Result<Reply, reqwest::Error> {
+        let url = self.url(&format!(
+            "/v3/sendToDevice/{}/{}",
+            encode_component(event_type),
+            encode_component(txn_id)
+        ));
+        let request = self.http.put(url).bearer_auth(&session.access_token).json(body);
+        self.execute(request).await
+    }
+
+    /// `POST /keys/upload`, `/keys/claim` or `/keys/query`, by `endpoint` (`upload`, …).
+    pub async fn keys(
+        &self,
+        session: &Session,
+        endpoint: KeysEndpoint,
+        body: &serde_json::Value,
+    ) -> Result<Reply, reqwest::Error> {
+        let url = self.url(&format!("/v3/keys/{}", endpoint.as_str()));
+        let request = self.http.post(url).bearer_auth(&session.access_token).json(body);
         self.execute(request).await
     }
 
@@ -327,6 +413,24 @@ impl Api {
         }
         let request = self.http.get(url).bearer_auth(&session.access_token);
         self.execute(request).await
+    }
+}
+
+/// The `/keys` endpoints the keys workloads call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeysEndpoint {
+    Upload,
+    Claim,
+    Query,
+}
+
+impl KeysEndpoint {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeysEndpoint::Upload => "upload",
+            KeysEndpoint::Claim => "claim",
+            KeysEndpoint::Query => "query",
+        }
     }
 }
 

@@ -1,5 +1,6 @@
-//! One user's `/sync` long-poll loop: an initial sync, then incremental syncs until told to
-//! stop, recording when each other member's load message arrived.
+//! One device's `/sync` long-poll loop: an initial sync, then incremental syncs until told to
+//! stop, recording when each load message from someone else arrived, in a room's timeline or
+//! among the to-device events.
 //!
 //! It only records; fan-out latencies and completeness are worked out in `report` once every
 //! sender's records are in.
@@ -38,6 +39,15 @@ struct SyncResponse {
     next_batch: String,
     #[serde(default)]
     rooms: Rooms,
+    #[serde(default)]
+    to_device: ToDevice,
+}
+
+#[derive(Default, Deserialize)]
+struct ToDevice {
+    /// The same three fields as a timeline event.
+    #[serde(default)]
+    events: Vec<TimelineEvent>,
 }
 
 #[derive(Default, Deserialize)]
@@ -106,6 +116,9 @@ pub struct Receiver {
     pub api: Api,
     pub session: Session,
     pub run_id: Arc<str>,
+    /// The type of the load messages: `m.room.message`, or `m.room.encrypted` for encrypted
+    /// rooms and to-device messages.
+    pub event_type: &'static str,
     /// Inline filter JSON, if any.
     pub filter: Option<Arc<str>>,
     pub counters: Arc<Counters>,
@@ -212,36 +225,36 @@ impl Receiver {
     }
 
     fn collect(&self, response: &SyncResponse, received_ns: u64, outcome: &mut ReceiverOutcome) {
-        let mut limited = false;
         let mut found = 0;
-        for room in response.rooms.join.values() {
-            limited |= room.timeline.limited;
-            for event in &room.timeline.events {
-                if event.event_type != "m.room.message" || event.sender == self.session.user_id {
-                    continue;
-                }
-                let Some(content) = &event.content else {
-                    continue;
-                };
-                // Anything that does not parse is someone else's message, not a load message.
-                let Ok(load) = serde_json::from_str::<LoadContent>(content.get()) else {
-                    continue;
-                };
-                if load.load_run != *self.run_id {
-                    continue;
-                }
-                outcome.deliveries.push(Delivery {
-                    sender: load.load_sender,
-                    seq: load.load_seq,
-                    ts_ns: load.ts_ns,
-                    received_ns,
-                });
-                found += 1;
+        let timelines = response.rooms.join.values().flat_map(|room| &room.timeline.events);
+        for event in timelines.chain(&response.to_device.events) {
+            if event.event_type != self.event_type || event.sender == self.session.user_id {
+                continue;
             }
+            let Some(content) = &event.content else {
+                continue;
+            };
+            // Anything that does not parse is someone else's message, not a load message.
+            let Ok(load) = serde_json::from_str::<LoadContent>(content.get()) else {
+                continue;
+            };
+            if load.load_run != *self.run_id {
+                continue;
+            }
+            outcome.deliveries.push(Delivery {
+                sender: load.load_sender,
+                seq: load.load_seq,
+                ts_ns: load.ts_ns,
+                received_ns,
+            });
+            found += 1;
         }
-        if limited {
+        if response.rooms.join.values().any(|room| room.timeline.limited) {
             outcome.limited_timelines += 1;
         }
         self.counters.delivered.fetch_add(found, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests;

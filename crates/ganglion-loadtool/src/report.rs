@@ -1,4 +1,5 @@
 //! Turns a run's raw records into the figures the issue asks for, as one JSON object or a table.
+//! The keys workloads have a report of their own, in `report::keys`.
 //!
 //! Window rules: a send counts when its 2xx arrived inside the measured window; a fan-out sample
 //! counts when the message's `ts_ns` (taken just before its PUT) is inside the window. Completeness
@@ -9,12 +10,14 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::cli::Args;
+use crate::cli::{Args, Workload};
 use crate::matrix::ErrorCounts;
 use crate::receiver::ReceiverOutcome;
 use crate::replication::{Lag, WorkerReadings};
 use crate::sender::SenderOutcome;
 use crate::stats::{Summary, summarize_ns};
+
+pub mod keys;
 
 const MIB: f64 = 1024.0 * 1024.0;
 const SYNAPSE_REFERENCE: &str = "Synapse on SQLite, 2 cores, 20 users in 10 rooms, 4 senders: \
@@ -44,6 +47,7 @@ pub struct Measurements {
     /// The only server process, or a cluster's master.
     pub server_pid: Option<u32>,
     pub sync_workers: Option<u32>,
+    /// Receivers per send: room members, or devices.
     pub mean_members: f64,
     pub setup_took: Duration,
     pub setup_rate_limited: u64,
@@ -52,6 +56,13 @@ pub struct Measurements {
     /// Indexed by sender number.
     pub senders: Vec<SenderOutcome>,
     pub receivers: Vec<ReceiverOutcome>,
+    pub usage: Usage,
+    /// A cluster's workers' `/_ganglion/v1/replication` at both ends of the window.
+    pub replication: Vec<WorkerReadings>,
+}
+
+/// What the server, its database, Redis, nginx and the load tool used during the window.
+pub struct Usage {
     /// `(clock ns, bytes)`, summed over the server's processes.
     pub rss_samples: Vec<(u64, u64)>,
     /// Every `ganglion` process (one, or a cluster's).
@@ -63,8 +74,6 @@ pub struct Measurements {
     pub redis_cpu_seconds: Option<f64>,
     pub nginx_cpu_seconds: Option<f64>,
     pub client_cpu_seconds: Option<f64>,
-    /// A cluster's workers' `/_ganglion/v1/replication` at both ends of the window.
-    pub replication: Vec<WorkerReadings>,
 }
 
 /// One `ganglion` process's readings.
@@ -115,9 +124,16 @@ pub struct ServerInfo {
 
 #[derive(Debug, Serialize)]
 pub struct Config {
+    /// `rooms` or `to-device`.
+    pub workload: &'static str,
+    /// Rooms with `m.room.encryption`, and `m.room.encrypted` events sent into them.
+    pub encrypted: bool,
+    /// To-device workload: each user's devices, every one a recipient.
+    pub devices_per_user: Option<u32>,
     pub users: u32,
     pub rooms: u32,
     pub rooms_per_user: u32,
+    /// To-device workload: the devices each send goes to.
     pub mean_members_per_room: f64,
     pub senders: u32,
     /// --send-rate: the cap on sends per second over all senders, if any.
@@ -267,42 +283,13 @@ impl Report {
             .iter()
             .map(|took| i64::try_from(took.as_nanos()).unwrap_or(i64::MAX))
             .collect();
-        let processes = &measurements.processes;
-        let rss_at_end_bytes = sum(processes.iter().map(|process| process.rss_at_end_bytes));
-        let rss_max_in_window = measurements
-            .rss_samples
-            .iter()
-            .filter(|(at_ns, _)| window.contains(*at_ns))
-            .map(|&(_, bytes)| bytes)
-            .chain(rss_at_end_bytes)
-            .max();
-        let memory = Memory {
-            rss_mib: rss_at_end_bytes.map(to_mib),
-            rss_max_in_window_mib: rss_max_in_window.map(to_mib),
-            rss_peak_mib: sum(processes.iter().map(|process| process.peak_rss_bytes)).map(to_mib),
-        };
-        let window_seconds = window.seconds();
-        let per_second = |seconds: Option<f64>| seconds.map(|seconds| seconds / window_seconds);
-        let cpu = Cpu {
-            server_cores: per_second(sum(processes.iter().map(|process| process.cpu_seconds))),
-            database_cores: per_second(measurements.database_cpu_seconds),
-            redis_cores: per_second(measurements.redis_cpu_seconds),
-            nginx_cores: per_second(measurements.nginx_cpu_seconds),
-            load_tool_cores: per_second(measurements.client_cpu_seconds),
-        };
-        let process_reports = processes
-            .iter()
-            .map(|process| ProcessReport {
-                name: process.name.clone(),
-                role: process.role.clone(),
-                pid: process.pid,
-                rss_mib: process.rss_at_end_bytes.map(to_mib),
-                rss_peak_mib: process.peak_rss_bytes.map(to_mib),
-                cpu_cores: per_second(process.cpu_seconds),
-            })
-            .collect();
+        let (memory, cpu, process_reports) = resources(&measurements.usage, window);
         let replication = replication(&measurements.replication);
-        let targets = targets(measurements.backend, &sends, &fanout, &memory, replication.as_ref());
+        // The issue's targets are for messages into rooms.
+        let targets = match args.workload {
+            Workload::Rooms => targets(measurements.backend, &sends, &fanout, &memory, replication.as_ref()),
+            Workload::ToDevice | Workload::KeysClaim | Workload::KeysQuery => Vec::new(),
+        };
         Report {
             server: ServerInfo {
                 backend: measurements.backend,
@@ -311,6 +298,9 @@ impl Report {
                 sync_workers: measurements.sync_workers,
             },
             config: Config {
+                workload: args.workload.as_str(),
+                encrypted: args.encrypted,
+                devices_per_user: (args.workload == Workload::ToDevice).then(|| args.devices_per_user()),
                 users: args.users,
                 rooms: args.rooms,
                 rooms_per_user: args.rooms_per_user.min(args.rooms),
@@ -355,14 +345,24 @@ impl Report {
             "ganglion-load: {} server at {}{pid}{sync_workers}",
             self.server.backend, self.server.base_url,
         );
+        let population = match config.devices_per_user {
+            Some(devices_per_user) => format!(
+                "{} users with {devices_per_user} devices each ({:.0} devices), {} senders each sending one \
+                 to-device message to every device",
+                config.users, config.mean_members_per_room, config.senders
+            ),
+            None => format!(
+                "{} users in {} {}rooms ({:.1} members per room), {} senders",
+                config.users,
+                config.rooms,
+                if config.encrypted { "encrypted " } else { "" },
+                config.mean_members_per_room,
+                config.senders
+            ),
+        };
         let _ = writeln!(
             out,
-            "{} users in {} rooms ({:.1} members per room), {} senders{}; {:.1} s warm-up, {:.1} s \
-             measured; setup took {:.1} s",
-            config.users,
-            config.rooms,
-            config.mean_members_per_room,
-            config.senders,
+            "{population}{}; {:.1} s warm-up, {:.1} s measured; setup took {:.1} s",
             config.send_rate.map(|rate| format!(" (at most {rate} sends/s in all)")).unwrap_or_default(),
             config.warmup_s,
             config.duration_s,
@@ -478,50 +478,7 @@ impl Report {
                 .collect();
             let _ = writeln!(out, "{:<26}{}", "sync answers by process", answers.join(", "));
         }
-        let summed = if self.processes.len() > 1 {
-            format!(" (sum of {} processes)", self.processes.len())
-        } else {
-            String::new()
-        };
-        let _ = writeln!(
-            out,
-            "{:<26}{} at end, {} max in window, {} peak (VmHWM){summed}",
-            "server RSS",
-            mib(self.memory.rss_mib),
-            mib(self.memory.rss_max_in_window_mib),
-            mib(self.memory.rss_peak_mib)
-        );
-        let mut others = String::new();
-        for (name, cores) in [
-            ("PostgreSQL", self.cpu.database_cores),
-            ("Redis", self.cpu.redis_cores),
-            ("nginx", self.cpu.nginx_cores),
-        ] {
-            if let Some(cores) = cores {
-                let _ = write!(others, ", {name} {cores:.2}");
-            }
-        }
-        let _ = writeln!(
-            out,
-            "{:<26}server {}{summed}{others}, load tool {} (cores)",
-            "CPU in window",
-            optional(self.cpu.server_cores, 2),
-            optional(self.cpu.load_tool_cores, 2)
-        );
-        if self.processes.len() > 1 {
-            for process in &self.processes {
-                let _ = writeln!(
-                    out,
-                    "{:<26}{:<14} pid {:<8} RSS {:>10}, peak {:>10}, CPU {} cores",
-                    format!("  {}", process.name),
-                    process.role,
-                    process.pid,
-                    mib(process.rss_mib),
-                    mib(process.rss_peak_mib),
-                    optional(process.cpu_cores, 2)
-                );
-            }
-        }
+        write_resources(&mut out, &self.memory, &self.cpu, &self.processes);
         let _ = writeln!(
             out,
             "{:<26}setup {}, send {}, sync {}",
@@ -542,6 +499,9 @@ impl Report {
             if let Some(first) = &errors.first {
                 let _ = writeln!(out, "{:<26}{first}", format!("first {name} failure"));
             }
+        }
+        if self.targets.is_empty() {
+            return out;
         }
         let _ = writeln!(out);
         let _ = writeln!(out, "{:<40}{:>12}{:>8}", "target (issue: 100 users, 20 rooms)", "value", "met");
@@ -704,6 +664,88 @@ fn replication(readings: &[WorkerReadings]) -> Option<Replication> {
     });
     let failed_workers = workers.iter().filter(|worker| worker.error.is_some()).count() as u64;
     Some(Replication { workers, overall, failed_workers })
+}
+
+/// Memory and CPU over the window, summed and per process.
+fn resources(usage: &Usage, window: Window) -> (Memory, Cpu, Vec<ProcessReport>) {
+    let processes = &usage.processes;
+    let rss_at_end_bytes = sum(processes.iter().map(|process| process.rss_at_end_bytes));
+    let rss_max_in_window = usage
+        .rss_samples
+        .iter()
+        .filter(|(at_ns, _)| window.contains(*at_ns))
+        .map(|&(_, bytes)| bytes)
+        .chain(rss_at_end_bytes)
+        .max();
+    let memory = Memory {
+        rss_mib: rss_at_end_bytes.map(to_mib),
+        rss_max_in_window_mib: rss_max_in_window.map(to_mib),
+        rss_peak_mib: sum(processes.iter().map(|process| process.peak_rss_bytes)).map(to_mib),
+    };
+    let window_seconds = window.seconds();
+    let per_second = |seconds: Option<f64>| seconds.map(|seconds| seconds / window_seconds);
+    let cpu = Cpu {
+        server_cores: per_second(sum(processes.iter().map(|process| process.cpu_seconds))),
+        database_cores: per_second(usage.database_cpu_seconds),
+        redis_cores: per_second(usage.redis_cpu_seconds),
+        nginx_cores: per_second(usage.nginx_cpu_seconds),
+        load_tool_cores: per_second(usage.client_cpu_seconds),
+    };
+    let process_reports = processes
+        .iter()
+        .map(|process| ProcessReport {
+            name: process.name.clone(),
+            role: process.role.clone(),
+            pid: process.pid,
+            rss_mib: process.rss_at_end_bytes.map(to_mib),
+            rss_peak_mib: process.peak_rss_bytes.map(to_mib),
+            cpu_cores: per_second(process.cpu_seconds),
+        })
+        .collect();
+    (memory, cpu, process_reports)
+}
+
+/// The table's lines for [`resources`].
+fn write_resources(out: &mut String, memory: &Memory, cpu: &Cpu, processes: &[ProcessReport]) {
+    let summed =
+        if processes.len() > 1 { format!(" (sum of {} processes)", processes.len()) } else { String::new() };
+    let _ = writeln!(
+        out,
+        "{:<26}{} at end, {} max in window, {} peak (VmHWM){summed}",
+        "server RSS",
+        mib(memory.rss_mib),
+        mib(memory.rss_max_in_window_mib),
+        mib(memory.rss_peak_mib)
+    );
+    let mut others = String::new();
+    for (name, cores) in
+        [("PostgreSQL", cpu.database_cores), ("Redis", cpu.redis_cores), ("nginx", cpu.nginx_cores)]
+    {
+        if let Some(cores) = cores {
+            let _ = write!(others, ", {name} {cores:.2}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "{:<26}server {}{summed}{others}, load tool {} (cores)",
+        "CPU in window",
+        optional(cpu.server_cores, 2),
+        optional(cpu.load_tool_cores, 2)
+    );
+    if processes.len() > 1 {
+        for process in processes {
+            let _ = writeln!(
+                out,
+                "{:<26}{:<14} pid {:<8} RSS {:>10}, peak {:>10}, CPU {} cores",
+                format!("  {}", process.name),
+                process.role,
+                process.pid,
+                mib(process.rss_mib),
+                mib(process.rss_peak_mib),
+                optional(process.cpu_cores, 2)
+            );
+        }
+    }
 }
 
 /// Sums readings, skipping missing ones; `None` when every one is missing.

@@ -1,6 +1,7 @@
-//! One benchmark run, phase by phase: set up users and rooms, start every user's `/sync` loop,
-//! send through a warm-up and the measured window, let the fan-out drain, stop everything and
-//! hand the raw records to `report`.
+//! One benchmark run, phase by phase: set up users and rooms (or devices), start every
+//! receiver's `/sync` loop, send through a warm-up and the measured window, let the fan-out
+//! drain, stop everything and hand the raw records to `report`. The keys workloads branch off to
+//! `keys` once the server runs; the helpers at the end serve both.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,27 +11,29 @@ use anyhow::Context as _;
 use futures_util::{StreamExt as _, TryStreamExt as _, stream};
 use tokio::sync::{oneshot, watch};
 
-use crate::cli::Args;
+use crate::cli::{Args, Workload};
 use crate::clock;
+use crate::e2ee::{MegolmSession, Noise};
 use crate::matrix::{Api, Session};
 use crate::plan::Plan;
 use crate::procfs::{self, Process};
 use crate::receiver::{LONG_POLL_TIMEOUT_MS, Receiver, ReceiverOutcome};
 use crate::replication::{Poller, WorkerReadings};
-use crate::report::{self, Measurements, ProcessMeasurement, Window};
-use crate::sender::{Sender, SenderOutcome, TargetRoom};
+use crate::report::{self, Measurements, ProcessMeasurement, Usage, Window};
+use crate::sender::{
+    ENCRYPTED_EVENT_TYPE, PLAIN_EVENT_TYPE, Sender, SenderOutcome, TargetDevice, TargetRoom, Traffic,
+};
 use crate::server::Server;
+use crate::setup::Setup;
 
 /// Every initial sync must have answered within this long.
 const INITIAL_SYNC_DEADLINE: Duration = Duration::from_secs(120);
 /// Setup requests and sends give up after this long.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often the server's RSS is sampled.
 const RSS_SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
 /// How often progress goes to stderr while sending.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
-
-const PASSWORD: &str = "ganglion-load-password";
 
 /// Live totals, read for progress lines and to know when fan-out has drained.
 #[derive(Debug, Default)]
@@ -44,9 +47,14 @@ pub struct Counters {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     args.validate().map_err(anyhow::Error::msg)?;
-    let users = args.users as usize;
-    let rooms = args.rooms as usize;
-    let plan = Plan::new(users, rooms, args.rooms_per_user as usize).map_err(anyhow::Error::msg)?;
+    // A plan that cannot work fails before any server starts.
+    let plan = match args.workload {
+        Workload::Rooms => Some(
+            Plan::new(args.users as usize, args.rooms as usize, args.rooms_per_user as usize)
+                .map_err(anyhow::Error::msg)?,
+        ),
+        Workload::ToDevice | Workload::KeysClaim | Workload::KeysQuery => None,
+    };
     let progress = Progress::new();
 
     let server = Server::start(&args).await?;
@@ -58,69 +66,76 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         server.base_url,
         if processes.is_empty() { String::new() } else { format!(" ({})", processes.join(", ")) }
     ));
+    match args.workload {
+        Workload::KeysClaim | Workload::KeysQuery => crate::keys::run(&args, server, &progress).await,
+        Workload::Rooms | Workload::ToDevice => messages(&args, server, plan.as_ref(), &progress).await,
+    }
+}
+
+/// Who takes part in a messages run.
+struct Population {
+    /// One `/sync` loop each: every user in rooms, every device of every user to devices.
+    receivers: Vec<Session>,
+    /// Each sender's device and what it sends.
+    senders: Vec<(Session, Traffic)>,
+    /// Receivers per send, on average.
+    mean_recipients: f64,
+}
+
+/// The rooms and to-device workloads: set up, start every receiver's `/sync` loop, send through
+/// a warm-up and the measured window, let the fan-out drain, report.
+async fn messages(
+    args: &Args,
+    server: Server,
+    plan: Option<&Plan>,
+    progress: &Progress,
+) -> anyhow::Result<()> {
     let replication = if server.workers.is_empty() { None } else { Some(Poller::new()?) };
     let setup_concurrency = args.setup_concurrency as usize;
     let setup_api = Api::new(&server.base_url, setup_concurrency, REQUEST_TIMEOUT)?;
-    // Long-polls and sends get their own pools, each big enough for all of its requests at
-    // once, so a send never waits behind a held-open /sync for a connection.
-    let sync_timeout = Duration::from_millis(LONG_POLL_TIMEOUT_MS) + REQUEST_TIMEOUT;
-    let sync_api = Api::new(&server.base_url, users, sync_timeout)?;
-    let send_api = Api::new(&server.base_url, args.senders as usize, REQUEST_TIMEOUT)?;
     setup_api.versions().await.context("the server does not answer /_matrix/client/versions")?;
 
     // Setup.
     let setup_started = Instant::now();
     let run_id: Arc<str> = Arc::from(run_id());
     let setup_rate_limited = AtomicU64::new(0);
-    progress.say(&format!("registering {users} users (run {run_id})"));
-    let sessions: Vec<Session> = stream::iter(0..users)
-        .map(|user| {
-            let username = format!("load{run_id}_{user}");
-            let (api, rate_limited) = (&setup_api, &setup_rate_limited);
-            async move { api.register(&username, PASSWORD, rate_limited).await }
-        })
-        .buffered(setup_concurrency)
-        .try_collect()
-        .await?;
-    progress.say(&format!("creating {rooms} rooms"));
-    let room_ids: Vec<String> = stream::iter(0..rooms)
-        .map(|room| {
-            let creator = &sessions[plan.creator(room)];
-            let name = format!("load {run_id} room {room}");
-            let (api, rate_limited) = (&setup_api, &setup_rate_limited);
-            async move { api.create_room(creator, &name, rate_limited).await }
-        })
-        .buffered(setup_concurrency)
-        .try_collect()
-        .await?;
-    let joins = plan.joins();
-    progress.say(&format!("{} joins ({:.1} members per room)", joins.len(), plan.mean_members()));
-    stream::iter(joins)
-        .map(|(user, room)| {
-            let (api, rate_limited) = (&setup_api, &setup_rate_limited);
-            let (session, room_id) = (&sessions[user], &room_ids[room]);
-            async move { api.join(session, room_id, rate_limited).await }
-        })
-        .buffer_unordered(setup_concurrency)
-        .try_collect::<Vec<()>>()
-        .await?;
+    let setup = Setup {
+        api: &setup_api,
+        run_id: &run_id,
+        concurrency: setup_concurrency,
+        rate_limited: &setup_rate_limited,
+    };
+    let population = match plan {
+        Some(plan) => populate_rooms(args, &setup, plan, progress).await?,
+        // The to-device workload.
+        None => populate_devices(args, &setup, progress).await?,
+    };
     let setup_took = setup_started.elapsed();
+    let plain = args.workload == Workload::Rooms && !args.encrypted;
+    let event_type = if plain { PLAIN_EVENT_TYPE } else { ENCRYPTED_EVENT_TYPE };
 
-    // Every user's /sync loop, and the initial syncs all at once.
-    progress.say(&format!("{users} initial syncs"));
+    // Long-polls and sends get their own pools, each big enough for all of its requests at
+    // once, so a send never waits behind a held-open /sync for a connection.
+    let sync_timeout = Duration::from_millis(LONG_POLL_TIMEOUT_MS) + REQUEST_TIMEOUT;
+    let sync_api = Api::new(&server.base_url, population.receivers.len(), sync_timeout)?;
+    let send_api = Api::new(&server.base_url, population.senders.len(), REQUEST_TIMEOUT)?;
+
+    // Every receiver's /sync loop, and the initial syncs all at once.
+    progress.say(&format!("{} initial syncs", population.receivers.len()));
     let counters = Arc::new(Counters::default());
     let filter: Option<Arc<str>> = args
         .timeline_limit
         .map(|limit| Arc::from(format!(r#"{{"room":{{"timeline":{{"limit":{limit}}}}}}}"#)));
     let (stop_receivers, stop_receivers_rx) = watch::channel(false);
-    let mut receiver_tasks = Vec::with_capacity(users);
-    let mut initial_syncs = Vec::with_capacity(users);
-    for session in &sessions {
+    let mut receiver_tasks = Vec::with_capacity(population.receivers.len());
+    let mut initial_syncs = Vec::with_capacity(population.receivers.len());
+    for session in &population.receivers {
         let (initial_tx, initial_rx) = oneshot::channel();
         let receiver = Receiver {
             api: sync_api.clone(),
             session: session.clone(),
             run_id: run_id.clone(),
+            event_type,
             filter: filter.clone(),
             counters: counters.clone(),
         };
@@ -148,20 +163,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let pace_period = args.send_rate.map(|rate| Duration::from_secs_f64(f64::from(args.senders) / rate));
     let pace_origin = tokio::time::Instant::now();
     let mut sender_tasks = Vec::with_capacity(args.senders as usize);
-    for index in 0..args.senders {
-        let user = index as usize % users;
-        let target_rooms = plan.rooms_of_user[user]
-            .iter()
-            .map(|&room| TargetRoom {
-                room_id: room_ids[room].clone(),
-                other_members: u32::try_from(plan.members_of_room[room].len() - 1).unwrap_or(u32::MAX),
-            })
-            .collect();
+    for (index, (session, traffic)) in (0..args.senders).zip(population.senders) {
         let sender = Sender {
             api: send_api.clone(),
-            session: sessions[user].clone(),
+            session,
             index,
-            rooms: target_rooms,
+            traffic,
             run_id: run_id.clone(),
             counters: counters.clone(),
             pace: pace_period.map(|period| {
@@ -200,7 +207,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         senders.push(task.await.context("a sender task panicked")?);
     }
 
-    // Fan-out drain: wait for every acknowledged message to reach every other member.
+    // Fan-out drain: wait for every acknowledged message to reach every recipient.
     let drain_started = Instant::now();
     loop {
         let expected = counters.expected_deliveries.load(Ordering::Relaxed);
@@ -223,19 +230,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Some(task) => task.await.context("the RSS sampler panicked")?,
         None => Vec::new(),
     };
-    let processes: Vec<ProcessMeasurement> = server
-        .processes
-        .iter()
-        .zip(window_start.processes.iter().zip(&window_end.processes))
-        .map(|(process, (start, end))| ProcessMeasurement {
-            name: process.name.clone(),
-            role: process.role.clone(),
-            pid: process.pid,
-            rss_at_end_bytes: end.rss_bytes,
-            peak_rss_bytes: Process::Pid(process.pid).peak_rss_bytes(),
-            cpu_seconds: start.cpu_seconds.zip(end.cpu_seconds).map(|(start, end)| end - start),
-        })
-        .collect();
     let replication: Vec<WorkerReadings> = server
         .workers
         .iter()
@@ -248,22 +242,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         base_url: server.base_url.clone(),
         server_pid: server.main_pid(),
         sync_workers: server.sync_workers,
-        mean_members: plan.mean_members(),
+        mean_members: population.mean_recipients,
         setup_took,
         setup_rate_limited: setup_rate_limited.load(Ordering::Relaxed),
         initial_sync_times,
         window: Window { start_ns: window_start.at_ns, end_ns: window_end.at_ns },
         senders,
         receivers,
-        rss_samples,
-        processes,
-        database_cpu_seconds: difference(window_start.database_cpu_seconds, window_end.database_cpu_seconds),
-        redis_cpu_seconds: difference(window_start.redis_cpu_seconds, window_end.redis_cpu_seconds),
-        nginx_cpu_seconds: difference(window_start.nginx_cpu_seconds, window_end.nginx_cpu_seconds),
-        client_cpu_seconds: difference(window_start.client_cpu_seconds, window_end.client_cpu_seconds),
+        usage: usage(&server, &window_start, &window_end, rss_samples),
         replication,
     };
-    let report = report::Report::new(&args, measurements);
+    let report = report::Report::new(args, measurements);
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -272,6 +261,114 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // A spawned server stops here, after its last RSS reading.
     drop(server);
     Ok(())
+}
+
+/// The rooms workload's users and rooms: every user receives; sender i sends as user i mod
+/// users, round-robin over that user's rooms.
+async fn populate_rooms(
+    args: &Args,
+    setup: &Setup<'_>,
+    plan: &Plan,
+    progress: &Progress,
+) -> anyhow::Result<Population> {
+    let (users, rooms) = (args.users as usize, args.rooms as usize);
+    progress.say(&format!("registering {users} users (run {})", setup.run_id));
+    let sessions = setup.register("", users).await?;
+    progress.say(&format!("creating {rooms} {}rooms", if args.encrypted { "encrypted " } else { "" }));
+    let room_ids: Vec<String> = stream::iter(0..rooms)
+        .map(|room| {
+            let creator = &sessions[plan.creator(room)];
+            let name = format!("load {} room {room}", setup.run_id);
+            async move { setup.api.create_room(creator, &name, args.encrypted, setup.rate_limited).await }
+        })
+        .buffered(setup.concurrency)
+        .try_collect()
+        .await?;
+    let joins = plan.joins();
+    progress.say(&format!("{} joins ({:.1} members per room)", joins.len(), plan.mean_members()));
+    stream::iter(joins)
+        .map(|(user, room)| {
+            let (session, room_id) = (&sessions[user], &room_ids[room]);
+            async move { setup.api.join(session, room_id, setup.rate_limited).await }
+        })
+        .buffer_unordered(setup.concurrency)
+        .try_collect::<Vec<()>>()
+        .await?;
+
+    let mut noise = Noise::new(u64::from(args.users));
+    let senders = (0..args.senders as usize)
+        .map(|index| {
+            let user = index % users;
+            let session = sessions[user].clone();
+            let rooms = plan.rooms_of_user[user]
+                .iter()
+                .map(|&room| TargetRoom {
+                    room_id: room_ids[room].clone(),
+                    other_members: u32::try_from(plan.members_of_room[room].len() - 1).unwrap_or(u32::MAX),
+                })
+                .collect();
+            let megolm = args.encrypted.then(|| MegolmSession::new(&mut noise, &session.device_id));
+            (session, Traffic::Rooms { rooms, megolm })
+        })
+        .collect();
+    Ok(Population { receivers: sessions, senders, mean_recipients: plan.mean_members() })
+}
+
+/// The to-device workload's devices: every device of every user receives; each sender is a user
+/// of its own and sends to all of them.
+async fn populate_devices(args: &Args, setup: &Setup<'_>, progress: &Progress) -> anyhow::Result<Population> {
+    let (users, devices_per_user) = (args.users as usize, args.devices_per_user() as usize);
+    progress.say(&format!(
+        "registering {users} users with {devices_per_user} devices each, and {} senders (run {})",
+        args.senders, setup.run_id
+    ));
+    let registered = setup.register("", users).await?;
+    let devices = setup.devices("", registered, devices_per_user).await?;
+    let sender_sessions = setup.register("sender", args.senders as usize).await?;
+
+    let mut noise = Noise::new(u64::from(args.users));
+    let targets: Arc<[TargetDevice]> = devices
+        .iter()
+        .map(|device| TargetDevice {
+            user_id: device.user_id.clone(),
+            device_id: device.device_id.clone(),
+            identity_key: noise.key(),
+        })
+        .collect();
+    let senders = sender_sessions
+        .into_iter()
+        .map(|session| {
+            let traffic = Traffic::ToDevice { devices: targets.clone(), identity_key: noise.key() };
+            (session, traffic)
+        })
+        .collect();
+    Ok(Population { mean_recipients: devices.len() as f64, receivers: devices, senders })
+}
+
+/// What the server's processes, PostgreSQL, Redis, nginx and the load tool used between two
+/// snapshots.
+pub fn usage(server: &Server, start: &Snapshot, end: &Snapshot, rss_samples: Vec<(u64, u64)>) -> Usage {
+    let processes = server
+        .processes
+        .iter()
+        .zip(start.processes.iter().zip(&end.processes))
+        .map(|(process, (start, end))| ProcessMeasurement {
+            name: process.name.clone(),
+            role: process.role.clone(),
+            pid: process.pid,
+            rss_at_end_bytes: end.rss_bytes,
+            peak_rss_bytes: Process::Pid(process.pid).peak_rss_bytes(),
+            cpu_seconds: start.cpu_seconds.zip(end.cpu_seconds).map(|(start, end)| end - start),
+        })
+        .collect();
+    Usage {
+        rss_samples,
+        processes,
+        database_cpu_seconds: difference(start.database_cpu_seconds, end.database_cpu_seconds),
+        redis_cpu_seconds: difference(start.redis_cpu_seconds, end.redis_cpu_seconds),
+        nginx_cpu_seconds: difference(start.nginx_cpu_seconds, end.nginx_cpu_seconds),
+        client_cpu_seconds: difference(start.client_cpu_seconds, end.client_cpu_seconds),
+    }
 }
 
 /// Waits for every user's initial sync and returns the durations, failing on the first error.
@@ -291,7 +388,7 @@ fn difference(start: Option<f64>, end: Option<f64>) -> Option<f64> {
 }
 
 /// The summed RSS of `pids` as `(clock ns, bytes)` until `stop` turns true.
-async fn sample_rss(pids: Vec<u32>, mut stop: watch::Receiver<bool>) -> Vec<(u64, u64)> {
+pub async fn sample_rss(pids: Vec<u32>, mut stop: watch::Receiver<bool>) -> Vec<(u64, u64)> {
     let mut samples = Vec::new();
     let mut interval = tokio::time::interval(RSS_SAMPLE_INTERVAL);
     loop {
@@ -309,8 +406,8 @@ async fn sample_rss(pids: Vec<u32>, mut stop: watch::Receiver<bool>) -> Vec<(u64
 }
 
 /// Readings taken at a window boundary.
-struct Snapshot {
-    at_ns: u64,
+pub struct Snapshot {
+    pub at_ns: u64,
     /// In `Server::processes` order.
     processes: Vec<ProcessReading>,
     database_cpu_seconds: Option<f64>,
@@ -325,7 +422,7 @@ struct ProcessReading {
 }
 
 impl Snapshot {
-    fn take(server: &Server) -> Snapshot {
+    pub fn take(server: &Server) -> Snapshot {
         Snapshot {
             at_ns: clock::now_ns(),
             processes: server
@@ -346,7 +443,7 @@ impl Snapshot {
 
 /// Progress lines on stderr, stamped with the time since the run started.
 #[derive(Clone)]
-struct Progress {
+pub struct Progress {
     started: Instant,
 }
 
@@ -355,7 +452,7 @@ impl Progress {
         Progress { started: Instant::now() }
     }
 
-    fn say(&self, message: &str) {
+    pub fn say(&self, message: &str) {
         eprintln!("[{:>7.1}s] {message}", self.started.elapsed().as_secs_f64());
     }
 }
@@ -380,7 +477,7 @@ async fn report_progress(progress: Progress, counters: Arc<Counters>) {
 
 /// A short run identifier, unique enough that repeated runs against one server never collide
 /// on usernames or transaction IDs.
-fn run_id() -> String {
+pub fn run_id() -> String {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|since_epoch| since_epoch.as_nanos())

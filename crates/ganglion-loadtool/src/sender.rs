@@ -1,6 +1,6 @@
 //! One closed-loop sender: sends the next message as soon as the last one was answered (or, when
-//! paced, at its next slot if that is later), round-robin over its user's rooms, until told to
-//! stop. It records every attempt's outcome by sequence
+//! paced, at its next slot if that is later), round-robin over its user's rooms or to every
+//! recipient device at once, until told to stop. It records every attempt's outcome by sequence
 //! number so that `report` can match receivers' deliveries against it.
 
 use std::sync::Arc;
@@ -9,11 +9,17 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use serde_json::json;
+use serde_json::{Map, Value, json};
 
 use crate::clock;
+use crate::e2ee::{self, MegolmSession, Noise};
 use crate::matrix::{Api, ErrorCounts, Reply, Session};
 use crate::run::Counters;
+
+/// The type of the load messages into unencrypted rooms.
+pub const PLAIN_EVENT_TYPE: &str = "m.room.message";
+/// The type of the load messages into encrypted rooms, and of those to devices.
+pub const ENCRYPTED_EVENT_TYPE: &str = "m.room.encrypted";
 
 /// Pause after a failed send, so that a broken server is not spun on.
 const FAILURE_PAUSE: Duration = Duration::from_millis(50);
@@ -23,6 +29,43 @@ const FAILURE_PAUSE: Duration = Duration::from_millis(50);
 pub struct TargetRoom {
     pub room_id: String,
     pub other_members: u32,
+}
+
+/// A device that receives every to-device message.
+#[derive(Debug, Clone)]
+pub struct TargetDevice {
+    pub user_id: String,
+    pub device_id: String,
+    /// Its (made-up) curve25519 identity key, which an olm message names.
+    pub identity_key: String,
+}
+
+/// What a sender sends.
+#[derive(Debug, Clone)]
+pub enum Traffic {
+    /// One event per send, round-robin over its user's rooms: `m.room.message`, or with a
+    /// megolm session an `m.room.encrypted` event shaped like a megolm one.
+    Rooms { rooms: Vec<TargetRoom>, megolm: Option<MegolmSession> },
+    /// One `/sendToDevice` per send, with an `m.room.encrypted` message shaped like an olm one
+    /// for each device.
+    ToDevice { devices: Arc<[TargetDevice]>, identity_key: String },
+}
+
+impl Traffic {
+    /// Who should receive send `seq`: its room's other members, or every device.
+    fn recipients(&self, seq: u32) -> u32 {
+        match self {
+            Traffic::Rooms { rooms, .. } => rooms[seq as usize % rooms.len()].other_members,
+            Traffic::ToDevice { devices, .. } => u32::try_from(devices.len()).unwrap_or(u32::MAX),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Traffic::Rooms { rooms, .. } => rooms.is_empty(),
+            Traffic::ToDevice { devices, .. } => devices.is_empty(),
+        }
+    }
 }
 
 /// The outcome of the message with this sequence number.
@@ -47,7 +90,7 @@ pub struct Sender {
     pub api: Api,
     pub session: Session,
     pub index: u32,
-    pub rooms: Vec<TargetRoom>,
+    pub traffic: Traffic,
     pub run_id: Arc<str>,
     pub counters: Arc<Counters>,
     /// `(period, first slot)`: send at most once per period, from the first slot on.
@@ -57,9 +100,10 @@ pub struct Sender {
 impl Sender {
     pub async fn run(self, stop: Arc<AtomicBool>) -> SenderOutcome {
         let mut outcome = SenderOutcome::default();
-        if self.rooms.is_empty() {
+        if self.traffic.is_empty() {
             return outcome;
         }
+        let mut noise = Noise::new(u64::from(self.index));
         let mut seq: u32 = 0;
         let mut next_slot = self.pace.map(|(_, first)| first);
         while !stop.load(Ordering::Relaxed) {
@@ -71,11 +115,12 @@ impl Sender {
                     break;
                 }
             }
-            let room = &self.rooms[seq as usize % self.rooms.len()];
-            let record = self.send_one(room, seq, &stop, &mut outcome.errors).await;
+            let record = self.send_one(seq, &stop, &mut noise, &mut outcome.errors).await;
             if record.ack_ns.is_some() {
                 self.counters.acked.fetch_add(1, Ordering::Relaxed);
-                self.counters.expected_deliveries.fetch_add(u64::from(room.other_members), Ordering::Relaxed);
+                self.counters
+                    .expected_deliveries
+                    .fetch_add(u64::from(record.other_members), Ordering::Relaxed);
             } else {
                 tokio::time::sleep(FAILURE_PAUSE).await;
             }
@@ -93,24 +138,58 @@ impl Sender {
     /// counted 429s instead.
     async fn send_one(
         &self,
-        room: &TargetRoom,
         seq: u32,
         stop: &AtomicBool,
+        noise: &mut Noise,
         errors: &mut ErrorCounts,
     ) -> SendRecord {
         let txn_id = format!("{}.{}.{seq}", self.run_id, self.index);
+        let other_members = self.traffic.recipients(seq);
         loop {
             let start_ns = clock::now_ns();
-            let mut record = SendRecord { start_ns, ack_ns: None, other_members: room.other_members };
-            let content = json!({
-                "msgtype": "m.text",
-                "body": format!("load message {seq} from sender {}", self.index),
-                "load_run": &*self.run_id,
-                "load_sender": self.index,
-                "load_seq": seq,
-                "ts_ns": start_ns,
-            });
-            match self.api.send_message(&self.session, &room.room_id, &txn_id, &content).await {
+            let mut record = SendRecord { start_ns, ack_ns: None, other_members };
+            let reply = match &self.traffic {
+                Traffic::Rooms { rooms, megolm } => {
+                    let room_id = &rooms[seq as usize % rooms.len()].room_id;
+                    let content = json!({
+                        "msgtype": "m.text",
+                        "body": format!("load message {seq} from sender {}", self.index),
+                        "load_run": &*self.run_id,
+                        "load_sender": self.index,
+                        "load_seq": seq,
+                        "ts_ns": start_ns,
+                    });
+                    match megolm {
+                        None => {
+                            let api = &self.api;
+                            api.send_event(&self.session, room_id, PLAIN_EVENT_TYPE, &txn_id, &content).await
+                        }
+                        Some(megolm) => {
+                            // What a client encrypts: the event it would have sent, with its room.
+                            let plaintext =
+                                json!({ "type": PLAIN_EVENT_TYPE, "content": content, "room_id": room_id });
+                            let plaintext_bytes = plaintext.to_string().len();
+                            let encrypted =
+                                megolm.content(plaintext_bytes, noise, self.markers(seq, start_ns));
+                            let api = &self.api;
+                            api.send_event(&self.session, room_id, ENCRYPTED_EVENT_TYPE, &txn_id, &encrypted)
+                                .await
+                        }
+                    }
+                }
+                Traffic::ToDevice { devices, identity_key } => {
+                    let mut messages: Map<String, Value> = Map::new();
+                    for device in devices.iter() {
+                        let markers = self.markers(seq, start_ns);
+                        let content = e2ee::olm_content(identity_key, &device.identity_key, noise, markers);
+                        let by_device = messages.entry(device.user_id.clone()).or_insert_with(|| json!({}));
+                        by_device[device.device_id.as_str()] = content;
+                    }
+                    let body = json!({ "messages": messages });
+                    self.api.send_to_device(&self.session, ENCRYPTED_EVENT_TYPE, &txn_id, &body).await
+                }
+            };
+            match reply {
                 Ok(Reply::Ok { received_ns, .. }) => {
                     record.ack_ns = Some(received_ns);
                     return record;
@@ -132,5 +211,16 @@ impl Sender {
                 }
             }
         }
+    }
+
+    /// The fields by which receivers find message `seq` (see `receiver::LoadContent`), carried
+    /// in the clear beside the ciphertext.
+    fn markers(&self, seq: u32, start_ns: u64) -> Map<String, Value> {
+        let mut markers = Map::new();
+        markers.insert("load_run".into(), json!(&*self.run_id));
+        markers.insert("load_sender".into(), json!(self.index));
+        markers.insert("load_seq".into(), json!(seq));
+        markers.insert("ts_ns".into(), json!(start_ns));
+        markers
     }
 }

@@ -199,9 +199,24 @@ impl<'w> Batch<'w> {
         } else {
             Some(random_room_id(&self.svc.config.server_name)?)
         };
-        let pdu =
-            build_pdu(&self.svc.key, &rules, room_id.as_deref(), sender, &template, &[], &[], 1, now_ms())
-                .map_err(build_error)?;
+        let mut ts = now_ms();
+        let pdu = loop {
+            let pdu =
+                build_pdu(&self.svc.key, &rules, room_id.as_deref(), sender, &template, &[], &[], 1, ts)
+                    .map_err(build_error)?;
+            // Where the room id is the create event's hash, the same creator and content in the
+            // same millisecond would name a room that exists: a later timestamp names a new one.
+            // The writer lock is held, so no other room can take the id in between.
+            if room_id.is_some()
+                || room_store::room_by_id(self.conn(), pdu.room_id.as_str())
+                    .await
+                    .map_err(internal)?
+                    .is_none()
+            {
+                break pdu;
+            }
+            ts += 1;
+        };
         check_auth(&rules.authorization, &pdu, &HashMap::new(), |_: &StateEventType, _: &str| None::<&Pdu>)
             .map_err(|e| MasterError::bad_json(format!("invalid m.room.create: {e}")))?;
         let room_id = pdu.room_id.clone();

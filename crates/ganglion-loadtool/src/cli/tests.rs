@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use super::{Args, SpawnBackend, parse_duration, parse_rate};
+use super::{Args, SpawnBackend, Workload, parse_duration, parse_rate};
 
 #[test]
 fn durations_take_common_units() {
@@ -78,4 +78,48 @@ fn send_rates_are_positive() {
     assert!(parse_rate("-3").is_err());
     assert!(parse_rate("inf").is_err());
     assert!(parse_rate("fast").is_err());
+}
+
+#[test]
+fn workload_flags_go_with_their_workload() {
+    let rooms = Args::try_parse_from(["ganglion-load", "--spawn", "sqlite"]).unwrap();
+    assert_eq!(rooms.workload, Workload::Rooms);
+    assert!(!rooms.encrypted);
+    assert!(rooms.validate().is_ok());
+
+    let encrypted = Args::try_parse_from(["ganglion-load", "--spawn", "sqlite", "--encrypted"]).unwrap();
+    assert!(encrypted.validate().is_ok());
+    let to_device = Args::try_parse_from([
+        "ganglion-load",
+        "--spawn",
+        "cluster",
+        "--workload",
+        "to-device",
+        "--users",
+        "10",
+        "--devices-per-user",
+        "10",
+    ])
+    .unwrap();
+    assert_eq!(to_device.workload, Workload::ToDevice);
+    assert_eq!(to_device.devices_per_user(), 10);
+    assert!(to_device.validate().is_ok());
+    let claim =
+        Args::try_parse_from(["ganglion-load", "--url", "http://x", "--workload", "keys-claim"]).unwrap();
+    assert_eq!(claim.devices_per_user(), 1);
+    assert_eq!(claim.keys_per_request(), 10);
+    assert!(claim.validate().is_ok());
+
+    let invalid = [
+        &["--workload", "to-device", "--encrypted"][..],
+        &["--devices-per-user", "2"],
+        &["--keys-per-request", "5"],
+        &["--workload", "to-device", "--keys-per-request", "5"],
+        &["--workload", "keys-query", "--send-rate", "100"],
+    ];
+    for flags in invalid {
+        let args = Args::try_parse_from(["ganglion-load", "--spawn", "sqlite"].iter().chain(flags)).unwrap();
+        assert!(args.validate().is_err(), "{flags:?} should be refused");
+    }
+    assert!(Args::try_parse_from(["ganglion-load", "--spawn", "sqlite", "--workload", "keys"]).is_err());
 }
