@@ -24,6 +24,8 @@ pub struct RecentEvents {
     rooms: RwLock<HashMap<String, Room>>,
     /// user id -> position of the latest member event about them.
     member_changes: RwLock<HashMap<String, i64>>,
+    /// room id -> position of the room's latest member event.
+    room_member_changes: RwLock<HashMap<String, i64>>,
     /// Account data rows after this position were all recorded.
     account_data_start: i64,
     /// user id -> account data position of their latest account data change.
@@ -37,6 +39,7 @@ impl RecentEvents {
             start: start.events.0,
             rooms: RwLock::new(HashMap::new()),
             member_changes: RwLock::new(HashMap::new()),
+            room_member_changes: RwLock::new(HashMap::new()),
             account_data_start: start.account_data.0,
             account_data_changes: RwLock::new(HashMap::new()),
         }
@@ -82,6 +85,7 @@ impl RecentEvents {
             for user in member_of {
                 changes.insert(user.to_string(), position);
             }
+            self.room_member_changes.write().insert(room_id.to_owned(), position);
         }
     }
 
@@ -120,5 +124,19 @@ impl RecentEvents {
             return None;
         }
         Some(self.member_changes.read().get(user_id).is_some_and(|changed| *changed > position))
+    }
+
+    /// Whether a member event was recorded in any of `rooms` after `position`; `None` when
+    /// `position` is before this process started (it cannot tell).
+    pub fn room_membership_changed_after<'r>(
+        &self,
+        mut rooms: impl Iterator<Item = &'r str>,
+        position: i64,
+    ) -> Option<bool> {
+        if position < self.start {
+            return None;
+        }
+        let changes = self.room_member_changes.read();
+        Some(rooms.any(|room| changes.get(room).is_some_and(|changed| *changed > position)))
     }
 }

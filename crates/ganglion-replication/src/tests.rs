@@ -86,6 +86,12 @@ fn recent_events_answer_only_what_they_saw() {
     assert_eq!(recent.membership_changed_after("@u:x", 19), Some(true));
     assert_eq!(recent.membership_changed_after("@u:x", 20), Some(false));
     assert_eq!(recent.membership_changed_after("@u:x", 5), None);
+    // Per room: a member event at 20 in `!r:x`, none in `!quiet:x`.
+    let rooms = |names: &'static [&'static str]| names.iter().copied();
+    assert_eq!(recent.room_membership_changed_after(rooms(&["!quiet:x", "!r:x"]), 19), Some(true));
+    assert_eq!(recent.room_membership_changed_after(rooms(&["!quiet:x", "!r:x"]), 20), Some(false));
+    assert_eq!(recent.room_membership_changed_after(rooms(&["!quiet:x"]), 10), Some(false));
+    assert_eq!(recent.room_membership_changed_after(rooms(&["!r:x"]), 5), None);
 }
 
 #[test]

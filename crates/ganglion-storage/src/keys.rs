@@ -154,6 +154,37 @@ pub async fn one_time_key_counts(
     Ok(rows.into_iter().map(|row| (row.get(0), row.get(1))).collect())
 }
 
+/// A device's key state as every sync reports it, in one query: its unclaimed one-time keys by
+/// algorithm, and the algorithms of its unused fallback keys.
+pub async fn device_key_state(
+    conn: &mut Conn,
+    user_id: &str,
+    device_id: &str,
+) -> Result<(Vec<(String, i64)>, Vec<String>)> {
+    let rows = sqlx::query(
+        "SELECT CAST(0 AS BIGINT), algorithm, COUNT(*) FROM one_time_keys
+         WHERE user_id = $1 AND device_id = $2 GROUP BY algorithm
+         UNION ALL
+         SELECT CAST(1 AS BIGINT), algorithm, CAST(0 AS BIGINT) FROM fallback_keys
+         WHERE user_id = $1 AND device_id = $2 AND used = 0
+         ORDER BY 1, 2",
+    )
+    .bind(user_id)
+    .bind(device_id)
+    .fetch_all(conn)
+    .await?;
+    let (mut counts, mut fallback) = (Vec::new(), Vec::new());
+    for row in rows {
+        let (kind, algorithm): (i64, String) = (row.get(0), row.get(1));
+        if kind == 0 {
+            counts.push((algorithm, row.get(2)));
+        } else {
+            fallback.push(algorithm);
+        }
+    }
+    Ok((counts, fallback))
+}
+
 /// Removes and returns one of a device's one-time keys of `algorithm`; `None` when it has none.
 pub async fn claim_one_time_key(
     conn: &mut Conn,

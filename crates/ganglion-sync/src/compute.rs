@@ -173,7 +173,11 @@ pub(crate) async fn sync_batch(
     let device_lists = match &request.since {
         Some(since) => {
             let rooms: Vec<RoomNid> = rows.iter().map(|row| row.room_nid).collect();
-            e2ee::device_list_changes(&mut conn, request.user_id, &rooms, since, &next).await?
+            // Most syncs see messages only: memory tells, and spares the membership query.
+            let room_ids = rows.iter().map(|row| row.room_id.as_str());
+            let members_moved =
+                state.recent.room_membership_changed_after(room_ids, since.events.0) != Some(false);
+            e2ee::device_list_changes(&mut conn, request.user_id, &rooms, members_moved, since, &next).await?
         }
         // An initial sync has no device-list changes: the client fetches every list it needs.
         None => DeviceListChanges::default(),

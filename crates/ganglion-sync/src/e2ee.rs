@@ -78,17 +78,19 @@ fn shares(membership: &str) -> bool {
     membership == "join" || membership == "invite"
 }
 
-/// `rooms`: every room the user has a membership in (left ones too, as leaving one is a change).
+/// `rooms`: every room the user has a membership in (left ones too, as leaving one is a change);
+/// `members_moved`: false when the caller knows no member event happened in them in the range.
 pub(crate) async fn device_list_changes(
     conn: &mut Conn,
     user_id: &str,
     rooms: &[RoomNid],
+    members_moved: bool,
     since: &SyncToken,
     next: &SyncToken,
 ) -> Result<DeviceListChanges, SyncError> {
     let mut changes = DeviceListChanges::default();
     let devices_moved = since.device_lists < next.device_lists;
-    let memberships = if since.events < next.events && !rooms.is_empty() {
+    let memberships = if members_moved && since.events < next.events && !rooms.is_empty() {
         room_store::membership_changes_between(conn, rooms, since.events.0, next.events.0).await?
     } else {
         Vec::new()
@@ -141,9 +143,9 @@ pub(crate) async fn key_state(
     user_id: &str,
     device_id: &str,
 ) -> Result<(BTreeMap<String, i64>, Vec<String>), SyncError> {
+    let (one_time, fallback) = key_store::device_key_state(conn, user_id, device_id).await?;
     let mut counts = BTreeMap::from([("signed_curve25519".to_owned(), 0)]);
-    counts.extend(key_store::one_time_key_counts(conn, user_id, device_id).await?);
-    let fallback = key_store::unused_fallback_key_types(conn, user_id, device_id).await?;
+    counts.extend(one_time);
     Ok((counts, fallback))
 }
 
@@ -169,6 +171,6 @@ pub(crate) async fn changes(
         .iter()
         .map(|row| row.room_nid)
         .collect();
-    let changes = device_list_changes(&mut conn, session.user_id.as_str(), &rooms, &from, &to).await?;
+    let changes = device_list_changes(&mut conn, session.user_id.as_str(), &rooms, true, &from, &to).await?;
     Ok(Json(json!({ "changed": changes.changed, "left": changes.left })))
 }

@@ -69,6 +69,12 @@ on_both_backends!(deleting_a_device_deletes_its_keys, |db| {
         keys::unused_fallback_key_types(&mut conn, "@a:x", "A2").await.unwrap(),
         vec![CURVE.to_owned()]
     );
+    // A sync reads both in one query.
+    assert_eq!(
+        keys::device_key_state(&mut conn, "@a:x", "A2").await.unwrap(),
+        (vec![(CURVE.to_owned(), 1)], vec![CURVE.to_owned()])
+    );
+    assert_eq!(keys::device_key_state(&mut conn, "@a:x", "A1").await.unwrap(), (vec![], vec![]));
 });
 
 on_both_backends!(one_time_keys_are_counted_and_claimed_once, |db| {
