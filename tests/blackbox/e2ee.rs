@@ -38,6 +38,7 @@ on_all_backends!(
     invite_only_rooms_are_encrypted_when_the_server_says_so,
     cross_signing_and_sas_verify_a_new_device,
     a_key_backup_restores_history_on_a_fresh_device,
+    device_keys_may_be_uploaded_again_but_not_changed,
 );
 
 fn sync_settings() -> SyncSettings {
@@ -631,4 +632,75 @@ async fn a_key_backup_restores_history_on_a_fresh_device(backend: Backend) {
         }
     };
     tokio::time::timeout(SYNC_DEADLINE, restored).await.expect("the fresh device decrypts the history");
+}
+
+/// A device's identity key pair, as a client makes it: named `ed25519:<device id>`.
+fn device_key_pair(device_id: &str) -> ruma::signatures::Ed25519KeyPair {
+    let document = ruma::signatures::Ed25519KeyPair::generate();
+    ruma::signatures::Ed25519KeyPair::from_der(&document, device_id.to_owned()).unwrap()
+}
+
+/// The device's keys, signed by `key_pair` as a client signs them.
+fn signed_device_keys(account: &Account, key_pair: &ruma::signatures::Ed25519KeyPair, curve: &str) -> Value {
+    use base64::Engine as _;
+    let ed25519 = base64::engine::general_purpose::STANDARD_NO_PAD.encode(key_pair.public_key());
+    let keys = json!({
+        "user_id": account.user_id,
+        "device_id": account.device_id,
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+        "keys": {
+            format!("curve25519:{}", account.device_id): test_key(curve),
+            format!("ed25519:{}", account.device_id): ed25519,
+        },
+    });
+    let mut object: ruma::CanonicalJsonObject = serde_json::from_value(keys).unwrap();
+    ruma::signatures::sign_json(&account.user_id, key_pair, &mut object).unwrap();
+    serde_json::to_value(object).unwrap()
+}
+
+async fn device_keys_may_be_uploaded_again_but_not_changed(backend: Backend) {
+    let server = start(backend).await;
+    let [alice, bob] = <[Account; 2]>::try_from(register_all(&server, &["alice", "bob"]).await).unwrap();
+    let key_pair = device_key_pair(&alice.device_id);
+    let keys = signed_device_keys(&alice, &key_pair, "curve");
+    let upload = |keys: Value| {
+        let alice = alice.clone();
+        async move { alice.post("/_matrix/client/v3/keys/upload", &json!({ "device_keys": keys })).await.unwrap() }
+    };
+    upload(keys.clone()).await.ok();
+    // A client that lost the answer uploads the same keys again.
+    upload(keys.clone()).await.ok();
+    // Other identity keys for the same device, however well signed, are refused.
+    let other = signed_device_keys(&alice, &device_key_pair(&alice.device_id), "other");
+    upload(other).await.err(400, "M_INVALID_PARAM");
+    let query = json!({ "device_keys": { alice.user_id.clone(): [] } });
+    let stored = bob.post("/_matrix/client/v3/keys/query", &query).await.unwrap().ok();
+    let device = &stored["device_keys"][&alice.user_id][&alice.device_id];
+    assert_eq!(device["keys"], keys["keys"], "{stored}");
+    assert_eq!(device["signatures"], keys["signatures"]);
+
+    // A signature that does not verify is reported per key, and stores nothing.
+    let cross = sdk_login(&server.base_url, "alice", PASSWORD).await.unwrap();
+    cross.sync_once(sync_settings()).await.unwrap();
+    cross.encryption().bootstrap_cross_signing(None).await.unwrap();
+    let own = account_of(&server, &cross);
+    let mine = own.post("/_matrix/client/v3/keys/query", &query).await.unwrap().ok();
+    let self_signing =
+        mine["self_signing_keys"][&alice.user_id]["keys"].as_object().unwrap().keys().next().unwrap().clone();
+    let mut forged = keys.clone();
+    forged["signatures"][&alice.user_id][&self_signing] =
+        json!(test_key("forged").repeat(2)[..86].to_owned());
+    let answer = own
+        .post(
+            "/_matrix/client/v3/keys/signatures/upload",
+            &json!({ alice.user_id.clone(): { alice.device_id.clone(): forged } }),
+        )
+        .await
+        .unwrap()
+        .ok();
+    let failure = &answer["failures"][&alice.user_id][&alice.device_id];
+    assert_eq!(failure["errcode"], "M_INVALID_SIGNATURE", "{answer}");
+    let after = bob.post("/_matrix/client/v3/keys/query", &query).await.unwrap().ok();
+    let signatures = &after["device_keys"][&alice.user_id][&alice.device_id]["signatures"][&alice.user_id];
+    assert!(signatures.get(&self_signing).is_none(), "a forged signature was stored: {after}");
 }
