@@ -10,8 +10,8 @@ use ganglion_events::ruma::{
 use ganglion_keys::{Ed25519PublicKey, KeyError};
 use ganglion_replication::StreamRow;
 use ganglion_rpc::{
-    ClaimKeys, ClaimedKey, MasterError, MasterResult, OneTimeKeyCounts, SendToDevice, UploadKeys,
-    UploadSignatures, UploadSigningKeys,
+    ClaimKeys, ClaimedKey, MasterError, MasterResult, OneTimeKeyCounts, SendToDevice, SignatureFailure,
+    UploadKeys, UploadSignatures, UploadSigningKeys,
 };
 use ganglion_storage::{
     Conn, StorageError, accounts as account_store,
@@ -20,7 +20,7 @@ use ganglion_storage::{
     to_device::{self as to_device_store, ToDeviceRow},
 };
 use ganglion_types::{StreamKind, StreamPosition};
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
 use crate::{MasterService, internal, writer::Writer};
 
@@ -277,18 +277,10 @@ pub(crate) async fn upload_signing_keys(svc: &MasterService, request: UploadSign
     Ok(())
 }
 
-/// One refused signature, as `/keys/signatures/upload` reports it.
-fn failure(error: &MasterError) -> Value {
-    let errcode = match error.class {
-        ganglion_types::ErrorClass::InvalidSignature => "M_INVALID_SIGNATURE",
-        ganglion_types::ErrorClass::NotFound => "M_NOT_FOUND",
-        ganglion_types::ErrorClass::BadJson => "M_BAD_JSON",
-        _ => "M_INVALID_PARAM",
-    };
-    json!({ "errcode": errcode, "error": error.message })
-}
-
-pub(crate) async fn upload_signatures(svc: &MasterService, request: UploadSignatures) -> MasterResult<Value> {
+pub(crate) async fn upload_signatures(
+    svc: &MasterService,
+    request: UploadSignatures,
+) -> MasterResult<Vec<SignatureFailure>> {
     let Some(body) = request.signatures.as_object() else {
         return Err(MasterError::bad_json("The body must be an object of user ids"));
     };
@@ -308,7 +300,7 @@ pub(crate) async fn upload_signatures(svc: &MasterService, request: UploadSignat
     let user_signing = own_key(&mut conn, CrossSigningKeyType::UserSigning, KeyUsage::UserSigning).await?;
 
     let mut accepted = Vec::new();
-    let mut failures = Map::new();
+    let mut failures = Vec::new();
     for (target_user, by_key) in body {
         let Some(by_key) = by_key.as_object() else {
             return Err(MasterError::bad_json(format!("signatures for {target_user} must be an object")));
@@ -330,10 +322,11 @@ pub(crate) async fn upload_signatures(svc: &MasterService, request: UploadSignat
             .await;
             match result {
                 Ok(signatures) => accepted.extend(signatures),
-                Err(error) => {
-                    let entry = failures.entry(target_user.clone()).or_insert_with(|| json!({}));
-                    entry[target_key_id] = failure(&error);
-                }
+                Err(error) => failures.push(SignatureFailure {
+                    user_id: target_user.clone(),
+                    key_id: target_key_id.clone(),
+                    error,
+                }),
             }
         }
     }
@@ -349,7 +342,7 @@ pub(crate) async fn upload_signatures(svc: &MasterService, request: UploadSignat
         tx.commit().await.map_err(committed)?;
         publish_device_list_row(svc, &mut writer, row);
     }
-    Ok(Value::Object(failures))
+    Ok(failures)
 }
 
 /// The signatures by `signer` on one uploaded key that verify: on one of the signer's own

@@ -32,8 +32,8 @@ use ganglion_rpc::{
     Keys, LoginRequest, Logout, LogoutAll, MasterResult, OneTimeKeyCounts, Presence, PresenceSyncing,
     PutBackupKeys, RegisterRequest, RenameDevice, RoomKeysUpdate, Rooms, SendEvent, SendToDevice,
     SessionGrant, SetAccountData, SetAlias, SetPassword, SetPresence, SetProfile, SetReceipt,
-    SetRoomVisibility, SetTyping, Streams, TypingSnapshot, UpdateBackupVersion, UpdateMembership, UploadKeys,
-    UploadSignatures, UploadSigningKeys,
+    SetRoomVisibility, SetTyping, SignatureFailure, Streams, TypingSnapshot, UpdateBackupVersion,
+    UpdateMembership, UploadKeys, UploadSignatures, UploadSigningKeys,
 };
 use ganglion_state::Caches;
 use ganglion_storage::Db;
@@ -243,7 +243,7 @@ impl Keys for MasterService {
         keys::upload_signing_keys(self, r).await
     }
 
-    async fn upload_signatures(&self, r: UploadSignatures) -> MasterResult<serde_json::Value> {
+    async fn upload_signatures(&self, r: UploadSignatures) -> MasterResult<Vec<SignatureFailure>> {
         keys::upload_signatures(self, r).await
     }
 

@@ -6,7 +6,10 @@ use ganglion_events::ruma::{OwnedDeviceId, OwnedUserId};
 use ganglion_proto::master::v1 as pb;
 use serde_json::Value;
 
-use crate::wire::{AfterCall, Answer, Call, ConvertError, id, json_value};
+use crate::{
+    MasterError,
+    wire::{AfterCall, Answer, Call, ConvertError, id, json_value},
+};
 
 service! {
     /// Device keys, one-time and fallback keys, cross-signing keys and signatures, to-device.
@@ -16,8 +19,8 @@ service! {
         /// Hands out one key per claim: a one-time key, else the unused fallback key.
         fn claim_keys(ClaimKeys) -> Vec<ClaimedKey> as pb::ClaimKeysResponse;
         fn upload_signing_keys(UploadSigningKeys) -> () as pb::Done;
-        /// Answers the signatures refused, as `/keys/signatures/upload`'s `failures`.
-        fn upload_signatures(UploadSignatures) -> Value as pb::UploadSignaturesResponse;
+        /// Answers the signatures refused, for `/keys/signatures/upload`'s `failures`.
+        fn upload_signatures(UploadSignatures) -> Vec<SignatureFailure> as pb::UploadSignaturesResponse;
         /// Idempotent per (sender, device, txn_id).
         fn send_to_device(SendToDevice) -> () as pb::Done;
     }
@@ -232,13 +235,41 @@ impl Call for UploadSignatures {
     }
 }
 
-impl Answer<pb::UploadSignaturesResponse> for Value {
+/// A signature the master refused: the signed key's owner and id, and why.
+#[derive(Debug, Clone)]
+pub struct SignatureFailure {
+    pub user_id: String,
+    /// A device id or a cross-signing public key.
+    pub key_id: String,
+    pub error: MasterError,
+}
+
+impl Answer<pb::UploadSignaturesResponse> for Vec<SignatureFailure> {
     fn into_message(self) -> pb::UploadSignaturesResponse {
-        pb::UploadSignaturesResponse { failures_json: self.to_string() }
+        let failures = self
+            .into_iter()
+            .map(|failure| pb::SignatureFailure {
+                user_id: failure.user_id,
+                key_id: failure.key_id,
+                failure: Some(crate::grpc::failure_of(&failure.error).0),
+            })
+            .collect();
+        pb::UploadSignaturesResponse { failures }
     }
 
     fn from_message(message: pb::UploadSignaturesResponse) -> Result<Self, ConvertError> {
-        json_value("failures_json", &message.failures_json)
+        Ok(message
+            .failures
+            .into_iter()
+            .map(|failure| SignatureFailure {
+                user_id: failure.user_id,
+                key_id: failure.key_id,
+                error: failure.failure.map_or_else(
+                    || MasterError::internal("a refused signature without its error"),
+                    crate::grpc::error_of_failure,
+                ),
+            })
+            .collect())
     }
 }
 

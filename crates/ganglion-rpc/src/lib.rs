@@ -41,8 +41,8 @@ pub use key_backup::{
     UpdateBackupVersion,
 };
 pub use keys::{
-    ClaimKeys, ClaimedKey, KeyClaim, Keys, OneTimeKeyCounts, SendToDevice, UploadKeys, UploadSignatures,
-    UploadSigningKeys,
+    ClaimKeys, ClaimedKey, KeyClaim, Keys, OneTimeKeyCounts, SendToDevice, SignatureFailure, UploadKeys,
+    UploadSignatures, UploadSigningKeys,
 };
 pub use presence::{Presence, PresenceSyncing, SetPresence};
 pub use rooms::{

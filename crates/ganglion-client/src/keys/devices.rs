@@ -265,7 +265,12 @@ pub(crate) async fn upload_signatures(
     MatrixJson(body): MatrixJson<Map<String, Value>>,
 ) -> MatrixResult<Json<Value>> {
     let request = UploadSignatures { user_id: session.user_id, signatures: Value::Object(body) };
-    let failures = state.master.upload_signatures(request).await?;
+    let mut failures = Map::new();
+    for failure in state.master.upload_signatures(request).await? {
+        let (_, errcode) = MatrixError::status_and_errcode(&failure.error.class);
+        let user = failures.entry(failure.user_id).or_insert_with(|| json!({}));
+        user[failure.key_id.as_str()] = json!({ "errcode": errcode, "error": failure.error.message });
+    }
     Ok(Json(json!({ "failures": failures })))
 }
 

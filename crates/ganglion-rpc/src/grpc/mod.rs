@@ -13,6 +13,7 @@ pub use client::{ReadYourWrites, RemoteMaster};
 pub(crate) use server::Adapter;
 pub use server::serve;
 pub use status::invalid_answer;
+pub(crate) use status::{error_of_failure, failure_of};
 
 /// The W3C trace-context header, as gRPC metadata.
 const TRACEPARENT: &str = "traceparent";

@@ -25,6 +25,12 @@ pub fn invalid_answer(error: ConvertError) -> MasterError {
 /// A status with the gRPC code a proxy or a generic client understands, and the exact class in
 /// a `MasterFailure` in its details for a worker.
 pub(crate) fn status_from_error(error: MasterError) -> Status {
+    let (failure, code) = failure_of(&error);
+    Status::with_details(code, error.message, failure.encode_to_vec().into())
+}
+
+/// The `MasterFailure` naming `error` exactly, and the gRPC code closest to its class.
+pub(crate) fn failure_of(error: &MasterError) -> (pb::MasterFailure, Code) {
     use pb::ErrorCode as Wire;
     let (class, code) = match &error.class {
         ErrorClass::Forbidden => (Wire::Forbidden, Code::PermissionDenied),
@@ -70,7 +76,16 @@ pub(crate) fn status_from_error(error: MasterError) -> Status {
         retry_after_ms,
         current_version,
     };
-    Status::with_details(code, error.message, failure.encode_to_vec().into())
+    (failure, code)
+}
+
+/// The master's error a `MasterFailure` names (`Internal` for a class this worker cannot name).
+pub(crate) fn error_of_failure(failure: pb::MasterFailure) -> MasterError {
+    match error_class(&failure) {
+        Some(class) => MasterError::new(class, failure.message),
+        // A class from a newer master that this worker cannot name.
+        None => MasterError::internal(failure.message),
+    }
 }
 
 /// The master's own error when the status carries one; otherwise the call failed on the way
@@ -79,11 +94,7 @@ pub(crate) fn error_from_status(status: &Status) -> MasterError {
     if !status.details().is_empty()
         && let Ok(failure) = pb::MasterFailure::decode(status.details())
     {
-        return match error_class(&failure) {
-            Some(class) => MasterError::new(class, failure.message),
-            // A class from a newer master that this worker cannot name.
-            None => MasterError::internal(failure.message),
-        };
+        return error_of_failure(failure);
     }
     match status.code() {
         Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => unavailable(),

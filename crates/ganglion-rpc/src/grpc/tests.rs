@@ -38,8 +38,8 @@ use crate::{
     MasterResult, MembershipChange, OneTimeKeyCounts, Presence, PresenceSyncing, Preset, ProfileField,
     PutBackupKeys, RegisterRequest, RenameDevice, RoomKeysUpdate, Rooms, SendEvent, SendToDevice,
     SessionGrant, SetAccountData, SetAlias, SetPassword, SetPresence, SetProfile, SetReceipt,
-    SetRoomVisibility, SetTyping, Streams, TypingSnapshot, UpdateBackupVersion, UpdateMembership, UploadKeys,
-    UploadSignatures, UploadSigningKeys, trace,
+    SetRoomVisibility, SetTyping, SignatureFailure, Streams, TypingSnapshot, UpdateBackupVersion,
+    UpdateMembership, UploadKeys, UploadSignatures, UploadSigningKeys, trace,
 };
 
 const TIMEOUT: Duration = Duration::from_millis(200);
@@ -116,9 +116,13 @@ impl Canned for Vec<ClaimedKey> {
     }
 }
 
-impl Canned for serde_json::Value {
-    fn canned() -> serde_json::Value {
-        json!({ "@bob:test": { "BOBPHONE": { "errcode": "M_INVALID_SIGNATURE", "error": "no" } } })
+impl Canned for Vec<SignatureFailure> {
+    fn canned() -> Vec<SignatureFailure> {
+        vec![SignatureFailure {
+            user_id: "@bob:test".to_owned(),
+            key_id: "BOBPHONE".to_owned(),
+            error: MasterError::new(ErrorClass::InvalidSignature, "no"),
+        }]
     }
 }
 
@@ -394,7 +398,7 @@ async fn calls_round_trip_exactly() {
     let signatures =
         UploadSignatures { user_id: alice(), signatures: json!({ "@alice:test": { "PHONE": {} } }) };
     let failures = round_trip(f, signatures, async |r| m.upload_signatures(r).await).await;
-    assert_eq!(failures, serde_json::Value::canned());
+    assert_eq!(format!("{failures:?}"), format!("{:?}", Vec::<SignatureFailure>::canned()));
     let to_device = SendToDevice {
         sender: alice(),
         sender_device: "PHONE".into(),
