@@ -4,7 +4,8 @@
 # conformance tests and the black-box suite (real `ganglion` processes on SQLite and on a
 # throwaway PostgreSQL that the testkit starts on a free port and stops when the tests end; the
 # cluster tests add throwaway Redis and nginx processes the same way; the machine's own
-# PostgreSQL and Redis are never used).
+# PostgreSQL and Redis are never used). The interoperability tests install matrix-nio from PyPI
+# into target/nio-venv on first use.
 #
 # Extra arguments go to `cargo test`, e.g. `scripts/test.sh -p ganglion-tests -- sqlite`.
 # Environment: CARGO_BUILD_JOBS and RUST_TEST_THREADS default to 2 (a 2-core machine).
@@ -22,6 +23,11 @@ fi
 # The cluster tests start throwaway Redis and nginx processes from these packages.
 have redis-server || missing+=(redis-server)
 have nginx || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
+# The interoperability tests install matrix-nio (PyPI) into a virtual environment.
+have python3 || missing+=(python3)
+if have python3 && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    missing+=(python3-venv)
+fi
 
 if ((${#missing[@]})); then
     if [[ "$(id -u)" -eq 0 ]] && have apt-get; then
