@@ -14,12 +14,13 @@ const PREFIX: &str = "GANGLION_";
 
 /// Variables of our tools that share the prefix (the test kit, the load tool, scripts); the
 /// server leaves them alone.
-pub const TOOL_VARIABLES: [&str; 6] = [
+pub const TOOL_VARIABLES: [&str; 7] = [
     "GANGLION_BIN",
     "GANGLION_TESTKIT_BUILD",
     "GANGLION_TESTKIT_HANG",
     "GANGLION_TESTKIT_KEEP",
     "GANGLION_TEST_PG_BIN",
+    "GANGLION_TEST_PYTHON",
     "GANGLION_TEST_REDIS_BIN",
 ];
 
