@@ -584,16 +584,12 @@ async fn cross_signing_and_sas_verify_a_new_device(backend: Backend) {
     );
 
     // Replacing cross-signing keys now asks for the password.
-    let replace = raw_account_of(&server, &phone)
+    let replace = account_of(&server, &phone)
         .post("/_matrix/client/v3/keys/device_signing/upload", &keys_of_user(&keys, alice.as_str()))
         .await
         .unwrap();
     assert_eq!(replace.status, 401, "{}", replace.text);
     assert!(replace.body["flows"].is_array());
-}
-
-fn raw_account_of(server: &TestServer, client: &Client) -> Account {
-    account_of(server, client)
 }
 
 fn keys_of_user(keys: &Value, user: &str) -> Value {

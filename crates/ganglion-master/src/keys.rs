@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, sync::Arc};
 use ganglion_events::ruma::{
     DeviceId, OwnedDeviceId, OwnedUserId, UserId, encryption::KeyUsage, to_device::DeviceIdOrAllDevices,
 };
-use ganglion_keys::{Ed25519PublicKey, KeyError};
+use ganglion_keys::Ed25519PublicKey;
 use ganglion_replication::StreamRow;
 use ganglion_rpc::{
     ClaimKeys, ClaimedKey, MasterError, MasterResult, OneTimeKeyCounts, SendToDevice, SignatureFailure,
@@ -394,7 +394,7 @@ async fn signature_of(
         let stored: Value =
             serde_json::from_str(&stored).map_err(|e| MasterError::internal(e.to_string()))?;
         let signature = ganglion_keys::uploaded_signature(signer, key_id, public_key, uploaded, &stored)
-            .map_err(key_error)?;
+            .map_err(internal)?;
         return Ok(vec![row(key_id, signature)]);
     }
     let (Some(master), Some(_)) = (&master, &master_public) else {
@@ -423,7 +423,7 @@ async fn signature_of(
                 continue;
             };
             let signature = ganglion_keys::uploaded_signature(signer, &key_id, &public_key, uploaded, master)
-                .map_err(key_error)?;
+                .map_err(internal)?;
             rows.push(row(&key_id, signature));
         }
         if rows.is_empty() {
@@ -439,12 +439,8 @@ async fn signature_of(
         return Err(MasterError::invalid_param(format!("No signature by your user-signing key {key_id}")));
     }
     let signature =
-        ganglion_keys::uploaded_signature(signer, key_id, public_key, uploaded, master).map_err(key_error)?;
+        ganglion_keys::uploaded_signature(signer, key_id, public_key, uploaded, master).map_err(internal)?;
     Ok(vec![row(key_id, signature)])
-}
-
-fn key_error(error: KeyError) -> MasterError {
-    internal(error)
 }
 
 pub(crate) async fn send_to_device(svc: &MasterService, request: SendToDevice) -> MasterResult<()> {

@@ -160,6 +160,28 @@ pub async fn devices_of_user(conn: &mut Conn, user_id: &str) -> Result<Vec<Devic
     Ok(rows.into_iter().map(device_from_row).collect())
 }
 
+/// `(user_id, device_id, display_name)` of every device of `users`, as `/keys/query` shows them.
+pub async fn device_names_of_users(
+    conn: &mut Conn,
+    users: &[String],
+) -> Result<Vec<(String, String, Option<String>)>> {
+    let mut names = Vec::new();
+    for chunk in users.chunks(500) {
+        let sql = format!(
+            "SELECT user_id, device_id, display_name FROM devices WHERE user_id IN ({})",
+            crate::state::placeholders(chunk.len(), 1)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for user in chunk {
+            query = query.bind(user.as_str());
+        }
+        names.extend(
+            query.fetch_all(&mut *conn).await?.into_iter().map(|row| (row.get(0), row.get(1), row.get(2))),
+        );
+    }
+    Ok(names)
+}
+
 pub async fn device(conn: &mut Conn, user_id: &str, device_id: &str) -> Result<Option<Device>> {
     let row = sqlx::query(
         "SELECT device_id, display_name, last_seen_ts, last_seen_ip FROM devices WHERE user_id = $1 AND device_id = $2",

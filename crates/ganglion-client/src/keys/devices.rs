@@ -82,8 +82,7 @@ pub(crate) async fn query(
         users.push(user);
     }
     let mut conn = state.db.conn().await?;
-    let answer = key_query(&mut conn, session.user_id.as_str(), &users, &wanted).await?;
-    let mut answer = answer;
+    let mut answer = key_query(&mut conn, session.user_id.as_str(), &users, &wanted).await?;
     answer.insert("failures".into(), Value::Object(failures));
     Ok(Json(Value::Object(answer)))
 }
@@ -119,12 +118,11 @@ async fn key_query(
     for user in users {
         device_keys.insert(user.clone(), json!({}));
     }
-    let mut names = BTreeMap::new();
-    for user in users {
-        for device in account_store::devices_of_user(conn, user).await? {
-            names.insert((user.clone(), device.device_id), device.display_name);
-        }
-    }
+    let names: BTreeMap<(String, String), Option<String>> = account_store::device_names_of_users(conn, users)
+        .await?
+        .into_iter()
+        .map(|(user, device, name)| ((user, device), name))
+        .collect();
     for row in key_store::device_keys_of_users(conn, users).await? {
         let devices = &wanted[&row.user_id];
         if !devices.is_empty() && !devices.contains(&row.device_id) {

@@ -75,6 +75,11 @@ on_both_backends!(users_devices_and_tokens, |db| {
     let devices = accounts::devices_of_user(&mut conn, "@a:x").await.unwrap();
     assert_eq!(devices.len(), 1);
     assert_eq!(devices[0].display_name.as_deref(), Some("phone"));
+    let users = ["@a:x".to_owned(), "@nobody:x".to_owned()];
+    assert_eq!(
+        accounts::device_names_of_users(&mut conn, &users).await.unwrap(),
+        vec![("@a:x".to_owned(), "DEV".to_owned(), Some("phone".to_owned()))]
+    );
     accounts::delete_device(&mut conn, "@a:x", "DEV").await.unwrap();
     assert_eq!(accounts::session_by_token(&mut conn, "tok").await.unwrap(), None);
     assert_eq!(accounts::insert_filter(&mut conn, "@a:x", "{}").await.unwrap(), 0);
