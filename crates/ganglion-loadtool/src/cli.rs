@@ -5,9 +5,11 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 
 /// Registers users, puts them in rooms, sends messages from concurrent closed-loop senders while
-/// every user long-polls `/sync`, and reports sends/s, send latency, fan-out latency, initial sync
-/// time and server RSS. Other workloads (--workload) send to-device messages to many devices, or
-/// claim and query end-to-end encryption keys.
+/// every user (or the first --syncing-users of them) long-polls `/sync`, and reports sends/s,
+/// deliveries/s, /sync responses/s, send latency, fan-out latency, initial sync time and server
+/// RSS and CPU. Works against any homeserver (Synapse included) with --url. Other workloads
+/// (--workload) send to-device messages to many devices, or claim and query end-to-end encryption
+/// keys.
 #[derive(Debug, Parser)]
 #[command(name = "ganglion-load", version)]
 pub struct Args {
@@ -34,7 +36,9 @@ pub struct Args {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub keys_per_request: Option<u32>,
 
-    /// Base URL of a running homeserver, e.g. http://127.0.0.1:8008.
+    /// Base URL of a running homeserver, e.g. http://127.0.0.1:8008: Ganglion, Synapse or any
+    /// other. It must allow registration through the `m.login.dummy` stage and not rate-limit
+    /// the load (scripts/synapse-bench.sh configures Synapse so).
     #[arg(long, conflicts_with = "spawn", required_unless_present = "spawn")]
     pub url: Option<String>,
 
@@ -50,12 +54,20 @@ pub struct Args {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=2))]
     pub sync_workers: Option<u32>,
 
-    /// Process ID of the server behind --url, to read its RSS and CPU time from /proc.
-    #[arg(long, conflicts_with = "spawn")]
-    pub server_pid: Option<u32>,
+    /// Process ID of the server behind --url, to read its RSS and CPU time from /proc. Repeat it
+    /// (or separate PIDs with commas) for a server of several processes, e.g. Synapse's workers:
+    /// the figures are summed and also given per process.
+    #[arg(long, conflicts_with = "spawn", value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
 
-    /// Number of users. In the rooms workload each one runs a /sync long-poll loop; in the
-    /// to-device workload each of their devices does.
+    /// Process ID of the PostgreSQL postmaster behind --url, if the server uses one: the CPU time
+    /// of it and its backends (its direct children) is reported beside the server's, as for
+    /// --spawn postgres.
+    #[arg(long, conflicts_with = "spawn")]
+    pub database_pid: Option<u32>,
+
+    /// Number of users. In the rooms workload each one (or the first --syncing-users) runs a /sync
+    /// long-poll loop; in the to-device workload each of their devices does.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub users: u32,
 
@@ -67,9 +79,20 @@ pub struct Args {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub rooms_per_user: u32,
 
+    /// Rooms workload: only this many users run the /sync long-poll loop (default: all). They are
+    /// the FIRST N users (user 0 to N-1): users join rooms in a sequence that wraps evenly around
+    /// the rooms, so the first N users' memberships are spread evenly too and every room gets
+    /// about N * rooms-per-user / rooms syncing members. The others only send or idle. Fan-out
+    /// latency, deliveries/s and the exactly-once check cover the syncing members only.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub syncing_users: Option<u32>,
+
     /// Concurrent closed-loop senders. Sender i sends as user i mod users, round-robin over that
-    /// user's rooms. In the to-device workload each sender is a user of its own; in the keys
-    /// workloads these are the clients calling /keys/claim or /keys/query, users of their own.
+    /// user's rooms; with --syncing-users below --users, the senders alternate between syncing
+    /// and non-syncing users in proportion (the syncing ones taken from user 0 up, the others
+    /// from user N up), so both kinds send and every room gets messages. In the to-device
+    /// workload each sender is a user of its own; in the keys workloads these are the clients
+    /// calling /keys/claim or /keys/query, users of their own.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     pub senders: u32,
 
@@ -96,6 +119,11 @@ pub struct Args {
     /// not cut short (`limited`). Without it the server's default limit applies.
     #[arg(long)]
     pub timeline_limit: Option<u32>,
+
+    /// Ask /sync for lazy-loaded members with the inline filter (`"room": {"state":
+    /// {"lazy_load_members": true}}`, beside --timeline-limit's timeline limit), as clients do.
+    #[arg(long)]
+    pub lazy_load_members: bool,
 
     /// Concurrent requests while registering users, creating rooms and joining them.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
@@ -179,7 +207,23 @@ impl Args {
         if self.send_rate.is_some() && self.workload.is_keys() {
             return Err("--send-rate goes with --workload rooms or to-device".to_owned());
         }
+        if self.lazy_load_members && self.workload.is_keys() {
+            return Err("--lazy-load-members goes with --workload rooms or to-device".to_owned());
+        }
+        if let Some(syncing) = self.syncing_users {
+            if self.workload != Workload::Rooms {
+                return Err("--syncing-users goes with --workload rooms".to_owned());
+            }
+            if syncing > self.users {
+                return Err(format!("--syncing-users {syncing} is more than --users {}", self.users));
+            }
+        }
         Ok(())
+    }
+
+    /// The users who long-poll `/sync` in the rooms workload: the first this many.
+    pub fn syncing_users(&self) -> u32 {
+        self.syncing_users.unwrap_or(self.users).min(self.users)
     }
 
     pub fn devices_per_user(&self) -> u32 {

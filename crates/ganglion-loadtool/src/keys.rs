@@ -23,6 +23,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tokio::sync::{Notify, watch};
 
+use crate::backoff::Backoff;
 use crate::cli::{Args, Workload};
 use crate::clock;
 use crate::e2ee::{self, Noise, ONE_TIME_KEY_ALGORITHM};
@@ -30,7 +31,7 @@ use crate::matrix::{Api, KeysEndpoint, Reply, Session};
 use crate::report::Window;
 use crate::report::keys::{ClaimTally, KeysMeasurements, KeysReport};
 use crate::run::{Progress, REQUEST_TIMEOUT, Snapshot, run_id, sample_rss, usage};
-use crate::sender::{SendRecord, SenderOutcome};
+use crate::sender::{SendRecord, SenderOutcome, sleep_unless_stopped};
 use crate::server::Server;
 use crate::setup::Setup;
 
@@ -244,13 +245,18 @@ impl Client {
         let targets = if query { self.user_ids.len() } else { self.devices.len() };
         let per_request = self.per_request.min(targets);
         let asked = u32::try_from(per_request).unwrap_or(u32::MAX);
+        let mut backoff = Backoff::default();
         while !stop.load(Ordering::Relaxed) {
             let first = self.next_target.fetch_add(per_request, Ordering::Relaxed);
             let indices: Vec<usize> = (first..first + per_request).map(|index| index % targets).collect();
             let body = if query { self.query_body(&indices) } else { self.claim_body(&indices) };
             let start_ns = clock::now_ns();
             let mut record = SendRecord { start_ns, ack_ns: None, other_members: asked };
-            match self.api.keys(&self.session, self.endpoint, &body).await {
+            let reply = self.api.keys(&self.session, self.endpoint, &body).await;
+            if !matches!(reply, Ok(Reply::RateLimited(_))) {
+                backoff.reset();
+            }
+            match reply {
                 Ok(Reply::Ok { body, received_ns, .. }) => {
                     record.ack_ns = Some(received_ns);
                     self.answered.fetch_add(1, Ordering::Relaxed);
@@ -261,9 +267,9 @@ impl Client {
                         }
                     }
                 }
-                Ok(Reply::RateLimited(wait)) => {
+                Ok(Reply::RateLimited(asked)) => {
                     outcome.errors.rate_limited += 1;
-                    tokio::time::sleep(wait).await;
+                    sleep_unless_stopped(backoff.rate_limited(asked), &stop).await;
                 }
                 Ok(Reply::Failed { status, body }) => {
                     outcome.errors.failed(status, &body);
@@ -336,7 +342,12 @@ async fn top_up(
     let session = &device.session;
     let mut outcome = SenderOutcome::default();
     let mut noise = Noise::new(index as u64 + (1 << 32));
+    let mut backoff = Backoff::default();
     loop {
+        // A back-off's wait may have seen the change already.
+        if *stop.borrow() {
+            break;
+        }
         tokio::select! {
             biased;
             _ = stop.changed() => break,
@@ -350,7 +361,11 @@ async fn top_up(
             let start_ns = clock::now_ns();
             let asked = u32::try_from(KEYS_PER_UPLOAD).unwrap_or(u32::MAX);
             let mut record = SendRecord { start_ns, ack_ns: None, other_members: asked };
-            match api.keys(session, KeysEndpoint::Upload, &body).await {
+            let reply = api.keys(session, KeysEndpoint::Upload, &body).await;
+            if !matches!(reply, Ok(Reply::RateLimited(_))) {
+                backoff.reset();
+            }
+            match reply {
                 Ok(Reply::Ok { body, received_ns, .. }) => {
                     record.ack_ns = Some(received_ns);
                     match serde_json::from_slice::<UploadAnswer>(&body) {
@@ -358,9 +373,14 @@ async fn top_up(
                         Err(error) => outcome.errors.bad_body(&error),
                     }
                 }
-                Ok(Reply::RateLimited(wait)) => {
+                Ok(Reply::RateLimited(asked)) => {
                     outcome.errors.rate_limited += 1;
-                    tokio::time::sleep(wait).await;
+                    let wait = backoff.rate_limited(asked);
+                    tokio::select! {
+                        biased;
+                        _ = stop.changed() => {}
+                        () = tokio::time::sleep(wait) => {}
+                    }
                 }
                 Ok(Reply::Failed { status, body }) => {
                     outcome.errors.failed(status, &body);

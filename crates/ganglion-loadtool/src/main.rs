@@ -1,12 +1,14 @@
-//! `ganglion-load`: a closed-loop load benchmark for the client-server API. It registers users,
-//! puts them in rooms, keeps one `/sync` long-poll per user, sends messages from concurrent
-//! senders and reports sends/s, send and fan-out latency, initial sync time and server RSS; for
-//! a cluster, also every worker's replication lag. The rooms may be encrypted; other workloads
+//! `ganglion-load`: a closed-loop load benchmark for the client-server API of any homeserver
+//! (Ganglion, Synapse, …). It registers users, puts them in rooms, keeps one `/sync` long-poll
+//! per user (or per syncing user), sends messages from concurrent senders and reports sends/s,
+//! deliveries/s, /sync responses/s, send and fan-out latency, initial sync time and server RSS
+//! and CPU; for a cluster, also every worker's replication lag. The rooms may be encrypted; other workloads
 //! send to-device messages to many devices, or claim and query end-to-end encryption keys.
 //!
 //! It is a benchmark, not a test: it measures and reports, and asserts nothing about the server
 //! beyond what it needs to run. Every non-2xx answer is counted in the report.
 
+mod backoff;
 mod cli;
 mod clock;
 mod e2ee;

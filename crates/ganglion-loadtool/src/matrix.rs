@@ -1,8 +1,11 @@
 //! The few client-server API calls the benchmark makes, over plain HTTP/1.1.
 //!
 //! Calls used in the measured phase (`send_event`, `send_to_device`, `sync`, the `/keys` calls)
-//! return a [`Reply`] and leave retries and counting to the caller. Setup calls retry on 429 and
-//! fail the run on anything else.
+//! return a [`Reply`] and leave retries and counting to the caller. Setup calls retry on 429 (with
+//! `backoff`'s waits) and fail the run on anything else.
+//!
+//! Nothing here needs a Ganglion: registration goes through user-interactive auth's
+//! `m.login.dummy` stage as Synapse asks for it, and `X-Ganglion-Instance` is read when present.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -16,6 +19,7 @@ use reqwest::{RequestBuilder, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::backoff::Backoff;
 use crate::clock;
 
 /// The header naming the process that answered, `<role>/<name>`.
@@ -38,8 +42,9 @@ pub enum Reply {
     /// A 2xx, with the body, the clock reading once the whole body had arrived and the
     /// `X-Ganglion-Instance` header (`<role>/<name>` of the process that answered), if any.
     Ok { body: Bytes, received_ns: u64, instance: Option<HeaderValue> },
-    /// A 429; wait this long before retrying.
-    RateLimited(Duration),
+    /// A 429, with the wait the server asked for (`retry_after_ms`, else `Retry-After` in
+    /// seconds), if it named one. `backoff` turns it into the actual wait.
+    RateLimited(Option<Duration>),
     /// Any other status, with the start of the body for the report.
     Failed { status: StatusCode, body: String },
 }
@@ -47,7 +52,7 @@ pub enum Reply {
 /// Errors of one kind of request, never dropped: every non-2xx lands in `by_status`.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct ErrorCounts {
-    /// 429 answers (each was waited out and retried).
+    /// 429 answers (each was waited out, with back-off, and retried).
     pub rate_limited: u64,
     /// Other non-2xx answers by status code.
     pub by_status: BTreeMap<u16, u64>,
@@ -108,9 +113,40 @@ struct RegisterResponse {
     access_token: String,
 }
 
-#[derive(Deserialize)]
-struct InteractiveAuth {
-    session: Option<String>,
+/// A 401 from `/register`: user-interactive auth's session and the flows it offers.
+#[derive(Debug, Deserialize)]
+pub struct InteractiveAuth {
+    pub session: Option<String>,
+    #[serde(default)]
+    pub flows: Vec<AuthFlow>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AuthFlow {
+    #[serde(default)]
+    pub stages: Vec<String>,
+}
+
+/// The only stage the load tool can complete.
+const DUMMY_STAGE: &str = "m.login.dummy";
+
+impl InteractiveAuth {
+    /// The session to complete with `m.login.dummy`, or why registration cannot go on: a server
+    /// that wants a captcha, an email or a token for every account cannot be loaded this way.
+    pub fn dummy_session(self) -> Result<String, String> {
+        let session = self.session.ok_or("401 without an auth session")?;
+        let offered = self.flows.is_empty()
+            || self.flows.iter().any(|flow| flow.stages.iter().all(|stage| stage == DUMMY_STAGE));
+        if !offered {
+            let flows: Vec<String> = self.flows.iter().map(|flow| flow.stages.join(" + ")).collect();
+            return Err(format!(
+                "the server offers no registration flow of `{DUMMY_STAGE}` alone (flows: {}); allow \
+                 registration without verification (Synapse: enable_registration_without_verification)",
+                flows.join(", ")
+            ));
+        }
+        Ok(session)
+    }
 }
 
 #[derive(Deserialize)]
@@ -144,12 +180,7 @@ impl Api {
     pub async fn execute(&self, request: RequestBuilder) -> Result<Reply, reqwest::Error> {
         let response = request.send().await?;
         let status = response.status();
-        let retry_after_header = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after_header = response_retry_after(response.headers());
         let instance = response.headers().get(INSTANCE_HEADER).cloned();
         let body = response.bytes().await?;
         let received_ns = clock::now_ns();
@@ -157,32 +188,28 @@ impl Api {
             return Ok(Reply::Ok { body, received_ns, instance });
         }
         if status == StatusCode::TOO_MANY_REQUESTS {
-            let from_body = serde_json::from_slice::<RateLimitBody>(&body)
-                .ok()
-                .and_then(|limit| limit.retry_after_ms)
-                .map(Duration::from_millis);
-            let wait = from_body.or(retry_after_header).unwrap_or(Duration::from_secs(1));
-            return Ok(Reply::RateLimited(wait));
+            return Ok(Reply::RateLimited(rate_limit_hint(&body, retry_after_header.as_deref())));
         }
         let body = String::from_utf8_lossy(&body);
         let body: String = body.chars().take(300).collect();
         Ok(Reply::Failed { status, body })
     }
 
-    /// Runs a setup call: 429s are counted in `rate_limited` and waited out, any other failure
-    /// ends the run with `what` in the message.
+    /// Runs a setup call: 429s are counted in `rate_limited` and waited out with back-off, any
+    /// other failure ends the run with `what` in the message.
     async fn setup_call(
         &self,
         what: &str,
         rate_limited: &AtomicU64,
         request: impl Fn() -> RequestBuilder,
     ) -> anyhow::Result<Bytes> {
+        let mut backoff = Backoff::default();
         for _ in 0..SETUP_RATE_LIMIT_RETRIES {
             match self.execute(request()).await.with_context(|| format!("{what}: request failed"))? {
                 Reply::Ok { body, .. } => return Ok(body),
-                Reply::RateLimited(wait) => {
+                Reply::RateLimited(asked) => {
                     rate_limited.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(wait).await;
+                    tokio::time::sleep(backoff.rate_limited(asked)).await;
                 }
                 Reply::Failed { status, body } => bail!("{what}: {status}: {body}"),
             }
@@ -201,8 +228,9 @@ impl Api {
     }
 
     /// Registers a user through user-interactive auth: a POST without `auth` answers 401 with a
-    /// `session`, and the POST that returns it with `m.login.dummy` creates the account. A server
-    /// that registers on the first POST is fine too.
+    /// `session` and its `flows` (Synapse and Ganglion both do), and the POST that returns it with
+    /// `m.login.dummy` creates the account. A server that registers on the first POST is fine
+    /// too; one that offers no dummy-only flow fails the run with its flows in the message.
     pub async fn register(
         &self,
         username: &str,
@@ -212,6 +240,7 @@ impl Api {
         let url = self.url("/v3/register");
         let what = format!("registering {username}");
         let mut auth_session = None;
+        let mut backoff = Backoff::default();
         for _ in 0..SETUP_RATE_LIMIT_RETRIES {
             let mut body = json!({
                 "username": username,
@@ -229,6 +258,7 @@ impl Api {
                 .await
                 .with_context(|| format!("{what}: request failed"))?;
             let status = response.status();
+            let headers = response.headers().clone();
             let bytes = response.bytes().await.with_context(|| format!("{what}: reading the response"))?;
             match status {
                 status if status.is_success() => {
@@ -244,16 +274,14 @@ impl Api {
                     let challenge: InteractiveAuth = serde_json::from_slice(&bytes)
                         .with_context(|| format!("{what}: 401 without an auth session"))?;
                     let session =
-                        challenge.session.with_context(|| format!("{what}: 401 without an auth session"))?;
+                        challenge.dummy_session().map_err(|error| anyhow::anyhow!("{what}: {error}"))?;
                     auth_session = Some(session);
                 }
                 StatusCode::TOO_MANY_REQUESTS => {
                     rate_limited.fetch_add(1, Ordering::Relaxed);
-                    let wait = serde_json::from_slice::<RateLimitBody>(&bytes)
-                        .ok()
-                        .and_then(|limit| limit.retry_after_ms)
-                        .unwrap_or(1000);
-                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                    let retry_after = response_retry_after(&headers);
+                    tokio::time::sleep(backoff.rate_limited(rate_limit_hint(&bytes, retry_after.as_deref())))
+                        .await;
                 }
                 status => {
                     let body = String::from_utf8_lossy(&bytes);
@@ -432,6 +460,24 @@ impl KeysEndpoint {
             KeysEndpoint::Query => "query",
         }
     }
+}
+
+/// The wait a 429 asks for: `retry_after_ms` in its body, else a `Retry-After` header in whole
+/// seconds (an HTTP date is not understood and treated as absent).
+pub fn rate_limit_hint(body: &[u8], retry_after_header: Option<&str>) -> Option<Duration> {
+    let from_body = serde_json::from_slice::<RateLimitBody>(body)
+        .ok()
+        .and_then(|limit| limit.retry_after_ms)
+        .map(Duration::from_millis);
+    from_body.or_else(|| {
+        retry_after_header.and_then(|value| value.trim().parse::<u64>().ok()).map(Duration::from_secs)
+    })
+}
+
+/// The `Retry-After` header's text, if any.
+fn response_retry_after(headers: &reqwest::header::HeaderMap) -> Option<String> {
+    let value = headers.get(reqwest::header::RETRY_AFTER)?;
+    value.to_str().ok().map(str::to_owned)
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters, for a path segment or a query

@@ -32,6 +32,12 @@ impl Process {
             .map(|kib| kib * 1024)
     }
 
+    /// The command name (`/proc/<pid>/comm`), e.g. `ganglion` or `python3`.
+    pub fn command_name(self) -> Option<String> {
+        let name = std::fs::read_to_string(format!("{}/comm", self.dir())).ok()?;
+        Some(name.trim_end().to_owned()).filter(|name| !name.is_empty())
+    }
+
     /// User plus system CPU time so far, in seconds.
     pub fn cpu_seconds(self) -> Option<f64> {
         let stat = std::fs::read_to_string(format!("{}/stat", self.dir())).ok()?;

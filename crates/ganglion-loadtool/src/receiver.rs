@@ -3,7 +3,8 @@
 //! among the to-device events.
 //!
 //! It only records; fan-out latencies and completeness are worked out in `report` once every
-//! sender's records are in.
+//! sender's records are in. A 429 is waited out with `backoff` (the server's hint, at least an
+//! exponential back-off), never retried at once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::{oneshot, watch};
 
+use crate::backoff::Backoff;
 use crate::clock;
 use crate::matrix::{Api, ErrorCounts, Reply, Session};
 use crate::run::Counters;
@@ -23,6 +25,21 @@ pub const LONG_POLL_TIMEOUT_MS: u64 = 30_000;
 
 /// Pause after a failed `/sync` before the next one, so that a broken server is not spun on.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// The inline `/sync` filter for --timeline-limit and --lazy-load-members, or `None` for
+/// neither: `{"room":{"state":{"lazy_load_members":true},"timeline":{"limit":L}}}` or a part of
+/// it. Built as JSON, not pasted together; `Api::sync` percent-encodes it into `?filter=`, where
+/// Synapse and Ganglion both take a value starting with `{` as an inline filter.
+pub fn sync_filter(timeline_limit: Option<u32>, lazy_load_members: bool) -> Option<String> {
+    let mut room = serde_json::Map::new();
+    if lazy_load_members {
+        room.insert("state".to_owned(), serde_json::json!({ "lazy_load_members": true }));
+    }
+    if let Some(limit) = timeline_limit {
+        room.insert("timeline".to_owned(), serde_json::json!({ "limit": limit }));
+    }
+    (!room.is_empty()).then(|| serde_json::json!({ "room": room }).to_string())
+}
 
 /// The fields of message content that the senders add, to find their messages in a timeline.
 #[derive(Debug, Deserialize)]
@@ -96,6 +113,9 @@ pub struct ReceiverOutcome {
     /// some deliveries are missing by design of the response, not lost.
     pub limited_timelines: u64,
     pub requests: u64,
+    /// When each successful incremental `/sync` answer had arrived (clock ns), to count the
+    /// answers inside the measured window.
+    pub answers_ns: Vec<u64>,
     pub errors: ErrorCounts,
     /// Successful incremental syncs by the process that answered (`X-Ganglion-Instance`, or
     /// `unknown`); few entries, so a list.
@@ -143,6 +163,7 @@ impl Receiver {
                 return outcome;
             }
         };
+        let mut backoff = Backoff::default();
         loop {
             if *stop.borrow_and_update() {
                 break;
@@ -155,10 +176,15 @@ impl Receiver {
                 reply = request => reply,
             };
             outcome.requests += 1;
+            if !matches!(reply, Ok(Reply::RateLimited(_))) {
+                backoff.reset();
+            }
             let pause = match reply {
                 Ok(Reply::Ok { body, received_ns, instance }) => {
                     match serde_json::from_slice::<SyncResponse>(&body) {
                         Ok(response) => {
+                            outcome.answers_ns.push(received_ns);
+                            self.counters.sync_answers.fetch_add(1, Ordering::Relaxed);
                             outcome.count_answer(instance.as_ref().and_then(|value| value.to_str().ok()));
                             self.collect(&response, received_ns, &mut outcome);
                             since = response.next_batch;
@@ -170,9 +196,9 @@ impl Receiver {
                         }
                     }
                 }
-                Ok(Reply::RateLimited(wait)) => {
+                Ok(Reply::RateLimited(asked)) => {
                     outcome.errors.rate_limited += 1;
-                    Some(wait)
+                    Some(backoff.rate_limited(asked))
                 }
                 Ok(Reply::Failed { status, body }) => {
                     outcome.errors.failed(status, &body);
@@ -195,9 +221,11 @@ impl Receiver {
     }
 
     /// The first `/sync`, without `since`. Returns `next_batch` and how long the server took,
-    /// from sending the request to having the whole body. 429s are waited out and retried; any
-    /// other failure fails the run, since a user without a sync loop would skew every figure.
+    /// from sending the request to having the whole body. 429s are waited out (with back-off) and
+    /// retried; any other failure fails the run, since a user without a sync loop would skew
+    /// every figure.
     async fn initial_sync(&self, outcome: &mut ReceiverOutcome) -> anyhow::Result<(String, Duration)> {
+        let mut backoff = Backoff::default();
         loop {
             let started_ns = clock::now_ns();
             let reply = self.api.sync(&self.session, None, 0, self.filter.as_deref()).await;
@@ -210,9 +238,9 @@ impl Receiver {
                     let took = Duration::from_nanos(received_ns.saturating_sub(started_ns));
                     return Ok((response.next_batch, took));
                 }
-                Ok(Reply::RateLimited(wait)) => {
+                Ok(Reply::RateLimited(asked)) => {
                     outcome.errors.rate_limited += 1;
-                    tokio::time::sleep(wait).await;
+                    tokio::time::sleep(backoff.rate_limited(asked)).await;
                 }
                 Ok(Reply::Failed { status, body }) => {
                     anyhow::bail!("initial sync of {}: {status}: {body}", self.session.user_id)

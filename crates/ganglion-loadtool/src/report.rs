@@ -2,8 +2,13 @@
 //! The keys workloads have a report of their own, in `report::keys`.
 //!
 //! Window rules: a send counts when its 2xx arrived inside the measured window; a fan-out sample
-//! counts when the message's `ts_ns` (taken just before its PUT) is inside the window. Completeness
-//! (missing and duplicate deliveries) covers every acknowledged send, warm-up included.
+//! counts when the message's `ts_ns` (taken just before its PUT) is inside the window; a delivery
+//! (for deliveries/s) and an incremental `/sync` answer (for /sync responses/s) count when their
+//! answer arrived inside the window. Completeness (missing and duplicate deliveries) covers every
+//! acknowledged send, warm-up included.
+//!
+//! Only syncing members receive: with --syncing-users, a message owes one delivery to each of its
+//! room's syncing members other than its sender, and the figures cover them alone.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -47,8 +52,10 @@ pub struct Measurements {
     /// The only server process, or a cluster's master.
     pub server_pid: Option<u32>,
     pub sync_workers: Option<u32>,
-    /// Receivers per send: room members, or devices.
+    /// Members per room, or devices each send goes to.
     pub mean_members: f64,
+    /// Rooms workload: syncing members per room.
+    pub mean_syncing_members: Option<f64>,
     pub setup_took: Duration,
     pub setup_rate_limited: u64,
     pub initial_sync_times: Vec<Duration>,
@@ -65,10 +72,10 @@ pub struct Measurements {
 pub struct Usage {
     /// `(clock ns, bytes)`, summed over the server's processes.
     pub rss_samples: Vec<(u64, u64)>,
-    /// Every `ganglion` process (one, or a cluster's).
+    /// Every `ganglion` process (one, or a cluster's), or --server-pid's.
     pub processes: Vec<ProcessMeasurement>,
     /// CPU seconds used during the window by PostgreSQL's postmaster and backends, for a
-    /// spawned PostgreSQL.
+    /// spawned PostgreSQL or --database-pid's.
     pub database_cpu_seconds: Option<f64>,
     /// A spawned cluster's Redis, and nginx's master and workers.
     pub redis_cpu_seconds: Option<f64>,
@@ -133,14 +140,21 @@ pub struct Config {
     pub users: u32,
     pub rooms: u32,
     pub rooms_per_user: u32,
+    /// Rooms workload: the users that long-poll `/sync` (the first ones); the others only send
+    /// or idle.
+    pub syncing_users: Option<u32>,
     /// To-device workload: the devices each send goes to.
     pub mean_members_per_room: f64,
+    /// Rooms workload: the syncing ones among them.
+    pub mean_syncing_members_per_room: Option<f64>,
     pub senders: u32,
     /// --send-rate: the cap on sends per second over all senders, if any.
     pub send_rate: Option<f64>,
     pub warmup_s: f64,
     pub duration_s: f64,
     pub timeline_limit: Option<u32>,
+    /// `/sync`'s filter asks for lazy-loaded members.
+    pub lazy_load_members: bool,
     pub client_threads: Option<u32>,
 }
 
@@ -167,7 +181,13 @@ pub struct Fanout {
     /// From the sender having its 2xx to the other member having the event; negative when the
     /// `/sync` answer came first.
     pub after_ack_ms: Option<Summary>,
-    /// Deliveries owed: each acknowledged send times its room's other members.
+    /// Deliveries per second: distinct messages from others that syncing members' `/sync`s
+    /// received inside the window (whenever sent), per second of the window.
+    pub per_sec: f64,
+    /// Those deliveries.
+    pub in_window: u64,
+    /// Deliveries owed: each acknowledged send times its room's other syncing members (or the
+    /// devices).
     pub expected: u64,
     /// Distinct deliveries of acknowledged sends.
     pub delivered: u64,
@@ -183,6 +203,12 @@ pub struct Fanout {
 
 #[derive(Debug, Serialize)]
 pub struct Syncs {
+    /// `/sync` loops: syncing users, or devices.
+    pub long_pollers: u64,
+    /// Successful incremental `/sync` answers that arrived inside the window, per second of it.
+    pub responses_per_sec: f64,
+    pub responses_in_window: u64,
+    /// Every `/sync` request of the run: initial, incremental, failed or refused.
     pub requests: u64,
     pub errors: ErrorCounts,
     /// Successful incremental syncs by the process that answered them.
@@ -250,7 +276,8 @@ pub struct Cpu {
     /// CPU seconds per second of the window: 2.0 is both cores of a 2-core machine. For a
     /// cluster, summed over its `ganglion` processes.
     pub server_cores: Option<f64>,
-    /// The spawned PostgreSQL cluster (postmaster and backends); `null` otherwise.
+    /// The spawned PostgreSQL cluster, or --database-pid's (postmaster and backends); `null`
+    /// otherwise.
     pub database_cores: Option<f64>,
     /// A spawned cluster's Redis and nginx (master and workers); `null` otherwise.
     pub redis_cores: Option<f64>,
@@ -278,6 +305,7 @@ impl Report {
             sync_errors.merge(receiver.errors.clone());
         }
         let by_instance = answers_by_instance(&measurements.receivers);
+        let responses_in_window = responses_in_window(&measurements.receivers, window);
         let mut initial: Vec<i64> = measurements
             .initial_sync_times
             .iter()
@@ -304,19 +332,29 @@ impl Report {
                 users: args.users,
                 rooms: args.rooms,
                 rooms_per_user: args.rooms_per_user.min(args.rooms),
+                syncing_users: (args.workload == Workload::Rooms).then(|| args.syncing_users()),
                 mean_members_per_room: measurements.mean_members,
+                mean_syncing_members_per_room: measurements.mean_syncing_members,
                 senders: args.senders,
                 send_rate: args.send_rate,
                 warmup_s: args.warmup.as_secs_f64(),
                 duration_s: args.duration.as_secs_f64(),
                 timeline_limit: args.timeline_limit,
+                lazy_load_members: args.lazy_load_members,
                 client_threads: args.client_threads,
             },
             setup_s: measurements.setup_took.as_secs_f64(),
             sends,
             fanout,
             initial_sync_ms: summarize_ns(&mut initial),
-            sync: Syncs { requests: sync_requests, errors: sync_errors, by_instance },
+            sync: Syncs {
+                long_pollers: measurements.receivers.len() as u64,
+                responses_per_sec: responses_in_window as f64 / window.seconds().max(f64::MIN_POSITIVE),
+                responses_in_window,
+                requests: sync_requests,
+                errors: sync_errors,
+                by_instance,
+            },
             replication,
             memory,
             cpu,
@@ -351,14 +389,22 @@ impl Report {
                  to-device message to every device",
                 config.users, config.mean_members_per_room, config.senders
             ),
-            None => format!(
-                "{} users in {} {}rooms ({:.1} members per room), {} senders",
-                config.users,
-                config.rooms,
-                if config.encrypted { "encrypted " } else { "" },
-                config.mean_members_per_room,
-                config.senders
-            ),
+            None => {
+                let syncing = match (config.syncing_users, config.mean_syncing_members_per_room) {
+                    (Some(syncing), Some(per_room)) if syncing < config.users => {
+                        format!(" ({syncing} long-polling /sync, {per_room:.1} of them per room)")
+                    }
+                    _ => String::new(),
+                };
+                format!(
+                    "{} users{syncing} in {} {}rooms ({:.1} members per room), {} senders",
+                    config.users,
+                    config.rooms,
+                    if config.encrypted { "encrypted " } else { "" },
+                    config.mean_members_per_room,
+                    config.senders
+                )
+            }
         };
         let _ = writeln!(
             out,
@@ -368,6 +414,16 @@ impl Report {
             config.duration_s,
             self.setup_s
         );
+        let mut filter = Vec::new();
+        if let Some(limit) = config.timeline_limit {
+            filter.push(format!("timeline limit {limit}"));
+        }
+        if config.lazy_load_members {
+            filter.push("lazy-loaded members".to_owned());
+        }
+        if !filter.is_empty() {
+            let _ = writeln!(out, "/sync filter: {}", filter.join(", "));
+        }
         let _ = writeln!(out);
         let _ = writeln!(
             out,
@@ -459,6 +515,19 @@ impl Report {
         let fanout = &self.fanout;
         let _ = writeln!(
             out,
+            "{:<26}{:.1} ({} received in window by {} long-pollers)",
+            "deliveries/s", fanout.per_sec, fanout.in_window, self.sync.long_pollers
+        );
+        let _ = writeln!(
+            out,
+            "{:<26}{:.1} ({} incremental answers in window, {:.2} per long-poller per second)",
+            "/sync responses/s",
+            self.sync.responses_per_sec,
+            self.sync.responses_in_window,
+            self.sync.responses_per_sec / (self.sync.long_pollers.max(1) as f64)
+        );
+        let _ = writeln!(
+            out,
             "{:<26}{} of {} expected: {} missing, {} duplicate, {} of failed sends; {} limited \
              timelines",
             "deliveries",
@@ -482,7 +551,7 @@ impl Report {
         let _ = writeln!(
             out,
             "{:<26}setup {}, send {}, sync {}",
-            "429 answers (retried)",
+            "429 answers (backed off)",
             self.setup_rate_limited,
             sends.errors.rate_limited,
             self.sync.errors.rate_limited
@@ -569,6 +638,7 @@ fn fanout(senders: &[SenderOutcome], receivers: &[ReceiverOutcome], window: Wind
     let mut latencies = Vec::new();
     let mut after_ack = Vec::new();
     let (mut delivered, mut duplicates, mut of_failed_sends, mut limited_timelines) = (0, 0, 0, 0);
+    let mut in_window = 0;
     for receiver in receivers {
         limited_timelines += receiver.limited_timelines;
         let mut deliveries = receiver.deliveries.clone();
@@ -581,6 +651,9 @@ fn fanout(senders: &[SenderOutcome], receivers: &[ReceiverOutcome], window: Wind
                 continue;
             }
             previous = Some(key);
+            if window.contains(delivery.received_ns) {
+                in_window += 1;
+            }
             let record = senders
                 .get(delivery.sender as usize)
                 .and_then(|sender| sender.records.get(delivery.seq as usize));
@@ -596,6 +669,8 @@ fn fanout(senders: &[SenderOutcome], receivers: &[ReceiverOutcome], window: Wind
         }
     }
     Fanout {
+        per_sec: in_window as f64 / window.seconds().max(f64::MIN_POSITIVE),
+        in_window,
         latency_ms: summarize_ns(&mut latencies),
         after_ack_ms: summarize_ns(&mut after_ack),
         expected,
@@ -605,6 +680,12 @@ fn fanout(senders: &[SenderOutcome], receivers: &[ReceiverOutcome], window: Wind
         of_failed_sends,
         limited_timelines,
     }
+}
+
+/// Successful incremental `/sync` answers that arrived inside the window.
+fn responses_in_window(receivers: &[ReceiverOutcome], window: Window) -> u64 {
+    let answers = receivers.iter().flat_map(|receiver| &receiver.answers_ns);
+    answers.filter(|&&received_ns| window.contains(received_ns)).count() as u64
 }
 
 /// Successful incremental syncs per answering process, and how many users each one answered.

@@ -1,7 +1,9 @@
 //! One closed-loop sender: sends the next message as soon as the last one was answered (or, when
 //! paced, at its next slot if that is later), round-robin over its user's rooms or to every
 //! recipient device at once, until told to stop. It records every attempt's outcome by sequence
-//! number so that `report` can match receivers' deliveries against it.
+//! number so that `report` can match receivers' deliveries against it. A 429 is waited out with
+//! `backoff` (the server's hint, at least an exponential back-off) and the same transaction
+//! retried, never at once.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,6 +13,7 @@ use tokio::time::Instant;
 
 use serde_json::{Map, Value, json};
 
+use crate::backoff::Backoff;
 use crate::clock;
 use crate::e2ee::{self, MegolmSession, Noise};
 use crate::matrix::{Api, ErrorCounts, Reply, Session};
@@ -23,8 +26,11 @@ pub const ENCRYPTED_EVENT_TYPE: &str = "m.room.encrypted";
 
 /// Pause after a failed send, so that a broken server is not spun on.
 const FAILURE_PAUSE: Duration = Duration::from_millis(50);
+/// How often a long wait checks whether the run is over.
+const STOP_CHECK: Duration = Duration::from_millis(50);
 
-/// A room this sender writes to, and how many other members should see each message.
+/// A room this sender writes to, and how many other members should see each message: its
+/// syncing members other than the sender.
 #[derive(Debug, Clone)]
 pub struct TargetRoom {
     pub room_id: String,
@@ -133,9 +139,9 @@ impl Sender {
         outcome
     }
 
-    /// Sends message `seq`. A 429 is waited out and the same transaction retried with a fresh
-    /// `ts_ns`, so latencies measure the attempt the server accepted and waits show up as
-    /// counted 429s instead.
+    /// Sends message `seq`. A 429 is waited out (with back-off over the 429s in a row) and the
+    /// same transaction retried with a fresh `ts_ns`, so latencies measure the attempt the server
+    /// accepted and waits show up as counted 429s instead.
     async fn send_one(
         &self,
         seq: u32,
@@ -145,6 +151,7 @@ impl Sender {
     ) -> SendRecord {
         let txn_id = format!("{}.{}.{seq}", self.run_id, self.index);
         let other_members = self.traffic.recipients(seq);
+        let mut backoff = Backoff::default();
         loop {
             let start_ns = clock::now_ns();
             let mut record = SendRecord { start_ns, ack_ns: None, other_members };
@@ -194,9 +201,9 @@ impl Sender {
                     record.ack_ns = Some(received_ns);
                     return record;
                 }
-                Ok(Reply::RateLimited(wait)) => {
+                Ok(Reply::RateLimited(asked)) => {
                     errors.rate_limited += 1;
-                    tokio::time::sleep(wait).await;
+                    sleep_unless_stopped(backoff.rate_limited(asked), stop).await;
                     if stop.load(Ordering::Relaxed) {
                         return record;
                     }
@@ -222,5 +229,17 @@ impl Sender {
         markers.insert("load_seq".into(), json!(seq));
         markers.insert("ts_ns".into(), json!(start_ns));
         markers
+    }
+}
+
+/// Sleeps `wait`, or less if `stop` turns true meanwhile (a server may ask for long waits).
+pub async fn sleep_unless_stopped(wait: Duration, stop: &AtomicBool) {
+    let until = Instant::now() + wait;
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        if now >= until {
+            break;
+        }
+        tokio::time::sleep((until - now).min(STOP_CHECK)).await;
     }
 }

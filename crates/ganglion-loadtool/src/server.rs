@@ -2,12 +2,15 @@
 //! process or a whole cluster) started through `spawn`. Dropping a spawned server stops it.
 
 use crate::cli::Args;
+use crate::procfs::Process;
 use crate::spawn::Spawned;
 
-/// A `ganglion` process whose RSS and CPU time are reported.
+/// A server process whose RSS and CPU time are reported: `ganglion`, or behind --url any
+/// server's (Synapse's `python`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerProcess {
-    /// `ganglion` for a single process; a cluster's process name (`master`, `sync1`, …).
+    /// `ganglion` for a single process; a cluster's process name (`master`, `sync1`, …); behind
+    /// --url the command name from /proc (`ganglion`, `python3`, …).
     pub name: String,
     /// `all` (the embedded default), `master`, `sync` or `client-reader`; `unknown` behind --url.
     pub role: String,
@@ -24,9 +27,10 @@ pub struct Worker {
 pub struct Server {
     pub base_url: String,
     /// Every `ganglion` process: one for the embedded server, all of a cluster's (master
-    /// first). Empty behind --url without --server-pid.
+    /// first). Behind --url, those given with --server-pid (none without it).
     pub processes: Vec<ServerProcess>,
-    /// A spawned PostgreSQL's postmaster, whose process tree's CPU time is reported.
+    /// A spawned PostgreSQL's postmaster (or --database-pid's), whose process tree's CPU time is
+    /// reported.
     pub database_pid: Option<u32>,
     /// A spawned cluster's Redis and nginx (master; its workers are counted with it).
     pub redis_pid: Option<u32>,
@@ -60,14 +64,28 @@ impl Server {
         let Some(url) = &args.url else {
             anyhow::bail!("either --url or --spawn is required");
         };
+        // A mistyped PID would only show as "n/a" at the end of the run.
+        if Process::This.cpu_seconds().is_some() {
+            if let Some(pid) = args.server_pid.iter().find(|&&pid| Process::Pid(pid).cpu_seconds().is_none())
+            {
+                anyhow::bail!("--server-pid {pid}: no such process");
+            }
+            if let Some(pid) = args.database_pid.filter(|&pid| Process::Pid(pid).cpu_seconds().is_none()) {
+                anyhow::bail!("--database-pid {pid}: no such process");
+            }
+        }
         Ok(Server {
             base_url: url.clone(),
             processes: args
                 .server_pid
-                .map(|pid| ServerProcess { name: "ganglion".to_owned(), role: "unknown".to_owned(), pid })
-                .into_iter()
+                .iter()
+                .map(|&pid| ServerProcess {
+                    name: Process::Pid(pid).command_name().unwrap_or_else(|| "server".to_owned()),
+                    role: "unknown".to_owned(),
+                    pid,
+                })
                 .collect(),
-            database_pid: None,
+            database_pid: args.database_pid,
             redis_pid: None,
             nginx_pid: None,
             workers: Vec::new(),

@@ -123,3 +123,70 @@ fn workload_flags_go_with_their_workload() {
     }
     assert!(Args::try_parse_from(["ganglion-load", "--spawn", "sqlite", "--workload", "keys"]).is_err());
 }
+
+#[test]
+fn syncing_users_go_with_the_rooms_workload_and_at_most_every_user() {
+    let medium = Args::try_parse_from([
+        "ganglion-load",
+        "--spawn",
+        "sqlite",
+        "--users",
+        "200",
+        "--syncing-users",
+        "100",
+        "--lazy-load-members",
+        "--timeline-limit",
+        "100",
+    ])
+    .unwrap();
+    assert!(medium.validate().is_ok());
+    assert_eq!(medium.syncing_users(), 100);
+    assert!(medium.lazy_load_members);
+
+    let all = Args::try_parse_from(["ganglion-load", "--spawn", "sqlite", "--users", "30"]).unwrap();
+    assert_eq!(all.syncing_users(), 30);
+    assert!(!all.lazy_load_members);
+
+    let invalid = [
+        &["--users", "10", "--syncing-users", "11"][..],
+        &["--workload", "to-device", "--syncing-users", "5"],
+        &["--workload", "keys-claim", "--lazy-load-members"],
+    ];
+    for flags in invalid {
+        let args = Args::try_parse_from(["ganglion-load", "--spawn", "sqlite"].iter().chain(flags)).unwrap();
+        assert!(args.validate().is_err(), "{flags:?} should be refused");
+    }
+    assert!(Args::try_parse_from(["ganglion-load", "--spawn", "sqlite", "--syncing-users", "0"]).is_err());
+    let to_device = Args::try_parse_from([
+        "ganglion-load",
+        "--spawn",
+        "sqlite",
+        "--workload",
+        "to-device",
+        "--lazy-load-members",
+    ])
+    .unwrap();
+    assert!(to_device.validate().is_ok());
+}
+
+#[test]
+fn a_server_may_have_several_pids() {
+    let one = Args::try_parse_from(["ganglion-load", "--url", "http://x", "--server-pid", "12"]).unwrap();
+    assert_eq!(one.server_pid, [12]);
+    let listed =
+        Args::try_parse_from(["ganglion-load", "--url", "http://x", "--server-pid", "12,13"]).unwrap();
+    assert_eq!(listed.server_pid, [12, 13]);
+    let repeated = Args::try_parse_from([
+        "ganglion-load",
+        "--url",
+        "http://x",
+        "--server-pid",
+        "12",
+        "--server-pid",
+        "14",
+    ])
+    .unwrap();
+    assert_eq!(repeated.server_pid, [12, 14]);
+    let none = Args::try_parse_from(["ganglion-load", "--url", "http://x"]).unwrap();
+    assert!(none.server_pid.is_empty());
+}

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::{Receiver, ReceiverOutcome, SyncResponse};
+use super::{Receiver, ReceiverOutcome, SyncResponse, sync_filter};
 use crate::matrix::{Api, Session};
 use crate::run::Counters;
 
@@ -56,4 +56,20 @@ fn a_sync_without_to_device_events_parses() {
     receiver("m.room.message").collect(&response, 1, &mut outcome);
     assert!(outcome.deliveries.is_empty());
     assert_eq!(outcome.limited_timelines, 0);
+}
+
+#[test]
+fn the_sync_filter_is_json_with_what_was_asked_for() {
+    assert_eq!(sync_filter(None, false), None);
+    let parse = |text: Option<String>| serde_json::from_str::<serde_json::Value>(&text.unwrap()).unwrap();
+    assert_eq!(parse(sync_filter(Some(50), false)), json!({ "room": { "timeline": { "limit": 50 } } }));
+    assert_eq!(parse(sync_filter(None, true)), json!({ "room": { "state": { "lazy_load_members": true } } }));
+    assert_eq!(
+        parse(sync_filter(Some(100), true)),
+        json!({ "room": { "state": { "lazy_load_members": true }, "timeline": { "limit": 100 } } })
+    );
+    // What goes into `?filter=`: percent-encoded, nothing left that a query string could split on.
+    let encoded = crate::matrix::encode_component(&sync_filter(Some(100), true).unwrap());
+    assert!(encoded.starts_with("%7B%22room%22"), "{encoded}");
+    assert!(!encoded.contains(['{', '"', ':', ',', '&', '=']), "{encoded}");
 }

@@ -3,7 +3,16 @@ use crate::sender::{SendRecord, SenderOutcome};
 
 use crate::replication::{Lag, Status, WorkerReadings};
 
-use super::{InstanceAnswers, Window, answers_by_instance, fanout, replication, sends, sum};
+use std::time::Duration;
+
+use clap::Parser as _;
+
+use super::{
+    InstanceAnswers, Measurements, Report, Usage, Window, answers_by_instance, fanout, replication,
+    responses_in_window, sends, sum,
+};
+use crate::cli::Args;
+use crate::plan::Plan;
 
 const MS: u64 = 1_000_000;
 const S: u64 = 1_000_000_000;
@@ -153,4 +162,146 @@ fn sums_skip_missing_readings() {
     assert_eq!(sum([Some(1_u64), None, Some(2)].into_iter()), Some(3));
     assert_eq!(sum([None::<u64>, None].into_iter()), None);
     assert_eq!(sum(std::iter::empty::<Option<f64>>()), None);
+}
+
+#[test]
+fn deliveries_per_second_count_distinct_arrivals_inside_the_window() {
+    let senders = vec![SenderOutcome {
+        records: vec![
+            record(9 * S, Some(9 * S + MS), 1),        // warm-up, arrives in the warm-up
+            record(9 * S + 900 * MS, Some(10 * S), 1), // warm-up, arrives in the window
+            record(11 * S, Some(11 * S + MS), 1),      // arrives in the window, twice
+            record(12 * S - MS, Some(12 * S), 1),      // arrives after the window
+        ],
+        errors: Default::default(),
+    }];
+    let receivers = vec![ReceiverOutcome {
+        deliveries: vec![
+            delivery(0, 0, 9 * S, 9 * S + 2 * MS),
+            delivery(0, 1, 9 * S + 900 * MS, 10 * S + MS),
+            delivery(0, 2, 11 * S, 11 * S + 2 * MS),
+            delivery(0, 2, 11 * S, 11 * S + 3 * MS),
+            delivery(0, 3, 12 * S - MS, 12 * S + MS),
+        ],
+        ..Default::default()
+    }];
+    let fanout = fanout(&senders, &receivers, window());
+    assert_eq!(fanout.in_window, 2);
+    assert_eq!(fanout.per_sec, 1.0);
+    assert_eq!(fanout.delivered, 4);
+    assert_eq!(fanout.duplicates, 1);
+}
+
+#[test]
+fn sync_responses_count_answers_inside_the_window() {
+    let receivers = vec![
+        ReceiverOutcome { answers_ns: vec![9 * S, 10 * S, 11 * S + 500 * MS, 12 * S], ..Default::default() },
+        ReceiverOutcome { answers_ns: vec![10 * S + 100 * MS], ..Default::default() },
+        ReceiverOutcome::default(),
+    ];
+    assert_eq!(responses_in_window(&receivers, window()), 3);
+}
+
+#[test]
+fn expected_deliveries_are_the_other_syncing_members() {
+    // Issue 10's medium workload: 25 of each room's 50 members sync.
+    let plan = Plan::new(200, 40, 10).unwrap().with_syncing_users(100).unwrap();
+    let (syncing_sender, other_sender) = (plan.sender_user(1), plan.sender_user(0));
+    assert!(plan.is_syncing(syncing_sender) && !plan.is_syncing(other_sender));
+    let sender = |user: usize| SenderOutcome {
+        records: plan.rooms_of_user[user][..2]
+            .iter()
+            .enumerate()
+            .map(|(seq, &room)| {
+                let other_members = u32::try_from(plan.recipients(room, user)).unwrap();
+                record(10 * S + seq as u64 * MS, Some(10 * S + 10 * MS), other_members)
+            })
+            .collect(),
+        errors: Default::default(),
+    };
+    let senders = vec![sender(other_sender), sender(syncing_sender)];
+    let fanout = fanout(&senders, &[], window());
+    // Two messages to 25 receivers each, two to 24 (the sender syncs but is not its own receiver).
+    assert_eq!(fanout.expected, 2 * 25 + 2 * 24);
+    assert_eq!(fanout.missing, 98);
+}
+
+fn measurements(receivers: Vec<ReceiverOutcome>, senders: Vec<SenderOutcome>) -> Measurements {
+    Measurements {
+        backend: "url",
+        base_url: "http://127.0.0.1:8008".to_owned(),
+        server_pid: Some(42),
+        sync_workers: None,
+        mean_members: 50.0,
+        mean_syncing_members: Some(25.0),
+        setup_took: Duration::from_secs(3),
+        setup_rate_limited: 4,
+        initial_sync_times: vec![Duration::from_millis(20)],
+        window: window(),
+        senders,
+        receivers,
+        usage: Usage {
+            rss_samples: Vec::new(),
+            processes: Vec::new(),
+            database_cpu_seconds: None,
+            redis_cpu_seconds: None,
+            nginx_cpu_seconds: None,
+            client_cpu_seconds: None,
+        },
+        replication: Vec::new(),
+    }
+}
+
+#[test]
+fn the_report_gives_deliveries_and_sync_responses_per_second_in_the_table_and_the_json() {
+    let args = Args::try_parse_from([
+        "ganglion-load",
+        "--url",
+        "http://127.0.0.1:8008",
+        "--users",
+        "200",
+        "--rooms",
+        "40",
+        "--rooms-per-user",
+        "10",
+        "--syncing-users",
+        "100",
+        "--timeline-limit",
+        "100",
+        "--lazy-load-members",
+    ])
+    .unwrap();
+    let mut rate_limited =
+        SenderOutcome { records: vec![record(10 * S, Some(10 * S + 2 * MS), 1)], errors: Default::default() };
+    rate_limited.errors.rate_limited = 7;
+    let receivers = vec![ReceiverOutcome {
+        deliveries: vec![delivery(0, 0, 10 * S, 10 * S + 3 * MS)],
+        answers_ns: vec![10 * S + 3 * MS, 11 * S, 11 * S + 1],
+        requests: 4,
+        ..Default::default()
+    }];
+    let report = Report::new(&args, measurements(receivers, vec![rate_limited]));
+    let table = report.table();
+    assert!(
+        table.contains("200 users (100 long-polling /sync, 25.0 of them per room) in 40 rooms"),
+        "{table}"
+    );
+    assert!(table.contains("/sync filter: timeline limit 100, lazy-loaded members"), "{table}");
+    assert!(
+        table.contains("deliveries/s              0.5 (1 received in window by 1 long-pollers)"),
+        "{table}"
+    );
+    assert!(table.contains("/sync responses/s         1.5 (3 incremental answers in window"), "{table}");
+    assert!(table.contains("setup 4, send 7, sync 0"), "{table}");
+
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["fanout"]["per_sec"], 0.5);
+    assert_eq!(json["fanout"]["in_window"], 1);
+    assert_eq!(json["sync"]["responses_per_sec"], 1.5);
+    assert_eq!(json["sync"]["responses_in_window"], 3);
+    assert_eq!(json["sync"]["long_pollers"], 1);
+    assert_eq!(json["sends"]["errors"]["rate_limited"], 7);
+    assert_eq!(json["config"]["syncing_users"], 100);
+    assert_eq!(json["config"]["lazy_load_members"], true);
+    assert_eq!(json["config"]["mean_syncing_members_per_room"], 25.0);
 }
