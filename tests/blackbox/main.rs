@@ -60,6 +60,7 @@ mod restart;
 mod rooms;
 mod strangers;
 mod sync;
+mod sync_memory;
 
 /// Upper bound for one scenario, server start included, so a hung server fails instead of hanging.
 const SCENARIO_DEADLINE: Duration = Duration::from_secs(300);

@@ -50,8 +50,10 @@ impl FollowerHooks for WorkerHooks {
         })
     }
 
-    fn remember_event(&self, row: ganglion_storage::events::EventRow) {
+    fn remember_event(&self, row: ganglion_storage::events::EventRow, txn: Option<(String, String)>) {
         if let Ok(event) = ganglion_state::StoredEvent::from_row(row) {
+            let txn = txn.as_ref().map(|(device, txn_id)| (device.as_str(), txn_id.as_str()));
+            self.caches.remember_event_txn(event.row.event_nid, txn);
             self.caches.remember_event(event);
         }
     }
@@ -61,6 +63,10 @@ impl FollowerHooks for WorkerHooks {
             None => self.caches.clear(),
             Some(Invalidation::Sessions) => self.caches.forget_sessions(),
             Some(Invalidation::Event(nid)) => self.caches.forget_event(nid),
+            Some(Invalidation::KeyCounts { user_id, device_id }) => {
+                self.caches.forget_key_counts(&user_id, &device_id)
+            }
+            Some(Invalidation::AllKeyCounts) => self.caches.forget_all_key_counts(),
         }
     }
 }

@@ -25,7 +25,7 @@ use ganglion_rpc::Master;
 use ganglion_state::Caches;
 use ganglion_storage::Db;
 use ganglion_sync::SyncState;
-use ganglion_types::{Role, StreamPosition, SyncToken};
+use ganglion_types::{EndpointClass, Role, StreamPosition, SyncToken};
 use http::HeaderValue;
 use tokio::net::TcpListener;
 
@@ -228,6 +228,10 @@ pub async fn run(
             .filter(|r| role.serves(r.class))
             .map(|r| r.with_state(state.clone())),
     );
+    let sync_memory = Arc::new(ganglion_sync::SyncMemory::default());
+    if role.serves(EndpointClass::Sync) {
+        tokio::spawn(sync_memory.stats.clone().log_every(Duration::from_secs(60)));
+    }
     let state = SyncState {
         db: db.clone(),
         caches: caches.clone(),
@@ -237,8 +241,7 @@ pub async fn run(
         notifier: notifier.clone(),
         typing: typing.clone(),
         recent: recent.clone(),
-        memberships: Arc::new(ganglion_sync::MembershipCache::default()),
-        ignored_users: Arc::new(ganglion_sync::IgnoredUsersCache::default()),
+        memory: sync_memory.clone(),
         catch_up,
         syncing,
     };

@@ -151,9 +151,21 @@ pub(crate) async fn upload_keys(svc: &MasterService, request: UploadKeys) -> Mas
         publish_device_list_row(svc, writer, row);
     }
     drop(writer);
+    key_counts_changed(svc, user_id, device_id);
+    svc.bus.flushed().await;
 
     let mut conn = svc.db.conn().await.map_err(internal)?;
     one_time_key_counts(&mut conn, user_id, device_id).await
+}
+
+/// A device's one-time or fallback keys changed: every process's cached counts are stale. The
+/// caller awaits `bus.flushed()` before answering, so the device's next sync sees the change.
+fn key_counts_changed(svc: &MasterService, user_id: &str, device_id: &str) {
+    svc.caches.forget_key_counts(user_id, device_id);
+    svc.bus.invalidate(ganglion_replication::Invalidation::KeyCounts {
+        user_id: Arc::from(user_id),
+        device_id: Arc::from(device_id),
+    });
 }
 
 /// A device's unclaimed one-time keys by algorithm; `signed_curve25519` is always there, as
@@ -175,6 +187,7 @@ pub(crate) async fn one_time_key_counts(
 pub(crate) async fn claim_keys(svc: &MasterService, request: ClaimKeys) -> MasterResult<Vec<ClaimedKey>> {
     let mut conn = svc.db.conn().await.map_err(internal)?;
     let mut claimed = Vec::new();
+    let mut changed_any = false;
     for claim in request.claims {
         if claim.user_id.server_name() != svc.config.server_name.as_str() {
             continue;
@@ -190,6 +203,8 @@ pub(crate) async fn claim_keys(svc: &MasterService, request: ClaimKeys) -> Maste
                 .map_err(internal)?,
         };
         if let Some(key) = key {
+            key_counts_changed(svc, user_id, device_id);
+            changed_any = true;
             let value =
                 serde_json::from_str(&key.key_json).map_err(|e| MasterError::internal(e.to_string()))?;
             claimed.push(ClaimedKey {
@@ -199,6 +214,9 @@ pub(crate) async fn claim_keys(svc: &MasterService, request: ClaimKeys) -> Maste
                 key: value,
             });
         }
+    }
+    if changed_any {
+        svc.bus.flushed().await;
     }
     Ok(claimed)
 }

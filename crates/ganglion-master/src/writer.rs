@@ -478,14 +478,17 @@ impl<'w> Batch<'w> {
             let txn = appended.txn.as_ref().map(|(device, txn_id)| (device.as_str(), txn_id.as_str()));
             caches.remember_event_txn(appended.event.row.event_nid, txn);
             self.writer.last_event_pos = appended.event.row.stream_pos;
-            rows.push(StreamRow::event(
-                StreamPosition(appended.event.row.stream_pos),
-                appended.event.pdu.room_id.as_str(),
-                appended.event.row.event_nid,
-                &appended.event.pdu.kind.to_string(),
-                appended.event.pdu.state_key.as_deref(),
-                Some(appended.event.row.clone()),
-            ));
+            rows.push(
+                StreamRow::event(
+                    StreamPosition(appended.event.row.stream_pos),
+                    appended.event.pdu.room_id.as_str(),
+                    appended.event.row.event_nid,
+                    &appended.event.pdu.kind.to_string(),
+                    appended.event.pdu.state_key.as_deref(),
+                    Some(appended.event.row.clone()),
+                )
+                .with_txn(txn),
+            );
             events.push(appended.event);
         }
         // Invalidations first: a reader woken by the redaction must not serve the stale copy.

@@ -57,6 +57,11 @@ pub struct StreamRow {
     /// The event's row, when the writer has it at hand: other processes cache it from the
     /// replication entry instead of reading it back from the database.
     pub event: Option<Arc<ganglion_storage::events::EventRow>>,
+    /// With `event`: the (device id, transaction id) a client sent it with, `None` for none.
+    pub event_txn: Option<(Arc<str>, Arc<str>)>,
+    /// False for a presence or device-list row caught up from the database, which lists its user
+    /// but not the rooms the user was in: readers' memory cannot tell who it concerns.
+    pub keys_complete: bool,
 }
 
 impl StreamRow {
@@ -67,7 +72,28 @@ impl StreamRow {
         room_id: Option<&str>,
         user_ids: Vec<Arc<str>>,
     ) -> Self {
-        StreamRow { kind, position, room_id: room_id.map(Arc::from), user_ids, event_nid: None, event: None }
+        StreamRow {
+            kind,
+            position,
+            room_id: room_id.map(Arc::from),
+            user_ids,
+            event_nid: None,
+            event: None,
+            event_txn: None,
+            keys_complete: true,
+        }
+    }
+
+    /// The (device id, transaction id) the event of this row was sent with.
+    pub fn with_txn(mut self, txn: Option<(&str, &str)>) -> Self {
+        self.event_txn = txn.map(|(device, txn_id)| (Arc::from(device), Arc::from(txn_id)));
+        self
+    }
+
+    /// A row read back from the database without the rooms its writer woke.
+    pub fn without_rooms(mut self) -> Self {
+        self.keys_complete = false;
+        self
     }
 
     /// A row of the events stream. A member event also concerns its target, who may not be in
@@ -91,18 +117,24 @@ impl StreamRow {
             user_ids,
             event_nid: Some(event_nid),
             event,
+            event_txn: None,
+            keys_complete: true,
         }
     }
 }
 
 /// A cached entry that other processes must drop after a committed change (the `caches`
 /// stream). The writer has already dropped its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Invalidation {
     /// Access tokens were revoked: forget every cached session.
     Sessions,
     /// The event was redacted: its cached copy is stale.
     Event(EventNid),
+    /// A device's one-time or fallback keys were uploaded or claimed: its cached counts are stale.
+    KeyCounts { user_id: Arc<str>, device_id: Arc<str> },
+    /// Key count invalidations may have been missed: every cached count is stale.
+    AllKeyCounts,
 }
 
 /// Where writers publish committed rows.
@@ -112,6 +144,13 @@ pub trait Bus: Send + Sync + 'static {
     /// Tells other processes to drop a cache entry. In one process there is nothing to do: the
     /// writer shares its caches with the readers.
     fn invalidate(&self, _what: Invalidation) {}
+
+    /// Resolves once what was published so far has been handed to the other processes (or a
+    /// short while passed), for a write whose effect on their caches its caller must be able
+    /// to read right after the answer. In one process there is nothing to wait for.
+    fn flushed(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
 
     /// Publishes rows committed together; readers see all of them before any wake-up, so a
     /// woken `/sync` returns the whole batch at once.
@@ -224,8 +263,11 @@ impl InProcessBus {
             (StreamKind::Events, Some(room_id), Some(event_nid)) => {
                 self.recent.record(room_id, row.position.0, event_nid, &row.user_ids);
             }
-            (StreamKind::AccountData, _, _) => self.recent.record_account_data(row.position.0, &row.user_ids),
-            _ => {}
+            (StreamKind::Events | StreamKind::Typing, _, _) => {}
+            (StreamKind::Receipts, Some(room_id), _) => {
+                self.recent.record_keys(row.kind, row.position.0, std::slice::from_ref(room_id), true)
+            }
+            (kind, _, _) => self.recent.record_keys(kind, row.position.0, &row.user_ids, row.keys_complete),
         }
     }
 }

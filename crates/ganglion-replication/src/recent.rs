@@ -1,15 +1,61 @@
-//! The newest events of each room, the latest membership change of each user and the latest
-//! account data change of each user, as learned from the bus. Lets `/sync` answer "what is new
-//! in my rooms since position P" from memory instead of the database, for any P this process has
-//! seen rows after, and tell whether a user's cached account data is still current.
+//! The newest events of each room, the latest membership change of each user and room, and,
+//! for every other database-backed stream, the latest position at which each user or room had a
+//! row, as learned from the bus. Lets `/sync` answer "what is new in my rooms since position P"
+//! from memory instead of the database, for any P this process has seen rows after, and tell
+//! that nothing of a stream concerns a user since P without asking the database.
 
-use std::collections::{HashMap, VecDeque};
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+};
 
-use ganglion_types::{EventNid, SyncToken};
+use ganglion_types::{EventNid, StreamKind, SyncToken};
 use parking_lot::RwLock;
 
 /// Events kept per room; older ones are forgotten (and the room answers only for later `after`).
 const PER_ROOM: usize = 128;
+/// Keys a [`KeyedLog`] tracks before it starts over (and answers only for later positions).
+const MAX_KEYS: usize = 500_000;
+
+/// The latest position at which each key (a user or room id) had a row of one stream.
+struct KeyedLog {
+    /// Answers only for positions at or after this one: every row after it was recorded with
+    /// all of its keys.
+    start: i64,
+    /// The last position recorded.
+    last: i64,
+    latest: HashMap<Arc<str>, i64>,
+}
+
+impl KeyedLog {
+    fn new(start: i64) -> KeyedLog {
+        KeyedLog { start, last: start, latest: HashMap::new() }
+    }
+
+    fn record<'k>(&mut self, position: i64, keys: impl Iterator<Item = &'k Arc<str>>) {
+        if self.latest.len() >= MAX_KEYS {
+            self.latest.clear();
+            self.start = self.start.max(self.last);
+        }
+        for key in keys {
+            self.latest.insert(key.clone(), position);
+        }
+        self.last = self.last.max(position);
+    }
+
+    /// A row whose keys are not all known: nothing before it can be answered any more.
+    fn forget_up_to(&mut self, position: i64) {
+        self.start = self.start.max(position);
+        self.last = self.last.max(position);
+    }
+
+    fn changed_after<'k>(&self, mut keys: impl Iterator<Item = &'k str>, position: i64) -> Option<bool> {
+        if position < self.start {
+            return None;
+        }
+        Some(keys.any(|key| self.latest.get(key).is_some_and(|changed| *changed > position)))
+    }
+}
 
 struct Room {
     /// `(position, event)`, oldest first.
@@ -26,10 +72,10 @@ pub struct RecentEvents {
     member_changes: RwLock<HashMap<String, i64>>,
     /// room id -> position of the room's latest member event.
     room_member_changes: RwLock<HashMap<String, i64>>,
-    /// Account data rows after this position were all recorded.
-    account_data_start: i64,
-    /// user id -> account data position of their latest account data change.
-    account_data_changes: RwLock<HashMap<String, i64>>,
+    /// Per stream (indexed by `StreamKind`; events and typing unused): the rows' users and
+    /// rooms. Account data, to-device and device lists are keyed by user, receipts by room,
+    /// presence and device lists also by the rooms the row's user was in.
+    keyed: [RwLock<KeyedLog>; StreamKind::all().len()],
 }
 
 impl RecentEvents {
@@ -40,34 +86,46 @@ impl RecentEvents {
             rooms: RwLock::new(HashMap::new()),
             member_changes: RwLock::new(HashMap::new()),
             room_member_changes: RwLock::new(HashMap::new()),
-            account_data_start: start.account_data.0,
-            account_data_changes: RwLock::new(HashMap::new()),
+            keyed: StreamKind::all().map(|kind| RwLock::new(KeyedLog::new(start.get(kind).0))),
         }
     }
 
-    pub(crate) fn record_account_data(&self, position: i64, users: &[std::sync::Arc<str>]) {
-        let mut changes = self.account_data_changes.write();
-        for user in users {
-            changes.insert(user.to_string(), position);
+    /// Records a row of a stream other than events under its keys (user and room ids).
+    /// `keys_complete` is false for a row whose rooms are not known (caught up from the
+    /// database): positions before it can then no longer be answered.
+    pub(crate) fn record_keys(
+        &self,
+        kind: StreamKind,
+        position: i64,
+        keys: &[Arc<str>],
+        keys_complete: bool,
+    ) {
+        let mut log = self.keyed[kind as usize].write();
+        if keys_complete {
+            log.record(position, keys.iter());
+        } else {
+            log.forget_up_to(position);
         }
+    }
+
+    /// Whether a row of `kind` (not events) concerning any of `keys` was recorded after
+    /// `position`; `None` when this process cannot tell (the position is before what it saw).
+    pub fn changed_after<'k>(
+        &self,
+        kind: StreamKind,
+        keys: impl IntoIterator<Item = &'k str>,
+        position: i64,
+    ) -> Option<bool> {
+        self.keyed[kind as usize].read().changed_after(keys.into_iter(), position)
     }
 
     /// Whether account data of `user_id` was recorded after `position` (of the account data
     /// stream); `None` when `position` is before this process started (it cannot tell).
     pub fn account_data_changed_after(&self, user_id: &str, position: i64) -> Option<bool> {
-        if position < self.account_data_start {
-            return None;
-        }
-        Some(self.account_data_changes.read().get(user_id).is_some_and(|changed| *changed > position))
+        self.changed_after(StreamKind::AccountData, [user_id], position)
     }
 
-    pub(crate) fn record(
-        &self,
-        room_id: &str,
-        position: i64,
-        event_nid: EventNid,
-        member_of: &[std::sync::Arc<str>],
-    ) {
+    pub(crate) fn record(&self, room_id: &str, position: i64, event_nid: EventNid, member_of: &[Arc<str>]) {
         {
             let mut rooms = self.rooms.write();
             let room = rooms

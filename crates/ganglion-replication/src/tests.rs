@@ -12,6 +12,8 @@ fn row(room: &str, position: i64) -> StreamRow {
         user_ids: vec![],
         event_nid: Some(ganglion_types::EventNid(position)),
         event: None,
+        event_txn: None,
+        keys_complete: true,
     }
 }
 
@@ -42,6 +44,8 @@ async fn a_row_published_before_waiting_is_not_lost() {
         user_ids: vec![Arc::from("@u:x")],
         event_nid: None,
         event: None,
+        event_txn: None,
+        keys_complete: true,
     });
     tokio::time::timeout(Duration::from_millis(10), listener.notified()).await.unwrap();
     drop(listener);
@@ -97,7 +101,7 @@ fn recent_events_answer_only_what_they_saw() {
 #[test]
 fn account_data_changes_are_told_per_user_from_the_start_on() {
     let recent = RecentEvents::new(SyncToken { account_data: StreamPosition(4), ..SyncToken::default() });
-    recent.record_account_data(7, &[Arc::from("@u:x")]);
+    recent.record_keys(StreamKind::AccountData, 7, &[Arc::from("@u:x")], true);
     assert_eq!(recent.account_data_changed_after("@u:x", 6), Some(true));
     assert_eq!(recent.account_data_changed_after("@u:x", 7), Some(false));
     assert_eq!(recent.account_data_changed_after("@other:x", 4), Some(false));

@@ -80,7 +80,19 @@ pub struct Caches {
     sessions_generation: std::sync::atomic::AtomicU64,
     /// event -> the (device id, transaction id) it was sent with, `None` for none.
     pub(crate) event_txns: BoundedCache<EventNid, Option<DeviceTxn>>,
+    /// Events in `/sync`'s client format, serialised once.
+    pub(crate) sync_events: BoundedCache<EventNid, Arc<crate::SharedClientEvent>>,
+    /// Bumped by every `forget_event` (a redaction).
+    redactions: std::sync::atomic::AtomicU64,
+    /// (user id, device id) -> the device's one-time key counts and unused fallback key types.
+    key_counts: BoundedCache<(String, String), KeyCounts>,
+    /// Bumped by every `forget_key_counts`, as `sessions_generation`.
+    key_counts_generation: std::sync::atomic::AtomicU64,
 }
+
+/// A device's unclaimed one-time keys by algorithm and the algorithms of its unused fallback
+/// keys, as `/sync` reports them.
+pub type KeyCounts = Arc<(std::collections::BTreeMap<String, i64>, Vec<String>)>;
 
 impl Default for Caches {
     fn default() -> Self {
@@ -103,6 +115,10 @@ impl Caches {
             sessions: BoundedCache::new(100_000),
             sessions_generation: std::sync::atomic::AtomicU64::new(0),
             event_txns: BoundedCache::new(100_000),
+            sync_events: BoundedCache::new(8_192),
+            redactions: std::sync::atomic::AtomicU64::new(0),
+            key_counts: BoundedCache::new(100_000),
+            key_counts_generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
@@ -119,6 +135,56 @@ impl Caches {
         self.type_names.clear();
         self.state_key_nids.clear();
         self.state_key_names.clear();
+        self.sync_events.clear();
+        self.redactions.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.forget_all_key_counts();
+    }
+}
+
+impl Caches {
+    /// Counts redactions: a cached client event that shows another event (`prev_content`)
+    /// built before the latest redaction may show it unredacted.
+    pub fn redactions_generation(&self) -> u64 {
+        self.redactions.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Drops an event whose row changed (it was redacted), and every serialised form of it.
+    pub fn forget_event(&self, nid: EventNid) {
+        self.redactions.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.events.remove(&nid);
+        self.sync_events.remove(&nid);
+    }
+
+    /// A device's key counts seen recently.
+    pub fn key_counts(&self, user_id: &str, device_id: &str) -> Option<KeyCounts> {
+        self.key_counts.get(&(user_id.to_owned(), device_id.to_owned()))
+    }
+
+    /// The current key counts generation: read it before reading counts from the database.
+    pub fn key_counts_generation(&self) -> u64 {
+        self.key_counts_generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Caches counts read from the database while the generation was `generation`; dropped
+    /// again if the device's keys changed in between.
+    pub fn remember_key_counts(&self, generation: u64, user_id: &str, device_id: &str, counts: KeyCounts) {
+        let key = (user_id.to_owned(), device_id.to_owned());
+        self.key_counts.insert(key.clone(), counts);
+        if self.key_counts_generation() != generation {
+            self.key_counts.remove(&key);
+        }
+    }
+
+    /// A device's one-time or fallback keys changed (uploaded, claimed).
+    pub fn forget_key_counts(&self, user_id: &str, device_id: &str) {
+        self.key_counts_generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.key_counts.remove(&(user_id.to_owned(), device_id.to_owned()));
+    }
+
+    /// Every cached count may be stale (invalidations were missed).
+    pub fn forget_all_key_counts(&self) {
+        self.key_counts_generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.key_counts.clear();
     }
 }
 

@@ -8,13 +8,14 @@ mod cache;
 mod read;
 mod snapshot;
 
-pub use cache::{BoundedCache, Caches};
+pub use cache::{BoundedCache, Caches, KeyCounts};
+pub use read::SharedClientEvent;
 pub use snapshot::{BUCKETS, Snapshot, bucket_of};
 
 use std::{collections::HashMap, sync::Arc};
 
 use ganglion_events::{Pdu, ruma::OwnedEventId};
-use ganglion_storage::{Conn, StorageError, events::EventRow, state as store};
+use ganglion_storage::{Connect, StorageError, events::EventRow, state as store};
 use ganglion_types::{ErrorClass, EventNid, HasErrorClass, RoomNid, SnapshotNid, StateKeyNid, TypeNid};
 
 #[derive(Debug, thiserror::Error)]
@@ -55,11 +56,11 @@ impl StoredEvent {
 
 impl Caches {
     /// The snapshot with `nid`, materialised from its blocks (cached).
-    pub async fn snapshot(&self, conn: &mut Conn, nid: SnapshotNid) -> Result<Snapshot> {
+    pub async fn snapshot(&self, conn: &mut impl Connect, nid: SnapshotNid) -> Result<Snapshot> {
         if let Some(snapshot) = self.snapshots.get(&nid) {
             return Ok(snapshot);
         }
-        let buckets = store::state_snapshot_buckets(conn, nid).await?;
+        let buckets = store::state_snapshot_buckets(conn.connection().await?, nid).await?;
         let mut missing = Vec::new();
         let mut blocks = HashMap::with_capacity(buckets.len());
         for (_, block_nid) in &buckets {
@@ -71,7 +72,8 @@ impl Caches {
             }
         }
         if !missing.is_empty() {
-            for (block_nid, entries) in store::state_blocks_by_nid(conn, &missing).await? {
+            for (block_nid, entries) in store::state_blocks_by_nid(conn.connection().await?, &missing).await?
+            {
                 let entries = Arc::new(entries);
                 self.blocks.insert(block_nid, entries.clone());
                 blocks.insert(block_nid, entries);
@@ -91,17 +93,18 @@ impl Caches {
     /// row) and returns it. Call inside the transaction that persists the changing event.
     pub async fn write_snapshot(
         &self,
-        conn: &mut Conn,
+        conn: &mut impl Connect,
         room_nid: RoomNid,
         base: &Snapshot,
         changes: &[store::StateEntry],
     ) -> Result<Snapshot> {
         let mut next = base.clone();
         for (bucket, entries) in base.apply(changes) {
-            let block_nid = store::insert_state_block(conn, &entries).await?;
+            let block_nid = store::insert_state_block(conn.connection().await?, &entries).await?;
             next.set_bucket(bucket, block_nid, entries);
         }
-        let nid = store::insert_state_snapshot(conn, room_nid, &next.bucket_list()).await?;
+        let nid =
+            store::insert_state_snapshot(conn.connection().await?, room_nid, &next.bucket_list()).await?;
         next.nid = Some(nid);
         Ok(next)
     }
@@ -119,22 +122,22 @@ impl Caches {
     }
 
     /// Interned event type NID (inserting when new).
-    pub async fn type_nid(&self, conn: &mut Conn, name: &str) -> Result<TypeNid> {
+    pub async fn type_nid(&self, conn: &mut impl Connect, name: &str) -> Result<TypeNid> {
         if let Some(nid) = self.type_nids.get(name) {
             return Ok(nid);
         }
-        let nid = store::type_nid_or_insert(conn, name).await?;
+        let nid = store::type_nid_or_insert(conn.connection().await?, name).await?;
         self.type_nids.insert(name.to_owned(), nid);
         self.type_names.insert(nid, Arc::from(name));
         Ok(nid)
     }
 
     /// Interned event type NID, without inserting.
-    pub async fn existing_type_nid(&self, conn: &mut Conn, name: &str) -> Result<Option<TypeNid>> {
+    pub async fn existing_type_nid(&self, conn: &mut impl Connect, name: &str) -> Result<Option<TypeNid>> {
         if let Some(nid) = self.type_nids.get(name) {
             return Ok(Some(nid));
         }
-        let nid = store::type_nid_by_name(conn, name).await?;
+        let nid = store::type_nid_by_name(conn.connection().await?, name).await?;
         if let Some(nid) = nid {
             self.type_nids.insert(name.to_owned(), nid);
             self.type_names.insert(nid, Arc::from(name));
@@ -142,21 +145,25 @@ impl Caches {
         Ok(nid)
     }
 
-    pub async fn state_key_nid(&self, conn: &mut Conn, key: &str) -> Result<StateKeyNid> {
+    pub async fn state_key_nid(&self, conn: &mut impl Connect, key: &str) -> Result<StateKeyNid> {
         if let Some(nid) = self.state_key_nids.get(key) {
             return Ok(nid);
         }
-        let nid = store::state_key_nid_or_insert(conn, key).await?;
+        let nid = store::state_key_nid_or_insert(conn.connection().await?, key).await?;
         self.state_key_nids.insert(key.to_owned(), nid);
         self.state_key_names.insert(nid, Arc::from(key));
         Ok(nid)
     }
 
-    pub async fn existing_state_key_nid(&self, conn: &mut Conn, key: &str) -> Result<Option<StateKeyNid>> {
+    pub async fn existing_state_key_nid(
+        &self,
+        conn: &mut impl Connect,
+        key: &str,
+    ) -> Result<Option<StateKeyNid>> {
         if let Some(nid) = self.state_key_nids.get(key) {
             return Ok(Some(nid));
         }
-        let nid = store::state_key_nid_by_name(conn, key).await?;
+        let nid = store::state_key_nid_by_name(conn.connection().await?, key).await?;
         if let Some(nid) = nid {
             self.state_key_nids.insert(key.to_owned(), nid);
             self.state_key_names.insert(nid, Arc::from(key));
@@ -168,7 +175,7 @@ impl Caches {
     /// can hold it).
     pub async fn state_pair(
         &self,
-        conn: &mut Conn,
+        conn: &mut impl Connect,
         kind: &str,
         key: &str,
     ) -> Result<Option<(TypeNid, StateKeyNid)>> {
@@ -177,7 +184,11 @@ impl Caches {
         Ok(Some((type_nid, key_nid)))
     }
 
-    pub async fn type_names(&self, conn: &mut Conn, nids: &[TypeNid]) -> Result<HashMap<TypeNid, Arc<str>>> {
+    pub async fn type_names(
+        &self,
+        conn: &mut impl Connect,
+        nids: &[TypeNid],
+    ) -> Result<HashMap<TypeNid, Arc<str>>> {
         let mut names = HashMap::with_capacity(nids.len());
         let mut missing = Vec::new();
         for nid in nids {
@@ -189,7 +200,7 @@ impl Caches {
             }
         }
         if !missing.is_empty() {
-            for (nid, name) in store::event_type_names_by_nid(conn, &missing).await? {
+            for (nid, name) in store::event_type_names_by_nid(conn.connection().await?, &missing).await? {
                 let name: Arc<str> = Arc::from(name);
                 self.type_names.insert(nid, name.clone());
                 names.insert(nid, name);
@@ -200,7 +211,7 @@ impl Caches {
 
     pub async fn state_key_names(
         &self,
-        conn: &mut Conn,
+        conn: &mut impl Connect,
         nids: &[StateKeyNid],
     ) -> Result<HashMap<StateKeyNid, Arc<str>>> {
         let mut names = HashMap::with_capacity(nids.len());
@@ -214,7 +225,7 @@ impl Caches {
             }
         }
         if !missing.is_empty() {
-            for (nid, name) in store::state_key_names_by_nid(conn, &missing).await? {
+            for (nid, name) in store::state_key_names_by_nid(conn.connection().await?, &missing).await? {
                 let name: Arc<str> = Arc::from(name);
                 self.state_key_names.insert(nid, name.clone());
                 names.insert(nid, name);
@@ -225,7 +236,7 @@ impl Caches {
 
     /// Events by NID, from the cache or the database, in the order asked; unknown NIDs are
     /// skipped.
-    pub async fn events(&self, conn: &mut Conn, nids: &[EventNid]) -> Result<Vec<StoredEvent>> {
+    pub async fn events(&self, conn: &mut impl Connect, nids: &[EventNid]) -> Result<Vec<StoredEvent>> {
         let mut found: HashMap<EventNid, StoredEvent> = HashMap::with_capacity(nids.len());
         let mut missing = Vec::new();
         for nid in nids {
@@ -237,7 +248,7 @@ impl Caches {
             }
         }
         if !missing.is_empty() {
-            for row in ganglion_storage::events::events_by_nid(conn, &missing).await? {
+            for row in ganglion_storage::events::events_by_nid(conn.connection().await?, &missing).await? {
                 let event = StoredEvent::from_row(row)?;
                 self.remember_event(event.clone());
                 found.insert(event.row.event_nid, event);
@@ -246,16 +257,16 @@ impl Caches {
         Ok(nids.iter().filter_map(|nid| found.get(nid).cloned()).collect())
     }
 
-    pub async fn event(&self, conn: &mut Conn, nid: EventNid) -> Result<Option<StoredEvent>> {
+    pub async fn event(&self, conn: &mut impl Connect, nid: EventNid) -> Result<Option<StoredEvent>> {
         Ok(self.events(conn, &[nid]).await?.into_iter().next())
     }
 
     /// An event by id (cached by NID once loaded).
-    pub async fn event_by_id(&self, conn: &mut Conn, event_id: &str) -> Result<Option<StoredEvent>> {
+    pub async fn event_by_id(&self, conn: &mut impl Connect, event_id: &str) -> Result<Option<StoredEvent>> {
         if let Some(nid) = self.event_nids.get(event_id) {
             return self.event(conn, nid).await;
         }
-        match ganglion_storage::events::event_by_id(conn, event_id).await? {
+        match ganglion_storage::events::event_by_id(conn.connection().await?, event_id).await? {
             Some(row) => {
                 let event = StoredEvent::from_row(row)?;
                 self.remember_event(event.clone());
@@ -271,15 +282,10 @@ impl Caches {
         self.events.insert(event.row.event_nid, event);
     }
 
-    /// Drops an event whose row changed (e.g. it was redacted).
-    pub fn forget_event(&self, nid: EventNid) {
-        self.events.remove(&nid);
-    }
-
     /// The state event for `(kind, key)` in `snapshot`.
     pub async fn state_event(
         &self,
-        conn: &mut Conn,
+        conn: &mut impl Connect,
         snapshot: &Snapshot,
         kind: &str,
         key: &str,
@@ -294,7 +300,7 @@ impl Caches {
     /// Every state event of `snapshot`, optionally only those of `kind`.
     pub async fn state_events(
         &self,
-        conn: &mut Conn,
+        conn: &mut impl Connect,
         snapshot: &Snapshot,
         kind: Option<&str>,
     ) -> Result<Vec<StoredEvent>> {

@@ -126,6 +126,55 @@ impl std::fmt::Debug for ReadPool {
     }
 }
 
+/// Where a query gets its connection: one at hand (a connection, a transaction) or one taken
+/// from the pool only when a query first needs it ([`LazyConn`]), so that a request answered
+/// from memory touches no database.
+pub trait Connect: Send {
+    fn connection(&mut self) -> impl std::future::Future<Output = Result<&mut Conn>> + Send;
+}
+
+impl Connect for AnyConnection {
+    async fn connection(&mut self) -> Result<&mut Conn> {
+        Ok(self)
+    }
+}
+
+impl Connect for DbConn {
+    async fn connection(&mut self) -> Result<&mut Conn> {
+        Ok(&mut **self)
+    }
+}
+
+impl Connect for sqlx::Transaction<'_, sqlx::Any> {
+    async fn connection(&mut self) -> Result<&mut Conn> {
+        Ok(&mut **self)
+    }
+}
+
+/// A read connection taken from [`Db::conn`] on first use; [`LazyConn::used`] tells whether
+/// any query needed one.
+pub struct LazyConn {
+    db: Db,
+    conn: Option<DbConn>,
+}
+
+impl LazyConn {
+    /// Whether a connection was taken (some query went to the database).
+    pub fn used(&self) -> bool {
+        self.conn.is_some()
+    }
+}
+
+impl Connect for LazyConn {
+    async fn connection(&mut self) -> Result<&mut Conn> {
+        let conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => self.db.conn().await?,
+        };
+        Ok(&mut **self.conn.insert(conn))
+    }
+}
+
 /// A connection from [`Db::conn`]; returned to the pool when dropped.
 pub struct DbConn {
     conn: Option<AnyConnection>,
@@ -229,6 +278,11 @@ impl Db {
             }
         };
         Ok(DbConn { conn: Some(conn), failures_at_acquire, readers: self.readers.clone(), _permit: permit })
+    }
+
+    /// A connection taken only when a query first needs one.
+    pub fn lazy(&self) -> LazyConn {
+        LazyConn { db: self.clone(), conn: None }
     }
 
     pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {

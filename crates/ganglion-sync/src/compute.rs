@@ -7,14 +7,14 @@
 //! user's memberships together with the timeline windows of the changed rooms in one query.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     sync::Arc,
 };
 
 use ganglion_events::{ignored_users::IGNORED_USER_LIST, ruma::events::TimelineEventType};
-use ganglion_state::{Caches, Snapshot, StateError, StoredEvent};
+use ganglion_state::{Caches, KeyCounts, Snapshot, StateError, StoredEvent};
 use ganglion_storage::{
-    Conn, StorageError,
+    Connect, LazyConn, StorageError,
     streams::{self as stream_store, AccountDataRow, ReceiptRow, UserRoomRow},
 };
 use ganglion_types::{ErrorClass, EventNid, HasErrorClass, RoomNid, StreamKind, StreamPosition, SyncToken};
@@ -22,10 +22,12 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::{
-    IgnoredUsers, SyncState,
+    SyncState,
+    body::{JoinedRoom, ObjectWriter, SyncEvent},
     e2ee::{self, DeviceListChanges},
     ephemeral,
     filter::Filter,
+    memory::{IgnoredUsers, RoomMembers},
     presence,
     timeline::{self, Range, Selection, Timeline, Window},
 };
@@ -74,18 +76,19 @@ pub(crate) struct SyncRequest<'a> {
 /// A computed response, kept apart from its JSON so the long-poll can tell whether it is empty.
 pub(crate) struct SyncBatch {
     pub next_batch: SyncToken,
-    pub join: Map<String, Value>,
+    pub join: BTreeMap<String, JoinedRoom>,
     pub invite: Map<String, Value>,
     pub leave: Map<String, Value>,
     pub account_data: Vec<Value>,
     pub to_device: Vec<Value>,
     pub device_lists: DeviceListChanges,
-    pub one_time_key_counts: BTreeMap<String, i64>,
-    pub unused_fallback_key_types: Vec<String>,
+    pub key_counts: KeyCounts,
     pub presence: Vec<Value>,
     /// The rooms the user is joined to (and the filter allows): new rows in them may change
     /// the next response.
     pub joined_room_ids: Vec<Arc<str>>,
+    /// Whether computing it queried the database (else it came from memory alone).
+    pub from_database: bool,
 }
 
 impl SyncBatch {
@@ -99,17 +102,32 @@ impl SyncBatch {
             && self.presence.is_empty()
     }
 
-    pub(crate) fn into_json(self) -> Value {
-        json!({
-            "next_batch": self.next_batch.to_string(),
-            "rooms": { "join": self.join, "invite": self.invite, "leave": self.leave, "knock": {} },
-            "account_data": { "events": self.account_data },
-            "presence": { "events": self.presence },
-            "to_device": { "events": self.to_device },
-            "device_lists": { "changed": self.device_lists.changed, "left": self.device_lists.left },
-            "device_one_time_keys_count": self.one_time_key_counts,
-            "device_unused_fallback_key_types": self.unused_fallback_key_types,
-        })
+    /// The response body, with every event written as of `now_ms`.
+    pub(crate) fn into_body(self, now_ms: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1024);
+        let mut body = ObjectWriter::open(&mut out);
+        body.member("next_batch", &self.next_batch.to_string());
+        body.object("rooms", |rooms| {
+            rooms.object("join", |join| {
+                for (room_id, room) in &self.join {
+                    join.object(room_id, |section| room.write(section, now_ms));
+                }
+            });
+            rooms.member("invite", &self.invite);
+            rooms.member("leave", &self.leave);
+            rooms.member("knock", &json!({}));
+        });
+        body.object("account_data", |data| data.member("events", &self.account_data));
+        body.object("presence", |presence| presence.member("events", &self.presence));
+        body.object("to_device", |to_device| to_device.member("events", &self.to_device));
+        body.object("device_lists", |lists| {
+            lists.member("changed", &self.device_lists.changed);
+            lists.member("left", &self.device_lists.left);
+        });
+        body.member("device_one_time_keys_count", &self.key_counts.0);
+        body.member("device_unused_fallback_key_types", &self.key_counts.1);
+        body.close();
+        out
     }
 }
 
@@ -143,7 +161,7 @@ pub(crate) async fn sync_batch(
     request: &SyncRequest<'_>,
     next: SyncToken,
 ) -> Result<SyncBatch, SyncError> {
-    let mut conn = state.db.conn().await?;
+    let mut conn = state.db.lazy();
     let mut sync = Computation::new(state, request, next);
     sync.ignored = ignored_users(state, &mut conn, request.user_id).await?;
     let (mut global_data, mut room_data) = sync.account_data(&mut conn).await?;
@@ -158,7 +176,7 @@ pub(crate) async fn sync_batch(
                 Some(newest_events) => (rows.as_ref().clone(), newest_events),
                 None => {
                     stream_store::rooms_of_user_with_newest_events(
-                        &mut conn,
+                        conn.connection().await?,
                         request.user_id,
                         after,
                         up_to,
@@ -170,22 +188,60 @@ pub(crate) async fn sync_batch(
         }
         _ => (user_rooms(state, &mut conn, request.user_id).await?.as_ref().clone(), Vec::new()),
     };
+    // Most syncs see messages only: memory tells, and spares the membership queries.
+    let members_moved = match &request.since {
+        Some(since) => {
+            let room_ids = rows.iter().map(|row| row.room_id.as_str());
+            state.recent.room_membership_changed_after(room_ids, since.events.0) != Some(false)
+        }
+        None => true,
+    };
+    // Presence rows are recorded the same way.
+    let presence_untouched = match &request.since {
+        Some(since) => {
+            !members_moved
+                && state.recent.changed_after(
+                    StreamKind::Presence,
+                    sharing_keys(request.user_id, &rows),
+                    since.presence.0,
+                ) == Some(false)
+        }
+        None => false,
+    };
     let device_lists = match &request.since {
         Some(since) => {
             let rooms: Vec<RoomNid> = rows.iter().map(|row| row.room_nid).collect();
-            // Most syncs see messages only: memory tells, and spares the membership query.
-            let room_ids = rows.iter().map(|row| row.room_id.as_str());
-            let members_moved =
-                state.recent.room_membership_changed_after(room_ids, since.events.0) != Some(false);
-            e2ee::device_list_changes(&mut conn, request.user_id, &rooms, members_moved, since, &next).await?
+            // A device-list row is recorded under its user and the rooms they were in; without
+            // member events in the range, those are the rooms the user shares with them now.
+            let devices_moved = since.device_lists < next.device_lists
+                && (members_moved
+                    || state.recent.changed_after(
+                        StreamKind::DeviceLists,
+                        sharing_keys(request.user_id, &rows),
+                        since.device_lists.0,
+                    ) != Some(false));
+            e2ee::device_list_changes(
+                &mut conn,
+                request.user_id,
+                &rooms,
+                (members_moved, devices_moved),
+                since,
+                &next,
+            )
+            .await?
         }
         // An initial sync has no device-list changes: the client fetches every list it needs.
         None => DeviceListChanges::default(),
     };
-    let (to_device, to_device_stop) =
-        e2ee::to_device(&mut conn, request.user_id, request.device_id, request.since.as_ref(), &next).await?;
-    let (one_time_key_counts, unused_fallback_key_types) =
-        e2ee::key_state(&mut conn, request.user_id, request.device_id).await?;
+    let (to_device, to_device_stop) = e2ee::to_device(
+        state,
+        &mut conn,
+        (request.user_id, request.device_id),
+        request.since.as_ref(),
+        &next,
+    )
+    .await?;
+    let key_counts = e2ee::key_counts(state, &mut conn, request.user_id, request.device_id).await?;
     let mut joined = Vec::new();
     let mut invited = Vec::new();
     let mut left = Vec::new();
@@ -222,16 +278,16 @@ pub(crate) async fn sync_batch(
     }
     let mut batch = SyncBatch {
         next_batch,
-        join: Map::new(),
+        join: BTreeMap::new(),
         invite: Map::new(),
         leave: Map::new(),
         account_data: Vec::new(),
         to_device,
         device_lists,
-        one_time_key_counts,
-        unused_fallback_key_types,
+        key_counts,
         presence: Vec::new(),
         joined_room_ids: listen,
+        from_database: false,
     };
     // Push rules are server defaults (users cannot change them yet); clients such as Element
     // expect them as `m.push_rules` account data in the initial sync.
@@ -244,8 +300,11 @@ pub(crate) async fn sync_batch(
         }));
     }
     batch.account_data = global_data;
-    sync.joined_rooms(&mut conn, joined, newest_events, &mut room_data, &mut batch.join).await?;
-    batch.presence = presence::presence_events(state, &mut conn, request, &next, &batch.join).await?;
+    let mut newcomers = BTreeSet::new();
+    sync.joined_rooms(&mut conn, joined, newest_events, &mut room_data, (&mut batch.join, &mut newcomers))
+        .await?;
+    batch.presence =
+        presence::presence_events(state, &mut conn, request, (&next, presence_untouched), newcomers).await?;
     for room in invited {
         // Invites from ignored users are never delivered (the spec's Ignoring Users module).
         let Some(invite_state) = sync.invite_state(&mut conn, &room).await? else { continue };
@@ -256,12 +315,23 @@ pub(crate) async fn sync_batch(
         let section = sync.left_room(&mut conn, &room, account_data).await?;
         batch.leave.insert(room.room_id, section);
     }
+    batch.from_database = conn.used();
     Ok(batch)
+}
+
+/// The keys under which `RecentEvents` records device-list and presence rows that may concern
+/// the user: the user and every room they are joined or invited to.
+fn sharing_keys<'r>(user_id: &'r str, rows: &'r [UserRoomRow]) -> impl Iterator<Item = &'r str> {
+    std::iter::once(user_id).chain(
+        rows.iter()
+            .filter(|row| row.membership == "join" || row.membership == "invite")
+            .map(|row| row.room_id.as_str()),
+    )
 }
 
 /// The rooms a user is joined to now (the rooms a long-poll listens to, besides the user).
 pub(crate) async fn joined_room_ids(state: &SyncState, user_id: &str) -> Result<Vec<Arc<str>>, SyncError> {
-    let mut conn = state.db.conn().await?;
+    let mut conn = state.db.lazy();
     let rows = user_rooms(state, &mut conn, user_id).await?;
     Ok(rows
         .iter()
@@ -273,37 +343,42 @@ pub(crate) async fn joined_room_ids(state: &SyncState, user_id: &str) -> Result<
 /// The user's rooms, from the membership cache or the database.
 async fn user_rooms(
     state: &SyncState,
-    conn: &mut Conn,
+    conn: &mut LazyConn,
     user_id: &str,
 ) -> Result<Arc<Vec<UserRoomRow>>, SyncError> {
-    if let Some(rows) = state.memberships.get(&state.recent, user_id) {
+    if let Some(rows) = state.memory.memberships.get(&state.recent, user_id) {
         return Ok(rows);
     }
     // Read the position first: a member event published after it invalidates this entry.
     let loaded_at = state.positions.get(StreamKind::Events).0;
-    let rows = Arc::new(stream_store::rooms_of_user(conn, user_id).await?);
+    let rows = Arc::new(stream_store::rooms_of_user(conn.connection().await?, user_id).await?);
     // Forgetting a left room changes no stream, so nothing would invalidate an entry holding one:
     // users with left rooms are read from the database every time.
     if rows.iter().all(|row| row.membership == "join" || row.membership == "invite") {
-        state.memberships.insert(user_id, loaded_at, rows.clone());
+        state.memory.memberships.insert(user_id, loaded_at, rows.clone());
     }
     Ok(rows)
 }
 
 /// The users `user_id` ignores, from the cache or the database.
-async fn ignored_users(state: &SyncState, conn: &mut Conn, user_id: &str) -> Result<IgnoredUsers, SyncError> {
-    if let Some(ignored) = state.ignored_users.get(&state.recent, user_id) {
+async fn ignored_users(
+    state: &SyncState,
+    conn: &mut LazyConn,
+    user_id: &str,
+) -> Result<IgnoredUsers, SyncError> {
+    if let Some(ignored) = state.memory.ignored_users.get(&state.recent, user_id) {
         return Ok(ignored);
     }
     // Read the position first: account data published after it invalidates this entry.
     let loaded_at = state.positions.get(StreamKind::AccountData).0;
-    let content = stream_store::account_data_content(conn, user_id, "", IGNORED_USER_LIST).await?;
+    let content =
+        stream_store::account_data_content(conn.connection().await?, user_id, "", IGNORED_USER_LIST).await?;
     let ignored = Arc::new(
         content
             .map(|content| ganglion_events::ignored_users::ignored_users_of(&content, user_id))
             .unwrap_or_default(),
     );
-    state.ignored_users.insert(user_id, loaded_at, ignored.clone());
+    state.memory.ignored_users.insert(user_id, loaded_at, ignored.clone());
     Ok(ignored)
 }
 
@@ -382,7 +457,7 @@ impl<'a> Computation<'a> {
     /// The user's membership as of `next`: the row itself unless it moved past `next`.
     async fn membership_at_next(
         &self,
-        conn: &mut Conn,
+        conn: &mut LazyConn,
         row: UserRoomRow,
     ) -> Result<Option<RoomMembership>, SyncError> {
         if row.stream_pos <= self.next.events.0 {
@@ -410,7 +485,7 @@ impl<'a> Computation<'a> {
     /// The user's member event in the room's state after `position`.
     async fn member_event_at(
         &self,
-        conn: &mut Conn,
+        conn: &mut LazyConn,
         room_nid: RoomNid,
         position: i64,
     ) -> Result<Option<StoredEvent>, SyncError> {
@@ -419,7 +494,7 @@ impl<'a> Computation<'a> {
     }
 
     /// Whether the user was joined to the room at `since`.
-    async fn joined_at_since(&self, conn: &mut Conn, room_nid: RoomNid) -> Result<bool, SyncError> {
+    async fn joined_at_since(&self, conn: &mut LazyConn, room_nid: RoomNid) -> Result<bool, SyncError> {
         if self.request.since.is_none() {
             return Ok(false);
         }
@@ -431,16 +506,21 @@ impl<'a> Computation<'a> {
     /// list changed in the range.
     async fn account_data(
         &mut self,
-        conn: &mut Conn,
+        conn: &mut LazyConn,
     ) -> Result<(Vec<Value>, HashMap<String, Vec<AccountDataRow>>), SyncError> {
         let after = self.request.since.map_or(0, |since| since.account_data.0);
         let up_to = self.next.account_data.0;
-        if after >= up_to {
+        let untouched =
+            self.state.recent.account_data_changed_after(self.request.user_id, after) == Some(false);
+        if after >= up_to || untouched {
             return Ok((Vec::new(), HashMap::new()));
         }
         let mut global = Vec::new();
         let mut by_room: HashMap<String, Vec<AccountDataRow>> = HashMap::new();
-        for row in stream_store::account_data_between(conn, self.request.user_id, after, up_to).await? {
+        for row in
+            stream_store::account_data_between(conn.connection().await?, self.request.user_id, after, up_to)
+                .await?
+        {
             if row.room_id.is_empty() {
                 if row.data_type == IGNORED_USER_LIST && self.request.since.is_some() {
                     self.ignore_list_changed = true;
@@ -467,26 +547,31 @@ impl<'a> Computation<'a> {
     /// Receipts of the joined rooms that moved in the range, by room id.
     async fn receipts(
         &self,
-        conn: &mut Conn,
+        conn: &mut LazyConn,
         room_ids: &[String],
     ) -> Result<HashMap<String, Vec<ReceiptRow>>, SyncError> {
         let after = self.request.since.map_or(0, |since| since.receipts.0);
         let up_to = self.next.receipts.0;
-        if after >= up_to || room_ids.is_empty() {
+        let untouched =
+            self.state.recent.changed_after(StreamKind::Receipts, room_ids.iter().map(String::as_str), after)
+                == Some(false);
+        if after >= up_to || room_ids.is_empty() || untouched {
             return Ok(HashMap::new());
         }
-        Ok(ephemeral::receipts_by_room(stream_store::receipts_between(conn, room_ids, after, up_to).await?))
+        Ok(ephemeral::receipts_by_room(
+            stream_store::receipts_between(conn.connection().await?, room_ids, after, up_to).await?,
+        ))
     }
 
     /// The `join` section: every joined room with something new (every joined room for an
     /// initial or `full_state` sync).
     async fn joined_rooms(
         &self,
-        conn: &mut Conn,
+        conn: &mut LazyConn,
         rooms: Vec<RoomMembership>,
         newest_events: Vec<(RoomNid, EventNid, i64)>,
         room_data: &mut HashMap<String, Vec<AccountDataRow>>,
-        out: &mut Map<String, Value>,
+        (out, newcomers): (&mut BTreeMap<String, JoinedRoom>, &mut BTreeSet<String>),
     ) -> Result<(), SyncError> {
         if rooms.is_empty() {
             return Ok(());
@@ -577,34 +662,61 @@ impl<'a> Computation<'a> {
                 // Only rows this user may not see (or filtered out) changed.
                 continue;
             }
-            let members_changed = timeline
-                .events
-                .iter()
-                .chain(state.iter())
-                .any(|event| event.pdu.kind == TimelineEventType::RoomMember);
-            let mut section = Map::new();
-            section.insert("timeline".into(), self.timeline_json(conn, &timeline, range).await?);
-            section
-                .insert("state".into(), json!({ "events": self.client_events(conn, &state, None).await? }));
-            section.insert("ephemeral".into(), json!({ "events": ephemeral }));
-            section.insert("account_data".into(), json!({ "events": account_data }));
-            section.insert(
-                "unread_notifications".into(),
-                json!({ "highlight_count": 0, "notification_count": 0 }),
-            );
-            if full || members_changed {
-                section.insert("summary".into(), self.summary(conn, room.room_nid).await?.into_json());
+            let mut members_changed = false;
+            for event in timeline.events.iter().chain(state.iter()) {
+                if event.pdu.kind != TimelineEventType::RoomMember {
+                    continue;
+                }
+                members_changed = true;
+                if let Some(member) = event.pdu.state_key.as_deref()
+                    && member != self.request.user_id
+                    && membership_of(event).as_deref() == Some("join")
+                {
+                    newcomers.insert(member.to_owned());
+                }
             }
-            out.insert(room.room_id, Value::Object(section));
+            let summary = match full || members_changed {
+                true => Some(self.summary(conn, &room).await?.into_json()),
+                false => None,
+            };
+            let section = JoinedRoom {
+                timeline: self.sync_events(conn, &timeline.events, self.viewer()).await?,
+                limited: timeline.limited,
+                prev_batch: timeline.prev_batch(range),
+                state: self.sync_events(conn, &state, None).await?,
+                ephemeral,
+                account_data,
+                summary,
+            };
+            out.insert(room.room_id, section);
         }
         Ok(())
+    }
+
+    /// Events in their shared serialised form, with the viewer's transaction ids.
+    async fn sync_events(
+        &self,
+        conn: &mut LazyConn,
+        events: &[StoredEvent],
+        viewer: Option<(&str, &str)>,
+    ) -> Result<Vec<SyncEvent>, SyncError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut txn_ids = self.caches.transaction_ids(conn, events, viewer).await?;
+        let shared = self.caches.shared_client_events(conn, events).await?;
+        Ok(events
+            .iter()
+            .zip(shared)
+            .map(|(event, shared)| SyncEvent { shared, txn_id: txn_ids.remove(&event.row.event_id) })
+            .collect())
     }
 
     /// A `leave` section: the timeline up to and including the user's leave (or ban), nothing
     /// after it.
     async fn left_room(
         &self,
-        conn: &mut Conn,
+        conn: &mut LazyConn,
         room: &RoomMembership,
         account_data: Vec<AccountDataRow>,
     ) -> Result<Value, SyncError> {
@@ -660,7 +772,7 @@ impl<'a> Computation<'a> {
     /// changes hidden in a gap.
     async fn room_state(
         &self,
-        conn: &mut Conn,
+        conn: &mut LazyConn,
         room: &RoomMembership,
         timeline: &Timeline,
         range: Range,
@@ -700,7 +812,7 @@ impl<'a> Computation<'a> {
                 // A room without a name or alias is named after its heroes, so the client needs
                 // their member events too (the spec asks for them).
                 if !self.has_name_or_alias(conn, &start).await? {
-                    heroes = self.summary(conn, room.room_nid).await?.heroes;
+                    heroes = self.summary(conn, room).await?.heroes;
                 }
             }
             members.extend(heroes.iter().map(String::as_str));
@@ -733,7 +845,7 @@ impl<'a> Computation<'a> {
     }
 
     /// Whether the room's state has an `m.room.name` or `m.room.canonical_alias` event.
-    async fn has_name_or_alias(&self, conn: &mut Conn, snapshot: &Snapshot) -> Result<bool, SyncError> {
+    async fn has_name_or_alias(&self, conn: &mut LazyConn, snapshot: &Snapshot) -> Result<bool, SyncError> {
         for kind in ["m.room.name", "m.room.canonical_alias"] {
             if self.caches.state_event(conn, snapshot, kind, "").await?.is_some() {
                 return Ok(true);
@@ -746,7 +858,7 @@ impl<'a> Computation<'a> {
     /// before any event is loaded.
     async fn nids_of_allowed_types(
         &self,
-        conn: &mut Conn,
+        conn: &mut LazyConn,
         snapshot: &Snapshot,
         chosen: Vec<EventNid>,
         filter: &crate::filter::RoomEventFilter,
@@ -769,7 +881,7 @@ impl<'a> Computation<'a> {
     /// inviter is ignored.
     async fn invite_state(
         &self,
-        conn: &mut Conn,
+        conn: &mut LazyConn,
         room: &RoomMembership,
     ) -> Result<Option<Vec<Value>>, SyncError> {
         let Some(invite) = self.caches.event(conn, room.event_nid).await? else {
@@ -804,16 +916,47 @@ impl<'a> Computation<'a> {
         Ok(Some(stripped))
     }
 
-    /// The room summary, from the current memberships.
-    async fn summary(&self, conn: &mut Conn, room_nid: RoomNid) -> Result<Summary, SyncError> {
-        let (joined, invited) = stream_store::member_counts_of_room(conn, room_nid).await?;
+    /// The room summary, from the current memberships (kept in memory per room until a member
+    /// event of the room comes along).
+    async fn summary(&self, conn: &mut LazyConn, room: &RoomMembership) -> Result<Summary, SyncError> {
+        let members = match self.state.memory.room_members.get(&self.state.recent, &room.room_id) {
+            Some(members) => members,
+            None => {
+                // Read the position first: a member event published after it invalidates this.
+                let loaded_at = self.state.positions.get(StreamKind::Events).0;
+                let (joined, invited) =
+                    stream_store::member_counts_of_room(conn.connection().await?, room.room_nid).await?;
+                // Enough members to leave `HEROES` once the viewer is taken out.
+                let active = stream_store::heroes_of_room(
+                    conn.connection().await?,
+                    room.room_nid,
+                    "",
+                    &["join", "invite"],
+                    HEROES + 1,
+                )
+                .await?;
+                let departed = stream_store::heroes_of_room(
+                    conn.connection().await?,
+                    room.room_nid,
+                    "",
+                    &["leave", "ban"],
+                    HEROES + 1,
+                )
+                .await?;
+                let members = Arc::new(RoomMembers { joined, invited, active, departed });
+                self.state.memory.room_members.insert(&room.room_id, loaded_at, members.clone());
+                members
+            }
+        };
         let user_id = self.request.user_id;
-        let mut heroes =
-            stream_store::heroes_of_room(conn, room_nid, user_id, &["join", "invite"], HEROES).await?;
+        let heroes_among = |users: &[String]| -> Vec<String> {
+            users.iter().filter(|user| *user != user_id).take(HEROES as usize).cloned().collect()
+        };
+        let mut heroes = heroes_among(&members.active);
         if heroes.is_empty() {
-            heroes = stream_store::heroes_of_room(conn, room_nid, user_id, &["leave", "ban"], HEROES).await?;
+            heroes = heroes_among(&members.departed);
         }
-        Ok(Summary { joined, invited, heroes })
+        Ok(Summary { joined: members.joined, invited: members.invited, heroes })
     }
 
     /// The first position of a room's timeline the user may see through the membership that
@@ -821,7 +964,7 @@ impl<'a> Computation<'a> {
     /// before (`joined`, `invited`); `None` when the whole history is visible.
     async fn first_visible_position(
         &self,
-        conn: &mut Conn,
+        conn: &mut LazyConn,
         member_nid: EventNid,
     ) -> Result<Option<i64>, SyncError> {
         let Some(mut join) = self.caches.event(conn, member_nid).await? else { return Ok(None) };
@@ -854,7 +997,7 @@ impl<'a> Computation<'a> {
 
     async fn timeline_json(
         &self,
-        conn: &mut Conn,
+        conn: &mut LazyConn,
         timeline: &Timeline,
         range: Range,
     ) -> Result<Value, SyncError> {
@@ -868,7 +1011,7 @@ impl<'a> Computation<'a> {
     /// Client-format events without `room_id` (the section names the room).
     async fn client_events(
         &self,
-        conn: &mut Conn,
+        conn: &mut LazyConn,
         events: &[StoredEvent],
         viewer: Option<(&str, &str)>,
     ) -> Result<Vec<Value>, SyncError> {

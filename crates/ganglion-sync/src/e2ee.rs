@@ -2,12 +2,18 @@
 //! that changed, and the device's one-time and fallback key state; and `GET /keys/changes`,
 //! which reports device-list changes between two tokens the same way.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use axum::{Json, extract::State};
 use ganglion_http::{Auth, MatrixError, MatrixQuery, MatrixResult};
-use ganglion_storage::{Conn, keys as key_store, rooms as room_store, to_device as to_device_store};
-use ganglion_types::{RoomNid, StreamPosition, SyncToken};
+use ganglion_state::KeyCounts;
+use ganglion_storage::{
+    Connect, LazyConn, keys as key_store, rooms as room_store, to_device as to_device_store,
+};
+use ganglion_types::{RoomNid, StreamKind, StreamPosition, SyncToken};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -19,26 +25,44 @@ pub(crate) const TO_DEVICE_LIMIT: i64 = 100;
 /// The device's to-device messages after `since`, up to `next`, at most [`TO_DEVICE_LIMIT`].
 /// Messages up to `since` were delivered in an earlier response the client acknowledged by
 /// sending its token, so they are deleted. Returns the messages and, when more are waiting, the
-/// position of the last one: the next token must not pass the messages left out.
+/// position of the last one: the next token must not pass the messages left out. Memory (the
+/// user's latest to-device row, and how far the device is known to have none left) spares the
+/// database both questions in the usual sync that has no message.
 pub(crate) async fn to_device(
-    conn: &mut Conn,
-    user_id: &str,
-    device_id: &str,
+    state: &SyncState,
+    conn: &mut LazyConn,
+    (user_id, device_id): (&str, &str),
     since: Option<&SyncToken>,
     next: &SyncToken,
 ) -> Result<(Vec<Value>, Option<StreamPosition>), SyncError> {
     let after = since.map_or(0, |since| since.to_device.0);
-    // Deleting is a write: look first, so the usual sync with nothing to acknowledge stays a read.
-    if after > 0
-        && !to_device_store::to_device_messages_for(conn, user_id, device_id, 0, after, 1).await?.is_empty()
-    {
-        to_device_store::delete_to_device_messages_up_to(conn, user_id, device_id, after).await?;
+    let none_after =
+        |position: i64| state.recent.changed_after(StreamKind::ToDevice, [user_id], position) == Some(false);
+    let known_clean = state
+        .memory
+        .to_device_clean(user_id, device_id)
+        .is_some_and(|clean| clean >= after || none_after(clean));
+    if after > 0 && !known_clean {
+        // Deleting is a write: look first, so a sync with nothing to acknowledge stays a read.
+        if !to_device_store::to_device_messages_for(conn.connection().await?, user_id, device_id, 0, after, 1)
+            .await?
+            .is_empty()
+        {
+            to_device_store::delete_to_device_messages_up_to(
+                conn.connection().await?,
+                user_id,
+                device_id,
+                after,
+            )
+            .await?;
+        }
+        state.memory.to_device_clean_up_to(user_id, device_id, after);
     }
-    if after >= next.to_device.0 {
+    if after >= next.to_device.0 || none_after(after) {
         return Ok((Vec::new(), None));
     }
     let rows = to_device_store::to_device_messages_for(
-        conn,
+        conn.connection().await?,
         user_id,
         device_id,
         after,
@@ -79,19 +103,21 @@ fn shares(membership: &str) -> bool {
 }
 
 /// `rooms`: every room the user has a membership in (left ones too, as leaving one is a change);
-/// `members_moved`: false when the caller knows no member event happened in them in the range.
+/// `members_moved`: false when the caller knows no member event happened in them in the range;
+/// `devices_moved`: false when it knows no device list of a room-mate changed in the range.
 pub(crate) async fn device_list_changes(
-    conn: &mut Conn,
+    conn: &mut LazyConn,
     user_id: &str,
     rooms: &[RoomNid],
-    members_moved: bool,
+    (members_moved, devices_moved): (bool, bool),
     since: &SyncToken,
     next: &SyncToken,
 ) -> Result<DeviceListChanges, SyncError> {
     let mut changes = DeviceListChanges::default();
-    let devices_moved = since.device_lists < next.device_lists;
+    let devices_moved = devices_moved && since.device_lists < next.device_lists;
     let memberships = if members_moved && since.events < next.events && !rooms.is_empty() {
-        room_store::membership_changes_between(conn, rooms, since.events.0, next.events.0).await?
+        room_store::membership_changes_between(conn.connection().await?, rooms, since.events.0, next.events.0)
+            .await?
     } else {
         Vec::new()
     };
@@ -99,11 +125,11 @@ pub(crate) async fn device_list_changes(
         return Ok(changes);
     }
     let sharing: BTreeSet<String> =
-        room_store::users_sharing_a_room_with(conn, user_id).await?.into_iter().collect();
+        room_store::users_sharing_a_room_with(conn.connection().await?, user_id).await?.into_iter().collect();
     if devices_moved {
         let sharing: Vec<String> = sharing.iter().cloned().collect();
         let moved = key_store::users_with_device_list_changes_among(
-            conn,
+            conn.connection().await?,
             &sharing,
             since.device_lists.0,
             next.device_lists.0,
@@ -114,7 +140,8 @@ pub(crate) async fn device_list_changes(
     for membership in memberships {
         if membership.user_id == user_id {
             // The user's own membership: everyone in that room is new to it, or gone.
-            let members = room_store::memberships_of_room(conn, membership.room_nid, None).await?;
+            let members =
+                room_store::memberships_of_room(conn.connection().await?, membership.room_nid, None).await?;
             for member in members.into_iter().filter(|member| shares(&member.membership)) {
                 if member.user_id == user_id {
                     continue;
@@ -137,16 +164,24 @@ pub(crate) async fn device_list_changes(
 }
 
 /// The device's unclaimed one-time keys by algorithm (`signed_curve25519` always there) and the
-/// algorithms of its unused fallback keys.
-pub(crate) async fn key_state(
-    conn: &mut Conn,
+/// algorithms of its unused fallback keys; cached until the master reports a change.
+pub(crate) async fn key_counts(
+    state: &SyncState,
+    conn: &mut LazyConn,
     user_id: &str,
     device_id: &str,
-) -> Result<(BTreeMap<String, i64>, Vec<String>), SyncError> {
-    let (one_time, fallback) = key_store::device_key_state(conn, user_id, device_id).await?;
+) -> Result<KeyCounts, SyncError> {
+    if let Some(counts) = state.caches.key_counts(user_id, device_id) {
+        return Ok(counts);
+    }
+    let generation = state.caches.key_counts_generation();
+    let (one_time, fallback) =
+        key_store::device_key_state(conn.connection().await?, user_id, device_id).await?;
     let mut counts = BTreeMap::from([("signed_curve25519".to_owned(), 0)]);
     counts.extend(one_time);
-    Ok((counts, fallback))
+    let counts = Arc::new((counts, fallback));
+    state.caches.remember_key_counts(generation, user_id, device_id, counts.clone());
+    Ok(counts)
 }
 
 #[derive(Deserialize)]
@@ -165,12 +200,14 @@ pub(crate) async fn changes(
         SyncToken::parse(token).map_err(|_| MatrixError::invalid_param(format!("Invalid `{name}` token")))
     };
     let (from, to) = (parse(&query.from, "from")?, parse(&query.to, "to")?);
-    let mut conn = state.db.conn().await?;
-    let rooms: Vec<RoomNid> = ganglion_storage::streams::rooms_of_user(&mut conn, session.user_id.as_str())
-        .await?
-        .iter()
-        .map(|row| row.room_nid)
-        .collect();
-    let changes = device_list_changes(&mut conn, session.user_id.as_str(), &rooms, true, &from, &to).await?;
+    let mut conn = state.db.lazy();
+    let rooms: Vec<RoomNid> =
+        ganglion_storage::streams::rooms_of_user(conn.connection().await?, session.user_id.as_str())
+            .await?
+            .iter()
+            .map(|row| row.room_nid)
+            .collect();
+    let changes =
+        device_list_changes(&mut conn, session.user_id.as_str(), &rooms, (true, true), &from, &to).await?;
     Ok(Json(json!({ "changed": changes.changed, "left": changes.left })))
 }

@@ -1,17 +1,20 @@
 //! `GET /_matrix/client/v3/sync`: parses the query (token, filter, timeout) and hands over to
 //! the long-poll.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
-use axum::{Json, extract::State};
+use axum::extract::State;
 use ganglion_events::presence::PresenceState;
 use ganglion_http::{Auth, MatrixError, MatrixQuery, MatrixResult, lenient};
 use ganglion_storage::accounts;
 use ganglion_types::SyncToken;
+use http::{HeaderName, HeaderValue, header::CONTENT_TYPE};
 use serde::Deserialize;
-use serde_json::Value;
 
 use crate::{SyncState, compute::SyncRequest, filter::Filter, wait};
+
+/// Whether the answer came from memory alone or needed the database (for tests and operators).
+const SYNC_SOURCE: &str = "x-ganglion-sync-source";
 
 /// Longest a request may be held open, whatever `timeout` asks.
 const MAX_TIMEOUT: Duration = Duration::from_secs(300);
@@ -32,7 +35,7 @@ pub(crate) async fn sync(
     State(state): State<SyncState>,
     Auth(session): Auth,
     MatrixQuery(query): MatrixQuery<SyncQuery>,
-) -> MatrixResult<Json<Value>> {
+) -> MatrixResult<([(HeaderName, HeaderValue); 2], Vec<u8>)> {
     let since = match query.since.as_deref() {
         None | Some("") => None,
         Some(token) => {
@@ -56,7 +59,7 @@ pub(crate) async fn sync(
         })?,
     };
     let filter = match query.filter.as_deref() {
-        None | Some("") => Filter::default(),
+        None | Some("") => Arc::new(Filter::default()),
         Some(filter) => filter_of_user(&state, session.user_id.as_str(), filter).await?,
     };
     let timeout = Duration::from_millis(query.timeout.unwrap_or(0)).min(MAX_TIMEOUT);
@@ -70,19 +73,31 @@ pub(crate) async fn sync(
         filter: &filter,
     };
     let batch = wait::sync_within(&state, &request, timeout).await?;
-    Ok(Json(batch.into_json()))
+    state.memory.stats.count(batch.from_database);
+    let source = if batch.from_database { "database" } else { "memory" };
+    let headers = [
+        (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+        (HeaderName::from_static(SYNC_SOURCE), HeaderValue::from_static(source)),
+    ];
+    let now_ms = u64::try_from(ganglion_storage::now_ms()).unwrap_or(0);
+    Ok((headers, batch.into_body(now_ms)))
 }
 
 /// The filter of `?filter=`: inline JSON when it starts with `{`, else the id of one of the
-/// user's stored filters.
-async fn filter_of_user(state: &SyncState, user_id: &str, filter: &str) -> MatrixResult<Filter> {
+/// user's stored filters (cached: a stored filter never changes).
+async fn filter_of_user(state: &SyncState, user_id: &str, filter: &str) -> MatrixResult<Arc<Filter>> {
     if filter.starts_with('{') {
-        return Filter::parse(filter);
+        return Ok(Arc::new(Filter::parse(filter)?));
     }
     let filter_id: i64 = filter.parse().map_err(|_| MatrixError::invalid_param("Unknown filter id"))?;
+    if let Some(filter) = state.memory.filters.get(user_id, filter_id) {
+        return Ok(filter);
+    }
     let mut conn = state.db.conn().await?;
     let Some(stored) = accounts::filter_by_id(&mut conn, user_id, filter_id).await? else {
         return Err(MatrixError::invalid_param("Unknown filter id"));
     };
-    Filter::parse(&stored)
+    let filter = Arc::new(Filter::parse(&stored)?);
+    state.memory.filters.insert(user_id, filter_id, filter.clone());
+    Ok(filter)
 }

@@ -27,10 +27,10 @@ use ganglion_events::{
     ruma::{OwnedDeviceId, OwnedUserId},
 };
 use ganglion_rpc::{Master, PresenceSyncing};
-use ganglion_storage::{Conn, presence::PresenceRow};
+use ganglion_storage::{Connect, LazyConn, presence::PresenceRow};
 use ganglion_types::SyncToken;
 use parking_lot::Mutex;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::{
@@ -45,15 +45,16 @@ const REPORT_WAIT: Duration = Duration::from_secs(1);
 /// Devices forgotten after this many report intervals without a sync.
 const FORGET_AFTER_INTERVALS: u32 = 10;
 
-/// The `presence` section's events for `request` up to `next`. `joined` is the response's
-/// `join` section: members whose join it shows (all of a newly joined room's, in its state)
+/// The `presence` section's events for `request` up to `next`. `newcomers` are the members other
+/// than the user whose join the response's `join` section shows (all of a newly joined room's,
+/// in its state)
 /// come with their current presence, as Synapse sends them, rather than at their next change.
 pub(crate) async fn presence_events(
     state: &SyncState,
-    conn: &mut Conn,
+    conn: &mut LazyConn,
     request: &SyncRequest<'_>,
-    next: &SyncToken,
-    joined: &Map<String, Value>,
+    (next, untouched): (&SyncToken, bool),
+    newcomers: BTreeSet<String>,
 ) -> Result<Vec<Value>, SyncError> {
     let filter = &request.filter.presence;
     if !state.config.presence.enabled || filter.limit == Some(0) || !filter.allows(PRESENCE, None) {
@@ -65,17 +66,25 @@ pub(crate) async fn presence_events(
         _ => (true, 0),
     };
     let mut rows = Vec::new();
-    if after < up_to {
-        rows =
-            ganglion_storage::presence::presence_of_room_mates_between(conn, request.user_id, after, up_to)
-                .await?;
+    // `untouched`: memory knows no row of the range concerns the user's room-mates.
+    if after < up_to && !untouched {
+        rows = ganglion_storage::presence::presence_of_room_mates_between(
+            conn.connection().await?,
+            request.user_id,
+            after,
+            up_to,
+        )
+        .await?;
     }
     if !initial {
-        let mut newcomers = newly_joined_members(joined, request.user_id);
+        let mut newcomers = newcomers;
         newcomers.retain(|user_id| !rows.iter().any(|row| &row.user_id == user_id));
         if !newcomers.is_empty() {
             let newcomers: Vec<String> = newcomers.into_iter().collect();
-            rows.extend(ganglion_storage::presence::presence_between(conn, &newcomers, 0, up_to).await?);
+            rows.extend(
+                ganglion_storage::presence::presence_between(conn.connection().await?, &newcomers, 0, up_to)
+                    .await?,
+            );
             rows.sort_unstable_by_key(|row| row.stream_pos);
         }
     }
@@ -91,27 +100,6 @@ pub(crate) async fn presence_events(
         events.drain(..events.len().saturating_sub(limit));
     }
     Ok(events)
-}
-
-/// The users other than `user_id` whose `join` member event is in a joined room's timeline or
-/// state in this response.
-fn newly_joined_members(joined: &Map<String, Value>, user_id: &str) -> BTreeSet<String> {
-    let mut members = BTreeSet::new();
-    for room in joined.values() {
-        for section in ["state", "timeline"] {
-            let events = room[section]["events"].as_array().map(Vec::as_slice).unwrap_or_default();
-            for event in events {
-                if event["type"] == "m.room.member"
-                    && event["content"]["membership"] == "join"
-                    && let Some(member) = event["state_key"].as_str()
-                    && member != user_id
-                {
-                    members.insert(member.to_owned());
-                }
-            }
-        }
-    }
-    members
 }
 
 fn presence_event(row: &PresenceRow, now: i64) -> Value {

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use ganglion_state::{Caches, Snapshot, StoredEvent};
-use ganglion_storage::{Conn, events as event_store};
+use ganglion_storage::{Connect, LazyConn, events as event_store};
 use ganglion_types::{EventNid, RoomNid};
 
 use crate::{compute::SyncError, filter::RoomEventFilter};
@@ -31,13 +31,13 @@ pub(crate) struct Window {
 impl Window {
     /// Reads the newest `requested` events of a room's range.
     pub(crate) async fn read(
-        conn: &mut Conn,
+        conn: &mut LazyConn,
         room_nid: RoomNid,
         range: Range,
         requested: usize,
     ) -> Result<Window, SyncError> {
         let newest_first = event_store::event_nids_in_room_newest_first(
-            conn,
+            conn.connection().await?,
             room_nid,
             range.after,
             range.up_to,
@@ -100,7 +100,7 @@ impl Timeline {
     /// The timeline of `room_id` in `range`: the newest `limit` events of `window` (read further
     /// back when the selection rejects some) that the selection keeps.
     pub(crate) async fn select(
-        conn: &mut Conn,
+        conn: &mut LazyConn,
         caches: &Caches,
         room: (RoomNid, &str),
         range: Range,
@@ -165,7 +165,7 @@ impl Timeline {
     /// range's newest event when the timeline is empty).
     pub(crate) async fn state_at_start(
         &self,
-        conn: &mut Conn,
+        conn: &mut LazyConn,
         caches: &Caches,
         room_nid: RoomNid,
         range: Range,
@@ -205,12 +205,12 @@ fn content_has_url(event: &StoredEvent) -> bool {
 /// The room's state after its latest event at or before `position` (empty before the room
 /// existed).
 pub(crate) async fn state_after_position(
-    conn: &mut Conn,
+    conn: &mut LazyConn,
     caches: &Caches,
     room_nid: RoomNid,
     position: i64,
 ) -> Result<Snapshot, SyncError> {
-    match event_store::latest_event_in_room_at(conn, room_nid, position).await? {
+    match event_store::latest_event_in_room_at(conn.connection().await?, room_nid, position).await? {
         Some(row) => Ok(caches.snapshot(conn, row.snapshot_nid).await?),
         None => Ok(Snapshot::empty()),
     }

@@ -47,8 +47,9 @@ pub trait FollowerHooks: Send + Sync + 'static {
     fn typing_snapshot(&self) -> BoxFuture<'_, Option<TypingState>>;
     /// Drops a cache entry, or every cache with `None`.
     fn invalidate(&self, what: Option<Invalidation>);
-    /// A new event's row, as the writer stored it: worth caching before readers wake.
-    fn remember_event(&self, _row: ganglion_storage::events::EventRow) {}
+    /// A new event's row, as the writer stored it, and the (device id, transaction id) it was
+    /// sent with: worth caching before readers wake.
+    fn remember_event(&self, _row: ganglion_storage::events::EventRow, _txn: Option<(String, String)>) {}
 }
 
 /// Replication lag: from the master's publish to this worker's recording, per entry taken
@@ -160,10 +161,11 @@ impl Follower {
         }
     }
 
-    /// One round without Redis: invalidations may have been missed, so sessions are read
-    /// afresh; the typing state comes from the master; rows from the database.
+    /// One round without Redis: invalidations may have been missed, so sessions and key counts
+    /// are read afresh; the typing state comes from the master; rows from the database.
     async fn poll_once(&self) {
         self.hooks.invalidate(Some(Invalidation::Sessions));
+        self.hooks.invalidate(Some(Invalidation::AllKeyCounts));
         self.refresh_typing(false).await;
         self.catch_up_logged().await;
     }
@@ -237,6 +239,15 @@ impl Follower {
                 match (entry.str("w"), entry.int("n")) {
                     (Some("sessions"), _) => self.hooks.invalidate(Some(Invalidation::Sessions)),
                     (Some("event"), Some(nid)) => self.forget_event(EventNid(nid)),
+                    (Some("keys"), _) => {
+                        if let (Some(user_id), Some(device_id)) = (entry.str("u"), entry.str("d")) {
+                            self.hooks.invalidate(Some(Invalidation::KeyCounts {
+                                user_id: Arc::from(user_id),
+                                device_id: Arc::from(device_id),
+                            }));
+                        }
+                    }
+                    (Some("all_keys"), _) => self.hooks.invalidate(Some(Invalidation::AllKeyCounts)),
                     _ => {}
                 }
             }
@@ -256,7 +267,8 @@ impl Follower {
                     if let Some(row) = entry.str("ev").and_then(super::decode_event)
                         && !self.redacted.lock().contains(&row.event_nid)
                     {
-                        self.hooks.remember_event(row);
+                        let txn = entry.str("tx").and_then(super::decode_txn);
+                        self.hooks.remember_event(row, txn);
                     }
                     if let Some(sent) = entry.int("t") {
                         lags.push((now - sent).max(0) as f64 / 1000.0);
@@ -268,6 +280,8 @@ impl Follower {
                         user_ids: entry.users().into_iter().map(Arc::from).collect(),
                         event_nid: entry.int("n").map(EventNid),
                         event: None,
+                        event_txn: None,
+                        keys_complete: true,
                     });
                 }
             }
@@ -423,12 +437,16 @@ impl Follower {
             StreamKind::DeviceLists => store::device_list_rows_between(conn, after, i64::MAX, CATCH_UP_BATCH)
                 .await?
                 .into_iter()
-                .map(|(at, user_id)| StreamRow::new(kind, position(at), None, vec![Arc::from(user_id)]))
+                .map(|(at, user_id)| {
+                    StreamRow::new(kind, position(at), None, vec![Arc::from(user_id)]).without_rooms()
+                })
                 .collect(),
             StreamKind::Presence => store::presence_rows_between(conn, after, i64::MAX, CATCH_UP_BATCH)
                 .await?
                 .into_iter()
-                .map(|(at, user_id)| StreamRow::new(kind, position(at), None, vec![Arc::from(user_id)]))
+                .map(|(at, user_id)| {
+                    StreamRow::new(kind, position(at), None, vec![Arc::from(user_id)]).without_rooms()
+                })
                 .collect(),
             // Typing has no table: it comes from the master (`refresh_typing`).
             StreamKind::Typing => Vec::new(),

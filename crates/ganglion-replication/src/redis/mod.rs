@@ -20,7 +20,10 @@ mod publisher;
 pub use follower::{Follower, FollowerHooks, LagStats, TypingState};
 pub use publisher::RedisBus;
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::{
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
+};
 
 use ganglion_storage::events::EventRow;
 use ganglion_types::{EventNid, RoomNid, SnapshotNid, StateKeyNid, StreamKind, TypeNid};
@@ -93,6 +96,15 @@ fn decode_event(field: &str) -> Option<EventRow> {
         redacted_by: if redacted_by.is_null() { None } else { Some(redacted_by.as_str()?.to_owned()) },
         json: json.as_str()?.to_owned(),
     })
+}
+
+/// The (device id, transaction id) of an event entry's `tx` field.
+fn encode_txn((device_id, txn_id): &(Arc<str>, Arc<str>)) -> String {
+    json!([device_id.as_ref(), txn_id.as_ref()]).to_string()
+}
+
+fn decode_txn(field: &str) -> Option<(String, String)> {
+    serde_json::from_str(field).ok()
 }
 
 fn now_us() -> i64 {

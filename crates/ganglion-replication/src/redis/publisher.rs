@@ -21,10 +21,20 @@ const QUEUE: usize = 65_536;
 /// Most entries in one pipeline.
 const PIPELINE: usize = 1024;
 const REDIS_DEADLINE: Duration = Duration::from_secs(2);
+/// Longest a write waits for its invalidations to reach Redis (`Bus::flushed`).
+const FLUSH_WAIT: Duration = Duration::from_millis(200);
 
 enum Outgoing {
-    Row { row: StreamRow, typers: Option<Vec<String>> },
-    Invalidate { seq: u64, what: Invalidation },
+    Row {
+        row: StreamRow,
+        typers: Option<Vec<String>>,
+    },
+    Invalidate {
+        seq: u64,
+        what: Invalidation,
+    },
+    /// Answered once every entry queued before it was written to Redis (or given up on).
+    Flushed(tokio::sync::oneshot::Sender<()>),
 }
 
 pub struct RedisBus {
@@ -89,6 +99,14 @@ impl Bus for RedisBus {
         let seq = self.invalidations.fetch_add(1, Ordering::AcqRel) + 1;
         self.enqueue(Outgoing::Invalidate { seq, what });
     }
+
+    fn flushed(&self) -> crate::BoxFuture<'_, ()> {
+        let (done, flushed) = tokio::sync::oneshot::channel();
+        self.enqueue(Outgoing::Flushed(done));
+        Box::pin(async move {
+            let _ = tokio::time::timeout(FLUSH_WAIT, flushed).await;
+        })
+    }
 }
 
 async fn run(
@@ -101,55 +119,80 @@ async fn run(
     let mut connection: Option<MultiplexedConnection> = None;
     let mut outage = Outage::new("publisher");
     let mut batch = Vec::with_capacity(PIPELINE);
+    let mut flushed = Vec::new();
     while outgoing.recv_many(&mut batch, PIPELINE).await > 0 {
-        if connection.is_none() && outage.may_retry(Instant::now()) {
-            match connect(&client).await {
-                Ok(connected) => connection = Some(connected),
-                // Don't stall the queue on a dead Redis: drop for a while, workers poll meanwhile.
-                Err(error) => outage.failed(Instant::now(), "cannot reach Redis", &error),
+        // Markers are answered after this batch, whatever becomes of it.
+        for marker in batch.extract_if(.., |entry| matches!(entry, Outgoing::Flushed(_))) {
+            if let Outgoing::Flushed(done) = marker {
+                flushed.push(done);
             }
         }
-        let Some(conn) = connection.as_mut() else {
+        publish_batch(&client, &mut connection, &mut outage, &mut batch, maxlen, epoch, &dropped).await;
+        for done in flushed.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}
+
+async fn publish_batch(
+    client: &redis::Client,
+    connection: &mut Option<MultiplexedConnection>,
+    outage: &mut Outage,
+    batch: &mut Vec<Outgoing>,
+    maxlen: u64,
+    epoch: u64,
+    dropped: &AtomicU64,
+) {
+    if batch.is_empty() {
+        return;
+    }
+    if connection.is_none() && outage.may_retry(Instant::now()) {
+        match connect(client).await {
+            Ok(connected) => *connection = Some(connected),
+            // Don't stall the queue on a dead Redis: drop for a while, workers poll meanwhile.
+            Err(error) => outage.failed(Instant::now(), "cannot reach Redis", &error),
+        }
+    }
+    let Some(conn) = connection.as_mut() else {
+        dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        outage.dropped(batch.len() as u64);
+        batch.clear();
+        return;
+    };
+    let pipe = pipeline(batch, maxlen, epoch);
+    let result = tokio::time::timeout(REDIS_DEADLINE, pipe.query_async::<()>(conn)).await;
+    match result {
+        Ok(Ok(())) => {
+            outage.recovered(Instant::now());
+        }
+        Ok(Err(error)) if error.to_string().contains("equal or smaller") => {
+            // Redis holds positions from another database (restored or reset): start the
+            // streams afresh; workers notice the gap and read the database.
+            tracing::warn!(%error, "Redis streams are ahead of the database; resetting them");
+            let mut reset = redis::pipe();
+            for kind in DB_STREAMS {
+                reset.cmd("DEL").arg(key_of(kind)).ignore();
+            }
+            let _ = reset.query_async::<()>(conn).await;
+            outage.recovered(Instant::now());
+            if pipe.query_async::<()>(conn).await.is_err() {
+                dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            }
+        }
+        Ok(Err(error)) => {
+            outage.failed(Instant::now(), "publishing to Redis failed", &error);
             dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
             outage.dropped(batch.len() as u64);
-            batch.clear();
-            continue;
-        };
-        let pipe = pipeline(&batch, maxlen, epoch);
-        let result = tokio::time::timeout(REDIS_DEADLINE, pipe.query_async::<()>(conn)).await;
-        match result {
-            Ok(Ok(())) => {
-                outage.recovered(Instant::now());
-            }
-            Ok(Err(error)) if error.to_string().contains("equal or smaller") => {
-                // Redis holds positions from another database (restored or reset): start the
-                // streams afresh; workers notice the gap and read the database.
-                tracing::warn!(%error, "Redis streams are ahead of the database; resetting them");
-                let mut reset = redis::pipe();
-                for kind in DB_STREAMS {
-                    reset.cmd("DEL").arg(key_of(kind)).ignore();
-                }
-                let _ = reset.query_async::<()>(conn).await;
-                outage.recovered(Instant::now());
-                if pipe.query_async::<()>(conn).await.is_err() {
-                    dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                }
-            }
-            Ok(Err(error)) => {
-                outage.failed(Instant::now(), "publishing to Redis failed", &error);
-                dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                outage.dropped(batch.len() as u64);
-                connection = None;
-            }
-            Err(_) => {
-                outage.failed(Instant::now(), "publishing to Redis failed", &"timed out");
-                dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                outage.dropped(batch.len() as u64);
-                connection = None;
-            }
+            *connection = None;
         }
-        batch.clear();
+        Err(_) => {
+            outage.failed(Instant::now(), "publishing to Redis failed", &"timed out");
+            dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            outage.dropped(batch.len() as u64);
+            *connection = None;
+        }
     }
+    batch.clear();
 }
 
 async fn connect(client: &redis::Client) -> redis::RedisResult<MultiplexedConnection> {
@@ -181,6 +224,9 @@ fn pipeline(batch: &[Outgoing], maxlen: u64, epoch: u64) -> redis::Pipeline {
                 }
                 if let Some(event) = &row.event {
                     cmd.arg("ev").arg(super::encode_event(event));
+                    if let Some(txn) = &row.event_txn {
+                        cmd.arg("tx").arg(super::encode_txn(txn));
+                    }
                 }
                 let users: Vec<&str> = match typers {
                     Some(typers) => typers.iter().map(String::as_str).collect(),
@@ -189,12 +235,21 @@ fn pipeline(batch: &[Outgoing], maxlen: u64, epoch: u64) -> redis::Pipeline {
                 cmd.arg("u").arg(serde_json::to_string(&users).unwrap_or_else(|_| "[]".into()));
                 cmd.ignore();
             }
+            Outgoing::Flushed(_) => {}
             Outgoing::Invalidate { seq, what } => {
                 let cmd = pipe.cmd("XADD").arg(CACHES_KEY).arg("MAXLEN").arg("~").arg(maxlen).arg("*");
                 cmd.arg("e").arg(epoch).arg("s").arg(*seq).arg("t").arg(now);
                 match what {
                     Invalidation::Sessions => cmd.arg("w").arg("sessions"),
                     Invalidation::Event(nid) => cmd.arg("w").arg("event").arg("n").arg(nid.0),
+                    Invalidation::KeyCounts { user_id, device_id } => cmd
+                        .arg("w")
+                        .arg("keys")
+                        .arg("u")
+                        .arg(user_id.as_ref())
+                        .arg("d")
+                        .arg(device_id.as_ref()),
+                    Invalidation::AllKeyCounts => cmd.arg("w").arg("all_keys"),
                 };
                 cmd.ignore();
             }

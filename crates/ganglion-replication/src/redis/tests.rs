@@ -71,6 +71,8 @@ mod live {
             user_ids: vec![Arc::from("@alice:x")],
             event_nid: None,
             event: None,
+            event_txn: None,
+            keys_complete: true,
         }
     }
 
@@ -130,6 +132,8 @@ mod live {
             user_ids: Vec::new(),
             event_nid: None,
             event: None,
+            event_txn: None,
+            keys_complete: true,
         });
         until("typing arrives", || typing.typing_in_room("!room:x") == ["@alice:x"]).await;
 

@@ -3,10 +3,9 @@
 use std::{collections::HashMap, time::Duration};
 
 use ganglion_events::presence::PresenceState::{Online, Unavailable};
-use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
-use super::{DeviceKey, Report, Tracked, newly_joined_members};
+use super::{DeviceKey, Report, Tracked};
 
 const EVERY: Duration = Duration::from_secs(20);
 
@@ -63,32 +62,4 @@ fn long_polls_are_reported_while_they_last_and_idle_devices_forgotten() {
     tracked.due_long_polls(at(246));
     assert!(tracked.devices.is_empty());
     assert_eq!(tracked.sync_starts(&phone, Online, at(250)), Report::AndWait);
-}
-
-fn member(user_id: &str, membership: &str) -> Value {
-    json!({ "type": "m.room.member", "state_key": user_id, "sender": user_id, "content": { "membership": membership } })
-}
-
-#[test]
-fn members_whose_join_the_response_shows_come_with_their_presence() {
-    let joined: Map<String, Value> = json!({
-        "!new:x": {
-            "state": { "events": [member("@alice:x", "join"), member("@bob:x", "join"), member("@eve:x", "leave")] },
-            "timeline": { "events": [member("@me:x", "join")] },
-        },
-        "!old:x": {
-            "state": { "events": [] },
-            "timeline": { "events": [
-                { "type": "m.room.message", "sender": "@zed:x", "content": { "body": "hi" } },
-                member("@carol:x", "join"),
-                member("@dan:x", "invite"),
-            ] },
-        },
-    })
-    .as_object()
-    .unwrap()
-    .clone();
-    let members: Vec<String> = newly_joined_members(&joined, "@me:x").into_iter().collect();
-    assert_eq!(members, ["@alice:x", "@bob:x", "@carol:x"]);
-    assert!(newly_joined_members(&Map::new(), "@me:x").is_empty());
 }
