@@ -24,6 +24,8 @@ use crate::clock;
 
 /// The header naming the process that answered, `<role>/<name>`.
 const INSTANCE_HEADER: &str = "x-ganglion-instance";
+/// Ganglion's `/sync` answers say whether they came from memory or needed the database.
+const SYNC_SOURCE_HEADER: &str = "x-ganglion-sync-source";
 
 /// Setup calls give up after this many 429s in a row.
 const SETUP_RATE_LIMIT_RETRIES: u32 = 50;
@@ -41,7 +43,8 @@ pub struct Session {
 pub enum Reply {
     /// A 2xx, with the body, the clock reading once the whole body had arrived and the
     /// `X-Ganglion-Instance` header (`<role>/<name>` of the process that answered), if any.
-    Ok { body: Bytes, received_ns: u64, instance: Option<HeaderValue> },
+    /// `X-Ganglion-Sync-Source` (`memory` or `database`), if any.
+    Ok { body: Bytes, received_ns: u64, instance: Option<HeaderValue>, source: Option<HeaderValue> },
     /// A 429, with the wait the server asked for (`retry_after_ms`, else `Retry-After` in
     /// seconds), if it named one. `backoff` turns it into the actual wait.
     RateLimited(Option<Duration>),
@@ -182,10 +185,11 @@ impl Api {
         let status = response.status();
         let retry_after_header = response_retry_after(response.headers());
         let instance = response.headers().get(INSTANCE_HEADER).cloned();
+        let source = response.headers().get(SYNC_SOURCE_HEADER).cloned();
         let body = response.bytes().await?;
         let received_ns = clock::now_ns();
         if status.is_success() {
-            return Ok(Reply::Ok { body, received_ns, instance });
+            return Ok(Reply::Ok { body, received_ns, instance, source });
         }
         if status == StatusCode::TOO_MANY_REQUESTS {
             return Ok(Reply::RateLimited(rate_limit_hint(&body, retry_after_header.as_deref())));

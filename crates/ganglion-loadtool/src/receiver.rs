@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use reqwest::header::HeaderValue;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::{oneshot, watch};
@@ -120,6 +121,10 @@ pub struct ReceiverOutcome {
     /// Successful incremental syncs by the process that answered (`X-Ganglion-Instance`, or
     /// `unknown`); few entries, so a list.
     pub answers_by_instance: Vec<(String, u64)>,
+    /// Successful incremental syncs that Ganglion answered from memory alone, and with the
+    /// database (`X-Ganglion-Sync-Source`); other servers say neither.
+    pub from_memory: u64,
+    pub from_database: u64,
 }
 
 impl ReceiverOutcome {
@@ -180,12 +185,17 @@ impl Receiver {
                 backoff.reset();
             }
             let pause = match reply {
-                Ok(Reply::Ok { body, received_ns, instance }) => {
+                Ok(Reply::Ok { body, received_ns, instance, source }) => {
                     match serde_json::from_slice::<SyncResponse>(&body) {
                         Ok(response) => {
                             outcome.answers_ns.push(received_ns);
                             self.counters.sync_answers.fetch_add(1, Ordering::Relaxed);
                             outcome.count_answer(instance.as_ref().and_then(|value| value.to_str().ok()));
+                            match source.as_ref().map(HeaderValue::as_bytes) {
+                                Some(b"memory") => outcome.from_memory += 1,
+                                Some(b"database") => outcome.from_database += 1,
+                                _ => {}
+                            }
                             self.collect(&response, received_ns, &mut outcome);
                             since = response.next_batch;
                             None

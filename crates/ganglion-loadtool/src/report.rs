@@ -213,6 +213,10 @@ pub struct Syncs {
     pub errors: ErrorCounts,
     /// Successful incremental syncs by the process that answered them.
     pub by_instance: Vec<InstanceAnswers>,
+    /// Successful incremental syncs Ganglion answered from memory alone, and with the database
+    /// (`X-Ganglion-Sync-Source`; both 0 for servers that do not say).
+    pub from_memory: u64,
+    pub from_database: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -305,6 +309,8 @@ impl Report {
             sync_errors.merge(receiver.errors.clone());
         }
         let by_instance = answers_by_instance(&measurements.receivers);
+        let from_memory = measurements.receivers.iter().map(|receiver| receiver.from_memory).sum();
+        let from_database = measurements.receivers.iter().map(|receiver| receiver.from_database).sum();
         let responses_in_window = responses_in_window(&measurements.receivers, window);
         let mut initial: Vec<i64> = measurements
             .initial_sync_times
@@ -354,6 +360,8 @@ impl Report {
                 requests: sync_requests,
                 errors: sync_errors,
                 by_instance,
+                from_memory,
+                from_database,
             },
             replication,
             memory,
@@ -546,6 +554,13 @@ impl Report {
                 .map(|entry| format!("{} {} ({} users)", entry.instance, entry.answers, entry.users))
                 .collect();
             let _ = writeln!(out, "{:<26}{}", "sync answers by process", answers.join(", "));
+        }
+        if self.sync.from_memory + self.sync.from_database > 0 {
+            let _ = writeln!(
+                out,
+                "{:<26}{} from memory, {} with the database",
+                "sync answers", self.sync.from_memory, self.sync.from_database
+            );
         }
         write_resources(&mut out, &self.memory, &self.cpu, &self.processes);
         let _ = writeln!(

@@ -86,13 +86,7 @@ pub(crate) async fn set_receipt(
     };
     stream_store::upsert_receipt(&mut conn, &receipt).await.map_err(internal)?;
     writer.last_receipt_pos = position;
-    let user_ids = vec![Arc::from(user_id.as_str())];
-    svc.bus.publish(StreamRow::new(
-        StreamKind::Receipts,
-        StreamPosition(position),
-        Some(room_id.as_str()),
-        user_ids,
-    ));
+    svc.bus.publish(StreamRow::receipt(receipt));
     Ok(())
 }
 

@@ -59,6 +59,8 @@ pub struct StreamRow {
     pub event: Option<Arc<ganglion_storage::events::EventRow>>,
     /// With `event`: the (device id, transaction id) a client sent it with, `None` for none.
     pub event_txn: Option<(Arc<str>, Arc<str>)>,
+    /// For rows of the receipts stream, when the writer has it at hand: the receipt.
+    pub receipt: Option<Arc<ganglion_storage::streams::ReceiptRow>>,
     /// False for a presence or device-list row caught up from the database, which lists its user
     /// but not the rooms the user was in: readers' memory cannot tell who it concerns.
     pub keys_complete: bool,
@@ -80,8 +82,21 @@ impl StreamRow {
             event_nid: None,
             event: None,
             event_txn: None,
+            receipt: None,
             keys_complete: true,
         }
+    }
+
+    /// A row of the receipts stream carrying its receipt.
+    pub fn receipt(receipt: ganglion_storage::streams::ReceiptRow) -> Self {
+        let mut row = StreamRow::new(
+            StreamKind::Receipts,
+            StreamPosition(receipt.stream_pos),
+            Some(&receipt.room_id),
+            vec![Arc::from(receipt.user_id.as_str())],
+        );
+        row.receipt = Some(Arc::new(receipt));
+        row
     }
 
     /// The (device id, transaction id) the event of this row was sent with.
@@ -118,6 +133,7 @@ impl StreamRow {
             event_nid: Some(event_nid),
             event,
             event_txn: None,
+            receipt: None,
             keys_complete: true,
         }
     }
@@ -265,7 +281,8 @@ impl InProcessBus {
             }
             (StreamKind::Events | StreamKind::Typing, _, _) => {}
             (StreamKind::Receipts, Some(room_id), _) => {
-                self.recent.record_keys(row.kind, row.position.0, std::slice::from_ref(room_id), true)
+                self.recent.record_keys(row.kind, row.position.0, std::slice::from_ref(room_id), true);
+                self.recent.record_receipt(room_id, row.position.0, row.receipt.as_ref());
             }
             (kind, _, _) => self.recent.record_keys(kind, row.position.0, &row.user_ids, row.keys_complete),
         }

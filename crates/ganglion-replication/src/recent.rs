@@ -9,11 +9,14 @@ use std::{
     sync::Arc,
 };
 
+use ganglion_storage::streams::ReceiptRow;
 use ganglion_types::{EventNid, StreamKind, SyncToken};
 use parking_lot::RwLock;
 
 /// Events kept per room; older ones are forgotten (and the room answers only for later `after`).
 const PER_ROOM: usize = 128;
+/// Receipts kept per room; older ones are forgotten (as events are).
+const RECEIPTS_PER_ROOM: usize = 256;
 /// Keys a [`KeyedLog`] tracks before it starts over (and answers only for later positions).
 const MAX_KEYS: usize = 500_000;
 
@@ -64,6 +67,12 @@ struct Room {
     complete_after: i64,
 }
 
+/// A room's newest receipts, oldest first: every receipt of the room after `complete_after`.
+struct RoomReceipts {
+    rows: VecDeque<Arc<ReceiptRow>>,
+    complete_after: i64,
+}
+
 pub struct RecentEvents {
     /// Rows after this position were all recorded (the position this process started from).
     start: i64,
@@ -76,6 +85,9 @@ pub struct RecentEvents {
     /// rooms. Account data, to-device and device lists are keyed by user, receipts by room,
     /// presence and device lists also by the rooms the row's user was in.
     keyed: [RwLock<KeyedLog>; StreamKind::all().len()],
+    /// Receipt rows after this position were all recorded.
+    receipts_start: i64,
+    receipts: RwLock<HashMap<String, RoomReceipts>>,
 }
 
 impl RecentEvents {
@@ -87,7 +99,58 @@ impl RecentEvents {
             member_changes: RwLock::new(HashMap::new()),
             room_member_changes: RwLock::new(HashMap::new()),
             keyed: StreamKind::all().map(|kind| RwLock::new(KeyedLog::new(start.get(kind).0))),
+            receipts_start: start.receipts.0,
+            receipts: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// Records a receipt row of `room_id`; `None` for a row whose receipt is not known (caught up
+    /// from the database): the room's receipts before it can then no longer be answered.
+    pub(crate) fn record_receipt(&self, room_id: &str, position: i64, receipt: Option<&Arc<ReceiptRow>>) {
+        let mut receipts = self.receipts.write();
+        let room = receipts.entry(room_id.to_owned()).or_insert_with(|| RoomReceipts {
+            rows: VecDeque::with_capacity(8),
+            complete_after: self.receipts_start,
+        });
+        let Some(receipt) = receipt else {
+            room.rows.clear();
+            room.complete_after = room.complete_after.max(position);
+            return;
+        };
+        if room.rows.len() == RECEIPTS_PER_ROOM
+            && let Some(evicted) = room.rows.pop_front()
+        {
+            room.complete_after = room.complete_after.max(evicted.stream_pos);
+        }
+        room.rows.push_back(receipt.clone());
+    }
+
+    /// The receipts of `rooms` as the database holds them for `after < position <= up_to`: each
+    /// (user, type, thread)'s latest receipt when that one is in the range, by position; `None`
+    /// when this process cannot know them all.
+    pub fn receipts_between(&self, rooms: &[String], after: i64, up_to: i64) -> Option<Vec<ReceiptRow>> {
+        let receipts = self.receipts.read();
+        let mut found = Vec::new();
+        for room_id in rooms {
+            let Some(room) = receipts.get(room_id) else {
+                if after < self.receipts_start {
+                    return None;
+                }
+                continue;
+            };
+            if after < room.complete_after {
+                return None;
+            }
+            let mut seen = std::collections::HashSet::new();
+            for receipt in room.rows.iter().rev() {
+                let key = (&receipt.user_id, &receipt.receipt_type, &receipt.thread_id);
+                if seen.insert(key) && receipt.stream_pos > after && receipt.stream_pos <= up_to {
+                    found.push(ReceiptRow::clone(receipt));
+                }
+            }
+        }
+        found.sort_unstable_by_key(|receipt| receipt.stream_pos);
+        Some(found)
     }
 
     /// Records a row of a stream other than events under its keys (user and room ids).
@@ -164,11 +227,13 @@ impl RecentEvents {
         if after < room.complete_after {
             return None;
         }
+        // Newest first: skip what came after `up_to`, stop at `after`.
         Some(
             room.events
                 .iter()
                 .rev()
-                .filter(|(position, _)| *position > after && *position <= up_to)
+                .skip_while(|(position, _)| *position > up_to)
+                .take_while(|(position, _)| *position > after)
                 .take(limit)
                 .map(|(position, event)| (*event, *position))
                 .collect(),

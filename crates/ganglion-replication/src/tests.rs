@@ -13,6 +13,7 @@ fn row(room: &str, position: i64) -> StreamRow {
         event_nid: Some(ganglion_types::EventNid(position)),
         event: None,
         event_txn: None,
+        receipt: None,
         keys_complete: true,
     }
 }
@@ -45,6 +46,7 @@ async fn a_row_published_before_waiting_is_not_lost() {
         event_nid: None,
         event: None,
         event_txn: None,
+        receipt: None,
         keys_complete: true,
     });
     tokio::time::timeout(Duration::from_millis(10), listener.notified()).await.unwrap();
@@ -117,4 +119,37 @@ fn the_bus_records_account_data_rows() {
     bus.publish(StreamRow::new(StreamKind::AccountData, StreamPosition(1), None, vec![Arc::from("@u:x")]));
     assert_eq!(recent.account_data_changed_after("@u:x", 0), Some(true));
     assert_eq!(recent.account_data_changed_after("@u:x", 1), Some(false));
+}
+
+#[test]
+fn receipts_are_answered_as_the_database_holds_them() {
+    let receipt = |user: &str, position: i64, event: &str| ganglion_storage::streams::ReceiptRow {
+        room_id: "!r:x".to_owned(),
+        user_id: user.to_owned(),
+        receipt_type: "m.read".to_owned(),
+        thread_id: String::new(),
+        event_id: event.to_owned(),
+        ts: position,
+        stream_pos: position,
+    };
+    let recent = RecentEvents::new(SyncToken { receipts: StreamPosition(10), ..SyncToken::default() });
+    let room = ["!r:x".to_owned()];
+    for (user, position, event) in [("@a:x", 11, "$1"), ("@b:x", 12, "$1"), ("@a:x", 13, "$2")] {
+        recent.record_receipt("!r:x", position, Some(&Arc::new(receipt(user, position, event))));
+    }
+    // The database keeps each user's latest receipt: @a's first one is gone.
+    let between = |after, up_to| {
+        recent
+            .receipts_between(&room, after, up_to)
+            .map(|rows| rows.into_iter().map(|row| (row.user_id, row.event_id)).collect::<Vec<_>>())
+    };
+    assert_eq!(between(10, 13), Some(vec![("@b:x".into(), "$1".into()), ("@a:x".into(), "$2".into())]));
+    assert_eq!(between(10, 12), Some(vec![("@b:x".into(), "$1".into())]), "@a's latest is past the range");
+    assert_eq!(between(13, 13), Some(vec![]));
+    assert_eq!(recent.receipts_between(&["!quiet:x".to_owned()], 10, 13), Some(vec![]));
+    // Before this process started, or before a receipt it only knows by position: unknown.
+    assert_eq!(between(9, 13), None);
+    recent.record_receipt("!r:x", 14, None);
+    assert_eq!(between(13, 14), None);
+    assert_eq!(between(14, 14), Some(vec![]));
 }

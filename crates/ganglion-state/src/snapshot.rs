@@ -17,11 +17,15 @@ pub fn bucket_of(type_nid: TypeNid, state_key_nid: StateKeyNid) -> u16 {
     ((mixed ^ (mixed >> 29)).wrapping_mul(0xBF58_476D_1CE4_E5B9) >> 56) as u16 % BUCKETS
 }
 
+/// bucket -> (its block, the block's entries sorted by `(type, state_key)`).
+type Buckets = BTreeMap<u16, (BlockNid, Arc<Vec<StateEntry>>)>;
+
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     /// `None` for the empty state before a room's create event.
     pub nid: Option<SnapshotNid>,
-    buckets: BTreeMap<u16, (BlockNid, Arc<Vec<StateEntry>>)>,
+    /// Shared: every `/sync` reading a room's state clones its snapshot from the cache.
+    buckets: Arc<Buckets>,
 }
 
 impl Snapshot {
@@ -33,7 +37,8 @@ impl Snapshot {
         nid: Option<SnapshotNid>,
         parts: impl Iterator<Item = (u16, BlockNid, Arc<Vec<StateEntry>>)>,
     ) -> Snapshot {
-        Snapshot { nid, buckets: parts.map(|(bucket, block, entries)| (bucket, (block, entries))).collect() }
+        let buckets = parts.map(|(bucket, block, entries)| (bucket, (block, entries))).collect();
+        Snapshot { nid, buckets: Arc::new(buckets) }
     }
 
     pub fn get(&self, type_nid: TypeNid, state_key_nid: StateKeyNid) -> Option<EventNid> {
@@ -74,7 +79,7 @@ impl Snapshot {
     }
 
     pub(crate) fn set_bucket(&mut self, bucket: u16, block: BlockNid, entries: Arc<Vec<StateEntry>>) {
-        self.buckets.insert(bucket, (block, entries));
+        Arc::make_mut(&mut self.buckets).insert(bucket, (block, entries));
     }
 
     pub(crate) fn blocks(&self) -> impl Iterator<Item = (BlockNid, Arc<Vec<StateEntry>>)> + '_ {

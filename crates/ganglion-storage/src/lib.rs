@@ -166,12 +166,21 @@ impl LazyConn {
 }
 
 impl Connect for LazyConn {
-    async fn connection(&mut self) -> Result<&mut Conn> {
-        let conn = match self.conn.take() {
-            Some(conn) => conn,
-            None => self.db.conn().await?,
-        };
-        Ok(&mut **self.conn.insert(conn))
+    #[track_caller]
+    fn connection(&mut self) -> impl std::future::Future<Output = Result<&mut Conn>> + Send {
+        // Where a request first needed the database: `RUST_LOG=ganglion_storage::lazy=debug`
+        // tells operators which read memory did not answer.
+        let caller = std::panic::Location::caller();
+        async move {
+            let conn = match self.conn.take() {
+                Some(conn) => conn,
+                None => {
+                    tracing::debug!(target: "ganglion_storage::lazy", at = %caller, "first database read");
+                    self.db.conn().await?
+                }
+            };
+            Ok(&mut **self.conn.insert(conn))
+        }
     }
 }
 

@@ -558,6 +558,9 @@ impl<'a> Computation<'a> {
         if after >= up_to || room_ids.is_empty() || untouched {
             return Ok(HashMap::new());
         }
+        if let Some(receipts) = self.state.recent.receipts_between(room_ids, after, up_to) {
+            return Ok(ephemeral::receipts_by_room(receipts));
+        }
         Ok(ephemeral::receipts_by_room(
             stream_store::receipts_between(conn.connection().await?, room_ids, after, up_to).await?,
         ))
@@ -668,7 +671,10 @@ impl<'a> Computation<'a> {
                     continue;
                 }
                 members_changed = true;
-                if let Some(member) = event.pdu.state_key.as_deref()
+                // A join in the range, or any member of a room new to the user: not a member
+                // event lazy loading repeats for a timeline's sender.
+                if (full || event.row.stream_pos > self.since_events)
+                    && let Some(member) = event.pdu.state_key.as_deref()
                     && member != self.request.user_id
                     && membership_of(event).as_deref() == Some("join")
                 {

@@ -87,7 +87,12 @@ pub(crate) async fn sync(
 /// user's stored filters (cached: a stored filter never changes).
 async fn filter_of_user(state: &SyncState, user_id: &str, filter: &str) -> MatrixResult<Arc<Filter>> {
     if filter.starts_with('{') {
-        return Ok(Arc::new(Filter::parse(filter)?));
+        if let Some(parsed) = state.memory.inline_filters.get(filter) {
+            return Ok(parsed);
+        }
+        let parsed = Arc::new(Filter::parse(filter)?);
+        state.memory.inline_filters.insert(filter, parsed.clone());
+        return Ok(parsed);
     }
     let filter_id: i64 = filter.parse().map_err(|_| MatrixError::invalid_param("Unknown filter id"))?;
     if let Some(filter) = state.memory.filters.get(user_id, filter_id) {

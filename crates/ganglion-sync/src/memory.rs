@@ -37,6 +37,8 @@ pub struct SyncMemory {
     pub(crate) ignored_users: IgnoredUsersCache,
     /// (user id, filter id) -> the stored filter (filters never change once stored).
     pub(crate) filters: FilterCache,
+    /// Inline filters by their text: a client sends the same one with every request.
+    pub(crate) inline_filters: InlineFilterCache,
     /// Each room's member counts and first members, for room summaries.
     pub(crate) room_members: RoomMembersCache,
     /// (user id, device id) -> a to-device position up to which the device has no message left.
@@ -158,6 +160,25 @@ impl FilterCache {
 
     pub(crate) fn insert(&self, user_id: &str, filter_id: i64, filter: Arc<Filter>) {
         self.0.insert((user_id.to_owned(), filter_id), filter);
+    }
+}
+
+/// Parsed inline filters by their JSON text.
+pub(crate) struct InlineFilterCache(BoundedCache<String, Arc<Filter>>);
+
+impl Default for InlineFilterCache {
+    fn default() -> Self {
+        InlineFilterCache(BoundedCache::new(4_096))
+    }
+}
+
+impl InlineFilterCache {
+    pub(crate) fn get(&self, text: &str) -> Option<Arc<Filter>> {
+        self.0.get(text)
+    }
+
+    pub(crate) fn insert(&self, text: &str, filter: Arc<Filter>) {
+        self.0.insert(text.to_owned(), filter);
     }
 }
 

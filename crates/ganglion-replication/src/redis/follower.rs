@@ -273,6 +273,10 @@ impl Follower {
                     if let Some(sent) = entry.int("t") {
                         lags.push((now - sent).max(0) as f64 / 1000.0);
                     }
+                    let receipt = match (entry.str("rc"), entry.str("r")) {
+                        (Some(receipt), Some(room_id)) => super::decode_receipt(receipt, room_id, position),
+                        _ => None,
+                    };
                     rows.push(StreamRow {
                         kind,
                         position: StreamPosition(position),
@@ -281,6 +285,7 @@ impl Follower {
                         event_nid: entry.int("n").map(EventNid),
                         event: None,
                         event_txn: None,
+                        receipt: receipt.map(Arc::new),
                         keys_complete: true,
                     });
                 }

@@ -25,7 +25,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use ganglion_storage::events::EventRow;
+use ganglion_storage::{events::EventRow, streams::ReceiptRow};
 use ganglion_types::{EventNid, RoomNid, SnapshotNid, StateKeyNid, StreamKind, TypeNid};
 use serde_json::{Value, json};
 
@@ -95,6 +95,25 @@ fn decode_event(field: &str) -> Option<EventRow> {
         replaces_nid: opt_int(&replaces)?.map(EventNid),
         redacted_by: if redacted_by.is_null() { None } else { Some(redacted_by.as_str()?.to_owned()) },
         json: json.as_str()?.to_owned(),
+    })
+}
+
+/// A receipts entry's `rc` field: the receipt but for its room and position (`r`, `p`).
+fn encode_receipt(receipt: &ReceiptRow) -> String {
+    json!([receipt.user_id, receipt.receipt_type, receipt.thread_id, receipt.event_id, receipt.ts])
+        .to_string()
+}
+
+fn decode_receipt(field: &str, room_id: &str, stream_pos: i64) -> Option<ReceiptRow> {
+    let (user_id, receipt_type, thread_id, event_id, ts) = serde_json::from_str(field).ok()?;
+    Some(ReceiptRow {
+        room_id: room_id.to_owned(),
+        user_id,
+        receipt_type,
+        thread_id,
+        event_id,
+        ts,
+        stream_pos,
     })
 }
 

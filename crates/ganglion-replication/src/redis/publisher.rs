@@ -228,6 +228,9 @@ fn pipeline(batch: &[Outgoing], maxlen: u64, epoch: u64) -> redis::Pipeline {
                         cmd.arg("tx").arg(super::encode_txn(txn));
                     }
                 }
+                if let Some(receipt) = &row.receipt {
+                    cmd.arg("rc").arg(super::encode_receipt(receipt));
+                }
                 let users: Vec<&str> = match typers {
                     Some(typers) => typers.iter().map(String::as_str).collect(),
                     None => row.user_ids.iter().map(|u| u.as_ref()).collect(),

@@ -72,6 +72,7 @@ mod live {
             event_nid: None,
             event: None,
             event_txn: None,
+            receipt: None,
             keys_complete: true,
         }
     }
@@ -133,6 +134,7 @@ mod live {
             event_nid: None,
             event: None,
             event_txn: None,
+            receipt: None,
             keys_complete: true,
         });
         until("typing arrives", || typing.typing_in_room("!room:x") == ["@alice:x"]).await;
