@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::{filter_param, joined_events, message_bodies, register_all};
 
-on_all_backends!(memory_and_database_answers_agree);
+on_all_backends!(memory_and_database_answers_agree, operators_see_where_answers_came_from);
 
 /// Token fields that may differ across a restart: the typing position and its epoch (typing
 /// lives in the master's memory and restarts with it).
@@ -173,5 +173,33 @@ async fn memory_and_database_answers_agree(backend: Backend) {
             );
             index += 1;
         }
+    }
+}
+
+/// The answers of each minute are logged, and `ganglion_storage::lazy=debug` names the read
+/// that memory could not answer.
+async fn operators_see_where_answers_came_from(backend: Backend) {
+    let options = ServerOptions {
+        env: vec![("RUST_LOG".into(), "info,ganglion_storage::lazy=debug".into())],
+        ..Default::default()
+    };
+    let server = TestServer::start(backend, options).await.unwrap();
+    let [alice] = <[Account; 1]>::try_from(register_all(&server, &["alice"]).await).unwrap();
+    let room = alice.create_room(&json!({ "preset": "private_chat" })).await.unwrap();
+    let initial = sync_once(&alice, "", None).await;
+    assert_eq!(initial.source, "database", "an initial sync reads the database");
+    alice.send_text(&room, "hello").await.unwrap();
+    let since = initial.body["next_batch"].as_str().unwrap().to_owned();
+    sync_once(&alice, "", Some(&since)).await;
+    // The minute's line comes within a minute (bounded: 75 s).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(75);
+    loop {
+        let log = server.stderr_log();
+        if log.contains("sync answers") && log.contains("from_memory") {
+            assert!(log.contains("first database read"), "the initial sync's first read is named");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no `sync answers` line: {}", log);
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }
