@@ -31,19 +31,66 @@ pub(crate) type UserRooms = Arc<Vec<UserRoomRow>>;
 /// The users a user ignores (`m.ignored_user_list`), parsed.
 pub(crate) type IgnoredUsers = Arc<std::collections::HashSet<String>>;
 
-#[derive(Default)]
 pub struct SyncMemory {
-    pub(crate) memberships: MembershipCache,
-    pub(crate) ignored_users: IgnoredUsersCache,
+    /// Each user's rooms; valid while no member event about the user came along.
+    pub(crate) memberships: ReadAt<UserRooms>,
+    /// Each user's ignored users; valid while no account data of the user came along (every
+    /// sync needs the list, and almost nobody changes it).
+    pub(crate) ignored_users: ReadAt<IgnoredUsers>,
     /// (user id, filter id) -> the stored filter (filters never change once stored).
     pub(crate) filters: FilterCache,
     /// Inline filters by their text: a client sends the same one with every request.
     pub(crate) inline_filters: InlineFilterCache,
-    /// Each room's member counts and first members, for room summaries.
-    pub(crate) room_members: RoomMembersCache,
+    /// Each room's member counts and first members, for room summaries; valid while no member
+    /// event of the room came along.
+    pub(crate) room_members: ReadAt<Arc<RoomMembers>>,
     /// (user id, device id) -> a to-device position up to which the device has no message left.
     pub(crate) to_device_clean: Mutex<HashMap<(String, String), i64>>,
     pub stats: Arc<SyncStats>,
+}
+
+impl Default for SyncMemory {
+    fn default() -> Self {
+        SyncMemory {
+            memberships: ReadAt::new(RecentEvents::membership_changed_after),
+            ignored_users: ReadAt::new(RecentEvents::account_data_changed_after),
+            filters: FilterCache::default(),
+            inline_filters: InlineFilterCache::default(),
+            room_members: ReadAt::new(|recent, room_id, position| {
+                recent.room_membership_changed_after(std::iter::once(room_id), position)
+            }),
+            to_device_clean: Mutex::default(),
+            stats: Arc::default(),
+        }
+    }
+}
+
+/// Values read from the database by user or room id, each with the stream position read at
+/// (read before the query); an entry is used while `changed_after` (a `RecentEvents` question)
+/// says nothing it depends on changed since.
+pub(crate) struct ReadAt<T> {
+    by_key: Mutex<HashMap<String, (i64, T)>>,
+    changed_after: fn(&RecentEvents, &str, i64) -> Option<bool>,
+}
+
+impl<T: Clone> ReadAt<T> {
+    fn new(changed_after: fn(&RecentEvents, &str, i64) -> Option<bool>) -> ReadAt<T> {
+        ReadAt { by_key: Mutex::default(), changed_after }
+    }
+
+    pub(crate) fn get(&self, recent: &RecentEvents, key: &str) -> Option<T> {
+        let by_key = self.by_key.lock();
+        let (read_at, value) = by_key.get(key)?;
+        ((self.changed_after)(recent, key, *read_at) == Some(false)).then(|| value.clone())
+    }
+
+    pub(crate) fn insert(&self, key: &str, read_at: i64, value: T) {
+        let mut by_key = self.by_key.lock();
+        if by_key.len() >= MAX_USERS {
+            by_key.clear();
+        }
+        by_key.insert(key.to_owned(), (read_at, value));
+    }
 }
 
 impl SyncMemory {
@@ -63,53 +110,6 @@ impl SyncMemory {
     }
 }
 
-/// Each user's rooms as last read from the database, with the events position read at; valid
-/// while `RecentEvents` saw no member event about the user since.
-#[derive(Default)]
-pub(crate) struct MembershipCache {
-    by_user: Mutex<HashMap<String, (i64, UserRooms)>>,
-}
-
-impl MembershipCache {
-    pub(crate) fn get(&self, recent: &RecentEvents, user_id: &str) -> Option<UserRooms> {
-        let by_user = self.by_user.lock();
-        let (loaded_at, rows) = by_user.get(user_id)?;
-        (recent.membership_changed_after(user_id, *loaded_at) == Some(false)).then(|| rows.clone())
-    }
-
-    pub(crate) fn insert(&self, user_id: &str, loaded_at: i64, rows: UserRooms) {
-        let mut by_user = self.by_user.lock();
-        if by_user.len() >= MAX_USERS {
-            by_user.clear();
-        }
-        by_user.insert(user_id.to_owned(), (loaded_at, rows));
-    }
-}
-
-/// Each user's ignored users as last read from the database, with the account data position
-/// read at; valid while `RecentEvents` saw no account data of the user since. Every sync needs
-/// the list, and almost nobody changes it.
-#[derive(Default)]
-pub(crate) struct IgnoredUsersCache {
-    by_user: Mutex<HashMap<String, (i64, IgnoredUsers)>>,
-}
-
-impl IgnoredUsersCache {
-    pub(crate) fn get(&self, recent: &RecentEvents, user_id: &str) -> Option<IgnoredUsers> {
-        let by_user = self.by_user.lock();
-        let (loaded_at, ignored) = by_user.get(user_id)?;
-        (recent.account_data_changed_after(user_id, *loaded_at) == Some(false)).then(|| ignored.clone())
-    }
-
-    pub(crate) fn insert(&self, user_id: &str, loaded_at: i64, ignored: IgnoredUsers) {
-        let mut by_user = self.by_user.lock();
-        if by_user.len() >= MAX_USERS {
-            by_user.clear();
-        }
-        by_user.insert(user_id.to_owned(), (loaded_at, ignored));
-    }
-}
-
 /// What a room summary needs of a room's memberships: the joined and invited counts, and the
 /// first members (by membership position) who are joined or invited, and who left or were
 /// banned, one more than the summary's heroes so that the viewer can be left out.
@@ -118,30 +118,6 @@ pub(crate) struct RoomMembers {
     pub invited: i64,
     pub active: Vec<String>,
     pub departed: Vec<String>,
-}
-
-/// Each room's members as last read from the database, with the events position read at;
-/// valid while `RecentEvents` saw no member event in the room since.
-#[derive(Default)]
-pub(crate) struct RoomMembersCache {
-    by_room: Mutex<HashMap<String, (i64, Arc<RoomMembers>)>>,
-}
-
-impl RoomMembersCache {
-    pub(crate) fn get(&self, recent: &RecentEvents, room_id: &str) -> Option<Arc<RoomMembers>> {
-        let by_room = self.by_room.lock();
-        let (loaded_at, members) = by_room.get(room_id)?;
-        (recent.room_membership_changed_after(std::iter::once(room_id), *loaded_at) == Some(false))
-            .then(|| members.clone())
-    }
-
-    pub(crate) fn insert(&self, room_id: &str, loaded_at: i64, members: Arc<RoomMembers>) {
-        let mut by_room = self.by_room.lock();
-        if by_room.len() >= MAX_USERS {
-            by_room.clear();
-        }
-        by_room.insert(room_id.to_owned(), (loaded_at, members));
-    }
 }
 
 /// Stored filters by (user id, filter id): a stored filter never changes.
