@@ -8,7 +8,11 @@ use serde_json::{Value, json};
 
 use crate::{filter_param, joined_events, message_bodies, register_all};
 
-on_all_backends!(memory_and_database_answers_agree, operators_see_where_answers_came_from);
+on_all_backends!(
+    memory_and_database_answers_agree,
+    operators_see_where_answers_came_from,
+    answers_to_a_device_are_spaced_by_the_interval
+);
 
 /// Token fields that may differ across a restart: the typing position and its epoch (typing
 /// lives in the master's memory and restarts with it).
@@ -202,4 +206,39 @@ async fn operators_see_where_answers_came_from(backend: Backend) {
         assert!(tokio::time::Instant::now() < deadline, "no `sync answers` line: {}", log);
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
+}
+
+/// `sync.answer_interval_ms`: a device that polls again right after an answer is held until the
+/// interval has passed, and what arrived meanwhile comes in one answer; `timeout=0` is never held.
+async fn answers_to_a_device_are_spaced_by_the_interval(backend: Backend) {
+    const INTERVAL_MS: u64 = 1_500;
+    let options = ServerOptions {
+        extra_toml: format!("[sync]\nanswer_interval_ms = {INTERVAL_MS}\n"),
+        ..Default::default()
+    };
+    let server = TestServer::start(backend, options).await.unwrap();
+    let [alice, bob] = <[Account; 2]>::try_from(register_all(&server, &["alice", "bob"]).await).unwrap();
+    let room = alice.create_room(&json!({ "preset": "public_chat" })).await.unwrap();
+    bob.join(&room).await.unwrap();
+    let initial = bob.sync("").await.unwrap();
+    alice.send_text(&room, "one").await.unwrap();
+    let since = initial["next_batch"].as_str().unwrap();
+    let first = bob.sync(&format!("since={}&timeout=10000", enc(since))).await.unwrap();
+    let answered = std::time::Instant::now();
+    assert_eq!(message_bodies(&joined_events(&first, &room, "timeline")), ["one"]);
+    alice.send_text(&room, "two").await.unwrap();
+    alice.send_text(&room, "three").await.unwrap();
+    let since = first["next_batch"].as_str().unwrap();
+
+    // Not held: a client that asks for an answer at once gets one.
+    let asked = std::time::Instant::now();
+    let at_once = bob.sync(&format!("since={}&timeout=0", enc(since))).await.unwrap();
+    assert!(asked.elapsed().as_millis() < u128::from(INTERVAL_MS), "timeout=0 was held");
+    assert_eq!(message_bodies(&joined_events(&at_once, &room, "timeline")), ["two", "three"]);
+
+    // Held: the long-poll waits out the interval, then both messages come in one answer.
+    let held = bob.sync(&format!("since={}&timeout=10000", enc(since))).await.unwrap();
+    let waited = answered.elapsed().as_millis();
+    assert!(waited >= u128::from(INTERVAL_MS), "answered {waited} ms after the last answer");
+    assert_eq!(message_bodies(&joined_events(&held, &room, "timeline")), ["two", "three"]);
 }

@@ -36,6 +36,7 @@ pub struct Config {
     pub rate_limits: RateLimitConfig,
     pub rooms: RoomsConfig,
     pub presence: PresenceConfig,
+    pub sync: SyncConfig,
     /// Cluster mode: Redis carries replication (never the source of truth).
     pub redis: RedisConfig,
     /// Cluster mode: timeouts between processes.
@@ -317,6 +318,16 @@ pub enum EncryptionByDefault {
     Off,
 }
 
+/// Long-polled `/sync`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncConfig {
+    /// The least time between two answers to one device's long-polls: what arrives meanwhile
+    /// goes out in one answer, so a busy user costs a bounded number of answers per second.
+    /// 0 answers at once.
+    pub answer_interval_ms: u64,
+}
+
 /// The presence module: online, unavailable (idle) and offline, shown to users who share a room.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -393,6 +404,8 @@ impl Config {
                 idle_timeout_ms: 5 * 60 * 1000,
                 offline_timeout_ms: 60_000,
             },
+            // Short enough to go unnoticed; under load it bounds each device to 50 answers/s.
+            sync: SyncConfig { answer_interval_ms: 20 },
             redis: RedisConfig { url: String::new(), stream_maxlen: 10_000 },
             cluster: ClusterConfig {
                 rpc_timeout_ms: 10_000,

@@ -454,7 +454,7 @@ pub(crate) async fn create_room(
         batch.append(&room_id, sender, template, None).await?;
     }
     if let Some(alias) = &alias {
-        let conn = batch_conn(&mut batch);
+        let conn = batch.connection().await?;
         if !room_store::insert_alias(conn, alias.as_str(), room_id.as_str(), sender.as_str())
             .await
             .map_err(internal)?
@@ -464,10 +464,6 @@ pub(crate) async fn create_room(
     }
     batch.commit().await?;
     Ok(room_id)
-}
-
-fn batch_conn<'a>(batch: &'a mut Batch<'_>) -> &'a mut ganglion_storage::Conn {
-    batch.connection()
 }
 
 pub(crate) async fn set_alias(

@@ -8,6 +8,7 @@ use ganglion_events::{
     ruma::{OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedUserId},
 };
 use ganglion_rpc::{MasterError, MasterResult};
+use ganglion_storage::events::TxnKey;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{MasterService, internal, rooms, writer::Batch};
@@ -45,26 +46,29 @@ async fn persist_batch(svc: &MasterService, jobs: Vec<SendJob>) {
         }
     };
     let mut accepted: Vec<(oneshot::Sender<MasterResult<OwnedEventId>>, OwnedEventId)> = Vec::new();
+    let keys: Vec<TxnKey> = jobs.iter().filter_map(txn_key).collect();
+    // Transaction ids sent before, looked up once for the whole batch.
+    let sent_before = match batch.event_ids_by_txns(&keys).await {
+        Ok(sent_before) => sent_before,
+        Err(error) => {
+            drop(batch);
+            for job in jobs {
+                let _ = job.reply.send(Err(error.clone()));
+            }
+            return;
+        }
+    };
     // Transaction ids seen in this batch, for retries that arrive before the first commit.
-    let mut txns: HashMap<(OwnedUserId, OwnedDeviceId, String), OwnedEventId> = HashMap::new();
+    let mut txns: HashMap<TxnKey, OwnedEventId> = HashMap::new();
     for job in jobs {
-        let txn_key = match (&job.device_id, &job.txn_id) {
-            (Some(device_id), Some(txn_id)) => Some((job.sender.clone(), device_id.clone(), txn_id.clone())),
-            _ => None,
-        };
-        if let Some(key) = &txn_key {
-            if let Some(event_id) = txns.get(key) {
-                accepted.push((job.reply, event_id.clone()));
-                continue;
-            }
-            match batch.event_id_by_txn(&key.0, &key.1, &key.2).await {
-                Ok(Some(event_id)) => {
-                    let _ = job.reply.send(Ok(event_id));
-                    continue;
-                }
-                Ok(None) => {}
-                Err(error) => return fail_all(batch, accepted, job.reply, error),
-            }
+        let txn_key = txn_key(&job);
+        if let Some(event_id) = txn_key.as_ref().and_then(|key| sent_before.get(key)) {
+            let _ = job.reply.send(Ok(event_id.clone()));
+            continue;
+        }
+        if let Some(event_id) = txn_key.as_ref().and_then(|key| txns.get(key)) {
+            accepted.push((job.reply, event_id.clone()));
+            continue;
         }
         match rooms::append_send(
             &mut batch,
@@ -101,6 +105,12 @@ async fn persist_batch(svc: &MasterService, jobs: Vec<SendJob>) {
             }
         }
     }
+}
+
+/// The client transaction id a send is idempotent under, if it has one.
+fn txn_key(job: &SendJob) -> Option<TxnKey> {
+    let (device_id, txn_id) = (job.device_id.as_ref()?, job.txn_id.as_ref()?);
+    Some((job.sender.to_string(), device_id.to_string(), txn_id.clone()))
 }
 
 /// A database error mid-batch: the transaction is lost, so every send in it fails.

@@ -13,8 +13,8 @@ use ganglion_events::{
 use ganglion_replication::StreamRow;
 use ganglion_rpc::{MasterError, MasterResult};
 use ganglion_state::{Snapshot, StoredEvent};
-use ganglion_storage::{Db, events as event_store, rooms as room_store, state::StateEntry};
-use ganglion_types::{ErrorClass, EventNid, RoomNid, SnapshotNid, StreamPosition};
+use ganglion_storage::{Connect, Db, events as event_store, rooms as room_store, state::StateEntry};
+use ganglion_types::{ErrorClass, EventNid, RoomNid, StreamPosition};
 use sqlx::{Any, Transaction};
 use tokio::sync::MutexGuard;
 
@@ -23,6 +23,9 @@ use crate::{MasterService, internal};
 /// Positions of the streams the master writes, and the heads of rooms it has touched.
 pub struct Writer {
     pub(crate) last_event_pos: i64,
+    /// Event NIDs are handed out here, not by the database, so an event's row can wait for the
+    /// batch's single insert while later events of the batch already refer to it.
+    last_event_nid: i64,
     pub(crate) last_receipt_pos: i64,
     pub(crate) last_account_data_pos: i64,
     pub(crate) last_to_device_pos: i64,
@@ -47,6 +50,7 @@ impl Writer {
         let mut conn = db.conn().await.map_err(internal)?;
         Ok(Writer {
             last_event_pos: event_store::max_event_stream_pos(&mut conn).await.map_err(internal)?,
+            last_event_nid: event_store::max_event_nid(&mut conn).await.map_err(internal)?,
             last_receipt_pos: ganglion_storage::streams::max_receipt_stream_pos(&mut conn)
                 .await
                 .map_err(internal)?,
@@ -86,13 +90,44 @@ pub(crate) fn check_template(
     ganglion_events::check_template(template, room_id, sender).map_err(internal)
 }
 
+/// A batch's transaction with the rows it has yet to write: event and transaction-id rows wait
+/// for the first query that needs the database (or the commit) and go in one statement each,
+/// since every round trip to the database delays the whole batch.
+struct BatchTx {
+    tx: Transaction<'static, Any>,
+    events: Vec<Arc<event_store::EventRow>>,
+    txns: Vec<(event_store::TxnKey, String)>,
+}
+
+impl BatchTx {
+    async fn flush(&mut self) -> ganglion_storage::Result<()> {
+        if !self.events.is_empty() {
+            event_store::insert_events(&mut self.tx, &self.events).await?;
+            self.events.clear();
+        }
+        if !self.txns.is_empty() {
+            event_store::insert_txns(&mut self.tx, &self.txns).await?;
+            self.txns.clear();
+        }
+        Ok(())
+    }
+}
+
+impl Connect for BatchTx {
+    async fn connection(&mut self) -> ganglion_storage::Result<&mut ganglion_storage::Conn> {
+        self.flush().await?;
+        Ok(&mut *self.tx)
+    }
+}
+
 /// Events appended in one transaction. Dropping a batch without committing rolls it back.
 pub(crate) struct Batch<'w> {
     svc: &'w MasterService,
     writer: MutexGuard<'w, Writer>,
-    tx: Option<Transaction<'static, Any>>,
+    tx: Option<BatchTx>,
     heads: HashMap<OwnedRoomId, RoomHead>,
     next_pos: i64,
+    next_nid: i64,
     appended: Vec<Appended>,
     committed: bool,
     /// Set when a database error hit the transaction: it can only be rolled back.
@@ -111,25 +146,33 @@ impl<'w> Batch<'w> {
         let writer = svc.writer.lock().await;
         let tx = svc.db.begin().await.map_err(internal)?;
         let next_pos = writer.last_event_pos + 1;
+        let next_nid = writer.last_event_nid + 1;
         Ok(Batch {
             svc,
             writer,
-            tx: Some(tx),
+            tx: Some(BatchTx { tx, events: Vec::new(), txns: Vec::new() }),
             heads: HashMap::new(),
             next_pos,
+            next_nid,
             appended: Vec::new(),
             committed: false,
             poisoned: false,
         })
     }
 
-    fn conn(&mut self) -> &mut ganglion_storage::Conn {
+    /// The transaction, for the caches (which reach the database only on a miss).
+    fn tx(&mut self) -> &mut BatchTx {
         self.tx.as_mut().expect("transaction is open until commit")
     }
 
-    /// The batch's transaction, for rows that commit with its events (aliases).
-    pub(crate) fn connection(&mut self) -> &mut ganglion_storage::Conn {
-        self.conn()
+    /// The batch's transaction with every row appended so far written, for queries and for rows
+    /// that commit with its events (aliases).
+    pub(crate) async fn connection(&mut self) -> MasterResult<&mut ganglion_storage::Conn> {
+        if let Err(error) = self.tx().flush().await {
+            self.poisoned = true;
+            return Err(internal(error));
+        }
+        Ok(&mut *self.tx().tx)
     }
 
     /// The head of a room, or `None` for an unknown room.
@@ -141,14 +184,16 @@ impl<'w> Batch<'w> {
             return Ok(Some(head.clone()));
         }
         let caches = self.svc.caches.clone();
-        let conn = self.conn();
-        let Some(room) = room_store::room_by_id(conn, room_id.as_str()).await.map_err(internal)? else {
+        let Some(room) =
+            room_store::room_by_id(self.connection().await?, room_id.as_str()).await.map_err(internal)?
+        else {
             return Ok(None);
         };
         let (Some(snapshot_nid), Some(latest_nid)) = (room.current_snapshot_nid, room.latest_event_nid)
         else {
             return Ok(None);
         };
+        let conn = self.tx();
         let snapshot = caches.snapshot(conn, snapshot_nid).await.map_err(internal)?;
         let latest = caches.event(conn, latest_nid).await.map_err(internal)?;
         let version = RoomVersionId::try_from(room.room_version.as_str())
@@ -174,12 +219,12 @@ impl<'w> Batch<'w> {
         key: &str,
     ) -> MasterResult<Option<StoredEvent>> {
         let caches = self.svc.caches.clone();
-        caches.state_event(self.conn(), &head.snapshot, kind, key).await.map_err(internal)
+        caches.state_event(self.tx(), &head.snapshot, kind, key).await.map_err(internal)
     }
 
     pub(crate) async fn event_by_id(&mut self, event_id: &str) -> MasterResult<Option<StoredEvent>> {
         let caches = self.svc.caches.clone();
-        caches.event_by_id(self.conn(), event_id).await.map_err(internal)
+        caches.event_by_id(self.tx(), event_id).await.map_err(internal)
     }
 
     /// Starts a room: builds and persists its create event. Returns the new room's id.
@@ -208,7 +253,7 @@ impl<'w> Batch<'w> {
             // same millisecond would name a room that exists: a later timestamp names a new one.
             // The writer lock is held, so no other room can take the id in between.
             if room_id.is_some()
-                || room_store::room_by_id(self.conn(), pdu.room_id.as_str())
+                || room_store::room_by_id(self.connection().await?, pdu.room_id.as_str())
                     .await
                     .map_err(internal)?
                     .is_none()
@@ -220,15 +265,16 @@ impl<'w> Batch<'w> {
         check_auth(&rules.authorization, &pdu, &HashMap::new(), |_: &StateEventType, _: &str| None::<&Pdu>)
             .map_err(|e| MasterError::bad_json(format!("invalid m.room.create: {e}")))?;
         let room_id = pdu.room_id.clone();
-        let room_nid = room_store::insert_room(self.conn(), room_id.as_str(), version.as_str(), public)
-            .await
-            .map_err(|e| {
-                if e.is_unique_violation() {
-                    MasterError::new(ErrorClass::RoomInUse, "room exists")
-                } else {
-                    internal(e)
-                }
-            })?;
+        let room_nid =
+            room_store::insert_room(self.connection().await?, room_id.as_str(), version.as_str(), public)
+                .await
+                .map_err(|e| {
+                    if e.is_unique_violation() {
+                        MasterError::new(ErrorClass::RoomInUse, "room exists")
+                    } else {
+                        internal(e)
+                    }
+                })?;
         let head = RoomHead {
             room_nid,
             rules: Arc::new(rules),
@@ -247,21 +293,27 @@ impl<'w> Batch<'w> {
         self.poisoned
     }
 
-    pub(crate) async fn event_id_by_txn(
+    /// The events already sent under any of `keys` (client transaction ids), in one query.
+    pub(crate) async fn event_ids_by_txns(
         &mut self,
-        user_id: &UserId,
-        device_id: &OwnedDeviceId,
-        txn_id: &str,
-    ) -> MasterResult<Option<OwnedEventId>> {
-        let found =
-            event_store::event_id_by_txn(self.conn(), user_id.as_str(), device_id.as_str(), txn_id).await;
+        keys: &[event_store::TxnKey],
+    ) -> MasterResult<HashMap<event_store::TxnKey, OwnedEventId>> {
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let found = event_store::event_ids_by_txns(self.connection().await?, keys).await;
         let found = found.map_err(|e| {
             self.poisoned = true;
             internal(e)
         })?;
         found
-            .map(|id| OwnedEventId::try_from(id).map_err(|e| MasterError::internal(e.to_string())))
-            .transpose()
+            .into_iter()
+            .map(|(key, id)| {
+                OwnedEventId::try_from(id)
+                    .map(|id| (key, id))
+                    .map_err(|e| MasterError::internal(e.to_string()))
+            })
+            .collect()
     }
 
     /// Builds an event on top of the room's head, checks it against the auth rules and the
@@ -354,39 +406,23 @@ impl<'w> Batch<'w> {
         };
         let caches = self.svc.caches.clone();
         let position = self.next_pos;
-        let conn = self.conn();
-        let type_nid = caches.type_nid(conn, pdu.kind.to_string().as_str()).await.map_err(internal)?;
+        let event_nid = EventNid(self.next_nid);
+        let type_nid = caches.type_nid(self.tx(), pdu.kind.to_string().as_str()).await.map_err(internal)?;
         let state_key_nid = match &pdu.state_key {
-            Some(key) => Some(caches.state_key_nid(conn, key).await.map_err(internal)?),
+            Some(key) => Some(caches.state_key_nid(self.tx(), key).await.map_err(internal)?),
             None => None,
         };
         let replaces_nid = state_key_nid.and_then(|key_nid| head.snapshot.get(type_nid, key_nid));
         let depth = i64::try_from(u64::from(pdu.depth)).unwrap_or(i64::MAX);
         let event_id = pdu.event_id.to_string();
         let sender = pdu.sender.to_string();
-        let new_event = event_store::NewEvent {
-            stream_pos: position,
-            event_id: &event_id,
-            room_nid: head.room_nid,
-            depth,
-            type_nid,
-            state_key_nid,
-            sender: &sender,
-            origin_server_ts: i64::from(pdu.origin_server_ts.0),
-            json: &pdu.json,
-            snapshot_nid: head.snapshot.nid.unwrap_or(SnapshotNid(0)),
-            replaces_nid,
-        };
-        let event_nid = event_store::insert_event(conn, &new_event).await.map_err(internal)?;
         let mut new_snapshot = None;
         if let Some(state_key_nid) = state_key_nid {
             let entry = StateEntry { type_nid, state_key_nid, event_nid };
             let snapshot = caches
-                .write_snapshot(conn, head.room_nid, &head.snapshot, &[entry])
+                .write_snapshot(self.tx(), head.room_nid, &head.snapshot, &[entry])
                 .await
                 .map_err(internal)?;
-            let snapshot_nid = snapshot.nid.ok_or_else(|| MasterError::internal("snapshot without nid"))?;
-            event_store::set_event_snapshot(conn, event_nid, snapshot_nid).await.map_err(internal)?;
             head.snapshot = snapshot.clone();
             new_snapshot = Some(snapshot);
         }
@@ -397,6 +433,7 @@ impl<'w> Batch<'w> {
         {
             let membership =
                 pdu.content_value().get("membership").and_then(|m| m.as_str()).unwrap_or("leave").to_owned();
+            let conn = self.connection().await?;
             room_store::upsert_membership(conn, head.room_nid, target, &membership, event_nid, position)
                 .await
                 .map_err(internal)?;
@@ -404,18 +441,14 @@ impl<'w> Batch<'w> {
         let mut redacted = None;
         if let Some(target) = &pdu.redacts
             && let Some(target_row) =
-                event_store::event_by_id(conn, target.as_str()).await.map_err(internal)?
+                event_store::event_by_id(self.connection().await?, target.as_str()).await.map_err(internal)?
             && target_row.room_nid == head.room_nid
         {
+            let conn = self.connection().await?;
             event_store::set_redacted_by(conn, target.as_str(), &event_id).await.map_err(internal)?;
             redacted = Some(target_row.event_nid);
         }
-        if let Some((device_id, txn_id)) = txn {
-            event_store::insert_txn(conn, &sender, device_id.as_str(), txn_id, &event_id)
-                .await
-                .map_err(internal)?;
-        }
-        let row = event_store::EventRow {
+        let row = Arc::new(event_store::EventRow {
             event_nid,
             stream_pos: position,
             event_id,
@@ -429,13 +462,20 @@ impl<'w> Batch<'w> {
             snapshot_nid,
             replaces_nid,
             redacted_by: None,
-        };
+        });
+        let tx = self.tx();
+        tx.events.push(row.clone());
+        if let Some((device_id, txn_id)) = txn {
+            let key = (row.sender.clone(), device_id.to_string(), txn_id.to_owned());
+            tx.txns.push((key, row.event_id.clone()));
+        }
         head.latest_event_id = Some(pdu.event_id.clone());
         head.latest_event_nid = Some(event_nid);
         head.max_depth = depth;
         self.heads.insert(room_id.to_owned(), head);
         self.next_pos += 1;
-        let event = StoredEvent { row: Arc::new(row), pdu: Arc::new(pdu) };
+        self.next_nid += 1;
+        let event = StoredEvent { row, pdu: Arc::new(pdu) };
         self.appended.push(Appended {
             event: event.clone(),
             txn: txn.map(|(device, txn_id)| (device.to_string(), txn_id.to_owned())),
@@ -447,17 +487,17 @@ impl<'w> Batch<'w> {
 
     /// Commits, then updates caches and heads and publishes every event, in position order.
     pub(crate) async fn commit(mut self) -> MasterResult<Vec<StoredEvent>> {
-        let heads: Vec<RoomHead> = self.heads.values().cloned().collect();
-        for head in heads {
-            if let (Some(latest), Some(snapshot)) = (head.latest_event_nid, head.snapshot.nid) {
-                let conn = self.conn();
-                room_store::set_room_head(conn, head.room_nid, latest, snapshot, head.max_depth)
-                    .await
-                    .map_err(internal)?;
-            }
-        }
+        let heads: Vec<room_store::RoomHeadRow> = self
+            .heads
+            .values()
+            .filter_map(|head| {
+                Some((head.room_nid, head.latest_event_nid?, head.snapshot.nid?, head.max_depth))
+            })
+            .collect();
+        let conn = self.connection().await?;
+        room_store::set_room_heads(conn, &heads).await.map_err(internal)?;
         let tx = self.tx.take().expect("transaction is open until commit");
-        tx.commit().await.map_err(|e| internal(ganglion_storage::StorageError::from(e)))?;
+        tx.tx.commit().await.map_err(|e| internal(ganglion_storage::StorageError::from(e)))?;
         self.committed = true;
         let caches = self.svc.caches.clone();
         for (room_id, head) in self.heads.drain() {
@@ -478,6 +518,7 @@ impl<'w> Batch<'w> {
             let txn = appended.txn.as_ref().map(|(device, txn_id)| (device.as_str(), txn_id.as_str()));
             caches.remember_event_txn(appended.event.row.event_nid, txn);
             self.writer.last_event_pos = appended.event.row.stream_pos;
+            self.writer.last_event_nid = appended.event.row.event_nid.0;
             rows.push(
                 StreamRow::event(
                     StreamPosition(appended.event.row.stream_pos),

@@ -22,22 +22,6 @@ pub struct EventRow {
     pub redacted_by: Option<String>,
 }
 
-/// An event about to be persisted; the database assigns its NID.
-#[derive(Debug, Clone)]
-pub struct NewEvent<'a> {
-    pub stream_pos: i64,
-    pub event_id: &'a str,
-    pub room_nid: RoomNid,
-    pub depth: i64,
-    pub type_nid: TypeNid,
-    pub state_key_nid: Option<StateKeyNid>,
-    pub sender: &'a str,
-    pub origin_server_ts: i64,
-    pub json: &'a str,
-    pub snapshot_nid: SnapshotNid,
-    pub replaces_nid: Option<EventNid>,
-}
-
 const EVENT_COLUMNS: &str = "event_nid, stream_pos, event_id, room_nid, depth, type_nid, state_key_nid, sender, \
      origin_server_ts, json, snapshot_nid, replaces_nid, redacted_by";
 
@@ -59,40 +43,43 @@ fn event_from_row(row: sqlx::any::AnyRow) -> EventRow {
     }
 }
 
-pub async fn insert_event(conn: &mut Conn, event: &NewEvent<'_>) -> Result<EventNid> {
-    let row = sqlx::query(
-        "INSERT INTO events (stream_pos, event_id, room_nid, depth, type_nid, state_key_nid, sender, origin_server_ts, json, snapshot_nid, replaces_nid)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING event_nid",
-    )
-    .bind(event.stream_pos)
-    .bind(event.event_id)
-    .bind(event.room_nid.0)
-    .bind(event.depth)
-    .bind(event.type_nid.0)
-    .bind(event.state_key_nid.map(|nid| nid.0))
-    .bind(event.sender)
-    .bind(event.origin_server_ts)
-    .bind(event.json)
-    .bind(event.snapshot_nid.0)
-    .bind(event.replaces_nid.map(|nid| nid.0))
-    .fetch_one(conn)
-    .await?;
-    Ok(EventNid(row.get(0)))
+/// Rows for `event_nid`s the writer allocated itself (one above [`max_event_nid`] and on), so
+/// a batch of events costs one statement per 500 rows instead of one round trip per event.
+pub async fn insert_events(conn: &mut Conn, rows: &[std::sync::Arc<EventRow>]) -> Result<()> {
+    const COLUMNS: usize = 12;
+    for chunk in rows.chunks(500) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|index| format!("({})", placeholders(COLUMNS, index * COLUMNS + 1)))
+            .collect();
+        let sql = format!(
+            "INSERT INTO events (event_nid, stream_pos, event_id, room_nid, depth, type_nid, state_key_nid, sender, origin_server_ts, json, snapshot_nid, replaces_nid) VALUES {}",
+            values.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for row in chunk {
+            query = query
+                .bind(row.event_nid.0)
+                .bind(row.stream_pos)
+                .bind(row.event_id.as_str())
+                .bind(row.room_nid.0)
+                .bind(row.depth)
+                .bind(row.type_nid.0)
+                .bind(row.state_key_nid.map(|nid| nid.0))
+                .bind(row.sender.as_str())
+                .bind(row.origin_server_ts)
+                .bind(row.json.as_str())
+                .bind(row.snapshot_nid.0)
+                .bind(row.replaces_nid.map(|nid| nid.0));
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
 }
 
-/// Points a just-inserted state event at the snapshot it produced (the snapshot needs the
-/// event's NID, so it is written after the row).
-pub async fn set_event_snapshot(
-    conn: &mut Conn,
-    event_nid: EventNid,
-    snapshot_nid: SnapshotNid,
-) -> Result<()> {
-    sqlx::query("UPDATE events SET snapshot_nid = $1 WHERE event_nid = $2")
-        .bind(snapshot_nid.0)
-        .bind(event_nid.0)
-        .execute(conn)
-        .await?;
-    Ok(())
+/// The highest event NID handed out so far (0 for none).
+pub async fn max_event_nid(conn: &mut Conn) -> Result<i64> {
+    let row = sqlx::query("SELECT COALESCE(MAX(event_nid), 0) FROM events").fetch_one(conn).await?;
+    Ok(row.get(0))
 }
 
 pub async fn event_by_id(conn: &mut Conn, event_id: &str) -> Result<Option<EventRow>> {
@@ -201,36 +188,53 @@ pub async fn max_event_stream_pos(conn: &mut Conn) -> Result<i64> {
     Ok(row.get(0))
 }
 
-pub async fn event_id_by_txn(
-    conn: &mut Conn,
-    user_id: &str,
-    device_id: &str,
-    txn_id: &str,
-) -> Result<Option<String>> {
-    let row =
-        sqlx::query("SELECT event_id FROM event_txns WHERE user_id = $1 AND device_id = $2 AND txn_id = $3")
-            .bind(user_id)
-            .bind(device_id)
-            .bind(txn_id)
-            .fetch_optional(conn)
-            .await?;
-    Ok(row.map(|row| row.get(0)))
+/// A client transaction id: (user id, device id, transaction id).
+pub type TxnKey = (String, String, String);
+
+/// The events already sent under any of `keys`, in one query per 300 keys.
+pub async fn event_ids_by_txns(conn: &mut Conn, keys: &[TxnKey]) -> Result<Vec<(TxnKey, String)>> {
+    let mut found = Vec::new();
+    for chunk in keys.chunks(300) {
+        let tuples: Vec<String> =
+            (0..chunk.len()).map(|index| format!("({})", placeholders(3, index * 3 + 1))).collect();
+        let sql = format!(
+            "SELECT user_id, device_id, txn_id, event_id FROM event_txns WHERE (user_id, device_id, txn_id) IN (VALUES {})",
+            tuples.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (user_id, device_id, txn_id) in chunk {
+            query = query.bind(user_id.as_str()).bind(device_id.as_str()).bind(txn_id.as_str());
+        }
+        found.extend(
+            query
+                .fetch_all(&mut *conn)
+                .await?
+                .into_iter()
+                .map(|row| ((row.get(0), row.get(1), row.get(2)), row.get(3))),
+        );
+    }
+    Ok(found)
 }
 
-pub async fn insert_txn(
-    conn: &mut Conn,
-    user_id: &str,
-    device_id: &str,
-    txn_id: &str,
-    event_id: &str,
-) -> Result<()> {
-    sqlx::query("INSERT INTO event_txns (user_id, device_id, txn_id, event_id) VALUES ($1, $2, $3, $4)")
-        .bind(user_id)
-        .bind(device_id)
-        .bind(txn_id)
-        .bind(event_id)
-        .execute(conn)
-        .await?;
+/// Records the events sent under client transaction ids: (key, event id) pairs.
+pub async fn insert_txns(conn: &mut Conn, txns: &[(TxnKey, String)]) -> Result<()> {
+    for chunk in txns.chunks(500) {
+        let values: Vec<String> =
+            (0..chunk.len()).map(|index| format!("({})", placeholders(4, index * 4 + 1))).collect();
+        let sql = format!(
+            "INSERT INTO event_txns (user_id, device_id, txn_id, event_id) VALUES {}",
+            values.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for ((user_id, device_id, txn_id), event_id) in chunk {
+            query = query
+                .bind(user_id.as_str())
+                .bind(device_id.as_str())
+                .bind(txn_id.as_str())
+                .bind(event_id.as_str());
+        }
+        query.execute(&mut *conn).await?;
+    }
     Ok(())
 }
 

@@ -47,6 +47,8 @@ pub struct SyncMemory {
     /// (user id, device id) -> a to-device position up to which the device has no message left.
     pub(crate) to_device_clean: Mutex<HashMap<(String, String), i64>>,
     pub stats: Arc<SyncStats>,
+    /// (user id, device id) -> when the device's last answer went out, for `sync.answer_interval_ms`.
+    answered: Mutex<HashMap<(String, String), tokio::time::Instant>>,
 }
 
 impl Default for SyncMemory {
@@ -61,6 +63,7 @@ impl Default for SyncMemory {
             }),
             to_device_clean: Mutex::default(),
             stats: Arc::default(),
+            answered: Mutex::default(),
         }
     }
 }
@@ -102,6 +105,29 @@ impl SyncMemory {
         }
         let entry = clean.entry((user_id.to_owned(), device_id.to_owned())).or_insert(position);
         *entry = (*entry).max(position);
+    }
+
+    /// When the device may be answered again: `interval` after its last answer, if that is
+    /// still to come.
+    pub(crate) fn next_answer_at(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        interval: Duration,
+    ) -> Option<tokio::time::Instant> {
+        let answered = self.answered.lock();
+        let last = answered.get(&(user_id.to_owned(), device_id.to_owned()))?;
+        Some(*last + interval).filter(|at| *at > tokio::time::Instant::now())
+    }
+
+    /// Notes that the device was just answered.
+    pub(crate) fn answered(&self, user_id: &str, device_id: &str) {
+        let mut answered = self.answered.lock();
+        if answered.len() >= MAX_USERS {
+            let a_second_ago = tokio::time::Instant::now() - Duration::from_secs(1);
+            answered.retain(|_, at| *at > a_second_ago);
+        }
+        answered.insert((user_id.to_owned(), device_id.to_owned()), tokio::time::Instant::now());
     }
 
     /// A position up to which the device is known to have no to-device message left.

@@ -46,6 +46,29 @@ pub(crate) async fn sync_within(
     let deadline = Instant::now() + timeout;
     // `full_state` answers at once, as the spec asks.
     let waits = !timeout.is_zero() && !request.full_state;
+    // A device that polls again right after an answer waits out the answer interval, so the
+    // events of that interval share one answer instead of one answer each.
+    let interval = Duration::from_millis(state.config.sync.answer_interval_ms);
+    if waits
+        && request.since.is_some()
+        && !interval.is_zero()
+        && let Some(at) = state.memory.next_answer_at(request.user_id, request.device_id, interval)
+    {
+        tokio::time::sleep_until(at.min(deadline)).await;
+    }
+    let batch = long_poll(state, request, deadline, waits).await;
+    if !interval.is_zero() {
+        state.memory.answered(request.user_id, request.device_id);
+    }
+    batch
+}
+
+async fn long_poll(
+    state: &SyncState,
+    request: &SyncRequest<'_>,
+    deadline: Instant,
+    waits: bool,
+) -> Result<SyncBatch, SyncError> {
     let mut listening: Option<Listening> = None;
     // A client polling right after its last response usually finds nothing new: when no stream
     // moved past `since`, listen first and compute only once something arrives.

@@ -2,7 +2,7 @@
 
 use ganglion_storage::{
     accounts,
-    events::{self, NewEvent},
+    events::{self, EventRow},
     rooms, state, streams,
 };
 use ganglion_types::{EventNid, RoomNid, SnapshotNid, StateKeyNid, TypeNid};
@@ -92,24 +92,28 @@ on_both_backends!(events_are_read_back_by_position, |db| {
     let room = rooms::insert_room(&mut conn, "!r:x", "12", false).await.unwrap();
     let kind = state::type_nid_or_insert(&mut conn, "m.room.message").await.unwrap();
     assert_eq!(state::type_nid_or_insert(&mut conn, "m.room.message").await.unwrap(), kind);
-    for position in 1..=5_i64 {
-        let event_id = format!("$e{position}");
-        let json = format!("{{\"n\":{position}}}");
-        let new = NewEvent {
+    let row = |position: i64, event_id: &str| {
+        std::sync::Arc::new(EventRow {
+            event_nid: EventNid(position),
             stream_pos: position,
-            event_id: &event_id,
+            event_id: event_id.to_owned(),
             room_nid: room,
             depth: position,
             type_nid: kind,
             state_key_nid: None,
-            sender: "@a:x",
+            sender: "@a:x".to_owned(),
             origin_server_ts: position,
-            json: &json,
+            json: format!("{{\"n\":{position}}}"),
             snapshot_nid: SnapshotNid(1),
             replaces_nid: None,
-        };
-        events::insert_event(&mut conn, &new).await.unwrap();
-    }
+            redacted_by: None,
+        })
+    };
+    // One statement for several rows, with the NIDs the writer hands out.
+    let rows: Vec<_> = (1..=5_i64).map(|position| row(position, &format!("$e{position}"))).collect();
+    events::insert_events(&mut conn, &rows).await.unwrap();
+    assert_eq!(events::max_event_nid(&mut conn).await.unwrap(), 5);
+    assert_eq!(events::event_by_id(&mut conn, "$e4").await.unwrap().unwrap().json, "{\"n\":4}");
     let newest = events::events_in_room(&mut conn, room, 1, 4, 2, true).await.unwrap();
     assert_eq!(newest.iter().map(|e| e.stream_pos).collect::<Vec<_>>(), vec![4, 3]);
     let oldest = events::events_in_room(&mut conn, room, 1, 4, 2, false).await.unwrap();
@@ -125,26 +129,16 @@ on_both_backends!(events_are_read_back_by_position, |db| {
         events::event_by_id(&mut conn, "$e2").await.unwrap().unwrap().redacted_by.as_deref(),
         Some("$r")
     );
-    events::insert_txn(&mut conn, "@a:x", "DEV", "t1", "$e3").await.unwrap();
-    assert_eq!(
-        events::event_id_by_txn(&mut conn, "@a:x", "DEV", "t1").await.unwrap().as_deref(),
-        Some("$e3")
-    );
+    let key = |txn: &str| ("@a:x".to_owned(), "DEV".to_owned(), txn.to_owned());
+    events::insert_txns(&mut conn, &[(key("t1"), "$e3".to_owned()), (key("t2"), "$e4".to_owned())])
+        .await
+        .unwrap();
+    let mut found = events::event_ids_by_txns(&mut conn, &[key("t2"), key("t9"), key("t1")]).await.unwrap();
+    found.sort();
+    assert_eq!(found, vec![(key("t1"), "$e3".to_owned()), (key("t2"), "$e4".to_owned())]);
     // A duplicate event id is refused, not silently merged.
-    let duplicate = NewEvent {
-        stream_pos: 6,
-        event_id: "$e1",
-        room_nid: room,
-        depth: 6,
-        type_nid: kind,
-        state_key_nid: None,
-        sender: "@a:x",
-        origin_server_ts: 6,
-        json: "{}",
-        snapshot_nid: SnapshotNid(1),
-        replaces_nid: None,
-    };
-    assert!(events::insert_event(&mut conn, &duplicate).await.unwrap_err().is_unique_violation());
+    let duplicate = row(6, "$e1");
+    assert!(events::insert_events(&mut conn, &[duplicate]).await.unwrap_err().is_unique_violation());
 });
 
 on_both_backends!(state_blocks_round_trip, |db| {
