@@ -47,8 +47,9 @@ pub struct SyncMemory {
     /// (user id, device id) -> a to-device position up to which the device has no message left.
     pub(crate) to_device_clean: Mutex<HashMap<(String, String), i64>>,
     pub stats: Arc<SyncStats>,
-    /// (user id, device id) -> when the device's last answer went out, for `sync.answer_interval_ms`.
-    answered: Mutex<HashMap<(String, String), tokio::time::Instant>>,
+    /// (user id, device id) -> when the device's last answer went out and the events position
+    /// then, for `sync.answer_interval_ms`.
+    answered: Mutex<HashMap<(String, String), (tokio::time::Instant, i64)>>,
 }
 
 impl Default for SyncMemory {
@@ -107,27 +108,19 @@ impl SyncMemory {
         *entry = (*entry).max(position);
     }
 
-    /// When the device may be answered again: `interval` after its last answer, if that is
-    /// still to come.
-    pub(crate) fn next_answer_at(
-        &self,
-        user_id: &str,
-        device_id: &str,
-        interval: Duration,
-    ) -> Option<tokio::time::Instant> {
-        let answered = self.answered.lock();
-        let last = answered.get(&(user_id.to_owned(), device_id.to_owned()))?;
-        Some(*last + interval).filter(|at| *at > tokio::time::Instant::now())
+    /// When the device's last answer went out and the events position then, if remembered.
+    pub(crate) fn last_answer(&self, user_id: &str, device_id: &str) -> Option<(tokio::time::Instant, i64)> {
+        self.answered.lock().get(&(user_id.to_owned(), device_id.to_owned())).copied()
     }
 
-    /// Notes that the device was just answered.
-    pub(crate) fn answered(&self, user_id: &str, device_id: &str) {
+    /// Notes that the device was just answered, at events position `position`.
+    pub(crate) fn answered(&self, user_id: &str, device_id: &str, position: i64) {
         let mut answered = self.answered.lock();
         if answered.len() >= MAX_USERS {
             let a_second_ago = tokio::time::Instant::now() - Duration::from_secs(1);
-            answered.retain(|_, at| *at > a_second_ago);
+            answered.retain(|_, (at, _)| *at > a_second_ago);
         }
-        answered.insert((user_id.to_owned(), device_id.to_owned()), tokio::time::Instant::now());
+        answered.insert((user_id.to_owned(), device_id.to_owned()), (tokio::time::Instant::now(), position));
     }
 
     /// A position up to which the device is known to have no to-device message left.

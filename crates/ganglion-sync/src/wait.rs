@@ -10,6 +10,7 @@
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use ganglion_replication::Listener;
+use ganglion_types::{StreamKind, SyncToken};
 use tokio::time::Instant;
 
 use crate::{
@@ -50,17 +51,46 @@ pub(crate) async fn sync_within(
     // events of that interval share one answer instead of one answer each.
     let interval = Duration::from_millis(state.config.sync.answer_interval_ms);
     if waits
-        && request.since.is_some()
+        && let Some(since) = &request.since
         && !interval.is_zero()
-        && let Some(at) = state.memory.next_answer_at(request.user_id, request.device_id, interval)
+        && let Some(last) = state.memory.last_answer(request.user_id, request.device_id)
+        && let Some(until) =
+            hold_until(state, since, request.filter.timeline_limit(), last, last.0 + interval)
     {
-        tokio::time::sleep_until(at.min(deadline)).await;
+        tokio::time::sleep_until(until.min(deadline)).await;
     }
     let batch = long_poll(state, request, deadline, waits).await;
     if !interval.is_zero() {
-        state.memory.answered(request.user_id, request.device_id);
+        state.memory.answered(request.user_id, request.device_id, state.positions.get(StreamKind::Events).0);
     }
     batch
+}
+
+/// Until when to hold a device last answered at `last` (events position `last_position`): the
+/// end of its interval, brought forward to when, at the rate events arrived since (in any room),
+/// the answer will hold as many events as one room's timeline takes. Held any longer, a room
+/// might come back `limited` and cost the client a backfill, so clients with small timeline
+/// limits are held only while traffic is light.
+fn hold_until(
+    state: &SyncState,
+    since: &SyncToken,
+    timeline_limit: usize,
+    (last, last_position): (Instant, i64),
+    end: Instant,
+) -> Option<Instant> {
+    let now = Instant::now();
+    if end <= now {
+        return None;
+    }
+    let current = state.positions.get(StreamKind::Events).0;
+    let owed = u32::try_from(current - since.events.0).unwrap_or(0);
+    let room_left =
+        u32::try_from(timeline_limit).unwrap_or(u32::MAX).checked_sub(owed).filter(|left| *left > 0)?;
+    let Some(arrived) = u32::try_from(current - last_position).ok().filter(|arrived| *arrived > 0) else {
+        return Some(end);
+    };
+    let until = ((now - last) / arrived).checked_mul(room_left).and_then(|hold| now.checked_add(hold));
+    Some(until.map_or(end, |until| until.min(end)))
 }
 
 async fn long_poll(
