@@ -66,8 +66,9 @@ pub(crate) async fn sync_within(
     batch
 }
 
-/// Until when to hold a device last answered at `last` (events position `last_position`): the
-/// end of its interval, brought forward to when, at the rate events arrived since (in any room),
+/// Until when to hold a device last answered at `last` (events position `last_position`) that
+/// already has events owed: the end of its interval, brought forward to when, at the rate events
+/// arrived since (in any room),
 /// the answer will hold as many events as one room's timeline takes. Held any longer, a room
 /// might come back `limited` and cost the client a backfill, so clients with small timeline
 /// limits are held only while traffic is light.
@@ -84,6 +85,10 @@ fn hold_until(
     }
     let current = state.positions.get(StreamKind::Events).0;
     let owed = u32::try_from(current - since.events.0).unwrap_or(0);
+    // Nothing new yet: the long-poll answers the first event at once, as when traffic is light.
+    if owed == 0 {
+        return None;
+    }
     let room_left =
         u32::try_from(timeline_limit).unwrap_or(u32::MAX).checked_sub(owed).filter(|left| *left > 0)?;
     let Some(arrived) = u32::try_from(current - last_position).ok().filter(|arrived| *arrived > 0) else {
