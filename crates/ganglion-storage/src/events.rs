@@ -3,7 +3,10 @@
 use ganglion_types::{EventNid, RoomNid, SnapshotNid, StateKeyNid, TypeNid};
 use sqlx::Row;
 
-use crate::{Conn, Result, state::placeholders};
+use crate::{
+    Conn, Result,
+    state::{placeholders, row_placeholders},
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventRow {
@@ -48,12 +51,9 @@ fn event_from_row(row: sqlx::any::AnyRow) -> EventRow {
 pub async fn insert_events(conn: &mut Conn, rows: &[std::sync::Arc<EventRow>]) -> Result<()> {
     const COLUMNS: usize = 12;
     for chunk in rows.chunks(500) {
-        let values: Vec<String> = (0..chunk.len())
-            .map(|index| format!("({})", placeholders(COLUMNS, index * COLUMNS + 1)))
-            .collect();
         let sql = format!(
             "INSERT INTO events (event_nid, stream_pos, event_id, room_nid, depth, type_nid, state_key_nid, sender, origin_server_ts, json, snapshot_nid, replaces_nid) VALUES {}",
-            values.join(", ")
+            row_placeholders(chunk.len(), COLUMNS)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for row in chunk {
@@ -195,11 +195,9 @@ pub type TxnKey = (String, String, String);
 pub async fn event_ids_by_txns(conn: &mut Conn, keys: &[TxnKey]) -> Result<Vec<(TxnKey, String)>> {
     let mut found = Vec::new();
     for chunk in keys.chunks(300) {
-        let tuples: Vec<String> =
-            (0..chunk.len()).map(|index| format!("({})", placeholders(3, index * 3 + 1))).collect();
         let sql = format!(
             "SELECT user_id, device_id, txn_id, event_id FROM event_txns WHERE (user_id, device_id, txn_id) IN (VALUES {})",
-            tuples.join(", ")
+            row_placeholders(chunk.len(), 3)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (user_id, device_id, txn_id) in chunk {
@@ -219,11 +217,9 @@ pub async fn event_ids_by_txns(conn: &mut Conn, keys: &[TxnKey]) -> Result<Vec<(
 /// Records the events sent under client transaction ids: (key, event id) pairs.
 pub async fn insert_txns(conn: &mut Conn, txns: &[(TxnKey, String)]) -> Result<()> {
     for chunk in txns.chunks(500) {
-        let values: Vec<String> =
-            (0..chunk.len()).map(|index| format!("({})", placeholders(4, index * 4 + 1))).collect();
         let sql = format!(
             "INSERT INTO event_txns (user_id, device_id, txn_id, event_id) VALUES {}",
-            values.join(", ")
+            row_placeholders(chunk.len(), 4)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for ((user_id, device_id, txn_id), event_id) in chunk {

@@ -3,7 +3,10 @@
 use ganglion_types::{EventNid, RoomNid, SnapshotNid};
 use sqlx::Row;
 
-use crate::{Conn, Result, state::placeholders};
+use crate::{
+    Conn, Result,
+    state::{placeholders, row_placeholders},
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomRow {
@@ -78,13 +81,11 @@ pub type RoomHeadRow = (RoomNid, EventNid, SnapshotNid, i64);
 /// Moves the heads of every room a batch touched, in one statement per 200 rooms.
 pub async fn set_room_heads(conn: &mut Conn, heads: &[RoomHeadRow]) -> Result<()> {
     for chunk in heads.chunks(200) {
-        let values: Vec<String> =
-            (0..chunk.len()).map(|index| format!("({})", placeholders(4, index * 4 + 1))).collect();
         // `VALUES` names its columns column1.. on both backends.
         let sql = format!(
             "UPDATE rooms SET latest_event_nid = heads.column2, current_snapshot_nid = heads.column3, max_depth = heads.column4 \
              FROM (VALUES {}) AS heads WHERE rooms.room_nid = heads.column1",
-            values.join(", ")
+            row_placeholders(chunk.len(), 4)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (room_nid, latest_event_nid, snapshot_nid, max_depth) in chunk {

@@ -218,3 +218,12 @@ pub async fn state_storage_bytes(conn: &mut Conn) -> Result<(i64, i64, i64, i64)
 pub(crate) fn placeholders(count: usize, start: usize) -> String {
     (start..start + count).map(|index| format!("${index}")).collect::<Vec<_>>().join(", ")
 }
+
+/// `($1, $2), ($3, $4), …`: `rows` parenthesised groups of `columns` placeholders, for multi-row
+/// `VALUES` lists.
+pub(crate) fn row_placeholders(rows: usize, columns: usize) -> String {
+    (0..rows)
+        .map(|row| format!("({})", placeholders(columns, row * columns + 1)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
