@@ -58,6 +58,8 @@ mod presence;
 mod ratelimits;
 mod restart;
 mod rooms;
+mod sliding_sync;
+mod sliding_sync_sdk;
 mod strangers;
 mod sync;
 mod sync_memory;

@@ -27,6 +27,18 @@ pub use ruma;
 use ruma::{RoomVersionId, room_version_rules::RoomVersionRules};
 
 /// Room versions this server creates and joins. 12 is the default, as the spec recommends.
+/// Event types that move a room up a client's room list (its bump stamp), as Synapse and
+/// Element X count them: what a user reads as new activity, not state changes or reactions.
+pub const BUMP_EVENT_TYPES: [&str; 7] = [
+    "m.room.create",
+    "m.room.message",
+    "m.room.encrypted",
+    "m.sticker",
+    "m.call.invite",
+    "m.poll.start",
+    "m.beacon_info",
+];
+
 pub const SUPPORTED_ROOM_VERSIONS: [RoomVersionId; 3] =
     [RoomVersionId::V10, RoomVersionId::V11, RoomVersionId::V12];
 

@@ -86,6 +86,7 @@ impl MatrixError {
             ErrorClass::GuestAccessForbidden => (StatusCode::FORBIDDEN, "M_GUEST_ACCESS_FORBIDDEN"),
             ErrorClass::Exclusive => (StatusCode::BAD_REQUEST, "M_EXCLUSIVE"),
             ErrorClass::WrongRoomKeysVersion { .. } => (StatusCode::FORBIDDEN, "M_WRONG_ROOM_KEYS_VERSION"),
+            ErrorClass::UnknownPos => (StatusCode::BAD_REQUEST, "M_UNKNOWN_POS"),
             ErrorClass::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "M_UNKNOWN"),
             ErrorClass::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN"),
         }

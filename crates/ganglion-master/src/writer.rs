@@ -43,6 +43,8 @@ pub(crate) struct RoomHead {
     pub latest_event_id: Option<OwnedEventId>,
     pub latest_event_nid: Option<EventNid>,
     pub max_depth: i64,
+    /// Position of the room's newest event that bumps it up room lists.
+    pub bump_pos: i64,
 }
 
 impl Writer {
@@ -206,6 +208,7 @@ impl<'w> Batch<'w> {
             latest_event_id: latest.map(|event| event.pdu.event_id.clone()),
             latest_event_nid: Some(latest_nid),
             max_depth: room.max_depth,
+            bump_pos: room.bump_stream_pos,
         };
         self.writer.heads.insert(room_id.to_owned(), head.clone());
         Ok(Some(head))
@@ -282,6 +285,7 @@ impl<'w> Batch<'w> {
             latest_event_id: None,
             latest_event_nid: None,
             max_depth: 0,
+            bump_pos: 0,
         };
         self.heads.insert(room_id.clone(), head);
         let event = self.persist(&room_id, pdu, None).await?;
@@ -472,6 +476,9 @@ impl<'w> Batch<'w> {
         head.latest_event_id = Some(pdu.event_id.clone());
         head.latest_event_nid = Some(event_nid);
         head.max_depth = depth;
+        if ganglion_events::BUMP_EVENT_TYPES.contains(&pdu.kind.to_string().as_str()) {
+            head.bump_pos = position;
+        }
         self.heads.insert(room_id.to_owned(), head);
         self.next_pos += 1;
         self.next_nid += 1;
@@ -491,7 +498,13 @@ impl<'w> Batch<'w> {
             .heads
             .values()
             .filter_map(|head| {
-                Some((head.room_nid, head.latest_event_nid?, head.snapshot.nid?, head.max_depth))
+                Some((
+                    head.room_nid,
+                    head.latest_event_nid?,
+                    head.snapshot.nid?,
+                    head.max_depth,
+                    head.bump_pos,
+                ))
             })
             .collect();
         let conn = self.connection().await?;

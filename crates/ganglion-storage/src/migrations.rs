@@ -6,8 +6,11 @@ use sqlx::Executor;
 
 use crate::{Backend, Db, Result, StorageError};
 
-const MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("../migrations/0001_initial.sql")), (2, include_str!("../migrations/0002_e2ee.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/0001_initial.sql")),
+    (2, include_str!("../migrations/0002_e2ee.sql")),
+    (3, include_str!("../migrations/0003_bump_stamps.sql")),
+];
 
 pub(crate) async fn run(db: &Db) -> Result<()> {
     let mut conn = db.pool.acquire().await?;

@@ -17,10 +17,11 @@ pub struct RoomRow {
     pub latest_event_nid: Option<EventNid>,
     pub current_snapshot_nid: Option<SnapshotNid>,
     pub max_depth: i64,
+    /// Stream position of the room's newest event that bumps it up a room list.
+    pub bump_stream_pos: i64,
 }
 
-const ROOM_COLUMNS: &str =
-    "room_nid, room_id, room_version, is_public, latest_event_nid, current_snapshot_nid, max_depth";
+const ROOM_COLUMNS: &str = "room_nid, room_id, room_version, is_public, latest_event_nid, current_snapshot_nid, max_depth, bump_stream_pos";
 
 fn room_from_row(row: sqlx::any::AnyRow) -> RoomRow {
     RoomRow {
@@ -31,6 +32,7 @@ fn room_from_row(row: sqlx::any::AnyRow) -> RoomRow {
         latest_event_nid: row.get::<Option<i64>, _>(4).map(EventNid),
         current_snapshot_nid: row.get::<Option<i64>, _>(5).map(SnapshotNid),
         max_depth: row.get(6),
+        bump_stream_pos: row.get(7),
     }
 }
 
@@ -75,21 +77,26 @@ pub async fn rooms_by_nid(conn: &mut Conn, nids: &[RoomNid]) -> Result<Vec<RoomR
     Ok(rooms)
 }
 
-/// A room's head after a batch: (room, latest event, current snapshot, max depth).
-pub type RoomHeadRow = (RoomNid, EventNid, SnapshotNid, i64);
+/// A room's head after a batch: (room, latest event, current snapshot, max depth, bump stamp).
+pub type RoomHeadRow = (RoomNid, EventNid, SnapshotNid, i64, i64);
 
 /// Moves the heads of every room a batch touched, in one statement per 200 rooms.
 pub async fn set_room_heads(conn: &mut Conn, heads: &[RoomHeadRow]) -> Result<()> {
     for chunk in heads.chunks(200) {
         // `VALUES` names its columns column1.. on both backends.
         let sql = format!(
-            "UPDATE rooms SET latest_event_nid = heads.column2, current_snapshot_nid = heads.column3, max_depth = heads.column4 \
-             FROM (VALUES {}) AS heads WHERE rooms.room_nid = heads.column1",
-            row_placeholders(chunk.len(), 4)
+            "UPDATE rooms SET latest_event_nid = heads.column2, current_snapshot_nid = heads.column3, max_depth = heads.column4, \
+             bump_stream_pos = heads.column5 FROM (VALUES {}) AS heads WHERE rooms.room_nid = heads.column1",
+            row_placeholders(chunk.len(), 5)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (room_nid, latest_event_nid, snapshot_nid, max_depth) in chunk {
-            query = query.bind(room_nid.0).bind(latest_event_nid.0).bind(snapshot_nid.0).bind(*max_depth);
+        for (room_nid, latest_event_nid, snapshot_nid, max_depth, bump) in chunk {
+            query = query
+                .bind(room_nid.0)
+                .bind(latest_event_nid.0)
+                .bind(snapshot_nid.0)
+                .bind(*max_depth)
+                .bind(*bump);
         }
         query.execute(&mut *conn).await?;
     }
@@ -333,4 +340,23 @@ pub async fn membership_changes_between(
         changes.extend(query.fetch_all(&mut *conn).await?.into_iter().map(membership_from_row));
     }
     Ok(changes)
+}
+
+/// The bump stamps (see [`RoomRow::bump_stream_pos`]) of `rooms`, in one query per 500 rooms.
+pub async fn bump_stamps_of_rooms(conn: &mut Conn, rooms: &[RoomNid]) -> Result<Vec<(RoomNid, i64)>> {
+    let mut stamps = Vec::with_capacity(rooms.len());
+    for chunk in rooms.chunks(500) {
+        let sql = format!(
+            "SELECT room_nid, bump_stream_pos FROM rooms WHERE room_nid IN ({})",
+            placeholders(chunk.len(), 1)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for nid in chunk {
+            query = query.bind(nid.0);
+        }
+        stamps.extend(
+            query.fetch_all(&mut *conn).await?.into_iter().map(|row| (RoomNid(row.get(0)), row.get(1))),
+        );
+    }
+    Ok(stamps)
 }

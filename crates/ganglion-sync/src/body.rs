@@ -47,7 +47,7 @@ impl<'a> ObjectWriter<'a> {
         self.out
     }
 
-    pub(crate) fn member(&mut self, key: &str, value: &impl Serialize) {
+    pub(crate) fn member(&mut self, key: &str, value: &(impl Serialize + ?Sized)) {
         let out = self.key(key);
         write_value(out, value);
     }

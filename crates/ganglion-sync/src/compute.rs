@@ -147,12 +147,12 @@ pub(crate) fn next_token(current: SyncToken, since: Option<&SyncToken>) -> SyncT
 }
 
 /// The user's membership in a room as of `next`.
-struct RoomMembership {
-    room_nid: RoomNid,
-    room_id: String,
-    membership: String,
-    event_nid: EventNid,
-    stream_pos: i64,
+pub(crate) struct RoomMembership {
+    pub room_nid: RoomNid,
+    pub room_id: String,
+    pub membership: String,
+    pub event_nid: EventNid,
+    pub stream_pos: i64,
 }
 
 /// Computes the response for `request` between its `since` and `next`.
@@ -237,8 +237,8 @@ pub(crate) async fn sync_batch(
         state,
         &mut conn,
         (request.user_id, request.device_id),
-        request.since.as_ref(),
-        &next,
+        (request.since.map_or(0, |since| since.to_device.0), next.to_device.0),
+        e2ee::TO_DEVICE_LIMIT,
     )
     .await?;
     let key_counts = e2ee::key_counts(state, &mut conn, request.user_id, request.device_id).await?;
@@ -341,7 +341,7 @@ pub(crate) async fn joined_room_ids(state: &SyncState, user_id: &str) -> Result<
 }
 
 /// The user's rooms, from the membership cache or the database.
-async fn user_rooms(
+pub(crate) async fn user_rooms(
     state: &SyncState,
     conn: &mut LazyConn,
     user_id: &str,
@@ -361,7 +361,7 @@ async fn user_rooms(
 }
 
 /// The users `user_id` ignores, from the cache or the database.
-async fn ignored_users(
+pub(crate) async fn ignored_users(
     state: &SyncState,
     conn: &mut LazyConn,
     user_id: &str,
@@ -400,7 +400,7 @@ fn newest_events_from_memory(
 }
 
 /// The state of one computation.
-struct Computation<'a> {
+pub(crate) struct Computation<'a> {
     caches: &'a Caches,
     state: &'a SyncState,
     request: &'a SyncRequest<'a>,
@@ -411,7 +411,7 @@ struct Computation<'a> {
     since_typing: StreamPosition,
     timeline_limit: usize,
     /// The users the user ignores: their non-state events and invites are left out.
-    ignored: IgnoredUsers,
+    pub(crate) ignored: IgnoredUsers,
     /// The ignore list changed in the range (an incremental sync): every joined room comes
     /// with a `limited` timeline, so clients drop what they hold and paginate again under the
     /// new list.
@@ -419,7 +419,11 @@ struct Computation<'a> {
 }
 
 impl<'a> Computation<'a> {
-    fn new(state: &'a SyncState, request: &'a SyncRequest<'a>, next: SyncToken) -> Computation<'a> {
+    pub(crate) fn new(
+        state: &'a SyncState,
+        request: &'a SyncRequest<'a>,
+        next: SyncToken,
+    ) -> Computation<'a> {
         let since_typing = match &request.since {
             Some(since) if since.typing_epoch == next.typing_epoch => since.typing,
             _ => StreamPosition::ZERO,
@@ -435,6 +439,10 @@ impl<'a> Computation<'a> {
             ignored: IgnoredUsers::default(),
             ignore_list_changed: false,
         }
+    }
+
+    pub(crate) fn user_id(&self) -> &str {
+        self.request.user_id
     }
 
     fn timeline_selection(&self) -> Selection<'_> {
@@ -455,7 +463,7 @@ impl<'a> Computation<'a> {
     }
 
     /// The user's membership as of `next`: the row itself unless it moved past `next`.
-    async fn membership_at_next(
+    pub(crate) async fn membership_at_next(
         &self,
         conn: &mut LazyConn,
         row: UserRoomRow,
@@ -700,7 +708,7 @@ impl<'a> Computation<'a> {
     }
 
     /// Events in their shared serialised form, with the viewer's transaction ids.
-    async fn sync_events(
+    pub(crate) async fn sync_events(
         &self,
         conn: &mut LazyConn,
         events: &[StoredEvent],
@@ -885,7 +893,7 @@ impl<'a> Computation<'a> {
 
     /// The `invite_state` of an invited room: stripped state at the invite; `None` when the
     /// inviter is ignored.
-    async fn invite_state(
+    pub(crate) async fn invite_state(
         &self,
         conn: &mut LazyConn,
         room: &RoomMembership,
@@ -924,7 +932,11 @@ impl<'a> Computation<'a> {
 
     /// The room summary, from the current memberships (kept in memory per room until a member
     /// event of the room comes along).
-    async fn summary(&self, conn: &mut LazyConn, room: &RoomMembership) -> Result<Summary, SyncError> {
+    pub(crate) async fn summary(
+        &self,
+        conn: &mut LazyConn,
+        room: &RoomMembership,
+    ) -> Result<Summary, SyncError> {
         let members = match self.state.memory.room_members.get(&self.state.recent, &room.room_id) {
             Some(members) => members,
             None => {
@@ -968,7 +980,7 @@ impl<'a> Computation<'a> {
     /// The first position of a room's timeline the user may see through the membership that
     /// `member_nid` (a join) belongs to, when the room's history visibility hides what came
     /// before (`joined`, `invited`); `None` when the whole history is visible.
-    async fn first_visible_position(
+    pub(crate) async fn first_visible_position(
         &self,
         conn: &mut LazyConn,
         member_nid: EventNid,
@@ -1035,7 +1047,10 @@ impl<'a> Computation<'a> {
 }
 
 /// The entries of `after` that differ from `before`.
-fn changed_entries<'s>(before: &'s Snapshot, after: &'s Snapshot) -> impl Iterator<Item = EventNid> + 's {
+pub(crate) fn changed_entries<'s>(
+    before: &'s Snapshot,
+    after: &'s Snapshot,
+) -> impl Iterator<Item = EventNid> + 's {
     let same = before.nid.is_some() && before.nid == after.nid;
     after
         .entries()
@@ -1045,16 +1060,16 @@ fn changed_entries<'s>(before: &'s Snapshot, after: &'s Snapshot) -> impl Iterat
         .map(|entry| entry.event_nid)
 }
 
-fn account_data_event(row: &AccountDataRow) -> Value {
+pub(crate) fn account_data_event(row: &AccountDataRow) -> Value {
     let content: Value = serde_json::from_str(&row.content).unwrap_or_else(|_| json!({}));
     json!({ "type": row.data_type, "content": content })
 }
 
 /// `m.joined_member_count`, `m.invited_member_count` and `m.heroes`.
-struct Summary {
-    joined: i64,
-    invited: i64,
-    heroes: Vec<String>,
+pub(crate) struct Summary {
+    pub joined: i64,
+    pub invited: i64,
+    pub heroes: Vec<String>,
 }
 
 impl Summary {
@@ -1079,7 +1094,7 @@ fn history_visibility_of(event: &StoredEvent) -> Option<String> {
 }
 
 /// The `membership` of a member event's content.
-fn membership_of(event: &StoredEvent) -> Option<String> {
+pub(crate) fn membership_of(event: &StoredEvent) -> Option<String> {
     #[derive(Deserialize)]
     struct MemberContent {
         membership: String,

@@ -22,8 +22,8 @@ use crate::{SyncState, compute::SyncError};
 /// At most this many to-device messages per response; the rest come with the next sync.
 pub(crate) const TO_DEVICE_LIMIT: i64 = 100;
 
-/// The device's to-device messages after `since`, up to `next`, at most [`TO_DEVICE_LIMIT`].
-/// Messages up to `since` were delivered in an earlier response the client acknowledged by
+/// The device's to-device messages in `after < position <= up_to`, at most `limit`.
+/// Messages up to `after` were delivered in an earlier response the client acknowledged by
 /// sending its token, so they are deleted. Returns the messages and, when more are waiting, the
 /// position of the last one: the next token must not pass the messages left out. Memory (the
 /// user's latest to-device row, and how far the device is known to have none left) spares the
@@ -32,10 +32,9 @@ pub(crate) async fn to_device(
     state: &SyncState,
     conn: &mut LazyConn,
     (user_id, device_id): (&str, &str),
-    since: Option<&SyncToken>,
-    next: &SyncToken,
+    (after, up_to): (i64, i64),
+    limit: i64,
 ) -> Result<(Vec<Value>, Option<StreamPosition>), SyncError> {
-    let after = since.map_or(0, |since| since.to_device.0);
     let none_after =
         |position: i64| state.recent.changed_after(StreamKind::ToDevice, [user_id], position) == Some(false);
     let known_clean = state
@@ -58,7 +57,7 @@ pub(crate) async fn to_device(
         }
         state.memory.to_device_clean_up_to(user_id, device_id, after);
     }
-    if after >= next.to_device.0 || none_after(after) {
+    if after >= up_to || none_after(after) {
         return Ok((Vec::new(), None));
     }
     let rows = to_device_store::to_device_messages_for(
@@ -66,11 +65,11 @@ pub(crate) async fn to_device(
         user_id,
         device_id,
         after,
-        next.to_device.0,
-        TO_DEVICE_LIMIT,
+        up_to,
+        limit,
     )
     .await?;
-    let truncated = rows.len() as i64 == TO_DEVICE_LIMIT;
+    let truncated = rows.len() as i64 == limit;
     let last = rows.last().map(|row| StreamPosition(row.stream_pos));
     let events = rows
         .into_iter()

@@ -11,6 +11,7 @@ pub mod filter;
 mod handler;
 mod memory;
 mod presence;
+mod sliding;
 mod timeline;
 mod wait;
 
@@ -54,6 +55,11 @@ impl FromRef<SyncState> for Arc<dyn Authenticator> {
 pub fn routes() -> Vec<Route<SyncState>> {
     ganglion_http::with_r0_aliases(vec![
         Route::get("/_matrix/client/v3/sync", EndpointClass::Sync, handler::sync),
+        Route::post(
+            "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync",
+            EndpointClass::Sync,
+            sliding::sliding_sync,
+        ),
         // Device-list changes are the sync's to compute; any reader may answer them.
         Route::get("/_matrix/client/v3/keys/changes", EndpointClass::ClientRead, e2ee::changes),
     ])

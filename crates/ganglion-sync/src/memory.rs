@@ -47,6 +47,13 @@ pub struct SyncMemory {
     /// (user id, device id) -> a to-device position up to which the device has no message left.
     pub(crate) to_device_clean: Mutex<HashMap<(String, String), i64>>,
     pub stats: Arc<SyncStats>,
+    /// Sliding sync connections: what each connection's client was sent.
+    pub(crate) sliding: crate::sliding::Connections,
+    /// Each room's bump stamp, for sliding sync's room lists.
+    pub(crate) bump_stamps: crate::sliding::BumpStamps,
+    /// The rooms of each user's `m.direct` account data; valid while no account data of the
+    /// user came along.
+    pub(crate) direct_rooms: ReadAt<Arc<std::collections::HashSet<String>>>,
     /// (user id, device id) -> when the device's last answer went out and the events position
     /// then, for `sync.answer_interval_ms`.
     answered: Mutex<HashMap<(String, String), (tokio::time::Instant, i64)>>,
@@ -64,6 +71,9 @@ impl Default for SyncMemory {
             }),
             to_device_clean: Mutex::default(),
             stats: Arc::default(),
+            sliding: crate::sliding::Connections::default(),
+            bump_stamps: crate::sliding::BumpStamps::default(),
+            direct_rooms: ReadAt::new(RecentEvents::account_data_changed_after),
             answered: Mutex::default(),
         }
     }

@@ -45,6 +45,9 @@ pub enum ErrorClass {
     WrongRoomKeysVersion {
         current_version: String,
     },
+    /// A sliding sync `pos` this server does not know (expired, or from another worker or an
+    /// earlier process): the client starts its connection over (400 `M_UNKNOWN_POS`).
+    UnknownPos,
     /// The request needs a dependency that is down (e.g. the master); retry later.
     Unavailable,
     Internal,

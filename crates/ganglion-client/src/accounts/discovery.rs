@@ -29,9 +29,13 @@ pub(crate) async fn well_known(State(state): State<ClientState>) -> Json<Value> 
     Json(json!({ "m.homeserver": { "base_url": base_url(&state.config) } }))
 }
 
-/// `GET /_matrix/client/versions`. No unstable features are advertised: we have none.
+/// `GET /_matrix/client/versions`, with the unstable features we serve.
 pub(crate) async fn versions() -> Json<Value> {
-    Json(json!({ "versions": SPEC_VERSIONS, "unstable_features": {} }))
+    // Element X looks for simplified sliding sync here before it logs in.
+    Json(json!({
+        "versions": SPEC_VERSIONS,
+        "unstable_features": { "org.matrix.simplified_msc3575": true },
+    }))
 }
 
 /// The capabilities object: password changes and profile edits are allowed, third-party

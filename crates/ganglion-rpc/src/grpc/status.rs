@@ -57,6 +57,8 @@ pub(crate) fn failure_of(error: &MasterError) -> (pb::MasterFailure, Code) {
         ErrorClass::GuestAccessForbidden => (Wire::GuestAccessForbidden, Code::PermissionDenied),
         ErrorClass::Exclusive => (Wire::Exclusive, Code::PermissionDenied),
         ErrorClass::WrongRoomKeysVersion { .. } => (Wire::WrongRoomKeysVersion, Code::FailedPrecondition),
+        // Only the sync role answers it; the master never does.
+        ErrorClass::UnknownPos => (Wire::Unknown, Code::FailedPrecondition),
         ErrorClass::Unavailable => (Wire::Unavailable, Code::Unavailable),
         ErrorClass::Internal => (Wire::Internal, Code::Internal),
     };
