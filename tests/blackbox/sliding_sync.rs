@@ -362,7 +362,9 @@ async fn extensions_carry_keys_receipts_typing_and_account_data(backend: Backend
         .await
         .unwrap()
         .ok();
-    bob.post("/keys/upload", &json!({ "one_time_keys": {} })).await.unwrap().ok();
+    // A newcomer to a shared room: the client must fetch their devices.
+    let carol = server.register("carol", crate::PASSWORD).await.unwrap();
+    carol.join(&room).await.unwrap();
     let mut body = body.clone();
     body["extensions"]["to_device"]["since"] = json!(to_device_since);
     let later = slide_until(&alice, Some(&pos), &body, |a| {
@@ -370,6 +372,7 @@ async fn extensions_carry_keys_receipts_typing_and_account_data(backend: Backend
         ext["to_device"]["events"].as_array().is_some_and(|events| !events.is_empty())
             && ext["typing"]["rooms"][&room].is_object()
             && ext["receipts"]["rooms"][&room]["content"][&reply].is_object()
+            && ext["e2ee"]["device_lists"]["changed"].as_array().is_some_and(|changed| !changed.is_empty())
     })
     .await;
     let ext = &later["extensions"];
@@ -382,6 +385,7 @@ async fn extensions_carry_keys_receipts_typing_and_account_data(backend: Backend
         "{ext:#}"
     );
     assert!(ext["account_data"]["global"].as_array().unwrap().is_empty());
+    assert_eq!(ext["e2ee"]["device_lists"]["changed"], json!([carol.user_id.clone()]), "{ext:#}");
 
     // Acknowledged to-device messages are not sent again.
     let mut body = body.clone();

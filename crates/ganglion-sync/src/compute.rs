@@ -321,7 +321,7 @@ pub(crate) async fn sync_batch(
 
 /// The keys under which `RecentEvents` records device-list and presence rows that may concern
 /// the user: the user and every room they are joined or invited to.
-fn sharing_keys<'r>(user_id: &'r str, rows: &'r [UserRoomRow]) -> impl Iterator<Item = &'r str> {
+pub(crate) fn sharing_keys<'r>(user_id: &'r str, rows: &'r [UserRoomRow]) -> impl Iterator<Item = &'r str> {
     std::iter::once(user_id).chain(
         rows.iter()
             .filter(|row| row.membership == "join" || row.membership == "invite")

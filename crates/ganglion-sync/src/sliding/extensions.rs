@@ -91,7 +91,7 @@ pub(crate) struct ExtensionContext<'a> {
     pub since: Option<&'a SyncToken>,
     pub next: SyncToken,
     /// Every room the user has a membership in, for device-list changes.
-    pub all_rooms: &'a [RoomNid],
+    pub all_rooms: &'a [stream_store::UserRoomRow],
     pub ignored: &'a HashSet<String>,
 }
 
@@ -120,8 +120,29 @@ pub(crate) async fn extensions(
     if request.e2ee.as_ref().is_some_and(|ext| ext.enabled == Some(true)) {
         let lists = match cx.since {
             Some(since) => {
-                e2ee::device_list_changes(conn, cx.user_id, cx.all_rooms, (true, true), since, &cx.next)
-                    .await?
+                // Memory tells when no member event and no device-list row in the range can
+                // concern the user, which spares the database on most wake-ups.
+                let recent = &cx.state.recent;
+                let room_ids = cx.all_rooms.iter().map(|row| row.room_id.as_str());
+                let members_moved =
+                    recent.room_membership_changed_after(room_ids, since.events.0) != Some(false);
+                let devices_moved = since.device_lists < cx.next.device_lists
+                    && (members_moved
+                        || recent.changed_after(
+                            StreamKind::DeviceLists,
+                            compute::sharing_keys(cx.user_id, cx.all_rooms),
+                            since.device_lists.0,
+                        ) != Some(false));
+                let rooms: Vec<RoomNid> = cx.all_rooms.iter().map(|row| row.room_nid).collect();
+                e2ee::device_list_changes(
+                    conn,
+                    cx.user_id,
+                    &rooms,
+                    (members_moved, devices_moved),
+                    since,
+                    &cx.next,
+                )
+                .await?
             }
             None => DeviceListChanges::default(),
         };

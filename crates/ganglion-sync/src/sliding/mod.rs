@@ -23,7 +23,7 @@ use std::{
 use axum::extract::State;
 use ganglion_events::presence::PresenceState;
 use ganglion_http::{Auth, MatrixError, MatrixJson, MatrixQuery, MatrixResult, lenient};
-use ganglion_types::{ErrorClass, RoomNid};
+use ganglion_types::ErrorClass;
 use http::{HeaderValue, header::CONTENT_TYPE};
 use serde::Deserialize;
 use tokio::time::Instant;
@@ -236,15 +236,14 @@ async fn compute_answer(
             },
         })
         .collect();
-    let all_rooms: Vec<RoomNid> =
-        compute::user_rooms(state, &mut conn, user_id).await?.iter().map(|row| row.room_nid).collect();
+    let all_rooms = compute::user_rooms(state, &mut conn, user_id).await?;
     let ext_cx = extensions::ExtensionContext {
         state,
         user_id,
         device_id,
         since: previous.token.as_ref(),
         next,
-        all_rooms: &all_rooms,
+        all_rooms: all_rooms.as_slice(),
         ignored: &sync.ignored,
     };
     let extensions = extensions::extensions(&ext_cx, &mut conn, &body.extensions, &scoped).await?;
