@@ -7,6 +7,7 @@ mod degraded;
 mod faults;
 mod routing;
 mod script;
+mod sliding;
 mod to_device;
 
 use std::{future::Future, time::Duration};
