@@ -13,7 +13,8 @@ on_all_backends!(
     list_filters_select_rooms,
     extensions_carry_keys_receipts_typing_and_account_data,
     unknown_positions_are_refused,
-    a_long_poll_answers_when_a_message_arrives
+    a_long_poll_answers_when_a_message_arrives,
+    steady_state_answers_come_from_memory
 );
 
 const PATH: &str = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync";
@@ -431,4 +432,69 @@ async fn a_long_poll_answers_when_a_message_arrives(backend: Backend) {
     let answer = tokio::time::timeout(SYNC_DEADLINE, poll).await.expect("long poll did not answer").unwrap();
     assert_eq!(bodies(&answer["rooms"][&room]), vec!["wake up"], "{answer:#}");
     assert_eq!(answer["rooms"][&room]["num_live"], 1);
+}
+
+async fn steady_state_answers_come_from_memory(backend: Backend) {
+    let server = start(backend).await;
+    let [alice, bob] = <[Account; 2]>::try_from(register_all(&server, &["alice", "bob"]).await).unwrap();
+    let mut rooms = Vec::new();
+    for index in 0..30 {
+        let room = bob
+            .create_room(&json!({ "name": format!("room {index}"), "preset": "public_chat" }))
+            .await
+            .unwrap();
+        alice.join(&room).await.unwrap();
+        rooms.push(room);
+    }
+    // As Element X asks: the first 20 rooms, and every extension.
+    let mut body = json!({
+        "conn_id": "room-list",
+        "lists": { "all_rooms": {
+            "ranges": [[0, 19]],
+            "timeline_limit": 1,
+            "required_state": [["m.room.name", ""], ["m.room.encryption", ""], ["m.room.member", "$LAZY"], ["m.room.member", "$ME"]],
+        } },
+        "extensions": {
+            "to_device": { "enabled": true },
+            "e2ee": { "enabled": true },
+            "account_data": { "enabled": true },
+            "receipts": { "enabled": true, "rooms": ["*"] },
+            "typing": { "enabled": true },
+        },
+    });
+    let first = slide_until(&alice, None, &body, |a| a["lists"]["all_rooms"]["count"] == 30).await;
+    assert_eq!(first["rooms"].as_object().unwrap().len(), 20);
+    let mut pos = pos_of(&first);
+    body["extensions"]["to_device"]["since"] = first["extensions"]["to_device"]["next_batch"].clone();
+    // Settle: the connection's first incremental answers may still read what memory had not
+    // seen (a room's bump stamp, the user's account data).
+    for _ in 0..2 {
+        pos = pos_of(&slide(&alice, Some(&pos), 0, &body).await);
+    }
+
+    // Bob speaks for the first time: his member event goes out for `$LAZY` (a worker may read
+    // it from the database once).
+    bob.send_text(&rooms[25], "hello").await.unwrap();
+    let hello =
+        slide_until(&alice, Some(&pos), &body, |a| bodies(&a["rooms"][&rooms[25]]) == ["hello"]).await;
+    pos = pos_of(&hello);
+
+    // A message in a room the client holds: answered from memory. (A room new to the
+    // connection is read from the database, alone.)
+    bob.send_text(&rooms[25], "news").await.unwrap();
+    let deadline = tokio::time::Instant::now() + SYNC_DEADLINE;
+    let (answer, source) = loop {
+        let response = alice.post(&format!("{PATH}?timeout=0&pos={}", enc(&pos)), &body).await.unwrap();
+        let source = response.headers.get("x-ganglion-sync-source").unwrap().to_str().unwrap().to_owned();
+        let answer = response.ok();
+        if answer["rooms"][&rooms[25]].is_object() || tokio::time::Instant::now() >= deadline {
+            break (answer, source);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(bodies(&answer["rooms"][&rooms[25]]), vec!["news"], "{answer:#}");
+    assert_eq!(source, "memory", "the steady state read the database");
+    // Nothing new: memory as well.
+    let quiet = alice.post(&format!("{PATH}?timeout=0&pos={}", enc(&pos_of(&answer))), &body).await.unwrap();
+    assert_eq!(quiet.headers.get("x-ganglion-sync-source").unwrap(), "memory");
 }

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use crate::{SyncState, compute::SyncRequest, filter::Filter, wait};
 
 /// Whether the answer came from memory alone or needed the database (for tests and operators).
-const SYNC_SOURCE: &str = "x-ganglion-sync-source";
+pub(crate) const SYNC_SOURCE: &str = "x-ganglion-sync-source";
 
 /// Longest a request may be held open, whatever `timeout` asks.
 const MAX_TIMEOUT: Duration = Duration::from_secs(300);

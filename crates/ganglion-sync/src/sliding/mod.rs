@@ -57,7 +57,7 @@ pub(crate) async fn sliding_sync(
     Auth(session): Auth,
     MatrixQuery(query): MatrixQuery<SlidingQuery>,
     MatrixJson(body): MatrixJson<SlidingRequest>,
-) -> MatrixResult<([(http::HeaderName, HeaderValue); 1], Vec<u8>)> {
+) -> MatrixResult<([(http::HeaderName, HeaderValue); 2], Vec<u8>)> {
     body.check()?;
     let user_id = session.user_id.as_str();
     let device_id = session.device_id.as_str();
@@ -96,9 +96,14 @@ pub(crate) async fn sliding_sync(
         }
     };
     let new_pos = state.memory.sliding.store(key, pos, next_state);
+    state.memory.stats.count(answer.from_database);
+    let source = if answer.from_database { "database" } else { "memory" };
     let now_ms = u64::try_from(ganglion_storage::now_ms()).unwrap_or(0);
     Ok((
-        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [
+            (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+            (http::HeaderName::from_static(crate::handler::SYNC_SOURCE), HeaderValue::from_static(source)),
+        ],
         answer.into_body(&new_pos, body.txn_id.as_deref(), now_ms),
     ))
 }
@@ -108,6 +113,8 @@ struct Answer {
     list_counts: BTreeMap<String, usize>,
     rooms: Vec<room::RoomOut>,
     extensions: extensions::ExtensionsOut,
+    /// Whether computing it queried the database (else it came from memory alone).
+    from_database: bool,
 }
 
 impl Answer {
@@ -253,5 +260,5 @@ async fn compute_answer(
         .filter(|candidate| candidate.room.membership == "join")
         .map(|candidate| Arc::from(candidate.room.room_id.as_str()))
         .collect();
-    Ok((Answer { list_counts, rooms, extensions }, next_state, listen))
+    Ok((Answer { list_counts, rooms, extensions, from_database: conn.used() }, next_state, listen))
 }

@@ -180,7 +180,15 @@ pub(crate) async fn room(
     let timeline =
         Timeline::select(conn, &cx.state.caches, (room.room_nid, &room.room_id), range, window, &selection)
             .await?;
-    let current = timeline::state_after_position(conn, &cx.state.caches, room.room_nid, range.up_to).await?;
+    // The newest event of the range carries the state after it: no need to look it up.
+    let newest = match timeline.newest_in_range {
+        Some(nid) => cx.state.caches.event(conn, nid).await?,
+        None => None,
+    };
+    let current = match newest {
+        Some(newest) => cx.state.caches.snapshot(conn, newest.row.snapshot_nid).await?,
+        None => timeline::state_after_position(conn, &cx.state.caches, room.room_nid, range.up_to).await?,
+    };
 
     // Required state: all of it that matches when the room is new to the client or the
     // config changed, else what changed in the range.
@@ -196,6 +204,11 @@ pub(crate) async fn room(
     } else {
         Vec::new()
     };
+    // Lazy-loaded members below change nothing: they are state the client did not have.
+    let display_changed = initial
+        || timeline.events.iter().chain(&state_events).any(|event| {
+            event.pdu.is_state() && DISPLAY_TYPES.contains(&event.pdu.kind.to_string().as_str())
+        });
     if required.iter().any(|(kind, key)| kind == MEMBER && key == LAZY) {
         let mut lazy = now_sent.lazy_members.as_ref().clone();
         if lazy.len() > MAX_LAZY_MEMBERS {
@@ -217,10 +230,6 @@ pub(crate) async fn room(
     state_events.retain(|event| seen.insert(event.row.event_nid));
     state_events.sort_by_key(|event| event.row.stream_pos);
 
-    let display_changed = initial
-        || timeline.events.iter().chain(&state_events).any(|event| {
-            event.pdu.is_state() && DISPLAY_TYPES.contains(&event.pdu.kind.to_string().as_str())
-        });
     if display_changed {
         let name = content_string(cx, conn, &current, "m.room.name", "name").await?;
         out.avatar = content_string(cx, conn, &current, "m.room.avatar", "url").await?;
