@@ -262,11 +262,12 @@ async fn list_filters_select_rooms(backend: Backend) {
     let cases = [
         (json!({ "is_invite": true }), vec![dm.clone()]),
         (json!({ "is_encrypted": true }), vec![encrypted.clone()]),
-        (json!({ "is_dm": true }), vec![joined_dm.clone()]),
+        // The user's `m.direct`, and an invite marked `is_direct`.
+        (json!({ "is_dm": true }), vec![joined_dm.clone(), dm.clone()]),
         (json!({ "room_types": ["m.space"] }), vec![space.clone()]),
         (json!({ "spaces": [space.clone()] }), vec![plain.clone()]),
         (
-            json!({ "not_room_types": ["m.space"], "is_invite": false, "is_encrypted": false, "is_dm": false }),
+            json!({ "not_room_types": ["m.space"], "is_encrypted": false, "is_dm": false }),
             vec![plain.clone()],
         ),
     ];
@@ -409,6 +410,8 @@ async fn unknown_positions_are_refused(backend: Backend) {
     // Malformed requests are refused as such.
     let bad_range = json!({ "lists": { "l": { "ranges": [[5, 1]] } } });
     alice.post(PATH, &bad_range).await.unwrap().err(400, "M_INVALID_PARAM");
+    let long_conn = json!({ "conn_id": "c".repeat(300) });
+    alice.post(PATH, &long_conn).await.unwrap().err(400, "M_INVALID_PARAM");
     let bad_shape = json!({ "lists": { "l": { "ranges": "all" } } });
     alice.post(PATH, &bad_shape).await.unwrap().err(400, "M_BAD_JSON");
     server.api().post(PATH, None, &body).await.unwrap().err(401, "M_MISSING_TOKEN");

@@ -29,6 +29,8 @@ const MAX_RECENT: usize = 64;
 pub(crate) struct Candidate {
     pub room: RoomMembership,
     pub bump_stamp: i64,
+    /// An invite marked `is_direct`: a DM before the user's `m.direct` lists it.
+    pub direct_invite: bool,
 }
 
 /// Each room's bump stamp and the events position it is known to be right at.
@@ -48,6 +50,7 @@ pub(crate) async fn candidates(
 ) -> Result<Vec<Candidate>, SyncError> {
     let rows = crate::compute::user_rooms(state, conn, sync.user_id()).await?;
     let mut rooms = Vec::with_capacity(rows.len());
+    let mut direct_invites = HashSet::new();
     for row in rows.iter() {
         if row.forgotten {
             continue;
@@ -57,7 +60,12 @@ pub(crate) async fn candidates(
             "join" | "knock" => true,
             // Invites from ignored users are never shown (the Ignoring Users module).
             "invite" => match state.caches.event(conn, room.event_nid).await? {
-                Some(invite) => !sync.ignored.contains(invite.pdu.sender.as_str()),
+                Some(invite) => {
+                    if is_direct(&invite) {
+                        direct_invites.insert(room.room_nid);
+                    }
+                    !sync.ignored.contains(invite.pdu.sender.as_str())
+                }
                 None => false,
             },
             _ => left_after.is_some_and(|after| room.stream_pos > after),
@@ -80,7 +88,8 @@ pub(crate) async fn candidates(
                 "join" => stamps.get(&room.room_nid).copied().unwrap_or(room.stream_pos),
                 _ => room.stream_pos,
             };
-            Candidate { room, bump_stamp }
+            let direct_invite = direct_invites.contains(&room.room_nid);
+            Candidate { room, bump_stamp, direct_invite }
         })
         .collect();
     candidates
@@ -164,9 +173,19 @@ pub(crate) struct FilterFacts {
 }
 
 impl FilterFacts {
-    pub(crate) fn is_dm(&self, room_id: &str) -> bool {
-        self.direct.as_ref().is_some_and(|direct| direct.contains(room_id))
+    /// Whether the user's `m.direct` lists the room, or it is an invite marked `is_direct`.
+    pub(crate) fn is_dm(&self, candidate: &Candidate) -> bool {
+        candidate.direct_invite
+            || self.direct.as_ref().is_some_and(|direct| direct.contains(&candidate.room.room_id))
     }
+}
+
+/// Whether a member event's content says `is_direct`.
+fn is_direct(member: &ganglion_state::StoredEvent) -> bool {
+    serde_json::from_str::<Value>(member.pdu.content.get())
+        .ok()
+        .and_then(|content| content.get("is_direct").and_then(Value::as_bool))
+        .unwrap_or(false)
 }
 
 /// Reads what `filters` need about `candidates`.
@@ -204,7 +223,7 @@ pub(crate) fn passes(filters: &ListFilters, facts: &FilterFacts, candidate: &Can
         return false;
     }
     if let Some(is_dm) = filters.is_dm
-        && is_dm != facts.is_dm(&room.room_id)
+        && is_dm != facts.is_dm(candidate)
     {
         return false;
     }

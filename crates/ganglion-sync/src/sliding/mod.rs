@@ -220,7 +220,7 @@ async fn compute_answer(
         let candidate = &candidates[*index];
         let room_id: Arc<str> = Arc::from(candidate.room.room_id.as_str());
         let sent: Option<&RoomSent> = previous.rooms.get(&room_id);
-        let is_dm = facts.is_dm(&candidate.room.room_id);
+        let is_dm = facts.is_dm(candidate);
         let (out, now_sent) = room::room(&cx, &mut conn, candidate, config, sent, is_dm).await?;
         next_state.rooms.insert(room_id.clone(), now_sent);
         next_state.configs.insert(room_id, config.clone());

@@ -11,6 +11,8 @@ const MAX_LISTS: usize = 64;
 const MAX_RANGES: usize = 16;
 const MAX_SUBSCRIPTIONS: usize = 512;
 const MAX_REQUIRED_STATE: usize = 128;
+/// Longest `conn_id` or list name, in bytes.
+const MAX_NAME: usize = 255;
 /// A timeline asks for at most this many events per room.
 pub(crate) const MAX_TIMELINE_LIMIT: u64 = 1000;
 
@@ -123,6 +125,12 @@ impl ScopedExtension {
 
 impl SlidingRequest {
     pub(crate) fn check(&self) -> Result<(), MatrixError> {
+        if self.conn_id.as_ref().is_some_and(|conn_id| conn_id.len() > MAX_NAME) {
+            return Err(MatrixError::invalid_param(format!("`conn_id` is longer than {MAX_NAME} bytes")));
+        }
+        if self.lists.keys().any(|name| name.len() > MAX_NAME) {
+            return Err(MatrixError::invalid_param(format!("A list name is longer than {MAX_NAME} bytes")));
+        }
         if self.lists.len() > MAX_LISTS {
             return Err(MatrixError::invalid_param(format!("At most {MAX_LISTS} lists")));
         }
