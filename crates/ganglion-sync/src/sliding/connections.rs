@@ -36,8 +36,8 @@ pub(crate) struct RoomSent {
     pub up_to: i64,
     /// The user's membership it was sent with (a change sends the room whole again).
     pub membership: Arc<str>,
-    /// The `required_state` it was sent with (a change sends the newly required state).
-    pub required_state: Arc<Vec<(String, String)>>,
+    /// The config it was sent with (a change of `required_state` sends the state it asks for).
+    pub config: Arc<RoomConfig>,
     /// Members whose member event went out for `$LAZY`.
     pub lazy_members: Arc<HashSet<String>>,
 }
@@ -50,8 +50,6 @@ pub(crate) struct ConnectionState {
     pub rooms: HashMap<Arc<str>, RoomSent>,
     /// Each list's count in the response.
     pub list_counts: BTreeMap<String, usize>,
-    /// The room configs of the last request, to notice a changed subscription.
-    pub configs: HashMap<Arc<str>, RoomConfig>,
 }
 
 struct Connection {

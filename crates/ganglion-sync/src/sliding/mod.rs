@@ -169,8 +169,10 @@ async fn compute_answer(
 
     // Each list's rooms in its ranges, and every room's merged config and lists.
     let mut list_counts = BTreeMap::new();
-    let mut wanted: BTreeMap<usize, (RoomConfig, BTreeSet<&str>, bool)> = BTreeMap::new();
+    // Configs are shared between a list's rooms: a room in one list costs no copy of it.
+    let mut wanted: BTreeMap<usize, (Arc<RoomConfig>, BTreeSet<&str>, bool)> = BTreeMap::new();
     for (name, list) in &body.lists {
+        let config = Arc::new(list.room.normalized());
         let members: Vec<usize> = (0..candidates.len())
             .filter(|index| {
                 list.filters.as_ref().is_none_or(|filters| list::passes(filters, &facts, &candidates[*index]))
@@ -180,9 +182,10 @@ async fn compute_answer(
         for (start, end) in &list.ranges {
             let end = (*end).min(members.len().saturating_sub(1) as u64) as usize;
             for index in members.iter().take(end + 1).skip(*start as usize) {
-                let entry =
-                    wanted.entry(*index).or_insert_with(|| (list.room.clone(), BTreeSet::new(), false));
-                entry.0.merge(&list.room);
+                let entry = wanted.entry(*index).or_insert_with(|| (config.clone(), BTreeSet::new(), false));
+                if !Arc::ptr_eq(&entry.0, &config) {
+                    Arc::make_mut(&mut entry.0).merge(&config);
+                }
                 entry.1.insert(name.as_str());
             }
         }
@@ -195,8 +198,11 @@ async fn compute_answer(
     for (room_id, config) in &body.room_subscriptions {
         // A room the user has no membership in (or may not see) is left out.
         let Some(index) = by_id.get(room_id.as_str()) else { continue };
+        let config = Arc::new(config.normalized());
         let entry = wanted.entry(*index).or_insert_with(|| (config.clone(), BTreeSet::new(), true));
-        entry.0.merge(config);
+        if !Arc::ptr_eq(&entry.0, &config) {
+            Arc::make_mut(&mut entry.0).merge(&config);
+        }
         entry.2 = true;
     }
 
@@ -212,7 +218,6 @@ async fn compute_answer(
         token: Some(next),
         rooms: previous.rooms.clone(),
         list_counts: list_counts.clone(),
-        configs: HashMap::new(),
     };
     let mut rooms = Vec::new();
     let mut scoped_meta = Vec::new();
@@ -222,8 +227,7 @@ async fn compute_answer(
         let sent: Option<&RoomSent> = previous.rooms.get(&room_id);
         let is_dm = facts.is_dm(candidate);
         let (out, now_sent) = room::room(&cx, &mut conn, candidate, config, sent, is_dm).await?;
-        next_state.rooms.insert(room_id.clone(), now_sent);
-        next_state.configs.insert(room_id, config.clone());
+        next_state.rooms.insert(room_id, now_sent);
         let initial = out.as_ref().is_some_and(|out| out.initial);
         scoped_meta.push((*index, lists.clone(), *subscribed, initial, rooms.len(), out.is_some()));
         if let Some(out) = out {

@@ -174,13 +174,20 @@ impl RoomConfig {
         self.timeline_limit.unwrap_or(0).min(MAX_TIMELINE_LIMIT) as usize
     }
 
-    /// This config and `other` together: the larger timeline and both sets of state.
+    /// The config with its `required_state` sorted and without repeats, so two configs asking
+    /// for the same state compare equal.
+    pub(crate) fn normalized(&self) -> RoomConfig {
+        let mut config = self.clone();
+        config.required_state.sort();
+        config.required_state.dedup();
+        config
+    }
+
+    /// This config and `other` together: the larger timeline and both sets of state (normalized).
     pub(crate) fn merge(&mut self, other: &RoomConfig) {
         self.timeline_limit = Some(self.timeline_limit.unwrap_or(0).max(other.timeline_limit.unwrap_or(0)));
-        for pair in &other.required_state {
-            if !self.required_state.contains(pair) {
-                self.required_state.push(pair.clone());
-            }
-        }
+        self.required_state.extend(other.required_state.iter().cloned());
+        self.required_state.sort();
+        self.required_state.dedup();
     }
 }

@@ -102,21 +102,19 @@ pub(crate) async fn room(
     cx: &RoomContext<'_>,
     conn: &mut LazyConn,
     candidate: &Candidate,
-    config: &RoomConfig,
+    config: &Arc<RoomConfig>,
     sent: Option<&RoomSent>,
     is_dm: bool,
 ) -> Result<(Option<RoomOut>, RoomSent), SyncError> {
     let room = &candidate.room;
-    let mut required: Vec<(String, String)> = config.required_state.clone();
-    required.sort();
-    required.dedup();
-    let required = Arc::new(required);
+    let required = &config.required_state;
     let initial = sent.is_none_or(|sent| *sent.membership != *room.membership);
-    let state_config_changed = sent.is_some_and(|sent| sent.required_state != required);
+    let state_config_changed = sent
+        .is_some_and(|sent| !Arc::ptr_eq(&sent.config, config) && sent.config.required_state != *required);
     let mut now_sent = RoomSent {
         up_to: cx.next.events.0,
         membership: Arc::from(room.membership.as_str()),
-        required_state: required.clone(),
+        config: config.clone(),
         lazy_members: match (initial, sent) {
             (false, Some(sent)) => sent.lazy_members.clone(),
             _ => Arc::default(),
@@ -193,13 +191,13 @@ pub(crate) async fn room(
     // Required state: all of it that matches when the room is new to the client or the
     // config changed, else what changed in the range.
     let mut state_events: Vec<StoredEvent> = if initial || state_config_changed {
-        matching_state(cx, conn, &current, &required).await?
+        matching_state(cx, conn, &current, required).await?
     } else if timeline.gap || timeline.events.iter().any(|event| event.pdu.is_state()) {
         let before =
             timeline::state_after_position(conn, &cx.state.caches, room.room_nid, range.after).await?;
         let changed: Vec<EventNid> = compute::changed_entries(&before, &current).collect();
         let mut events = cx.state.caches.events(conn, &changed).await?;
-        events.retain(|event| matches(&required, event, cx.user_id));
+        events.retain(|event| matches(required, event, cx.user_id));
         events
     } else {
         Vec::new()
