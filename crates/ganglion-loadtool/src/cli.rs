@@ -17,7 +17,11 @@ pub struct Args {
     /// `to-device`: each sender sends one to-device message to every device of every user
     /// (--users x --devices-per-user devices, each long-polling /sync). `keys-claim` and
     /// `keys-query`: --senders clients call /keys/claim or /keys/query in closed loops against
-    /// devices that published one-time keys.
+    /// devices that published one-time keys. `first-list`: time to the first room list (20
+    /// rooms) of a user in each of --room-counts rooms, simplified sliding sync (MSC4186) as
+    /// Element X asks for it against `/sync` v2's initial sync. `live-update`: --users clients
+    /// long-poll simplified sliding sync in one shared room while --messages messages are sent
+    /// one at a time; reports the delivery time to all of them and the server's CPU per message.
     #[arg(long, value_enum, default_value_t = Workload::Rooms)]
     pub workload: Workload,
 
@@ -35,6 +39,19 @@ pub struct Args {
     /// one /keys/query (default 10).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub keys_per_request: Option<u32>,
+
+    /// First-list workload: the user's room counts to measure at, ascending (default
+    /// 100,1000,5000). The same user gets rooms added up to each count in turn.
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..))]
+    pub room_counts: Vec<u32>,
+
+    /// First-list workload: warm measurements of each request after the cold one (default 5).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeats: Option<u32>,
+
+    /// Live-update workload: messages sent, one at a time (default 20).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub messages: Option<u32>,
 
     /// Base URL of a running homeserver, e.g. http://127.0.0.1:8008: Ganglion, Synapse or any
     /// other. It must allow registration through the `m.login.dummy` stage and not rate-limit
@@ -145,6 +162,8 @@ pub enum Workload {
     ToDevice,
     KeysClaim,
     KeysQuery,
+    FirstList,
+    LiveUpdate,
 }
 
 impl Workload {
@@ -154,11 +173,17 @@ impl Workload {
             Workload::ToDevice => "to-device",
             Workload::KeysClaim => "keys-claim",
             Workload::KeysQuery => "keys-query",
+            Workload::FirstList => "first-list",
+            Workload::LiveUpdate => "live-update",
         }
     }
 
     fn is_keys(self) -> bool {
         matches!(self, Workload::KeysClaim | Workload::KeysQuery)
+    }
+
+    fn is_sliding(self) -> bool {
+        matches!(self, Workload::FirstList | Workload::LiveUpdate)
     }
 }
 
@@ -204,10 +229,19 @@ impl Args {
         if self.keys_per_request.is_some() && !self.workload.is_keys() {
             return Err("--keys-per-request goes with --workload keys-claim or keys-query".to_owned());
         }
-        if self.send_rate.is_some() && self.workload.is_keys() {
+        if self.send_rate.is_some() && (self.workload.is_keys() || self.workload.is_sliding()) {
             return Err("--send-rate goes with --workload rooms or to-device".to_owned());
         }
-        if self.lazy_load_members && self.workload.is_keys() {
+        if (!self.room_counts.is_empty() || self.repeats.is_some()) && self.workload != Workload::FirstList {
+            return Err("--room-counts and --repeats go with --workload first-list".to_owned());
+        }
+        if self.room_counts.windows(2).any(|pair| pair[0] >= pair[1]) {
+            return Err("--room-counts must be ascending".to_owned());
+        }
+        if self.messages.is_some() && self.workload != Workload::LiveUpdate {
+            return Err("--messages goes with --workload live-update".to_owned());
+        }
+        if self.lazy_load_members && (self.workload.is_keys() || self.workload.is_sliding()) {
             return Err("--lazy-load-members goes with --workload rooms or to-device".to_owned());
         }
         if let Some(syncing) = self.syncing_users {
@@ -228,6 +262,18 @@ impl Args {
 
     pub fn devices_per_user(&self) -> u32 {
         self.devices_per_user.unwrap_or(DEFAULT_DEVICES_PER_USER)
+    }
+
+    pub fn room_counts(&self) -> Vec<u32> {
+        if self.room_counts.is_empty() { vec![100, 1_000, 5_000] } else { self.room_counts.clone() }
+    }
+
+    pub fn repeats(&self) -> u32 {
+        self.repeats.unwrap_or(5)
+    }
+
+    pub fn messages(&self) -> u32 {
+        self.messages.unwrap_or(20)
     }
 
     pub fn keys_per_request(&self) -> u32 {

@@ -3,7 +3,8 @@
 //! per user (or per syncing user), sends messages from concurrent senders and reports sends/s,
 //! deliveries/s, /sync responses/s, send and fan-out latency, initial sync time and server RSS
 //! and CPU; for a cluster, also every worker's replication lag. The rooms may be encrypted; other workloads
-//! send to-device messages to many devices, or claim and query end-to-end encryption keys.
+//! send to-device messages to many devices, or claim and query end-to-end encryption keys; two
+//! measure simplified sliding sync: the time to a first room list, and a live update's cost.
 //!
 //! It is a benchmark, not a test: it measures and reports, and asserts nothing about the server
 //! beyond what it needs to run. Every non-2xx answer is counted in the report.
@@ -23,6 +24,7 @@ mod run;
 mod sender;
 mod server;
 mod setup;
+mod sliding;
 mod spawn;
 mod stats;
 

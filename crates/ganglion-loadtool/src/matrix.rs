@@ -446,6 +446,22 @@ impl Api {
         let request = self.http.get(url).bearer_auth(&session.access_token);
         self.execute(request).await
     }
+    /// `POST /unstable/org.matrix.simplified_msc3575/sync` (simplified sliding sync, MSC4186):
+    /// `pos` from the last answer (none for a new connection), `timeout_ms` to wait for news.
+    pub async fn sliding_sync(
+        &self,
+        session: &Session,
+        pos: Option<&str>,
+        timeout_ms: u64,
+        body: &serde_json::Value,
+    ) -> Result<Reply, reqwest::Error> {
+        let mut url = self.url(&format!("/unstable/org.matrix.simplified_msc3575/sync?timeout={timeout_ms}"));
+        if let Some(pos) = pos {
+            let _ = write!(url, "&pos={}", encode_component(pos));
+        }
+        let request = self.http.post(url).bearer_auth(&session.access_token).json(body);
+        self.execute(request).await
+    }
 }
 
 /// The `/keys` endpoints the keys workloads call.

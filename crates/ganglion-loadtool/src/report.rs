@@ -322,7 +322,11 @@ impl Report {
         // The targets are for messages into rooms.
         let targets = match args.workload {
             Workload::Rooms => targets(measurements.backend, &sends, &fanout, &memory, replication.as_ref()),
-            Workload::ToDevice | Workload::KeysClaim | Workload::KeysQuery => Vec::new(),
+            Workload::ToDevice
+            | Workload::KeysClaim
+            | Workload::KeysQuery
+            | Workload::FirstList
+            | Workload::LiveUpdate => Vec::new(),
         };
         Report {
             server: ServerInfo {

@@ -58,7 +58,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 .and_then(|plan| plan.with_syncing_users(args.syncing_users() as usize))
                 .map_err(anyhow::Error::msg)?,
         ),
-        Workload::ToDevice | Workload::KeysClaim | Workload::KeysQuery => None,
+        Workload::ToDevice
+        | Workload::KeysClaim
+        | Workload::KeysQuery
+        | Workload::FirstList
+        | Workload::LiveUpdate => None,
     };
     let progress = Progress::new();
 
@@ -73,6 +77,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     ));
     match args.workload {
         Workload::KeysClaim | Workload::KeysQuery => crate::keys::run(&args, server, &progress).await,
+        Workload::FirstList => crate::sliding::first_list(&args, server, &progress).await,
+        Workload::LiveUpdate => crate::sliding::live_update(&args, server, &progress).await,
         Workload::Rooms | Workload::ToDevice => messages(&args, server, plan.as_ref(), &progress).await,
     }
 }

@@ -59,7 +59,7 @@ impl Setup<'_> {
         Ok(devices)
     }
 
-    fn username(&self, kind: &str, index: usize) -> String {
+    pub fn username(&self, kind: &str, index: usize) -> String {
         format!("load{}_{kind}{index}", self.run_id)
     }
 }
