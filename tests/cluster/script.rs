@@ -1,5 +1,5 @@
-//! The README's one-command cluster (`scripts/cluster.sh`) starts, serves through nginx,
-//! brings back a killed master, and stops everything on SIGTERM.
+//! The README's one-command cluster (`scripts/cluster.sh`) starts, serves through nginx (`/sync`
+//! and Element X's sliding sync), brings back a killed master, and stops everything on SIGTERM.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -77,6 +77,19 @@ async fn the_readme_cluster_script_serves_and_recovers() {
                 .filter_map(|e| e["content"]["body"].as_str())
                 .collect();
             anyhow::ensure!(bodies.ends_with(&["hello", "after"]), "timeline: {bodies:?}");
+            // Element X's sync: simplified sliding sync is routed to the sync workers too.
+            let versions = api.get("/_matrix/client/versions", None).await?.ok();
+            anyhow::ensure!(versions["unstable_features"]["org.matrix.simplified_msc3575"] == true);
+            let list = json!({ "lists": { "all": { "ranges": [[0, 0]], "timeline_limit": 2 } } });
+            let sliding =
+                alice.post("/_matrix/client/unstable/org.matrix.simplified_msc3575/sync", &list).await?.ok();
+            let bodies: Vec<&str> = sliding["rooms"][&room]["timeline"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e["content"]["body"].as_str())
+                .collect();
+            anyhow::ensure!(bodies == ["hello", "after"], "sliding sync: {sliding:#}");
             Ok(())
         }
         .await;

@@ -57,7 +57,7 @@ on_both_backends!(migrations_are_idempotent, |db| {
         .fetch_all(&mut *conn)
         .await
         .unwrap();
-    assert_eq!(applied, vec![(1,), (2,)]);
+    assert_eq!(applied, vec![(1,), (2,), (3,)]);
 });
 
 on_both_backends!(users_devices_and_tokens, |db| {
@@ -139,6 +139,24 @@ on_both_backends!(events_are_read_back_by_position, |db| {
     // A duplicate event id is refused, not silently merged.
     let duplicate = row(6, "$e1");
     assert!(events::insert_events(&mut conn, &[duplicate]).await.unwrap_err().is_unique_violation());
+});
+
+on_both_backends!(room_heads_move_with_their_bump_stamps, |db| {
+    let mut conn = db.conn().await.unwrap();
+    let first = rooms::insert_room(&mut conn, "!a:x", "12", false).await.unwrap();
+    let second = rooms::insert_room(&mut conn, "!b:x", "12", false).await.unwrap();
+    assert_eq!(rooms::room_by_nid(&mut conn, first).await.unwrap().unwrap().bump_stream_pos, 0);
+    rooms::set_room_heads(
+        &mut conn,
+        &[(first, EventNid(7), SnapshotNid(1), 3, 7), (second, EventNid(9), SnapshotNid(2), 4, 8)],
+    )
+    .await
+    .unwrap();
+    let mut stamps = rooms::bump_stamps_of_rooms(&mut conn, &[second, first, RoomNid(999)]).await.unwrap();
+    stamps.sort();
+    assert_eq!(stamps, vec![(first, 7), (second, 8)]);
+    let head = rooms::room_by_nid(&mut conn, second).await.unwrap().unwrap();
+    assert_eq!((head.latest_event_nid, head.max_depth, head.bump_stream_pos), (Some(EventNid(9)), 4, 8));
 });
 
 on_both_backends!(state_blocks_round_trip, |db| {
