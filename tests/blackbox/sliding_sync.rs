@@ -14,7 +14,8 @@ on_all_backends!(
     extensions_carry_keys_receipts_typing_and_account_data,
     unknown_positions_are_refused,
     a_long_poll_answers_when_a_message_arrives,
-    steady_state_answers_come_from_memory
+    steady_state_answers_come_from_memory,
+    ignoring_a_user_sends_held_rooms_again_without_them
 );
 
 const PATH: &str = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync";
@@ -500,4 +501,35 @@ async fn steady_state_answers_come_from_memory(backend: Backend) {
     // Nothing new: memory as well.
     let quiet = alice.post(&format!("{PATH}?timeout=0&pos={}", enc(&pos_of(&answer))), &body).await.unwrap();
     assert_eq!(quiet.headers.get("x-ganglion-sync-source").unwrap(), "memory");
+}
+
+async fn ignoring_a_user_sends_held_rooms_again_without_them(backend: Backend) {
+    let server = start(backend).await;
+    let [alice, bob] = <[Account; 2]>::try_from(register_all(&server, &["alice", "bob"]).await).unwrap();
+    let room = alice.create_room(&json!({ "preset": "public_chat" })).await.unwrap();
+    bob.join(&room).await.unwrap();
+    alice.send_text(&room, "from alice").await.unwrap();
+    bob.send_text(&room, "from bob").await.unwrap();
+    let body = json!({ "lists": { "l": { "ranges": [[0, 0]], "timeline_limit": 10 } } });
+    let first =
+        slide_until(&alice, None, &body, |a| bodies(&a["rooms"][&room]) == ["from alice", "from bob"]).await;
+    assert_eq!(bodies(&first["rooms"][&room]), vec!["from alice", "from bob"]);
+
+    alice
+        .put(
+            &format!("/user/{}/account_data/m.ignored_user_list", enc(&alice.user_id)),
+            &json!({ "ignored_users": { (bob.user_id.clone()): {} } }),
+        )
+        .await
+        .unwrap()
+        .ok();
+    bob.send_text(&room, "ignored").await.unwrap();
+    alice.send_text(&room, "alice again").await.unwrap();
+    let again = slide_until(&alice, Some(&pos_of(&first)), &body, |a| {
+        bodies(&a["rooms"][&room]).last().is_some_and(|last| last == "alice again")
+    })
+    .await;
+    let section = &again["rooms"][&room];
+    assert_eq!(section["initial"], true, "{again:#}");
+    assert_eq!(bodies(section), vec!["from alice", "alice again"], "{again:#}");
 }

@@ -54,6 +54,8 @@ pub(crate) struct ConnectionState {
     pub rooms: HashMap<Arc<str>, RoomSent>,
     /// Each list's count in the response.
     pub list_counts: BTreeMap<String, usize>,
+    /// The ignore list the rooms were sent under.
+    pub ignored: Option<crate::memory::IgnoredUsers>,
 }
 
 struct Connection {

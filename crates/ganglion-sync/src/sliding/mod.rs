@@ -161,6 +161,12 @@ async fn compute_answer(
         SyncRequest { user_id, device_id, since: previous.token, full_state: false, filter: &filter };
     let mut sync = Computation::new(state, &request, next);
     sync.ignored = compute::ignored_users(state, &mut conn, user_id).await?;
+    // What the client holds was chosen under its old ignore list: every room goes out whole
+    // again (as `/sync` marks them `limited`), without the newly ignored users' events.
+    let held = match &previous.ignored {
+        Some(ignored) if **ignored != *sync.ignored => Default::default(),
+        _ => previous.rooms.clone(),
+    };
     let left_after = previous.token.map(|token| token.events.0);
     let candidates = list::candidates(state, &mut conn, &sync, left_after, next.events.0).await?;
     let filters: Vec<&request::ListFilters> =
@@ -216,7 +222,8 @@ async fn compute_answer(
     };
     let mut next_state = ConnectionState {
         token: Some(next),
-        rooms: previous.rooms.clone(),
+        rooms: held.clone(),
+        ignored: Some(sync.ignored.clone()),
         list_counts: list_counts.clone(),
     };
     let mut rooms = Vec::new();
@@ -224,7 +231,7 @@ async fn compute_answer(
     for (index, (config, lists, subscribed)) in &wanted {
         let candidate = &candidates[*index];
         let room_id: Arc<str> = Arc::from(candidate.room.room_id.as_str());
-        let sent: Option<&RoomSent> = previous.rooms.get(&room_id);
+        let sent: Option<&RoomSent> = held.get(&room_id);
         let is_dm = facts.is_dm(candidate);
         let (out, now_sent) = room::room(&cx, &mut conn, candidate, config, sent, is_dm).await?;
         next_state.rooms.insert(room_id, now_sent);
