@@ -441,10 +441,6 @@ impl<'a> Computation<'a> {
         }
     }
 
-    pub(crate) fn user_id(&self) -> &str {
-        self.request.user_id
-    }
-
     fn timeline_selection(&self) -> Selection<'_> {
         Selection {
             filter: &self.request.filter.room.timeline,

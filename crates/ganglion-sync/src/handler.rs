@@ -17,7 +17,7 @@ use crate::{SyncState, compute::SyncRequest, filter::Filter, wait};
 pub(crate) const SYNC_SOURCE: &str = "x-ganglion-sync-source";
 
 /// Longest a request may be held open, whatever `timeout` asks.
-const MAX_TIMEOUT: Duration = Duration::from_secs(300);
+pub(crate) const MAX_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[derive(Deserialize)]
 pub(crate) struct SyncQuery {
@@ -52,12 +52,7 @@ pub(crate) async fn sync(
             "This server is catching up; try again shortly",
         ));
     }
-    let presence = match query.set_presence.as_deref() {
-        None => PresenceState::Online,
-        Some(presence) => PresenceState::parse(presence).ok_or_else(|| {
-            MatrixError::invalid_param("`set_presence` must be online, offline or unavailable")
-        })?,
-    };
+    let presence = presence_of(query.set_presence.as_deref())?;
     let filter = match query.filter.as_deref() {
         None | Some("") => Arc::new(Filter::default()),
         Some(filter) => filter_of_user(&state, session.user_id.as_str(), filter).await?,
@@ -81,6 +76,16 @@ pub(crate) async fn sync(
     ];
     let now_ms = u64::try_from(ganglion_storage::now_ms()).unwrap_or(0);
     Ok((headers, batch.into_body(now_ms)))
+}
+
+/// The presence `?set_presence=` asks for while the device syncs (online when absent).
+pub(crate) fn presence_of(set_presence: Option<&str>) -> MatrixResult<PresenceState> {
+    match set_presence {
+        None => Ok(PresenceState::Online),
+        Some(presence) => PresenceState::parse(presence).ok_or_else(|| {
+            MatrixError::invalid_param("`set_presence` must be online, offline or unavailable")
+        }),
+    }
 }
 
 /// The filter of `?filter=`: inline JSON when it starts with `{`, else the id of one of the

@@ -39,16 +39,16 @@ pub(crate) struct BumpStamps {
     by_room: parking_lot::Mutex<HashMap<RoomNid, (i64, i64)>>,
 }
 
-/// The rooms any list may hold: joined, invited and knocked rooms, and rooms the user left (or
+/// The rooms of the user's membership `rows` any list may hold: joined, invited and knocked rooms, and rooms the user left (or
 /// was banned from) after `left_after` (so a client holding them learns of it), newest first.
 pub(crate) async fn candidates(
     state: &SyncState,
     conn: &mut LazyConn,
     sync: &Computation<'_>,
+    rows: &[ganglion_storage::streams::UserRoomRow],
     left_after: Option<i64>,
     up_to: i64,
 ) -> Result<Vec<Candidate>, SyncError> {
-    let rows = crate::compute::user_rooms(state, conn, sync.user_id()).await?;
     let mut rooms = Vec::with_capacity(rows.len());
     let mut direct_invites = HashSet::new();
     for row in rows.iter() {

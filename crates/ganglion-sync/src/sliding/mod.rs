@@ -21,7 +21,6 @@ use std::{
 };
 
 use axum::extract::State;
-use ganglion_events::presence::PresenceState;
 use ganglion_http::{Auth, MatrixError, MatrixJson, MatrixQuery, MatrixResult, lenient};
 use ganglion_types::ErrorClass;
 use http::{HeaderValue, header::CONTENT_TYPE};
@@ -39,9 +38,6 @@ use crate::{
     compute::{self, Computation, SyncRequest},
     filter::Filter,
 };
-
-/// Longest a request may be held open, whatever `timeout` asks.
-const MAX_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[derive(Deserialize)]
 pub(crate) struct SlidingQuery {
@@ -66,16 +62,11 @@ pub(crate) async fn sliding_sync(
     let previous = state.memory.sliding.state_at(&key, pos).map_err(|_| {
         MatrixError::new(ErrorClass::UnknownPos, "Unknown position: start the connection again without `pos`")
     })?;
-    let presence = match query.set_presence.as_deref() {
-        None => PresenceState::Online,
-        Some(presence) => PresenceState::parse(presence).ok_or_else(|| {
-            MatrixError::invalid_param("`set_presence` must be online, offline or unavailable")
-        })?,
-    };
+    let presence = crate::handler::presence_of(query.set_presence.as_deref())?;
     let _syncing = state.syncing.sync_started(&session.user_id, &session.device_id, presence).await;
     // A new connection is answered at once, whatever it asks.
     let timeout = match pos {
-        Some(_) => Duration::from_millis(query.timeout.unwrap_or(0)).min(MAX_TIMEOUT),
+        Some(_) => Duration::from_millis(query.timeout.unwrap_or(0)).min(crate::handler::MAX_TIMEOUT),
         None => Duration::ZERO,
     };
     let deadline = Instant::now() + timeout;
@@ -168,7 +159,8 @@ async fn compute_answer(
         _ => previous.rooms.clone(),
     };
     let left_after = previous.token.map(|token| token.events.0);
-    let candidates = list::candidates(state, &mut conn, &sync, left_after, next.events.0).await?;
+    let all_rooms = compute::user_rooms(state, &mut conn, user_id).await?;
+    let candidates = list::candidates(state, &mut conn, &sync, &all_rooms, left_after, next.events.0).await?;
     let filters: Vec<&request::ListFilters> =
         body.lists.values().filter_map(|list| list.filters.as_ref()).collect();
     let facts = list::filter_facts(state, &mut conn, user_id, &filters, &candidates).await?;
@@ -254,7 +246,6 @@ async fn compute_answer(
             },
         })
         .collect();
-    let all_rooms = compute::user_rooms(state, &mut conn, user_id).await?;
     let ext_cx = extensions::ExtensionContext {
         state,
         user_id,
