@@ -9,7 +9,7 @@
 
 use std::{future::Future, time::Duration};
 
-use ganglion_testkit::{Account, Backend, ServerOptions, TestServer, enc};
+use ganglion_testkit::{Account, Api, Backend, ServerOptions, TestServer, enc};
 use serde_json::Value;
 
 /// Generates one `#[tokio::test]` per scenario and backend, in `mod sqlite` and `mod postgres`.
@@ -56,6 +56,7 @@ mod membership;
 mod pagination;
 mod presence;
 mod ratelimits;
+mod readme_cluster;
 mod restart;
 mod rooms;
 mod sliding_sync;
@@ -102,8 +103,13 @@ pub async fn three_in_a_public_room(server: &TestServer) -> ([Account; 3], Strin
 
 /// The account behind a logged-in matrix-sdk client, for raw requests with the same device.
 pub fn account_of(server: &TestServer, client: &matrix_sdk::Client) -> Account {
+    account_at(&server.base_url, client)
+}
+
+/// [`account_of`] for the server at `base_url`.
+pub fn account_at(base_url: &str, client: &matrix_sdk::Client) -> Account {
     Account::new(
-        server.api(),
+        Api::new(base_url),
         client.user_id().unwrap().as_str(),
         &client.access_token().unwrap(),
         client.device_id().unwrap().as_str(),

@@ -12,7 +12,7 @@ use std::{
 };
 
 use futures_util::{Stream, StreamExt};
-use ganglion_testkit::{Backend, TestServer, eventually, sdk_client, sdk_register};
+use ganglion_testkit::{Backend, eventually, sdk_client, sdk_register};
 use matrix_sdk::{
     Client, RoomState,
     config::{RequestConfig, SyncSettings},
@@ -47,7 +47,7 @@ use matrix_sdk_ui::{
 use serde_json::json;
 use tokio::time::Instant;
 
-use crate::{PASSWORD, SYNC_DEADLINE, account_of, start};
+use crate::{PASSWORD, SYNC_DEADLINE, account_at, start};
 
 on_all_backends!(
     element_x_lists_rooms_by_recency_and_chats_encrypted,
@@ -66,10 +66,10 @@ const CHECK_EVERY: Duration = Duration::from_millis(500);
 /// Registers `name` and logs in the way Element X does: the client discovers sliding sync from
 /// `/versions` (`unstable_features["org.matrix.simplified_msc3575"] == true`) and refuses to
 /// build otherwise.
-async fn element_x_client(server: &TestServer, name: &str) -> Client {
-    sdk_register(&server.base_url, name, PASSWORD).await.unwrap();
+async fn element_x_client(base_url: &str, name: &str) -> Client {
+    sdk_register(base_url, name, PASSWORD).await.unwrap();
     let builder = Client::builder()
-        .homeserver_url(&server.base_url)
+        .homeserver_url(base_url)
         .sliding_sync_version_builder(VersionBuilder::DiscoverNative)
         .request_config(RequestConfig::new().disable_retry().timeout(Duration::from_secs(60)));
     let client = boxed(builder.build()).await.unwrap_or_else(|error| {
@@ -323,8 +323,8 @@ async fn until_joined_for(client: &Client, room_id: &RoomId, user: &UserId) {
 
 /// Waits until the server hands out `client`'s device keys (the SDK uploads them alongside its
 /// first sliding sync requests), so that others can share room keys with it.
-async fn until_device_keys_published(server: &TestServer, asker: &Client, client: &Client) {
-    let asker = account_of(server, asker);
+async fn until_device_keys_published(base_url: &str, asker: &Client, client: &Client) {
+    let asker = account_at(base_url, asker);
     let (user, device) = (client.user_id().unwrap().to_string(), client.device_id().unwrap().to_string());
     let what = format!("{user}'s device {device} keys in /keys/query");
     let (asker, user, device) = (&asker, user.as_str(), device.as_str());
@@ -349,9 +349,15 @@ async fn accept_invite(room: &Room) {
 
 async fn element_x_lists_rooms_by_recency_and_chats_encrypted(backend: Backend) {
     let server = start(backend).await;
-    let alice = sdk_client(&server.base_url, "alice", PASSWORD).await.unwrap();
+    lists_rooms_by_recency_and_chats_encrypted(&server.base_url).await;
+}
+
+/// Element X's first-run path against the server at `base_url`: also run against the README's
+/// cluster (`scripts/cluster.sh`) by `readme_cluster`.
+pub async fn lists_rooms_by_recency_and_chats_encrypted(base_url: &str) {
+    let alice = sdk_client(base_url, "alice", PASSWORD).await.unwrap();
     let alice_id = alice.user_id().unwrap().to_owned();
-    let bob = element_x_client(&server, "bob").await;
+    let bob = element_x_client(base_url, "bob").await;
     let bob_id = bob.user_id().unwrap().to_owned();
 
     // A fresh Element X login: the sync service comes up on an empty account.
@@ -360,7 +366,7 @@ async fn element_x_lists_rooms_by_recency_and_chats_encrypted(backend: Backend) 
     let all_rooms = boxed(room_list_service.all_rooms()).await.unwrap();
     let mut list = RoomListView::new(&all_rooms);
     wait_for_count(&sync_service, &all_rooms, 0).await;
-    until_device_keys_published(&server, &alice, &bob).await;
+    until_device_keys_published(base_url, &alice, &bob).await;
 
     // Alice invites Bob to a DM and two named rooms, all encrypted.
     let dm = alice_creates(&alice, &bob_id, None, true, true).await;
@@ -418,7 +424,7 @@ async fn element_x_lists_rooms_by_recency_and_chats_encrypted(backend: Backend) 
     .await
     {
         // What the server holds tells a lost write from a lost delivery.
-        let stored = crate::account_of(&server, &bob)
+        let stored = account_at(base_url, &bob)
             .get(&format!("/user/{}/account_data/m.direct", ganglion_testkit::enc(bob_id.as_str())))
             .await
             .unwrap();
@@ -470,7 +476,7 @@ async fn element_x_sees_invites_typing_and_receipts(backend: Backend) {
     let server = start(backend).await;
     let alice = sdk_client(&server.base_url, "alice", PASSWORD).await.unwrap();
     let alice_id = alice.user_id().unwrap().to_owned();
-    let bob = element_x_client(&server, "bob").await;
+    let bob = element_x_client(&server.base_url, "bob").await;
     let bob_id = bob.user_id().unwrap().to_owned();
 
     let sync_service = start_sync_service(&bob).await;

@@ -6,7 +6,6 @@
 mod degraded;
 mod faults;
 mod routing;
-mod script;
 mod sliding;
 mod to_device;
 

@@ -1,5 +1,6 @@
-//! The README's one-command cluster (`scripts/cluster.sh`) starts, serves through nginx (`/sync`
-//! and Element X's sliding sync), brings back a killed master, and stops everything on SIGTERM.
+//! The README's one-command cluster (`scripts/cluster.sh`) starts, serves Element X's engine
+//! (matrix-sdk-ui over simplified sliding sync) and `/sync` through nginx, brings back a killed
+//! master, and stops everything on SIGTERM.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -10,8 +11,21 @@ use std::{
 };
 
 use anyhow::Context as _;
+use futures_util::FutureExt as _;
 use ganglion_testkit::{Api, eventually};
 use serde_json::json;
+
+/// Kills whatever is left of the cluster if the test ends early (a panic or the deadline), so no
+/// process outlives the test holding its ports.
+struct Leftovers(String);
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        for pid in pids_of(&self.0) {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+}
 
 /// A base port with every port the script derives from it free.
 fn free_base() -> anyhow::Result<u16> {
@@ -31,8 +45,12 @@ fn pids_of(pattern: &str) -> Vec<u32> {
 }
 
 #[tokio::test]
-async fn the_readme_cluster_script_serves_and_recovers() {
-    crate::run(async {
+async fn the_readme_cluster_script_serves_element_x_and_recovers() {
+    crate::run(async { scenario().await.unwrap() }).await
+}
+
+async fn scenario() -> anyhow::Result<()> {
+    {
         let binary = ganglion_testkit::ganglion_binary()?;
         let dir = tempfile::Builder::new().prefix("ganglion-script-").tempdir()?;
         let base = free_base()?;
@@ -54,10 +72,23 @@ async fn the_readme_cluster_script_serves_and_recovers() {
         });
         let ready = tokio::time::timeout(Duration::from_secs(120), ready).await;
         let pattern = dir.path().display().to_string();
+        let _leftovers = Leftovers(pattern.clone());
         let result = async {
             anyhow::ensure!(matches!(ready, Ok(Ok(true))), "scripts/cluster.sh did not get ready");
-            let api = Api::new(format!("http://{listen}"));
-            let alice = api.register("alice", "password-alice").await?;
+            let base_url = format!("http://{listen}");
+            // Element X's engine logs in, lists rooms by recency, chats and decrypts.
+            let element_x = crate::sliding_sync_sdk::lists_rooms_by_recency_and_chats_encrypted(&base_url);
+            if let Err(panic) = std::panic::AssertUnwindSafe(element_x).catch_unwind().await {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_default();
+                anyhow::bail!("Element X on the README cluster: {message}");
+            }
+
+            let api = Api::new(base_url);
+            let alice = api.register("operator", "password-operator").await?;
             let room = alice.create_room(&json!({})).await?;
             alice.send_text(&room, "hello").await?;
 
@@ -111,6 +142,5 @@ async fn the_readme_cluster_script_serves_and_recovers() {
         }
         result?;
         left
-    })
-    .await
+    }
 }
