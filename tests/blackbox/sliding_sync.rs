@@ -12,6 +12,7 @@ on_all_backends!(
     required_state_follows_lazy_me_and_wildcards,
     list_filters_select_rooms,
     extensions_carry_keys_receipts_typing_and_account_data,
+    a_room_back_in_range_catches_up_on_receipts_typing_and_account_data,
     unknown_positions_are_refused,
     a_long_poll_answers_when_a_message_arrives,
     steady_state_answers_come_from_memory,
@@ -395,6 +396,87 @@ async fn extensions_carry_keys_receipts_typing_and_account_data(backend: Backend
     body["extensions"]["to_device"]["since"] = ext["to_device"]["next_batch"].clone();
     let after = slide(&alice, Some(&pos_of(&later)), 0, &body).await;
     assert!(after["extensions"]["to_device"]["events"].as_array().unwrap().is_empty());
+}
+
+async fn a_room_back_in_range_catches_up_on_receipts_typing_and_account_data(backend: Backend) {
+    let server = start(backend).await;
+    let [alice, bob] = <[Account; 2]>::try_from(register_all(&server, &["alice", "bob"]).await).unwrap();
+    let front = alice.create_room(&json!({ "preset": "public_chat" })).await.unwrap();
+    let away = alice.create_room(&json!({ "preset": "public_chat" })).await.unwrap();
+    bob.join(&front).await.unwrap();
+    bob.join(&away).await.unwrap();
+    let read = alice.send_text(&away, "read me later").await.unwrap();
+    let extensions = json!({
+        "account_data": { "enabled": true },
+        "receipts": { "enabled": true },
+        "typing": { "enabled": true },
+    });
+    // Only the most recent room is in range.
+    let body = json!({
+        "lists": { "top": { "ranges": [[0, 0]], "timeline_limit": 1 } },
+        "extensions": extensions,
+    });
+    let first = slide_until(&alice, None, &body, |a| bodies(&a["rooms"][&away]) == ["read me later"]).await;
+    assert_eq!(first["rooms"][&away]["initial"], true, "{first:#}");
+
+    // A message in the other room pushes `away` out of range.
+    alice.send_text(&front, "on top").await.unwrap();
+    let pushed =
+        slide_until(&alice, Some(&pos_of(&first)), &body, |a| bodies(&a["rooms"][&front]) == ["on top"])
+            .await;
+    assert!(pushed["rooms"][&away].is_null(), "{pushed:#}");
+
+    // Out of range, `away` gets a receipt, typing and room account data.
+    bob.post(&format!("/rooms/{}/receipt/m.read/{}", enc(&away), enc(&read)), &json!({})).await.unwrap().ok();
+    bob.put(
+        &format!("/rooms/{}/typing/{}", enc(&away), enc(&bob.user_id)),
+        &json!({ "typing": true, "timeout": 60000 }),
+    )
+    .await
+    .unwrap()
+    .ok();
+    alice
+        .put(
+            &format!("/user/{}/rooms/{}/account_data/org.example.note", enc(&alice.user_id), enc(&away)),
+            &json!({ "note": "while away" }),
+        )
+        .await
+        .unwrap()
+        .ok();
+    // Another connection subscribed to `away` shows them: the sync worker has them all.
+    let watch = json!({ "conn_id": "watch", "room_subscriptions": { (away.clone()): { "timeline_limit": 1 } }, "extensions": extensions });
+    slide_until(&alice, None, &watch, |a| {
+        let ext = &a["extensions"];
+        ext["receipts"]["rooms"][&away]["content"][&read]["m.read"][&bob.user_id].is_object()
+            && ext["typing"]["rooms"][&away]["content"]["user_ids"] == json!([bob.user_id.clone()])
+            && ext["account_data"]["rooms"][&away][0]["type"] == "org.example.note"
+    })
+    .await;
+
+    // An answer while `away` is still out of range carries none of it.
+    alice.send_text(&front, "still on top").await.unwrap();
+    let meanwhile = slide_until(&alice, Some(&pos_of(&pushed)), &body, |a| {
+        bodies(&a["rooms"][&front]) == ["still on top"]
+    })
+    .await;
+    let ext = &meanwhile["extensions"];
+    assert!(meanwhile["rooms"][&away].is_null(), "{meanwhile:#}");
+    assert!(ext["receipts"]["rooms"][&away].is_null(), "{ext:#}");
+    assert!(ext["typing"]["rooms"][&away].is_null(), "{ext:#}");
+    assert!(ext["account_data"]["rooms"][&away].is_null(), "{ext:#}");
+
+    // Back on top, `away` is a delta (the client holds it), and what changed while it was out of
+    // range comes with it.
+    alice.send_text(&away, "back").await.unwrap();
+    let back =
+        slide_until(&alice, Some(&pos_of(&meanwhile)), &body, |a| bodies(&a["rooms"][&away]) == ["back"])
+            .await;
+    assert!(back["rooms"][&away]["initial"].is_null(), "{back:#}");
+    let ext = &back["extensions"];
+    assert!(ext["receipts"]["rooms"][&away]["content"][&read]["m.read"][&bob.user_id].is_object(), "{ext:#}");
+    assert_eq!(ext["typing"]["rooms"][&away]["content"]["user_ids"], json!([bob.user_id.clone()]), "{ext:#}");
+    assert_eq!(ext["account_data"]["rooms"][&away][0]["type"], "org.example.note", "{ext:#}");
+    assert_eq!(ext["account_data"]["rooms"][&away][0]["content"]["note"], "while away", "{ext:#}");
 }
 
 async fn unknown_positions_are_refused(backend: Backend) {

@@ -44,6 +44,9 @@ pub(crate) struct RoomSent {
     pub config: Arc<RoomConfig>,
     /// Members whose member event went out for `$LAZY`.
     pub lazy_members: Arc<HashSet<String>>,
+    /// The positions of the last response that covered the room: its receipts, typing and room
+    /// account data went out up to there (a room back in range catches up from here).
+    pub covered_at: Arc<SyncToken>,
 }
 
 /// One state of a connection: what its client holds after one response.
@@ -268,6 +271,7 @@ mod tests {
             membership: Arc::from("join"),
             config: Arc::default(),
             lazy_members: Arc::default(),
+            covered_at: Arc::default(),
         };
         ConnectionState {
             rooms: (0..count)

@@ -80,6 +80,10 @@ pub(crate) struct ScopedRoom<'a> {
     pub lists: std::collections::BTreeSet<&'a str>,
     pub subscribed: bool,
     pub initial: bool,
+    /// The positions of the last response that covered the room (`None` when `initial`): its
+    /// receipts, typing and account data are sent from there, which is older than the
+    /// connection's previous response when the room was out of every range meanwhile.
+    pub covered_before: Option<&'a SyncToken>,
     pub timeline_event_ids: &'a [String],
 }
 
@@ -156,12 +160,12 @@ pub(crate) async fn extensions(
         out.receipts = Some(receipts(cx, conn, scope, rooms).await?);
     }
     if let Some(scope) = ScopedExtension::on(&request.typing) {
-        let since_typing = match cx.since {
-            Some(since) if since.typing_epoch == cx.next.typing_epoch => since.typing,
-            _ => StreamPosition::ZERO,
-        };
         let mut typing = BTreeMap::new();
         for room in rooms.iter().filter(|room| scope.covers(room.room_id, &room.lists, room.subscribed)) {
+            let since_typing = match room.covered_before {
+                Some(since) if since.typing_epoch == cx.next.typing_epoch => since.typing,
+                _ => StreamPosition::ZERO,
+            };
             let changed = cx.state.typing.changed_between(room.room_id, since_typing, cx.next.typing);
             if !changed && !room.initial {
                 continue;
@@ -188,20 +192,25 @@ async fn account_data(
 ) -> Result<AccountData, SyncError> {
     let in_scope: Vec<&ScopedRoom<'_>> =
         rooms.iter().filter(|room| scope.covers(room.room_id, &room.lists, room.subscribed)).collect();
-    let after = cx.since.map_or(0, |since| since.account_data.0);
+    let global_after = cx.since.map_or(0, |since| since.account_data.0);
+    let live: HashMap<&str, i64> = in_scope
+        .iter()
+        .filter_map(|room| Some((room.room_id, room.covered_before?.account_data.0)))
+        .collect();
+    let after = live.values().copied().fold(global_after, i64::min);
     let up_to = cx.next.account_data.0;
     let mut global = Vec::new();
     let mut by_room: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     let untouched = cx.state.recent.account_data_changed_after(cx.user_id, after) == Some(false);
     if after < up_to && !untouched {
-        let live: HashSet<&str> =
-            in_scope.iter().filter(|room| !room.initial).map(|room| room.room_id).collect();
         for row in
             stream_store::account_data_between(conn.connection().await?, cx.user_id, after, up_to).await?
         {
             if row.room_id.is_empty() {
-                global.push(compute::account_data_event(&row));
-            } else if live.contains(row.room_id.as_str()) {
+                if row.stream_pos > global_after {
+                    global.push(compute::account_data_event(&row));
+                }
+            } else if live.get(row.room_id.as_str()).is_some_and(|room_after| row.stream_pos > *room_after) {
                 by_room.entry(row.room_id.clone()).or_default().push(compute::account_data_event(&row));
             }
         }
@@ -239,10 +248,15 @@ async fn receipts(
         rooms.iter().filter(|room| scope.covers(room.room_id, &room.lists, room.subscribed)).collect();
     let mut rows_by_room: HashMap<String, Vec<stream_store::ReceiptRow>> = HashMap::new();
     let up_to = cx.next.receipts.0;
-    let live: Vec<String> =
-        in_scope.iter().filter(|room| !room.initial).map(|room| room.room_id.to_owned()).collect();
-    let after = cx.since.map_or(0, |since| since.receipts.0);
-    if !live.is_empty() && after < up_to {
+    // Rooms the client holds, by where their receipts were sent up to: one group, unless some
+    // were out of every range for a while.
+    let mut live: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+    for room in &in_scope {
+        if let Some(covered) = room.covered_before {
+            live.entry(covered.receipts.0).or_default().push(room.room_id.to_owned());
+        }
+    }
+    for (after, live) in live.into_iter().filter(|(after, _)| *after < up_to) {
         let untouched =
             cx.state.recent.changed_after(StreamKind::Receipts, live.iter().map(String::as_str), after)
                 == Some(false);

@@ -211,6 +211,7 @@ async fn compute_answer(
         device_id,
         next,
         live_after: previous.token.map(|token| token.events.0),
+        covered_at: Arc::new(next),
     };
     let mut next_state = ConnectionState {
         token: Some(next),
@@ -228,18 +229,23 @@ async fn compute_answer(
         let (out, now_sent) = room::room(&cx, &mut conn, candidate, config, sent, is_dm).await?;
         next_state.rooms.insert(room_id, now_sent);
         let initial = out.as_ref().is_some_and(|out| out.initial);
-        scoped_meta.push((*index, lists.clone(), *subscribed, initial, rooms.len(), out.is_some()));
+        let covered_before = match (initial, sent) {
+            (false, Some(sent)) => Some(sent.covered_at.clone()),
+            _ => None,
+        };
+        scoped_meta.push((*index, lists.clone(), *subscribed, covered_before, rooms.len(), out.is_some()));
         if let Some(out) = out {
             rooms.push(out);
         }
     }
     let scoped: Vec<extensions::ScopedRoom<'_>> = scoped_meta
         .iter()
-        .map(|(index, lists, subscribed, initial, out_index, has_out)| extensions::ScopedRoom {
+        .map(|(index, lists, subscribed, covered_before, out_index, has_out)| extensions::ScopedRoom {
             room_id: candidates[*index].room.room_id.as_str(),
             lists: lists.clone(),
             subscribed: *subscribed,
-            initial: *initial,
+            initial: covered_before.is_none(),
+            covered_before: covered_before.as_deref(),
             timeline_event_ids: match has_out {
                 true => &rooms[*out_index].timeline_event_ids,
                 false => &[],

@@ -94,6 +94,8 @@ pub(crate) struct RoomContext<'a> {
     pub next: SyncToken,
     /// The events position of the connection's previous response: newer events are live.
     pub live_after: Option<i64>,
+    /// `next`, shared by every room this response covers.
+    pub covered_at: Arc<SyncToken>,
 }
 
 /// The room's part of the response (`None` when its client already has everything) and what the
@@ -119,6 +121,7 @@ pub(crate) async fn room(
             (false, Some(sent)) => sent.lazy_members.clone(),
             _ => Arc::default(),
         },
+        covered_at: cx.covered_at.clone(),
     };
     let mut out = RoomOut {
         room_id: room.room_id.clone(),
