@@ -212,6 +212,7 @@ async fn compute_answer(
         next,
         live_after: previous.token.map(|token| token.events.0),
         covered_at: Arc::new(next),
+        unknown_types: Default::default(),
     };
     let mut next_state = ConnectionState {
         token: Some(next),

@@ -7,7 +7,7 @@ use std::{collections::HashSet, sync::Arc};
 
 use ganglion_state::{Snapshot, StoredEvent};
 use ganglion_storage::LazyConn;
-use ganglion_types::{EventNid, SyncToken};
+use ganglion_types::{EventNid, SyncToken, TypeNid};
 use serde_json::{Value, json};
 
 use super::{
@@ -96,6 +96,10 @@ pub(crate) struct RoomContext<'a> {
     pub live_after: Option<i64>,
     /// `next`, shared by every room this response covers.
     pub covered_at: Arc<SyncToken>,
+    /// Event types found never interned during this response: no state it reads can hold them,
+    /// so other rooms need not ask the database again (`m.room.tombstone` on a server that has
+    /// none, asked for by every room of Element X's list).
+    pub unknown_types: parking_lot::Mutex<HashSet<String>>,
 }
 
 /// The room's part of the response (`None` when its client already has everything) and what the
@@ -220,7 +224,7 @@ pub(crate) async fn room(
             if lazy.contains(&sender) {
                 continue;
             }
-            if let Some(member) = cx.state.caches.state_event(conn, &current, MEMBER, &sender).await? {
+            if let Some(member) = state_event(cx, conn, &current, MEMBER, &sender).await? {
                 state_events.push(member);
             }
             lazy.insert(sender);
@@ -284,9 +288,13 @@ async fn matching_state(
                 all.retain(|event| matches(required, event, cx.user_id));
                 return Ok(all);
             }
-            (kind, WILDCARD) => events.extend(caches.state_events(conn, snapshot, Some(kind)).await?),
-            (kind, ME) => events.extend(caches.state_event(conn, snapshot, kind, cx.user_id).await?),
-            (kind, key) => events.extend(caches.state_event(conn, snapshot, kind, key).await?),
+            (kind, WILDCARD) => {
+                if type_nid(cx, conn, kind).await?.is_some() {
+                    events.extend(caches.state_events(conn, snapshot, Some(kind)).await?);
+                }
+            }
+            (kind, ME) => events.extend(state_event(cx, conn, snapshot, kind, cx.user_id).await?),
+            (kind, key) => events.extend(state_event(cx, conn, snapshot, kind, key).await?),
         }
     }
     Ok(events)
@@ -300,7 +308,7 @@ async fn content_string(
     kind: &str,
     field: &str,
 ) -> Result<Option<String>, SyncError> {
-    let Some(event) = cx.state.caches.state_event(conn, snapshot, kind, "").await? else { return Ok(None) };
+    let Some(event) = state_event(cx, conn, snapshot, kind, "").await? else { return Ok(None) };
     let content = cx.state.caches.visible_content(conn, &event).await?;
     Ok(content.get(field).and_then(Value::as_str).filter(|value| !value.is_empty()).map(str::to_owned))
 }
@@ -313,7 +321,7 @@ async fn hero_of(
     user_id: &str,
 ) -> Result<Value, SyncError> {
     let mut hero = json!({ "user_id": user_id });
-    if let Some(member) = cx.state.caches.state_event(conn, snapshot, MEMBER, user_id).await? {
+    if let Some(member) = state_event(cx, conn, snapshot, MEMBER, user_id).await? {
         let content = cx.state.caches.visible_content(conn, &member).await?;
         for (field, key) in [("displayname", "displayname"), ("avatar_url", "avatar_url")] {
             if let Some(value) = content.get(field).and_then(Value::as_str) {
@@ -322,4 +330,33 @@ async fn hero_of(
         }
     }
     Ok(hero)
+}
+
+/// `kind`'s type NID, `None` when it was never interned (remembered for the rest of the
+/// response: every snapshot it reads is older than the lookup, so none can hold the type).
+async fn type_nid(cx: &RoomContext<'_>, conn: &mut LazyConn, kind: &str) -> Result<Option<TypeNid>, SyncError> {
+    if cx.unknown_types.lock().contains(kind) {
+        return Ok(None);
+    }
+    let nid = cx.state.caches.existing_type_nid(conn, kind).await?;
+    if nid.is_none() {
+        cx.unknown_types.lock().insert(kind.to_owned());
+    }
+    Ok(nid)
+}
+
+/// The state event `(kind, key)` of `snapshot`.
+async fn state_event(
+    cx: &RoomContext<'_>,
+    conn: &mut LazyConn,
+    snapshot: &Snapshot,
+    kind: &str,
+    key: &str,
+) -> Result<Option<StoredEvent>, SyncError> {
+    let Some(type_nid) = type_nid(cx, conn, kind).await? else { return Ok(None) };
+    let Some(key_nid) = cx.state.caches.existing_state_key_nid(conn, key).await? else { return Ok(None) };
+    match snapshot.get(type_nid, key_nid) {
+        Some(nid) => Ok(cx.state.caches.event(conn, nid).await?),
+        None => Ok(None),
+    }
 }
