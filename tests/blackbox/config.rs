@@ -72,7 +72,20 @@ async fn documented_environment_variables_configure_the_server() {
         let variables = [("GANGLION_HTTP__LISTEN", format!("127.0.0.1:{port}"))];
         let (_server, url) = ready(ganglion(dir.path(), None, &variables), dir.path()).await;
         assert_eq!(url, format!("http://127.0.0.1:{port}"));
-        Api::new(&url).get("/_matrix/client/versions", None).await.unwrap().ok();
+        let api = Api::new(&url);
+        api.get("/_matrix/client/versions", None).await.unwrap().ok();
+        // The embedded default serves every file through the legacy endpoints too, and keeps
+        // them in `./ganglion-data/media`.
+        let alice = api.register("alice", "password-alice").await.unwrap();
+        let uploaded = api
+            .raw(reqwest::Method::POST, "/_matrix/media/v3/upload", Some(&alice.access_token), Some("text/plain"), Some(b"old clients".to_vec()))
+            .await
+            .unwrap()
+            .ok();
+        let mxc = uploaded["content_uri"].as_str().unwrap().trim_start_matches("mxc://").to_owned();
+        let legacy = api.get(&format!("/_matrix/media/v3/download/{mxc}"), None).await.unwrap();
+        assert_eq!((legacy.status, legacy.text.as_str()), (200, "old clients"));
+        assert!(dir.path().join("ganglion-data/media/sha256").is_dir());
 
         // A config file, overridden: the listener, and registration (off in the file).
         let dir = tempfile::tempdir().unwrap();
@@ -90,6 +103,7 @@ async fn documented_environment_variables_configure_the_server() {
         let variables = [
             ("GANGLION_HTTP__LISTEN", format!("127.0.0.1:{port}")),
             ("GANGLION_REGISTRATION__ENABLED", "true".to_owned()),
+            ("GANGLION_MEDIA__MAX_UPLOAD_BYTES", "4096".to_owned()),
             // Tools sharing the prefix are left alone.
             ("GANGLION_BIN", "/nowhere/ganglion".to_owned()),
         ];
@@ -99,6 +113,8 @@ async fn documented_environment_variables_configure_the_server() {
         let account = api.register("alice", "password-alice").await.unwrap();
         assert_eq!(account.user_id, "@alice:localhost");
         api.get("/_matrix/client/versions", None).await.unwrap().ok();
+        let media = api.get("/_matrix/client/v1/media/config", Some(&account.access_token)).await.unwrap().ok();
+        assert_eq!(media["m.upload.size"], 4096);
     })
     .await
 }

@@ -109,7 +109,7 @@ pub(crate) async fn until_all_decrypt(
 
 /// An encrypted room created by `creator` with `members` invited and joined; every client has
 /// synced it.
-async fn encrypted_room(creator: &Client, members: &[&Client], all: &[&Client]) -> OwnedRoomId {
+pub(crate) async fn encrypted_room(creator: &Client, members: &[&Client], all: &[&Client]) -> OwnedRoomId {
     let mut request = CreateRoom::new();
     request.preset = Some(RoomPreset::PrivateChat);
     request.invite = members.iter().map(|member| member.user_id().unwrap().to_owned()).collect();

@@ -52,6 +52,7 @@ mod ignoring;
 mod interop;
 mod legacy;
 mod limits;
+mod media;
 mod membership;
 mod pagination;
 mod presence;

@@ -31,7 +31,7 @@ impl Drop for Leftovers {
 fn free_base() -> anyhow::Result<u16> {
     for attempt in 0..200u32 {
         let base = 20_000 + ((std::process::id() * 7 + attempt * 131) % 18_000) as u16;
-        let ports = [0, 1, 2, 3, 4, 100, 1000, 1001, 1500].map(|offset| base + offset);
+        let ports = [0, 1, 2, 3, 4, 5, 6, 100, 1000, 1001, 1500].map(|offset| base + offset);
         if ports.iter().all(|&port| TcpListener::bind(("127.0.0.1", port)).is_ok()) {
             return Ok(base);
         }

@@ -1,9 +1,10 @@
 //! Composes the roles named in the config into one process and runs it: connects storage,
 //! loads the signing key, wires the bus, builds the router from the route table, and serves.
 //!
-//! `role = "all"` (the embedded default) runs the master, sync and client-reader services in
-//! one process with the in-process bus. In a cluster, `master` publishes on Redis and serves
-//! gRPC; `sync` and `client-reader` call the master over gRPC and follow its streams.
+//! `role = "all"` (the embedded default) runs the master, sync, client-reader and media services
+//! in one process with the in-process bus. In a cluster, `master` publishes on Redis and serves
+//! gRPC; `sync`, `client-reader` and `media` call the master over gRPC and follow its streams
+//! (a media worker for the revoked sessions of the caches stream).
 
 mod auth;
 mod cluster;
@@ -47,6 +48,8 @@ pub enum AppError {
     Redis(String),
     #[error("config: {0}")]
     Config(&'static str),
+    #[error("media store: {0}")]
+    Media(String),
 }
 
 /// The route table: every endpoint of every role, one line each, with its class. Handlers are
@@ -54,6 +57,7 @@ pub enum AppError {
 pub fn route_table() -> Vec<RouteInfo> {
     let mut routes: Vec<RouteInfo> = ganglion_client::routes().iter().map(Route::info).collect();
     routes.extend(ganglion_sync::routes().iter().map(Route::info));
+    routes.extend(ganglion_media::routes().iter().map(Route::info));
     routes.sort();
     routes
 }
@@ -93,7 +97,7 @@ pub async fn run(
     let typing = Arc::new(TypingStore::new());
     let notifier = Notifier::new();
     // The master's run identifies the typing stream's epoch; workers learn it from the master.
-    let typing_epoch = if role == Role::Sync || role == Role::ClientReader {
+    let typing_epoch = if matches!(role, Role::Sync | Role::ClientReader | Role::Media) {
         0
     } else {
         ganglion_storage::now_ms().max(0) as u64
@@ -180,7 +184,7 @@ pub async fn run(
             }
             service
         }
-        Role::Sync | Role::ClientReader => {
+        Role::Sync | Role::ClientReader | Role::Media => {
             let address = config.master_grpc().ok_or(AppError::Config("instance_map has no master"))?;
             let remote = ganglion_rpc::grpc::RemoteMaster::new(
                 address,
@@ -251,6 +255,26 @@ pub async fn run(
             .filter(|r| role.serves(r.class))
             .map(|r| r.with_state(state.clone())),
     );
+
+    if role.serves(EndpointClass::Media) {
+        let directory = config.media.directory(&config.data_dir);
+        let store = ganglion_media::MediaStore::directory(&directory)
+            .map_err(|error| AppError::Media(error.to_string()))?;
+        tracing::info!(directory = %directory.display(), "media store ready");
+        let state = ganglion_media::MediaState {
+            db: db.clone(),
+            authenticator: authenticator.clone(),
+            config: config.clone(),
+            store: Arc::new(store),
+        };
+        tokio::spawn(ganglion_media::expire_unused_ids(db.clone()));
+        routes.extend(
+            ganglion_media::routes()
+                .into_iter()
+                .filter(|r| role.serves(r.class))
+                .map(|r| r.with_state(state.clone())),
+        );
+    }
 
     let instance = HeaderValue::from_str(&format!("{}/{}", role.as_str(), config.worker.name))
         .unwrap_or(HeaderValue::from_static("ganglion"));

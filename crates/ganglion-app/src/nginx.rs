@@ -21,6 +21,8 @@ pub enum NginxError {
 /// How long nginx waits for an upstream's answer on `/sync`: longer than any long-poll `timeout`
 /// a client asks for, so a waiting sync is never cut off (and retried elsewhere) by the proxy.
 const SYNC_READ_TIMEOUT: &str = "10m";
+/// Longer than the longest wait of a download for a created id's upload (2 minutes).
+const MEDIA_READ_TIMEOUT: &str = "3m";
 
 /// Renders a complete `nginx.conf`, runnable as
 /// `nginx -p <dir> -c <dir>/nginx.conf -g 'daemon off;'`. Fails if a route (or the fallback for
@@ -183,6 +185,21 @@ http {{
                 "            proxy_read_timeout {SYNC_READ_TIMEOUT};\n            proxy_buffering off;"
             );
         }
+        if location.routes.iter().any(|route| route.class == EndpointClass::Media) {
+            // Files go out as they are read, and a download may wait for a created id's upload.
+            let _ = writeln!(
+                out,
+                "            proxy_read_timeout {MEDIA_READ_TIMEOUT};\n            proxy_buffering off;"
+            );
+        }
+        if location.routes.iter().any(|route| route.streams_body) {
+            // Uploads: the media worker enforces the limit (and the quota) as the body streams in.
+            let _ = writeln!(
+                out,
+                "            client_max_body_size {};\n            proxy_request_buffering off;",
+                config.media.max_upload_bytes
+            );
+        }
         let _ = writeln!(out, "        }}");
     }
     let _ = write!(
@@ -222,8 +239,9 @@ fn preference(role: Role) -> u8 {
     match role {
         Role::ClientReader => 0,
         Role::Sync => 1,
-        Role::All => 2,
-        Role::Master => 3,
+        Role::Media => 2,
+        Role::All => 3,
+        Role::Master => 4,
     }
 }
 
@@ -233,6 +251,7 @@ fn upstream(role: Role) -> &'static str {
         Role::Master => "ganglion_master",
         Role::Sync => "ganglion_sync",
         Role::ClientReader => "ganglion_client_reader",
+        Role::Media => "ganglion_media",
     }
 }
 
@@ -298,7 +317,7 @@ mod tests {
     }
 
     fn route(method: &str, path: &str, class: EndpointClass) -> RouteInfo {
-        RouteInfo { method: method.into(), path: path.into(), class }
+        RouteInfo { method: method.into(), path: path.into(), class, streams_body: false }
     }
 
     const FULL: &[(&str, Role)] = &[
@@ -306,6 +325,7 @@ mod tests {
         ("master", Role::Master),
         ("sync1", Role::Sync),
         ("reader1", Role::ClientReader),
+        ("media1", Role::Media),
     ];
 
     #[test]
@@ -344,6 +364,16 @@ mod tests {
         assert!(rendered.contains(
             "location ~ \"^/_matrix/client/v3/rooms/[^/]+/send/[^/]+/[^/]+$\" {\n            \
              proxy_pass http://ganglion_client_reader;"
+        ));
+        // Uploads stream to a media worker, within the upload limit rather than the body limit.
+        assert!(rendered.contains(&format!(
+            "location ~ \"^/_matrix/media/v3/upload$\" {{\n            proxy_pass http://ganglion_media;\n            \
+             proxy_read_timeout 3m;\n            proxy_buffering off;\n            client_max_body_size {};\n            \
+             proxy_request_buffering off;",
+            Config::production_default().media.max_upload_bytes
+        )));
+        assert!(rendered.contains(
+            "location ~ \"^/_matrix/client/v1/media/download/[^/]+/[^/]+$\" {\n            proxy_pass http://ganglion_media;"
         ));
         // No path of today's table mixes roles.
         assert!(!rendered.contains("$request_method"));

@@ -28,6 +28,8 @@ async fn proxy(routes: &[RouteInfo]) -> Proxy {
         ("sync2", Role::Sync),
         ("reader1", Role::ClientReader),
         ("reader2", Role::ClientReader),
+        ("media1", Role::Media),
+        ("media2", Role::Media),
     ] {
         config.instance_map.insert(name.into(), fake_instance(name, role).await);
     }
@@ -97,6 +99,9 @@ fn concrete(path: &str) -> String {
                 "id" => "some-id",
                 "version" => "1",
                 "sessionId" => "sessionid1",
+                "serverName" => "example.org",
+                "mediaId" => "AbCdEf123",
+                "fileName" => "cat.png",
                 other => panic!("no example value for {{{other}}} in {path}: add one"),
             }),
         })
@@ -167,8 +172,18 @@ async fn sync_sticks_to_one_worker_per_access_token() {
 async fn a_path_whose_methods_need_different_roles_is_routed_by_method() {
     let path = "/_matrix/client/v3/mixed/{id}";
     let routes = [
-        RouteInfo { method: "GET".into(), path: path.into(), class: EndpointClass::Sync },
-        RouteInfo { method: "PUT".into(), path: path.into(), class: EndpointClass::ClientWrite },
+        RouteInfo {
+            method: "GET".into(),
+            path: path.into(),
+            class: EndpointClass::Sync,
+            streams_body: false,
+        },
+        RouteInfo {
+            method: "PUT".into(),
+            path: path.into(),
+            class: EndpointClass::ClientWrite,
+            streams_body: false,
+        },
     ];
     let proxy = proxy(&routes).await;
     let path = concrete(path);

@@ -37,6 +37,7 @@ pub struct Config {
     pub rooms: RoomsConfig,
     pub presence: PresenceConfig,
     pub sync: SyncConfig,
+    pub media: MediaConfig,
     /// Cluster mode: Redis carries replication (never the source of truth).
     pub redis: RedisConfig,
     /// Cluster mode: timeouts between processes.
@@ -328,6 +329,34 @@ pub struct SyncConfig {
     pub answer_interval_ms: u64,
 }
 
+/// The media repository (the `media` role, or `all`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaConfig {
+    /// The directory files are kept in, named by their content's SHA-256; every media worker of
+    /// a cluster must see the same one (a shared filesystem). Unset: `<data_dir>/media`.
+    pub path: Option<PathBuf>,
+    /// The largest file accepted, in bytes (advertised as `m.upload.size`).
+    pub max_upload_bytes: u64,
+    /// The bytes one user's uploads may take in all; unset: no quota.
+    pub user_quota_bytes: Option<u64>,
+    /// The spec's freeze of unauthenticated media (Synapse's setting of the same name): media
+    /// uploaded while it is on are served only by the authenticated `/_matrix/client/v1/media`
+    /// endpoints, not by the legacy `/_matrix/media/v3/download`.
+    pub enable_authenticated_media: bool,
+    /// How long a media id from `/create` waits for its upload before it is dropped.
+    pub unused_expiry_secs: u64,
+    /// Media ids from `/create` awaiting their upload that one user may hold at once.
+    pub max_pending_uploads: u32,
+}
+
+impl MediaConfig {
+    /// The media store's directory.
+    pub fn directory(&self, data_dir: &std::path::Path) -> PathBuf {
+        self.path.clone().unwrap_or_else(|| data_dir.join("media"))
+    }
+}
+
 /// The presence module: online, unavailable (idle) and offline, shown to users who share a room.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -406,6 +435,15 @@ impl Config {
             },
             // Short enough to go unnoticed; under load it bounds each device to 50 answers/s.
             sync: SyncConfig { answer_interval_ms: 20 },
+            // Synapse's limits; all media served by every endpoint, so older clients work.
+            media: MediaConfig {
+                path: None,
+                max_upload_bytes: 50 * 1024 * 1024,
+                user_quota_bytes: None,
+                enable_authenticated_media: false,
+                unused_expiry_secs: 24 * 60 * 60,
+                max_pending_uploads: 50,
+            },
             redis: RedisConfig { url: String::new(), stream_maxlen: 10_000 },
             cluster: ClusterConfig {
                 rpc_timeout_ms: 10_000,
@@ -422,6 +460,8 @@ impl Config {
         let mut config = Config::embedded_default();
         config.registration.enabled = false;
         config.rate_limits = RateLimitConfig::production();
+        // New media only through the authenticated endpoints, as the spec asks of servers.
+        config.media.enable_authenticated_media = true;
         config
     }
 
@@ -513,6 +553,12 @@ impl Config {
         }
         if self.database.max_connections == 0 {
             return invalid("database.max_connections", "must be at least 1");
+        }
+        if self.media.max_upload_bytes == 0 {
+            return invalid("media.max_upload_bytes", "must be at least 1");
+        }
+        if self.media.unused_expiry_secs == 0 {
+            return invalid("media.unused_expiry_secs", "must be at least 1");
         }
         if self.http.max_body_bytes < 1024 {
             return invalid("http.max_body_bytes", "must be at least 1024");

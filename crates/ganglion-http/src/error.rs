@@ -87,6 +87,8 @@ impl MatrixError {
             ErrorClass::Exclusive => (StatusCode::BAD_REQUEST, "M_EXCLUSIVE"),
             ErrorClass::WrongRoomKeysVersion { .. } => (StatusCode::FORBIDDEN, "M_WRONG_ROOM_KEYS_VERSION"),
             ErrorClass::UnknownPos => (StatusCode::BAD_REQUEST, "M_UNKNOWN_POS"),
+            ErrorClass::CannotOverwriteMedia => (StatusCode::CONFLICT, "M_CANNOT_OVERWRITE_MEDIA"),
+            ErrorClass::NotYetUploaded => (StatusCode::GATEWAY_TIMEOUT, "M_NOT_YET_UPLOADED"),
             ErrorClass::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "M_UNKNOWN"),
             ErrorClass::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN"),
         }

@@ -22,6 +22,9 @@ pub struct Route<S> {
     pub path: Cow<'static, str>,
     pub class: EndpointClass,
     pub handler: MethodRouter<S>,
+    /// The handler reads its body as a stream and bounds it itself (uploads): `http.max_body_bytes`
+    /// does not apply, and load balancers pass the body on as it arrives.
+    pub streams_body: bool,
 }
 
 /// A route without its handler, for printing and for load balancer configs.
@@ -30,6 +33,8 @@ pub struct RouteInfo {
     pub method: String,
     pub path: String,
     pub class: EndpointClass,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub streams_body: bool,
 }
 
 macro_rules! constructor {
@@ -44,6 +49,7 @@ macro_rules! constructor {
                 path: Cow::Borrowed(path),
                 class,
                 handler: on(MethodFilter::$filter, handler),
+                streams_body: false,
             }
         }
     };
@@ -55,6 +61,12 @@ impl<S: Clone + Send + Sync + 'static> Route<S> {
     constructor!(post, POST, POST);
     constructor!(delete, DELETE, DELETE);
 
+    /// Marks the route as streaming its body (see [`Route::streams_body`]).
+    pub fn streaming_body(mut self) -> Route<S> {
+        self.streams_body = true;
+        self
+    }
+
     /// Supplies the handler's state, producing a route of the app's router.
     pub fn with_state(self, state: S) -> Route<()> {
         Route {
@@ -62,11 +74,17 @@ impl<S: Clone + Send + Sync + 'static> Route<S> {
             path: self.path,
             class: self.class,
             handler: self.handler.with_state(state),
+            streams_body: self.streams_body,
         }
     }
 
     pub fn info(&self) -> RouteInfo {
-        RouteInfo { method: self.method.to_string(), path: self.path.clone().into_owned(), class: self.class }
+        RouteInfo {
+            method: self.method.to_string(),
+            path: self.path.clone().into_owned(),
+            class: self.class,
+            streams_body: self.streams_body,
+        }
     }
 }
 
@@ -102,6 +120,7 @@ pub fn with_r0_aliases<S: Clone>(mut routes: Vec<Route<S>>) -> Vec<Route<S>> {
                 path: Cow::Owned(format!("{R0_PREFIX}{rest}")),
                 class: route.class,
                 handler: route.handler.clone(),
+                streams_body: route.streams_body,
             })
         })
         .collect();
@@ -117,9 +136,24 @@ pub fn with_r0_aliases<S: Clone>(mut routes: Vec<Route<S>>) -> Vec<Route<S>> {
 pub fn router_from_routes(routes: Vec<Route<()>>, max_body_bytes: usize) -> Router {
     let mut by_path: BTreeMap<Cow<'static, str>, MethodRouter<()>> = BTreeMap::new();
     for route in routes {
+        // Each route's body limit applies before its handler runs; a streaming handler bounds
+        // its body itself.
+        let handler = if route.streams_body {
+            route.handler.layer(axum::extract::DefaultBodyLimit::disable())
+        } else {
+            route.handler.layer(axum::extract::DefaultBodyLimit::max(max_body_bytes)).layer(
+                middleware::from_fn(move |request: Request, next: Next| async move {
+                    if content_length(&request).is_some_and(|length| length > max_body_bytes as u64) {
+                        return MatrixError::new(ErrorClass::TooLarge, "Request body too large")
+                            .into_response();
+                    }
+                    next.run(request).await
+                }),
+            )
+        };
         let merged = match by_path.remove(&route.path) {
-            Some(existing) => existing.merge(route.handler),
-            None => route.handler,
+            Some(existing) => existing.merge(handler),
+            None => handler,
         };
         by_path.insert(route.path, merged);
     }
@@ -127,11 +161,7 @@ pub fn router_from_routes(routes: Vec<Route<()>>, max_body_bytes: usize) -> Rout
     for (path, method_router) in by_path {
         router = router.route(&path, method_router.fallback(method_not_allowed));
     }
-    router.fallback(unrecognized).layer(axum::extract::DefaultBodyLimit::max(max_body_bytes)).layer(
-        middleware::from_fn(move |request: Request, next: Next| async move {
-            edge(max_body_bytes, request, next).await
-        }),
-    )
+    router.fallback(unrecognized).layer(middleware::from_fn(edge))
 }
 
 async fn unrecognized() -> MatrixError {
@@ -142,12 +172,10 @@ async fn method_not_allowed() -> MatrixError {
     MatrixError::new(ErrorClass::MethodNotAllowed, "Unrecognized request: method not allowed")
 }
 
-async fn edge(max_body_bytes: usize, request: Request, next: Next) -> Response {
+async fn edge(request: Request, next: Next) -> Response {
     let cacheable = request.uri().path().starts_with("/.well-known/");
     let mut response = if request.method() == Method::OPTIONS {
         StatusCode::OK.into_response()
-    } else if content_length(&request).is_some_and(|length| length > max_body_bytes as u64) {
-        MatrixError::new(ErrorClass::TooLarge, "Request body too large").into_response()
     } else {
         matrixify(next.run(request).await).await
     };

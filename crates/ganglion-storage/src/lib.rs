@@ -9,6 +9,7 @@ pub mod accounts;
 pub mod events;
 pub mod key_backup;
 pub mod keys;
+pub mod media;
 mod migrations;
 pub mod presence;
 pub mod replication;

@@ -10,6 +10,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_initial.sql")),
     (2, include_str!("../migrations/0002_e2ee.sql")),
     (3, include_str!("../migrations/0003_bump_stamps.sql")),
+    (4, include_str!("../migrations/0004_media.sql")),
 ];
 
 pub(crate) async fn run(db: &Db) -> Result<()> {

@@ -37,12 +37,15 @@ pub(crate) const MASTER: &str = "master";
 /// Every process of the cluster, `(name, role)`, in start order: the master first (it migrates
 /// the database and creates the signing key), then the workers. [`Cluster::start_with`] may leave
 /// out `sync2` and `reader2`.
-const INSTANCES: [(&str, &str); 5] = [
+const INSTANCES: [(&str, &str); 7] = [
     (MASTER, "master"),
     ("sync1", "sync"),
     ("sync2", "sync"),
     ("reader1", "client-reader"),
     ("reader2", "client-reader"),
+    // Both keep files in `data/media`, one directory, as a shared filesystem would.
+    ("media1", "media"),
+    ("media2", "media"),
 ];
 const CONFIG_FILE: &str = "cluster.toml";
 /// The address nginx connects to the processes from (`proxy_bind`), their one trusted proxy.

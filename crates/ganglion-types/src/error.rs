@@ -48,6 +48,10 @@ pub enum ErrorClass {
     /// A sliding sync `pos` this server does not know (expired, or from another worker or an
     /// earlier process): the client starts its connection over (400 `M_UNKNOWN_POS`).
     UnknownPos,
+    /// An upload to a media id that already has its content (409 `M_CANNOT_OVERWRITE_MEDIA`).
+    CannotOverwriteMedia,
+    /// A download of a media id whose content has not arrived in time (504 `M_NOT_YET_UPLOADED`).
+    NotYetUploaded,
     /// The request needs a dependency that is down (e.g. the master); retry later.
     Unavailable,
     Internal,

@@ -23,6 +23,7 @@ pub enum Role {
     Master,
     Sync,
     ClientReader,
+    Media,
 }
 
 impl Role {
@@ -32,6 +33,7 @@ impl Role {
             Role::Master => "master",
             Role::Sync => "sync",
             Role::ClientReader => "client-reader",
+            Role::Media => "media",
         }
     }
 
@@ -48,6 +50,7 @@ impl Role {
                     | EndpointClass::Auth
                     | EndpointClass::WellKnown
             ),
+            Role::Media => matches!(class, EndpointClass::Media | EndpointClass::WellKnown),
         }
     }
 }

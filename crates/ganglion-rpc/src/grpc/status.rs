@@ -58,7 +58,10 @@ pub(crate) fn failure_of(error: &MasterError) -> (pb::MasterFailure, Code) {
         ErrorClass::Exclusive => (Wire::Exclusive, Code::PermissionDenied),
         ErrorClass::WrongRoomKeysVersion { .. } => (Wire::WrongRoomKeysVersion, Code::FailedPrecondition),
         // Only the sync role answers it; the master never does.
-        ErrorClass::UnknownPos => (Wire::Unknown, Code::FailedPrecondition),
+        // Answered by the sync and media workers themselves, never by the master.
+        ErrorClass::UnknownPos | ErrorClass::CannotOverwriteMedia | ErrorClass::NotYetUploaded => {
+            (Wire::Unknown, Code::FailedPrecondition)
+        }
         ErrorClass::Unavailable => (Wire::Unavailable, Code::Unavailable),
         ErrorClass::Internal => (Wire::Internal, Code::Internal),
     };

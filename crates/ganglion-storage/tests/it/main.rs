@@ -45,6 +45,7 @@ macro_rules! on_both_backends {
 
 mod key_backup;
 mod keys;
+mod media;
 mod presence;
 mod to_device;
 
@@ -57,7 +58,7 @@ on_both_backends!(migrations_are_idempotent, |db| {
         .fetch_all(&mut *conn)
         .await
         .unwrap();
-    assert_eq!(applied, vec![(1,), (2,), (3,)]);
+    assert_eq!(applied, vec![(1,), (2,), (3,), (4,)]);
 });
 
 on_both_backends!(users_devices_and_tokens, |db| {

@@ -334,7 +334,11 @@ async fn hero_of(
 
 /// `kind`'s type NID, `None` when it was never interned (remembered for the rest of the
 /// response: every snapshot it reads is older than the lookup, so none can hold the type).
-async fn type_nid(cx: &RoomContext<'_>, conn: &mut LazyConn, kind: &str) -> Result<Option<TypeNid>, SyncError> {
+async fn type_nid(
+    cx: &RoomContext<'_>,
+    conn: &mut LazyConn,
+    kind: &str,
+) -> Result<Option<TypeNid>, SyncError> {
     if cx.unknown_types.lock().contains(kind) {
         return Ok(None);
     }

@@ -45,6 +45,8 @@ fn every_process_loads_the_cluster_config_with_its_role_and_port() {
         ("sync2", Role::Sync, 41003),
         ("reader1", Role::ClientReader, 41004),
         ("reader2", Role::ClientReader, 41005),
+        ("media1", Role::Media, 41006),
+        ("media2", Role::Media, 41007),
     ];
     for (name, role, port) in expected {
         let config = load_as(&options, name);
@@ -56,7 +58,7 @@ fn every_process_loads_the_cluster_config_with_its_role_and_port() {
         assert_eq!(config.database.url, "postgres://postgres@127.0.0.1:5999/ganglion_1_0");
         assert_eq!(config.data_dir, Path::new("/tmp/cluster \"data\""));
         assert_eq!(config.server_name, "localhost");
-        assert_eq!(config.instance_map.len(), 5);
+        assert_eq!(config.instance_map.len(), 7);
         assert!(config.registration.enabled);
         assert_eq!(config.rate_limits.message.burst, 5000, "generous limits, not production ones");
         assert!(config.http.trusted_proxies[0].contains(super::NGINX_ADDRESS.parse().unwrap()));
@@ -116,7 +118,10 @@ async fn test_server_runs_a_cluster_and_restarts_its_processes() {
     let cluster = server.cluster().unwrap();
     assert_eq!(cluster.base_url(), base_url);
     assert_eq!(cluster.pid_of(MASTER), Some(first_master));
-    assert_eq!(cluster.instance_names(), ["master", "sync1", "sync2", "reader1", "reader2"]);
+    assert_eq!(
+        cluster.instance_names(),
+        ["master", "sync1", "sync2", "reader1", "reader2", "media1", "media2"]
+    );
     for name in cluster.instance_names() {
         let expected = format!("{}/{name}", cluster.role_of(name));
         assert_eq!(instance_at(&cluster.url_of(name)).await.unwrap(), expected);
@@ -164,7 +169,7 @@ async fn test_server_runs_a_cluster_and_restarts_its_processes() {
         let cluster = server.cluster().unwrap();
         cluster.instance_names().iter().filter_map(|name| cluster.pid_of(name)).collect()
     };
-    assert_eq!(pids.len(), 5);
+    assert_eq!(pids.len(), 7);
     let status = server.terminate(Duration::from_secs(20)).await.unwrap();
     assert!(status.success(), "master exited with {status}");
     let cluster = server.cluster().unwrap();

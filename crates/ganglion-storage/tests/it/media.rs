@@ -1,0 +1,50 @@
+//! Media metadata: uploads, ids created ahead of their upload, the quota's sum and expiry.
+
+use ganglion_storage::media::{self, MediaContent};
+
+fn content(sha256: &str, size_bytes: i64) -> MediaContent<'_> {
+    MediaContent {
+        content_sha256: sha256,
+        content_type: "image/png",
+        filename: Some("cat.png"),
+        size_bytes,
+        authenticated_only: true,
+    }
+}
+
+on_both_backends!(uploads_and_created_ids_take_their_content_once, |db| {
+    let mut conn = db.conn().await.unwrap();
+    media::insert_media(&mut conn, "up1", "@a:x", 1_000, &content("aa", 10)).await.unwrap();
+    let row = media::media_by_id(&mut conn, "up1").await.unwrap().unwrap();
+    assert_eq!(row.content_sha256.as_deref(), Some("aa"));
+    assert_eq!((row.size_bytes, row.authenticated_only, row.quarantined), (10, true, false));
+    assert_eq!(row.filename.as_deref(), Some("cat.png"));
+    assert_eq!(row.unused_expires_ts, None);
+    assert!(media::media_by_id(&mut conn, "nope").await.unwrap().is_none());
+
+    media::insert_pending_media(&mut conn, "later", "@a:x", 1_000, 5_000).await.unwrap();
+    media::insert_pending_media(&mut conn, "stale", "@a:x", 1_000, 2_000).await.unwrap();
+    assert_eq!(media::pending_media_count(&mut conn, "@a:x", 1_500).await.unwrap(), 2);
+    assert_eq!(media::pending_media_count(&mut conn, "@a:x", 3_000).await.unwrap(), 1);
+    // Only its creator, before it expires, once.
+    assert!(
+        !media::complete_pending_media(&mut conn, "later", "@b:x", 3_000, &content("bb", 5)).await.unwrap()
+    );
+    assert!(
+        !media::complete_pending_media(&mut conn, "stale", "@a:x", 3_000, &content("bb", 5)).await.unwrap()
+    );
+    assert!(
+        media::complete_pending_media(&mut conn, "later", "@a:x", 3_000, &content("bb", 5)).await.unwrap()
+    );
+    assert!(
+        !media::complete_pending_media(&mut conn, "later", "@a:x", 3_100, &content("cc", 5)).await.unwrap()
+    );
+    let row = media::media_by_id(&mut conn, "later").await.unwrap().unwrap();
+    assert_eq!((row.content_sha256.as_deref(), row.unused_expires_ts), (Some("bb"), None));
+
+    assert_eq!(media::bytes_uploaded_by(&mut conn, "@a:x").await.unwrap(), 15);
+    assert_eq!(media::bytes_uploaded_by(&mut conn, "@b:x").await.unwrap(), 0);
+    assert_eq!(media::delete_expired_pending_media(&mut conn, 3_000).await.unwrap(), 1);
+    assert!(media::media_by_id(&mut conn, "stale").await.unwrap().is_none());
+    assert!(media::media_by_id(&mut conn, "later").await.unwrap().is_some());
+});

@@ -1,0 +1,427 @@
+//! The media repository: uploads (`/upload`, `/create` then `PUT`), authenticated downloads and
+//! the legacy ones behind `media.enable_authenticated_media`, the headers that keep served files
+//! from running in a browser, limits and quota, and bad input. On the cluster, two media workers
+//! share one store: a file uploaded through one downloads through the other.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use ganglion_testkit::{Account, Backend, ServerOptions, TestServer, enc, sdk_client};
+use matrix_sdk::{
+    attachment::AttachmentConfig,
+    media::{MediaFormat, MediaRequestParameters},
+    ruma::{
+        OwnedMxcUri,
+        events::room::{
+            MediaSource,
+            message::{FileMessageEventContent, MessageType, OriginalSyncRoomMessageEvent},
+        },
+    },
+};
+use reqwest::Method;
+use serde_json::json;
+
+use crate::{PASSWORD, SYNC_DEADLINE, account_of, register_all, start};
+
+on_all_backends!(
+    uploads_download_back_with_safe_headers,
+    created_ids_take_one_upload,
+    limits_and_quota_refuse_what_is_too_large,
+    legacy_endpoints_serve_media_unless_frozen,
+    bad_input_gets_matrix_errors,
+    matrix_sdk_sets_an_avatar_and_sends_an_encrypted_file
+);
+
+const AUTHED: &str = "/_matrix/client/v1/media";
+
+/// Uploads `body` through `POST /_matrix/media/v3/upload`; the raw response.
+async fn upload(
+    account: &Account,
+    content_type: Option<&str>,
+    filename: Option<&str>,
+    body: Vec<u8>,
+) -> ganglion_testkit::Response {
+    let mut path = "/_matrix/media/v3/upload".to_owned();
+    if let Some(name) = filename {
+        path.push_str(&format!("?filename={}", enc(name)));
+    }
+    account.api.raw(Method::POST, &path, Some(&account.access_token), content_type, Some(body)).await.unwrap()
+}
+
+/// Uploads and returns the media id of the `mxc://` URI (whose server must be the server's).
+async fn upload_ok(
+    server: &TestServer,
+    account: &Account,
+    content_type: &str,
+    filename: Option<&str>,
+    body: &[u8],
+) -> String {
+    let response = upload(account, Some(content_type), filename, body.to_vec()).await;
+    assert_eq!(response.status, 200, "upload: {}", response.text);
+    let uri = response.body["content_uri"].as_str().unwrap();
+    let prefix = format!("mxc://{}/", server.server_name);
+    uri.strip_prefix(&prefix).unwrap_or_else(|| panic!("{uri} is not on {prefix}")).to_owned()
+}
+
+async fn download(account: &Account, server_name: &str, media_id: &str) -> ganglion_testkit::Response {
+    account
+        .api
+        .get(&format!("{AUTHED}/download/{server_name}/{media_id}"), Some(&account.access_token))
+        .await
+        .unwrap()
+}
+
+fn header<'a>(response: &'a ganglion_testkit::Response, name: &str) -> &'a str {
+    response.headers.get(name).and_then(|value| value.to_str().ok()).unwrap_or("")
+}
+
+/// Files under `<data_dir>/media/<prefix>`.
+fn stored_files(server: &TestServer, prefix: &str) -> usize {
+    fn count(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|entry| if entry.path().is_dir() { count(&entry.path()) } else { 1 })
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+    count(&server.dir().join("data").join("media").join(prefix))
+}
+
+async fn uploads_download_back_with_safe_headers(backend: Backend) {
+    let server = start(backend).await;
+    let [alice, bob] = <[Account; 2]>::try_from(register_all(&server, &["alice", "bob"]).await).unwrap();
+    let name = &server.server_name;
+    let config = alice.get(&format!("{AUTHED}/config")).await.unwrap().ok();
+    assert_eq!(config["m.upload.size"], 50 * 1024 * 1024);
+
+    let note = upload_ok(&server, &alice, "text/plain", Some("note.txt"), b"hello media").await;
+    // Anyone signed in may download it, with the spec's headers.
+    let got = download(&bob, name, &note).await;
+    assert_eq!(got.status, 200, "{}", got.text);
+    assert_eq!(got.text, "hello media");
+    assert_eq!(header(&got, "content-type"), "text/plain");
+    assert_eq!(header(&got, "content-length"), "11");
+    assert_eq!(header(&got, "content-disposition"), "inline; filename=\"note.txt\"");
+    assert!(
+        header(&got, "content-security-policy").starts_with("sandbox; default-src 'none'"),
+        "{:?}",
+        got.headers
+    );
+    assert_eq!(header(&got, "cross-origin-resource-policy"), "cross-origin");
+    // A name in the path is the name the file downloads under.
+    let renamed = bob.get(&format!("{AUTHED}/download/{name}/{note}/r%C3%A9sum%C3%A9.txt")).await.unwrap();
+    assert_eq!(renamed.status, 200);
+    assert_eq!(header(&renamed, "content-disposition"), "inline; filename*=utf-8''r%C3%A9sum%C3%A9%2Etxt");
+
+    // HTML never shows inline: it would run in the media origin.
+    let page = upload_ok(&server, &alice, "text/html", Some("page.html"), b"<script>alert(1)</script>").await;
+    let got = download(&bob, name, &page).await;
+    assert_eq!(header(&got, "content-type"), "text/html");
+    assert_eq!(header(&got, "content-disposition"), "attachment; filename=\"page.html\"");
+
+    // Without a token: 401.
+    let anonymous = server.api().get(&format!("{AUTHED}/download/{name}/{note}"), None).await.unwrap();
+    anonymous.err(401, "M_MISSING_TOKEN");
+    // Unknown ids and other servers' media: 404.
+    download(&bob, name, "NoSuchMedia").await.err(404, "M_NOT_FOUND");
+    download(&bob, "elsewhere.example", &note).await.err(404, "M_NOT_FOUND");
+
+    // The same content twice: two ids, one stored copy.
+    let before = stored_files(&server, "sha256");
+    let again = upload_ok(&server, &bob, "text/plain", None, b"hello media").await;
+    assert_ne!(again, note);
+    assert_eq!(download(&alice, name, &again).await.text, "hello media");
+    assert_eq!(stored_files(&server, "sha256"), before);
+    assert_eq!(stored_files(&server, "uploads"), 0);
+
+    // A binary file of several MiB comes back byte for byte.
+    let big: Vec<u8> = (0..3 * 1024 * 1024 + 17).map(|i| (i * 7 % 256) as u8).collect();
+    let big_id = upload_ok(&server, &alice, "application/octet-stream", Some("blob.bin"), &big).await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let bytes = http
+        .get(format!("{}{AUTHED}/download/{name}/{big_id}", server.base_url))
+        .bearer_auth(&bob.access_token)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(bytes.as_ref() == big.as_slice(), "the downloaded file differs ({} bytes)", bytes.len());
+}
+
+async fn created_ids_take_one_upload(backend: Backend) {
+    let server = start(backend).await;
+    let [alice, bob] = <[Account; 2]>::try_from(register_all(&server, &["alice", "bob"]).await).unwrap();
+    let name = server.server_name.clone();
+    let created = alice.post("/_matrix/media/v1/create", &json!({})).await.unwrap().ok();
+    let uri = created["content_uri"].as_str().unwrap();
+    let media_id = uri.rsplit('/').next().unwrap().to_owned();
+    assert!(created["unused_expires_at"].as_i64().unwrap() > ganglion_storage_now_ms());
+
+    // Not uploaded yet: a download waits its timeout, then 504.
+    let early = bob.get(&format!("{AUTHED}/download/{name}/{media_id}?timeout_ms=300")).await.unwrap();
+    early.err(504, "M_NOT_YET_UPLOADED");
+    // A download waiting when the upload comes gets the file.
+    let waiting = {
+        let (bob, name, media_id) = (bob.clone(), name.clone(), media_id.clone());
+        tokio::spawn(async move {
+            bob.get(&format!("{AUTHED}/download/{name}/{media_id}?timeout_ms=20000")).await.unwrap()
+        })
+    };
+    let put = |account: &Account, id: &str, body: &str| {
+        let path = format!("/_matrix/media/v3/upload/{name}/{id}?filename=late.txt");
+        let (api, token, body) =
+            (account.api.clone(), account.access_token.clone(), body.as_bytes().to_vec());
+        async move { api.raw(Method::PUT, &path, Some(&token), Some("text/plain"), Some(body)).await.unwrap() }
+    };
+    // Only its creator may upload to it.
+    put(&bob, &media_id, "not mine").await.err(403, "M_FORBIDDEN");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let done = put(&alice, &media_id, "arrived late").await;
+    assert_eq!((done.status, &done.body), (200, &json!({})), "{}", done.text);
+    let waited = tokio::time::timeout(Duration::from_secs(30), waiting).await.unwrap().unwrap();
+    assert_eq!((waited.status, waited.text.as_str()), (200, "arrived late"));
+    assert_eq!(header(&waited, "content-disposition"), "inline; filename=\"late.txt\"");
+    // Once only.
+    put(&alice, &media_id, "again").await.err(409, "M_CANNOT_OVERWRITE_MEDIA");
+    assert_eq!(download(&bob, &name, &media_id).await.text, "arrived late");
+    // An id that was never created.
+    put(&alice, "NeverCreated", "x").await.err(404, "M_NOT_FOUND");
+}
+
+fn ganglion_storage_now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+async fn limits_and_quota_refuse_what_is_too_large(backend: Backend) {
+    let options = ServerOptions {
+        extra_toml: "[media]\nmax_upload_bytes = 20000\nuser_quota_bytes = 50000\n".into(),
+        ..ServerOptions::default()
+    };
+    let server = TestServer::start(backend, options).await.unwrap();
+    let [alice, bob] = <[Account; 2]>::try_from(register_all(&server, &["alice", "bob"]).await).unwrap();
+    let config = alice.get(&format!("{AUTHED}/config")).await.unwrap().ok();
+    assert_eq!(config["m.upload.size"], 20000);
+    // Announced too large: refused before the body is read.
+    upload(&alice, Some("application/octet-stream"), None, vec![1; 20001]).await.err(413, "M_TOO_LARGE");
+    // Streamed without a length: refused once past the limit, nothing kept.
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..30).map(|_| Ok(vec![7u8; 1000])).collect();
+    let streamed = http
+        .post(format!("{}/_matrix/media/v3/upload", server.base_url))
+        .bearer_auth(&alice.access_token)
+        .header("content-type", "application/octet-stream")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .send()
+        .await;
+    // The server may answer before it has read the whole body, and close the connection.
+    if let Ok(response) = streamed {
+        assert_eq!(response.status().as_u16(), 413);
+    }
+    assert_eq!(stored_files(&server, "uploads"), 0);
+    assert_eq!(stored_files(&server, "sha256"), 0);
+
+    // 50000 bytes each: two of 20000 fit, a third does not (10000 left), a small one does.
+    for fill in [1u8, 2] {
+        assert_eq!(
+            upload(&alice, Some("application/octet-stream"), None, vec![fill; 20000]).await.status,
+            200
+        );
+    }
+    upload(&alice, Some("application/octet-stream"), None, vec![3; 20000]).await.err(403, "M_FORBIDDEN");
+    assert_eq!(upload(&alice, Some("application/octet-stream"), None, vec![4; 9000]).await.status, 200);
+    // Others have their own quota.
+    assert_eq!(upload(&bob, Some("application/octet-stream"), None, vec![5; 20000]).await.status, 200);
+}
+
+async fn legacy_endpoints_serve_media_unless_frozen(backend: Backend) {
+    // Under a config file (as here), unauthenticated media is frozen by default.
+    let frozen = start(backend).await;
+    let [alice] = <[Account; 1]>::try_from(register_all(&frozen, &["alice"]).await).unwrap();
+    let id = upload_ok(&frozen, &alice, "text/plain", None, b"new media").await;
+    let name = frozen.server_name.clone();
+    let legacy = frozen.api().get(&format!("/_matrix/media/v3/download/{name}/{id}"), None).await.unwrap();
+    legacy.err(404, "M_NOT_FOUND");
+    assert_eq!(download(&alice, &name, &id).await.text, "new media");
+    drop(frozen);
+
+    let options = ServerOptions {
+        extra_toml: "[media]\nenable_authenticated_media = false\n".into(),
+        ..ServerOptions::default()
+    };
+    let open = TestServer::start(backend, options).await.unwrap();
+    let [alice] = <[Account; 1]>::try_from(register_all(&open, &["alice"]).await).unwrap();
+    let id = upload_ok(&open, &alice, "text/plain", Some("old.txt"), b"for old clients").await;
+    let name = open.server_name.clone();
+    for version in ["v3", "r0"] {
+        let legacy =
+            open.api().get(&format!("/_matrix/media/{version}/download/{name}/{id}"), None).await.unwrap();
+        assert_eq!((legacy.status, legacy.text.as_str()), (200, "for old clients"), "{version}");
+        assert_eq!(header(&legacy, "content-disposition"), "inline; filename=\"old.txt\"");
+        let named = open
+            .api()
+            .get(&format!("/_matrix/media/{version}/download/{name}/{id}/x.txt"), None)
+            .await
+            .unwrap();
+        assert_eq!(named.status, 200, "{version}");
+    }
+    // The legacy config needs a token, as the spec says.
+    open.api().get("/_matrix/media/v3/config", None).await.unwrap().err(401, "M_MISSING_TOKEN");
+    assert_eq!(alice.get("/_matrix/media/v3/config").await.unwrap().ok()["m.upload.size"], 50 * 1024 * 1024);
+}
+
+async fn bad_input_gets_matrix_errors(backend: Backend) {
+    let server = start(backend).await;
+    let [alice] = <[Account; 1]>::try_from(register_all(&server, &["alice"]).await).unwrap();
+    let name = server.server_name.clone();
+    upload(&alice, None, None, b"x".to_vec()).await.err(400, "M_MISSING_PARAM");
+    upload(&alice, Some("not a type"), None, b"x".to_vec()).await.err(400, "M_INVALID_PARAM");
+    upload(&alice, Some("text/plain"), Some("../../etc/passwd"), b"x".to_vec())
+        .await
+        .err(400, "M_INVALID_PARAM");
+    upload(&alice, Some("text/plain"), Some("a\u{1}b"), b"x".to_vec()).await.err(400, "M_INVALID_PARAM");
+    let anonymous = server
+        .api()
+        .raw(Method::POST, "/_matrix/media/v3/upload", None, Some("text/plain"), Some(b"x".to_vec()))
+        .await
+        .unwrap();
+    anonymous.err(401, "M_MISSING_TOKEN");
+    // Ids outside [A-Za-z0-9_-], traversal included.
+    for bad in ["a.b", "..", "%2E%2E%2Fetc", "a%00b"] {
+        let response = alice.get(&format!("{AUTHED}/download/{name}/{bad}")).await.unwrap();
+        assert!(
+            [400, 404].contains(&response.status) && response.errcode().is_some(),
+            "{bad}: {} {}",
+            response.status,
+            response.text
+        );
+    }
+    alice.get(&format!("{AUTHED}/download/{name}/a.b")).await.unwrap().err(400, "M_INVALID_PARAM");
+    let id = upload_ok(&server, &alice, "text/plain", None, b"ok").await;
+    alice
+        .get(&format!("{AUTHED}/download/{name}/{id}/..%2F..%2Fetc%2Fpasswd"))
+        .await
+        .unwrap()
+        .err(400, "M_INVALID_PARAM");
+    // Nothing of the refused uploads was kept.
+    assert_eq!(stored_files(&server, "uploads"), 0);
+}
+
+/// What Element does with a picture and a file: matrix-sdk uploads an avatar that another user
+/// fetches through the authenticated endpoints, and sends a file to an encrypted room (uploaded
+/// encrypted, `EncryptedFile` in the event) that the other user downloads and decrypts.
+async fn matrix_sdk_sets_an_avatar_and_sends_an_encrypted_file(backend: Backend) {
+    let server = start(backend).await;
+    let alice = sdk_client(&server.base_url, "alice", PASSWORD).await.unwrap();
+    let bob = sdk_client(&server.base_url, "bob", PASSWORD).await.unwrap();
+
+    let picture: Vec<u8> = (0..40_000u32).map(|i| (i * 31 % 256) as u8).collect();
+    let uri = alice.account().upload_avatar(&mime::IMAGE_PNG, picture.clone()).await.unwrap();
+    let alice_id = alice.user_id().unwrap().to_string();
+    let profile =
+        account_of(&server, &bob).get(&format!("/profile/{}/avatar_url", enc(&alice_id))).await.unwrap().ok();
+    assert_eq!(profile["avatar_url"], uri.to_string());
+    let shown = OwnedMxcUri::from(profile["avatar_url"].as_str().unwrap());
+    let request = MediaRequestParameters { source: MediaSource::Plain(shown), format: MediaFormat::File };
+    let fetched = bob.media().get_media_content(&request, false).await.unwrap();
+    assert!(fetched == picture, "the avatar bob fetched differs from alice's");
+
+    // Both devices' keys are published before the room exists, so alice shares the room key.
+    crate::e2ee::sync_all(&[&alice, &bob]).await;
+    let room_id = crate::e2ee::encrypted_room(&alice, &[&bob], &[&alice, &bob]).await;
+    let secret = b"the minutes of the meeting, for bob only".to_vec();
+    // Bob's client hands him the file event as it decrypts it during a sync.
+    let received: Arc<Mutex<Option<FileMessageEventContent>>> = Arc::default();
+    let slot = received.clone();
+    bob.add_event_handler(move |event: OriginalSyncRoomMessageEvent| {
+        let slot = slot.clone();
+        async move {
+            if let MessageType::File(file) = event.content.msgtype {
+                *slot.lock().unwrap() = Some(file);
+            }
+        }
+    });
+    let room = alice.get_room(&room_id).unwrap();
+    room.send_attachment("minutes.txt", &mime::TEXT_PLAIN, secret.clone(), AttachmentConfig::new())
+        .await
+        .unwrap();
+    let file = async {
+        loop {
+            crate::e2ee::sync_all(&[&alice, &bob]).await;
+            if let Some(found) = received.lock().unwrap().clone() {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let content = tokio::time::timeout(SYNC_DEADLINE, file).await.expect("bob decrypts alice's file event");
+    let MediaSource::Encrypted(encrypted) = &content.source else {
+        panic!("the file in an encrypted room was not uploaded encrypted: {:?}", content.source)
+    };
+    // What the server holds is ciphertext.
+    let stored = account_of(&server, &bob)
+        .get(&format!("{AUTHED}/download/{}", encrypted.url.as_str().trim_start_matches("mxc://")))
+        .await
+        .unwrap();
+    assert_eq!(stored.status, 200);
+    assert_ne!(stored.text.as_bytes(), secret.as_slice());
+    let decrypted = bob.media().get_file(&content, false).await.unwrap().expect("a file source");
+    assert!(decrypted == secret, "bob's decrypted file differs from alice's");
+}
+
+/// Two media workers share one store: a file uploaded through one downloads through the other,
+/// and nginx sends every media endpoint to a media worker.
+#[tokio::test]
+async fn two_media_workers_serve_each_others_files() {
+    crate::run(async {
+        let mut server = start(Backend::Cluster).await;
+        let [alice, bob] = <[Account; 2]>::try_from(register_all(&server, &["alice", "bob"]).await).unwrap();
+        let through_nginx = upload(&alice, Some("text/plain"), None, b"via nginx".to_vec()).await;
+        assert!(
+            header(&through_nginx, "x-ganglion-instance").starts_with("media/media"),
+            "{:?}",
+            through_nginx.headers
+        );
+        let name = server.server_name.clone();
+        let cluster = server.cluster().unwrap();
+        let (first, second) = (cluster.url_of("media1"), cluster.url_of("media2"));
+        let on = |url: &str, account: &Account| {
+            Account::new(
+                ganglion_testkit::Api::new(url),
+                &account.user_id,
+                &account.access_token,
+                &account.device_id,
+            )
+        };
+        let uploaded =
+            upload(&on(&first, &alice), Some("text/plain"), Some("shared.txt"), b"one store".to_vec()).await;
+        assert_eq!(header(&uploaded, "x-ganglion-instance"), "media/media1");
+        let id = uploaded.body["content_uri"].as_str().unwrap().rsplit('/').next().unwrap().to_owned();
+        let got = download(&on(&second, &bob), &name, &id).await;
+        assert_eq!(header(&got, "x-ganglion-instance"), "media/media2");
+        assert_eq!((got.status, got.text.as_str()), (200, "one store"));
+        // A created id uploaded through one worker is served by the other.
+        let created = on(&second, &alice).post("/_matrix/media/v1/create", &json!({})).await.unwrap().ok();
+        let later = created["content_uri"].as_str().unwrap().rsplit('/').next().unwrap().to_owned();
+        let put = on(&first, &alice)
+            .api
+            .raw(
+                Method::PUT,
+                &format!("/_matrix/media/v3/upload/{name}/{later}"),
+                Some(&alice.access_token),
+                Some("text/plain"),
+                Some(b"later".to_vec()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(put.status, 200, "{}", put.text);
+        assert_eq!(download(&on(&second, &bob), &name, &later).await.text, "later");
+    })
+    .await
+}
