@@ -31,7 +31,8 @@ on_all_backends!(
     limits_and_quota_refuse_what_is_too_large,
     legacy_endpoints_serve_media_unless_frozen,
     bad_input_gets_matrix_errors,
-    matrix_sdk_sets_an_avatar_and_sends_an_encrypted_file
+    matrix_sdk_sets_an_avatar_and_sends_an_encrypted_file,
+    thumbnails_are_rendered_once_at_snapped_sizes
 );
 
 const AUTHED: &str = "/_matrix/client/v1/media";
@@ -422,6 +423,155 @@ async fn two_media_workers_serve_each_others_files() {
             .unwrap();
         assert_eq!(put.status, 200, "{}", put.text);
         assert_eq!(download(&on(&second, &bob), &name, &later).await.text, "later");
+    })
+    .await
+}
+
+fn png(width: u32, height: u32) -> Vec<u8> {
+    let image =
+        image::RgbImage::from_fn(width, height, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 128]));
+    let mut bytes = Vec::new();
+    image.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).unwrap();
+    bytes
+}
+
+fn jpeg(width: u32, height: u32) -> Vec<u8> {
+    let image =
+        image::RgbImage::from_fn(width, height, |x, y| image::Rgb([(x % 256) as u8, 64, (y % 256) as u8]));
+    let mut bytes = Vec::new();
+    image.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Jpeg).unwrap();
+    bytes
+}
+
+/// An animated GIF of `frames` frames.
+fn gif(width: u32, height: u32, frames: u8) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    {
+        let mut encoder = image::codecs::gif::GifEncoder::new(&mut bytes);
+        encoder.set_repeat(image::codecs::gif::Repeat::Infinite).unwrap();
+        for index in 0..frames {
+            let buffer = image::RgbaImage::from_pixel(
+                width,
+                height,
+                image::Rgba([index * 80, 0, 255 - index * 80, 255]),
+            );
+            let delay = image::Delay::from_numer_denom_ms(100, 1);
+            encoder.encode_frame(image::Frame::from_parts(buffer, 0, 0, delay)).unwrap();
+        }
+    }
+    bytes
+}
+
+/// `GET` with the account's token; the raw status, content type and body bytes.
+async fn fetch(server: &TestServer, account: Option<&Account>, path: &str) -> (u16, String, Vec<u8>) {
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut request = http.get(format!("{}{path}", server.base_url));
+    if let Some(account) = account {
+        request = request.bearer_auth(&account.access_token);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let content_type =
+        response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    (status, content_type, response.bytes().await.unwrap().to_vec())
+}
+
+async fn thumbnails_are_rendered_once_at_snapped_sizes(backend: Backend) {
+    let server = start(backend).await;
+    let [alice, bob] = <[Account; 2]>::try_from(register_all(&server, &["alice", "bob"]).await).unwrap();
+    let name = server.server_name.clone();
+    let thumb = |id: &str, query: &str| format!("{AUTHED}/thumbnail/{name}/{id}?{query}");
+    let dimensions = |bytes: &[u8]| {
+        let image = image::load_from_memory(bytes).expect("a decodable thumbnail");
+        (image.width(), image.height())
+    };
+
+    let photo = upload_ok(&server, &alice, "image/png", Some("photo.png"), &png(800, 600)).await;
+    let (status, kind, bytes) =
+        fetch(&server, Some(&bob), &thumb(&photo, "width=320&height=240&method=scale")).await;
+    assert_eq!((status, kind.as_str()), (200, "image/png"));
+    assert_eq!(dimensions(&bytes), (320, 240));
+    let (_, _, cropped) = fetch(&server, Some(&bob), &thumb(&photo, "width=96&height=96&method=crop")).await;
+    assert_eq!(dimensions(&cropped), (96, 96));
+    // 100x100 cropped: no crop size is that large, so the next scale size (never smaller).
+    let (_, _, snapped) =
+        fetch(&server, Some(&bob), &thumb(&photo, "width=100&height=100&method=crop")).await;
+    assert_eq!(dimensions(&snapped), (320, 240));
+    // Rendered once: asking again stores nothing more.
+    let files = stored_files(&server, "sha256");
+    let (_, _, again) = fetch(&server, Some(&bob), &thumb(&photo, "width=96&height=96&method=crop")).await;
+    assert_eq!(again, cropped);
+    assert_eq!(stored_files(&server, "sha256"), files);
+
+    let wide = upload_ok(&server, &alice, "image/jpeg", None, &jpeg(1000, 500)).await;
+    let (status, kind, bytes) = fetch(&server, Some(&bob), &thumb(&wide, "width=300&height=200")).await;
+    assert_eq!((status, kind.as_str()), (200, "image/jpeg"));
+    assert_eq!(dimensions(&bytes), (320, 160), "scale keeps the aspect ratio within 320x240");
+
+    // Smaller than the size: the image itself, never upscaled.
+    let small_png = png(20, 20);
+    let small = upload_ok(&server, &alice, "image/png", None, &small_png).await;
+    let (_, _, bytes) = fetch(&server, Some(&bob), &thumb(&small, "width=96&height=96&method=crop")).await;
+    assert_eq!(bytes, small_png);
+
+    // An animated GIF stays animated only when asked.
+    let animation = upload_ok(&server, &alice, "image/gif", None, &gif(200, 200, 3)).await;
+    let (status, kind, bytes) =
+        fetch(&server, Some(&bob), &thumb(&animation, "width=96&height=96&method=crop&animated=true")).await;
+    assert_eq!((status, kind.as_str()), (200, "image/gif"));
+    let decoder = image::codecs::gif::GifDecoder::new(std::io::Cursor::new(&bytes)).unwrap();
+    let frames = image::AnimationDecoder::into_frames(decoder).collect_frames().unwrap();
+    assert_eq!(frames.len(), 3);
+    assert_eq!(frames[0].buffer().dimensions(), (96, 96));
+    let (_, kind, bytes) =
+        fetch(&server, Some(&bob), &thumb(&animation, "width=96&height=96&method=crop")).await;
+    assert_eq!(kind, "image/png");
+    assert_eq!(dimensions(&bytes), (96, 96));
+
+    // Bad input: Matrix errors, never a 5xx.
+    let corrupt = upload_ok(&server, &alice, "image/png", None, b"\x89PNG\r\n\x1a\nnot really").await;
+    let response = bob.get(&thumb(&corrupt, "width=96&height=96")).await.unwrap();
+    response.err(400, "M_UNKNOWN");
+    let text = upload_ok(&server, &alice, "text/plain", None, b"words").await;
+    bob.get(&thumb(&text, "width=96&height=96")).await.unwrap().err(400, "M_UNKNOWN");
+    bob.get(&thumb(&photo, "height=96")).await.unwrap().err(400, "M_MISSING_PARAM");
+    bob.get(&thumb(&photo, "width=0&height=96")).await.unwrap().err(400, "M_INVALID_PARAM");
+    bob.get(&thumb(&photo, "width=96&height=96&method=zoom")).await.unwrap().err(400, "M_INVALID_PARAM");
+    bob.get(&thumb("NoSuchMedia", "width=96&height=96")).await.unwrap().err(404, "M_NOT_FOUND");
+    // Under the freeze the legacy thumbnail path does not serve new media.
+    let legacy = server
+        .api()
+        .get(&format!("/_matrix/media/v3/thumbnail/{name}/{photo}?width=96&height=96"), None)
+        .await
+        .unwrap();
+    legacy.err(404, "M_NOT_FOUND");
+}
+
+/// An image over `media.max_thumbnail_source_pixels` is refused, and others still work.
+#[tokio::test]
+async fn images_over_the_pixel_limit_are_not_thumbnailed() {
+    crate::run(async {
+        let options = ServerOptions {
+            extra_toml: "[media]\nmax_thumbnail_source_pixels = 50000\n".into(),
+            ..ServerOptions::default()
+        };
+        let server = TestServer::start(Backend::Sqlite, options).await.unwrap();
+        let [alice] = <[Account; 1]>::try_from(register_all(&server, &["alice"]).await).unwrap();
+        let name = server.server_name.clone();
+        let big = upload_ok(&server, &alice, "image/png", None, &png(400, 300)).await;
+        alice
+            .get(&format!("{AUTHED}/thumbnail/{name}/{big}?width=96&height=96"))
+            .await
+            .unwrap()
+            .err(413, "M_TOO_LARGE");
+        let fine = upload_ok(&server, &alice, "image/png", None, &png(200, 200)).await;
+        let (status, _, _) = fetch(
+            &server,
+            Some(&alice),
+            &format!("{AUTHED}/thumbnail/{name}/{fine}?width=96&height=96&method=crop"),
+        )
+        .await;
+        assert_eq!(status, 200);
     })
     .await
 }

@@ -266,6 +266,7 @@ pub async fn run(
             authenticator: authenticator.clone(),
             config: config.clone(),
             store: Arc::new(store),
+            thumbnailers: Arc::new(tokio::sync::Semaphore::new(config.media.thumbnail_concurrency as usize)),
         };
         tokio::spawn(ganglion_media::expire_unused_ids(db.clone()));
         routes.extend(

@@ -348,6 +348,40 @@ pub struct MediaConfig {
     pub unused_expiry_secs: u64,
     /// Media ids from `/create` awaiting their upload that one user may hold at once.
     pub max_pending_uploads: u32,
+    /// The thumbnail sizes rendered; a request snaps to the smallest at least as large. Empty:
+    /// no thumbnails.
+    pub thumbnail_sizes: Vec<ThumbnailSize>,
+    /// Images with more pixels than this are not thumbnailed (refused from their header, before
+    /// decoding).
+    pub max_thumbnail_source_pixels: u64,
+    /// Thumbnails rendered at once by one process (each on a blocking thread).
+    pub thumbnail_concurrency: u32,
+}
+
+/// One rendered thumbnail size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThumbnailSize {
+    pub width: u32,
+    pub height: u32,
+    pub method: ThumbnailMethod,
+}
+
+/// The spec's thumbnail methods: `crop` fills the size exactly, `scale` fits within it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ThumbnailMethod {
+    Crop,
+    Scale,
+}
+
+impl ThumbnailMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ThumbnailMethod::Crop => "crop",
+            ThumbnailMethod::Scale => "scale",
+        }
+    }
 }
 
 impl MediaConfig {
@@ -443,6 +477,19 @@ impl Config {
                 enable_authenticated_media: false,
                 unused_expiry_secs: 24 * 60 * 60,
                 max_pending_uploads: 50,
+                // The sizes the spec recommends.
+                thumbnail_sizes: [
+                    (32, 32, ThumbnailMethod::Crop),
+                    (96, 96, ThumbnailMethod::Crop),
+                    (320, 240, ThumbnailMethod::Scale),
+                    (640, 480, ThumbnailMethod::Scale),
+                    (800, 600, ThumbnailMethod::Scale),
+                ]
+                .map(|(width, height, method)| ThumbnailSize { width, height, method })
+                .to_vec(),
+                // Synapse's `max_image_pixels`.
+                max_thumbnail_source_pixels: 32_000_000,
+                thumbnail_concurrency: 2,
             },
             redis: RedisConfig { url: String::new(), stream_maxlen: 10_000 },
             cluster: ClusterConfig {
@@ -556,6 +603,12 @@ impl Config {
         }
         if self.media.max_upload_bytes == 0 {
             return invalid("media.max_upload_bytes", "must be at least 1");
+        }
+        if self.media.thumbnail_sizes.iter().any(|size| size.width == 0 || size.height == 0) {
+            return invalid("media.thumbnail_sizes", "widths and heights must be at least 1");
+        }
+        if self.media.thumbnail_concurrency == 0 {
+            return invalid("media.thumbnail_concurrency", "must be at least 1");
         }
         if self.media.unused_expiry_secs == 0 {
             return invalid("media.unused_expiry_secs", "must be at least 1");

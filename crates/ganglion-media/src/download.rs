@@ -109,7 +109,7 @@ pub(crate) async fn legacy_download_named(
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Access {
+pub(crate) enum Access {
     Authenticated,
     Legacy,
 }
@@ -122,30 +122,52 @@ async fn serve(
     query: &DownloadQuery,
     access: Access,
 ) -> MatrixResult<Response> {
-    if !valid_media_id(media_id) {
-        return Err(MatrixError::invalid_param("Media ids are made of A-Z, a-z, 0-9, '_' and '-'"));
-    }
     if let Some(name) = file_name
         && !valid_filename(name)
     {
         return Err(MatrixError::invalid_param("Invalid file name"));
     }
+    let row = uploaded_row(state, server_name, media_id, query.timeout_ms, access).await?;
+    let (Some(sha256), Some(content_type)) = (row.content_sha256.as_deref(), row.content_type.as_deref())
+    else {
+        return Err(MatrixError::not_found("Media not found"));
+    };
+    serve_content(state, sha256, content_type, file_name.or(row.filename.as_deref())).await
+}
+
+/// The media row of a local media id this request may read, once its content is there.
+pub(crate) async fn uploaded_row(
+    state: &MediaState,
+    server_name: &str,
+    media_id: &str,
+    timeout_ms: Option<u64>,
+    access: Access,
+) -> MatrixResult<MediaRow> {
+    if !valid_media_id(media_id) {
+        return Err(MatrixError::invalid_param("Media ids are made of A-Z, a-z, 0-9, '_' and '-'"));
+    }
     if server_name != state.config.server_name {
         // Remote media comes with federation.
         return Err(MatrixError::not_found("Remote media is not available on this server"));
     }
-    let row = uploaded(state, media_id, query).await?;
+    let row = uploaded(state, media_id, timeout_ms).await?;
     if row.quarantined || (access == Access::Legacy && row.authenticated_only) {
         return Err(MatrixError::not_found("Media not found"));
     }
-    let Some(sha256) = row.content_sha256.as_deref() else {
-        return Err(MatrixError::not_found("Media not found"));
-    };
+    Ok(row)
+}
+
+/// A stored file as the answer, with the headers that keep it from running in a browser.
+pub(crate) async fn serve_content(
+    state: &MediaState,
+    sha256: &str,
+    content_type: &str,
+    file_name: Option<&str>,
+) -> MatrixResult<Response> {
     let Some(file) = state.store.get(sha256).await.map_err(MediaError::from)? else {
-        tracing::error!(media_id, sha256, "media metadata names content the store does not have");
+        tracing::error!(sha256, "media metadata names content the store does not have");
         return Err(MatrixError::not_found("Media not found"));
     };
-    let content_type = row.content_type.as_deref().unwrap_or("application/octet-stream");
     let mut response = Response::new(Body::from_stream(file.body));
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();
@@ -154,9 +176,7 @@ async fn serve(
     };
     headers.insert(header::CONTENT_TYPE, header_value(content_type));
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(file.size));
-    if let Ok(value) =
-        HeaderValue::from_str(&content_disposition(content_type, file_name.or(row.filename.as_deref())))
-    {
+    if let Ok(value) = HeaderValue::from_str(&content_disposition(content_type, file_name)) {
         headers.insert(header::CONTENT_DISPOSITION, value);
     }
     headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
@@ -169,8 +189,8 @@ async fn serve(
 
 /// The media row once its content is there, waiting up to the request's `timeout_ms` for a
 /// created id's upload.
-async fn uploaded(state: &MediaState, media_id: &str, query: &DownloadQuery) -> MatrixResult<MediaRow> {
-    let wait = query.timeout_ms.map_or(DEFAULT_WAIT, Duration::from_millis).min(MAX_WAIT);
+async fn uploaded(state: &MediaState, media_id: &str, timeout_ms: Option<u64>) -> MatrixResult<MediaRow> {
+    let wait = timeout_ms.map_or(DEFAULT_WAIT, Duration::from_millis).min(MAX_WAIT);
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let row = {

@@ -1,6 +1,7 @@
 //! The `media` role: the content repository. Uploads (`/upload`, and `/create` with a later
-//! `PUT /upload/{serverName}/{mediaId}`), downloads through the authenticated client endpoints
-//! and, unless frozen, the legacy unauthenticated ones, and the upload limit in `config`.
+//! `PUT /upload/{serverName}/{mediaId}`), downloads and thumbnails through the authenticated
+//! client endpoints and, unless frozen, the legacy unauthenticated ones, and the upload limit in
+//! `config`.
 //!
 //! Media is not a stream: a media worker writes the metadata (`ganglion_storage::media`) itself
 //! and keeps the bytes in the [`MediaStore`], which every media worker of a cluster shares, so
@@ -8,6 +9,7 @@
 
 mod download;
 mod store;
+mod thumbnail;
 mod upload;
 
 use std::sync::Arc;
@@ -26,6 +28,8 @@ pub struct MediaState {
     pub authenticator: Arc<dyn Authenticator>,
     pub config: Arc<Config>,
     pub store: Arc<MediaStore>,
+    /// Permits to render thumbnails (`media.thumbnail_concurrency`).
+    pub thumbnailers: Arc<tokio::sync::Semaphore>,
 }
 
 impl FromRef<MediaState> for Arc<dyn Authenticator> {
@@ -45,6 +49,7 @@ pub fn routes() -> Vec<Route<MediaState>> {
             Media,
             download::download_named,
         ),
+        Route::get("/_matrix/client/v1/media/thumbnail/{serverName}/{mediaId}", Media, thumbnail::thumbnail),
     ];
     // The legacy paths, `r0` as well as `v3`: older clients, bots and bridges still use them.
     routes.extend([
@@ -54,6 +59,8 @@ pub fn routes() -> Vec<Route<MediaState>> {
             .streaming_body(),
         Route::put("/_matrix/media/r0/upload/{serverName}/{mediaId}", Media, upload::upload_to)
             .streaming_body(),
+        Route::get("/_matrix/media/v3/thumbnail/{serverName}/{mediaId}", Media, thumbnail::legacy_thumbnail),
+        Route::get("/_matrix/media/r0/thumbnail/{serverName}/{mediaId}", Media, thumbnail::legacy_thumbnail),
         Route::get("/_matrix/media/v3/config", Media, download::config),
         Route::get("/_matrix/media/r0/config", Media, download::config),
         Route::get("/_matrix/media/v3/download/{serverName}/{mediaId}", Media, download::legacy_download),

@@ -159,3 +159,70 @@ pub async fn delete_expired_pending_media(conn: &mut Conn, now_ms: i64) -> Resul
         .await?;
     Ok(result.rows_affected())
 }
+
+/// A rendered thumbnail: its own content in the media store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThumbnailRow {
+    pub content_sha256: String,
+    pub content_type: String,
+    pub size_bytes: i64,
+}
+
+/// The thumbnail of `source_sha256` at this size, method and animation, if rendered.
+pub async fn thumbnail_of(
+    conn: &mut Conn,
+    source_sha256: &str,
+    width: u32,
+    height: u32,
+    method: &str,
+    animated: bool,
+) -> Result<Option<ThumbnailRow>> {
+    let row = sqlx::query(
+        "SELECT content_sha256, content_type, size_bytes FROM media_thumbnails \
+         WHERE source_sha256 = $1 AND width = $2 AND height = $3 AND method = $4 AND animated = $5",
+    )
+    .bind(source_sha256)
+    .bind(i64::from(width))
+    .bind(i64::from(height))
+    .bind(method)
+    .bind(i64::from(animated))
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|row| ThumbnailRow {
+        content_sha256: row.get(0),
+        content_type: row.get(1),
+        size_bytes: row.get(2),
+    }))
+}
+
+/// Records a rendered thumbnail; a second rendering of the same one (two workers at once) keeps
+/// the first.
+#[allow(clippy::too_many_arguments)]
+pub async fn insert_thumbnail(
+    conn: &mut Conn,
+    source_sha256: &str,
+    width: u32,
+    height: u32,
+    method: &str,
+    animated: bool,
+    thumbnail: &ThumbnailRow,
+    now_ms: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO media_thumbnails (source_sha256, width, height, method, animated, content_sha256, \
+         content_type, size_bytes, created_ts) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+         ON CONFLICT (source_sha256, width, height, method, animated) DO NOTHING",
+    )
+    .bind(source_sha256)
+    .bind(i64::from(width))
+    .bind(i64::from(height))
+    .bind(method)
+    .bind(i64::from(animated))
+    .bind(&thumbnail.content_sha256)
+    .bind(&thumbnail.content_type)
+    .bind(thumbnail.size_bytes)
+    .bind(now_ms)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -11,6 +11,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../migrations/0002_e2ee.sql")),
     (3, include_str!("../migrations/0003_bump_stamps.sql")),
     (4, include_str!("../migrations/0004_media.sql")),
+    (5, include_str!("../migrations/0005_media_thumbnails.sql")),
 ];
 
 pub(crate) async fn run(db: &Db) -> Result<()> {

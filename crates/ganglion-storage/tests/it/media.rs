@@ -48,3 +48,19 @@ on_both_backends!(uploads_and_created_ids_take_their_content_once, |db| {
     assert!(media::media_by_id(&mut conn, "stale").await.unwrap().is_none());
     assert!(media::media_by_id(&mut conn, "later").await.unwrap().is_some());
 });
+
+on_both_backends!(thumbnails_are_kept_per_source_size_method_and_animation, |db| {
+    let mut conn = db.conn().await.unwrap();
+    let first =
+        media::ThumbnailRow { content_sha256: "t1".into(), content_type: "image/png".into(), size_bytes: 7 };
+    let second =
+        media::ThumbnailRow { content_sha256: "t2".into(), content_type: "image/gif".into(), size_bytes: 9 };
+    assert_eq!(media::thumbnail_of(&mut conn, "src", 96, 96, "crop", false).await.unwrap(), None);
+    media::insert_thumbnail(&mut conn, "src", 96, 96, "crop", false, &first, 1).await.unwrap();
+    media::insert_thumbnail(&mut conn, "src", 96, 96, "crop", true, &second, 1).await.unwrap();
+    // A second rendering of the same thumbnail keeps the first.
+    media::insert_thumbnail(&mut conn, "src", 96, 96, "crop", false, &second, 2).await.unwrap();
+    assert_eq!(media::thumbnail_of(&mut conn, "src", 96, 96, "crop", false).await.unwrap(), Some(first));
+    assert_eq!(media::thumbnail_of(&mut conn, "src", 96, 96, "crop", true).await.unwrap(), Some(second));
+    assert_eq!(media::thumbnail_of(&mut conn, "src", 96, 96, "scale", false).await.unwrap(), None);
+});
