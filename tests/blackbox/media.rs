@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use ganglion_testkit::{Account, Backend, ServerOptions, TestServer, enc, sdk_client};
+use ganglion_testkit::{Account, Backend, Clamd, EICAR, ServerOptions, TestServer, enc, sdk_client};
 use matrix_sdk::{
     attachment::AttachmentConfig,
     media::{MediaFormat, MediaRequestParameters},
@@ -32,7 +32,8 @@ on_all_backends!(
     legacy_endpoints_serve_media_unless_frozen,
     bad_input_gets_matrix_errors,
     matrix_sdk_sets_an_avatar_and_sends_an_encrypted_file,
-    thumbnails_are_rendered_once_at_snapped_sizes
+    thumbnails_are_rendered_once_at_snapped_sizes,
+    infected_files_are_never_served
 );
 
 const AUTHED: &str = "/_matrix/client/v1/media";
@@ -574,4 +575,41 @@ async fn images_over_the_pixel_limit_are_not_thumbnailed() {
         assert_eq!(status, 200);
     })
     .await
+}
+
+/// With `media.clamd` set, a real clamd scans every file before it is first served: the EICAR
+/// test file is refused under any media id and as a thumbnail, verdicts are kept per content, and
+/// with clamd down nothing unscanned is served (fail closed).
+async fn infected_files_are_never_served(backend: Backend) {
+    let mut clamd = Clamd::start().unwrap();
+    let options = ServerOptions {
+        extra_toml: format!("[media]\nclamd = \"{}\"\nscan_timeout_ms = 10000\n", clamd.address()),
+        ..ServerOptions::default()
+    };
+    let server = TestServer::start(backend, options).await.unwrap();
+    let [alice, bob] = <[Account; 2]>::try_from(register_all(&server, &["alice", "bob"]).await).unwrap();
+    let name = server.server_name.clone();
+    let clean = upload_ok(&server, &alice, "text/plain", None, b"clean words").await;
+    let virus = upload_ok(&server, &alice, "application/octet-stream", Some("eicar.com"), EICAR).await;
+    assert_eq!(download(&bob, &name, &clean).await.text, "clean words");
+    let refused = download(&bob, &name, &virus).await;
+    refused.err(403, "M_FORBIDDEN");
+    assert!(refused.body["info"].as_str().unwrap_or("").contains("eicar"), "{}", refused.text);
+    // The same content under another id, and asked for as a thumbnail.
+    let again = upload_ok(&server, &bob, "image/png", None, EICAR).await;
+    download(&alice, &name, &again).await.err(403, "M_FORBIDDEN");
+    alice
+        .get(&format!("{AUTHED}/thumbnail/{name}/{again}?width=96&height=96"))
+        .await
+        .unwrap()
+        .err(403, "M_FORBIDDEN");
+
+    // clamd down: the verdicts given stand, and nothing new is served unscanned.
+    clamd.kill().unwrap();
+    assert_eq!(download(&bob, &name, &clean).await.text, "clean words");
+    download(&bob, &name, &virus).await.err(403, "M_FORBIDDEN");
+    let unscanned = upload_ok(&server, &alice, "text/plain", None, b"never scanned").await;
+    let down = download(&bob, &name, &unscanned).await;
+    assert_eq!((down.status, down.errcode()), (503, Some("M_UNKNOWN")), "{}", down.text);
+    assert!(server.stderr_log().contains("antivirus scan failed"), "the log does not say why");
 }

@@ -267,6 +267,14 @@ pub async fn run(
             config: config.clone(),
             store: Arc::new(store),
             thumbnailers: Arc::new(tokio::sync::Semaphore::new(config.media.thumbnail_concurrency as usize)),
+            scanner: config.media.clamd.as_deref().and_then(ganglion_media::scan::ClamdAddress::parse).map(
+                |address| {
+                    Arc::new(ganglion_media::scan::Clamd::new(
+                        address,
+                        Duration::from_millis(config.media.scan_timeout_ms),
+                    ))
+                },
+            ),
         };
         tokio::spawn(ganglion_media::expire_unused_ids(db.clone()));
         routes.extend(

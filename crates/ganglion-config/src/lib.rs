@@ -356,6 +356,11 @@ pub struct MediaConfig {
     pub max_thumbnail_source_pixels: u64,
     /// Thumbnails rendered at once by one process (each on a blocking thread).
     pub thumbnail_concurrency: u32,
+    /// ClamAV's `clamd`, which scans every file before it is first served: `unix:<socket>` or
+    /// `tcp://host:port`. Unset: files are not scanned.
+    pub clamd: Option<String>,
+    /// How long one scan may take; past it the file is not served (fail closed).
+    pub scan_timeout_ms: u64,
 }
 
 /// One rendered thumbnail size.
@@ -490,6 +495,8 @@ impl Config {
                 // Synapse's `max_image_pixels`.
                 max_thumbnail_source_pixels: 32_000_000,
                 thumbnail_concurrency: 2,
+                clamd: None,
+                scan_timeout_ms: 60_000,
             },
             redis: RedisConfig { url: String::new(), stream_maxlen: 10_000 },
             cluster: ClusterConfig {
@@ -606,6 +613,11 @@ impl Config {
         }
         if self.media.thumbnail_sizes.iter().any(|size| size.width == 0 || size.height == 0) {
             return invalid("media.thumbnail_sizes", "widths and heights must be at least 1");
+        }
+        if let Some(clamd) = &self.media.clamd
+            && !(clamd.starts_with("unix:/") || clamd.starts_with("tcp://"))
+        {
+            return invalid("media.clamd", "must be unix:/path/to/socket or tcp://host:port");
         }
         if self.media.thumbnail_concurrency == 0 {
             return invalid("media.thumbnail_concurrency", "must be at least 1");

@@ -132,6 +132,7 @@ async fn serve(
     else {
         return Err(MatrixError::not_found("Media not found"));
     };
+    crate::scan::ensure_clean(state, sha256).await?;
     serve_content(state, sha256, content_type, file_name.or(row.filename.as_deref())).await
 }
 

@@ -8,6 +8,7 @@
 //! any of them serves any file.
 
 mod download;
+pub mod scan;
 mod store;
 mod thumbnail;
 mod upload;
@@ -30,6 +31,8 @@ pub struct MediaState {
     pub store: Arc<MediaStore>,
     /// Permits to render thumbnails (`media.thumbnail_concurrency`).
     pub thumbnailers: Arc<tokio::sync::Semaphore>,
+    /// The antivirus scanner (`media.clamd`), if files are scanned.
+    pub scanner: Option<Arc<scan::Clamd>>,
 }
 
 impl FromRef<MediaState> for Arc<dyn Authenticator> {

@@ -127,6 +127,8 @@ async fn serve_thumbnail(
     else {
         return Err(MatrixError::not_found("Media not found"));
     };
+    // Nothing of an infected file is served, thumbnails included.
+    crate::scan::ensure_clean(state, source).await?;
     let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
     if !SOURCE_TYPES.contains(&essence.as_str()) {
         return Err(MatrixError::new(ErrorClass::Unknown, "No thumbnails are made of this type of file"));

@@ -226,3 +226,38 @@ pub async fn insert_thumbnail(
     .await?;
     Ok(())
 }
+
+/// An antivirus verdict on one content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanVerdict {
+    pub clean: bool,
+    pub info: Option<String>,
+}
+
+pub async fn scan_verdict_of(conn: &mut Conn, content_sha256: &str) -> Result<Option<ScanVerdict>> {
+    let row = sqlx::query("SELECT clean, info FROM media_scans WHERE content_sha256 = $1")
+        .bind(content_sha256)
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.map(|row| ScanVerdict { clean: row.get::<i64, _>(0) != 0, info: row.get(1) }))
+}
+
+/// Records a verdict; a second scan of the same content (two workers at once) keeps the first.
+pub async fn insert_scan_verdict(
+    conn: &mut Conn,
+    content_sha256: &str,
+    verdict: &ScanVerdict,
+    now_ms: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO media_scans (content_sha256, clean, info, scanned_ts) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (content_sha256) DO NOTHING",
+    )
+    .bind(content_sha256)
+    .bind(i64::from(verdict.clean))
+    .bind(verdict.info.as_deref())
+    .bind(now_ms)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

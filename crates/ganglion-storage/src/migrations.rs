@@ -12,6 +12,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../migrations/0003_bump_stamps.sql")),
     (4, include_str!("../migrations/0004_media.sql")),
     (5, include_str!("../migrations/0005_media_thumbnails.sql")),
+    (6, include_str!("../migrations/0006_media_scans.sql")),
 ];
 
 pub(crate) async fn run(db: &Db) -> Result<()> {

@@ -16,6 +16,7 @@
 //! Everything waits with a deadline; nothing sleeps to synchronise.
 
 mod binary;
+mod clamd;
 mod cluster;
 mod http;
 mod nginx;
@@ -28,6 +29,7 @@ mod server;
 mod wait;
 
 pub use binary::ganglion_binary;
+pub use clamd::{Clamd, EICAR};
 pub use cluster::Cluster;
 pub use http::{Account, Api, Response, enc};
 pub use nginx::{Nginx, free_port};

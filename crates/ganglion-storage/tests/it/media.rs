@@ -64,3 +64,14 @@ on_both_backends!(thumbnails_are_kept_per_source_size_method_and_animation, |db|
     assert_eq!(media::thumbnail_of(&mut conn, "src", 96, 96, "crop", true).await.unwrap(), Some(second));
     assert_eq!(media::thumbnail_of(&mut conn, "src", 96, 96, "scale", false).await.unwrap(), None);
 });
+
+on_both_backends!(scan_verdicts_are_kept_once_per_content, |db| {
+    let mut conn = db.conn().await.unwrap();
+    assert_eq!(media::scan_verdict_of(&mut conn, "aa").await.unwrap(), None);
+    let infected = media::ScanVerdict { clean: false, info: Some("Eicar".into()) };
+    media::insert_scan_verdict(&mut conn, "aa", &infected, 1).await.unwrap();
+    media::insert_scan_verdict(&mut conn, "aa", &media::ScanVerdict { clean: true, info: None }, 2)
+        .await
+        .unwrap();
+    assert_eq!(media::scan_verdict_of(&mut conn, "aa").await.unwrap(), Some(infected));
+});
