@@ -1,14 +1,18 @@
 //! The media repository: uploads (`/upload`, `/create` then `PUT`), authenticated downloads and
 //! the legacy ones behind `media.enable_authenticated_media`, the headers that keep served files
-//! from running in a browser, limits and quota, and bad input. On the cluster, two media workers
-//! share one store: a file uploaded through one downloads through the other.
+//! from running in a browser, limits and quota, thumbnails, antivirus scanning (the content
+//! scanner API included), and bad input. The embedded default keeps files in a directory; on the
+//! cluster, two media workers share an S3 bucket (moto's server): a file uploaded through one
+//! downloads through the other.
 
 use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use ganglion_testkit::{Account, Backend, Clamd, EICAR, ServerOptions, TestServer, enc, sdk_client};
+use ganglion_testkit::{
+    Account, Backend, Clamd, EICAR, S3Server, ServerOptions, TestServer, enc, sdk_client,
+};
 use matrix_sdk::{
     attachment::AttachmentConfig,
     media::{MediaFormat, MediaRequestParameters},
@@ -23,7 +27,7 @@ use matrix_sdk::{
 use reqwest::Method;
 use serde_json::json;
 
-use crate::{PASSWORD, SYNC_DEADLINE, account_of, register_all, start};
+use crate::{PASSWORD, SYNC_DEADLINE, account_of, register_all};
 
 on_all_backends!(
     uploads_download_back_with_safe_headers,
@@ -33,7 +37,9 @@ on_all_backends!(
     bad_input_gets_matrix_errors,
     matrix_sdk_sets_an_avatar_and_sends_an_encrypted_file,
     thumbnails_are_rendered_once_at_snapped_sizes,
-    infected_files_are_never_served
+    infected_files_are_never_served,
+    encrypted_attachments_are_scanned_through_the_content_scanner_api,
+    url_previews_read_pages_from_allowed_addresses
 );
 
 const AUTHED: &str = "/_matrix/client/v1/media";
@@ -79,23 +85,59 @@ fn header<'a>(response: &'a ganglion_testkit::Response, name: &str) -> &'a str {
     response.headers.get(name).and_then(|value| value.to_str().ok()).unwrap_or("")
 }
 
-/// Files under `<data_dir>/media/<prefix>`.
-fn stored_files(server: &TestServer, prefix: &str) -> usize {
-    fn count(dir: &std::path::Path) -> usize {
-        std::fs::read_dir(dir)
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .map(|entry| if entry.path().is_dir() { count(&entry.path()) } else { 1 })
-                    .sum()
-            })
-            .unwrap_or(0)
+/// A test server whose files go to a directory on the embedded default and, on the cluster, to
+/// an S3 bucket (a moto server) that the two media workers share.
+struct MediaServer {
+    server: TestServer,
+    s3: Option<S3Server>,
+}
+
+impl std::ops::Deref for MediaServer {
+    type Target = TestServer;
+    fn deref(&self) -> &TestServer {
+        &self.server
     }
-    count(&server.dir().join("data").join("media").join(prefix))
+}
+
+impl std::ops::DerefMut for MediaServer {
+    fn deref_mut(&mut self) -> &mut TestServer {
+        &mut self.server
+    }
+}
+
+impl MediaServer {
+    async fn start(backend: Backend, mut options: ServerOptions) -> MediaServer {
+        let s3 = match backend {
+            Backend::Cluster => Some(tokio::task::spawn_blocking(S3Server::start).await.unwrap().unwrap()),
+            _ => None,
+        };
+        if let Some(s3) = &s3 {
+            options.extra_toml = format!("{}\n{}", options.extra_toml, s3.media_toml());
+        }
+        MediaServer { server: TestServer::start(backend, options).await.unwrap(), s3 }
+    }
+
+    /// Files stored under `<prefix>/` (`sha256`, `uploads`), in the bucket or the directory.
+    async fn stored_files(&self, prefix: &str) -> usize {
+        fn count(dir: &std::path::Path) -> usize {
+            std::fs::read_dir(dir)
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .map(|entry| if entry.path().is_dir() { count(&entry.path()) } else { 1 })
+                        .sum()
+                })
+                .unwrap_or(0)
+        }
+        match &self.s3 {
+            Some(s3) => s3.object_count(&format!("{prefix}/")).await.unwrap(),
+            None => count(&self.server.dir().join("data").join("media").join(prefix)),
+        }
+    }
 }
 
 async fn uploads_download_back_with_safe_headers(backend: Backend) {
-    let server = start(backend).await;
+    let server = MediaServer::start(backend, ServerOptions::default()).await;
     let [alice, bob] = <[Account; 2]>::try_from(register_all(&server, &["alice", "bob"]).await).unwrap();
     let name = &server.server_name;
     let config = alice.get(&format!("{AUTHED}/config")).await.unwrap().ok();
@@ -134,12 +176,12 @@ async fn uploads_download_back_with_safe_headers(backend: Backend) {
     download(&bob, "elsewhere.example", &note).await.err(404, "M_NOT_FOUND");
 
     // The same content twice: two ids, one stored copy.
-    let before = stored_files(&server, "sha256");
+    let before = server.stored_files("sha256").await;
     let again = upload_ok(&server, &bob, "text/plain", None, b"hello media").await;
     assert_ne!(again, note);
     assert_eq!(download(&alice, name, &again).await.text, "hello media");
-    assert_eq!(stored_files(&server, "sha256"), before);
-    assert_eq!(stored_files(&server, "uploads"), 0);
+    assert_eq!(server.stored_files("sha256").await, before);
+    assert_eq!(server.stored_files("uploads").await, 0);
 
     // A binary file of several MiB comes back byte for byte.
     let big: Vec<u8> = (0..3 * 1024 * 1024 + 17).map(|i| (i * 7 % 256) as u8).collect();
@@ -158,7 +200,7 @@ async fn uploads_download_back_with_safe_headers(backend: Backend) {
 }
 
 async fn created_ids_take_one_upload(backend: Backend) {
-    let server = start(backend).await;
+    let server = MediaServer::start(backend, ServerOptions::default()).await;
     let [alice, bob] = <[Account; 2]>::try_from(register_all(&server, &["alice", "bob"]).await).unwrap();
     let name = server.server_name.clone();
     let created = alice.post("/_matrix/media/v1/create", &json!({})).await.unwrap().ok();
@@ -206,7 +248,7 @@ async fn limits_and_quota_refuse_what_is_too_large(backend: Backend) {
         extra_toml: "[media]\nmax_upload_bytes = 20000\nuser_quota_bytes = 50000\n".into(),
         ..ServerOptions::default()
     };
-    let server = TestServer::start(backend, options).await.unwrap();
+    let server = MediaServer::start(backend, options).await;
     let [alice, bob] = <[Account; 2]>::try_from(register_all(&server, &["alice", "bob"]).await).unwrap();
     let config = alice.get(&format!("{AUTHED}/config")).await.unwrap().ok();
     assert_eq!(config["m.upload.size"], 20000);
@@ -226,8 +268,8 @@ async fn limits_and_quota_refuse_what_is_too_large(backend: Backend) {
     if let Ok(response) = streamed {
         assert_eq!(response.status().as_u16(), 413);
     }
-    assert_eq!(stored_files(&server, "uploads"), 0);
-    assert_eq!(stored_files(&server, "sha256"), 0);
+    assert_eq!(server.stored_files("uploads").await, 0);
+    assert_eq!(server.stored_files("sha256").await, 0);
 
     // 50000 bytes each: two of 20000 fit, a third does not (10000 left), a small one does.
     for fill in [1u8, 2] {
@@ -244,7 +286,7 @@ async fn limits_and_quota_refuse_what_is_too_large(backend: Backend) {
 
 async fn legacy_endpoints_serve_media_unless_frozen(backend: Backend) {
     // Under a config file (as here), unauthenticated media is frozen by default.
-    let frozen = start(backend).await;
+    let frozen = MediaServer::start(backend, ServerOptions::default()).await;
     let [alice] = <[Account; 1]>::try_from(register_all(&frozen, &["alice"]).await).unwrap();
     let id = upload_ok(&frozen, &alice, "text/plain", None, b"new media").await;
     let name = frozen.server_name.clone();
@@ -257,7 +299,7 @@ async fn legacy_endpoints_serve_media_unless_frozen(backend: Backend) {
         extra_toml: "[media]\nenable_authenticated_media = false\n".into(),
         ..ServerOptions::default()
     };
-    let open = TestServer::start(backend, options).await.unwrap();
+    let open = MediaServer::start(backend, options).await;
     let [alice] = <[Account; 1]>::try_from(register_all(&open, &["alice"]).await).unwrap();
     let id = upload_ok(&open, &alice, "text/plain", Some("old.txt"), b"for old clients").await;
     let name = open.server_name.clone();
@@ -279,7 +321,7 @@ async fn legacy_endpoints_serve_media_unless_frozen(backend: Backend) {
 }
 
 async fn bad_input_gets_matrix_errors(backend: Backend) {
-    let server = start(backend).await;
+    let server = MediaServer::start(backend, ServerOptions::default()).await;
     let [alice] = <[Account; 1]>::try_from(register_all(&server, &["alice"]).await).unwrap();
     let name = server.server_name.clone();
     upload(&alice, None, None, b"x".to_vec()).await.err(400, "M_MISSING_PARAM");
@@ -312,14 +354,14 @@ async fn bad_input_gets_matrix_errors(backend: Backend) {
         .unwrap()
         .err(400, "M_INVALID_PARAM");
     // Nothing of the refused uploads was kept.
-    assert_eq!(stored_files(&server, "uploads"), 0);
+    assert_eq!(server.stored_files("uploads").await, 0);
 }
 
 /// What Element does with a picture and a file: matrix-sdk uploads an avatar that another user
 /// fetches through the authenticated endpoints, and sends a file to an encrypted room (uploaded
 /// encrypted, `EncryptedFile` in the event) that the other user downloads and decrypts.
 async fn matrix_sdk_sets_an_avatar_and_sends_an_encrypted_file(backend: Backend) {
-    let server = start(backend).await;
+    let server = MediaServer::start(backend, ServerOptions::default()).await;
     let alice = sdk_client(&server.base_url, "alice", PASSWORD).await.unwrap();
     let bob = sdk_client(&server.base_url, "bob", PASSWORD).await.unwrap();
 
@@ -377,12 +419,12 @@ async fn matrix_sdk_sets_an_avatar_and_sends_an_encrypted_file(backend: Backend)
     assert!(decrypted == secret, "bob's decrypted file differs from alice's");
 }
 
-/// Two media workers share one store: a file uploaded through one downloads through the other,
-/// and nginx sends every media endpoint to a media worker.
+/// Two media workers share one S3 bucket: a file uploaded through one downloads through the
+/// other, and nginx sends every media endpoint to a media worker.
 #[tokio::test]
 async fn two_media_workers_serve_each_others_files() {
     crate::run(async {
-        let mut server = start(Backend::Cluster).await;
+        let mut server = MediaServer::start(Backend::Cluster, ServerOptions::default()).await;
         let [alice, bob] = <[Account; 2]>::try_from(register_all(&server, &["alice", "bob"]).await).unwrap();
         let through_nginx = upload(&alice, Some("text/plain"), None, b"via nginx".to_vec()).await;
         assert!(
@@ -408,6 +450,11 @@ async fn two_media_workers_serve_each_others_files() {
         let got = download(&on(&second, &bob), &name, &id).await;
         assert_eq!(header(&got, "x-ganglion-instance"), "media/media2");
         assert_eq!((got.status, got.text.as_str()), (200, "one store"));
+        // The store they share is the S3 bucket: the content is there, and nothing is left
+        // under `uploads/`.
+        assert!(server.s3.is_some());
+        assert!(server.stored_files("sha256").await >= 2, "the files are not in the bucket");
+        assert_eq!(server.stored_files("uploads").await, 0);
         // A created id uploaded through one worker is served by the other.
         let created = on(&second, &alice).post("/_matrix/media/v1/create", &json!({})).await.unwrap().ok();
         let later = created["content_uri"].as_str().unwrap().rsplit('/').next().unwrap().to_owned();
@@ -478,7 +525,7 @@ async fn fetch(server: &TestServer, account: Option<&Account>, path: &str) -> (u
 }
 
 async fn thumbnails_are_rendered_once_at_snapped_sizes(backend: Backend) {
-    let server = start(backend).await;
+    let server = MediaServer::start(backend, ServerOptions::default()).await;
     let [alice, bob] = <[Account; 2]>::try_from(register_all(&server, &["alice", "bob"]).await).unwrap();
     let name = server.server_name.clone();
     let thumb = |id: &str, query: &str| format!("{AUTHED}/thumbnail/{name}/{id}?{query}");
@@ -499,10 +546,10 @@ async fn thumbnails_are_rendered_once_at_snapped_sizes(backend: Backend) {
         fetch(&server, Some(&bob), &thumb(&photo, "width=100&height=100&method=crop")).await;
     assert_eq!(dimensions(&snapped), (320, 240));
     // Rendered once: asking again stores nothing more.
-    let files = stored_files(&server, "sha256");
+    let files = server.stored_files("sha256").await;
     let (_, _, again) = fetch(&server, Some(&bob), &thumb(&photo, "width=96&height=96&method=crop")).await;
     assert_eq!(again, cropped);
-    assert_eq!(stored_files(&server, "sha256"), files);
+    assert_eq!(server.stored_files("sha256").await, files);
 
     let wide = upload_ok(&server, &alice, "image/jpeg", None, &jpeg(1000, 500)).await;
     let (status, kind, bytes) = fetch(&server, Some(&bob), &thumb(&wide, "width=300&height=200")).await;
@@ -586,7 +633,7 @@ async fn infected_files_are_never_served(backend: Backend) {
         extra_toml: format!("[media]\nclamd = \"{}\"\nscan_timeout_ms = 10000\n", clamd.address()),
         ..ServerOptions::default()
     };
-    let server = TestServer::start(backend, options).await.unwrap();
+    let server = MediaServer::start(backend, options).await;
     let [alice, bob] = <[Account; 2]>::try_from(register_all(&server, &["alice", "bob"]).await).unwrap();
     let name = server.server_name.clone();
     let clean = upload_ok(&server, &alice, "text/plain", None, b"clean words").await;
@@ -612,4 +659,269 @@ async fn infected_files_are_never_served(backend: Backend) {
     let down = download(&bob, &name, &unscanned).await;
     assert_eq!((down.status, down.errcode()), (503, Some("M_UNKNOWN")), "{}", down.text);
     assert!(server.stderr_log().contains("antivirus scan failed"), "the log does not say why");
+}
+
+const PROXY: &str = "/_matrix/media_proxy/unstable";
+
+/// Encrypts `plaintext` as a client does an attachment (matrix-sdk's attachment encryption),
+/// uploads the ciphertext, and returns the event's `EncryptedFile` JSON and the ciphertext.
+async fn upload_encrypted(account: &Account, plaintext: &[u8]) -> (serde_json::Value, Vec<u8>) {
+    use std::io::Read as _;
+    let mut reader = plaintext;
+    let mut encryptor = matrix_sdk_crypto::AttachmentEncryptor::new(&mut reader);
+    let mut ciphertext = Vec::new();
+    encryptor.read_to_end(&mut ciphertext).unwrap();
+    let info = encryptor.finish();
+    let uploaded = upload(account, Some("application/octet-stream"), None, ciphertext.clone()).await;
+    assert_eq!(uploaded.status, 200, "{}", uploaded.text);
+    let mut file = serde_json::to_value(&info).unwrap();
+    file["url"] = uploaded.body["content_uri"].clone();
+    (file, ciphertext)
+}
+
+/// `body` encrypted to the scanner's public key, as `encrypted_body`.
+fn encrypted_body(public_key: &str, body: &serde_json::Value) -> serde_json::Value {
+    use vodozemac::{Curve25519PublicKey, base64_encode, pk_encryption::PkEncryption};
+    let encryption = PkEncryption::from_key(Curve25519PublicKey::from_base64(public_key).unwrap());
+    let message = encryption.encrypt(body.to_string().as_bytes()).unwrap();
+    json!({ "encrypted_body": {
+        "ciphertext": base64_encode(&message.ciphertext),
+        "mac": base64_encode(&message.mac),
+        "ephemeral": message.ephemeral_key.to_base64(),
+    }})
+}
+
+/// The content scanner API: plain media scanned and served by `scan` and `download`, and
+/// encrypted attachments whose key the client hands over, in clear or encrypted to the scanner's
+/// key: the EICAR file inside an attachment is found, refused through every endpoint, and its
+/// ciphertext is no longer served either; the verdicts stand with clamd down.
+async fn encrypted_attachments_are_scanned_through_the_content_scanner_api(backend: Backend) {
+    let mut clamd = Clamd::start().unwrap();
+    let options = ServerOptions {
+        extra_toml: format!("[media]\nclamd = \"{}\"\nscan_timeout_ms = 10000\n", clamd.address()),
+        ..ServerOptions::default()
+    };
+    let mut server = MediaServer::start(backend, options).await;
+    let [alice, bob] = <[Account; 2]>::try_from(register_all(&server, &["alice", "bob"]).await).unwrap();
+    let name = server.server_name.clone();
+
+    // Plain media through the scanner's own endpoints.
+    let clean = upload_ok(&server, &alice, "text/plain", None, b"clean words").await;
+    let virus = upload_ok(&server, &alice, "application/octet-stream", None, EICAR).await;
+    let verdict = bob.get(&format!("{PROXY}/scan/{name}/{clean}")).await.unwrap().ok();
+    assert_eq!((verdict["clean"].as_bool(), verdict["info"].as_str()), (Some(true), Some("File is clean")));
+    let verdict = bob.get(&format!("{PROXY}/scan/{name}/{virus}")).await.unwrap().ok();
+    assert_eq!(verdict["clean"], false);
+    assert!(verdict["info"].as_str().unwrap().contains("eicar"), "{verdict}");
+    let got = bob.get(&format!("{PROXY}/download/{name}/{clean}")).await.unwrap();
+    assert_eq!((got.status, got.text.as_str()), (200, "clean words"));
+    let refused = bob.get(&format!("{PROXY}/download/{name}/{virus}")).await.unwrap();
+    assert_eq!(refused.body["reason"], "MCS_MEDIA_NOT_CLEAN", "{}", refused.text);
+    refused.err(403, "M_FORBIDDEN");
+
+    // Encrypted attachments, their file in clear in the request.
+    let (minutes, minutes_ciphertext) = upload_encrypted(&alice, b"the minutes of the meeting").await;
+    let (infected, _) = upload_encrypted(&alice, EICAR).await;
+    let verdict =
+        bob.post(&format!("{PROXY}/scan_encrypted"), &json!({ "file": minutes })).await.unwrap().ok();
+    assert_eq!(verdict["clean"], true);
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let got = http
+        .post(format!("{}{PROXY}/download_encrypted", server.base_url))
+        .bearer_auth(&bob.access_token)
+        .json(&json!({ "file": minutes }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), 200);
+    assert!(
+        got.bytes().await.unwrap() == minutes_ciphertext,
+        "download_encrypted does not serve the ciphertext"
+    );
+
+    // The same, encrypted to the scanner's key; every media worker has the same key.
+    let key = bob.get(&format!("{PROXY}/public_key")).await.unwrap().ok()["public_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    if let Some(cluster) = server.cluster() {
+        for worker in ["media1", "media2"] {
+            let api = ganglion_testkit::Api::new(cluster.url_of(worker));
+            assert_eq!(api.get(&format!("{PROXY}/public_key"), None).await.unwrap().ok()["public_key"], key);
+        }
+    }
+    let sealed = encrypted_body(&key, &json!({ "file": infected }));
+    let verdict = bob.post(&format!("{PROXY}/scan_encrypted"), &sealed).await.unwrap().ok();
+    assert_eq!(verdict["clean"], false, "{verdict}");
+    assert!(verdict["info"].as_str().unwrap().contains("eicar"), "{verdict}");
+    let refused = bob.post(&format!("{PROXY}/download_encrypted"), &sealed).await.unwrap();
+    assert_eq!(refused.body["reason"], "MCS_MEDIA_NOT_CLEAN", "{}", refused.text);
+    refused.err(403, "M_FORBIDDEN");
+    // Its ciphertext, which clamd alone finds clean, is refused through every endpoint now.
+    let infected_id = infected["url"].as_str().unwrap().rsplit('/').next().unwrap().to_owned();
+    download(&alice, &name, &infected_id).await.err(403, "M_FORBIDDEN");
+
+    // Bad input: a body sealed for another key (clients fetch the key again and retry on this
+    // reason), a hash that is not the file's, a body that is not a request, no token for media
+    // only the authenticated endpoints serve.
+    let stranger = vodozemac::pk_encryption::PkDecryption::new().public_key().to_base64();
+    let wrong_key = bob
+        .post(&format!("{PROXY}/scan_encrypted"), &encrypted_body(&stranger, &json!({ "file": minutes })))
+        .await
+        .unwrap();
+    assert_eq!(wrong_key.body["reason"], "MCS_BAD_DECRYPTION", "{}", wrong_key.text);
+    wrong_key.err(403, "M_FORBIDDEN");
+    let mut tampered = minutes.clone();
+    tampered["hashes"]["sha256"] = json!("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+    let mismatch = bob.post(&format!("{PROXY}/scan_encrypted"), &json!({ "file": tampered })).await.unwrap();
+    assert_eq!(mismatch.body["reason"], "MCS_MEDIA_FAILED_TO_DECRYPT", "{}", mismatch.text);
+    mismatch.err(400, "M_INVALID_PARAM");
+    let malformed =
+        bob.post(&format!("{PROXY}/scan_encrypted"), &json!({ "file": { "url": 3 } })).await.unwrap();
+    assert_eq!(malformed.body["reason"], "MCS_MALFORMED_JSON", "{}", malformed.text);
+    malformed.err(400, "M_BAD_JSON");
+    let anonymous =
+        alice.api.post(&format!("{PROXY}/scan_encrypted"), None, &json!({ "file": minutes })).await.unwrap();
+    anonymous.err(404, "M_NOT_FOUND");
+
+    // clamd down: the verdicts given stand, and nothing new is served unscanned.
+    clamd.kill().unwrap();
+    let verdict =
+        bob.post(&format!("{PROXY}/scan_encrypted"), &json!({ "file": minutes })).await.unwrap().ok();
+    assert_eq!(verdict["clean"], true);
+    let verdict = bob.post(&format!("{PROXY}/scan_encrypted"), &sealed).await.unwrap().ok();
+    assert_eq!(verdict["clean"], false);
+    let (unscanned, _) = upload_encrypted(&alice, b"never scanned").await;
+    let down = bob.post(&format!("{PROXY}/download_encrypted"), &json!({ "file": unscanned })).await.unwrap();
+    assert_eq!((down.status, down.errcode()), (503, Some("M_UNKNOWN")), "{}", down.text);
+}
+
+/// A web site on loopback for URL previews: `/page` (OpenGraph), `/plain` (a title only),
+/// `/cat.png`, `/moved` (a redirect to `/page`), anything else 404. Answers until dropped.
+struct Site {
+    url: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn site() -> Site {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let cat = png(64, 48);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else { return };
+            let cat = cat.clone();
+            tokio::spawn(async move {
+                let mut request = vec![0u8; 4096];
+                let Ok(read) = socket.read(&mut request).await else { return };
+                let request = String::from_utf8_lossy(&request[..read]).into_owned();
+                let path = request.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                let (status, headers, body): (&str, String, Vec<u8>) = match path.as_str() {
+                    "/page" => (
+                        "200 OK",
+                        "Content-Type: text/html; charset=utf-8\r\n".into(),
+                        br#"<html><head><title>Ignored title</title>
+                        <meta property="og:title" content="The minutes">
+                        <meta property="og:description" content="What was decided">
+                        <meta property="og:image" content="/cat.png"></head><body>Hi</body></html>"#
+                            .to_vec(),
+                    ),
+                    "/plain" => (
+                        "200 OK",
+                        "Content-Type: text/html\r\n".into(),
+                        b"<title>Just a title</title><p>text</p>".to_vec(),
+                    ),
+                    "/cat.png" => ("200 OK", "Content-Type: image/png\r\n".into(), cat),
+                    "/moved" => ("302 Found", "Location: /page\r\n".into(), Vec::new()),
+                    _ => ("404 Not Found", "Content-Type: text/plain\r\n".into(), b"no".to_vec()),
+                };
+                let head = format!(
+                    "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = socket.write_all(head.as_bytes()).await;
+                let _ = socket.write_all(&body).await;
+            });
+        }
+    });
+    Site { url, task }
+}
+
+async fn preview(account: &Account, url: &str) -> ganglion_testkit::Response {
+    account.get(&format!("{AUTHED}/preview_url?url={}", enc(url))).await.unwrap()
+}
+
+/// URL previews, off by default, and refused for internal addresses unless allowed: with
+/// loopback allowed, a page's OpenGraph data comes back with its image stored as media, through
+/// a redirect too, from the cache once the site is gone.
+async fn url_previews_read_pages_from_allowed_addresses(backend: Backend) {
+    let site = site().await;
+    let page = format!("{}/page", site.url);
+    let options = ServerOptions {
+        extra_toml: "[media]\nurl_preview_enabled = true\nurl_preview_allowed_ranges = [\"127.0.0.1/32\"]\n"
+            .into(),
+        ..ServerOptions::default()
+    };
+    let server = MediaServer::start(backend, options).await;
+    let [alice] = <[Account; 1]>::try_from(register_all(&server, &["alice"]).await).unwrap();
+    let og = preview(&alice, &page).await.ok();
+    assert_eq!(
+        (og["og:title"].as_str(), og["og:description"].as_str()),
+        (Some("The minutes"), Some("What was decided"))
+    );
+    assert_eq!((og["og:image:width"].as_u64(), og["og:image:height"].as_u64()), (Some(64), Some(48)));
+    assert_eq!(og["og:image:type"], "image/png");
+    let image = og["og:image"].as_str().unwrap();
+    let (status, content_type, bytes) =
+        fetch(&server, Some(&alice), &format!("{AUTHED}/download/{}", image.trim_start_matches("mxc://")))
+            .await;
+    assert_eq!((status, content_type.as_str()), (200, "image/png"));
+    assert!(bytes == png(64, 48), "the stored preview image differs from the site's");
+    let moved = preview(&alice, &format!("{}/moved", site.url)).await.ok();
+    assert_eq!(moved["og:title"], "The minutes");
+    let plain = preview(&alice, &format!("{}/plain", site.url)).await.ok();
+    assert_eq!(plain["og:title"], "Just a title");
+    let legacy = alice.get(&format!("/_matrix/media/v3/preview_url?url={}", enc(&page))).await.unwrap().ok();
+    assert_eq!(legacy["og:title"], "The minutes");
+
+    // Bad input and failures: Matrix errors.
+    preview(&alice, &format!("{}/missing", site.url)).await.err(502, "M_UNKNOWN");
+    preview(&alice, "ftp://127.0.0.1/file").await.err(400, "M_INVALID_PARAM");
+    preview(&alice, "not a url").await.err(400, "M_INVALID_PARAM");
+    alice.get(&format!("{AUTHED}/preview_url")).await.unwrap().err(400, "M_MISSING_PARAM");
+    // Other internal addresses stay refused.
+    preview(&alice, "http://10.0.0.1/").await.err(403, "M_FORBIDDEN");
+    preview(&alice, "http://[::1]/").await.err(403, "M_FORBIDDEN");
+
+    // Kept: the site is gone, the preview is not.
+    drop(site);
+    assert_eq!(preview(&alice, &page).await.ok()["og:title"], "The minutes");
+}
+
+/// Off by default; on, loopback is refused unless allowed, by address and by name.
+#[tokio::test]
+async fn url_previews_are_off_by_default_and_refuse_loopback() {
+    crate::run(async {
+        let site = site().await;
+        let off = MediaServer::start(Backend::Sqlite, ServerOptions::default()).await;
+        let [alice] = <[Account; 1]>::try_from(register_all(&off, &["alice"]).await).unwrap();
+        preview(&alice, &format!("{}/page", site.url)).await.err(404, "M_UNRECOGNIZED");
+        let options = ServerOptions {
+            extra_toml: "[media]\nurl_preview_enabled = true\n".into(),
+            ..ServerOptions::default()
+        };
+        let on = MediaServer::start(Backend::Sqlite, options).await;
+        let [bob] = <[Account; 1]>::try_from(register_all(&on, &["bob"]).await).unwrap();
+        preview(&bob, &format!("{}/page", site.url)).await.err(403, "M_FORBIDDEN");
+        let by_name = site.url.replace("127.0.0.1", "localhost");
+        preview(&bob, &format!("{by_name}/page")).await.err(403, "M_FORBIDDEN");
+    })
+    .await
 }

@@ -257,10 +257,19 @@ pub async fn run(
     );
 
     if role.serves(EndpointClass::Media) {
-        let directory = config.media.directory(&config.data_dir);
-        let store = ganglion_media::MediaStore::directory(&directory)
-            .map_err(|error| AppError::Media(error.to_string()))?;
-        tracing::info!(directory = %directory.display(), "media store ready");
+        let store = match &config.media.s3 {
+            Some(s3) => {
+                let store = ganglion_media::MediaStore::s3(s3);
+                tracing::info!(bucket = %s3.bucket, endpoint = ?s3.endpoint, "media store: S3");
+                store
+            }
+            None => {
+                let directory = config.media.directory(&config.data_dir);
+                tracing::info!(directory = %directory.display(), "media store: directory");
+                ganglion_media::MediaStore::directory(&directory)
+            }
+        }
+        .map_err(|error| AppError::Media(error.to_string()))?;
         let state = ganglion_media::MediaState {
             db: db.clone(),
             authenticator: authenticator.clone(),
@@ -275,6 +284,7 @@ pub async fn run(
                     ))
                 },
             ),
+            scanner_key: Arc::default(),
         };
         tokio::spawn(ganglion_media::expire_unused_ids(db.clone()));
         routes.extend(

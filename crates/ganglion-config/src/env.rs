@@ -57,7 +57,10 @@ impl Overrides {
 
 /// Every key of the config, as the defaults serialize it.
 fn known_keys() -> Dict {
-    Figment::from(Serialized::defaults(Config::embedded_default()))
+    let mut config = Config::embedded_default();
+    // Sections that are off unless set, so that their keys are known too.
+    config.media.s3 = Some(crate::S3Config::default());
+    Figment::from(Serialized::defaults(config))
         .data()
         .ok()
         .and_then(|mut profiles| profiles.remove(&Profile::Default))

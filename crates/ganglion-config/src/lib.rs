@@ -361,6 +361,46 @@ pub struct MediaConfig {
     pub clamd: Option<String>,
     /// How long one scan may take; past it the file is not served (fail closed).
     pub scan_timeout_ms: u64,
+    /// An S3-compatible object store for the files instead of the directory (`path`).
+    pub s3: Option<S3Config>,
+    /// Whether `preview_url` fetches pages for users (off: 404 `M_UNRECOGNIZED`).
+    pub url_preview_enabled: bool,
+    /// Internal addresses a preview may fetch from anyway; loopback, private, link-local and
+    /// other internal ranges are refused otherwise.
+    pub url_preview_allowed_ranges: Vec<AddressRange>,
+    /// The largest page or image a preview reads.
+    pub url_preview_max_bytes: u64,
+}
+
+/// An S3-compatible bucket (AWS, MinIO, Ceph, Garage, …) that every media worker shares.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    pub bucket: String,
+    /// The store's URL (`https://s3.example.org`); unset: AWS's endpoint for `region`.
+    pub endpoint: Option<String>,
+    pub region: String,
+    /// Unset: `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` from the environment.
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// Keys go under this prefix (several servers sharing one bucket).
+    pub prefix: Option<String>,
+    /// Allows an `http://` endpoint (a store on a private network, tests).
+    pub allow_http: bool,
+}
+
+impl Default for S3Config {
+    fn default() -> S3Config {
+        S3Config {
+            bucket: String::new(),
+            endpoint: None,
+            region: "us-east-1".to_owned(),
+            access_key_id: None,
+            secret_access_key: None,
+            prefix: None,
+            allow_http: false,
+        }
+    }
 }
 
 /// One rendered thumbnail size.
@@ -497,6 +537,11 @@ impl Config {
                 thumbnail_concurrency: 2,
                 clamd: None,
                 scan_timeout_ms: 60_000,
+                s3: None,
+                url_preview_enabled: false,
+                url_preview_allowed_ranges: Vec::new(),
+                // Synapse's `max_spider_size`.
+                url_preview_max_bytes: 10 * 1024 * 1024,
             },
             redis: RedisConfig { url: String::new(), stream_maxlen: 10_000 },
             cluster: ClusterConfig {
@@ -618,6 +663,26 @@ impl Config {
             && !(clamd.starts_with("unix:/") || clamd.starts_with("tcp://"))
         {
             return invalid("media.clamd", "must be unix:/path/to/socket or tcp://host:port");
+        }
+        if let Some(s3) = &self.media.s3 {
+            if s3.bucket.is_empty() {
+                return invalid("media.s3.bucket", "must name the bucket");
+            }
+            match s3.endpoint.as_deref() {
+                None => {}
+                Some(endpoint) if endpoint.starts_with("https://") => {}
+                Some(endpoint) if endpoint.starts_with("http://") && s3.allow_http => {}
+                Some(endpoint) if endpoint.starts_with("http://") => {
+                    return invalid("media.s3.endpoint", "is http://: set media.s3.allow_http to allow it");
+                }
+                Some(_) => return invalid("media.s3.endpoint", "must be an http:// or https:// URL"),
+            }
+            if s3.access_key_id.is_some() != s3.secret_access_key.is_some() {
+                return invalid(
+                    "media.s3.access_key_id",
+                    "and media.s3.secret_access_key go together (or both come from AWS_* variables)",
+                );
+            }
         }
         if self.media.thumbnail_concurrency == 0 {
             return invalid("media.thumbnail_concurrency", "must be at least 1");

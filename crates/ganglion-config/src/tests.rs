@@ -207,3 +207,29 @@ fn presence_is_on_by_default_and_switched_by_file_or_environment() {
     let error = load_toml("[presence]\noffline_timeout_ms = 10\n").unwrap_err().to_string();
     assert!(error.contains("presence.offline_timeout_ms"), "{error}");
 }
+
+#[test]
+fn s3_media_comes_from_the_file_with_credentials_from_the_environment() {
+    let file = "[media.s3]\nbucket = \"media\"\nendpoint = \"https://s3.example.org\"\n";
+    let config = load_with(
+        Some(file),
+        &[("GANGLION_MEDIA__S3__ACCESS_KEY_ID", "id"), ("GANGLION_MEDIA__S3__SECRET_ACCESS_KEY", "secret")],
+    )
+    .unwrap();
+    let s3 = config.media.s3.unwrap();
+    assert_eq!((s3.bucket.as_str(), s3.region.as_str()), ("media", "us-east-1"));
+    assert_eq!((s3.access_key_id.as_deref(), s3.secret_access_key.as_deref()), (Some("id"), Some("secret")));
+    assert!(load_toml("server_name = \"example.org\"\n").unwrap().media.s3.is_none());
+    for (toml, key) in [
+        ("[media.s3]\nregion = \"eu-west-1\"\n", "media.s3.bucket"),
+        ("[media.s3]\nbucket = \"m\"\nendpoint = \"http://10.0.0.5:9000\"\n", "media.s3.endpoint"),
+        ("[media.s3]\nbucket = \"m\"\nendpoint = \"s3.example.org\"\n", "media.s3.endpoint"),
+        ("[media.s3]\nbucket = \"m\"\naccess_key_id = \"id\"\n", "media.s3.access_key_id"),
+    ] {
+        let error = load_toml(toml).unwrap_err().to_string();
+        assert!(error.contains(key), "{toml}: {error}");
+    }
+    let plain =
+        load_toml("[media.s3]\nbucket = \"m\"\nendpoint = \"http://10.0.0.5:9000\"\nallow_http = true\n");
+    assert!(plain.unwrap().media.s3.unwrap().allow_http);
+}

@@ -90,6 +90,7 @@ impl MatrixError {
             ErrorClass::CannotOverwriteMedia => (StatusCode::CONFLICT, "M_CANNOT_OVERWRITE_MEDIA"),
             ErrorClass::NotYetUploaded => (StatusCode::GATEWAY_TIMEOUT, "M_NOT_YET_UPLOADED"),
             ErrorClass::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "M_UNKNOWN"),
+            ErrorClass::BadGateway => (StatusCode::BAD_GATEWAY, "M_UNKNOWN"),
             ErrorClass::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN"),
         }
     }

@@ -60,7 +60,7 @@ const INLINE_TYPES: [&str; 26] = [
 const CONTENT_SECURITY_POLICY: &str = "sandbox; default-src 'none'; script-src 'none'; \
      plugin-types application/pdf; style-src 'unsafe-inline'; media-src 'self'; object-src 'self';";
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 pub(crate) struct DownloadQuery {
     timeout_ms: Option<u64>,
 }
@@ -114,7 +114,7 @@ pub(crate) enum Access {
     Legacy,
 }
 
-async fn serve(
+pub(crate) async fn serve(
     state: &MediaState,
     server_name: &str,
     media_id: &str,

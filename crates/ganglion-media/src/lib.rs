@@ -7,7 +7,9 @@
 //! and keeps the bytes in the [`MediaStore`], which every media worker of a cluster shares, so
 //! any of them serves any file.
 
+mod content_scanner;
 mod download;
+mod preview;
 pub mod scan;
 mod store;
 mod thumbnail;
@@ -33,6 +35,8 @@ pub struct MediaState {
     pub thumbnailers: Arc<tokio::sync::Semaphore>,
     /// The antivirus scanner (`media.clamd`), if files are scanned.
     pub scanner: Option<Arc<scan::Clamd>>,
+    /// The content scanner API's key pair, loaded (or made) on first use.
+    pub scanner_key: Arc<tokio::sync::OnceCell<vodozemac::pk_encryption::PkDecryption>>,
 }
 
 impl FromRef<MediaState> for Arc<dyn Authenticator> {
@@ -53,6 +57,7 @@ pub fn routes() -> Vec<Route<MediaState>> {
             download::download_named,
         ),
         Route::get("/_matrix/client/v1/media/thumbnail/{serverName}/{mediaId}", Media, thumbnail::thumbnail),
+        Route::get("/_matrix/client/v1/media/preview_url", Media, preview::preview_url),
     ];
     // The legacy paths, `r0` as well as `v3`: older clients, bots and bridges still use them.
     routes.extend([
@@ -64,6 +69,8 @@ pub fn routes() -> Vec<Route<MediaState>> {
             .streaming_body(),
         Route::get("/_matrix/media/v3/thumbnail/{serverName}/{mediaId}", Media, thumbnail::legacy_thumbnail),
         Route::get("/_matrix/media/r0/thumbnail/{serverName}/{mediaId}", Media, thumbnail::legacy_thumbnail),
+        Route::get("/_matrix/media/v3/preview_url", Media, preview::preview_url),
+        Route::get("/_matrix/media/r0/preview_url", Media, preview::preview_url),
         Route::get("/_matrix/media/v3/config", Media, download::config),
         Route::get("/_matrix/media/r0/config", Media, download::config),
         Route::get("/_matrix/media/v3/download/{serverName}/{mediaId}", Media, download::legacy_download),
@@ -77,6 +84,27 @@ pub fn routes() -> Vec<Route<MediaState>> {
             "/_matrix/media/r0/download/{serverName}/{mediaId}/{fileName}",
             Media,
             download::legacy_download_named,
+        ),
+    ]);
+    // The content scanner API, for clients that scan attachments before showing them.
+    routes.extend([
+        Route::get("/_matrix/media_proxy/unstable/public_key", Media, content_scanner::public_key),
+        Route::get("/_matrix/media_proxy/unstable/scan/{serverName}/{mediaId}", Media, content_scanner::scan),
+        Route::get(
+            "/_matrix/media_proxy/unstable/download/{serverName}/{mediaId}",
+            Media,
+            content_scanner::download,
+        ),
+        Route::get(
+            "/_matrix/media_proxy/unstable/thumbnail/{serverName}/{mediaId}",
+            Media,
+            content_scanner::thumbnail,
+        ),
+        Route::post("/_matrix/media_proxy/unstable/scan_encrypted", Media, content_scanner::scan_encrypted),
+        Route::post(
+            "/_matrix/media_proxy/unstable/download_encrypted",
+            Media,
+            content_scanner::download_encrypted,
         ),
     ]);
     routes

@@ -149,41 +149,63 @@ fn parse_reply(answer: &str) -> Result<Verdict, ScanError> {
 /// `Ok` at once when scanning is off.
 pub(crate) async fn ensure_clean(state: &MediaState, sha256: &str) -> Result<(), MatrixError> {
     let Some(clamd) = &state.scanner else { return Ok(()) };
+    let verdict = verdict_of(state, clamd, sha256).await?;
+    refuse_infected(verdict)
+}
+
+/// The stored verdict on `sha256`, scanning it now if it never was.
+pub(crate) async fn verdict_of(
+    state: &MediaState,
+    clamd: &Clamd,
+    sha256: &str,
+) -> Result<media_store::ScanVerdict, MatrixError> {
     let stored = {
         let mut conn = state.db.conn().await?;
         media_store::scan_verdict_of(&mut conn, sha256).await?
     };
-    let verdict = match stored {
-        Some(verdict) => verdict,
-        None => {
-            let Some(file) = state.store.get(sha256).await.map_err(MediaError::from)? else {
-                return Err(MatrixError::not_found("Media not found"));
-            };
-            let verdict = match clamd.scan(file.body).await {
-                Ok(Verdict::Clean) => media_store::ScanVerdict { clean: true, info: None },
-                Ok(Verdict::Infected(name)) => {
-                    tracing::warn!(sha256, virus = %name, "refused an infected file");
-                    media_store::ScanVerdict { clean: false, info: Some(name) }
-                }
-                Err(error) => {
-                    tracing::error!(%error, sha256, "antivirus scan failed; the file is not served");
-                    return Err(MatrixError::new(
-                        ErrorClass::Unavailable,
-                        "The file cannot be scanned for viruses now, so it is not served; try again later",
-                    ));
-                }
-            };
-            let mut conn = state.db.conn().await?;
-            media_store::insert_scan_verdict(&mut conn, sha256, &verdict, ganglion_storage::now_ms()).await?;
-            verdict
-        }
+    if let Some(verdict) = stored {
+        return Ok(verdict);
+    }
+    let Some(file) = state.store.get(sha256).await.map_err(MediaError::from)? else {
+        return Err(MatrixError::not_found("Media not found"));
     };
+    let verdict = stored_verdict(clamd.scan(file.body).await, sha256)?;
+    let mut conn = state.db.conn().await?;
+    media_store::insert_scan_verdict(&mut conn, sha256, &verdict, ganglion_storage::now_ms()).await?;
+    Ok(verdict)
+}
+
+/// A scan's outcome as a verdict to store, or the error that serves nothing (fail closed).
+pub(crate) fn stored_verdict(
+    outcome: Result<Verdict, ScanError>,
+    subject: &str,
+) -> Result<media_store::ScanVerdict, MatrixError> {
+    match outcome {
+        Ok(Verdict::Clean) => Ok(media_store::ScanVerdict { clean: true, info: None }),
+        Ok(Verdict::Infected(name)) => {
+            tracing::warn!(subject, virus = %name, "refused an infected file");
+            Ok(media_store::ScanVerdict { clean: false, info: Some(name) })
+        }
+        Err(error) => {
+            tracing::error!(%error, subject, "antivirus scan failed; the file is not served");
+            Err(MatrixError::new(
+                ErrorClass::Unavailable,
+                "The file cannot be scanned for viruses now, so it is not served; try again later",
+            ))
+        }
+    }
+}
+
+/// `Ok` for a clean verdict; for an infected one the error every endpoint answers, with the
+/// scanner's finding and the content scanner API's reason.
+pub(crate) fn refuse_infected(verdict: media_store::ScanVerdict) -> Result<(), MatrixError> {
     if verdict.clean {
         return Ok(());
     }
     let info = verdict.info.unwrap_or_else(|| "malware".to_owned());
     Err(MatrixError::forbidden(format!("This file is infected ({info}) and is not served"))
-        .with("info", serde_json::Value::String(info)))
+        .with("info", serde_json::Value::String(info))
+        .with("reason", serde_json::Value::String("MCS_MEDIA_NOT_CLEAN".into())))
 }
 
 #[cfg(test)]

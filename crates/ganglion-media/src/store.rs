@@ -7,8 +7,10 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt, stream::BoxStream};
+use ganglion_config::S3Config;
 use object_store::{
-    ObjectStore, ObjectStoreExt as _, PutPayload, WriteMultipart, local::LocalFileSystem, path::Path,
+    ObjectStore, ObjectStoreExt as _, PutPayload, WriteMultipart, aws::AmazonS3Builder,
+    local::LocalFileSystem, path::Path, prefix::PrefixStore,
 };
 use sha2::{Digest, Sha256};
 
@@ -53,6 +55,28 @@ impl MediaStore {
             .map_err(|source| StoreError::Directory { path: dir.display().to_string(), source })?;
         let store = LocalFileSystem::new_with_prefix(dir)?.with_automatic_cleanup(true);
         Ok(MediaStore { store: Arc::new(store) })
+    }
+
+    /// A store in an S3-compatible bucket; credentials not in `config` come from `AWS_*`
+    /// environment variables.
+    pub fn s3(config: &S3Config) -> Result<MediaStore, StoreError> {
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(&config.bucket)
+            .with_region(&config.region)
+            .with_allow_http(config.allow_http);
+        if let Some(endpoint) = &config.endpoint {
+            // Path-style requests (`endpoint/bucket/key`), which every S3-compatible store serves.
+            builder = builder.with_endpoint(endpoint).with_virtual_hosted_style_request(false);
+        }
+        if let (Some(id), Some(secret)) = (&config.access_key_id, &config.secret_access_key) {
+            builder = builder.with_access_key_id(id).with_secret_access_key(secret);
+        }
+        let store: Arc<dyn ObjectStore> = Arc::new(builder.build()?);
+        let store = match config.prefix.as_deref().filter(|prefix| !prefix.is_empty()) {
+            Some(prefix) => Arc::new(PrefixStore::new(store, prefix)),
+            None => store,
+        };
+        Ok(MediaStore { store })
     }
 
     /// Stores `body` (refusing it past `limit` bytes) and returns its content's hash and size.

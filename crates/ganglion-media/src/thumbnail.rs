@@ -114,7 +114,7 @@ pub(crate) fn snap(
         .copied()
 }
 
-async fn serve_thumbnail(
+pub(crate) async fn serve_thumbnail(
     state: &MediaState,
     server_name: &str,
     media_id: &str,

@@ -14,6 +14,7 @@ mod migrations;
 pub mod presence;
 pub mod replication;
 pub mod rooms;
+pub mod secrets;
 pub mod state;
 pub mod streams;
 pub mod to_device;

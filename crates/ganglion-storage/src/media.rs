@@ -261,3 +261,42 @@ pub async fn insert_scan_verdict(
     .await?;
     Ok(())
 }
+
+/// Records `content_sha256` as infected whatever was found before: an encrypted attachment whose
+/// plaintext is infected makes its ciphertext, which clamd finds clean, unservable too.
+pub async fn record_infected(conn: &mut Conn, content_sha256: &str, info: &str, now_ms: i64) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO media_scans (content_sha256, clean, info, scanned_ts) VALUES ($1, 0, $2, $3) \
+         ON CONFLICT (content_sha256) DO UPDATE SET clean = 0, info = excluded.info, scanned_ts = excluded.scanned_ts",
+    )
+    .bind(content_sha256)
+    .bind(info)
+    .bind(now_ms)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A URL's preview fetched after `fetched_after` (ms), as stored.
+pub async fn url_preview_of(conn: &mut Conn, url: &str, fetched_after: i64) -> Result<Option<String>> {
+    let row = sqlx::query("SELECT og FROM media_url_previews WHERE url = $1 AND fetched_ts > $2")
+        .bind(url)
+        .bind(fetched_after)
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.map(|row| row.get(0)))
+}
+
+/// Stores a URL's preview, replacing an older one.
+pub async fn insert_url_preview(conn: &mut Conn, url: &str, og: &str, now_ms: i64) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO media_url_previews (url, og, fetched_ts) VALUES ($1, $2, $3) \
+         ON CONFLICT (url) DO UPDATE SET og = excluded.og, fetched_ts = excluded.fetched_ts",
+    )
+    .bind(url)
+    .bind(og)
+    .bind(now_ms)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

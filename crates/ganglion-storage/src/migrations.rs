@@ -13,6 +13,8 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../migrations/0004_media.sql")),
     (5, include_str!("../migrations/0005_media_thumbnails.sql")),
     (6, include_str!("../migrations/0006_media_scans.sql")),
+    (7, include_str!("../migrations/0007_server_secrets.sql")),
+    (8, include_str!("../migrations/0008_url_previews.sql")),
 ];
 
 pub(crate) async fn run(db: &Db) -> Result<()> {

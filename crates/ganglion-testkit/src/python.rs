@@ -1,5 +1,6 @@
-//! Python clients for interoperability tests: a virtual environment with matrix-nio (and its
-//! end-to-end encryption extra) from PyPI, made once under the target directory.
+//! Python tools for the tests, each in a virtual environment made once from PyPI under the
+//! target directory: matrix-nio (with its end-to-end encryption extra) for interoperability
+//! tests, and moto's S3 server for media stored in S3.
 
 use std::{
     path::PathBuf,
@@ -13,7 +14,37 @@ use anyhow::Context as _;
 const NIO: &str = "matrix-nio[e2e]==0.26.0";
 const PYTHON_ENV: &str = "GANGLION_TEST_PYTHON";
 
+/// The pinned moto, an S3-compatible server (`moto_server`).
+const MOTO: &str = "moto[server]==5.2.5";
+
 static PROVISIONED: OnceLock<Mutex<Option<PathBuf>>> = OnceLock::new();
+static MOTO_PROVISIONED: OnceLock<Mutex<Option<PathBuf>>> = OnceLock::new();
+
+/// `moto_server` from `<target>/moto-venv`, installed on first use (blocking, as above).
+pub fn moto_server() -> anyhow::Result<PathBuf> {
+    let mut provisioned =
+        MOTO_PROVISIONED.get_or_init(|| Mutex::new(None)).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(server) = provisioned.as_ref() {
+        return Ok(server.clone());
+    }
+    let venv = crate::binary::target_dir().join("moto-venv");
+    let python = venv.join("bin").join("python");
+    let server = venv.join("bin").join("moto_server");
+    let has_moto = || {
+        server.is_file()
+            && Command::new(&python)
+                .args(["-c", "import moto.server, flask_cors"])
+                .output()
+                .is_ok_and(|output| output.status.success())
+    };
+    if !has_moto() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv), "python3 -m venv")?;
+        run(Command::new(&python).args(["-m", "pip", "install", "--quiet", MOTO]), "pip install moto")?;
+        anyhow::ensure!(has_moto(), "{} has no moto server after installing it", venv.display());
+    }
+    *provisioned = Some(server.clone());
+    Ok(server)
+}
 
 /// A Python interpreter that can `import nio` with encryption: `$GANGLION_TEST_PYTHON`, else
 /// `<target>/nio-venv/bin/python`, created (`python3 -m venv`, `pip install`) on first use.

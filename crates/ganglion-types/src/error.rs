@@ -54,6 +54,8 @@ pub enum ErrorClass {
     NotYetUploaded,
     /// The request needs a dependency that is down (e.g. the master); retry later.
     Unavailable,
+    /// Something the server fetched for the request failed (a URL to preview): 502 `M_UNKNOWN`.
+    BadGateway,
     Internal,
 }
 

@@ -59,9 +59,10 @@ pub(crate) fn failure_of(error: &MasterError) -> (pb::MasterFailure, Code) {
         ErrorClass::WrongRoomKeysVersion { .. } => (Wire::WrongRoomKeysVersion, Code::FailedPrecondition),
         // Only the sync role answers it; the master never does.
         // Answered by the sync and media workers themselves, never by the master.
-        ErrorClass::UnknownPos | ErrorClass::CannotOverwriteMedia | ErrorClass::NotYetUploaded => {
-            (Wire::Unknown, Code::FailedPrecondition)
-        }
+        ErrorClass::UnknownPos
+        | ErrorClass::CannotOverwriteMedia
+        | ErrorClass::NotYetUploaded
+        | ErrorClass::BadGateway => (Wire::Unknown, Code::FailedPrecondition),
         ErrorClass::Unavailable => (Wire::Unavailable, Code::Unavailable),
         ErrorClass::Internal => (Wire::Internal, Code::Internal),
     };

@@ -1,6 +1,9 @@
 //! Media metadata: uploads, ids created ahead of their upload, the quota's sum and expiry.
 
-use ganglion_storage::media::{self, MediaContent};
+use ganglion_storage::{
+    media::{self, MediaContent},
+    secrets,
+};
 
 fn content(sha256: &str, size_bytes: i64) -> MediaContent<'_> {
     MediaContent {
@@ -74,4 +77,43 @@ on_both_backends!(scan_verdicts_are_kept_once_per_content, |db| {
         .await
         .unwrap();
     assert_eq!(media::scan_verdict_of(&mut conn, "aa").await.unwrap(), Some(infected));
+});
+
+on_both_backends!(an_infected_plaintext_overrides_a_clean_ciphertext, |db| {
+    let mut conn = db.conn().await.unwrap();
+    media::insert_scan_verdict(&mut conn, "bb", &media::ScanVerdict { clean: true, info: None }, 1)
+        .await
+        .unwrap();
+    media::record_infected(&mut conn, "bb", "Eicar", 2).await.unwrap();
+    media::record_infected(&mut conn, "cc", "Eicar", 2).await.unwrap();
+    for content in ["bb", "cc"] {
+        assert_eq!(
+            media::scan_verdict_of(&mut conn, content).await.unwrap(),
+            Some(media::ScanVerdict { clean: false, info: Some("Eicar".into()) })
+        );
+    }
+});
+
+on_both_backends!(a_shared_secret_is_created_once, |db| {
+    let mut conn = db.conn().await.unwrap();
+    assert_eq!(secrets::secret_named(&mut conn, "scanner").await.unwrap(), None);
+    assert_eq!(secrets::secret_named_or_insert(&mut conn, "scanner", "first", 1).await.unwrap(), "first");
+    assert_eq!(secrets::secret_named_or_insert(&mut conn, "scanner", "second", 2).await.unwrap(), "first");
+    assert_eq!(secrets::secret_named(&mut conn, "scanner").await.unwrap().as_deref(), Some("first"));
+});
+
+on_both_backends!(url_previews_are_kept_until_they_are_too_old, |db| {
+    let mut conn = db.conn().await.unwrap();
+    assert_eq!(media::url_preview_of(&mut conn, "https://a.example/", 0).await.unwrap(), None);
+    media::insert_url_preview(&mut conn, "https://a.example/", "{\"og:title\":\"A\"}", 100).await.unwrap();
+    assert_eq!(
+        media::url_preview_of(&mut conn, "https://a.example/", 50).await.unwrap().as_deref(),
+        Some("{\"og:title\":\"A\"}")
+    );
+    assert_eq!(media::url_preview_of(&mut conn, "https://a.example/", 100).await.unwrap(), None);
+    media::insert_url_preview(&mut conn, "https://a.example/", "{}", 200).await.unwrap();
+    assert_eq!(
+        media::url_preview_of(&mut conn, "https://a.example/", 150).await.unwrap().as_deref(),
+        Some("{}")
+    );
 });

@@ -1,0 +1,351 @@
+//! URL previews: `GET /_matrix/client/v1/media/preview_url` (and the legacy
+//! `/_matrix/media/v3/preview_url`), off unless `media.url_preview_enabled`. The server fetches
+//! the page for its users, so it refuses to fetch from loopback, private, link-local and other
+//! internal addresses unless `media.url_preview_allowed_ranges` allows them; every address a host
+//! name resolves to is checked, the request goes to the addresses checked (no second lookup to
+//! rebind), and each redirect is checked again. A page's OpenGraph data (or its title and
+//! description) is answered; its image, or an image URL itself, is stored as media. Previews are
+//! kept for an hour, shared by every media worker.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use axum::{
+    Json,
+    extract::{Query, State},
+};
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use ganglion_http::{Auth, MatrixError, MatrixResult};
+use ganglion_storage::media::{self as media_store, MediaContent};
+use ganglion_types::ErrorClass;
+use reqwest::Url;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::{MediaError, MediaState, mxc, new_media_id};
+
+const MAX_REDIRECTS: usize = 5;
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a preview is served from the cache.
+const CACHE_MS: i64 = 60 * 60 * 1000;
+/// Descriptions are cut to this many characters, as other servers do.
+const MAX_DESCRIPTION: usize = 500;
+const USER_AGENT: &str = concat!("Ganglion URL preview/", env!("CARGO_PKG_VERSION"));
+
+#[derive(Deserialize)]
+pub(crate) struct PreviewQuery {
+    url: Option<String>,
+}
+
+/// `GET /_matrix/client/v1/media/preview_url`
+pub(crate) async fn preview_url(
+    State(state): State<MediaState>,
+    Auth(session): Auth,
+    Query(query): Query<PreviewQuery>,
+) -> MatrixResult<Json<Value>> {
+    if !state.config.media.url_preview_enabled {
+        return Err(MatrixError::new(ErrorClass::Unrecognized, "URL previews are turned off on this server"));
+    }
+    let Some(raw) = query.url else { return Err(MatrixError::missing_param("Missing `url`")) };
+    let url = Url::parse(&raw).map_err(|_| MatrixError::invalid_param("`url` is not a URL"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(MatrixError::invalid_param("Only http and https URLs are previewed"));
+    }
+    let now = ganglion_storage::now_ms();
+    {
+        let mut conn = state.db.conn().await?;
+        if let Some(cached) = media_store::url_preview_of(&mut conn, url.as_str(), now - CACHE_MS).await?
+            && let Ok(og) = serde_json::from_str(&cached)
+        {
+            return Ok(Json(og));
+        }
+    }
+    let page = fetch(&state, url.clone()).await?;
+    let og = match page.content_type.as_str() {
+        "text/html" | "application/xhtml+xml" => {
+            let text = String::from_utf8_lossy(&page.body).into_owned();
+            let base = page.url.clone();
+            let mut og = tokio::task::spawn_blocking(move || open_graph(&text, &base))
+                .await
+                .map_err(|_| MatrixError::internal("parsing the page panicked"))?;
+            let image =
+                og.get("og:image").and_then(Value::as_str).and_then(|image| page.url.join(image).ok());
+            og.remove("og:image");
+            if let Some(image) = image
+                && let Ok(fetched) = fetch(&state, image).await
+                && fetched.content_type.starts_with("image/")
+            {
+                og.extend(store_image(&state, session.user_id.as_str(), fetched).await?);
+            }
+            og
+        }
+        kind if kind.starts_with("image/") => store_image(&state, session.user_id.as_str(), page).await?,
+        _ => Map::new(),
+    };
+    let og = Value::Object(og);
+    let mut conn = state.db.conn().await?;
+    media_store::insert_url_preview(&mut conn, url.as_str(), &og.to_string(), now).await?;
+    Ok(Json(og))
+}
+
+struct Fetched {
+    /// Where the body came from, after redirects.
+    url: Url,
+    /// The type's essence, lowercased.
+    content_type: String,
+    body: Bytes,
+}
+
+/// `GET url`, following redirects, from checked addresses only, within the size limit.
+async fn fetch(state: &MediaState, mut url: Url) -> MatrixResult<Fetched> {
+    let media = &state.config.media;
+    for _ in 0..=MAX_REDIRECTS {
+        let host =
+            url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
+        let port = url.port_or_known_default().unwrap_or(80);
+        let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .map_err(|_| MatrixError::new(ErrorClass::BadGateway, format!("Cannot resolve {host}")))?
+            .collect();
+        if addresses.is_empty() {
+            return Err(MatrixError::new(ErrorClass::BadGateway, format!("Cannot resolve {host}")));
+        }
+        if let Some(refused) = addresses.iter().find(|address| !allowed(media, address.ip())) {
+            tracing::info!(%url, address = %refused.ip(), "refused to preview an internal address");
+            return Err(MatrixError::forbidden(
+                "This URL points at an address the server does not fetch from",
+            ));
+        }
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(FETCH_TIMEOUT)
+            .user_agent(USER_AGENT)
+            .resolve_to_addrs(&host, &addresses)
+            .build()
+            .map_err(|error| MatrixError::internal(error.to_string()))?;
+        let unreachable = |error: reqwest::Error| {
+            MatrixError::new(ErrorClass::BadGateway, format!("Fetching the URL failed: {error}"))
+        };
+        let response = client.get(url.clone()).send().await.map_err(unreachable)?;
+        if response.status().is_redirection() {
+            let location = response
+                .headers()
+                .get(http::header::LOCATION)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|location| url.join(location).ok())
+                .filter(|next| matches!(next.scheme(), "http" | "https"))
+                .ok_or_else(|| {
+                    MatrixError::new(ErrorClass::BadGateway, "A redirect without a usable Location")
+                })?;
+            url = location;
+            continue;
+        }
+        if !response.status().is_success() {
+            return Err(MatrixError::new(
+                ErrorClass::BadGateway,
+                format!("The URL answered {}", response.status().as_u16()),
+            ));
+        }
+        let content_type = response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .map(|value| value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
+            .unwrap_or_default();
+        let limit = media.url_preview_max_bytes;
+        let mut body = Vec::new();
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(unreachable)?;
+            if (body.len() + chunk.len()) as u64 > limit {
+                return Err(MatrixError::new(
+                    ErrorClass::BadGateway,
+                    "The page is larger than the preview limit",
+                ));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        return Ok(Fetched { url, content_type, body: Bytes::from(body) });
+    }
+    Err(MatrixError::new(ErrorClass::BadGateway, "Too many redirects"))
+}
+
+/// Whether the server may fetch from `ip`: public unicast addresses, and whatever
+/// `media.url_preview_allowed_ranges` lets through.
+fn allowed(media: &ganglion_config::MediaConfig, ip: IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    if media.url_preview_allowed_ranges.iter().any(|range| range.contains(ip)) {
+        return true;
+    }
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || a == 0
+                // Shared address space (carrier-grade NAT), benchmarking, reserved.
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 198 && (18..20).contains(&b))
+                || a >= 240)
+        }
+        IpAddr::V6(v6) => {
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || v6.is_unique_local()
+                || v6.is_unicast_link_local()
+                // Documentation (2001:db8::/32).
+                || (v6.segments()[0] == 0x2001 && v6.segments()[1] == 0x0db8))
+        }
+    }
+}
+
+/// Stores an image fetched for a preview as the user's media; its `og:image` keys.
+async fn store_image(state: &MediaState, user_id: &str, image: Fetched) -> MatrixResult<Map<String, Value>> {
+    let size = image.body.len();
+    let dimensions = image::ImageReader::new(std::io::Cursor::new(&image.body))
+        .with_guessed_format()
+        .ok()
+        .and_then(|reader| reader.into_dimensions().ok());
+    let stored = state
+        .store
+        .put(futures_util::stream::once(async move { Ok::<_, std::io::Error>(image.body) }), u64::MAX)
+        .await
+        .map_err(MediaError::from)?;
+    let media_id = new_media_id();
+    let mut conn = state.db.conn().await?;
+    media_store::insert_media(
+        &mut conn,
+        &media_id,
+        user_id,
+        ganglion_storage::now_ms(),
+        &MediaContent {
+            content_sha256: &stored.sha256,
+            content_type: &image.content_type,
+            filename: None,
+            size_bytes: stored.size as i64,
+            authenticated_only: state.config.media.enable_authenticated_media,
+        },
+    )
+    .await?;
+    let mut og = Map::new();
+    og.insert("og:image".into(), json!(mxc(&state.config, &media_id)));
+    og.insert("og:image:type".into(), json!(image.content_type));
+    og.insert("matrix:image:size".into(), json!(size));
+    if let Some((width, height)) = dimensions {
+        og.insert("og:image:width".into(), json!(width));
+        og.insert("og:image:height".into(), json!(height));
+    }
+    Ok(og)
+}
+
+/// A page's `og:*` meta properties, falling back to its `<title>` and description meta tag.
+fn open_graph(html: &str, base: &Url) -> Map<String, Value> {
+    let document = ruma::html::Html::parse(html);
+    let mut og = Map::new();
+    let mut title = None;
+    let mut description = None;
+    let mut stack: Vec<_> = document.children().collect();
+    while let Some(node) = stack.pop() {
+        stack.extend(node.children());
+        let Some(element) = node.as_element() else { continue };
+        let attribute = |name: &str| {
+            element
+                .attrs
+                .borrow()
+                .iter()
+                .find(|attribute| &*attribute.name.local == name)
+                .map(|a| a.value.to_string())
+        };
+        match &*element.name.local {
+            "meta" => {
+                let key = attribute("property").or_else(|| attribute("name")).unwrap_or_default();
+                let Some(content) = attribute("content") else { continue };
+                if key.starts_with("og:") && !og.contains_key(&key) {
+                    og.insert(key, Value::String(content));
+                } else if key.eq_ignore_ascii_case("description") {
+                    description.get_or_insert(content);
+                }
+            }
+            "title" if title.is_none() => {
+                let text: String = node
+                    .children()
+                    .filter_map(|child| child.as_text().map(|t| t.borrow().to_string()))
+                    .collect();
+                title = Some(text.trim().to_owned()).filter(|text| !text.is_empty());
+            }
+            _ => {}
+        }
+    }
+    if let Some(title) = title.filter(|_| !og.contains_key("og:title")) {
+        og.insert("og:title".into(), Value::String(title));
+    }
+    if let Some(description) = description.filter(|_| !og.contains_key("og:description")) {
+        og.insert("og:description".into(), Value::String(description));
+    }
+    if let Some(Value::String(text)) = og.get_mut("og:description")
+        && text.chars().count() > MAX_DESCRIPTION
+    {
+        *text = text.chars().take(MAX_DESCRIPTION).collect::<String>() + "…";
+    }
+    og.entry("og:url").or_insert_with(|| Value::String(base.to_string()));
+    og
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_graph_reads_properties_and_falls_back_to_the_title() {
+        let base = Url::parse("https://example.org/post").unwrap();
+        let og = open_graph(
+            r#"<html><head><title> Plain title </title>
+            <meta property="og:title" content="OG title">
+            <meta name="description" content="A description">
+            <meta property="og:image" content="/cat.png"></head><body><p>text</p></body></html>"#,
+            &base,
+        );
+        assert_eq!(og["og:title"], "OG title");
+        assert_eq!(og["og:description"], "A description");
+        assert_eq!(og["og:image"], "/cat.png");
+        assert_eq!(og["og:url"], "https://example.org/post");
+        let og = open_graph("<title>Only a title</title>", &base);
+        assert_eq!(og["og:title"], "Only a title");
+    }
+
+    #[test]
+    fn internal_addresses_are_refused_unless_allowed() {
+        let mut media = ganglion_config::Config::embedded_default().media;
+        for refused in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.1",
+            "172.16.0.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(!allowed(&media, refused.parse().unwrap()), "{refused}");
+        }
+        for fine in ["93.184.216.34", "2a00:1450:4001::1"] {
+            assert!(allowed(&media, fine.parse().unwrap()), "{fine}");
+        }
+        media.url_preview_allowed_ranges = vec!["127.0.0.0/8".parse().unwrap()];
+        assert!(allowed(&media, "127.0.0.1".parse().unwrap()));
+        assert!(!allowed(&media, "10.0.0.1".parse().unwrap()));
+    }
+}
