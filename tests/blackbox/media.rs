@@ -353,8 +353,40 @@ async fn bad_input_gets_matrix_errors(backend: Backend) {
         .await
         .unwrap()
         .err(400, "M_INVALID_PARAM");
+    // A body shorter than it announced (the client gave up halfway): refused if answered at
+    // all, never a 5xx, and nothing of it kept.
+    let before = server.stored_files("sha256").await;
+    let status = cut_off_upload(&server, &alice, 100_000, &[7u8; 5000]).await;
+    assert!(status.is_none_or(|status| status == 400), "a cut-off upload answered {status:?}");
     // Nothing of the refused uploads was kept.
     assert_eq!(server.stored_files("uploads").await, 0);
+    assert_eq!(server.stored_files("sha256").await, before);
+}
+
+/// An upload announcing `announced` bytes that sends `sent` and closes its side; the status
+/// answered, if any.
+async fn cut_off_upload(
+    server: &TestServer,
+    account: &Account,
+    announced: usize,
+    sent: &[u8],
+) -> Option<u16> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let address = server.base_url.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let head = format!(
+        "POST /_matrix/media/v3/upload HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: {announced}\r\n\r\n",
+        account.access_token
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(sent).await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the server kept a cut-off upload open");
+    let answer = String::from_utf8_lossy(&answer);
+    answer.split_whitespace().nth(1).and_then(|status| status.parse().ok())
 }
 
 /// What Element does with a picture and a file: matrix-sdk uploads an avatar that another user

@@ -286,7 +286,7 @@ pub async fn run(
             ),
             scanner_key: Arc::default(),
         };
-        tokio::spawn(ganglion_media::expire_unused_ids(db.clone()));
+        tokio::spawn(ganglion_media::housekeeping(db.clone(), state.store.clone()));
         routes.extend(
             ganglion_media::routes()
                 .into_iter()

@@ -110,9 +110,13 @@ pub fn routes() -> Vec<Route<MediaState>> {
     routes
 }
 
-/// Drops media ids from `/create` whose upload never came, every ten minutes. Every media
-/// process runs it; deleting what another already deleted is harmless.
-pub async fn expire_unused_ids(db: Db) {
+/// What uploads cut off by a crash left in the store is deleted once it is this old.
+const ORPHANED_UPLOAD_AGE: std::time::Duration = std::time::Duration::from_secs(6 * 60 * 60);
+
+/// Every ten minutes: drops media ids from `/create` whose upload never came, and deletes files
+/// that uploads cut off by a crash left under `uploads/`. Every media process runs it; deleting
+/// what another already deleted is harmless.
+pub async fn housekeeping(db: Db, store: Arc<MediaStore>) {
     let mut interval = tokio::time::interval(std::time::Duration::from_secs(600));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -125,6 +129,11 @@ pub async fn expire_unused_ids(db: Db) {
             Ok(0) => {}
             Ok(count) => tracing::info!(count, "dropped media ids whose upload never came"),
             Err(error) => tracing::warn!(%error, "dropping expired media ids failed"),
+        }
+        match store.sweep_uploads(ORPHANED_UPLOAD_AGE).await {
+            Ok(0) => {}
+            Ok(count) => tracing::info!(count, "deleted files that cut-off uploads left"),
+            Err(error) => tracing::warn!(%error, "sweeping cut-off uploads failed"),
         }
     }
 }

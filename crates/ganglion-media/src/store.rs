@@ -150,6 +150,27 @@ impl MediaStore {
         Ok(Stored { sha256, size })
     }
 
+    /// Deletes what uploads cut off by a crash left under `uploads/` (an upload in progress keeps
+    /// its file fresh, and on S3 its parts are not an object until it completes); how many.
+    pub async fn sweep_uploads(&self, older_than: std::time::Duration) -> Result<usize, StoreError> {
+        let cutoff = chrono_cutoff(older_than);
+        let mut listing = self.store.list(Some(&Path::from("uploads")));
+        let mut stale = Vec::new();
+        while let Some(meta) = listing.next().await {
+            let meta = meta?;
+            if meta.last_modified <= cutoff {
+                stale.push(meta.location);
+            }
+        }
+        for location in &stale {
+            match self.store.delete(location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(stale.len())
+    }
+
     /// The stored file with this content hash (`None` if the store does not have it).
     pub async fn get(&self, sha256: &str) -> Result<Option<Download>, StoreError> {
         match self.store.get(&content_path(sha256)).await {
@@ -158,6 +179,11 @@ impl MediaStore {
             Err(error) => Err(error.into()),
         }
     }
+}
+
+/// `now - older_than` in the store's clock type.
+fn chrono_cutoff(older_than: std::time::Duration) -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX)
 }
 
 fn content_path(sha256: &str) -> Path {
@@ -217,6 +243,20 @@ mod tests {
         // Nothing is left under uploads/.
         let left = std::fs::read_dir(dir.path().join("uploads")).map(|d| d.count()).unwrap_or(0);
         assert_eq!(left, 0);
+    }
+
+    #[tokio::test]
+    async fn what_crashed_uploads_left_is_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MediaStore::directory(dir.path()).unwrap();
+        let kept = store.put(chunks(vec![b"kept".to_vec()]), 100).await.unwrap();
+        std::fs::create_dir_all(dir.path().join("uploads")).unwrap();
+        std::fs::write(dir.path().join("uploads/orphan"), b"half an upload").unwrap();
+        assert_eq!(store.sweep_uploads(std::time::Duration::from_secs(3600)).await.unwrap(), 0);
+        assert!(dir.path().join("uploads/orphan").exists(), "a fresh upload was swept");
+        assert_eq!(store.sweep_uploads(std::time::Duration::ZERO).await.unwrap(), 1);
+        assert!(!dir.path().join("uploads/orphan").exists());
+        assert_eq!(read(&store, &kept.sha256).await, b"kept");
     }
 
     #[tokio::test]
