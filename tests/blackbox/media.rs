@@ -15,7 +15,7 @@ use ganglion_testkit::{
 };
 use matrix_sdk::{
     attachment::AttachmentConfig,
-    media::{MediaFormat, MediaRequestParameters},
+    media::{MediaFormat, MediaRequestParameters, MediaThumbnailSettings},
     ruma::{
         OwnedMxcUri,
         events::room::{
@@ -35,7 +35,7 @@ on_all_backends!(
     limits_and_quota_refuse_what_is_too_large,
     legacy_endpoints_serve_media_unless_frozen,
     bad_input_gets_matrix_errors,
-    matrix_sdk_sets_an_avatar_and_sends_an_encrypted_file,
+    matrix_sdk_sets_an_avatar_shows_a_thumbnail_and_sends_an_encrypted_file,
     thumbnails_are_rendered_once_at_snapped_sizes,
     infected_files_are_never_served,
     encrypted_attachments_are_scanned_through_the_content_scanner_api,
@@ -392,7 +392,7 @@ async fn cut_off_upload(
 /// What Element does with a picture and a file: matrix-sdk uploads an avatar that another user
 /// fetches through the authenticated endpoints, and sends a file to an encrypted room (uploaded
 /// encrypted, `EncryptedFile` in the event) that the other user downloads and decrypts.
-async fn matrix_sdk_sets_an_avatar_and_sends_an_encrypted_file(backend: Backend) {
+async fn matrix_sdk_sets_an_avatar_shows_a_thumbnail_and_sends_an_encrypted_file(backend: Backend) {
     let server = MediaServer::start(backend, ServerOptions::default()).await;
     let alice = sdk_client(&server.base_url, "alice", PASSWORD).await.unwrap();
     let bob = sdk_client(&server.base_url, "bob", PASSWORD).await.unwrap();
@@ -407,6 +407,36 @@ async fn matrix_sdk_sets_an_avatar_and_sends_an_encrypted_file(backend: Backend)
     let request = MediaRequestParameters { source: MediaSource::Plain(shown), format: MediaFormat::File };
     let fetched = bob.media().get_media_content(&request, false).await.unwrap();
     assert!(fetched == picture, "the avatar bob fetched differs from alice's");
+
+    // A picture sent to a plain room, shown by bob's client as a thumbnail.
+    let mut request = matrix_sdk::ruma::api::client::room::create_room::v3::Request::new();
+    request.invite = vec![bob.user_id().unwrap().to_owned()];
+    let plain = alice.create_room(request).await.unwrap();
+    bob.join_room_by_id(plain.room_id()).await.unwrap();
+    let sent = plain
+        .send_attachment("cat.png", &mime::IMAGE_PNG, png(400, 300), AttachmentConfig::new())
+        .await
+        .unwrap();
+    let event = account_of(&server, &bob)
+        .get(&format!("/rooms/{}/event/{}", enc(plain.room_id().as_str()), enc(sent.event_id.as_str())))
+        .await
+        .unwrap()
+        .ok();
+    assert_eq!(event["content"]["msgtype"], "m.image", "{event}");
+    let picture = OwnedMxcUri::from(event["content"]["url"].as_str().unwrap());
+    let settings = MediaThumbnailSettings::new(96u32.into(), 96u32.into());
+    let request = MediaRequestParameters {
+        source: MediaSource::Plain(picture),
+        format: MediaFormat::Thumbnail(settings),
+    };
+    let thumbnail = bob.media().get_media_content(&request, false).await.unwrap();
+    let thumbnail = image::load_from_memory(&thumbnail).expect("the thumbnail is an image");
+    assert!(
+        thumbnail.width() < 400 && thumbnail.width() >= 96 && thumbnail.height() >= 72,
+        "a {}x{} thumbnail",
+        thumbnail.width(),
+        thumbnail.height()
+    );
 
     // Both devices' keys are published before the room exists, so alice shares the room key.
     crate::e2ee::sync_all(&[&alice, &bob]).await;

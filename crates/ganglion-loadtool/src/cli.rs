@@ -22,6 +22,9 @@ pub struct Args {
     /// Element X asks for it against `/sync` v2's initial sync. `live-update`: --users clients
     /// long-poll simplified sliding sync in one shared room while --messages messages are sent
     /// one at a time; reports the delivery time to all of them and the server's CPU per message.
+    /// `media`: --senders clients upload and download 4 KiB files, then one large file
+    /// (--media-mib) goes up and down, thumbnails are asked for twice, and fresh files are
+    /// downloaded twice (the first scanned, when the server scans).
     #[arg(long, value_enum, default_value_t = Workload::Rooms)]
     pub workload: Workload,
 
@@ -48,6 +51,15 @@ pub struct Args {
     /// First-list workload: warm measurements of each request after the cold one (default 5).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub repeats: Option<u32>,
+
+    /// Media workload: the large file's size in MiB (default 32).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub media_mib: Option<u32>,
+
+    /// With --spawn: TOML appended to the spawned server's config, e.g. `[media]` with `clamd`
+    /// to measure antivirus scanning.
+    #[arg(long)]
+    pub server_toml: Option<String>,
 
     /// Live-update workload: messages sent, one at a time (default 20).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
@@ -164,6 +176,7 @@ pub enum Workload {
     KeysQuery,
     FirstList,
     LiveUpdate,
+    Media,
 }
 
 impl Workload {
@@ -175,6 +188,7 @@ impl Workload {
             Workload::KeysQuery => "keys-query",
             Workload::FirstList => "first-list",
             Workload::LiveUpdate => "live-update",
+            Workload::Media => "media",
         }
     }
 
@@ -237,6 +251,12 @@ impl Args {
         }
         if self.room_counts.windows(2).any(|pair| pair[0] >= pair[1]) {
             return Err("--room-counts must be ascending".to_owned());
+        }
+        if self.server_toml.is_some() && self.spawn.is_none() {
+            return Err("--server-toml goes with --spawn".to_owned());
+        }
+        if self.media_mib.is_some() && self.workload != Workload::Media {
+            return Err("--media-mib goes with --workload media".to_owned());
         }
         if self.messages.is_some() && self.workload != Workload::LiveUpdate {
             return Err("--messages goes with --workload live-update".to_owned());

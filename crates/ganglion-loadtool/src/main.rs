@@ -15,6 +15,7 @@ mod clock;
 mod e2ee;
 mod keys;
 mod matrix;
+mod media;
 mod plan;
 mod procfs;
 mod receiver;

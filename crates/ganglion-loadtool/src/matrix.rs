@@ -221,6 +221,47 @@ impl Api {
         bail!("{what}: still rate limited after {SETUP_RATE_LIMIT_RETRIES} retries")
     }
 
+    /// `POST /_matrix/media/v3/upload`: the `mxc://` URI's `server/id`.
+    pub async fn upload(&self, session: &Session, content_type: &str, body: Bytes) -> anyhow::Result<String> {
+        let request = self
+            .http
+            .post(format!("{}/_matrix/media/v3/upload", self.base_url))
+            .bearer_auth(&session.access_token)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body);
+        let body = match self.execute(request).await.context("upload")? {
+            Reply::Ok { body, .. } => body,
+            Reply::RateLimited(_) => bail!("upload: rate limited"),
+            Reply::Failed { status, body } => bail!("upload: {status}: {body}"),
+        };
+        let answer: serde_json::Value = serde_json::from_slice(&body)?;
+        let uri = answer["content_uri"].as_str().context("upload answer without content_uri")?;
+        Ok(uri.trim_start_matches("mxc://").to_owned())
+    }
+
+    /// `GET /_matrix/client/v1/media/<path>` (`download/server/id`, `thumbnail/server/id?…`),
+    /// streamed: the bytes received.
+    pub async fn media_get(&self, session: &Session, path: &str) -> anyhow::Result<u64> {
+        let response = self
+            .http
+            .get(format!("{}/_matrix/client/v1/media/{path}", self.base_url))
+            .bearer_auth(&session.access_token)
+            .send()
+            .await
+            .with_context(|| format!("GET {path}"))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            bail!("GET {path}: {status}: {}", body.chars().take(300).collect::<String>());
+        }
+        let mut received = 0u64;
+        let mut body = response.bytes_stream();
+        while let Some(chunk) = futures_util::StreamExt::next(&mut body).await {
+            received += chunk.with_context(|| format!("GET {path}"))?.len() as u64;
+        }
+        Ok(received)
+    }
+
     /// Checks that a Matrix server answers at all.
     pub async fn versions(&self) -> anyhow::Result<()> {
         let url = self.url("/versions");

@@ -326,7 +326,8 @@ impl Report {
             | Workload::KeysClaim
             | Workload::KeysQuery
             | Workload::FirstList
-            | Workload::LiveUpdate => Vec::new(),
+            | Workload::LiveUpdate
+            | Workload::Media => Vec::new(),
         };
         Report {
             server: ServerInfo {

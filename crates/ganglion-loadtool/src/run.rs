@@ -62,7 +62,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         | Workload::KeysClaim
         | Workload::KeysQuery
         | Workload::FirstList
-        | Workload::LiveUpdate => None,
+        | Workload::LiveUpdate
+        | Workload::Media => None,
     };
     let progress = Progress::new();
 
@@ -79,6 +80,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Workload::KeysClaim | Workload::KeysQuery => crate::keys::run(&args, server, &progress).await,
         Workload::FirstList => crate::sliding::first_list(&args, server, &progress).await,
         Workload::LiveUpdate => crate::sliding::live_update(&args, server, &progress).await,
+        Workload::Media => crate::media::media(&args, server, &progress).await,
         Workload::Rooms | Workload::ToDevice => messages(&args, server, plan.as_ref(), &progress).await,
     }
 }

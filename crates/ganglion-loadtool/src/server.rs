@@ -48,7 +48,9 @@ pub struct Server {
 impl Server {
     pub async fn start(args: &Args) -> anyhow::Result<Server> {
         if let Some(backend) = args.spawn {
-            let spawned = crate::spawn::start(backend, args.cluster_sync_workers()).await?;
+            let spawned =
+                crate::spawn::start(backend, args.cluster_sync_workers(), args.server_toml.as_deref())
+                    .await?;
             return Ok(Server {
                 base_url: spawned.base_url.clone(),
                 processes: spawned.processes.clone(),

@@ -27,7 +27,11 @@ pub struct Spawned {
 
 /// Starts a server on `backend`; a cluster runs `sync_workers` sync workers (2 if `None`).
 #[cfg(feature = "spawn")]
-pub async fn start(backend: SpawnBackend, sync_workers: Option<u32>) -> anyhow::Result<Spawned> {
+pub async fn start(
+    backend: SpawnBackend,
+    sync_workers: Option<u32>,
+    extra_toml: Option<&str>,
+) -> anyhow::Result<Spawned> {
     use ganglion_testkit::{Backend, Bucket, Cluster, Postgres, RateLimits, ServerOptions, TestServer};
 
     // The limiter stays on, so its cost is part of the figures, but with buckets no run can
@@ -36,6 +40,7 @@ pub async fn start(backend: SpawnBackend, sync_workers: Option<u32>) -> anyhow::
     let options = ServerOptions {
         registration: true,
         rate_limits: Some(RateLimits::all(unreachable)),
+        extra_toml: extra_toml.unwrap_or_default().to_owned(),
         ..ServerOptions::default()
     };
     let testkit_backend = match backend {
@@ -91,7 +96,11 @@ pub async fn start(backend: SpawnBackend, sync_workers: Option<u32>) -> anyhow::
 }
 
 #[cfg(not(feature = "spawn"))]
-pub async fn start(backend: SpawnBackend, _sync_workers: Option<u32>) -> anyhow::Result<Spawned> {
+pub async fn start(
+    backend: SpawnBackend,
+    _sync_workers: Option<u32>,
+    _extra_toml: Option<&str>,
+) -> anyhow::Result<Spawned> {
     anyhow::bail!(
         "--spawn {} needs the `spawn` feature (ganglion-testkit); rebuild with default features, \
          or start a server yourself and use --url (with --server-pid for RSS)",

@@ -190,3 +190,26 @@ fn a_server_may_have_several_pids() {
     let none = Args::try_parse_from(["ganglion-load", "--url", "http://x"]).unwrap();
     assert!(none.server_pid.is_empty());
 }
+
+#[test]
+fn the_media_workload_takes_its_size_and_a_spawned_server_extra_config() {
+    let media = Args::try_parse_from([
+        "ganglion-load",
+        "--spawn",
+        "sqlite",
+        "--workload",
+        "media",
+        "--media-mib",
+        "8",
+        "--server-toml",
+        "[media]\nclamd = \"unix:/tmp/clamd.sock\"",
+    ])
+    .unwrap();
+    assert!(media.validate().is_ok());
+    assert_eq!((media.workload, media.media_mib), (Workload::Media, Some(8)));
+    let misplaced = Args::try_parse_from(["ganglion-load", "--url", "http://x", "--media-mib", "8"]).unwrap();
+    assert!(misplaced.validate().unwrap_err().contains("--media-mib"));
+    // The config goes to a server the tool starts, not to one behind --url.
+    let elsewhere = Args::try_parse_from(["ganglion-load", "--url", "http://x", "--server-toml", "[media]"]);
+    assert!(elsewhere.unwrap().validate().unwrap_err().contains("--server-toml"));
+}
