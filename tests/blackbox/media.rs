@@ -781,6 +781,16 @@ async fn encrypted_attachments_are_scanned_through_the_content_scanner_api(backe
     assert_eq!(refused.body["reason"], "MCS_MEDIA_NOT_CLEAN", "{}", refused.text);
     refused.err(403, "M_FORBIDDEN");
 
+    // Thumbnails through the scanner: a clean picture's, and none of the EICAR file's.
+    let picture = upload_ok(&server, &alice, "image/png", None, &png(200, 150)).await;
+    let (status, content_type, _) =
+        fetch(&server, Some(&bob), &format!("{PROXY}/thumbnail/{name}/{picture}?width=96&height=96")).await;
+    assert_eq!((status, content_type.as_str()), (200, "image/png"));
+    let disguised = upload_ok(&server, &alice, "image/png", None, EICAR).await;
+    let refused = bob.get(&format!("{PROXY}/thumbnail/{name}/{disguised}?width=96&height=96")).await.unwrap();
+    assert_eq!(refused.body["reason"], "MCS_MEDIA_NOT_CLEAN", "{}", refused.text);
+    refused.err(403, "M_FORBIDDEN");
+
     // Encrypted attachments, their file in clear in the request.
     let (minutes, minutes_ciphertext) = upload_encrypted(&alice, b"the minutes of the meeting").await;
     let (infected, _) = upload_encrypted(&alice, EICAR).await;
