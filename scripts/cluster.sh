@@ -12,8 +12,9 @@
 #
 # Environment: GANGLION_BIN (default: build target/release/ganglion), BASE_PORT (default 8100:
 # master 8100 (gRPC 8200), sync 8101-8102, client-readers 8103-8104, media 8105-8106 (their files
-# in DIR/data/media, one directory for both), PostgreSQL BASE+1000, Redis
-# BASE+1001), LISTEN (nginx, default 127.0.0.1:8008).
+# in DIR/data/media, one directory for both), each process's Prometheus metrics (/metrics,
+# /health, /ready) on its port + 200 (8300-8306), PostgreSQL BASE+1000, Redis BASE+1001), LISTEN
+# (nginx, default 127.0.0.1:8008).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$PWD
@@ -109,24 +110,31 @@ listen = "$listen"
 role = "master"
 http = "127.0.0.1:$base"
 grpc = "127.0.0.1:$((base + 100))"
+metrics = "127.0.0.1:$((base + 200))"
 [instance_map.sync1]
 role = "sync"
 http = "127.0.0.1:$((base + 1))"
+metrics = "127.0.0.1:$((base + 201))"
 [instance_map.sync2]
 role = "sync"
 http = "127.0.0.1:$((base + 2))"
+metrics = "127.0.0.1:$((base + 202))"
 [instance_map.reader1]
 role = "client-reader"
 http = "127.0.0.1:$((base + 3))"
+metrics = "127.0.0.1:$((base + 203))"
 [instance_map.reader2]
 role = "client-reader"
 http = "127.0.0.1:$((base + 4))"
+metrics = "127.0.0.1:$((base + 204))"
 [instance_map.media1]
 role = "media"
 http = "127.0.0.1:$((base + 5))"
+metrics = "127.0.0.1:$((base + 205))"
 [instance_map.media2]
 role = "media"
 http = "127.0.0.1:$((base + 6))"
+metrics = "127.0.0.1:$((base + 206))"
 TOML
 
 # Runs instance $1, starting it again a second after it exits; returns once it is first ready.

@@ -26,6 +26,8 @@ have nginx || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
 # The media tests scan files with a throwaway clamd (its signatures written by the tests).
 have clamd || [[ -x /usr/sbin/clamd ]] || missing+=(clamav-daemon)
 have sigtool || missing+=(clamav)
+# The metrics tests check every process's exposition with promtool.
+have promtool || missing+=(prometheus)
 # The interoperability tests install matrix-nio (PyPI) into a virtual environment.
 have python3 || missing+=(python3)
 if have python3 && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then

@@ -54,6 +54,7 @@ mod legacy;
 mod limits;
 mod media;
 mod membership;
+mod metrics;
 mod pagination;
 mod presence;
 mod ratelimits;

@@ -31,7 +31,8 @@ impl Drop for Leftovers {
 fn free_base() -> anyhow::Result<u16> {
     for attempt in 0..200u32 {
         let base = 20_000 + ((std::process::id() * 7 + attempt * 131) % 18_000) as u16;
-        let ports = [0, 1, 2, 3, 4, 5, 6, 100, 1000, 1001, 1500].map(|offset| base + offset);
+        let ports = [0, 1, 2, 3, 4, 5, 6, 100, 200, 201, 202, 203, 204, 205, 206, 1000, 1001, 1500]
+            .map(|offset| base + offset);
         if ports.iter().all(|&port| TcpListener::bind(("127.0.0.1", port)).is_ok()) {
             return Ok(base);
         }
@@ -85,6 +86,16 @@ async fn scenario() -> anyhow::Result<()> {
                     .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
                     .unwrap_or_default();
                 anyhow::bail!("Element X on the README cluster: {message}");
+            }
+
+            // Every process serves its metrics on its port + 200, as the script's header says.
+            for offset in 200..=206 {
+                let url = format!("http://127.0.0.1:{}/metrics", base + offset);
+                let exposition = reqwest::get(&url).await?.error_for_status()?.text().await?;
+                anyhow::ensure!(
+                    exposition.contains("ganglion_process_cpu_seconds_total"),
+                    "{url}: {exposition}"
+                );
             }
 
             let api = Api::new(base_url);

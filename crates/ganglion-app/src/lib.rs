@@ -75,10 +75,19 @@ pub async fn run(
         .await
         .map_err(|source| AppError::Listen { address: config.http.listen.to_string(), source })?;
     config.http.listen = listener.local_addr().map_err(AppError::Serve)?;
+    let metrics_listener = match config.metrics.listen {
+        Some(address) => Some(
+            TcpListener::bind(address)
+                .await
+                .map_err(|source| AppError::Listen { address: address.to_string(), source })?,
+        ),
+        None => None,
+    };
     let config = Arc::new(config);
     let role = config.worker.role;
     let db = Db::connect(&config.database_url(), config.database.max_connections).await?;
     tracing::info!(backend = ?db.backend, role = role.as_str(), "database ready");
+    let metrics = Arc::new(ganglion_metrics::Metrics::new());
 
     // One `shutdown` for every server of the process.
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -215,6 +224,28 @@ pub async fn run(
         }
     };
 
+    if let Some(listener) = metrics_listener {
+        let address = listener.local_addr().map_err(AppError::Serve)?;
+        let (ready_db, ready_master) = (db.clone(), master.clone());
+        // Ready: the database answers, and so does the master (in process, or over gRPC).
+        let ready: ganglion_metrics::ReadinessCheck = Arc::new(move || {
+            let (db, master) = (ready_db.clone(), ready_master.clone());
+            Box::pin(async move {
+                db.ping().await.map_err(|error| format!("the database does not answer: {error}"))?;
+                master.positions().await.map_err(|error| format!("the master does not answer: {error}"))?;
+                Ok(())
+            })
+        });
+        let router = ganglion_metrics::router(metrics.clone(), ready);
+        let stopped = until_stopped();
+        tokio::spawn(async move {
+            if let Err(error) = ganglion_metrics::serve(listener, router, stopped).await {
+                tracing::error!(%error, "the metrics listener stopped");
+            }
+        });
+        tracing::info!(url = %ganglion_metrics::describe(address), "metrics listening");
+    }
+
     let mut routes: Vec<Route<()>> = Vec::new();
     let syncing = ganglion_sync::SyncingDevices::new(master.clone(), &config.presence);
     let state = ClientState::new(
@@ -297,7 +328,8 @@ pub async fn run(
 
     let instance = HeaderValue::from_str(&format!("{}/{}", role.as_str(), config.worker.name))
         .unwrap_or(HeaderValue::from_static("ganglion"));
-    let mut router: Router = router_from_routes(routes, config.http.max_body_bytes);
+    let mut router: Router =
+        router_from_routes(routes, config.http.max_body_bytes, Some(metrics.http.clone()));
     if let Some(follower) = follower {
         router = router.route(
             "/_ganglion/v1/replication",

@@ -311,7 +311,9 @@ mod tests {
         for (port, (name, role)) in (9001..).zip(roles) {
             let http = SocketAddr::from(([10, 0, 0, 1], port));
             let grpc = (*role == Role::Master).then(|| SocketAddr::from(([10, 0, 0, 1], port + 1000)));
-            config.instance_map.insert((*name).to_owned(), InstanceConfig { role: *role, http, grpc });
+            config
+                .instance_map
+                .insert((*name).to_owned(), InstanceConfig { role: *role, http, grpc, metrics: None });
         }
         config
     }

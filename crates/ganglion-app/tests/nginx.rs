@@ -50,7 +50,7 @@ async fn fake_instance(name: &str, role: Role) -> InstanceConfig {
         async move { ([("x-ganglion-instance", instance)], "{}") }
     });
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    InstanceConfig { role, http, grpc: (role == Role::Master).then_some(http) }
+    InstanceConfig { role, http, grpc: (role == Role::Master).then_some(http), metrics: None }
 }
 
 impl Proxy {

@@ -47,6 +47,16 @@ pub struct Config {
     pub instance_map: BTreeMap<String, InstanceConfig>,
     /// Cluster mode: where the generated nginx config listens.
     pub load_balancer: LoadBalancerConfig,
+    /// Prometheus metrics of a single process (a cluster's come from `instance_map`).
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where `/metrics`, `/health` and `/ready` are served, off the client API listener; unset:
+    /// nowhere. A cluster instance's `metrics` address in `instance_map` takes its place.
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -58,6 +68,9 @@ pub struct InstanceConfig {
     /// gRPC listener; the master must have one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpc: Option<SocketAddr>,
+    /// Prometheus metrics listener (`/metrics`, `/health`, `/ready`); unset: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -551,6 +564,7 @@ impl Config {
             },
             instance_map: BTreeMap::new(),
             load_balancer: LoadBalancerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8008)) },
+            metrics: MetricsConfig::default(),
         }
     }
 
@@ -631,8 +645,11 @@ impl Config {
         })?;
         config.validate()?;
         let mut config = config;
-        if let Some(instance) = config.instance() {
-            config.http.listen = instance.http;
+        if let Some((http, metrics)) = config.instance().map(|instance| (instance.http, instance.metrics)) {
+            config.http.listen = http;
+            if metrics.is_some() {
+                config.metrics.listen = metrics;
+            }
         }
         Ok(config)
     }

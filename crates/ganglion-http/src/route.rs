@@ -1,7 +1,7 @@
 //! The route table: every endpoint is one `Route` with its method, path, endpoint class and
 //! handler. The HTTP router and the load balancer configs are built from the same list.
 
-use std::{borrow::Cow, collections::BTreeMap};
+use std::{borrow::Cow, collections::BTreeMap, sync::Arc};
 
 use axum::{
     Router,
@@ -12,6 +12,7 @@ use axum::{
     routing::{MethodFilter, MethodRouter, on},
 };
 use ganglion_types::{EndpointClass, ErrorClass};
+
 use http::{HeaderValue, Method, StatusCode, header};
 use serde::Serialize;
 
@@ -133,9 +134,14 @@ pub fn with_r0_aliases<S: Clone>(mut routes: Vec<Route<S>>) -> Vec<Route<S>> {
 /// response; any plain-text error from the framework is rewritten as a Matrix error. Rate limits
 /// are the handlers' (per action), never the edge's: reads from many users behind one address
 /// must not throttle each other.
-pub fn router_from_routes(routes: Vec<Route<()>>, max_body_bytes: usize) -> Router {
+pub fn router_from_routes(
+    routes: Vec<Route<()>>,
+    max_body_bytes: usize,
+    metrics: Option<Arc<ganglion_metrics::HttpMetrics>>,
+) -> Router {
     let mut by_path: BTreeMap<Cow<'static, str>, MethodRouter<()>> = BTreeMap::new();
     for route in routes {
+        let (class, method) = (route.class.as_str(), method_name(&route.method));
         // Each route's body limit applies before its handler runs; a streaming handler bounds
         // its body itself.
         let handler = if route.streams_body {
@@ -151,6 +157,23 @@ pub fn router_from_routes(routes: Vec<Route<()>>, max_body_bytes: usize) -> Rout
                 }),
             )
         };
+        // Each route counts its own requests (refusals of its body included), labelled with
+        // what it was registered as, so the label set stays bounded.
+        let handler = match &metrics {
+            Some(metrics) => {
+                let (metrics, path) = (metrics.clone(), route.path.clone());
+                handler.layer(middleware::from_fn(move |request: Request, next: Next| {
+                    let (metrics, path) = (metrics.clone(), path.clone());
+                    async move {
+                        let started = std::time::Instant::now();
+                        let response = next.run(request).await;
+                        metrics.observe(class, path, method, response.status().as_u16(), started.elapsed());
+                        response
+                    }
+                }))
+            }
+            None => handler,
+        };
         let merged = match by_path.remove(&route.path) {
             Some(existing) => existing.merge(handler),
             None => handler,
@@ -162,6 +185,19 @@ pub fn router_from_routes(routes: Vec<Route<()>>, max_body_bytes: usize) -> Rout
         router = router.route(&path, method_router.fallback(method_not_allowed));
     }
     router.fallback(unrecognized).layer(middleware::from_fn(edge))
+}
+
+fn method_name(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "OTHER",
+    }
 }
 
 async fn unrecognized() -> MatrixError {

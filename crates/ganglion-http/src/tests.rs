@@ -23,7 +23,7 @@ async fn echo(MatrixJson(body): MatrixJson<Body1>) -> Json<Value> {
 
 fn app() -> axum::Router {
     let routes = vec![Route::<()>::post("/echo", EndpointClass::ClientWrite, echo)];
-    router_from_routes(routes, 2048)
+    router_from_routes(routes, 2048, None)
 }
 
 async fn call(app: &axum::Router, method: &str, uri: &str, body: &'static str) -> (StatusCode, Value) {

@@ -291,6 +291,13 @@ impl Db {
         Ok(DbConn { conn: Some(conn), failures_at_acquire, readers: self.readers.clone(), _permit: permit })
     }
 
+    /// Whether the database answers a query (readiness checks).
+    pub async fn ping(&self) -> Result<()> {
+        let mut conn = self.conn().await?;
+        sqlx::query("SELECT 1").execute(&mut *conn).await?;
+        Ok(())
+    }
+
     /// A connection taken only when a query first needs one.
     pub fn lazy(&self) -> LazyConn {
         LazyConn { db: self.clone(), conn: None }

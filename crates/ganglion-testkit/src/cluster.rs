@@ -61,6 +61,7 @@ struct Instance {
     role: &'static str,
     http_port: u16,
     grpc_port: Option<u16>,
+    metrics_port: u16,
     /// `None` until started and after a kill.
     process: Option<Supervised>,
 }
@@ -155,17 +156,20 @@ impl Cluster {
         let redis_dir = dir_path.join("redis");
         let redis = blocking(READY_DEADLINE, "starting Redis", move || Redis::start_in(&redis_dir)).await?;
 
-        let mut ports = crate::ports::free_ports(layout.len() + 2)?;
+        let mut ports = crate::ports::free_ports(2 * layout.len() + 2)?;
         let load_balancer_port = ports.pop().context("ports")?;
         let grpc_port = ports.pop().context("ports")?;
+        let metrics_ports = ports.split_off(layout.len());
         let instances: Vec<Instance> = layout
             .iter()
             .zip(ports)
-            .map(|(&(name, role), http_port)| Instance {
+            .zip(metrics_ports)
+            .map(|((&(name, role), http_port), metrics_port)| Instance {
                 name,
                 role,
                 http_port,
                 grpc_port: (name == MASTER).then_some(grpc_port),
+                metrics_port,
                 process: None,
             })
             .collect();
@@ -222,6 +226,15 @@ impl Cluster {
     /// If the cluster has no process `name` (see [`Cluster::instance_names`]).
     pub fn url_of(&self, name: &str) -> String {
         format!("http://127.0.0.1:{}", self.instance(name).http_port)
+    }
+
+    /// `http://127.0.0.1:PORT` of one process's metrics listener (`/metrics`, `/health`,
+    /// `/ready`).
+    ///
+    /// # Panics
+    /// If the cluster has no process `name`.
+    pub fn metrics_url_of(&self, name: &str) -> String {
+        format!("http://127.0.0.1:{}", self.instance(name).metrics_port)
     }
 
     /// The role (`master`, `sync`, `client-reader`) of process `name`, as in
@@ -574,10 +587,11 @@ fn topology(redis_url: &str, load_balancer_port: u16, instances: &[Instance]) ->
     for instance in instances {
         let _ = writeln!(
             toml,
-            "\n[instance_map.{}]\nrole = {}\nhttp = \"127.0.0.1:{}\"",
+            "\n[instance_map.{}]\nrole = {}\nhttp = \"127.0.0.1:{}\"\nmetrics = \"127.0.0.1:{}\"",
             instance.name,
             quote(instance.role),
-            instance.http_port
+            instance.http_port,
+            instance.metrics_port
         );
         if let Some(grpc) = instance.grpc_port {
             let _ = writeln!(toml, "grpc = \"127.0.0.1:{grpc}\"");

@@ -15,6 +15,7 @@ fn instances() -> Vec<Instance> {
             role,
             http_port,
             grpc_port: (name == MASTER).then_some(42000),
+            metrics_port: http_port + 1000,
             process: None,
         })
         .collect()
@@ -52,6 +53,7 @@ fn every_process_loads_the_cluster_config_with_its_role_and_port() {
         let config = load_as(&options, name);
         assert_eq!((config.worker.name.as_str(), config.worker.role), (name, role));
         assert_eq!(config.http.listen.to_string(), format!("127.0.0.1:{port}"));
+        assert_eq!(config.metrics.listen.map(|a| a.to_string()), Some(format!("127.0.0.1:{}", port + 1000)));
         assert_eq!(config.master_grpc().unwrap().to_string(), "127.0.0.1:42000");
         assert_eq!(config.redis.url, "redis://127.0.0.1:6999");
         assert_eq!(config.load_balancer.listen.to_string(), "127.0.0.1:43000");

@@ -1,0 +1,185 @@
+//! Prometheus metrics, all named `ganglion_*`: one registry per process, served in the
+//! Prometheus text format on a listener of its own (`metrics.listen`, or the instance's `metrics`
+//! address), off the client API, beside `/health` (the process runs) and `/ready` (it can serve:
+//! its dependencies answer).
+
+mod process;
+
+use std::{borrow::Cow, net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::{Router, http::StatusCode, http::header, response::IntoResponse, routing::get};
+use futures_util::future::BoxFuture;
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    registry::Registry,
+};
+
+/// The labels of one answered request: its route as registered (a path template, so the label
+/// set stays bounded), the route's endpoint class, the method and the status.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub class: &'static str,
+    pub route: Cow<'static, str>,
+    pub method: &'static str,
+    pub status: u16,
+}
+
+/// The latency histogram's labels: the route and its class.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub class: &'static str,
+    pub route: Cow<'static, str>,
+}
+
+type LatencyFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
+
+/// Client API requests, by route.
+#[derive(Debug, Clone)]
+pub struct HttpMetrics {
+    requests: Family<RequestLabels, Counter>,
+    latency: LatencyFamily,
+}
+
+impl HttpMetrics {
+    /// Counts one answered request and its latency.
+    pub fn observe(
+        &self,
+        class: &'static str,
+        route: Cow<'static, str>,
+        method: &'static str,
+        status: u16,
+        took: Duration,
+    ) {
+        self.latency.get_or_create(&RouteLabels { class, route: route.clone() }).observe(took.as_secs_f64());
+        self.requests.get_or_create(&RequestLabels { class, route, method, status }).inc();
+    }
+}
+
+/// Every metric of a process.
+pub struct Metrics {
+    registry: Registry,
+    pub http: Arc<HttpMetrics>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms to about 33 s: a send, a long-poll and a large upload all land inside.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 17))
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("ganglion");
+        let http = HttpMetrics {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+        };
+        registry.register(
+            "http_requests",
+            "Client API requests answered, by endpoint class, route, method and status",
+            http.requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Client API request latency, by endpoint class and route",
+            http.latency.clone(),
+        );
+        registry.register_collector(Box::new(process::ProcessCollector));
+        Metrics { registry, http: Arc::new(http) }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+/// Whether the process can serve: `Err` names what does not answer.
+pub type ReadinessCheck = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// The metrics listener's routes: `/metrics`, `/health`, `/ready`.
+pub fn router(metrics: Arc<Metrics>, ready: ReadinessCheck) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, prometheus_client::encoding::prometheus_text::CONTENT_TYPE)],
+                        metrics.render(),
+                    )
+                }
+            }),
+        )
+        .route("/health", get(|| async { "ok\n" }))
+        .route(
+            "/ready",
+            get(move || {
+                let ready = ready.clone();
+                async move {
+                    match ready().await {
+                        Ok(()) => (StatusCode::OK, "ready\n".to_owned()).into_response(),
+                        Err(problem) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {problem}\n"))
+                            .into_response(),
+                    }
+                }
+            }),
+        )
+}
+
+/// Serves the metrics listener on `listener` until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}
+
+/// The address a metrics listener is bound to, for the log.
+pub fn describe(address: SocketAddr) -> String {
+    format!("http://{address}/metrics")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_the_process_are_exported() {
+        let metrics = Metrics::new();
+        let route: Cow<'static, str> = Cow::Borrowed("/_matrix/client/v3/sync");
+        metrics.http.observe("sync", route, "GET", 200, Duration::from_millis(3));
+        let text = metrics.render();
+        assert!(
+            text.contains(
+                r#"ganglion_http_requests_total{class="sync",route="/_matrix/client/v3/sync",method="GET",status="200"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains("ganglion_http_request_duration_seconds_bucket{"), "{text}");
+        for name in [
+            "ganglion_process_resident_memory_bytes",
+            "ganglion_process_cpu_seconds_total",
+            "ganglion_process_open_fds",
+        ] {
+            assert!(text.lines().any(|line| line.starts_with(name)), "{name} missing:\n{text}");
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! Prometheus metrics on every process, off the client API listener: `/metrics` in the
+//! Prometheus text format (checked by `promtool check metrics`), `/health` and `/ready`. The
+//! requests a process answered show under their route and endpoint class.
+
+use ganglion_testkit::{Account, Backend, ServerOptions, TestServer, free_port};
+
+use crate::register_all;
+
+on_all_backends!(every_process_serves_metrics_health_and_readiness);
+
+async fn scrape(url: &str) -> (u16, String, String) {
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let response = http.get(url).send().await.unwrap();
+    let status = response.status().as_u16();
+    let content_type =
+        response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    (status, content_type, response.text().await.unwrap())
+}
+
+/// `promtool check metrics` (Debian `prometheus`) on an exposition: its complaints, if any.
+fn promtool_problems(exposition: &str) -> Option<String> {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) runs");
+    child.stdin.take().unwrap().write_all(exposition.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let said =
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (!output.status.success() || !said.trim().is_empty()).then_some(said)
+}
+
+async fn every_process_serves_metrics_health_and_readiness(backend: Backend) {
+    let port = free_port();
+    let options = ServerOptions {
+        extra_toml: format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+        ..ServerOptions::default()
+    };
+    let mut server = TestServer::start(backend, options).await.unwrap();
+    let [alice] = <[Account; 1]>::try_from(register_all(&server, &["alice"]).await).unwrap();
+    alice.get("/sync?timeout=0").await.unwrap().ok();
+    let listeners: Vec<(String, String)> = match server.cluster() {
+        Some(cluster) => cluster
+            .instance_names()
+            .into_iter()
+            .map(|name| (name.to_owned(), cluster.metrics_url_of(name)))
+            .collect(),
+        None => vec![("ganglion".to_owned(), format!("http://127.0.0.1:{port}"))],
+    };
+    let mut syncs_counted = 0;
+    for (name, url) in &listeners {
+        assert_eq!(scrape(&format!("{url}/health")).await.0, 200, "{name} /health");
+        let (status, _, text) = scrape(&format!("{url}/ready")).await;
+        assert_eq!(status, 200, "{name} /ready: {text}");
+        let (status, content_type, exposition) = scrape(&format!("{url}/metrics")).await;
+        assert_eq!(status, 200, "{name} /metrics");
+        assert!(content_type.starts_with("text/plain; version=0.0.4"), "{name}: {content_type}");
+        if let Some(problems) = promtool_problems(&exposition) {
+            panic!("promtool finds fault with {name}'s metrics:\n{problems}\n{exposition}");
+        }
+        for metric in [
+            "ganglion_process_resident_memory_bytes ",
+            "ganglion_process_cpu_seconds_total ",
+            "ganglion_process_open_fds ",
+        ] {
+            assert!(
+                exposition.lines().any(|line| line.starts_with(metric)),
+                "{name} lacks {metric}:\n{exposition}"
+            );
+        }
+        let sync = exposition.lines().find(|line| {
+            line.starts_with("ganglion_http_requests_total{")
+                && line.contains(r#"class="sync",route="/_matrix/client/v3/sync",method="GET",status="200""#)
+        });
+        if let Some(line) = sync {
+            syncs_counted += line.rsplit(' ').next().unwrap().parse::<u64>().unwrap();
+            assert!(
+                exposition.contains(r#"ganglion_http_request_duration_seconds_count{class="sync",route="/_matrix/client/v3/sync"}"#),
+                "{name} counts syncs but has no latency for them"
+            );
+        }
+        // The metrics listener is not the client API.
+        assert_eq!(scrape(&format!("{url}/_matrix/client/versions")).await.0, 404, "{name}");
+    }
+    assert_eq!(syncs_counted, 1, "the one /sync is counted once, by the process that answered it");
+
+    // A worker whose master is gone still lives, but is not ready, and says why.
+    if let Some(cluster) = server.cluster() {
+        cluster.kill("master");
+        let url = cluster.metrics_url_of("sync1");
+        assert_eq!(scrape(&format!("{url}/health")).await.0, 200);
+        let (status, _, text) = scrape(&format!("{url}/ready")).await;
+        assert_eq!(status, 503, "{text}");
+        assert!(text.contains("master"), "{text}");
+    }
+}
