@@ -43,6 +43,19 @@ async fn every_process_serves_metrics_health_and_readiness(backend: Backend) {
     let mut server = TestServer::start(backend, options).await.unwrap();
     let [alice] = <[Account; 1]>::try_from(register_all(&server, &["alice"]).await).unwrap();
     alice.get("/sync?timeout=0").await.unwrap().ok();
+    let uploaded = alice
+        .api
+        .raw(
+            reqwest::Method::POST,
+            "/_matrix/media/v3/upload",
+            Some(&alice.access_token),
+            Some("text/plain"),
+            Some(b"12345".to_vec()),
+        )
+        .await
+        .unwrap();
+    let uri = uploaded.body["content_uri"].as_str().unwrap().trim_start_matches("mxc://").to_owned();
+    assert_eq!(alice.get(&format!("/_matrix/client/v1/media/download/{uri}")).await.unwrap().text, "12345");
     let listeners: Vec<(String, String)> = match server.cluster() {
         Some(cluster) => cluster
             .instance_names()
@@ -52,6 +65,13 @@ async fn every_process_serves_metrics_health_and_readiness(backend: Backend) {
         None => vec![("ganglion".to_owned(), format!("http://127.0.0.1:{port}"))],
     };
     let mut syncs_counted = 0;
+    let (mut bytes_in, mut bytes_out) = (0, 0);
+    let value = |exposition: &str, prefix: &str| -> u64 {
+        exposition
+            .lines()
+            .find(|line| line.starts_with(prefix))
+            .map_or(0, |line| line.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64)
+    };
     for (name, url) in &listeners {
         assert_eq!(scrape(&format!("{url}/health")).await.0, 200, "{name} /health");
         let (status, _, text) = scrape(&format!("{url}/ready")).await;
@@ -83,10 +103,21 @@ async fn every_process_serves_metrics_health_and_readiness(backend: Backend) {
                 "{name} counts syncs but has no latency for them"
             );
         }
+        bytes_in += value(&exposition, r#"ganglion_media_bytes_total{direction="in"} "#);
+        bytes_out += value(&exposition, r#"ganglion_media_bytes_total{direction="out"} "#);
+        // Every process knows where each stream stands; the room-less account still made events
+        // (its profile is not one, but registration's device list change is a stream row).
+        for stream in
+            ["events", "receipts", "typing", "account_data", "to_device", "device_lists", "presence"]
+        {
+            let prefix = format!("ganglion_stream_position{{stream=\"{stream}\"}} ");
+            assert!(exposition.lines().any(|line| line.starts_with(&prefix)), "{name} lacks {prefix}");
+        }
         // The metrics listener is not the client API.
         assert_eq!(scrape(&format!("{url}/_matrix/client/versions")).await.0, 404, "{name}");
     }
     assert_eq!(syncs_counted, 1, "the one /sync is counted once, by the process that answered it");
+    assert_eq!((bytes_in, bytes_out), (5, 5), "the upload's and the download's bytes");
 
     // A worker whose master is gone still lives, but is not ready, and says why.
     if let Some(cluster) = server.cluster() {

@@ -87,7 +87,7 @@ pub async fn run(
     let role = config.worker.role;
     let db = Db::connect(&config.database_url(), config.database.max_connections).await?;
     tracing::info!(backend = ?db.backend, role = role.as_str(), "database ready");
-    let metrics = Arc::new(ganglion_metrics::Metrics::new());
+    let mut metrics = ganglion_metrics::Metrics::new();
 
     // One `shutdown` for every server of the process.
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -113,6 +113,19 @@ pub async fn run(
     };
     let start = initial_token(&db, typing_epoch).await?;
     let positions = Arc::new(Positions::new(start));
+    let stream_positions = positions.clone();
+    metrics.register_gauge_fn(
+        "stream_position",
+        "The position this process knows each stream has reached (the master's is where it allocates)",
+        "stream",
+        move || {
+            ganglion_types::StreamKind::all()
+                .into_iter()
+                .map(|kind| (kind.as_str(), stream_positions.get(kind).0))
+                .collect()
+        },
+    );
+    let metrics = Arc::new(metrics);
     let recent = Arc::new(RecentEvents::new(start));
     let limiter = Arc::new(RateLimiter::new(&config.rate_limits));
     let authenticator: Arc<dyn Authenticator> =
@@ -316,6 +329,7 @@ pub async fn run(
                 },
             ),
             scanner_key: Arc::default(),
+            metrics: metrics.media.clone(),
         };
         tokio::spawn(ganglion_media::housekeeping(db.clone(), state.store.clone()));
         routes.extend(

@@ -271,7 +271,7 @@ async fn attachment_verdict(
             Bytes::from(chunk)
         })
     });
-    let verdict = scan::stored_verdict(clamd.scan(plaintext).await, &subject)?;
+    let verdict = scan::stored_verdict(&state.metrics, clamd.scan(plaintext).await, &subject)?;
     let mut conn = state.db.conn().await?;
     let now = ganglion_storage::now_ms();
     media_store::insert_scan_verdict(&mut conn, &subject, &verdict, now).await?;

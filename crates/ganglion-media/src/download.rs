@@ -169,6 +169,7 @@ pub(crate) async fn serve_content(
         tracing::error!(sha256, "media metadata names content the store does not have");
         return Err(MatrixError::not_found("Media not found"));
     };
+    state.metrics.served(file.size);
     let mut response = Response::new(Body::from_stream(file.body));
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();

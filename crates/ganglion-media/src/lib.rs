@@ -37,6 +37,8 @@ pub struct MediaState {
     pub scanner: Option<Arc<scan::Clamd>>,
     /// The content scanner API's key pair, loaded (or made) on first use.
     pub scanner_key: Arc<tokio::sync::OnceCell<vodozemac::pk_encryption::PkDecryption>>,
+    /// Bytes in and out, scan verdicts.
+    pub metrics: Arc<ganglion_metrics::MediaMetrics>,
 }
 
 impl FromRef<MediaState> for Arc<dyn Authenticator> {

@@ -169,7 +169,7 @@ pub(crate) async fn verdict_of(
     let Some(file) = state.store.get(sha256).await.map_err(MediaError::from)? else {
         return Err(MatrixError::not_found("Media not found"));
     };
-    let verdict = stored_verdict(clamd.scan(file.body).await, sha256)?;
+    let verdict = stored_verdict(&state.metrics, clamd.scan(file.body).await, sha256)?;
     let mut conn = state.db.conn().await?;
     media_store::insert_scan_verdict(&mut conn, sha256, &verdict, ganglion_storage::now_ms()).await?;
     Ok(verdict)
@@ -177,16 +177,23 @@ pub(crate) async fn verdict_of(
 
 /// A scan's outcome as a verdict to store, or the error that serves nothing (fail closed).
 pub(crate) fn stored_verdict(
+    metrics: &ganglion_metrics::MediaMetrics,
     outcome: Result<Verdict, ScanError>,
     subject: &str,
 ) -> Result<media_store::ScanVerdict, MatrixError> {
+    use ganglion_metrics::ScanOutcome;
     match outcome {
-        Ok(Verdict::Clean) => Ok(media_store::ScanVerdict { clean: true, info: None }),
+        Ok(Verdict::Clean) => {
+            metrics.scanned(ScanOutcome::Clean);
+            Ok(media_store::ScanVerdict { clean: true, info: None })
+        }
         Ok(Verdict::Infected(name)) => {
+            metrics.scanned(ScanOutcome::Infected);
             tracing::warn!(subject, virus = %name, "refused an infected file");
             Ok(media_store::ScanVerdict { clean: false, info: Some(name) })
         }
         Err(error) => {
+            metrics.scanned(ScanOutcome::Failed);
             tracing::error!(%error, subject, "antivirus scan failed; the file is not served");
             Err(MatrixError::new(
                 ErrorClass::Unavailable,

@@ -206,7 +206,10 @@ async fn receive(
         });
     }
     match state.store.put(body.into_data_stream(), limit).await {
-        Ok(stored) => Ok(Received { sha256: stored.sha256, size: stored.size }),
+        Ok(stored) => {
+            state.metrics.received(stored.size);
+            Ok(Received { sha256: stored.sha256, size: stored.size })
+        }
         Err(crate::StoreError::TooLarge { .. })
             if quota_left.is_some_and(|left| left < media.max_upload_bytes) =>
         {

@@ -3,6 +3,7 @@
 //! address), off the client API, beside `/health` (the process runs) and `/ready` (it can serve:
 //! its dependencies answer).
 
+mod gauges;
 mod process;
 
 use std::{borrow::Cow, net::SocketAddr, sync::Arc, time::Duration};
@@ -56,10 +57,57 @@ impl HttpMetrics {
     }
 }
 
+/// The media repository's traffic and antivirus verdicts.
+#[derive(Debug, Clone, Default)]
+pub struct MediaMetrics {
+    bytes: Family<DirectionLabels, Counter>,
+    scans: Family<VerdictLabels, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerdictLabels {
+    verdict: &'static str,
+}
+
+/// What a scan found, or that it could not be made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanOutcome {
+    Clean,
+    Infected,
+    Failed,
+}
+
+impl MediaMetrics {
+    /// Bytes of an upload stored.
+    pub fn received(&self, bytes: u64) {
+        self.bytes.get_or_create(&DirectionLabels { direction: "in" }).inc_by(bytes);
+    }
+
+    /// Bytes of a file (or thumbnail) served.
+    pub fn served(&self, bytes: u64) {
+        self.bytes.get_or_create(&DirectionLabels { direction: "out" }).inc_by(bytes);
+    }
+
+    pub fn scanned(&self, outcome: ScanOutcome) {
+        let verdict = match outcome {
+            ScanOutcome::Clean => "clean",
+            ScanOutcome::Infected => "infected",
+            ScanOutcome::Failed => "failed",
+        };
+        self.scans.get_or_create(&VerdictLabels { verdict }).inc();
+    }
+}
+
 /// Every metric of a process.
 pub struct Metrics {
     registry: Registry,
     pub http: Arc<HttpMetrics>,
+    pub media: Arc<MediaMetrics>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -91,7 +139,35 @@ impl Metrics {
             http.latency.clone(),
         );
         registry.register_collector(Box::new(process::ProcessCollector));
-        Metrics { registry, http: Arc::new(http) }
+        let media = MediaMetrics::default();
+        registry.register(
+            "media_bytes",
+            "Media bytes stored from uploads (direction in) and served (direction out)",
+            media.bytes.clone(),
+        );
+        registry.register(
+            "media_scans",
+            "Antivirus scans by verdict: clean, infected, or failed (the scanner did not answer)",
+            media.scans.clone(),
+        );
+        Metrics { registry, http: Arc::new(http), media: Arc::new(media) }
+    }
+
+    /// A gauge read on each scrape: `values` gives each `label` value's reading (a stream's
+    /// position, say).
+    pub fn register_gauge_fn(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        label: &'static str,
+        values: impl Fn() -> Vec<(&'static str, i64)> + Send + Sync + 'static,
+    ) {
+        self.registry.register_collector(Box::new(gauges::GaugeFn {
+            name,
+            help,
+            label,
+            values: Box::new(values),
+        }));
     }
 
     /// The Prometheus text exposition of every metric.
