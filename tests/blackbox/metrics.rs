@@ -2,11 +2,27 @@
 //! Prometheus text format (checked by `promtool check metrics`), `/health` and `/ready`. The
 //! requests a process answered show under their route and endpoint class.
 
-use ganglion_testkit::{Account, Backend, ServerOptions, TestServer, free_port};
+use ganglion_testkit::{Account, Backend, Clamd, ServerOptions, TestServer, free_port};
 
 use crate::register_all;
 
 on_all_backends!(every_process_serves_metrics_health_and_readiness);
+
+/// Uploads `body` as text; the `mxc://` URI without its scheme.
+async fn upload(account: &Account, body: &[u8]) -> String {
+    let uploaded = account
+        .api
+        .raw(
+            reqwest::Method::POST,
+            "/_matrix/media/v3/upload",
+            Some(&account.access_token),
+            Some("text/plain"),
+            Some(body.to_vec()),
+        )
+        .await
+        .unwrap();
+    uploaded.body["content_uri"].as_str().unwrap().trim_start_matches("mxc://").to_owned()
+}
 
 async fn scrape(url: &str) -> (u16, String, String) {
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
@@ -43,18 +59,7 @@ async fn every_process_serves_metrics_health_and_readiness(backend: Backend) {
     let mut server = TestServer::start(backend, options).await.unwrap();
     let [alice] = <[Account; 1]>::try_from(register_all(&server, &["alice"]).await).unwrap();
     alice.get("/sync?timeout=0").await.unwrap().ok();
-    let uploaded = alice
-        .api
-        .raw(
-            reqwest::Method::POST,
-            "/_matrix/media/v3/upload",
-            Some(&alice.access_token),
-            Some("text/plain"),
-            Some(b"12345".to_vec()),
-        )
-        .await
-        .unwrap();
-    let uri = uploaded.body["content_uri"].as_str().unwrap().trim_start_matches("mxc://").to_owned();
+    let uri = upload(&alice, b"12345").await;
     assert_eq!(alice.get(&format!("/_matrix/client/v1/media/download/{uri}")).await.unwrap().text, "12345");
     let listeners: Vec<(String, String)> = match server.cluster() {
         Some(cluster) => cluster
@@ -128,4 +133,62 @@ async fn every_process_serves_metrics_health_and_readiness(backend: Backend) {
         assert_eq!(status, 503, "{text}");
         assert!(text.contains("master"), "{text}");
     }
+}
+
+/// `grafana/alerts.yml` passes `promtool check rules` and its unit tests
+/// (`grafana/alerts_test.yml`), and names only metrics a live server exports.
+#[tokio::test]
+async fn alert_rules_pass_promtool_and_name_only_exported_metrics() {
+    crate::run(async {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../grafana");
+        for args in [["check", "rules", "alerts.yml"], ["test", "rules", "alerts_test.yml"]] {
+            let output = std::process::Command::new("promtool").args(args).current_dir(dir).output().unwrap();
+            assert!(
+                output.status.success(),
+                "promtool {}:\n{}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        // A server that has answered requests, stored and served a file and scanned it: a
+        // family with nothing counted yet is not in the exposition.
+        let clamd = Clamd::start().unwrap();
+        let port = free_port();
+        let options = ServerOptions {
+            extra_toml: format!(
+                "[metrics]\nlisten = \"127.0.0.1:{port}\"\n[media]\nclamd = \"{}\"\n",
+                clamd.address()
+            ),
+            ..ServerOptions::default()
+        };
+        let server = TestServer::start(Backend::Sqlite, options).await.unwrap();
+        let [alice] = <[Account; 1]>::try_from(register_all(&server, &["alice"]).await).unwrap();
+        let uri = upload(&alice, b"scanned").await;
+        assert_eq!(
+            alice.get(&format!("/_matrix/client/v1/media/download/{uri}")).await.unwrap().text,
+            "scanned"
+        );
+        let (_, _, exposition) = scrape(&format!("http://127.0.0.1:{port}/metrics")).await;
+        assert!(exposition.contains(r#"ganglion_media_scans_total{verdict="clean"} 1"#), "{exposition}");
+        let exported: Vec<&str> = exposition
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .filter_map(|line| line.split(' ').next())
+            .collect();
+        let rules = std::fs::read_to_string(format!("{dir}/alerts.yml")).unwrap();
+        let named = rules
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|word| word.starts_with("ganglion_"));
+        for name in named {
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .fold(name, |name, suffix| name.strip_suffix(suffix).unwrap_or(name));
+            assert!(
+                exported.contains(&family) || exported.contains(&name),
+                "grafana/alerts.yml names {name}, which the server does not export:\n{exposition}"
+            );
+        }
+    })
+    .await
 }

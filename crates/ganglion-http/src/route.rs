@@ -161,13 +161,13 @@ pub fn router_from_routes(
         // what it was registered as, so the label set stays bounded.
         let handler = match &metrics {
             Some(metrics) => {
-                let (metrics, path) = (metrics.clone(), route.path.clone());
+                let metrics = Arc::new(metrics.route(class, route.path.clone(), method));
                 handler.layer(middleware::from_fn(move |request: Request, next: Next| {
-                    let (metrics, path) = (metrics.clone(), path.clone());
+                    let metrics = metrics.clone();
                     async move {
                         let started = std::time::Instant::now();
                         let response = next.run(request).await;
-                        metrics.observe(class, path, method, response.status().as_u16(), started.elapsed());
+                        metrics.observe(response.status().as_u16(), started.elapsed());
                         response
                     }
                 }))

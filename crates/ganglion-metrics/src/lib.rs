@@ -43,17 +43,49 @@ pub struct HttpMetrics {
 }
 
 impl HttpMetrics {
+    /// The handles of one route, resolved once when the route is registered, so that a request
+    /// neither hashes its labels nor takes the families' locks.
+    pub fn route(&self, class: &'static str, route: Cow<'static, str>, method: &'static str) -> RouteMetrics {
+        RouteMetrics {
+            requests: self.requests.clone(),
+            latencies: self.latency.clone(),
+            labels: RequestLabels { class, route, method, status: 0 },
+            latency: std::sync::OnceLock::new(),
+            by_status: std::sync::RwLock::new(Vec::new()),
+        }
+    }
+}
+
+/// One route's request counters (per status) and latency histogram, each made on the route's
+/// first request: routes never asked for export nothing.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    requests: Family<RequestLabels, Counter>,
+    latencies: LatencyFamily,
+    labels: RequestLabels,
+    latency: std::sync::OnceLock<Histogram>,
+    by_status: std::sync::RwLock<Vec<(u16, Counter)>>,
+}
+
+impl RouteMetrics {
     /// Counts one answered request and its latency.
-    pub fn observe(
-        &self,
-        class: &'static str,
-        route: Cow<'static, str>,
-        method: &'static str,
-        status: u16,
-        took: Duration,
-    ) {
-        self.latency.get_or_create(&RouteLabels { class, route: route.clone() }).observe(took.as_secs_f64());
-        self.requests.get_or_create(&RequestLabels { class, route, method, status }).inc();
+    pub fn observe(&self, status: u16, took: Duration) {
+        let latency = self.latency.get_or_init(|| {
+            let labels = RouteLabels { class: self.labels.class, route: self.labels.route.clone() };
+            self.latencies.get_or_create(&labels).clone()
+        });
+        latency.observe(took.as_secs_f64());
+        let known = {
+            let by_status = self.by_status.read().unwrap_or_else(|e| e.into_inner());
+            by_status.iter().find(|(known, _)| *known == status).map(|(_, counter)| counter.clone())
+        };
+        let counter = known.unwrap_or_else(|| {
+            let counter =
+                self.requests.get_or_create(&RequestLabels { status, ..self.labels.clone() }).clone();
+            self.by_status.write().unwrap_or_else(|e| e.into_inner()).push((status, counter.clone()));
+            counter
+        });
+        counter.inc();
     }
 }
 
@@ -241,7 +273,7 @@ mod tests {
     fn requests_and_the_process_are_exported() {
         let metrics = Metrics::new();
         let route: Cow<'static, str> = Cow::Borrowed("/_matrix/client/v3/sync");
-        metrics.http.observe("sync", route, "GET", 200, Duration::from_millis(3));
+        metrics.http.route("sync", route, "GET").observe(200, Duration::from_millis(3));
         let text = metrics.render();
         assert!(
             text.contains(
