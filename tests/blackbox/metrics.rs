@@ -77,6 +77,32 @@ async fn every_process_serves_metrics_health_and_readiness(backend: Backend) {
             .find(|line| line.starts_with(prefix))
             .map_or(0, |line| line.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64)
     };
+    // A long-poll woken by a message: counted while it waits, then as a wake-up.
+    let room = alice.create_room(&serde_json::json!({})).await.unwrap();
+    let next = alice.get("/sync?timeout=0").await.unwrap().ok()["next_batch"].as_str().unwrap().to_owned();
+    let poll = {
+        let alice = Account::new(alice.api.clone(), &alice.user_id, &alice.access_token, &alice.device_id);
+        tokio::spawn(async move { alice.get(&format!("/sync?timeout=20000&since={next}")).await.unwrap() })
+    };
+    let waiting = async {
+        loop {
+            let mut waiting = 0;
+            for (_, url) in &listeners {
+                waiting += value(&scrape(&format!("{url}/metrics")).await.2, "ganglion_sync_long_polls ");
+            }
+            if waiting == 1 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+        .await
+        .expect("the long-poll is counted");
+    alice.send_text(&room, "wake up").await.unwrap();
+    let answer = poll.await.unwrap().ok();
+    assert!(answer["rooms"]["join"][&room].is_object(), "the long-poll did not bring the message: {answer}");
+    let mut wakeups = 0;
     for (name, url) in &listeners {
         assert_eq!(scrape(&format!("{url}/health")).await.0, 200, "{name} /health");
         let (status, _, text) = scrape(&format!("{url}/ready")).await;
@@ -108,6 +134,8 @@ async fn every_process_serves_metrics_health_and_readiness(backend: Backend) {
                 "{name} counts syncs but has no latency for them"
             );
         }
+        wakeups += value(&exposition, "ganglion_sync_wakeups_total ");
+        assert_eq!(value(&exposition, "ganglion_sync_long_polls "), 0, "{name}: a long-poll still counted");
         bytes_in += value(&exposition, r#"ganglion_media_bytes_total{direction="in"} "#);
         bytes_out += value(&exposition, r#"ganglion_media_bytes_total{direction="out"} "#);
         // Every process knows where each stream stands; the room-less account still made events
@@ -118,10 +146,26 @@ async fn every_process_serves_metrics_health_and_readiness(backend: Backend) {
             let prefix = format!("ganglion_stream_position{{stream=\"{stream}\"}} ");
             assert!(exposition.lines().any(|line| line.starts_with(&prefix)), "{name} lacks {prefix}");
         }
+        assert!(
+            value(&exposition, r#"ganglion_database_connections{state="reads_max"} "#) >= 1,
+            "{name}: no read pool size:\n{exposition}"
+        );
+        // A sync worker follows the master through Redis: it connected, caught up, and timed
+        // the entries it read (the message that woke the long-poll among them).
+        if name.starts_with("sync") {
+            for counted in [
+                "ganglion_redis_connects_total ",
+                "ganglion_replication_catch_ups_total ",
+                "ganglion_replication_lag_seconds_count ",
+            ] {
+                assert!(value(&exposition, counted) >= 1, "{name}: {counted}is not counted:\n{exposition}");
+            }
+        }
         // The metrics listener is not the client API.
         assert_eq!(scrape(&format!("{url}/_matrix/client/versions")).await.0, 404, "{name}");
     }
-    assert_eq!(syncs_counted, 1, "the one /sync is counted once, by the process that answered it");
+    assert_eq!(syncs_counted, 3, "each of the three /syncs is counted once, by the process that answered it");
+    assert!(wakeups >= 1, "the woken long-poll is not counted");
     assert_eq!((bytes_in, bytes_out), (5, 5), "the upload's and the download's bytes");
 
     // A worker whose master is gone still lives, but is not ready, and says why.

@@ -125,6 +125,21 @@ pub async fn run(
                 .collect()
         },
     );
+    let pool = db.clone();
+    metrics.register_gauge_fn(
+        "database_connections",
+        "Database connections: reads in use and the read pool's size, transactions open and idle",
+        "state",
+        move || {
+            let pool = pool.pool_use();
+            vec![
+                ("reads_in_use", pool.reads_in_use as i64),
+                ("reads_max", pool.reads_max as i64),
+                ("transactions_open", pool.transactions_open as i64),
+                ("transactions_idle", pool.transactions_idle as i64),
+            ]
+        },
+    );
     let metrics = Arc::new(metrics);
     let recent = Arc::new(RecentEvents::new(start));
     let limiter = Arc::new(RateLimiter::new(&config.rate_limits));
@@ -224,6 +239,7 @@ pub async fn run(
                 config.redis.url.clone(),
                 Duration::from_millis(config.cluster.fallback_poll_ms),
             );
+            follow.count_in(metrics.replication.clone());
             follow.start();
             let as_catch_up: Arc<dyn CatchUp> = follow.clone();
             catch_up = Some(as_catch_up.clone());
@@ -292,6 +308,7 @@ pub async fn run(
         memory: sync_memory.clone(),
         catch_up,
         syncing,
+        metrics: metrics.sync.clone(),
     };
     routes.extend(
         ganglion_sync::routes()

@@ -135,11 +135,77 @@ impl MediaMetrics {
     }
 }
 
+/// `/sync` long-polls: how many wait now, and how often one is woken by news.
+#[derive(Debug, Clone, Default)]
+pub struct SyncMetrics {
+    waiting: prometheus_client::metrics::gauge::Gauge,
+    wakeups: Counter,
+}
+
+/// Counts a long-poll as waiting until dropped.
+pub struct Waiting(prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl SyncMetrics {
+    pub fn waiting(&self) -> Waiting {
+        self.waiting.inc();
+        Waiting(self.waiting.clone())
+    }
+
+    /// A waiting long-poll was woken by a row for its user or rooms (not by its timeout).
+    pub fn woken(&self) {
+        self.wakeups.inc();
+    }
+}
+
+/// A worker's following of the master's streams: the delay from the master's publish to this
+/// process reading an entry from Redis, connections to Redis, catch-ups from the database.
+#[derive(Debug, Clone)]
+pub struct ReplicationMetrics {
+    lag: Histogram,
+    redis_connects: Counter,
+    catch_ups: Counter,
+}
+
+impl Default for ReplicationMetrics {
+    fn default() -> ReplicationMetrics {
+        ReplicationMetrics {
+            // 0.1 ms to about 3 s.
+            lag: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 15)),
+            redis_connects: Counter::default(),
+            catch_ups: Counter::default(),
+        }
+    }
+}
+
+impl ReplicationMetrics {
+    pub fn lag(&self, seconds: f64) {
+        self.lag.observe(seconds);
+    }
+
+    /// A connection to Redis made (the first, or after losing it).
+    pub fn redis_connected(&self) {
+        self.redis_connects.inc();
+    }
+
+    /// Rows read from the database instead of Redis (on connecting, and while Redis is down).
+    pub fn caught_up(&self) {
+        self.catch_ups.inc();
+    }
+}
+
 /// Every metric of a process.
 pub struct Metrics {
     registry: Registry,
     pub http: Arc<HttpMetrics>,
     pub media: Arc<MediaMetrics>,
+    pub sync: Arc<SyncMetrics>,
+    pub replication: Arc<ReplicationMetrics>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -182,7 +248,36 @@ impl Metrics {
             "Antivirus scans by verdict: clean, infected, or failed (the scanner did not answer)",
             media.scans.clone(),
         );
-        Metrics { registry, http: Arc::new(http), media: Arc::new(media) }
+        let sync = SyncMetrics::default();
+        registry.register("sync_long_polls", "/sync requests waiting for news now", sync.waiting.clone());
+        registry.register(
+            "sync_wakeups",
+            "Waiting /sync requests woken by a row for their user or rooms",
+            sync.wakeups.clone(),
+        );
+        let replication = ReplicationMetrics::default();
+        registry.register(
+            "replication_lag_seconds",
+            "Workers: from the master's publish of a stream entry to this process reading it from Redis",
+            replication.lag.clone(),
+        );
+        registry.register(
+            "redis_connects",
+            "Workers: connections made to Redis to follow the streams (the first, then reconnections)",
+            replication.redis_connects.clone(),
+        );
+        registry.register(
+            "replication_catch_ups",
+            "Workers: catch-ups from the database (on connecting to Redis, and while it is down)",
+            replication.catch_ups.clone(),
+        );
+        Metrics {
+            registry,
+            http: Arc::new(http),
+            media: Arc::new(media),
+            sync: Arc::new(sync),
+            replication: Arc::new(replication),
+        }
     }
 
     /// A gauge read on each scrape: `values` gives each `label` value's reading (a stream's

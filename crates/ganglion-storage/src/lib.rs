@@ -120,6 +120,7 @@ struct ReadPool {
     backend: Backend,
     idle: parking_lot::Mutex<Vec<AnyConnection>>,
     permits: Arc<tokio::sync::Semaphore>,
+    size: usize,
 }
 
 impl std::fmt::Debug for ReadPool {
@@ -263,6 +264,7 @@ impl Db {
             backend,
             idle: parking_lot::Mutex::new(Vec::new()),
             permits: Arc::new(tokio::sync::Semaphore::new(max_connections as usize)),
+            size: max_connections as usize,
         });
         let db = Db { pool, backend, readers };
         migrations::run(&db).await?;
@@ -289,6 +291,17 @@ impl Db {
             }
         };
         Ok(DbConn { conn: Some(conn), failures_at_acquire, readers: self.readers.clone(), _permit: permit })
+    }
+
+    /// Connections of the read pool in use, its size, and the transaction pool's open and idle
+    /// connections (for metrics).
+    pub fn pool_use(&self) -> PoolUse {
+        PoolUse {
+            reads_in_use: self.readers.size - self.readers.permits.available_permits(),
+            reads_max: self.readers.size,
+            transactions_open: self.pool.size() as usize,
+            transactions_idle: self.pool.num_idle(),
+        }
     }
 
     /// Whether the database answers a query (readiness checks).
@@ -318,6 +331,15 @@ fn sqlite_path(url: &str) -> Option<String> {
     let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
     let path = rest.split('?').next()?;
     if path.is_empty() || path == ":memory:" { None } else { Some(path.to_owned()) }
+}
+
+/// How busy the database connections are; see [`Db::pool_use`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolUse {
+    pub reads_in_use: usize,
+    pub reads_max: usize,
+    pub transactions_open: usize,
+    pub transactions_idle: usize,
 }
 
 /// Milliseconds since the Unix epoch.

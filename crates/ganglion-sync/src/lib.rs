@@ -44,6 +44,8 @@ pub struct SyncState {
     pub catch_up: Option<Arc<dyn CatchUp>>,
     /// The devices syncing here, reported to the master for presence.
     pub syncing: Arc<SyncingDevices>,
+    /// Long-polls waiting, wake-ups.
+    pub metrics: Arc<ganglion_metrics::SyncMetrics>,
 }
 
 impl FromRef<SyncState> for Arc<dyn Authenticator> {

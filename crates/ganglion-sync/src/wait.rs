@@ -105,6 +105,7 @@ async fn long_poll(
     waits: bool,
 ) -> Result<SyncBatch, SyncError> {
     let mut listening: Option<Listening> = None;
+    let _waiting = waits.then(|| state.metrics.waiting());
     // A client polling right after its last response usually finds nothing new: when no stream
     // moved past `since`, listen first and compute only once something arrives.
     if waits && let Some(since) = &request.since {
@@ -113,7 +114,7 @@ async fn long_poll(
             let rooms = compute::joined_room_ids(state, request.user_id).await?;
             let fresh = listening.insert(Listening::new(state, request.user_id, &rooms));
             if state.positions.current() == current {
-                let _ = tokio::time::timeout_at(deadline, fresh.listener.notified()).await;
+                woken(state, tokio::time::timeout_at(deadline, fresh.listener.notified()).await);
             }
         }
     }
@@ -127,7 +128,7 @@ async fn long_poll(
         match &listening {
             Some(listening) if listening.covers(&batch.joined_room_ids) => {
                 // On timeout, compute once more: the loop then returns as the deadline passed.
-                let _ = tokio::time::timeout_at(deadline, listening.listener.notified()).await;
+                woken(state, tokio::time::timeout_at(deadline, listening.listener.notified()).await);
             }
             _ => {
                 // The first empty response (or the user joined a room): the rooms are known only
@@ -135,9 +136,16 @@ async fn long_poll(
                 // so wait only if nothing moved since; otherwise compute again right away.
                 let fresh = listening.insert(Listening::new(state, request.user_id, &batch.joined_room_ids));
                 if state.positions.current() == current {
-                    let _ = tokio::time::timeout_at(deadline, fresh.listener.notified()).await;
+                    woken(state, tokio::time::timeout_at(deadline, fresh.listener.notified()).await);
                 }
             }
         }
+    }
+}
+
+/// Counts a wait that ended with news rather than its deadline.
+fn woken(state: &SyncState, waited: Result<(), tokio::time::error::Elapsed>) {
+    if waited.is_ok() {
+        state.metrics.woken();
     }
 }

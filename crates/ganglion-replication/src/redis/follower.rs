@@ -76,6 +76,7 @@ pub struct Follower {
     lags: SyncMutex<Vec<f64>>,
     /// Events invalidated (redacted) lately: a late Redis entry must not cache their old row.
     redacted: SyncMutex<std::collections::HashSet<EventNid>>,
+    metrics: std::sync::OnceLock<Arc<ganglion_metrics::ReplicationMetrics>>,
 }
 
 /// The last invalidation seen: `(epoch, seq)`.
@@ -105,7 +106,13 @@ impl Follower {
             following_redis: AtomicBool::new(false),
             lags: SyncMutex::new(Vec::new()),
             redacted: SyncMutex::new(std::collections::HashSet::new()),
+            metrics: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Where to count lag, Redis connections and catch-ups (set once, before `start`).
+    pub fn count_in(&self, metrics: Arc<ganglion_metrics::ReplicationMetrics>) {
+        let _ = self.metrics.set(metrics);
     }
 
     /// Starts following: Redis when it answers, the database every `poll_interval` when not.
@@ -175,6 +182,9 @@ impl Follower {
         let mut typing_id = last_id(&mut connection, key_of(StreamKind::Typing)).await?;
         let mut caches_id = last_id(&mut connection, CACHES_KEY).await?;
         *self.apply.lock().await = None;
+        if let Some(metrics) = self.metrics.get() {
+            metrics.redis_connected();
+        }
         // Anything may have been missed while disconnected.
         self.hooks.invalidate(None);
         self.refresh_typing(true).await;
@@ -271,7 +281,11 @@ impl Follower {
                         self.hooks.remember_event(row, txn);
                     }
                     if let Some(sent) = entry.int("t") {
-                        lags.push((now - sent).max(0) as f64 / 1000.0);
+                        let lag_ms = (now - sent).max(0) as f64 / 1000.0;
+                        if let Some(metrics) = self.metrics.get() {
+                            metrics.lag(lag_ms / 1000.0);
+                        }
+                        lags.push(lag_ms);
                     }
                     let receipt = match (entry.str("rc"), entry.str("r")) {
                         (Some(receipt), Some(room_id)) => super::decode_receipt(receipt, room_id, position),
@@ -360,6 +374,9 @@ impl Follower {
     }
 
     async fn catch_up_logged(&self) {
+        if let Some(metrics) = self.metrics.get() {
+            metrics.caught_up();
+        }
         if let Err(error) = self.catch_up().await {
             tracing::warn!(%error, "catching up from the database failed; retrying shortly");
         }
