@@ -152,6 +152,16 @@ async fn every_process_serves_metrics_health_and_readiness(backend: Backend) {
         );
         // A sync worker follows the master through Redis: it connected, caught up, and timed
         // the entries it read (the message that woke the long-poll among them).
+        if name.starts_with("sync") || name.starts_with("reader") {
+            // Workers call the master: every call counted by method, with its latency.
+            assert!(
+                exposition.contains(r#"ganglion_grpc_client_calls_total{method="Positions",outcome="ok"}"#),
+                "{name}: no counted call to the master:\n{exposition}"
+            );
+            assert!(
+                exposition.contains(r#"ganglion_grpc_client_duration_seconds_count{method="Positions"}"#)
+            );
+        }
         if name.starts_with("sync") {
             for counted in [
                 "ganglion_redis_connects_total ",

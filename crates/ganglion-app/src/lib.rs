@@ -226,7 +226,8 @@ pub async fn run(
             let remote = ganglion_rpc::grpc::RemoteMaster::new(
                 address,
                 Duration::from_millis(config.cluster.rpc_timeout_ms),
-            );
+            )
+            .counting_in(metrics.grpc.clone());
             let hooks =
                 Arc::new(cluster::WorkerHooks { master: Arc::new(remote.clone()), caches: caches.clone() });
             let follow = Follower::new(

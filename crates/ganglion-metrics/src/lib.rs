@@ -199,6 +199,33 @@ impl ReplicationMetrics {
     }
 }
 
+/// A worker's gRPC calls to the master, by method, from the worker's side.
+#[derive(Debug, Clone)]
+pub struct GrpcMetrics {
+    calls: Family<CallLabels, Counter>,
+    latency: Family<MethodLabels, Histogram, fn() -> Histogram>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    method: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    method: &'static str,
+}
+
+impl GrpcMetrics {
+    /// Counts one call of `method`, answered (`ok`) or not, and its latency.
+    pub fn observe(&self, method: &'static str, ok: bool, took: Duration) {
+        let outcome = if ok { "ok" } else { "error" };
+        self.calls.get_or_create(&CallLabels { method, outcome }).inc();
+        self.latency.get_or_create(&MethodLabels { method }).observe(took.as_secs_f64());
+    }
+}
+
 /// Every metric of a process.
 pub struct Metrics {
     registry: Registry,
@@ -206,6 +233,7 @@ pub struct Metrics {
     pub media: Arc<MediaMetrics>,
     pub sync: Arc<SyncMetrics>,
     pub replication: Arc<ReplicationMetrics>,
+    pub grpc: Arc<GrpcMetrics>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -271,12 +299,27 @@ impl Metrics {
             "Workers: catch-ups from the database (on connecting to Redis, and while it is down)",
             replication.catch_ups.clone(),
         );
+        let grpc = GrpcMetrics {
+            calls: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+        };
+        registry.register(
+            "grpc_client_calls",
+            "Workers: calls to the master by method, answered (ok) or failed (error: refused, unavailable, timed out)",
+            grpc.calls.clone(),
+        );
+        registry.register(
+            "grpc_client_duration_seconds",
+            "Workers: latency of calls to the master by method",
+            grpc.latency.clone(),
+        );
         Metrics {
             registry,
             http: Arc::new(http),
             media: Arc::new(media),
             sync: Arc::new(sync),
             replication: Arc::new(replication),
+            grpc: Arc::new(grpc),
         }
     }
 

@@ -43,6 +43,7 @@ pub struct RemoteMaster {
     channel: Channel,
     timeout: Duration,
     worker: Option<Arc<dyn ReadYourWrites>>,
+    metrics: Option<Arc<ganglion_metrics::GrpcMetrics>>,
 }
 
 impl std::fmt::Debug for dyn ReadYourWrites {
@@ -72,7 +73,13 @@ impl RemoteMaster {
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true)
             .connect_lazy();
-        RemoteMaster { channel, timeout, worker: None }
+        RemoteMaster { channel, timeout, worker: None, metrics: None }
+    }
+
+    /// The same master, its calls counted in `metrics`.
+    pub fn counting_in(mut self, metrics: Arc<ganglion_metrics::GrpcMetrics>) -> RemoteMaster {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The same master, whose calls then wait for `worker`'s replication as each call asks.
@@ -161,8 +168,13 @@ impl RemoteMaster {
         if let Ok(value) = traceparent.parse() {
             request.metadata_mut().insert(TRACEPARENT, value);
         }
+        let started = Instant::now();
         // grpc-timeout bounds the call once connected; this also bounds connecting.
-        match tokio::time::timeout(timeout, rpc(self.channel.clone(), request)).await {
+        let outcome = tokio::time::timeout(timeout, rpc(self.channel.clone(), request)).await;
+        if let Some(metrics) = &self.metrics {
+            metrics.observe(method_name::<Req>(), matches!(outcome, Ok(Ok(_))), started.elapsed());
+        }
+        match outcome {
             Ok(Ok(response)) => {
                 let positions = response
                     .metadata()
@@ -175,6 +187,13 @@ impl RemoteMaster {
             Err(_elapsed) => Err(unavailable()),
         }
     }
+}
+
+/// The call's name from its request message's type (`SendEventRequest` → `SendEvent`).
+fn method_name<Req>() -> &'static str {
+    let name = std::any::type_name::<Req>();
+    let name = name.rsplit("::").next().unwrap_or(name);
+    name.strip_suffix("Request").unwrap_or(name)
 }
 
 #[async_trait]
