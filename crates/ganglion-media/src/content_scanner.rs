@@ -10,6 +10,7 @@
 //! as the scanner's do (`Authorization`); without one they read only what the legacy
 //! unauthenticated endpoints would serve.
 
+use crate::store::hex;
 use aes::cipher::{KeyIvInit as _, StreamCipher as _};
 use axum::{
     Json,
@@ -17,7 +18,6 @@ use axum::{
     extract::{Path, Query, State},
     response::Response,
 };
-use futures_util::StreamExt as _;
 use ganglion_http::{MatrixError, MatrixResult, MaybeAuth};
 use ganglion_storage::{media as media_store, secrets};
 use ganglion_types::ErrorClass;
@@ -253,40 +253,18 @@ async fn attachment_verdict(
         hasher.update(attachment.iv);
         format!("attachment:{}", hex(&hasher.finalize()))
     };
-    let stored = {
-        let mut conn = state.db.conn().await?;
-        media_store::scan_verdict_of(&mut conn, &subject).await?
-    };
-    if let Some(verdict) = stored {
-        return Ok(verdict);
-    }
-    let Some(file) = state.store.get(&attachment.sha256).await.map_err(crate::MediaError::from)? else {
-        return Err(MatrixError::not_found("Media not found"));
-    };
     let mut cipher = Aes256Ctr::new(&attachment.key.into(), &attachment.iv.into());
-    let plaintext = file.body.map(move |chunk| {
-        chunk.map(|chunk| {
-            let mut chunk = chunk.to_vec();
-            cipher.apply_keystream(&mut chunk);
-            Bytes::from(chunk)
-        })
-    });
-    let verdict = scan::stored_verdict(&state.metrics, clamd.scan(plaintext).await, &subject)?;
-    let mut conn = state.db.conn().await?;
-    let now = ganglion_storage::now_ms();
-    media_store::insert_scan_verdict(&mut conn, &subject, &verdict, now).await?;
-    if let Some(info) = verdict.info.as_deref().filter(|_| !verdict.clean) {
-        media_store::record_infected(&mut conn, &attachment.sha256, info, now).await?;
+    let decrypt = move |chunk: Bytes| {
+        let mut chunk = chunk.to_vec();
+        cipher.apply_keystream(&mut chunk);
+        Bytes::from(chunk)
+    };
+    let (verdict, fresh) = scan::cached_verdict(state, clamd, &subject, &attachment.sha256, decrypt).await?;
+    if fresh && let Some(info) = verdict.info.as_deref().filter(|_| !verdict.clean) {
+        let mut conn = state.db.conn().await?;
+        media_store::record_infected(&mut conn, &attachment.sha256, info, ganglion_storage::now_ms()).await?;
     }
     Ok(verdict)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, byte| {
-        let _ = write!(out, "{byte:02x}");
-        out
-    })
 }
 
 #[cfg(test)]

@@ -159,20 +159,34 @@ pub(crate) async fn verdict_of(
     clamd: &Clamd,
     sha256: &str,
 ) -> Result<media_store::ScanVerdict, MatrixError> {
+    Ok(cached_verdict(state, clamd, sha256, sha256, |chunk| chunk).await?.0)
+}
+
+/// The verdict stored under `subject`; else the stored file `content_sha256`, each chunk passed
+/// through `transform` (an attachment's decryption), is scanned now and the verdict stored under
+/// `subject`. `true` beside a verdict made now.
+pub(crate) async fn cached_verdict(
+    state: &MediaState,
+    clamd: &Clamd,
+    subject: &str,
+    content_sha256: &str,
+    mut transform: impl FnMut(Bytes) -> Bytes + Send,
+) -> Result<(media_store::ScanVerdict, bool), MatrixError> {
     let stored = {
         let mut conn = state.db.conn().await?;
-        media_store::scan_verdict_of(&mut conn, sha256).await?
+        media_store::scan_verdict_of(&mut conn, subject).await?
     };
     if let Some(verdict) = stored {
-        return Ok(verdict);
+        return Ok((verdict, false));
     }
-    let Some(file) = state.store.get(sha256).await.map_err(MediaError::from)? else {
+    let Some(file) = state.store.get(content_sha256).await.map_err(MediaError::from)? else {
         return Err(MatrixError::not_found("Media not found"));
     };
-    let verdict = stored_verdict(&state.metrics, clamd.scan(file.body).await, sha256)?;
+    let body = file.body.map(move |chunk| chunk.map(&mut transform));
+    let verdict = stored_verdict(&state.metrics, clamd.scan(body).await, subject)?;
     let mut conn = state.db.conn().await?;
-    media_store::insert_scan_verdict(&mut conn, sha256, &verdict, ganglion_storage::now_ms()).await?;
-    Ok(verdict)
+    media_store::insert_scan_verdict(&mut conn, subject, &verdict, ganglion_storage::now_ms()).await?;
+    Ok((verdict, true))
 }
 
 /// A scan's outcome as a verdict to store, or the error that serves nothing (fail closed).

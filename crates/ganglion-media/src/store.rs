@@ -215,7 +215,7 @@ fn content_path(sha256: &str) -> Path {
     Path::from(format!("sha256/{}/{}/{sha256}", &sha256[..2], &sha256[2..4]))
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
