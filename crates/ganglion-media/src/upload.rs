@@ -200,6 +200,13 @@ async fn receive(
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
     if let Some(length) = announced.filter(|length| *length > limit) {
+        if length <= media.max_upload_bytes {
+            // Read the body (within the upload limit) before refusing it: answered mid-body, a
+            // proxy passing it through unbuffered (nginx) sees the connection close and answers
+            // 502 instead of the refusal.
+            let mut body = body.into_data_stream();
+            while let Some(Ok(_)) = futures_util::StreamExt::next(&mut body).await {}
+        }
         return Err(match quota_left {
             Some(left) if length > left && length <= media.max_upload_bytes => over_quota(),
             _ => MediaError::Store(crate::StoreError::TooLarge { limit: media.max_upload_bytes }).into(),
