@@ -166,11 +166,37 @@ async fn every_process_serves_metrics_health_and_readiness(backend: Backend) {
             for counted in [
                 "ganglion_redis_connects_total ",
                 "ganglion_replication_catch_ups_total ",
-                "ganglion_replication_lag_seconds_count ",
+                r#"ganglion_replication_lag_seconds_count{stream="events"} "#,
             ] {
                 assert!(value(&exposition, counted) >= 1, "{name}: {counted}is not counted:\n{exposition}");
             }
         }
+        // Whoever runs the master's write path counts its events, its batches and its calls.
+        if name == "master" || name == "ganglion" {
+            assert!(value(&exposition, "ganglion_events_persisted_total ") >= 2, "{name}:\n{exposition}");
+            assert!(value(&exposition, "ganglion_write_batch_duration_seconds_count ") >= 1);
+            let hits: f64 = exposition
+                .lines()
+                .filter(|line| line.starts_with("ganglion_cache_hits_total{"))
+                .map(|line| line.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+                .sum();
+            assert!(hits >= 1.0, "{name}: no cache hit counted:\n{exposition}");
+            assert!(
+                value(&exposition, r#"ganglion_database_use_seconds_count{pool="transaction"} "#) >= 1,
+                "{exposition}"
+            );
+        }
+        if name == "master" {
+            assert!(
+                exposition.contains(r#"ganglion_grpc_server_calls_total{method="SendEvent",outcome="ok"} 1"#),
+                "the master counts the send it answered:\n{exposition}"
+            );
+            assert!(value(&exposition, "ganglion_redis_connects_total ") >= 1, "the publisher's connection");
+        }
+        assert!(
+            value(&exposition, r#"ganglion_database_wait_seconds_count{pool="read"} "#) >= 1,
+            "{name}:\n{exposition}"
+        );
         // The metrics listener is not the client API.
         assert_eq!(scrape(&format!("{url}/_matrix/client/versions")).await.0, 404, "{name}");
     }
@@ -178,14 +204,20 @@ async fn every_process_serves_metrics_health_and_readiness(backend: Backend) {
     assert!(wakeups >= 1, "the woken long-poll is not counted");
     assert_eq!((bytes_in, bytes_out), (5, 5), "the upload's and the download's bytes");
 
-    // A worker whose master is gone still lives, but is not ready, and says why.
+    // A worker whose Redis or master is gone still lives, but is not ready, and says why.
     if let Some(cluster) = server.cluster() {
+        cluster.redis().stop().unwrap();
+        for name in ["master", "sync1"] {
+            let (status, _, text) = scrape(&format!("{}/ready", cluster.metrics_url_of(name))).await;
+            assert_eq!(status, 503, "{name}: {text}");
+            assert!(text.contains("Redis"), "{text}");
+        }
         cluster.kill("master");
         let url = cluster.metrics_url_of("sync1");
         assert_eq!(scrape(&format!("{url}/health")).await.0, 200);
         let (status, _, text) = scrape(&format!("{url}/ready")).await;
         assert_eq!(status, 503, "{text}");
-        assert!(text.contains("master"), "{text}");
+        assert!(text.contains("Redis") && text.contains("master"), "both are named: {text}");
     }
 }
 

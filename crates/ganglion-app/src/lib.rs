@@ -140,6 +140,19 @@ pub async fn run(
             ]
         },
     );
+    let (hit_caches, missed_caches) = (caches.clone(), caches.clone());
+    metrics.register_counter_fn("cache_hits", "Lookups a cache answered, by cache", "cache", move || {
+        hit_caches.hits_and_misses().into_iter().map(|(cache, (hits, _))| (cache, hits)).collect()
+    });
+    metrics.register_counter_fn(
+        "cache_misses",
+        "Lookups a cache could not answer (they went to the database), by cache",
+        "cache",
+        move || {
+            missed_caches.hits_and_misses().into_iter().map(|(cache, (_, misses))| (cache, misses)).collect()
+        },
+    );
+    db.count_in(metrics.database.clone());
     let metrics = Arc::new(metrics);
     let recent = Arc::new(RecentEvents::new(start));
     let limiter = Arc::new(RateLimiter::new(&config.rate_limits));
@@ -167,6 +180,7 @@ pub async fn run(
                         &config.redis.url,
                         config.redis.stream_maxlen,
                         typing_epoch,
+                        Some(metrics.replication.clone()),
                     )
                     .map_err(|e| AppError::Redis(e.to_string()))?,
                 )
@@ -183,6 +197,7 @@ pub async fn run(
                 positions.clone(),
             )
             .await?;
+            service.count_in(metrics.master.clone());
             let typing_master = service.clone();
             tokio::spawn(async move {
                 let mut interval = tokio::time::interval(Duration::from_secs(1));
@@ -212,8 +227,11 @@ pub async fn run(
                     .map_err(|source| AppError::Listen { address: address.to_string(), source })?;
                 let served: Arc<dyn Master> = service.clone();
                 let stopped = until_stopped();
+                let grpc_metrics = metrics.grpc.clone();
                 tokio::spawn(async move {
-                    if let Err(error) = ganglion_rpc::grpc::serve(served, grpc, stopped).await {
+                    if let Err(error) =
+                        ganglion_rpc::grpc::serve(served, grpc, Some(grpc_metrics), stopped).await
+                    {
                         tracing::error!(%error, "gRPC server failed");
                     }
                 });
@@ -257,13 +275,33 @@ pub async fn run(
     if let Some(listener) = metrics_listener {
         let address = listener.local_addr().map_err(AppError::Serve)?;
         let (ready_db, ready_master) = (db.clone(), master.clone());
-        // Ready: the database answers, and so does the master (in process, or over gRPC).
+        // The embedded default has no Redis.
+        let ready_redis = match role {
+            Role::All => None,
+            _ => Some(
+                ganglion_replication::redis::RedisProbe::new(&config.redis.url)
+                    .map_err(|e| AppError::Redis(e.to_string()))?,
+            ),
+        };
+        // Ready: the database answers, so do Redis and the master (in process, or over gRPC).
         let ready: ganglion_metrics::ReadinessCheck = Arc::new(move || {
-            let (db, master) = (ready_db.clone(), ready_master.clone());
+            let (db, master, redis) = (ready_db.clone(), ready_master.clone(), ready_redis.clone());
             Box::pin(async move {
-                db.ping().await.map_err(|error| format!("the database does not answer: {error}"))?;
-                master.positions().await.map_err(|error| format!("the master does not answer: {error}"))?;
-                Ok(())
+                // Every dependency is asked, so the answer names all that are down.
+                let mut down = Vec::new();
+                if let Err(error) = db.ping().await {
+                    down.push(format!("the database does not answer: {error}"));
+                }
+                if let Some(Err(error)) = match redis {
+                    Some(redis) => Some(redis.check().await),
+                    None => None,
+                } {
+                    down.push(format!("Redis does not answer: {error}"));
+                }
+                if let Err(error) = master.positions().await {
+                    down.push(format!("the master does not answer: {error}"));
+                }
+                if down.is_empty() { Ok(()) } else { Err(down.join("; ")) }
             })
         });
         let router = ganglion_metrics::router(metrics.clone(), ready);

@@ -50,7 +50,7 @@ fn unknown_version() -> MasterError {
     MasterError::not_found("Unknown backup version")
 }
 
-async fn commit(tx: sqlx::Transaction<'static, sqlx::Any>) -> MasterResult<()> {
+async fn commit(tx: ganglion_storage::Tx) -> MasterResult<()> {
     tx.commit().await.map_err(|e| internal(StorageError::from(e)))
 }
 

@@ -65,6 +65,7 @@ pub struct MasterService {
     backups: key_backup::BackupLocks,
     /// Live presence of the users who are not offline, and its timeouts.
     presence: presence::PresenceStore,
+    metrics: std::sync::OnceLock<Arc<ganglion_metrics::MasterMetrics>>,
 }
 
 impl MasterService {
@@ -95,10 +96,22 @@ impl MasterService {
             hashing: tokio::sync::Semaphore::new(2),
             backups: key_backup::BackupLocks::new(),
             presence,
+            metrics: std::sync::OnceLock::new(),
         });
         let task_service = service.clone();
         tokio::spawn(async move { sends::run(&task_service, jobs).await });
         Ok(service)
+    }
+
+    /// Counts events persisted and rejected and times write batches in `metrics` from now on.
+    pub fn count_in(&self, metrics: Arc<ganglion_metrics::MasterMetrics>) {
+        let _ = self.metrics.set(metrics);
+    }
+
+    pub(crate) fn count_rejected(&self, reason: &'static str) {
+        if let Some(metrics) = self.metrics.get() {
+            metrics.rejected(reason);
+        }
     }
 
     /// Expires typing notifications; run every second or so.

@@ -15,7 +15,6 @@ use ganglion_rpc::{MasterError, MasterResult};
 use ganglion_state::{Snapshot, StoredEvent};
 use ganglion_storage::{Connect, Db, events as event_store, rooms as room_store, state::StateEntry};
 use ganglion_types::{ErrorClass, EventNid, RoomNid, StreamPosition};
-use sqlx::{Any, Transaction};
 use tokio::sync::MutexGuard;
 
 use crate::{MasterService, internal};
@@ -96,7 +95,7 @@ pub(crate) fn check_template(
 /// for the first query that needs the database (or the commit) and go in one statement each,
 /// since every round trip to the database delays the whole batch.
 struct BatchTx {
-    tx: Transaction<'static, Any>,
+    tx: ganglion_storage::Tx,
     events: Vec<Arc<event_store::EventRow>>,
     txns: Vec<(event_store::TxnKey, String)>,
 }
@@ -118,7 +117,7 @@ impl BatchTx {
 impl Connect for BatchTx {
     async fn connection(&mut self) -> ganglion_storage::Result<&mut ganglion_storage::Conn> {
         self.flush().await?;
-        Ok(&mut *self.tx)
+        Ok(&mut **self.tx)
     }
 }
 
@@ -134,6 +133,8 @@ pub(crate) struct Batch<'w> {
     committed: bool,
     /// Set when a database error hit the transaction: it can only be rolled back.
     poisoned: bool,
+    /// When the batch took the writer.
+    started: std::time::Instant,
 }
 
 struct Appended {
@@ -146,6 +147,7 @@ struct Appended {
 impl<'w> Batch<'w> {
     pub(crate) async fn begin(svc: &'w MasterService) -> MasterResult<Batch<'w>> {
         let writer = svc.writer.lock().await;
+        let started = std::time::Instant::now();
         let tx = svc.db.begin().await.map_err(internal)?;
         let next_pos = writer.last_event_pos + 1;
         let next_nid = writer.last_event_nid + 1;
@@ -159,6 +161,7 @@ impl<'w> Batch<'w> {
             appended: Vec::new(),
             committed: false,
             poisoned: false,
+            started,
         })
     }
 
@@ -174,7 +177,7 @@ impl<'w> Batch<'w> {
             self.poisoned = true;
             return Err(internal(error));
         }
-        Ok(&mut *self.tx().tx)
+        Ok(&mut **self.tx().tx)
     }
 
     /// The head of a room, or `None` for an unknown room.
@@ -330,10 +333,14 @@ impl<'w> Batch<'w> {
         txn: Option<(&OwnedDeviceId, &str)>,
     ) -> MasterResult<StoredEvent> {
         let result = self.append_unchecked(room_id, sender, template, txn).await;
-        if let Err(error) = &result
-            && matches!(error.class, ErrorClass::Internal | ErrorClass::Unavailable)
-        {
-            self.poisoned = true;
+        if let Err(error) = &result {
+            match error.class {
+                ErrorClass::Internal | ErrorClass::Unavailable => self.poisoned = true,
+                ErrorClass::Forbidden => self.svc.count_rejected("forbidden"),
+                ErrorClass::TooLarge => self.svc.count_rejected("too_large"),
+                ErrorClass::NotFound => self.svc.count_rejected("unknown_room"),
+                _ => self.svc.count_rejected("invalid"),
+            }
         }
         result
     }
@@ -512,6 +519,9 @@ impl<'w> Batch<'w> {
         let tx = self.tx.take().expect("transaction is open until commit");
         tx.tx.commit().await.map_err(|e| internal(ganglion_storage::StorageError::from(e)))?;
         self.committed = true;
+        if let Some(metrics) = self.svc.metrics.get() {
+            metrics.committed(self.appended.len() as u64, self.started.elapsed());
+        }
         let caches = self.svc.caches.clone();
         for (room_id, head) in self.heads.drain() {
             self.writer.heads.insert(room_id, head);

@@ -3,7 +3,7 @@
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric as _},
-    metrics::{MetricType, gauge::ConstGauge},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
 };
 
 pub(crate) struct GaugeFn {
@@ -25,6 +25,30 @@ impl Collector for GaugeFn {
         for (value_label, value) in (self.values)() {
             let labels = [(self.label, value_label)];
             ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+pub(crate) struct CounterFn {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub label: &'static str,
+    pub values: Box<dyn Fn() -> Vec<(&'static str, u64)> + Send + Sync>,
+}
+
+impl std::fmt::Debug for CounterFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CounterFn").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl Collector for CounterFn {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(self.name, self.help, None, MetricType::Counter)?;
+        for (value_label, value) in (self.values)() {
+            let labels = [(self.label, value_label)];
+            ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
         }
         Ok(())
     }

@@ -135,11 +135,19 @@ impl MediaMetrics {
     }
 }
 
-/// `/sync` long-polls: how many wait now, and how often one is woken by news.
-#[derive(Debug, Clone, Default)]
+/// `/sync` long-polls: how many wait now, how often one is woken by news, and how long a woken
+/// one takes to answer.
+#[derive(Debug, Clone)]
 pub struct SyncMetrics {
     waiting: prometheus_client::metrics::gauge::Gauge,
     wakeups: Counter,
+    answers: Histogram,
+}
+
+impl Default for SyncMetrics {
+    fn default() -> SyncMetrics {
+        SyncMetrics { waiting: Default::default(), wakeups: Counter::default(), answers: latency_histogram() }
+    }
 }
 
 /// Counts a long-poll as waiting until dropped.
@@ -161,36 +169,59 @@ impl SyncMetrics {
     pub fn woken(&self) {
         self.wakeups.inc();
     }
+
+    /// A woken long-poll answered with news, `took` after it was woken.
+    pub fn answered(&self, took: Duration) {
+        self.answers.observe(took.as_secs_f64());
+    }
 }
 
 /// A worker's following of the master's streams: the delay from the master's publish to this
 /// process reading an entry from Redis, connections to Redis, catch-ups from the database.
 #[derive(Debug, Clone)]
 pub struct ReplicationMetrics {
-    lag: Histogram,
+    lag: Family<StreamLabels, Histogram, fn() -> Histogram>,
     redis_connects: Counter,
+    redis_dropped: Counter,
     catch_ups: Counter,
 }
 
 impl Default for ReplicationMetrics {
     fn default() -> ReplicationMetrics {
         ReplicationMetrics {
-            // 0.1 ms to about 3 s.
-            lag: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 15)),
+            lag: Family::new_with_constructor(lag_histogram as fn() -> Histogram),
             redis_connects: Counter::default(),
+            redis_dropped: Counter::default(),
             catch_ups: Counter::default(),
         }
     }
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StreamLabels {
+    stream: &'static str,
+}
+
+fn lag_histogram() -> Histogram {
+    // 0.1 ms to about 3 s.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 15))
+}
+
 impl ReplicationMetrics {
-    pub fn lag(&self, seconds: f64) {
-        self.lag.observe(seconds);
+    /// The delay of one entry of `stream`.
+    pub fn lag(&self, stream: &'static str, seconds: f64) {
+        self.lag.get_or_create(&StreamLabels { stream }).observe(seconds);
     }
 
     /// A connection to Redis made (the first, or after losing it).
     pub fn redis_connected(&self) {
         self.redis_connects.inc();
+    }
+
+    /// The master: stream entries that never reached Redis (it was down, or the queue was full);
+    /// workers read those rows from the database instead.
+    pub fn redis_dropped(&self, entries: u64) {
+        self.redis_dropped.inc_by(entries);
     }
 
     /// Rows read from the database instead of Redis (on connecting, and while Redis is down).
@@ -199,11 +230,14 @@ impl ReplicationMetrics {
     }
 }
 
-/// A worker's gRPC calls to the master, by method, from the worker's side.
+/// gRPC calls between workers and the master, by method: a worker's calls from its side, the
+/// master's from its own.
 #[derive(Debug, Clone)]
 pub struct GrpcMetrics {
     calls: Family<CallLabels, Counter>,
     latency: Family<MethodLabels, Histogram, fn() -> Histogram>,
+    served: Family<CallLabels, Counter>,
+    serving: Family<MethodLabels, Histogram, fn() -> Histogram>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -224,6 +258,74 @@ impl GrpcMetrics {
         self.calls.get_or_create(&CallLabels { method, outcome }).inc();
         self.latency.get_or_create(&MethodLabels { method }).observe(took.as_secs_f64());
     }
+
+    /// The master: counts one call of `method` it answered, by outcome (`ok`, `refused` for a
+    /// Matrix error the caller is told, `error` for a failure of the master), and its latency.
+    pub fn served(&self, method: &'static str, outcome: &'static str, took: Duration) {
+        self.served.get_or_create(&CallLabels { method, outcome }).inc();
+        self.serving.get_or_create(&MethodLabels { method }).observe(took.as_secs_f64());
+    }
+}
+
+/// The master's write path: events persisted, events refused, and its write batches.
+#[derive(Debug, Clone)]
+pub struct MasterMetrics {
+    persisted: Counter,
+    rejected: Family<ReasonLabels, Counter>,
+    batches: Histogram,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+impl Default for MasterMetrics {
+    fn default() -> MasterMetrics {
+        MasterMetrics {
+            persisted: Counter::default(),
+            rejected: Family::default(),
+            batches: latency_histogram(),
+        }
+    }
+}
+
+impl MasterMetrics {
+    /// Events committed by one write batch, and how long the batch held the writer.
+    pub fn committed(&self, events: u64, took: Duration) {
+        self.persisted.inc_by(events);
+        self.batches.observe(took.as_secs_f64());
+    }
+
+    /// An event refused before persisting; `reason` is its error class (`forbidden` for the auth
+    /// rules, `bad_json`, `too_large`, ...).
+    pub fn rejected(&self, reason: &'static str) {
+        self.rejected.get_or_create(&ReasonLabels { reason }).inc();
+    }
+}
+
+/// Database connections: how long a query waits for one, and how long it is held (a request's
+/// reads, a write transaction from begin to commit or rollback).
+#[derive(Debug, Clone)]
+pub struct DatabaseMetrics {
+    wait: Family<PoolLabels, Histogram, fn() -> Histogram>,
+    held: Family<PoolLabels, Histogram, fn() -> Histogram>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    pool: &'static str,
+}
+
+impl DatabaseMetrics {
+    /// `pool` is `read` (reads and single statements) or `transaction`.
+    pub fn waited(&self, pool: &'static str, took: Duration) {
+        self.wait.get_or_create(&PoolLabels { pool }).observe(took.as_secs_f64());
+    }
+
+    pub fn held(&self, pool: &'static str, took: Duration) {
+        self.held.get_or_create(&PoolLabels { pool }).observe(took.as_secs_f64());
+    }
 }
 
 /// Every metric of a process.
@@ -234,6 +336,8 @@ pub struct Metrics {
     pub sync: Arc<SyncMetrics>,
     pub replication: Arc<ReplicationMetrics>,
     pub grpc: Arc<GrpcMetrics>,
+    pub master: Arc<MasterMetrics>,
+    pub database: Arc<DatabaseMetrics>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -283,16 +387,26 @@ impl Metrics {
             "Waiting /sync requests woken by a row for their user or rooms",
             sync.wakeups.clone(),
         );
+        registry.register(
+            "sync_wake_to_answer_seconds",
+            "From news waking a waiting /sync to its answer being ready (what a user waits beyond replication)",
+            sync.answers.clone(),
+        );
         let replication = ReplicationMetrics::default();
         registry.register(
             "replication_lag_seconds",
-            "Workers: from the master's publish of a stream entry to this process reading it from Redis",
+            "Workers: from the master's publish of a stream entry to this process reading it from Redis, by stream",
             replication.lag.clone(),
         );
         registry.register(
             "redis_connects",
-            "Workers: connections made to Redis to follow the streams (the first, then reconnections)",
+            "Connections made to Redis (the first, then reconnections): workers follow the streams, the master publishes",
             replication.redis_connects.clone(),
+        );
+        registry.register(
+            "redis_entries_dropped",
+            "The master: stream entries not published to Redis (it was down, or the queue full); workers read them from the database",
+            replication.redis_dropped.clone(),
         );
         registry.register(
             "replication_catch_ups",
@@ -302,6 +416,8 @@ impl Metrics {
         let grpc = GrpcMetrics {
             calls: Family::default(),
             latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            served: Family::default(),
+            serving: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
         };
         registry.register(
             "grpc_client_calls",
@@ -313,6 +429,46 @@ impl Metrics {
             "Workers: latency of calls to the master by method",
             grpc.latency.clone(),
         );
+        registry.register(
+            "grpc_server_calls",
+            "The master: calls answered by method and outcome (ok, refused: a Matrix error for the caller, error: the master failed)",
+            grpc.served.clone(),
+        );
+        registry.register(
+            "grpc_server_duration_seconds",
+            "The master: time to answer a call, by method",
+            grpc.serving.clone(),
+        );
+        let master = MasterMetrics::default();
+        registry.register(
+            "events_persisted",
+            "The master: events committed to the database",
+            master.persisted.clone(),
+        );
+        registry.register(
+            "events_rejected",
+            "The master: events refused before persisting, by reason (forbidden: the auth rules)",
+            master.rejected.clone(),
+        );
+        registry.register(
+            "write_batch_duration_seconds",
+            "The master: how long each write batch held the writer, from taking it to commit",
+            master.batches.clone(),
+        );
+        let database = DatabaseMetrics {
+            wait: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            held: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+        };
+        registry.register(
+            "database_wait_seconds",
+            "Time to get a database connection, by pool (read, transaction)",
+            database.wait.clone(),
+        );
+        registry.register(
+            "database_use_seconds",
+            "How long a database connection was used: a request's reads (read) or a transaction from begin to end (transaction)",
+            database.held.clone(),
+        );
         Metrics {
             registry,
             http: Arc::new(http),
@@ -320,7 +476,25 @@ impl Metrics {
             sync: Arc::new(sync),
             replication: Arc::new(replication),
             grpc: Arc::new(grpc),
+            master: Arc::new(master),
+            database: Arc::new(database),
         }
+    }
+
+    /// Counters read on each scrape: `values` gives each `label` value's count (a cache's hits).
+    pub fn register_counter_fn(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        label: &'static str,
+        values: impl Fn() -> Vec<(&'static str, u64)> + Send + Sync + 'static,
+    ) {
+        self.registry.register_collector(Box::new(gauges::CounterFn {
+            name,
+            help,
+            label,
+            values: Box::new(values),
+        }));
     }
 
     /// A gauge read on each scrape: `values` gives each `label` value's reading (a stream's

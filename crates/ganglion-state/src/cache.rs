@@ -1,7 +1,14 @@
 //! Bounded in-memory caches. A two-generation map: lookups promote into the young generation;
 //! when it fills, the old generation is dropped. Cheap, lock-light, close enough to LRU.
 
-use std::{collections::HashMap, hash::Hash, sync::Arc};
+use std::{
+    collections::HashMap,
+    hash::Hash,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 use ganglion_types::{BlockNid, EventNid, RoomNid, SnapshotNid, StateKeyNid, TypeNid};
 use parking_lot::Mutex;
@@ -11,11 +18,23 @@ use crate::{Snapshot, StoredEvent};
 pub struct BoundedCache<K, V> {
     capacity: usize,
     inner: Mutex<(HashMap<K, V>, HashMap<K, V>)>,
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 impl<K: Eq + Hash + Clone, V: Clone> BoundedCache<K, V> {
     pub fn new(capacity: usize) -> Self {
-        BoundedCache { capacity: capacity.max(2), inner: Mutex::new((HashMap::new(), HashMap::new())) }
+        BoundedCache {
+            capacity: capacity.max(2),
+            inner: Mutex::new((HashMap::new(), HashMap::new())),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    /// Lookups that found their key, and lookups that did not.
+    pub fn hits_and_misses(&self) -> (u64, u64) {
+        (self.hits.load(Ordering::Relaxed), self.misses.load(Ordering::Relaxed))
     }
 
     pub fn get<Q>(&self, key: &Q) -> Option<V>
@@ -26,9 +45,14 @@ impl<K: Eq + Hash + Clone, V: Clone> BoundedCache<K, V> {
         let mut guard = self.inner.lock();
         let (young, old) = &mut *guard;
         if let Some(value) = young.get(key) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
             return Some(value.clone());
         }
-        let (key, value) = old.remove_entry(key)?;
+        let Some((key, value)) = old.remove_entry(key) else {
+            self.misses.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        self.hits.fetch_add(1, Ordering::Relaxed);
         Self::insert_young(self.capacity, young, old, key, value.clone());
         Some(value)
     }
@@ -124,6 +148,25 @@ impl Caches {
 }
 
 impl Caches {
+    /// Each cache's name with its hits and misses so far.
+    pub fn hits_and_misses(&self) -> Vec<(&'static str, (u64, u64))> {
+        vec![
+            ("snapshots", self.snapshots.hits_and_misses()),
+            ("state_blocks", self.blocks.hits_and_misses()),
+            ("events", self.events.hits_and_misses()),
+            ("event_ids", self.event_nids.hits_and_misses()),
+            ("event_types", self.type_nids.hits_and_misses()),
+            ("event_type_names", self.type_names.hits_and_misses()),
+            ("state_keys", self.state_key_nids.hits_and_misses()),
+            ("state_key_names", self.state_key_names.hits_and_misses()),
+            ("room_versions", self.room_versions.hits_and_misses()),
+            ("sessions", self.sessions.hits_and_misses()),
+            ("event_txns", self.event_txns.hits_and_misses()),
+            ("sync_events", self.sync_events.hits_and_misses()),
+            ("key_counts", self.key_counts.hits_and_misses()),
+        ]
+    }
+
     /// Forgets everything (after a rolled-back write whose ids the database may reuse).
     pub fn clear(&self) {
         self.forget_sessions();

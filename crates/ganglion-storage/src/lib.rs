@@ -121,6 +121,8 @@ struct ReadPool {
     idle: parking_lot::Mutex<Vec<AnyConnection>>,
     permits: Arc<tokio::sync::Semaphore>,
     size: usize,
+    /// Shared by every clone of the [`Db`]: set once the process's metrics exist.
+    metrics: std::sync::OnceLock<Arc<ganglion_metrics::DatabaseMetrics>>,
 }
 
 impl std::fmt::Debug for ReadPool {
@@ -151,6 +153,48 @@ impl Connect for DbConn {
 impl Connect for sqlx::Transaction<'_, sqlx::Any> {
     async fn connection(&mut self) -> Result<&mut Conn> {
         Ok(&mut **self)
+    }
+}
+
+impl Connect for Tx {
+    async fn connection(&mut self) -> Result<&mut Conn> {
+        Ok(&mut ***self)
+    }
+}
+
+/// A transaction from [`Db::begin`]: sqlx's, timed from begin to commit or rollback. Dropping it
+/// uncommitted rolls it back.
+pub struct Tx {
+    tx: Option<sqlx::Transaction<'static, sqlx::Any>>,
+    began: std::time::Instant,
+    readers: Arc<ReadPool>,
+}
+
+impl Tx {
+    pub async fn commit(mut self) -> Result<(), sqlx::Error> {
+        self.tx.take().expect("transaction is open until commit").commit().await
+    }
+}
+
+impl std::ops::Deref for Tx {
+    type Target = sqlx::Transaction<'static, sqlx::Any>;
+
+    fn deref(&self) -> &Self::Target {
+        self.tx.as_ref().expect("transaction is open until commit")
+    }
+}
+
+impl std::ops::DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.tx.as_mut().expect("transaction is open until commit")
+    }
+}
+
+impl Drop for Tx {
+    fn drop(&mut self) {
+        if let Some(metrics) = self.readers.metrics.get() {
+            metrics.held("transaction", self.began.elapsed());
+        }
     }
 }
 
@@ -192,6 +236,7 @@ pub struct DbConn {
     conn: Option<AnyConnection>,
     failures_at_acquire: u64,
     readers: Arc<ReadPool>,
+    acquired: std::time::Instant,
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
@@ -213,6 +258,9 @@ impl Drop for DbConn {
     fn drop(&mut self) {
         // A connection dropped mid-query is still fine to reuse: sqlx waits for the previous
         // command to finish before running the next one on it.
+        if let Some(metrics) = self.readers.metrics.get() {
+            metrics.held("read", self.acquired.elapsed());
+        }
         let failures = CONNECTION_FAILURES.load(std::sync::atomic::Ordering::Relaxed);
         if let Some(conn) = self.conn.take()
             && failures == self.failures_at_acquire
@@ -265,6 +313,7 @@ impl Db {
             idle: parking_lot::Mutex::new(Vec::new()),
             permits: Arc::new(tokio::sync::Semaphore::new(max_connections as usize)),
             size: max_connections as usize,
+            metrics: std::sync::OnceLock::new(),
         });
         let db = Db { pool, backend, readers };
         migrations::run(&db).await?;
@@ -273,6 +322,7 @@ impl Db {
 
     /// A connection for reads and single-statement writes.
     pub async fn conn(&self) -> Result<DbConn> {
+        let asked = std::time::Instant::now();
         let permit = tokio::time::timeout(
             std::time::Duration::from_secs(10),
             self.readers.permits.clone().acquire_owned(),
@@ -290,7 +340,22 @@ impl Db {
                 conn
             }
         };
-        Ok(DbConn { conn: Some(conn), failures_at_acquire, readers: self.readers.clone(), _permit: permit })
+        let acquired = std::time::Instant::now();
+        if let Some(metrics) = self.readers.metrics.get() {
+            metrics.waited("read", acquired - asked);
+        }
+        Ok(DbConn {
+            conn: Some(conn),
+            failures_at_acquire,
+            readers: self.readers.clone(),
+            acquired,
+            _permit: permit,
+        })
+    }
+
+    /// Times connection waits and uses in `metrics` from now on (every clone of this handle).
+    pub fn count_in(&self, metrics: Arc<ganglion_metrics::DatabaseMetrics>) {
+        let _ = self.readers.metrics.set(metrics);
     }
 
     /// Connections of the read pool in use, its size, and the transaction pool's open and idle
@@ -316,14 +381,21 @@ impl Db {
         LazyConn { db: self.clone(), conn: None }
     }
 
-    pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
-        if self.backend == Backend::Sqlite {
+    pub async fn begin(&self) -> Result<Tx> {
+        let asked = std::time::Instant::now();
+        let tx = if self.backend == Backend::Sqlite {
             // A deferred transaction that reads, then writes while another connection writes,
             // fails at once with SQLITE_BUSY (busy_timeout cannot help it); taking the write
             // lock up front makes concurrent writers wait their turn instead.
-            return Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?);
+            self.pool.begin_with("BEGIN IMMEDIATE").await?
+        } else {
+            self.pool.begin().await?
+        };
+        let began = std::time::Instant::now();
+        if let Some(metrics) = self.readers.metrics.get() {
+            metrics.waited("transaction", began - asked);
         }
-        Ok(self.pool.begin().await?)
+        Ok(Tx { tx: Some(tx), began, readers: self.readers.clone() })
     }
 }
 

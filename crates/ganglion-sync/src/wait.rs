@@ -106,6 +106,8 @@ async fn long_poll(
 ) -> Result<SyncBatch, SyncError> {
     let mut listening: Option<Listening> = None;
     let _waiting = waits.then(|| state.metrics.waiting());
+    // When news last woke this long-poll: its answer is timed from then.
+    let mut woke: Option<Instant> = None;
     // A client polling right after its last response usually finds nothing new: when no stream
     // moved past `since`, listen first and compute only once something arrives.
     if waits && let Some(since) = &request.since {
@@ -114,7 +116,7 @@ async fn long_poll(
             let rooms = compute::joined_room_ids(state, request.user_id).await?;
             let fresh = listening.insert(Listening::new(state, request.user_id, &rooms));
             if state.positions.current() == current {
-                woken(state, tokio::time::timeout_at(deadline, fresh.listener.notified()).await);
+                woke = woken(state, tokio::time::timeout_at(deadline, fresh.listener.notified()).await);
             }
         }
     }
@@ -123,12 +125,17 @@ async fn long_poll(
         let next = compute::next_token(current, request.since.as_ref());
         let batch = compute::sync_batch(state, request, next).await?;
         if !waits || !batch.is_empty() || Instant::now() >= deadline {
+            if let Some(woke) = woke
+                && !batch.is_empty()
+            {
+                state.metrics.answered(woke.elapsed());
+            }
             return Ok(batch);
         }
         match &listening {
             Some(listening) if listening.covers(&batch.joined_room_ids) => {
                 // On timeout, compute once more: the loop then returns as the deadline passed.
-                woken(state, tokio::time::timeout_at(deadline, listening.listener.notified()).await);
+                woke = woken(state, tokio::time::timeout_at(deadline, listening.listener.notified()).await);
             }
             _ => {
                 // The first empty response (or the user joined a room): the rooms are known only
@@ -136,16 +143,17 @@ async fn long_poll(
                 // so wait only if nothing moved since; otherwise compute again right away.
                 let fresh = listening.insert(Listening::new(state, request.user_id, &batch.joined_room_ids));
                 if state.positions.current() == current {
-                    woken(state, tokio::time::timeout_at(deadline, fresh.listener.notified()).await);
+                    woke = woken(state, tokio::time::timeout_at(deadline, fresh.listener.notified()).await);
                 }
             }
         }
     }
 }
 
-/// Counts a wait that ended with news rather than its deadline.
-fn woken(state: &SyncState, waited: Result<(), tokio::time::error::Elapsed>) {
-    if waited.is_ok() {
+/// Counts a wait that ended with news rather than its deadline, and says when it did.
+fn woken(state: &SyncState, waited: Result<(), tokio::time::error::Elapsed>) -> Option<Instant> {
+    waited.is_ok().then(|| {
         state.metrics.woken();
-    }
+        Instant::now()
+    })
 }

@@ -283,7 +283,7 @@ impl Follower {
                     if let Some(sent) = entry.int("t") {
                         let lag_ms = (now - sent).max(0) as f64 / 1000.0;
                         if let Some(metrics) = self.metrics.get() {
-                            metrics.lag(lag_ms / 1000.0);
+                            metrics.lag(kind.as_str(), lag_ms / 1000.0);
                         }
                         lags.push(lag_ms);
                     }

@@ -53,6 +53,31 @@ fn key_of(kind: StreamKind) -> &'static str {
 
 const CACHES_KEY: &str = "ganglion:caches";
 
+/// Tells whether Redis answers, for a process's readiness.
+#[derive(Clone)]
+pub struct RedisProbe {
+    client: redis::Client,
+}
+
+impl RedisProbe {
+    pub fn new(redis_url: &str) -> Result<RedisProbe, redis::RedisError> {
+        Ok(RedisProbe { client: redis::Client::open(redis_url)? })
+    }
+
+    /// `Ok` when a new connection to Redis answers a PING within a second.
+    pub async fn check(&self) -> Result<(), String> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(std::time::Duration::from_secs(1)))
+            .set_response_timeout(Some(std::time::Duration::from_secs(1)));
+        let mut conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|error| error.to_string())?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await.map(drop).map_err(|error| error.to_string())
+    }
+}
+
 /// An event row as the `ev` field: `[nid, pos, id, room, depth, type, state_key, sender, ts,
 /// snapshot, replaces, redacted_by, json]`.
 fn encode_event(row: &EventRow) -> String {

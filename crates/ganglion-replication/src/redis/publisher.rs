@@ -42,7 +42,7 @@ pub struct RedisBus {
     typing: Arc<TypingStore>,
     queue: mpsc::Sender<Outgoing>,
     invalidations: AtomicU64,
-    dropped: Arc<AtomicU64>,
+    counts: Arc<Counts>,
 }
 
 impl RedisBus {
@@ -54,25 +54,49 @@ impl RedisBus {
         redis_url: &str,
         maxlen: u64,
         epoch: u64,
+        metrics: Option<Arc<ganglion_metrics::ReplicationMetrics>>,
     ) -> Result<RedisBus, redis::RedisError> {
         let client = redis::Client::open(redis_url)?;
         let (queue, outgoing) = mpsc::channel(QUEUE);
-        let dropped = Arc::new(AtomicU64::new(0));
-        tokio::spawn(run(client, outgoing, maxlen, epoch, dropped.clone()));
-        Ok(RedisBus { local, typing, queue, invalidations: AtomicU64::new(0), dropped })
+        let counts = Arc::new(Counts { dropped: AtomicU64::new(0), metrics });
+        tokio::spawn(run(client, outgoing, maxlen, epoch, counts.clone()));
+        Ok(RedisBus { local, typing, queue, invalidations: AtomicU64::new(0), counts })
     }
 
     /// Entries that never reached Redis (queue full or Redis unreachable).
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.counts.dropped.load(Ordering::Relaxed)
     }
 
     fn enqueue(&self, outgoing: Outgoing) {
         if self.queue.try_send(outgoing).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.counts.dropped(1);
+        }
+    }
+}
+
+/// What the publishing task counts: entries that never reached Redis, and its connections.
+struct Counts {
+    dropped: AtomicU64,
+    metrics: Option<Arc<ganglion_metrics::ReplicationMetrics>>,
+}
+
+impl Counts {
+    fn dropped(&self, entries: usize) {
+        self.dropped.fetch_add(entries as u64, Ordering::Relaxed);
+        if let Some(metrics) = &self.metrics {
+            metrics.redis_dropped(entries as u64);
         }
     }
 
+    fn connected(&self) {
+        if let Some(metrics) = &self.metrics {
+            metrics.redis_connected();
+        }
+    }
+}
+
+impl RedisBus {
     fn enqueue_row(&self, row: &StreamRow) {
         let typers = match (row.kind, &row.room_id) {
             (StreamKind::Typing, Some(room)) => Some(self.typing.typing_in_room(room)),
@@ -114,7 +138,7 @@ async fn run(
     mut outgoing: mpsc::Receiver<Outgoing>,
     maxlen: u64,
     epoch: u64,
-    dropped: Arc<AtomicU64>,
+    counts: Arc<Counts>,
 ) {
     let mut connection: Option<MultiplexedConnection> = None;
     let mut outage = Outage::new("publisher");
@@ -127,7 +151,7 @@ async fn run(
                 flushed.push(done);
             }
         }
-        publish_batch(&client, &mut connection, &mut outage, &mut batch, maxlen, epoch, &dropped).await;
+        publish_batch(&client, &mut connection, &mut outage, &mut batch, maxlen, epoch, &counts).await;
         for done in flushed.drain(..) {
             let _ = done.send(());
         }
@@ -141,20 +165,23 @@ async fn publish_batch(
     batch: &mut Vec<Outgoing>,
     maxlen: u64,
     epoch: u64,
-    dropped: &AtomicU64,
+    counts: &Counts,
 ) {
     if batch.is_empty() {
         return;
     }
     if connection.is_none() && outage.may_retry(Instant::now()) {
         match connect(client).await {
-            Ok(connected) => *connection = Some(connected),
+            Ok(connected) => {
+                counts.connected();
+                *connection = Some(connected);
+            }
             // Don't stall the queue on a dead Redis: drop for a while, workers poll meanwhile.
             Err(error) => outage.failed(Instant::now(), "cannot reach Redis", &error),
         }
     }
     let Some(conn) = connection.as_mut() else {
-        dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        counts.dropped(batch.len());
         outage.dropped(batch.len() as u64);
         batch.clear();
         return;
@@ -176,18 +203,18 @@ async fn publish_batch(
             let _ = reset.query_async::<()>(conn).await;
             outage.recovered(Instant::now());
             if pipe.query_async::<()>(conn).await.is_err() {
-                dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                counts.dropped(batch.len());
             }
         }
         Ok(Err(error)) => {
             outage.failed(Instant::now(), "publishing to Redis failed", &error);
-            dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            counts.dropped(batch.len());
             outage.dropped(batch.len() as u64);
             *connection = None;
         }
         Err(_) => {
             outage.failed(Instant::now(), "publishing to Redis failed", &"timed out");
-            dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            counts.dropped(batch.len());
             outage.dropped(batch.len() as u64);
             *connection = None;
         }

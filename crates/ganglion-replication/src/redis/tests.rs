@@ -101,7 +101,7 @@ mod live {
             Notifier::new(),
             Arc::new(RecentEvents::new(SyncToken::default())),
         );
-        let bus = RedisBus::start(local, master_typing.clone(), &redis.url(), 1000, EPOCH).unwrap();
+        let bus = RedisBus::start(local, master_typing.clone(), &redis.url(), 1000, EPOCH, None).unwrap();
 
         let positions = Arc::new(Positions::new(SyncToken::default()));
         let typing = Arc::new(TypingStore::new());

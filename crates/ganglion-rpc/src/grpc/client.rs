@@ -17,7 +17,7 @@ use tonic::{
 };
 
 use super::{
-    POSITIONS, TRACEPARENT,
+    POSITIONS, TRACEPARENT, method_name,
     status::{error_from_status, invalid_answer, unavailable},
 };
 use crate::{AfterCall, Answer, Call, MasterResult, Streams, TypingSnapshot, trace};
@@ -187,13 +187,6 @@ impl RemoteMaster {
             Err(_elapsed) => Err(unavailable()),
         }
     }
-}
-
-/// The call's name from its request message's type (`SendEventRequest` → `SendEvent`).
-fn method_name<Req>() -> &'static str {
-    let name = std::any::type_name::<Req>();
-    let name = name.rsplit("::").next().unwrap_or(name);
-    name.strip_suffix("Request").unwrap_or(name)
 }
 
 #[async_trait]

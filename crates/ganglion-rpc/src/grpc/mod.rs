@@ -23,3 +23,10 @@ const POSITIONS: &str = "ganglion-positions";
 
 #[cfg(test)]
 pub(crate) mod tests;
+
+/// The call's name from its request message's type (`SendEventRequest` → `SendEvent`).
+pub(crate) fn method_name<Req>() -> &'static str {
+    let name = std::any::type_name::<Req>();
+    let name = name.rsplit("::").next().unwrap_or(name);
+    name.strip_suffix("Request").unwrap_or(name)
+}

@@ -19,16 +19,19 @@ use tonic::{
 use tracing::Instrument;
 
 use super::{POSITIONS, TRACEPARENT, status::status_from_error};
+use ganglion_types::ErrorClass;
+
 use crate::{Answer, Master, MasterResult, Streams, trace};
 
 /// Serves `master` on `listener` until `shutdown` completes, then waits for open calls to end.
 pub async fn serve(
     master: Arc<dyn Master>,
     listener: TcpListener,
+    metrics: Option<Arc<ganglion_metrics::GrpcMetrics>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let adapter = Adapter { service: master };
+    let adapter = Adapter { service: master, metrics };
     Server::builder()
         // Notices a worker that vanished without closing its connection.
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
@@ -47,11 +50,12 @@ pub async fn serve(
 /// One of the master's services (or several) as a gRPC server.
 pub(crate) struct Adapter<S: ?Sized> {
     pub(crate) service: Arc<S>,
+    pub(crate) metrics: Option<Arc<ganglion_metrics::GrpcMetrics>>,
 }
 
 impl<S: ?Sized> Clone for Adapter<S> {
     fn clone(&self) -> Self {
-        Adapter { service: self.service.clone() }
+        Adapter { service: self.service.clone(), metrics: self.metrics.clone() }
     }
 }
 
@@ -74,9 +78,20 @@ impl<S: Streams + ?Sized> Adapter<S> {
             .filter(|value| trace::is_valid(value))
             .map_or_else(trace::new_traceparent, str::to_owned);
         let span = tracing::info_span!("rpc", method, traceparent = %traceparent);
+        let started = std::time::Instant::now();
         let result = trace::scope(traceparent, handler(self.service.clone(), request.into_inner()))
             .instrument(span)
             .await;
+        if let Some(metrics) = &self.metrics {
+            let outcome = match &result {
+                Ok(_) => "ok",
+                Err(error) if matches!(error.class, ErrorClass::Internal | ErrorClass::Unavailable) => {
+                    "error"
+                }
+                Err(_) => "refused",
+            };
+            metrics.served(super::method_name::<Req>(), outcome, started.elapsed());
+        }
         let mut response = Response::new(result.map_err(status_from_error)?);
         if let Ok(positions) = self.service.positions().await
             && let Ok(value) = positions.to_string().parse()

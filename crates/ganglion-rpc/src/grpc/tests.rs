@@ -211,7 +211,7 @@ async fn start_on(fake: Arc<Fake>, address: SocketAddr) -> (SocketAddr, oneshot:
     let listener = TcpListener::bind(address).await.unwrap();
     let address = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(serve(fake, listener, async {
+    tokio::spawn(serve(fake, listener, None, async {
         let _ = stopped.await;
     }));
     (address, stop)
