@@ -46,6 +46,7 @@ mod accounts;
 mod backup;
 mod chat;
 mod config;
+mod dashboards;
 mod e2ee;
 mod errors;
 mod ignoring;

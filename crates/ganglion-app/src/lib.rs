@@ -88,6 +88,7 @@ pub async fn run(
     let db = Db::connect(&config.database_url(), config.database.max_connections).await?;
     tracing::info!(backend = ?db.backend, role = role.as_str(), "database ready");
     let mut metrics = ganglion_metrics::Metrics::new();
+    metrics.identify(role.as_str(), &config.worker.name);
 
     // One `shutdown` for every server of the process.
     let (stop, stopped) = tokio::sync::watch::channel(false);

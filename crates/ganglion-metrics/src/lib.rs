@@ -328,9 +328,17 @@ impl DatabaseMetrics {
     }
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InfoLabels {
+    version: &'static str,
+    role: &'static str,
+    name: String,
+}
+
 /// Every metric of a process.
 pub struct Metrics {
     registry: Registry,
+    info: Family<InfoLabels, prometheus_client::metrics::gauge::Gauge>,
     pub http: Arc<HttpMetrics>,
     pub media: Arc<MediaMetrics>,
     pub sync: Arc<SyncMetrics>,
@@ -354,6 +362,12 @@ fn latency_histogram() -> Histogram {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("ganglion");
+        let info = Family::<InfoLabels, prometheus_client::metrics::gauge::Gauge>::default();
+        registry.register(
+            "build_info",
+            "Always 1: the process's version, role and instance name, to select processes by role (`* on(instance) group_left(role) ganglion_build_info`)",
+            info.clone(),
+        );
         let http = HttpMetrics {
             requests: Family::default(),
             latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
@@ -471,6 +485,7 @@ impl Metrics {
         );
         Metrics {
             registry,
+            info,
             http: Arc::new(http),
             media: Arc::new(media),
             sync: Arc::new(sync),
@@ -479,6 +494,12 @@ impl Metrics {
             master: Arc::new(master),
             database: Arc::new(database),
         }
+    }
+
+    /// Names the process in `ganglion_build_info`: its role and instance name.
+    pub fn identify(&self, role: &'static str, name: &str) {
+        let labels = InfoLabels { version: env!("CARGO_PKG_VERSION"), role, name: name.to_owned() };
+        self.info.get_or_create(&labels).set(1);
     }
 
     /// Counters read on each scrape: `values` gives each `label` value's count (a cache's hits).
