@@ -49,6 +49,7 @@ mod config;
 mod dashboards;
 mod e2ee;
 mod errors;
+mod haproxy;
 mod ignoring;
 mod interop;
 mod legacy;
@@ -67,6 +68,7 @@ mod sliding_sync_sdk;
 mod strangers;
 mod sync;
 mod sync_memory;
+mod traces;
 
 /// Upper bound for one scenario, server start included, so a hung server fails instead of hanging.
 const SCENARIO_DEADLINE: Duration = Duration::from_secs(300);

@@ -174,7 +174,7 @@ async fn nothing_acknowledged_is_lost_or_duplicated_through_faults() {
             acknowledged.push(sender.await?);
         }
         let total: usize = acknowledged.iter().map(Vec::len).sum();
-        anyhow::ensure!(total > 100, "only {total} sends were acknowledged: the load did not run");
+        anyhow::ensure!(total > 50, "only {total} sends were acknowledged: the load did not run");
         let all: BTreeSet<String> = acknowledged.iter().flatten().cloned().collect();
 
         // Every reader gets every acknowledged event (bounded), then stops.

@@ -7,10 +7,13 @@
 //! (a media worker for the revoked sessions of the caches stream).
 
 mod auth;
+mod balancer;
 mod cluster;
+pub mod haproxy;
 pub mod nginx;
 
 use std::{future::Future, sync::Arc, time::Duration};
+use tracing::Instrument as _;
 
 use axum::{Router, extract::Request, middleware::Next, response::Response};
 use ganglion_client::ClientState;
@@ -414,13 +417,37 @@ pub async fn run(
         async move {
             replace_peer_with_forwarded_client(&mut request, &trusted_proxies);
             // Continue the caller's trace, or start one; gRPC calls made for this request carry it.
-            let traceparent = request
-                .headers()
-                .get("traceparent")
-                .and_then(|v| v.to_str().ok())
-                .map(ganglion_rpc::trace::child_of)
-                .unwrap_or_else(ganglion_rpc::trace::new_traceparent);
-            let mut response: Response = ganglion_rpc::trace::scope(traceparent, next.run(request)).await;
+            let caller =
+                request.headers().get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let mut response: Response = if ganglion_telemetry::exporting() {
+                let route = request
+                    .extensions()
+                    .get::<axum::extract::MatchedPath>()
+                    .map_or_else(|| request.uri().path().to_owned(), |path| path.as_str().to_owned());
+                let span = tracing::info_span!(
+                    "http.request",
+                    otel.name = %format!("{} {route}", request.method()),
+                    otel.kind = "server",
+                    http.request.method = %request.method(),
+                    http.route = %route,
+                    http.response.status_code = tracing::field::Empty,
+                );
+                if let Some(caller) = &caller {
+                    ganglion_telemetry::continue_trace(&span, caller);
+                }
+                let traceparent = ganglion_telemetry::traceparent(&span)
+                    .unwrap_or_else(ganglion_rpc::trace::new_traceparent);
+                let response =
+                    ganglion_rpc::trace::scope(traceparent, next.run(request)).instrument(span.clone()).await;
+                span.record("http.response.status_code", response.status().as_u16());
+                response
+            } else {
+                let traceparent = caller
+                    .as_deref()
+                    .map(ganglion_rpc::trace::child_of)
+                    .unwrap_or_else(ganglion_rpc::trace::new_traceparent);
+                ganglion_rpc::trace::scope(traceparent, next.run(request)).await
+            };
             response.headers_mut().insert("x-ganglion-instance", instance);
             response
         }

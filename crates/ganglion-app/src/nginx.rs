@@ -4,11 +4,13 @@
 //! `ganglion routes --format nginx` prints it. Rendering only: nothing here runs nginx or checks
 //! that the instances are up.
 
-use std::{collections::BTreeMap, fmt::Write as _};
+use std::fmt::Write as _;
 
 use ganglion_config::Config;
 use ganglion_http::RouteInfo;
-use ganglion_types::{EndpointClass, Role};
+use ganglion_types::EndpointClass;
+
+use crate::balancer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NginxError {
@@ -28,39 +30,20 @@ const MEDIA_READ_TIMEOUT: &str = "3m";
 /// `nginx -p <dir> -c <dir>/nginx.conf -g 'daemon off;'`. Fails if a route (or the fallback for
 /// unknown paths, which client-readers answer) has no role in `instance_map` to go to.
 pub fn nginx_config(config: &Config, routes: &[RouteInfo]) -> Result<String, NginxError> {
-    let mut roles: Vec<Role> = config.instance_map.values().map(|instance| instance.role).collect();
-    roles.sort_by_key(|role| preference(*role));
-    roles.dedup();
-
-    // Every class in play has a role, checked in class order so the error is the same whatever
-    // the route order; unknown paths need a client-reader (they answer 404 M_UNRECOGNIZED).
-    let mut needed: BTreeMap<EndpointClass, String> = BTreeMap::new();
-    for route in routes {
-        needed.entry(route.class).or_insert_with(|| format!("{} {}", route.method, route.path));
-    }
-    needed.entry(EndpointClass::ClientRead).or_insert_with(|| "unknown paths".into());
-    let mut upstream_of: BTreeMap<EndpointClass, &'static str> = BTreeMap::new();
-    for (class, route) in needed {
-        let role =
-            roles.iter().find(|role| role.serves(class)).ok_or(NginxError::Unserved { class, route })?;
-        upstream_of.insert(class, upstream(*role));
-    }
+    let roles = balancer::roles(config);
+    let upstream_of = balancer::pool_of_class(&roles, routes)
+        .map_err(|(class, route)| NginxError::Unserved { class, route })?;
     let fallback = upstream_of[&EndpointClass::ClientRead];
 
-    let mut by_path: BTreeMap<&str, Vec<&RouteInfo>> = BTreeMap::new();
-    for route in routes {
-        by_path.entry(&route.path).or_default().push(route);
-    }
+    let by_path = balancer::by_path(routes);
     let mut locations = Vec::with_capacity(by_path.len());
-    for (path, mut routes) in by_path {
-        routes.sort();
+    for (path, routes) in by_path {
         let upstreams =
             routes.iter().map(|route| (route.method.as_str(), upstream_of[&route.class])).collect();
         locations.push(Location { path, regex: location_regex(path)?, routes, upstreams });
     }
-    // nginx takes the first matching regex location; ordering static segments before parameters
-    // gives the router's precedence (`/x/literal` over `/x/{param}`) where paths overlap.
-    locations.sort_by(|a, b| precedence(a.path).cmp(&precedence(b.path)).then(a.path.cmp(b.path)));
+    // nginx takes the first matching regex location.
+    locations.sort_by(|a, b| balancer::path_order(a.path, b.path));
 
     let mut out = String::new();
     // `fmt::Write` for a `String` cannot fail; the results below are ignored for that reason.
@@ -107,8 +90,11 @@ http {{
     );
 
     for role in &roles {
-        let _ =
-            writeln!(out, "\n    upstream {} {{\n        hash $ganglion_token consistent;", upstream(*role));
+        let _ = writeln!(
+            out,
+            "\n    upstream {} {{\n        hash $ganglion_token consistent;",
+            balancer::pool(*role)
+        );
         for (name, instance) in config.instances_of(*role) {
             let _ = writeln!(out, "        server {}; # {name}", instance.http);
         }
@@ -233,117 +219,28 @@ struct Location<'a> {
     upstreams: Vec<(&'a str, &'static str)>,
 }
 
-/// Which role gets a class several roles serve; lower wins. The master is the single writer, so
-/// it gets only what no worker serves.
-fn preference(role: Role) -> u8 {
-    match role {
-        Role::ClientReader => 0,
-        Role::Sync => 1,
-        Role::Media => 2,
-        Role::All => 3,
-        Role::Master => 4,
-    }
-}
-
-fn upstream(role: Role) -> &'static str {
-    match role {
-        Role::All => "ganglion_all",
-        Role::Master => "ganglion_master",
-        Role::Sync => "ganglion_sync",
-        Role::ClientReader => "ganglion_client_reader",
-        Role::Media => "ganglion_media",
-    }
-}
-
-/// Per segment: static (0) before parameter (1) before catch-all (2); parameter names ignored.
-fn precedence(path: &str) -> Vec<(u8, &str)> {
-    path.split('/')
-        .map(|segment| match segment.find('{') {
-            None => (0, segment),
-            Some(start) if segment[start + 1..].starts_with('*') => (2, ""),
-            Some(_) => (1, ""),
-        })
-        .collect()
-}
-
-/// `^…$` with each `{param}` as one segment (`[^/]+`), `{*rest}` as the remainder, and the
-/// literal parts escaped. Written inside double quotes, so it may not hold `"` or `\`.
+/// The route's path as a location regex, written inside double quotes: it may not hold `"` or
+/// `\`.
 fn location_regex(path: &str) -> Result<String, NginxError> {
-    let bad = || NginxError::BadPath(path.to_owned());
-    let mut regex = String::from("^");
-    let mut rest = path;
-    while let Some(start) = rest.find('{') {
-        let end = rest[start..].find('}').ok_or_else(bad)? + start;
-        escape_literal(&mut regex, &rest[..start]).ok_or_else(bad)?;
-        regex.push_str(if rest[start + 1..].starts_with('*') { ".+" } else { "[^/]+" });
-        rest = &rest[end + 1..];
-    }
-    escape_literal(&mut regex, rest).ok_or_else(bad)?;
-    regex.push('$');
-    Ok(regex)
-}
-
-fn escape_literal(regex: &mut String, literal: &str) -> Option<()> {
-    for c in literal.chars() {
-        match c {
-            '"' | '\\' | '{' | '}' => return None,
-            c if c.is_whitespace() || c.is_control() => return None,
-            '.' | '^' | '$' | '*' | '+' | '?' | '(' | ')' | '[' | ']' | '|' => {
-                regex.push('\\');
-                regex.push(c);
-            }
-            c => regex.push(c),
-        }
-    }
-    Some(())
+    balancer::path_regex(path, |c| matches!(c, '"' | '\\'))
+        .ok_or_else(|| NginxError::BadPath(path.to_owned()))
 }
 
 #[cfg(test)]
 mod tests {
-    use std::{collections::BTreeSet, net::SocketAddr};
-
-    use ganglion_config::InstanceConfig;
-
     use super::*;
-
-    fn cluster(roles: &[(&str, Role)]) -> Config {
-        let mut config = Config::production_default();
-        for (port, (name, role)) in (9001..).zip(roles) {
-            let http = SocketAddr::from(([10, 0, 0, 1], port));
-            let grpc = (*role == Role::Master).then(|| SocketAddr::from(([10, 0, 0, 1], port + 1000)));
-            config
-                .instance_map
-                .insert((*name).to_owned(), InstanceConfig { role: *role, http, grpc, metrics: None });
-        }
-        config
-    }
-
-    fn route(method: &str, path: &str, class: EndpointClass) -> RouteInfo {
-        RouteInfo { method: method.into(), path: path.into(), class, streams_body: false }
-    }
-
-    const FULL: &[(&str, Role)] = &[
-        ("reader2", Role::ClientReader),
-        ("master", Role::Master),
-        ("sync1", Role::Sync),
-        ("reader1", Role::ClientReader),
-        ("media1", Role::Media),
-    ];
+    use crate::balancer::fixtures::{
+        FULL, cluster, mixed_routes, precedence_routes, rendered_in_any_order, unserved_classes_are_errors,
+    };
 
     #[test]
     fn output_is_deterministic_with_one_location_per_path() {
-        let routes = crate::route_table();
-        let rendered = nginx_config(&cluster(FULL), &routes).unwrap();
-        let mut reversed = routes.clone();
-        reversed.reverse();
-        assert_eq!(rendered, nginx_config(&cluster(FULL), &reversed).unwrap());
-
-        let paths: BTreeSet<&str> = routes.iter().map(|route| route.path.as_str()).collect();
+        let (rendered, paths) = rendered_in_any_order(nginx_config);
         let locations: Vec<&str> =
             rendered.lines().filter_map(|line| line.trim().strip_prefix("location ~ ")).collect();
         assert_eq!(locations.len(), paths.len());
         for path in paths {
-            let location = format!("\"{}\" {{", location_regex(path).unwrap());
+            let location = format!("\"{}\" {{", location_regex(&path).unwrap());
             assert_eq!(locations.iter().filter(|l| **l == location).count(), 1, "{path}");
         }
         assert_eq!(rendered.matches("location / {").count(), 1);
@@ -383,34 +280,14 @@ mod tests {
 
     #[test]
     fn a_class_no_instance_serves_is_an_error() {
-        let config = cluster(&[("master", Role::Master), ("sync1", Role::Sync)]);
-        let error = nginx_config(&config, &crate::route_table()).unwrap_err();
+        let error = unserved_classes_are_errors(nginx_config);
         assert!(error.to_string().contains("client_read"), "{error}");
         assert!(matches!(error, NginxError::Unserved { class: EndpointClass::ClientRead, .. }), "{error}");
-
-        let config_without_sync = cluster(&[("master", Role::Master), ("reader1", Role::ClientReader)]);
-        let error = nginx_config(&config_without_sync, &crate::route_table()).unwrap_err();
-        assert_eq!(
-            error.to_string(),
-            "no instance in instance_map serves sync endpoints (needed by GET /_matrix/client/r0/sync)"
-        );
-
-        // The fallback for unknown paths needs a client-reader too.
-        let routes = [route("GET", "/_matrix/client/v3/sync", EndpointClass::Sync)];
-        let error = nginx_config(&config, &routes).unwrap_err();
-        assert_eq!(
-            error.to_string(),
-            "no instance in instance_map serves client_read endpoints (needed by unknown paths)"
-        );
     }
 
     #[test]
     fn a_path_whose_methods_need_different_roles_is_routed_by_method() {
-        let routes = [
-            route("PUT", "/_matrix/client/v3/mixed/{id}", EndpointClass::ClientWrite),
-            route("GET", "/_matrix/client/v3/mixed/{id}", EndpointClass::Sync),
-        ];
-        let rendered = nginx_config(&cluster(FULL), &routes).unwrap();
+        let rendered = nginx_config(&cluster(FULL), &mixed_routes()).unwrap();
         assert!(rendered.contains(
             "map $request_method $ganglion_upstream_1 {\n        GET ganglion_sync;\n        \
              HEAD ganglion_sync;\n        PUT ganglion_client_reader;\n        default ganglion_sync;\n    }"
@@ -420,12 +297,7 @@ mod tests {
 
     #[test]
     fn static_segments_come_before_parameters() {
-        let routes = [
-            route("GET", "/_matrix/client/v3/x/{id}", EndpointClass::ClientRead),
-            route("GET", "/_matrix/client/v3/x/{*rest}", EndpointClass::ClientRead),
-            route("GET", "/_matrix/client/v3/x/sync", EndpointClass::Sync),
-        ];
-        let rendered = nginx_config(&cluster(FULL), &routes).unwrap();
+        let rendered = nginx_config(&cluster(FULL), &precedence_routes()).unwrap();
         let literal = rendered.find("\"^/_matrix/client/v3/x/sync$\"").unwrap();
         let param = rendered.find("\"^/_matrix/client/v3/x/[^/]+$\"").unwrap();
         let rest = rendered.find("\"^/_matrix/client/v3/x/.+$\"").unwrap();

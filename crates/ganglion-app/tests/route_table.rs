@@ -61,3 +61,23 @@ fn example_nginx_config_matches_the_code() {
         );
     }
 }
+
+/// `deploy/generated/haproxy.cfg` is what `ganglion routes --format haproxy` makes of the same
+/// example cluster.
+#[test]
+fn example_haproxy_config_matches_the_code() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/generated");
+    let config = ganglion_config::Config::load(Some(&dir.join("cluster.toml"))).unwrap();
+    let rendered = ganglion_app::haproxy::haproxy_config(&config, &ganglion_app::route_table()).unwrap();
+    let path = dir.join("haproxy.cfg");
+    let current = std::fs::read_to_string(&path).unwrap_or_default();
+    if current != rendered {
+        if std::env::var_os("CI").is_none() {
+            std::fs::write(&path, &rendered).unwrap();
+        }
+        panic!(
+            "{} is stale; regenerated it (run `cargo test -p ganglion-app` and commit the diff)",
+            path.display()
+        );
+    }
+}

@@ -49,6 +49,25 @@ pub struct Config {
     pub load_balancer: LoadBalancerConfig,
     /// Prometheus metrics of a single process (a cluster's come from `instance_map`).
     pub metrics: MetricsConfig,
+    /// OpenTelemetry traces, exported over OTLP; off unless `otlp_endpoint` is set.
+    pub tracing: TracingConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// The OTLP/gRPC collector spans are exported to (`http://collector:4317`); unset: no spans
+    /// are made or exported.
+    pub otlp_endpoint: Option<String>,
+    /// The share of traces started here that are recorded (0.0 to 1.0); a trace continued from a
+    /// caller follows the caller's decision.
+    pub sample_ratio: f64,
+}
+
+impl Default for TracingConfig {
+    fn default() -> TracingConfig {
+        TracingConfig { otlp_endpoint: None, sample_ratio: 1.0 }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -565,6 +584,7 @@ impl Config {
             instance_map: BTreeMap::new(),
             load_balancer: LoadBalancerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8008)) },
             metrics: MetricsConfig::default(),
+            tracing: TracingConfig::default(),
         }
     }
 
@@ -660,6 +680,14 @@ impl Config {
             return invalid("server_name", "not a valid Matrix server name (host[:port])");
         }
         self.validate_cluster()?;
+        if !(0.0..=1.0).contains(&self.tracing.sample_ratio) {
+            return invalid("tracing.sample_ratio", "must be between 0.0 and 1.0");
+        }
+        if let Some(endpoint) = &self.tracing.otlp_endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            return invalid("tracing.otlp_endpoint", "must be an http:// or https:// URL");
+        }
         if !self.database.url.is_empty()
             && !self.database.url.starts_with("sqlite:")
             && !self.database.url.starts_with("postgres://")

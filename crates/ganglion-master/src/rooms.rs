@@ -54,6 +54,7 @@ pub(crate) async fn send_event(
         template,
         txn_id: txn_id.map(str::to_owned),
         reply,
+        span: tracing::Span::current(),
     })
     .await
 }

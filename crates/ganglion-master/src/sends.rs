@@ -10,6 +10,7 @@ use ganglion_events::{
 use ganglion_rpc::{MasterError, MasterResult};
 use ganglion_storage::events::TxnKey;
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument as _;
 
 use crate::{MasterService, internal, rooms, writer::Batch};
 
@@ -23,6 +24,8 @@ pub(crate) struct SendJob {
     pub template: EventTemplate,
     pub txn_id: Option<String>,
     pub reply: oneshot::Sender<MasterResult<OwnedEventId>>,
+    /// The caller's span: the event's persisting is traced as its child.
+    pub span: tracing::Span,
 }
 
 pub(crate) type SendQueue = mpsc::Sender<SendJob>;
@@ -78,6 +81,7 @@ async fn persist_batch(svc: &MasterService, jobs: Vec<SendJob>) {
             job.device_id.as_ref(),
             job.txn_id.as_deref(),
         )
+        .instrument(job.span.clone())
         .await
         {
             Ok(event_id) => {

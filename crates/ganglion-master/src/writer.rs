@@ -2,6 +2,7 @@
 //! persisted in one transaction.
 
 use std::{collections::HashMap, sync::Arc};
+use tracing::Instrument as _;
 
 use ganglion_events::{
     EventTemplate, Pdu, auth_event_types, build_pdu, check_auth,
@@ -135,6 +136,8 @@ pub(crate) struct Batch<'w> {
     poisoned: bool,
     /// When the batch took the writer.
     started: std::time::Instant,
+    /// The trace of the event being appended, for its stream row.
+    trace: Option<Arc<str>>,
 }
 
 struct Appended {
@@ -142,6 +145,8 @@ struct Appended {
     txn: Option<(String, String)>,
     snapshot: Option<Snapshot>,
     redacted: Option<EventNid>,
+    /// The `traceparent` of the span that persisted it, when traces are exported.
+    trace: Option<Arc<str>>,
 }
 
 impl<'w> Batch<'w> {
@@ -162,6 +167,7 @@ impl<'w> Batch<'w> {
             committed: false,
             poisoned: false,
             started,
+            trace: None,
         })
     }
 
@@ -332,7 +338,14 @@ impl<'w> Batch<'w> {
         template: &EventTemplate,
         txn: Option<(&OwnedDeviceId, &str)>,
     ) -> MasterResult<StoredEvent> {
-        let result = self.append_unchecked(room_id, sender, template, txn).await;
+        // Exported, persisting an event is a span that the workers' spans for it continue.
+        let span = if ganglion_telemetry::exporting() {
+            tracing::info_span!("master.persist", otel.name = "persist event", event.type = %template.kind, room.id = %room_id)
+        } else {
+            tracing::Span::none()
+        };
+        self.trace = ganglion_telemetry::traceparent(&span).map(Arc::from);
+        let result = self.append_unchecked(room_id, sender, template, txn).instrument(span).await;
         if let Err(error) = &result {
             match error.class {
                 ErrorClass::Internal | ErrorClass::Unavailable => self.poisoned = true,
@@ -495,6 +508,7 @@ impl<'w> Batch<'w> {
             txn: txn.map(|(device, txn_id)| (device.to_string(), txn_id.to_owned())),
             snapshot: new_snapshot,
             redacted,
+            trace: self.trace.take(),
         });
         Ok(event)
     }
@@ -551,7 +565,8 @@ impl<'w> Batch<'w> {
                     appended.event.pdu.state_key.as_deref(),
                     Some(appended.event.row.clone()),
                 )
-                .with_txn(txn),
+                .with_txn(txn)
+                .with_trace(appended.trace),
             );
             events.push(appended.event);
         }

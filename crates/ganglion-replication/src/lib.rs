@@ -64,6 +64,9 @@ pub struct StreamRow {
     /// False for a presence or device-list row caught up from the database, which lists its user
     /// but not the rooms the user was in: readers' memory cannot tell who it concerns.
     pub keys_complete: bool,
+    /// The `traceparent` of the span that wrote the row, when traces are exported: carried to the
+    /// workers in the Redis entry, and to the long-polls the row wakes.
+    pub trace: Option<Arc<str>>,
 }
 
 impl StreamRow {
@@ -84,6 +87,7 @@ impl StreamRow {
             event_txn: None,
             receipt: None,
             keys_complete: true,
+            trace: None,
         }
     }
 
@@ -102,6 +106,11 @@ impl StreamRow {
     /// The (device id, transaction id) the event of this row was sent with.
     pub fn with_txn(mut self, txn: Option<(&str, &str)>) -> Self {
         self.event_txn = txn.map(|(device, txn_id)| (Arc::from(device), Arc::from(txn_id)));
+        self
+    }
+
+    pub fn with_trace(mut self, trace: Option<Arc<str>>) -> Self {
+        self.trace = trace;
         self
     }
 
@@ -135,6 +144,7 @@ impl StreamRow {
             event_txn: None,
             receipt: None,
             keys_complete: true,
+            trace: None,
         }
     }
 }

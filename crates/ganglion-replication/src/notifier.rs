@@ -14,7 +14,14 @@ use tokio::sync::Notify;
 use crate::StreamRow;
 
 /// The listeners waiting on one key, by listener id.
-type Waiting = HashMap<u64, Arc<Notify>>;
+type Waiting = HashMap<u64, Arc<Wake>>;
+
+/// One listener's wake-up, and the trace of the row that woke it (when traces are exported).
+#[derive(Default)]
+struct Wake {
+    notify: Notify,
+    woken_by: Mutex<Option<Arc<str>>>,
+}
 
 /// Listeners keyed by room id and user id.
 #[derive(Default)]
@@ -28,7 +35,7 @@ pub struct Notifier {
 pub struct Listener {
     id: u64,
     keys: Vec<Arc<str>>,
-    notify: Arc<Notify>,
+    wake: Arc<Wake>,
     notifier: Arc<Notifier>,
 }
 
@@ -40,12 +47,12 @@ impl Notifier {
     /// Registers a listener woken by rows for any of `keys` (room ids and user ids).
     pub fn listen(self: &Arc<Self>, keys: Vec<Arc<str>>) -> Listener {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let notify = Arc::new(Notify::new());
+        let wake = Arc::new(Wake::default());
         let mut listeners = self.listeners.lock();
         for key in &keys {
-            listeners.entry(key.clone()).or_default().insert(id, notify.clone());
+            listeners.entry(key.clone()).or_default().insert(id, wake.clone());
         }
-        Listener { id, keys, notify, notifier: self.clone() }
+        Listener { id, keys, wake, notifier: self.clone() }
     }
 
     pub fn notify(&self, row: &StreamRow) {
@@ -53,8 +60,11 @@ impl Notifier {
         let keys = row.room_id.iter().chain(row.user_ids.iter());
         for key in keys {
             if let Some(waiting) = listeners.get(key) {
-                for notify in waiting.values() {
-                    notify.notify_one();
+                for wake in waiting.values() {
+                    if let Some(trace) = &row.trace {
+                        *wake.woken_by.lock() = Some(trace.clone());
+                    }
+                    wake.notify.notify_one();
                 }
             }
         }
@@ -63,8 +73,8 @@ impl Notifier {
     /// Wakes every listener, e.g. when a reader reconnects and may have missed rows.
     pub fn notify_all(&self) {
         for waiting in self.listeners.lock().values() {
-            for notify in waiting.values() {
-                notify.notify_one();
+            for wake in waiting.values() {
+                wake.notify.notify_one();
             }
         }
     }
@@ -77,7 +87,12 @@ impl Notifier {
 impl Listener {
     /// Waits until a row for one of the keys is published (or was, since registration).
     pub async fn notified(&self) {
-        self.notify.notified().await
+        self.wake.notify.notified().await
+    }
+
+    /// The `traceparent` of the traced row that last woke this listener, taken.
+    pub fn woken_by(&self) -> Option<Arc<str>> {
+        self.wake.woken_by.lock().take()
     }
 }
 

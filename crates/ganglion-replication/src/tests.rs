@@ -15,6 +15,7 @@ fn row(room: &str, position: i64) -> StreamRow {
         event_txn: None,
         receipt: None,
         keys_complete: true,
+        trace: None,
     }
 }
 
@@ -48,6 +49,7 @@ async fn a_row_published_before_waiting_is_not_lost() {
         event_txn: None,
         receipt: None,
         keys_complete: true,
+        trace: None,
     });
     tokio::time::timeout(Duration::from_millis(10), listener.notified()).await.unwrap();
     drop(listener);

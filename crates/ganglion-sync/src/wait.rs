@@ -107,7 +107,7 @@ async fn long_poll(
     let mut listening: Option<Listening> = None;
     let _waiting = waits.then(|| state.metrics.waiting());
     // When news last woke this long-poll: its answer is timed from then.
-    let mut woke: Option<Instant> = None;
+    let mut woke: Option<Woke> = None;
     // A client polling right after its last response usually finds nothing new: when no stream
     // moved past `since`, listen first and compute only once something arrives.
     if waits && let Some(since) = &request.since {
@@ -116,7 +116,11 @@ async fn long_poll(
             let rooms = compute::joined_room_ids(state, request.user_id).await?;
             let fresh = listening.insert(Listening::new(state, request.user_id, &rooms));
             if state.positions.current() == current {
-                woke = woken(state, tokio::time::timeout_at(deadline, fresh.listener.notified()).await);
+                woke = woken(
+                    state,
+                    &fresh.listener,
+                    tokio::time::timeout_at(deadline, fresh.listener.notified()).await,
+                );
             }
         }
     }
@@ -125,17 +129,21 @@ async fn long_poll(
         let next = compute::next_token(current, request.since.as_ref());
         let batch = compute::sync_batch(state, request, next).await?;
         if !waits || !batch.is_empty() || Instant::now() >= deadline {
-            if let Some(woke) = woke
+            if let Some(woke) = &woke
                 && !batch.is_empty()
             {
-                state.metrics.answered(woke.elapsed());
+                state.metrics.answered(woke.at.elapsed());
             }
             return Ok(batch);
         }
         match &listening {
             Some(listening) if listening.covers(&batch.joined_room_ids) => {
                 // On timeout, compute once more: the loop then returns as the deadline passed.
-                woke = woken(state, tokio::time::timeout_at(deadline, listening.listener.notified()).await);
+                woke = woken(
+                    state,
+                    &listening.listener,
+                    tokio::time::timeout_at(deadline, listening.listener.notified()).await,
+                );
             }
             _ => {
                 // The first empty response (or the user joined a room): the rooms are known only
@@ -143,17 +151,41 @@ async fn long_poll(
                 // so wait only if nothing moved since; otherwise compute again right away.
                 let fresh = listening.insert(Listening::new(state, request.user_id, &batch.joined_room_ids));
                 if state.positions.current() == current {
-                    woke = woken(state, tokio::time::timeout_at(deadline, fresh.listener.notified()).await);
+                    woke = woken(
+                        state,
+                        &fresh.listener,
+                        tokio::time::timeout_at(deadline, fresh.listener.notified()).await,
+                    );
                 }
             }
         }
     }
 }
 
+/// When news woke a long-poll; with traces exported, the span from then to its answer, a child of
+/// the span that wrote the row (one client's send is traced to the moment it woke another's
+/// `/sync`).
+struct Woke {
+    at: Instant,
+    _span: tracing::Span,
+}
+
 /// Counts a wait that ended with news rather than its deadline, and says when it did.
-fn woken(state: &SyncState, waited: Result<(), tokio::time::error::Elapsed>) -> Option<Instant> {
-    waited.is_ok().then(|| {
-        state.metrics.woken();
-        Instant::now()
-    })
+fn woken(
+    state: &SyncState,
+    listener: &Listener,
+    waited: Result<(), tokio::time::error::Elapsed>,
+) -> Option<Woke> {
+    let by = listener.woken_by();
+    waited.ok()?;
+    state.metrics.woken();
+    let span = match by {
+        Some(parent) if ganglion_telemetry::exporting() => {
+            let span = tracing::info_span!("sync.woken", otel.name = "sync woken", otel.kind = "internal");
+            ganglion_telemetry::continue_trace(&span, &parent);
+            span
+        }
+        _ => tracing::Span::none(),
+    };
+    Some(Woke { at: Instant::now(), _span: span })
 }

@@ -1,9 +1,10 @@
 //! A split cluster for tests: a fresh PostgreSQL database, a throwaway [`Redis`], the `master`,
 //! two `sync` workers, two `client-reader`s and nginx in front, configured from `ganglion routes
-//! --format nginx`. One config file describes every process, as in production.
+//! --format nginx`. One config file describes every process, as in production. [`Cluster::haproxy`]
+//! adds HAProxy, configured from `ganglion routes --format haproxy`, in front of the same processes.
 //!
 //! Everything lives in one temp directory: `cluster.toml`, `data/` (shared: the master writes the
-//! signing key there), `redis/`, `nginx.conf` (as generated) and each process's
+//! signing key there), `redis/`, `nginx.conf` and `haproxy.cfg` (as generated) and each process's
 //! `<name>.stdout.log` and `<name>.stderr.log` (appended to across restarts). Every port is a free
 //! loopback port picked at start and kept for the cluster's life, so restarted processes come back
 //! where clients expect them. Processes are killed by pid, never by name.
@@ -21,6 +22,7 @@ use tokio::sync::oneshot;
 
 use crate::{
     binary::{ganglion_binary, tail},
+    haproxy::Haproxy,
     nginx::Nginx,
     postgres::Postgres,
     redis::Redis,
@@ -48,11 +50,12 @@ const INSTANCES: [(&str, &str); 7] = [
     ("media2", "media"),
 ];
 const CONFIG_FILE: &str = "cluster.toml";
-/// The address nginx connects to the processes from (`proxy_bind`), their one trusted proxy.
+/// The address nginx (and HAProxy) connect to the processes from (`proxy_bind`, `source`), their
+/// one trusted proxy.
 pub(crate) const NGINX_ADDRESS: &str = "127.0.0.2";
-/// How long `ganglion routes --format nginx` may take.
+/// How long `ganglion routes --format nginx` (or `haproxy`) may take.
 const ROUTES_DEADLINE: Duration = Duration::from_secs(60);
-/// How long nginx may take to answer `/_matrix/client/versions` through to a worker.
+/// How long nginx (or HAProxy) may take to answer `/_matrix/client/versions` through to a worker.
 const NGINX_DEADLINE: Duration = Duration::from_secs(30);
 
 /// One process of the cluster.
@@ -84,6 +87,8 @@ pub struct Cluster {
     instances: Vec<Instance>,
     /// `None` only while [`Cluster::start`] runs.
     nginx: Option<Nginx>,
+    /// Started by [`Cluster::haproxy`].
+    haproxy: Option<Haproxy>,
     redis: Redis,
     /// A PostgreSQL of the cluster's own ([`Cluster::start_with_own_postgres`]).
     postgres: Option<Postgres>,
@@ -195,6 +200,7 @@ impl Cluster {
             config_path,
             instances,
             nginx: None,
+            haproxy: None,
             redis,
             postgres,
             dir: Some(dir),
@@ -202,7 +208,13 @@ impl Cluster {
         };
         // From here on, a failure drops `cluster`, which kills whatever it started.
         cluster.start_all_ganglion().await?;
-        let nginx_config = cluster.nginx_config().await?;
+        let nginx_config = cluster.load_balancer_config("nginx", &[]).await?;
+        // nginx reaches the processes from an address of its own, as in production, so that
+        // trusting it (`http.trusted_proxies`) does not also trust the tests' clients on 127.0.0.1.
+        let proxy = "proxy_http_version 1.1;";
+        anyhow::ensure!(nginx_config.contains(proxy), "no `{proxy}` in the generated nginx config");
+        let nginx_config =
+            nginx_config.replacen(proxy, &format!("{proxy}\n        proxy_bind {NGINX_ADDRESS};"), 1);
         let nginx = Nginx::start(&nginx_config).with_context(|| {
             format!(
                 "starting nginx with the generated config ({})",
@@ -211,8 +223,49 @@ impl Cluster {
         })?;
         cluster.base_url = nginx.base_url().trim_end_matches('/').to_owned();
         cluster.nginx = Some(nginx);
-        cluster.wait_for_nginx().await?;
+        cluster.wait_for_load_balancer(&cluster.base_url, "nginx.conf").await?;
         Ok(cluster)
+    }
+
+    /// Puts HAProxy in front of the same processes, beside nginx, and waits (bounded) until a
+    /// request through it reaches a worker; its `http://127.0.0.1:PORT`. The config is what
+    /// `ganglion routes --format haproxy --config cluster.toml` prints, with `load_balancer.listen`
+    /// overridden to a free port of its own (nginx has the configured one), saved as `haproxy.cfg`
+    /// in the cluster's directory. Started once: a second call returns the same URL. Stopped with
+    /// the cluster, or by [`Cluster::stop_haproxy`].
+    pub async fn haproxy(&mut self) -> anyhow::Result<String> {
+        if let Some(haproxy) = &self.haproxy {
+            return Ok(haproxy.base_url());
+        }
+        let listen = format!("127.0.0.1:{}", crate::ports::free_port()?);
+        let text = self
+            .load_balancer_config("haproxy", &[("GANGLION_LOAD_BALANCER__LISTEN", listen.as_str())])
+            .await?;
+        anyhow::ensure!(
+            text.contains(&format!("bind {listen}")),
+            "the HAProxy config does not bind {listen}"
+        );
+        // As for nginx: the processes trust the proxy's own address, not the clients'.
+        anyhow::ensure!(
+            text.contains("\ndefaults\n"),
+            "no `defaults` section in the generated HAProxy config"
+        );
+        let text = text.replacen("\ndefaults\n", &format!("\ndefaults\n    source {NGINX_ADDRESS}\n"), 1);
+        let haproxy = Haproxy::start(&text).with_context(|| {
+            format!(
+                "starting HAProxy with the generated config ({})",
+                self.dir_path.join("haproxy.cfg").display()
+            )
+        })?;
+        let base_url = haproxy.base_url();
+        self.haproxy = Some(haproxy);
+        self.wait_for_load_balancer(&base_url, "haproxy.cfg").await?;
+        Ok(base_url)
+    }
+
+    /// Stops the HAProxy of [`Cluster::haproxy`] (a no-op without one).
+    pub fn stop_haproxy(&mut self) {
+        self.haproxy = None;
     }
 
     /// nginx's `http://127.0.0.1:PORT`: where clients go.
@@ -459,24 +512,27 @@ impl Cluster {
         Ok(())
     }
 
-    /// Runs `ganglion routes --format nginx --config cluster.toml` (bounded); its output, also
-    /// saved as `nginx.conf` in the cluster's directory.
-    async fn nginx_config(&self) -> anyhow::Result<String> {
-        let output_path = self.dir_path.join("nginx.conf");
+    /// Runs `ganglion routes --format <format> --config cluster.toml` (bounded; `env` on top of
+    /// the processes' own variables); its output, also saved in the cluster's directory as
+    /// `nginx.conf` or `haproxy.cfg`.
+    async fn load_balancer_config(&self, format: &str, env: &[(&str, &str)]) -> anyhow::Result<String> {
+        let file = if format == "haproxy" { "haproxy.cfg" } else { "nginx.conf" };
+        let output_path = self.dir_path.join(file);
         let stderr_path = self.dir_path.join("routes.stderr.log");
         let output =
             fs::File::create(&output_path).with_context(|| format!("creating {}", output_path.display()))?;
         let mut command = Command::new(&self.binary);
         command
-            .args(["routes", "--format", "nginx", "--config"])
+            .args(["routes", "--format", format, "--config"])
             .arg(&self.config_path)
             .current_dir(&self.dir_path)
             .stdin(Stdio::null())
             .stdout(output)
             .stderr(append_log(&stderr_path)?);
         without_ganglion_env(&mut command);
-        // The same overrides as the processes, so nginx agrees with them (body size, listeners).
+        // The same overrides as the processes, so the proxy agrees with them (body size, listeners).
         command.envs(self.options.env.iter().map(|(k, v)| (k, v)));
+        command.envs(env.iter().copied());
         let mut child =
             command.spawn().with_context(|| format!("spawning {} routes", self.binary.display()))?;
         let started = Instant::now();
@@ -487,34 +543,34 @@ impl Cluster {
             if started.elapsed() > ROUTES_DEADLINE {
                 let _ = child.kill();
                 let _ = child.wait();
-                anyhow::bail!("`ganglion routes --format nginx` did not finish within {ROUTES_DEADLINE:?}");
+                anyhow::bail!(
+                    "`ganglion routes --format {format}` did not finish within {ROUTES_DEADLINE:?}"
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         let stderr = fs::read_to_string(&stderr_path).unwrap_or_default();
         anyhow::ensure!(
             status.success(),
-            "`{} routes --format nginx --config {}` failed ({status}):\n{}",
+            "`{} routes --format {format} --config {}` failed ({status}):\n{}",
             self.binary.display(),
             self.config_path.display(),
             tail(&stderr, 30)
         );
         let text =
             fs::read_to_string(&output_path).with_context(|| format!("reading {}", output_path.display()))?;
-        anyhow::ensure!(!text.trim().is_empty(), "`ganglion routes --format nginx` printed nothing");
-        // nginx reaches the processes from an address of its own, as in production, so that
-        // trusting it (`http.trusted_proxies`) does not also trust the tests' clients on 127.0.0.1.
-        let proxy = "proxy_http_version 1.1;";
-        anyhow::ensure!(text.contains(proxy), "no `{proxy}` in the generated nginx config");
-        Ok(text.replacen(proxy, &format!("{proxy}\n        proxy_bind {NGINX_ADDRESS};"), 1))
+        anyhow::ensure!(!text.trim().is_empty(), "`ganglion routes --format {format}` printed nothing");
+        Ok(text)
     }
 
-    /// Waits (bounded) until a request through nginx reaches a worker.
-    async fn wait_for_nginx(&self) -> anyhow::Result<()> {
+    /// Waits (bounded) until a request through the load balancer at `base_url` (configured by
+    /// `file` in the cluster's directory) reaches a worker.
+    async fn wait_for_load_balancer(&self, base_url: &str, file: &str) -> anyhow::Result<()> {
         let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
-        let url = format!("{}/_matrix/client/versions", self.base_url);
+        let url = format!("{base_url}/_matrix/client/versions");
         let last = std::sync::Mutex::new(String::from("no answer yet"));
-        let reached = eventually(NGINX_DEADLINE, "nginx to answer /_matrix/client/versions", || {
+        let what = format!("{base_url} ({file}) to answer /_matrix/client/versions");
+        let reached = eventually(NGINX_DEADLINE, &what, || {
             let request = http.get(&url).send();
             let last = &last;
             async move {
@@ -532,8 +588,8 @@ impl Cluster {
             let last = last.lock().unwrap_or_else(|p| p.into_inner()).clone();
             anyhow::anyhow!(
                 "{error:#} (last: {last})\n--- {} ---\n{}",
-                self.dir_path.join("nginx.conf").display(),
-                tail(&fs::read_to_string(self.dir_path.join("nginx.conf")).unwrap_or_default(), 40)
+                self.dir_path.join(file).display(),
+                tail(&fs::read_to_string(self.dir_path.join(file)).unwrap_or_default(), 40)
             )
         })
     }
@@ -553,6 +609,9 @@ impl Drop for Cluster {
                     self.url_of(instance.name),
                     tail(&self.stderr_log(instance.name), 40)
                 );
+            }
+            if let Some(haproxy) = &self.haproxy {
+                eprintln!("--- HAProxy stderr (tail) ---\n{}\n---", tail(&haproxy.stderr(), 40));
             }
         }
         if keep_dirs()

@@ -7,7 +7,8 @@
 //! - [`Cluster`] starts a split cluster from one config file: a fresh PostgreSQL database, a
 //!   throwaway [`Redis`], the master, two sync workers, two client-readers and [`Nginx`] with the
 //!   config `ganglion routes --format nginx` prints. Cluster tests kill, restart and terminate its
-//!   processes (by pid) and stop, kill or flush its Redis.
+//!   processes (by pid) and stop, kill or flush its Redis. [`Cluster::haproxy`] puts a [`Haproxy`]
+//!   (`ganglion routes --format haproxy`) in front of the same processes too.
 //! - [`Api`] and [`Account`] are small reqwest helpers for exact wire checks.
 //! - [`sdk_client`] gives a logged-in `matrix_sdk::Client` for the high-level scenarios.
 //!
@@ -18,12 +19,14 @@
 mod binary;
 mod clamd;
 mod cluster;
+mod haproxy;
 mod http;
 mod nginx;
 mod node;
 mod ports;
 mod postgres;
 mod prometheus;
+mod proxy;
 mod python;
 mod redis;
 mod s3;
@@ -34,6 +37,7 @@ mod wait;
 pub use binary::ganglion_binary;
 pub use clamd::{Clamd, EICAR};
 pub use cluster::Cluster;
+pub use haproxy::Haproxy;
 pub use http::{Account, Api, Response, enc};
 pub use nginx::{Nginx, free_port};
 pub use node::grafana_schema;

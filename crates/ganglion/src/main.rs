@@ -29,13 +29,13 @@ enum Command {
         #[arg(long)]
         worker: Option<String>,
     },
-    /// Prints the route table, or the nginx config that routes a cluster's traffic by it.
+    /// Prints the route table, or an nginx or HAProxy config routing a cluster's traffic by it.
     Routes {
         #[arg(long, value_enum, default_value = "json")]
         format: RouteFormat,
-        /// The cluster's config file, whose `instance_map` and `load_balancer` the nginx config
-        /// is rendered from.
-        #[arg(long, required_if_eq("format", "nginx"))]
+        /// The cluster's config file, whose `instance_map` and `load_balancer` the nginx or
+        /// HAProxy config is rendered from.
+        #[arg(long, required_if_eq_any([("format", "nginx"), ("format", "haproxy")]))]
         config: Option<PathBuf>,
     },
 }
@@ -45,6 +45,8 @@ enum RouteFormat {
     Json,
     /// A complete nginx.conf: `nginx -p <dir> -c <dir>/nginx.conf -g 'daemon off;'`.
     Nginx,
+    /// A complete haproxy.cfg: `haproxy -f haproxy.cfg -db` (check it with `haproxy -c -f`).
+    Haproxy,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,12 +61,15 @@ fn routes(format: RouteFormat, config_path: Option<PathBuf>) -> anyhow::Result<(
     let table = ganglion_app::route_table();
     match format {
         RouteFormat::Json => writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&table)?)?,
-        RouteFormat::Nginx => {
-            // clap insists on --config with nginx; the embedded default has no cluster to route.
+        RouteFormat::Nginx | RouteFormat::Haproxy => {
+            // clap insists on --config with both; the embedded default has no cluster to route.
             let rendered = ganglion_config::Config::load(config_path.as_deref())
                 .map_err(|error| error.to_string())
-                .and_then(|config| {
-                    ganglion_app::nginx::nginx_config(&config, &table).map_err(|e| e.to_string())
+                .and_then(|config| match format {
+                    RouteFormat::Haproxy => {
+                        ganglion_app::haproxy::haproxy_config(&config, &table).map_err(|e| e.to_string())
+                    }
+                    _ => ganglion_app::nginx::nginx_config(&config, &table).map_err(|e| e.to_string()),
                 });
             match rendered {
                 Ok(text) => std::io::stdout().write_all(text.as_bytes())?,
@@ -80,6 +85,24 @@ fn routes(format: RouteFormat, config_path: Option<PathBuf>) -> anyhow::Result<(
 
 /// Keeps glibc's heap (still used by SQLite's C code) from holding on to memory: a fixed mmap
 /// threshold returns large blocks to the OS when freed, and fewer arenas bound fragmentation.
+/// Logs to stderr (filtered by `RUST_LOG`), and exports spans when `tracing.otlp_endpoint` is set.
+fn init_logging(config: &ganglion_config::Config) -> anyhow::Result<Option<ganglion_telemetry::Exporter>> {
+    use tracing_subscriber::{layer::SubscriberExt as _, util::SubscriberInitExt as _};
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,ruma_state_res=warn"));
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let traces =
+        ganglion_telemetry::layer(&config.tracing, config.worker.role.as_str(), &config.worker.name)?;
+    let (otel, exporter) = traces.map_or((None, None), |(layer, exporter)| (Some(layer), Some(exporter)));
+    tracing_subscriber::registry().with(filter).with(fmt).with(otel).init();
+    if let Some(endpoint) = &config.tracing.otlp_endpoint {
+        tracing::info!(%endpoint, "exporting traces over OTLP");
+    }
+    Ok(exporter)
+}
+
 fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only adjusts allocator parameters; called before any thread starts.
@@ -91,14 +114,6 @@ fn tune_allocator() {
 
 fn run(config_path: Option<PathBuf>, worker: Option<String>) -> anyhow::Result<()> {
     tune_allocator();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,ruma_state_res=warn")),
-        )
-        .init();
     let config = match ganglion_config::Config::load_instance(config_path.as_deref(), worker.as_deref()) {
         Ok(config) => config,
         Err(error) => {
@@ -107,6 +122,9 @@ fn run(config_path: Option<PathBuf>, worker: Option<String>) -> anyhow::Result<(
         }
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // Inside the runtime: the OTLP exporter's connection lives on it.
+    let exporter = std::sync::Arc::new(runtime.block_on(async { init_logging(&config) })?);
+    let exporting = exporter.clone();
     runtime.block_on(async move {
         // SIGINT or SIGTERM: stop accepting, finish in-flight requests, exit.
         let shutdown = async {
@@ -123,8 +141,11 @@ fn run(config_path: Option<PathBuf>, worker: Option<String>) -> anyhow::Result<(
                 _ = terminate => {}
             }
             // Long-polls may hold requests open for minutes; give them a moment, not forever.
-            tokio::spawn(async {
+            tokio::spawn(async move {
                 tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+                if let Some(exporter) = exporting.as_ref() {
+                    exporter.flush();
+                }
                 std::process::exit(0);
             });
         };

@@ -301,6 +301,7 @@ impl Follower {
                         event_txn: None,
                         receipt: receipt.map(Arc::new),
                         keys_complete: true,
+                        trace: entry.str("tp").and_then(|parent| received(kind, position, parent)),
                     });
                 }
             }
@@ -597,6 +598,23 @@ fn parse_read_reply(value: Value) -> Vec<(String, Vec<Entry>)> {
             .collect(),
     };
     streams.into_iter().filter_map(|(key, entries)| Some((key?, parse_entries(entries)))).collect()
+}
+
+/// The span of a traced row's arrival here, continuing the master's; its `traceparent` follows
+/// the row to the long-polls it wakes.
+fn received(kind: StreamKind, position: i64, parent: &str) -> Option<Arc<str>> {
+    if !ganglion_telemetry::exporting() {
+        return None;
+    }
+    let span = tracing::info_span!(
+        "replication.receive",
+        otel.name = %format!("receive {} {position}", kind.as_str()),
+        otel.kind = "consumer",
+        stream = kind.as_str(),
+        position,
+    );
+    ganglion_telemetry::continue_trace(&span, parent);
+    ganglion_telemetry::traceparent(&span).map(Arc::from)
 }
 
 #[cfg(test)]

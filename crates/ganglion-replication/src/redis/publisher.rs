@@ -243,6 +243,9 @@ fn pipeline(batch: &[Outgoing], maxlen: u64, epoch: u64) -> redis::Pipeline {
                     cmd.arg(format!("{}-0", row.position.0));
                 }
                 cmd.arg("p").arg(row.position.0).arg("t").arg(now);
+                if let Some(trace) = &row.trace {
+                    cmd.arg("tp").arg(&**trace);
+                }
                 if let Some(room) = &row.room_id {
                     cmd.arg("r").arg(room.as_ref());
                 }

@@ -74,6 +74,7 @@ mod live {
             event_txn: None,
             receipt: None,
             keys_complete: true,
+            trace: None,
         }
     }
 
@@ -136,6 +137,7 @@ mod live {
             event_txn: None,
             receipt: None,
             keys_complete: true,
+            trace: None,
         });
         until("typing arrives", || typing.typing_in_room("!room:x") == ["@alice:x"]).await;
 

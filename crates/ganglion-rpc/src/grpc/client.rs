@@ -16,6 +16,8 @@ use tonic::{
     transport::{Channel, Endpoint, Uri},
 };
 
+use tracing::Instrument as _;
+
 use super::{
     POSITIONS, TRACEPARENT, method_name,
     status::{error_from_status, invalid_answer, unavailable},
@@ -163,14 +165,29 @@ impl RemoteMaster {
         let mut request = Request::new(message);
         // Sent as grpc-timeout, so the master stops working on a call nobody waits for.
         request.set_timeout(timeout);
-        let traceparent =
-            trace::current().map_or_else(trace::new_traceparent, |parent| trace::child_of(&parent));
+        // Exported, the call is a span of its own, the master's a child of it.
+        let span = if ganglion_telemetry::exporting() {
+            let method = method_name::<Req>();
+            tracing::info_span!(
+                "grpc.client",
+                otel.name = method,
+                otel.kind = "client",
+                rpc.system = "grpc",
+                rpc.method = method
+            )
+        } else {
+            tracing::Span::none()
+        };
+        let traceparent = ganglion_telemetry::traceparent(&span).unwrap_or_else(|| {
+            trace::current().map_or_else(trace::new_traceparent, |parent| trace::child_of(&parent))
+        });
         if let Ok(value) = traceparent.parse() {
             request.metadata_mut().insert(TRACEPARENT, value);
         }
         let started = Instant::now();
         // grpc-timeout bounds the call once connected; this also bounds connecting.
-        let outcome = tokio::time::timeout(timeout, rpc(self.channel.clone(), request)).await;
+        let outcome =
+            tokio::time::timeout(timeout, rpc(self.channel.clone(), request)).instrument(span).await;
         if let Some(metrics) = &self.metrics {
             metrics.observe(method_name::<Req>(), matches!(outcome, Ok(Ok(_))), started.elapsed());
         }
