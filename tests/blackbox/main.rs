@@ -43,6 +43,7 @@ macro_rules! on_all_backends {
 }
 
 mod accounts;
+mod ansible;
 mod backup;
 mod chat;
 mod config;

@@ -43,7 +43,7 @@ pub use nginx::{Nginx, free_port};
 pub use node::grafana_schema;
 pub use postgres::Postgres;
 pub use prometheus::Prometheus;
-pub use python::python_with_nio;
+pub use python::{ansible_venv, python_venv, python_with_nio};
 pub use redis::{Redis, Reply};
 pub use s3::{S3_BUCKET, S3Server};
 pub use sdk::{sdk_client, sdk_login, sdk_new_client, sdk_register};
