@@ -18,6 +18,15 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
     ("ganglion-types", &["ganglion-config", "ganglion-storage", "ganglion-events", "ganglion-http"]),
     ("ganglion-http", &["ganglion-storage", "ganglion-state", "ganglion-rpc", "ganglion-replication"]),
     ("ganglion-replication", &["ganglion-http", "ganglion-rpc", "ganglion-state"]),
+    // Observability sits under everything that reports to it.
+    (
+        "ganglion-metrics",
+        &["ganglion-storage", "ganglion-rpc", "ganglion-replication", "ganglion-state", "ganglion-http"],
+    ),
+    (
+        "ganglion-telemetry",
+        &["ganglion-storage", "ganglion-rpc", "ganglion-replication", "ganglion-state", "ganglion-http"],
+    ),
 ];
 
 #[test]
