@@ -4,8 +4,10 @@
 # conformance tests and the black-box suite (real `ganglion` processes on SQLite and on a
 # throwaway PostgreSQL that the testkit starts on a free port and stops when the tests end; the
 # cluster tests add throwaway Redis and nginx processes the same way; the machine's own
-# PostgreSQL and Redis are never used). The interoperability tests install matrix-nio from PyPI
-# into target/nio-venv on first use.
+# PostgreSQL and Redis are never used). Tools from the registries are installed on first use under
+# the target dir: matrix-nio (target/nio-venv) and moto (target/moto-venv) from PyPI, ansible-core
+# and supervisor (target/ansible-venv) for the playbook test, and Grafana's schema package with
+# TypeScript from npm (target/grafana-schema) for the dashboard test.
 #
 # Extra arguments go to `cargo test`, e.g. `scripts/test.sh -p ganglion-tests -- sqlite`.
 # Environment: CARGO_BUILD_JOBS and RUST_TEST_THREADS default to 2 (a 2-core machine).
@@ -26,8 +28,13 @@ have nginx || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
 # The media tests scan files with a throwaway clamd (its signatures written by the tests).
 have clamd || [[ -x /usr/sbin/clamd ]] || missing+=(clamav-daemon)
 have sigtool || missing+=(clamav)
-# The metrics tests check every process's exposition with promtool.
+# The metrics tests check every process's exposition with promtool; the dashboard tests run a
+# Prometheus scraping a cluster.
 have promtool || missing+=(prometheus)
+# The load balancer tests run HAProxy in front of the cluster too.
+have haproxy || [[ -x /usr/sbin/haproxy ]] || missing+=(haproxy)
+# The dashboard tests check the JSON against Grafana's schema package with Node.js (npm).
+have npm || missing+=(npm)
 # The interoperability tests install matrix-nio (PyPI) into a virtual environment.
 have python3 || missing+=(python3)
 if have python3 && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
