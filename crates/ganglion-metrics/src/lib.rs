@@ -305,11 +305,16 @@ impl MasterMetrics {
 }
 
 /// Database connections: how long a query waits for one, and how long it is held (a request's
-/// reads, a write transaction from begin to commit or rollback).
+/// reads, a write transaction from begin to commit or rollback). The four histograms are resolved
+/// once: every connection taken records into two of them.
 #[derive(Debug, Clone)]
 pub struct DatabaseMetrics {
     wait: Family<PoolLabels, Histogram, fn() -> Histogram>,
     held: Family<PoolLabels, Histogram, fn() -> Histogram>,
+    read_wait: Histogram,
+    transaction_wait: Histogram,
+    read_held: Histogram,
+    transaction_held: Histogram,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -318,13 +323,32 @@ struct PoolLabels {
 }
 
 impl DatabaseMetrics {
-    /// `pool` is `read` (reads and single statements) or `transaction`.
-    pub fn waited(&self, pool: &'static str, took: Duration) {
-        self.wait.get_or_create(&PoolLabels { pool }).observe(took.as_secs_f64());
+    fn new() -> DatabaseMetrics {
+        let wait = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let held = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let of = |family: &Family<PoolLabels, Histogram, fn() -> Histogram>, pool| {
+            family.get_or_create(&PoolLabels { pool }).clone()
+        };
+        DatabaseMetrics {
+            read_wait: of(&wait, "read"),
+            transaction_wait: of(&wait, "transaction"),
+            read_held: of(&held, "read"),
+            transaction_held: of(&held, "transaction"),
+            wait,
+            held,
+        }
     }
 
-    pub fn held(&self, pool: &'static str, took: Duration) {
-        self.held.get_or_create(&PoolLabels { pool }).observe(took.as_secs_f64());
+    /// Time to get a read connection (`transaction`: to begin a transaction).
+    pub fn waited(&self, transaction: bool, took: Duration) {
+        let histogram = if transaction { &self.transaction_wait } else { &self.read_wait };
+        histogram.observe(took.as_secs_f64());
+    }
+
+    /// How long a read connection (`transaction`: a transaction) was used.
+    pub fn held(&self, transaction: bool, took: Duration) {
+        let histogram = if transaction { &self.transaction_held } else { &self.read_held };
+        histogram.observe(took.as_secs_f64());
     }
 }
 
@@ -469,10 +493,7 @@ impl Metrics {
             "The master: how long each write batch held the writer, from taking it to commit",
             master.batches.clone(),
         );
-        let database = DatabaseMetrics {
-            wait: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
-            held: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
-        };
+        let database = DatabaseMetrics::new();
         registry.register(
             "database_wait_seconds",
             "Time to get a database connection, by pool (read, transaction)",

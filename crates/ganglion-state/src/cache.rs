@@ -1,14 +1,7 @@
 //! Bounded in-memory caches. A two-generation map: lookups promote into the young generation;
 //! when it fills, the old generation is dropped. Cheap, lock-light, close enough to LRU.
 
-use std::{
-    collections::HashMap,
-    hash::Hash,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-};
+use std::{collections::HashMap, hash::Hash, sync::Arc};
 
 use ganglion_types::{BlockNid, EventNid, RoomNid, SnapshotNid, StateKeyNid, TypeNid};
 use parking_lot::Mutex;
@@ -17,24 +10,30 @@ use crate::{Snapshot, StoredEvent};
 
 pub struct BoundedCache<K, V> {
     capacity: usize,
-    inner: Mutex<(HashMap<K, V>, HashMap<K, V>)>,
-    hits: AtomicU64,
-    misses: AtomicU64,
+    inner: Mutex<Generations<K, V>>,
+}
+
+/// The young and old generations, and the lookups that found or missed (counted under the lock
+/// a lookup takes anyway).
+struct Generations<K, V> {
+    young: HashMap<K, V>,
+    old: HashMap<K, V>,
+    hits: u64,
+    misses: u64,
 }
 
 impl<K: Eq + Hash + Clone, V: Clone> BoundedCache<K, V> {
     pub fn new(capacity: usize) -> Self {
         BoundedCache {
             capacity: capacity.max(2),
-            inner: Mutex::new((HashMap::new(), HashMap::new())),
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
+            inner: Mutex::new(Generations { young: HashMap::new(), old: HashMap::new(), hits: 0, misses: 0 }),
         }
     }
 
     /// Lookups that found their key, and lookups that did not.
     pub fn hits_and_misses(&self) -> (u64, u64) {
-        (self.hits.load(Ordering::Relaxed), self.misses.load(Ordering::Relaxed))
+        let inner = self.inner.lock();
+        (inner.hits, inner.misses)
     }
 
     pub fn get<Q>(&self, key: &Q) -> Option<V>
@@ -43,36 +42,36 @@ impl<K: Eq + Hash + Clone, V: Clone> BoundedCache<K, V> {
         Q: Eq + Hash + ?Sized,
     {
         let mut guard = self.inner.lock();
-        let (young, old) = &mut *guard;
+        let Generations { young, old, hits, misses } = &mut *guard;
         if let Some(value) = young.get(key) {
-            self.hits.fetch_add(1, Ordering::Relaxed);
+            *hits += 1;
             return Some(value.clone());
         }
         let Some((key, value)) = old.remove_entry(key) else {
-            self.misses.fetch_add(1, Ordering::Relaxed);
+            *misses += 1;
             return None;
         };
-        self.hits.fetch_add(1, Ordering::Relaxed);
+        *hits += 1;
         Self::insert_young(self.capacity, young, old, key, value.clone());
         Some(value)
     }
 
     pub fn insert(&self, key: K, value: V) {
         let mut guard = self.inner.lock();
-        let (young, old) = &mut *guard;
+        let Generations { young, old, .. } = &mut *guard;
         Self::insert_young(self.capacity, young, old, key, value);
     }
 
     pub fn clear(&self) {
         let mut guard = self.inner.lock();
-        guard.0.clear();
-        guard.1.clear();
+        guard.young.clear();
+        guard.old.clear();
     }
 
     pub fn remove(&self, key: &K) {
         let mut guard = self.inner.lock();
-        guard.0.remove(key);
-        guard.1.remove(key);
+        guard.young.remove(key);
+        guard.old.remove(key);
     }
 
     fn insert_young(capacity: usize, young: &mut HashMap<K, V>, old: &mut HashMap<K, V>, key: K, value: V) {

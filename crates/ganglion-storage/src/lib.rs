@@ -193,7 +193,7 @@ impl std::ops::DerefMut for Tx {
 impl Drop for Tx {
     fn drop(&mut self) {
         if let Some(metrics) = self.readers.metrics.get() {
-            metrics.held("transaction", self.began.elapsed());
+            metrics.held(true, self.began.elapsed());
         }
     }
 }
@@ -259,7 +259,7 @@ impl Drop for DbConn {
         // A connection dropped mid-query is still fine to reuse: sqlx waits for the previous
         // command to finish before running the next one on it.
         if let Some(metrics) = self.readers.metrics.get() {
-            metrics.held("read", self.acquired.elapsed());
+            metrics.held(false, self.acquired.elapsed());
         }
         let failures = CONNECTION_FAILURES.load(std::sync::atomic::Ordering::Relaxed);
         if let Some(conn) = self.conn.take()
@@ -342,7 +342,7 @@ impl Db {
         };
         let acquired = std::time::Instant::now();
         if let Some(metrics) = self.readers.metrics.get() {
-            metrics.waited("read", acquired - asked);
+            metrics.waited(false, acquired - asked);
         }
         Ok(DbConn {
             conn: Some(conn),
@@ -393,7 +393,7 @@ impl Db {
         };
         let began = std::time::Instant::now();
         if let Some(metrics) = self.readers.metrics.get() {
-            metrics.waited("transaction", began - asked);
+            metrics.waited(true, began - asked);
         }
         Ok(Tx { tx: Some(tx), began, readers: self.readers.clone() })
     }

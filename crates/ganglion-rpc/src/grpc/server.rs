@@ -77,16 +77,19 @@ impl<S: Streams + ?Sized> Adapter<S> {
             .and_then(|value| value.to_str().ok())
             .filter(|value| trace::is_valid(value))
             .map_or_else(trace::new_traceparent, str::to_owned);
-        let span = tracing::info_span!(
-            "rpc",
-            method,
-            traceparent = %traceparent,
-            otel.name = super::method_name::<Req>(),
-            otel.kind = "server",
-        );
-        if ganglion_telemetry::exporting() {
+        let span = if ganglion_telemetry::exporting() {
+            let span = tracing::info_span!(
+                "rpc",
+                method,
+                traceparent = %traceparent,
+                otel.name = super::method_name::<Req>(),
+                otel.kind = "server",
+            );
             ganglion_telemetry::continue_trace(&span, &traceparent);
-        }
+            span
+        } else {
+            tracing::info_span!("rpc", method, traceparent = %traceparent)
+        };
         let started = std::time::Instant::now();
         let result = trace::scope(traceparent, handler(self.service.clone(), request.into_inner()))
             .instrument(span)
