@@ -79,26 +79,42 @@ async fn every_process_serves_metrics_health_and_readiness(backend: Backend) {
     };
     // A long-poll woken by a message: counted while it waits, then as a wake-up.
     let room = alice.create_room(&serde_json::json!({})).await.unwrap();
-    let next = alice.get("/sync?timeout=0").await.unwrap().ok()["next_batch"].as_str().unwrap().to_owned();
-    let poll = {
-        let alice = Account::new(alice.api.clone(), &alice.user_id, &alice.access_token, &alice.device_id);
-        tokio::spawn(async move { alice.get(&format!("/sync?timeout=20000&since={next}")).await.unwrap() })
-    };
-    let waiting = async {
-        loop {
-            let mut waiting = 0;
-            for (_, url) in &listeners {
-                waiting += value(&scrape(&format!("{url}/metrics")).await.2, "ganglion_sync_long_polls ");
+    let mut since =
+        alice.get("/sync?timeout=0").await.unwrap().ok()["next_batch"].as_str().unwrap().to_owned();
+    // A long-poll that something else answers first (a presence row, say) is polled again from
+    // where it left off, until one is seen waiting (bounded).
+    let mut attempts = 0;
+    let poll = loop {
+        attempts += 1;
+        assert!(attempts <= 5, "no long-poll was ever counted as waiting");
+        let poll = {
+            let alice =
+                Account::new(alice.api.clone(), &alice.user_id, &alice.access_token, &alice.device_id);
+            let since = since.clone();
+            tokio::spawn(
+                async move { alice.get(&format!("/sync?timeout=20000&since={since}")).await.unwrap() },
+            )
+        };
+        let waiting = async {
+            loop {
+                let mut waiting = 0;
+                for (_, url) in &listeners {
+                    waiting += value(&scrape(&format!("{url}/metrics")).await.2, "ganglion_sync_long_polls ");
+                }
+                if waiting == 1 || poll.is_finished() {
+                    return waiting == 1;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
-            if waiting == 1 {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        let counted = tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+            .await
+            .expect("the long-poll is counted or answered");
+        if counted {
+            break poll;
         }
+        since = poll.await.unwrap().ok()["next_batch"].as_str().unwrap().to_owned();
     };
-    tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
-        .await
-        .expect("the long-poll is counted");
     alice.send_text(&room, "wake up").await.unwrap();
     let answer = poll.await.unwrap().ok();
     assert!(answer["rooms"]["join"][&room].is_object(), "the long-poll did not bring the message: {answer}");
@@ -200,7 +216,7 @@ async fn every_process_serves_metrics_health_and_readiness(backend: Backend) {
         // The metrics listener is not the client API.
         assert_eq!(scrape(&format!("{url}/_matrix/client/versions")).await.0, 404, "{name}");
     }
-    assert_eq!(syncs_counted, 3, "each of the three /syncs is counted once, by the process that answered it");
+    assert_eq!(syncs_counted, 2 + attempts, "each /sync is counted once, by the process that answered it");
     assert!(wakeups >= 1, "the woken long-poll is not counted");
     assert_eq!((bytes_in, bytes_out), (5, 5), "the upload's and the download's bytes");
 
