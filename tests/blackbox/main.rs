@@ -97,6 +97,14 @@ pub async fn register_all(server: &TestServer, names: &[&str]) -> Vec<Account> {
     accounts
 }
 
+/// Starts `account`'s long-poll (up to 20 s) from where it stands now: answered once news arrives.
+pub async fn long_poll(account: &Account) -> tokio::task::JoinHandle<ganglion_testkit::Response> {
+    let since = account.get("/sync?timeout=0").await.unwrap().ok()["next_batch"].as_str().unwrap().to_owned();
+    let account =
+        Account::new(account.api.clone(), &account.user_id, &account.access_token, &account.device_id);
+    tokio::spawn(async move { account.get(&format!("/sync?timeout=20000&since={since}")).await.unwrap() })
+}
+
 /// Alice, Bob and Carol, all joined to a public room Alice created; returns them and the room.
 pub async fn three_in_a_public_room(server: &TestServer) -> ([Account; 3], String) {
     let accounts = register_all(server, &["alice", "bob", "carol"]).await;

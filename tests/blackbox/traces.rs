@@ -122,11 +122,7 @@ async fn one_send_is_one_trace_across_processes_to_the_woken_sync(backend: Backe
     let [alice, bob] = <[Account; 2]>::try_from(register_all(&server, &["alice", "bob"]).await).unwrap();
     let room = alice.create_room(&json!({ "preset": "public_chat" })).await.unwrap();
     bob.join(&room).await.unwrap();
-    let since = bob.get("/sync?timeout=0").await.unwrap().ok()["next_batch"].as_str().unwrap().to_owned();
-    let poll = {
-        let bob = Account::new(bob.api.clone(), &bob.user_id, &bob.access_token, &bob.device_id);
-        tokio::spawn(async move { bob.get(&format!("/sync?timeout=20000&since={since}")).await.unwrap() })
-    };
+    let poll = crate::long_poll(&bob).await;
     // The long-poll waits before the send, so the send is what wakes it.
     tokio::time::sleep(Duration::from_millis(700)).await;
     alice.send_text(&room, "traced").await.unwrap();
