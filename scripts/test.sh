@@ -5,7 +5,8 @@
 # throwaway PostgreSQL that the testkit starts on a free port and stops when the tests end; the
 # cluster tests add throwaway Redis and nginx processes the same way; the machine's own
 # PostgreSQL and Redis are never used). Tools from the registries are installed on first use under
-# the target dir: matrix-nio (target/nio-venv) and moto (target/moto-venv) from PyPI, ansible-core
+# the target dir: matrix-nio (target/nio-venv), moto (target/moto-venv) and Synapse
+# (target/synapse-venv, the federation peer) from PyPI, ansible-core
 # and supervisor (target/ansible-venv) for the playbook test, and Grafana's schema package with
 # TypeScript from npm (target/grafana-schema) for the dashboard test.
 #
@@ -24,6 +25,8 @@ if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && ! have initdb; 
 fi
 # The cluster tests start throwaway Redis and nginx processes from these packages.
 have redis-server || missing+=(redis-server)
+# scripts/federation-node.sh (run by the federation tests) waits for its listeners with curl.
+have curl || missing+=(curl)
 have nginx || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
 # The media tests scan files with a throwaway clamd (its signatures written by the tests).
 have clamd || [[ -x /usr/sbin/clamd ]] || missing+=(clamav-daemon)

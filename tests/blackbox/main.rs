@@ -50,6 +50,7 @@ mod config;
 mod dashboards;
 mod e2ee;
 mod errors;
+mod federation;
 mod haproxy;
 mod ignoring;
 mod interop;

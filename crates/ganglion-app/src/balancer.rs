@@ -15,8 +15,9 @@ pub(crate) fn preference(role: Role) -> u8 {
         Role::ClientReader => 0,
         Role::Sync => 1,
         Role::Media => 2,
-        Role::All => 3,
-        Role::Master => 4,
+        Role::FederationReader => 3,
+        Role::All => 4,
+        Role::Master => 5,
     }
 }
 
@@ -28,6 +29,7 @@ pub(crate) fn pool(role: Role) -> &'static str {
         Role::Sync => "ganglion_sync",
         Role::ClientReader => "ganglion_client_reader",
         Role::Media => "ganglion_media",
+        Role::FederationReader => "ganglion_federation_reader",
     }
 }
 
@@ -55,10 +57,29 @@ pub(crate) fn pool_of_class(
     needed.entry(EndpointClass::ClientRead).or_insert_with(|| "unknown paths".into());
     let mut pool_of = BTreeMap::new();
     for (class, route) in needed {
-        let role = roles.iter().find(|role| role.serves(class)).ok_or((class, route))?;
-        pool_of.insert(class, pool(*role));
+        match roles.iter().find(|role| role.serves(class)) {
+            Some(role) => {
+                pool_of.insert(class, pool(*role));
+            }
+            // A cluster without federation readers does not federate: those paths go nowhere.
+            None if federates(class) => {}
+            None => return Err((class, route)),
+        }
     }
     Ok(pool_of)
+}
+
+/// Classes only a federating cluster serves.
+fn federates(class: EndpointClass) -> bool {
+    matches!(class, EndpointClass::Federation | EndpointClass::FederationMedia | EndpointClass::Keys)
+}
+
+/// The routes a proxy config sends somewhere: those whose class has a pool.
+pub(crate) fn routed(
+    routes: &[RouteInfo],
+    pool_of: &BTreeMap<EndpointClass, &'static str>,
+) -> Vec<RouteInfo> {
+    routes.iter().filter(|route| pool_of.contains_key(&route.class)).cloned().collect()
 }
 
 /// `routes` grouped by path, in path order, each path's routes sorted.
@@ -137,6 +158,7 @@ pub(crate) mod fixtures {
         ("sync1", Role::Sync),
         ("reader1", Role::ClientReader),
         ("media1", Role::Media),
+        ("federation1", Role::FederationReader),
     ];
 
     /// The production defaults with `roles` as `instance_map`: the n-th instance (from 0) serves
@@ -194,6 +216,16 @@ pub(crate) mod fixtures {
             error.to_string(),
             "no instance in instance_map serves client_read endpoints (needed by unknown paths)"
         );
+        // A cluster without federation readers does not federate: its config leaves those
+        // paths out rather than failing.
+        let config = cluster(&FULL[..FULL.len() - 1]);
+        let rendered = render(&config, &crate::route_table()).unwrap();
+        assert!(
+            !rendered.contains("/_matrix/federation") && !rendered.contains("/_matrix/key"),
+            "{rendered}"
+        );
+        let rendered = render(&cluster(FULL), &crate::route_table()).unwrap();
+        assert!(rendered.contains("/_matrix/federation") && rendered.contains("/_matrix/key"));
         unserved_client_read
     }
 

@@ -46,7 +46,8 @@ pub fn haproxy_config(config: &Config, routes: &[RouteInfo]) -> Result<String, H
         .map_err(|(class, route)| HaproxyError::Unserved { class, route })?;
     let fallback = backend_of[&EndpointClass::ClientRead];
 
-    let by_path = balancer::by_path(routes);
+    let routes = balancer::routed(routes, &backend_of);
+    let by_path = balancer::by_path(&routes);
     let mut paths = Vec::with_capacity(by_path.len());
     for (path, routes) in by_path {
         let backends = routes.iter().map(|route| (route.method.as_str(), backend_of[&route.class])).collect();

@@ -53,6 +53,8 @@ pub enum AppError {
     Config(&'static str),
     #[error("media store: {0}")]
     Media(String),
+    #[error("federation: {0}")]
+    Federation(String),
 }
 
 /// The route table: every endpoint of every role, one line each, with its class. Handlers are
@@ -61,6 +63,7 @@ pub fn route_table() -> Vec<RouteInfo> {
     let mut routes: Vec<RouteInfo> = ganglion_client::routes().iter().map(Route::info).collect();
     routes.extend(ganglion_sync::routes().iter().map(Route::info));
     routes.extend(ganglion_media::routes().iter().map(Route::info));
+    routes.extend(ganglion_federation_api::routes().iter().map(Route::info));
     routes.sort();
     routes
 }
@@ -110,11 +113,12 @@ pub async fn run(
     let typing = Arc::new(TypingStore::new());
     let notifier = Notifier::new();
     // The master's run identifies the typing stream's epoch; workers learn it from the master.
-    let typing_epoch = if matches!(role, Role::Sync | Role::ClientReader | Role::Media) {
-        0
-    } else {
-        ganglion_storage::now_ms().max(0) as u64
-    };
+    let typing_epoch =
+        if matches!(role, Role::Sync | Role::ClientReader | Role::Media | Role::FederationReader) {
+            0
+        } else {
+            ganglion_storage::now_ms().max(0) as u64
+        };
     let start = initial_token(&db, typing_epoch).await?;
     let positions = Arc::new(Positions::new(start));
     let stream_positions = positions.clone();
@@ -163,18 +167,16 @@ pub async fn run(
     let authenticator: Arc<dyn Authenticator> =
         Arc::new(DbAuthenticator::new(db.clone(), caches.clone(), limiter.clone()));
 
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|source| AppError::Listen { address: config.data_dir.display().to_string(), source })?;
+    let key = Arc::new(signing_key(&config).await?);
+    let federation = ganglion_federation::Federation::new(&config, key.clone(), db.clone())
+        .map_err(|error| AppError::Federation(error.to_string()))?;
+
     let mut catch_up: Option<Arc<dyn CatchUp>> = None;
     let mut follower: Option<Arc<Follower>> = None;
     let master: Arc<dyn Master> = match role {
         Role::All | Role::Master => {
-            std::fs::create_dir_all(&config.data_dir).map_err(|source| AppError::Listen {
-                address: config.data_dir.display().to_string(),
-                source,
-            })?;
-            let key = Arc::new(ServerKey::load_or_generate(
-                &config.server_name,
-                &config.data_dir.join("signing.key"),
-            )?);
             let local = InProcessBus::new(positions.clone(), notifier.clone(), recent.clone());
             let bus: Arc<dyn Bus> = if role == Role::Master {
                 Arc::new(
@@ -194,7 +196,7 @@ pub async fn run(
             let service = MasterService::new(
                 db.clone(),
                 caches.clone(),
-                key,
+                key.clone(),
                 config.clone(),
                 bus,
                 typing.clone(),
@@ -243,7 +245,7 @@ pub async fn run(
             }
             service
         }
-        Role::Sync | Role::ClientReader | Role::Media => {
+        Role::Sync | Role::ClientReader | Role::Media | Role::FederationReader => {
             let address = config.master_grpc().ok_or(AppError::Config("instance_map has no master"))?;
             let remote = ganglion_rpc::grpc::RemoteMaster::new(
                 address,
@@ -328,6 +330,7 @@ pub async fn run(
         config.clone(),
         positions.clone(),
         typing.clone(),
+        federation.clone(),
     );
     routes.extend(
         ganglion_client::routes()
@@ -400,6 +403,42 @@ pub async fn run(
         );
     }
 
+    let federation_state = ganglion_federation_api::FederationState {
+        db: db.clone(),
+        config: config.clone(),
+        key: key.clone(),
+        federation: federation.clone(),
+    };
+    routes.extend(
+        ganglion_federation_api::routes()
+            .into_iter()
+            .filter(|r| role.serves(r.class))
+            .map(|r| r.with_state(federation_state.clone())),
+    );
+    if let Some(address) = config.federation.listen {
+        // Other servers reach the federation classes over TLS here; the client API stays on
+        // `http.listen`.
+        let tls = ganglion_federation::tls::server_config(&config)
+            .map_err(|error| AppError::Federation(error.to_string()))?;
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|source| AppError::Listen { address: address.to_string(), source })?;
+        let federation_routes: Vec<Route<()>> = ganglion_federation_api::routes()
+            .into_iter()
+            .filter(|r| role.serves(r.class))
+            .map(|r| r.with_state(federation_state.clone()))
+            .collect();
+        let router =
+            router_from_routes(federation_routes, config.http.max_body_bytes, Some(metrics.http.clone()));
+        let stopped = until_stopped();
+        tokio::spawn(async move {
+            if let Err(error) = ganglion_http::serve_tls(listener, tls, router, stopped).await {
+                tracing::error!(%error, "the federation listener stopped");
+            }
+        });
+        tracing::info!(%address, "federation listening (TLS)");
+    }
+
     let instance = HeaderValue::from_str(&format!("{}/{}", role.as_str(), config.worker.name))
         .unwrap_or(HeaderValue::from_static("ganglion"));
     let mut router: Router =
@@ -456,6 +495,29 @@ pub async fn run(
     tracing::info!(%address, role = role.as_str(), server_name = %config.server_name, "client API listening");
     on_ready(address);
     ganglion_http::serve(listener, router, until_stopped()).await.map_err(AppError::Serve)
+}
+
+/// The server's signing key. The master (or `all`) creates it on first start; other processes
+/// of a cluster read the same file, waiting a little for a master that is starting at once.
+async fn signing_key(config: &Config) -> Result<ServerKey, AppError> {
+    let path = config.federation.signing_key_path(&config.data_dir);
+    if matches!(config.worker.role, Role::All | Role::Master) {
+        return Ok(ServerKey::load_or_generate(&config.server_name, &path)?);
+    }
+    for _ in 0..300 {
+        if path.exists() {
+            // A key the master is writing right now may be incomplete: read it again shortly.
+            if let Ok(key) = ServerKey::load_or_generate(&config.server_name, &path) {
+                return Ok(key);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(AppError::Federation(format!(
+        "the signing key {} does not exist: every process of a cluster reads the master's \
+         (federation.signing_key)",
+        path.display()
+    )))
 }
 
 /// Behind a trusted load balancer, the client is the one it names, not the balancer itself:

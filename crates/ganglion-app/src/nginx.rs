@@ -35,7 +35,8 @@ pub fn nginx_config(config: &Config, routes: &[RouteInfo]) -> Result<String, Ngi
         .map_err(|(class, route)| NginxError::Unserved { class, route })?;
     let fallback = upstream_of[&EndpointClass::ClientRead];
 
-    let by_path = balancer::by_path(routes);
+    let routes = balancer::routed(routes, &upstream_of);
+    let by_path = balancer::by_path(&routes);
     let mut locations = Vec::with_capacity(by_path.len());
     for (path, routes) in by_path {
         let upstreams =

@@ -8,7 +8,21 @@ use std::{collections::BTreeMap, process::Command};
 const FORBIDDEN: &[(&str, &[&str])] = &[
     ("ganglion-master", &["ganglion-sync", "ganglion-client", "ganglion-http"]),
     ("ganglion-sync", &["ganglion-master", "ganglion-client"]),
-    ("ganglion-client", &["ganglion-master", "ganglion-sync"]),
+    ("ganglion-client", &["ganglion-master", "ganglion-sync", "ganglion-federation-api"]),
+    // Talking to other servers is a library the roles share; the federation API is a role crate.
+    (
+        "ganglion-federation",
+        &[
+            "ganglion-http",
+            "ganglion-rpc",
+            "ganglion-replication",
+            "ganglion-master",
+            "ganglion-client",
+            "ganglion-sync",
+            "ganglion-federation-api",
+        ],
+    ),
+    ("ganglion-federation-api", &["ganglion-master", "ganglion-sync", "ganglion-client", "ganglion-media"]),
     (
         "ganglion-storage",
         &["ganglion-http", "ganglion-rpc", "ganglion-replication", "ganglion-state", "ganglion-events"],

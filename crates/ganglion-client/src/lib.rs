@@ -29,6 +29,8 @@ pub struct ClientState {
     pub typing: Arc<TypingStore>,
     /// In-progress user-interactive auth sessions.
     pub uia: Arc<accounts::UiaSessions>,
+    /// Requests to other servers (remote profiles).
+    pub federation: ganglion_federation::Federation,
 }
 
 impl FromRef<ClientState> for Arc<dyn Authenticator> {
@@ -47,6 +49,7 @@ impl ClientState {
         config: Arc<Config>,
         positions: Arc<Positions>,
         typing: Arc<TypingStore>,
+        federation: ganglion_federation::Federation,
     ) -> ClientState {
         ClientState {
             db,
@@ -57,6 +60,7 @@ impl ClientState {
             positions,
             typing,
             uia: Arc::new(accounts::UiaSessions::default()),
+            federation,
         }
     }
 }

@@ -29,6 +29,43 @@ impl AddressRange {
     }
 }
 
+/// Whether the server may contact `ip` on its own initiative (federation, URL previews): public
+/// unicast addresses, and those in `allowed` (an operator's exceptions). Loopback, private,
+/// link-local, shared, documentation and other non-public ranges are refused otherwise, so that
+/// what a remote party names never reaches the server's own network.
+pub fn may_contact(ip: IpAddr, allowed: &[AddressRange]) -> bool {
+    let ip = ip.to_canonical();
+    if allowed.iter().any(|range| range.contains(ip)) {
+        return true;
+    }
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || a == 0
+                // Shared address space (carrier-grade NAT), benchmarking, reserved.
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 198 && (18..20).contains(&b))
+                || a >= 240)
+        }
+        IpAddr::V6(v6) => {
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || v6.is_unique_local()
+                || v6.is_unicast_link_local()
+                // Documentation (2001:db8::/32).
+                || (v6.segments()[0] == 0x2001 && v6.segments()[1] == 0x0db8))
+        }
+    }
+}
+
 fn prefix_matches(network: &[u8], ip: &[u8], prefix_len: u8) -> bool {
     let full_bytes = usize::from(prefix_len / 8);
     let rest_bits = prefix_len % 8;

@@ -19,7 +19,7 @@ use figment::{
 use ganglion_types::Role;
 use serde::{Deserialize, Serialize};
 
-pub use address::AddressRange;
+pub use address::{AddressRange, may_contact};
 pub use env::TOOL_VARIABLES;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -51,6 +51,59 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// OpenTelemetry traces, exported over OTLP; off unless `otlp_endpoint` is set.
     pub tracing: TracingConfig,
+    /// Talking to other homeservers.
+    pub federation: FederationConfig,
+}
+
+/// Federation: the TLS listener other servers reach, how this server finds and trusts them, and
+/// which of them it talks to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederationConfig {
+    /// The TLS listener for other servers (`0.0.0.0:8448`); unset: no listener of its own (a
+    /// cluster's federation readers are reached through the load balancer, which ends TLS).
+    pub listen: Option<SocketAddr>,
+    /// PEM certificate chain of the listener; unset (with `tls_private_key`): a self-signed
+    /// certificate generated on first start in `<data_dir>/federation-tls.crt`.
+    pub tls_certificate: Option<PathBuf>,
+    /// PEM private key of the listener.
+    pub tls_private_key: Option<PathBuf>,
+    /// Whether other servers' TLS certificates must be valid for their names. Off only for test
+    /// federations with self-signed certificates.
+    pub verify_certificates: bool,
+    /// Internal addresses this server may contact other servers at anyway: loopback, private,
+    /// link-local and other internal ranges are refused otherwise.
+    pub allowed_address_ranges: Vec<AddressRange>,
+    /// The ed25519 signing key; unset: `<data_dir>/signing.key`, generated on first start. Every
+    /// process of a cluster must read the same key. Retired keys are kept beside it, in
+    /// `<signing_key>.old` (`ganglion rotate-signing-key`).
+    pub signing_key: Option<PathBuf>,
+    /// How long other servers may cache this server's keys.
+    pub key_validity_hours: u64,
+    /// Servers asked for another server's keys when it cannot be reached itself, each with the
+    /// keys its answers must be signed with. Empty: keys come from their servers only.
+    pub trusted_key_servers: Vec<TrustedKeyServer>,
+    /// The delegation served at `/.well-known/matrix/server` (`host[:port]`); unset: 404, and
+    /// other servers reach this one by its name (SRV, then port 8448).
+    pub well_known_server: Option<String>,
+    /// How long one request to another server may take.
+    pub request_timeout_ms: u64,
+}
+
+/// A notary: a server trusted to vouch for other servers' keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedKeyServer {
+    pub server_name: String,
+    /// Key id (`ed25519:abc`) to unpadded base64 public key.
+    pub verify_keys: BTreeMap<String, String>,
+}
+
+impl FederationConfig {
+    /// Where the signing key is read from.
+    pub fn signing_key_path(&self, data_dir: &std::path::Path) -> PathBuf {
+        self.signing_key.clone().unwrap_or_else(|| data_dir.join("signing.key"))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -585,6 +638,19 @@ impl Config {
             load_balancer: LoadBalancerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8008)) },
             metrics: MetricsConfig::default(),
             tracing: TracingConfig::default(),
+            federation: FederationConfig {
+                listen: None,
+                tls_certificate: None,
+                tls_private_key: None,
+                verify_certificates: true,
+                allowed_address_ranges: Vec::new(),
+                signing_key: None,
+                // Synapse's `key_refresh_interval`.
+                key_validity_hours: 24,
+                trusted_key_servers: Vec::new(),
+                well_known_server: None,
+                request_timeout_ms: 30_000,
+            },
         }
     }
 
@@ -757,6 +823,31 @@ impl Config {
         }
         if !SUPPORTED_ROOM_VERSIONS.contains(&self.rooms.default_version.as_str()) {
             return invalid("rooms.default_version", "must be one of 10, 11, 12");
+        }
+        if self.federation.tls_certificate.is_some() != self.federation.tls_private_key.is_some() {
+            return invalid(
+                "federation.tls_certificate",
+                "and federation.tls_private_key go together (or neither: a self-signed certificate)",
+            );
+        }
+        if self.federation.key_validity_hours == 0 || self.federation.key_validity_hours > 24 * 7 {
+            return invalid("federation.key_validity_hours", "must be between 1 and 168 (a week)");
+        }
+        if self.federation.request_timeout_ms == 0 {
+            return invalid("federation.request_timeout_ms", "must be at least 1");
+        }
+        if let Some(server) = &self.federation.well_known_server
+            && ruma_server_name_is_valid(server).is_err()
+        {
+            return invalid("federation.well_known_server", "not a valid server name (host[:port])");
+        }
+        for notary in &self.federation.trusted_key_servers {
+            if ruma_server_name_is_valid(&notary.server_name).is_err() || notary.verify_keys.is_empty() {
+                return Err(ConfigError::Invalid {
+                    key: "federation.trusted_key_servers",
+                    problem: format!("{:?} needs a valid server_name and verify_keys", notary.server_name),
+                });
+            }
         }
         let too_short = format!("must be at least {MIN_PRESENCE_TIMEOUT_MS} ms");
         if self.presence.idle_timeout_ms < MIN_PRESENCE_TIMEOUT_MS {

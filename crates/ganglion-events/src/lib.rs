@@ -20,7 +20,7 @@ pub use build::{
     check_template_fields, check_template_size, minimum_pdu_bytes,
 };
 pub use client::{client_event, redacted_json};
-pub use key::{KeyError, ServerKey};
+pub use key::{KeyError, RetiredKey, ServerKey, retired_path};
 pub use pdu::{Pdu, PduError};
 pub use ruma;
 

@@ -75,6 +75,7 @@ impl MatrixError {
             ErrorClass::Unknown => (StatusCode::BAD_REQUEST, "M_UNKNOWN"),
             ErrorClass::MissingToken => (StatusCode::UNAUTHORIZED, "M_MISSING_TOKEN"),
             ErrorClass::UnknownToken => (StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN"),
+            ErrorClass::Unauthorized => (StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED"),
             ErrorClass::UserInteractiveAuth => (StatusCode::UNAUTHORIZED, "M_FORBIDDEN"),
             ErrorClass::LimitExceeded { .. } => (StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED"),
             ErrorClass::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE"),

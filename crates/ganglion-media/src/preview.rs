@@ -177,36 +177,7 @@ async fn fetch(state: &MediaState, mut url: Url) -> MatrixResult<Fetched> {
 /// Whether the server may fetch from `ip`: public unicast addresses, and whatever
 /// `media.url_preview_allowed_ranges` lets through.
 fn allowed(media: &ganglion_config::MediaConfig, ip: IpAddr) -> bool {
-    let ip = ip.to_canonical();
-    if media.url_preview_allowed_ranges.iter().any(|range| range.contains(ip)) {
-        return true;
-    }
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || v4.is_documentation()
-                || a == 0
-                // Shared address space (carrier-grade NAT), benchmarking, reserved.
-                || (a == 100 && (64..128).contains(&b))
-                || (a == 198 && (18..20).contains(&b))
-                || a >= 240)
-        }
-        IpAddr::V6(v6) => {
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || v6.is_unique_local()
-                || v6.is_unicast_link_local()
-                // Documentation (2001:db8::/32).
-                || (v6.segments()[0] == 0x2001 && v6.segments()[1] == 0x0db8))
-        }
-    }
+    ganglion_config::may_contact(ip, &media.url_preview_allowed_ranges)
 }
 
 /// Stores an image fetched for a preview as the user's media; its `og:image` keys.

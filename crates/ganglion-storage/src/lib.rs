@@ -15,6 +15,7 @@ pub mod presence;
 pub mod replication;
 pub mod rooms;
 pub mod secrets;
+pub mod server_keys;
 pub mod state;
 pub mod streams;
 pub mod to_device;

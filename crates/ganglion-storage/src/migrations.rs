@@ -15,6 +15,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("../migrations/0006_media_scans.sql")),
     (7, include_str!("../migrations/0007_server_secrets.sql")),
     (8, include_str!("../migrations/0008_url_previews.sql")),
+    (9, include_str!("../migrations/0009_server_keys.sql")),
 ];
 
 pub(crate) async fn run(db: &Db) -> Result<()> {

@@ -19,6 +19,7 @@
 mod binary;
 mod clamd;
 mod cluster;
+mod federation;
 mod haproxy;
 mod http;
 mod nginx;
@@ -32,11 +33,13 @@ mod redis;
 mod s3;
 mod sdk;
 mod server;
+mod synapse;
 mod wait;
 
 pub use binary::ganglion_binary;
 pub use clamd::{Clamd, EICAR};
 pub use cluster::Cluster;
+pub use federation::FederationNode;
 pub use haproxy::Haproxy;
 pub use http::{Account, Api, Response, enc};
 pub use nginx::{Nginx, free_port};
@@ -48,6 +51,7 @@ pub use redis::{Redis, Reply};
 pub use s3::{S3_BUCKET, S3Server};
 pub use sdk::{sdk_client, sdk_login, sdk_new_client, sdk_register};
 pub use server::{Backend, Bucket, RateLimits, ServerOptions, TestServer};
+pub use synapse::{Synapse, synapse_venv};
 pub use wait::eventually;
 
 /// Re-exported so that tests use the exact SDK (and ruma) the testkit was built against.

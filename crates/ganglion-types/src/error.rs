@@ -24,6 +24,9 @@ pub enum ErrorClass {
     Unknown,
     MissingToken,
     UnknownToken,
+    /// A federation request whose X-Matrix signature is missing or does not verify (401
+    /// `M_UNAUTHORIZED`).
+    Unauthorized,
     /// The request needs user-interactive authentication; carries the session id.
     UserInteractiveAuth,
     LimitExceeded {

@@ -24,6 +24,7 @@ pub enum Role {
     Sync,
     ClientReader,
     Media,
+    FederationReader,
 }
 
 impl Role {
@@ -34,6 +35,7 @@ impl Role {
             Role::Sync => "sync",
             Role::ClientReader => "client-reader",
             Role::Media => "media",
+            Role::FederationReader => "federation-reader",
         }
     }
 
@@ -51,6 +53,13 @@ impl Role {
                     | EndpointClass::WellKnown
             ),
             Role::Media => matches!(class, EndpointClass::Media | EndpointClass::WellKnown),
+            Role::FederationReader => matches!(
+                class,
+                EndpointClass::Federation
+                    | EndpointClass::FederationMedia
+                    | EndpointClass::Keys
+                    | EndpointClass::WellKnown
+            ),
         }
     }
 }

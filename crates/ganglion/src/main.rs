@@ -38,6 +38,13 @@ enum Command {
         #[arg(long, required_if_eq_any([("format", "nginx"), ("format", "haproxy")]))]
         config: Option<PathBuf>,
     },
+    /// Retires the server's signing key and generates a new one. The old key's public half stays
+    /// in `<signing key>.old`, served to other servers as `old_verify_keys` so what it signed
+    /// still verifies. Restart every process afterwards.
+    RotateSigningKey {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -54,7 +61,23 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Routes { format, config } => routes(format, config),
         Command::Run { config, worker } => run(config, worker),
+        Command::RotateSigningKey { config } => rotate_signing_key(config),
     }
+}
+
+fn rotate_signing_key(config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let config =
+        ganglion_config::Config::load(config_path.as_deref()).map_err(|error| anyhow::anyhow!("{error}"))?;
+    let path = config.federation.signing_key_path(&config.data_dir);
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    let key_id = ganglion_events::ServerKey::rotate(&path, now_ms)?;
+    writeln!(
+        std::io::stdout(),
+        "{}: new signing key {key_id}; the old one is kept in {}. Restart every process.",
+        path.display(),
+        ganglion_events::retired_path(&path).display()
+    )?;
+    Ok(())
 }
 
 fn routes(format: RouteFormat, config_path: Option<PathBuf>) -> anyhow::Result<()> {

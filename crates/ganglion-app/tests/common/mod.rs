@@ -14,8 +14,8 @@ use ganglion_testkit::{enc, free_port};
 use ganglion_types::{EndpointClass, Role};
 use reqwest::Method;
 
-/// The config of a master, two sync workers, two client-readers and two media workers (fake, on
-/// loopback), with the load balancer on a free loopback port.
+/// The config of a master, two sync workers, two client-readers, two media workers and a federation
+/// reader (fake, on loopback), with the load balancer on a free loopback port.
 pub async fn fake_cluster() -> Config {
     let mut config = Config::production_default();
     for (name, role) in [
@@ -26,6 +26,7 @@ pub async fn fake_cluster() -> Config {
         ("reader2", Role::ClientReader),
         ("media1", Role::Media),
         ("media2", Role::Media),
+        ("federation1", Role::FederationReader),
     ] {
         config.instance_map.insert(name.into(), fake_instance(name, role).await);
     }

@@ -22,11 +22,13 @@ const MAX_DISPLAYNAME_CHARS: usize = 256;
 /// Longest avatar URL, in bytes (an mxc URI is far shorter); refused the same way.
 const MAX_AVATAR_URL_BYTES: usize = 1000;
 
-/// The profile of a local user, or 404.
+/// The profile of a user, or 404: a local user's from the database, a remote one's from their
+/// server.
 async fn stored_profile(state: &ClientState, user_id: &OwnedUserId) -> MatrixResult<Profile> {
-    // FIXME: profiles of remote users need a federation profile query.
     if user_id.server_name().as_str() != state.config.server_name {
-        return Err(MatrixError::not_found("Profile not found"));
+        let answer = state.federation.client.profile(user_id, None).await?;
+        let field = |name: &str| answer.get(name).and_then(Value::as_str).map(str::to_owned);
+        return Ok(Profile { displayname: field("displayname"), avatar_url: field("avatar_url") });
     }
     let mut conn = state.db.conn().await?;
     let profile = account_store::profile_of_user(&mut conn, user_id.as_str()).await?;

@@ -62,6 +62,7 @@ pub(crate) fn failure_of(error: &MasterError) -> (pb::MasterFailure, Code) {
         ErrorClass::UnknownPos
         | ErrorClass::CannotOverwriteMedia
         | ErrorClass::NotYetUploaded
+        | ErrorClass::Unauthorized
         | ErrorClass::BadGateway => (Wire::Unknown, Code::FailedPrecondition),
         ErrorClass::Unavailable => (Wire::Unavailable, Code::Unavailable),
         ErrorClass::Internal => (Wire::Internal, Code::Internal),

@@ -58,7 +58,7 @@ on_both_backends!(migrations_are_idempotent, |db| {
         .fetch_all(&mut *conn)
         .await
         .unwrap();
-    assert_eq!(applied, vec![(1,), (2,), (3,), (4,), (5,), (6,), (7,), (8,)]);
+    assert_eq!(applied, vec![(1,), (2,), (3,), (4,), (5,), (6,), (7,), (8,), (9,)]);
 });
 
 on_both_backends!(users_devices_and_tokens, |db| {
@@ -230,4 +230,29 @@ on_both_backends!(memberships_track_the_current_state, |db| {
     assert!(rooms::insert_alias(&mut conn, "#a:x", "!m:x", "@a:x").await.unwrap());
     assert!(!rooms::insert_alias(&mut conn, "#a:x", "!m:x", "@b:x").await.unwrap());
     assert_eq!(rooms::room_id_by_alias(&mut conn, "#a:x").await.unwrap().as_deref(), Some("!m:x"));
+});
+
+on_both_backends!(server_keys_take_the_newest_answers_validity, |db| {
+    use ganglion_storage::server_keys::{self, StoredServerKey};
+    let mut conn = db.conn().await.unwrap();
+    let key = |valid_until_ts| StoredServerKey {
+        key_id: "ed25519:a".into(),
+        verify_key: "AAAA".into(),
+        valid_until_ts,
+    };
+    assert!(server_keys::keys_of_server(&mut conn, "remote.example").await.unwrap().is_empty());
+    assert_eq!(server_keys::key_response_of_server(&mut conn, "remote.example").await.unwrap(), None);
+    server_keys::store_server_keys(&mut conn, "remote.example", &[key(1000)], "{\"first\":1}", 1000, 10)
+        .await
+        .unwrap();
+    // The server retired the key at 500: its newer answer says so.
+    server_keys::store_server_keys(&mut conn, "remote.example", &[key(500)], "{\"second\":1}", 2000, 20)
+        .await
+        .unwrap();
+    assert_eq!(server_keys::keys_of_server(&mut conn, "remote.example").await.unwrap(), vec![key(500)]);
+    assert_eq!(
+        server_keys::key_response_of_server(&mut conn, "remote.example").await.unwrap(),
+        Some(("{\"second\":1}".to_owned(), 2000))
+    );
+    assert!(server_keys::keys_of_server(&mut conn, "other.example").await.unwrap().is_empty());
 });

@@ -1,0 +1,41 @@
+//! The federation API: what other servers call. Server keys and the notary (`keys`), the
+//! signed-request extractor (`Signed`), queries (`query`) and discovery (`/.well-known/matrix/server`).
+//!
+//! Served by `role = "all"` (on its TLS listener, `federation.listen`) and, in a cluster, by the
+//! processes whose role serves the federation classes, behind the load balancer.
+
+mod keys;
+mod query;
+mod signed;
+
+use std::sync::Arc;
+
+use ganglion_config::Config;
+use ganglion_events::ServerKey;
+use ganglion_federation::Federation;
+use ganglion_http::Route;
+use ganglion_storage::Db;
+use ganglion_types::EndpointClass::{Federation as Fed, Keys, WellKnown};
+
+pub use signed::Signed;
+
+#[derive(Clone)]
+pub struct FederationState {
+    pub db: Db,
+    pub config: Arc<Config>,
+    pub key: Arc<ServerKey>,
+    pub federation: Federation,
+}
+
+pub fn routes() -> Vec<Route<FederationState>> {
+    #[rustfmt::skip]
+    let routes = vec![
+        Route::get("/_matrix/key/v2/server", Keys, keys::server_keys),
+        Route::get("/_matrix/key/v2/query/{serverName}", Keys, keys::query_one),
+        Route::post("/_matrix/key/v2/query", Keys, keys::query),
+        Route::get("/_matrix/federation/v1/version", Fed, query::version),
+        Route::get("/_matrix/federation/v1/query/profile", Fed, query::profile),
+        Route::get("/.well-known/matrix/server", WellKnown, query::well_known_server),
+    ];
+    routes
+}

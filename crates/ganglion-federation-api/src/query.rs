@@ -1,0 +1,63 @@
+//! Queries: the server's version, a local user's profile, and where to reach this server.
+
+use axum::{Json, extract::State};
+use ganglion_events::ruma::UserId;
+use ganglion_http::{MatrixError, MatrixQuery, MatrixResult};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::{FederationState, Signed};
+
+/// `GET /_matrix/federation/v1/version` (unauthenticated).
+pub(crate) async fn version() -> Json<Value> {
+    Json(json!({ "server": { "name": "Ganglion", "version": env!("CARGO_PKG_VERSION") } }))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ProfileQuery {
+    user_id: String,
+    #[serde(default)]
+    field: Option<String>,
+}
+
+/// `GET /_matrix/federation/v1/query/profile?user_id=…[&field=…]`: a local user's profile.
+pub(crate) async fn profile(
+    State(state): State<FederationState>,
+    MatrixQuery(query): MatrixQuery<ProfileQuery>,
+    _signed: Signed,
+) -> MatrixResult<Json<Value>> {
+    let user_id = UserId::parse(&query.user_id)
+        .map_err(|_| MatrixError::invalid_param(format!("{:?} is not a user id", query.user_id)))?;
+    if user_id.server_name().as_str() != state.config.server_name {
+        return Err(MatrixError::invalid_param("The user is not on this server"));
+    }
+    let fields: &[&str] = match query.field.as_deref() {
+        None => &["displayname", "avatar_url"],
+        Some("displayname") => &["displayname"],
+        Some("avatar_url") => &["avatar_url"],
+        Some(other) => return Err(MatrixError::invalid_param(format!("Unknown profile field {other:?}"))),
+    };
+    let mut conn = state.db.conn().await?;
+    let profile = ganglion_storage::accounts::profile_of_user(&mut conn, user_id.as_str())
+        .await?
+        .ok_or_else(|| MatrixError::not_found("Profile not found"))?;
+    let mut answer = Map::new();
+    for field in fields {
+        let value = match *field {
+            "displayname" => profile.displayname.clone(),
+            _ => profile.avatar_url.clone(),
+        };
+        if let Some(value) = value {
+            answer.insert((*field).to_owned(), json!(value));
+        }
+    }
+    Ok(Json(Value::Object(answer)))
+}
+
+/// `GET /.well-known/matrix/server`: the delegation, when one is configured.
+pub(crate) async fn well_known_server(State(state): State<FederationState>) -> MatrixResult<Json<Value>> {
+    match &state.config.federation.well_known_server {
+        Some(server) => Ok(Json(json!({ "m.server": server }))),
+        None => Err(MatrixError::not_found("This server does not delegate federation")),
+    }
+}

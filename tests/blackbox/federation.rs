@@ -1,0 +1,361 @@
+//! Federation, first step: server keys, the notary, signed requests and profile queries, between
+//! Ganglion and Synapse (from PyPI) and between two Ganglions, each started as
+//! docs/federation.md says (`scripts/federation-node.sh`), on loopback with self-signed TLS.
+
+use std::collections::BTreeMap;
+
+use ganglion_testkit::{Account, Backend, FederationNode, ServerOptions, Synapse, TestServer, enc};
+use ruma::{
+    CanonicalJsonValue, OwnedServerName, ServerName,
+    api::federation::authentication::{ServerSignaturesInput, XMatrix},
+    serde::Base64,
+    signatures::Ed25519KeyPair,
+};
+use serde_json::{Value, json};
+
+/// `GET /_matrix/key/v2/server` of a server, over TLS.
+async fn server_keys(http: &reqwest::Client, federation_url: &str) -> Value {
+    let response = http.get(format!("{federation_url}/_matrix/key/v2/server")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+/// Checks `answer` is signed by `server` with one of the keys it lists as current.
+fn assert_self_signed(answer: &Value, server: &str) {
+    let keys: BTreeMap<String, Base64> = answer["verify_keys"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no verify_keys: {answer}"))
+        .iter()
+        .map(|(id, key)| (id.clone(), Base64::parse(key["key"].as_str().unwrap()).unwrap()))
+        .collect();
+    let map = BTreeMap::from([(server.to_owned(), keys)]);
+    let CanonicalJsonValue::Object(mut object) = CanonicalJsonValue::try_from(answer.clone()).unwrap() else {
+        panic!("not an object: {answer}");
+    };
+    // Only the server's own signature is checked here (a notary adds its own).
+    if let Some(CanonicalJsonValue::Object(signatures)) = object.get_mut("signatures") {
+        signatures.retain(|entity, _| entity == server);
+    }
+    ruma::signatures::verify_json(&map, &object)
+        .unwrap_or_else(|e| panic!("{server}'s signature: {e}: {answer}"));
+}
+
+/// A notary's answer about `server`'s key `key_id`, with the notary's countersignature; `log`
+/// tells why not.
+async fn notary_answer(
+    http: &reqwest::Client,
+    notary_url: &str,
+    notary: &str,
+    (server, key_id): (&str, &str),
+    log: impl Fn() -> String,
+) -> Value {
+    let response = http
+        .post(format!("{notary_url}/_matrix/key/v2/query"))
+        .json(&json!({ "server_keys": { server: { key_id: { "minimum_valid_until_ts": 0 } } } }))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let answer = body["server_keys"]
+        .as_array()
+        .and_then(|answers| answers.iter().find(|a| a["server_name"] == server))
+        .unwrap_or_else(|| panic!("{notary} has no answer about {server}: {body}\n{}", log()))
+        .clone();
+    assert!(answer["signatures"][notary].is_object(), "{notary} did not countersign: {answer}");
+    assert_self_signed(&answer, server);
+    answer
+}
+
+fn key_id(answer: &Value) -> String {
+    answer["verify_keys"].as_object().and_then(|keys| keys.keys().next()).cloned().unwrap_or_default()
+}
+
+async fn set_displayname(account: &Account, name: &str) {
+    account
+        .put(&format!("/profile/{}/displayname", enc(&account.user_id)), &json!({ "displayname": name }))
+        .await
+        .unwrap()
+        .ok();
+}
+
+#[tokio::test]
+async fn keys_notaries_and_profiles_both_ways_with_synapse() {
+    crate::run(async {
+        let (synapse, ganglion) = tokio::join!(Synapse::start(), FederationNode::start());
+        let (synapse, ganglion) = (synapse.unwrap(), ganglion.unwrap());
+        let (s_name, g_name) = (synapse.server_name().to_owned(), ganglion.server_name().to_owned());
+
+        // Our key answer verifies, and Synapse, as a notary, fetches and vouches for it.
+        let ours = server_keys(ganglion.http(), &ganglion.federation_url()).await;
+        assert_eq!(ours["server_name"], g_name);
+        assert_self_signed(&ours, &g_name);
+        let vouched = notary_answer(
+            synapse.http(),
+            &synapse.federation_url(),
+            &s_name,
+            (&g_name, &key_id(&ours)),
+            || synapse.log(),
+        )
+        .await;
+        assert_eq!(vouched["verify_keys"], ours["verify_keys"], "{}", synapse.log());
+        // We fetch Synapse's keys and vouch for them the same way.
+        let theirs = server_keys(synapse.http(), &synapse.federation_url()).await;
+        let vouched = notary_answer(
+            ganglion.http(),
+            &ganglion.federation_url(),
+            &g_name,
+            (&s_name, &key_id(&theirs)),
+            || ganglion.log(),
+        )
+        .await;
+        assert_eq!(vouched["verify_keys"], theirs["verify_keys"], "{}", ganglion.log());
+
+        // Profile queries, signed both ways.
+        let alice = ganglion.client_api().register("alice", crate::PASSWORD).await.unwrap();
+        set_displayname(&alice, "Alice of Ganglion").await;
+        let (bob_id, bob_token) = synapse.register("bob", crate::PASSWORD).await.unwrap();
+        let bob = Account::new(synapse.client_api(), &bob_id, &bob_token, "");
+        set_displayname(&bob, "Bob of Synapse").await;
+
+        let seen_by_bob = bob.get(&format!("/profile/{}", enc(&alice.user_id))).await.unwrap();
+        assert_eq!(seen_by_bob.ok()["displayname"], "Alice of Ganglion", "{}", synapse.log());
+        let seen_by_alice = alice.get(&format!("/profile/{}", enc(&bob_id))).await.unwrap();
+        assert_eq!(seen_by_alice.ok()["displayname"], "Bob of Synapse", "{}", ganglion.log());
+        let field = alice.get(&format!("/profile/{}/displayname", enc(&bob_id))).await.unwrap();
+        assert_eq!(field.ok(), json!({ "displayname": "Bob of Synapse" }));
+
+        let nobody = format!("@nobody:{s_name}");
+        alice.get(&format!("/profile/{}", enc(&nobody))).await.unwrap().err(404, "M_NOT_FOUND");
+        let nobody = format!("@nobody:{g_name}");
+        bob.get(&format!("/profile/{}", enc(&nobody))).await.unwrap().err(404, "M_NOT_FOUND");
+    })
+    .await
+}
+
+/// The signing key of a node, read from its data directory as an operator would back it up.
+fn node_key(node: &FederationNode) -> Ed25519KeyPair {
+    use base64::Engine as _;
+    let text = std::fs::read_to_string(node.dir().join("data/signing.key")).unwrap();
+    let parts: Vec<&str> = text.split_whitespace().collect();
+    let der =
+        base64::engine::general_purpose::STANDARD_NO_PAD.decode(parts[2].trim_end_matches('=')).unwrap();
+    Ed25519KeyPair::from_der(&der, parts[1].to_owned()).unwrap()
+}
+
+/// A `GET` of `uri` on `to`, signed as `origin` with `key` for `destination`.
+async fn signed_get(
+    to: &FederationNode,
+    uri: &str,
+    origin: &str,
+    destination: &str,
+    key: &Ed25519KeyPair,
+) -> reqwest::Response {
+    let request = http::Request::builder().method("GET").uri(uri).body(Vec::<u8>::new()).unwrap();
+    let origin: OwnedServerName = ServerName::parse(origin).unwrap();
+    let destination: OwnedServerName = ServerName::parse(destination).unwrap();
+    let header =
+        XMatrix::try_from_http_request(&request, ServerSignaturesInput::new(origin, destination, key))
+            .unwrap();
+    to.http()
+        .get(format!("{}{uri}", to.federation_url()))
+        .header("authorization", http::HeaderValue::from(&header))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn assert_unauthorized(response: reqwest::Response, why: &str) {
+    assert_eq!(response.status(), 401, "{why}");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["errcode"], "M_UNAUTHORIZED", "{why}: {body}");
+}
+
+#[tokio::test]
+async fn requests_signed_wrongly_are_refused_and_a_rotated_key_keeps_verifying() {
+    crate::run(async {
+        let (a, b) = tokio::join!(FederationNode::start(), FederationNode::start());
+        let (mut a, b) = (a.unwrap(), b.unwrap());
+        let alice = a.client_api().register("alice", crate::PASSWORD).await.unwrap();
+        let bob = b.client_api().register("bob", crate::PASSWORD).await.unwrap();
+        set_displayname(&bob, "Bob").await;
+        let profile_uri = format!("/_matrix/federation/v1/query/profile?user_id={}", enc(&bob.user_id));
+
+        // Signed correctly by A's key (from its data directory): answered. This is what makes
+        // the refusals below refusals of the signature, not of the harness.
+        let a_key = node_key(&a);
+        let response = signed_get(&b, &profile_uri, a.server_name(), b.server_name(), &a_key).await;
+        assert_eq!(response.status(), 200, "{}", b.log());
+
+        // No signature at all.
+        let unsigned = b.http().get(format!("{}{profile_uri}", b.federation_url())).send().await.unwrap();
+        assert_unauthorized(unsigned, "unsigned").await;
+        // Addressed to another server.
+        let response = signed_get(&b, &profile_uri, a.server_name(), "127.0.0.1:1", &a_key).await;
+        assert_unauthorized(response, "wrong destination").await;
+        // A's name and key id, someone else's key.
+        let forged_document = Ed25519KeyPair::generate();
+        let forged = Ed25519KeyPair::from_der(&forged_document, a_key.version().to_owned()).unwrap();
+        let response = signed_get(&b, &profile_uri, a.server_name(), b.server_name(), &forged).await;
+        assert_unauthorized(response, "forged signature").await;
+        // Signed for one request, sent as another.
+        let request =
+            http::Request::builder().method("GET").uri(&profile_uri).body(Vec::<u8>::new()).unwrap();
+        let header = XMatrix::try_from_http_request(
+            &request,
+            ServerSignaturesInput::new(
+                ServerName::parse(a.server_name()).unwrap(),
+                ServerName::parse(b.server_name()).unwrap(),
+                &a_key,
+            ),
+        )
+        .unwrap();
+        let tampered = b
+            .http()
+            .get(format!(
+                "{}/_matrix/federation/v1/query/profile?user_id={}&field=displayname",
+                b.federation_url(),
+                enc(&bob.user_id)
+            ))
+            .header("authorization", http::HeaderValue::from(&header))
+            .send()
+            .await
+            .unwrap();
+        assert_unauthorized(tampered, "a signature over another request").await;
+        // A server that does not exist (nothing listens there): its key cannot be found.
+        let nowhere = format!("127.0.0.1:{}", ganglion_testkit::free_port());
+        let response = signed_get(&b, &profile_uri, &nowhere, b.server_name(), &forged).await;
+        assert_unauthorized(response, "an origin that cannot be reached").await;
+
+        // Rotation: the old key is retired to old_verify_keys, a new one signs from now on.
+        a.stop().await.unwrap();
+        let output = std::process::Command::new(ganglion_testkit::ganglion_binary().unwrap())
+            .args(["rotate-signing-key", "--config"])
+            .arg(a.config_path())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        a.start_again().await.unwrap();
+        let keys = server_keys(a.http(), &a.federation_url()).await;
+        let old_id = format!("ed25519:{}", a_key.version());
+        assert!(keys["verify_keys"].get(&old_id).is_none(), "{keys}");
+        assert_eq!(keys["verify_keys"].as_object().unwrap().len(), 1, "{keys}");
+        assert_eq!(
+            keys["old_verify_keys"][&old_id]["key"],
+            Base64::<ruma::serde::base64::Standard>::new(a_key.public_key().to_vec()).encode().as_str(),
+            "{keys}"
+        );
+        assert!(keys["old_verify_keys"][&old_id]["expired_ts"].as_i64().is_some(), "{keys}");
+        assert_self_signed(&keys, a.server_name());
+        // B learns A's new key when A next signs with it.
+        let seen = alice.get(&format!("/profile/{}", enc(&bob.user_id))).await.unwrap();
+        assert_eq!(seen.ok()["displayname"], "Bob", "{}\n{}", a.log(), b.log());
+        // A request signed with the retired key, after it expired, is refused.
+        let response = signed_get(&b, &profile_uri, a.server_name(), b.server_name(), &a_key).await;
+        assert_unauthorized(response, "a retired key").await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn internal_addresses_are_not_contacted_unless_allowed() {
+    crate::run(async {
+        let node = FederationNode::start().await.unwrap();
+        let bob = node.client_api().register("bob", crate::PASSWORD).await.unwrap();
+        // The embedded default with no federation settings: loopback peers are refused.
+        let server = TestServer::start(Backend::Sqlite, ServerOptions::default()).await.unwrap();
+        let alice = server.register("alice", crate::PASSWORD).await.unwrap();
+        let response = alice.get(&format!("/profile/{}", enc(&bob.user_id))).await.unwrap();
+        let body = response.err(403, "M_FORBIDDEN");
+        assert!(
+            body["error"].as_str().is_some_and(|e| e.contains("federation.allowed_address_ranges")),
+            "{body}"
+        );
+        // (Allowed, as the federation nodes have it, the other tests reach loopback peers.)
+    })
+    .await
+}
+
+/// A `GET` of `uri` at `base_url`, signed as `origin` with `key` for `destination`.
+async fn signed_get_at(
+    base_url: &str,
+    uri: &str,
+    origin: &str,
+    destination: &str,
+    key: &Ed25519KeyPair,
+) -> reqwest::Response {
+    let request = http::Request::builder().method("GET").uri(uri).body(Vec::<u8>::new()).unwrap();
+    let header = XMatrix::try_from_http_request(
+        &request,
+        ServerSignaturesInput::new(
+            ServerName::parse(origin).unwrap(),
+            ServerName::parse(destination).unwrap(),
+            key,
+        ),
+    )
+    .unwrap();
+    reqwest::Client::new()
+        .get(format!("{base_url}{uri}"))
+        .header("authorization", http::HeaderValue::from(&header))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn keys_of_a_server_that_is_down_come_from_a_trusted_notary() {
+    crate::run(async {
+        let (a, notary) = tokio::join!(FederationNode::start(), FederationNode::start());
+        let (mut a, notary) = (a.unwrap(), notary.unwrap());
+        let a_key = node_key(&a);
+        let notary_keys = server_keys(notary.http(), &notary.federation_url()).await;
+        // The notary learns A's key while A is up.
+        let a_id = format!("ed25519:{}", a_key.version());
+        notary_answer(
+            notary.http(),
+            &notary.federation_url(),
+            notary.server_name(),
+            (a.server_name(), &a_id),
+            || notary.log(),
+        )
+        .await;
+        a.stop().await.unwrap();
+
+        let trusting = |verify_keys: &Value| {
+            let keys: Vec<String> = verify_keys
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(id, key)| format!("\"{id}\" = \"{}\"", key["key"].as_str().unwrap()))
+                .collect();
+            ServerOptions {
+                extra_toml: format!(
+                    "[federation]\nverify_certificates = false\nallowed_address_ranges = [\"127.0.0.0/8\"]\n\
+                     [[federation.trusted_key_servers]]\nserver_name = \"{}\"\nverify_keys = {{ {} }}\n",
+                    notary.server_name(),
+                    keys.join(", ")
+                ),
+                ..ServerOptions::default()
+            }
+        };
+        // C cannot reach A, and asks the notary it trusts.
+        let c = TestServer::start(Backend::Sqlite, trusting(&notary_keys["verify_keys"])).await.unwrap();
+        let carol = c.register("carol", crate::PASSWORD).await.unwrap();
+        let uri = format!("/_matrix/federation/v1/query/profile?user_id={}", enc(&carol.user_id));
+        let response = signed_get_at(c.api().base_url(), &uri, a.server_name(), "localhost", &a_key).await;
+        assert_eq!(response.status(), 200, "{}", notary.log());
+
+        // A notary whose answers are not signed by the key configured for it is not believed.
+        let mut wrong_keys = notary_keys["verify_keys"].clone();
+        let id = key_id(&notary_keys);
+        wrong_keys[&id]["key"] =
+            json!(Base64::<ruma::serde::base64::Standard>::new(a_key.public_key().to_vec()).encode());
+        let d = TestServer::start(Backend::Sqlite, trusting(&wrong_keys)).await.unwrap();
+        let dave = d.register("dave", crate::PASSWORD).await.unwrap();
+        let uri = format!("/_matrix/federation/v1/query/profile?user_id={}", enc(&dave.user_id));
+        let response = signed_get_at(d.api().base_url(), &uri, a.server_name(), "localhost", &a_key).await;
+        assert_unauthorized(response, "keys vouched for by a notary with the wrong key").await;
+    })
+    .await
+}
