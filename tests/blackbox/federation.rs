@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use ganglion_testkit::{Account, Backend, FederationNode, ServerOptions, Synapse, TestServer, enc};
+use ganglion_testkit::{Account, Api, Backend, FederationNode, ServerOptions, Synapse, TestServer, enc};
 use ruma::{
     CanonicalJsonValue, OwnedServerName, ServerName,
     api::federation::authentication::{ServerSignaturesInput, XMatrix},
@@ -125,6 +125,21 @@ async fn keys_notaries_and_profiles_both_ways_with_synapse() {
         assert_eq!(seen_by_alice.ok()["displayname"], "Bob of Synapse", "{}", ganglion.log());
         let field = alice.get(&format!("/profile/{}/displayname", enc(&bob_id))).await.unwrap();
         assert_eq!(field.ok(), json!({ "displayname": "Bob of Synapse" }));
+
+        // Aliases resolve through their server.
+        let ganglion_room = alice.create_room(&json!({ "room_alias_name": "lobby" })).await.unwrap();
+        let synapse_room = bob.create_room(&json!({ "room_alias_name": "hall" })).await.unwrap();
+        let resolved =
+            bob.get(&format!("/directory/room/{}", enc(&format!("#lobby:{g_name}")))).await.unwrap().ok();
+        assert_eq!(resolved["room_id"], ganglion_room, "{}", synapse.log());
+        assert_eq!(resolved["servers"], json!([g_name]));
+        let resolved =
+            alice.get(&format!("/directory/room/{}", enc(&format!("#hall:{s_name}")))).await.unwrap().ok();
+        assert_eq!(resolved["room_id"], synapse_room, "{}", ganglion.log());
+        let missing = enc(&format!("#nowhere:{s_name}"));
+        alice.get(&format!("/directory/room/{missing}")).await.unwrap().err(404, "M_NOT_FOUND");
+        let missing = enc(&format!("#nowhere:{g_name}"));
+        bob.get(&format!("/directory/room/{missing}")).await.unwrap().err(404, "M_NOT_FOUND");
 
         let nobody = format!("@nobody:{s_name}");
         alice.get(&format!("/profile/{}", enc(&nobody))).await.unwrap().err(404, "M_NOT_FOUND");
@@ -356,6 +371,60 @@ async fn keys_of_a_server_that_is_down_come_from_a_trusted_notary() {
         let uri = format!("/_matrix/federation/v1/query/profile?user_id={}", enc(&dave.user_id));
         let response = signed_get_at(d.api().base_url(), &uri, a.server_name(), "localhost", &a_key).await;
         assert_unauthorized(response, "keys vouched for by a notary with the wrong key").await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_cluster_federates_through_its_federation_reader() {
+    crate::run(async {
+        let (cluster, node) = tokio::join!(
+            ganglion_testkit::Cluster::start_federating(ServerOptions::default()),
+            FederationNode::start()
+        );
+        let (cluster, node) = (cluster.unwrap(), node.unwrap());
+        let federation_url = cluster.federation_url().unwrap();
+        let http = node.http();
+
+        // nginx ends TLS and a federation reader answers, with the cluster's keys.
+        let response = http.get(format!("{federation_url}/_matrix/key/v2/server")).send().await.unwrap();
+        assert_eq!(response.headers()["x-ganglion-instance"], "federation-reader/federation1");
+        let keys: Value = response.json().await.unwrap();
+        assert_eq!(keys["server_name"], cluster.server_name());
+        assert_self_signed(&keys, cluster.server_name());
+        // The node, as a notary, vouches for the cluster's key.
+        notary_answer(
+            http,
+            &node.federation_url(),
+            node.server_name(),
+            (cluster.server_name(), &key_id(&keys)),
+            || node.log(),
+        )
+        .await;
+
+        let alice = Api::new(cluster.base_url()).register("alice", crate::PASSWORD).await.unwrap();
+        set_displayname(&alice, "Alice of the cluster").await;
+        let bob = node.client_api().register("bob", crate::PASSWORD).await.unwrap();
+        set_displayname(&bob, "Bob of the node").await;
+        // The node's request reaches the federation reader, which checks it with the node's key.
+        let seen_by_bob = bob.get(&format!("/profile/{}", enc(&alice.user_id))).await.unwrap();
+        assert_eq!(seen_by_bob.ok()["displayname"], "Alice of the cluster", "{}", node.log());
+        // A client-reader signs with the key the master made.
+        let seen_by_alice = alice.get(&format!("/profile/{}", enc(&bob.user_id))).await.unwrap();
+        assert_eq!(seen_by_alice.ok()["displayname"], "Bob of the node", "{}", node.log());
+
+        // An alias of the cluster, resolved by the node through the federation reader.
+        let room = alice.create_room(&json!({ "room_alias_name": "lobby" })).await.unwrap();
+        let alias = enc(&format!("#lobby:{}", cluster.server_name()));
+        let resolved = bob.get(&format!("/directory/room/{alias}")).await.unwrap().ok();
+        assert_eq!(resolved["room_id"], room, "{}", node.log());
+
+        let uri = format!("/_matrix/federation/v1/query/profile?user_id={}", enc(&alice.user_id));
+        let unsigned = http.get(format!("{federation_url}{uri}")).send().await.unwrap();
+        assert_unauthorized(unsigned, "unsigned, through nginx").await;
+        // Client endpoints are not on the federation listener.
+        let response = http.get(format!("{federation_url}/_matrix/client/versions")).send().await.unwrap();
+        assert_eq!(response.status(), 404);
     })
     .await
 }

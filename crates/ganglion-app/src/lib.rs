@@ -415,9 +415,9 @@ pub async fn run(
             .filter(|r| role.serves(r.class))
             .map(|r| r.with_state(federation_state.clone())),
     );
-    if let Some(address) = config.federation.listen {
+    if let (Role::All, Some(address)) = (role, config.federation.listen) {
         // Other servers reach the federation classes over TLS here; the client API stays on
-        // `http.listen`.
+        // `http.listen`. In a cluster the load balancer listens there and ends TLS.
         let tls = ganglion_federation::tls::server_config(&config)
             .map_err(|error| AppError::Federation(error.to_string()))?;
         let listener = TcpListener::bind(address)

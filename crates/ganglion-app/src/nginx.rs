@@ -18,6 +18,11 @@ pub enum NginxError {
     Unserved { class: EndpointClass, route: String },
     #[error("route path {0:?} cannot be written as an nginx location")]
     BadPath(String),
+    #[error(
+        "federation.listen is set, so nginx ends federation TLS: set federation.tls_certificate and \
+         federation.tls_private_key"
+    )]
+    FederationCertificate,
 }
 
 /// How long nginx waits for an upstream's answer on `/sync`: longer than any long-poll `timeout`
@@ -86,16 +91,23 @@ http {{
         \"\" $remote_addr;
         default $arg_access_token;
     }}
+    # The hash key of the federation readers: the server that signed the request (X-Matrix).
+    map $http_authorization $ganglion_origin {{
+        \"~*^X-Matrix\\s.*origin=\\\"?(?<ganglion_signer>[^\\\",]+)\" $ganglion_signer;
+        default $remote_addr;
+    }}
 ",
         max_body = config.http.max_body_bytes,
     );
 
     for role in &roles {
-        let _ = writeln!(
-            out,
-            "\n    upstream {} {{\n        hash $ganglion_token consistent;",
-            balancer::pool(*role)
-        );
+        // Other servers keep to one federation reader each (their transactions in order).
+        let key = if *role == ganglion_types::Role::FederationReader {
+            "$ganglion_origin"
+        } else {
+            "$ganglion_token"
+        };
+        let _ = writeln!(out, "\n    upstream {} {{\n        hash {key} consistent;", balancer::pool(*role));
         for (name, instance) in config.instances_of(*role) {
             let _ = writeln!(out, "        server {}; # {name}", instance.http);
         }
@@ -153,7 +165,85 @@ http {{
 ",
         listen = config.load_balancer.listen,
     );
-    for (location, target) in locations.iter().zip(&targets) {
+    write_locations(&mut out, config, &locations, &targets, |_| true);
+    let _ = write!(
+        out,
+        "
+        # Operators' endpoints of each process (replication status) are not for clients.
+        location ^~ /_ganglion/ {{
+            default_type application/json;
+            add_header Cache-Control no-store always;
+            add_header Access-Control-Allow-Origin * always;
+            return 404 '{{\"errcode\":\"M_UNRECOGNIZED\",\"error\":\"Unrecognized request\"}}';
+        }}
+
+        # Unknown paths (and route parameters holding an encoded `/`, which nginx decodes before
+        # matching): client-readers answer 404 M_UNRECOGNIZED, or serve the route.
+        location / {{
+            proxy_pass http://{fallback};
+        }}
+    }}
+"
+    );
+    if let Some(listen) = config.federation.listen
+        && roles.iter().any(|role| role.serves(EndpointClass::Federation))
+    {
+        let (Some(certificate), Some(key)) =
+            (&config.federation.tls_certificate, &config.federation.tls_private_key)
+        else {
+            return Err(NginxError::FederationCertificate);
+        };
+        let _ = write!(
+            out,
+            "
+    # Other servers: federation over TLS, ended here.
+    server {{
+        listen {listen} ssl;
+        ssl_certificate {certificate};
+        ssl_certificate_key {key};
+
+        proxy_http_version 1.1;
+        proxy_set_header Connection \"\";
+        proxy_set_header Host $host;
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_set_header X-Real-IP $remote_addr;
+        proxy_set_header X-Forwarded-Proto $scheme;
+",
+            certificate = certificate.display(),
+            key = key.display(),
+        );
+        write_locations(&mut out, config, &locations, &targets, |location| {
+            location.routes.iter().any(|route| {
+                matches!(
+                    route.class,
+                    EndpointClass::Federation | EndpointClass::FederationMedia | EndpointClass::Keys
+                ) || route.path == "/.well-known/matrix/server"
+            })
+        });
+        let _ = write!(
+            out,
+            "
+        location / {{
+            default_type application/json;
+            return 404 '{{\"errcode\":\"M_UNRECOGNIZED\",\"error\":\"Unrecognized request\"}}';
+        }}
+    }}
+"
+        );
+    }
+    let _ = writeln!(out, "}}");
+    Ok(out)
+}
+
+/// The `location` blocks of `locations` that `wanted` keeps, each proxying to its target.
+fn write_locations(
+    out: &mut String,
+    config: &Config,
+    locations: &[Location<'_>],
+    targets: &[String],
+    wanted: impl Fn(&Location<'_>) -> bool,
+) {
+    for (location, target) in locations.iter().zip(targets).filter(|(location, _)| wanted(location)) {
         let methods: Vec<String> = location
             .routes
             .iter()
@@ -189,27 +279,6 @@ http {{
         }
         let _ = writeln!(out, "        }}");
     }
-    let _ = write!(
-        out,
-        "
-        # Operators' endpoints of each process (replication status) are not for clients.
-        location ^~ /_ganglion/ {{
-            default_type application/json;
-            add_header Cache-Control no-store always;
-            add_header Access-Control-Allow-Origin * always;
-            return 404 '{{\"errcode\":\"M_UNRECOGNIZED\",\"error\":\"Unrecognized request\"}}';
-        }}
-
-        # Unknown paths (and route parameters holding an encoded `/`, which nginx decodes before
-        # matching): client-readers answer 404 M_UNRECOGNIZED, or serve the route.
-        location / {{
-            proxy_pass http://{fallback};
-        }}
-    }}
-}}
-"
-    );
-    Ok(out)
 }
 
 struct Location<'a> {
@@ -311,5 +380,28 @@ mod tests {
         for path in ["/a\"b", "/a\\b", "/a b", "/{unclosed", "/stray}"] {
             assert!(matches!(location_regex(path), Err(NginxError::BadPath(_))), "{path}");
         }
+    }
+
+    #[test]
+    fn federation_gets_a_tls_server_hashed_by_the_signing_server() {
+        let mut config = cluster(FULL);
+        let routes = crate::route_table();
+        // Without federation.listen: no TLS server, but the federation paths are routed.
+        let rendered = nginx_config(&config, &routes).unwrap();
+        assert!(!rendered.contains(" ssl;"));
+        assert!(rendered.contains("hash $ganglion_origin consistent;"));
+        config.federation.listen = Some(([0, 0, 0, 0], 8448).into());
+        assert!(matches!(nginx_config(&config, &routes), Err(NginxError::FederationCertificate)));
+        config.federation.tls_certificate = Some("/etc/tls/fullchain.pem".into());
+        config.federation.tls_private_key = Some("/etc/tls/privkey.pem".into());
+        let rendered = nginx_config(&config, &routes).unwrap();
+        let tls = &rendered[rendered.find("listen 0.0.0.0:8448 ssl;").expect("a TLS server")..];
+        assert!(tls.contains("ssl_certificate /etc/tls/fullchain.pem;"));
+        assert!(tls.contains("ssl_certificate_key /etc/tls/privkey.pem;"));
+        assert!(tls.contains("proxy_pass http://ganglion_federation_reader;"));
+        assert!(tls.contains("\"^/_matrix/key/v2/server$\""));
+        assert!(tls.contains("\"^/\\.well-known/matrix/server$\""));
+        // Client endpoints are not on the federation listener.
+        assert!(!tls.contains("/_matrix/client/"), "{tls}");
     }
 }

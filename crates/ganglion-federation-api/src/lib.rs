@@ -35,6 +35,7 @@ pub fn routes() -> Vec<Route<FederationState>> {
         Route::post("/_matrix/key/v2/query", Keys, keys::query),
         Route::get("/_matrix/federation/v1/version", Fed, query::version),
         Route::get("/_matrix/federation/v1/query/profile", Fed, query::profile),
+        Route::get("/_matrix/federation/v1/query/directory", Fed, query::directory),
         Route::get("/.well-known/matrix/server", WellKnown, query::well_known_server),
     ];
     routes

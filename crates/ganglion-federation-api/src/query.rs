@@ -1,7 +1,7 @@
 //! Queries: the server's version, a local user's profile, and where to reach this server.
 
 use axum::{Json, extract::State};
-use ganglion_events::ruma::UserId;
+use ganglion_events::ruma::{RoomAliasId, UserId};
 use ganglion_http::{MatrixError, MatrixQuery, MatrixResult};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -52,6 +52,30 @@ pub(crate) async fn profile(
         }
     }
     Ok(Json(Value::Object(answer)))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct DirectoryQuery {
+    room_alias: String,
+}
+
+/// `GET /_matrix/federation/v1/query/directory?room_alias=…`: the room of a local alias, and
+/// this server as the one to join it through.
+pub(crate) async fn directory(
+    State(state): State<FederationState>,
+    MatrixQuery(query): MatrixQuery<DirectoryQuery>,
+    _signed: Signed,
+) -> MatrixResult<Json<Value>> {
+    let alias = RoomAliasId::parse(&query.room_alias)
+        .map_err(|_| MatrixError::invalid_param(format!("{:?} is not a room alias", query.room_alias)))?;
+    if alias.server_name().as_str() != state.config.server_name {
+        return Err(MatrixError::invalid_param("The alias is not on this server"));
+    }
+    let mut conn = state.db.conn().await?;
+    let room_id = ganglion_storage::rooms::room_id_by_alias(&mut conn, alias.as_str())
+        .await?
+        .ok_or_else(|| MatrixError::not_found(format!("Room alias {alias} not found")))?;
+    Ok(Json(json!({ "room_id": room_id, "servers": [state.config.server_name] })))
 }
 
 /// `GET /.well-known/matrix/server`: the delegation, when one is configured.

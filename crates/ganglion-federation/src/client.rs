@@ -73,6 +73,12 @@ impl FederationClient {
         self.get(user_id.server_name(), &path).await
     }
 
+    /// `GET /_matrix/federation/v1/query/directory` of an alias of another server.
+    pub async fn room_alias(&self, alias: &ruma::RoomAliasId) -> Result<Value, FederationError> {
+        let path = format!("/_matrix/federation/v1/query/directory?room_alias={}", encode(alias.as_str()));
+        self.get(alias.server_name(), &path).await
+    }
+
     /// A signed `GET` of `path_and_query` on `destination`, answering its JSON.
     pub async fn get(
         &self,

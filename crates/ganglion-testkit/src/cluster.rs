@@ -58,6 +58,9 @@ const ROUTES_DEADLINE: Duration = Duration::from_secs(60);
 /// How long nginx (or HAProxy) may take to answer `/_matrix/client/versions` through to a worker.
 const NGINX_DEADLINE: Duration = Duration::from_secs(30);
 
+/// The federation reader [`Cluster::start_federating`] adds.
+const FEDERATION_READER: (&str, &str) = ("federation1", "federation-reader");
+
 /// One process of the cluster.
 struct Instance {
     name: &'static str,
@@ -92,6 +95,9 @@ pub struct Cluster {
     redis: Redis,
     /// A PostgreSQL of the cluster's own ([`Cluster::start_with_own_postgres`]).
     postgres: Option<Postgres>,
+    /// nginx's federation port (TLS), for [`Cluster::start_federating`].
+    federation_port: Option<u16>,
+    server_name: String,
     /// Declared last: removed once everything above is dead.
     dir: Option<tempfile::TempDir>,
     dir_path: PathBuf,
@@ -115,7 +121,27 @@ impl Cluster {
     /// ([`Postgres::shared`]) and waits (bounded) until every process is ready and nginx answers.
     /// `options` apply to every process (`env` included).
     pub async fn start(options: ServerOptions) -> anyhow::Result<Cluster> {
-        Cluster::start_on(options, false, &INSTANCES).await
+        Cluster::start_on(options, false, &INSTANCES, false).await
+    }
+
+    /// Like [`Cluster::start`], plus a federation reader, federating as a test federation on
+    /// loopback does: server name `127.0.0.1:FED_PORT`, where nginx ends federation TLS (a
+    /// self-signed certificate made with `openssl`) and passes requests to `federation1`; peers'
+    /// certificates not verified, loopback peers allowed.
+    pub async fn start_federating(options: ServerOptions) -> anyhow::Result<Cluster> {
+        let mut instances = INSTANCES.to_vec();
+        instances.push(FEDERATION_READER);
+        Cluster::start_on(options, false, &instances, true).await
+    }
+
+    /// `127.0.0.1:FED_PORT` of [`Cluster::start_federating`], else `localhost`.
+    pub fn server_name(&self) -> &str {
+        &self.server_name
+    }
+
+    /// `https://127.0.0.1:FED_PORT`: nginx's federation listener ([`Cluster::start_federating`]).
+    pub fn federation_url(&self) -> Option<String> {
+        self.federation_port.map(|port| format!("https://127.0.0.1:{port}"))
     }
 
     /// Like [`Cluster::start`], with `sync_workers` `sync` workers and `client_readers`
@@ -127,19 +153,20 @@ impl Cluster {
         client_readers: usize,
     ) -> anyhow::Result<Cluster> {
         let instances = layout(sync_workers, client_readers)?;
-        Cluster::start_on(options, false, &instances).await
+        Cluster::start_on(options, false, &instances, false).await
     }
 
     /// Like [`Cluster::start`], on a PostgreSQL of its own (see [`Cluster::own_postgres`]), for
     /// tests that stop the database.
     pub async fn start_with_own_postgres(options: ServerOptions) -> anyhow::Result<Cluster> {
-        Cluster::start_on(options, true, &INSTANCES).await
+        Cluster::start_on(options, true, &INSTANCES, false).await
     }
 
     async fn start_on(
-        options: ServerOptions,
+        mut options: ServerOptions,
         own_postgres: bool,
         layout: &[(&'static str, &'static str)],
+        federating: bool,
     ) -> anyhow::Result<Cluster> {
         let binary =
             blocking(BUILD_DEADLINE, "locating or building the ganglion binary", ganglion_binary).await?;
@@ -161,7 +188,8 @@ impl Cluster {
         let redis_dir = dir_path.join("redis");
         let redis = blocking(READY_DEADLINE, "starting Redis", move || Redis::start_in(&redis_dir)).await?;
 
-        let mut ports = crate::ports::free_ports(2 * layout.len() + 2)?;
+        let mut ports = crate::ports::free_ports(2 * layout.len() + 3)?;
+        let spare_port = ports.pop().context("ports")?;
         let load_balancer_port = ports.pop().context("ports")?;
         let grpc_port = ports.pop().context("ports")?;
         let metrics_ports = ports.split_off(layout.len());
@@ -179,9 +207,25 @@ impl Cluster {
             })
             .collect();
 
+        let federation_port = federating.then_some(spare_port);
+        let server_name = match federation_port {
+            Some(port) => {
+                let (certificate, key) = (dir_path.join("federation.crt"), dir_path.join("federation.key"));
+                self_signed_certificate(&certificate, &key)?;
+                options.extra_toml = format!(
+                    "{}\n[federation]\nlisten = \"127.0.0.1:{port}\"\ntls_certificate = {}\ntls_private_key = {}\n\
+                     verify_certificates = false\nallowed_address_ranges = [\"127.0.0.0/8\", \"::1/128\"]\n",
+                    options.extra_toml,
+                    quote(&certificate.to_string_lossy()),
+                    quote(&key.to_string_lossy()),
+                );
+                format!("127.0.0.1:{port}")
+            }
+            None => SERVER_NAME.to_owned(),
+        };
         let data_dir = dir_path.join("data");
         let settings = ConfigSettings {
-            server_name: SERVER_NAME,
+            server_name: &server_name,
             data_dir: &data_dir,
             database_url: &database_url,
             options: &options,
@@ -203,6 +247,8 @@ impl Cluster {
             haproxy: None,
             redis,
             postgres,
+            federation_port,
+            server_name,
             dir: Some(dir),
             dir_path,
         };
@@ -214,7 +260,7 @@ impl Cluster {
         let proxy = "proxy_http_version 1.1;";
         anyhow::ensure!(nginx_config.contains(proxy), "no `{proxy}` in the generated nginx config");
         let nginx_config =
-            nginx_config.replacen(proxy, &format!("{proxy}\n        proxy_bind {NGINX_ADDRESS};"), 1);
+            nginx_config.replace(proxy, &format!("{proxy}\n        proxy_bind {NGINX_ADDRESS};"));
         let nginx = Nginx::start(&nginx_config).with_context(|| {
             format!(
                 "starting nginx with the generated config ({})",
@@ -636,6 +682,24 @@ fn layout(sync_workers: usize, client_readers: usize) -> anyhow::Result<Vec<(&'s
             !(name == "sync2" && sync_workers < 2 || name == "reader2" && client_readers < 2)
         })
         .collect())
+}
+
+/// A self-signed certificate for 127.0.0.1, by the `openssl` command.
+fn self_signed_certificate(certificate: &Path, key: &Path) -> anyhow::Result<()> {
+    let output = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(key)
+        .arg("-out")
+        .arg(certificate)
+        .output()
+        .context("running openssl (Debian package openssl)")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "openssl req failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
 }
 
 /// The cluster's own tables: `[redis]`, `[load_balancer]` and the `instance_map`.

@@ -13,13 +13,24 @@ use serde_json::{Map, Value, json};
 use super::access::{self, HistoryVisibility};
 use crate::ClientState;
 use ganglion_rpc::{DeleteAlias, SetAlias};
+use ganglion_types::ErrorClass;
 
-/// `GET /directory/room/{roomAlias}`.
+/// `GET /directory/room/{roomAlias}`: a local alias from the database, another server's from
+/// that server (`/query/directory`).
 pub(crate) async fn alias(
     State(state): State<ClientState>,
     Path(alias): Path<String>,
 ) -> MatrixResult<Json<Value>> {
     let alias = access::room_alias(&alias)?;
+    if alias.server_name().as_str() != state.config.server_name {
+        let answer = state.federation.client.room_alias(&alias).await?;
+        let room_id = answer.get("room_id").and_then(Value::as_str).map(str::to_owned);
+        let servers = answer.get("servers").cloned().unwrap_or_else(|| json!([]));
+        let room_id = room_id.ok_or_else(|| {
+            MatrixError::new(ErrorClass::BadGateway, "The alias's server answered no room id")
+        })?;
+        return Ok(Json(json!({ "room_id": room_id, "servers": servers })));
+    }
     let mut conn = state.db.conn().await?;
     let room_id = room_store::room_id_by_alias(&mut conn, alias.as_str()).await?;
     let room_id = room_id.ok_or_else(|| MatrixError::not_found(format!("Room alias {alias} not found")))?;
