@@ -141,7 +141,19 @@ async fn one_send_is_one_trace_across_processes_to_the_woken_sync(backend: Backe
             };
             let trace: Vec<Received> =
                 spans.iter().filter(|span| span.trace_id == send.trace_id).cloned().collect();
-            Ok(trace.iter().any(|span| span.name == "sync woken").then_some(trace))
+            // Each process exports on its own schedule: wait for every part of the chain, and
+            // for every span's parent.
+            let has = |name: &str| trace.iter().any(|span| span.name == name);
+            let calls = trace.iter().filter(|span| span.name == "SendEvent").count();
+            let linked = trace.iter().all(|span| {
+                span.parent_span_id.is_empty()
+                    || trace.iter().any(|parent| parent.span_id == span.parent_span_id)
+            });
+            let complete = has("sync woken")
+                && has("persist event")
+                && linked
+                && (backend != Backend::Cluster || calls == 2);
+            Ok(complete.then_some(trace))
         },
     )
     .await
