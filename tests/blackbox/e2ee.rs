@@ -196,12 +196,12 @@ async fn a_device_added_later_decrypts_new_messages(backend: Backend) {
 }
 
 /// A well-formed curve25519 public key (32 bytes in unpadded base64) that starts with `seed`.
-fn test_key(seed: &str) -> String {
+pub(crate) fn test_key(seed: &str) -> String {
     format!("{seed:A<43}")
 }
 
 /// Uploads `count` plain curve25519 one-time keys for `account`'s device.
-async fn upload_one_time_keys(account: &Account, prefix: &str, count: usize) -> Value {
+pub(crate) async fn upload_one_time_keys(account: &Account, prefix: &str, count: usize) -> Value {
     let keys: serde_json::Map<String, Value> = (0..count)
         .map(|index| {
             (format!("curve25519:{prefix}{index:03}"), json!(test_key(&format!("{prefix}{index:03}"))))
@@ -631,13 +631,17 @@ async fn a_key_backup_restores_history_on_a_fresh_device(backend: Backend) {
 }
 
 /// A device's identity key pair, as a client makes it: named `ed25519:<device id>`.
-fn device_key_pair(device_id: &str) -> ruma::signatures::Ed25519KeyPair {
+pub(crate) fn device_key_pair(device_id: &str) -> ruma::signatures::Ed25519KeyPair {
     let document = ruma::signatures::Ed25519KeyPair::generate();
     ruma::signatures::Ed25519KeyPair::from_der(&document, device_id.to_owned()).unwrap()
 }
 
 /// The device's keys, signed by `key_pair` as a client signs them.
-fn signed_device_keys(account: &Account, key_pair: &ruma::signatures::Ed25519KeyPair, curve: &str) -> Value {
+pub(crate) fn signed_device_keys(
+    account: &Account,
+    key_pair: &ruma::signatures::Ed25519KeyPair,
+    curve: &str,
+) -> Value {
     use base64::Engine as _;
     let ed25519 = base64::engine::general_purpose::STANDARD_NO_PAD.encode(key_pair.public_key());
     let keys = json!({

@@ -419,12 +419,111 @@ async fn a_cluster_federates_through_its_federation_reader() {
         let resolved = bob.get(&format!("/directory/room/{alias}")).await.unwrap().ok();
         assert_eq!(resolved["room_id"], room, "{}", node.log());
 
+        // Device keys through the federation reader, one-time keys claimed through the master.
+        let alice_keys =
+            crate::e2ee::signed_device_keys(&alice, &crate::e2ee::device_key_pair(&alice.device_id), "alice");
+        alice.post("/keys/upload", &json!({ "device_keys": alice_keys })).await.unwrap().ok();
+        crate::e2ee::upload_one_time_keys(&alice, "a", 1).await;
+        let seen =
+            bob.post("/keys/query", &json!({ "device_keys": { &alice.user_id: [] } })).await.unwrap().ok();
+        assert_eq!(
+            seen["device_keys"][&alice.user_id][&alice.device_id]["keys"], alice_keys["keys"],
+            "{seen}"
+        );
+        let body = json!({ "one_time_keys": { &alice.user_id: { &alice.device_id: "curve25519" } } });
+        let claimed = bob.post("/keys/claim", &body).await.unwrap().ok();
+        assert!(claimed["one_time_keys"][&alice.user_id][&alice.device_id].is_object(), "{claimed}");
+        let again = bob.post("/keys/claim", &body).await.unwrap().ok();
+        assert!(again["one_time_keys"].get(&alice.user_id).is_none(), "one key, claimed twice: {again}");
+
         let uri = format!("/_matrix/federation/v1/query/profile?user_id={}", enc(&alice.user_id));
         let unsigned = http.get(format!("{federation_url}{uri}")).send().await.unwrap();
         assert_unauthorized(unsigned, "unsigned, through nginx").await;
         // Client endpoints are not on the federation listener.
         let response = http.get(format!("{federation_url}/_matrix/client/versions")).send().await.unwrap();
         assert_eq!(response.status(), 404);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn device_keys_and_one_time_keys_across_servers_with_synapse() {
+    use crate::e2ee::{device_key_pair, signed_device_keys, upload_one_time_keys};
+    crate::run(async {
+        let (synapse, ganglion) = tokio::join!(Synapse::start(), FederationNode::start());
+        let (synapse, ganglion) = (synapse.unwrap(), ganglion.unwrap());
+        let alice = ganglion.client_api().register("alice", crate::PASSWORD).await.unwrap();
+        let (bob_id, bob_token) = synapse.register("bob", crate::PASSWORD).await.unwrap();
+        let whoami = Account::new(synapse.client_api(), &bob_id, &bob_token, "")
+            .get("/account/whoami")
+            .await
+            .unwrap()
+            .ok();
+        let bob =
+            Account::new(synapse.client_api(), &bob_id, &bob_token, whoami["device_id"].as_str().unwrap());
+
+        // Each uploads its device's signed keys and two one-time keys to its own server.
+        let alice_keys = signed_device_keys(&alice, &device_key_pair(&alice.device_id), "alice");
+        let bob_keys = signed_device_keys(&bob, &device_key_pair(&bob.device_id), "bob");
+        for (account, keys) in [(&alice, &alice_keys), (&bob, &bob_keys)] {
+            account.post("/keys/upload", &json!({ "device_keys": keys })).await.unwrap().ok();
+        }
+        upload_one_time_keys(&alice, "a", 2).await;
+        upload_one_time_keys(&bob, "b", 2).await;
+
+        // Each server's client asks the other server for its user's keys.
+        let seen_by_bob =
+            bob.post("/keys/query", &json!({ "device_keys": { &alice.user_id: [] } })).await.unwrap().ok();
+        assert_eq!(
+            seen_by_bob["device_keys"][&alice.user_id][&alice.device_id]["keys"],
+            alice_keys["keys"],
+            "{seen_by_bob}\n{}",
+            synapse.log()
+        );
+        let seen_by_alice =
+            alice.post("/keys/query", &json!({ "device_keys": { &bob_id: [] } })).await.unwrap().ok();
+        assert_eq!(
+            seen_by_alice["device_keys"][&bob_id][&bob.device_id]["keys"], bob_keys["keys"],
+            "{seen_by_alice}"
+        );
+        assert_eq!(seen_by_alice["failures"], json!({}));
+        // A server that cannot be reached is a failure, beside the answers of those that can.
+        let nowhere = format!("@carol:127.0.0.1:{}", ganglion_testkit::free_port());
+        let mixed = alice
+            .post(
+                "/keys/query",
+                &json!({ "device_keys": { &bob_id: [], &nowhere: [], &alice.user_id: [] }, "timeout": 5000 }),
+            )
+            .await
+            .unwrap()
+            .ok();
+        assert!(mixed["device_keys"][&bob_id][&bob.device_id].is_object(), "{mixed}");
+        assert!(mixed["device_keys"][&alice.user_id][&alice.device_id].is_object(), "{mixed}");
+        assert!(mixed["failures"][nowhere.split_once(':').unwrap().1].is_object(), "{mixed}");
+
+        // One-time keys: each claim hands out another key, across servers, until none are left.
+        let claim = |account: &Account, user: &str, device: &str| {
+            let (account, body) =
+                (account.clone(), json!({ "one_time_keys": { user: { device: "curve25519" } } }));
+            async move { account.post("/keys/claim", &body).await.unwrap().ok() }
+        };
+        let first = claim(&alice, &bob_id, &bob.device_id).await;
+        let second = claim(&alice, &bob_id, &bob.device_id).await;
+        let (first, second) = (
+            &first["one_time_keys"][&bob_id][&bob.device_id],
+            &second["one_time_keys"][&bob_id][&bob.device_id],
+        );
+        assert!(first.as_object().is_some_and(|keys| keys.len() == 1), "{first}");
+        assert!(second.as_object().is_some_and(|keys| keys.len() == 1), "{second}");
+        assert_ne!(first, second);
+        let third = claim(&alice, &bob_id, &bob.device_id).await;
+        assert!(
+            third["one_time_keys"].get(&bob_id).is_none_or(|user| user.get(&bob.device_id).is_none()),
+            "{third}"
+        );
+        let claimed_by_bob = claim(&bob, &alice.user_id, &alice.device_id).await;
+        let key = &claimed_by_bob["one_time_keys"][&alice.user_id][&alice.device_id];
+        assert!(key.as_object().is_some_and(|keys| keys.len() == 1), "{claimed_by_bob}\n{}", synapse.log());
     })
     .await
 }

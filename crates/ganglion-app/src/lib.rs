@@ -325,7 +325,7 @@ pub async fn run(
     let state = ClientState::new(
         db.clone(),
         caches.clone(),
-        master,
+        master.clone(),
         authenticator.clone(),
         config.clone(),
         positions.clone(),
@@ -408,6 +408,7 @@ pub async fn run(
         config: config.clone(),
         key: key.clone(),
         federation: federation.clone(),
+        master,
     };
     routes.extend(
         ganglion_federation_api::routes()

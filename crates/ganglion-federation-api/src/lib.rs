@@ -7,6 +7,7 @@
 mod keys;
 mod query;
 mod signed;
+mod user;
 
 use std::sync::Arc;
 
@@ -25,6 +26,8 @@ pub struct FederationState {
     pub config: Arc<Config>,
     pub key: Arc<ServerKey>,
     pub federation: Federation,
+    /// Claims of one-time keys go through the master.
+    pub master: Arc<dyn ganglion_rpc::Master>,
 }
 
 pub fn routes() -> Vec<Route<FederationState>> {
@@ -36,6 +39,9 @@ pub fn routes() -> Vec<Route<FederationState>> {
         Route::get("/_matrix/federation/v1/version", Fed, query::version),
         Route::get("/_matrix/federation/v1/query/profile", Fed, query::profile),
         Route::get("/_matrix/federation/v1/query/directory", Fed, query::directory),
+        Route::post("/_matrix/federation/v1/user/keys/query", Fed, user::query_keys),
+        Route::post("/_matrix/federation/v1/user/keys/claim", Fed, user::claim_keys),
+        Route::get("/_matrix/federation/v1/user/devices/{userId}", Fed, user::devices),
         Route::get("/.well-known/matrix/server", WellKnown, query::well_known_server),
     ];
     routes

@@ -79,6 +79,16 @@ impl FederationClient {
         self.get(alias.server_name(), &path).await
     }
 
+    /// `POST /_matrix/federation/v1/user/keys/query` on `server` (its users' keys).
+    pub async fn query_keys(&self, server: &ServerName, body: &Value) -> Result<Value, FederationError> {
+        self.request(Method::POST, server, "/_matrix/federation/v1/user/keys/query", Some(body)).await
+    }
+
+    /// `POST /_matrix/federation/v1/user/keys/claim` on `server` (one-time keys of its users).
+    pub async fn claim_keys(&self, server: &ServerName, body: &Value) -> Result<Value, FederationError> {
+        self.request(Method::POST, server, "/_matrix/federation/v1/user/keys/claim", Some(body)).await
+    }
+
     /// A signed `GET` of `path_and_query` on `destination`, answering its JSON.
     pub async fn get(
         &self,

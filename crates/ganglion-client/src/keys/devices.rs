@@ -7,13 +7,11 @@ use axum::{
     extract::{Path, State},
 };
 use ganglion_config::RateLimitAction;
-use ganglion_events::ruma::{OwnedDeviceId, OwnedUserId};
+use ganglion_events::ruma::{OwnedDeviceId, OwnedServerName, OwnedUserId};
 use ganglion_http::{Auth, MatrixError, MatrixJson, MatrixResult, client_ip};
 use ganglion_rpc::{ClaimKeys, KeyClaim, SendToDevice, UploadKeys, UploadSignatures, UploadSigningKeys};
-use ganglion_storage::{
-    Conn, accounts as account_store,
-    keys::{self as key_store, CrossSigningKeyType},
-};
+use ganglion_state::keys::key_query;
+use ganglion_storage::keys::{self as key_store, CrossSigningKeyType};
 use http::request::Parts;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -55,10 +53,16 @@ pub(crate) async fn upload(
 #[derive(Deserialize)]
 struct QueryBody {
     device_keys: BTreeMap<String, Vec<String>>,
+    /// How long to wait for other servers, in milliseconds.
+    #[serde(default)]
+    timeout: Option<u64>,
 }
 
+/// How long `/keys/query` and `/keys/claim` wait for other servers unless the client says.
+const DEFAULT_REMOTE_TIMEOUT_MS: u64 = 10_000;
+
 /// `POST /keys/query`: the devices' keys with the signatures made on them, and the users'
-/// cross-signing keys. Users of other servers are reported in `failures` until federation.
+/// cross-signing keys; those of other servers' users asked of their servers, all at once.
 pub(crate) async fn query(
     State(state): State<ClientState>,
     Auth(session): Auth,
@@ -68,111 +72,92 @@ pub(crate) async fn query(
     let body: QueryBody = from_object(body)?;
     let mut users = Vec::new();
     let mut wanted: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut failures = Map::new();
+    let mut remote: BTreeMap<OwnedServerName, Map<String, Value>> = BTreeMap::new();
     for (user, devices) in body.device_keys {
         let parsed = user_id(&user)?;
         if parsed.server_name() != state.config.server_name.as_str() {
-            failures.insert(
-                parsed.server_name().to_string(),
-                json!({ "status": 503, "message": "Federation is not available on this server" }),
-            );
+            remote.entry(parsed.server_name().to_owned()).or_default().insert(user, json!(devices));
             continue;
         }
         wanted.insert(user.clone(), devices.into_iter().collect());
         users.push(user);
     }
-    let mut conn = state.db.conn().await?;
-    let mut answer = key_query(&mut conn, session.user_id.as_str(), &users, &wanted).await?;
+    let timeout = body.timeout.unwrap_or(DEFAULT_REMOTE_TIMEOUT_MS);
+    let (remote_answers, conn) = tokio::join!(
+        ask_servers(remote, timeout, |server, users| {
+            let federation = state.federation.client.clone();
+            async move { federation.query_keys(&server, &json!({ "device_keys": users })).await }
+        }),
+        state.db.conn()
+    );
+    let mut conn = conn?;
+    let mut answer = key_query(&mut conn, Some(session.user_id.as_str()), &users, &wanted).await?;
+    let mut failures = Map::new();
+    for (server, result) in remote_answers {
+        match result {
+            Ok(remote_answer) => {
+                // A server speaks for its own users only.
+                for field in ["device_keys", "master_keys", "self_signing_keys"] {
+                    let Some(Value::Object(found)) = remote_answer.get(field) else { continue };
+                    let Some(Value::Object(ours)) = answer.get_mut(field) else { continue };
+                    for (user, keys) in found {
+                        if user_of_server(user, &server) {
+                            ours.insert(user.clone(), keys.clone());
+                        }
+                    }
+                }
+            }
+            Err(failure) => {
+                failures.insert(server.to_string(), failure);
+            }
+        }
+    }
     answer.insert("failures".into(), Value::Object(failures));
     Ok(Json(Value::Object(answer)))
 }
 
-/// The `/keys/query` answer for local `users` (each with its wanted devices, all when empty),
-/// as `requester` may see it: user-signing keys, and signatures made with them, only its own.
-async fn key_query(
-    conn: &mut Conn,
-    requester: &str,
-    users: &[String],
-    wanted: &BTreeMap<String, BTreeSet<String>>,
-) -> MatrixResult<Map<String, Value>> {
-    let mut signatures: BTreeMap<(String, String), Vec<key_store::KeySignatureRow>> = BTreeMap::new();
-    for signature in key_store::signatures_on_keys_of_users(conn, users).await? {
-        // A signature with someone's user-signing key is that someone's business.
-        if signature.signer_user_id != signature.target_user_id && signature.signer_user_id != requester {
-            continue;
+/// Asks each server its part of a request at once, each within `timeout_ms`; a server that
+/// fails is reported as `/keys/*`'s `failures` want it.
+async fn ask_servers<F, Fut>(
+    per_server: BTreeMap<OwnedServerName, Map<String, Value>>,
+    timeout_ms: u64,
+    ask: F,
+) -> Vec<(OwnedServerName, Result<Value, Value>)>
+where
+    F: Fn(OwnedServerName, Map<String, Value>) -> Fut,
+    Fut: std::future::Future<Output = Result<Value, ganglion_federation::FederationError>>,
+{
+    let timeout = std::time::Duration::from_millis(timeout_ms);
+    let asks = per_server.into_iter().map(|(server, users)| {
+        let asked = ask(server.clone(), users);
+        async move {
+            let result = match tokio::time::timeout(timeout, asked).await {
+                Ok(Ok(answer)) => Ok(answer),
+                Ok(Err(error)) => {
+                    let status = match &error {
+                        ganglion_federation::FederationError::Remote { status, .. } => *status,
+                        _ => 503,
+                    };
+                    Err(json!({ "status": status, "message": error.to_string() }))
+                }
+                Err(_) => Err(json!({ "status": 504, "message": "The server did not answer in time" })),
+            };
+            (server, result)
         }
-        let key = (signature.target_user_id.clone(), signature.target_key_id.clone());
-        signatures.entry(key).or_default().push(signature);
-    }
-    let with_signatures = |user: &str, key_id: &str, mut object: Value| {
-        if let Some(rows) = signatures.get(&(user.to_owned(), key_id.to_owned())) {
-            for row in rows {
-                object["signatures"][row.signer_user_id.as_str()][row.signer_key_id.as_str()] =
-                    json!(row.signature);
-            }
-        }
-        object
-    };
-
-    let mut device_keys = Map::new();
-    for user in users {
-        device_keys.insert(user.clone(), json!({}));
-    }
-    let names: BTreeMap<(String, String), Option<String>> = account_store::device_names_of_users(conn, users)
-        .await?
-        .into_iter()
-        .map(|(user, device, name)| ((user, device), name))
-        .collect();
-    for row in key_store::device_keys_of_users(conn, users).await? {
-        let devices = &wanted[&row.user_id];
-        if !devices.is_empty() && !devices.contains(&row.device_id) {
-            continue;
-        }
-        let Ok(mut object) = serde_json::from_str::<Value>(&row.keys_json) else { continue };
-        if let Some(Some(name)) = names.get(&(row.user_id.clone(), row.device_id.clone())) {
-            object["unsigned"] = json!({ "device_display_name": name });
-        }
-        let object = with_signatures(&row.user_id, &row.device_id, object);
-        device_keys[row.user_id.as_str()][row.device_id.as_str()] = object;
-    }
-
-    let mut master_keys = Map::new();
-    let mut self_signing_keys = Map::new();
-    let mut user_signing_keys = Map::new();
-    for row in key_store::cross_signing_keys_of_users(conn, users).await? {
-        let Ok(object) = serde_json::from_str::<Value>(&row.keys_json) else { continue };
-        match row.key_type {
-            CrossSigningKeyType::Master => {
-                let public_key = public_key_of(&object).unwrap_or_default();
-                let object = with_signatures(&row.user_id, &public_key, object);
-                master_keys.insert(row.user_id, object);
-            }
-            CrossSigningKeyType::SelfSigning => {
-                self_signing_keys.insert(row.user_id, object);
-            }
-            CrossSigningKeyType::UserSigning if row.user_id == requester => {
-                user_signing_keys.insert(row.user_id, object);
-            }
-            CrossSigningKeyType::UserSigning => {}
-        }
-    }
-    let mut answer = Map::new();
-    answer.insert("device_keys".into(), Value::Object(device_keys));
-    answer.insert("master_keys".into(), Value::Object(master_keys));
-    answer.insert("self_signing_keys".into(), Value::Object(self_signing_keys));
-    answer.insert("user_signing_keys".into(), Value::Object(user_signing_keys));
-    Ok(answer)
+    });
+    futures_util::future::join_all(asks).await
 }
 
-/// The public key of a cross-signing key object: its one `ed25519:` key.
-fn public_key_of(object: &Value) -> Option<String> {
-    let keys = object.get("keys")?.as_object()?;
-    keys.keys().find_map(|id| id.strip_prefix("ed25519:")).map(str::to_owned)
+/// Whether `user` is a user id of `server`.
+fn user_of_server(user: &str, server: &OwnedServerName) -> bool {
+    ganglion_events::ruma::UserId::parse(user).is_ok_and(|user| user.server_name() == server)
 }
 
 #[derive(Deserialize)]
 struct ClaimBody {
     one_time_keys: BTreeMap<String, BTreeMap<String, String>>,
+    #[serde(default)]
+    timeout: Option<u64>,
 }
 
 /// `POST /keys/claim`: one key per device, a one-time key while any is left, else the fallback.
@@ -185,13 +170,11 @@ pub(crate) async fn claim(
     let body: ClaimBody = from_object(body)?;
     let mut claims = Vec::new();
     let mut failures = Map::new();
+    let mut remote: BTreeMap<OwnedServerName, Map<String, Value>> = BTreeMap::new();
     for (user, devices) in body.one_time_keys {
         let parsed: OwnedUserId = user_id(&user)?;
         if parsed.server_name() != state.config.server_name.as_str() {
-            failures.insert(
-                parsed.server_name().to_string(),
-                json!({ "status": 503, "message": "Federation is not available on this server" }),
-            );
+            remote.entry(parsed.server_name().to_owned()).or_default().insert(user, json!(devices));
             continue;
         }
         for (device, algorithm) in devices {
@@ -202,12 +185,36 @@ pub(crate) async fn claim(
             });
         }
     }
-    let claimed =
-        if claims.is_empty() { Vec::new() } else { state.master.claim_keys(ClaimKeys { claims }).await? };
+    let timeout = body.timeout.unwrap_or(DEFAULT_REMOTE_TIMEOUT_MS);
+    let local = async {
+        if claims.is_empty() { Ok(Vec::new()) } else { state.master.claim_keys(ClaimKeys { claims }).await }
+    };
+    let (remote_answers, claimed) = tokio::join!(
+        ask_servers(remote, timeout, |server, users| {
+            let federation = state.federation.client.clone();
+            async move { federation.claim_keys(&server, &json!({ "one_time_keys": users })).await }
+        }),
+        local
+    );
     let mut keys = Map::new();
-    for key in claimed {
+    for key in claimed? {
         let user = keys.entry(key.user_id.to_string()).or_insert_with(|| json!({}));
         user[key.device_id.as_str()][key.key_id.as_str()] = key.key;
+    }
+    for (server, result) in remote_answers {
+        match result {
+            Ok(answer) => {
+                let Some(Value::Object(found)) = answer.get("one_time_keys") else { continue };
+                for (user, devices) in found {
+                    if user_of_server(user, &server) {
+                        keys.insert(user.clone(), devices.clone());
+                    }
+                }
+            }
+            Err(failure) => {
+                failures.insert(server.to_string(), failure);
+            }
+        }
     }
     Ok(Json(json!({ "one_time_keys": keys, "failures": failures })))
 }
