@@ -527,3 +527,65 @@ async fn device_keys_and_one_time_keys_across_servers_with_synapse() {
     })
     .await
 }
+
+#[tokio::test]
+async fn servers_outside_the_allow_list_are_refused_both_ways_and_the_lists_reload_on_sighup() {
+    crate::run(async {
+        let (a, b, c) =
+            tokio::join!(FederationNode::start(), FederationNode::start(), FederationNode::start());
+        let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
+        let alice = a.client_api().register("alice", crate::PASSWORD).await.unwrap();
+        let bob = b.client_api().register("bob", crate::PASSWORD).await.unwrap();
+        let carol = c.client_api().register("carol", crate::PASSWORD).await.unwrap();
+        for account in [&alice, &bob, &carol] {
+            set_displayname(account, "someone").await;
+        }
+        let profile = |account: &Account, of: &Account| {
+            let (account, path) = (account.clone(), format!("/profile/{}", enc(&of.user_id)));
+            async move { account.get(&path).await.unwrap() }
+        };
+        // Open by default.
+        profile(&alice, &carol).await.ok();
+
+        // C federates with B only, from the next SIGHUP on.
+        c.reconfigure(&format!("allowed_servers = [\"{}\"]", b.server_name())).unwrap();
+        let refused =
+            ganglion_testkit::eventually(std::time::Duration::from_secs(10), "C refuses A", || async {
+                let response = profile(&alice, &carol).await;
+                Ok((response.status == 403).then_some(response))
+            })
+            .await
+            .unwrap_or_else(|error| panic!("{error}\n{}", c.log()));
+        assert_eq!(refused.errcode(), Some("M_FORBIDDEN"), "{}", refused.text);
+        // A's signed request itself gets 403 from C, before C fetches anything of A's.
+        let uri = format!("/_matrix/federation/v1/query/profile?user_id={}", enc(&carol.user_id));
+        let response = signed_get(&c, &uri, a.server_name(), c.server_name(), &node_key(&a)).await;
+        assert_eq!(response.status(), 403);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["errcode"], "M_FORBIDDEN", "{body}");
+        // And C never contacts A: its user's query is refused at home.
+        let response = profile(&carol, &alice).await;
+        let body = response.err(403, "M_FORBIDDEN");
+        assert!(body["error"].as_str().is_some_and(|e| e.contains("federation.allowed_servers")), "{body}");
+        // B is still fine both ways.
+        profile(&bob, &carol).await.ok();
+        profile(&carol, &bob).await.ok();
+
+        // Wildcards let A back in; the block list wins over them and shuts B out.
+        c.reconfigure(&format!(
+            "allowed_servers = [\"127.0.0.1:*\"]\nblocked_servers = [\"{}\"]",
+            b.server_name()
+        ))
+        .unwrap();
+        ganglion_testkit::eventually(std::time::Duration::from_secs(10), "C lets A in again", || async {
+            Ok((profile(&alice, &carol).await.status == 200).then_some(()))
+        })
+        .await
+        .unwrap();
+        profile(&carol, &alice).await.ok();
+        let body = profile(&carol, &bob).await.err(403, "M_FORBIDDEN").clone();
+        assert!(body["error"].as_str().is_some_and(|e| e.contains("federation.blocked_servers")), "{body}");
+        profile(&bob, &carol).await.err(403, "M_FORBIDDEN");
+    })
+    .await
+}

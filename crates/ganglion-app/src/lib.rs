@@ -173,6 +173,8 @@ pub async fn run(
     let federation = ganglion_federation::Federation::new(&config, key.clone(), db.clone())
         .map_err(|error| AppError::Federation(error.to_string()))?;
 
+    tokio::spawn(reload_on_sighup(config.clone(), federation.policy.clone()));
+
     let mut catch_up: Option<Arc<dyn CatchUp>> = None;
     let mut follower: Option<Arc<Follower>> = None;
     let master: Arc<dyn Master> = match role {
@@ -496,6 +498,28 @@ pub async fn run(
     tracing::info!(%address, role = role.as_str(), server_name = %config.server_name, "client API listening");
     on_ready(address);
     ganglion_http::serve(listener, router, until_stopped()).await.map_err(AppError::Serve)
+}
+
+/// On SIGHUP, reads the config file again and takes what can change without a restart: the
+/// servers this one federates with. A config that no longer loads changes nothing.
+async fn reload_on_sighup(config: Arc<Config>, policy: Arc<ganglion_federation::ServerPolicy>) {
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        let instance = (config.worker.role != Role::All).then_some(config.worker.name.as_str());
+        match Config::load_instance(config.source.as_deref(), instance) {
+            Ok(reloaded) => {
+                policy.reload(&reloaded.federation);
+                tracing::info!(
+                    allowed_servers = reloaded.federation.allowed_servers.len(),
+                    blocked_servers = reloaded.federation.blocked_servers.len(),
+                    "SIGHUP: reloaded the servers this one federates with"
+                );
+            }
+            Err(error) => tracing::error!(%error, "SIGHUP: the config does not load; nothing changed"),
+        }
+    }
 }
 
 /// The server's signing key. The master (or `all`) creates it on first start; other processes

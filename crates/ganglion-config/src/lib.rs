@@ -53,6 +53,9 @@ pub struct Config {
     pub tracing: TracingConfig,
     /// Talking to other homeservers.
     pub federation: FederationConfig,
+    /// The file this config was read from, to read it again on SIGHUP.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// Federation: the TLS listener other servers reach, how this server finds and trusts them, and
@@ -88,6 +91,11 @@ pub struct FederationConfig {
     pub well_known_server: Option<String>,
     /// How long one request to another server may take.
     pub request_timeout_ms: u64,
+    /// The only servers this one federates with (patterns with `*` and `?`); empty: any server.
+    /// Reloaded on SIGHUP.
+    pub allowed_servers: Vec<String>,
+    /// Servers this one never federates with, whatever `allowed_servers` says. Reloaded on SIGHUP.
+    pub blocked_servers: Vec<String>,
 }
 
 /// A notary: a server trusted to vouch for other servers' keys.
@@ -650,7 +658,10 @@ impl Config {
                 trusted_key_servers: Vec::new(),
                 well_known_server: None,
                 request_timeout_ms: 30_000,
+                allowed_servers: Vec::new(),
+                blocked_servers: Vec::new(),
             },
+            source: None,
         }
     }
 
@@ -709,7 +720,9 @@ impl Config {
             };
             figment = figment.merge(Serialized::default("worker.role", entry.role));
         }
-        Config::from_figment(figment)
+        let mut config = Config::from_figment(figment)?;
+        config.source = file.map(std::path::Path::to_path_buf);
+        Ok(config)
     }
 
     pub fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
@@ -840,6 +853,20 @@ impl Config {
             && ruma_server_name_is_valid(server).is_err()
         {
             return invalid("federation.well_known_server", "not a valid server name (host[:port])");
+        }
+        for (key, patterns) in [
+            ("federation.allowed_servers", &self.federation.allowed_servers),
+            ("federation.blocked_servers", &self.federation.blocked_servers),
+        ] {
+            if let Some(bad) = patterns.iter().find(|pattern| {
+                pattern.is_empty()
+                    || !pattern.chars().all(|c| c.is_ascii_alphanumeric() || "-.:[]*?".contains(c))
+            }) {
+                return Err(ConfigError::Invalid {
+                    key,
+                    problem: format!("{bad:?} is not a server name pattern (letters, digits, -.:[] and * ?)"),
+                });
+            }
         }
         for notary in &self.federation.trusted_key_servers {
             if ruma_server_name_is_valid(&notary.server_name).is_err() || notary.verify_keys.is_empty() {

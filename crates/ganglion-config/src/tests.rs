@@ -33,6 +33,14 @@ fn invalid_value_names_the_key() {
     assert!(error.contains("server_name"), "{error}");
     let error = load_toml("[rooms]\ndefault_version = \"3\"\n").unwrap_err().to_string();
     assert!(error.contains("rooms.default_version"), "{error}");
+    let error = load_toml("[federation]\nallowed_servers = [\"a b\"]\n").unwrap_err().to_string();
+    assert!(error.contains("federation.allowed_servers"), "{error}");
+    let error = load_toml("[federation]\ntls_certificate = \"/x.pem\"\n").unwrap_err().to_string();
+    assert!(error.contains("federation.tls_certificate"), "{error}");
+    let config = load_toml("[federation]\nallowed_servers = [\"*.example.org\", \"127.0.0.1:*\"]\n").unwrap();
+    assert_eq!(config.federation.allowed_servers.len(), 2);
+    let config = load_with(Some("[federation]\nblocked_servers = [\"bad.example\"]\n"), &[]).unwrap();
+    assert!(config.source.is_some(), "the file is remembered for SIGHUP");
 }
 
 #[test]

@@ -83,6 +83,9 @@ async fn answer(state: &FederationState, wanted: BTreeMap<String, i64>) -> Matri
         let Ok(server) = ServerName::parse(&server) else {
             continue;
         };
+        if state.federation.policy.refusal(server.as_str()).is_some() {
+            continue;
+        }
         match state.federation.keyring.answers_for_notary(&server, minimum, validity_ms(state)).await {
             Ok(found) => {
                 for mut answer in found {

@@ -34,12 +34,17 @@ impl FromRequest<FederationState> for Signed {
         )?;
         let own_name = ServerName::parse(&state.config.server_name)
             .map_err(|_| MatrixError::internal("the server name is not a server name"))?;
-        let origin = authenticate(&state.federation.keyring, &own_name, &parts, &body).await.map_err(
-            |error: RequestAuthError| {
+        let federation = &state.federation;
+        let origin = authenticate(&federation.keyring, &federation.policy, &own_name, &parts, &body)
+            .await
+            .map_err(|error: RequestAuthError| {
                 tracing::info!(%error, uri = %parts.uri, "refused a federation request");
-                MatrixError::new(ErrorClass::Unauthorized, error.to_string())
-            },
-        )?;
+                let class = match error {
+                    RequestAuthError::NotFederating { .. } => ErrorClass::Forbidden,
+                    _ => ErrorClass::Unauthorized,
+                };
+                MatrixError::new(class, error.to_string())
+            })?;
         Ok(Signed { origin, body })
     }
 }

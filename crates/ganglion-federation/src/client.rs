@@ -26,6 +26,7 @@ pub struct FederationClient {
     key: Arc<ServerKey>,
     http: reqwest::Client,
     discovery: Arc<Discovery>,
+    policy: Arc<crate::ServerPolicy>,
 }
 
 impl FederationClient {
@@ -33,6 +34,7 @@ impl FederationClient {
         server_name: &str,
         key: Arc<ServerKey>,
         discovery: Arc<Discovery>,
+        policy: Arc<crate::ServerPolicy>,
         config: &FederationConfig,
     ) -> Result<FederationClient, FederationError> {
         let server_name = ServerName::parse(server_name).map_err(|error| FederationError::Refused {
@@ -53,7 +55,7 @@ impl FederationClient {
                 destination: "-".into(),
                 reason: format!("the HTTP client cannot be built: {error}"),
             })?;
-        Ok(FederationClient { server_name, key, http, discovery })
+        Ok(FederationClient { server_name, key, http, discovery, policy })
     }
 
     pub fn server_name(&self) -> &ServerName {
@@ -155,6 +157,12 @@ impl FederationClient {
         authorization: Option<http::HeaderValue>,
         body: Vec<u8>,
     ) -> Result<Value, FederationError> {
+        if let Some(reason) = self.policy.refusal(destination.as_str()) {
+            return Err(FederationError::Refused {
+                destination: destination.to_string(),
+                reason: reason.to_owned(),
+            });
+        }
         let resolved = self.discovery.resolve(destination).await?;
         let url = format!("https://{}{path_and_query}", resolved.authority);
         let mut request = self.http.request(method, &url).header(header::HOST, &resolved.host);

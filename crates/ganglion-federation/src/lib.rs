@@ -10,6 +10,7 @@ pub mod client;
 pub mod discovery;
 pub mod keyring;
 pub mod own_keys;
+pub mod policy;
 pub mod request_auth;
 pub mod tls;
 
@@ -18,6 +19,7 @@ use std::sync::Arc;
 pub use client::FederationClient;
 pub use discovery::Discovery;
 pub use keyring::KeyRing;
+pub use policy::ServerPolicy;
 
 /// Why a request to another server failed.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +70,8 @@ impl FederationError {
 pub struct Federation {
     pub client: Arc<FederationClient>,
     pub keyring: Arc<KeyRing>,
+    /// Which servers this one federates with (reloaded on SIGHUP).
+    pub policy: Arc<ServerPolicy>,
 }
 
 impl Federation {
@@ -78,10 +82,16 @@ impl Federation {
         db: ganglion_storage::Db,
     ) -> Result<Federation, FederationError> {
         let discovery = Arc::new(Discovery::new(&config.federation)?);
-        let client =
-            Arc::new(FederationClient::new(&config.server_name, key.clone(), discovery, &config.federation)?);
+        let policy = Arc::new(ServerPolicy::new(&config.server_name, &config.federation));
+        let client = Arc::new(FederationClient::new(
+            &config.server_name,
+            key.clone(),
+            discovery,
+            policy.clone(),
+            &config.federation,
+        )?);
         let keyring = Arc::new(KeyRing::new(db, client.clone(), key, &config.federation));
-        Ok(Federation { client, keyring })
+        Ok(Federation { client, keyring, policy })
     }
 }
 

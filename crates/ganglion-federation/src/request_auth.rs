@@ -17,11 +17,15 @@ pub enum RequestAuthError {
     KeyUnavailable { origin: String, reason: String },
     #[error("the request's signature does not verify: {0}")]
     BadSignature(String),
+    /// The origin is a server this one does not federate with.
+    #[error("this server does not federate with {origin}: {reason}")]
+    NotFederating { origin: String, reason: &'static str },
 }
 
 /// The server that signed the request made of `parts` and `body`, if its signature verifies.
 pub async fn authenticate(
     keyring: &KeyRing,
+    policy: &crate::ServerPolicy,
     own_name: &ServerName,
     parts: &http::request::Parts,
     body: &[u8],
@@ -51,6 +55,10 @@ pub async fn authenticate(
         && destination != own_name
     {
         return Err(RequestAuthError::WrongDestination(destination.to_string()));
+    }
+    // Checked before its key is fetched: a refused server is never contacted.
+    if let Some(reason) = policy.refusal(xmatrix.origin.as_str()) {
+        return Err(RequestAuthError::NotFederating { origin: xmatrix.origin.to_string(), reason });
     }
     let keys = keyring.public_keys(&xmatrix.origin, &[xmatrix.key.as_str()], crate::now_ms()).await.map_err(
         |error| RequestAuthError::KeyUnavailable {

@@ -69,6 +69,21 @@ impl FederationNode {
         Ok(())
     }
 
+    /// Puts `lines` at the end of the node's config file (its last table is `[federation]`), in
+    /// place of those of an earlier call, and sends the process SIGHUP, as an operator changing
+    /// the allow and block lists does. The script writes the config afresh at the next start.
+    pub fn reconfigure(&self, lines: &str) -> anyhow::Result<()> {
+        const MARKER: &str = "# Changed while running:\n";
+        let path = self.config_path();
+        let config = std::fs::read_to_string(&path)?;
+        let original = config.split(MARKER).next().unwrap_or_default();
+        std::fs::write(&path, format!("{original}{MARKER}{lines}\n"))?;
+        let pid: i32 = std::fs::read_to_string(self.dir.path().join("ganglion.pid"))?.trim().parse()?;
+        // SAFETY: kill(2) with a pid read from the node's pid file and a valid signal number.
+        anyhow::ensure!(unsafe { libc::kill(pid, libc::SIGHUP) } == 0, "SIGHUP to {pid} failed");
+        Ok(())
+    }
+
     /// `127.0.0.1:FED_PORT`.
     pub fn server_name(&self) -> &str {
         &self.server_name
