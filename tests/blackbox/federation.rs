@@ -436,6 +436,17 @@ async fn a_cluster_federates_through_its_federation_reader() {
         let again = bob.post("/keys/claim", &body).await.unwrap().ok();
         assert!(again["one_time_keys"].get(&alice.user_id).is_none(), "one key, claimed twice: {again}");
 
+        // To-device both ways: the master sends the cluster's, the federation reader takes the
+        // node's and hands them to the master.
+        let to_bob = json!({ "messages": { &bob.user_id: { &bob.device_id: { "n": 1 } } } });
+        alice.put("/sendToDevice/org.example.ping/c1", &to_bob).await.unwrap().ok();
+        let event = to_device_event(&bob, "org.example.ping", || node.log()).await;
+        assert_eq!(event["sender"], alice.user_id);
+        let to_alice = json!({ "messages": { &alice.user_id: { "*": { "n": 2 } } } });
+        bob.put("/sendToDevice/org.example.pong/n1", &to_alice).await.unwrap().ok();
+        let event = to_device_event(&alice, "org.example.pong", || node.log()).await;
+        assert_eq!(event["sender"], bob.user_id);
+
         let uri = format!("/_matrix/federation/v1/query/profile?user_id={}", enc(&alice.user_id));
         let unsigned = http.get(format!("{federation_url}{uri}")).send().await.unwrap();
         assert_unauthorized(unsigned, "unsigned, through nginx").await;
@@ -586,6 +597,183 @@ async fn servers_outside_the_allow_list_are_refused_both_ways_and_the_lists_relo
         let body = profile(&carol, &bob).await.err(403, "M_FORBIDDEN").clone();
         assert!(body["error"].as_str().is_some_and(|e| e.contains("federation.blocked_servers")), "{body}");
         profile(&bob, &carol).await.err(403, "M_FORBIDDEN");
+    })
+    .await
+}
+
+/// Syncs `account` (from `since`) until a to-device event of `event_type` arrives, for at most
+/// 30 s; that event.
+async fn to_device_event(account: &Account, event_type: &str, log: impl Fn() -> String) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut since: Option<String> = None;
+    while std::time::Instant::now() < deadline {
+        let path = match &since {
+            Some(since) => format!("/sync?timeout=2000&since={}", enc(since)),
+            None => "/sync?timeout=0".to_owned(),
+        };
+        let body = account.get(&path).await.unwrap().ok();
+        let events = body["to_device"]["events"].as_array().cloned().unwrap_or_default();
+        if let Some(event) = events.into_iter().find(|event| event["type"] == event_type) {
+            return event;
+        }
+        since = body["next_batch"].as_str().map(str::to_owned);
+    }
+    panic!("no {event_type} to-device event for {} within 30 s\n{}", account.user_id, log());
+}
+
+#[tokio::test]
+async fn to_device_messages_cross_servers_both_ways_with_synapse() {
+    crate::run(async {
+        let (synapse, ganglion) = tokio::join!(Synapse::start(), FederationNode::start());
+        let (synapse, ganglion) = (synapse.unwrap(), ganglion.unwrap());
+        let alice = ganglion.client_api().register("alice", crate::PASSWORD).await.unwrap();
+        let (bob_id, bob_token) = synapse.register("bob", crate::PASSWORD).await.unwrap();
+        let whoami = Account::new(synapse.client_api(), &bob_id, &bob_token, "")
+            .get("/account/whoami")
+            .await
+            .unwrap()
+            .ok();
+        let bob =
+            Account::new(synapse.client_api(), &bob_id, &bob_token, whoami["device_id"].as_str().unwrap());
+
+        let to_bob = json!({ "messages": { &bob.user_id: { &bob.device_id: { "from": "alice", "n": 1 } } } });
+        alice.put("/sendToDevice/org.example.ping/txn1", &to_bob).await.unwrap().ok();
+        // A client's retry is the same message: it arrives once.
+        alice.put("/sendToDevice/org.example.ping/txn1", &to_bob).await.unwrap().ok();
+        let event =
+            to_device_event(&bob, "org.example.ping", || format!("{}\n{}", synapse.log(), ganglion.log()))
+                .await;
+        assert_eq!(event["sender"], alice.user_id);
+        assert_eq!(event["content"], json!({ "from": "alice", "n": 1 }));
+
+        let to_alice = json!({ "messages": { &alice.user_id: { "*": { "from": "bob" } } } });
+        bob.put("/sendToDevice/org.example.pong/txn1", &to_alice).await.unwrap().ok();
+        let event =
+            to_device_event(&alice, "org.example.pong", || format!("{}\n{}", ganglion.log(), synapse.log()))
+                .await;
+        assert_eq!(event["sender"], bob.user_id);
+        assert_eq!(event["content"], json!({ "from": "bob" }));
+    })
+    .await
+}
+
+#[tokio::test]
+async fn to_device_messages_wait_for_a_peer_that_is_down() {
+    crate::run(async {
+        let (a, b) = tokio::join!(FederationNode::start(), FederationNode::start());
+        let (a, mut b) = (a.unwrap(), b.unwrap());
+        let alice = a.client_api().register("alice", crate::PASSWORD).await.unwrap();
+        let bob = b.client_api().register("bob", crate::PASSWORD).await.unwrap();
+        b.stop().await.unwrap();
+        for n in 0..3 {
+            let body = json!({ "messages": { &bob.user_id: { &bob.device_id: { "n": n } } } });
+            alice.put(&format!("/sendToDevice/org.example.queued/t{n}"), &body).await.unwrap().ok();
+        }
+        // A restarts too while B is down: the queue is in its database.
+        let mut a = a;
+        a.stop().await.unwrap();
+        a.start_again().await.unwrap();
+        b.start_again().await.unwrap();
+        let mut seen = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+        let mut since: Option<String> = None;
+        while seen.len() < 3 && std::time::Instant::now() < deadline {
+            let path = match &since {
+                Some(since) => format!("/sync?timeout=2000&since={}", enc(since)),
+                None => "/sync?timeout=0".to_owned(),
+            };
+            let body = bob.get(&path).await.unwrap().ok();
+            for event in body["to_device"]["events"].as_array().cloned().unwrap_or_default() {
+                seen.push(event["content"]["n"].as_i64().unwrap());
+            }
+            since = body["next_batch"].as_str().map(str::to_owned);
+        }
+        assert_eq!(seen, vec![0, 1, 2], "{}\n{}", a.log(), b.log());
+    })
+    .await
+}
+
+/// A `PUT` of `uri` on `to` with a JSON `body`, signed as `from` (with its key file).
+async fn signed_put(
+    to: &FederationNode,
+    uri: &str,
+    from: &FederationNode,
+    body: &Value,
+) -> reqwest::Response {
+    let bytes = serde_json::to_vec(body).unwrap();
+    let request = http::Request::builder().method("PUT").uri(uri).body(bytes.clone()).unwrap();
+    let header = XMatrix::try_from_http_request(
+        &request,
+        ServerSignaturesInput::new(
+            ServerName::parse(from.server_name()).unwrap(),
+            ServerName::parse(to.server_name()).unwrap(),
+            &node_key(from),
+        ),
+    )
+    .unwrap();
+    to.http()
+        .put(format!("{}{uri}", to.federation_url()))
+        .header("authorization", http::HeaderValue::from(&header))
+        .header("content-type", "application/json")
+        .body(bytes)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_transaction_is_applied_once_and_bad_ones_are_refused() {
+    crate::run(async {
+        let (a, b) = tokio::join!(FederationNode::start(), FederationNode::start());
+        let (a, b) = (a.unwrap(), b.unwrap());
+        let bob = b.client_api().register("bob", crate::PASSWORD).await.unwrap();
+        let sender = format!("@alice:{}", a.server_name());
+        let edu = |message_id: &str, n: i64| {
+            json!({ "edu_type": "m.direct_to_device", "content": {
+                "sender": sender, "type": "org.example.once", "message_id": message_id,
+                "messages": { &bob.user_id: { "*": { "n": n } } },
+            }})
+        };
+        let transaction = |edus: Vec<Value>, pdus: Vec<Value>| {
+            json!({ "origin": a.server_name(), "origin_server_ts": 1, "pdus": pdus, "edus": edus })
+        };
+        // The same transaction twice: the same answer, one message.
+        for _ in 0..2 {
+            let response = signed_put(&b, "/_matrix/federation/v1/send/t1", &a, &transaction(vec![edu("m1", 1)], vec![])).await;
+            assert_eq!(response.status(), 200, "{}", b.log());
+        }
+        // A new transaction with the same message id: the message is not delivered again either.
+        let response = signed_put(&b, "/_matrix/federation/v1/send/t2", &a, &transaction(vec![edu("m1", 1), edu("m2", 2)], vec![])).await;
+        assert_eq!(response.status(), 200);
+        let event = to_device_event(&bob, "org.example.once", || b.log()).await;
+        assert_eq!(event["content"]["n"], 1);
+        let body = bob.get("/sync?timeout=0").await.unwrap().ok();
+        let ns: Vec<i64> = body["to_device"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|event| event["content"]["n"].as_i64())
+            .collect();
+        assert_eq!(ns, vec![1, 2], "each message once: {body}");
+
+        // More than 50 PDUs: refused whole.
+        let pdus = (0..51).map(|n| json!({ "event_id": format!("$e{n}") })).collect();
+        let response = signed_put(&b, "/_matrix/federation/v1/send/t3", &a, &transaction(vec![], pdus)).await;
+        assert_eq!(response.status(), 400);
+        // A transaction naming another origin than its signer.
+        let mut forged = transaction(vec![edu("m3", 3)], vec![]);
+        forged["origin"] = json!("elsewhere.example");
+        let response = signed_put(&b, "/_matrix/federation/v1/send/t4", &a, &forged).await;
+        assert_eq!(response.status(), 403);
+        // Not JSON.
+        let response = signed_put(&b, "/_matrix/federation/v1/send/t5", &a, &json!("a string")).await;
+        assert_eq!(response.status(), 400);
+        // A PDU is answered by its id (rooms over federation come later), never a 5xx.
+        let response =
+            signed_put(&b, "/_matrix/federation/v1/send/t6", &a, &transaction(vec![], vec![json!({ "event_id": "$x" })])).await;
+        assert_eq!(response.status(), 200);
+        let answer: Value = response.json().await.unwrap();
+        assert!(answer["pdus"]["$x"]["error"].is_string(), "{answer}");
     })
     .await
 }

@@ -174,6 +174,11 @@ pub async fn run(
         .map_err(|error| AppError::Federation(error.to_string()))?;
 
     tokio::spawn(reload_on_sighup(config.clone(), federation.policy.clone()));
+    if matches!(role, Role::All | Role::Master) {
+        // Until a cluster has federation senders of its own, its master sends (as Synapse's main
+        // process does without federation sender workers).
+        tokio::spawn(ganglion_federation_sender::Sender::new(db.clone(), federation.client.clone()).run());
+    }
 
     let mut catch_up: Option<Arc<dyn CatchUp>> = None;
     let mut follower: Option<Arc<Follower>> = None;

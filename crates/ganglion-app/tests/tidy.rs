@@ -22,7 +22,27 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
             "ganglion-federation-api",
         ],
     ),
-    ("ganglion-federation-api", &["ganglion-master", "ganglion-sync", "ganglion-client", "ganglion-media"]),
+    (
+        "ganglion-federation-api",
+        &[
+            "ganglion-master",
+            "ganglion-sync",
+            "ganglion-client",
+            "ganglion-media",
+            "ganglion-federation-sender",
+        ],
+    ),
+    (
+        "ganglion-federation-sender",
+        &[
+            "ganglion-master",
+            "ganglion-sync",
+            "ganglion-client",
+            "ganglion-media",
+            "ganglion-federation-api",
+            "ganglion-http",
+        ],
+    ),
     (
         "ganglion-storage",
         &["ganglion-http", "ganglion-rpc", "ganglion-replication", "ganglion-state", "ganglion-events"],

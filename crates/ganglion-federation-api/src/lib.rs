@@ -6,6 +6,7 @@
 
 mod keys;
 mod query;
+mod send;
 mod signed;
 mod user;
 
@@ -37,6 +38,7 @@ pub fn routes() -> Vec<Route<FederationState>> {
         Route::get("/_matrix/key/v2/query/{serverName}", Keys, keys::query_one),
         Route::post("/_matrix/key/v2/query", Keys, keys::query),
         Route::get("/_matrix/federation/v1/version", Fed, query::version),
+        Route::put("/_matrix/federation/v1/send/{txnId}", Fed, send::send_transaction),
         Route::get("/_matrix/federation/v1/query/profile", Fed, query::profile),
         Route::get("/_matrix/federation/v1/query/directory", Fed, query::directory),
         Route::post("/_matrix/federation/v1/user/keys/query", Fed, user::query_keys),

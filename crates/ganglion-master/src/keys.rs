@@ -466,10 +466,25 @@ pub(crate) async fn send_to_device(svc: &MasterService, request: SendToDevice) -
         ganglion_keys::check_to_device_messages(&request.sender, &request.event_type, &request.body)
             .map_err(internal)?;
     let mut conn = svc.db.conn().await.map_err(internal)?;
-    // Resolved before taking the writer lock: recipients by device, local users only.
+    let local_sender = request.sender.server_name().as_str() == svc.config.server_name;
+    // Resolved before taking the writer lock: recipients by device; other servers' users get one
+    // EDU per server, from local senders only (a message from another server is never relayed).
     let mut deliveries = Vec::new();
+    let mut remote: BTreeMap<String, serde_json::Map<String, serde_json::Value>> = BTreeMap::new();
     for message in messages {
         if message.user_id.server_name() != svc.config.server_name.as_str() {
+            if local_sender {
+                let device = match &message.device {
+                    DeviceIdOrAllDevices::AllDevices => "*".to_owned(),
+                    DeviceIdOrAllDevices::DeviceId(device_id) => device_id.to_string(),
+                };
+                let content: serde_json::Value = serde_json::from_str(&message.content)
+                    .map_err(|e| MasterError::internal(e.to_string()))?;
+                let users = remote.entry(message.user_id.server_name().to_string()).or_default();
+                let devices =
+                    users.entry(message.user_id.to_string()).or_insert_with(|| serde_json::json!({}));
+                devices[device] = content;
+            }
             continue;
         }
         let devices =
@@ -518,6 +533,24 @@ pub(crate) async fn send_to_device(svc: &MasterService, request: SendToDevice) -
         })
         .collect();
     to_device_store::insert_to_device_messages(&mut tx, &rows).await.map_err(internal)?;
+    // The message id other servers deduplicate by: unique per sender, as the client's transaction
+    // id is per device (a retry with the same one stopped above).
+    let message_id = format!("{}:{}", request.sender_device, request.txn_id);
+    let edus: Vec<(String, String, String)> = remote
+        .into_iter()
+        .map(|(destination, messages)| {
+            let content = serde_json::json!({
+                "sender": request.sender,
+                "type": request.event_type,
+                "message_id": message_id,
+                "messages": messages,
+            });
+            (destination, "m.direct_to_device".to_owned(), content.to_string())
+        })
+        .collect();
+    ganglion_storage::federation::insert_outbox_edus(&mut tx, &edus, ganglion_storage::now_ms())
+        .await
+        .map_err(internal)?;
     tx.commit().await.map_err(committed)?;
     if let Some(last) = rows.last() {
         writer.last_to_device_pos = last.stream_pos;

@@ -7,6 +7,7 @@
 
 pub mod accounts;
 pub mod events;
+pub mod federation;
 pub mod key_backup;
 pub mod keys;
 pub mod media;

@@ -16,6 +16,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("../migrations/0007_server_secrets.sql")),
     (8, include_str!("../migrations/0008_url_previews.sql")),
     (9, include_str!("../migrations/0009_server_keys.sql")),
+    (10, include_str!("../migrations/0010_federation_outbox.sql")),
 ];
 
 pub(crate) async fn run(db: &Db) -> Result<()> {

@@ -58,7 +58,7 @@ on_both_backends!(migrations_are_idempotent, |db| {
         .fetch_all(&mut *conn)
         .await
         .unwrap();
-    assert_eq!(applied, vec![(1,), (2,), (3,), (4,), (5,), (6,), (7,), (8,), (9,)]);
+    assert_eq!(applied, vec![(1,), (2,), (3,), (4,), (5,), (6,), (7,), (8,), (9,), (10,)]);
 });
 
 on_both_backends!(users_devices_and_tokens, |db| {
@@ -255,4 +255,40 @@ on_both_backends!(server_keys_take_the_newest_answers_validity, |db| {
         Some(("{\"second\":1}".to_owned(), 2000))
     );
     assert!(server_keys::keys_of_server(&mut conn, "other.example").await.unwrap().is_empty());
+});
+
+on_both_backends!(the_federation_outbox_keeps_order_until_delivered, |db| {
+    use ganglion_storage::federation;
+    let mut conn = db.conn().await.unwrap();
+    let edu = |destination: &str, n: u32| {
+        (destination.to_owned(), "m.direct_to_device".to_owned(), format!("{{\"n\":{n}}}"))
+    };
+    federation::insert_outbox_edus(
+        &mut conn,
+        &[edu("a.example", 1), edu("b.example", 2), edu("a.example", 3)],
+        7,
+    )
+    .await
+    .unwrap();
+    let queued = federation::outbox_edus(&mut conn, 10).await.unwrap();
+    let order: Vec<(&str, &str)> =
+        queued.iter().map(|row| (row.destination.as_str(), row.content_json.as_str())).collect();
+    assert_eq!(
+        order,
+        vec![("a.example", "{\"n\":1}"), ("b.example", "{\"n\":2}"), ("a.example", "{\"n\":3}")]
+    );
+    assert_eq!(federation::outbox_edus(&mut conn, 1).await.unwrap().len(), 1);
+    federation::delete_outbox_edus(&mut conn, &[queued[0].id, queued[2].id]).await.unwrap();
+    let left = federation::outbox_edus(&mut conn, 10).await.unwrap();
+    assert_eq!(left, vec![queued[1].clone()]);
+
+    assert_eq!(federation::inbound_transaction_response(&mut conn, "a.example", "t1").await.unwrap(), None);
+    federation::insert_inbound_transaction(&mut conn, "a.example", "t1", "{\"pdus\":{}}", 1).await.unwrap();
+    // A second answer to the same transaction does not replace the first.
+    federation::insert_inbound_transaction(&mut conn, "a.example", "t1", "{\"other\":1}", 2).await.unwrap();
+    assert_eq!(
+        federation::inbound_transaction_response(&mut conn, "a.example", "t1").await.unwrap().as_deref(),
+        Some("{\"pdus\":{}}")
+    );
+    assert_eq!(federation::inbound_transaction_response(&mut conn, "b.example", "t1").await.unwrap(), None);
 });

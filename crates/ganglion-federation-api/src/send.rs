@@ -1,0 +1,122 @@
+//! `PUT /_matrix/federation/v1/send/{txnId}`: a transaction of PDUs and EDUs from another
+//! server. A transaction is applied once: a retry gets the first answer back. Each PDU and EDU
+//! is taken or refused on its own.
+
+use axum::{
+    Json,
+    extract::{Path, State},
+};
+use ganglion_events::ruma::{OwnedDeviceId, UserId};
+use ganglion_http::{MatrixError, MatrixResult};
+use ganglion_rpc::SendToDevice;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::{FederationState, Signed};
+
+/// The spec's bounds of one transaction.
+const MAX_PDUS: usize = 50;
+const MAX_EDUS: usize = 100;
+
+#[derive(Deserialize)]
+struct Transaction {
+    origin: String,
+    #[serde(default)]
+    pdus: Vec<Value>,
+    #[serde(default)]
+    edus: Vec<Edu>,
+}
+
+#[derive(Deserialize)]
+struct Edu {
+    edu_type: String,
+    #[serde(default)]
+    content: Value,
+}
+
+pub(crate) async fn send_transaction(
+    State(state): State<FederationState>,
+    Path(txn_id): Path<String>,
+    signed: Signed,
+) -> MatrixResult<Json<Value>> {
+    let transaction: Transaction = serde_json::from_slice(&signed.body)
+        .map_err(|error| MatrixError::bad_json(format!("Invalid transaction: {error}")))?;
+    if transaction.origin != signed.origin.as_str() {
+        return Err(MatrixError::forbidden("The transaction's origin is not the server that signed it"));
+    }
+    if transaction.pdus.len() > MAX_PDUS || transaction.edus.len() > MAX_EDUS {
+        return Err(MatrixError::bad_json(format!(
+            "A transaction holds at most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs"
+        )));
+    }
+    let origin = signed.origin.as_str();
+    {
+        let mut conn = state.db.conn().await?;
+        if let Some(answer) =
+            ganglion_storage::federation::inbound_transaction_response(&mut conn, origin, &txn_id).await?
+        {
+            return Ok(Json(serde_json::from_str(&answer).unwrap_or_else(|_| json!({ "pdus": {} }))));
+        }
+    }
+    let mut pdus = Map::new();
+    for pdu in &transaction.pdus {
+        // Rooms over federation come in a later step; each PDU is refused by name.
+        if let Some(event_id) = pdu.get("event_id").and_then(Value::as_str) {
+            pdus.insert(
+                event_id.to_owned(),
+                json!({ "error": "This server does not take part in rooms over federation yet" }),
+            );
+        }
+    }
+    for edu in transaction.edus {
+        match edu.edu_type.as_str() {
+            "m.direct_to_device" => {
+                if let Err(error) = to_device(&state, origin, &edu.content).await {
+                    tracing::info!(%origin, ?error, "a to-device EDU was refused");
+                }
+            }
+            other => {
+                tracing::debug!(%origin, edu_type = other, "an EDU of a kind not handled yet was dropped")
+            }
+        }
+    }
+    let answer = json!({ "pdus": pdus });
+    let mut conn = state.db.conn().await?;
+    ganglion_storage::federation::insert_inbound_transaction(
+        &mut conn,
+        origin,
+        &txn_id,
+        &answer.to_string(),
+        ganglion_storage::now_ms(),
+    )
+    .await?;
+    Ok(Json(answer))
+}
+
+/// An `m.direct_to_device` EDU: messages from a user of `origin` to devices of ours, queued
+/// through the master like a local `/sendToDevice` (its message id deduplicates a repeat).
+async fn to_device(state: &FederationState, origin: &str, content: &Value) -> Result<(), MatrixError> {
+    let field = |name: &str| content.get(name).and_then(Value::as_str).unwrap_or_default();
+    let sender =
+        UserId::parse(field("sender")).map_err(|_| MatrixError::bad_json("sender is not a user id"))?;
+    if sender.server_name().as_str() != origin {
+        return Err(MatrixError::forbidden("The sender is not a user of the origin"));
+    }
+    let (event_type, message_id) = (field("type"), field("message_id"));
+    if message_id.is_empty() {
+        return Err(MatrixError::bad_json("message_id is required"));
+    }
+    let messages = content.get("messages").cloned().unwrap_or_else(|| json!({}));
+    state
+        .master
+        .send_to_device(SendToDevice {
+            sender,
+            // Remote senders' messages are deduplicated apart from any local device's.
+            sender_device: OwnedDeviceId::from(format!("federation:{origin}")),
+            event_type: event_type.to_owned(),
+            txn_id: message_id.to_owned(),
+            body: json!({ "messages": messages }),
+        })
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! Outbound federation: what other servers are owed waits in the database (the outbox, written
+//! in the same transaction as what caused it) until the destination takes it, so restarts and
+//! outages lose nothing. Each destination gets its EDUs in queue order, at most 100 per
+//! transaction, one transaction in flight at a time; a destination that fails is retried after a
+//! back-off that starts short (one 5xx costs a second, not an hour) and doubles up to a cap,
+//! while the others go on.
+//!
+//! Today the outbox holds to-device messages (`m.direct_to_device`), and `role = "all"` runs the
+//! sender in process.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use ganglion_events::ruma::ServerName;
+use ganglion_federation::FederationClient;
+use ganglion_storage::{Db, federation::OutboxRow};
+use serde_json::{Value, json};
+
+/// The spec's bound on EDUs per transaction.
+const MAX_EDUS_PER_TRANSACTION: usize = 100;
+/// How often the outbox is looked at when nothing wakes the sender sooner.
+const POLL_INTERVAL: Duration = Duration::from_millis(200);
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+const MAX_RETRY: Duration = Duration::from_secs(10 * 60);
+/// EDUs read from the outbox per round, over every destination.
+const ROUND_LIMIT: i64 = 5_000;
+
+/// A destination that failed: not tried again before `until`.
+#[derive(Clone, Copy)]
+struct Backoff {
+    until: Instant,
+    interval: Duration,
+}
+
+pub struct Sender {
+    db: Db,
+    client: Arc<FederationClient>,
+    backoff: HashMap<String, Backoff>,
+}
+
+impl Sender {
+    pub fn new(db: Db, client: Arc<FederationClient>) -> Sender {
+        Sender { db, client, backoff: HashMap::new() }
+    }
+
+    /// Sends until the process ends.
+    pub async fn run(mut self) {
+        loop {
+            if let Err(error) = self.round().await {
+                tracing::warn!(%error, "reading the federation outbox failed");
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// One pass over the outbox: a transaction to every destination that has EDUs and is not
+    /// backing off, all at once.
+    async fn round(&mut self) -> Result<(), ganglion_storage::StorageError> {
+        let rows = {
+            let mut conn = self.db.conn().await?;
+            ganglion_storage::federation::outbox_edus(&mut conn, ROUND_LIMIT).await?
+        };
+        let now = Instant::now();
+        let mut by_destination: BTreeMap<String, Vec<OutboxRow>> = BTreeMap::new();
+        for row in rows {
+            if self.backoff.get(&row.destination).is_some_and(|backoff| backoff.until > now) {
+                continue;
+            }
+            let queued = by_destination.entry(row.destination.clone()).or_default();
+            if queued.len() < MAX_EDUS_PER_TRANSACTION {
+                queued.push(row);
+            }
+        }
+        let sends = by_destination.into_iter().map(|(destination, rows)| {
+            let (client, db) = (self.client.clone(), self.db.clone());
+            async move {
+                let result = send_transaction(&client, &destination, &rows).await;
+                // Refused for good (a 4xx other than 429): sending it again would be refused
+                // again, and would hold up what comes after it.
+                let refused = matches!(
+                    &result,
+                    Err(ganglion_federation::FederationError::Remote { status, .. })
+                        if (400..500).contains(status) && *status != 429
+                );
+                if refused {
+                    tracing::warn!(%destination, error = ?result, edus = rows.len(), "a destination refused a transaction; its EDUs are dropped");
+                }
+                if result.is_ok() || refused {
+                    let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
+                    let mut conn = db.conn().await?;
+                    ganglion_storage::federation::delete_outbox_edus(&mut conn, &ids).await?;
+                }
+                Ok::<_, ganglion_storage::StorageError>((destination, result))
+            }
+        });
+        for outcome in futures_util::future::join_all(sends).await {
+            let (destination, result) = outcome?;
+            match result {
+                Ok(())
+                | Err(ganglion_federation::FederationError::Remote {
+                    status: 400..=428 | 430..=499, ..
+                }) => {
+                    if self.backoff.remove(&destination).is_some() {
+                        tracing::info!(%destination, "a destination takes transactions again");
+                    }
+                }
+                Err(error) => {
+                    let interval = self
+                        .backoff
+                        .get(&destination)
+                        .map_or(FIRST_RETRY, |backoff| (backoff.interval * 2).min(MAX_RETRY));
+                    tracing::info!(%destination, %error, retry_in = ?interval, "a transaction failed");
+                    self.backoff.insert(destination, Backoff { until: Instant::now() + interval, interval });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `PUT /_matrix/federation/v1/send/{txnId}` with `rows` as EDUs. The transaction id names the
+/// EDUs it carries, so a retry of the same ones is recognised by the destination.
+async fn send_transaction(
+    client: &FederationClient,
+    destination: &str,
+    rows: &[OutboxRow],
+) -> Result<(), ganglion_federation::FederationError> {
+    let server =
+        ServerName::parse(destination).map_err(|error| ganglion_federation::FederationError::Refused {
+            destination: destination.to_owned(),
+            reason: format!("not a server name: {error}"),
+        })?;
+    let edus: Vec<Value> = rows
+        .iter()
+        .filter_map(|row| {
+            let content: Value = serde_json::from_str(&row.content_json).ok()?;
+            Some(json!({ "edu_type": row.edu_type, "content": content }))
+        })
+        .collect();
+    let (first, last) = (rows.first().map_or(0, |row| row.id), rows.last().map_or(0, |row| row.id));
+    let body = json!({
+        "origin": client.server_name().as_str(),
+        "origin_server_ts": ganglion_storage::now_ms(),
+        "pdus": [],
+        "edus": edus,
+    });
+    let path = format!(
+        "/_matrix/federation/v1/send/{}",
+        ganglion_federation::client::encode(&format!("e{first}-{last}"))
+    );
+    client.request(http::Method::PUT, &server, &path, Some(&body)).await?;
+    Ok(())
+}
