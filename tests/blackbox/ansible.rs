@@ -80,6 +80,7 @@ async fn scenario() -> anyhow::Result<()> {
         "ganglion-sync-localhost-1",
         "ganglion-reader-localhost-1",
         "ganglion-media-localhost-1",
+        "ganglion-federation-localhost-1",
         "ganglion-nginx",
         "ganglion-prometheus",
     ] {
@@ -115,8 +116,22 @@ async fn scenario() -> anyhow::Result<()> {
         refused.text
     );
 
+    // Other servers reach the federation reader through nginx's TLS listener (a self-signed
+    // certificate the playbook made).
+    let federation = reqwest::Client::builder().tls_danger_accept_invalid_certs(true).build()?;
+    let keys = federation
+        .get(format!("https://127.0.0.1:{}/_matrix/key/v2/server", deployment.ports.federation))
+        .send()
+        .await?;
+    anyhow::ensure!(keys.status() == 200, "the key server through nginx answered {}", keys.status());
+    let instance =
+        keys.headers().get("x-ganglion-instance").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    anyhow::ensure!(instance == "federation-reader/federation-localhost-1", "answered by {instance:?}");
+    let keys: serde_json::Value = keys.json().await?;
+    anyhow::ensure!(keys["server_name"] == "localhost", "{keys}");
+
     // Prometheus (started by the playbook) scrapes every process.
-    deployment.every_target_up(4).await?;
+    deployment.every_target_up(6).await?;
 
     // A second sync worker: started and ready, nginx reloaded, nothing restarted.
     let before = deployment.programs()?;
@@ -258,6 +273,10 @@ struct Ports {
     reader_metrics: u16,
     media_http: u16,
     media_metrics: u16,
+    federation_http: u16,
+    federation_metrics: u16,
+    /// nginx's federation listener (TLS).
+    federation: u16,
 }
 
 impl Ports {
@@ -276,6 +295,9 @@ impl Ports {
             reader_metrics: free_port(),
             media_http: free_port(),
             media_metrics: free_port(),
+            federation_http: free_port(),
+            federation_metrics: free_port(),
+            federation: free_port(),
         })
     }
 }
@@ -369,6 +391,7 @@ all:
     ganglion_sync: {{ hosts: {{ localhost: }} }}
     ganglion_client_reader: {{ hosts: {{ localhost: }} }}
     ganglion_media: {{ hosts: {{ localhost: }} }}
+    ganglion_federation_reader: {{ hosts: {{ localhost: }} }}
     loadbalancer: {{ hosts: {{ localhost: }} }}
     monitoring: {{ hosts: {{ localhost: }} }}
   vars:
@@ -406,6 +429,11 @@ all:
     ganglion_media_count: 1
     ganglion_media_http_port: {media_http}
     ganglion_media_metrics_port: {media_metrics}
+    ganglion_federation_reader_count: 1
+    ganglion_federation_reader_http_port: {federation_http}
+    ganglion_federation_reader_metrics_port: {federation_metrics}
+    ganglion_federation_listen: 127.0.0.1:{federation}
+    ganglion_federation_verify_certificates: false
     grafana_enabled: false
 "#,
             root = self.root().display(),
@@ -425,6 +453,9 @@ all:
             reader_metrics = p.reader_metrics,
             media_http = p.media_http,
             media_metrics = p.media_metrics,
+            federation_http = p.federation_http,
+            federation_metrics = p.federation_metrics,
+            federation = p.federation,
         );
         fs::write(self.dir.path().join("hosts.yml"), inventory)?;
         Ok(())

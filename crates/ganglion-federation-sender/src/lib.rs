@@ -25,8 +25,6 @@ const MAX_EDUS_PER_TRANSACTION: usize = 100;
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const MAX_RETRY: Duration = Duration::from_secs(10 * 60);
-/// EDUs read from the outbox per round, over every destination.
-const ROUND_LIMIT: i64 = 5_000;
 
 /// A destination that failed: not tried again before `until`.
 #[derive(Clone, Copy)]
@@ -59,19 +57,19 @@ impl Sender {
     /// One pass over the outbox: a transaction to every destination that has EDUs and is not
     /// backing off, all at once.
     async fn round(&mut self) -> Result<(), ganglion_storage::StorageError> {
-        let rows = {
-            let mut conn = self.db.conn().await?;
-            ganglion_storage::federation::outbox_edus(&mut conn, ROUND_LIMIT).await?
-        };
         let now = Instant::now();
         let mut by_destination: BTreeMap<String, Vec<OutboxRow>> = BTreeMap::new();
-        for row in rows {
-            if self.backoff.get(&row.destination).is_some_and(|backoff| backoff.until > now) {
-                continue;
-            }
-            let queued = by_destination.entry(row.destination.clone()).or_default();
-            if queued.len() < MAX_EDUS_PER_TRANSACTION {
-                queued.push(row);
+        {
+            let mut conn = self.db.conn().await?;
+            // Each destination's own head of the queue: one that backs off never hides the others.
+            for destination in ganglion_storage::federation::outbox_destinations(&mut conn).await? {
+                if self.backoff.get(&destination).is_some_and(|backoff| backoff.until > now) {
+                    continue;
+                }
+                let limit = MAX_EDUS_PER_TRANSACTION as i64;
+                let rows =
+                    ganglion_storage::federation::outbox_edus_for(&mut conn, &destination, limit).await?;
+                by_destination.insert(destination, rows);
             }
         }
         let sends = by_destination.into_iter().map(|(destination, rows)| {

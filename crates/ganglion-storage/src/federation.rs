@@ -34,11 +34,19 @@ pub async fn insert_outbox_edus(
     Ok(())
 }
 
-/// The oldest queued EDUs, for every destination, at most `limit`, in queue order.
-pub async fn outbox_edus(conn: &mut Conn, limit: i64) -> Result<Vec<OutboxRow>> {
+/// Every destination with queued EDUs.
+pub async fn outbox_destinations(conn: &mut Conn) -> Result<Vec<String>> {
+    let rows = sqlx::query("SELECT DISTINCT destination FROM federation_outbox").fetch_all(conn).await?;
+    Ok(rows.into_iter().map(|row| row.get(0)).collect())
+}
+
+/// The oldest queued EDUs of `destination`, at most `limit`, in queue order.
+pub async fn outbox_edus_for(conn: &mut Conn, destination: &str, limit: i64) -> Result<Vec<OutboxRow>> {
     let rows = sqlx::query(
-        "SELECT id, destination, edu_type, content_json FROM federation_outbox ORDER BY id LIMIT $1",
+        "SELECT id, destination, edu_type, content_json FROM federation_outbox WHERE destination = $1 \
+         ORDER BY id LIMIT $2",
     )
+    .bind(destination)
     .bind(limit)
     .fetch_all(conn)
     .await?;

@@ -270,17 +270,18 @@ on_both_backends!(the_federation_outbox_keeps_order_until_delivered, |db| {
     )
     .await
     .unwrap();
-    let queued = federation::outbox_edus(&mut conn, 10).await.unwrap();
-    let order: Vec<(&str, &str)> =
-        queued.iter().map(|row| (row.destination.as_str(), row.content_json.as_str())).collect();
-    assert_eq!(
-        order,
-        vec![("a.example", "{\"n\":1}"), ("b.example", "{\"n\":2}"), ("a.example", "{\"n\":3}")]
-    );
-    assert_eq!(federation::outbox_edus(&mut conn, 1).await.unwrap().len(), 1);
-    federation::delete_outbox_edus(&mut conn, &[queued[0].id, queued[2].id]).await.unwrap();
-    let left = federation::outbox_edus(&mut conn, 10).await.unwrap();
-    assert_eq!(left, vec![queued[1].clone()]);
+    let mut destinations = federation::outbox_destinations(&mut conn).await.unwrap();
+    destinations.sort();
+    assert_eq!(destinations, vec!["a.example", "b.example"]);
+    let queued = federation::outbox_edus_for(&mut conn, "a.example", 10).await.unwrap();
+    let order: Vec<&str> = queued.iter().map(|row| row.content_json.as_str()).collect();
+    assert_eq!(order, vec!["{\"n\":1}", "{\"n\":3}"]);
+    assert_eq!(federation::outbox_edus_for(&mut conn, "a.example", 1).await.unwrap().len(), 1);
+    let b = federation::outbox_edus_for(&mut conn, "b.example", 10).await.unwrap();
+    federation::delete_outbox_edus(&mut conn, &[queued[0].id, queued[1].id]).await.unwrap();
+    assert!(federation::outbox_edus_for(&mut conn, "a.example", 10).await.unwrap().is_empty());
+    assert_eq!(federation::outbox_destinations(&mut conn).await.unwrap(), vec!["b.example"]);
+    assert_eq!(federation::outbox_edus_for(&mut conn, "b.example", 10).await.unwrap(), b);
 
     assert_eq!(federation::inbound_transaction_response(&mut conn, "a.example", "t1").await.unwrap(), None);
     federation::insert_inbound_transaction(&mut conn, "a.example", "t1", "{\"pdus\":{}}", 1).await.unwrap();
