@@ -131,7 +131,7 @@ async fn scenario() -> anyhow::Result<()> {
     anyhow::ensure!(keys["server_name"] == "localhost", "{keys}");
 
     // Prometheus (started by the playbook) scrapes every process.
-    deployment.every_target_up(6).await?;
+    deployment.every_target_up(5).await?;
 
     // A second sync worker: started and ready, nginx reloaded, nothing restarted.
     let before = deployment.programs()?;
@@ -167,7 +167,7 @@ async fn scenario() -> anyhow::Result<()> {
     })
     .await?;
     anyhow::ensure!(served, "sync-localhost-2 answered without bob's room");
-    deployment.every_target_up(5).await?;
+    deployment.every_target_up(6).await?;
 
     // Third run: nothing to do.
     let recap = deployment.playbook("site.yml", "3-again").await?;

@@ -512,6 +512,43 @@ async fn device_keys_and_one_time_keys_across_servers_with_synapse() {
         assert!(mixed["device_keys"][&alice.user_id][&alice.device_id].is_object(), "{mixed}");
         assert!(mixed["failures"][nowhere.split_once(':').unwrap().1].is_object(), "{mixed}");
 
+        // `/user/devices`, signed as Synapse (with its key file): Alice's devices with their keys.
+        let uri = format!("/_matrix/federation/v1/user/devices/{}", enc(&alice.user_id));
+        let http = reqwest::Client::builder().tls_danger_accept_invalid_certs(true).build().unwrap();
+        let request = http::Request::builder().method("GET").uri(&uri).body(Vec::<u8>::new()).unwrap();
+        let synapse_key = {
+            use base64::Engine as _;
+            let text = std::fs::read_to_string(synapse.dir().join("signing.key")).unwrap();
+            let parts: Vec<&str> = text.split_whitespace().collect();
+            let seed = base64::engine::general_purpose::STANDARD_NO_PAD
+                .decode(parts[2].trim_end_matches('='))
+                .unwrap();
+            Ed25519KeyPair::from_der(&pkcs8_of_seed(&seed), parts[1].to_owned()).unwrap()
+        };
+        let header = XMatrix::try_from_http_request(
+            &request,
+            ServerSignaturesInput::new(
+                ServerName::parse(synapse.server_name()).unwrap(),
+                ServerName::parse(ganglion.server_name()).unwrap(),
+                &synapse_key,
+            ),
+        )
+        .unwrap();
+        let listed: Value = http
+            .get(format!("{}{uri}", ganglion.federation_url()))
+            .header("authorization", http::HeaderValue::from(&header))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(listed["user_id"], alice.user_id, "{listed}");
+        let device = &listed["devices"][0];
+        assert_eq!(device["device_id"], alice.device_id, "{listed}");
+        assert_eq!(device["keys"]["keys"], alice_keys["keys"], "{listed}");
+        assert!(listed["stream_id"].is_i64(), "{listed}");
+
         // One-time keys: each claim hands out another key, across servers, until none are left.
         let claim = |account: &Account, user: &str, device: &str| {
             let (account, body) =
@@ -776,4 +813,12 @@ async fn a_transaction_is_applied_once_and_bad_ones_are_refused() {
         assert!(answer["pdus"]["$x"]["error"].is_string(), "{answer}");
     })
     .await
+}
+
+/// A PKCS#8 v1 document for an ed25519 seed (Synapse's signing key file holds the bare seed).
+fn pkcs8_of_seed(seed: &[u8]) -> Vec<u8> {
+    let mut document =
+        vec![0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
+    document.extend_from_slice(seed);
+    document
 }
