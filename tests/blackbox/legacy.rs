@@ -88,7 +88,8 @@ async fn an_r0_client_registers_syncs_and_chats(backend: Backend) {
     let event_id = sent["event_id"].as_str().unwrap().to_owned();
 
     // The message arrives through r0 /sync and r0 /messages; the member event carries the name.
-    let mut seen = None;
+    // The room's events may come over several syncs (the room's creation before the message).
+    let mut events: Vec<Value> = Vec::new();
     let mut since = since;
     for _ in 0..20 {
         let sync = alice
@@ -97,15 +98,14 @@ async fn an_r0_client_registers_syncs_and_chats(backend: Backend) {
             .unwrap()
             .ok();
         since = sync["next_batch"].as_str().unwrap().to_owned();
-        let timeline = &sync["rooms"]["join"][&room_id]["timeline"]["events"];
-        if timeline.as_array().is_some_and(|events| events.iter().any(|e| e["event_id"] == event_id.as_str()))
-        {
-            seen = Some(sync);
+        if let Some(timeline) = sync["rooms"]["join"][&room_id]["timeline"]["events"].as_array() {
+            events.extend(timeline.iter().cloned());
+        }
+        if events.iter().any(|e| e["event_id"] == event_id.as_str()) {
             break;
         }
     }
-    let sync = seen.expect("the message never reached r0 /sync");
-    let events = sync["rooms"]["join"][&room_id]["timeline"]["events"].as_array().unwrap().clone();
+    assert!(events.iter().any(|e| e["event_id"] == event_id.as_str()), "the message never reached r0 /sync");
     let member = events
         .iter()
         .find(|e| e["type"] == "m.room.member" && e["state_key"] == user_id.as_str())
