@@ -159,7 +159,61 @@ fn node_key(node: &FederationNode) -> Ed25519KeyPair {
     Ed25519KeyPair::from_der(&der, parts[1].to_owned()).unwrap()
 }
 
-/// A `GET` of `uri` on `to`, signed as `origin` with `key` for `destination`.
+/// The `Authorization: X-Matrix …` of `method uri` with `body`, signed as `origin` with `key`
+/// for `destination`.
+fn x_matrix(
+    method: &str,
+    uri: &str,
+    body: &[u8],
+    origin: &str,
+    destination: &str,
+    key: &Ed25519KeyPair,
+) -> http::HeaderValue {
+    let request = http::Request::builder().method(method).uri(uri).body(body).unwrap();
+    let origin: OwnedServerName = ServerName::parse(origin).unwrap();
+    let destination: OwnedServerName = ServerName::parse(destination).unwrap();
+    let header =
+        XMatrix::try_from_http_request(&request, ServerSignaturesInput::new(origin, destination, key))
+            .unwrap();
+    http::HeaderValue::from(&header)
+}
+
+/// Sends `method base_url+uri` with `authorization` and a JSON `body` (certificates not verified).
+async fn send_signed(
+    method: reqwest::Method,
+    base_url: &str,
+    uri: &str,
+    authorization: http::HeaderValue,
+    body: Option<Vec<u8>>,
+) -> reqwest::Response {
+    let client = reqwest::Client::builder().tls_danger_accept_invalid_certs(true).build().unwrap();
+    let mut request =
+        client.request(method, format!("{base_url}{uri}")).header("authorization", authorization);
+    if let Some(body) = body {
+        request = request.header("content-type", "application/json").body(body);
+    }
+    request.send().await.unwrap()
+}
+
+/// A `GET` of `uri` at `base_url`, signed as `origin` with `key` for `destination`.
+async fn signed_get_at(
+    base_url: &str,
+    uri: &str,
+    origin: &str,
+    destination: &str,
+    key: &Ed25519KeyPair,
+) -> reqwest::Response {
+    send_signed(
+        reqwest::Method::GET,
+        base_url,
+        uri,
+        x_matrix("GET", uri, &[], origin, destination, key),
+        None,
+    )
+    .await
+}
+
+/// A `GET` of `uri` on `to`'s federation listener, signed as `origin` with `key` for `destination`.
 async fn signed_get(
     to: &FederationNode,
     uri: &str,
@@ -167,18 +221,7 @@ async fn signed_get(
     destination: &str,
     key: &Ed25519KeyPair,
 ) -> reqwest::Response {
-    let request = http::Request::builder().method("GET").uri(uri).body(Vec::<u8>::new()).unwrap();
-    let origin: OwnedServerName = ServerName::parse(origin).unwrap();
-    let destination: OwnedServerName = ServerName::parse(destination).unwrap();
-    let header =
-        XMatrix::try_from_http_request(&request, ServerSignaturesInput::new(origin, destination, key))
-            .unwrap();
-    to.http()
-        .get(format!("{}{uri}", to.federation_url()))
-        .header("authorization", http::HeaderValue::from(&header))
-        .send()
-        .await
-        .unwrap()
+    signed_get_at(&to.federation_url(), uri, origin, destination, key).await
 }
 
 async fn assert_unauthorized(response: reqwest::Response, why: &str) {
@@ -215,28 +258,9 @@ async fn requests_signed_wrongly_are_refused_and_a_rotated_key_keeps_verifying()
         let response = signed_get(&b, &profile_uri, a.server_name(), b.server_name(), &forged).await;
         assert_unauthorized(response, "forged signature").await;
         // Signed for one request, sent as another.
-        let request =
-            http::Request::builder().method("GET").uri(&profile_uri).body(Vec::<u8>::new()).unwrap();
-        let header = XMatrix::try_from_http_request(
-            &request,
-            ServerSignaturesInput::new(
-                ServerName::parse(a.server_name()).unwrap(),
-                ServerName::parse(b.server_name()).unwrap(),
-                &a_key,
-            ),
-        )
-        .unwrap();
-        let tampered = b
-            .http()
-            .get(format!(
-                "{}/_matrix/federation/v1/query/profile?user_id={}&field=displayname",
-                b.federation_url(),
-                enc(&bob.user_id)
-            ))
-            .header("authorization", http::HeaderValue::from(&header))
-            .send()
-            .await
-            .unwrap();
+        let header = x_matrix("GET", &profile_uri, &[], a.server_name(), b.server_name(), &a_key);
+        let other_uri = format!("{profile_uri}&field=displayname");
+        let tampered = send_signed(reqwest::Method::GET, &b.federation_url(), &other_uri, header, None).await;
         assert_unauthorized(tampered, "a signature over another request").await;
         // A server that does not exist (nothing listens there): its key cannot be found.
         let nowhere = format!("127.0.0.1:{}", ganglion_testkit::free_port());
@@ -288,34 +312,27 @@ async fn internal_addresses_are_not_contacted_unless_allowed() {
             "{body}"
         );
         // (Allowed, as the federation nodes have it, the other tests reach loopback peers.)
+
+        // No delegation unless configured; `federation.key_validity_hours` bounds the key answer.
+        let api = server.api();
+        api.get("/.well-known/matrix/server", None).await.unwrap().err(404, "M_NOT_FOUND");
+        let configured = ServerOptions {
+            extra_toml:
+                "[federation]\nwell_known_server = \"matrix.example.org:443\"\nkey_validity_hours = 2\n"
+                    .into(),
+            ..ServerOptions::default()
+        };
+        let delegating = TestServer::start(Backend::Sqlite, configured).await.unwrap();
+        let api = delegating.api();
+        let well_known = api.get("/.well-known/matrix/server", None).await.unwrap().ok();
+        assert_eq!(well_known, json!({ "m.server": "matrix.example.org:443" }));
+        let keys = api.get("/_matrix/key/v2/server", None).await.unwrap().ok();
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+        let valid_for = keys["valid_until_ts"].as_i64().unwrap() - now;
+        assert!((7_000_000..=7_200_000).contains(&valid_for), "{keys}");
     })
     .await
-}
-
-/// A `GET` of `uri` at `base_url`, signed as `origin` with `key` for `destination`.
-async fn signed_get_at(
-    base_url: &str,
-    uri: &str,
-    origin: &str,
-    destination: &str,
-    key: &Ed25519KeyPair,
-) -> reqwest::Response {
-    let request = http::Request::builder().method("GET").uri(uri).body(Vec::<u8>::new()).unwrap();
-    let header = XMatrix::try_from_http_request(
-        &request,
-        ServerSignaturesInput::new(
-            ServerName::parse(origin).unwrap(),
-            ServerName::parse(destination).unwrap(),
-            key,
-        ),
-    )
-    .unwrap();
-    reqwest::Client::new()
-        .get(format!("{base_url}{uri}"))
-        .header("authorization", http::HeaderValue::from(&header))
-        .send()
-        .await
-        .unwrap()
 }
 
 #[tokio::test]
@@ -514,8 +531,6 @@ async fn device_keys_and_one_time_keys_across_servers_with_synapse() {
 
         // `/user/devices`, signed as Synapse (with its key file): Alice's devices with their keys.
         let uri = format!("/_matrix/federation/v1/user/devices/{}", enc(&alice.user_id));
-        let http = reqwest::Client::builder().tls_danger_accept_invalid_certs(true).build().unwrap();
-        let request = http::Request::builder().method("GET").uri(&uri).body(Vec::<u8>::new()).unwrap();
         let synapse_key = {
             use base64::Engine as _;
             let text = std::fs::read_to_string(synapse.dir().join("signing.key")).unwrap();
@@ -525,24 +540,17 @@ async fn device_keys_and_one_time_keys_across_servers_with_synapse() {
                 .unwrap();
             Ed25519KeyPair::from_der(&pkcs8_of_seed(&seed), parts[1].to_owned()).unwrap()
         };
-        let header = XMatrix::try_from_http_request(
-            &request,
-            ServerSignaturesInput::new(
-                ServerName::parse(synapse.server_name()).unwrap(),
-                ServerName::parse(ganglion.server_name()).unwrap(),
-                &synapse_key,
-            ),
+        let listed: Value = signed_get_at(
+            &ganglion.federation_url(),
+            &uri,
+            synapse.server_name(),
+            ganglion.server_name(),
+            &synapse_key,
         )
+        .await
+        .json()
+        .await
         .unwrap();
-        let listed: Value = http
-            .get(format!("{}{uri}", ganglion.federation_url()))
-            .header("authorization", http::HeaderValue::from(&header))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
         assert_eq!(listed["user_id"], alice.user_id, "{listed}");
         let device = &listed["devices"][0];
         assert_eq!(device["device_id"], alice.device_id, "{listed}");
@@ -738,24 +746,8 @@ async fn signed_put(
     body: &Value,
 ) -> reqwest::Response {
     let bytes = serde_json::to_vec(body).unwrap();
-    let request = http::Request::builder().method("PUT").uri(uri).body(bytes.clone()).unwrap();
-    let header = XMatrix::try_from_http_request(
-        &request,
-        ServerSignaturesInput::new(
-            ServerName::parse(from.server_name()).unwrap(),
-            ServerName::parse(to.server_name()).unwrap(),
-            &node_key(from),
-        ),
-    )
-    .unwrap();
-    to.http()
-        .put(format!("{}{uri}", to.federation_url()))
-        .header("authorization", http::HeaderValue::from(&header))
-        .header("content-type", "application/json")
-        .body(bytes)
-        .send()
-        .await
-        .unwrap()
+    let header = x_matrix("PUT", uri, &bytes, from.server_name(), to.server_name(), &node_key(from));
+    send_signed(reqwest::Method::PUT, &to.federation_url(), uri, header, Some(bytes)).await
 }
 
 #[tokio::test]

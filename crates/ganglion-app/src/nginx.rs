@@ -31,6 +31,15 @@ const SYNC_READ_TIMEOUT: &str = "10m";
 /// Longer than the longest wait of a download for a created id's upload (2 minutes).
 const MEDIA_READ_TIMEOUT: &str = "3m";
 
+/// How every `server` passes requests on: keep-alive to the upstreams, the client's address.
+const PROXY_HEADERS: &str = "        proxy_http_version 1.1;
+        proxy_set_header Connection \"\";
+        proxy_set_header Host $host;
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_set_header X-Real-IP $remote_addr;
+        proxy_set_header X-Forwarded-Proto $scheme;
+";
+
 /// Renders a complete `nginx.conf`, runnable as
 /// `nginx -p <dir> -c <dir>/nginx.conf -g 'daemon off;'`. Fails if a route (or the fallback for
 /// unknown paths, which client-readers answer) has no role in `instance_map` to go to.
@@ -144,13 +153,7 @@ http {{
     server {{
         listen {listen};
 
-        proxy_http_version 1.1;
-        proxy_set_header Connection \"\";
-        proxy_set_header Host $host;
-        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-        proxy_set_header X-Real-IP $remote_addr;
-        proxy_set_header X-Forwarded-Proto $scheme;
-
+{PROXY_HEADERS}
         # What nginx refuses itself still answers as a Matrix error.
         error_page 400 /_ganglion/error/400;
         error_page 413 /_ganglion/error/413;
@@ -202,13 +205,7 @@ http {{
         ssl_certificate {certificate};
         ssl_certificate_key {key};
 
-        proxy_http_version 1.1;
-        proxy_set_header Connection \"\";
-        proxy_set_header Host $host;
-        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-        proxy_set_header X-Real-IP $remote_addr;
-        proxy_set_header X-Forwarded-Proto $scheme;
-",
+{PROXY_HEADERS}",
             certificate = certificate.display(),
             key = key.display(),
         );

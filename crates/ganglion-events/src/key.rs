@@ -80,6 +80,12 @@ impl ServerKey {
     /// Retires the key at `path` (its public half goes to `<path>.old`, expired at `now_ms`) and
     /// generates a new one in its place. Returns the new key's id.
     pub fn rotate(path: &Path, now_ms: i64) -> Result<String, KeyError> {
+        if !path.exists() {
+            return Err(KeyError::File {
+                path: path.display().to_string(),
+                message: "no signing key to retire (the server makes one on first start)".into(),
+            });
+        }
         let old = ServerKey::load_or_generate("rotating", path)?;
         let old_path = retired_path(path);
         let error = |message: String| KeyError::File { path: old_path.display().to_string(), message };

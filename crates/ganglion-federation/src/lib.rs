@@ -55,16 +55,6 @@ impl ganglion_types::HasErrorClass for FederationError {
     }
 }
 
-impl FederationError {
-    /// The remote's own `errcode`, when it answered with one.
-    pub fn remote_errcode(&self) -> Option<&str> {
-        match self {
-            FederationError::Remote { errcode, .. } => Some(errcode),
-            _ => None,
-        }
-    }
-}
-
 /// What every part that talks to other servers shares.
 #[derive(Clone)]
 pub struct Federation {

@@ -66,11 +66,12 @@ pub async fn authenticate(
             reason: error.to_string(),
         },
     )?;
-    let mut request = http::Request::builder().method(parts.method.clone()).uri(parts.uri.clone());
-    if let Some(headers) = request.headers_mut() {
-        headers.extend(parts.headers.clone());
-    }
-    let request = request.body(body).map_err(|error| RequestAuthError::Malformed(error.to_string()))?;
+    // The signature covers the method, the URI and the body only.
+    let request = http::Request::builder()
+        .method(parts.method.clone())
+        .uri(parts.uri.clone())
+        .body(body)
+        .map_err(|error| RequestAuthError::Malformed(error.to_string()))?;
     xmatrix
         .verify_request(&request, own_name, &keys)
         .map_err(|error| RequestAuthError::BadSignature(error.to_string()))?;

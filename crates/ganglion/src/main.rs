@@ -70,7 +70,13 @@ fn rotate_signing_key(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         ganglion_config::Config::load(config_path.as_deref()).map_err(|error| anyhow::anyhow!("{error}"))?;
     let path = config.federation.signing_key_path(&config.data_dir);
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
-    let key_id = ganglion_events::ServerKey::rotate(&path, now_ms)?;
+    let key_id = match ganglion_events::ServerKey::rotate(&path, now_ms) {
+        Ok(key_id) => key_id,
+        Err(error) => {
+            eprintln!("ganglion: {error}");
+            std::process::exit(1);
+        }
+    };
     writeln!(
         std::io::stdout(),
         "{}: new signing key {key_id}; the old one is kept in {}. Restart every process.",
