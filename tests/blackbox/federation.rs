@@ -150,7 +150,7 @@ async fn keys_notaries_and_profiles_both_ways_with_synapse() {
 }
 
 /// The signing key of a node, read from its data directory as an operator would back it up.
-fn node_key(node: &FederationNode) -> Ed25519KeyPair {
+pub(crate) fn node_key(node: &FederationNode) -> Ed25519KeyPair {
     use base64::Engine as _;
     let text = std::fs::read_to_string(node.dir().join("data/signing.key")).unwrap();
     let parts: Vec<&str> = text.split_whitespace().collect();
@@ -161,7 +161,7 @@ fn node_key(node: &FederationNode) -> Ed25519KeyPair {
 
 /// The `Authorization: X-Matrix …` of `method uri` with `body`, signed as `origin` with `key`
 /// for `destination`.
-fn x_matrix(
+pub(crate) fn x_matrix(
     method: &str,
     uri: &str,
     body: &[u8],
@@ -179,7 +179,7 @@ fn x_matrix(
 }
 
 /// Sends `method base_url+uri` with `authorization` and a JSON `body` (certificates not verified).
-async fn send_signed(
+pub(crate) async fn send_signed(
     method: reqwest::Method,
     base_url: &str,
     uri: &str,
@@ -214,7 +214,7 @@ async fn signed_get_at(
 }
 
 /// A `GET` of `uri` on `to`'s federation listener, signed as `origin` with `key` for `destination`.
-async fn signed_get(
+pub(crate) async fn signed_get(
     to: &FederationNode,
     uri: &str,
     origin: &str,
@@ -797,14 +797,72 @@ async fn a_transaction_is_applied_once_and_bad_ones_are_refused() {
         // Not JSON.
         let response = signed_put(&b, "/_matrix/federation/v1/send/t5", &a, &json!("a string")).await;
         assert_eq!(response.status(), 400);
-        // A PDU is answered by its id (rooms over federation come later), never a 5xx.
-        let response =
-            signed_put(&b, "/_matrix/federation/v1/send/t6", &a, &transaction(vec![], vec![json!({ "event_id": "$x" })])).await;
-        assert_eq!(response.status(), 200);
+
+        // PDUs into a room of B's: each is answered by its id, never with a 5xx, and the room
+        // is left as it was.
+        let room_id = bob.create_room(&json!({ "preset": "public_chat" })).await.unwrap();
+        bob.send_text(&room_id, "mine").await.unwrap();
+        let state = bob.get(&format!("/rooms/{}/state", enc(&room_id))).await.unwrap().ok();
+        let power_levels = state
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|event| event["type"] == "m.room.power_levels")
+            .map(|event| event["event_id"].as_str().unwrap().to_owned())
+            .unwrap();
+        let a_key = node_key(&a);
+        let message = |body: &str| {
+            json!({
+                "room_id": room_id, "sender": sender, "type": "m.room.message",
+                "content": { "msgtype": "m.text", "body": body },
+                "auth_events": [power_levels], "prev_events": [], "depth": 10,
+                "origin_server_ts": 1_700_000_000_000_i64,
+            })
+        };
+        // Signed properly, but its sender is not in the room: rejected by its auth events.
+        let (outsider_id, outsider) = signed_pdu(&a_key, a.server_name(), message("let me in"));
+        // Its signature broken.
+        let (forged_id, mut forged_pdu) = signed_pdu(&a_key, a.server_name(), message("forged"));
+        forged_pdu["signatures"][a.server_name()]
+            .as_object_mut()
+            .unwrap()
+            .values_mut()
+            .for_each(|signature| *signature = json!("AAAA"));
+        // Of a room B is not in, and without a room: dropped, there is no id to answer under.
+        let mut elsewhere = message("elsewhere");
+        elsewhere["room_id"] = json!("!unknown:elsewhere.example");
+        let (_, elsewhere) = signed_pdu(&a_key, a.server_name(), elsewhere);
+        let pdus = vec![outsider, forged_pdu, elsewhere, json!({ "event_id": "$x" })];
+        let response = signed_put(&b, "/_matrix/federation/v1/send/t6", &a, &transaction(vec![], pdus)).await;
+        assert_eq!(response.status(), 200, "{}", b.log());
         let answer: Value = response.json().await.unwrap();
-        assert!(answer["pdus"]["$x"]["error"].is_string(), "{answer}");
+        let error = |id: &str| answer["pdus"][id]["error"].as_str().map(str::to_owned);
+        assert!(error(&outsider_id).is_some_and(|e| e.contains("auth events")), "{answer}");
+        assert!(error(&forged_id).is_some_and(|e| e.contains("signature")), "{answer}");
+        assert_eq!(answer["pdus"].as_object().unwrap().len(), 2, "{answer}");
+        bob.send_text(&room_id, "still mine").await.unwrap();
+        let history = bob.get(&format!("/rooms/{}/messages?dir=b&limit=50", enc(&room_id))).await.unwrap().ok();
+        let bodies: Vec<&str> = history["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|event| event["content"]["body"].as_str())
+            .collect();
+        assert_eq!(bodies, vec!["still mine", "mine"]);
     })
     .await
+}
+
+/// `object` as a PDU of a room v12 hashed and signed by `server` with `key`: its event id and
+/// JSON.
+pub(crate) fn signed_pdu(key: &Ed25519KeyPair, server: &str, object: Value) -> (String, Value) {
+    let CanonicalJsonValue::Object(mut object) = CanonicalJsonValue::try_from(object).unwrap() else {
+        panic!("not an object");
+    };
+    let rules = ruma::RoomVersionId::V12.rules().unwrap();
+    ruma::signatures::hash_and_sign_event(server, key, &mut object, &rules.redaction).unwrap();
+    let event_id = format!("${}", ruma::signatures::reference_hash(&object, &rules).unwrap());
+    (event_id, serde_json::to_value(&object).unwrap())
 }
 
 /// A PKCS#8 v1 document for an ed25519 seed (Synapse's signing key file holds the bare seed).

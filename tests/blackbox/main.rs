@@ -51,6 +51,8 @@ mod dashboards;
 mod e2ee;
 mod errors;
 mod federation;
+mod federation_events;
+mod federation_rooms;
 mod haproxy;
 mod ignoring;
 mod interop;

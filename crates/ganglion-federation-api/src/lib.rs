@@ -4,6 +4,8 @@
 //! Served by `role = "all"` (on its TLS listener, `federation.listen`) and, in a cluster, by the
 //! processes whose role serves the federation classes, behind the load balancer.
 
+mod events;
+mod join;
 mod keys;
 mod query;
 mod send;
@@ -39,6 +41,14 @@ pub fn routes() -> Vec<Route<FederationState>> {
         Route::post("/_matrix/key/v2/query", Keys, keys::query),
         Route::get("/_matrix/federation/v1/version", Fed, query::version),
         Route::put("/_matrix/federation/v1/send/{txnId}", Fed, send::send_transaction),
+        Route::get("/_matrix/federation/v1/make_join/{roomId}/{userId}", Fed, join::make_join),
+        Route::put("/_matrix/federation/v2/send_join/{roomId}/{eventId}", Fed, join::send_join),
+        Route::get("/_matrix/federation/v1/event/{eventId}", Fed, events::event),
+        Route::get("/_matrix/federation/v1/state/{roomId}", Fed, events::room_state),
+        Route::get("/_matrix/federation/v1/state_ids/{roomId}", Fed, events::state_ids),
+        Route::get("/_matrix/federation/v1/event_auth/{roomId}/{eventId}", Fed, events::event_auth),
+        Route::get("/_matrix/federation/v1/backfill/{roomId}", Fed, events::backfill),
+        Route::post("/_matrix/federation/v1/get_missing_events/{roomId}", Fed, events::get_missing_events),
         Route::get("/_matrix/federation/v1/query/profile", Fed, query::profile),
         Route::get("/_matrix/federation/v1/query/directory", Fed, query::directory),
         Route::post("/_matrix/federation/v1/user/keys/query", Fed, user::query_keys),

@@ -1,14 +1,18 @@
 //! `PUT /_matrix/federation/v1/send/{txnId}`: a transaction of PDUs and EDUs from another
 //! server. A transaction is applied once: a retry gets the first answer back. Each PDU and EDU
-//! is taken or refused on its own.
+//! is taken or refused on its own. If the master cannot be reached the whole transaction fails
+//! unrecorded, and its origin sends it again.
 
 use axum::{
     Json,
     extract::{Path, State},
 };
-use ganglion_events::ruma::{OwnedDeviceId, UserId};
+use std::collections::HashMap;
+
+use ganglion_events::ruma::{CanonicalJsonValue, OwnedDeviceId, RoomVersionId, UserId};
+use ganglion_federation::pdu::{check_pdu, event_id_of};
 use ganglion_http::{MatrixError, MatrixResult};
-use ganglion_rpc::SendToDevice;
+use ganglion_rpc::{AcceptEvents, SendToDevice};
 use ganglion_types::ErrorClass;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -59,16 +63,7 @@ pub(crate) async fn send_transaction(
             return Ok(Json(serde_json::from_str(&answer).unwrap_or_else(|_| json!({ "pdus": {} }))));
         }
     }
-    let mut pdus = Map::new();
-    for pdu in &transaction.pdus {
-        // Rooms over federation come in a later step; each PDU is refused by name.
-        if let Some(event_id) = pdu.get("event_id").and_then(Value::as_str) {
-            pdus.insert(
-                event_id.to_owned(),
-                json!({ "error": "This server does not take part in rooms over federation yet" }),
-            );
-        }
-    }
+    let pdus = take_pdus(&state, origin, &transaction.pdus).await?;
     for edu in transaction.edus {
         match edu.edu_type.as_str() {
             "m.direct_to_device" => match to_device(&state, origin, &edu.content).await {
@@ -96,6 +91,67 @@ pub(crate) async fn send_transaction(
     )
     .await?;
     Ok(Json(answer))
+}
+
+/// Checks each PDU (format, id, signatures, hash) and hands those that pass to the master in
+/// one call, which authorises and persists each on its own. Answers each PDU's outcome by id.
+/// A PDU of a room this server is not in, or of a version it does not support, is refused.
+async fn take_pdus(
+    state: &FederationState,
+    origin: &str,
+    pdus: &[Value],
+) -> MatrixResult<Map<String, Value>> {
+    let mut answers = Map::new();
+    let mut checked = Vec::with_capacity(pdus.len());
+    let mut versions: HashMap<String, Option<RoomVersionId>> = HashMap::new();
+    for pdu in pdus {
+        let Some(room_id) = pdu.get("room_id").and_then(Value::as_str) else {
+            tracing::info!(%origin, "a PDU without a room id was dropped");
+            continue;
+        };
+        if !versions.contains_key(room_id) {
+            let mut conn = state.db.conn().await?;
+            let room = ganglion_storage::rooms::room_by_id(&mut conn, room_id).await?;
+            let version = room
+                .filter(|room| room.latest_event_nid.is_some())
+                .and_then(|room| RoomVersionId::try_from(room.room_version.as_str()).ok());
+            versions.insert(room_id.to_owned(), version);
+        }
+        let Some(version) = versions[room_id].clone() else {
+            // Without the room's version the event has no id to answer under.
+            tracing::info!(%origin, %room_id, "a PDU of a room this server is not in was dropped");
+            continue;
+        };
+        match check_pdu(&state.federation.keyring, &version, pdu).await {
+            Ok(pdu) => checked.push((pdu.event_id, pdu.json)),
+            Err(error) => {
+                let event_id = CanonicalJsonValue::try_from(pdu.clone()).ok().and_then(|value| match value {
+                    CanonicalJsonValue::Object(mut object) => {
+                        object.remove("unsigned");
+                        version.rules().and_then(|rules| event_id_of(&object, &rules).ok())
+                    }
+                    _ => None,
+                });
+                tracing::info!(%origin, ?event_id, %error, "refused a PDU");
+                if let Some(event_id) = event_id {
+                    answers.insert(event_id.to_string(), json!({ "error": error.to_string() }));
+                }
+            }
+        }
+    }
+    if checked.is_empty() {
+        return Ok(answers);
+    }
+    let outcomes =
+        state.master.accept_events(AcceptEvents { origin: origin.to_owned(), events: checked }).await?;
+    for outcome in outcomes {
+        let answer = match outcome.error {
+            None => json!({}),
+            Some(error) => json!({ "error": error.message }),
+        };
+        answers.insert(outcome.event_id.to_string(), answer);
+    }
+    Ok(answers)
 }
 
 /// An `m.direct_to_device` EDU: messages from a user of `origin` to devices of ours, queued

@@ -5,8 +5,9 @@
 //! back-off that starts short (one 5xx costs a second, not an hour) and doubles up to a cap,
 //! while the others go on.
 //!
-//! Today the outbox holds to-device messages (`m.direct_to_device`), and `role = "all"` runs the
-//! sender in process.
+//! The outbox holds to-device messages (`m.direct_to_device`) and our events in rooms shared
+//! with the destination (at most 50 per transaction, in the order they were persisted);
+//! `role = "all"` runs the sender in process.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -16,11 +17,15 @@ use std::{
 
 use ganglion_events::ruma::ServerName;
 use ganglion_federation::FederationClient;
-use ganglion_storage::{Db, federation::OutboxRow};
-use serde_json::{Value, json};
+use ganglion_storage::{
+    Db,
+    federation::{OutboxPdu, OutboxRow},
+};
+use serde_json::{Value, json, value::RawValue};
 
-/// The spec's bound on EDUs per transaction.
+/// The spec's bounds on EDUs and PDUs per transaction.
 const MAX_EDUS_PER_TRANSACTION: usize = 100;
+const MAX_PDUS_PER_TRANSACTION: usize = 50;
 /// How often the outbox is looked at when nothing wakes the sender sooner.
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
 const FIRST_RETRY: Duration = Duration::from_secs(1);
@@ -58,7 +63,7 @@ impl Sender {
     /// backing off, all at once.
     async fn round(&mut self) -> Result<(), ganglion_storage::StorageError> {
         let now = Instant::now();
-        let mut by_destination: BTreeMap<String, Vec<OutboxRow>> = BTreeMap::new();
+        let mut by_destination: BTreeMap<String, Queued> = BTreeMap::new();
         {
             let mut conn = self.db.conn().await?;
             // Each destination's own head of the queue: one that backs off never hides the others.
@@ -67,15 +72,18 @@ impl Sender {
                     continue;
                 }
                 let limit = MAX_EDUS_PER_TRANSACTION as i64;
-                let rows =
+                let edus =
                     ganglion_storage::federation::outbox_edus_for(&mut conn, &destination, limit).await?;
-                by_destination.insert(destination, rows);
+                let limit = MAX_PDUS_PER_TRANSACTION as i64;
+                let pdus =
+                    ganglion_storage::federation::outbox_pdus_for(&mut conn, &destination, limit).await?;
+                by_destination.insert(destination, Queued { edus, pdus });
             }
         }
-        let sends = by_destination.into_iter().map(|(destination, rows)| {
+        let sends = by_destination.into_iter().map(|(destination, queued)| {
             let (client, db) = (self.client.clone(), self.db.clone());
             async move {
-                let result = send_transaction(&client, &destination, &rows).await;
+                let result = send_transaction(&client, &destination, &queued).await;
                 // Refused for good (a 4xx other than 429): sending it again would be refused
                 // again, and would hold up what comes after it.
                 let refused = matches!(
@@ -84,12 +92,16 @@ impl Sender {
                         if (400..500).contains(status) && *status != 429
                 );
                 if refused {
-                    tracing::warn!(%destination, error = ?result, edus = rows.len(), "a destination refused a transaction; its EDUs are dropped");
+                    tracing::warn!(%destination, error = ?result, edus = queued.edus.len(), pdus = queued.pdus.len(), "a destination refused a transaction; its contents are dropped");
                 }
+                // A PDU the destination took but refused on its own (its answer names it) is
+                // done with too: it never holds up the queue behind it.
                 if result.is_ok() || refused {
-                    let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
+                    let ids: Vec<i64> = queued.edus.iter().map(|row| row.id).collect();
                     let mut conn = db.conn().await?;
                     ganglion_storage::federation::delete_outbox_edus(&mut conn, &ids).await?;
+                    let ids: Vec<i64> = queued.pdus.iter().map(|pdu| pdu.id).collect();
+                    ganglion_storage::federation::delete_outbox_pdus(&mut conn, &ids).await?;
                 }
                 Ok::<_, ganglion_storage::StorageError>((destination, result))
             }
@@ -119,13 +131,20 @@ impl Sender {
     }
 }
 
-/// `PUT /_matrix/federation/v1/send/{txnId}` with `rows` as EDUs. The transaction id names the
-/// EDUs it carries, so a retry of the same ones is recognised by the destination.
+/// What one transaction to a destination carries.
+struct Queued {
+    edus: Vec<OutboxRow>,
+    pdus: Vec<OutboxPdu>,
+}
+
+/// `PUT /_matrix/federation/v1/send/{txnId}` with the queued PDUs and EDUs. The transaction id
+/// names the rows it carries, so a retry of the same ones is recognised by the destination.
 async fn send_transaction(
     client: &FederationClient,
     destination: &str,
-    rows: &[OutboxRow],
+    queued: &Queued,
 ) -> Result<(), ganglion_federation::FederationError> {
+    let rows = &queued.edus;
     let server =
         ServerName::parse(destination).map_err(|error| ganglion_federation::FederationError::Refused {
             destination: destination.to_owned(),
@@ -138,16 +157,23 @@ async fn send_transaction(
             Some(json!({ "edu_type": row.edu_type, "content": content }))
         })
         .collect();
-    let (first, last) = (rows.first().map_or(0, |row| row.id), rows.last().map_or(0, |row| row.id));
+    let pdus: Vec<&RawValue> =
+        queued.pdus.iter().filter_map(|pdu| serde_json::from_str::<&RawValue>(&pdu.json).ok()).collect();
+    let span = |ids: &mut dyn Iterator<Item = i64>| {
+        let ids: Vec<i64> = ids.collect();
+        (ids.first().copied().unwrap_or(0), ids.last().copied().unwrap_or(0))
+    };
+    let (first_edu, last_edu) = span(&mut rows.iter().map(|row| row.id));
+    let (first_pdu, last_pdu) = span(&mut queued.pdus.iter().map(|pdu| pdu.id));
     let body = json!({
         "origin": client.server_name().as_str(),
         "origin_server_ts": ganglion_storage::now_ms(),
-        "pdus": [],
+        "pdus": pdus,
         "edus": edus,
     });
     let path = format!(
         "/_matrix/federation/v1/send/{}",
-        ganglion_federation::client::encode(&format!("e{first}-{last}"))
+        ganglion_federation::client::encode(&format!("e{first_edu}-{last_edu}p{first_pdu}-{last_pdu}"))
     );
     client.request(http::Method::PUT, &server, &path, Some(&body)).await?;
     Ok(())

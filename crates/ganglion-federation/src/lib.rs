@@ -10,6 +10,7 @@ pub mod client;
 pub mod discovery;
 pub mod keyring;
 pub mod own_keys;
+pub mod pdu;
 pub mod policy;
 pub mod request_auth;
 pub mod tls;

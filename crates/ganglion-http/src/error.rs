@@ -84,6 +84,9 @@ impl MatrixError {
             ErrorClass::ServerManaged => (StatusCode::METHOD_NOT_ALLOWED, "M_BAD_JSON"),
             ErrorClass::InvalidSignature => (StatusCode::BAD_REQUEST, "M_INVALID_SIGNATURE"),
             ErrorClass::UnsupportedRoomVersion => (StatusCode::BAD_REQUEST, "M_UNSUPPORTED_ROOM_VERSION"),
+            ErrorClass::IncompatibleRoomVersion { .. } => {
+                (StatusCode::BAD_REQUEST, "M_INCOMPATIBLE_ROOM_VERSION")
+            }
             ErrorClass::GuestAccessForbidden => (StatusCode::FORBIDDEN, "M_GUEST_ACCESS_FORBIDDEN"),
             ErrorClass::Exclusive => (StatusCode::BAD_REQUEST, "M_EXCLUSIVE"),
             ErrorClass::WrongRoomKeysVersion { .. } => (StatusCode::FORBIDDEN, "M_WRONG_ROOM_KEYS_VERSION"),
@@ -122,6 +125,9 @@ impl IntoResponse for MatrixError {
         }
         if let ErrorClass::WrongRoomKeysVersion { current_version } = &self.class {
             body.insert("current_version".into(), json!(current_version));
+        }
+        if let ErrorClass::IncompatibleRoomVersion { room_version } = &self.class {
+            body.insert("room_version".into(), json!(room_version));
         }
         body.extend(self.extra);
         let mut response = (status, Json(Value::Object(body))).into_response();

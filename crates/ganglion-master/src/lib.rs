@@ -9,6 +9,7 @@
 
 mod accounts;
 mod ephemeral;
+mod federation;
 mod key_backup;
 mod keys;
 mod power;
@@ -27,13 +28,13 @@ use ganglion_events::{
 };
 use ganglion_replication::{Bus, Positions, TypingStore};
 use ganglion_rpc::{
-    Accounts, CheckPassword, ClaimKeys, ClaimedKey, CreateBackupVersion, CreateFilter, CreateRoom,
-    DeleteAlias, DeleteBackupKeys, DeleteBackupVersion, DeleteDevices, Ephemeral, ForgetRoom, KeyBackup,
-    Keys, LoginRequest, Logout, LogoutAll, MasterResult, OneTimeKeyCounts, Presence, PresenceSyncing,
-    PutBackupKeys, RegisterRequest, RenameDevice, RoomKeysUpdate, Rooms, SendEvent, SendToDevice,
-    SessionGrant, SetAccountData, SetAlias, SetPassword, SetPresence, SetProfile, SetReceipt,
-    SetRoomVisibility, SetTyping, SignatureFailure, Streams, TypingSnapshot, UpdateBackupVersion,
-    UpdateMembership, UploadKeys, UploadSignatures, UploadSigningKeys,
+    AcceptEvents, Accounts, CheckPassword, ClaimKeys, ClaimedKey, CreateBackupVersion, CreateFilter,
+    CreateRoom, DeleteAlias, DeleteBackupKeys, DeleteBackupVersion, DeleteDevices, Ephemeral, EventOutcome,
+    ForgetRoom, KeyBackup, Keys, LoginRequest, Logout, LogoutAll, MadeJoin, MakeJoin, MasterResult,
+    OneTimeKeyCounts, Presence, PresenceSyncing, PutBackupKeys, RegisterRequest, RenameDevice,
+    RoomKeysUpdate, Rooms, SendEvent, SendToDevice, SessionGrant, SetAccountData, SetAlias, SetPassword,
+    SetPresence, SetProfile, SetReceipt, SetRoomVisibility, SetTyping, SignatureFailure, Streams,
+    TypingSnapshot, UpdateBackupVersion, UpdateMembership, UploadKeys, UploadSignatures, UploadSigningKeys,
 };
 use ganglion_state::Caches;
 use ganglion_storage::Db;
@@ -224,6 +225,14 @@ impl Rooms for MasterService {
 
     async fn set_room_visibility(&self, r: SetRoomVisibility) -> MasterResult<()> {
         rooms::set_room_visibility(self, &r.user_id, &r.room_id, r.public).await
+    }
+
+    async fn accept_events(&self, r: AcceptEvents) -> MasterResult<Vec<EventOutcome>> {
+        federation::accept_events(self, r).await
+    }
+
+    async fn make_join(&self, r: MakeJoin) -> MasterResult<MadeJoin> {
+        federation::make_join(self, r).await
     }
 }
 

@@ -1,14 +1,17 @@
 //! The events stream's writer: room heads, and batches of events built, authorised and
 //! persisted in one transaction.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::Arc,
+};
 use tracing::Instrument as _;
 
 use ganglion_events::{
     EventTemplate, Pdu, auth_event_types, build_pdu, check_auth,
     ruma::{
-        OwnedDeviceId, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, UserId, events::StateEventType,
-        room_version_rules::RoomVersionRules,
+        OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UserId,
+        events::StateEventType, room_version_rules::RoomVersionRules,
     },
 };
 use ganglion_replication::StreamRow;
@@ -42,9 +45,25 @@ pub(crate) struct RoomHead {
     pub snapshot: Snapshot,
     pub latest_event_id: Option<OwnedEventId>,
     pub latest_event_nid: Option<EventNid>,
+    /// Events nothing newer refers to yet: the latest, and other servers' concurrent ones. Our
+    /// next event names them all as its `prev_events`, which joins the branches.
+    pub extremities: Vec<OwnedEventId>,
     pub max_depth: i64,
     /// Position of the room's newest event that bumps it up room lists.
     pub bump_pos: i64,
+    /// Joined users of other servers: the servers our events in the room are sent to.
+    pub remote_joined: Arc<BTreeSet<OwnedUserId>>,
+}
+
+/// The most `prev_events` an event of ours names, as Synapse bounds it: more extremities than
+/// this are joined over several events.
+const MAX_PREV_EVENTS: usize = 10;
+
+impl RoomHead {
+    /// The servers other than ours with a joined member.
+    pub(crate) fn remote_servers(&self) -> BTreeSet<String> {
+        self.remote_joined.iter().map(|user| user.server_name().to_string()).collect()
+    }
 }
 
 impl Writer {
@@ -99,6 +118,8 @@ struct BatchTx {
     tx: ganglion_storage::Tx,
     events: Vec<Arc<event_store::EventRow>>,
     txns: Vec<(event_store::TxnKey, String)>,
+    /// Our events owed to other servers: `(destination, event)`.
+    outbox: Vec<(String, EventNid)>,
 }
 
 impl BatchTx {
@@ -110,6 +131,11 @@ impl BatchTx {
         if !self.txns.is_empty() {
             event_store::insert_txns(&mut self.tx, &self.txns).await?;
             self.txns.clear();
+        }
+        if !self.outbox.is_empty() {
+            let now = ganglion_storage::now_ms();
+            ganglion_storage::federation::insert_outbox_pdus(&mut self.tx, &self.outbox, now).await?;
+            self.outbox.clear();
         }
         Ok(())
     }
@@ -159,7 +185,7 @@ impl<'w> Batch<'w> {
         Ok(Batch {
             svc,
             writer,
-            tx: Some(BatchTx { tx, events: Vec::new(), txns: Vec::new() }),
+            tx: Some(BatchTx { tx, events: Vec::new(), txns: Vec::new(), outbox: Vec::new() }),
             heads: HashMap::new(),
             next_pos,
             next_nid,
@@ -210,14 +236,31 @@ impl<'w> Batch<'w> {
         let version = RoomVersionId::try_from(room.room_version.as_str())
             .map_err(|e| MasterError::internal(e.to_string()))?;
         let rules = version.rules().ok_or_else(|| MasterError::internal("room version without rules"))?;
+        let latest_event_id = latest.map(|event| event.pdu.event_id.clone());
+        let extremities =
+            match room.forward_extremities.as_deref().map(serde_json::from_str::<Vec<OwnedEventId>>) {
+                Some(Ok(ids)) if !ids.is_empty() => ids,
+                _ => latest_event_id.iter().cloned().collect(),
+            };
+        let own_server = self.svc.config.server_name.clone();
+        let members = room_store::memberships_of_room(self.connection().await?, room.room_nid, Some("join"))
+            .await
+            .map_err(internal)?;
+        let remote_joined = members
+            .into_iter()
+            .filter_map(|member| OwnedUserId::try_from(member.user_id).ok())
+            .filter(|user| user.server_name().as_str() != own_server)
+            .collect();
         let head = RoomHead {
             room_nid: room.room_nid,
             rules: Arc::new(rules),
             snapshot,
-            latest_event_id: latest.map(|event| event.pdu.event_id.clone()),
+            latest_event_id,
             latest_event_nid: Some(latest_nid),
+            extremities,
             max_depth: room.max_depth,
             bump_pos: room.bump_stream_pos,
+            remote_joined: Arc::new(remote_joined),
         };
         self.writer.heads.insert(room_id.to_owned(), head.clone());
         Ok(Some(head))
@@ -293,8 +336,10 @@ impl<'w> Batch<'w> {
             snapshot: Snapshot::empty(),
             latest_event_id: None,
             latest_event_nid: None,
+            extremities: Vec::new(),
             max_depth: 0,
             bump_pos: 0,
+            remote_joined: Arc::default(),
         };
         self.heads.insert(room_id.clone(), head);
         let event = self.persist(&room_id, pdu, None).await?;
@@ -365,6 +410,18 @@ impl<'w> Batch<'w> {
         template: &EventTemplate,
         txn: Option<(&OwnedDeviceId, &str)>,
     ) -> MasterResult<StoredEvent> {
+        let pdu = self.build_checked(room_id, sender, template).await?;
+        self.persist(room_id, pdu, txn).await
+    }
+
+    /// Builds an event on top of the room's head and checks it against the auth rules and the
+    /// current state, without persisting it.
+    pub(crate) async fn build_checked(
+        &mut self,
+        room_id: &RoomId,
+        sender: &UserId,
+        template: &EventTemplate,
+    ) -> MasterResult<Pdu> {
         let Some(head) = self.head(room_id).await? else {
             return Err(MasterError::not_found("Unknown room"));
         };
@@ -395,7 +452,8 @@ impl<'w> Batch<'w> {
                 state.get(&(kind.to_string(), key.clone())).map(|e| e.pdu.event_id.clone())
             })
             .collect();
-        let prev_events: Vec<OwnedEventId> = head.latest_event_id.iter().cloned().collect();
+        let skip = head.extremities.len().saturating_sub(MAX_PREV_EVENTS);
+        let prev_events: Vec<OwnedEventId> = head.extremities[skip..].to_vec();
         let depth = (head.max_depth + 1) as u64;
         let pdu = build_pdu(
             &self.svc.key,
@@ -415,7 +473,73 @@ impl<'w> Batch<'w> {
             state.get(&(kind.to_string(), key.to_owned())).map(|e| &*e.pdu)
         })
         .map_err(|e| MasterError::forbidden(format!("Event not allowed: {e}")))?;
-        self.persist(room_id, pdu, txn).await
+        Ok(pdu)
+    }
+
+    /// Takes another server's event, whose signatures, hashes and id the federation reader
+    /// checked: every event it names must be known here; it must pass the auth rules against its
+    /// own auth events (else it is rejected) and against the room's current state (else it is
+    /// soft-failed: not persisted, so it never reaches a timeline). An event already persisted
+    /// is taken again without effect.
+    pub(crate) async fn append_remote(&mut self, pdu: Pdu) -> MasterResult<Option<StoredEvent>> {
+        if self.event_by_id(pdu.event_id.as_str()).await?.is_some() {
+            return Ok(None);
+        }
+        let Some(head) = self.head(&pdu.room_id).await? else {
+            return Err(MasterError::not_found("This server is not in the room"));
+        };
+        if pdu.sender.server_name().as_str() == self.svc.config.server_name {
+            return Err(MasterError::forbidden("The event claims a sender of this server"));
+        }
+        let rules = head.rules.clone();
+        let mut auth_events = Vec::with_capacity(pdu.auth_events.len());
+        for id in &pdu.auth_events {
+            match self.event_by_id(id.as_str()).await? {
+                Some(event) if event.pdu.room_id == pdu.room_id => auth_events.push(event),
+                _ => return Err(MasterError::forbidden(format!("Unknown auth event {id}"))),
+            }
+        }
+        for id in &pdu.prev_events {
+            if self.event_by_id(id.as_str()).await?.is_none() {
+                return Err(MasterError::new(ErrorClass::NotFound, format!("Unknown prev event {id}")));
+            }
+        }
+        // The room's create event is an auth event of everything in v12, where it is not listed.
+        let create = self.state_event(&head, "m.room.create", "").await?;
+        let mut by_id: HashMap<OwnedEventId, &Pdu> =
+            auth_events.iter().map(|e| (e.pdu.event_id.clone(), &*e.pdu)).collect();
+        if let Some(create) = &create {
+            by_id.entry(create.pdu.event_id.clone()).or_insert(&*create.pdu);
+        }
+        let by_key: HashMap<(String, String), &Pdu> =
+            by_id.values().filter_map(|e| Some(((e.kind.to_string(), e.state_key.clone()?), *e))).collect();
+        check_auth(&rules.authorization, &pdu, &by_id, |kind: &StateEventType, key: &str| {
+            by_key.get(&(kind.to_string(), key.to_owned())).copied()
+        })
+        .map_err(|e| MasterError::forbidden(format!("Rejected by its auth events: {e}")))?;
+        let types = auth_event_types(
+            &rules.authorization,
+            &pdu.kind.to_string(),
+            &pdu.sender,
+            pdu.state_key.as_deref(),
+            &pdu.content,
+        )
+        .map_err(|e| MasterError::bad_json(e.0))?;
+        let mut current: HashMap<(String, String), StoredEvent> = HashMap::new();
+        for (kind, key) in types.iter().map(|(kind, key)| (kind.to_string(), key.clone())) {
+            if let Some(event) = self.state_event(&head, &kind, &key).await? {
+                current.insert((kind, key), event);
+            }
+        }
+        if let Some(create) = &create {
+            current.insert(("m.room.create".to_owned(), String::new()), create.clone());
+        }
+        check_auth(&rules.authorization, &pdu, &by_id, |kind: &StateEventType, key: &str| {
+            current.get(&(kind.to_string(), key.to_owned())).map(|e| &*e.pdu)
+        })
+        .map_err(|e| MasterError::forbidden(format!("Soft-failed against the current state: {e}")))?;
+        let room_id = pdu.room_id.clone();
+        self.persist(&room_id, pdu, None).await.map(Some)
     }
 
     async fn persist(
@@ -452,11 +576,32 @@ impl<'w> Batch<'w> {
         }
         let snapshot_nid = head.snapshot.nid.ok_or_else(|| MasterError::internal("room without state"))?;
         // The room's row is written once per batch, at commit.
+        // Our events go to every other server in the room, before the event and after it (a
+        // server whose last member is kicked learns of the kick).
+        let own_server = self.svc.config.server_name.as_str();
+        let mut destinations = if pdu.sender.server_name().as_str() == own_server {
+            head.remote_servers()
+        } else {
+            BTreeSet::new()
+        };
         if pdu.kind.to_string() == "m.room.member"
             && let Some(target) = &pdu.state_key
         {
             let membership =
                 pdu.content_value().get("membership").and_then(|m| m.as_str()).unwrap_or("leave").to_owned();
+            if let Ok(target_user) = OwnedUserId::try_from(target.as_str())
+                && target_user.server_name().as_str() != own_server
+            {
+                let joined = Arc::make_mut(&mut head.remote_joined);
+                if membership == "join" {
+                    joined.insert(target_user);
+                } else {
+                    joined.remove(&target_user);
+                }
+                if pdu.sender.server_name().as_str() == own_server {
+                    destinations.extend(head.remote_servers());
+                }
+            }
             let conn = self.connection().await?;
             room_store::upsert_membership(conn, head.room_nid, target, &membership, event_nid, position)
                 .await
@@ -489,13 +634,17 @@ impl<'w> Batch<'w> {
         });
         let tx = self.tx();
         tx.events.push(row.clone());
+        tx.outbox.extend(destinations.into_iter().map(|destination| (destination, event_nid)));
         if let Some((device_id, txn_id)) = txn {
             let key = (row.sender.clone(), device_id.to_string(), txn_id.to_owned());
             tx.txns.push((key, row.event_id.clone()));
         }
         head.latest_event_id = Some(pdu.event_id.clone());
         head.latest_event_nid = Some(event_nid);
-        head.max_depth = depth;
+        head.extremities.retain(|id| !pdu.prev_events.contains(id));
+        head.extremities.push(pdu.event_id.clone());
+        // Another server's event may sit lower in the graph than our newest.
+        head.max_depth = head.max_depth.max(depth);
         if ganglion_events::BUMP_EVENT_TYPES.contains(&pdu.kind.to_string().as_str()) {
             head.bump_pos = position;
         }
@@ -525,6 +674,7 @@ impl<'w> Batch<'w> {
                     head.snapshot.nid?,
                     head.max_depth,
                     head.bump_pos,
+                    serde_json::to_string(&head.extremities).unwrap_or_else(|_| "[]".to_owned()),
                 ))
             })
             .collect();

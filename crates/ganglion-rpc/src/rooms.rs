@@ -8,8 +8,12 @@ use ganglion_proto::master::v1 as pb;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::wire::{
-    AfterCall, Call, ConvertError, id, ids, json_object, json_value, object_json, optional_id, unknown_enum,
+use crate::{
+    MasterError,
+    wire::{
+        AfterCall, Answer, Call, ConvertError, id, ids, json_object, json_value, object_json, optional_id,
+        unknown_enum,
+    },
 };
 
 service! {
@@ -26,6 +30,11 @@ service! {
         fn set_alias(SetAlias) -> () as pb::Done;
         fn delete_alias(DeleteAlias) -> () as pb::Done;
         fn set_room_visibility(SetRoomVisibility) -> () as pb::Done;
+        /// Other servers' events, checked by a federation reader: each authorised and persisted
+        /// or refused on its own.
+        fn accept_events(AcceptEvents) -> Vec<EventOutcome> as pb::AcceptEventsResponse;
+        /// The template of a join of another server's user: `{room_version, event}`.
+        fn make_join(MakeJoin) -> MadeJoin as pb::MakeJoinResponse;
     }
 }
 
@@ -413,5 +422,136 @@ impl Call for SetRoomVisibility {
 
     fn after(&self) -> AfterCall {
         AfterCall::Nothing
+    }
+}
+
+/// Events of `origin` for the master to authorise and persist.
+#[derive(Debug, Clone)]
+pub struct AcceptEvents {
+    pub origin: String,
+    /// `(event id, canonical JSON without event_id and unsigned)`.
+    pub events: Vec<(OwnedEventId, String)>,
+}
+
+impl Call for AcceptEvents {
+    type Message = pb::AcceptEventsRequest;
+
+    fn into_message(self) -> pb::AcceptEventsRequest {
+        pb::AcceptEventsRequest {
+            origin: self.origin,
+            events: self
+                .events
+                .into_iter()
+                .map(|(event_id, json)| pb::RemoteEvent { event_id: event_id.into(), json })
+                .collect(),
+        }
+    }
+
+    fn from_message(message: pb::AcceptEventsRequest) -> Result<Self, ConvertError> {
+        let events = message
+            .events
+            .into_iter()
+            .map(|event| Ok((id("events.event_id", event.event_id)?, event.json)))
+            .collect::<Result<_, ConvertError>>()?;
+        Ok(AcceptEvents { origin: message.origin, events })
+    }
+
+    fn after(&self) -> AfterCall {
+        AfterCall::Nothing
+    }
+
+    fn idempotent(&self) -> bool {
+        true
+    }
+}
+
+/// What became of one event of [`AcceptEvents`].
+#[derive(Debug, Clone)]
+pub struct EventOutcome {
+    pub event_id: OwnedEventId,
+    /// Why it was refused; `None` when it is persisted.
+    pub error: Option<MasterError>,
+}
+
+impl Answer<pb::AcceptEventsResponse> for Vec<EventOutcome> {
+    fn into_message(self) -> pb::AcceptEventsResponse {
+        pb::AcceptEventsResponse {
+            outcomes: self
+                .into_iter()
+                .map(|outcome| pb::EventOutcome {
+                    event_id: outcome.event_id.into(),
+                    failure: outcome.error.map(|error| crate::grpc::failure_of(&error).0),
+                })
+                .collect(),
+        }
+    }
+
+    fn from_message(message: pb::AcceptEventsResponse) -> Result<Self, ConvertError> {
+        message
+            .outcomes
+            .into_iter()
+            .map(|outcome| {
+                Ok(EventOutcome {
+                    event_id: id("outcomes.event_id", outcome.event_id)?,
+                    error: outcome.failure.map(crate::grpc::error_of_failure),
+                })
+            })
+            .collect()
+    }
+}
+
+/// `make_join` for `user_id` (of another server) in a room of ours.
+#[derive(Debug, Clone)]
+pub struct MakeJoin {
+    pub room_id: OwnedRoomId,
+    pub user_id: OwnedUserId,
+    pub versions: Vec<String>,
+}
+
+impl Call for MakeJoin {
+    type Message = pb::MakeJoinRequest;
+
+    fn into_message(self) -> pb::MakeJoinRequest {
+        pb::MakeJoinRequest {
+            room_id: self.room_id.into(),
+            user_id: self.user_id.into(),
+            versions: self.versions,
+        }
+    }
+
+    fn from_message(message: pb::MakeJoinRequest) -> Result<Self, ConvertError> {
+        Ok(MakeJoin {
+            room_id: id("room_id", message.room_id)?,
+            user_id: id("user_id", message.user_id)?,
+            versions: message.versions,
+        })
+    }
+
+    fn after(&self) -> AfterCall {
+        AfterCall::Nothing
+    }
+
+    fn idempotent(&self) -> bool {
+        true
+    }
+}
+
+/// The room's version and the join event's template, for the joining server to sign.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MadeJoin {
+    pub room_version: RoomVersionId,
+    pub event: Value,
+}
+
+impl Answer<pb::MakeJoinResponse> for MadeJoin {
+    fn into_message(self) -> pb::MakeJoinResponse {
+        pb::MakeJoinResponse { room_version: self.room_version.into(), event_json: self.event.to_string() }
+    }
+
+    fn from_message(message: pb::MakeJoinResponse) -> Result<Self, ConvertError> {
+        Ok(MadeJoin {
+            room_version: id("room_version", message.room_version)?,
+            event: json_value("event_json", &message.event_json)?,
+        })
     }
 }

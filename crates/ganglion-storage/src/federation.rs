@@ -1,7 +1,9 @@
-//! Federation's own tables: the outbox of EDUs for other servers, and the transactions other
-//! servers sent.
+//! Federation's own tables: the outboxes of EDUs and PDUs for other servers, and the
+//! transactions other servers sent.
 
 use sqlx::Row;
+
+use ganglion_types::EventNid;
 
 use crate::{Conn, Result};
 
@@ -34,9 +36,13 @@ pub async fn insert_outbox_edus(
     Ok(())
 }
 
-/// Every destination with queued EDUs.
+/// Every destination with queued EDUs or PDUs.
 pub async fn outbox_destinations(conn: &mut Conn) -> Result<Vec<String>> {
-    let rows = sqlx::query("SELECT DISTINCT destination FROM federation_outbox").fetch_all(conn).await?;
+    let rows = sqlx::query(
+        "SELECT destination FROM federation_outbox UNION SELECT destination FROM federation_pdu_outbox",
+    )
+    .fetch_all(conn)
+    .await?;
     Ok(rows.into_iter().map(|row| row.get(0)).collect())
 }
 
@@ -59,6 +65,63 @@ pub async fn outbox_edus_for(conn: &mut Conn, destination: &str, limit: i64) -> 
             content_json: row.get(3),
         })
         .collect())
+}
+
+/// Queues our events for other servers, `(destination, event)`; call inside the transaction
+/// that persists the events.
+pub async fn insert_outbox_pdus(conn: &mut Conn, pdus: &[(String, EventNid)], now_ms: i64) -> Result<()> {
+    for chunk in pdus.chunks(200) {
+        let sql = format!(
+            "INSERT INTO federation_pdu_outbox (destination, event_nid, created_ts) VALUES {}",
+            crate::state::row_placeholders(chunk.len(), 3)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (destination, event_nid) in chunk {
+            query = query.bind(destination.as_str()).bind(event_nid.0).bind(now_ms);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// A PDU waiting for its destination: the outbox row and the event's signed JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxPdu {
+    pub id: i64,
+    pub event_id: String,
+    pub json: String,
+}
+
+/// The oldest queued PDUs of `destination`, at most `limit`, in the order they were persisted.
+pub async fn outbox_pdus_for(conn: &mut Conn, destination: &str, limit: i64) -> Result<Vec<OutboxPdu>> {
+    let rows = sqlx::query(
+        "SELECT o.id, e.event_id, e.json FROM federation_pdu_outbox o JOIN events e ON e.event_nid = o.event_nid \
+         WHERE o.destination = $1 ORDER BY o.id LIMIT $2",
+    )
+    .bind(destination)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| OutboxPdu { id: row.get(0), event_id: row.get(1), json: row.get(2) })
+        .collect())
+}
+
+/// Deletes PDUs their destination took (or refused for good).
+pub async fn delete_outbox_pdus(conn: &mut Conn, ids: &[i64]) -> Result<()> {
+    for chunk in ids.chunks(500) {
+        let sql = format!(
+            "DELETE FROM federation_pdu_outbox WHERE id IN ({})",
+            crate::state::placeholders(chunk.len(), 1)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in chunk {
+            query = query.bind(id);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
 }
 
 /// Deletes EDUs their destination took.

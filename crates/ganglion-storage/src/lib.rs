@@ -8,6 +8,7 @@
 pub mod accounts;
 pub mod events;
 pub mod federation;
+pub mod federation_reads;
 pub mod key_backup;
 pub mod keys;
 pub mod media;

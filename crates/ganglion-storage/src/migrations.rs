@@ -17,6 +17,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (8, include_str!("../migrations/0008_url_previews.sql")),
     (9, include_str!("../migrations/0009_server_keys.sql")),
     (10, include_str!("../migrations/0010_federation_outbox.sql")),
+    (11, include_str!("../migrations/0011_room_federation.sql")),
 ];
 
 pub(crate) async fn run(db: &Db) -> Result<()> {

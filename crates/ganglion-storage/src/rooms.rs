@@ -19,9 +19,12 @@ pub struct RoomRow {
     pub max_depth: i64,
     /// Stream position of the room's newest event that bumps it up a room list.
     pub bump_stream_pos: i64,
+    /// The room's forward extremities as a JSON array of event ids; `None` means the latest
+    /// event alone.
+    pub forward_extremities: Option<String>,
 }
 
-const ROOM_COLUMNS: &str = "room_nid, room_id, room_version, is_public, latest_event_nid, current_snapshot_nid, max_depth, bump_stream_pos";
+const ROOM_COLUMNS: &str = "room_nid, room_id, room_version, is_public, latest_event_nid, current_snapshot_nid, max_depth, bump_stream_pos, forward_extremities";
 
 fn room_from_row(row: sqlx::any::AnyRow) -> RoomRow {
     RoomRow {
@@ -33,6 +36,7 @@ fn room_from_row(row: sqlx::any::AnyRow) -> RoomRow {
         current_snapshot_nid: row.get::<Option<i64>, _>(5).map(SnapshotNid),
         max_depth: row.get(6),
         bump_stream_pos: row.get(7),
+        forward_extremities: row.get(8),
     }
 }
 
@@ -77,8 +81,9 @@ pub async fn rooms_by_nid(conn: &mut Conn, nids: &[RoomNid]) -> Result<Vec<RoomR
     Ok(rooms)
 }
 
-/// A room's head after a batch: (room, latest event, current snapshot, max depth, bump stamp).
-pub type RoomHeadRow = (RoomNid, EventNid, SnapshotNid, i64, i64);
+/// A room's head after a batch: (room, latest event, current snapshot, max depth, bump stamp,
+/// forward extremities as a JSON array).
+pub type RoomHeadRow = (RoomNid, EventNid, SnapshotNid, i64, i64, String);
 
 /// Moves the heads of every room a batch touched, in one statement per 200 rooms.
 pub async fn set_room_heads(conn: &mut Conn, heads: &[RoomHeadRow]) -> Result<()> {
@@ -86,17 +91,19 @@ pub async fn set_room_heads(conn: &mut Conn, heads: &[RoomHeadRow]) -> Result<()
         // `VALUES` names its columns column1.. on both backends.
         let sql = format!(
             "UPDATE rooms SET latest_event_nid = heads.column2, current_snapshot_nid = heads.column3, max_depth = heads.column4, \
-             bump_stream_pos = heads.column5 FROM (VALUES {}) AS heads WHERE rooms.room_nid = heads.column1",
-            row_placeholders(chunk.len(), 5)
+             bump_stream_pos = heads.column5, forward_extremities = heads.column6 \
+             FROM (VALUES {}) AS heads WHERE rooms.room_nid = heads.column1",
+            row_placeholders(chunk.len(), 6)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (room_nid, latest_event_nid, snapshot_nid, max_depth, bump) in chunk {
+        for (room_nid, latest_event_nid, snapshot_nid, max_depth, bump, extremities) in chunk {
             query = query
                 .bind(room_nid.0)
                 .bind(latest_event_nid.0)
                 .bind(snapshot_nid.0)
                 .bind(*max_depth)
-                .bind(*bump);
+                .bind(*bump)
+                .bind(extremities.as_str());
         }
         query.execute(&mut *conn).await?;
     }

@@ -41,6 +41,11 @@ pub enum ErrorClass {
     /// A signature on uploaded keys does not verify (400 `M_INVALID_SIGNATURE`).
     InvalidSignature,
     UnsupportedRoomVersion,
+    /// A server asked to join a room whose version it does not support (400
+    /// `M_INCOMPATIBLE_ROOM_VERSION`); the answer names the room's version.
+    IncompatibleRoomVersion {
+        room_version: String,
+    },
     GuestAccessForbidden,
     Exclusive,
     /// A key backup write named a backup version that is not the user's current one (403

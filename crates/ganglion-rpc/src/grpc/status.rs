@@ -57,6 +57,7 @@ pub(crate) fn failure_of(error: &MasterError) -> (pb::MasterFailure, Code) {
         ErrorClass::GuestAccessForbidden => (Wire::GuestAccessForbidden, Code::PermissionDenied),
         ErrorClass::Exclusive => (Wire::Exclusive, Code::PermissionDenied),
         ErrorClass::WrongRoomKeysVersion { .. } => (Wire::WrongRoomKeysVersion, Code::FailedPrecondition),
+        ErrorClass::IncompatibleRoomVersion { .. } => (Wire::IncompatibleRoomVersion, Code::InvalidArgument),
         // Only the sync role answers it; the master never does.
         // Answered by the sync and media workers themselves, never by the master.
         ErrorClass::UnknownPos
@@ -75,6 +76,7 @@ pub(crate) fn failure_of(error: &MasterError) -> (pb::MasterFailure, Code) {
     };
     let current_version = match &error.class {
         ErrorClass::WrongRoomKeysVersion { current_version } => current_version.clone(),
+        ErrorClass::IncompatibleRoomVersion { room_version } => room_version.clone(),
         _ => String::new(),
     };
     let failure = pb::MasterFailure {
@@ -138,6 +140,9 @@ fn error_class(failure: &pb::MasterFailure) -> Option<ErrorClass> {
         Wire::UnsupportedRoomVersion => ErrorClass::UnsupportedRoomVersion,
         Wire::GuestAccessForbidden => ErrorClass::GuestAccessForbidden,
         Wire::Exclusive => ErrorClass::Exclusive,
+        Wire::IncompatibleRoomVersion => {
+            ErrorClass::IncompatibleRoomVersion { room_version: failure.current_version.clone() }
+        }
         Wire::WrongRoomKeysVersion => {
             ErrorClass::WrongRoomKeysVersion { current_version: failure.current_version.clone() }
         }

@@ -126,6 +126,27 @@ impl Canned for Vec<SignatureFailure> {
     }
 }
 
+impl Canned for Vec<crate::EventOutcome> {
+    fn canned() -> Self {
+        vec![
+            crate::EventOutcome { event_id: owned_event_id!("$taken"), error: None },
+            crate::EventOutcome {
+                event_id: owned_event_id!("$refused"),
+                error: Some(MasterError::forbidden("Rejected by its auth events")),
+            },
+        ]
+    }
+}
+
+impl Canned for crate::MadeJoin {
+    fn canned() -> Self {
+        crate::MadeJoin {
+            room_version: RoomVersionId::V11,
+            event: json!({ "type": "m.room.member", "content": { "membership": "join" }, "depth": 3 }),
+        }
+    }
+}
+
 impl Canned for SessionGrant {
     fn canned() -> SessionGrant {
         SessionGrant {
@@ -345,6 +366,25 @@ async fn calls_round_trip_exactly() {
     round_trip(f, alias, async |r| m.delete_alias(r).await).await;
     let visibility = SetRoomVisibility { user_id: alice(), room_id: room(), public: true };
     round_trip(f, visibility, async |r| m.set_room_visibility(r).await).await;
+    let accept = crate::AcceptEvents {
+        origin: "remote.test".to_owned(),
+        events: vec![(owned_event_id!("$taken"), r#"{"type":"m.room.message"}"#.to_owned())],
+    };
+    let outcomes = round_trip(f, accept, async |r| m.accept_events(r).await).await;
+    assert_eq!(outcomes.len(), 2);
+    assert!(outcomes[0].error.is_none());
+    let refused = outcomes[1].error.as_ref().unwrap();
+    assert_eq!(
+        (refused.class.clone(), refused.message.as_str()),
+        (ErrorClass::Forbidden, "Rejected by its auth events")
+    );
+    let make_join = crate::MakeJoin {
+        room_id: room(),
+        user_id: owned_user_id!("@bob:remote.test"),
+        versions: vec!["10".to_owned(), "11".to_owned()],
+    };
+    let made = round_trip(f, make_join, async |r| m.make_join(r).await).await;
+    assert_eq!(made, crate::MadeJoin::canned());
 
     let typing = SetTyping { user_id: alice(), room_id: room(), typing: true, timeout_ms: 30_000 };
     round_trip(f, typing, async |r| m.set_typing(r).await).await;
@@ -682,6 +722,7 @@ fn every_error_class_crosses_the_wire() {
         ErrorClass::GuestAccessForbidden,
         ErrorClass::Exclusive,
         ErrorClass::WrongRoomKeysVersion { current_version: "42".to_owned() },
+        ErrorClass::IncompatibleRoomVersion { room_version: "11".to_owned() },
         ErrorClass::Unavailable,
         ErrorClass::Internal,
     ];

@@ -43,6 +43,7 @@ macro_rules! on_both_backends {
     };
 }
 
+mod federation_reads;
 mod key_backup;
 mod keys;
 mod media;
@@ -58,7 +59,7 @@ on_both_backends!(migrations_are_idempotent, |db| {
         .fetch_all(&mut *conn)
         .await
         .unwrap();
-    assert_eq!(applied, vec![(1,), (2,), (3,), (4,), (5,), (6,), (7,), (8,), (9,), (10,)]);
+    assert_eq!(applied, vec![(1,), (2,), (3,), (4,), (5,), (6,), (7,), (8,), (9,), (10,), (11,)]);
 });
 
 on_both_backends!(users_devices_and_tokens, |db| {
@@ -149,7 +150,10 @@ on_both_backends!(room_heads_move_with_their_bump_stamps, |db| {
     assert_eq!(rooms::room_by_nid(&mut conn, first).await.unwrap().unwrap().bump_stream_pos, 0);
     rooms::set_room_heads(
         &mut conn,
-        &[(first, EventNid(7), SnapshotNid(1), 3, 7), (second, EventNid(9), SnapshotNid(2), 4, 8)],
+        &[
+            (first, EventNid(7), SnapshotNid(1), 3, 7, r#"["$a"]"#.to_owned()),
+            (second, EventNid(9), SnapshotNid(2), 4, 8, r#"["$b","$c"]"#.to_owned()),
+        ],
     )
     .await
     .unwrap();
@@ -158,6 +162,7 @@ on_both_backends!(room_heads_move_with_their_bump_stamps, |db| {
     assert_eq!(stamps, vec![(first, 7), (second, 8)]);
     let head = rooms::room_by_nid(&mut conn, second).await.unwrap().unwrap();
     assert_eq!((head.latest_event_nid, head.max_depth, head.bump_stream_pos), (Some(EventNid(9)), 4, 8));
+    assert_eq!(head.forward_extremities.as_deref(), Some(r#"["$b","$c"]"#));
 });
 
 on_both_backends!(state_blocks_round_trip, |db| {

@@ -1,0 +1,70 @@
+//! Rooms shared with other servers: their events taken into our rooms, and the templates of
+//! their users' joins.
+
+use std::sync::Arc;
+
+use ganglion_events::{EventTemplate, Pdu};
+use ganglion_rpc::{AcceptEvents, EventOutcome, MadeJoin, MakeJoin, MasterError, MasterResult};
+use ganglion_storage::rooms as room_store;
+use ganglion_types::ErrorClass;
+use serde_json::json;
+
+use crate::{MasterService, internal, writer::Batch};
+
+/// Authorises and persists each event on its own, in one batch.
+pub(crate) async fn accept_events(
+    svc: &MasterService,
+    request: AcceptEvents,
+) -> MasterResult<Vec<EventOutcome>> {
+    let mut batch = Batch::begin(svc).await?;
+    let mut outcomes = Vec::with_capacity(request.events.len());
+    for (event_id, json) in request.events {
+        let result = match Pdu::from_json(event_id.clone(), Arc::from(json)) {
+            Ok(pdu) => batch.append_remote(pdu).await.map(|_| ()),
+            Err(error) => Err(MasterError::bad_json(error.to_string())),
+        };
+        if batch.is_poisoned() {
+            return Err(result.err().unwrap_or_else(|| MasterError::internal("the batch failed")));
+        }
+        if let Err(error) = &result {
+            tracing::info!(origin = %request.origin, %event_id, %error, "refused another server's event");
+        }
+        outcomes.push(EventOutcome { event_id, error: result.err() });
+    }
+    batch.commit().await?;
+    Ok(outcomes)
+}
+
+/// The join event of another server's user as this server would build it now: on the room's
+/// forward extremities, with the auth events of the current state, checked against the auth rules
+/// (a banned user, or one not invited to an invite-only room, is refused here).
+pub(crate) async fn make_join(svc: &MasterService, request: MakeJoin) -> MasterResult<MadeJoin> {
+    if request.user_id.server_name().as_str() == svc.config.server_name {
+        return Err(MasterError::forbidden("The user is a user of this server"));
+    }
+    let mut batch = Batch::begin(svc).await?;
+    let room = room_store::room_by_id(batch.connection().await?, request.room_id.as_str())
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| MasterError::not_found("Unknown room"))?;
+    if !request.versions.contains(&room.room_version) {
+        return Err(MasterError::new(
+            ErrorClass::IncompatibleRoomVersion { room_version: room.room_version.clone() },
+            format!("The room's version is {}, which the joining server does not support", room.room_version),
+        ));
+    }
+    let template =
+        EventTemplate::state("m.room.member", request.user_id.as_str(), json!({ "membership": "join" }));
+    let pdu = batch.build_checked(&request.room_id, &request.user_id, &template).await?;
+    let mut event: serde_json::Value =
+        serde_json::from_str(&pdu.json).map_err(|e| MasterError::internal(e.to_string()))?;
+    if let Some(object) = event.as_object_mut() {
+        // The joining server hashes and signs it.
+        object.remove("hashes");
+        object.remove("signatures");
+        object.insert("origin".to_owned(), json!(request.user_id.server_name().as_str()));
+    }
+    let room_version =
+        room.room_version.as_str().try_into().map_err(|_| MasterError::internal("bad room version"))?;
+    Ok(MadeJoin { room_version, event })
+}

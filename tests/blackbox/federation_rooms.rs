@@ -1,0 +1,183 @@
+//! Rooms over federation: a Synapse user joins a room of an embedded Ganglion (make_join and
+//! send_join on our side), and messages flow both ways through transactions, in the same order
+//! on both servers. Both servers are started as docs/federation.md says.
+
+use std::time::Duration;
+
+use ganglion_testkit::{Account, FederationNode, Synapse, enc};
+use serde_json::{Value, json};
+
+/// The text messages of a room as `account`'s server has them, oldest first.
+async fn messages(account: &Account, room_id: &str) -> Vec<(String, String)> {
+    let response = account.get(&format!("/rooms/{}/messages?dir=b&limit=100", enc(room_id))).await.unwrap();
+    let mut texts: Vec<(String, String)> = response.body["chunk"]
+        .as_array()
+        .map(|chunk| {
+            chunk
+                .iter()
+                .filter(|event| event["type"] == "m.room.message")
+                .map(|event| {
+                    let sender = event["sender"].as_str().unwrap_or_default().to_owned();
+                    (sender, event["content"]["body"].as_str().unwrap_or_default().to_owned())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    texts.reverse();
+    texts
+}
+
+/// Waits (bounded) until `account`'s server has `count` messages in the room; answers them.
+async fn wait_for_messages(
+    account: &Account,
+    room_id: &str,
+    count: usize,
+    log: impl Fn() -> String,
+) -> Vec<(String, String)> {
+    for _ in 0..150 {
+        let texts = messages(account, room_id).await;
+        if texts.len() >= count {
+            return texts;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!(
+        "{} never saw {count} messages: {:?}\n{}",
+        account.user_id,
+        messages(account, room_id).await,
+        log()
+    );
+}
+
+/// Joined members of the room as `account`'s server has them.
+async fn joined_members(account: &Account, room_id: &str) -> Vec<String> {
+    let response = account.get(&format!("/rooms/{}/joined_members", enc(room_id))).await.unwrap();
+    let mut members: Vec<String> = response.body["joined"]
+        .as_object()
+        .map(|joined| joined.keys().cloned().collect())
+        .unwrap_or_default();
+    members.sort();
+    members
+}
+
+async fn synapse_account(synapse: &Synapse, localpart: &str) -> Account {
+    let (user_id, token) = synapse.register(localpart, crate::PASSWORD).await.unwrap();
+    let whoami =
+        Account::new(synapse.client_api(), &user_id, &token, "").get("/account/whoami").await.unwrap().ok();
+    Account::new(synapse.client_api(), &user_id, &token, whoami["device_id"].as_str().unwrap())
+}
+
+#[tokio::test]
+async fn a_synapse_user_joins_a_ganglion_room_and_messages_flow_both_ways() {
+    crate::run(async {
+        let (synapse, ganglion) = tokio::join!(Synapse::start(), FederationNode::start());
+        let (synapse, ganglion) = (synapse.unwrap(), ganglion.unwrap());
+        let log = || format!("--- ganglion\n{}\n--- synapse\n{}", ganglion.log(), synapse.log());
+        let alice = ganglion.client_api().register("alice", crate::PASSWORD).await.unwrap();
+        let bob = synapse_account(&synapse, "bob").await;
+
+        // Both room versions Synapse and Ganglion share by default: 12 (the room id is the
+        // create event's hash, so the joining server is told where to ask) and 10.
+        for version in ["12", "10"] {
+            let room_id = alice
+                .create_room(
+                    &json!({ "preset": "public_chat", "room_version": version, "name": "federated" }),
+                )
+                .await
+                .unwrap();
+            alice.send_text(&room_id, "before the join").await.unwrap();
+            let join = bob
+                .post(
+                    &format!("/join/{}?server_name={}", enc(&room_id), enc(ganglion.server_name())),
+                    &json!({}),
+                )
+                .await
+                .unwrap();
+            assert_eq!(join.status, 200, "v{version} join: {}\n{}", join.text, log());
+            let expected_members = {
+                let mut members = vec![alice.user_id.clone(), bob.user_id.clone()];
+                members.sort();
+                members
+            };
+            assert_eq!(joined_members(&bob, &room_id).await, expected_members, "v{version}, on Synapse");
+            assert_eq!(joined_members(&alice, &room_id).await, expected_members, "v{version}, on Ganglion");
+            // The room's name and history came with the join.
+            let name = bob.get(&format!("/rooms/{}/state/m.room.name/", enc(&room_id))).await.unwrap().ok();
+            assert_eq!(name["name"], "federated");
+
+            bob.send_text(&room_id, "hello from synapse").await.unwrap();
+            wait_for_messages(&alice, &room_id, 2, log).await;
+            alice.send_text(&room_id, "hello from ganglion").await.unwrap();
+            // Bob answers once he has read it, so his answers follow it on both servers.
+            wait_for_messages(&bob, &room_id, 3, log).await;
+            for n in 1..=3 {
+                bob.send_text(&room_id, &format!("synapse {n}")).await.unwrap();
+            }
+            let on_synapse = wait_for_messages(&bob, &room_id, 6, log).await;
+            let on_ganglion = wait_for_messages(&alice, &room_id, 6, log).await;
+            let expected: Vec<(String, String)> = [
+                (&alice.user_id, "before the join"),
+                (&bob.user_id, "hello from synapse"),
+                (&alice.user_id, "hello from ganglion"),
+                (&bob.user_id, "synapse 1"),
+                (&bob.user_id, "synapse 2"),
+                (&bob.user_id, "synapse 3"),
+            ]
+            .into_iter()
+            .map(|(sender, body)| (sender.clone(), body.to_owned()))
+            .collect();
+            assert_eq!(on_ganglion, expected, "v{version}: Ganglion's order\n{}", log());
+            assert_eq!(on_synapse, expected, "v{version}: Synapse's order\n{}", log());
+
+            // Sent at the same time, neither has seen the other's: both servers end with both
+            // messages and the one after them (each in the order it received them).
+            let (from_alice, from_bob) = tokio::join!(
+                alice.send_text(&room_id, "concurrent from ganglion"),
+                bob.send_text(&room_id, "concurrent from synapse"),
+            );
+            from_alice.unwrap();
+            from_bob.unwrap();
+            alice.send_text(&room_id, "after the fork").await.unwrap();
+            let mut on_synapse = wait_for_messages(&bob, &room_id, 9, log).await;
+            let mut on_ganglion = wait_for_messages(&alice, &room_id, 9, log).await;
+            on_synapse.sort();
+            on_ganglion.sort();
+            assert_eq!(on_synapse, on_ganglion, "v{version}\n{}", log());
+
+            // Alice sees Bob's messages in her sync too, with his join.
+            let sync = alice.sync("").await.unwrap();
+            let timeline = &sync["rooms"]["join"][&room_id]["timeline"]["events"];
+            let bob_joined = timeline.as_array().is_some_and(|events| {
+                events.iter().any(|e: &Value| e["type"] == "m.room.member" && e["state_key"] == bob.user_id)
+            });
+            assert!(bob_joined, "v{version}: no join of bob in {timeline}");
+
+            // A ban reaches Bob's server, and ours refuses his way back in.
+            let ban = alice
+                .post(&format!("/rooms/{}/ban", enc(&room_id)), &json!({ "user_id": bob.user_id }))
+                .await
+                .unwrap();
+            assert_eq!(ban.status, 200, "{}", ban.text);
+            let mut left = false;
+            for _ in 0..150 {
+                let rooms = bob.get("/joined_rooms").await.unwrap().ok();
+                if !rooms["joined_rooms"].as_array().unwrap().iter().any(|id| id == &room_id) {
+                    left = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            assert!(left, "v{version}: Synapse never applied the ban\n{}", log());
+            let rejoin = bob
+                .post(
+                    &format!("/join/{}?server_name={}", enc(&room_id), enc(ganglion.server_name())),
+                    &json!({}),
+                )
+                .await
+                .unwrap();
+            assert_eq!(rejoin.status, 403, "v{version}: {}", rejoin.text);
+            assert_eq!(joined_members(&alice, &room_id).await, vec![alice.user_id.clone()]);
+        }
+    })
+    .await
+}
