@@ -464,6 +464,42 @@ async fn a_cluster_federates_through_its_federation_reader() {
         let event = to_device_event(&alice, "org.example.pong", || node.log()).await;
         assert_eq!(event["sender"], bob.user_id);
 
+        // Rooms both ways: the node's user joins a room of the cluster by alias (make_join and
+        // send_join answered by the federation reader and the master), the cluster's user joins
+        // the node's room by id (through a client-reader); messages cross in both.
+        use crate::federation_rooms::{joined_members, wait_for_messages};
+        let log = || format!("--- node\n{}", node.log());
+        let town =
+            alice.create_room(&json!({ "preset": "public_chat", "room_alias_name": "town" })).await.unwrap();
+        let joined = bob.join(&format!("#town:{}", cluster.server_name())).await.unwrap();
+        assert_eq!(joined, town);
+        let village = bob.create_room(&json!({ "preset": "public_chat" })).await.unwrap();
+        let joined = alice
+            .post(&format!("/join/{}?via={}", enc(&village), enc(node.server_name())), &json!({}))
+            .await
+            .unwrap();
+        assert_eq!(joined.status, 200, "{}\n{}", joined.text, log());
+        let mut members = vec![alice.user_id.clone(), bob.user_id.clone()];
+        members.sort();
+        for room_id in [&town, &village] {
+            for account in [&alice, &bob] {
+                for _ in 0..100 {
+                    if joined_members(account, room_id).await == members {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                assert_eq!(joined_members(account, room_id).await, members, "{room_id}\n{}", log());
+            }
+            alice.send_text(room_id, "from the cluster").await.unwrap();
+            wait_for_messages(&bob, room_id, 1, log).await;
+            bob.send_text(room_id, "from the node").await.unwrap();
+            let on_cluster = wait_for_messages(&alice, room_id, 2, log).await;
+            let on_node = wait_for_messages(&bob, room_id, 2, log).await;
+            assert_eq!(on_cluster, on_node, "{room_id}");
+            assert_eq!(on_cluster.last().map(|(_, body)| body.as_str()), Some("from the node"));
+        }
+
         let uri = format!("/_matrix/federation/v1/query/profile?user_id={}", enc(&alice.user_id));
         let unsigned = http.get(format!("{federation_url}{uri}")).send().await.unwrap();
         assert_unauthorized(unsigned, "unsigned, through nginx").await;

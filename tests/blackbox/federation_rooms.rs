@@ -28,7 +28,7 @@ async fn messages(account: &Account, room_id: &str) -> Vec<(String, String)> {
 }
 
 /// Waits (bounded) until `account`'s server has `count` messages in the room; answers them.
-async fn wait_for_messages(
+pub(crate) async fn wait_for_messages(
     account: &Account,
     room_id: &str,
     count: usize,
@@ -50,7 +50,7 @@ async fn wait_for_messages(
 }
 
 /// Joined members of the room as `account`'s server has them.
-async fn joined_members(account: &Account, room_id: &str) -> Vec<String> {
+pub(crate) async fn joined_members(account: &Account, room_id: &str) -> Vec<String> {
     let response = account.get(&format!("/rooms/{}/joined_members", enc(room_id))).await.unwrap();
     let mut members: Vec<String> = response.body["joined"]
         .as_object()
@@ -177,6 +177,80 @@ async fn a_synapse_user_joins_a_ganglion_room_and_messages_flow_both_ways() {
                 .unwrap();
             assert_eq!(rejoin.status, 403, "v{version}: {}", rejoin.text);
             assert_eq!(joined_members(&alice, &room_id).await, vec![alice.user_id.clone()]);
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_ganglion_user_joins_synapse_rooms_by_alias_and_by_id() {
+    crate::run(async {
+        let (synapse, ganglion) = tokio::join!(Synapse::start(), FederationNode::start());
+        let (synapse, ganglion) = (synapse.unwrap(), ganglion.unwrap());
+        let log = || format!("--- ganglion\n{}\n--- synapse\n{}", ganglion.log(), synapse.log());
+        let alice = ganglion.client_api().register("alice", crate::PASSWORD).await.unwrap();
+        let bob = synapse_account(&synapse, "bob").await;
+
+        // By alias, in Synapse's default room version.
+        let by_alias = bob
+            .create_room(&json!({ "preset": "public_chat", "room_alias_name": "lobby", "name": "Lobby" }))
+            .await
+            .unwrap();
+        bob.send_text(&by_alias, "welcome").await.unwrap();
+        let alias = format!("#lobby:{}", synapse.server_name());
+        let joined = alice.post(&format!("/join/{}", enc(&alias)), &json!({})).await.unwrap();
+        assert_eq!(joined.status, 200, "{}\n{}", joined.text, log());
+        assert_eq!(joined.body["room_id"], by_alias);
+        // By id, in room version 12 (whose ids name no server: the client names it).
+        let by_id = bob
+            .create_room(&json!({ "preset": "public_chat", "room_version": "12", "name": "Twelve" }))
+            .await
+            .unwrap();
+        bob.send_text(&by_id, "welcome").await.unwrap();
+        let joined = alice
+            .post(&format!("/join/{}?via={}", enc(&by_id), enc(synapse.server_name())), &json!({}))
+            .await
+            .unwrap();
+        assert_eq!(joined.status, 200, "{}\n{}", joined.text, log());
+
+        for (room_id, name) in [(&by_alias, "Lobby"), (&by_id, "Twelve")] {
+            let mut members = vec![alice.user_id.clone(), bob.user_id.clone()];
+            members.sort();
+            assert_eq!(joined_members(&alice, room_id).await, members, "on Ganglion\n{}", log());
+            let state = alice.get(&format!("/rooms/{}/state/m.room.name/", enc(room_id))).await.unwrap().ok();
+            assert_eq!(state["name"], name);
+            // Synapse learns of the join from the send_join itself.
+            for _ in 0..100 {
+                if joined_members(&bob, room_id).await == members {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert_eq!(joined_members(&bob, room_id).await, members, "on Synapse\n{}", log());
+
+            alice.send_text(room_id, "hi from ganglion").await.unwrap();
+            wait_for_messages(&bob, room_id, 2, log).await;
+            bob.send_text(room_id, "hi from synapse").await.unwrap();
+            let on_ganglion = wait_for_messages(&alice, room_id, 2, log).await;
+            let on_synapse = wait_for_messages(&bob, room_id, 3, log).await;
+            let expected: Vec<(String, String)> = [
+                (&bob.user_id, "welcome"),
+                (&alice.user_id, "hi from ganglion"),
+                (&bob.user_id, "hi from synapse"),
+            ]
+            .into_iter()
+            .map(|(sender, body)| (sender.clone(), body.to_owned()))
+            .collect();
+            assert_eq!(on_synapse, expected, "{name} on Synapse\n{}", log());
+            // Ganglion has what came after the join; the history before it is Synapse's to
+            // give (backfill).
+            assert_eq!(on_ganglion, expected[1..].to_vec(), "{name} on Ganglion\n{}", log());
+        }
+        // The rooms are in Alice's sync, named.
+        let sync = alice.sync("").await.unwrap();
+        for room_id in [&by_alias, &by_id] {
+            let timeline = &sync["rooms"]["join"][room_id.as_str()];
+            assert!(timeline.is_object(), "{room_id} missing from {sync}");
         }
     })
     .await

@@ -62,6 +62,11 @@ impl FederationClient {
         &self.server_name
     }
 
+    /// This server's signing key, for the events it builds for other servers' rooms.
+    pub fn key(&self) -> &ServerKey {
+        &self.key
+    }
+
     /// `GET /_matrix/federation/v1/query/profile` of a user of another server.
     pub async fn profile(
         &self,

@@ -12,6 +12,7 @@ pub mod keyring;
 pub mod own_keys;
 pub mod pdu;
 pub mod policy;
+pub mod remote_join;
 pub mod request_auth;
 pub mod tls;
 
@@ -39,6 +40,9 @@ pub enum FederationError {
     BadResponse { destination: String, message: String },
     #[error("storage: {0}")]
     Storage(#[from] ganglion_storage::StorageError),
+    /// A room of a version this server does not take part in.
+    #[error("the room's version {0} is not supported by this server")]
+    UnsupportedRoomVersion(String),
 }
 
 impl ganglion_types::HasErrorClass for FederationError {
@@ -52,6 +56,7 @@ impl ganglion_types::HasErrorClass for FederationError {
             | FederationError::Unreachable { .. }
             | FederationError::BadResponse { .. } => ErrorClass::BadGateway,
             FederationError::Storage(error) => error.class(),
+            FederationError::UnsupportedRoomVersion(_) => ErrorClass::UnsupportedRoomVersion,
         }
     }
 }

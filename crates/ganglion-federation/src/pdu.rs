@@ -74,13 +74,20 @@ pub async fn check_pdu(
     // Neither is covered by the signatures; `event_id` is derived in these room versions.
     object.remove("event_id");
     object.remove("unsigned");
+    let event_id = event_id_of(&object, &rules)?;
+    let is_create =
+        matches!(object.get("type"), Some(CanonicalJsonValue::String(kind)) if kind == "m.room.create");
     let room_id = match object.get("room_id") {
         Some(CanonicalJsonValue::String(room_id)) => {
             RoomId::parse(room_id.as_str()).map_err(|e| PduCheckError::Malformed(format!("room_id: {e}")))?
         }
+        // Where the create event's id names the room, the create event carries no room id.
+        None if is_create && rules.authorization.room_create_event_id_as_room_id => {
+            RoomId::parse(format!("!{}", &event_id.as_str()[1..]))
+                .map_err(|e| PduCheckError::Malformed(format!("room_id: {e}")))?
+        }
         _ => return Err(PduCheckError::Malformed("room_id is missing".into())),
     };
-    let event_id = event_id_of(&object, &rules)?;
     let at_ms = match object.get("origin_server_ts") {
         Some(CanonicalJsonValue::Integer(ts)) => i64::from(*ts),
         _ => return Err(PduCheckError::Malformed("origin_server_ts is missing".into())),

@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
+use ganglion_events::ruma::OwnedEventId;
 use ganglion_events::{EventTemplate, Pdu};
-use ganglion_rpc::{AcceptEvents, EventOutcome, MadeJoin, MakeJoin, MasterError, MasterResult};
+use ganglion_rpc::{AcceptEvents, EventOutcome, ImportRoom, MadeJoin, MakeJoin, MasterError, MasterResult};
 use ganglion_storage::rooms as room_store;
 use ganglion_types::ErrorClass;
 use serde_json::json;
@@ -67,4 +68,30 @@ pub(crate) async fn make_join(svc: &MasterService, request: MakeJoin) -> MasterR
     let room_version =
         room.room_version.as_str().try_into().map_err(|_| MasterError::internal("bad room version"))?;
     Ok(MadeJoin { room_version, event })
+}
+
+/// Persists a room of other servers one of our users joined, with its state and the join.
+pub(crate) async fn import_room(svc: &MasterService, request: ImportRoom) -> MasterResult<OwnedEventId> {
+    let parse = |(event_id, json): (OwnedEventId, String)| {
+        Pdu::from_json(event_id, Arc::from(json)).map_err(|error| MasterError::bad_json(error.to_string()))
+    };
+    let join = parse(request.join)?;
+    if join.sender.server_name().as_str() != svc.config.server_name
+        || join.state_key.as_deref() != Some(join.sender.as_str())
+        || join.room_id != request.room_id
+    {
+        return Err(MasterError::bad_json("Not a join of one of our users to the room"));
+    }
+    let state_ids: std::collections::HashSet<OwnedEventId> =
+        request.state.iter().map(|(event_id, _)| event_id.clone()).collect();
+    let mut events = Vec::with_capacity(request.state.len() + request.auth_chain.len());
+    for event in request.state.into_iter().chain(request.auth_chain) {
+        let pdu = parse(event)?;
+        let in_state = state_ids.contains(&pdu.event_id);
+        events.push((pdu, in_state));
+    }
+    let mut batch = Batch::begin(svc).await?;
+    let event = batch.import_room(&request.room_id, &request.room_version, events, join).await?;
+    batch.commit().await?;
+    Ok(event.pdu.event_id.clone())
 }

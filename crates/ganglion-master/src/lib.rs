@@ -30,8 +30,8 @@ use ganglion_replication::{Bus, Positions, TypingStore};
 use ganglion_rpc::{
     AcceptEvents, Accounts, CheckPassword, ClaimKeys, ClaimedKey, CreateBackupVersion, CreateFilter,
     CreateRoom, DeleteAlias, DeleteBackupKeys, DeleteBackupVersion, DeleteDevices, Ephemeral, EventOutcome,
-    ForgetRoom, KeyBackup, Keys, LoginRequest, Logout, LogoutAll, MadeJoin, MakeJoin, MasterResult,
-    OneTimeKeyCounts, Presence, PresenceSyncing, PutBackupKeys, RegisterRequest, RenameDevice,
+    ForgetRoom, ImportRoom, KeyBackup, Keys, LoginRequest, Logout, LogoutAll, MadeJoin, MakeJoin,
+    MasterResult, OneTimeKeyCounts, Presence, PresenceSyncing, PutBackupKeys, RegisterRequest, RenameDevice,
     RoomKeysUpdate, Rooms, SendEvent, SendToDevice, SessionGrant, SetAccountData, SetAlias, SetPassword,
     SetPresence, SetProfile, SetReceipt, SetRoomVisibility, SetTyping, SignatureFailure, Streams,
     TypingSnapshot, UpdateBackupVersion, UpdateMembership, UploadKeys, UploadSignatures, UploadSigningKeys,
@@ -233,6 +233,10 @@ impl Rooms for MasterService {
 
     async fn make_join(&self, r: MakeJoin) -> MasterResult<MadeJoin> {
         federation::make_join(self, r).await
+    }
+
+    async fn import_room(&self, r: ImportRoom) -> MasterResult<OwnedEventId> {
+        federation::import_room(self, r).await
     }
 }
 

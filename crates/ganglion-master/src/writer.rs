@@ -477,7 +477,7 @@ impl<'w> Batch<'w> {
     }
 
     /// Takes another server's event, whose signatures, hashes and id the federation reader
-    /// checked: every event it names must be known here; it must pass the auth rules against its
+    /// checked: its auth events must be known here; it must pass the auth rules against its
     /// own auth events (else it is rejected) and against the room's current state (else it is
     /// soft-failed: not persisted, so it never reaches a timeline). An event already persisted
     /// is taken again without effect.
@@ -499,11 +499,8 @@ impl<'w> Batch<'w> {
                 _ => return Err(MasterError::forbidden(format!("Unknown auth event {id}"))),
             }
         }
-        for id in &pdu.prev_events {
-            if self.event_by_id(id.as_str()).await?.is_none() {
-                return Err(MasterError::new(ErrorClass::NotFound, format!("Unknown prev event {id}")));
-            }
-        }
+        // Missing prev events leave a gap in the history (filled by backfill, not here); the
+        // event is checked against the current state like any other.
         // The room's create event is an auth event of everything in v12, where it is not listed.
         let create = self.state_event(&head, "m.room.create", "").await?;
         let mut by_id: HashMap<OwnedEventId, &Pdu> =
@@ -542,11 +539,145 @@ impl<'w> Batch<'w> {
         self.persist(&room_id, pdu, None).await.map(Some)
     }
 
+    /// Starts a room of other servers that one of our users joins: its auth chain and state
+    /// (checked by the worker), oldest first, each against its own auth events (one that fails
+    /// is left out), the state events making up the room's state and the others persisted
+    /// outside it; then the join, checked against that state. The join is the room's only
+    /// forward extremity: our next event follows it.
+    pub(crate) async fn import_room(
+        &mut self,
+        room_id: &RoomId,
+        version: &RoomVersionId,
+        mut events: Vec<(Pdu, bool)>,
+        join: Pdu,
+    ) -> MasterResult<StoredEvent> {
+        let rules = ganglion_events::rules_for(version).ok_or_else(|| {
+            MasterError::new(ErrorClass::UnsupportedRoomVersion, "unsupported room version")
+        })?;
+        if self.head(room_id).await?.is_none() {
+            let conn = self.connection().await?;
+            let room_nid = match room_store::room_by_id(conn, room_id.as_str()).await.map_err(internal)? {
+                Some(room) => room.room_nid,
+                None => room_store::insert_room(conn, room_id.as_str(), version.as_str(), false)
+                    .await
+                    .map_err(internal)?,
+            };
+            self.heads.insert(
+                room_id.to_owned(),
+                RoomHead {
+                    room_nid,
+                    rules: Arc::new(rules.clone()),
+                    snapshot: Snapshot::empty(),
+                    latest_event_id: None,
+                    latest_event_nid: None,
+                    extremities: Vec::new(),
+                    max_depth: 0,
+                    bump_pos: 0,
+                    remote_joined: Arc::default(),
+                },
+            );
+            events.sort_by_key(|(pdu, _)| (u64::from(pdu.depth), u64::from(pdu.origin_server_ts.0)));
+            let mut known: HashMap<OwnedEventId, Arc<Pdu>> = HashMap::new();
+            for (pdu, in_state) in events {
+                if pdu.room_id != room_id || known.contains_key(&pdu.event_id) {
+                    continue;
+                }
+                if let Some(stored) = self.event_by_id(pdu.event_id.as_str()).await? {
+                    known.insert(pdu.event_id.clone(), stored.pdu.clone());
+                    continue;
+                }
+                let mut by_id: HashMap<OwnedEventId, &Pdu> = HashMap::new();
+                for id in pdu.auth_events.iter() {
+                    if let Some(event) = known.get(id) {
+                        by_id.insert(id.clone(), event);
+                    }
+                }
+                // Room v12 names the create event by the room id, not in auth_events.
+                if let Some(create) = known.values().find(|e| e.kind.to_string() == "m.room.create") {
+                    by_id.entry(create.event_id.clone()).or_insert(create);
+                }
+                let by_key: HashMap<(String, String), &Pdu> = by_id
+                    .values()
+                    .filter_map(|e| Some(((e.kind.to_string(), e.state_key.clone()?), *e)))
+                    .collect();
+                let allowed =
+                    check_auth(&rules.authorization, &pdu, &by_id, |kind: &StateEventType, key: &str| {
+                        by_key.get(&(kind.to_string(), key.to_owned())).copied()
+                    });
+                if let Err(error) = allowed {
+                    tracing::info!(event_id = %pdu.event_id, %error, "left out an event of a joined room's state");
+                    continue;
+                }
+                let stored = self.persist_imported(room_id, pdu, in_state).await?;
+                known.insert(stored.pdu.event_id.clone(), stored.pdu.clone());
+            }
+        }
+        let head =
+            self.head(room_id).await?.ok_or_else(|| MasterError::internal("imported room without head"))?;
+        let types = auth_event_types(
+            &rules.authorization,
+            &join.kind.to_string(),
+            &join.sender,
+            join.state_key.as_deref(),
+            &join.content,
+        )
+        .map_err(|e| MasterError::bad_json(e.0))?;
+        let mut current: HashMap<(String, String), StoredEvent> = HashMap::new();
+        let wanted = types
+            .iter()
+            .map(|(kind, key)| (kind.to_string(), key.clone()))
+            .chain(std::iter::once(("m.room.create".to_owned(), String::new())));
+        for (kind, key) in wanted.collect::<Vec<_>>() {
+            if let Some(event) = self.state_event(&head, &kind, &key).await? {
+                current.insert((kind, key), event);
+            }
+        }
+        let by_id: HashMap<OwnedEventId, &Pdu> =
+            current.values().map(|e| (e.pdu.event_id.clone(), &*e.pdu)).collect();
+        check_auth(&rules.authorization, &join, &by_id, |kind: &StateEventType, key: &str| {
+            current.get(&(kind.to_string(), key.to_owned())).map(|e| &*e.pdu)
+        })
+        .map_err(|e| MasterError::forbidden(format!("The room's state does not allow the join: {e}")))?;
+        let join_id = join.event_id.clone();
+        let event = self.persist(room_id, join, None).await?;
+        if let Some(head) = self.heads.get_mut(room_id) {
+            head.extremities = vec![join_id];
+        }
+        Ok(event)
+    }
+
+    /// Persists an event of a joined room's past: a state event `in_state` becomes part of the
+    /// room's state, any other is kept only to be found by id (an auth event replaced since).
+    async fn persist_imported(
+        &mut self,
+        room_id: &RoomId,
+        pdu: Pdu,
+        in_state: bool,
+    ) -> MasterResult<StoredEvent> {
+        let event = self.persist_event(room_id, pdu, None, in_state).await?;
+        // The room's servers have their past already, an event of ours among it too.
+        let nid = event.row.event_nid;
+        self.tx().outbox.retain(|(_, queued)| *queued != nid);
+        Ok(event)
+    }
+
     async fn persist(
         &mut self,
         room_id: &RoomId,
         pdu: Pdu,
         txn: Option<(&OwnedDeviceId, &str)>,
+    ) -> MasterResult<StoredEvent> {
+        self.persist_event(room_id, pdu, txn, true).await
+    }
+
+    /// Persists an event; a state event changes the room's state (and memberships) only when
+    /// `as_state`.
+    async fn persist_event(
+        &mut self,
+        room_id: &RoomId,
+        pdu: Pdu,
+        txn: Option<(&OwnedDeviceId, &str)>,
+        as_state: bool,
     ) -> MasterResult<StoredEvent> {
         let mut head = match self.heads.get(room_id) {
             Some(head) => head.clone(),
@@ -560,12 +691,13 @@ impl<'w> Batch<'w> {
             Some(key) => Some(caches.state_key_nid(self.tx(), key).await.map_err(internal)?),
             None => None,
         };
-        let replaces_nid = state_key_nid.and_then(|key_nid| head.snapshot.get(type_nid, key_nid));
+        let replaces_nid =
+            state_key_nid.filter(|_| as_state).and_then(|key_nid| head.snapshot.get(type_nid, key_nid));
         let depth = i64::try_from(u64::from(pdu.depth)).unwrap_or(i64::MAX);
         let event_id = pdu.event_id.to_string();
         let sender = pdu.sender.to_string();
         let mut new_snapshot = None;
-        if let Some(state_key_nid) = state_key_nid {
+        if let Some(state_key_nid) = state_key_nid.filter(|_| as_state) {
             let entry = StateEntry { type_nid, state_key_nid, event_nid };
             let snapshot = caches
                 .write_snapshot(self.tx(), head.room_nid, &head.snapshot, &[entry])
@@ -584,7 +716,8 @@ impl<'w> Batch<'w> {
         } else {
             BTreeSet::new()
         };
-        if pdu.kind.to_string() == "m.room.member"
+        if as_state
+            && pdu.kind.to_string() == "m.room.member"
             && let Some(target) = &pdu.state_key
         {
             let membership =

@@ -46,9 +46,9 @@ pub use keys::{
 };
 pub use presence::{Presence, PresenceSyncing, SetPresence};
 pub use rooms::{
-    AcceptEvents, CreateRoom, CreateRoomRequest, DeleteAlias, EventOutcome, ForgetRoom, InitialStateEvent,
-    MadeJoin, MakeJoin, MembershipChange, Preset, ProfileField, Rooms, SendEvent, SetAlias, SetProfile,
-    SetRoomVisibility, UpdateMembership,
+    AcceptEvents, CreateRoom, CreateRoomRequest, DeleteAlias, EventOutcome, ForgetRoom, ImportRoom,
+    InitialStateEvent, MadeJoin, MakeJoin, MembershipChange, Preset, ProfileField, Rooms, SendEvent,
+    SetAlias, SetProfile, SetRoomVisibility, UpdateMembership,
 };
 pub use streams::{Streams, TypingSnapshot};
 pub use wire::{AfterCall, Answer, Call, ConvertError};

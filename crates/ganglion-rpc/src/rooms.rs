@@ -35,6 +35,9 @@ service! {
         fn accept_events(AcceptEvents) -> Vec<EventOutcome> as pb::AcceptEventsResponse;
         /// The template of a join of another server's user: `{room_version, event}`.
         fn make_join(MakeJoin) -> MadeJoin as pb::MakeJoinResponse;
+        /// A room of other servers one of our users joined: persisted with its state and the
+        /// join. Answers the join's id.
+        fn import_room(ImportRoom) -> OwnedEventId as pb::EventIdResponse;
     }
 }
 
@@ -497,6 +500,62 @@ impl Answer<pb::AcceptEventsResponse> for Vec<EventOutcome> {
                 })
             })
             .collect()
+    }
+}
+
+/// A room of other servers joined by one of our users, checked by the worker that joined.
+/// Events are `(event id, canonical JSON without event_id and unsigned)`.
+#[derive(Debug, Clone)]
+pub struct ImportRoom {
+    pub room_id: OwnedRoomId,
+    pub room_version: RoomVersionId,
+    pub join: (OwnedEventId, String),
+    pub state: Vec<(OwnedEventId, String)>,
+    pub auth_chain: Vec<(OwnedEventId, String)>,
+}
+
+fn remote_events(events: Vec<(OwnedEventId, String)>) -> Vec<pb::RemoteEvent> {
+    events.into_iter().map(|(event_id, json)| pb::RemoteEvent { event_id: event_id.into(), json }).collect()
+}
+
+fn from_remote_events(
+    field: &'static str,
+    events: Vec<pb::RemoteEvent>,
+) -> Result<Vec<(OwnedEventId, String)>, ConvertError> {
+    events.into_iter().map(|event| Ok((id(field, event.event_id)?, event.json))).collect()
+}
+
+impl Call for ImportRoom {
+    type Message = pb::ImportRoomRequest;
+
+    fn into_message(self) -> pb::ImportRoomRequest {
+        pb::ImportRoomRequest {
+            room_id: self.room_id.into(),
+            room_version: self.room_version.into(),
+            join: remote_events(vec![self.join]).pop(),
+            state: remote_events(self.state),
+            auth_chain: remote_events(self.auth_chain),
+        }
+    }
+
+    fn from_message(message: pb::ImportRoomRequest) -> Result<Self, ConvertError> {
+        let join =
+            message.join.ok_or(ConvertError::InvalidParam { field: "join", reason: "missing".to_owned() })?;
+        Ok(ImportRoom {
+            room_id: id("room_id", message.room_id)?,
+            room_version: id("room_version", message.room_version)?,
+            join: (id("join.event_id", join.event_id)?, join.json),
+            state: from_remote_events("state.event_id", message.state)?,
+            auth_chain: from_remote_events("auth_chain.event_id", message.auth_chain)?,
+        })
+    }
+
+    fn after(&self) -> AfterCall {
+        AfterCall::AwaitReplication
+    }
+
+    fn idempotent(&self) -> bool {
+        true
     }
 }
 

@@ -3,10 +3,10 @@
 
 use axum::{
     Json,
-    extract::{Path, State},
+    extract::{Path, RawQuery, State},
 };
 use ganglion_config::RateLimitAction;
-use ganglion_events::ruma::{OwnedRoomId, OwnedUserId};
+use ganglion_events::ruma::{OwnedRoomId, OwnedServerName, OwnedUserId};
 use ganglion_http::{Auth, MatrixError, MatrixJson, MatrixResult};
 use ganglion_storage::rooms as room_store;
 use serde::Deserialize;
@@ -14,7 +14,7 @@ use serde_json::{Map, Value, json};
 
 use super::access;
 use crate::ClientState;
-use ganglion_rpc::{ForgetRoom, MembershipChange, UpdateMembership};
+use ganglion_rpc::{ForgetRoom, ImportRoom, MembershipChange, UpdateMembership};
 
 #[derive(Deserialize)]
 struct ReasonBody {
@@ -27,25 +27,55 @@ struct TargetBody {
     reason: Option<String>,
 }
 
-/// `POST /join/{roomIdOrAlias}`.
+/// `POST /join/{roomIdOrAlias}`. A room of other servers is joined through the servers the
+/// client names (`via`, or the older `server_name`), the alias's server and the servers its
+/// directory names, and the room id's server.
 pub(crate) async fn join_by_id_or_alias(
     State(state): State<ClientState>,
     Auth(session): Auth,
     Path(room_id_or_alias): Path<String>,
+    RawQuery(query): RawQuery,
     MatrixJson(body): MatrixJson<Map<String, Value>>,
 ) -> MatrixResult<Json<Value>> {
     let body: ReasonBody = access::from_object(body)?;
+    let mut via = via_servers(query.as_deref())?;
     let room_id = if room_id_or_alias.starts_with('#') {
         let alias = access::room_alias(&room_id_or_alias)?;
-        let mut conn = state.db.conn().await?;
-        let room_id = room_store::room_id_by_alias(&mut conn, alias.as_str()).await?;
-        let room_id =
-            room_id.ok_or_else(|| MatrixError::not_found(format!("Room alias {alias} not found")))?;
-        access::room_id(&room_id)?
+        let local = {
+            let mut conn = state.db.conn().await?;
+            room_store::room_id_by_alias(&mut conn, alias.as_str()).await?
+        };
+        match local {
+            Some(room_id) => access::room_id(&room_id)?,
+            None if alias.server_name().as_str() != state.config.server_name => {
+                let answer = state.federation.client.room_alias(&alias).await?;
+                via.push(alias.server_name().to_owned());
+                via.extend(
+                    answer["servers"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|server| OwnedServerName::try_from(server.as_str()?).ok()),
+                );
+                access::room_id(answer["room_id"].as_str().unwrap_or_default())?
+            }
+            None => return Err(MatrixError::not_found(format!("Room alias {alias} not found"))),
+        }
     } else {
         access::room_id(&room_id_or_alias)?
     };
-    join_room(&state, &session.user_id, room_id, body.reason).await
+    join_room(&state, &session.user_id, room_id, body.reason, via).await
+}
+
+/// The servers named by `via` and `server_name` in a query string.
+fn via_servers(query: Option<&str>) -> MatrixResult<Vec<OwnedServerName>> {
+    form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .filter(|(key, _)| key == "via" || key == "server_name")
+        .map(|(_, value)| {
+            OwnedServerName::try_from(value.as_ref())
+                .map_err(|_| MatrixError::invalid_param(format!("{value} is not a server name")))
+        })
+        .collect()
 }
 
 /// `POST /rooms/{roomId}/join`.
@@ -56,7 +86,7 @@ pub(crate) async fn join(
     MatrixJson(body): MatrixJson<Map<String, Value>>,
 ) -> MatrixResult<Json<Value>> {
     let body: ReasonBody = access::from_object(body)?;
-    join_room(&state, &session.user_id, access::room_id(&room_id)?, body.reason).await
+    join_room(&state, &session.user_id, access::room_id(&room_id)?, body.reason, Vec::new()).await
 }
 
 async fn join_room(
@@ -64,9 +94,50 @@ async fn join_room(
     user_id: &OwnedUserId,
     room_id: OwnedRoomId,
     reason: Option<String>,
+    mut via: Vec<OwnedServerName>,
 ) -> MatrixResult<Json<Value>> {
     state.authenticator.rate_limiter().check_user(RateLimitAction::Joins, user_id.as_str())?;
-    state.master.update_membership(own(user_id, room_id.clone(), MembershipChange::Join, reason)).await?;
+    let (known, profile) = {
+        let mut conn = state.db.conn().await?;
+        let room = room_store::room_by_id(&mut conn, room_id.as_str()).await?;
+        let profile = ganglion_storage::accounts::profile_of_user(&mut conn, user_id.as_str()).await?;
+        (room.is_some_and(|room| room.latest_event_nid.is_some()), profile.unwrap_or_default())
+    };
+    let ours = room_id.server_name().is_some_and(|server| server.as_str() == state.config.server_name);
+    if known || ours || via.is_empty() && room_id.server_name().is_none() {
+        state.master.update_membership(own(user_id, room_id.clone(), MembershipChange::Join, reason)).await?;
+        return Ok(Json(json!({ "room_id": room_id })));
+    }
+    // A room this server is not in: joined through a server that is.
+    if let Some(server) = room_id.server_name() {
+        via.push(server.to_owned());
+    }
+    let mut seen = std::collections::HashSet::new();
+    via.retain(|server| seen.insert(server.clone()));
+    let mut content = Map::new();
+    if let Some(displayname) = profile.displayname {
+        content.insert("displayname".into(), json!(displayname));
+    }
+    if let Some(avatar_url) = profile.avatar_url {
+        content.insert("avatar_url".into(), json!(avatar_url));
+    }
+    if let Some(reason) = reason {
+        content.insert("reason".into(), json!(reason));
+    }
+    let joined =
+        ganglion_federation::remote_join::join_remote(&state.federation, &room_id, user_id, content, &via)
+            .await?;
+    let pair = |pdu: ganglion_federation::pdu::CheckedPdu| (pdu.event_id, pdu.json);
+    state
+        .master
+        .import_room(ImportRoom {
+            room_id: room_id.clone(),
+            room_version: joined.room_version,
+            join: pair(joined.join),
+            state: joined.state.into_iter().map(pair).collect(),
+            auth_chain: joined.auth_chain.into_iter().map(pair).collect(),
+        })
+        .await?;
     Ok(Json(json!({ "room_id": room_id })))
 }
 

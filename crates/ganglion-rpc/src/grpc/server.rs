@@ -38,7 +38,8 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .add_service(StreamsServer::new(adapter.clone()))
         .add_service(AccountsServer::new(adapter.clone()))
-        .add_service(RoomsServer::new(adapter.clone()))
+        // A joined room's state with its auth chain comes in one call (thousands of events).
+        .add_service(RoomsServer::new(adapter.clone()).max_decoding_message_size(MAX_ROOMS_MESSAGE_BYTES))
         .add_service(EphemeralServer::new(adapter.clone()))
         .add_service(KeysServer::new(adapter.clone()))
         .add_service(KeyBackupServer::new(adapter.clone()))
@@ -46,6 +47,10 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }
+
+/// The largest call to the rooms service: as large as the federation client reads from another
+/// server.
+const MAX_ROOMS_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// One of the master's services (or several) as a gRPC server.
 pub(crate) struct Adapter<S: ?Sized> {

@@ -385,6 +385,14 @@ async fn calls_round_trip_exactly() {
     };
     let made = round_trip(f, make_join, async |r| m.make_join(r).await).await;
     assert_eq!(made, crate::MadeJoin::canned());
+    let import = crate::ImportRoom {
+        room_id: room(),
+        room_version: RoomVersionId::V12,
+        join: (owned_event_id!("$join"), r#"{"type":"m.room.member"}"#.to_owned()),
+        state: vec![(owned_event_id!("$create"), r#"{"type":"m.room.create"}"#.to_owned())],
+        auth_chain: vec![(owned_event_id!("$create"), r#"{"type":"m.room.create"}"#.to_owned())],
+    };
+    round_trip(f, import, async |r| m.import_room(r).await).await;
 
     let typing = SetTyping { user_id: alice(), room_id: room(), typing: true, timeout_ms: 30_000 };
     round_trip(f, typing, async |r| m.set_typing(r).await).await;

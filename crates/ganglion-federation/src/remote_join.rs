@@ -1,0 +1,158 @@
+//! One of our users joining a room of other servers: `make_join` on a server in the room, our
+//! join event built and signed on its template, `send_join` (v2, the whole state asked for),
+//! and the room's state with its auth chain checked event by event (format, id, signatures,
+//! hashes). The master then authorises and persists what passed.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ganglion_events::{EventTemplate, build_pdu, rules_for};
+use ruma::{OwnedEventId, OwnedServerName, RoomId, RoomVersionId, ServerName, UserId};
+use serde_json::{Map, Value};
+
+use crate::{
+    Federation, FederationError,
+    client::encode,
+    pdu::{CheckedPdu, check_pdu},
+};
+
+/// The room versions this server asks to join with.
+const VERSIONS: [&str; 3] = ["10", "11", "12"];
+
+/// A join a server in the room accepted.
+#[derive(Debug)]
+pub struct RemoteJoin {
+    pub room_version: RoomVersionId,
+    /// Our join event as the room has it.
+    pub join: CheckedPdu,
+    /// The room's state before the join, each event checked.
+    pub state: Vec<CheckedPdu>,
+    /// The auth chain of the state and the join, each event checked.
+    pub auth_chain: Vec<CheckedPdu>,
+    /// The server that let us in.
+    pub via: OwnedServerName,
+}
+
+/// Joins `user_id` to `room_id` through the first of `servers` that lets it in. `content` is
+/// the join's content (profile, reason) without `membership`.
+pub async fn join_remote(
+    federation: &Federation,
+    room_id: &RoomId,
+    user_id: &UserId,
+    content: Map<String, Value>,
+    servers: &[OwnedServerName],
+) -> Result<RemoteJoin, FederationError> {
+    let mut last_error = None;
+    for server in servers {
+        if server.as_str() == federation.client.server_name().as_str() {
+            continue;
+        }
+        match join_through(federation, server, room_id, user_id, content.clone()).await {
+            Ok(join) => return Ok(join),
+            Err(error) => {
+                tracing::info!(%server, %room_id, %error, "joining through a server failed");
+                // A refusal from the room itself (banned, invite-only) is the answer.
+                if matches!(error, FederationError::Remote { status: 403, .. }) {
+                    return Err(error);
+                }
+                last_error = Some(error);
+            }
+        }
+    }
+    Err(last_error.unwrap_or_else(|| FederationError::Remote {
+        destination: room_id.to_string(),
+        status: 404,
+        errcode: "M_NOT_FOUND".into(),
+        error: "No server to join the room through".into(),
+    }))
+}
+
+async fn join_through(
+    federation: &Federation,
+    server: &ServerName,
+    room_id: &RoomId,
+    user_id: &UserId,
+    mut content: Map<String, Value>,
+) -> Result<RemoteJoin, FederationError> {
+    let client = &federation.client;
+    let bad = |message: String| FederationError::BadResponse { destination: server.to_string(), message };
+    let versions: String = VERSIONS.iter().map(|version| format!("&ver={version}")).collect();
+    let path = format!(
+        "/_matrix/federation/v1/make_join/{}/{}?{}",
+        encode(room_id.as_str()),
+        encode(user_id.as_str()),
+        &versions[1..]
+    );
+    let made = client.get(server, &path).await?;
+    let version = made["room_version"].as_str().unwrap_or("1");
+    let room_version =
+        RoomVersionId::try_from(version).map_err(|_| bad(format!("room version {version:?}")))?;
+    let rules =
+        rules_for(&room_version).ok_or_else(|| FederationError::UnsupportedRoomVersion(version.into()))?;
+    let template = &made["event"];
+    let ids = |field: &str| -> Result<Vec<OwnedEventId>, FederationError> {
+        serde_json::from_value(template[field].clone()).map_err(|e| bad(format!("{field}: {e}")))
+    };
+    let (prev_events, auth_events) = (ids("prev_events")?, ids("auth_events")?);
+    let depth = template["depth"].as_u64().ok_or_else(|| bad("no depth in the template".into()))?;
+    // A restricted room's template names the user who authorises the join.
+    if let Some(authoriser) = template["content"].get("join_authorised_via_users_server") {
+        content.insert("join_authorised_via_users_server".into(), authoriser.clone());
+    }
+    content.insert("membership".into(), "join".into());
+    let event = EventTemplate::state("m.room.member", user_id.as_str(), Value::Object(content));
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let pdu = build_pdu(
+        client.key(),
+        &rules,
+        Some(room_id),
+        user_id,
+        &event,
+        &prev_events,
+        &auth_events,
+        depth,
+        now,
+    )
+    .map_err(|error| bad(format!("the join event cannot be built: {error}")))?;
+    let body: Value = serde_json::from_str(&pdu.json).map_err(|e| bad(e.to_string()))?;
+    let path = format!(
+        "/_matrix/federation/v2/send_join/{}/{}?omit_members=false",
+        encode(room_id.as_str()),
+        encode(pdu.event_id.as_str())
+    );
+    let answer = client.request(http::Method::PUT, server, &path, Some(&body)).await?;
+    // The resident server countersigns a restricted join; otherwise ours is the event.
+    let join_json = answer.get("event").filter(|event| event.is_object()).unwrap_or(&body);
+    let join = check_pdu(&federation.keyring, &room_version, join_json)
+        .await
+        .map_err(|error| bad(format!("our join event came back unusable: {error}")))?;
+    if join.event_id != pdu.event_id {
+        return Err(bad("the join event came back changed".into()));
+    }
+    let state = check_all(federation, &room_version, &answer["state"], server).await?;
+    let auth_chain = check_all(federation, &room_version, &answer["auth_chain"], server).await?;
+    Ok(RemoteJoin { room_version, join, state, auth_chain, via: server.to_owned() })
+}
+
+/// Each PDU of `list` that passes the checks; one that does not is left out (the master then
+/// refuses what depended on it).
+async fn check_all(
+    federation: &Federation,
+    version: &RoomVersionId,
+    list: &Value,
+    server: &ServerName,
+) -> Result<Vec<CheckedPdu>, FederationError> {
+    let Some(list) = list.as_array() else {
+        return Err(FederationError::BadResponse {
+            destination: server.to_string(),
+            message: "send_join answered without state or auth_chain".into(),
+        });
+    };
+    let mut checked = Vec::with_capacity(list.len());
+    for pdu in list {
+        match check_pdu(&federation.keyring, version, pdu).await {
+            Ok(pdu) => checked.push(pdu),
+            Err(error) => tracing::info!(%server, %error, "left out an event of a room's state"),
+        }
+    }
+    Ok(checked)
+}
