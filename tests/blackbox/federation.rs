@@ -876,6 +876,16 @@ async fn a_transaction_is_applied_once_and_bad_ones_are_refused() {
         assert!(error(&outsider_id).is_some_and(|e| e.contains("auth events")), "{answer}");
         assert!(error(&forged_id).is_some_and(|e| e.contains("signature")), "{answer}");
         assert_eq!(answer["pdus"].as_object().unwrap().len(), 2, "{answer}");
+        // A join template for a server that does not support the room's version.
+        let uri = format!("/_matrix/federation/v1/make_join/{}/{}?ver=1&ver=2", enc(&room_id), enc(&sender));
+        let response = signed_get(&b, &uri, a.server_name(), b.server_name(), &a_key).await;
+        assert_eq!(response.status(), 400);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!((&body["errcode"], &body["room_version"]), (&json!("M_INCOMPATIBLE_ROOM_VERSION"), &json!("12")));
+        // Nor for a user of another server than the one asking.
+        let uri = format!("/_matrix/federation/v1/make_join/{}/{}?ver=12", enc(&room_id), enc(&bob.user_id));
+        let response = signed_get(&b, &uri, a.server_name(), b.server_name(), &a_key).await;
+        assert_eq!(response.status(), 403);
         bob.send_text(&room_id, "still mine").await.unwrap();
         let history = bob.get(&format!("/rooms/{}/messages?dir=b&limit=50", enc(&room_id))).await.unwrap().ok();
         let bodies: Vec<&str> = history["chunk"]

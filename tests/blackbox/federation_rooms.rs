@@ -60,7 +60,7 @@ pub(crate) async fn joined_members(account: &Account, room_id: &str) -> Vec<Stri
     members
 }
 
-async fn synapse_account(synapse: &Synapse, localpart: &str) -> Account {
+pub(crate) async fn synapse_account(synapse: &Synapse, localpart: &str) -> Account {
     let (user_id, token) = synapse.register(localpart, crate::PASSWORD).await.unwrap();
     let whoami =
         Account::new(synapse.client_api(), &user_id, &token, "").get("/account/whoami").await.unwrap().ok();
@@ -196,6 +196,10 @@ async fn a_ganglion_user_joins_synapse_rooms_by_alias_and_by_id() {
             .create_room(&json!({ "preset": "public_chat", "room_alias_name": "lobby", "name": "Lobby" }))
             .await
             .unwrap();
+        // History before the join comes with it (backfill).
+        for n in 1..=50 {
+            bob.send_text(&by_alias, &format!("before {n}")).await.unwrap();
+        }
         bob.send_text(&by_alias, "welcome").await.unwrap();
         let alias = format!("#lobby:{}", synapse.server_name());
         let joined = alice.post(&format!("/join/{}", enc(&alias)), &json!({})).await.unwrap();
@@ -213,6 +217,19 @@ async fn a_ganglion_user_joins_synapse_rooms_by_alias_and_by_id() {
             .unwrap();
         assert_eq!(joined.status, 200, "{}\n{}", joined.text, log());
 
+        // A room version this server does not take part in.
+        let old = bob.create_room(&json!({ "preset": "public_chat", "room_version": "9" })).await.unwrap();
+        let refused = alice
+            .post(&format!("/join/{}?via={}", enc(&old), enc(synapse.server_name())), &json!({}))
+            .await
+            .unwrap();
+        assert_eq!(
+            (refused.status, refused.errcode()),
+            (400, Some("M_UNSUPPORTED_ROOM_VERSION")),
+            "{}",
+            refused.text
+        );
+
         for (room_id, name) in [(&by_alias, "Lobby"), (&by_id, "Twelve")] {
             let mut members = vec![alice.user_id.clone(), bob.user_id.clone()];
             members.sort();
@@ -228,23 +245,25 @@ async fn a_ganglion_user_joins_synapse_rooms_by_alias_and_by_id() {
             }
             assert_eq!(joined_members(&bob, room_id).await, members, "on Synapse\n{}", log());
 
+            let before = if name == "Lobby" { 50 } else { 0 };
             alice.send_text(room_id, "hi from ganglion").await.unwrap();
-            wait_for_messages(&bob, room_id, 2, log).await;
+            wait_for_messages(&bob, room_id, before + 2, log).await;
             bob.send_text(room_id, "hi from synapse").await.unwrap();
-            let on_ganglion = wait_for_messages(&alice, room_id, 2, log).await;
-            let on_synapse = wait_for_messages(&bob, room_id, 3, log).await;
-            let expected: Vec<(String, String)> = [
-                (&bob.user_id, "welcome"),
-                (&alice.user_id, "hi from ganglion"),
-                (&bob.user_id, "hi from synapse"),
-            ]
-            .into_iter()
-            .map(|(sender, body)| (sender.clone(), body.to_owned()))
-            .collect();
+            let on_ganglion = wait_for_messages(&alice, room_id, before + 3, log).await;
+            let on_synapse = wait_for_messages(&bob, room_id, before + 3, log).await;
+            let mut expected: Vec<(String, String)> =
+                (1..=before).map(|n| (bob.user_id.clone(), format!("before {n}"))).collect();
+            expected.extend(
+                [
+                    (&bob.user_id, "welcome"),
+                    (&alice.user_id, "hi from ganglion"),
+                    (&bob.user_id, "hi from synapse"),
+                ]
+                .into_iter()
+                .map(|(sender, body)| (sender.clone(), body.to_owned())),
+            );
             assert_eq!(on_synapse, expected, "{name} on Synapse\n{}", log());
-            // Ganglion has what came after the join; the history before it is Synapse's to
-            // give (backfill).
-            assert_eq!(on_ganglion, expected[1..].to_vec(), "{name} on Ganglion\n{}", log());
+            assert_eq!(on_ganglion, expected, "{name} on Ganglion\n{}", log());
         }
         // The rooms are in Alice's sync, named.
         let sync = alice.sync("").await.unwrap();
@@ -252,6 +271,118 @@ async fn a_ganglion_user_joins_synapse_rooms_by_alias_and_by_id() {
             let timeline = &sync["rooms"]["join"][room_id.as_str()];
             assert!(timeline.is_object(), "{room_id} missing from {sync}");
         }
+    })
+    .await
+}
+
+/// Polls `account`'s sync (bounded) until `room_id` is in its `rooms.invite`; answers the
+/// invite's stripped state.
+async fn wait_for_invite(account: &Account, room_id: &str, log: impl Fn() -> String) -> Vec<Value> {
+    for _ in 0..100 {
+        let sync = account.sync("timeout=0").await.unwrap();
+        if let Some(events) = sync["rooms"]["invite"][room_id]["invite_state"]["events"].as_array() {
+            return events.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{} never saw the invite to {room_id}\n{}", account.user_id, log());
+}
+
+#[tokio::test]
+async fn invites_cross_servers_both_ways_with_synapse() {
+    crate::run(async {
+        let (synapse, ganglion) = tokio::join!(Synapse::start(), FederationNode::start());
+        let (synapse, ganglion) = (synapse.unwrap(), ganglion.unwrap());
+        let log = || format!("--- ganglion\n{}\n--- synapse\n{}", ganglion.log(), synapse.log());
+        let alice = ganglion.client_api().register("alice", crate::PASSWORD).await.unwrap();
+        let bob = synapse_account(&synapse, "bob").await;
+        let mut members = vec![alice.user_id.clone(), bob.user_id.clone()];
+        members.sort();
+
+        // Alice invites Bob to her invite-only room; Synapse countersigns, Bob accepts.
+        let ours = alice.create_room(&json!({ "preset": "private_chat", "name": "Ours" })).await.unwrap();
+        let invited = alice
+            .post(&format!("/rooms/{}/invite", enc(&ours)), &json!({ "user_id": bob.user_id }))
+            .await
+            .unwrap();
+        assert_eq!(invited.status, 200, "{}\n{}", invited.text, log());
+        let stripped = wait_for_invite(&bob, &ours, log).await;
+        assert!(
+            stripped.iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Ours"),
+            "{stripped:?}"
+        );
+        let joined = bob.post(&format!("/rooms/{}/join", enc(&ours)), &json!({})).await.unwrap();
+        assert_eq!(joined.status, 200, "{}\n{}", joined.text, log());
+        assert_eq!(joined_members(&alice, &ours).await, members, "{}", log());
+        bob.send_text(&ours, "thanks for the invite").await.unwrap();
+        wait_for_messages(&alice, &ours, 1, log).await;
+
+        // Bob invites Alice to his; we countersign, her sync shows it, she accepts.
+        let theirs = bob.create_room(&json!({ "preset": "private_chat", "name": "Theirs" })).await.unwrap();
+        let invited = bob
+            .post(&format!("/rooms/{}/invite", enc(&theirs)), &json!({ "user_id": alice.user_id }))
+            .await
+            .unwrap();
+        assert_eq!(invited.status, 200, "{}\n{}", invited.text, log());
+        let stripped = wait_for_invite(&alice, &theirs, log).await;
+        assert!(
+            stripped.iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Theirs"),
+            "{stripped:?}"
+        );
+        assert!(
+            stripped.iter().any(|e| e["type"] == "m.room.member"
+                && e["state_key"] == alice.user_id
+                && e["content"]["membership"] == "invite"
+                && e["sender"] == bob.user_id),
+            "{stripped:?}"
+        );
+        // No `via`: the invite says where the room is.
+        let joined = alice.post(&format!("/rooms/{}/join", enc(&theirs)), &json!({})).await.unwrap();
+        assert_eq!(joined.status, 200, "{}\n{}", joined.text, log());
+        assert_eq!(joined_members(&alice, &theirs).await, members, "{}", log());
+        alice.send_text(&theirs, "thanks for yours").await.unwrap();
+        wait_for_messages(&bob, &theirs, 1, log).await;
+        let sync = alice.sync("").await.unwrap();
+        assert!(sync["rooms"]["join"][&theirs].is_object(), "{sync}");
+        assert!(sync["rooms"]["invite"].get(&theirs).is_none(), "{sync}");
+
+        // An invite of a user this server does not have is refused by it.
+        let nobody = format!("@nobody:{}", ganglion.server_name());
+        let refused = bob
+            .post(&format!("/rooms/{}/invite", enc(&theirs)), &json!({ "user_id": nobody }))
+            .await
+            .unwrap();
+        assert_ne!(refused.status, 200, "{}", refused.text);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_peer_that_was_down_receives_every_message_it_missed() {
+    crate::run(async {
+        let (synapse, ganglion) = tokio::join!(Synapse::start(), FederationNode::start());
+        let (mut synapse, ganglion) = (synapse.unwrap(), ganglion.unwrap());
+        let alice = ganglion.client_api().register("alice", crate::PASSWORD).await.unwrap();
+        let bob = synapse_account(&synapse, "bob").await;
+        let room_id = alice.create_room(&json!({ "preset": "public_chat" })).await.unwrap();
+        let join = bob
+            .post(&format!("/join/{}?server_name={}", enc(&room_id), enc(ganglion.server_name())), &json!({}))
+            .await
+            .unwrap();
+        assert_eq!(join.status, 200, "{}", join.text);
+
+        synapse.stop().await.unwrap();
+        for n in 1..=20 {
+            alice.send_text(&room_id, &format!("while you were out {n}")).await.unwrap();
+        }
+        // Long enough for the sender to fail and back off a few times.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        synapse.restart().await.unwrap();
+        let log = || format!("--- ganglion\n{}\n--- synapse\n{}", ganglion.log(), synapse.log());
+        let seen = wait_for_messages(&bob, &room_id, 20, log).await;
+        let expected: Vec<(String, String)> =
+            (1..=20).map(|n| (alice.user_id.clone(), format!("while you were out {n}"))).collect();
+        assert_eq!(seen, expected);
     })
     .await
 }

@@ -51,6 +51,7 @@ mod dashboards;
 mod e2ee;
 mod errors;
 mod federation;
+mod federation_edus;
 mod federation_events;
 mod federation_rooms;
 mod haproxy;

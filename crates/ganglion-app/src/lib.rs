@@ -216,7 +216,7 @@ pub async fn run(
                 let mut interval = tokio::time::interval(Duration::from_secs(1));
                 loop {
                     interval.tick().await;
-                    typing_master.expire_typing();
+                    typing_master.expire_typing().await;
                 }
             });
             if let Some(tick) = service.presence_tick() {

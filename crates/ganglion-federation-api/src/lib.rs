@@ -4,7 +4,9 @@
 //! Served by `role = "all"` (on its TLS listener, `federation.listen`) and, in a cluster, by the
 //! processes whose role serves the federation classes, behind the load balancer.
 
+mod edus;
 mod events;
+mod invite;
 mod join;
 mod keys;
 mod query;
@@ -43,6 +45,7 @@ pub fn routes() -> Vec<Route<FederationState>> {
         Route::put("/_matrix/federation/v1/send/{txnId}", Fed, send::send_transaction),
         Route::get("/_matrix/federation/v1/make_join/{roomId}/{userId}", Fed, join::make_join),
         Route::put("/_matrix/federation/v2/send_join/{roomId}/{eventId}", Fed, join::send_join),
+        Route::put("/_matrix/federation/v2/invite/{roomId}/{eventId}", Fed, invite::invite),
         Route::get("/_matrix/federation/v1/event/{eventId}", Fed, events::event),
         Route::get("/_matrix/federation/v1/state/{roomId}", Fed, events::room_state),
         Route::get("/_matrix/federation/v1/state_ids/{roomId}", Fed, events::state_ids),

@@ -1,7 +1,8 @@
 //! `PUT /_matrix/federation/v1/send/{txnId}`: a transaction of PDUs and EDUs from another
 //! server. A transaction is applied once: a retry gets the first answer back. Each PDU and EDU
 //! is taken or refused on its own. If the master cannot be reached the whole transaction fails
-//! unrecorded, and its origin sends it again.
+//! unrecorded, and its origin sends it again. EDUs handled: to-device messages here, typing,
+//! receipts and presence in [`crate::edus`].
 
 use axum::{
     Json,
@@ -17,7 +18,7 @@ use ganglion_types::ErrorClass;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::{FederationState, Signed};
+use crate::{FederationState, Signed, edus};
 
 /// The spec's bounds of one transaction.
 const MAX_PDUS: usize = 50;
@@ -75,6 +76,10 @@ pub(crate) async fn send_transaction(
                 }
                 Err(error) => tracing::info!(%origin, ?error, "a to-device EDU was refused"),
             },
+            // Each drops what it cannot take and fails only when the master cannot be reached.
+            "m.typing" => edus::typing(&state, origin, &edu.content).await?,
+            "m.receipt" => edus::receipts(&state, origin, &edu.content).await?,
+            "m.presence" => edus::presence(&state, origin, &edu.content).await?,
             other => {
                 tracing::debug!(%origin, edu_type = other, "an EDU of a kind not handled yet was dropped")
             }

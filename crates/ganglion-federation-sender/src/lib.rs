@@ -5,9 +5,12 @@
 //! back-off that starts short (one 5xx costs a second, not an hour) and doubles up to a cap,
 //! while the others go on.
 //!
-//! The outbox holds to-device messages (`m.direct_to_device`) and our events in rooms shared
-//! with the destination (at most 50 per transaction, in the order they were persisted);
-//! `role = "all"` runs the sender in process.
+//! The outbox holds to-device messages (`m.direct_to_device`), typing notifications, read
+//! receipts and presence of our users, and our events in rooms shared with the destination (at
+//! most 50 per transaction, in the order they were persisted); `role = "all"` runs the sender in
+//! process. A typing notification is only worth sending while it is fresh: one queued longer
+//! than `TYPING_LIFETIME` (30 s) is dropped, sent or not, so an outage does not end in a burst of
+//! stale ones.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -30,6 +33,12 @@ const MAX_PDUS_PER_TRANSACTION: usize = 50;
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const MAX_RETRY: Duration = Duration::from_secs(10 * 60);
+/// How long a queued `m.typing` EDU is worth sending: clients repeat theirs every few seconds
+/// while typing, and the receiving server forgets it after a minute.
+const TYPING_LIFETIME: Duration = Duration::from_secs(30);
+/// How often stale typing notifications are deleted from the whole outbox (those of a
+/// destination that is down would otherwise pile up behind what it has not taken).
+const TYPING_PURGE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A destination that failed: not tried again before `until`.
 #[derive(Clone, Copy)]
@@ -42,11 +51,12 @@ pub struct Sender {
     db: Db,
     client: Arc<FederationClient>,
     backoff: HashMap<String, Backoff>,
+    last_typing_purge: Option<Instant>,
 }
 
 impl Sender {
     pub fn new(db: Db, client: Arc<FederationClient>) -> Sender {
-        Sender { db, client, backoff: HashMap::new() }
+        Sender { db, client, backoff: HashMap::new(), last_typing_purge: None }
     }
 
     /// Sends until the process ends.
@@ -66,6 +76,18 @@ impl Sender {
         let mut by_destination: BTreeMap<String, Queued> = BTreeMap::new();
         {
             let mut conn = self.db.conn().await?;
+            if self.last_typing_purge.is_none_or(|last| now - last >= TYPING_PURGE_INTERVAL) {
+                let purged = ganglion_storage::federation::delete_outbox_edus_queued_before(
+                    &mut conn,
+                    "m.typing",
+                    typing_cutoff(),
+                )
+                .await?;
+                if purged > 0 {
+                    tracing::debug!(purged, "stale typing notifications dropped from the outbox");
+                }
+                self.last_typing_purge = Some(now);
+            }
             // Each destination's own head of the queue: one that backs off never hides the others.
             for destination in ganglion_storage::federation::outbox_destinations(&mut conn).await? {
                 if self.backoff.get(&destination).is_some_and(|backoff| backoff.until > now) {
@@ -150,8 +172,10 @@ async fn send_transaction(
             destination: destination.to_owned(),
             reason: format!("not a server name: {error}"),
         })?;
+    let cutoff = typing_cutoff();
     let edus: Vec<Value> = rows
         .iter()
+        .filter(|row| row.edu_type != "m.typing" || row.created_ts >= cutoff)
         .filter_map(|row| {
             let content: Value = serde_json::from_str(&row.content_json).ok()?;
             Some(json!({ "edu_type": row.edu_type, "content": content }))
@@ -159,6 +183,10 @@ async fn send_transaction(
         .collect();
     let pdus: Vec<&RawValue> =
         queued.pdus.iter().filter_map(|pdu| serde_json::from_str::<&RawValue>(&pdu.json).ok()).collect();
+    if edus.is_empty() && pdus.is_empty() {
+        // Only stale typing notifications: nothing to send, and they go all the same.
+        return Ok(());
+    }
     let span = |ids: &mut dyn Iterator<Item = i64>| {
         let ids: Vec<i64> = ids.collect();
         (ids.first().copied().unwrap_or(0), ids.last().copied().unwrap_or(0))
@@ -177,4 +205,9 @@ async fn send_transaction(
     );
     client.request(http::Method::PUT, &server, &path, Some(&body)).await?;
     Ok(())
+}
+
+/// Typing notifications queued before this (ms since the epoch) are stale.
+fn typing_cutoff() -> i64 {
+    ganglion_storage::now_ms() - TYPING_LIFETIME.as_millis() as i64
 }

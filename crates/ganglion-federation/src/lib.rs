@@ -12,6 +12,7 @@ pub mod keyring;
 pub mod own_keys;
 pub mod pdu;
 pub mod policy;
+pub mod remote_invite;
 pub mod remote_join;
 pub mod request_auth;
 pub mod tls;
@@ -51,6 +52,10 @@ impl ganglion_types::HasErrorClass for FederationError {
         match self {
             FederationError::Refused { .. } => ErrorClass::Forbidden,
             FederationError::Remote { status: 404, .. } => ErrorClass::NotFound,
+            // The room's version is one this server did not offer to join with.
+            FederationError::Remote { errcode, .. } if errcode == "M_INCOMPATIBLE_ROOM_VERSION" => {
+                ErrorClass::UnsupportedRoomVersion
+            }
             FederationError::Remote { status: 403, .. } => ErrorClass::Forbidden,
             FederationError::Remote { .. }
             | FederationError::Unreachable { .. }

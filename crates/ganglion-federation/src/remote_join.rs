@@ -15,6 +15,9 @@ use crate::{
     pdu::{CheckedPdu, check_pdu},
 };
 
+/// Events of a joined room's history fetched with the join.
+const BACKFILL_LIMIT: usize = 100;
+
 /// The room versions this server asks to join with.
 const VERSIONS: [&str; 3] = ["10", "11", "12"];
 
@@ -28,6 +31,9 @@ pub struct RemoteJoin {
     pub state: Vec<CheckedPdu>,
     /// The auth chain of the state and the join, each event checked.
     pub auth_chain: Vec<CheckedPdu>,
+    /// The room's latest events before the join (`/backfill`), each checked: what the user
+    /// reads first. Empty when the server would not give them.
+    pub history: Vec<CheckedPdu>,
     /// The server that let us in.
     pub via: OwnedServerName,
 }
@@ -130,7 +136,32 @@ async fn join_through(
     }
     let state = check_all(federation, &room_version, &answer["state"], server).await?;
     let auth_chain = check_all(federation, &room_version, &answer["auth_chain"], server).await?;
-    Ok(RemoteJoin { room_version, join, state, auth_chain, via: server.to_owned() })
+    let history = backfill(federation, &room_version, server, room_id, &prev_events).await;
+    Ok(RemoteJoin { room_version, join, state, auth_chain, history, via: server.to_owned() })
+}
+
+/// The latest events before `from` that `server` gives (`/backfill`), checked; none when it
+/// fails: the join stands without them.
+async fn backfill(
+    federation: &Federation,
+    version: &RoomVersionId,
+    server: &ServerName,
+    room_id: &RoomId,
+    from: &[OwnedEventId],
+) -> Vec<CheckedPdu> {
+    if from.is_empty() {
+        return Vec::new();
+    }
+    let vs: String = from.iter().map(|id| format!("&v={}", encode(id.as_str()))).collect();
+    let path =
+        format!("/_matrix/federation/v1/backfill/{}?limit={BACKFILL_LIMIT}{vs}", encode(room_id.as_str()));
+    match federation.client.get(server, &path).await {
+        Ok(answer) => check_all(federation, version, &answer["pdus"], server).await.unwrap_or_default(),
+        Err(error) => {
+            tracing::info!(%server, %room_id, %error, "the history before a join could not be fetched");
+            Vec::new()
+        }
+    }
 }
 
 /// Each PDU of `list` that passes the checks; one that does not is left out (the master then

@@ -1,18 +1,100 @@
-//! Writes to the typing, receipts and account-data streams.
+//! Writes to the typing, receipts and account-data streams. Our users' typing and read
+//! receipts in rooms shared with other servers are queued for those servers (`m.typing`,
+//! `m.receipt`); other servers' users' come in through the same calls and are never sent on.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use ganglion_events::{
     ignored_users,
-    ruma::{OwnedEventId, OwnedRoomId, OwnedUserId},
+    ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, UserId},
 };
 use ganglion_replication::StreamRow;
 use ganglion_rpc::{MasterError, MasterResult};
 use ganglion_storage::{rooms as room_store, streams as stream_store};
 use ganglion_types::{HasErrorClass, StreamKind, StreamPosition};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::{MasterService, internal};
+
+/// Whether `user_id` is one of our users: only theirs are sent to other servers.
+pub(crate) fn is_ours(svc: &MasterService, user_id: &UserId) -> bool {
+    user_id.server_name().as_str() == svc.config.server_name
+}
+
+/// The servers of `users` (user ids as stored), once each.
+pub(crate) fn servers_of(users: &[String]) -> BTreeSet<String> {
+    users
+        .iter()
+        .filter_map(|user| OwnedUserId::try_from(user.as_str()).ok())
+        .map(|user| user.server_name().to_string())
+        .collect()
+}
+
+/// The other servers with a user joined to the room: one indexed query, empty for the usual
+/// room of our users only.
+async fn remote_servers_of_room(
+    svc: &MasterService,
+    conn: &mut ganglion_storage::Conn,
+    room_nid: ganglion_types::RoomNid,
+) -> MasterResult<BTreeSet<String>> {
+    let users = room_store::remote_joined_members_of_room(conn, room_nid, &svc.config.server_name)
+        .await
+        .map_err(internal)?;
+    Ok(servers_of(&users))
+}
+
+/// `(destination, edu type, content)` rows of one EDU for each of `servers`.
+fn edus_for(servers: BTreeSet<String>, edu_type: &str, content: &Value) -> Vec<(String, String, String)> {
+    let content = content.to_string();
+    servers.into_iter().map(|server| (server, edu_type.to_owned(), content.clone())).collect()
+}
+
+/// Queues our users' typing in a room, `(user, typing)`, for the other servers in it.
+async fn queue_typing(
+    svc: &MasterService,
+    room_nid: ganglion_types::RoomNid,
+    room_id: &str,
+    changes: &[(&str, bool)],
+) -> MasterResult<()> {
+    let mut conn = svc.db.conn().await.map_err(internal)?;
+    let servers = remote_servers_of_room(svc, &mut conn, room_nid).await?;
+    if servers.is_empty() {
+        return Ok(());
+    }
+    let mut edus = Vec::with_capacity(servers.len() * changes.len());
+    for (user_id, typing) in changes {
+        let content = json!({ "room_id": room_id, "user_id": user_id, "typing": typing });
+        edus.extend(edus_for(servers.clone(), "m.typing", &content));
+    }
+    ganglion_storage::federation::insert_outbox_edus(&mut conn, &edus, ganglion_storage::now_ms())
+        .await
+        .map_err(internal)
+}
+
+/// Tells the other servers in the room that those of `users` who are ours, whose typing timed
+/// out here, stopped: theirs would otherwise show them typing until their own timeout.
+pub(crate) async fn typing_expired(svc: &MasterService, room_id: &str, users: &[String]) {
+    let ours: Vec<(&str, bool)> = users
+        .iter()
+        .filter(|user| OwnedUserId::try_from(user.as_str()).is_ok_and(|user| is_ours(svc, &user)))
+        .map(|user| (user.as_str(), false))
+        .collect();
+    if ours.is_empty() {
+        return;
+    }
+    let queued = async {
+        let mut conn = svc.db.conn().await.map_err(internal)?;
+        let room = room_store::room_by_id(&mut conn, room_id).await.map_err(internal)?;
+        drop(conn);
+        match room {
+            Some(room) => queue_typing(svc, room.room_nid, room_id, &ours).await,
+            None => Ok(()),
+        }
+    };
+    if let Err(error) = queued.await {
+        tracing::warn!(%error, %room_id, "queueing the end of typing for other servers failed");
+    }
+}
 
 async fn require_joined(
     svc: &MasterService,
@@ -39,11 +121,19 @@ pub(crate) async fn set_typing(
     typing: bool,
     timeout_ms: u64,
 ) -> MasterResult<()> {
-    require_joined(svc, user_id, room_id).await?;
-    if let Some(position) =
-        svc.typing.set(room_id.as_str(), user_id.as_str(), typing, Duration::from_millis(timeout_ms))
-    {
+    let room_nid = require_joined(svc, user_id, room_id).await?;
+    let changed =
+        svc.typing.set(room_id.as_str(), user_id.as_str(), typing, Duration::from_millis(timeout_ms));
+    if let Some(position) = changed {
         svc.bus.publish(StreamRow::new(StreamKind::Typing, position, Some(room_id.as_str()), Vec::new()));
+    }
+    // A still-typing user's repeat goes out too: it keeps other servers from timing it out.
+    if is_ours(svc, user_id)
+        && (typing || changed.is_some())
+        && let Err(error) = queue_typing(svc, room_nid, room_id.as_str(), &[(user_id.as_str(), typing)]).await
+    {
+        // Ephemeral: the change stands here, other servers miss it.
+        tracing::warn!(%error, %room_id, "queueing a typing notification for other servers failed");
     }
     Ok(())
 }
@@ -64,27 +154,49 @@ pub(crate) async fn set_receipt(
         )));
     }
     let room_nid = require_joined(svc, user_id, room_id).await?;
-    {
+    let ts = ganglion_storage::now_ms();
+    let edus = {
         let mut conn = svc.db.conn().await.map_err(internal)?;
         let event =
             ganglion_storage::events::event_by_id(&mut conn, event_id.as_str()).await.map_err(internal)?;
         if event.is_none_or(|event| event.room_nid != room_nid) {
             return Err(MasterError::not_found("Event not found in this room"));
         }
-    }
+        // Only our users' public receipts leave the server (`m.read.private` never does).
+        if receipt_type == "m.read" && is_ours(svc, user_id) {
+            let servers = remote_servers_of_room(svc, &mut conn, room_nid).await?;
+            let mut data = json!({ "ts": ts });
+            if let Some(thread_id) = &thread_id {
+                data["thread_id"] = json!(thread_id);
+            }
+            let read = json!({ "event_ids": [event_id], "data": data });
+            let content = json!({ room_id.as_str(): { "m.read": { user_id.as_str(): read } } });
+            edus_for(servers, "m.receipt", &content)
+        } else {
+            Vec::new()
+        }
+    };
     let mut writer = svc.writer.lock().await;
     let position = writer.last_receipt_pos + 1;
-    let mut conn = svc.db.conn().await.map_err(internal)?;
     let receipt = stream_store::ReceiptRow {
         room_id: room_id.to_string(),
         user_id: user_id.to_string(),
         receipt_type: receipt_type.to_owned(),
         thread_id: thread_id.unwrap_or_default(),
         event_id: event_id.to_string(),
-        ts: ganglion_storage::now_ms(),
+        ts,
         stream_pos: position,
     };
-    stream_store::upsert_receipt(&mut conn, &receipt).await.map_err(internal)?;
+    if edus.is_empty() {
+        let mut conn = svc.db.conn().await.map_err(internal)?;
+        stream_store::upsert_receipt(&mut conn, &receipt).await.map_err(internal)?;
+    } else {
+        // Queued with the receipt, so other servers hear of exactly what was stored.
+        let mut tx = svc.db.begin().await.map_err(internal)?;
+        stream_store::upsert_receipt(&mut tx, &receipt).await.map_err(internal)?;
+        ganglion_storage::federation::insert_outbox_edus(&mut tx, &edus, ts).await.map_err(internal)?;
+        tx.commit().await.map_err(|e| internal(ganglion_storage::StorageError::from(e)))?;
+    }
     writer.last_receipt_pos = position;
     svc.bus.publish(StreamRow::receipt(receipt));
     Ok(())

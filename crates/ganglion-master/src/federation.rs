@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use ganglion_events::ruma::OwnedEventId;
 use ganglion_events::{EventTemplate, Pdu};
-use ganglion_rpc::{AcceptEvents, EventOutcome, ImportRoom, MadeJoin, MakeJoin, MasterError, MasterResult};
+use ganglion_rpc::{
+    AcceptEvents, EventOutcome, ImportRoom, MadeJoin, MakeJoin, MasterError, MasterResult, MembershipChange,
+    PreparedInvite, StoreInvite, UpdateMembership,
+};
 use ganglion_storage::rooms as room_store;
 use ganglion_types::ErrorClass;
 use serde_json::json;
@@ -21,7 +24,7 @@ pub(crate) async fn accept_events(
     let mut outcomes = Vec::with_capacity(request.events.len());
     for (event_id, json) in request.events {
         let result = match Pdu::from_json(event_id.clone(), Arc::from(json)) {
-            Ok(pdu) => batch.append_remote(pdu).await.map(|_| ()),
+            Ok(pdu) => batch.append_remote(pdu, false).await.map(|_| ()),
             Err(error) => Err(MasterError::bad_json(error.to_string())),
         };
         if batch.is_poisoned() {
@@ -94,4 +97,116 @@ pub(crate) async fn import_room(svc: &MasterService, request: ImportRoom) -> Mas
     let event = batch.import_room(&request.room_id, &request.room_version, events, join).await?;
     batch.commit().await?;
     Ok(event.pdu.event_id.clone())
+}
+
+/// An invite of another server's user: built on the room's head and checked, with the stripped
+/// state the invitee is shown, but not persisted until that server countersigned it.
+pub(crate) async fn prepare_invite(
+    svc: &MasterService,
+    request: UpdateMembership,
+) -> MasterResult<PreparedInvite> {
+    if request.change != MembershipChange::Invite
+        || request.target.server_name().as_str() == svc.config.server_name
+    {
+        return Err(MasterError::invalid_param("Only invites of other servers' users are prepared"));
+    }
+    let mut content = serde_json::Map::new();
+    content.insert("membership".into(), json!("invite"));
+    if let Some(reason) = request.reason {
+        content.insert("reason".into(), json!(reason));
+    }
+    let template =
+        EventTemplate::state("m.room.member", request.target.as_str(), serde_json::Value::Object(content));
+    crate::writer::check_template(&template, Some(&request.room_id), &request.sender)?;
+    let mut batch = Batch::begin(svc).await?;
+    let room = room_store::room_by_id(batch.connection().await?, request.room_id.as_str())
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| MasterError::not_found("Unknown room"))?;
+    let pdu = batch.build_checked(&request.room_id, &request.sender, &template).await?;
+    let head = batch.head(&request.room_id).await?.ok_or_else(|| MasterError::not_found("Unknown room"))?;
+    let mut stripped = Vec::new();
+    let kinds = [
+        "m.room.create",
+        "m.room.join_rules",
+        "m.room.name",
+        "m.room.avatar",
+        "m.room.canonical_alias",
+        "m.room.encryption",
+    ];
+    let keys = kinds
+        .iter()
+        .map(|kind| (*kind, ""))
+        .chain(std::iter::once(("m.room.member", request.sender.as_str())));
+    for (kind, key) in keys {
+        if let Some(event) = batch.state_event(&head, kind, key).await? {
+            stripped.push(json!({
+                "type": kind,
+                "state_key": key,
+                "content": event.pdu.content_value(),
+                "sender": event.pdu.sender.as_str(),
+            }));
+        }
+    }
+    let room_version =
+        room.room_version.as_str().try_into().map_err(|_| MasterError::internal("bad room version"))?;
+    Ok(PreparedInvite {
+        room_version,
+        event_id: pdu.event_id.clone(),
+        json: pdu.json.to_string(),
+        invite_room_state: serde_json::Value::Array(stripped),
+    })
+}
+
+/// A prepared invite countersigned by the invitee's server (`origin`): checked again against the
+/// room's state now, and persisted.
+pub(crate) async fn persist_invite(
+    svc: &MasterService,
+    request: AcceptEvents,
+) -> MasterResult<Vec<EventOutcome>> {
+    let mut batch = Batch::begin(svc).await?;
+    let mut outcomes = Vec::new();
+    for (event_id, json) in request.events {
+        let result = match Pdu::from_json(event_id.clone(), Arc::from(json)) {
+            Ok(pdu)
+                if pdu.kind.to_string() == "m.room.member"
+                    && pdu.content_value()["membership"] == "invite"
+                    && pdu
+                        .state_key
+                        .as_deref()
+                        .and_then(|key| ganglion_events::ruma::UserId::parse(key).ok())
+                        .is_some_and(|target| target.server_name().as_str() == request.origin) =>
+            {
+                batch.append_remote(pdu, true).await.map(|_| ())
+            }
+            Ok(_) => Err(MasterError::bad_json("Not an invite of a user of that server")),
+            Err(error) => Err(MasterError::bad_json(error.to_string())),
+        };
+        if batch.is_poisoned() {
+            return Err(result.err().unwrap_or_else(|| MasterError::internal("the batch failed")));
+        }
+        outcomes.push(EventOutcome { event_id, error: result.err() });
+    }
+    batch.commit().await?;
+    Ok(outcomes)
+}
+
+/// Another server's invite of one of our users (checked and countersigned by the federation
+/// reader).
+pub(crate) async fn store_invite(svc: &MasterService, request: StoreInvite) -> MasterResult<()> {
+    let (event_id, json) = request.event;
+    let pdu = Pdu::from_json(event_id, Arc::from(json))
+        .map_err(|error| MasterError::bad_json(error.to_string()))?;
+    let target = pdu.state_key.as_deref().and_then(|key| ganglion_events::ruma::UserId::parse(key).ok());
+    if pdu.kind.to_string() != "m.room.member"
+        || pdu.content_value()["membership"] != "invite"
+        || pdu.room_id != request.room_id
+        || target.is_none_or(|target| target.server_name().as_str() != svc.config.server_name)
+    {
+        return Err(MasterError::bad_json("Not an invite of a user of this server"));
+    }
+    let mut batch = Batch::begin(svc).await?;
+    batch.store_remote_invite(&request.room_version, pdu, &request.invite_room_state.to_string()).await?;
+    batch.commit().await?;
+    Ok(())
 }

@@ -31,10 +31,11 @@ use ganglion_rpc::{
     AcceptEvents, Accounts, CheckPassword, ClaimKeys, ClaimedKey, CreateBackupVersion, CreateFilter,
     CreateRoom, DeleteAlias, DeleteBackupKeys, DeleteBackupVersion, DeleteDevices, Ephemeral, EventOutcome,
     ForgetRoom, ImportRoom, KeyBackup, Keys, LoginRequest, Logout, LogoutAll, MadeJoin, MakeJoin,
-    MasterResult, OneTimeKeyCounts, Presence, PresenceSyncing, PutBackupKeys, RegisterRequest, RenameDevice,
-    RoomKeysUpdate, Rooms, SendEvent, SendToDevice, SessionGrant, SetAccountData, SetAlias, SetPassword,
-    SetPresence, SetProfile, SetReceipt, SetRoomVisibility, SetTyping, SignatureFailure, Streams,
-    TypingSnapshot, UpdateBackupVersion, UpdateMembership, UploadKeys, UploadSignatures, UploadSigningKeys,
+    MasterResult, OneTimeKeyCounts, PreparedInvite, Presence, PresenceSyncing, PutBackupKeys,
+    RegisterRequest, RenameDevice, RoomKeysUpdate, Rooms, SendEvent, SendToDevice, SessionGrant,
+    SetAccountData, SetAlias, SetPassword, SetPresence, SetProfile, SetReceipt, SetRemotePresence,
+    SetRoomVisibility, SetTyping, SignatureFailure, StoreInvite, Streams, TypingSnapshot,
+    UpdateBackupVersion, UpdateMembership, UploadKeys, UploadSignatures, UploadSigningKeys,
 };
 use ganglion_state::Caches;
 use ganglion_storage::Db;
@@ -116,8 +117,8 @@ impl MasterService {
     }
 
     /// Expires typing notifications; run every second or so.
-    pub fn expire_typing(&self) {
-        for (room_id, position) in self.typing.expire(std::time::Instant::now()) {
+    pub async fn expire_typing(&self) {
+        for (room_id, position, users) in self.typing.expire(std::time::Instant::now()) {
             let row = ganglion_replication::StreamRow::new(
                 ganglion_types::StreamKind::Typing,
                 position,
@@ -125,6 +126,7 @@ impl MasterService {
                 Vec::new(),
             );
             self.bus.publish(row);
+            ephemeral::typing_expired(self, &room_id, &users).await;
         }
     }
 
@@ -238,6 +240,18 @@ impl Rooms for MasterService {
     async fn import_room(&self, r: ImportRoom) -> MasterResult<OwnedEventId> {
         federation::import_room(self, r).await
     }
+
+    async fn prepare_invite(&self, r: UpdateMembership) -> MasterResult<PreparedInvite> {
+        federation::prepare_invite(self, r).await
+    }
+
+    async fn persist_invite(&self, r: AcceptEvents) -> MasterResult<Vec<EventOutcome>> {
+        federation::persist_invite(self, r).await
+    }
+
+    async fn store_invite(&self, r: StoreInvite) -> MasterResult<()> {
+        federation::store_invite(self, r).await
+    }
 }
 
 #[async_trait]
@@ -309,6 +323,10 @@ impl Presence for MasterService {
 
     async fn presence_syncing(&self, r: PresenceSyncing) -> MasterResult<()> {
         presence::presence_syncing(self, r).await
+    }
+
+    async fn set_remote_presence(&self, r: SetRemotePresence) -> MasterResult<()> {
+        presence::set_remote_presence(self, r).await
     }
 }
 

@@ -7,19 +7,34 @@
 //!
 //! The state machine ([`UserPresence`]) is pure: timestamps in, changes out.
 //!
+//! Other servers' users' presence comes from their servers (`m.presence`), which apply the
+//! timeouts: it is stored as given and never kept in memory here. A change of one of our users
+//! is queued for every other server that shares a room with them.
+//!
 //! Invariant: a user's presence is changed and written under `PresenceStore::users`, so rows of
 //! one user are written in the order their changes happened.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use ganglion_config::PresenceConfig;
 use ganglion_events::presence::PresenceState;
 use ganglion_replication::StreamRow;
-use ganglion_rpc::{MasterResult, PresenceSyncing, SetPresence};
-use ganglion_storage::{Db, presence::PresenceRow, streams as stream_store};
+use ganglion_rpc::{MasterResult, PresenceSyncing, SetPresence, SetRemotePresence};
+use ganglion_storage::{Db, presence::PresenceRow, rooms as room_store, streams as stream_store};
 use ganglion_types::{StreamKind, StreamPosition};
+use serde_json::{Value, json};
 
-use crate::{MasterService, internal};
+use crate::{
+    MasterService,
+    ephemeral::{is_ours, servers_of},
+    internal,
+};
+
+/// The most users one `m.presence` EDU carries.
+const MAX_PUSHES_PER_EDU: usize = 100;
 
 /// The timeouts of the presence state machine, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +103,20 @@ impl Visible {
         }
     }
 
+    /// An entry of an `m.presence` EDU's `push`.
+    fn push(&self, user_id: &str, now: i64) -> Value {
+        let mut push = json!({
+            "user_id": user_id,
+            "presence": self.state.as_str(),
+            "last_active_ago": (now - self.last_active_ts).max(0),
+            "currently_active": self.currently_active,
+        });
+        if let Some(status_msg) = &self.status_msg {
+            push["status_msg"] = json!(status_msg);
+        }
+        push
+    }
+
     fn row(&self, user_id: &str, stream_pos: i64) -> PresenceRow {
         PresenceRow {
             user_id: user_id.to_owned(),
@@ -147,6 +176,11 @@ impl UserPresence {
         self.device_reports(device_id, presence, now, false);
         self.current.status_msg = status_msg;
         self.refresh(now, timings);
+    }
+
+    /// Another server's user as that server reports them.
+    pub(crate) fn set_remote(&mut self, visible: Visible) {
+        self.current = visible;
     }
 
     /// `device_id` syncs with `presence`: the status message stays.
@@ -297,6 +331,59 @@ pub(crate) async fn presence_syncing(svc: &MasterService, request: PresenceSynci
     write_changes(svc, &mut users, &[user_id.to_owned()]).await
 }
 
+/// Other servers' users' presence, for those who are joined to a room here (no one here could
+/// see anyone else's).
+pub(crate) async fn set_remote_presence(svc: &MasterService, request: SetRemotePresence) -> MasterResult<()> {
+    let store = &svc.presence;
+    if !store.enabled {
+        return Ok(());
+    }
+    let mut updates = Vec::with_capacity(request.updates.len());
+    {
+        let mut conn = svc.db.conn().await.map_err(internal)?;
+        for update in request.updates {
+            if is_ours(svc, &update.user_id) {
+                continue;
+            }
+            let memberships = room_store::memberships_of_user(&mut conn, update.user_id.as_str())
+                .await
+                .map_err(internal)?;
+            if memberships.iter().any(|membership| membership.membership == "join") {
+                updates.push(update);
+            }
+        }
+    }
+    if updates.is_empty() {
+        return Ok(());
+    }
+    let now = ganglion_storage::now_ms();
+    let mut users = store.users.lock().await;
+    let mut user_ids: Vec<String> = Vec::with_capacity(updates.len());
+    let written = async {
+        for update in updates {
+            let user_id = update.user_id.to_string();
+            let user = entry(svc, &mut users, &user_id).await?;
+            if !user_ids.contains(&user_id) {
+                user_ids.push(user_id);
+            }
+            user.set_remote(Visible {
+                state: update.presence,
+                status_msg: update.status_msg,
+                last_active_ts: now
+                    .saturating_sub(i64::try_from(update.last_active_ago_ms).unwrap_or(i64::MAX)),
+                currently_active: update.currently_active,
+            });
+        }
+        write_changes(svc, &mut users, &user_ids).await
+    }
+    .await;
+    // Never kept: the timeouts applied to what is in memory are for our users' devices.
+    for user_id in &user_ids {
+        users.remove(user_id);
+    }
+    written
+}
+
 /// Applies the timeouts to every tracked user and writes what changed.
 pub(crate) async fn expire(svc: &MasterService) -> MasterResult<()> {
     let store = &svc.presence;
@@ -319,7 +406,8 @@ pub(crate) async fn expire(svc: &MasterService) -> MasterResult<()> {
 
 /// Stores a row for each of `user_ids` whose presence changed visibly, in one transaction, and
 /// publishes them. Each row wakes its user and the rooms the user is joined to, so the
-/// long-polls of everyone who shares a room with them see it.
+/// long-polls of everyone who shares a room with them see it. Our users' changes are queued,
+/// in the same transaction, for the other servers that share a room with them.
 async fn write_changes(
     svc: &MasterService,
     users: &mut HashMap<String, UserPresence>,
@@ -334,6 +422,8 @@ async fn write_changes(
         return Ok(());
     }
     let mut wake = Vec::with_capacity(user_ids.len());
+    let mut pushes: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    let now = ganglion_storage::now_ms();
     {
         let mut conn = svc.db.conn().await.map_err(internal)?;
         for user_id in &user_ids {
@@ -345,6 +435,19 @@ async fn write_changes(
                     .filter(|room| room.membership == "join")
                     .map(|room| Arc::from(room.room_id.as_str())),
             );
+            let ours =
+                ganglion_events::ruma::UserId::parse(user_id.as_str()).is_ok_and(|user| is_ours(svc, &user));
+            // Joined to no room: no other server to tell, and no query to ask.
+            if ours && keys.len() > 1 {
+                let remote =
+                    room_store::remote_users_sharing_a_room_with(&mut conn, user_id, &svc.config.server_name)
+                        .await
+                        .map_err(internal)?;
+                let push = users[*user_id].current().push(user_id, now);
+                for server in servers_of(&remote) {
+                    pushes.entry(server).or_default().push(push.clone());
+                }
+            }
             wake.push(keys);
         }
     }
@@ -360,6 +463,18 @@ async fn write_changes(
             .map_err(internal)?;
         rows.push(StreamRow::new(StreamKind::Presence, StreamPosition(position), None, keys));
     }
+    let edus: Vec<(String, String, String)> = pushes
+        .into_iter()
+        .flat_map(|(destination, pushes)| {
+            pushes
+                .chunks(MAX_PUSHES_PER_EDU)
+                .map(|push| {
+                    (destination.clone(), "m.presence".to_owned(), json!({ "push": push }).to_string())
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    ganglion_storage::federation::insert_outbox_edus(&mut tx, &edus, now).await.map_err(internal)?;
     tx.commit().await.map_err(|e| internal(ganglion_storage::StorageError::from(e)))?;
     writer.last_presence_pos = position;
     for user_id in user_ids {

@@ -481,15 +481,17 @@ impl<'w> Batch<'w> {
     /// own auth events (else it is rejected) and against the room's current state (else it is
     /// soft-failed: not persisted, so it never reaches a timeline). An event already persisted
     /// is taken again without effect.
-    pub(crate) async fn append_remote(&mut self, pdu: Pdu) -> MasterResult<Option<StoredEvent>> {
+    /// `own` takes an event of ours that another server countersigned (an invite of its user)
+    /// instead.
+    pub(crate) async fn append_remote(&mut self, pdu: Pdu, own: bool) -> MasterResult<Option<StoredEvent>> {
         if self.event_by_id(pdu.event_id.as_str()).await?.is_some() {
             return Ok(None);
         }
         let Some(head) = self.head(&pdu.room_id).await? else {
             return Err(MasterError::not_found("This server is not in the room"));
         };
-        if pdu.sender.server_name().as_str() == self.svc.config.server_name {
-            return Err(MasterError::forbidden("The event claims a sender of this server"));
+        if (pdu.sender.server_name().as_str() == self.svc.config.server_name) != own {
+            return Err(MasterError::forbidden("The event's sender is not of the server it came from"));
         }
         let rules = head.rules.clone();
         let mut auth_events = Vec::with_capacity(pdu.auth_events.len());
@@ -583,6 +585,10 @@ impl<'w> Batch<'w> {
                     continue;
                 }
                 if let Some(stored) = self.event_by_id(pdu.event_id.as_str()).await? {
+                    // Stored before the join (an invite of ours): part of the state all the same.
+                    if in_state && stored.row.room_nid == room_nid && stored.pdu.state_key.is_some() {
+                        self.add_to_state(room_id, &stored).await?;
+                    }
                     known.insert(pdu.event_id.clone(), stored.pdu.clone());
                     continue;
                 }
@@ -644,6 +650,74 @@ impl<'w> Batch<'w> {
             head.extremities = vec![join_id];
         }
         Ok(event)
+    }
+
+    /// Stores another server's invite of one of our users to a room this server is not in: the
+    /// event (found by id, with its membership, for the invitee's sync) and the stripped state
+    /// sent with it. The room gets no state or head here: joining it imports them.
+    pub(crate) async fn store_remote_invite(
+        &mut self,
+        version: &RoomVersionId,
+        pdu: Pdu,
+        invite_state: &str,
+    ) -> MasterResult<()> {
+        if self.event_by_id(pdu.event_id.as_str()).await?.is_some() {
+            return Ok(());
+        }
+        let room_id = pdu.room_id.clone();
+        if self.head(&room_id).await?.is_some() {
+            // A room we are in: the invite is one more event of it.
+            return self.append_remote(pdu, false).await.map(|_| ());
+        }
+        let rules = ganglion_events::rules_for(version).ok_or_else(|| {
+            MasterError::new(ErrorClass::UnsupportedRoomVersion, "unsupported room version")
+        })?;
+        let conn = self.connection().await?;
+        let room_nid = match room_store::room_by_id(conn, room_id.as_str()).await.map_err(internal)? {
+            Some(room) => room.room_nid,
+            None => room_store::insert_room(conn, room_id.as_str(), version.as_str(), false)
+                .await
+                .map_err(internal)?,
+        };
+        self.heads.insert(
+            room_id.clone(),
+            RoomHead {
+                room_nid,
+                rules: Arc::new(rules),
+                snapshot: Snapshot::empty(),
+                latest_event_id: None,
+                latest_event_nid: None,
+                extremities: Vec::new(),
+                max_depth: 0,
+                bump_pos: 0,
+                remote_joined: Arc::default(),
+            },
+        );
+        let event = self.persist_event(&room_id, pdu, None, true).await;
+        // Not a head: the room's state is not known here.
+        self.heads.remove(&room_id);
+        let event = event?;
+        let conn = self.connection().await?;
+        ganglion_storage::federation::insert_remote_invite_state(conn, event.row.event_nid, invite_state)
+            .await
+            .map_err(internal)
+    }
+
+    /// Makes an event stored earlier part of the room's current state.
+    async fn add_to_state(&mut self, room_id: &RoomId, event: &StoredEvent) -> MasterResult<()> {
+        let Some(mut head) = self.heads.get(room_id).cloned() else { return Ok(()) };
+        let (Some(type_nid), Some(state_key_nid)) = (Some(event.row.type_nid), event.row.state_key_nid)
+        else {
+            return Ok(());
+        };
+        let entry = StateEntry { type_nid, state_key_nid, event_nid: event.row.event_nid };
+        let caches = self.svc.caches.clone();
+        head.snapshot = caches
+            .write_snapshot(self.tx(), head.room_nid, &head.snapshot, &[entry])
+            .await
+            .map_err(internal)?;
+        self.heads.insert(room_id.to_owned(), head);
+        Ok(())
     }
 
     /// Persists an event of a joined room's past: a state event `in_state` becomes part of the

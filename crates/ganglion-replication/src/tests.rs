@@ -73,6 +73,7 @@ fn typing_changes_advance_the_stream_and_expire() {
     assert!(typing.changed_between("!r:x", StreamPosition(0), first));
     let expired = typing.expire(std::time::Instant::now() + Duration::from_secs(31));
     assert_eq!(expired.len(), 1);
+    assert_eq!((expired[0].0.as_str(), &expired[0].2), ("!r:x", &vec!["@a:x".to_owned()]));
     assert!(typing.typing_in_room("!r:x").is_empty());
     assert!(typing.position() > first);
 }

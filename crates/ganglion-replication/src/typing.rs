@@ -59,24 +59,26 @@ impl TypingStore {
         Some(StreamPosition(position))
     }
 
-    /// Drops expired entries; returns the rooms that changed and the new position.
-    pub fn expire(&self, now: Instant) -> Vec<(String, StreamPosition)> {
+    /// Drops expired entries; returns the rooms that changed, each with its new position and
+    /// the users who stopped typing there.
+    pub fn expire(&self, now: Instant) -> Vec<(String, StreamPosition, Vec<String>)> {
         let mut inner = self.inner.lock();
         let mut changed_rooms = Vec::new();
         for (room_id, users) in inner.typing.iter_mut() {
-            let before = users.len();
-            users.retain(|_, expiry| *expiry > now);
-            if users.len() != before {
-                changed_rooms.push(room_id.clone());
+            let expired: Vec<String> =
+                users.iter().filter(|(_, expiry)| **expiry <= now).map(|(user, _)| user.clone()).collect();
+            if !expired.is_empty() {
+                users.retain(|_, expiry| *expiry > now);
+                changed_rooms.push((room_id.clone(), expired));
             }
         }
         inner.typing.retain(|_, users| !users.is_empty());
         let mut changes = Vec::with_capacity(changed_rooms.len());
-        for room_id in changed_rooms {
+        for (room_id, expired) in changed_rooms {
             inner.position += 1;
             let position = inner.position;
             inner.changed_at.insert(room_id.clone(), position);
-            changes.push((room_id, StreamPosition(position)));
+            changes.push((room_id, StreamPosition(position), expired));
         }
         changes
     }

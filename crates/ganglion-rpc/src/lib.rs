@@ -44,11 +44,11 @@ pub use keys::{
     ClaimKeys, ClaimedKey, KeyClaim, Keys, OneTimeKeyCounts, SendToDevice, SignatureFailure, UploadKeys,
     UploadSignatures, UploadSigningKeys,
 };
-pub use presence::{Presence, PresenceSyncing, SetPresence};
+pub use presence::{Presence, PresenceSyncing, RemotePresence, SetPresence, SetRemotePresence};
 pub use rooms::{
     AcceptEvents, CreateRoom, CreateRoomRequest, DeleteAlias, EventOutcome, ForgetRoom, ImportRoom,
-    InitialStateEvent, MadeJoin, MakeJoin, MembershipChange, Preset, ProfileField, Rooms, SendEvent,
-    SetAlias, SetProfile, SetRoomVisibility, UpdateMembership,
+    InitialStateEvent, MadeJoin, MakeJoin, MembershipChange, PreparedInvite, Preset, ProfileField, Rooms,
+    SendEvent, SetAlias, SetProfile, SetRoomVisibility, StoreInvite, UpdateMembership,
 };
 pub use streams::{Streams, TypingSnapshot};
 pub use wire::{AfterCall, Answer, Call, ConvertError};

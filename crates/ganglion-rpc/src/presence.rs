@@ -1,4 +1,5 @@
-//! The `Presence` service: a user's presence set by the client, and devices that sync.
+//! The `Presence` service: a user's presence set by the client, devices that sync, and other
+//! servers' users' presence as their servers report it.
 //!
 //! The master holds the live state and its timeouts; these calls only report what a worker saw.
 //! Sync workers throttle `presence_syncing` per device, so a cluster of syncing users costs
@@ -17,6 +18,7 @@ service! {
     pub trait Presence: presence_server::Presence, presence_client::PresenceClient {
         fn set_presence(SetPresence) -> () as pb::Done;
         fn presence_syncing(PresenceSyncing) -> () as pb::Done;
+        fn set_remote_presence(SetRemotePresence) -> () as pb::Done;
     }
 }
 
@@ -106,5 +108,63 @@ impl Call for PresenceSyncing {
     fn after(&self) -> AfterCall {
         // The sync that reported it shows the user's own new presence.
         AfterCall::AwaitReplication
+    }
+}
+
+/// One user's presence in an `m.presence` EDU from their server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemotePresence {
+    pub user_id: OwnedUserId,
+    pub presence: PresenceState,
+    pub status_msg: Option<String>,
+    pub last_active_ago_ms: u64,
+    pub currently_active: bool,
+}
+
+/// Other servers' users' presence, checked by the federation reader to belong to the server
+/// that sent it.
+#[derive(Debug, Clone)]
+pub struct SetRemotePresence {
+    pub updates: Vec<RemotePresence>,
+}
+
+impl Call for SetRemotePresence {
+    type Message = pb::SetRemotePresenceRequest;
+
+    fn into_message(self) -> pb::SetRemotePresenceRequest {
+        let updates = self
+            .updates
+            .into_iter()
+            .map(|update| pb::RemotePresence {
+                user_id: update.user_id.into(),
+                presence: state_message(update.presence),
+                status_msg: update.status_msg,
+                last_active_ago_ms: update.last_active_ago_ms,
+                currently_active: update.currently_active,
+            })
+            .collect();
+        pb::SetRemotePresenceRequest { updates }
+    }
+
+    fn from_message(message: pb::SetRemotePresenceRequest) -> Result<Self, ConvertError> {
+        let updates = message
+            .updates
+            .into_iter()
+            .map(|update| {
+                Ok(RemotePresence {
+                    user_id: id("user_id", update.user_id)?,
+                    presence: state_of(update.presence)?,
+                    status_msg: update.status_msg,
+                    last_active_ago_ms: update.last_active_ago_ms,
+                    currently_active: update.currently_active,
+                })
+            })
+            .collect::<Result<_, ConvertError>>()?;
+        Ok(SetRemotePresence { updates })
+    }
+
+    fn after(&self) -> AfterCall {
+        // Its sender is another server, which reads nothing back.
+        AfterCall::Nothing
     }
 }

@@ -38,6 +38,13 @@ service! {
         /// A room of other servers one of our users joined: persisted with its state and the
         /// join. Answers the join's id.
         fn import_room(ImportRoom) -> OwnedEventId as pb::EventIdResponse;
+        /// An invite of another server's user (`change` is `Invite`), built and checked but not
+        /// persisted until that server countersigned it.
+        fn prepare_invite(UpdateMembership) -> PreparedInvite as pb::PreparedInviteResponse;
+        /// The prepared invite, countersigned: authorised again and persisted.
+        fn persist_invite(AcceptEvents) -> Vec<EventOutcome> as pb::AcceptEventsResponse;
+        /// Another server's invite of one of our users to a room this server is not in.
+        fn store_invite(StoreInvite) -> () as pb::Done;
     }
 }
 
@@ -511,6 +518,7 @@ pub struct ImportRoom {
     pub room_version: RoomVersionId,
     pub join: (OwnedEventId, String),
     pub state: Vec<(OwnedEventId, String)>,
+    /// The auth chain, and the history before the join: kept outside the room's state.
     pub auth_chain: Vec<(OwnedEventId, String)>,
 }
 
@@ -547,6 +555,81 @@ impl Call for ImportRoom {
             join: (id("join.event_id", join.event_id)?, join.json),
             state: from_remote_events("state.event_id", message.state)?,
             auth_chain: from_remote_events("auth_chain.event_id", message.auth_chain)?,
+        })
+    }
+
+    fn after(&self) -> AfterCall {
+        AfterCall::AwaitReplication
+    }
+
+    fn idempotent(&self) -> bool {
+        true
+    }
+}
+
+/// An invite built for another server to countersign.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreparedInvite {
+    pub room_version: RoomVersionId,
+    pub event_id: OwnedEventId,
+    /// The signed event's canonical JSON.
+    pub json: String,
+    /// Stripped state for the invitee.
+    pub invite_room_state: Value,
+}
+
+impl Answer<pb::PreparedInviteResponse> for PreparedInvite {
+    fn into_message(self) -> pb::PreparedInviteResponse {
+        pb::PreparedInviteResponse {
+            room_version: self.room_version.into(),
+            event: Some(pb::RemoteEvent { event_id: self.event_id.into(), json: self.json }),
+            invite_room_state_json: self.invite_room_state.to_string(),
+        }
+    }
+
+    fn from_message(message: pb::PreparedInviteResponse) -> Result<Self, ConvertError> {
+        let event = message
+            .event
+            .ok_or(ConvertError::InvalidParam { field: "event", reason: "missing".to_owned() })?;
+        Ok(PreparedInvite {
+            room_version: id("room_version", message.room_version)?,
+            event_id: id("event.event_id", event.event_id)?,
+            json: event.json,
+            invite_room_state: json_value("invite_room_state_json", &message.invite_room_state_json)?,
+        })
+    }
+}
+
+/// Another server's invite of one of our users, countersigned by us.
+#[derive(Debug, Clone)]
+pub struct StoreInvite {
+    pub room_id: OwnedRoomId,
+    pub room_version: RoomVersionId,
+    pub event: (OwnedEventId, String),
+    pub invite_room_state: Value,
+}
+
+impl Call for StoreInvite {
+    type Message = pb::StoreInviteRequest;
+
+    fn into_message(self) -> pb::StoreInviteRequest {
+        pb::StoreInviteRequest {
+            room_id: self.room_id.into(),
+            room_version: self.room_version.into(),
+            event: remote_events(vec![self.event]).pop(),
+            invite_room_state_json: self.invite_room_state.to_string(),
+        }
+    }
+
+    fn from_message(message: pb::StoreInviteRequest) -> Result<Self, ConvertError> {
+        let event = message
+            .event
+            .ok_or(ConvertError::InvalidParam { field: "event", reason: "missing".to_owned() })?;
+        Ok(StoreInvite {
+            room_id: id("room_id", message.room_id)?,
+            room_version: id("room_version", message.room_version)?,
+            event: (id("event.event_id", event.event_id)?, event.json),
+            invite_room_state: json_value("invite_room_state_json", &message.invite_room_state_json)?,
         })
     }
 

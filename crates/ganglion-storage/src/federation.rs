@@ -14,6 +14,8 @@ pub struct OutboxRow {
     pub destination: String,
     pub edu_type: String,
     pub content_json: String,
+    /// When it was queued (ms since the epoch).
+    pub created_ts: i64,
 }
 
 /// Queues EDUs `(destination, edu type, content)`; call inside the transaction that makes them.
@@ -49,8 +51,8 @@ pub async fn outbox_destinations(conn: &mut Conn) -> Result<Vec<String>> {
 /// The oldest queued EDUs of `destination`, at most `limit`, in queue order.
 pub async fn outbox_edus_for(conn: &mut Conn, destination: &str, limit: i64) -> Result<Vec<OutboxRow>> {
     let rows = sqlx::query(
-        "SELECT id, destination, edu_type, content_json FROM federation_outbox WHERE destination = $1 \
-         ORDER BY id LIMIT $2",
+        "SELECT id, destination, edu_type, content_json, created_ts FROM federation_outbox \
+         WHERE destination = $1 ORDER BY id LIMIT $2",
     )
     .bind(destination)
     .bind(limit)
@@ -63,6 +65,7 @@ pub async fn outbox_edus_for(conn: &mut Conn, destination: &str, limit: i64) -> 
             destination: row.get(1),
             edu_type: row.get(2),
             content_json: row.get(3),
+            created_ts: row.get(4),
         })
         .collect())
 }
@@ -132,6 +135,21 @@ pub async fn delete_outbox_edus(conn: &mut Conn, ids: &[i64]) -> Result<()> {
     Ok(())
 }
 
+/// Deletes the queued EDUs of `edu_type` queued before `before_ts`, whatever their
+/// destination; how many.
+pub async fn delete_outbox_edus_queued_before(
+    conn: &mut Conn,
+    edu_type: &str,
+    before_ts: i64,
+) -> Result<u64> {
+    let done = sqlx::query("DELETE FROM federation_outbox WHERE edu_type = $1 AND created_ts < $2")
+        .bind(edu_type)
+        .bind(before_ts)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected())
+}
+
 /// The answer given to the transaction `txn_id` of `origin`, if it came before.
 pub async fn inbound_transaction_response(
     conn: &mut Conn,
@@ -167,4 +185,29 @@ pub async fn insert_inbound_transaction(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Records the stripped state another server sent with its invite of one of our users.
+pub async fn insert_remote_invite_state(
+    conn: &mut Conn,
+    event_nid: EventNid,
+    state_json: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO remote_invite_states (event_nid, state_json) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(event_nid.0)
+    .bind(state_json)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The stripped state of a remote invite, when `event_nid` is one.
+pub async fn remote_invite_state(conn: &mut Conn, event_nid: EventNid) -> Result<Option<String>> {
+    let row = sqlx::query("SELECT state_json FROM remote_invite_states WHERE event_nid = $1")
+        .bind(event_nid.0)
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.map(|row| row.get(0)))
 }

@@ -18,6 +18,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (9, include_str!("../migrations/0009_server_keys.sql")),
     (10, include_str!("../migrations/0010_federation_outbox.sql")),
     (11, include_str!("../migrations/0011_room_federation.sql")),
+    (12, include_str!("../migrations/0012_remote_invites.sql")),
 ];
 
 pub(crate) async fn run(db: &Db) -> Result<()> {

@@ -326,6 +326,49 @@ pub async fn users_sharing_a_room_with(conn: &mut Conn, user_id: &str) -> Result
     Ok(users)
 }
 
+/// `LIKE` pattern matching the user ids of `server_name`: the localpart holds no `:`, so the
+/// server is what follows the first one.
+fn users_of_server_pattern(server_name: &str) -> String {
+    let escaped = server_name.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+    format!("@%:{escaped}")
+}
+
+/// The users joined to a room who are not users of `own_server`: whom other servers must
+/// tell of the room's typing and receipts.
+pub async fn remote_joined_members_of_room(
+    conn: &mut Conn,
+    room_nid: RoomNid,
+    own_server: &str,
+) -> Result<Vec<String>> {
+    let rows = sqlx::query(
+        "SELECT user_id FROM memberships WHERE room_nid = $1 AND membership = 'join'
+         AND user_id NOT LIKE $2 ESCAPE '\\' ORDER BY user_id",
+    )
+    .bind(room_nid.0)
+    .bind(users_of_server_pattern(own_server))
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|row| row.get(0)).collect())
+}
+
+/// Every user of another server than `own_server` joined to a room `user_id` is joined to.
+pub async fn remote_users_sharing_a_room_with(
+    conn: &mut Conn,
+    user_id: &str,
+    own_server: &str,
+) -> Result<Vec<String>> {
+    let rows = sqlx::query(
+        "SELECT DISTINCT o.user_id FROM memberships m JOIN memberships o ON o.room_nid = m.room_nid
+         WHERE m.user_id = $1 AND m.membership = 'join' AND o.membership = 'join'
+         AND o.user_id NOT LIKE $2 ESCAPE '\\' ORDER BY o.user_id",
+    )
+    .bind(user_id)
+    .bind(users_of_server_pattern(own_server))
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|row| row.get(0)).collect())
+}
+
 /// The current memberships in `rooms` that changed in `after < stream_pos <= up_to`.
 pub async fn membership_changes_between(
     conn: &mut Conn,

@@ -900,6 +900,20 @@ impl<'a> Computation<'a> {
         if self.ignored.contains(invite.pdu.sender.as_str()) {
             return Ok(None);
         }
+        // Another server's room that this server is not in: the state its invite came with.
+        let remote =
+            ganglion_storage::federation::remote_invite_state(conn.connection().await?, room.event_nid)
+                .await?;
+        if let Some(remote) = remote {
+            let mut stripped: Vec<Value> = serde_json::from_str(&remote).unwrap_or_default();
+            stripped.push(json!({
+                "type": "m.room.member",
+                "state_key": invite.pdu.state_key.as_deref().unwrap_or(""),
+                "content": invite.pdu.content_value(),
+                "sender": invite.pdu.sender.as_str(),
+            }));
+            return Ok(Some(stripped));
+        }
         let snapshot = self.caches.snapshot(conn, invite.row.snapshot_nid).await?;
         let mut events = Vec::with_capacity(INVITE_STATE_TYPES.len() + 2);
         for kind in INVITE_STATE_TYPES {

@@ -14,7 +14,7 @@ use serde_json::{Map, Value, json};
 
 use super::access;
 use crate::ClientState;
-use ganglion_rpc::{ForgetRoom, ImportRoom, MembershipChange, UpdateMembership};
+use ganglion_rpc::{AcceptEvents, ForgetRoom, ImportRoom, MembershipChange, UpdateMembership};
 
 #[derive(Deserialize)]
 struct ReasonBody {
@@ -101,6 +101,19 @@ async fn join_room(
         let mut conn = state.db.conn().await?;
         let room = room_store::room_by_id(&mut conn, room_id.as_str()).await?;
         let profile = ganglion_storage::accounts::profile_of_user(&mut conn, user_id.as_str()).await?;
+        // Invited to a room of other servers: the inviter's server is in it.
+        if let Some(room) = room.as_ref().filter(|room| room.latest_event_nid.is_none()) {
+            let membership =
+                room_store::membership_of_user_in_room(&mut conn, room.room_nid, user_id.as_str()).await?;
+            if let Some(invite) = membership.filter(|membership| membership.membership == "invite") {
+                let rows = ganglion_storage::events::events_by_nid(&mut conn, &[invite.event_nid]).await?;
+                if let Some(sender) =
+                    rows.first().and_then(|row| OwnedUserId::try_from(row.sender.as_str()).ok())
+                {
+                    via.push(sender.server_name().to_owned());
+                }
+            }
+        }
         (room.is_some_and(|room| room.latest_event_nid.is_some()), profile.unwrap_or_default())
     };
     let ours = room_id.server_name().is_some_and(|server| server.as_str() == state.config.server_name);
@@ -135,7 +148,8 @@ async fn join_room(
             room_version: joined.room_version,
             join: pair(joined.join),
             state: joined.state.into_iter().map(pair).collect(),
-            auth_chain: joined.auth_chain.into_iter().map(pair).collect(),
+            // The history is stored like the auth chain: found by id, outside the state.
+            auth_chain: joined.auth_chain.into_iter().chain(joined.history).map(pair).collect(),
         })
         .await?;
     Ok(Json(json!({ "room_id": room_id })))
@@ -222,8 +236,38 @@ async fn change_other(
         limiter.check_on_behalf_of(RateLimitAction::InvitesPerUser, target.as_str(), inviter)?;
     }
     let request = UpdateMembership { sender: session.user_id, room_id, target, change, reason: body.reason };
-    state.master.update_membership(request).await?;
+    if change == MembershipChange::Invite && request.target.server_name().as_str() != state.config.server_name
+    {
+        invite_remote(&state, request).await?;
+    } else {
+        state.master.update_membership(request).await?;
+    }
     Ok(Json(json!({})))
+}
+
+/// An invite of another server's user: built by the master, countersigned by that server, then
+/// persisted.
+async fn invite_remote(state: &ClientState, request: UpdateMembership) -> MatrixResult<()> {
+    let (room_id, target) = (request.room_id.clone(), request.target.clone());
+    let prepared = state.master.prepare_invite(request).await?;
+    let signed = ganglion_federation::remote_invite::invite_remote(
+        &state.federation,
+        &room_id,
+        &prepared.room_version,
+        (prepared.event_id.as_str(), &prepared.json),
+        &prepared.invite_room_state,
+        &target,
+    )
+    .await?;
+    let countersigned = AcceptEvents {
+        origin: target.server_name().to_string(),
+        events: vec![(signed.event_id, signed.json)],
+    };
+    let outcomes = state.master.persist_invite(countersigned).await?;
+    match outcomes.into_iter().find_map(|outcome| outcome.error) {
+        Some(error) => Err(error.into()),
+        None => Ok(()),
+    }
 }
 
 /// The user's own change of membership.

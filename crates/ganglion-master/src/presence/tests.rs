@@ -185,3 +185,30 @@ fn the_timeouts_are_checked_often_enough() {
         ganglion_config::PresenceConfig { enabled: true, idle_timeout_ms: 1_500, offline_timeout_ms: 2_000 };
     assert_eq!(Timings::from_config(&config), Timings { idle: 1_500, offline: 2_000, granularity: 750 });
 }
+
+#[test]
+fn another_servers_user_is_stored_as_reported_and_pushed_as_the_spec_says() {
+    let mut user = UserPresence::stored(None);
+    user.set_remote(visible(Online, Some("remote"), 9_000, true));
+    assert_eq!(written(&mut user, &DEFAULT), Some(visible(Online, Some("remote"), 9_000, true)));
+    // The same report again changes nothing clients see.
+    user.set_remote(visible(Online, Some("remote"), 9_500, true));
+    assert_eq!(written(&mut user, &DEFAULT), None);
+    user.set_remote(visible(Unavailable, None, 9_500, false));
+    assert_eq!(written(&mut user, &DEFAULT), Some(visible(Unavailable, None, 9_500, false)));
+
+    let push = visible(Online, Some("tea"), 9_000, true).push("@a:x", 10_000);
+    assert_eq!(
+        push,
+        serde_json::json!({
+            "user_id": "@a:x",
+            "presence": "online",
+            "status_msg": "tea",
+            "last_active_ago": 1_000,
+            "currently_active": true,
+        })
+    );
+    let push = visible(Offline, None, 0, false).push("@a:x", 10_000);
+    assert_eq!(push.get("status_msg"), None);
+    assert_eq!(push["last_active_ago"], 10_000);
+}

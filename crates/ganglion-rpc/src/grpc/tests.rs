@@ -147,6 +147,17 @@ impl Canned for crate::MadeJoin {
     }
 }
 
+impl Canned for crate::PreparedInvite {
+    fn canned() -> Self {
+        crate::PreparedInvite {
+            room_version: RoomVersionId::V12,
+            event_id: owned_event_id!("$invite"),
+            json: r#"{"type":"m.room.member"}"#.to_owned(),
+            invite_room_state: json!([{ "type": "m.room.name", "content": { "name": "x" } }]),
+        }
+    }
+}
+
 impl Canned for SessionGrant {
     fn canned() -> SessionGrant {
         SessionGrant {
@@ -393,6 +404,27 @@ async fn calls_round_trip_exactly() {
         auth_chain: vec![(owned_event_id!("$create"), r#"{"type":"m.room.create"}"#.to_owned())],
     };
     round_trip(f, import, async |r| m.import_room(r).await).await;
+    let invite = UpdateMembership {
+        sender: alice(),
+        room_id: room(),
+        target: owned_user_id!("@bob:remote.test"),
+        change: MembershipChange::Invite,
+        reason: None,
+    };
+    let prepared = round_trip(f, invite, async |r| m.prepare_invite(r).await).await;
+    assert_eq!(prepared, crate::PreparedInvite::canned());
+    let countersigned = crate::AcceptEvents {
+        origin: "remote.test".to_owned(),
+        events: vec![(owned_event_id!("$invite"), r#"{"type":"m.room.member"}"#.to_owned())],
+    };
+    round_trip(f, countersigned, async |r| m.persist_invite(r).await).await;
+    let store = crate::StoreInvite {
+        room_id: room(),
+        room_version: RoomVersionId::V11,
+        event: (owned_event_id!("$invite"), r#"{"type":"m.room.member"}"#.to_owned()),
+        invite_room_state: json!([{ "type": "m.room.create" }]),
+    };
+    round_trip(f, store, async |r| m.store_invite(r).await).await;
 
     let typing = SetTyping { user_id: alice(), room_id: room(), typing: true, timeout_ms: 30_000 };
     round_trip(f, typing, async |r| m.set_typing(r).await).await;
@@ -509,6 +541,15 @@ async fn calls_round_trip_exactly() {
     let syncing =
         PresenceSyncing { user_id: alice(), device_id: "LAPTOP".into(), presence: PresenceState::Online };
     round_trip(f, syncing, async |r| m.presence_syncing(r).await).await;
+    let remote = |presence, status_msg: Option<&str>| crate::RemotePresence {
+        user_id: "@bob:remote.example".try_into().unwrap(),
+        presence,
+        status_msg: status_msg.map(str::to_owned),
+        last_active_ago_ms: 1234,
+        currently_active: presence == PresenceState::Online,
+    };
+    let updates = vec![remote(PresenceState::Online, Some("at sea")), remote(PresenceState::Offline, None)];
+    round_trip(f, crate::SetRemotePresence { updates }, async |r| m.set_remote_presence(r).await).await;
 
     assert_eq!(master.positions().await.unwrap(), sync_token());
     assert_eq!(master.typing_snapshot().await.unwrap(), typing_snapshot());

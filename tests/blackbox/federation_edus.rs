@@ -1,0 +1,149 @@
+//! Typing notifications, read receipts and presence over federation, both ways between an
+//! embedded Ganglion and a real Synapse sharing a room: each side's `/sync` shows what the other
+//! side's user did.
+
+use ganglion_testkit::{Account, FederationNode, Synapse, enc};
+use serde_json::{Value, json};
+
+use crate::{
+    events_of,
+    federation_rooms::{joined_members, synapse_account, wait_for_messages},
+    joined_events,
+};
+
+/// Long-polls `account`'s `/sync` from `since` (advancing it) until `found` accepts a response,
+/// at most 100 times half a second.
+async fn sync_until(
+    account: &Account,
+    since: &mut String,
+    what: &str,
+    found: impl Fn(&Value) -> bool,
+    log: impl Fn() -> String,
+) -> Value {
+    for _ in 0..100 {
+        let sync = account.sync(&format!("since={}&timeout=500", enc(since))).await.unwrap();
+        *since = sync["next_batch"].as_str().expect("sync without next_batch").to_owned();
+        if found(&sync) {
+            return sync;
+        }
+    }
+    panic!("{} never saw {what}\n{}", account.user_id, log());
+}
+
+/// The users typing in the room, as the last `m.typing` of a sync response says (`None` without
+/// one).
+fn typing_in(sync: &Value, room_id: &str) -> Option<Vec<String>> {
+    joined_events(sync, room_id, "ephemeral").into_iter().rev().find(|event| event["type"] == "m.typing").map(
+        |event| {
+            event["content"]["user_ids"]
+                .as_array()
+                .map(|ids| ids.iter().filter_map(|id| id.as_str().map(str::to_owned)).collect())
+                .unwrap_or_default()
+        },
+    )
+}
+
+/// Whether a sync response carries `user_id`'s `m.read` receipt of `event_id` in the room.
+fn has_receipt(sync: &Value, room_id: &str, event_id: &str, user_id: &str) -> bool {
+    joined_events(sync, room_id, "ephemeral")
+        .into_iter()
+        .filter(|event| event["type"] == "m.receipt")
+        .any(|event| event["content"][event_id]["m.read"][user_id]["ts"].is_i64())
+}
+
+/// `user_id`'s newest presence content in a sync response.
+fn presence_of<'a>(sync: &'a Value, user_id: &str) -> Option<&'a Value> {
+    events_of(&sync["presence"])
+        .into_iter()
+        .rev()
+        .find(|event| event["sender"] == user_id)
+        .map(|e| &e["content"])
+}
+
+async fn set_typing(account: &Account, room_id: &str, typing: bool) {
+    let path = format!("/rooms/{}/typing/{}", enc(room_id), enc(&account.user_id));
+    let response = account.put(&path, &json!({ "typing": typing, "timeout": 30_000 })).await.unwrap();
+    assert_eq!(response.status, 200, "{}", response.text);
+}
+
+async fn send_receipt(account: &Account, room_id: &str, event_id: &str) {
+    let path = format!("/rooms/{}/receipt/m.read/{}", enc(room_id), enc(event_id));
+    let response = account.post(&path, &json!({})).await.unwrap();
+    assert_eq!(response.status, 200, "{}", response.text);
+}
+
+async fn set_presence(account: &Account, status_msg: &str) {
+    let path = format!("/presence/{}/status", enc(&account.user_id));
+    let body = json!({ "presence": "online", "status_msg": status_msg });
+    let response = account.put(&path, &body).await.unwrap();
+    assert_eq!(response.status, 200, "{}", response.text);
+}
+
+#[tokio::test]
+async fn typing_receipts_and_presence_cross_between_ganglion_and_synapse() {
+    crate::run(async {
+        let (synapse, ganglion) = tokio::join!(Synapse::start(), FederationNode::start());
+        let (synapse, ganglion) = (synapse.unwrap(), ganglion.unwrap());
+        let log = || format!("--- ganglion\n{}\n--- synapse\n{}", ganglion.log(), synapse.log());
+        let alice = ganglion.client_api().register("alice", crate::PASSWORD).await.unwrap();
+        let bob = synapse_account(&synapse, "bob").await;
+        let room_id = alice.create_room(&json!({ "preset": "public_chat", "name": "edus" })).await.unwrap();
+        let join = bob
+            .post(&format!("/join/{}?server_name={}", enc(&room_id), enc(ganglion.server_name())), &json!({}))
+            .await
+            .unwrap();
+        assert_eq!(join.status, 200, "{}\n{}", join.text, log());
+        let mut members = vec![alice.user_id.clone(), bob.user_id.clone()];
+        members.sort();
+        assert_eq!(joined_members(&alice, &room_id).await, members, "on Ganglion");
+        assert_eq!(joined_members(&bob, &room_id).await, members, "on Synapse");
+        let initial = |sync: Value| sync["next_batch"].as_str().unwrap().to_owned();
+        let mut alice_since = initial(alice.sync("").await.unwrap());
+        let mut bob_since = initial(bob.sync("").await.unwrap());
+
+        // Typing, both ways, and its end.
+        set_typing(&alice, &room_id, true).await;
+        let alice_typing =
+            |sync: &Value| typing_in(sync, &room_id).is_some_and(|ids| ids.contains(&alice.user_id));
+        sync_until(&bob, &mut bob_since, "alice typing", alice_typing, log).await;
+        set_typing(&alice, &room_id, false).await;
+        let alice_stopped =
+            |sync: &Value| typing_in(sync, &room_id).is_some_and(|ids| !ids.contains(&alice.user_id));
+        sync_until(&bob, &mut bob_since, "alice stop typing", alice_stopped, log).await;
+        set_typing(&bob, &room_id, true).await;
+        let bob_typing =
+            |sync: &Value| typing_in(sync, &room_id).is_some_and(|ids| ids.contains(&bob.user_id));
+        sync_until(&alice, &mut alice_since, "bob typing", bob_typing, log).await;
+
+        // Read receipts, both ways, of a message each server has.
+        let from_alice = alice.send_text(&room_id, "read me, bob").await.unwrap();
+        wait_for_messages(&bob, &room_id, 1, log).await;
+        send_receipt(&bob, &room_id, &from_alice).await;
+        let bob_read = |sync: &Value| has_receipt(sync, &room_id, &from_alice, &bob.user_id);
+        sync_until(&alice, &mut alice_since, "bob's receipt", bob_read, log).await;
+        let from_bob = bob.send_text(&room_id, "read me, alice").await.unwrap();
+        wait_for_messages(&alice, &room_id, 2, log).await;
+        send_receipt(&alice, &room_id, &from_bob).await;
+        let alice_read = |sync: &Value| has_receipt(sync, &room_id, &from_bob, &alice.user_id);
+        sync_until(&bob, &mut bob_since, "alice's receipt", alice_read, log).await;
+
+        // Presence with a status message, both ways.
+        set_presence(&alice, "on ganglion").await;
+        let alice_status = |sync: &Value| {
+            presence_of(sync, &alice.user_id).is_some_and(|content| {
+                content["presence"] == "online" && content["status_msg"] == "on ganglion"
+            })
+        };
+        sync_until(&bob, &mut bob_since, "alice's presence", alice_status, log).await;
+        set_presence(&bob, "on synapse").await;
+        let bob_status = |sync: &Value| {
+            presence_of(sync, &bob.user_id).is_some_and(|content| {
+                content["presence"] == "online" && content["status_msg"] == "on synapse"
+            })
+        };
+        sync_until(&alice, &mut alice_since, "bob's presence", bob_status, log).await;
+        let status = alice.get(&format!("/presence/{}/status", enc(&bob.user_id))).await.unwrap().ok();
+        assert_eq!((&status["presence"], &status["status_msg"]), (&json!("online"), &json!("on synapse")));
+    })
+    .await
+}
