@@ -278,12 +278,16 @@ async fn a_ganglion_user_joins_synapse_rooms_by_alias_and_by_id() {
 /// Polls `account`'s sync (bounded) until `room_id` is in its `rooms.invite`; answers the
 /// invite's stripped state.
 async fn wait_for_invite(account: &Account, room_id: &str, log: impl Fn() -> String) -> Vec<Value> {
-    for _ in 0..100 {
-        let sync = account.sync("timeout=0").await.unwrap();
+    // Incremental syncs: Synapse answers a repeated initial sync from a cache for a while.
+    let mut since: Option<String> = None;
+    for _ in 0..60 {
+        let query =
+            since.as_ref().map_or("timeout=0".to_owned(), |token| format!("since={token}&timeout=500"));
+        let sync = account.sync(&query).await.unwrap();
         if let Some(events) = sync["rooms"]["invite"][room_id]["invite_state"]["events"].as_array() {
             return events.clone();
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        since = sync["next_batch"].as_str().map(str::to_owned);
     }
     panic!("{} never saw the invite to {room_id}\n{}", account.user_id, log());
 }
@@ -345,6 +349,32 @@ async fn invites_cross_servers_both_ways_with_synapse() {
         let sync = alice.sync("").await.unwrap();
         assert!(sync["rooms"]["join"][&theirs].is_object(), "{sync}");
         assert!(sync["rooms"]["invite"].get(&theirs).is_none(), "{sync}");
+
+        // Invites declined both ways (make_leave and send_leave): each server ends with a leave.
+        let declined = alice.create_room(&json!({ "preset": "private_chat" })).await.unwrap();
+        alice.invite(&declined, &bob.user_id).await.unwrap();
+        wait_for_invite(&bob, &declined, log).await;
+        let left = bob.post(&format!("/rooms/{}/leave", enc(&declined)), &json!({})).await.unwrap();
+        assert_eq!(left.status, 200, "{}\n{}", left.text, log());
+        let member = alice
+            .get(&format!("/rooms/{}/state/m.room.member/{}", enc(&declined), enc(&bob.user_id)))
+            .await
+            .unwrap()
+            .ok();
+        assert_eq!(member["membership"], "leave", "{}", log());
+        let declined = bob.create_room(&json!({ "preset": "private_chat" })).await.unwrap();
+        bob.invite(&declined, &alice.user_id).await.unwrap();
+        wait_for_invite(&alice, &declined, log).await;
+        let left = alice.post(&format!("/rooms/{}/leave", enc(&declined)), &json!({})).await.unwrap();
+        assert_eq!(left.status, 200, "{}\n{}", left.text, log());
+        let member = bob
+            .get(&format!("/rooms/{}/state/m.room.member/{}", enc(&declined), enc(&alice.user_id)))
+            .await
+            .unwrap()
+            .ok();
+        assert_eq!(member["membership"], "leave", "{}", log());
+        let sync = alice.sync("").await.unwrap();
+        assert!(sync["rooms"]["invite"].get(&declined).is_none(), "{sync}");
 
         // An invite of a user this server does not have is refused by it.
         let nobody = format!("@nobody:{}", ganglion.server_name());

@@ -1,12 +1,13 @@
 //! Another server's user joining a room of ours: `make_join` hands out the event to sign, built
 //! by the master on the room's current state; `send_join` checks the signed event, has the
 //! master authorise and persist it, and answers the room's state before it with its auth chain.
+//! `make_leave` and `send_leave` do the same for a leave (an invite declined).
 
 use axum::{
     Json,
     extract::{Path, RawQuery, State},
 };
-use ganglion_events::ruma::{OwnedRoomId, OwnedUserId, RoomVersionId, UserId};
+use ganglion_events::ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomVersionId, UserId};
 use ganglion_federation::pdu::check_pdu;
 use ganglion_http::{MatrixError, MatrixResult};
 use ganglion_rpc::{AcceptEvents, MakeJoin};
@@ -32,7 +33,7 @@ pub(crate) async fn make_join(
     if versions.is_empty() {
         versions.push("1".to_owned());
     }
-    let made = state.master.make_join(MakeJoin { room_id, user_id, versions }).await?;
+    let made = state.master.make_join(MakeJoin { room_id, user_id, versions, leave: false }).await?;
     Ok(Json(json!({ "room_version": made.room_version, "event": made.event })))
 }
 
@@ -43,51 +44,9 @@ pub(crate) async fn send_join(
     Path((room_id, event_id)): Path<(String, String)>,
     signed: Signed,
 ) -> MatrixResult<Json<Value>> {
-    let pdu: Value = serde_json::from_slice(&signed.body)
-        .map_err(|error| MatrixError::bad_json(format!("Invalid event: {error}")))?;
-    let room = {
-        let mut conn = state.db.conn().await?;
-        ganglion_storage::rooms::room_by_id(&mut conn, &room_id).await?
-    };
-    let Some(room) = room.filter(|room| room.latest_event_nid.is_some()) else {
-        return Err(MatrixError::not_found("Unknown room"));
-    };
-    let version = RoomVersionId::try_from(room.room_version.as_str())
-        .map_err(|_| MatrixError::internal("a stored room version does not parse"))?;
-    let checked = check_pdu(&state.federation.keyring, &version, &pdu).await?;
-    if checked.event_id.as_str() != event_id {
-        return Err(MatrixError::bad_json(format!("The event's id is {}, not {event_id}", checked.event_id)));
-    }
-    if checked.room_id.as_str() != room_id {
-        return Err(MatrixError::bad_json("The event is not of this room"));
-    }
-    let field = |name: &str| pdu.get(name).and_then(Value::as_str).unwrap_or_default();
-    let sender =
-        UserId::parse(field("sender")).map_err(|_| MatrixError::bad_json("sender is not a user id"))?;
-    if field("type") != "m.room.member"
-        || field("state_key") != sender.as_str()
-        || pdu["content"]["membership"] != "join"
-    {
-        return Err(MatrixError::bad_json("Not a join event of its sender"));
-    }
-    if sender.server_name() != signed.origin {
-        return Err(MatrixError::forbidden("The joining user is not a user of the requesting server"));
-    }
-    if checked.redacted {
-        return Err(MatrixError::bad_json("The event's content does not match its hash"));
-    }
-    let outcomes = state
-        .master
-        .accept_events(AcceptEvents {
-            origin: signed.origin.to_string(),
-            events: vec![(checked.event_id.clone(), checked.json.clone())],
-        })
-        .await?;
-    if let Some(error) = outcomes.into_iter().find_map(|outcome| outcome.error) {
-        return Err(error.into());
-    }
+    let (room, join, pdu) = take_membership(&state, (&room_id, &event_id), &signed, "join").await?;
     let mut reader = Reader::new(&state).await?;
-    let join = reader.event_in_room(checked.event_id.as_str(), room.room_nid).await?;
+    let join = reader.event_in_room(join.as_str(), room.room_nid).await?;
     let state_events = reader.state_before(&join).await?;
     let mut chain_of = state_events.clone();
     chain_of.push(join.clone());
@@ -116,6 +75,87 @@ pub(crate) async fn send_join(
         "members_omitted": false,
         "servers_in_room": servers_in_room,
     })))
+}
+
+/// `GET /_matrix/federation/v1/make_leave/{roomId}/{userId}`: for a user of the asking server
+/// who was invited (or is joined) and leaves.
+pub(crate) async fn make_leave(
+    State(state): State<FederationState>,
+    Path((room_id, user_id)): Path<(String, String)>,
+    signed: Signed,
+) -> MatrixResult<Json<Value>> {
+    let room_id = OwnedRoomId::try_from(room_id).map_err(|_| MatrixError::invalid_param("Not a room id"))?;
+    let user_id = OwnedUserId::try_from(user_id).map_err(|_| MatrixError::invalid_param("Not a user id"))?;
+    if user_id.server_name() != signed.origin {
+        return Err(MatrixError::forbidden("The user is not a user of the requesting server"));
+    }
+    let made =
+        state.master.make_join(MakeJoin { room_id, user_id, versions: Vec::new(), leave: true }).await?;
+    Ok(Json(json!({ "room_version": made.room_version, "event": made.event })))
+}
+
+/// `PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}`.
+pub(crate) async fn send_leave(
+    State(state): State<FederationState>,
+    Path((room_id, event_id)): Path<(String, String)>,
+    signed: Signed,
+) -> MatrixResult<Json<Value>> {
+    take_membership(&state, (&room_id, &event_id), &signed, "leave").await?;
+    Ok(Json(json!({})))
+}
+
+/// Checks a member event of the asking server's user (`membership` being what it must be) and
+/// has the master authorise and persist it.
+async fn take_membership(
+    state: &FederationState,
+    (room_id, event_id): (&str, &str),
+    signed: &Signed,
+    membership: &str,
+) -> MatrixResult<(ganglion_storage::rooms::RoomRow, OwnedEventId, Value)> {
+    let pdu: Value = serde_json::from_slice(&signed.body)
+        .map_err(|error| MatrixError::bad_json(format!("Invalid event: {error}")))?;
+    let room = {
+        let mut conn = state.db.conn().await?;
+        ganglion_storage::rooms::room_by_id(&mut conn, room_id).await?
+    };
+    let Some(room) = room.filter(|room| room.latest_event_nid.is_some()) else {
+        return Err(MatrixError::not_found("Unknown room"));
+    };
+    let version = RoomVersionId::try_from(room.room_version.as_str())
+        .map_err(|_| MatrixError::internal("a stored room version does not parse"))?;
+    let checked = check_pdu(&state.federation.keyring, &version, &pdu).await?;
+    if checked.event_id.as_str() != event_id {
+        return Err(MatrixError::bad_json(format!("The event's id is {}, not {event_id}", checked.event_id)));
+    }
+    if checked.room_id.as_str() != room_id {
+        return Err(MatrixError::bad_json("The event is not of this room"));
+    }
+    let field = |name: &str| pdu.get(name).and_then(Value::as_str).unwrap_or_default();
+    let sender =
+        UserId::parse(field("sender")).map_err(|_| MatrixError::bad_json("sender is not a user id"))?;
+    if field("type") != "m.room.member"
+        || field("state_key") != sender.as_str()
+        || pdu["content"]["membership"] != membership
+    {
+        return Err(MatrixError::bad_json(format!("Not a {membership} event of its sender")));
+    }
+    if sender.server_name() != signed.origin {
+        return Err(MatrixError::forbidden("The user is not a user of the requesting server"));
+    }
+    if checked.redacted {
+        return Err(MatrixError::bad_json("The event's content does not match its hash"));
+    }
+    let outcomes = state
+        .master
+        .accept_events(AcceptEvents {
+            origin: signed.origin.to_string(),
+            events: vec![(checked.event_id.clone(), checked.json.clone())],
+        })
+        .await?;
+    if let Some(error) = outcomes.into_iter().find_map(|outcome| outcome.error) {
+        return Err(error.into());
+    }
+    Ok((room, checked.event_id, pdu))
 }
 
 /// `key=value` pairs of a query string, decoded (a key may repeat).

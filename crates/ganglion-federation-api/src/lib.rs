@@ -45,6 +45,8 @@ pub fn routes() -> Vec<Route<FederationState>> {
         Route::put("/_matrix/federation/v1/send/{txnId}", Fed, send::send_transaction),
         Route::get("/_matrix/federation/v1/make_join/{roomId}/{userId}", Fed, join::make_join),
         Route::put("/_matrix/federation/v2/send_join/{roomId}/{eventId}", Fed, join::send_join),
+        Route::get("/_matrix/federation/v1/make_leave/{roomId}/{userId}", Fed, join::make_leave),
+        Route::put("/_matrix/federation/v2/send_leave/{roomId}/{eventId}", Fed, join::send_leave),
         Route::put("/_matrix/federation/v2/invite/{roomId}/{eventId}", Fed, invite::invite),
         Route::get("/_matrix/federation/v1/event/{eventId}", Fed, events::event),
         Route::get("/_matrix/federation/v1/state/{roomId}", Fed, events::room_state),

@@ -187,3 +187,54 @@ async fn check_all(
     }
     Ok(checked)
 }
+
+/// Our user declining an invite to a room of other servers: `make_leave` on `server`, our leave
+/// signed on its template, `send_leave` v2. Answers the room's version and the leave event.
+pub async fn leave_remote(
+    federation: &Federation,
+    server: &ServerName,
+    room_id: &RoomId,
+    user_id: &UserId,
+) -> Result<(RoomVersionId, ganglion_events::Pdu), FederationError> {
+    let client = &federation.client;
+    let bad = |message: String| FederationError::BadResponse { destination: server.to_string(), message };
+    let path = format!(
+        "/_matrix/federation/v1/make_leave/{}/{}",
+        encode(room_id.as_str()),
+        encode(user_id.as_str())
+    );
+    let made = client.get(server, &path).await?;
+    let version = made["room_version"].as_str().unwrap_or("1");
+    let room_version =
+        RoomVersionId::try_from(version).map_err(|_| bad(format!("room version {version:?}")))?;
+    let rules =
+        rules_for(&room_version).ok_or_else(|| FederationError::UnsupportedRoomVersion(version.into()))?;
+    let template = &made["event"];
+    let ids = |field: &str| -> Result<Vec<OwnedEventId>, FederationError> {
+        serde_json::from_value(template[field].clone()).map_err(|e| bad(format!("{field}: {e}")))
+    };
+    let depth = template["depth"].as_u64().ok_or_else(|| bad("no depth in the template".into()))?;
+    let event =
+        EventTemplate::state("m.room.member", user_id.as_str(), serde_json::json!({ "membership": "leave" }));
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let pdu = build_pdu(
+        client.key(),
+        &rules,
+        Some(room_id),
+        user_id,
+        &event,
+        &ids("prev_events")?,
+        &ids("auth_events")?,
+        depth,
+        now,
+    )
+    .map_err(|error| bad(format!("the leave event cannot be built: {error}")))?;
+    let body: Value = serde_json::from_str(&pdu.json).map_err(|e| bad(e.to_string()))?;
+    let path = format!(
+        "/_matrix/federation/v2/send_leave/{}/{}",
+        encode(room_id.as_str()),
+        encode(pdu.event_id.as_str())
+    );
+    client.request(http::Method::PUT, server, &path, Some(&body)).await?;
+    Ok((room_version, pdu))
+}

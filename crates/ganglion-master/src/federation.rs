@@ -51,14 +51,15 @@ pub(crate) async fn make_join(svc: &MasterService, request: MakeJoin) -> MasterR
         .await
         .map_err(internal)?
         .ok_or_else(|| MasterError::not_found("Unknown room"))?;
-    if !request.versions.contains(&room.room_version) {
+    if !request.leave && !request.versions.contains(&room.room_version) {
         return Err(MasterError::new(
             ErrorClass::IncompatibleRoomVersion { room_version: room.room_version.clone() },
             format!("The room's version is {}, which the joining server does not support", room.room_version),
         ));
     }
+    let membership = if request.leave { "leave" } else { "join" };
     let template =
-        EventTemplate::state("m.room.member", request.user_id.as_str(), json!({ "membership": "join" }));
+        EventTemplate::state("m.room.member", request.user_id.as_str(), json!({ "membership": membership }));
     let pdu = batch.build_checked(&request.room_id, &request.user_id, &template).await?;
     let mut event: serde_json::Value =
         serde_json::from_str(&pdu.json).map_err(|e| MasterError::internal(e.to_string()))?;
@@ -198,12 +199,14 @@ pub(crate) async fn store_invite(svc: &MasterService, request: StoreInvite) -> M
     let pdu = Pdu::from_json(event_id, Arc::from(json))
         .map_err(|error| MasterError::bad_json(error.to_string()))?;
     let target = pdu.state_key.as_deref().and_then(|key| ganglion_events::ruma::UserId::parse(key).ok());
-    if pdu.kind.to_string() != "m.room.member"
-        || pdu.content_value()["membership"] != "invite"
-        || pdu.room_id != request.room_id
-        || target.is_none_or(|target| target.server_name().as_str() != svc.config.server_name)
-    {
-        return Err(MasterError::bad_json("Not an invite of a user of this server"));
+    let ours = |user: &ganglion_events::ruma::UserId| user.server_name().as_str() == svc.config.server_name;
+    let invite = pdu.content_value()["membership"] == "invite" && target.as_deref().is_some_and(ours);
+    // Our user's rejection of such an invite.
+    let rejection = pdu.content_value()["membership"] == "leave"
+        && ours(&pdu.sender)
+        && target.as_deref() == Some(&*pdu.sender);
+    if pdu.kind.to_string() != "m.room.member" || pdu.room_id != request.room_id || !(invite || rejection) {
+        return Err(MasterError::bad_json("Neither an invite of a user of this server nor its rejection"));
     }
     let mut batch = Batch::begin(svc).await?;
     batch.store_remote_invite(&request.room_version, pdu, &request.invite_room_state.to_string()).await?;

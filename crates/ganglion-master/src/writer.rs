@@ -654,7 +654,8 @@ impl<'w> Batch<'w> {
 
     /// Stores another server's invite of one of our users to a room this server is not in: the
     /// event (found by id, with its membership, for the invitee's sync) and the stripped state
-    /// sent with it. The room gets no state or head here: joining it imports them.
+    /// sent with it. The room gets no state or head here: joining it imports them. Our user's
+    /// rejection of such an invite is stored the same way.
     pub(crate) async fn store_remote_invite(
         &mut self,
         version: &RoomVersionId,
@@ -693,10 +694,14 @@ impl<'w> Batch<'w> {
                 remote_joined: Arc::default(),
             },
         );
+        let is_invite = pdu.content_value()["membership"] == "invite";
         let event = self.persist_event(&room_id, pdu, None, true).await;
         // Not a head: the room's state is not known here.
         self.heads.remove(&room_id);
         let event = event?;
+        if !is_invite {
+            return Ok(());
+        }
         let conn = self.connection().await?;
         ganglion_storage::federation::insert_remote_invite_state(conn, event.row.event_nid, invite_state)
             .await

@@ -648,6 +648,8 @@ pub struct MakeJoin {
     pub room_id: OwnedRoomId,
     pub user_id: OwnedUserId,
     pub versions: Vec<String>,
+    /// A leave template (`make_leave`) instead of a join.
+    pub leave: bool,
 }
 
 impl Call for MakeJoin {
@@ -658,6 +660,7 @@ impl Call for MakeJoin {
             room_id: self.room_id.into(),
             user_id: self.user_id.into(),
             versions: self.versions,
+            leave: self.leave,
         }
     }
 
@@ -666,6 +669,7 @@ impl Call for MakeJoin {
             room_id: id("room_id", message.room_id)?,
             user_id: id("user_id", message.user_id)?,
             versions: message.versions,
+            leave: message.leave,
         })
     }
 

@@ -14,7 +14,7 @@ use serde_json::{Map, Value, json};
 
 use super::access;
 use crate::ClientState;
-use ganglion_rpc::{AcceptEvents, ForgetRoom, ImportRoom, MembershipChange, UpdateMembership};
+use ganglion_rpc::{AcceptEvents, ForgetRoom, ImportRoom, MembershipChange, StoreInvite, UpdateMembership};
 
 #[derive(Deserialize)]
 struct ReasonBody {
@@ -164,8 +164,85 @@ pub(crate) async fn leave(
     let body: ReasonBody = access::from_object(body)?;
     let room_id = access::room_id(&room_id)?;
     let user_id = &session.user_id;
+    if let Some(invite) = remote_invite(&state, &room_id, user_id).await? {
+        decline_remote_invite(&state, &room_id, user_id, invite).await?;
+        return Ok(Json(json!({})));
+    }
     state.master.update_membership(own(user_id, room_id, MembershipChange::Leave, body.reason)).await?;
     Ok(Json(json!({})))
+}
+
+/// The invite of `user_id` to a room of other servers this server is not in, if that is all
+/// there is of the room here.
+async fn remote_invite(
+    state: &ClientState,
+    room_id: &OwnedRoomId,
+    user_id: &OwnedUserId,
+) -> MatrixResult<Option<(String, ganglion_state::StoredEvent)>> {
+    let mut conn = state.db.conn().await?;
+    let Some(room) = room_store::room_by_id(&mut conn, room_id.as_str()).await? else { return Ok(None) };
+    if room.latest_event_nid.is_some() {
+        return Ok(None);
+    }
+    let membership =
+        room_store::membership_of_user_in_room(&mut conn, room.room_nid, user_id.as_str()).await?;
+    let Some(invite) = membership.filter(|membership| membership.membership == "invite") else {
+        return Ok(None);
+    };
+    let rows = ganglion_storage::events::events_by_nid(&mut conn, &[invite.event_nid]).await?;
+    let Some(row) = rows.into_iter().next() else { return Ok(None) };
+    Ok(Some((room.room_version, ganglion_state::StoredEvent::from_row(row)?)))
+}
+
+/// Declines an invite to a room of other servers: through the inviting server
+/// (`make_leave`/`send_leave`), or, when it cannot be reached, here alone with a leave that
+/// follows the invite, so the user is never stuck with it.
+async fn decline_remote_invite(
+    state: &ClientState,
+    room_id: &OwnedRoomId,
+    user_id: &OwnedUserId,
+    (version, invite): (String, ganglion_state::StoredEvent),
+) -> MatrixResult<()> {
+    let server = invite.pdu.sender.server_name().to_owned();
+    let (room_version, leave) =
+        match ganglion_federation::remote_join::leave_remote(&state.federation, &server, room_id, user_id)
+            .await
+        {
+            Ok(left) => left,
+            Err(error) => {
+                tracing::info!(%room_id, %server, %error, "declined an invite without its server");
+                let room_version = ganglion_events::ruma::RoomVersionId::try_from(version.as_str())
+                    .map_err(|_| MatrixError::internal("a stored room version does not parse"))?;
+                let rules = ganglion_events::rules_for(&room_version)
+                    .ok_or_else(|| MatrixError::internal("an invite of an unsupported room version"))?;
+                let template = ganglion_events::EventTemplate::state(
+                    "m.room.member",
+                    user_id.as_str(),
+                    json!({ "membership": "leave" }),
+                );
+                let ids = [invite.pdu.event_id.clone()];
+                let pdu = ganglion_events::build_pdu(
+                    state.federation.client.key(),
+                    &rules,
+                    Some(room_id),
+                    user_id,
+                    &template,
+                    &ids,
+                    &ids,
+                    u64::from(invite.pdu.depth) + 1,
+                    ganglion_storage::now_ms().max(0) as u64,
+                )?;
+                (room_version, pdu)
+            }
+        };
+    let store = StoreInvite {
+        room_id: room_id.clone(),
+        room_version,
+        event: (leave.event_id.clone(), leave.json.to_string()),
+        invite_room_state: json!([]),
+    };
+    state.master.store_invite(store).await?;
+    Ok(())
 }
 
 /// `POST /rooms/{roomId}/forget`. The master refuses (400 `M_UNKNOWN`) while the user is still

@@ -393,6 +393,7 @@ async fn calls_round_trip_exactly() {
         room_id: room(),
         user_id: owned_user_id!("@bob:remote.test"),
         versions: vec!["10".to_owned(), "11".to_owned()],
+        leave: true,
     };
     let made = round_trip(f, make_join, async |r| m.make_join(r).await).await;
     assert_eq!(made, crate::MadeJoin::canned());
