@@ -413,6 +413,30 @@ async fn a_peer_that_was_down_receives_every_message_it_missed() {
         let expected: Vec<(String, String)> =
             (1..=20).map(|n| (alice.user_id.clone(), format!("while you were out {n}"))).collect();
         assert_eq!(seen, expected);
+
+        // The other way round: Ganglion is down while Bob writes; Synapse's retries deliver
+        // them once it is back.
+        let mut ganglion = ganglion;
+        ganglion.stop().await.unwrap();
+        for n in 1..=5 {
+            bob.send_text(&room_id, &format!("while Ganglion was out {n}")).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        ganglion.start_again().await.unwrap();
+        let log = || format!("--- ganglion\n{}\n--- synapse\n{}", ganglion.log(), synapse.log());
+        alice.send_text(&room_id, "back").await.unwrap();
+        let seen = wait_for_messages(&alice, &room_id, 26, log).await;
+        let missed: Vec<&str> = seen
+            .iter()
+            .map(|(_, body)| body.as_str())
+            .filter(|body| body.starts_with("while Ganglion"))
+            .collect();
+        assert_eq!(
+            missed,
+            (1..=5).map(|n| format!("while Ganglion was out {n}")).collect::<Vec<_>>(),
+            "{}",
+            log()
+        );
     })
     .await
 }

@@ -8,10 +8,11 @@ use axum::{
     Json,
     extract::{Path, State},
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
+use ganglion_events::ruma::ServerName;
 use ganglion_events::ruma::{CanonicalJsonValue, OwnedDeviceId, RoomVersionId, UserId};
-use ganglion_federation::pdu::{check_pdu, event_id_of};
+use ganglion_federation::pdu::{CheckedPdu, check_pdu, event_id_of};
 use ganglion_http::{MatrixError, MatrixResult};
 use ganglion_rpc::{AcceptEvents, SendToDevice};
 use ganglion_types::ErrorClass;
@@ -19,6 +20,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::{FederationState, Signed, edus};
+
+/// Events asked for at most to fill the gap before a PDU.
+const MISSING_EVENTS_LIMIT: usize = 10;
 
 /// The spec's bounds of one transaction.
 const MAX_PDUS: usize = 50;
@@ -109,6 +113,7 @@ async fn take_pdus(
     let mut answers = Map::new();
     let mut checked = Vec::with_capacity(pdus.len());
     let mut versions: HashMap<String, Option<RoomVersionId>> = HashMap::new();
+    let mut taken: HashSet<String> = HashSet::new();
     for pdu in pdus {
         let Some(room_id) = pdu.get("room_id").and_then(Value::as_str) else {
             tracing::info!(%origin, "a PDU without a room id was dropped");
@@ -128,7 +133,14 @@ async fn take_pdus(
             continue;
         };
         match check_pdu(&state.federation.keyring, &version, pdu).await {
-            Ok(pdu) => checked.push((pdu.event_id, pdu.json)),
+            Ok(pdu) => {
+                for missing in fill_gap(state, origin, &version, &pdu, &taken).await? {
+                    taken.insert(missing.event_id.to_string());
+                    checked.push((missing.event_id, missing.json));
+                }
+                taken.insert(pdu.event_id.to_string());
+                checked.push((pdu.event_id, pdu.json));
+            }
             Err(error) => {
                 let event_id = CanonicalJsonValue::try_from(pdu.clone()).ok().and_then(|value| match value {
                     CanonicalJsonValue::Object(mut object) => {
@@ -157,6 +169,93 @@ async fn take_pdus(
         answers.insert(outcome.event_id.to_string(), answer);
     }
     Ok(answers)
+}
+
+/// The events missing between the room's forward extremities here and `pdu` (its unknown
+/// `prev_events` and theirs), asked of `origin` with `get_missing_events` (at most 10, checked
+/// like any PDU), oldest first; none when nothing is missing or the origin cannot say.
+async fn fill_gap(
+    state: &FederationState,
+    origin: &str,
+    version: &RoomVersionId,
+    pdu: &CheckedPdu,
+    taken: &HashSet<String>,
+) -> MatrixResult<Vec<CheckedPdu>> {
+    let prev_events: Vec<String> = match pdu.object.get("prev_events") {
+        Some(CanonicalJsonValue::Array(ids)) => ids
+            .iter()
+            .filter_map(|id| match id {
+                CanonicalJsonValue::String(id) => Some(id.clone()),
+                _ => None,
+            })
+            .filter(|id| !taken.contains(id))
+            .collect(),
+        _ => Vec::new(),
+    };
+    if prev_events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (known, room) = {
+        let mut conn = state.db.conn().await?;
+        let known = ganglion_storage::events::events_by_id(&mut conn, &prev_events).await?;
+        let room = ganglion_storage::rooms::room_by_id(&mut conn, pdu.room_id.as_str()).await?;
+        (known, room)
+    };
+    if known.len() == prev_events.len() {
+        return Ok(Vec::new());
+    }
+    let Some(room) = room else { return Ok(Vec::new()) };
+    let mut earliest: Vec<String> = room
+        .forward_extremities
+        .as_deref()
+        .and_then(|ids| serde_json::from_str(ids).ok())
+        .unwrap_or_default();
+    if earliest.is_empty()
+        && let Some(latest) = room.latest_event_nid
+    {
+        let mut conn = state.db.conn().await?;
+        earliest.extend(
+            ganglion_storage::events::events_by_nid(&mut conn, &[latest])
+                .await?
+                .into_iter()
+                .map(|row| row.event_id),
+        );
+    }
+    let Ok(server) = ServerName::parse(origin) else { return Ok(Vec::new()) };
+    let path = format!(
+        "/_matrix/federation/v1/get_missing_events/{}",
+        ganglion_federation::client::encode(pdu.room_id.as_str())
+    );
+    let body = json!({
+        "earliest_events": earliest,
+        "latest_events": [pdu.event_id],
+        "limit": MISSING_EVENTS_LIMIT,
+        "min_depth": 0,
+    });
+    let answer = match state.federation.client.request(http::Method::POST, &server, &path, Some(&body)).await
+    {
+        Ok(answer) => answer,
+        Err(error) => {
+            tracing::info!(%origin, event_id = %pdu.event_id, %error, "the events before a gap could not be fetched");
+            return Ok(Vec::new());
+        }
+    };
+    let mut missing = Vec::new();
+    for event in answer["events"].as_array().into_iter().flatten() {
+        match check_pdu(&state.federation.keyring, version, event).await {
+            Ok(event) if event.room_id == pdu.room_id && !taken.contains(event.event_id.as_str()) => {
+                missing.push(event)
+            }
+            Ok(_) => {}
+            Err(error) => tracing::info!(%origin, %error, "refused a missing event"),
+        }
+    }
+    let depth = |event: &CheckedPdu| match event.object.get("depth") {
+        Some(CanonicalJsonValue::Integer(depth)) => i64::from(*depth),
+        _ => 0,
+    };
+    missing.sort_by_key(depth);
+    Ok(missing)
 }
 
 /// An `m.direct_to_device` EDU: messages from a user of `origin` to devices of ours, queued
