@@ -440,3 +440,56 @@ async fn a_peer_that_was_down_receives_every_message_it_missed() {
     })
     .await
 }
+
+/// Polls `account`'s incremental sync from `since` (bounded) until `user_id` is in
+/// `device_lists.changed`.
+async fn wait_for_device_change(account: &Account, since: &str, user_id: &str, log: impl Fn() -> String) {
+    let mut since = since.to_owned();
+    for _ in 0..60 {
+        let sync = account.sync(&format!("since={since}&timeout=500")).await.unwrap();
+        let changed = sync["device_lists"]["changed"].as_array().cloned().unwrap_or_default();
+        if changed.iter().any(|user| user == user_id) {
+            return;
+        }
+        since = sync["next_batch"].as_str().unwrap().to_owned();
+    }
+    panic!("{} never saw {user_id}'s device list change\n{}", account.user_id, log());
+}
+
+#[tokio::test]
+async fn device_list_changes_cross_servers_with_synapse() {
+    use crate::e2ee::{device_key_pair, signed_device_keys};
+    crate::run(async {
+        let (synapse, ganglion) = tokio::join!(Synapse::start(), FederationNode::start());
+        let (synapse, ganglion) = (synapse.unwrap(), ganglion.unwrap());
+        let log = || format!("--- ganglion\n{}\n--- synapse\n{}", ganglion.log(), synapse.log());
+        let alice = ganglion.client_api().register("alice", crate::PASSWORD).await.unwrap();
+        let bob = synapse_account(&synapse, "bob").await;
+        let room_id = alice.create_room(&json!({ "preset": "public_chat" })).await.unwrap();
+        let join = bob
+            .post(&format!("/join/{}?server_name={}", enc(&room_id), enc(ganglion.server_name())), &json!({}))
+            .await
+            .unwrap();
+        assert_eq!(join.status, 200, "{}", join.text);
+        wait_for_messages(&alice, &room_id, 0, log).await;
+
+        // Bob's new device keys: Synapse tells us, and Alice's sync says so.
+        let since = alice.sync("timeout=0").await.unwrap()["next_batch"].as_str().unwrap().to_owned();
+        let keys = signed_device_keys(&bob, &device_key_pair(&bob.device_id), "bob");
+        bob.post("/keys/upload", &json!({ "device_keys": keys })).await.unwrap().ok();
+        wait_for_device_change(&alice, &since, &bob.user_id, log).await;
+        let seen =
+            alice.post("/keys/query", &json!({ "device_keys": { &bob.user_id: [] } })).await.unwrap().ok();
+        assert_eq!(seen["device_keys"][&bob.user_id][&bob.device_id]["keys"], keys["keys"], "{seen}");
+
+        // Alice's: we tell Synapse, which asks for her devices again.
+        let since = bob.sync("timeout=0").await.unwrap()["next_batch"].as_str().unwrap().to_owned();
+        let keys = signed_device_keys(&alice, &device_key_pair(&alice.device_id), "alice");
+        alice.post("/keys/upload", &json!({ "device_keys": keys })).await.unwrap().ok();
+        wait_for_device_change(&bob, &since, &alice.user_id, log).await;
+        let seen =
+            bob.post("/keys/query", &json!({ "device_keys": { &alice.user_id: [] } })).await.unwrap().ok();
+        assert_eq!(seen["device_keys"][&alice.user_id][&alice.device_id]["keys"], keys["keys"], "{seen}");
+    })
+    .await
+}

@@ -155,3 +155,22 @@ pub(crate) async fn presence(
         Err(error) => failed(error, origin, "a presence EDU"),
     }
 }
+
+/// `m.device_list_update` and `m.signing_key_update`: `{user_id, …}`. Only who changed is read:
+/// our users' clients ask that user's server for the keys again, and this server never keeps
+/// another server's device list, so there is nothing to resync.
+pub(crate) async fn device_list_update(
+    state: &FederationState,
+    origin: &str,
+    content: &Value,
+) -> Result<(), MatrixError> {
+    let Some(user_id) = user_field(origin, content, "user_id") else {
+        tracing::info!(%origin, "dropped a malformed or misattributed device list EDU");
+        return Ok(());
+    };
+    let request = ganglion_rpc::RemoteDeviceListsChanged { user_ids: vec![user_id] };
+    match state.master.remote_device_lists_changed(request).await {
+        Ok(()) => Ok(()),
+        Err(error) => failed(error, origin, "a device list EDU"),
+    }
+}

@@ -84,6 +84,9 @@ pub(crate) async fn send_transaction(
             "m.typing" => edus::typing(&state, origin, &edu.content).await?,
             "m.receipt" => edus::receipts(&state, origin, &edu.content).await?,
             "m.presence" => edus::presence(&state, origin, &edu.content).await?,
+            "m.device_list_update" | "m.signing_key_update" => {
+                edus::device_list_update(&state, origin, &edu.content).await?
+            }
             other => {
                 tracing::debug!(%origin, edu_type = other, "an EDU of a kind not handled yet was dropped")
             }

@@ -36,6 +36,71 @@ pub(crate) async fn device_list_changed(
     conn: &mut Conn,
     user_id: &str,
 ) -> MasterResult<StreamRow> {
+    let row = record_device_list_change(writer, conn, user_id).await?;
+    device_list_update_edus(conn, user_id, row.position.0).await?;
+    Ok(row)
+}
+
+/// Tells every other server sharing a room with our `user_id` that their device list changed
+/// (`m.device_list_update`, queued in `conn`). No `prev_id` and no keys: the receiving server
+/// asks `/user/devices` again (Synapse resyncs whenever `prev_id` is empty), so it never
+/// applies a change it cannot place.
+async fn device_list_update_edus(conn: &mut Conn, user_id: &str, stream_id: i64) -> MasterResult<()> {
+    let Some((_, own_server)) = user_id.split_once(':') else { return Ok(()) };
+    let remote =
+        room_store::remote_users_sharing_a_room_with(conn, user_id, own_server).await.map_err(internal)?;
+    let servers: std::collections::BTreeSet<&str> =
+        remote.iter().filter_map(|user| user.split_once(':').map(|(_, server)| server)).collect();
+    if servers.is_empty() {
+        return Ok(());
+    }
+    let content = serde_json::json!({
+        "user_id": user_id,
+        "device_id": "",
+        "stream_id": stream_id,
+        "prev_id": [],
+    })
+    .to_string();
+    let edus: Vec<(String, String, String)> = servers
+        .into_iter()
+        .map(|server| (server.to_owned(), "m.device_list_update".to_owned(), content.clone()))
+        .collect();
+    ganglion_storage::federation::insert_outbox_edus(conn, &edus, ganglion_storage::now_ms())
+        .await
+        .map_err(internal)
+}
+
+/// Another server's users whose device lists changed (`m.device_list_update`): a row each, so
+/// our users sharing a room with them see them in `device_lists.changed` and query their keys
+/// again (always from their server). Users sharing no room with ours are skipped.
+pub(crate) async fn remote_device_lists_changed(
+    svc: &MasterService,
+    user_ids: Vec<OwnedUserId>,
+) -> MasterResult<()> {
+    let remote: Vec<OwnedUserId> =
+        user_ids.into_iter().filter(|user| user.server_name().as_str() != svc.config.server_name).collect();
+    if remote.is_empty() {
+        return Ok(());
+    }
+    let mut writer = svc.writer.lock().await;
+    for user_id in &remote {
+        let mut tx = svc.db.begin().await.map_err(internal)?;
+        if room_store::room_ids_shared_by_user(&mut tx, user_id.as_str()).await.map_err(internal)?.is_empty()
+        {
+            continue;
+        }
+        let row = record_device_list_change(&writer, &mut tx, user_id.as_str()).await?;
+        tx.commit().await.map_err(committed)?;
+        publish_device_list_row(svc, &mut writer, row);
+    }
+    Ok(())
+}
+
+async fn record_device_list_change(
+    writer: &Writer,
+    conn: &mut Conn,
+    user_id: &str,
+) -> MasterResult<StreamRow> {
     let position = writer.last_device_list_pos + 1;
     key_store::insert_device_list_change(conn, user_id, position).await.map_err(internal)?;
     // Room-mates' long-polls wait on their rooms: the row wakes the user's rooms and the user.

@@ -290,6 +290,13 @@ impl Keys for MasterService {
     async fn send_to_device(&self, r: SendToDevice) -> MasterResult<()> {
         keys::send_to_device(self, r).await
     }
+
+    async fn remote_device_lists_changed(
+        &self,
+        r: ganglion_rpc::RemoteDeviceListsChanged,
+    ) -> MasterResult<()> {
+        keys::remote_device_lists_changed(self, r.user_ids).await
+    }
 }
 
 #[async_trait]

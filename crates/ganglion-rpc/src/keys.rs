@@ -23,6 +23,34 @@ service! {
         fn upload_signatures(UploadSignatures) -> Vec<SignatureFailure> as pb::UploadSignaturesResponse;
         /// Idempotent per (sender, device, txn_id).
         fn send_to_device(SendToDevice) -> () as pb::Done;
+        /// Other servers' users whose device lists changed: our users sharing a room with them
+        /// see them in `device_lists.changed`.
+        fn remote_device_lists_changed(RemoteDeviceListsChanged) -> () as pb::Done;
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RemoteDeviceListsChanged {
+    pub user_ids: Vec<OwnedUserId>,
+}
+
+impl Call for RemoteDeviceListsChanged {
+    type Message = pb::RemoteDeviceListsChangedRequest;
+
+    fn into_message(self) -> pb::RemoteDeviceListsChangedRequest {
+        pb::RemoteDeviceListsChangedRequest { user_ids: self.user_ids.into_iter().map(Into::into).collect() }
+    }
+
+    fn from_message(message: pb::RemoteDeviceListsChangedRequest) -> Result<Self, ConvertError> {
+        Ok(RemoteDeviceListsChanged { user_ids: crate::wire::ids("user_ids", message.user_ids)? })
+    }
+
+    fn after(&self) -> AfterCall {
+        AfterCall::Nothing
+    }
+
+    fn idempotent(&self) -> bool {
+        true
     }
 }
 

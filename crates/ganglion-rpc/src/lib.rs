@@ -41,8 +41,8 @@ pub use key_backup::{
     UpdateBackupVersion,
 };
 pub use keys::{
-    ClaimKeys, ClaimedKey, KeyClaim, Keys, OneTimeKeyCounts, SendToDevice, SignatureFailure, UploadKeys,
-    UploadSignatures, UploadSigningKeys,
+    ClaimKeys, ClaimedKey, KeyClaim, Keys, OneTimeKeyCounts, RemoteDeviceListsChanged, SendToDevice,
+    SignatureFailure, UploadKeys, UploadSignatures, UploadSigningKeys,
 };
 pub use presence::{Presence, PresenceSyncing, RemotePresence, SetPresence, SetRemotePresence};
 pub use rooms::{

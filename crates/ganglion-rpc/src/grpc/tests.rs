@@ -488,6 +488,8 @@ async fn calls_round_trip_exactly() {
         body: json!({ "messages": { "@bob:test": { "*": { "action": "cancellation" } } } }),
     };
     round_trip(f, to_device, async |r| m.send_to_device(r).await).await;
+    let changed = crate::RemoteDeviceListsChanged { user_ids: vec![owned_user_id!("@bob:remote.test")] };
+    round_trip(f, changed, async |r| m.remote_device_lists_changed(r).await).await;
     let auth_data = r#"{"public_key":"abc","signatures":{}}"#.to_owned();
     let algorithm = "m.megolm_backup.v1.curve25519-aes-sha2".to_owned();
     let create =
