@@ -493,3 +493,48 @@ async fn device_list_changes_cross_servers_with_synapse() {
     })
     .await
 }
+
+#[tokio::test]
+async fn an_encrypted_conversation_across_servers_decrypts_both_ways() {
+    use crate::e2ee::{encrypted_room, send_text, sync_all, until_all_decrypt};
+    use ganglion_testkit::{sdk_client, sdk_login};
+    crate::run(async {
+        let (synapse, ganglion) = tokio::join!(Synapse::start(), FederationNode::start());
+        let (synapse, ganglion) = (synapse.unwrap(), ganglion.unwrap());
+        synapse.register("bob", crate::PASSWORD).await.unwrap();
+        // matrix-sdk clients on both servers: Alice on Ganglion, Bob on Synapse.
+        let alice = sdk_client(ganglion.client_api().base_url(), "alice", crate::PASSWORD).await.unwrap();
+        let bob = sdk_login(&synapse.client_url(), "bob", crate::PASSWORD).await.unwrap();
+        sync_all(&[&alice, &bob]).await;
+        // Alice's room, Bob invited across servers and joined through the invite.
+        let room_id = encrypted_room(&alice, &[&bob], &[&alice, &bob]).await;
+        send_text(&alice, &room_id, "from Ganglion, encrypted").await;
+        send_text(&bob, &room_id, "from Synapse, encrypted").await;
+        let expected = std::collections::BTreeSet::from([
+            "from Ganglion, encrypted".to_owned(),
+            "from Synapse, encrypted".to_owned(),
+        ]);
+        until_all_decrypt(&[&alice, &bob], &room_id, &expected).await;
+
+        // Bob's second device, announced to Ganglion by Synapse, gets the next room key.
+        let laptop = sdk_login(&synapse.client_url(), "bob", crate::PASSWORD).await.unwrap();
+        let laptop_id = laptop.device_id().unwrap().to_owned();
+        let all = [&alice, &bob, &laptop];
+        let learned = async {
+            loop {
+                sync_all(&all).await;
+                if alice.encryption().get_device(bob.user_id().unwrap(), &laptop_id).await.unwrap().is_some()
+                {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(crate::SYNC_DEADLINE, learned)
+            .await
+            .unwrap_or_else(|_| panic!("Alice never learnt of Bob's new device\n{}", ganglion.log()));
+        send_text(&alice, &room_id, "after the laptop").await;
+        until_all_decrypt(&all, &room_id, &std::collections::BTreeSet::from(["after the laptop".to_owned()]))
+            .await;
+    })
+    .await
+}

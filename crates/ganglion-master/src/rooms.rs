@@ -408,7 +408,9 @@ pub(crate) async fn create_room(
     templates
         .extend(state.into_iter().map(|((kind, key), content)| EventTemplate::state(kind, key, content)));
     let mut invite_profiles = BTreeMap::new();
-    for user in &request.invite {
+    // Other servers' users are invited once the room exists, through their servers.
+    let own_server = svc.config.server_name.as_str();
+    for user in request.invite.iter().filter(|user| user.server_name().as_str() == own_server) {
         if !invite_profiles.contains_key(user) {
             invite_profiles.insert(user.clone(), profile(svc, user.as_str()).await?);
         }

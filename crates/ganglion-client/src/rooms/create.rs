@@ -45,7 +45,25 @@ pub(crate) async fn create_room(
         limiter.check_user(RateLimitAction::InvitesPerIssuer, creator)?;
         limiter.check_on_behalf_of(RateLimitAction::InvitesPerUser, invitee.as_str(), creator)?;
     }
+    let own_server = state.config.server_name.clone();
+    let remote: Vec<_> =
+        request.invite.iter().filter(|user| user.server_name().as_str() != own_server).cloned().collect();
+    let sender = session.user_id.clone();
     let room_id = state.master.create_room(CreateRoom { sender: session.user_id, request }).await?;
+    // The master invited our users; other servers' users are invited through their servers, and
+    // one that cannot be reached does not undo the room.
+    for target in remote {
+        let invite = ganglion_rpc::UpdateMembership {
+            sender: sender.clone(),
+            room_id: room_id.clone(),
+            target: target.clone(),
+            change: ganglion_rpc::MembershipChange::Invite,
+            reason: None,
+        };
+        if let Err(error) = super::membership::invite_remote(&state, invite).await {
+            tracing::warn!(%room_id, %target, error = %error.message, "a new room's invite of another server's user failed");
+        }
+    }
     Ok(Json(json!({ "room_id": room_id })))
 }
 

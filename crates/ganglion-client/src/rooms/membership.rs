@@ -324,7 +324,7 @@ async fn change_other(
 
 /// An invite of another server's user: built by the master, countersigned by that server, then
 /// persisted.
-async fn invite_remote(state: &ClientState, request: UpdateMembership) -> MatrixResult<()> {
+pub(crate) async fn invite_remote(state: &ClientState, request: UpdateMembership) -> MatrixResult<()> {
     let (room_id, target) = (request.room_id.clone(), request.target.clone());
     let prepared = state.master.prepare_invite(request).await?;
     let signed = ganglion_federation::remote_invite::invite_remote(
