@@ -580,6 +580,7 @@ impl<'w> Batch<'w> {
             );
             events.sort_by_key(|(pdu, _)| (u64::from(pdu.depth), u64::from(pdu.origin_server_ts.0)));
             let mut known: HashMap<OwnedEventId, Arc<Pdu>> = HashMap::new();
+            let mut create: Option<Arc<Pdu>> = None;
             for (pdu, in_state) in events {
                 if pdu.room_id != room_id || known.contains_key(&pdu.event_id) {
                     continue;
@@ -588,6 +589,9 @@ impl<'w> Batch<'w> {
                     // Stored before the join (an invite of ours): part of the state all the same.
                     if in_state && stored.row.room_nid == room_nid && stored.pdu.state_key.is_some() {
                         self.add_to_state(room_id, &stored).await?;
+                    }
+                    if stored.pdu.kind.to_string() == "m.room.create" {
+                        create = Some(stored.pdu.clone());
                     }
                     known.insert(pdu.event_id.clone(), stored.pdu.clone());
                     continue;
@@ -599,7 +603,7 @@ impl<'w> Batch<'w> {
                     }
                 }
                 // Room v12 names the create event by the room id, not in auth_events.
-                if let Some(create) = known.values().find(|e| e.kind.to_string() == "m.room.create") {
+                if let Some(create) = &create {
                     by_id.entry(create.event_id.clone()).or_insert(create);
                 }
                 let by_key: HashMap<(String, String), &Pdu> = by_id
@@ -615,6 +619,9 @@ impl<'w> Batch<'w> {
                     continue;
                 }
                 let stored = self.persist_imported(room_id, pdu, in_state).await?;
+                if stored.pdu.kind.to_string() == "m.room.create" {
+                    create = Some(stored.pdu.clone());
+                }
                 known.insert(stored.pdu.event_id.clone(), stored.pdu.clone());
             }
         }
