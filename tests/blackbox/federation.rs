@@ -499,6 +499,25 @@ async fn a_cluster_federates_through_its_federation_reader() {
             assert_eq!(on_cluster, on_node, "{room_id}");
             assert_eq!(on_cluster.last().map(|(_, body)| body.as_str()), Some("from the node"));
         }
+        // Invites both ways: the cluster's client-reader asks the node to countersign, the
+        // node's invite is countersigned by the federation reader and stored by the master.
+        let private = alice.create_room(&json!({ "preset": "private_chat" })).await.unwrap();
+        alice.invite(&private, &bob.user_id).await.unwrap();
+        bob.join(&private).await.unwrap();
+        let theirs = bob.create_room(&json!({ "preset": "private_chat" })).await.unwrap();
+        bob.invite(&theirs, &alice.user_id).await.unwrap();
+        alice.join(&theirs).await.unwrap();
+        for room_id in [&private, &theirs] {
+            for account in [&alice, &bob] {
+                for _ in 0..100 {
+                    if joined_members(account, room_id).await == members {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                assert_eq!(joined_members(account, room_id).await, members, "{room_id}\n{}", log());
+            }
+        }
 
         let uri = format!("/_matrix/federation/v1/query/profile?user_id={}", enc(&alice.user_id));
         let unsigned = http.get(format!("{federation_url}{uri}")).send().await.unwrap();
