@@ -81,6 +81,7 @@ async fn scenario() -> anyhow::Result<()> {
         "ganglion-reader-localhost-1",
         "ganglion-media-localhost-1",
         "ganglion-federation-localhost-1",
+        "ganglion-fedsender-localhost-1",
         "ganglion-nginx",
         "ganglion-prometheus",
     ] {
@@ -131,7 +132,7 @@ async fn scenario() -> anyhow::Result<()> {
     anyhow::ensure!(keys["server_name"] == "localhost", "{keys}");
 
     // Prometheus (started by the playbook) scrapes every process.
-    deployment.every_target_up(5).await?;
+    deployment.every_target_up(6).await?;
 
     // A second sync worker: started and ready, nginx reloaded, nothing restarted.
     let before = deployment.programs()?;
@@ -167,7 +168,7 @@ async fn scenario() -> anyhow::Result<()> {
     })
     .await?;
     anyhow::ensure!(served, "sync-localhost-2 answered without bob's room");
-    deployment.every_target_up(6).await?;
+    deployment.every_target_up(7).await?;
 
     // Third run: nothing to do.
     let recap = deployment.playbook("site.yml", "3-again").await?;
@@ -275,6 +276,8 @@ struct Ports {
     media_metrics: u16,
     federation_http: u16,
     federation_metrics: u16,
+    fedsender_http: u16,
+    fedsender_metrics: u16,
     /// nginx's federation listener (TLS).
     federation: u16,
 }
@@ -297,6 +300,8 @@ impl Ports {
             media_metrics: free_port(),
             federation_http: free_port(),
             federation_metrics: free_port(),
+            fedsender_http: free_port(),
+            fedsender_metrics: free_port(),
             federation: free_port(),
         })
     }
@@ -392,6 +397,7 @@ all:
     ganglion_client_reader: {{ hosts: {{ localhost: }} }}
     ganglion_media: {{ hosts: {{ localhost: }} }}
     ganglion_federation_reader: {{ hosts: {{ localhost: }} }}
+    ganglion_federation_sender: {{ hosts: {{ localhost: }} }}
     loadbalancer: {{ hosts: {{ localhost: }} }}
     monitoring: {{ hosts: {{ localhost: }} }}
   vars:
@@ -432,6 +438,9 @@ all:
     ganglion_federation_reader_count: 1
     ganglion_federation_reader_http_port: {federation_http}
     ganglion_federation_reader_metrics_port: {federation_metrics}
+    ganglion_federation_sender_count: 1
+    ganglion_federation_sender_http_port: {fedsender_http}
+    ganglion_federation_sender_metrics_port: {fedsender_metrics}
     ganglion_federation_listen: 127.0.0.1:{federation}
     ganglion_federation_verify_certificates: false
     grafana_enabled: false
@@ -455,6 +464,8 @@ all:
             media_metrics = p.media_metrics,
             federation_http = p.federation_http,
             federation_metrics = p.federation_metrics,
+            fedsender_http = p.fedsender_http,
+            fedsender_metrics = p.fedsender_metrics,
             federation = p.federation,
         );
         fs::write(self.dir.path().join("hosts.yml"), inventory)?;

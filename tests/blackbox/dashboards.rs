@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::register_all;
 
 /// One dashboard per concern, as operators look for them.
-const DASHBOARDS: [&str; 7] = [
+const DASHBOARDS: [&str; 8] = [
     "ganglion-overview",
     "ganglion-master",
     "ganglion-sync",
@@ -19,6 +19,7 @@ const DASHBOARDS: [&str; 7] = [
     "ganglion-media",
     "ganglion-replication",
     "ganglion-database",
+    "ganglion-federation",
 ];
 
 fn grafana_dir() -> PathBuf {
@@ -251,7 +252,7 @@ async fn every_dashboard_query_returns_data_from_prometheus_scraping_a_cluster()
             .iter()
             .map(|group| group["rules"].as_array().unwrap().len())
             .sum();
-        assert_eq!(loaded, 8, "{rules}");
+        assert_eq!(loaded, 10, "{rules}");
     })
     .await
 }

@@ -2,7 +2,7 @@
 //! Ganglion and Synapse (from PyPI) and between two Ganglions, each started as
 //! docs/federation.md says (`scripts/federation-node.sh`), on loopback with self-signed TLS.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use ganglion_testkit::{Account, Api, Backend, FederationNode, ServerOptions, Synapse, TestServer, enc};
 use ruma::{
@@ -525,6 +525,80 @@ async fn a_cluster_federates_through_its_federation_reader() {
         // Client endpoints are not on the federation listener.
         let response = http.get(format!("{federation_url}/_matrix/client/versions")).send().await.unwrap();
         assert_eq!(response.status(), 404);
+    })
+    .await
+}
+
+/// The cluster's two federation senders share the destinations; each is killed with `kill -9`
+/// while the cluster's user sends, and restarted: the node still receives every message, once,
+/// in the cluster's order.
+#[tokio::test]
+async fn a_federation_sender_killed_under_load_loses_nothing() {
+    use crate::federation_rooms::{joined_members, wait_for_messages};
+    crate::run(async {
+        let (cluster, node) = tokio::join!(
+            ganglion_testkit::Cluster::start_federating(ServerOptions::default()),
+            FederationNode::start()
+        );
+        let (mut cluster, node) = (cluster.unwrap(), node.unwrap());
+        let alice = Api::new(cluster.base_url()).register("alice", crate::PASSWORD).await.unwrap();
+        let bob = node.client_api().register("bob", crate::PASSWORD).await.unwrap();
+        let room =
+            alice.create_room(&json!({ "preset": "public_chat", "room_alias_name": "busy" })).await.unwrap();
+        bob.join(&format!("#busy:{}", cluster.server_name())).await.unwrap();
+        let mut members = vec![alice.user_id.clone(), bob.user_id.clone()];
+        members.sort();
+        for _ in 0..100 {
+            if joined_members(&alice, &room).await == members {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(joined_members(&alice, &room).await, members);
+
+        const MESSAGES: usize = 90;
+        let sending = {
+            let (alice, room) = (alice.clone(), room.clone());
+            tokio::spawn(async move {
+                for n in 0..MESSAGES {
+                    alice.send_text(&room, &format!("message {n}")).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(15)).await;
+                }
+            })
+        };
+        // Whichever sender has the node's share, it dies once midway; for a while none runs.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cluster.kill("fedsender1");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cluster.kill("fedsender2");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cluster.start_instance("fedsender1").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cluster.start_instance("fedsender2").await.unwrap();
+        sending.await.unwrap();
+
+        let log = || format!("--- node\n{}\n--- cluster\n{}", node.log(), cluster.stderr_logs());
+        let on_node = wait_for_messages(&bob, &room, MESSAGES, log).await;
+        let on_cluster = wait_for_messages(&alice, &room, MESSAGES, log).await;
+        let expected: Vec<(String, String)> =
+            (0..MESSAGES).map(|n| (alice.user_id.clone(), format!("message {n}"))).collect();
+        assert_eq!(on_cluster, expected);
+        assert_eq!(on_node, expected, "{}", log());
+
+        // The senders sent, not the master.
+        let sent_ok = |name: &'static str| {
+            let url = format!("{}/metrics", cluster.metrics_url_of(name));
+            async move {
+                let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+                let line = r#"ganglion_federation_transactions_total{direction="out",result="ok"} "#;
+                text.lines()
+                    .find_map(|l| l.strip_prefix(line))
+                    .and_then(|value| value.trim().parse::<f64>().ok())
+                    .unwrap_or_else(|| panic!("no {line} in {name}'s metrics:\n{text}"))
+            }
+        };
+        assert_eq!(sent_ok("master").await, 0.0);
+        assert!(sent_ok("fedsender1").await + sent_ok("fedsender2").await >= 1.0);
     })
     .await
 }

@@ -18,6 +18,7 @@ pub(crate) fn preference(role: Role) -> u8 {
         Role::FederationReader => 3,
         Role::All => 4,
         Role::Master => 5,
+        Role::FederationSender => 6,
     }
 }
 
@@ -30,12 +31,19 @@ pub(crate) fn pool(role: Role) -> &'static str {
         Role::ClientReader => "ganglion_client_reader",
         Role::Media => "ganglion_media",
         Role::FederationReader => "ganglion_federation_reader",
+        Role::FederationSender => "ganglion_federation_sender",
     }
 }
 
 /// The roles of `instance_map`, each once, the one [`preference`] prefers first.
 pub(crate) fn roles(config: &Config) -> Vec<Role> {
-    let mut roles: Vec<Role> = config.instance_map.values().map(|instance| instance.role).collect();
+    // A role that serves no endpoint (the federation sender) gets no pool.
+    let mut roles: Vec<Role> = config
+        .instance_map
+        .values()
+        .map(|instance| instance.role)
+        .filter(|role| *role != Role::FederationSender)
+        .collect();
     roles.sort_by_key(|role| preference(*role));
     roles.dedup();
     roles

@@ -113,12 +113,14 @@ pub async fn run(
     let typing = Arc::new(TypingStore::new());
     let notifier = Notifier::new();
     // The master's run identifies the typing stream's epoch; workers learn it from the master.
-    let typing_epoch =
-        if matches!(role, Role::Sync | Role::ClientReader | Role::Media | Role::FederationReader) {
-            0
-        } else {
-            ganglion_storage::now_ms().max(0) as u64
-        };
+    let typing_epoch = if matches!(
+        role,
+        Role::Sync | Role::ClientReader | Role::Media | Role::FederationReader | Role::FederationSender
+    ) {
+        0
+    } else {
+        ganglion_storage::now_ms().max(0) as u64
+    };
     let start = initial_token(&db, typing_epoch).await?;
     let positions = Arc::new(Positions::new(start));
     let stream_positions = positions.clone();
@@ -173,12 +175,21 @@ pub async fn run(
     let federation = ganglion_federation::Federation::new(&config, key.clone(), db.clone())
         .map_err(|error| AppError::Federation(error.to_string()))?;
 
-    tokio::spawn(reload_on_sighup(config.clone(), federation.policy.clone()));
-    if matches!(role, Role::All | Role::Master) {
-        // Until a cluster has federation senders of its own, its master sends (as Synapse's main
-        // process does without federation sender workers).
-        tokio::spawn(ganglion_federation_sender::Sender::new(db.clone(), federation.client.clone()).run());
+    // A cluster without federation senders has its master send (as Synapse's main process does
+    // without federation sender workers); SIGHUP may hand the duty over either way.
+    let (duty, duty_changes) = tokio::sync::watch::channel(ganglion_federation_sender::Duty::of(&config));
+    if matches!(role, Role::All | Role::Master | Role::FederationSender) {
+        tokio::spawn(
+            ganglion_federation_sender::Sender::new(
+                db.clone(),
+                federation.client.clone(),
+                duty_changes,
+                metrics.federation.clone(),
+            )
+            .run(),
+        );
     }
+    tokio::spawn(reload_on_sighup(config.clone(), federation.policy.clone(), duty));
 
     let mut catch_up: Option<Arc<dyn CatchUp>> = None;
     let mut follower: Option<Arc<Follower>> = None;
@@ -252,7 +263,7 @@ pub async fn run(
             }
             service
         }
-        Role::Sync | Role::ClientReader | Role::Media | Role::FederationReader => {
+        Role::Sync | Role::ClientReader | Role::Media | Role::FederationReader | Role::FederationSender => {
             let address = config.master_grpc().ok_or(AppError::Config("instance_map has no master"))?;
             let remote = ganglion_rpc::grpc::RemoteMaster::new(
                 address,
@@ -416,6 +427,7 @@ pub async fn run(
         key: key.clone(),
         federation: federation.clone(),
         master,
+        metrics: metrics.federation.clone(),
     };
     routes.extend(
         ganglion_federation_api::routes()
@@ -506,8 +518,13 @@ pub async fn run(
 }
 
 /// On SIGHUP, reads the config file again and takes what can change without a restart: the
-/// servers this one federates with. A config that no longer loads changes nothing.
-async fn reload_on_sighup(config: Arc<Config>, policy: Arc<ganglion_federation::ServerPolicy>) {
+/// servers this one federates with, and which process sends to which of them (the federation
+/// senders of `instance_map`). A config that no longer loads changes nothing.
+async fn reload_on_sighup(
+    config: Arc<Config>,
+    policy: Arc<ganglion_federation::ServerPolicy>,
+    duty: tokio::sync::watch::Sender<ganglion_federation_sender::Duty>,
+) {
     let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
         return;
     };
@@ -516,6 +533,10 @@ async fn reload_on_sighup(config: Arc<Config>, policy: Arc<ganglion_federation::
         match Config::load_instance(config.source.as_deref(), instance) {
             Ok(reloaded) => {
                 policy.reload(&reloaded.federation);
+                let now = ganglion_federation_sender::Duty::of(&reloaded);
+                if duty.send_replace(now) != now {
+                    tracing::info!(duty = ?now, "SIGHUP: this process's federation destinations changed");
+                }
                 tracing::info!(
                     allowed_servers = reloaded.federation.allowed_servers.len(),
                     blocked_servers = reloaded.federation.blocked_servers.len(),

@@ -957,6 +957,15 @@ impl Config {
         self.instance_map.iter().filter(|(_, i)| i.role == role).map(|(n, i)| (n.as_str(), i)).collect()
     }
 
+    /// This process's share of work its role's instances split between them by
+    /// [`ganglion_types::shard_of`]: `(index, count)`, the index in name order. `None` for a
+    /// process not in `instance_map`.
+    pub fn own_shard(&self) -> Option<(usize, usize)> {
+        let instances = self.instances_of(self.worker.role);
+        let index = instances.iter().position(|(name, _)| *name == self.worker.name)?;
+        Some((index, instances.len()))
+    }
+
     /// The database URL, with the SQLite default filled in.
     pub fn database_url(&self) -> String {
         if self.database.url.is_empty() {

@@ -33,6 +33,7 @@ pub struct FederationState {
     pub federation: Federation,
     /// Claims of one-time keys go through the master.
     pub master: Arc<dyn ganglion_rpc::Master>,
+    pub metrics: Arc<ganglion_metrics::FederationMetrics>,
 }
 
 pub fn routes() -> Vec<Route<FederationState>> {

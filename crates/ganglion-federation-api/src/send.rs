@@ -14,6 +14,7 @@ use ganglion_events::ruma::ServerName;
 use ganglion_events::ruma::{CanonicalJsonValue, OwnedDeviceId, RoomVersionId, UserId};
 use ganglion_federation::pdu::{CheckedPdu, check_pdu, event_id_of};
 use ganglion_http::{MatrixError, MatrixResult};
+use ganglion_metrics::{PduOutcome, TransactionResult};
 use ganglion_rpc::{AcceptEvents, SendToDevice};
 use ganglion_types::ErrorClass;
 use serde::Deserialize;
@@ -68,10 +69,28 @@ pub(crate) async fn send_transaction(
             return Ok(Json(serde_json::from_str(&answer).unwrap_or_else(|_| json!({ "pdus": {} }))));
         }
     }
-    let pdus = take_pdus(&state, origin, &transaction.pdus).await?;
+    let answer = apply(&state, origin, &txn_id, transaction).await;
+    state.metrics.received(match &answer {
+        Ok(_) => TransactionResult::Ok,
+        Err(error) if matches!(error.class, ErrorClass::Unavailable | ErrorClass::Internal) => {
+            TransactionResult::Failed
+        }
+        Err(_) => TransactionResult::Refused,
+    });
+    answer.map(Json)
+}
+
+/// Takes a transaction's PDUs and EDUs and records the answer, so a resend gets it again.
+async fn apply(
+    state: &FederationState,
+    origin: &str,
+    txn_id: &str,
+    transaction: Transaction,
+) -> MatrixResult<Value> {
+    let pdus = take_pdus(state, origin, &transaction.pdus).await?;
     for edu in transaction.edus {
         match edu.edu_type.as_str() {
-            "m.direct_to_device" => match to_device(&state, origin, &edu.content).await {
+            "m.direct_to_device" => match to_device(state, origin, &edu.content).await {
                 Ok(()) => {}
                 // Not taken for now (the master is down): the whole transaction fails unrecorded,
                 // and its origin sends it again.
@@ -81,11 +100,11 @@ pub(crate) async fn send_transaction(
                 Err(error) => tracing::info!(%origin, ?error, "a to-device EDU was refused"),
             },
             // Each drops what it cannot take and fails only when the master cannot be reached.
-            "m.typing" => edus::typing(&state, origin, &edu.content).await?,
-            "m.receipt" => edus::receipts(&state, origin, &edu.content).await?,
-            "m.presence" => edus::presence(&state, origin, &edu.content).await?,
+            "m.typing" => edus::typing(state, origin, &edu.content).await?,
+            "m.receipt" => edus::receipts(state, origin, &edu.content).await?,
+            "m.presence" => edus::presence(state, origin, &edu.content).await?,
             "m.device_list_update" | "m.signing_key_update" => {
-                edus::device_list_update(&state, origin, &edu.content).await?
+                edus::device_list_update(state, origin, &edu.content).await?
             }
             other => {
                 tracing::debug!(%origin, edu_type = other, "an EDU of a kind not handled yet was dropped")
@@ -97,12 +116,12 @@ pub(crate) async fn send_transaction(
     ganglion_storage::federation::insert_inbound_transaction(
         &mut conn,
         origin,
-        &txn_id,
+        txn_id,
         &answer.to_string(),
         ganglion_storage::now_ms(),
     )
     .await?;
-    Ok(Json(answer))
+    Ok(answer)
 }
 
 /// Checks each PDU (format, id, signatures, hash) and hands those that pass to the master in
@@ -153,6 +172,7 @@ async fn take_pdus(
                     _ => None,
                 });
                 tracing::info!(%origin, ?event_id, %error, "refused a PDU");
+                state.metrics.pdu_received(PduOutcome::Rejected);
                 if let Some(event_id) = event_id {
                     answers.insert(event_id.to_string(), json!({ "error": error.to_string() }));
                 }
@@ -165,6 +185,11 @@ async fn take_pdus(
     let outcomes =
         state.master.accept_events(AcceptEvents { origin: origin.to_owned(), events: checked }).await?;
     for outcome in outcomes {
+        state.metrics.pdu_received(match &outcome.error {
+            None => PduOutcome::Accepted,
+            Some(_) if outcome.soft_failed() => PduOutcome::SoftFailed,
+            Some(_) => PduOutcome::Rejected,
+        });
         let answer = match outcome.error {
             None => json!({}),
             Some(error) => json!({ "error": error.message }),

@@ -7,8 +7,12 @@
 //!
 //! The outbox holds to-device messages (`m.direct_to_device`), typing notifications, read
 //! receipts and presence of our users, and our events in rooms shared with the destination (at
-//! most 50 per transaction, in the order they were persisted); `role = "all"` runs the sender in
-//! process. A typing notification is only worth sending while it is fresh: one queued longer
+//! most 50 per transaction, in the order they were persisted). `role = "all"` runs the sender in
+//! process; a cluster's `federation-sender` instances share the destinations between them by a
+//! stable hash of the destination's name (the master sends when the cluster has none), and take
+//! the new shares when SIGHUP reloads a changed `instance_map`. A sender killed midway loses
+//! nothing: rows leave the outbox only once their destination took them, and the destination
+//! recognises a resent transaction by its id (derived from the rows it carries). A typing notification is only worth sending while it is fresh: one queued longer
 //! than `TYPING_LIFETIME` (30 s) is dropped, sent or not, so an outage does not end in a burst of
 //! stale ones.
 
@@ -18,12 +22,15 @@ use std::{
     time::{Duration, Instant},
 };
 
+use ganglion_config::Config;
 use ganglion_events::ruma::ServerName;
 use ganglion_federation::FederationClient;
+use ganglion_metrics::{FederationMetrics, TransactionResult};
 use ganglion_storage::{
     Db,
     federation::{OutboxPdu, OutboxRow},
 };
+use ganglion_types::Role;
 use serde_json::{Value, json, value::RawValue};
 
 /// The spec's bounds on EDUs and PDUs per transaction.
@@ -40,6 +47,40 @@ const TYPING_LIFETIME: Duration = Duration::from_secs(30);
 /// destination that is down would otherwise pile up behind what it has not taken).
 const TYPING_PURGE_INTERVAL: Duration = Duration::from_secs(60);
 
+/// Which destinations a process sends to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Duty {
+    /// None: a cluster's master once it has federation senders, and processes of other roles.
+    Nothing,
+    /// Every destination: the embedded default, and a cluster's master without federation senders.
+    Everything,
+    /// The destinations `ganglion_types::shard_of` puts in share `index` of `of`.
+    Share { index: usize, of: usize },
+}
+
+impl Duty {
+    /// This process's duty under `config`.
+    pub fn of(config: &Config) -> Duty {
+        match config.worker.role {
+            Role::All => Duty::Everything,
+            Role::Master if config.instances_of(Role::FederationSender).is_empty() => Duty::Everything,
+            Role::FederationSender => match config.own_shard() {
+                Some((index, of)) => Duty::Share { index, of },
+                None => Duty::Nothing,
+            },
+            _ => Duty::Nothing,
+        }
+    }
+
+    fn covers(self, destination: &str) -> bool {
+        match self {
+            Duty::Nothing => false,
+            Duty::Everything => true,
+            Duty::Share { index, of } => ganglion_types::shard_of(destination, of) == index,
+        }
+    }
+}
+
 /// A destination that failed: not tried again before `until`.
 #[derive(Clone, Copy)]
 struct Backoff {
@@ -50,19 +91,30 @@ struct Backoff {
 pub struct Sender {
     db: Db,
     client: Arc<FederationClient>,
+    duty: tokio::sync::watch::Receiver<Duty>,
+    metrics: Arc<FederationMetrics>,
     backoff: HashMap<String, Backoff>,
     last_typing_purge: Option<Instant>,
 }
 
 impl Sender {
-    pub fn new(db: Db, client: Arc<FederationClient>) -> Sender {
-        Sender { db, client, backoff: HashMap::new(), last_typing_purge: None }
+    /// A sender doing what `duty` says, now and after each change.
+    pub fn new(
+        db: Db,
+        client: Arc<FederationClient>,
+        duty: tokio::sync::watch::Receiver<Duty>,
+        metrics: Arc<FederationMetrics>,
+    ) -> Sender {
+        Sender { db, client, duty, metrics, backoff: HashMap::new(), last_typing_purge: None }
     }
 
     /// Sends until the process ends.
     pub async fn run(mut self) {
         loop {
-            if let Err(error) = self.round().await {
+            let duty = *self.duty.borrow_and_update();
+            if duty != Duty::Nothing
+                && let Err(error) = self.round(duty).await
+            {
                 tracing::warn!(%error, "reading the federation outbox failed");
             }
             tokio::time::sleep(POLL_INTERVAL).await;
@@ -71,7 +123,7 @@ impl Sender {
 
     /// One pass over the outbox: a transaction to every destination that has EDUs and is not
     /// backing off, all at once.
-    async fn round(&mut self) -> Result<(), ganglion_storage::StorageError> {
+    async fn round(&mut self, duty: Duty) -> Result<(), ganglion_storage::StorageError> {
         let now = Instant::now();
         let mut by_destination: BTreeMap<String, Queued> = BTreeMap::new();
         {
@@ -89,8 +141,14 @@ impl Sender {
                 self.last_typing_purge = Some(now);
             }
             // Each destination's own head of the queue: one that backs off never hides the others.
+            let (mut queued, mut backing_off) = (0, 0);
             for destination in ganglion_storage::federation::outbox_destinations(&mut conn).await? {
+                if !duty.covers(&destination) {
+                    continue;
+                }
+                queued += 1;
                 if self.backoff.get(&destination).is_some_and(|backoff| backoff.until > now) {
+                    backing_off += 1;
                     continue;
                 }
                 let limit = MAX_EDUS_PER_TRANSACTION as i64;
@@ -101,10 +159,12 @@ impl Sender {
                     ganglion_storage::federation::outbox_pdus_for(&mut conn, &destination, limit).await?;
                 by_destination.insert(destination, Queued { edus, pdus });
             }
+            self.metrics.destinations(queued, backing_off);
         }
         let sends = by_destination.into_iter().map(|(destination, queued)| {
-            let (client, db) = (self.client.clone(), self.db.clone());
+            let (client, db, metrics) = (self.client.clone(), self.db.clone(), self.metrics.clone());
             async move {
+                let started = Instant::now();
                 let result = send_transaction(&client, &destination, &queued).await;
                 // Refused for good (a 4xx other than 429): sending it again would be refused
                 // again, and would hold up what comes after it.
@@ -113,6 +173,12 @@ impl Sender {
                     Err(ganglion_federation::FederationError::Remote { status, .. })
                         if (400..500).contains(status) && *status != 429
                 );
+                let counted = match (&result, refused) {
+                    (Ok(()), _) => TransactionResult::Ok,
+                    (Err(_), true) => TransactionResult::Refused,
+                    (Err(_), false) => TransactionResult::Failed,
+                };
+                metrics.sent(counted, queued.pdus.len() as u64, queued.edus.len() as u64, started.elapsed());
                 if refused {
                     tracing::warn!(%destination, error = ?result, edus = queued.edus.len(), pdus = queued.pdus.len(), "a destination refused a transaction; its contents are dropped");
                 }

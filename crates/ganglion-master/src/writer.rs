@@ -536,7 +536,12 @@ impl<'w> Batch<'w> {
         check_auth(&rules.authorization, &pdu, &by_id, |kind: &StateEventType, key: &str| {
             current.get(&(kind.to_string(), key.to_owned())).map(|e| &*e.pdu)
         })
-        .map_err(|e| MasterError::forbidden(format!("Soft-failed against the current state: {e}")))?;
+        .map_err(|e| {
+            MasterError::forbidden(format!(
+                "{} against the current state: {e}",
+                ganglion_rpc::rooms::SOFT_FAILED
+            ))
+        })?;
         let room_id = pdu.room_id.clone();
         self.persist(&room_id, pdu, None).await.map(Some)
     }

@@ -304,6 +304,136 @@ impl MasterMetrics {
     }
 }
 
+/// Federation: transactions sent and received, PDUs received by outcome, and what the senders
+/// have queued. Labels have a few fixed values, never a server name: a cluster federating with
+/// thousands of servers must not make thousands of series. Every label value is created at
+/// start, at zero, so a process that has not federated yet still answers the panels.
+#[derive(Debug, Clone)]
+pub struct FederationMetrics {
+    transactions: Family<TransactionLabels, Counter>,
+    pdus_received: Family<OutcomeLabels, Counter>,
+    sent: Family<KindLabels, Counter>,
+    destinations: Family<DestinationLabels, prometheus_client::metrics::gauge::Gauge>,
+    send_latency: Histogram,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransactionLabels {
+    direction: &'static str,
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DestinationLabels {
+    state: &'static str,
+}
+
+/// How a transaction went: taken (`ok`), refused for good (`refused`: a 4xx), or to be retried
+/// (`failed`: unreachable, 5xx, 429).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransactionResult {
+    Ok,
+    Refused,
+    Failed,
+}
+
+impl TransactionResult {
+    fn as_str(self) -> &'static str {
+        match self {
+            TransactionResult::Ok => "ok",
+            TransactionResult::Refused => "refused",
+            TransactionResult::Failed => "failed",
+        }
+    }
+}
+
+/// What became of a PDU another server sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PduOutcome {
+    Accepted,
+    /// Failed a check (format, signatures, hash, auth against its auth events).
+    Rejected,
+    /// Allowed by its own auth events but not by the room's current state: not applied.
+    SoftFailed,
+}
+
+impl Default for FederationMetrics {
+    fn default() -> FederationMetrics {
+        let metrics = FederationMetrics {
+            transactions: Family::default(),
+            pdus_received: Family::default(),
+            sent: Family::default(),
+            destinations: Family::default(),
+            send_latency: latency_histogram(),
+        };
+        for direction in ["in", "out"] {
+            for result in [TransactionResult::Ok, TransactionResult::Refused, TransactionResult::Failed] {
+                let _ = metrics
+                    .transactions
+                    .get_or_create(&TransactionLabels { direction, result: result.as_str() });
+            }
+        }
+        for outcome in ["accepted", "rejected", "soft_failed"] {
+            let _ = metrics.pdus_received.get_or_create(&OutcomeLabels { outcome });
+        }
+        for kind in ["pdu", "edu"] {
+            let _ = metrics.sent.get_or_create(&KindLabels { kind });
+        }
+        for state in ["queued", "backing_off"] {
+            let _ = metrics.destinations.get_or_create(&DestinationLabels { state });
+        }
+        metrics
+    }
+}
+
+impl FederationMetrics {
+    /// A transaction this process sent, with what it carried and how long the destination took.
+    pub fn sent(&self, result: TransactionResult, pdus: u64, edus: u64, took: Duration) {
+        self.transactions
+            .get_or_create(&TransactionLabels { direction: "out", result: result.as_str() })
+            .inc();
+        self.send_latency.observe(took.as_secs_f64());
+        if result == TransactionResult::Ok {
+            self.sent.get_or_create(&KindLabels { kind: "pdu" }).inc_by(pdus);
+            self.sent.get_or_create(&KindLabels { kind: "edu" }).inc_by(edus);
+        }
+    }
+
+    /// A transaction another server sent: applied (`Ok`), refused as a whole (`Refused`), or
+    /// failed on our side (`Failed`).
+    pub fn received(&self, result: TransactionResult) {
+        self.transactions
+            .get_or_create(&TransactionLabels { direction: "in", result: result.as_str() })
+            .inc();
+    }
+
+    pub fn pdu_received(&self, outcome: PduOutcome) {
+        let outcome = match outcome {
+            PduOutcome::Accepted => "accepted",
+            PduOutcome::Rejected => "rejected",
+            PduOutcome::SoftFailed => "soft_failed",
+        };
+        self.pdus_received.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// A sender's destinations after a pass over its share of the outbox: with something
+    /// queued, and waiting out a back-off.
+    pub fn destinations(&self, queued: usize, backing_off: usize) {
+        self.destinations.get_or_create(&DestinationLabels { state: "queued" }).set(queued as i64);
+        self.destinations.get_or_create(&DestinationLabels { state: "backing_off" }).set(backing_off as i64);
+    }
+}
+
 /// Database connections: how long a query waits for one, and how long it is held (a request's
 /// reads, a write transaction from begin to commit or rollback). The four histograms are resolved
 /// once: every connection taken records into two of them.
@@ -370,6 +500,7 @@ pub struct Metrics {
     pub grpc: Arc<GrpcMetrics>,
     pub master: Arc<MasterMetrics>,
     pub database: Arc<DatabaseMetrics>,
+    pub federation: Arc<FederationMetrics>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -504,6 +635,32 @@ impl Metrics {
             "How long a database connection was used: a request's reads (read) or a transaction from begin to end (transaction)",
             database.held.clone(),
         );
+        let federation = FederationMetrics::default();
+        registry.register(
+            "federation_transactions",
+            "Federation transactions by direction (out: sent by this process's federation sender, in: received) and result (ok, refused, failed)",
+            federation.transactions.clone(),
+        );
+        registry.register(
+            "federation_pdus_received",
+            "PDUs other servers sent, by outcome: accepted, rejected (a check failed), soft_failed (refused by the room's current state)",
+            federation.pdus_received.clone(),
+        );
+        registry.register(
+            "federation_sent",
+            "PDUs and EDUs (kind) in transactions other servers took from this process",
+            federation.sent.clone(),
+        );
+        registry.register(
+            "federation_destinations",
+            "Destinations of this process's federation sender with something queued (queued) and waiting out a back-off (backing_off)",
+            federation.destinations.clone(),
+        );
+        registry.register(
+            "federation_send_duration_seconds",
+            "How long a destination took to answer a transaction this process sent",
+            federation.send_latency.clone(),
+        );
         Metrics {
             registry,
             info,
@@ -514,6 +671,7 @@ impl Metrics {
             grpc: Arc::new(grpc),
             master: Arc::new(master),
             database: Arc::new(database),
+            federation: Arc::new(federation),
         }
     }
 

@@ -483,6 +483,16 @@ pub struct EventOutcome {
     pub error: Option<MasterError>,
 }
 
+/// How the message of a soft-failed event's error starts (allowed by its auth events, refused by
+/// the room's current state).
+pub const SOFT_FAILED: &str = "Soft-failed";
+
+impl EventOutcome {
+    pub fn soft_failed(&self) -> bool {
+        self.error.as_ref().is_some_and(|error| error.message.starts_with(SOFT_FAILED))
+    }
+}
+
 impl Answer<pb::AcceptEventsResponse> for Vec<EventOutcome> {
     fn into_message(self) -> pb::AcceptEventsResponse {
         pb::AcceptEventsResponse {

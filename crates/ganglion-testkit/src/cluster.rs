@@ -58,8 +58,12 @@ const ROUTES_DEADLINE: Duration = Duration::from_secs(60);
 /// How long nginx (or HAProxy) may take to answer `/_matrix/client/versions` through to a worker.
 const NGINX_DEADLINE: Duration = Duration::from_secs(30);
 
-/// The federation reader [`Cluster::start_federating`] adds.
-const FEDERATION_READER: (&str, &str) = ("federation1", "federation-reader");
+/// The federation reader and the two federation senders [`Cluster::start_federating`] adds.
+const FEDERATING: [(&str, &str); 3] = [
+    ("federation1", "federation-reader"),
+    ("fedsender1", "federation-sender"),
+    ("fedsender2", "federation-sender"),
+];
 
 /// One process of the cluster.
 struct Instance {
@@ -124,13 +128,13 @@ impl Cluster {
         Cluster::start_on(options, false, &INSTANCES, false).await
     }
 
-    /// Like [`Cluster::start`], plus a federation reader, federating as a test federation on
-    /// loopback does: server name `127.0.0.1:FED_PORT`, where nginx ends federation TLS (a
+    /// Like [`Cluster::start`], plus a federation reader and two federation senders (`fedsender1`,
+    /// `fedsender2`, sharing the destinations), federating as a test federation on loopback does: server name `127.0.0.1:FED_PORT`, where nginx ends federation TLS (a
     /// self-signed certificate made with `openssl`) and passes requests to `federation1`; peers'
     /// certificates not verified, loopback peers allowed.
     pub async fn start_federating(options: ServerOptions) -> anyhow::Result<Cluster> {
         let mut instances = INSTANCES.to_vec();
-        instances.push(FEDERATION_READER);
+        instances.extend(FEDERATING);
         Cluster::start_on(options, false, &instances, true).await
     }
 

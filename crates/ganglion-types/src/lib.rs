@@ -25,6 +25,8 @@ pub enum Role {
     ClientReader,
     Media,
     FederationReader,
+    /// Sends other servers what they are owed; serves no endpoint.
+    FederationSender,
 }
 
 impl Role {
@@ -36,6 +38,7 @@ impl Role {
             Role::ClientReader => "client-reader",
             Role::Media => "media",
             Role::FederationReader => "federation-reader",
+            Role::FederationSender => "federation-sender",
         }
     }
 
@@ -60,8 +63,20 @@ impl Role {
                     | EndpointClass::Keys
                     | EndpointClass::WellKnown
             ),
+            Role::FederationSender => false,
         }
     }
+}
+
+/// Which of `shards` shards owns `key` (a destination server, a user): the same answer in every
+/// process and every release, so processes that share work by it agree without talking.
+/// `shards` must not be 0.
+pub fn shard_of(key: &str, shards: usize) -> usize {
+    // FNV-1a: stable, unlike std's randomly seeded hasher.
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    (hash % shards as u64) as usize
 }
 
 /// What kind of traffic an endpoint carries; the load balancer routes by it (DESIGN.md §5).

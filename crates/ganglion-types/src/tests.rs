@@ -64,3 +64,22 @@ fn all_role_serves_every_class() {
     assert!(Role::All.serves(EndpointClass::ClientWrite));
     assert!(!Role::Sync.serves(EndpointClass::ClientRead));
 }
+
+#[test]
+fn shards_are_stable_and_spread() {
+    // Fixed values: every process and release must agree on them.
+    assert_eq!(crate::shard_of("matrix.org", 1), 0);
+    let first = crate::shard_of("example.com", 2);
+    assert_eq!(crate::shard_of("example.com", 2), first);
+    let mut counts = [0_usize; 4];
+    for n in 0..1000 {
+        counts[crate::shard_of(&format!("server{n}.example"), 4)] += 1;
+    }
+    assert!(counts.iter().all(|count| (150..350).contains(count)), "{counts:?}");
+}
+
+#[test]
+fn a_federation_sender_serves_no_endpoint() {
+    assert!(!Role::FederationSender.serves(EndpointClass::WellKnown));
+    assert!(!Role::FederationSender.serves(EndpointClass::Federation));
+}
