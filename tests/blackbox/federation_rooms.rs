@@ -182,6 +182,114 @@ async fn a_synapse_user_joins_a_ganglion_room_and_messages_flow_both_ways() {
     .await
 }
 
+/// The state event `kind` of a room as `account`'s server has it now (its content).
+async fn state_content(account: &Account, room_id: &str, kind: &str) -> Value {
+    account.get(&format!("/rooms/{}/state/{kind}/", enc(room_id))).await.unwrap().body
+}
+
+/// Both servers change the same state at the same moment, so each event's `prev_events` miss
+/// the other's: the room's event graph forks, and each server resolves the branches (state
+/// resolution v2.1 in room v12, v2 in v10). They must end with the same state, whichever won.
+#[tokio::test]
+async fn concurrent_state_changes_on_both_servers_converge_to_the_same_state() {
+    crate::run(async {
+        let (synapse, ganglion) = tokio::join!(Synapse::start(), FederationNode::start());
+        let (synapse, ganglion) = (synapse.unwrap(), ganglion.unwrap());
+        let log = || format!("--- ganglion\n{}\n--- synapse\n{}", ganglion.log(), synapse.log());
+        let alice = ganglion.client_api().register("alice", crate::PASSWORD).await.unwrap();
+        let bob = synapse_account(&synapse, "bob").await;
+        for version in ["12", "10"] {
+            let users = if version == "12" {
+                // The creator's power is implied in v12.
+                json!({ &bob.user_id: 50 })
+            } else {
+                json!({ &alice.user_id: 100, &bob.user_id: 50 })
+            };
+            let room_id = alice
+                .create_room(&json!({
+                    "preset": "public_chat",
+                    "room_version": version,
+                    "power_level_content_override": { "users": users },
+                }))
+                .await
+                .unwrap();
+            let join = bob
+                .post(
+                    &format!("/join/{}?server_name={}", enc(&room_id), enc(ganglion.server_name())),
+                    &json!({}),
+                )
+                .await
+                .unwrap();
+            assert_eq!(join.status, 200, "v{version} join: {}\n{}", join.text, log());
+            let mut members = vec![alice.user_id.clone(), bob.user_id.clone()];
+            members.sort();
+            for _ in 0..100 {
+                if joined_members(&alice, &room_id).await == members {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert_eq!(joined_members(&alice, &room_id).await, members, "v{version}\n{}", log());
+
+            for round in 0..3 {
+                let name = |who: &str| json!({ "name": format!("{who}'s name, round {round}") });
+                let topic = |who: &str| json!({ "topic": format!("{who}'s topic, round {round}") });
+                let name_path = format!("/rooms/{}/state/m.room.name/", enc(&room_id));
+                let topic_path = format!("/rooms/{}/state/m.room.topic/", enc(&room_id));
+                let (alice_name, bob_name, alice_topic, bob_topic) =
+                    (name("alice"), name("bob"), topic("alice"), topic("bob"));
+                let (a, b, c, d) = tokio::join!(
+                    alice.put(&name_path, &alice_name),
+                    bob.put(&name_path, &bob_name),
+                    alice.put(&topic_path, &alice_topic),
+                    bob.put(&topic_path, &bob_topic),
+                );
+                for response in [a, b, c, d] {
+                    assert_eq!(response.unwrap().status, 200, "v{version}");
+                }
+                // A message from each joins the branches; both servers then have every event.
+                alice.send_text(&room_id, &format!("alice after round {round}")).await.unwrap();
+                bob.send_text(&room_id, &format!("bob after round {round}")).await.unwrap();
+                let expected = 2 * (round + 1);
+                wait_for_messages(&alice, &room_id, expected, log).await;
+                wait_for_messages(&bob, &room_id, expected, log).await;
+                let mut same = false;
+                for _ in 0..50 {
+                    let on_ganglion = (
+                        state_content(&alice, &room_id, "m.room.name").await,
+                        state_content(&alice, &room_id, "m.room.topic").await,
+                    );
+                    let on_synapse = (
+                        state_content(&bob, &room_id, "m.room.name").await,
+                        state_content(&bob, &room_id, "m.room.topic").await,
+                    );
+                    if on_ganglion == on_synapse {
+                        same = true;
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                let on_ganglion = (
+                    state_content(&alice, &room_id, "m.room.name").await,
+                    state_content(&alice, &room_id, "m.room.topic").await,
+                );
+                let on_synapse = (
+                    state_content(&bob, &room_id, "m.room.name").await,
+                    state_content(&bob, &room_id, "m.room.topic").await,
+                );
+                assert!(
+                    same,
+                    "v{version} round {round}: Ganglion {on_ganglion:?}, Synapse {on_synapse:?}\n{}",
+                    log()
+                );
+            }
+        }
+        // The rounds forked the graph (Synapse's events did not follow Ganglion's).
+        assert!(ganglion.log().contains("an event on a fork of the room's graph"), "{}", log());
+    })
+    .await
+}
+
 #[tokio::test]
 async fn a_ganglion_user_joins_synapse_rooms_by_alias_and_by_id() {
     crate::run(async {

@@ -13,6 +13,7 @@ mod key;
 mod pdu;
 pub mod presence;
 pub mod push_rules;
+mod resolve;
 
 pub use auth::{AuthError, auth_event_types, check_auth};
 pub use build::{
@@ -22,6 +23,7 @@ pub use build::{
 pub use client::{client_event, redacted_json};
 pub use key::{KeyError, RetiredKey, ServerKey, retired_path};
 pub use pdu::{Pdu, PduError};
+pub use resolve::{ResolveError, auth_chain, resolve_state};
 pub use ruma;
 
 use ruma::{RoomVersionId, room_version_rules::RoomVersionRules};

@@ -23,6 +23,8 @@ use tokio::sync::MutexGuard;
 
 use crate::{MasterService, internal};
 
+mod resolve;
+
 /// Positions of the streams the master writes, and the heads of rooms it has touched.
 pub struct Writer {
     pub(crate) last_event_pos: i64,
@@ -35,6 +37,8 @@ pub struct Writer {
     pub(crate) last_device_list_pos: i64,
     pub(crate) last_presence_pos: i64,
     heads: HashMap<OwnedRoomId, RoomHead>,
+    /// State resolutions already computed, by their input snapshots.
+    resolved: HashMap<resolve::MemoKey, resolve::Resolved>,
 }
 
 /// What the writer needs to append to a room: its current state and newest event.
@@ -88,6 +92,7 @@ impl Writer {
                 .await
                 .map_err(internal)?,
             heads: HashMap::new(),
+            resolved: HashMap::new(),
         })
     }
 }
@@ -164,6 +169,9 @@ pub(crate) struct Batch<'w> {
     started: std::time::Instant,
     /// The trace of the event being appended, for its stream row.
     trace: Option<Arc<str>>,
+    /// Resolutions computed by this batch: remembered by the writer once it commits (a snapshot
+    /// of a batch rolled back does not exist).
+    resolved: Vec<(resolve::MemoKey, resolve::Resolved)>,
 }
 
 struct Appended {
@@ -194,6 +202,7 @@ impl<'w> Batch<'w> {
             poisoned: false,
             started,
             trace: None,
+            resolved: Vec::new(),
         })
     }
 
@@ -516,6 +525,59 @@ impl<'w> Batch<'w> {
             by_key.get(&(kind.to_string(), key.to_owned())).copied()
         })
         .map_err(|e| MasterError::forbidden(format!("Rejected by its auth events: {e}")))?;
+        // An event that does not follow exactly the room's forward extremities sits on a fork:
+        // the state before it is the resolution of the states after its known prev events, and
+        // it must pass the auth rules against that state too.
+        let mut prevs = Vec::with_capacity(pdu.prev_events.len());
+        for id in &pdu.prev_events {
+            if let Some(event) = self.event_by_id(id.as_str()).await?
+                && event.pdu.room_id == pdu.room_id
+            {
+                prevs.push(event);
+            }
+        }
+        let follows_head = prevs.is_empty() || {
+            let mut prev_ids: Vec<&OwnedEventId> = pdu.prev_events.iter().collect();
+            let mut extremities: Vec<&OwnedEventId> = head.extremities.iter().collect();
+            prev_ids.sort();
+            prev_ids.dedup();
+            extremities.sort();
+            prev_ids == extremities
+        };
+        let fork = if follows_head {
+            None
+        } else {
+            let mut afters = Vec::with_capacity(prevs.len());
+            for prev in &prevs {
+                afters.push(self.state_after(prev).await?);
+            }
+            let before = self.resolve(&head, afters).await?;
+            let caches = self.svc.caches.clone();
+            let mut in_before: HashMap<(String, String), StoredEvent> = HashMap::new();
+            let types = auth_event_types(
+                &rules.authorization,
+                &pdu.kind.to_string(),
+                &pdu.sender,
+                pdu.state_key.as_deref(),
+                &pdu.content,
+            )
+            .map_err(|e| MasterError::bad_json(e.0))?;
+            for (kind, key) in types.iter().map(|(kind, key)| (kind.to_string(), key.clone())) {
+                if let Some(event) =
+                    caches.state_event(self.tx(), &before, &kind, &key).await.map_err(internal)?
+                {
+                    in_before.insert((kind, key), event);
+                }
+            }
+            if let Some(create) = &create {
+                in_before.insert(("m.room.create".to_owned(), String::new()), create.clone());
+            }
+            check_auth(&rules.authorization, &pdu, &by_id, |kind: &StateEventType, key: &str| {
+                in_before.get(&(kind.to_string(), key.to_owned())).map(|e| &*e.pdu)
+            })
+            .map_err(|e| MasterError::forbidden(format!("Rejected by the state before it: {e}")))?;
+            Some(before)
+        };
         let types = auth_event_types(
             &rules.authorization,
             &pdu.kind.to_string(),
@@ -543,7 +605,59 @@ impl<'w> Batch<'w> {
             ))
         })?;
         let room_id = pdu.room_id.clone();
-        self.persist(&room_id, pdu, None).await.map(Some)
+        match fork {
+            None => self.persist(&room_id, pdu, None).await.map(Some),
+            Some(before) => self.persist_on_fork(&room_id, pdu, before).await.map(Some),
+        }
+    }
+
+    /// Persists another server's event that sits on a fork of the room's event graph: the state
+    /// after it is `before` with it applied, the room's new current state the resolution of the
+    /// states after each new forward extremity.
+    async fn persist_on_fork(
+        &mut self,
+        room_id: &RoomId,
+        pdu: Pdu,
+        before: Snapshot,
+    ) -> MasterResult<StoredEvent> {
+        let mut head = self.head(room_id).await?.ok_or_else(|| MasterError::not_found("Unknown room"))?;
+        let caches = self.svc.caches.clone();
+        let after = match &pdu.state_key {
+            Some(key) => {
+                let type_nid =
+                    caches.type_nid(self.tx(), pdu.kind.to_string().as_str()).await.map_err(internal)?;
+                let state_key_nid = caches.state_key_nid(self.tx(), key).await.map_err(internal)?;
+                let entry = StateEntry { type_nid, state_key_nid, event_nid: EventNid(self.next_nid) };
+                caches.write_snapshot(self.tx(), head.room_nid, &before, &[entry]).await.map_err(internal)?
+            }
+            None => before,
+        };
+        let mut states = vec![after.clone()];
+        for id in head.extremities.clone() {
+            if pdu.prev_events.contains(&id) {
+                continue;
+            }
+            if let Some(extremity) = self.event_by_id(id.as_str()).await? {
+                states.push(self.state_after(&extremity).await?);
+            }
+        }
+        let current_before = head.snapshot.clone();
+        tracing::info!(%room_id, event_id = %pdu.event_id, branches = states.len(), "an event on a fork of the room's graph: resolving the room's state");
+        let current = self.resolve(&head, states).await?;
+        head.snapshot = current.clone();
+        self.heads.insert(room_id.to_owned(), head);
+        // Not as state: its effect on the room's state is the resolution's.
+        let event = self.persist_event(room_id, pdu, None, false).await?;
+        let mut head = self.head(room_id).await?.ok_or_else(|| MasterError::not_found("Unknown room"))?;
+        self.apply_membership_changes(&mut head, &current_before, &current, event.row.stream_pos).await?;
+        self.heads.insert(room_id.to_owned(), head);
+        if after.nid != current.nid
+            && let Some(after_nid) = after.nid
+        {
+            let conn = self.connection().await?;
+            event_store::insert_state_after(conn, event.row.event_nid, after_nid).await.map_err(internal)?;
+        }
+        Ok(event)
     }
 
     /// Starts a room of other servers that one of our users joins: its auth chain and state
@@ -913,6 +1027,9 @@ impl<'w> Batch<'w> {
         let caches = self.svc.caches.clone();
         for (room_id, head) in self.heads.drain() {
             self.writer.heads.insert(room_id, head);
+        }
+        for (key, resolved) in std::mem::take(&mut self.resolved) {
+            resolve::remember(&mut self.writer.resolved, key, resolved);
         }
         let mut events = Vec::with_capacity(self.appended.len());
         let mut rows = Vec::with_capacity(self.appended.len());

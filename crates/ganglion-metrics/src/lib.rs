@@ -273,6 +273,7 @@ pub struct MasterMetrics {
     persisted: Counter,
     rejected: Family<ReasonLabels, Counter>,
     batches: Histogram,
+    resolutions: Histogram,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -286,6 +287,7 @@ impl Default for MasterMetrics {
             persisted: Counter::default(),
             rejected: Family::default(),
             batches: latency_histogram(),
+            resolutions: latency_histogram(),
         }
     }
 }
@@ -301,6 +303,11 @@ impl MasterMetrics {
     /// rules, `bad_json`, `too_large`, ...).
     pub fn rejected(&self, reason: &'static str) {
         self.rejected.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// A state resolution computed (not one answered from the memo).
+    pub fn resolved(&self, took: Duration) {
+        self.resolutions.observe(took.as_secs_f64());
     }
 }
 
@@ -623,6 +630,11 @@ impl Metrics {
             "write_batch_duration_seconds",
             "The master: how long each write batch held the writer, from taking it to commit",
             master.batches.clone(),
+        );
+        registry.register(
+            "state_resolution_duration_seconds",
+            "The master: time to resolve the states of a room's branches (forks of its event graph), memoised ones not counted",
+            master.resolutions.clone(),
         );
         let database = DatabaseMetrics::new();
         registry.register(

@@ -277,3 +277,28 @@ pub async fn event_nids_in_room_newest_first(
     .await?;
     Ok(rows.into_iter().map(|row| (EventNid(row.get(0)), row.get(1))).collect())
 }
+
+/// Records the state after an event in the event graph, where it is not its row's snapshot.
+pub async fn insert_state_after(
+    conn: &mut Conn,
+    event_nid: EventNid,
+    snapshot_nid: SnapshotNid,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO event_state_after (event_nid, snapshot_nid) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(event_nid.0)
+    .bind(snapshot_nid.0)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The state after an event in the event graph when it differs from its row's snapshot.
+pub async fn state_after_nid(conn: &mut Conn, event_nid: EventNid) -> Result<Option<SnapshotNid>> {
+    let row = sqlx::query("SELECT snapshot_nid FROM event_state_after WHERE event_nid = $1")
+        .bind(event_nid.0)
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.map(|row| SnapshotNid(row.get(0))))
+}

@@ -19,6 +19,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (10, include_str!("../migrations/0010_federation_outbox.sql")),
     (11, include_str!("../migrations/0011_room_federation.sql")),
     (12, include_str!("../migrations/0012_remote_invites.sql")),
+    (13, include_str!("../migrations/0013_event_state_after.sql")),
 ];
 
 pub(crate) async fn run(db: &Db) -> Result<()> {
