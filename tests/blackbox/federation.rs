@@ -519,6 +519,16 @@ async fn a_cluster_federates_through_its_federation_reader() {
             }
         }
 
+        // Media both ways: the node fetches the cluster's from a media worker behind nginx's TLS
+        // listener; a media worker fetches the node's.
+        use crate::federation_media::{get, upload};
+        let ours = upload(&alice, "text/plain", "a.txt", b"from the cluster".to_vec()).await;
+        let fetched = get(&bob, &format!("/_matrix/client/v1/media/download/{ours}")).await;
+        assert_eq!((fetched.status, fetched.text.as_str()), (200, "from the cluster"), "{}", log());
+        let theirs = upload(&bob, "text/plain", "b.txt", b"from the node".to_vec()).await;
+        let fetched = get(&alice, &format!("/_matrix/client/v1/media/download/{theirs}")).await;
+        assert_eq!((fetched.status, fetched.text.as_str()), (200, "from the node"), "{}", log());
+
         let uri = format!("/_matrix/federation/v1/query/profile?user_id={}", enc(&alice.user_id));
         let unsigned = http.get(format!("{federation_url}{uri}")).send().await.unwrap();
         assert_unauthorized(unsigned, "unsigned, through nginx").await;

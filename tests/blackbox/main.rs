@@ -53,6 +53,7 @@ mod errors;
 mod federation;
 mod federation_edus;
 mod federation_events;
+mod federation_media;
 mod federation_rooms;
 mod haproxy;
 mod ignoring;

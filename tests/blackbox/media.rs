@@ -537,7 +537,7 @@ async fn two_media_workers_serve_each_others_files() {
     .await
 }
 
-fn png(width: u32, height: u32) -> Vec<u8> {
+pub(crate) fn png(width: u32, height: u32) -> Vec<u8> {
     let image =
         image::RgbImage::from_fn(width, height, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 128]));
     let mut bytes = Vec::new();

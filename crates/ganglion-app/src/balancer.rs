@@ -64,7 +64,13 @@ pub(crate) fn pool_of_class(
     }
     needed.entry(EndpointClass::ClientRead).or_insert_with(|| "unknown paths".into());
     let mut pool_of = BTreeMap::new();
+    // Without federation readers nothing answers other servers, so no federation class (the
+    // media workers' included) is routed.
+    let federating = roles.iter().any(|role| role.serves(EndpointClass::Federation));
     for (class, route) in needed {
+        if federates(class) && !federating {
+            continue;
+        }
         match roles.iter().find(|role| role.serves(class)) {
             Some(role) => {
                 pool_of.insert(class, pool(*role));

@@ -381,6 +381,7 @@ pub async fn run(
             .map(|r| r.with_state(state.clone())),
     );
 
+    let mut media_state = None;
     if role.serves(EndpointClass::Media) {
         let store = match &config.media.s3 {
             Some(s3) => {
@@ -411,7 +412,9 @@ pub async fn run(
             ),
             scanner_key: Arc::default(),
             metrics: metrics.media.clone(),
+            federation: Some(federation.clone()),
         };
+        media_state = Some(state.clone());
         tokio::spawn(ganglion_media::housekeeping(db.clone(), state.store.clone()));
         routes.extend(
             ganglion_media::routes()
@@ -443,11 +446,19 @@ pub async fn run(
         let listener = TcpListener::bind(address)
             .await
             .map_err(|source| AppError::Listen { address: address.to_string(), source })?;
-        let federation_routes: Vec<Route<()>> = ganglion_federation_api::routes()
+        let mut federation_routes: Vec<Route<()>> = ganglion_federation_api::routes()
             .into_iter()
             .filter(|r| role.serves(r.class))
             .map(|r| r.with_state(federation_state.clone()))
             .collect();
+        if let Some(media_state) = &media_state {
+            federation_routes.extend(
+                ganglion_media::routes()
+                    .into_iter()
+                    .filter(|r| r.class == EndpointClass::FederationMedia)
+                    .map(|r| r.with_state(media_state.clone())),
+            );
+        }
         let router =
             router_from_routes(federation_routes, config.http.max_body_bytes, Some(metrics.http.clone()));
         let stopped = until_stopped();

@@ -105,6 +105,41 @@ impl FederationClient {
         self.request(Method::GET, destination, path_and_query, None).await
     }
 
+    /// A signed `GET` whose answer is not JSON (media): its `Content-Type` and body, refused
+    /// past `limit` bytes. A failed request's error is read from its JSON body as usual.
+    pub async fn get_raw(
+        &self,
+        destination: &ServerName,
+        path_and_query: &str,
+        limit: usize,
+    ) -> Result<(Option<String>, Bytes), FederationError> {
+        let authorization = self.authorization(&Method::GET, destination, path_and_query, &[])?;
+        let (content_type, body) = self
+            .send_raw(Method::GET, destination, path_and_query, Some(authorization), Vec::new(), limit)
+            .await?;
+        Ok((content_type, body))
+    }
+
+    fn authorization(
+        &self,
+        method: &Method,
+        destination: &ServerName,
+        path_and_query: &str,
+        body: &[u8],
+    ) -> Result<http::HeaderValue, FederationError> {
+        let to_sign = http::Request::builder()
+            .method(method.clone())
+            .uri(path_and_query)
+            .body(body)
+            .map_err(|error| bad_request(destination, error))?;
+        let authorization = XMatrix::try_from_http_request(
+            &to_sign,
+            ServerSignaturesInput::new(self.server_name.clone(), destination.to_owned(), &self.key.key_pair),
+        )
+        .map_err(|error| bad_request(destination, error))?;
+        Ok(http::HeaderValue::from(&authorization))
+    }
+
     /// A signed request with a JSON body.
     pub async fn request(
         &self,
@@ -120,17 +155,7 @@ impl FederationClient {
             })?,
             None => Vec::new(),
         };
-        let to_sign = http::Request::builder()
-            .method(method.clone())
-            .uri(path_and_query)
-            .body(body.as_slice())
-            .map_err(|error| bad_request(destination, error))?;
-        let authorization = XMatrix::try_from_http_request(
-            &to_sign,
-            ServerSignaturesInput::new(self.server_name.clone(), destination.to_owned(), &self.key.key_pair),
-        )
-        .map_err(|error| bad_request(destination, error))?;
-        let authorization = http::HeaderValue::from(&authorization);
+        let authorization = self.authorization(&method, destination, path_and_query, &body)?;
         self.send(method, destination, path_and_query, Some(authorization), body).await
     }
 
@@ -162,6 +187,25 @@ impl FederationClient {
         authorization: Option<http::HeaderValue>,
         body: Vec<u8>,
     ) -> Result<Value, FederationError> {
+        let (_, body) = self
+            .send_raw(method, destination, path_and_query, authorization, body, MAX_RESPONSE_BYTES)
+            .await?;
+        serde_json::from_slice(&body).map_err(|_| FederationError::BadResponse {
+            destination: destination.to_string(),
+            message: "the answer is not JSON".into(),
+        })
+    }
+
+    /// The answer's `Content-Type` and body, or the error a failed answer's JSON names.
+    async fn send_raw(
+        &self,
+        method: Method,
+        destination: &ServerName,
+        path_and_query: &str,
+        authorization: Option<http::HeaderValue>,
+        body: Vec<u8>,
+        limit: usize,
+    ) -> Result<(Option<String>, Bytes), FederationError> {
         if let Some(reason) = self.policy.refusal(destination.as_str()) {
             return Err(FederationError::Refused {
                 destination: destination.to_string(),
@@ -179,11 +223,11 @@ impl FederationClient {
         }
         let response = request.send().await.map_err(|error| unreachable(destination, &error))?;
         let status = response.status();
-        let body = read_limited(response, MAX_RESPONSE_BYTES)
-            .await
-            .map_err(|error| unreachable(destination, &error))?;
-        let value: Option<Value> = serde_json::from_slice(&body).ok();
+        let content_type =
+            response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let body = read_limited(response, limit).await.map_err(|error| unreachable(destination, &error))?;
         if !status.is_success() {
+            let value: Option<Value> = serde_json::from_slice(&body).ok();
             let field = |name: &str| {
                 value
                     .as_ref()
@@ -199,10 +243,7 @@ impl FederationClient {
                 error: field("error"),
             });
         }
-        value.ok_or_else(|| FederationError::BadResponse {
-            destination: destination.to_string(),
-            message: "the answer is not JSON".into(),
-        })
+        Ok((content_type, body))
     }
 }
 

@@ -148,8 +148,7 @@ pub(crate) async fn uploaded_row(
         return Err(MatrixError::invalid_param("Media ids are made of A-Z, a-z, 0-9, '_' and '-'"));
     }
     if server_name != state.config.server_name {
-        // Remote media comes with federation.
-        return Err(MatrixError::not_found("Remote media is not available on this server"));
+        return crate::federation::remote_row(state, server_name, media_id).await;
     }
     let row = uploaded(state, media_id, timeout_ms).await?;
     if row.quarantined || (access == Access::Legacy && row.authenticated_only) {

@@ -9,6 +9,7 @@
 
 mod content_scanner;
 mod download;
+mod federation;
 mod preview;
 pub mod scan;
 mod store;
@@ -39,6 +40,8 @@ pub struct MediaState {
     pub scanner_key: Arc<tokio::sync::OnceCell<vodozemac::pk_encryption::PkDecryption>>,
     /// Bytes in and out, scan verdicts.
     pub metrics: Arc<ganglion_metrics::MediaMetrics>,
+    /// Other servers: their signed requests for our media, and their media for our users.
+    pub federation: Option<ganglion_federation::Federation>,
 }
 
 impl FromRef<MediaState> for Arc<dyn Authenticator> {
@@ -89,6 +92,19 @@ pub fn routes() -> Vec<Route<MediaState>> {
         ),
     ]);
     // The content scanner API, for clients that scan attachments before showing them.
+    // Other servers' requests for our media (signed; answered `multipart/mixed`).
+    routes.extend([
+        Route::get(
+            "/_matrix/federation/v1/media/download/{mediaId}",
+            EndpointClass::FederationMedia,
+            federation::download,
+        ),
+        Route::get(
+            "/_matrix/federation/v1/media/thumbnail/{mediaId}",
+            EndpointClass::FederationMedia,
+            federation::thumbnail,
+        ),
+    ]);
     routes.extend([
         Route::get("/_matrix/media_proxy/unstable/public_key", Media, content_scanner::public_key),
         Route::get("/_matrix/media_proxy/unstable/scan/{serverName}/{mediaId}", Media, content_scanner::scan),

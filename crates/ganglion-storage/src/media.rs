@@ -300,3 +300,53 @@ pub async fn insert_url_preview(conn: &mut Conn, url: &str, og: &str, now_ms: i6
     .await?;
     Ok(())
 }
+
+/// Another server's media as fetched here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteMediaRow {
+    pub content_sha256: String,
+    pub content_type: String,
+    pub filename: Option<String>,
+    pub size_bytes: i64,
+}
+
+/// Media `media_id` of server `origin`, if it was fetched before.
+pub async fn remote_media(conn: &mut Conn, origin: &str, media_id: &str) -> Result<Option<RemoteMediaRow>> {
+    let row = sqlx::query(
+        "SELECT content_sha256, content_type, filename, size_bytes FROM remote_media WHERE origin = $1 AND media_id = $2",
+    )
+    .bind(origin)
+    .bind(media_id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|row| RemoteMediaRow {
+        content_sha256: row.get(0),
+        content_type: row.get(1),
+        filename: row.get(2),
+        size_bytes: row.get(3),
+    }))
+}
+
+/// Records media fetched from `origin` (a second fetch of the same id changes nothing).
+pub async fn insert_remote_media(
+    conn: &mut Conn,
+    origin: &str,
+    media_id: &str,
+    row: &RemoteMediaRow,
+    now_ms: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO remote_media (origin, media_id, content_sha256, content_type, filename, size_bytes, fetched_ts) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+    )
+    .bind(origin)
+    .bind(media_id)
+    .bind(&row.content_sha256)
+    .bind(&row.content_type)
+    .bind(&row.filename)
+    .bind(row.size_bytes)
+    .bind(now_ms)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -55,14 +55,16 @@ impl Role {
                     | EndpointClass::Auth
                     | EndpointClass::WellKnown
             ),
-            Role::Media => matches!(class, EndpointClass::Media | EndpointClass::WellKnown),
-            Role::FederationReader => matches!(
-                class,
-                EndpointClass::Federation
-                    | EndpointClass::FederationMedia
-                    | EndpointClass::Keys
-                    | EndpointClass::WellKnown
-            ),
+            // Other servers' media requests need the media store.
+            Role::Media => {
+                matches!(
+                    class,
+                    EndpointClass::Media | EndpointClass::FederationMedia | EndpointClass::WellKnown
+                )
+            }
+            Role::FederationReader => {
+                matches!(class, EndpointClass::Federation | EndpointClass::Keys | EndpointClass::WellKnown)
+            }
             Role::FederationSender => false,
         }
     }
