@@ -182,6 +182,78 @@ async fn a_synapse_user_joins_a_ganglion_room_and_messages_flow_both_ways() {
     .await
 }
 
+/// The room ids of a `/publicRooms` answer.
+fn listed(answer: &Value) -> Vec<String> {
+    answer["chunk"].as_array().map_or_else(Vec::new, |chunk| {
+        chunk.iter().filter_map(|room| room["room_id"].as_str().map(str::to_owned)).collect()
+    })
+}
+
+/// Each server's users browse the other's room directory through their own server
+/// (`/publicRooms?server=`), with and without a search term.
+#[tokio::test]
+async fn room_directories_are_browsed_across_servers_with_synapse() {
+    crate::run(async {
+        let (synapse, ganglion) = tokio::join!(Synapse::start(), FederationNode::start());
+        let (synapse, ganglion) = (synapse.unwrap(), ganglion.unwrap());
+        let log = || format!("--- ganglion\n{}\n--- synapse\n{}", ganglion.log(), synapse.log());
+        let alice = ganglion.client_api().register("alice", crate::PASSWORD).await.unwrap();
+        let bob = synapse_account(&synapse, "bob").await;
+        let plaza = alice
+            .create_room(
+                &json!({ "preset": "public_chat", "visibility": "public", "name": "Ganglion plaza" }),
+            )
+            .await
+            .unwrap();
+        alice.create_room(&json!({ "preset": "public_chat", "name": "Unlisted" })).await.unwrap();
+        let lounge = bob
+            .create_room(
+                &json!({ "preset": "public_chat", "visibility": "public", "name": "Synapse lounge" }),
+            )
+            .await
+            .unwrap();
+
+        // Synapse lists a new room once its background statistics have it.
+        let mut theirs =
+            alice.get(&format!("/publicRooms?server={}", enc(synapse.server_name()))).await.unwrap();
+        for _ in 0..50 {
+            if !listed(&theirs.body).is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            theirs = alice.get(&format!("/publicRooms?server={}", enc(synapse.server_name()))).await.unwrap();
+        }
+        assert_eq!(theirs.status, 200, "{}\n{}", theirs.text, log());
+        assert_eq!(listed(&theirs.body), vec![lounge.clone()], "{}", theirs.text);
+        assert_eq!(theirs.body["chunk"][0]["name"], "Synapse lounge");
+        let path = format!("/publicRooms?server={}", enc(synapse.server_name()));
+        let found =
+            alice.post(&path, &json!({ "filter": { "generic_search_term": "lounge" } })).await.unwrap();
+        assert_eq!(listed(&found.ok()), vec![lounge.clone()]);
+        let none =
+            alice.post(&path, &json!({ "filter": { "generic_search_term": "nowhere" } })).await.unwrap();
+        assert!(listed(&none.ok()).is_empty());
+
+        let ours = bob.get(&format!("/publicRooms?server={}", enc(ganglion.server_name()))).await.unwrap();
+        assert_eq!(ours.status, 200, "{}\n{}", ours.text, log());
+        assert_eq!(listed(&ours.body), vec![plaza.clone()], "{}", ours.text);
+        assert_eq!(ours.body["chunk"][0]["name"], "Ganglion plaza");
+        let path = format!("/publicRooms?server={}", enc(ganglion.server_name()));
+        let found = bob.post(&path, &json!({ "filter": { "generic_search_term": "PLAZA" } })).await.unwrap();
+        assert_eq!(listed(&found.ok()), vec![plaza.clone()], "{}", log());
+
+        // A server that does not exist: an error, not a hang or a 5xx of ours.
+        let unknown = alice.get("/publicRooms?server=nowhere.invalid").await.unwrap();
+        assert!(
+            (400..500).contains(&unknown.status) || unknown.status == 502,
+            "{} {}",
+            unknown.status,
+            unknown.text
+        );
+    })
+    .await
+}
+
 /// The state event `kind` of a room as `account`'s server has it now (its content).
 async fn state_content(account: &Account, room_id: &str, kind: &str) -> Value {
     account.get(&format!("/rooms/{}/state/{kind}/", enc(room_id))).await.unwrap().body

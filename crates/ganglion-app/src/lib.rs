@@ -431,6 +431,7 @@ pub async fn run(
         federation: federation.clone(),
         master,
         metrics: metrics.federation.clone(),
+        caches: caches.clone(),
     };
     routes.extend(
         ganglion_federation_api::routes()

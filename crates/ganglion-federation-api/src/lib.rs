@@ -34,6 +34,7 @@ pub struct FederationState {
     /// Claims of one-time keys go through the master.
     pub master: Arc<dyn ganglion_rpc::Master>,
     pub metrics: Arc<ganglion_metrics::FederationMetrics>,
+    pub caches: Arc<ganglion_state::Caches>,
 }
 
 pub fn routes() -> Vec<Route<FederationState>> {
@@ -57,6 +58,8 @@ pub fn routes() -> Vec<Route<FederationState>> {
         Route::post("/_matrix/federation/v1/get_missing_events/{roomId}", Fed, events::get_missing_events),
         Route::get("/_matrix/federation/v1/query/profile", Fed, query::profile),
         Route::get("/_matrix/federation/v1/query/directory", Fed, query::directory),
+        Route::get("/_matrix/federation/v1/publicRooms", Fed, query::public_rooms),
+        Route::post("/_matrix/federation/v1/publicRooms", Fed, query::search_public_rooms),
         Route::post("/_matrix/federation/v1/user/keys/query", Fed, user::query_keys),
         Route::post("/_matrix/federation/v1/user/keys/claim", Fed, user::claim_keys),
         Route::get("/_matrix/federation/v1/user/devices/{userId}", Fed, user::devices),

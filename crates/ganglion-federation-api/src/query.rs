@@ -6,6 +6,8 @@ use ganglion_http::{MatrixError, MatrixQuery, MatrixResult};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use ganglion_state::directory::{self, DirectorySearch};
+
 use crate::{FederationState, Signed};
 
 /// `GET /_matrix/federation/v1/version` (unauthenticated).
@@ -84,4 +86,33 @@ pub(crate) async fn well_known_server(State(state): State<FederationState>) -> M
         Some(server) => Ok(Json(json!({ "m.server": server }))),
         None => Err(MatrixError::not_found("This server does not delegate federation")),
     }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct PublicRoomsQuery {
+    #[serde(default, deserialize_with = "ganglion_http::lenient::u64_opt")]
+    limit: Option<u64>,
+    since: Option<String>,
+}
+
+/// `GET /_matrix/federation/v1/publicRooms`: our published rooms, for another server's users.
+pub(crate) async fn public_rooms(
+    State(state): State<FederationState>,
+    MatrixQuery(query): MatrixQuery<PublicRoomsQuery>,
+    _signed: Signed,
+) -> MatrixResult<Json<Value>> {
+    let search = DirectorySearch { limit: query.limit, since: query.since, filter: Default::default() };
+    let mut conn = state.db.conn().await?;
+    Ok(Json(directory::public_rooms_page(&state.caches, &mut conn, search).await?))
+}
+
+/// `POST /_matrix/federation/v1/publicRooms`: the same, with a search term and room types.
+pub(crate) async fn search_public_rooms(
+    State(state): State<FederationState>,
+    signed: Signed,
+) -> MatrixResult<Json<Value>> {
+    let search: DirectorySearch = serde_json::from_slice(&signed.body)
+        .map_err(|error| MatrixError::bad_json(format!("Invalid search: {error}")))?;
+    let mut conn = state.db.conn().await?;
+    Ok(Json(directory::public_rooms_page(&state.caches, &mut conn, search).await?))
 }

@@ -5,6 +5,7 @@
 //! plus the event itself. State resolution arrives with federation, where histories fork.
 
 mod cache;
+pub mod directory;
 pub mod keys;
 mod read;
 mod snapshot;

@@ -334,6 +334,8 @@ fn homeserver_config(dir: &Path, server_name: &str, client_port: u16, federation
         "presence": { "enabled": true },
         "allow_public_rooms_over_federation": true,
         "allow_public_rooms_without_auth": true,
+        // Synapse lets only its admins publish rooms unless told otherwise.
+        "room_list_publication_rules": [{ "action": "allow" }],
         // Peers present self-signed certificates, and the only notary is the peer itself.
         "federation_verify_certificates": false,
         "trusted_key_servers": [],

@@ -2,7 +2,6 @@ use serde_json::json;
 
 use super::{
     access::{HistoryRules, HistoryVisibility, point_token, stream_point},
-    directory::{directory_offset, plain_topic},
     filter::{self, RoomEventFilter, type_matches},
     members::membership_wanted,
     messages::{Direction, page_range},
@@ -186,10 +185,10 @@ fn membership_filters_of_members() {
 
 #[test]
 fn directory_tokens_are_offsets() {
-    assert_eq!(directory_offset("o0"), Some(0));
-    assert_eq!(directory_offset("o25"), Some(25));
+    assert_eq!(ganglion_state::directory::directory_offset("o0"), Some(0));
+    assert_eq!(ganglion_state::directory::directory_offset("o25"), Some(25));
     for bad in ["", "o", "o-1", "25", "p25"] {
-        assert_eq!(directory_offset(bad), None, "{bad}");
+        assert_eq!(ganglion_state::directory::directory_offset(bad), None, "{bad}");
     }
 }
 
@@ -199,7 +198,10 @@ fn plain_topic_prefers_the_text_plain_entry() {
         { "body": "<b>hi</b>", "mimetype": "text/html" },
         { "body": "hi" },
     ]});
-    assert_eq!(plain_topic(&rich).as_deref(), Some("hi"));
-    assert_eq!(plain_topic(&json!({ "topic": "plain" })).as_deref(), Some("plain"));
-    assert_eq!(plain_topic(&json!({})), None);
+    assert_eq!(ganglion_state::directory::plain_topic(&rich).as_deref(), Some("hi"));
+    assert_eq!(
+        ganglion_state::directory::plain_topic(&json!({ "topic": "plain" })).as_deref(),
+        Some("plain")
+    );
+    assert_eq!(ganglion_state::directory::plain_topic(&json!({})), None);
 }
