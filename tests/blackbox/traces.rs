@@ -210,3 +210,69 @@ async fn one_send_is_one_trace_across_processes_to_the_woken_sync(backend: Backe
         }
     }
 }
+
+/// A send in a room shared with another server: the federation sender's transaction carrying
+/// the event is a span of the send's trace, under the master's persisting of it.
+#[tokio::test]
+async fn cluster_send_to_another_server_traces_into_the_federation_senders_transaction() {
+    crate::run(async {
+        let (endpoint, receiver) = receiver().await;
+        let options = ServerOptions {
+            extra_toml: format!("[tracing]\notlp_endpoint = \"{endpoint}\"\n"),
+            ..ServerOptions::default()
+        };
+        let (cluster, node) = tokio::join!(
+            ganglion_testkit::Cluster::start_federating(options),
+            ganglion_testkit::FederationNode::start()
+        );
+        let (cluster, node) = (cluster.unwrap(), node.unwrap());
+        let alice =
+            ganglion_testkit::Api::new(cluster.base_url()).register("alice", crate::PASSWORD).await.unwrap();
+        let bob = node.client_api().register("bob", crate::PASSWORD).await.unwrap();
+        let room = alice
+            .create_room(&json!({ "preset": "public_chat", "room_alias_name": "traced" }))
+            .await
+            .unwrap();
+        bob.join(&format!("#traced:{}", cluster.server_name())).await.unwrap();
+        let members = || async {
+            let joined = alice.get(&format!("/rooms/{}/joined_members", ganglion_testkit::enc(&room))).await;
+            joined.map(|response| response.body["joined"].as_object().map_or(0, |joined| joined.len()))
+        };
+        ganglion_testkit::eventually(Duration::from_secs(20), "bob's join on the cluster", || async {
+            Ok((members().await? == 2).then_some(()))
+        })
+        .await
+        .unwrap();
+        let event_id = alice.send_text(&room, "traced across servers").await.unwrap();
+        crate::federation_rooms::wait_for_messages(&bob, &room, 1, || node.log()).await;
+
+        let (transaction, persist) = ganglion_testkit::eventually(
+            Duration::from_secs(20),
+            "the federation sender's transaction in the send's trace",
+            || async {
+                let spans = receiver.spans.lock().unwrap().clone();
+                let sends: Vec<&Received> = spans
+                    .iter()
+                    .filter(|span| span.name.starts_with("PUT ") && span.name.contains("/send/"))
+                    .collect();
+                for send in sends {
+                    let trace: Vec<&Received> =
+                        spans.iter().filter(|span| span.trace_id == send.trace_id).collect();
+                    let transaction = trace.iter().find(|span| span.name == "federation.transaction");
+                    let persist = trace.iter().find(|span| span.name == "persist event");
+                    if let (Some(transaction), Some(persist)) = (transaction, persist) {
+                        return Ok(Some(((*transaction).clone(), (*persist).clone())));
+                    }
+                }
+                Ok(None)
+            },
+        )
+        .await
+        .unwrap_or_else(|error| panic!("{error} ({event_id}): {:#?}", receiver.spans.lock().unwrap()));
+        assert_eq!(transaction.service, "ganglion-federation-sender");
+        assert!(transaction.instance.starts_with("fedsender"), "{transaction:?}");
+        assert_eq!(transaction.parent_span_id, persist.span_id, "{transaction:?} under {persist:?}");
+        assert_eq!(persist.service, "ganglion-master");
+    })
+    .await
+}

@@ -165,7 +165,7 @@ impl Sender {
             let (client, db, metrics) = (self.client.clone(), self.db.clone(), self.metrics.clone());
             async move {
                 let started = Instant::now();
-                let result = send_transaction(&client, &destination, &queued).await;
+                let result = traced(&destination, &queued, send_transaction(&client, &destination, &queued)).await;
                 // Refused for good (a 4xx other than 429): sending it again would be refused
                 // again, and would hold up what comes after it.
                 let refused = matches!(
@@ -217,6 +217,28 @@ impl Sender {
         }
         Ok(())
     }
+}
+
+/// Runs `send` in a span of the trace of the client request that made the transaction's first
+/// PDU (linked to the others' by their ids in the span's fields), when traces are exported.
+async fn traced<T>(destination: &str, queued: &Queued, send: impl std::future::Future<Output = T>) -> T {
+    use tracing::Instrument as _;
+    let Some(traceparent) = queued.pdus.iter().find_map(|pdu| pdu.traceparent.as_deref()) else {
+        return send.await;
+    };
+    if !ganglion_telemetry::exporting() {
+        return send.await;
+    }
+    let span = tracing::info_span!(
+        "federation.transaction",
+        otel.name = "federation.transaction",
+        otel.kind = "client",
+        destination = %destination,
+        pdus = queued.pdus.len(),
+        edus = queued.edus.len(),
+    );
+    ganglion_telemetry::continue_trace(&span, traceparent);
+    send.instrument(span).await
 }
 
 /// What one transaction to a destination carries.

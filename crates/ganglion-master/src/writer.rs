@@ -123,8 +123,8 @@ struct BatchTx {
     tx: ganglion_storage::Tx,
     events: Vec<Arc<event_store::EventRow>>,
     txns: Vec<(event_store::TxnKey, String)>,
-    /// Our events owed to other servers: `(destination, event)`.
-    outbox: Vec<(String, EventNid)>,
+    /// Our events owed to other servers: `(destination, event, traceparent)`.
+    outbox: Vec<ganglion_storage::federation::QueuedPdu>,
 }
 
 impl BatchTx {
@@ -862,7 +862,7 @@ impl<'w> Batch<'w> {
         let event = self.persist_event(room_id, pdu, None, in_state).await?;
         // The room's servers have their past already, an event of ours among it too.
         let nid = event.row.event_nid;
-        self.tx().outbox.retain(|(_, queued)| *queued != nid);
+        self.tx().outbox.retain(|(_, queued, _)| *queued != nid);
         Ok(event)
     }
 
@@ -970,9 +970,10 @@ impl<'w> Batch<'w> {
             replaces_nid,
             redacted_by: None,
         });
+        let trace = self.trace.clone();
         let tx = self.tx();
         tx.events.push(row.clone());
-        tx.outbox.extend(destinations.into_iter().map(|destination| (destination, event_nid)));
+        tx.outbox.extend(destinations.into_iter().map(|destination| (destination, event_nid, trace.clone())));
         if let Some((device_id, txn_id)) = txn {
             let key = (row.sender.clone(), device_id.to_string(), txn_id.to_owned());
             tx.txns.push((key, row.event_id.clone()));

@@ -72,15 +72,19 @@ pub async fn outbox_edus_for(conn: &mut Conn, destination: &str, limit: i64) -> 
 
 /// Queues our events for other servers, `(destination, event)`; call inside the transaction
 /// that persists the events.
-pub async fn insert_outbox_pdus(conn: &mut Conn, pdus: &[(String, EventNid)], now_ms: i64) -> Result<()> {
+/// A PDU to queue: its destination, its event and the `traceparent` of the request that made it.
+pub type QueuedPdu = (String, EventNid, Option<std::sync::Arc<str>>);
+
+pub async fn insert_outbox_pdus(conn: &mut Conn, pdus: &[QueuedPdu], now_ms: i64) -> Result<()> {
     for chunk in pdus.chunks(200) {
         let sql = format!(
-            "INSERT INTO federation_pdu_outbox (destination, event_nid, created_ts) VALUES {}",
-            crate::state::row_placeholders(chunk.len(), 3)
+            "INSERT INTO federation_pdu_outbox (destination, event_nid, created_ts, traceparent) VALUES {}",
+            crate::state::row_placeholders(chunk.len(), 4)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (destination, event_nid) in chunk {
-            query = query.bind(destination.as_str()).bind(event_nid.0).bind(now_ms);
+        for (destination, event_nid, traceparent) in chunk {
+            query =
+                query.bind(destination.as_str()).bind(event_nid.0).bind(now_ms).bind(traceparent.as_deref());
         }
         query.execute(&mut *conn).await?;
     }
@@ -93,12 +97,13 @@ pub struct OutboxPdu {
     pub id: i64,
     pub event_id: String,
     pub json: String,
+    pub traceparent: Option<String>,
 }
 
 /// The oldest queued PDUs of `destination`, at most `limit`, in the order they were persisted.
 pub async fn outbox_pdus_for(conn: &mut Conn, destination: &str, limit: i64) -> Result<Vec<OutboxPdu>> {
     let rows = sqlx::query(
-        "SELECT o.id, e.event_id, e.json FROM federation_pdu_outbox o JOIN events e ON e.event_nid = o.event_nid \
+        "SELECT o.id, e.event_id, e.json, o.traceparent FROM federation_pdu_outbox o JOIN events e ON e.event_nid = o.event_nid \
          WHERE o.destination = $1 ORDER BY o.id LIMIT $2",
     )
     .bind(destination)
@@ -107,7 +112,12 @@ pub async fn outbox_pdus_for(conn: &mut Conn, destination: &str, limit: i64) -> 
     .await?;
     Ok(rows
         .into_iter()
-        .map(|row| OutboxPdu { id: row.get(0), event_id: row.get(1), json: row.get(2) })
+        .map(|row| OutboxPdu {
+            id: row.get(0),
+            event_id: row.get(1),
+            json: row.get(2),
+            traceparent: row.get(3),
+        })
         .collect())
 }
 

@@ -21,6 +21,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (12, include_str!("../migrations/0012_remote_invites.sql")),
     (13, include_str!("../migrations/0013_event_state_after.sql")),
     (14, include_str!("../migrations/0014_remote_media.sql")),
+    (15, include_str!("../migrations/0015_outbox_traces.sql")),
 ];
 
 pub(crate) async fn run(db: &Db) -> Result<()> {
