@@ -459,3 +459,65 @@ fn presence_content_leaves_out_what_synapse_leaves_out() {
             && PresenceState::Unavailable > PresenceState::Offline
     );
 }
+
+/// Two concurrent renames of a room by its creator: state resolution keeps the later one (same
+/// power, same mainline: the origin timestamp decides), whichever order the states come in.
+#[test]
+fn state_resolution_keeps_the_later_of_two_concurrent_renames() {
+    let key = key();
+    for version in SUPPORTED_ROOM_VERSIONS {
+        let rules = version.rules().unwrap();
+        let events = room(&key, &version);
+        let alice = UserId::parse("@alice:example.org").unwrap();
+        let room_id = events[0].room_id.clone();
+        let state: HashMap<(String, String), &Pdu> =
+            events.iter().filter_map(|e| e.state_key.clone().map(|k| ((e.kind.to_string(), k), e))).collect();
+        let last = events.last().unwrap();
+        let rename = |name: &str, ts: u64| {
+            let template = EventTemplate::state("m.room.name", "", json!({ "name": name }));
+            let content = serde_json::value::to_raw_value(&template.content).unwrap();
+            let types =
+                auth_event_types(&rules.authorization, "m.room.name", &alice, Some(""), &content).unwrap();
+            let auth: Vec<OwnedEventId> = types
+                .iter()
+                .filter_map(|(kind, key)| {
+                    state.get(&(kind.to_string(), key.clone())).map(|e| e.event_id.clone())
+                })
+                .collect();
+            let prev = std::slice::from_ref(&last.event_id);
+            build_pdu(
+                &key,
+                &rules,
+                Some(&room_id),
+                &alice,
+                &template,
+                prev,
+                &auth,
+                u64::from(last.depth) + 1,
+                ts,
+            )
+            .unwrap()
+        };
+        let (early, late) = (rename("early", 2_000), rename("late", 3_000));
+        let base: ruma::state_res::StateMap<OwnedEventId> = events
+            .iter()
+            .map(|e| {
+                ((StateEventType::from(e.kind.to_string()), e.state_key.clone().unwrap()), e.event_id.clone())
+            })
+            .collect();
+        let with = |event: &Pdu| {
+            let mut state = base.clone();
+            state.insert((StateEventType::RoomName, String::new()), event.event_id.clone());
+            state
+        };
+        let mut all: HashMap<OwnedEventId, std::sync::Arc<Pdu>> =
+            events.iter().map(|e| (e.event_id.clone(), std::sync::Arc::new(e.clone()))).collect();
+        all.insert(early.event_id.clone(), std::sync::Arc::new(early.clone()));
+        all.insert(late.event_id.clone(), std::sync::Arc::new(late.clone()));
+        for states in [[with(&early), with(&late)], [with(&late), with(&early)]] {
+            let resolved = resolve_state(&rules, &states, &all).unwrap();
+            assert_eq!(resolved[&(StateEventType::RoomName, String::new())], late.event_id, "v{version}");
+            assert_eq!(resolved.len(), base.len() + 1, "v{version}");
+        }
+    }
+}
