@@ -182,6 +182,66 @@ async fn a_synapse_user_joins_a_ganglion_room_and_messages_flow_both_ways() {
     .await
 }
 
+/// A Synapse user knocks on a room of ours whose join rule is `knock` (make_knock and
+/// send_knock answered here); our user sees the knock and invites them in. A room that does not
+/// take knocks refuses one.
+#[tokio::test]
+async fn a_synapse_user_knocks_on_a_ganglion_room_and_is_let_in() {
+    crate::run(async {
+        let (synapse, ganglion) = tokio::join!(Synapse::start(), FederationNode::start());
+        let (synapse, ganglion) = (synapse.unwrap(), ganglion.unwrap());
+        let log = || format!("--- ganglion\n{}\n--- synapse\n{}", ganglion.log(), synapse.log());
+        let alice = ganglion.client_api().register("alice", crate::PASSWORD).await.unwrap();
+        let bob = synapse_account(&synapse, "bob").await;
+        let room_id = alice
+            .create_room(&json!({
+                "preset": "private_chat",
+                "name": "Knock first",
+                "initial_state": [{ "type": "m.room.join_rules", "state_key": "", "content": { "join_rule": "knock" } }],
+            }))
+            .await
+            .unwrap();
+        let via = enc(ganglion.server_name());
+        let knock = bob
+            .post(&format!("/knock/{}?via={via}&server_name={via}", enc(&room_id)), &json!({ "reason": "let me in" }))
+            .await
+            .unwrap();
+        assert_eq!(knock.status, 200, "{}\n{}", knock.text, log());
+        assert_eq!(knock.body["room_id"], room_id);
+        let member_path = format!("/rooms/{}/state/m.room.member/{}", enc(&room_id), enc(&bob.user_id));
+        let seen = alice.get(&member_path).await.unwrap();
+        assert_eq!(seen.body["membership"], "knock", "{}\n{}", seen.text, log());
+        assert_eq!(seen.body["reason"], "let me in");
+
+        alice.invite(&room_id, &bob.user_id).await.unwrap();
+        let mut joined = false;
+        for _ in 0..50 {
+            let join = bob.post(&format!("/join/{}?server_name={via}", enc(&room_id)), &json!({})).await.unwrap();
+            if join.status == 200 {
+                joined = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(joined, "bob could not join after the invite\n{}", log());
+        let mut members = vec![alice.user_id.clone(), bob.user_id.clone()];
+        members.sort();
+        for _ in 0..50 {
+            if joined_members(&alice, &room_id).await == members {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(joined_members(&alice, &room_id).await, members, "{}", log());
+
+        // An invite-only room takes no knocks.
+        let closed = alice.create_room(&json!({ "preset": "private_chat" })).await.unwrap();
+        let refused = bob.post(&format!("/knock/{}?via={via}&server_name={via}", enc(&closed)), &json!({})).await.unwrap();
+        assert_eq!(refused.status, 403, "{}", refused.text);
+    })
+    .await
+}
+
 /// The room ids of a `/publicRooms` answer.
 fn listed(answer: &Value) -> Vec<String> {
     answer["chunk"].as_array().map_or_else(Vec::new, |chunk| {

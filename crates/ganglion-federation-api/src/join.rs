@@ -1,7 +1,9 @@
 //! Another server's user joining a room of ours: `make_join` hands out the event to sign, built
 //! by the master on the room's current state; `send_join` checks the signed event, has the
 //! master authorise and persist it, and answers the room's state before it with its auth chain.
-//! `make_leave` and `send_leave` do the same for a leave (an invite declined).
+//! `make_leave` and `send_leave` do the same for a leave (an invite declined), `make_knock` and
+//! `send_knock` for a knock on a room whose join rule allows it (answered with the room's
+//! stripped state, for the knocking user's client to show).
 
 use axum::{
     Json,
@@ -33,7 +35,8 @@ pub(crate) async fn make_join(
     if versions.is_empty() {
         versions.push("1".to_owned());
     }
-    let made = state.master.make_join(MakeJoin { room_id, user_id, versions, leave: false }).await?;
+    let made =
+        state.master.make_join(MakeJoin { room_id, user_id, versions, leave: false, knock: false }).await?;
     Ok(Json(json!({ "room_version": made.room_version, "event": made.event })))
 }
 
@@ -89,9 +92,69 @@ pub(crate) async fn make_leave(
     if user_id.server_name() != signed.origin {
         return Err(MatrixError::forbidden("The user is not a user of the requesting server"));
     }
-    let made =
-        state.master.make_join(MakeJoin { room_id, user_id, versions: Vec::new(), leave: true }).await?;
+    let made = state
+        .master
+        .make_join(MakeJoin { room_id, user_id, versions: Vec::new(), leave: true, knock: false })
+        .await?;
     Ok(Json(json!({ "room_version": made.room_version, "event": made.event })))
+}
+
+/// `GET /_matrix/federation/v1/make_knock/{roomId}/{userId}?ver=…`.
+pub(crate) async fn make_knock(
+    State(state): State<FederationState>,
+    Path((room_id, user_id)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    signed: Signed,
+) -> MatrixResult<Json<Value>> {
+    let room_id = OwnedRoomId::try_from(room_id).map_err(|_| MatrixError::invalid_param("Not a room id"))?;
+    let user_id = OwnedUserId::try_from(user_id).map_err(|_| MatrixError::invalid_param("Not a user id"))?;
+    if user_id.server_name() != signed.origin {
+        return Err(MatrixError::forbidden("The user is not a user of the requesting server"));
+    }
+    let versions: Vec<String> =
+        form_pairs(query.as_deref()).filter(|(key, _)| key == "ver").map(|(_, value)| value).collect();
+    if versions.is_empty() {
+        return Err(MatrixError::missing_param("`ver` names the room versions the knocking server supports"));
+    }
+    let made =
+        state.master.make_join(MakeJoin { room_id, user_id, versions, leave: false, knock: true }).await?;
+    Ok(Json(json!({ "room_version": made.room_version, "event": made.event })))
+}
+
+/// `PUT /_matrix/federation/v1/send_knock/{roomId}/{eventId}`.
+pub(crate) async fn send_knock(
+    State(state): State<FederationState>,
+    Path((room_id, event_id)): Path<(String, String)>,
+    signed: Signed,
+) -> MatrixResult<Json<Value>> {
+    let (room, _, _) = take_membership(&state, (&room_id, &event_id), &signed, "knock").await?;
+    let mut conn = state.db.conn().await?;
+    let room = ganglion_storage::rooms::room_by_id(&mut conn, room.room_id.as_str()).await?.unwrap_or(room);
+    let Some(snapshot_nid) = room.current_snapshot_nid else {
+        return Err(MatrixError::not_found("Unknown room"));
+    };
+    let snapshot = state.caches.snapshot(&mut conn, snapshot_nid).await?;
+    let mut stripped = Vec::new();
+    let kinds = [
+        "m.room.create",
+        "m.room.join_rules",
+        "m.room.name",
+        "m.room.avatar",
+        "m.room.canonical_alias",
+        "m.room.encryption",
+        "m.room.topic",
+    ];
+    for kind in kinds {
+        if let Some(event) = state.caches.state_event(&mut conn, &snapshot, kind, "").await? {
+            stripped.push(json!({
+                "type": kind,
+                "state_key": "",
+                "content": event.pdu.content_value(),
+                "sender": event.pdu.sender.as_str(),
+            }));
+        }
+    }
+    Ok(Json(json!({ "knock_room_state": stripped })))
 }
 
 /// `PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}`.

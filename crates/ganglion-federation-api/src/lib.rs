@@ -49,6 +49,8 @@ pub fn routes() -> Vec<Route<FederationState>> {
         Route::put("/_matrix/federation/v2/send_join/{roomId}/{eventId}", Fed, join::send_join),
         Route::get("/_matrix/federation/v1/make_leave/{roomId}/{userId}", Fed, join::make_leave),
         Route::put("/_matrix/federation/v2/send_leave/{roomId}/{eventId}", Fed, join::send_leave),
+        Route::get("/_matrix/federation/v1/make_knock/{roomId}/{userId}", Fed, join::make_knock),
+        Route::put("/_matrix/federation/v1/send_knock/{roomId}/{eventId}", Fed, join::send_knock),
         Route::put("/_matrix/federation/v2/invite/{roomId}/{eventId}", Fed, invite::invite),
         Route::get("/_matrix/federation/v1/event/{eventId}", Fed, events::event),
         Route::get("/_matrix/federation/v1/state/{roomId}", Fed, events::room_state),

@@ -57,7 +57,11 @@ pub(crate) async fn make_join(svc: &MasterService, request: MakeJoin) -> MasterR
             format!("The room's version is {}, which the joining server does not support", room.room_version),
         ));
     }
-    let membership = if request.leave { "leave" } else { "join" };
+    let membership = match (request.leave, request.knock) {
+        (true, _) => "leave",
+        (false, true) => "knock",
+        (false, false) => "join",
+    };
     let template =
         EventTemplate::state("m.room.member", request.user_id.as_str(), json!({ "membership": membership }));
     let pdu = batch.build_checked(&request.room_id, &request.user_id, &template).await?;

@@ -660,6 +660,8 @@ pub struct MakeJoin {
     pub versions: Vec<String>,
     /// A leave template (`make_leave`) instead of a join.
     pub leave: bool,
+    /// A knock template (`make_knock`) instead of a join.
+    pub knock: bool,
 }
 
 impl Call for MakeJoin {
@@ -671,6 +673,7 @@ impl Call for MakeJoin {
             user_id: self.user_id.into(),
             versions: self.versions,
             leave: self.leave,
+            knock: self.knock,
         }
     }
 
@@ -680,6 +683,7 @@ impl Call for MakeJoin {
             user_id: id("user_id", message.user_id)?,
             versions: message.versions,
             leave: message.leave,
+            knock: message.knock,
         })
     }
 

@@ -394,6 +394,7 @@ async fn calls_round_trip_exactly() {
         user_id: owned_user_id!("@bob:remote.test"),
         versions: vec!["10".to_owned(), "11".to_owned()],
         leave: true,
+        knock: true,
     };
     let made = round_trip(f, make_join, async |r| m.make_join(r).await).await;
     assert_eq!(made, crate::MadeJoin::canned());
