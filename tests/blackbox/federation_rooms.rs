@@ -242,6 +242,64 @@ async fn a_synapse_user_knocks_on_a_ganglion_room_and_is_let_in() {
     .await
 }
 
+/// A Ganglion user joins a Synapse room with a long history: the join brings the latest events,
+/// and paging back with `/messages` fetches the older ones from Synapse (`/backfill`) until the
+/// room's first message, in order, once each; none of them shows up as new in `/sync`.
+#[tokio::test]
+async fn paging_back_in_a_joined_room_fetches_older_history_from_synapse() {
+    crate::run(async {
+        let (synapse, ganglion) = tokio::join!(Synapse::start(), FederationNode::start());
+        let (synapse, ganglion) = (synapse.unwrap(), ganglion.unwrap());
+        let log = || format!("--- ganglion\n{}\n--- synapse\n{}", ganglion.log(), synapse.log());
+        let alice = ganglion.client_api().register("alice", crate::PASSWORD).await.unwrap();
+        let bob = synapse_account(&synapse, "bob").await;
+        let room_id = bob.create_room(&json!({ "preset": "public_chat" })).await.unwrap();
+        const SENT: usize = 160;
+        for n in 0..SENT {
+            bob.send_text(&room_id, &format!("old {n}")).await.unwrap();
+        }
+        let join = alice
+            .post(&format!("/join/{}?server_name={}", enc(&room_id), enc(synapse.server_name())), &json!({}))
+            .await
+            .unwrap();
+        assert_eq!(join.status, 200, "{}\n{}", join.text, log());
+        let since =
+            alice.get("/sync?timeout=0").await.unwrap().ok()["next_batch"].as_str().unwrap().to_owned();
+
+        // Back from the newest, 40 at a time, until the server says there is no more.
+        let mut texts: Vec<String> = Vec::new();
+        let mut from: Option<String> = None;
+        for _ in 0..40 {
+            let mut path = format!("/rooms/{}/messages?dir=b&limit=40", enc(&room_id));
+            if let Some(from) = &from {
+                path.push_str(&format!("&from={}", enc(from)));
+            }
+            let page = alice.get(&path).await.unwrap().ok();
+            for event in page["chunk"].as_array().unwrap() {
+                if event["type"] == "m.room.message" {
+                    texts.push(event["content"]["body"].as_str().unwrap().to_owned());
+                }
+            }
+            match page["end"].as_str() {
+                Some(end) => from = Some(end.to_owned()),
+                None => break,
+            }
+        }
+        texts.reverse();
+        let expected: Vec<String> = (0..SENT).map(|n| format!("old {n}")).collect();
+        assert_eq!(texts, expected, "{}", log());
+
+        // Fetched history is old news: an incremental sync does not bring it.
+        let sync = alice.get(&format!("/sync?timeout=0&since={}", enc(&since))).await.unwrap().ok();
+        let timeline = &sync["rooms"]["join"][&room_id]["timeline"]["events"];
+        assert!(
+            timeline.as_array().is_none_or(|events| events.iter().all(|e| e["type"] != "m.room.message")),
+            "{sync}"
+        );
+    })
+    .await
+}
+
 /// The room ids of a `/publicRooms` answer.
 fn listed(answer: &Value) -> Vec<String> {
     answer["chunk"].as_array().map_or_else(Vec::new, |chunk| {

@@ -39,6 +39,25 @@ pub(crate) async fn accept_events(
     Ok(outcomes)
 }
 
+/// Older events of a room from another server, kept as history (see `writer/history.rs`).
+pub(crate) async fn backfill(svc: &MasterService, request: AcceptEvents) -> MasterResult<Vec<EventOutcome>> {
+    let mut pdus = Vec::with_capacity(request.events.len());
+    let mut outcomes = Vec::new();
+    for (event_id, json) in request.events {
+        match Pdu::from_json(event_id.clone(), Arc::from(json)) {
+            Ok(pdu) => pdus.push(pdu),
+            Err(error) => outcomes
+                .push(EventOutcome { event_id, error: Some(MasterError::bad_json(error.to_string())) }),
+        }
+    }
+    let mut batch = Batch::begin(svc).await?;
+    outcomes.extend(batch.backfill(pdus).await?);
+    batch.commit().await?;
+    let kept = outcomes.iter().filter(|outcome| outcome.error.is_none()).count();
+    tracing::info!(origin = %request.origin, kept, refused = outcomes.len() - kept, "kept history from another server");
+    Ok(outcomes)
+}
+
 /// The join event of another server's user as this server would build it now: on the room's
 /// forward extremities, with the auth events of the current state, checked against the auth rules
 /// (a banned user, or one not invited to an invite-only room, is refused here).
@@ -92,14 +111,17 @@ pub(crate) async fn import_room(svc: &MasterService, request: ImportRoom) -> Mas
     }
     let state_ids: std::collections::HashSet<OwnedEventId> =
         request.state.iter().map(|(event_id, _)| event_id.clone()).collect();
-    let mut events = Vec::with_capacity(request.state.len() + request.auth_chain.len());
-    for event in request.state.into_iter().chain(request.auth_chain) {
+    let history: std::collections::HashSet<OwnedEventId> =
+        request.history.iter().map(|(event_id, _)| event_id.clone()).collect();
+    let mut events =
+        Vec::with_capacity(request.state.len() + request.auth_chain.len() + request.history.len());
+    for event in request.state.into_iter().chain(request.auth_chain).chain(request.history) {
         let pdu = parse(event)?;
         let in_state = state_ids.contains(&pdu.event_id);
         events.push((pdu, in_state));
     }
     let mut batch = Batch::begin(svc).await?;
-    let event = batch.import_room(&request.room_id, &request.room_version, events, join).await?;
+    let event = batch.import_room(&request.room_id, &request.room_version, events, &history, join).await?;
     batch.commit().await?;
     Ok(event.pdu.event_id.clone())
 }

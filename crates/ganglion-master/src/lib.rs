@@ -233,6 +233,10 @@ impl Rooms for MasterService {
         federation::accept_events(self, r).await
     }
 
+    async fn backfill(&self, r: AcceptEvents) -> MasterResult<Vec<EventOutcome>> {
+        federation::backfill(self, r).await
+    }
+
     async fn make_join(&self, r: MakeJoin) -> MasterResult<MadeJoin> {
         federation::make_join(self, r).await
     }

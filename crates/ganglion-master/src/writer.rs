@@ -23,6 +23,7 @@ use tokio::sync::MutexGuard;
 
 use crate::{MasterService, internal};
 
+mod history;
 mod resolve;
 
 /// Positions of the streams the master writes, and the heads of rooms it has touched.
@@ -31,6 +32,9 @@ pub struct Writer {
     /// Event NIDs are handed out here, not by the database, so an event's row can wait for the
     /// batch's single insert while later events of the batch already refer to it.
     last_event_nid: i64,
+    /// The lowest position of any event (0 until history is fetched from other servers, which
+    /// takes the positions below it).
+    first_event_pos: i64,
     pub(crate) last_receipt_pos: i64,
     pub(crate) last_account_data_pos: i64,
     pub(crate) last_to_device_pos: i64,
@@ -76,6 +80,7 @@ impl Writer {
         Ok(Writer {
             last_event_pos: event_store::max_event_stream_pos(&mut conn).await.map_err(internal)?,
             last_event_nid: event_store::max_event_nid(&mut conn).await.map_err(internal)?,
+            first_event_pos: event_store::min_event_stream_pos(&mut conn).await.map_err(internal)?.min(0),
             last_receipt_pos: ganglion_storage::streams::max_receipt_stream_pos(&mut conn)
                 .await
                 .map_err(internal)?,
@@ -172,6 +177,8 @@ pub(crate) struct Batch<'w> {
     /// Resolutions computed by this batch: remembered by the writer once it commits (a snapshot
     /// of a batch rolled back does not exist).
     resolved: Vec<(resolve::MemoKey, resolve::Resolved)>,
+    /// The position of the last history event this batch kept (see `history.rs`).
+    history_pos: i64,
 }
 
 struct Appended {
@@ -190,6 +197,7 @@ impl<'w> Batch<'w> {
         let tx = svc.db.begin().await.map_err(internal)?;
         let next_pos = writer.last_event_pos + 1;
         let next_nid = writer.last_event_nid + 1;
+        let history_pos = writer.first_event_pos;
         Ok(Batch {
             svc,
             writer,
@@ -203,6 +211,7 @@ impl<'w> Batch<'w> {
             started,
             trace: None,
             resolved: Vec::new(),
+            history_pos,
         })
     }
 
@@ -670,6 +679,7 @@ impl<'w> Batch<'w> {
         room_id: &RoomId,
         version: &RoomVersionId,
         mut events: Vec<(Pdu, bool)>,
+        history: &std::collections::HashSet<OwnedEventId>,
         join: Pdu,
     ) -> MasterResult<StoredEvent> {
         let rules = ganglion_events::rules_for(version).ok_or_else(|| {
@@ -700,6 +710,8 @@ impl<'w> Batch<'w> {
             events.sort_by_key(|(pdu, _)| (u64::from(pdu.depth), u64::from(pdu.origin_server_ts.0)));
             let mut known: HashMap<OwnedEventId, Arc<Pdu>> = HashMap::new();
             let mut create: Option<Arc<Pdu>> = None;
+            // State and auth chain events that are not also in the history: not timeline events.
+            let mut outliers = Vec::new();
             for (pdu, in_state) in events {
                 if pdu.room_id != room_id || known.contains_key(&pdu.event_id) {
                     continue;
@@ -738,11 +750,16 @@ impl<'w> Batch<'w> {
                     continue;
                 }
                 let stored = self.persist_imported(room_id, pdu, in_state).await?;
+                if !history.contains(&stored.pdu.event_id) {
+                    outliers.push(stored.row.event_nid);
+                }
                 if stored.pdu.kind.to_string() == "m.room.create" {
                     create = Some(stored.pdu.clone());
                 }
                 known.insert(stored.pdu.event_id.clone(), stored.pdu.clone());
             }
+            let conn = self.connection().await?;
+            event_store::mark_outliers(conn, &outliers).await.map_err(internal)?;
         }
         let head =
             self.head(room_id).await?.ok_or_else(|| MasterError::internal("imported room without head"))?;
@@ -1062,6 +1079,9 @@ impl<'w> Batch<'w> {
             );
             events.push(appended.event);
         }
+        // History events take NIDs (and positions below all others) without being stream rows.
+        self.writer.last_event_nid = self.writer.last_event_nid.max(self.next_nid - 1);
+        self.writer.first_event_pos = self.writer.first_event_pos.min(self.history_pos);
         // Invalidations first: a reader woken by the redaction must not serve the stale copy.
         for redacted in redacted_events {
             self.svc.bus.invalidate(ganglion_replication::Invalidation::Event(redacted));

@@ -45,6 +45,9 @@ service! {
         fn persist_invite(AcceptEvents) -> Vec<EventOutcome> as pb::AcceptEventsResponse;
         /// Another server's invite of one of our users to a room this server is not in.
         fn store_invite(StoreInvite) -> () as pb::Done;
+        /// Older events of a room from another server (`/backfill`), kept as history below every
+        /// event this server has (not published on the events stream).
+        fn backfill(AcceptEvents) -> Vec<EventOutcome> as pb::AcceptEventsResponse;
     }
 }
 
@@ -528,8 +531,10 @@ pub struct ImportRoom {
     pub room_version: RoomVersionId,
     pub join: (OwnedEventId, String),
     pub state: Vec<(OwnedEventId, String)>,
-    /// The auth chain, and the history before the join: kept outside the room's state.
+    /// The auth chain: kept outside the room's state and timeline.
     pub auth_chain: Vec<(OwnedEventId, String)>,
+    /// The latest events before the join: the room's timeline as far back as it is known here.
+    pub history: Vec<(OwnedEventId, String)>,
 }
 
 fn remote_events(events: Vec<(OwnedEventId, String)>) -> Vec<pb::RemoteEvent> {
@@ -553,6 +558,7 @@ impl Call for ImportRoom {
             join: remote_events(vec![self.join]).pop(),
             state: remote_events(self.state),
             auth_chain: remote_events(self.auth_chain),
+            history: remote_events(self.history),
         }
     }
 
@@ -565,6 +571,7 @@ impl Call for ImportRoom {
             join: (id("join.event_id", join.event_id)?, join.json),
             state: from_remote_events("state.event_id", message.state)?,
             auth_chain: from_remote_events("auth_chain.event_id", message.auth_chain)?,
+            history: from_remote_events("history.event_id", message.history)?,
         })
     }
 

@@ -131,7 +131,8 @@ pub async fn events_in_room(
 ) -> Result<Vec<EventRow>> {
     let order = if newest_first { "DESC" } else { "ASC" };
     let sql = format!(
-        "SELECT {EVENT_COLUMNS} FROM events WHERE room_nid = $1 AND stream_pos > $2 AND stream_pos <= $3 ORDER BY stream_pos {order} LIMIT $4"
+        "SELECT {EVENT_COLUMNS} FROM events WHERE room_nid = $1 AND stream_pos > $2 AND stream_pos <= $3 AND outlier = 0 \
+         ORDER BY stream_pos {order} LIMIT $4"
     );
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(room_nid.0)
@@ -186,6 +187,38 @@ pub async fn set_redacted_by(conn: &mut Conn, event_id: &str, redaction_event_id
 pub async fn max_event_stream_pos(conn: &mut Conn) -> Result<i64> {
     let row = sqlx::query("SELECT COALESCE(MAX(stream_pos), 0) FROM events").fetch_one(conn).await?;
     Ok(row.get(0))
+}
+
+/// The lowest position of any event: below 0 once history was fetched from other servers
+/// (backfilled events take positions below every other, oldest lowest).
+pub async fn min_event_stream_pos(conn: &mut Conn) -> Result<i64> {
+    let row = sqlx::query("SELECT COALESCE(MIN(stream_pos), 0) FROM events").fetch_one(conn).await?;
+    Ok(row.get(0))
+}
+
+/// The room's timeline event at the lowest position: the oldest of its history this server has.
+pub async fn oldest_event_in_room(conn: &mut Conn, room_nid: RoomNid) -> Result<Option<EventRow>> {
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE room_nid = $1 AND outlier = 0 ORDER BY stream_pos ASC LIMIT 1"
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(room_nid.0).fetch_optional(conn).await?;
+    Ok(row.map(event_from_row))
+}
+
+/// Takes events out of their room's timeline (kept for its state and auth chain only).
+pub async fn mark_outliers(conn: &mut Conn, nids: &[EventNid]) -> Result<()> {
+    for chunk in nids.chunks(500) {
+        let sql = format!(
+            "UPDATE events SET outlier = 1 WHERE event_nid IN ({})",
+            crate::state::placeholders(chunk.len(), 1)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for nid in chunk {
+            query = query.bind(nid.0);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
 }
 
 /// A client transaction id: (user id, device id, transaction id).

@@ -22,6 +22,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (13, include_str!("../migrations/0013_event_state_after.sql")),
     (14, include_str!("../migrations/0014_remote_media.sql")),
     (15, include_str!("../migrations/0015_outbox_traces.sql")),
+    (16, include_str!("../migrations/0016_outliers.sql")),
 ];
 
 pub(crate) async fn run(db: &Db) -> Result<()> {

@@ -364,14 +364,21 @@ async fn state_key_history(
     Ok(history)
 }
 
-/// Parses a pagination token into a point of the events stream: `p<position>` (ours) or a sync
-/// token. A point stands just after the event at that position, between two events.
+/// Parses a pagination token into a point of the events stream: `p<position>` (ours), `n<n>`
+/// for position `-n` (history fetched from other servers sits below 0), or a sync token. A point
+/// stands just after the event at that position, between two events.
 pub(crate) fn stream_point(token: &str) -> Option<i64> {
-    if let Some(digits) = token.strip_prefix('p') {
-        if digits.is_empty() || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
-            return None;
+    for (prefix, sign) in [('p', 1), ('n', -1)] {
+        if let Some(digits) = token.strip_prefix(prefix) {
+            if digits.is_empty() || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+                return None;
+            }
+            return digits
+                .parse::<i64>()
+                .ok()
+                .map(|value| sign * value)
+                .filter(|value| *value >= HISTORY_FLOOR);
         }
-        return digits.parse().ok();
     }
     SyncToken::parse(token).ok().map(|token| token.events.0)
 }
@@ -383,8 +390,12 @@ pub(crate) fn parse_stream_point(token: &str, parameter: &str) -> MatrixResult<i
 
 /// The token for the point just after the event at `position`.
 pub(crate) fn point_token(position: i64) -> String {
-    format!("p{}", position.max(0))
+    let position = position.max(HISTORY_FLOOR);
+    if position < 0 { format!("n{}", -position) } else { format!("p{position}") }
 }
+
+/// Below every position: pagination backwards ends here.
+pub(crate) const HISTORY_FLOOR: i64 = -(1 << 62);
 
 /// Checks that a parameter is one of `allowed` (400 `M_INVALID_PARAM` otherwise).
 pub(crate) fn one_of<'a>(value: &'a str, allowed: &[&str], parameter: &str) -> MatrixResult<&'a str> {

@@ -148,8 +148,8 @@ async fn join_room(
             room_version: joined.room_version,
             join: pair(joined.join),
             state: joined.state.into_iter().map(pair).collect(),
-            // The history is stored like the auth chain: found by id, outside the state.
-            auth_chain: joined.auth_chain.into_iter().chain(joined.history).map(pair).collect(),
+            auth_chain: joined.auth_chain.into_iter().map(pair).collect(),
+            history: joined.history.into_iter().map(pair).collect(),
         })
         .await?;
     Ok(Json(json!({ "room_id": room_id })))

@@ -19,6 +19,7 @@ use ganglion_storage::{Conn, events as event_store, rooms::RoomRow, streams as s
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use super::access::HISTORY_FLOOR;
 use super::{
     access::{self, HistoryRules},
     filter::{self, RoomEventFilter},
@@ -46,8 +47,12 @@ pub(crate) fn page_range(
     ceiling: i64,
 ) -> (i64, i64) {
     match direction {
-        Direction::Backwards => (to.unwrap_or(0).max(0), from.unwrap_or(ceiling).min(ceiling)),
-        Direction::Forwards => (from.unwrap_or(0).max(0), to.unwrap_or(ceiling).min(ceiling)),
+        Direction::Backwards => {
+            (to.unwrap_or(HISTORY_FLOOR).max(HISTORY_FLOOR), from.unwrap_or(ceiling).min(ceiling))
+        }
+        Direction::Forwards => {
+            (from.unwrap_or(HISTORY_FLOOR).max(HISTORY_FLOOR), to.unwrap_or(ceiling).min(ceiling))
+        }
     }
 }
 
@@ -90,7 +95,19 @@ pub(crate) async fn messages(
         let ignored = ignored_users(&mut conn, user_id).await?;
         let reader =
             PageReader { room: &readable.room, rules: &rules, filter: &filter, ignored: &ignored, user_id };
-        reader.read(&mut conn, direction, after, up_to, limit).await?
+        let page = reader.read(&mut conn, direction, after, up_to, limit).await?;
+        // Paging back past the oldest event here: other servers of the room may have older
+        // history. What they send sits below every other event, so reading the page again
+        // continues into it.
+        if direction == Direction::Backwards
+            && page.end.is_none()
+            && page.events.len() < limit
+            && super::backfill::fetch_older(&state, &mut conn, &readable.room).await > 0
+        {
+            reader.read(&mut conn, direction, after, up_to, limit).await?
+        } else {
+            page
+        }
     } else {
         Page { events: Vec::new(), end: None }
     };

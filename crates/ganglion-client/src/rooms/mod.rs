@@ -7,6 +7,7 @@
 pub(crate) mod access;
 
 pub(crate) use access::{from_object, room_id as room_id_param, user_id as user_id_param};
+mod backfill;
 mod create;
 mod directory;
 mod ephemeral;

@@ -1,7 +1,7 @@
 use serde_json::json;
 
 use super::{
-    access::{HistoryRules, HistoryVisibility, point_token, stream_point},
+    access::{HISTORY_FLOOR, HistoryRules, HistoryVisibility, point_token, stream_point},
     filter::{self, RoomEventFilter, type_matches},
     members::membership_wanted,
     messages::{Direction, page_range},
@@ -16,19 +16,22 @@ fn pagination_tokens_are_points_of_the_events_stream() {
     for bad in ["", "p", "p-1", "p+1", "p1x", "q12", "42", "s1_1_2", "s2_1_2_3_4_5"] {
         assert_eq!(stream_point(bad), None, "{bad}");
     }
-    assert_eq!(point_token(-5), "p0");
+    // History fetched from other servers sits below 0.
+    assert_eq!(point_token(-5), "n5");
+    assert_eq!(stream_point("n5"), Some(-5));
+    assert_eq!(stream_point("n"), None);
 }
 
 #[test]
 fn page_range_reads_back_from_or_forward_after_the_point() {
     // Backwards from p10 reads positions <= 10; forwards from p10 reads > 10.
-    assert_eq!(page_range(Direction::Backwards, Some(10), None, 100), (0, 10));
+    assert_eq!(page_range(Direction::Backwards, Some(10), None, 100), (HISTORY_FLOOR, 10));
     assert_eq!(page_range(Direction::Forwards, Some(10), None, 100), (10, 100));
     // Without `from`, the edge of the visible history; `to` bounds the other side.
     assert_eq!(page_range(Direction::Backwards, None, Some(3), 100), (3, 100));
-    assert_eq!(page_range(Direction::Forwards, None, Some(50), 100), (0, 50));
+    assert_eq!(page_range(Direction::Forwards, None, Some(50), 100), (HISTORY_FLOOR, 50));
     // Nothing past the ceiling (the head, or a former member's leave).
-    assert_eq!(page_range(Direction::Backwards, Some(500), None, 100), (0, 100));
+    assert_eq!(page_range(Direction::Backwards, Some(500), None, 100), (HISTORY_FLOOR, 100));
     assert_eq!(page_range(Direction::Forwards, Some(5), Some(500), 100), (5, 100));
 }
 
@@ -40,7 +43,8 @@ fn consecutive_pages_cover_every_position_once() {
     let mut from = None;
     loop {
         let (after, up_to) = page_range(Direction::Backwards, from, None, 10);
-        let page: Vec<i64> = (after + 1..=up_to).rev().take(3).collect();
+        // The stream holds events at 1..=10 only.
+        let page: Vec<i64> = (after.max(0) + 1..=up_to).rev().take(3).collect();
         seen.extend(&page);
         match page.last() {
             Some(last) if *last > 1 => from = Some(last - 1),

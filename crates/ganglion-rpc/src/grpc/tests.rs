@@ -404,6 +404,7 @@ async fn calls_round_trip_exactly() {
         join: (owned_event_id!("$join"), r#"{"type":"m.room.member"}"#.to_owned()),
         state: vec![(owned_event_id!("$create"), r#"{"type":"m.room.create"}"#.to_owned())],
         auth_chain: vec![(owned_event_id!("$create"), r#"{"type":"m.room.create"}"#.to_owned())],
+        history: vec![(owned_event_id!("$hello"), r#"{"type":"m.room.message"}"#.to_owned())],
     };
     round_trip(f, import, async |r| m.import_room(r).await).await;
     let invite = UpdateMembership {
