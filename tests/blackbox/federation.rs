@@ -399,7 +399,7 @@ async fn a_cluster_federates_through_its_federation_reader() {
             ganglion_testkit::Cluster::start_federating(ServerOptions::default()),
             FederationNode::start()
         );
-        let (cluster, node) = (cluster.unwrap(), node.unwrap());
+        let (mut cluster, node) = (cluster.unwrap(), node.unwrap());
         let federation_url = cluster.federation_url().unwrap();
         let http = node.http();
 
@@ -535,6 +535,29 @@ async fn a_cluster_federates_through_its_federation_reader() {
         // Client endpoints are not on the federation listener.
         let response = http.get(format!("{federation_url}/_matrix/client/versions")).send().await.unwrap();
         assert_eq!(response.status(), 404);
+
+        // HAProxy's federation frontend (from `ganglion routes --format haproxy`) routes the same.
+        cluster.haproxy().await.unwrap();
+        let haproxy = cluster.haproxy_federation_url().unwrap();
+        let keys = http.get(format!("{haproxy}/_matrix/key/v2/server")).send().await.unwrap();
+        assert_eq!(keys.status(), 200);
+        assert_eq!(keys.headers()["x-ganglion-instance"], "federation-reader/federation1");
+        let keys: Value = keys.json().await.unwrap();
+        assert_eq!(keys["server_name"], cluster.server_name());
+        let media =
+            http.get(format!("{haproxy}/_matrix/federation/v1/media/download/abc")).send().await.unwrap();
+        let instance = media.headers()["x-ganglion-instance"].to_str().unwrap().to_owned();
+        assert!(instance.starts_with("media/"), "{instance}");
+        assert_unauthorized(media, "unsigned media request, through HAProxy").await;
+        // Answered by a worker (this cluster does not delegate), not refused by HAProxy.
+        let well_known = http.get(format!("{haproxy}/.well-known/matrix/server")).send().await.unwrap();
+        assert!(well_known.headers().contains_key("x-ganglion-instance"));
+        let body: Value = well_known.json().await.unwrap();
+        assert_eq!(body["errcode"], "M_NOT_FOUND");
+        let client = http.get(format!("{haproxy}/_matrix/client/versions")).send().await.unwrap();
+        assert_eq!(client.status(), 404);
+        let body: Value = client.json().await.unwrap();
+        assert_eq!(body["errcode"], "M_UNRECOGNIZED");
     })
     .await
 }

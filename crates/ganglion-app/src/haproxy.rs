@@ -25,6 +25,11 @@ pub enum HaproxyError {
     BadPath(String),
     #[error("instance name {0:?} cannot be an HAProxy server name (letters, digits, `.`, `-`, `_`, `:`)")]
     BadInstanceName(String),
+    #[error(
+        "federation.listen is set: the federation frontend needs federation.tls_certificate (a PEM \
+         holding the private key too, or with the key beside it as <certificate>.key)"
+    )]
+    FederationCertificate,
 }
 
 /// How long HAProxy waits for a server's answer on `/sync`: longer than any long-poll `timeout`
@@ -203,6 +208,57 @@ frontend ganglion
         out,
         "\n    # Unknown paths: client-readers answer 404 M_UNRECOGNIZED.\n    default_backend {fallback}"
     );
+
+    if let Some(listen) = config.federation.listen
+        && roles.iter().any(|role| role.serves(EndpointClass::Federation))
+    {
+        let certificate =
+            config.federation.tls_certificate.as_ref().ok_or(HaproxyError::FederationCertificate)?;
+        let _ = write!(
+            out,
+            "
+# Other servers: federation over TLS, ended here. HAProxy reads the private key from the
+# certificate file, or from <certificate>.key beside it.
+frontend ganglion_federation
+    bind {listen} ssl crt {certificate}
+
+    option forwardfor
+    http-request set-header X-Real-IP %[src]
+    http-request set-header X-Forwarded-Proto https
+
+    # Each signing server's requests go to the same federation reader (its transactions in
+    # order): the hash key is the `origin` of the X-Matrix header, else the peer's address.
+    http-request set-var(txn.ganglion_token) src
+    # (In steps: HAProxy 2.6 reads no parentheses, commas or double quotes in a converter's regex.)
+    http-request set-var(txn.ganglion_token) req.fhdr(Authorization,1),regsub('^.*origin=',),regsub('^[^][A-Za-z0-9.:_-]+',),regsub('[^][A-Za-z0-9.:_-].*$',) if {{ req.fhdr(Authorization,1) -m reg -i '^X-Matrix\\s.*origin=' }}
+",
+            certificate = certificate.display(),
+        );
+        let federation_paths: Vec<(usize, &RoutePath)> = (1..)
+            .zip(&paths)
+            .filter(|(_, path)| {
+                path.routes.iter().any(|route| {
+                    matches!(
+                        route.class,
+                        EndpointClass::Federation | EndpointClass::FederationMedia | EndpointClass::Keys
+                    ) || route.path == "/.well-known/matrix/server"
+                })
+            })
+            .collect();
+        let _ = writeln!(out);
+        for (number, path) in &federation_paths {
+            let _ = writeln!(out, "    acl ganglion_path_{number} {}", path.matcher);
+        }
+        for (number, path) in &federation_paths {
+            let (_, first) = path.backends[0];
+            let _ = writeln!(out, "    use_backend {first} if ganglion_path_{number}");
+        }
+        let _ = writeln!(
+            out,
+            "    # Nothing else is served to other servers.\n    default_backend ganglion_federation_unrecognized\n\n\
+             backend ganglion_federation_unrecognized\n    http-request deny deny_status 404"
+        );
+    }
 
     for role in &roles {
         let _ = writeln!(

@@ -101,6 +101,8 @@ pub struct Cluster {
     postgres: Option<Postgres>,
     /// nginx's federation port (TLS), for [`Cluster::start_federating`].
     federation_port: Option<u16>,
+    /// HAProxy's federation port (TLS), once [`Cluster::haproxy`] started it on a federating cluster.
+    haproxy_federation_port: Option<u16>,
     server_name: String,
     /// Declared last: removed once everything above is dead.
     dir: Option<tempfile::TempDir>,
@@ -146,6 +148,12 @@ impl Cluster {
     /// `https://127.0.0.1:FED_PORT`: nginx's federation listener ([`Cluster::start_federating`]).
     pub fn federation_url(&self) -> Option<String> {
         self.federation_port.map(|port| format!("https://127.0.0.1:{port}"))
+    }
+
+    /// HAProxy's federation listener (TLS), on a federating cluster once [`Cluster::haproxy`]
+    /// started it.
+    pub fn haproxy_federation_url(&self) -> Option<String> {
+        self.haproxy_federation_port.map(|port| format!("https://127.0.0.1:{port}"))
     }
 
     /// Like [`Cluster::start`], with `sync_workers` `sync` workers and `client_readers`
@@ -252,6 +260,7 @@ impl Cluster {
             redis,
             postgres,
             federation_port,
+            haproxy_federation_port: None,
             server_name,
             dir: Some(dir),
             dir_path,
@@ -288,9 +297,18 @@ impl Cluster {
             return Ok(haproxy.base_url());
         }
         let listen = format!("127.0.0.1:{}", crate::ports::free_port()?);
-        let text = self
-            .load_balancer_config("haproxy", &[("GANGLION_LOAD_BALANCER__LISTEN", listen.as_str())])
-            .await?;
+        let mut env = vec![("GANGLION_LOAD_BALANCER__LISTEN", listen.clone())];
+        if self.federation_port.is_some() {
+            // Beside nginx's federation listener, on a port of its own; HAProxy reads the key
+            // from `<certificate>.key`.
+            let port = crate::ports::free_port()?;
+            env.push(("GANGLION_FEDERATION__LISTEN", format!("127.0.0.1:{port}")));
+            fs::copy(self.dir_path.join("federation.key"), self.dir_path.join("federation.crt.key"))
+                .context("copying the federation key for HAProxy")?;
+            self.haproxy_federation_port = Some(port);
+        }
+        let env: Vec<(&str, &str)> = env.iter().map(|(key, value)| (*key, value.as_str())).collect();
+        let text = self.load_balancer_config("haproxy", &env).await?;
         anyhow::ensure!(
             text.contains(&format!("bind {listen}")),
             "the HAProxy config does not bind {listen}"
