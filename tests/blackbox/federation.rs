@@ -1002,6 +1002,12 @@ async fn a_transaction_is_applied_once_and_bad_ones_are_refused() {
         assert!(error(&outsider_id).is_some_and(|e| e.contains("auth events")), "{answer}");
         assert!(error(&forged_id).is_some_and(|e| e.contains("signature")), "{answer}");
         assert_eq!(answer["pdus"].as_object().unwrap().len(), 2, "{answer}");
+        // The rejection is recorded: sent again, the same event is refused for the same reason.
+        let (_, outsider) = signed_pdu(&a_key, a.server_name(), message("let me in"));
+        let response =
+            signed_put(&b, "/_matrix/federation/v1/send/t7", &a, &transaction(vec![], vec![outsider])).await;
+        let again: Value = response.json().await.unwrap();
+        assert_eq!(again["pdus"][&outsider_id], answer["pdus"][&outsider_id], "{again}");
         // A join template for a server that does not support the room's version.
         let uri = format!("/_matrix/federation/v1/make_join/{}/{}?ver=1&ver=2", enc(&room_id), enc(&sender));
         let response = signed_get(&b, &uri, a.server_name(), b.server_name(), &a_key).await;

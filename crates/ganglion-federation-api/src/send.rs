@@ -190,8 +190,11 @@ async fn take_pdus(
             Some(_) if outcome.soft_failed() => PduOutcome::SoftFailed,
             Some(_) => PduOutcome::Rejected,
         });
+        let soft_failed = outcome.soft_failed();
         let answer = match outcome.error {
+            // Soft-failed events are not rejected (the spec): kept, but not in the timeline.
             None => json!({}),
+            Some(_) if soft_failed => json!({}),
             Some(error) => json!({ "error": error.message }),
         };
         answers.insert(outcome.event_id.to_string(), answer);

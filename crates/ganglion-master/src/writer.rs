@@ -505,6 +505,33 @@ impl<'w> Batch<'w> {
         if self.event_by_id(pdu.event_id.as_str()).await?.is_some() {
             return Ok(None);
         }
+        let conn = self.connection().await?;
+        if let Some(reason) =
+            event_store::rejection_of(conn, pdu.event_id.as_str()).await.map_err(internal)?
+        {
+            return Err(MasterError::forbidden(reason));
+        }
+        let result = self.append_remote_checked(pdu.clone(), own).await;
+        // Refused by the auth rules: recorded, so it is refused again at once if sent again.
+        if let Err(error) = &result
+            && error.class == ErrorClass::Forbidden
+            && error.message.starts_with("Rejected by")
+            && !self.poisoned
+        {
+            let conn = self.connection().await?;
+            event_store::insert_rejected_event(
+                conn,
+                pdu.event_id.as_str(),
+                &error.message,
+                ganglion_storage::now_ms(),
+            )
+            .await
+            .map_err(internal)?;
+        }
+        result
+    }
+
+    async fn append_remote_checked(&mut self, pdu: Pdu, own: bool) -> MasterResult<Option<StoredEvent>> {
         let Some(head) = self.head(&pdu.room_id).await? else {
             return Err(MasterError::not_found("This server is not in the room"));
         };
@@ -604,15 +631,17 @@ impl<'w> Batch<'w> {
         if let Some(create) = &create {
             current.insert(("m.room.create".to_owned(), String::new()), create.clone());
         }
-        check_auth(&rules.authorization, &pdu, &by_id, |kind: &StateEventType, key: &str| {
-            current.get(&(kind.to_string(), key.to_owned())).map(|e| &*e.pdu)
-        })
-        .map_err(|e| {
-            MasterError::forbidden(format!(
+        let allowed_now =
+            check_auth(&rules.authorization, &pdu, &by_id, |kind: &StateEventType, key: &str| {
+                current.get(&(kind.to_string(), key.to_owned())).map(|e| &*e.pdu)
+            });
+        if let Err(e) = allowed_now {
+            self.keep_soft_failed(&head, &pdu).await?;
+            return Err(MasterError::forbidden(format!(
                 "{} against the current state: {e}",
                 ganglion_rpc::rooms::SOFT_FAILED
-            ))
-        })?;
+            )));
+        }
         let room_id = pdu.room_id.clone();
         match fork {
             None => self.persist(&room_id, pdu, None).await.map(Some),

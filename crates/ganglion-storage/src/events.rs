@@ -335,3 +335,25 @@ pub async fn state_after_nid(conn: &mut Conn, event_nid: EventNid) -> Result<Opt
         .await?;
     Ok(row.map(|row| SnapshotNid(row.get(0))))
 }
+
+/// Records another server's event the auth rules refused, with why.
+pub async fn insert_rejected_event(conn: &mut Conn, event_id: &str, reason: &str, now_ms: i64) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO rejected_events (event_id, reason, rejected_ts) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+    )
+    .bind(event_id)
+    .bind(reason)
+    .bind(now_ms)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Why an event was rejected, if it was.
+pub async fn rejection_of(conn: &mut Conn, event_id: &str) -> Result<Option<String>> {
+    let row = sqlx::query("SELECT reason FROM rejected_events WHERE event_id = $1")
+        .bind(event_id)
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.map(|row| row.get(0)))
+}

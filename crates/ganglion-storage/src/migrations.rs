@@ -23,6 +23,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (14, include_str!("../migrations/0014_remote_media.sql")),
     (15, include_str!("../migrations/0015_outbox_traces.sql")),
     (16, include_str!("../migrations/0016_outliers.sql")),
+    (17, include_str!("../migrations/0017_rejected_events.sql")),
 ];
 
 pub(crate) async fn run(db: &Db) -> Result<()> {

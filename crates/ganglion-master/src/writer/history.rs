@@ -78,7 +78,16 @@ impl Batch<'_> {
             by_key.get(&(kind.to_string(), key.to_owned())).copied()
         })
         .map_err(|e| MasterError::forbidden(format!("Rejected by its auth events: {e}")))?;
+        self.store_outside_stream(head, pdu).await.map(|_| ())
+    }
 
+    /// Stores `pdu` below every other event, outside the events stream (no client is told of it
+    /// and no state changes): history, or an outlier once marked as one.
+    pub(crate) async fn store_outside_stream(
+        &mut self,
+        head: &super::RoomHead,
+        pdu: &Pdu,
+    ) -> MasterResult<EventNid> {
         let caches = self.svc.caches.clone();
         let type_nid = caches.type_nid(self.tx(), pdu.kind.to_string().as_str()).await.map_err(internal)?;
         let state_key_nid = match &pdu.state_key {
@@ -105,6 +114,15 @@ impl Batch<'_> {
             redacted_by: None,
         });
         self.tx().events.push(row);
-        Ok(())
+        Ok(event_nid)
+    }
+
+    /// Keeps another server's soft-failed event (allowed by its auth events, not by the room's
+    /// current state): found by id when later events name it, but outside the timeline, the
+    /// state and the forward extremities, as the spec says.
+    pub(crate) async fn keep_soft_failed(&mut self, head: &super::RoomHead, pdu: &Pdu) -> MasterResult<()> {
+        let nid = self.store_outside_stream(head, pdu).await?;
+        let conn = self.connection().await?;
+        event_store::mark_outliers(conn, &[nid]).await.map_err(internal)
     }
 }
