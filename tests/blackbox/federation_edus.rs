@@ -97,53 +97,93 @@ async fn typing_receipts_and_presence_cross_between_ganglion_and_synapse() {
         members.sort();
         assert_eq!(joined_members(&alice, &room_id).await, members, "on Ganglion");
         assert_eq!(joined_members(&bob, &room_id).await, members, "on Synapse");
-        let initial = |sync: Value| sync["next_batch"].as_str().unwrap().to_owned();
-        let mut alice_since = initial(alice.sync("").await.unwrap());
-        let mut bob_since = initial(bob.sync("").await.unwrap());
+        typing_receipts_and_presence_cross(&alice, &bob, &room_id, &log).await;
+    })
+    .await
+}
 
-        // Typing, both ways, and its end.
-        set_typing(&alice, &room_id, true).await;
-        let alice_typing =
-            |sync: &Value| typing_in(sync, &room_id).is_some_and(|ids| ids.contains(&alice.user_id));
-        sync_until(&bob, &mut bob_since, "alice typing", alice_typing, log).await;
-        set_typing(&alice, &room_id, false).await;
-        let alice_stopped =
-            |sync: &Value| typing_in(sync, &room_id).is_some_and(|ids| !ids.contains(&alice.user_id));
-        sync_until(&bob, &mut bob_since, "alice stop typing", alice_stopped, log).await;
-        set_typing(&bob, &room_id, true).await;
-        let bob_typing =
-            |sync: &Value| typing_in(sync, &room_id).is_some_and(|ids| ids.contains(&bob.user_id));
-        sync_until(&alice, &mut alice_since, "bob typing", bob_typing, log).await;
+/// Typing, read receipts and presence from `alice` (on one server) to `bob` (on another) and
+/// back, both joined to `room_id` and each with an empty timeline so far.
+async fn typing_receipts_and_presence_cross(
+    alice: &Account,
+    bob: &Account,
+    room_id: &str,
+    log: &dyn Fn() -> String,
+) {
+    let room_id = room_id.to_owned();
+    let initial = |sync: Value| sync["next_batch"].as_str().unwrap().to_owned();
+    let mut alice_since = initial(alice.sync("").await.unwrap());
+    let mut bob_since = initial(bob.sync("").await.unwrap());
 
-        // Read receipts, both ways, of a message each server has.
-        let from_alice = alice.send_text(&room_id, "read me, bob").await.unwrap();
-        wait_for_messages(&bob, &room_id, 1, log).await;
-        send_receipt(&bob, &room_id, &from_alice).await;
-        let bob_read = |sync: &Value| has_receipt(sync, &room_id, &from_alice, &bob.user_id);
-        sync_until(&alice, &mut alice_since, "bob's receipt", bob_read, log).await;
-        let from_bob = bob.send_text(&room_id, "read me, alice").await.unwrap();
-        wait_for_messages(&alice, &room_id, 2, log).await;
-        send_receipt(&alice, &room_id, &from_bob).await;
-        let alice_read = |sync: &Value| has_receipt(sync, &room_id, &from_bob, &alice.user_id);
-        sync_until(&bob, &mut bob_since, "alice's receipt", alice_read, log).await;
+    // Typing, both ways, and its end.
+    set_typing(alice, &room_id, true).await;
+    let alice_typing =
+        |sync: &Value| typing_in(sync, &room_id).is_some_and(|ids| ids.contains(&alice.user_id));
+    sync_until(bob, &mut bob_since, "alice typing", alice_typing, log).await;
+    set_typing(alice, &room_id, false).await;
+    let alice_stopped =
+        |sync: &Value| typing_in(sync, &room_id).is_some_and(|ids| !ids.contains(&alice.user_id));
+    sync_until(bob, &mut bob_since, "alice stop typing", alice_stopped, log).await;
+    set_typing(bob, &room_id, true).await;
+    let bob_typing = |sync: &Value| typing_in(sync, &room_id).is_some_and(|ids| ids.contains(&bob.user_id));
+    sync_until(alice, &mut alice_since, "bob typing", bob_typing, log).await;
 
-        // Presence with a status message, both ways.
-        set_presence(&alice, "on ganglion").await;
-        let alice_status = |sync: &Value| {
-            presence_of(sync, &alice.user_id).is_some_and(|content| {
-                content["presence"] == "online" && content["status_msg"] == "on ganglion"
-            })
-        };
-        sync_until(&bob, &mut bob_since, "alice's presence", alice_status, log).await;
-        set_presence(&bob, "on synapse").await;
-        let bob_status = |sync: &Value| {
-            presence_of(sync, &bob.user_id).is_some_and(|content| {
-                content["presence"] == "online" && content["status_msg"] == "on synapse"
-            })
-        };
-        sync_until(&alice, &mut alice_since, "bob's presence", bob_status, log).await;
-        let status = alice.get(&format!("/presence/{}/status", enc(&bob.user_id))).await.unwrap().ok();
-        assert_eq!((&status["presence"], &status["status_msg"]), (&json!("online"), &json!("on synapse")));
+    // Read receipts, both ways, of a message each server has.
+    let from_alice = alice.send_text(&room_id, "read me, bob").await.unwrap();
+    wait_for_messages(&bob, &room_id, 1, log).await;
+    send_receipt(bob, &room_id, &from_alice).await;
+    let bob_read = |sync: &Value| has_receipt(sync, &room_id, &from_alice, &bob.user_id);
+    sync_until(alice, &mut alice_since, "bob's receipt", bob_read, log).await;
+    let from_bob = bob.send_text(&room_id, "read me, alice").await.unwrap();
+    wait_for_messages(&alice, &room_id, 2, log).await;
+    send_receipt(alice, &room_id, &from_bob).await;
+    let alice_read = |sync: &Value| has_receipt(sync, &room_id, &from_bob, &alice.user_id);
+    sync_until(bob, &mut bob_since, "alice's receipt", alice_read, log).await;
+
+    // Presence with a status message, both ways.
+    set_presence(alice, "on ganglion").await;
+    let alice_status = |sync: &Value| {
+        presence_of(sync, &alice.user_id)
+            .is_some_and(|content| content["presence"] == "online" && content["status_msg"] == "on ganglion")
+    };
+    sync_until(bob, &mut bob_since, "alice's presence", alice_status, log).await;
+    set_presence(bob, "on synapse").await;
+    let bob_status = |sync: &Value| {
+        presence_of(sync, &bob.user_id)
+            .is_some_and(|content| content["presence"] == "online" && content["status_msg"] == "on synapse")
+    };
+    sync_until(alice, &mut alice_since, "bob's presence", bob_status, log).await;
+    let status = alice.get(&format!("/presence/{}/status", enc(&bob.user_id))).await.unwrap().ok();
+    assert_eq!((&status["presence"], &status["status_msg"]), (&json!("online"), &json!("on synapse")));
+}
+
+/// The same between a cluster (the federation reader takes the node's EDUs, the federation
+/// senders send the cluster's) and an embedded node.
+#[tokio::test]
+async fn typing_receipts_and_presence_cross_between_a_cluster_and_a_node() {
+    crate::run(async {
+        let (cluster, node) = tokio::join!(
+            ganglion_testkit::Cluster::start_federating(ganglion_testkit::ServerOptions::default()),
+            FederationNode::start()
+        );
+        let (cluster, node) = (cluster.unwrap(), node.unwrap());
+        let log = || format!("--- node\n{}\n--- cluster\n{}", node.log(), cluster.stderr_logs());
+        let alice =
+            ganglion_testkit::Api::new(cluster.base_url()).register("alice", crate::PASSWORD).await.unwrap();
+        let bob = node.client_api().register("bob", crate::PASSWORD).await.unwrap();
+        let room_id =
+            alice.create_room(&json!({ "preset": "public_chat", "room_alias_name": "edus" })).await.unwrap();
+        bob.join(&format!("#edus:{}", cluster.server_name())).await.unwrap();
+        let mut members = vec![alice.user_id.clone(), bob.user_id.clone()];
+        members.sort();
+        for _ in 0..100 {
+            if joined_members(&alice, &room_id).await == members {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(joined_members(&alice, &room_id).await, members, "{}", log());
+        typing_receipts_and_presence_cross(&alice, &bob, &room_id, &log).await;
     })
     .await
 }
