@@ -130,12 +130,12 @@ async fn typing_receipts_and_presence_cross(
 
     // Read receipts, both ways, of a message each server has.
     let from_alice = alice.send_text(&room_id, "read me, bob").await.unwrap();
-    wait_for_messages(&bob, &room_id, 1, log).await;
+    wait_for_messages(bob, &room_id, 1, log).await;
     send_receipt(bob, &room_id, &from_alice).await;
     let bob_read = |sync: &Value| has_receipt(sync, &room_id, &from_alice, &bob.user_id);
     sync_until(alice, &mut alice_since, "bob's receipt", bob_read, log).await;
     let from_bob = bob.send_text(&room_id, "read me, alice").await.unwrap();
-    wait_for_messages(&alice, &room_id, 2, log).await;
+    wait_for_messages(alice, &room_id, 2, log).await;
     send_receipt(alice, &room_id, &from_bob).await;
     let alice_read = |sync: &Value| has_receipt(sync, &room_id, &from_bob, &alice.user_id);
     sync_until(bob, &mut bob_since, "alice's receipt", alice_read, log).await;
