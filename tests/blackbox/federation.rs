@@ -483,12 +483,7 @@ async fn a_cluster_federates_through_its_federation_reader() {
         members.sort();
         for room_id in [&town, &village] {
             for account in [&alice, &bob] {
-                for _ in 0..100 {
-                    if joined_members(account, room_id).await == members {
-                        break;
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
+                crate::federation_rooms::wait_for_members(account, room_id, &members).await;
                 assert_eq!(joined_members(account, room_id).await, members, "{room_id}\n{}", log());
             }
             alice.send_text(room_id, "from the cluster").await.unwrap();
@@ -509,12 +504,7 @@ async fn a_cluster_federates_through_its_federation_reader() {
         alice.join(&theirs).await.unwrap();
         for room_id in [&private, &theirs] {
             for account in [&alice, &bob] {
-                for _ in 0..100 {
-                    if joined_members(account, room_id).await == members {
-                        break;
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
+                crate::federation_rooms::wait_for_members(account, room_id, &members).await;
                 assert_eq!(joined_members(account, room_id).await, members, "{room_id}\n{}", log());
             }
         }
@@ -581,12 +571,7 @@ async fn a_federation_sender_killed_under_load_loses_nothing() {
         bob.join(&format!("#busy:{}", cluster.server_name())).await.unwrap();
         let mut members = vec![alice.user_id.clone(), bob.user_id.clone()];
         members.sort();
-        for _ in 0..100 {
-            if joined_members(&alice, &room).await == members {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        crate::federation_rooms::wait_for_members(&alice, &room, &members).await;
         assert_eq!(joined_members(&alice, &room).await, members);
 
         const MESSAGES: usize = 90;
@@ -632,6 +617,34 @@ async fn a_federation_sender_killed_under_load_loses_nothing() {
         };
         assert_eq!(sent_ok("master").await, 0.0);
         assert!(sent_ok("fedsender1").await + sent_ok("fedsender2").await >= 1.0);
+
+        // Both senders taken out of instance_map and stopped: after SIGHUP the master sends.
+        for sender in ["fedsender1", "fedsender2"] {
+            cluster.remove_from_config(sender).unwrap();
+            cluster.kill(sender);
+        }
+        cluster.hangup("master").unwrap();
+        ganglion_testkit::eventually(Duration::from_secs(10), "the master's reload", || async {
+            Ok(cluster.stderr_log("master").contains("federation destinations changed").then_some(()))
+        })
+        .await
+        .unwrap();
+        let log = || format!("--- node\n{}\n--- cluster\n{}", node.log(), cluster.stderr_logs());
+        let sent_ok = |name: &'static str| {
+            let url = format!("{}/metrics", cluster.metrics_url_of(name));
+            async move {
+                let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+                let line = r#"ganglion_federation_transactions_total{direction="out",result="ok"} "#;
+                text.lines()
+                    .find_map(|l| l.strip_prefix(line))
+                    .and_then(|value| value.trim().parse::<f64>().ok())
+                    .unwrap_or_else(|| panic!("no {line} in {name}'s metrics:\n{text}"))
+            }
+        };
+        alice.send_text(&room, "after the senders left").await.unwrap();
+        let on_node = wait_for_messages(&bob, &room, MESSAGES + 1, log).await;
+        assert_eq!(on_node.last().map(|(_, body)| body.as_str()), Some("after the senders left"));
+        assert!(sent_ok("master").await >= 1.0);
     })
     .await
 }

@@ -176,12 +176,7 @@ async fn typing_receipts_and_presence_cross_between_a_cluster_and_a_node() {
         bob.join(&format!("#edus:{}", cluster.server_name())).await.unwrap();
         let mut members = vec![alice.user_id.clone(), bob.user_id.clone()];
         members.sort();
-        for _ in 0..100 {
-            if joined_members(&alice, &room_id).await == members {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+        crate::federation_rooms::wait_for_members(&alice, &room_id, &members).await;
         assert_eq!(joined_members(&alice, &room_id).await, members, "{}", log());
         typing_receipts_and_presence_cross(&alice, &bob, &room_id, &log).await;
     })

@@ -23,16 +23,20 @@ async fn main() -> anyhow::Result<()> {
     let mut bobs = Vec::new();
     for n in 0..senders {
         let (user_id, token) = synapse.register(&format!("bob{n}"), "correct horse battery").await?;
-        let whoami = Account::new(synapse.client_api(), &user_id, &token, "").get("/account/whoami").await?.ok();
-        let bob = Account::new(synapse.client_api(), &user_id, &token, whoami["device_id"].as_str().unwrap_or(""));
+        let whoami =
+            Account::new(synapse.client_api(), &user_id, &token, "").get("/account/whoami").await?.ok();
+        let bob =
+            Account::new(synapse.client_api(), &user_id, &token, whoami["device_id"].as_str().unwrap_or(""));
         let join = bob
             .post(&format!("/join/{}?server_name={}", enc(&room_id), enc(ganglion.server_name())), &json!({}))
             .await?;
         anyhow::ensure!(join.status == 200, "join: {}", join.text);
         bobs.push(bob);
     }
-    let filter = enc(&json!({ "room": { "timeline": { "limit": 5000, "types": ["m.room.message"] } } }).to_string());
-    let mut since = alice.sync(&format!("filter={filter}")).await?["next_batch"].as_str().unwrap_or("").to_owned();
+    let filter =
+        enc(&json!({ "room": { "timeline": { "limit": 5000, "types": ["m.room.message"] } } }).to_string());
+    let mut since =
+        alice.sync(&format!("filter={filter}")).await?["next_batch"].as_str().unwrap_or("").to_owned();
 
     let started = Instant::now();
     let sending: Vec<_> = bobs

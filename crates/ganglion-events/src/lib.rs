@@ -28,7 +28,6 @@ pub use ruma;
 
 use ruma::{RoomVersionId, room_version_rules::RoomVersionRules};
 
-/// Room versions this server creates and joins. 12 is the default, as the spec recommends.
 /// Event types that move a room up a client's room list (its bump stamp), as Synapse and
 /// Element X count them: what a user reads as new activity, not state changes or reactions.
 pub const BUMP_EVENT_TYPES: [&str; 7] = [
@@ -41,6 +40,19 @@ pub const BUMP_EVENT_TYPES: [&str; 7] = [
     "m.beacon_info",
 ];
 
+/// The state events (state key `""`) shown to a user invited to, or knocking on, a room they are
+/// not in: the spec's recommended stripped state.
+pub const STRIPPED_STATE_TYPES: [&str; 7] = [
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+    "m.room.topic",
+];
+
+/// Room versions this server creates and joins. 12 is the default, as the spec recommends.
 pub const SUPPORTED_ROOM_VERSIONS: [RoomVersionId; 3] =
     [RoomVersionId::V10, RoomVersionId::V11, RoomVersionId::V12];
 

@@ -24,20 +24,43 @@ pub(crate) async fn make_join(
     RawQuery(query): RawQuery,
     signed: Signed,
 ) -> MatrixResult<Json<Value>> {
+    // Without `ver` the joining server supports only version 1, as the spec says.
+    let mut versions = versions_of(query.as_deref());
+    if versions.is_empty() {
+        versions.push("1".to_owned());
+    }
+    template(&state, (room_id, user_id), &signed, versions, Template::Join).await
+}
+
+/// What a `make_*` asks for.
+enum Template {
+    Join,
+    Leave,
+    Knock,
+}
+
+/// The member event `make_join`, `make_leave` or `make_knock` hands out for a user of the asking
+/// server to sign, built by the master: `{room_version, event}`.
+async fn template(
+    state: &FederationState,
+    (room_id, user_id): (String, String),
+    signed: &Signed,
+    versions: Vec<String>,
+    kind: Template,
+) -> MatrixResult<Json<Value>> {
     let room_id = OwnedRoomId::try_from(room_id).map_err(|_| MatrixError::invalid_param("Not a room id"))?;
     let user_id = OwnedUserId::try_from(user_id).map_err(|_| MatrixError::invalid_param("Not a user id"))?;
     if user_id.server_name() != signed.origin {
         return Err(MatrixError::forbidden("The user is not a user of the requesting server"));
     }
-    // Without `ver` the joining server supports only version 1, as the spec says.
-    let mut versions: Vec<String> =
-        form_pairs(query.as_deref()).filter(|(key, _)| key == "ver").map(|(_, value)| value).collect();
-    if versions.is_empty() {
-        versions.push("1".to_owned());
-    }
-    let made =
-        state.master.make_join(MakeJoin { room_id, user_id, versions, leave: false, knock: false }).await?;
+    let (leave, knock) = (matches!(kind, Template::Leave), matches!(kind, Template::Knock));
+    let made = state.master.make_join(MakeJoin { room_id, user_id, versions, leave, knock }).await?;
     Ok(Json(json!({ "room_version": made.room_version, "event": made.event })))
+}
+
+/// The room versions named by `ver` in a query string.
+fn versions_of(query: Option<&str>) -> Vec<String> {
+    form_pairs(query).filter(|(key, _)| key == "ver").map(|(_, value)| value).collect()
 }
 
 /// `PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}`. `omit_members` is ignored: the
@@ -87,16 +110,7 @@ pub(crate) async fn make_leave(
     Path((room_id, user_id)): Path<(String, String)>,
     signed: Signed,
 ) -> MatrixResult<Json<Value>> {
-    let room_id = OwnedRoomId::try_from(room_id).map_err(|_| MatrixError::invalid_param("Not a room id"))?;
-    let user_id = OwnedUserId::try_from(user_id).map_err(|_| MatrixError::invalid_param("Not a user id"))?;
-    if user_id.server_name() != signed.origin {
-        return Err(MatrixError::forbidden("The user is not a user of the requesting server"));
-    }
-    let made = state
-        .master
-        .make_join(MakeJoin { room_id, user_id, versions: Vec::new(), leave: true, knock: false })
-        .await?;
-    Ok(Json(json!({ "room_version": made.room_version, "event": made.event })))
+    template(&state, (room_id, user_id), &signed, Vec::new(), Template::Leave).await
 }
 
 /// `GET /_matrix/federation/v1/make_knock/{roomId}/{userId}?ver=…`.
@@ -106,19 +120,11 @@ pub(crate) async fn make_knock(
     RawQuery(query): RawQuery,
     signed: Signed,
 ) -> MatrixResult<Json<Value>> {
-    let room_id = OwnedRoomId::try_from(room_id).map_err(|_| MatrixError::invalid_param("Not a room id"))?;
-    let user_id = OwnedUserId::try_from(user_id).map_err(|_| MatrixError::invalid_param("Not a user id"))?;
-    if user_id.server_name() != signed.origin {
-        return Err(MatrixError::forbidden("The user is not a user of the requesting server"));
-    }
-    let versions: Vec<String> =
-        form_pairs(query.as_deref()).filter(|(key, _)| key == "ver").map(|(_, value)| value).collect();
+    let versions = versions_of(query.as_deref());
     if versions.is_empty() {
         return Err(MatrixError::missing_param("`ver` names the room versions the knocking server supports"));
     }
-    let made =
-        state.master.make_join(MakeJoin { room_id, user_id, versions, leave: false, knock: true }).await?;
-    Ok(Json(json!({ "room_version": made.room_version, "event": made.event })))
+    template(&state, (room_id, user_id), &signed, versions, Template::Knock).await
 }
 
 /// `PUT /_matrix/federation/v1/send_knock/{roomId}/{eventId}`.
@@ -135,16 +141,7 @@ pub(crate) async fn send_knock(
     };
     let snapshot = state.caches.snapshot(&mut conn, snapshot_nid).await?;
     let mut stripped = Vec::new();
-    let kinds = [
-        "m.room.create",
-        "m.room.join_rules",
-        "m.room.name",
-        "m.room.avatar",
-        "m.room.canonical_alias",
-        "m.room.encryption",
-        "m.room.topic",
-    ];
-    for kind in kinds {
+    for kind in ganglion_events::STRIPPED_STATE_TYPES {
         if let Some(event) = state.caches.state_event(&mut conn, &snapshot, kind, "").await? {
             stripped.push(json!({
                 "type": kind,

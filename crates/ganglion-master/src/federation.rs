@@ -153,15 +153,7 @@ pub(crate) async fn prepare_invite(
     let pdu = batch.build_checked(&request.room_id, &request.sender, &template).await?;
     let head = batch.head(&request.room_id).await?.ok_or_else(|| MasterError::not_found("Unknown room"))?;
     let mut stripped = Vec::new();
-    let kinds = [
-        "m.room.create",
-        "m.room.join_rules",
-        "m.room.name",
-        "m.room.avatar",
-        "m.room.canonical_alias",
-        "m.room.encryption",
-    ];
-    let keys = kinds
+    let keys = ganglion_events::STRIPPED_STATE_TYPES
         .iter()
         .map(|kind| (*kind, ""))
         .chain(std::iter::once(("m.room.member", request.sender.as_str())));

@@ -284,6 +284,36 @@ impl<'w> Batch<'w> {
         Ok(Some(head))
     }
 
+    /// The room's row (made if missing) and a head with no state or events yet, for a room of
+    /// other servers this batch starts storing; its NID.
+    async fn empty_head(
+        &mut self,
+        room_id: &RoomId,
+        version: &RoomVersionId,
+        rules: &RoomVersionRules,
+    ) -> MasterResult<RoomNid> {
+        let conn = self.connection().await?;
+        let room_nid = match room_store::room_by_id(conn, room_id.as_str()).await.map_err(internal)? {
+            Some(room) => room.room_nid,
+            None => room_store::insert_room(conn, room_id.as_str(), version.as_str(), false)
+                .await
+                .map_err(internal)?,
+        };
+        let head = RoomHead {
+            room_nid,
+            rules: Arc::new(rules.clone()),
+            snapshot: Snapshot::empty(),
+            latest_event_id: None,
+            latest_event_nid: None,
+            extremities: Vec::new(),
+            max_depth: 0,
+            bump_pos: 0,
+            remote_joined: Arc::default(),
+        };
+        self.heads.insert(room_id.to_owned(), head);
+        Ok(room_nid)
+    }
+
     /// The current state event `(kind, key)` of a room, as this batch sees it.
     pub(crate) async fn state_event(
         &mut self,
@@ -715,27 +745,7 @@ impl<'w> Batch<'w> {
             MasterError::new(ErrorClass::UnsupportedRoomVersion, "unsupported room version")
         })?;
         if self.head(room_id).await?.is_none() {
-            let conn = self.connection().await?;
-            let room_nid = match room_store::room_by_id(conn, room_id.as_str()).await.map_err(internal)? {
-                Some(room) => room.room_nid,
-                None => room_store::insert_room(conn, room_id.as_str(), version.as_str(), false)
-                    .await
-                    .map_err(internal)?,
-            };
-            self.heads.insert(
-                room_id.to_owned(),
-                RoomHead {
-                    room_nid,
-                    rules: Arc::new(rules.clone()),
-                    snapshot: Snapshot::empty(),
-                    latest_event_id: None,
-                    latest_event_nid: None,
-                    extremities: Vec::new(),
-                    max_depth: 0,
-                    bump_pos: 0,
-                    remote_joined: Arc::default(),
-                },
-            );
+            let room_nid = self.empty_head(room_id, version, &rules).await?;
             events.sort_by_key(|(pdu, _)| (u64::from(pdu.depth), u64::from(pdu.origin_server_ts.0)));
             let mut known: HashMap<OwnedEventId, Arc<Pdu>> = HashMap::new();
             let mut create: Option<Arc<Pdu>> = None;
@@ -845,27 +855,7 @@ impl<'w> Batch<'w> {
         let rules = ganglion_events::rules_for(version).ok_or_else(|| {
             MasterError::new(ErrorClass::UnsupportedRoomVersion, "unsupported room version")
         })?;
-        let conn = self.connection().await?;
-        let room_nid = match room_store::room_by_id(conn, room_id.as_str()).await.map_err(internal)? {
-            Some(room) => room.room_nid,
-            None => room_store::insert_room(conn, room_id.as_str(), version.as_str(), false)
-                .await
-                .map_err(internal)?,
-        };
-        self.heads.insert(
-            room_id.clone(),
-            RoomHead {
-                room_nid,
-                rules: Arc::new(rules),
-                snapshot: Snapshot::empty(),
-                latest_event_id: None,
-                latest_event_nid: None,
-                extremities: Vec::new(),
-                max_depth: 0,
-                bump_pos: 0,
-                remote_joined: Arc::default(),
-            },
-        );
+        self.empty_head(&room_id, version, &rules).await?;
         let is_invite = pdu.content_value()["membership"] == "invite";
         let event = self.persist_event(&room_id, pdu, None, true).await;
         // Not a head: the room's state is not known here.

@@ -375,6 +375,35 @@ impl Cluster {
         self.instance(name).running().map(Supervised::pid)
     }
 
+    /// Takes `instance_map.<name>` out of `cluster.toml` (the process keeps running until
+    /// killed); send [`Cluster::hangup`] to the others for them to see it.
+    pub fn remove_from_config(&mut self, name: &str) -> anyhow::Result<()> {
+        let header = format!("[instance_map.{name}]");
+        let mut kept = Vec::new();
+        let mut skipping = false;
+        for line in self.config.lines() {
+            if line.starts_with('[') {
+                skipping = line.trim() == header;
+            }
+            if !skipping {
+                kept.push(line);
+            }
+        }
+        anyhow::ensure!(kept.len() < self.config.lines().count(), "no {header} in the config");
+        self.config = kept.join("\n") + "\n";
+        fs::write(&self.config_path, &self.config)
+            .with_context(|| format!("writing {}", self.config_path.display()))
+    }
+
+    /// SIGHUP to process `name`: it reads the config file again.
+    pub fn hangup(&self, name: &str) -> anyhow::Result<()> {
+        let pid = self.pid_of(name).with_context(|| format!("{name} is not running"))?;
+        let pid = i32::try_from(pid)?;
+        // SAFETY: kill(2) with the pid of a process this cluster started and a valid signal.
+        anyhow::ensure!(unsafe { libc::kill(pid, libc::SIGHUP) } == 0, "SIGHUP to {name} ({pid}) failed");
+        Ok(())
+    }
+
     /// Every process name, in start order: `master`, `sync1`, `sync2`, `reader1`, `reader2` (fewer
     /// after [`Cluster::start_with`]).
     pub fn instance_names(&self) -> Vec<&'static str> {

@@ -117,7 +117,7 @@ pub(crate) async fn public_rooms(
         if let Some(since) = &search.since {
             path.push_str(&format!("{separator}since={}", ganglion_federation::client::encode(since)));
         }
-        return Ok(Json(state.federation.client.get(&server, &path).await?));
+        return state.federation.client.get(&server, &path).await.map(Json).map_err(directory_error);
     }
     let mut conn = state.db.conn().await?;
     Ok(Json(directory::public_rooms_page(&state.caches, &mut conn, search).await?))
@@ -137,16 +137,28 @@ pub(crate) async fn search_public_rooms(
 ) -> MatrixResult<Json<Value>> {
     if let Some(server) = remote(&state, query.server.as_deref())? {
         let path = "/_matrix/federation/v1/publicRooms";
-        let answer = state
+        return state
             .federation
             .client
             .request(http::Method::POST, &server, path, Some(&Value::Object(body)))
-            .await?;
-        return Ok(Json(answer));
+            .await
+            .map(Json)
+            .map_err(directory_error);
     }
     let search: DirectorySearch = access::from_object(body)?;
     let mut conn = state.db.conn().await?;
     Ok(Json(directory::public_rooms_page(&state.caches, &mut conn, search).await?))
+}
+
+/// A server that cannot be reached has no directory to show: 404, as for a room or media of a
+/// server that does not exist. Other failures keep their class.
+fn directory_error(error: ganglion_federation::FederationError) -> MatrixError {
+    match error {
+        ganglion_federation::FederationError::Unreachable { destination, .. } => {
+            MatrixError::not_found(format!("{destination} cannot be reached"))
+        }
+        error => error.into(),
+    }
 }
 
 /// The other server whose directory `server` names, if it is not this one.
