@@ -707,6 +707,14 @@ async fn a_peer_that_was_down_receives_every_message_it_missed() {
         // them once it is back.
         let mut ganglion = ganglion;
         ganglion.stop().await.unwrap();
+        let renamed = bob
+            .put(
+                &format!("/profile/{}/displayname", enc(&bob.user_id)),
+                &json!({ "displayname": "Bob meanwhile" }),
+            )
+            .await
+            .unwrap();
+        assert_eq!(renamed.status, 200, "{}", renamed.text);
         for n in 1..=5 {
             bob.send_text(&room_id, &format!("while Ganglion was out {n}")).await.unwrap();
         }
@@ -726,6 +734,9 @@ async fn a_peer_that_was_down_receives_every_message_it_missed() {
             "{}",
             log()
         );
+        // Bob's new name too, whether his events came before Alice's "back" or beside it, on a fork.
+        let member = format!("/rooms/{}/state/m.room.member/{}", enc(&room_id), enc(&bob.user_id));
+        assert_eq!(alice.get(&member).await.unwrap().body["displayname"], "Bob meanwhile", "{}", log());
     })
     .await
 }
@@ -824,6 +835,89 @@ async fn an_encrypted_conversation_across_servers_decrypts_both_ways() {
         send_text(&alice, &room_id, "after the laptop").await;
         until_all_decrypt(&all, &room_id, &std::collections::BTreeSet::from(["after the laptop".to_owned()]))
             .await;
+    })
+    .await
+}
+
+/// Ganglion is down while Bob, on Synapse, changes his display name and writes more messages
+/// than `get_missing_events` reaches back, and Synapse restarts meanwhile: it then catches up
+/// with its newest event only, the events fetched before it leave a gap, and the room's state
+/// there comes from Synapse's `/state_ids`. Ganglion ends with Bob's
+/// new name, the newest messages, and a room that keeps working both ways.
+#[tokio::test]
+async fn a_gap_too_long_to_fill_takes_the_state_its_origin_reports() {
+    crate::run(async {
+        let (synapse, ganglion) = tokio::join!(Synapse::start(), FederationNode::start());
+        let (mut synapse, mut ganglion) = (synapse.unwrap(), ganglion.unwrap());
+        let alice = ganglion.client_api().register("alice", crate::PASSWORD).await.unwrap();
+        let bob = synapse_account(&synapse, "bob").await;
+        let room_id = alice.create_room(&json!({ "preset": "public_chat" })).await.unwrap();
+        let join = bob
+            .post(&format!("/join/{}?server_name={}", enc(&room_id), enc(ganglion.server_name())), &json!({}))
+            .await
+            .unwrap();
+        assert_eq!(join.status, 200, "{}", join.text);
+        alice.send_text(&room_id, "before").await.unwrap();
+        wait_for_messages(&bob, &room_id, 1, || synapse.log()).await;
+        // Synapse catches up only with a server it has sent events to before.
+        bob.send_text(&room_id, "before too").await.unwrap();
+        wait_for_messages(&alice, &room_id, 2, || ganglion.log()).await;
+
+        ganglion.stop().await.unwrap();
+        let renamed = bob
+            .put(
+                &format!("/profile/{}/displayname", enc(&bob.user_id)),
+                &json!({ "displayname": "Bob at the gap" }),
+            )
+            .await
+            .unwrap();
+        assert_eq!(renamed.status, 200, "{}", renamed.text);
+        for n in 1..=15 {
+            bob.send_text(&room_id, &format!("while Ganglion was out {n}")).await.unwrap();
+        }
+        // Synapse forgets what it queued for Ganglion: from its next start it catches up.
+        synapse.stop().await.unwrap();
+        ganglion.start_again().await.unwrap();
+        synapse.restart().await.unwrap();
+        let log = || format!("--- ganglion\n{}\n--- synapse\n{}", ganglion.log(), synapse.log());
+        // Ganglion's next event wakes Synapse's sender for it.
+        alice.send_text(&room_id, "back").await.unwrap();
+        let member = format!("/rooms/{}/state/m.room.member/{}", enc(&room_id), enc(&bob.user_id));
+        let mut name = Value::Null;
+        for _ in 0..150 {
+            name = alice.get(&member).await.unwrap().body["displayname"].clone();
+            if name == "Bob at the gap" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(name, "Bob at the gap", "{}", log());
+        assert!(ganglion.log().contains("learnt the state at a gap"), "{}", log());
+        let seen = wait_for_messages(&alice, &room_id, 3, log).await;
+        assert!(
+            seen.contains(&(bob.user_id.clone(), "while Ganglion was out 15".to_owned())),
+            "{seen:?}\n{}",
+            log()
+        );
+        // The event at the gap is a forward extremity like any other: the room goes on.
+        alice.send_text(&room_id, "after the gap").await.unwrap();
+        bob.send_text(&room_id, "seen").await.unwrap();
+        for (account, body) in [(&bob, "after the gap"), (&alice, "seen")] {
+            let mut seen = Vec::new();
+            for _ in 0..150 {
+                seen = messages(account, &room_id).await;
+                if seen.iter().any(|(_, text)| text == body) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            assert!(
+                seen.iter().any(|(_, text)| text == body),
+                "{} never got {body:?}: {seen:?}\n{}",
+                account.user_id,
+                log()
+            );
+        }
     })
     .await
 }

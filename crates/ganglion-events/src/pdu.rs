@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use ruma::{
     EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
-    events::TimelineEventType,
+    events::TimelineEventType, room_version_rules::AuthorizationRules,
 };
 use serde::Deserialize;
 use serde_json::value::RawValue as RawJsonValue;
@@ -56,6 +56,20 @@ struct RedactsInContent {
 }
 
 impl Pdu {
+    /// Its auth events, with the room's create event in a room version whose room id names it
+    /// (v12), where no event but the create event itself lists it.
+    pub fn auth_events_with_create(&self, rules: &AuthorizationRules) -> Vec<OwnedEventId> {
+        let mut auth = self.auth_events.clone();
+        if rules.room_create_event_id_as_room_id
+            && self.kind != TimelineEventType::RoomCreate
+            && let Ok(create) = EventId::parse(format!("${}", &self.room_id.as_str()[1..]))
+            && !auth.contains(&create)
+        {
+            auth.push(create);
+        }
+        auth
+    }
+
     pub fn from_json(event_id: OwnedEventId, json: Arc<str>) -> Result<Pdu, PduError> {
         let fields: Fields = serde_json::from_str(&json).map_err(|e| PduError(e.to_string()))?;
         let room_id_in_json = fields.room_id.is_some();

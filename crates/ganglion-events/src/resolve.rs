@@ -23,17 +23,19 @@ pub enum ResolveError {
     Failed(String),
 }
 
-/// The resolution of `states`. `events` holds every event the states name and each one's auth
-/// chain (an event missing there is left out of the auth chains, as an unknown one would be).
+/// The resolution of `states`, given each one's auth chain (the union of its events' chains, as
+/// [`auth_chain`] walks them or an index holds them). `events` holds every event the states and
+/// chains name (an event missing there is left out, as an unknown one would be).
 /// Pure CPU: call it off the async runtime.
 pub fn resolve_state(
     rules: &RoomVersionRules,
     states: &[StateMap<OwnedEventId>],
+    auth_chains: Vec<HashSet<OwnedEventId>>,
     events: &HashMap<OwnedEventId, Arc<Pdu>>,
 ) -> Result<StateMap<OwnedEventId>, ResolveError> {
     let v2 = rules.state_res.v2_rules().ok_or(ResolveError::UnsupportedVersion)?;
     let auth_chains: Vec<EventIdSet<OwnedEventId>> =
-        states.iter().map(|state| auth_chain(state.values(), events).into_iter().collect()).collect();
+        auth_chains.into_iter().map(|chain| chain.into_iter().collect()).collect();
     state_res::resolve(
         &rules.authorization,
         v2,

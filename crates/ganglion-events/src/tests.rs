@@ -515,7 +515,8 @@ fn state_resolution_keeps_the_later_of_two_concurrent_renames() {
         all.insert(early.event_id.clone(), std::sync::Arc::new(early.clone()));
         all.insert(late.event_id.clone(), std::sync::Arc::new(late.clone()));
         for states in [[with(&early), with(&late)], [with(&late), with(&early)]] {
-            let resolved = resolve_state(&rules, &states, &all).unwrap();
+            let chains = states.iter().map(|state| crate::auth_chain(state.values(), &all)).collect();
+            let resolved = resolve_state(&rules, &states, chains, &all).unwrap();
             assert_eq!(resolved[&(StateEventType::RoomName, String::new())], late.event_id, "v{version}");
             assert_eq!(resolved.len(), base.len() + 1, "v{version}");
         }

@@ -12,12 +12,14 @@ use axum::{
     extract::{Path, State},
 };
 use ganglion_events::ruma::{
-    CanonicalJsonObject, EventId, RoomId, ServerName, canonical_json::redact, events::TimelineEventType,
+    CanonicalJsonObject, EventId, RoomId, ServerName, canonical_json::redact,
     room_version_rules::RoomVersionRules,
 };
 use ganglion_http::{MatrixError, MatrixQuery, MatrixResult, lenient};
 use ganglion_state::{Caches, StoredEvent};
-use ganglion_storage::{DbConn, events::events_by_id, federation_reads::server_has_joined_member, rooms};
+use ganglion_storage::{
+    DbConn, auth_chains, events::events_by_id, federation_reads::server_has_joined_member, rooms,
+};
 use ganglion_types::{EventNid, RoomNid};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
@@ -154,35 +156,23 @@ impl Reader {
         room_nid: RoomNid,
         events: &[StoredEvent],
     ) -> MatrixResult<Vec<StoredEvent>> {
-        // From room version 12 the create event is every other event's auth event without
-        // being listed: the room id names it.
-        let implied_create = self.rules(room_nid).await?.authorization.room_create_event_id_as_room_id;
-        let mut seen = HashSet::new();
-        let mut next: Vec<String> = Vec::new();
-        let mut enqueue = |event: &StoredEvent, next: &mut Vec<String>| {
-            let create = (implied_create && event.pdu.kind != TimelineEventType::RoomCreate)
-                .then(|| format!("${}", &event.pdu.room_id.as_str()[1..]));
-            for id in event.pdu.auth_events.iter().map(|id| id.to_string()).chain(create) {
-                if seen.insert(id.clone()) {
-                    next.push(id);
-                }
-            }
-        };
-        for event in events {
-            enqueue(event, &mut next);
-        }
-        let mut chain = Vec::new();
-        // Level by level, one query per level: each id is queued once, so this ends.
-        while !next.is_empty() {
-            let level = std::mem::take(&mut next);
-            self.load(&level).await?;
-            for id in &level {
-                if let Some(event) = self.get(id, room_nid).cloned() {
-                    enqueue(&event, &mut next);
-                    chain.push(event);
-                }
-            }
-        }
+        let rules = self.rules(room_nid).await?.authorization;
+        let mut direct: Vec<String> = events
+            .iter()
+            .flat_map(|event| event.pdu.auth_events_with_create(&rules))
+            .map(|id| id.to_string())
+            .collect();
+        direct.sort_unstable();
+        direct.dedup();
+        self.load(&direct).await?;
+        // Auth events are state events, whose own chains the index holds.
+        let roots: Vec<EventNid> =
+            direct.iter().filter_map(|id| self.get(id, room_nid)).map(|event| event.row.event_nid).collect();
+        let mut nids: HashSet<EventNid> = auth_chains::chain_of(&mut self.conn, &roots).await?;
+        nids.extend(roots);
+        let nids: Vec<EventNid> = nids.into_iter().collect();
+        let mut chain = self.caches.events(&mut self.conn, &nids).await?;
+        chain.retain(|event| event.row.room_nid == room_nid);
         oldest_first(&mut chain);
         Ok(chain)
     }

@@ -210,6 +210,7 @@ async fn take_membership(
         .accept_events(AcceptEvents {
             origin: signed.origin.to_string(),
             events: vec![(checked.event_id.clone(), checked.json.clone())],
+            ..AcceptEvents::default()
         })
         .await?;
     if let Some(error) = outcomes.into_iter().find_map(|outcome| outcome.error) {

@@ -6,6 +6,7 @@
 
 mod edus;
 mod events;
+mod gaps;
 mod invite;
 mod join;
 mod keys;

@@ -20,7 +20,7 @@ use ganglion_types::ErrorClass;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::{FederationState, Signed, edus};
+use crate::{FederationState, Signed, edus, gaps::Gaps};
 
 /// Events asked for at most to fill the gap before a PDU.
 const MISSING_EVENTS_LIMIT: usize = 10;
@@ -136,6 +136,7 @@ async fn take_pdus(
     let mut checked = Vec::with_capacity(pdus.len());
     let mut versions: HashMap<String, Option<RoomVersionId>> = HashMap::new();
     let mut taken: HashSet<String> = HashSet::new();
+    let mut gaps = Gaps::default();
     for pdu in pdus {
         let Some(room_id) = pdu.get("room_id").and_then(Value::as_str) else {
             tracing::info!(%origin, "a PDU without a room id was dropped");
@@ -156,12 +157,13 @@ async fn take_pdus(
         };
         match check_pdu(&state.federation.keyring, &version, pdu).await {
             Ok(pdu) => {
-                for missing in fill_gap(state, origin, &version, &pdu, &taken).await? {
-                    taken.insert(missing.event_id.to_string());
-                    checked.push((missing.event_id, missing.json));
+                let mut events = fill_gap(state, origin, &version, &pdu, &taken).await?;
+                events.push(pdu);
+                gaps.fill(state, origin, &version, &events, &taken).await?;
+                for event in events {
+                    taken.insert(event.event_id.to_string());
+                    checked.push((event.event_id, event.json));
                 }
-                taken.insert(pdu.event_id.to_string());
-                checked.push((pdu.event_id, pdu.json));
             }
             Err(error) => {
                 let event_id = CanonicalJsonValue::try_from(pdu.clone()).ok().and_then(|value| match value {
@@ -182,8 +184,13 @@ async fn take_pdus(
     if checked.is_empty() {
         return Ok(answers);
     }
-    let outcomes =
-        state.master.accept_events(AcceptEvents { origin: origin.to_owned(), events: checked }).await?;
+    let request = AcceptEvents {
+        origin: origin.to_owned(),
+        events: checked,
+        outliers: gaps.outliers.into_iter().map(|event| (event.event_id, event.json)).collect(),
+        gaps: gaps.states,
+    };
+    let outcomes = state.master.accept_events(request).await?;
     for outcome in outcomes {
         state.metrics.pdu_received(match &outcome.error {
             None => PduOutcome::Accepted,

@@ -21,6 +21,17 @@ pub(crate) async fn accept_events(
     request: AcceptEvents,
 ) -> MasterResult<Vec<EventOutcome>> {
     let mut batch = Batch::begin(svc).await?;
+    let mut outliers = Vec::with_capacity(request.outliers.len());
+    for (event_id, json) in request.outliers {
+        match Pdu::from_json(event_id.clone(), Arc::from(json)) {
+            Ok(pdu) => outliers.push(pdu),
+            Err(error) => {
+                tracing::info!(origin = %request.origin, %event_id, %error, "left out a malformed event of the state at a gap")
+            }
+        }
+    }
+    batch.keep_outliers(outliers).await?;
+    batch.set_gaps(request.gaps);
     let mut outcomes = Vec::with_capacity(request.events.len());
     for (event_id, json) in request.events {
         let result = match Pdu::from_json(event_id.clone(), Arc::from(json)) {

@@ -2,6 +2,7 @@ use ganglion_events::ruma::RoomVersionId;
 
 use super::power;
 
+mod auth_chains;
 mod key_backup;
 
 #[test]

@@ -17,7 +17,9 @@ use ganglion_events::{
 use ganglion_replication::StreamRow;
 use ganglion_rpc::{MasterError, MasterResult};
 use ganglion_state::{Snapshot, StoredEvent};
-use ganglion_storage::{Connect, Db, events as event_store, rooms as room_store, state::StateEntry};
+use ganglion_storage::{
+    Connect, Db, auth_chains, events as event_store, rooms as room_store, state::StateEntry,
+};
 use ganglion_types::{ErrorClass, EventNid, RoomNid, StreamPosition};
 use tokio::sync::MutexGuard;
 
@@ -76,6 +78,7 @@ impl RoomHead {
 
 impl Writer {
     pub(crate) async fn load(db: &Db) -> MasterResult<Writer> {
+        resolve::index_backlog(db).await?;
         let mut conn = db.conn().await.map_err(internal)?;
         Ok(Writer {
             last_event_pos: event_store::max_event_stream_pos(&mut conn).await.map_err(internal)?,
@@ -128,6 +131,8 @@ struct BatchTx {
     tx: ganglion_storage::Tx,
     events: Vec<Arc<event_store::EventRow>>,
     txns: Vec<(event_store::TxnKey, String)>,
+    /// State events of `events`, for the auth chain index.
+    unindexed: Vec<auth_chains::Unindexed>,
     /// Our events owed to other servers: `(destination, event, traceparent)`.
     outbox: Vec<ganglion_storage::federation::QueuedPdu>,
 }
@@ -146,6 +151,19 @@ impl BatchTx {
             let now = ganglion_storage::now_ms();
             ganglion_storage::federation::insert_outbox_pdus(&mut self.tx, &self.outbox, now).await?;
             self.outbox.clear();
+        }
+        Ok(())
+    }
+}
+
+impl BatchTx {
+    /// Indexes the auth chains of the batch's state events so far. Not on every flush: an event
+    /// kept before its own auth event (history comes newest first) would miss that event's chain.
+    async fn index_auth_chains(&mut self) -> ganglion_storage::Result<()> {
+        if !self.unindexed.is_empty() {
+            self.flush().await?;
+            auth_chains::index(&mut self.tx, &self.unindexed).await?;
+            self.unindexed.clear();
         }
         Ok(())
     }
@@ -179,6 +197,11 @@ pub(crate) struct Batch<'w> {
     resolved: Vec<(resolve::MemoKey, resolve::Resolved)>,
     /// The position of the last history event this batch kept (see `history.rs`).
     history_pos: i64,
+    /// The state before prev events this server did not have, as the origin of the events
+    /// naming them told it (see `resolve.rs`).
+    gaps: HashMap<OwnedEventId, Vec<OwnedEventId>>,
+    /// A state event placed on a fork, in the states being resolved before it is persisted.
+    placing: Option<(StateEntry, Arc<Pdu>)>,
 }
 
 struct Appended {
@@ -201,7 +224,13 @@ impl<'w> Batch<'w> {
         Ok(Batch {
             svc,
             writer,
-            tx: Some(BatchTx { tx, events: Vec::new(), txns: Vec::new(), outbox: Vec::new() }),
+            tx: Some(BatchTx {
+                tx,
+                events: Vec::new(),
+                txns: Vec::new(),
+                unindexed: Vec::new(),
+                outbox: Vec::new(),
+            }),
             heads: HashMap::new(),
             next_pos,
             next_nid,
@@ -212,6 +241,8 @@ impl<'w> Batch<'w> {
             trace: None,
             resolved: Vec::new(),
             history_pos,
+            gaps: HashMap::new(),
+            placing: None,
         })
     }
 
@@ -594,15 +625,20 @@ impl<'w> Batch<'w> {
         // An event that does not follow exactly the room's forward extremities sits on a fork:
         // the state before it is the resolution of the states after its known prev events, and
         // it must pass the auth rules against that state too.
+        // A prev event this server did not have (at a gap the origin could not fill) brings the
+        // state after it as the origin told it.
         let mut prevs = Vec::with_capacity(pdu.prev_events.len());
+        let mut gap_states = Vec::new();
         for id in &pdu.prev_events {
-            if let Some(event) = self.event_by_id(id.as_str()).await?
+            if let Some(state_before) = self.gaps.get(id).cloned() {
+                gap_states.extend(self.state_after_gap(&head, id, &state_before).await?);
+            } else if let Some(event) = self.event_by_id(id.as_str()).await?
                 && event.pdu.room_id == pdu.room_id
             {
                 prevs.push(event);
             }
         }
-        let follows_head = prevs.is_empty() || {
+        let follows_head = (gap_states.is_empty() && prevs.is_empty()) || {
             let mut prev_ids: Vec<&OwnedEventId> = pdu.prev_events.iter().collect();
             let mut extremities: Vec<&OwnedEventId> = head.extremities.iter().collect();
             prev_ids.sort();
@@ -613,7 +649,7 @@ impl<'w> Batch<'w> {
         let fork = if follows_head {
             None
         } else {
-            let mut afters = Vec::with_capacity(prevs.len());
+            let mut afters = gap_states;
             for prev in &prevs {
                 afters.push(self.state_after(prev).await?);
             }
@@ -696,6 +732,7 @@ impl<'w> Batch<'w> {
                     caches.type_nid(self.tx(), pdu.kind.to_string().as_str()).await.map_err(internal)?;
                 let state_key_nid = caches.state_key_nid(self.tx(), key).await.map_err(internal)?;
                 let entry = StateEntry { type_nid, state_key_nid, event_nid: EventNid(self.next_nid) };
+                self.placing = Some((entry, Arc::new(pdu.clone())));
                 caches.write_snapshot(self.tx(), head.room_nid, &before, &[entry]).await.map_err(internal)?
             }
             None => before,
@@ -711,7 +748,9 @@ impl<'w> Batch<'w> {
         }
         let current_before = head.snapshot.clone();
         tracing::info!(%room_id, event_id = %pdu.event_id, branches = states.len(), "an event on a fork of the room's graph: resolving the room's state");
-        let current = self.resolve(&head, states).await?;
+        let current = self.resolve(&head, states).await;
+        self.placing = None;
+        let current = current?;
         head.snapshot = current.clone();
         self.heads.insert(room_id.to_owned(), head);
         // Not as state: its effect on the room's state is the resolution's.
@@ -1007,8 +1046,10 @@ impl<'w> Batch<'w> {
             redacted_by: None,
         });
         let trace = self.trace.clone();
+        let unindexed = resolve::unindexed(&head, event_nid, &pdu);
         let tx = self.tx();
         tx.events.push(row.clone());
+        tx.unindexed.extend(unindexed);
         tx.outbox.extend(destinations.into_iter().map(|destination| (destination, event_nid, trace.clone())));
         if let Some((device_id, txn_id)) = txn {
             let key = (row.sender.clone(), device_id.to_string(), txn_id.to_owned());
@@ -1055,6 +1096,7 @@ impl<'w> Batch<'w> {
             .collect();
         let conn = self.connection().await?;
         room_store::set_room_heads(conn, &heads).await.map_err(internal)?;
+        self.tx().index_auth_chains().await.map_err(internal)?;
         let tx = self.tx.take().expect("transaction is open until commit");
         tx.tx.commit().await.map_err(|e| internal(ganglion_storage::StorageError::from(e)))?;
         self.committed = true;

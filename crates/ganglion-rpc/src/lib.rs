@@ -46,7 +46,7 @@ pub use keys::{
 };
 pub use presence::{Presence, PresenceSyncing, RemotePresence, SetPresence, SetRemotePresence};
 pub use rooms::{
-    AcceptEvents, CreateRoom, CreateRoomRequest, DeleteAlias, EventOutcome, ForgetRoom, ImportRoom,
+    AcceptEvents, CreateRoom, CreateRoomRequest, DeleteAlias, EventOutcome, ForgetRoom, GapState, ImportRoom,
     InitialStateEvent, MadeJoin, MakeJoin, MembershipChange, PreparedInvite, Preset, ProfileField, Rooms,
     SendEvent, SetAlias, SetProfile, SetRoomVisibility, StoreInvite, UpdateMembership,
 };

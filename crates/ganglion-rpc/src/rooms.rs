@@ -439,34 +439,78 @@ impl Call for SetRoomVisibility {
 }
 
 /// Events of `origin` for the master to authorise and persist.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct AcceptEvents {
     pub origin: String,
     /// `(event id, canonical JSON without event_id and unsigned)`.
     pub events: Vec<(OwnedEventId, String)>,
+    /// Events fetched to learn the state at gaps before `events`, kept as outliers first.
+    pub outliers: Vec<(OwnedEventId, String)>,
+    /// The state at each prev event of `events` that this server does not have.
+    pub gaps: Vec<GapState>,
+}
+
+/// The state at a prev event this server does not have, as another server has it.
+#[derive(Debug, Clone)]
+pub struct GapState {
+    /// The missing prev event (one of [`AcceptEvents::outliers`]).
+    pub event_id: OwnedEventId,
+    /// The room's state before it.
+    pub state_before: Vec<OwnedEventId>,
 }
 
 impl Call for AcceptEvents {
     type Message = pb::AcceptEventsRequest;
 
     fn into_message(self) -> pb::AcceptEventsRequest {
-        pb::AcceptEventsRequest {
-            origin: self.origin,
-            events: self
-                .events
+        let remote = |events: Vec<(OwnedEventId, String)>| {
+            events
                 .into_iter()
                 .map(|(event_id, json)| pb::RemoteEvent { event_id: event_id.into(), json })
+                .collect()
+        };
+        pb::AcceptEventsRequest {
+            origin: self.origin,
+            events: remote(self.events),
+            outliers: remote(self.outliers),
+            gaps: self
+                .gaps
+                .into_iter()
+                .map(|gap| pb::GapState {
+                    event_id: gap.event_id.into(),
+                    state_before: gap.state_before.into_iter().map(Into::into).collect(),
+                })
                 .collect(),
         }
     }
 
     fn from_message(message: pb::AcceptEventsRequest) -> Result<Self, ConvertError> {
-        let events = message
-            .events
+        let remote = |events: Vec<pb::RemoteEvent>| {
+            events
+                .into_iter()
+                .map(|event| Ok((id("events.event_id", event.event_id)?, event.json)))
+                .collect::<Result<Vec<_>, ConvertError>>()
+        };
+        let gaps = message
+            .gaps
             .into_iter()
-            .map(|event| Ok((id("events.event_id", event.event_id)?, event.json)))
+            .map(|gap| {
+                Ok(GapState {
+                    event_id: id("gaps.event_id", gap.event_id)?,
+                    state_before: gap
+                        .state_before
+                        .into_iter()
+                        .map(|event_id| id("gaps.state_before", event_id))
+                        .collect::<Result<_, ConvertError>>()?,
+                })
+            })
             .collect::<Result<_, ConvertError>>()?;
-        Ok(AcceptEvents { origin: message.origin, events })
+        Ok(AcceptEvents {
+            origin: message.origin,
+            events: remote(message.events)?,
+            outliers: remote(message.outliers)?,
+            gaps,
+        })
     }
 
     fn after(&self) -> AfterCall {

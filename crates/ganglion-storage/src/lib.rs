@@ -6,6 +6,7 @@
 //! or Redis.
 
 pub mod accounts;
+pub mod auth_chains;
 pub mod events;
 pub mod federation;
 pub mod federation_reads;

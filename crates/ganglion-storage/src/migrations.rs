@@ -24,6 +24,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (15, include_str!("../migrations/0015_outbox_traces.sql")),
     (16, include_str!("../migrations/0016_outliers.sql")),
     (17, include_str!("../migrations/0017_rejected_events.sql")),
+    (18, include_str!("../migrations/0018_auth_chains.sql")),
 ];
 
 pub(crate) async fn run(db: &Db) -> Result<()> {

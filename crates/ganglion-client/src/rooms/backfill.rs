@@ -73,7 +73,8 @@ async fn try_fetch_older(state: &ClientState, conn: &mut Conn, room: &RoomRow) -
         if events.is_empty() {
             continue;
         }
-        let outcomes = state.master.backfill(AcceptEvents { origin: server, events }).await?;
+        let outcomes =
+            state.master.backfill(AcceptEvents { origin: server, events, ..AcceptEvents::default() }).await?;
         let kept = outcomes.iter().filter(|outcome| outcome.error.is_none()).count();
         // Only events older than what was here count: a server that answers with what this one
         // has already is not asked again for this page.

@@ -339,6 +339,7 @@ pub(crate) async fn invite_remote(state: &ClientState, request: UpdateMembership
     let countersigned = AcceptEvents {
         origin: target.server_name().to_string(),
         events: vec![(signed.event_id, signed.json)],
+        ..AcceptEvents::default()
     };
     let outcomes = state.master.persist_invite(countersigned).await?;
     match outcomes.into_iter().find_map(|outcome| outcome.error) {

@@ -7,7 +7,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use ganglion_events::{
     Pdu, check_auth,
-    ruma::{OwnedEventId, events::StateEventType},
+    ruma::{OwnedEventId, OwnedRoomId, events::StateEventType},
 };
 use ganglion_rpc::{EventOutcome, MasterError, MasterResult};
 use ganglion_storage::events as event_store;
@@ -43,18 +43,53 @@ impl Batch<'_> {
         Ok(outcomes)
     }
 
+    /// Keeps events fetched to learn the state at gaps (the state there and its auth chain, of
+    /// rooms this server is in) as outliers: each that its own auth events (known here, or
+    /// among `events`) allow, oldest first; the others are left out.
+    pub(crate) async fn keep_outliers(&mut self, events: Vec<Pdu>) -> MasterResult<()> {
+        let mut by_room: HashMap<OwnedRoomId, Vec<Pdu>> = HashMap::new();
+        for event in events {
+            by_room.entry(event.room_id.clone()).or_default().push(event);
+        }
+        for (room_id, mut events) in by_room {
+            let Some(head) = self.head(&room_id).await? else {
+                tracing::info!(%room_id, "left out the state at a gap of a room this server is not in");
+                continue;
+            };
+            events.sort_by_key(|event| (u64::from(event.depth), u64::from(event.origin_server_ts.0)));
+            let given: HashMap<OwnedEventId, Arc<Pdu>> =
+                events.iter().map(|event| (event.event_id.clone(), Arc::new(event.clone()))).collect();
+            let create = self.state_event(&head, "m.room.create", "").await?;
+            let mut kept = Vec::new();
+            for pdu in events {
+                match self.keep_history(&head, &pdu, &given, create.as_ref().map(|c| c.pdu.clone())).await {
+                    Ok(nid) => kept.extend(nid),
+                    Err(error) if self.poisoned => return Err(error),
+                    Err(error) => {
+                        tracing::info!(event_id = %pdu.event_id, %error, "left out an event of the state at a gap")
+                    }
+                }
+            }
+            let conn = self.connection().await?;
+            event_store::mark_outliers(conn, &kept).await.map_err(internal)?;
+        }
+        Ok(())
+    }
+
+    /// Keeps `pdu` below every other event if its auth events allow it; its NID, or `None` if it
+    /// was here already.
     async fn keep_history(
         &mut self,
         head: &super::RoomHead,
         pdu: &Pdu,
         given: &HashMap<OwnedEventId, Arc<Pdu>>,
         create: Option<Arc<Pdu>>,
-    ) -> MasterResult<()> {
+    ) -> MasterResult<Option<EventNid>> {
         if pdu.room_id.as_str() != given.values().next().map_or("", |e| e.room_id.as_str()) {
             return Err(MasterError::bad_json("The events are not all of one room"));
         }
         if self.event_by_id(pdu.event_id.as_str()).await?.is_some() {
-            return Ok(());
+            return Ok(None);
         }
         let mut auth: Vec<Arc<Pdu>> = Vec::with_capacity(pdu.auth_events.len());
         for id in &pdu.auth_events {
@@ -78,7 +113,7 @@ impl Batch<'_> {
             by_key.get(&(kind.to_string(), key.to_owned())).copied()
         })
         .map_err(|e| MasterError::forbidden(format!("Rejected by its auth events: {e}")))?;
-        self.store_outside_stream(head, pdu).await.map(|_| ())
+        self.store_outside_stream(head, pdu).await.map(Some)
     }
 
     /// Stores `pdu` below every other event, outside the events stream (no client is told of it
@@ -113,7 +148,10 @@ impl Batch<'_> {
             replaces_nid: None,
             redacted_by: None,
         });
-        self.tx().events.push(row);
+        let unindexed = super::resolve::unindexed(head, event_nid, pdu);
+        let tx = self.tx();
+        tx.events.push(row);
+        tx.unindexed.extend(unindexed);
         Ok(event_nid)
     }
 

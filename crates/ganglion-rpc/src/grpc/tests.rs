@@ -380,6 +380,11 @@ async fn calls_round_trip_exactly() {
     let accept = crate::AcceptEvents {
         origin: "remote.test".to_owned(),
         events: vec![(owned_event_id!("$taken"), r#"{"type":"m.room.message"}"#.to_owned())],
+        outliers: vec![(owned_event_id!("$prev"), r#"{"type":"m.room.member"}"#.to_owned())],
+        gaps: vec![crate::GapState {
+            event_id: owned_event_id!("$prev"),
+            state_before: vec![owned_event_id!("$create"), owned_event_id!("$member")],
+        }],
     };
     let outcomes = round_trip(f, accept, async |r| m.accept_events(r).await).await;
     assert_eq!(outcomes.len(), 2);
@@ -419,6 +424,7 @@ async fn calls_round_trip_exactly() {
     let countersigned = crate::AcceptEvents {
         origin: "remote.test".to_owned(),
         events: vec![(owned_event_id!("$invite"), r#"{"type":"m.room.member"}"#.to_owned())],
+        ..crate::AcceptEvents::default()
     };
     round_trip(f, countersigned, async |r| m.persist_invite(r).await).await;
     let store = crate::StoreInvite {

@@ -43,6 +43,7 @@ macro_rules! on_both_backends {
     };
 }
 
+mod auth_chains;
 mod federation_reads;
 mod key_backup;
 mod keys;
@@ -60,7 +61,7 @@ on_both_backends!(migrations_are_idempotent, |db| {
         .fetch_all(&mut *conn)
         .await
         .unwrap();
-    assert_eq!(applied, (1..=17).map(|version| (version,)).collect::<Vec<(i64,)>>());
+    assert_eq!(applied, (1..=18).map(|version| (version,)).collect::<Vec<(i64,)>>());
 });
 
 on_both_backends!(users_devices_and_tokens, |db| {
