@@ -250,6 +250,103 @@ async fn another_server_reads_a_world_readable_room_and_nothing_else() {
         let uri = format!("/_matrix/federation/v1/get_missing_events/{private_path}");
         assert_error(&asker.post(&uri, &body).await, 403, "M_FORBIDDEN", "get_missing_events");
 
+        // The event nearest to a time, either way.
+        let ts_of = |answer: &Value| answer["pdus"][0]["origin_server_ts"].as_i64().unwrap();
+        let last_ts = ts_of(&asker.ok(&format!("/_matrix/federation/v1/event/{}", enc(&messages[3]))).await);
+        let nearest = |ts: i64, dir: &str| {
+            format!("/_matrix/federation/v1/timestamp_to_event/{room_path}?ts={ts}&dir={dir}")
+        };
+        let answer = asker.ok(&nearest(last_ts, "b")).await;
+        assert_eq!(answer, json!({ "event_id": &messages[3], "origin_server_ts": last_ts }));
+        assert_eq!(asker.ok(&nearest(0, "f")).await["event_id"], create.as_str());
+        assert_error(
+            &asker.get(&nearest(last_ts + 3_600_000, "f")).await,
+            404,
+            "M_NOT_FOUND",
+            "nothing after",
+        );
+        assert_error(&asker.get(&nearest(0, "b")).await, 404, "M_NOT_FOUND", "nothing before");
+        assert_error(&asker.get(&nearest(0, "x")).await, 400, "M_INVALID_PARAM", "bad dir");
+        let no_dir = format!("/_matrix/federation/v1/timestamp_to_event/{room_path}?ts=0");
+        assert_error(&asker.get(&no_dir).await, 400, "M_MISSING_PARAM", "no dir");
+        let private_nearest = format!("/_matrix/federation/v1/timestamp_to_event/{private_path}?ts=0&dir=f");
+        assert_error(&asker.get(&private_nearest).await, 403, "M_FORBIDDEN", "timestamp_to_event");
+
+        // A space of A's with three children: the world-readable room (suggested), the private
+        // room, and a room A is not in. B sees the first, is told the second is out of reach,
+        // and is left to ask elsewhere about the third.
+        let elsewhere = "!elsewhere:elsewhere.example";
+        let child = |room: &str, suggested: bool| {
+            json!({ "type": "m.space.child", "state_key": room,
+                    "content": { "via": [a.server_name()], "suggested": suggested } })
+        };
+        let space = alice
+            .create_room(&json!({
+                "preset": "public_chat",
+                "name": "The space",
+                "creation_content": { "type": "m.space" },
+                "initial_state": [child(&room, true), child(&private, false), child(elsewhere, false)],
+            }))
+            .await
+            .unwrap();
+        let answer = asker.ok(&format!("/_matrix/federation/v1/hierarchy/{}", enc(&space))).await;
+        assert_eq!(answer["room"]["room_id"], space.as_str(), "{answer}");
+        assert_eq!(answer["room"]["name"], "The space", "{answer}");
+        assert_eq!(answer["room"]["room_type"], "m.space", "{answer}");
+        assert_eq!(answer["room"]["join_rule"], "public", "{answer}");
+        let children_state: Vec<&str> = answer["room"]["children_state"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|event| {
+                assert!(
+                    event["origin_server_ts"].is_i64() && event["sender"] == alice.user_id.as_str(),
+                    "{event}"
+                );
+                event["state_key"].as_str().unwrap()
+            })
+            .collect();
+        let mut expected = vec![room.as_str(), private.as_str(), elsewhere];
+        expected.sort();
+        assert_eq!(children_state, expected, "{answer}");
+        let children = answer["children"].as_array().unwrap();
+        assert_eq!(children.len(), 1, "{answer}");
+        assert_eq!(
+            (
+                &children[0]["room_id"],
+                &children[0]["name"],
+                &children[0]["world_readable"],
+                &children[0]["num_joined_members"]
+            ),
+            (&json!(room), &json!("second"), &json!(true), &json!(1)),
+            "{answer}"
+        );
+        assert!(children[0].get("children_state").is_none(), "{answer}");
+        assert_eq!(answer["inaccessible_children"], json!([&private]), "{answer}");
+        let suggested =
+            asker.ok(&format!("/_matrix/federation/v1/hierarchy/{}?suggested_only=true", enc(&space))).await;
+        assert_eq!(suggested["children"].as_array().unwrap().len(), 1, "{suggested}");
+        assert_eq!(suggested["inaccessible_children"], json!([]), "{suggested}");
+        // A room that is no space answers with no children; one B may not see, not at all.
+        let plain = asker.ok(&format!("/_matrix/federation/v1/hierarchy/{room_path}")).await;
+        assert_eq!(
+            (&plain["room"]["children_state"], &plain["children"]),
+            (&json!([]), &json!([])),
+            "{plain}"
+        );
+        for uri in [
+            format!("/_matrix/federation/v1/hierarchy/{private_path}"),
+            format!("/_matrix/federation/v1/hierarchy/{}", enc(elsewhere)),
+        ] {
+            assert_error(&asker.get(&uri).await, 404, "M_NOT_FOUND", &uri);
+        }
+        assert_error(
+            &asker.get("/_matrix/federation/v1/hierarchy/nope").await,
+            400,
+            "M_INVALID_PARAM",
+            "hierarchy of no room id",
+        );
+
         // Unknown events and rooms, and an event asked of a room it is not in: not found.
         let unknown = "$aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
         let not_found = [

@@ -921,3 +921,60 @@ async fn a_gap_too_long_to_fill_takes_the_state_its_origin_reports() {
     })
     .await
 }
+
+/// A Synapse user's space names two rooms of Ganglion's: a public one and an invite-only one.
+/// Browsing the space on Synapse asks Ganglion's `/hierarchy` for them: the public room shows
+/// with its name, topic and members; the invite-only one does not show.
+#[tokio::test]
+async fn a_synapse_space_shows_the_ganglion_rooms_it_may_see() {
+    crate::run(async {
+        let (synapse, ganglion) = tokio::join!(Synapse::start(), FederationNode::start());
+        let (synapse, ganglion) = (synapse.unwrap(), ganglion.unwrap());
+        let log = || format!("--- ganglion\n{}\n--- synapse\n{}", ganglion.log(), synapse.log());
+        let alice = ganglion.client_api().register("alice", crate::PASSWORD).await.unwrap();
+        let bob = synapse_account(&synapse, "bob").await;
+        let lobby = alice
+            .create_room(&json!({ "preset": "public_chat", "name": "Ganglion lobby", "topic": "Say hello" }))
+            .await
+            .unwrap();
+        let private = alice
+            .create_room(&json!({ "preset": "private_chat", "name": "Ganglion secrets" }))
+            .await
+            .unwrap();
+        let child = |room: &str| {
+            json!({ "type": "m.space.child", "state_key": room, "content": { "via": [ganglion.server_name()] } })
+        };
+        let space = bob
+            .post(
+                "/createRoom",
+                &json!({
+                    "preset": "public_chat",
+                    "name": "Bob's space",
+                    "creation_content": { "type": "m.space" },
+                    "initial_state": [child(&lobby), child(&private)],
+                }),
+            )
+            .await
+            .unwrap()
+            .ok()["room_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let answer = bob.get(&format!("/_matrix/client/v1/rooms/{}/hierarchy", enc(&space))).await.unwrap();
+        assert_eq!(answer.status, 200, "{}\n{}", answer.text, log());
+        let rooms = answer.body["rooms"].as_array().unwrap();
+        let found = |room_id: &str| rooms.iter().find(|room| room["room_id"] == room_id);
+        assert_eq!(found(&space).map(|room| &room["name"]), Some(&json!("Bob's space")), "{}", answer.text);
+        let lobby_summary = found(&lobby).unwrap_or_else(|| panic!("no lobby in {}\n{}", answer.text, log()));
+        assert_eq!(
+            (&lobby_summary["name"], &lobby_summary["topic"], &lobby_summary["num_joined_members"]),
+            (&json!("Ganglion lobby"), &json!("Say hello"), &json!(1)),
+            "{}",
+            answer.text
+        );
+        assert_eq!(lobby_summary["join_rule"], "public", "{}", answer.text);
+        // Bob is in neither room: Synapse knows the lobby only from Ganglion's answer.
+        assert!(found(&private).is_none(), "{}", answer.text);
+    })
+    .await
+}

@@ -279,6 +279,39 @@ async fn state_at(
     Ok((reader, state_events, auth_chain))
 }
 
+#[derive(Deserialize)]
+pub(crate) struct AtTimestamp {
+    #[serde(default, deserialize_with = "lenient::i64_opt")]
+    ts: Option<i64>,
+    dir: Option<String>,
+}
+
+/// `GET /_matrix/federation/v1/timestamp_to_event/{roomId}?ts=…&dir=f|b`: the room's event
+/// nearest to `ts` in that direction, for a server that may read the room.
+pub(crate) async fn timestamp_to_event(
+    State(state): State<FederationState>,
+    Path(room_id): Path<String>,
+    query: MatrixResult<MatrixQuery<AtTimestamp>>,
+    signed: Signed,
+) -> MatrixResult<Json<serde_json::Value>> {
+    let MatrixQuery(AtTimestamp { ts, dir }) = query?;
+    let (Some(ts), Some(dir)) = (ts, dir) else {
+        return Err(MatrixError::missing_param("ts and dir are required"));
+    };
+    let forward = match dir.as_str() {
+        "f" => true,
+        "b" => false,
+        _ => return Err(MatrixError::invalid_param("dir must be f or b")),
+    };
+    let mut reader = Reader::new(&state).await?;
+    let room = readable_room(&mut reader, &room_id, &signed.origin).await?;
+    let (event_id, origin_server_ts) =
+        ganglion_storage::events::event_nearest_to_ts(&mut reader.conn, room.room_nid, ts, forward)
+            .await?
+            .ok_or_else(|| MatrixError::not_found("No event was found in that direction"))?;
+    Ok(Json(serde_json::json!({ "event_id": event_id, "origin_server_ts": origin_server_ts })))
+}
+
 #[derive(Serialize)]
 pub(crate) struct StateIds {
     pdu_ids: Vec<String>,

@@ -7,6 +7,7 @@
 mod edus;
 mod events;
 mod gaps;
+mod hierarchy;
 mod invite;
 mod join;
 mod keys;
@@ -58,6 +59,8 @@ pub fn routes() -> Vec<Route<FederationState>> {
         Route::get("/_matrix/federation/v1/state_ids/{roomId}", Fed, events::state_ids),
         Route::get("/_matrix/federation/v1/event_auth/{roomId}/{eventId}", Fed, events::event_auth),
         Route::get("/_matrix/federation/v1/backfill/{roomId}", Fed, events::backfill),
+        Route::get("/_matrix/federation/v1/timestamp_to_event/{roomId}", Fed, events::timestamp_to_event),
+        Route::get("/_matrix/federation/v1/hierarchy/{roomId}", Fed, hierarchy::hierarchy),
         Route::post("/_matrix/federation/v1/get_missing_events/{roomId}", Fed, events::get_missing_events),
         Route::get("/_matrix/federation/v1/query/profile", Fed, query::profile),
         Route::get("/_matrix/federation/v1/query/directory", Fed, query::directory),

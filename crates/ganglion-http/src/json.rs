@@ -107,6 +107,15 @@ pub mod lenient {
         }
     }
 
+    pub fn i64_opt<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+        match Option::<String>::deserialize(deserializer)? {
+            Some(text) => {
+                text.parse().map(Some).map_err(|_| D::Error::custom(format!("not a number: {text}")))
+            }
+            None => Ok(None),
+        }
+    }
+
     pub fn bool_opt<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<bool>, D::Error> {
         match Option::<String>::deserialize(deserializer)?.as_deref() {
             Some("true") | Some("1") => Ok(Some(true)),

@@ -126,6 +126,11 @@ pub async fn public_rooms_page(
     Ok(Value::Object(response))
 }
 
+/// The directory's entry of a room (`PublicRoomsChunk`), from its current state.
+pub async fn room_summary(caches: &Caches, conn: &mut Conn, room: &RoomRow) -> Result<Value, DirectoryError> {
+    Ok(summary_of(caches, conn, room).await?.to_json(&room.room_id))
+}
+
 /// What the directory shows of a room, from its current state.
 struct RoomSummary {
     name: Option<String>,

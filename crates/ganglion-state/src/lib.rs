@@ -6,6 +6,7 @@
 
 mod cache;
 pub mod directory;
+pub mod hierarchy;
 pub mod keys;
 mod read;
 mod snapshot;

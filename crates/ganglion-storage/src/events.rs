@@ -76,6 +76,25 @@ pub async fn insert_events(conn: &mut Conn, rows: &[std::sync::Arc<EventRow>]) -
     Ok(())
 }
 
+/// The room's timeline event (not an outlier) nearest to `ts`: the first sent at or after it, or with `!forward` the last sent at or before it; as
+/// `(event id, origin_server_ts)`.
+pub async fn event_nearest_to_ts(
+    conn: &mut Conn,
+    room_nid: RoomNid,
+    ts: i64,
+    forward: bool,
+) -> Result<Option<(String, i64)>> {
+    let sql = if forward {
+        "SELECT event_id, origin_server_ts FROM events WHERE room_nid = $1 AND outlier = 0 \
+         AND origin_server_ts >= $2 ORDER BY origin_server_ts, stream_pos LIMIT 1"
+    } else {
+        "SELECT event_id, origin_server_ts FROM events WHERE room_nid = $1 AND outlier = 0 \
+         AND origin_server_ts <= $2 ORDER BY origin_server_ts DESC, stream_pos DESC LIMIT 1"
+    };
+    let row = sqlx::query(sql).bind(room_nid.0).bind(ts).fetch_optional(conn).await?;
+    Ok(row.map(|row| (row.get(0), row.get(1))))
+}
+
 /// The highest event NID handed out so far (0 for none).
 pub async fn max_event_nid(conn: &mut Conn) -> Result<i64> {
     let row = sqlx::query("SELECT COALESCE(MAX(event_nid), 0) FROM events").fetch_one(conn).await?;

@@ -61,7 +61,7 @@ on_both_backends!(migrations_are_idempotent, |db| {
         .fetch_all(&mut *conn)
         .await
         .unwrap();
-    assert_eq!(applied, (1..=18).map(|version| (version,)).collect::<Vec<(i64,)>>());
+    assert_eq!(applied, (1..=19).map(|version| (version,)).collect::<Vec<(i64,)>>());
 });
 
 on_both_backends!(users_devices_and_tokens, |db| {
@@ -128,6 +128,21 @@ on_both_backends!(events_are_read_back_by_position, |db| {
         vec![room]
     );
     assert!(events::rooms_with_events_between(&mut conn, &[room], 5, 9).await.unwrap().is_empty());
+    // Event n was sent at n: the nearest to a time either way, outliers left out.
+    for (ts, forward, expected) in
+        [(3, true, Some(3)), (3, false, Some(3)), (6, true, None), (6, false, Some(5)), (0, false, None)]
+    {
+        assert_eq!(
+            events::event_nearest_to_ts(&mut conn, room, ts, forward).await.unwrap(),
+            expected.map(|n: i64| (format!("$e{n}"), n)),
+            "{ts} {forward}"
+        );
+    }
+    events::mark_outliers(&mut conn, &[EventNid(5)]).await.unwrap();
+    assert_eq!(
+        events::event_nearest_to_ts(&mut conn, room, 6, false).await.unwrap(),
+        Some(("$e4".to_owned(), 4))
+    );
     events::set_redacted_by(&mut conn, "$e2", "$r").await.unwrap();
     assert_eq!(
         events::event_by_id(&mut conn, "$e2").await.unwrap().unwrap().redacted_by.as_deref(),
