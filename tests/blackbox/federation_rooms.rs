@@ -511,8 +511,25 @@ async fn a_ganglion_user_joins_synapse_rooms_by_alias_and_by_id() {
             .unwrap();
         assert_eq!(joined.status, 200, "{}\n{}", joined.text, log());
 
-        // A room version this server does not take part in.
-        let old = bob.create_room(&json!({ "preset": "public_chat", "room_version": "9" })).await.unwrap();
+        // Older room versions: 9 (restricted joins, no creator privileges) and 4 (the first with
+        // URL-safe event ids), each under its own rules.
+        let mut older = Vec::new();
+        for (version, name) in [("9", "Nine"), ("4", "Four")] {
+            let room = bob
+                .create_room(&json!({ "preset": "public_chat", "room_version": version, "name": name }))
+                .await
+                .unwrap();
+            bob.send_text(&room, "welcome").await.unwrap();
+            let joined = alice
+                .post(&format!("/join/{}?via={}", enc(&room), enc(synapse.server_name())), &json!({}))
+                .await
+                .unwrap();
+            assert_eq!(joined.status, 200, "v{version}: {}\n{}", joined.text, log());
+            older.push((room, name));
+        }
+
+        // A room version this server does not take part in: its events carry their own ids.
+        let old = bob.create_room(&json!({ "preset": "public_chat", "room_version": "2" })).await.unwrap();
         let refused = alice
             .post(&format!("/join/{}?via={}", enc(&old), enc(synapse.server_name())), &json!({}))
             .await
@@ -524,7 +541,10 @@ async fn a_ganglion_user_joins_synapse_rooms_by_alias_and_by_id() {
             refused.text
         );
 
-        for (room_id, name) in [(&by_alias, "Lobby"), (&by_id, "Twelve")] {
+        let rooms = [(&by_alias, "Lobby"), (&by_id, "Twelve")]
+            .into_iter()
+            .chain(older.iter().map(|(room, name)| (room, *name)));
+        for (room_id, name) in rooms {
             let mut members = vec![alice.user_id.clone(), bob.user_id.clone()];
             members.sort();
             assert_eq!(joined_members(&alice, room_id).await, members, "on Ganglion\n{}", log());

@@ -13,7 +13,7 @@ on_all_backends!(
     name_topic_and_alias_with_directory_lookup,
     invite_and_is_direct_reach_the_invitee,
     initial_state_and_power_level_override_apply,
-    room_versions_10_11_12_and_unknown,
+    room_versions_3_to_12_and_unknown,
     state_and_event_endpoints,
     identical_rooms_created_at_once_are_distinct_rooms,
 );
@@ -168,23 +168,28 @@ async fn initial_state_and_power_level_override_apply(backend: Backend) {
     denied.err(403, "M_FORBIDDEN");
 }
 
-async fn room_versions_10_11_12_and_unknown(backend: Backend) {
+async fn room_versions_3_to_12_and_unknown(backend: Backend) {
     let server = start(backend).await;
-    let alice = register_all(&server, &["alice"]).await.remove(0);
+    let [alice, bob] = <[Account; 2]>::try_from(register_all(&server, &["alice", "bob"]).await).unwrap();
     let capabilities = get_ok(&alice, "/capabilities").await;
     let versions = &capabilities["capabilities"]["m.room_versions"];
     assert_eq!(versions["default"], "12", "{capabilities}");
-    for version in ["10", "11", "12"] {
+    let all = ["3", "4", "5", "6", "7", "8", "9", "10", "11", "12"];
+    for version in all {
         assert_eq!(versions["available"][version], "stable", "{capabilities}");
     }
+    for version in ["1", "2"] {
+        assert!(versions["available"].get(version).is_none(), "{capabilities}");
+    }
 
-    for version in ["10", "11", "12"] {
-        let room = alice.create_room(&json!({ "room_version": version })).await.unwrap();
+    for version in all {
+        let room =
+            alice.create_room(&json!({ "room_version": version, "preset": "public_chat" })).await.unwrap();
         let created = state(&alice, &room, "m.room.create", "").await;
         assert_eq!(created["room_version"], version, "{created}");
         match version {
-            "10" => {
-                assert_eq!(created["creator"], "@alice:localhost", "v10 keeps `creator`");
+            "3" | "4" | "5" | "6" | "7" | "8" | "9" | "10" => {
+                assert_eq!(created["creator"], "@alice:localhost", "v{version} keeps `creator`");
                 assert!(room.ends_with(":localhost"), "{room}");
             }
             "11" => {
@@ -196,13 +201,23 @@ async fn room_versions_10_11_12_and_unknown(backend: Backend) {
                 assert!(!room.contains(':'), "v12 room ids are create-event hashes without a server: {room}");
             }
         }
-        alice.send_text(&room, "works").await.unwrap();
+        let sent = alice.send_text(&room, "works").await.unwrap();
+        // Version 3's event ids are standard base64, which may hold `/` and `+`.
+        let event = get_ok(&alice, &format!("/rooms/{}/event/{}", enc(&room), enc(&sent))).await;
+        assert_eq!(event["content"]["body"], "works", "v{version}: {event}");
+        // Someone else joins, and leaves, under each version's rules.
+        bob.join(&room).await.unwrap();
+        bob.send_text(&room, "me too").await.unwrap();
+        let left = bob.post(&format!("/rooms/{}/leave", enc(&room)), &json!({})).await.unwrap();
+        assert_eq!(left.status, 200, "v{version}: {}", left.text);
     }
     let default = alice.create_room(&json!({})).await.unwrap();
     assert_eq!(state(&alice, &default, "m.room.create", "").await["room_version"], "12");
 
-    let unknown = alice.post("/createRoom", &json!({ "room_version": "9999" })).await.unwrap();
-    unknown.err(400, "M_UNSUPPORTED_ROOM_VERSION");
+    for version in ["9999", "1", "2"] {
+        let unknown = alice.post("/createRoom", &json!({ "room_version": version })).await.unwrap();
+        unknown.err(400, "M_UNSUPPORTED_ROOM_VERSION");
+    }
 }
 
 async fn state_and_event_endpoints(backend: Backend) {

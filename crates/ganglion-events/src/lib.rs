@@ -52,9 +52,20 @@ pub const STRIPPED_STATE_TYPES: [&str; 7] = [
     "m.room.topic",
 ];
 
-/// Room versions this server creates and joins. 12 is the default, as the spec recommends.
-pub const SUPPORTED_ROOM_VERSIONS: [RoomVersionId; 3] =
-    [RoomVersionId::V10, RoomVersionId::V11, RoomVersionId::V12];
+/// Room versions this server creates and joins: every version whose events have hashed ids
+/// (3 and on; 1 and 2 name their events differently). 12 is the default, as the spec recommends.
+pub const SUPPORTED_ROOM_VERSIONS: [RoomVersionId; 10] = [
+    RoomVersionId::V3,
+    RoomVersionId::V4,
+    RoomVersionId::V5,
+    RoomVersionId::V6,
+    RoomVersionId::V7,
+    RoomVersionId::V8,
+    RoomVersionId::V9,
+    RoomVersionId::V10,
+    RoomVersionId::V11,
+    RoomVersionId::V12,
+];
 
 /// The rules of a supported room version, or `None` for one we do not support.
 pub fn rules_for(version: &RoomVersionId) -> Option<RoomVersionRules> {

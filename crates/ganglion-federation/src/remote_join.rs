@@ -18,9 +18,6 @@ use crate::{
 /// Events of a joined room's history fetched with the join.
 const BACKFILL_LIMIT: usize = 100;
 
-/// The room versions this server asks to join with.
-const VERSIONS: [&str; 3] = ["10", "11", "12"];
-
 /// A join a server in the room accepted.
 #[derive(Debug)]
 pub struct RemoteJoin {
@@ -81,7 +78,8 @@ async fn join_through(
 ) -> Result<RemoteJoin, FederationError> {
     let client = &federation.client;
     let bad = |message: String| FederationError::BadResponse { destination: server.to_string(), message };
-    let versions: String = VERSIONS.iter().map(|version| format!("&ver={version}")).collect();
+    let versions: String =
+        ganglion_events::SUPPORTED_ROOM_VERSIONS.iter().map(|version| format!("&ver={version}")).collect();
     let path = format!(
         "/_matrix/federation/v1/make_join/{}/{}?{}",
         encode(room_id.as_str()),
