@@ -158,6 +158,34 @@ impl Caches {
         Ok(nid)
     }
 
+    /// The NIDs of `keys` (interning the new ones), in a few statements however many there are.
+    pub async fn state_key_nids(
+        &self,
+        conn: &mut impl Connect,
+        keys: &[&str],
+    ) -> Result<HashMap<String, StateKeyNid>> {
+        let mut nids = HashMap::with_capacity(keys.len());
+        let mut missing: Vec<&str> = Vec::new();
+        for key in keys {
+            match self.state_key_nids.get(*key) {
+                Some(nid) => {
+                    nids.insert((*key).to_owned(), nid);
+                }
+                None => missing.push(key),
+            }
+        }
+        missing.sort_unstable();
+        missing.dedup();
+        if !missing.is_empty() {
+            for (key, nid) in store::state_key_nids_or_insert(conn.connection().await?, &missing).await? {
+                self.state_key_nids.insert(key.clone(), nid);
+                self.state_key_names.insert(nid, Arc::from(key.as_str()));
+                nids.insert(key, nid);
+            }
+        }
+        Ok(nids)
+    }
+
     pub async fn existing_state_key_nid(
         &self,
         conn: &mut impl Connect,

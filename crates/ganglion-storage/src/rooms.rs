@@ -226,6 +226,40 @@ pub async fn upsert_membership(
     Ok(())
 }
 
+/// Records many users' current memberships in a room at once: `(user id, membership, event,
+/// stream position)`, each user once.
+pub async fn upsert_memberships(
+    conn: &mut Conn,
+    room_nid: RoomNid,
+    rows: &[(String, String, EventNid, i64)],
+) -> Result<()> {
+    for chunk in rows.chunks(200) {
+        let values = (0..chunk.len())
+            .map(|row| {
+                let base = row * 5;
+                format!("(${}, ${}, ${}, ${}, ${}, 0)", base + 1, base + 2, base + 3, base + 4, base + 5)
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "INSERT INTO memberships (room_nid, user_id, membership, event_nid, stream_pos, forgotten) VALUES {values}
+             ON CONFLICT (room_nid, user_id) DO UPDATE SET membership = excluded.membership, event_nid = excluded.event_nid,
+             stream_pos = excluded.stream_pos, forgotten = 0"
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (user_id, membership, event_nid, stream_pos) in chunk {
+            query = query
+                .bind(room_nid.0)
+                .bind(user_id.as_str())
+                .bind(membership.as_str())
+                .bind(event_nid.0)
+                .bind(*stream_pos);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 pub async fn set_membership_forgotten(conn: &mut Conn, room_nid: RoomNid, user_id: &str) -> Result<()> {
     sqlx::query("UPDATE memberships SET forgotten = 1 WHERE room_nid = $1 AND user_id = $2")
         .bind(room_nid.0)

@@ -110,6 +110,37 @@ pub async fn state_key_nid_or_insert(conn: &mut Conn, state_key: &str) -> Result
         .ok_or_else(|| StorageError::Corrupt("state key vanished".into()))
 }
 
+/// The NIDs of `state_keys`, interning the new ones: two statements per 500 keys.
+pub async fn state_key_nids_or_insert(
+    conn: &mut Conn,
+    state_keys: &[&str],
+) -> Result<HashMap<String, StateKeyNid>> {
+    let mut nids = HashMap::with_capacity(state_keys.len());
+    for chunk in state_keys.chunks(500) {
+        let sql = format!(
+            "INSERT INTO state_keys (state_key) VALUES {} ON CONFLICT (state_key) DO NOTHING",
+            row_placeholders(chunk.len(), 1)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for key in chunk {
+            query = query.bind(*key);
+        }
+        query.execute(&mut *conn).await?;
+        let sql = format!(
+            "SELECT state_key, state_key_nid FROM state_keys WHERE state_key IN ({})",
+            placeholders(chunk.len(), 1)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for key in chunk {
+            query = query.bind(*key);
+        }
+        for row in query.fetch_all(&mut *conn).await? {
+            nids.insert(row.get(0), StateKeyNid(row.get(1)));
+        }
+    }
+    Ok(nids)
+}
+
 pub async fn event_type_names_by_nid(conn: &mut Conn, nids: &[TypeNid]) -> Result<HashMap<TypeNid, String>> {
     let mut names = HashMap::with_capacity(nids.len());
     for chunk in nids.chunks(500) {

@@ -84,6 +84,11 @@ impl FederationNode {
         Ok(())
     }
 
+    /// The running node's process id, from the script's pid file.
+    pub fn pid(&self) -> anyhow::Result<u32> {
+        Ok(std::fs::read_to_string(self.dir.path().join("ganglion.pid"))?.trim().parse()?)
+    }
+
     /// `127.0.0.1:FED_PORT`.
     pub fn server_name(&self) -> &str {
         &self.server_name

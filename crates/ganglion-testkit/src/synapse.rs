@@ -228,6 +228,11 @@ impl Synapse {
 
     /// Stops Synapse if it runs, then starts it again on the same ports, directory and keys, and
     /// waits (bounded) as [`Synapse::start`] does.
+    /// The running homeserver process's id (for its memory in benchmarks).
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Supervised::pid)
+    }
+
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.stop().await?;
         self.spawn().await

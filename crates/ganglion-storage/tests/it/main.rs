@@ -252,6 +252,23 @@ on_both_backends!(memberships_track_the_current_state, |db| {
     assert!(rooms::insert_alias(&mut conn, "#a:x", "!m:x", "@a:x").await.unwrap());
     assert!(!rooms::insert_alias(&mut conn, "#a:x", "!m:x", "@b:x").await.unwrap());
     assert_eq!(rooms::room_id_by_alias(&mut conn, "#a:x").await.unwrap().as_deref(), Some("!m:x"));
+    // Many at once (a joined room's state), over the memberships there already, 450 in three
+    // statements.
+    let mut many: Vec<(String, String, EventNid, i64)> =
+        (0..450).map(|n| (format!("@u{n}:y"), "join".to_owned(), EventNid(100 + n), 100 + n)).collect();
+    many.push(("@b:x".to_owned(), "leave".to_owned(), EventNid(999), 999));
+    rooms::upsert_memberships(&mut conn, room, &many).await.unwrap();
+    assert_eq!(rooms::joined_member_count(&mut conn, room).await.unwrap(), 450);
+    let bob = rooms::membership_of_user_in_room(&mut conn, room, "@b:x").await.unwrap().unwrap();
+    assert_eq!((bob.membership.as_str(), bob.event_nid), ("leave", EventNid(999)));
+    // State keys interned in bulk: the known keep their NIDs, the new get theirs.
+    let known = state::state_key_nid_or_insert(&mut conn, "@u1:y").await.unwrap();
+    let keys: Vec<String> = (0..600).map(|n| format!("@u{n}:y")).collect();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let nids = state::state_key_nids_or_insert(&mut conn, &keys).await.unwrap();
+    assert_eq!(nids.len(), 600);
+    assert_eq!(nids["@u1:y"], known);
+    assert_eq!(nids["@u599:y"], state::state_key_nid_or_insert(&mut conn, "@u599:y").await.unwrap());
 });
 
 on_both_backends!(server_keys_take_the_newest_answers_validity, |db| {
