@@ -2,6 +2,8 @@
 //! embedded Ganglion and a real Synapse sharing a room: each side's `/sync` shows what the other
 //! side's user did.
 
+use std::time::Duration;
+
 use ganglion_testkit::{Account, FederationNode, Synapse, enc};
 use serde_json::{Value, json};
 
@@ -179,6 +181,66 @@ async fn typing_receipts_and_presence_cross_between_a_cluster_and_a_node() {
         crate::federation_rooms::wait_for_members(&alice, &room_id, &members).await;
         assert_eq!(joined_members(&alice, &room_id).await, members, "{}", log());
         typing_receipts_and_presence_cross(&alice, &bob, &room_id, &log).await;
+    })
+    .await
+}
+
+/// EDUs of Ganglion's federation sender taken by other servers, from its metrics.
+async fn edus_sent(metrics: &str) -> f64 {
+    let text = reqwest::get(format!("http://{metrics}/metrics")).await.unwrap().text().await.unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix("ganglion_federation_sent_total{kind=\"edu\"} "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A user of ours who stays online without changing anything has their presence sent again to
+/// the servers that share a room with them (Synapse would otherwise take them to be offline
+/// after 30 minutes): every `presence.federation_ping_interval_ms`, here a second, set through
+/// its environment variable.
+#[tokio::test]
+async fn presence_is_sent_again_while_a_user_stays_online() {
+    crate::run(async {
+        let metrics = format!("127.0.0.1:{}", ganglion_testkit::free_port());
+        let env = [
+            ("GANGLION_PRESENCE__FEDERATION_PING_INTERVAL_MS", "1000"),
+            ("GANGLION_METRICS__LISTEN", metrics.as_str()),
+        ];
+        let (synapse, ganglion) = tokio::join!(Synapse::start(), FederationNode::start_with_env(&env));
+        let (synapse, ganglion) = (synapse.unwrap(), ganglion.unwrap());
+        let log = || format!("--- ganglion\n{}\n--- synapse\n{}", ganglion.log(), synapse.log());
+        let alice = ganglion.client_api().register("alice", crate::PASSWORD).await.unwrap();
+        let bob = synapse_account(&synapse, "bob").await;
+        let room_id = alice.create_room(&json!({ "preset": "public_chat" })).await.unwrap();
+        let join = bob
+            .post(&format!("/join/{}?server_name={}", enc(&room_id), enc(ganglion.server_name())), &json!({}))
+            .await
+            .unwrap();
+        assert_eq!(join.status, 200, "{}", join.text);
+        set_presence(&alice, "here all day").await;
+        let status = format!("/presence/{}/status", enc(&alice.user_id));
+        let mut seen = Value::Null;
+        for _ in 0..100 {
+            seen = bob.get(&status).await.unwrap().body;
+            if seen["status_msg"] == "here all day" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(
+            (&seen["presence"], &seen["status_msg"]),
+            (&json!("online"), &json!("here all day")),
+            "{}",
+            log()
+        );
+
+        // Nothing changes for four seconds; Ganglion keeps telling Synapse, about once a second.
+        let before = edus_sent(&metrics).await;
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let after = edus_sent(&metrics).await;
+        assert!(after - before >= 2.0, "{before} EDUs sent, then {after}\n{}", log());
+        let seen = bob.get(&status).await.unwrap().body;
+        assert_eq!(seen["presence"], "online", "{seen}");
     })
     .await
 }

@@ -542,6 +542,10 @@ pub struct PresenceConfig {
     /// A user whose devices have neither synced nor been active for this long becomes
     /// `offline`. Sync workers tell the master about syncing devices at most every third of it.
     pub offline_timeout_ms: u64,
+    /// How often our users who are not offline have their presence sent again to the servers
+    /// that share a room with them, changed or not: Synapse takes a user it has heard nothing
+    /// of for 30 minutes to be offline, and pings its own every 25.
+    pub federation_ping_interval_ms: u64,
 }
 
 impl PresenceConfig {
@@ -604,6 +608,7 @@ impl Config {
                 enabled: true,
                 idle_timeout_ms: 5 * 60 * 1000,
                 offline_timeout_ms: 60_000,
+                federation_ping_interval_ms: 25 * 60 * 1000,
             },
             // Short enough to go unnoticed; under load it bounds each device to 50 answers/s.
             sync: SyncConfig { answer_interval_ms: 20 },
@@ -882,6 +887,9 @@ impl Config {
         }
         if self.presence.offline_timeout_ms < MIN_PRESENCE_TIMEOUT_MS {
             return invalid("presence.offline_timeout_ms", &too_short);
+        }
+        if self.presence.federation_ping_interval_ms < MIN_PRESENCE_TIMEOUT_MS {
+            return invalid("presence.federation_ping_interval_ms", &too_short);
         }
         Ok(())
     }

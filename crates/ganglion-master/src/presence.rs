@@ -35,6 +35,9 @@ use crate::{
 
 /// The most users one `m.presence` EDU carries.
 const MAX_PUSHES_PER_EDU: usize = 100;
+/// The most users pinged per tick (each costs a query while the users are locked); the rest
+/// wait for the next ticks.
+const MAX_PINGS_PER_TICK: usize = 500;
 
 /// The timeouts of the presence state machine, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +139,8 @@ pub(crate) struct UserPresence {
     current: Visible,
     /// The stored row's content.
     published: Visible,
+    /// When one of our users' presence was last queued for other servers (0: not since start).
+    federated_at: i64,
 }
 
 /// The device a restart stands in for the devices that were online before it: it times out as
@@ -146,13 +151,21 @@ impl UserPresence {
     /// A user as stored (or never seen): no device is known to be online.
     pub(crate) fn stored(row: Option<&PresenceRow>) -> UserPresence {
         let visible = row.map_or_else(Visible::unknown, Visible::from_row);
-        UserPresence { devices: HashMap::new(), current: visible.clone(), published: visible }
+        UserPresence {
+            devices: HashMap::new(),
+            current: visible.clone(),
+            published: visible,
+            federated_at: 0,
+        }
     }
 
     /// A user who was not offline when the master stopped: given a full offline timeout from
     /// `now` to sync again.
     pub(crate) fn restored(row: &PresenceRow, now: i64) -> UserPresence {
         let mut user = UserPresence::stored(Some(row));
+        // Other servers heard of them before the restart: pinged from one interval on, not all
+        // at once as the master starts.
+        user.federated_at = now;
         let device =
             Device { state: user.current.state, last_active_ts: row.last_active_ts, last_sync_ts: now };
         user.devices.insert(RESTORED_DEVICE.to_owned(), device);
@@ -256,6 +269,12 @@ impl UserPresence {
         self.published = self.current.clone();
     }
 
+    /// Whether other servers are owed this user's presence again, unchanged, at `now`: they
+    /// take a user they have heard nothing of for long to be offline.
+    fn ping_due(&self, now: i64, interval: i64) -> bool {
+        self.current.state != PresenceState::Offline && now - self.federated_at >= interval
+    }
+
     /// Offline with no device left: the stored row says all there is, memory may forget it.
     fn is_dormant(&self) -> bool {
         self.devices.is_empty()
@@ -268,6 +287,8 @@ impl UserPresence {
 pub(crate) struct PresenceStore {
     pub(crate) enabled: bool,
     pub(crate) timings: Timings,
+    /// `presence.federation_ping_interval_ms`.
+    ping_interval: i64,
     users: tokio::sync::Mutex<HashMap<String, UserPresence>>,
 }
 
@@ -285,6 +306,7 @@ impl PresenceStore {
         Ok(PresenceStore {
             enabled: config.enabled,
             timings: Timings::from_config(config),
+            ping_interval: i64::try_from(config.federation_ping_interval_ms).unwrap_or(i64::MAX),
             users: tokio::sync::Mutex::new(users),
         })
     }
@@ -400,8 +422,63 @@ pub(crate) async fn expire(svc: &MasterService) -> MasterResult<()> {
         }
     }
     write_changes(svc, &mut users, &changed).await?;
+    ping(svc, &mut users, now).await?;
     users.retain(|_, user| !user.is_dormant());
     Ok(())
+}
+
+/// Sends our users who are not offline, and whose presence other servers have not been sent for
+/// the ping interval, to those servers again as it is (no row: nothing changed here).
+async fn ping(svc: &MasterService, users: &mut HashMap<String, UserPresence>, now: i64) -> MasterResult<()> {
+    let interval = svc.presence.ping_interval;
+    let due: Vec<String> = users
+        .iter()
+        .filter(|(user_id, user)| {
+            user.ping_due(now, interval)
+                && ganglion_events::ruma::UserId::parse(user_id.as_str())
+                    .is_ok_and(|user| is_ours(svc, &user))
+        })
+        .map(|(user_id, _)| user_id.clone())
+        .take(MAX_PINGS_PER_TICK)
+        .collect();
+    if due.is_empty() {
+        return Ok(());
+    }
+    let mut pushes: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    let mut conn = svc.db.conn().await.map_err(internal)?;
+    for user_id in &due {
+        let remote =
+            room_store::remote_users_sharing_a_room_with(&mut conn, user_id, &svc.config.server_name)
+                .await
+                .map_err(internal)?;
+        let push = users[user_id].current().push(user_id, now);
+        for server in servers_of(&remote) {
+            pushes.entry(server).or_default().push(push.clone());
+        }
+    }
+    let edus = presence_edus(pushes);
+    ganglion_storage::federation::insert_outbox_edus(&mut conn, &edus, now).await.map_err(internal)?;
+    for user_id in due {
+        if let Some(user) = users.get_mut(&user_id) {
+            user.federated_at = now;
+        }
+    }
+    Ok(())
+}
+
+/// `m.presence` EDUs of `pushes` by destination, at most [`MAX_PUSHES_PER_EDU`] users each.
+fn presence_edus(pushes: BTreeMap<String, Vec<Value>>) -> Vec<(String, String, String)> {
+    pushes
+        .into_iter()
+        .flat_map(|(destination, pushes)| {
+            pushes
+                .chunks(MAX_PUSHES_PER_EDU)
+                .map(|push| {
+                    (destination.clone(), "m.presence".to_owned(), json!({ "push": push }).to_string())
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 /// Stores a row for each of `user_ids` whose presence changed visibly, in one transaction, and
@@ -463,23 +540,14 @@ async fn write_changes(
             .map_err(internal)?;
         rows.push(StreamRow::new(StreamKind::Presence, StreamPosition(position), None, keys));
     }
-    let edus: Vec<(String, String, String)> = pushes
-        .into_iter()
-        .flat_map(|(destination, pushes)| {
-            pushes
-                .chunks(MAX_PUSHES_PER_EDU)
-                .map(|push| {
-                    (destination.clone(), "m.presence".to_owned(), json!({ "push": push }).to_string())
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let edus = presence_edus(pushes);
     ganglion_storage::federation::insert_outbox_edus(&mut tx, &edus, now).await.map_err(internal)?;
     tx.commit().await.map_err(|e| internal(ganglion_storage::StorageError::from(e)))?;
     writer.last_presence_pos = position;
     for user_id in user_ids {
         if let Some(user) = users.get_mut(user_id) {
             user.publish();
+            user.federated_at = now;
         }
     }
     svc.bus.publish_all(rows);

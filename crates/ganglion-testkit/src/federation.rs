@@ -19,6 +19,8 @@ pub struct FederationNode {
     server_name: String,
     running: bool,
     http: reqwest::Client,
+    /// Environment variables the node starts with (`GANGLION_<SECTION>__<KEY>` config).
+    env: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for FederationNode {
@@ -30,6 +32,12 @@ impl std::fmt::Debug for FederationNode {
 impl FederationNode {
     /// Starts a node on two free loopback ports in a new temp directory.
     pub async fn start() -> anyhow::Result<FederationNode> {
+        FederationNode::start_with_env(&[]).await
+    }
+
+    /// Starts a node as [`start`](Self::start) does, with `env` in its environment at each start
+    /// (config keys as `GANGLION_<SECTION>__<KEY>`, as an operator sets them).
+    pub async fn start_with_env(env: &[(&str, &str)]) -> anyhow::Result<FederationNode> {
         let dir = tempfile::Builder::new().prefix("ganglion-federation-").tempdir().context("temp dir")?;
         let ports = crate::ports::free_ports(2)?;
         let http = reqwest::Client::builder()
@@ -44,6 +52,7 @@ impl FederationNode {
             server_name: format!("127.0.0.1:{}", ports[1]),
             running: false,
             http,
+            env: env.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())).collect(),
         };
         node.start_again().await?;
         Ok(node)
@@ -57,14 +66,16 @@ impl FederationNode {
             self.client_port.to_string(),
             self.federation_port.to_string(),
         ];
-        script(args).await.with_context(|| format!("starting {}:\n{}", self.server_name, self.log()))?;
+        script(args, self.env.clone())
+            .await
+            .with_context(|| format!("starting {}:\n{}", self.server_name, self.log()))?;
         self.running = true;
         Ok(())
     }
 
     /// Stops the node and waits until it is gone.
     pub async fn stop(&mut self) -> anyhow::Result<()> {
-        script(["stop".to_owned(), self.dir.path().display().to_string()]).await?;
+        script(["stop".to_owned(), self.dir.path().display().to_string()], Vec::new()).await?;
         self.running = false;
         Ok(())
     }
@@ -136,13 +147,14 @@ impl Drop for FederationNode {
 }
 
 /// Runs `scripts/federation-node.sh ARGS` with the testkit's `ganglion` binary.
-async fn script<const N: usize>(args: [String; N]) -> anyhow::Result<()> {
+async fn script<const N: usize>(args: [String; N], env: Vec<(String, String)>) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || {
         let binary = crate::ganglion_binary()?;
         let output = Command::new("bash")
             .arg(crate::binary::workspace_root().join("scripts/federation-node.sh"))
             .args(&args)
             .env("GANGLION_BIN", binary)
+            .envs(env)
             .output()
             .context("running scripts/federation-node.sh")?;
         anyhow::ensure!(

@@ -181,8 +181,12 @@ fn a_stored_row_is_what_was_published() {
 fn the_timeouts_are_checked_often_enough() {
     assert_eq!(DEFAULT.tick(), std::time::Duration::from_secs(1));
     assert_eq!(SHORT.tick(), std::time::Duration::from_millis(125));
-    let config =
-        ganglion_config::PresenceConfig { enabled: true, idle_timeout_ms: 1_500, offline_timeout_ms: 2_000 };
+    let config = ganglion_config::PresenceConfig {
+        enabled: true,
+        idle_timeout_ms: 1_500,
+        offline_timeout_ms: 2_000,
+        federation_ping_interval_ms: 60_000,
+    };
     assert_eq!(Timings::from_config(&config), Timings { idle: 1_500, offline: 2_000, granularity: 750 });
 }
 
@@ -211,4 +215,22 @@ fn another_servers_user_is_stored_as_reported_and_pushed_as_the_spec_says() {
     let push = visible(Offline, None, 0, false).push("@a:x", 10_000);
     assert_eq!(push.get("status_msg"), None);
     assert_eq!(push["last_active_ago"], 10_000);
+}
+
+#[test]
+fn other_servers_are_owed_a_ping_while_the_user_is_not_offline() {
+    let mut user = UserPresence::stored(None);
+    assert!(!user.ping_due(10_000, 1_000), "offline: nothing to keep alive");
+    user.set_by_client("PHONE", Online, None, 1_000, &DEFAULT);
+    assert!(user.ping_due(1_000, 1_000), "never sent since the start");
+    user.federated_at = 1_000;
+    assert!(!user.ping_due(1_999, 1_000));
+    assert!(user.ping_due(2_000, 1_000));
+    user.set_by_client("PHONE", Unavailable, None, 3_000, &DEFAULT);
+    assert!(user.ping_due(3_000, 1_000), "unavailable is kept alive too");
+    // Restored after a restart: other servers heard of them before it.
+    let row = user.current().row("@alice:x", 1);
+    let restored = UserPresence::restored(&row, 50_000);
+    assert!(!restored.ping_due(50_500, 1_000));
+    assert!(restored.ping_due(51_000, 1_000));
 }
