@@ -53,6 +53,14 @@ fn has_receipt(sync: &Value, room_id: &str, event_id: &str, user_id: &str) -> bo
         .any(|event| event["content"][event_id]["m.read"][user_id]["ts"].is_i64())
 }
 
+/// The time of `user_id`'s `m.read` receipt of `event_id` in a sync response.
+fn receipt_ts_in(sync: &Value, room_id: &str, event_id: &str, user_id: &str) -> Option<i64> {
+    joined_events(sync, room_id, "ephemeral")
+        .into_iter()
+        .filter(|event| event["type"] == "m.receipt")
+        .find_map(|event| event["content"][event_id]["m.read"][user_id]["ts"].as_i64())
+}
+
 /// `user_id`'s newest presence content in a sync response.
 fn presence_of<'a>(sync: &'a Value, user_id: &str) -> Option<&'a Value> {
     events_of(&sync["presence"])
@@ -133,14 +141,23 @@ async fn typing_receipts_and_presence_cross(
     // Read receipts, both ways, of a message each server has.
     let from_alice = alice.send_text(&room_id, "read me, bob").await.unwrap();
     wait_for_messages(bob, &room_id, 1, log).await;
+    // Each is seen by its reader's server and by the other with the same time: the time the
+    // reader's server gave it.
     send_receipt(bob, &room_id, &from_alice).await;
     let bob_read = |sync: &Value| has_receipt(sync, &room_id, &from_alice, &bob.user_id);
-    sync_until(alice, &mut alice_since, "bob's receipt", bob_read, log).await;
+    let own = sync_until(bob, &mut bob_since, "bob's own receipt", bob_read, log).await;
+    let theirs = sync_until(alice, &mut alice_since, "bob's receipt", bob_read, log).await;
+    let ts = |sync: &Value, event_id: &str, user_id: &str| receipt_ts_in(sync, &room_id, event_id, user_id);
+    let (own, theirs) = (ts(&own, &from_alice, &bob.user_id), ts(&theirs, &from_alice, &bob.user_id));
+    assert!(own.is_some() && own == theirs, "bob's receipt at {own:?} and {theirs:?}\n{}", log());
     let from_bob = bob.send_text(&room_id, "read me, alice").await.unwrap();
     wait_for_messages(alice, &room_id, 2, log).await;
     send_receipt(alice, &room_id, &from_bob).await;
     let alice_read = |sync: &Value| has_receipt(sync, &room_id, &from_bob, &alice.user_id);
-    sync_until(bob, &mut bob_since, "alice's receipt", alice_read, log).await;
+    let own = sync_until(alice, &mut alice_since, "alice's own receipt", alice_read, log).await;
+    let theirs = sync_until(bob, &mut bob_since, "alice's receipt", alice_read, log).await;
+    let (own, theirs) = (ts(&own, &from_bob, &alice.user_id), ts(&theirs, &from_bob, &alice.user_id));
+    assert!(own.is_some() && own == theirs, "alice's receipt at {own:?} and {theirs:?}\n{}", log());
 
     // Presence with a status message, both ways.
     set_presence(alice, "on ganglion").await;

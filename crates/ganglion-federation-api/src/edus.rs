@@ -104,6 +104,7 @@ pub(crate) async fn receipts(
                 receipt_type: "m.read".to_owned(),
                 event_id,
                 thread_id,
+                ts: receipt.pointer("/data/ts").and_then(Value::as_i64),
             });
         }
     }

@@ -6,10 +6,10 @@ use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use ganglion_events::{
     ignored_users,
-    ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, UserId},
+    ruma::{OwnedRoomId, OwnedUserId, UserId},
 };
 use ganglion_replication::StreamRow;
-use ganglion_rpc::{MasterError, MasterResult};
+use ganglion_rpc::{MasterError, MasterResult, SetReceipt};
 use ganglion_storage::{rooms as room_store, streams as stream_store};
 use ganglion_types::{HasErrorClass, StreamKind, StreamPosition};
 use serde_json::{Value, json};
@@ -138,14 +138,9 @@ pub(crate) async fn set_typing(
     Ok(())
 }
 
-pub(crate) async fn set_receipt(
-    svc: &MasterService,
-    user_id: &OwnedUserId,
-    room_id: &OwnedRoomId,
-    receipt_type: &str,
-    event_id: &OwnedEventId,
-    thread_id: Option<String>,
-) -> MasterResult<()> {
+pub(crate) async fn set_receipt(svc: &MasterService, request: SetReceipt) -> MasterResult<()> {
+    let SetReceipt { user_id, room_id, receipt_type, event_id, thread_id, ts } = request;
+    let (user_id, room_id, receipt_type, event_id) = (&user_id, &room_id, receipt_type.as_str(), &event_id);
     // A thread id is `main` or an event id; longer ones would not fit PostgreSQL's index either.
     if thread_id.as_ref().is_some_and(|thread_id| thread_id.len() > ganglion_events::MAX_EVENT_FIELD_BYTES) {
         return Err(MasterError::invalid_param(format!(
@@ -154,7 +149,9 @@ pub(crate) async fn set_receipt(
         )));
     }
     let room_nid = require_joined(svc, user_id, room_id).await?;
-    let ts = ganglion_storage::now_ms();
+    let now = ganglion_storage::now_ms();
+    // Another server's receipt keeps the time its user read (never in the future); ours, now.
+    let ts = ts.filter(|_| !is_ours(svc, user_id)).map_or(now, |ts| ts.clamp(0, now));
     let edus = {
         let mut conn = svc.db.conn().await.map_err(internal)?;
         let event =

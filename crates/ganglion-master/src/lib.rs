@@ -265,7 +265,7 @@ impl Ephemeral for MasterService {
     }
 
     async fn set_receipt(&self, r: SetReceipt) -> MasterResult<()> {
-        ephemeral::set_receipt(self, &r.user_id, &r.room_id, &r.receipt_type, &r.event_id, r.thread_id).await
+        ephemeral::set_receipt(self, r).await
     }
 
     async fn set_account_data(&self, r: SetAccountData) -> MasterResult<()> {

@@ -57,6 +57,8 @@ pub struct SetReceipt {
     pub receipt_type: String,
     pub event_id: OwnedEventId,
     pub thread_id: Option<String>,
+    /// When another server's user sent it (`data.ts`); `None` for ours: the master's clock.
+    pub ts: Option<i64>,
 }
 
 impl Call for SetReceipt {
@@ -69,6 +71,7 @@ impl Call for SetReceipt {
             receipt_type: self.receipt_type,
             event_id: self.event_id.into(),
             thread_id: self.thread_id,
+            ts: self.ts,
         }
     }
 
@@ -79,6 +82,7 @@ impl Call for SetReceipt {
             receipt_type: message.receipt_type,
             event_id: id("event_id", message.event_id)?,
             thread_id: message.thread_id,
+            ts: message.ts,
         })
     }
 

@@ -154,5 +154,6 @@ fn receipt_request(
         receipt_type: receipt_type.to_owned(),
         event_id: event_id.clone(),
         thread_id,
+        ts: None,
     }
 }

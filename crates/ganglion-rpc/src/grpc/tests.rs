@@ -443,6 +443,7 @@ async fn calls_round_trip_exactly() {
         receipt_type: "m.read".to_owned(),
         event_id: owned_event_id!("$event:test"),
         thread_id: Some("main".to_owned()),
+        ts: Some(1_700_000_000_000),
     };
     round_trip(f, receipt, async |r| m.set_receipt(r).await).await;
     let tags = SetAccountData {
