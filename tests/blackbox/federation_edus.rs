@@ -177,7 +177,7 @@ async fn typing_receipts_and_presence_cross(
 }
 
 /// The same between a cluster (the federation reader takes the node's EDUs, the federation
-/// senders send the cluster's) and an embedded node.
+/// senders send the cluster's) and an embedded node, and device list updates both ways.
 #[tokio::test]
 async fn typing_receipts_and_presence_cross_between_a_cluster_and_a_node() {
     crate::run(async {
@@ -198,6 +198,8 @@ async fn typing_receipts_and_presence_cross_between_a_cluster_and_a_node() {
         crate::federation_rooms::wait_for_members(&alice, &room_id, &members).await;
         assert_eq!(joined_members(&alice, &room_id).await, members, "{}", log());
         typing_receipts_and_presence_cross(&alice, &bob, &room_id, &log).await;
+        // Device list updates too: the federation reader takes the node's, the senders send ours.
+        crate::federation_rooms::device_lists_cross(&alice, &bob, log).await;
     })
     .await
 }

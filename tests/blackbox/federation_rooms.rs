@@ -776,9 +776,32 @@ async fn wait_for_device_change(account: &Account, since: &str, user_id: &str, l
     panic!("{} never saw {user_id}'s device list change\n{}", account.user_id, log());
 }
 
+/// New device keys of `bob` (another server's user sharing a room with `alice`) reach `alice`'s
+/// sync and `/keys/query`, and the other way round: each server tells the other of its user's
+/// change, which then asks for the user's devices again.
+pub(crate) async fn device_lists_cross(alice: &Account, bob: &Account, log: impl Fn() -> String + Copy) {
+    use crate::e2ee::{device_key_pair, signed_device_keys};
+    for (reader, writer, localpart) in [(alice, bob, "bob"), (bob, alice, "alice")] {
+        let since = reader.sync("timeout=0").await.unwrap()["next_batch"].as_str().unwrap().to_owned();
+        let keys = signed_device_keys(writer, &device_key_pair(&writer.device_id), localpart);
+        writer.post("/keys/upload", &json!({ "device_keys": keys })).await.unwrap().ok();
+        wait_for_device_change(reader, &since, &writer.user_id, log).await;
+        let seen = reader
+            .post("/keys/query", &json!({ "device_keys": { &writer.user_id: [] } }))
+            .await
+            .unwrap()
+            .ok();
+        assert_eq!(
+            seen["device_keys"][&writer.user_id][&writer.device_id]["keys"],
+            keys["keys"],
+            "{seen}\n{}",
+            log()
+        );
+    }
+}
+
 #[tokio::test]
 async fn device_list_changes_cross_servers_with_synapse() {
-    use crate::e2ee::{device_key_pair, signed_device_keys};
     crate::run(async {
         let (synapse, ganglion) = tokio::join!(Synapse::start(), FederationNode::start());
         let (synapse, ganglion) = (synapse.unwrap(), ganglion.unwrap());
@@ -793,23 +816,7 @@ async fn device_list_changes_cross_servers_with_synapse() {
         assert_eq!(join.status, 200, "{}", join.text);
         wait_for_messages(&alice, &room_id, 0, log).await;
 
-        // Bob's new device keys: Synapse tells us, and Alice's sync says so.
-        let since = alice.sync("timeout=0").await.unwrap()["next_batch"].as_str().unwrap().to_owned();
-        let keys = signed_device_keys(&bob, &device_key_pair(&bob.device_id), "bob");
-        bob.post("/keys/upload", &json!({ "device_keys": keys })).await.unwrap().ok();
-        wait_for_device_change(&alice, &since, &bob.user_id, log).await;
-        let seen =
-            alice.post("/keys/query", &json!({ "device_keys": { &bob.user_id: [] } })).await.unwrap().ok();
-        assert_eq!(seen["device_keys"][&bob.user_id][&bob.device_id]["keys"], keys["keys"], "{seen}");
-
-        // Alice's: we tell Synapse, which asks for her devices again.
-        let since = bob.sync("timeout=0").await.unwrap()["next_batch"].as_str().unwrap().to_owned();
-        let keys = signed_device_keys(&alice, &device_key_pair(&alice.device_id), "alice");
-        alice.post("/keys/upload", &json!({ "device_keys": keys })).await.unwrap().ok();
-        wait_for_device_change(&bob, &since, &alice.user_id, log).await;
-        let seen =
-            bob.post("/keys/query", &json!({ "device_keys": { &alice.user_id: [] } })).await.unwrap().ok();
-        assert_eq!(seen["device_keys"][&alice.user_id][&alice.device_id]["keys"], keys["keys"], "{seen}");
+        device_lists_cross(&alice, &bob, log).await;
     })
     .await
 }
