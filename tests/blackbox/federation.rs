@@ -604,23 +604,16 @@ async fn a_federation_sender_killed_under_load_loses_nothing() {
         assert_eq!(on_node, expected, "{}", log());
 
         // The senders sent, not the master.
-        let sent_ok = |name: &'static str| {
-            let url = format!("{}/metrics", cluster.metrics_url_of(name));
-            async move {
-                let text = reqwest::get(url).await.unwrap().text().await.unwrap();
-                let line = r#"ganglion_federation_transactions_total{direction="out",result="ok"} "#;
-                text.lines()
-                    .find_map(|l| l.strip_prefix(line))
-                    .and_then(|value| value.trim().parse::<f64>().ok())
-                    .unwrap_or_else(|| panic!("no {line} in {name}'s metrics:\n{text}"))
-            }
-        };
-        assert_eq!(sent_ok("master").await, 0.0);
-        assert!(sent_ok("fedsender1").await + sent_ok("fedsender2").await >= 1.0);
+        assert_eq!(transactions_sent(&cluster, "master").await, 0.0);
+        assert!(
+            transactions_sent(&cluster, "fedsender1").await + transactions_sent(&cluster, "fedsender2").await
+                >= 1.0
+        );
 
         // Both senders taken out of instance_map and stopped: after SIGHUP the master sends.
+        let mut sections = Vec::new();
         for sender in ["fedsender1", "fedsender2"] {
-            cluster.remove_from_config(sender).unwrap();
+            sections.push(cluster.remove_from_config(sender).unwrap());
             cluster.kill(sender);
         }
         cluster.hangup("master").unwrap();
@@ -630,23 +623,52 @@ async fn a_federation_sender_killed_under_load_loses_nothing() {
         .await
         .unwrap();
         let log = || format!("--- node\n{}\n--- cluster\n{}", node.log(), cluster.stderr_logs());
-        let sent_ok = |name: &'static str| {
-            let url = format!("{}/metrics", cluster.metrics_url_of(name));
-            async move {
-                let text = reqwest::get(url).await.unwrap().text().await.unwrap();
-                let line = r#"ganglion_federation_transactions_total{direction="out",result="ok"} "#;
-                text.lines()
-                    .find_map(|l| l.strip_prefix(line))
-                    .and_then(|value| value.trim().parse::<f64>().ok())
-                    .unwrap_or_else(|| panic!("no {line} in {name}'s metrics:\n{text}"))
-            }
-        };
         alice.send_text(&room, "after the senders left").await.unwrap();
         let on_node = wait_for_messages(&bob, &room, MESSAGES + 1, log).await;
         assert_eq!(on_node.last().map(|(_, body)| body.as_str()), Some("after the senders left"));
-        assert!(sent_ok("master").await >= 1.0);
+        let by_master = transactions_sent(&cluster, "master").await;
+        assert!(by_master >= 1.0);
+
+        // Added back and started: after SIGHUP the master stops sending and they take over.
+        for (sender, section) in ["fedsender1", "fedsender2"].into_iter().zip(&sections) {
+            cluster.add_to_config(section).unwrap();
+            cluster.start_instance(sender).await.unwrap();
+        }
+        cluster.hangup("master").unwrap();
+        let log = || format!("--- node\n{}\n--- cluster\n{}", node.log(), cluster.stderr_logs());
+        ganglion_testkit::eventually(Duration::from_secs(10), "the master's second reload", || async {
+            let reloads = cluster.stderr_log("master").matches("federation destinations changed").count();
+            Ok((reloads >= 2).then_some(()))
+        })
+        .await
+        .unwrap();
+        for n in 0..3 {
+            alice.send_text(&room, &format!("senders back {n}")).await.unwrap();
+        }
+        let on_node = wait_for_messages(&bob, &room, MESSAGES + 4, log).await;
+        assert_eq!(on_node.last().map(|(_, body)| body.as_str()), Some("senders back 2"), "{}", log());
+        assert_eq!(
+            transactions_sent(&cluster, "master").await,
+            by_master,
+            "the master sent after the senders came back"
+        );
+        assert!(
+            transactions_sent(&cluster, "fedsender1").await + transactions_sent(&cluster, "fedsender2").await
+                >= 1.0
+        );
     })
     .await
+}
+
+/// Transactions process `name` of `cluster` sent that their destination took, from its metrics.
+async fn transactions_sent(cluster: &ganglion_testkit::Cluster, name: &str) -> f64 {
+    let url = format!("{}/metrics", cluster.metrics_url_of(name));
+    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+    let line = r#"ganglion_federation_transactions_total{direction="out",result="ok"} "#;
+    text.lines()
+        .find_map(|l| l.strip_prefix(line))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no {line} in {name}'s metrics:\n{text}"))
 }
 
 #[tokio::test]

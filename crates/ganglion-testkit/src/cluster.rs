@@ -376,21 +376,34 @@ impl Cluster {
     }
 
     /// Takes `instance_map.<name>` out of `cluster.toml` (the process keeps running until
-    /// killed); send [`Cluster::hangup`] to the others for them to see it.
-    pub fn remove_from_config(&mut self, name: &str) -> anyhow::Result<()> {
+    /// killed) and answers the section taken out; send [`Cluster::hangup`] to the others for them
+    /// to see it.
+    pub fn remove_from_config(&mut self, name: &str) -> anyhow::Result<String> {
         let header = format!("[instance_map.{name}]");
         let mut kept = Vec::new();
+        let mut removed = Vec::new();
         let mut skipping = false;
         for line in self.config.lines() {
             if line.starts_with('[') {
                 skipping = line.trim() == header;
             }
-            if !skipping {
+            if skipping {
+                removed.push(line);
+            } else {
                 kept.push(line);
             }
         }
-        anyhow::ensure!(kept.len() < self.config.lines().count(), "no {header} in the config");
+        anyhow::ensure!(!removed.is_empty(), "no {header} in the config");
+        let removed = removed.join("\n") + "\n";
         self.config = kept.join("\n") + "\n";
+        fs::write(&self.config_path, &self.config)
+            .with_context(|| format!("writing {}", self.config_path.display()))?;
+        Ok(removed)
+    }
+
+    /// Puts a section [`Cluster::remove_from_config`] took out back at the end of `cluster.toml`.
+    pub fn add_to_config(&mut self, section: &str) -> anyhow::Result<()> {
+        self.config.push_str(section);
         fs::write(&self.config_path, &self.config)
             .with_context(|| format!("writing {}", self.config_path.display()))
     }
