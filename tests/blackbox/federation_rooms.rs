@@ -249,8 +249,8 @@ async fn a_synapse_user_knocks_on_a_ganglion_room_and_is_let_in() {
 }
 
 /// A Ganglion user joins a Synapse room with a long history: the join brings the latest events,
-/// and paging back with `/messages` fetches the older ones from Synapse (`/backfill`) until the
-/// room's first message, in order, once each; none of them shows up as new in `/sync`.
+/// and paging back with `/messages` fetches the older ones from Synapse (`/backfill`) down to the
+/// room's creation, in order, once each; none of them shows up as new in `/sync`.
 #[tokio::test]
 async fn paging_back_in_a_joined_room_fetches_older_history_from_synapse() {
     crate::run(async {
@@ -274,6 +274,7 @@ async fn paging_back_in_a_joined_room_fetches_older_history_from_synapse() {
 
         // Back from the newest, 40 at a time, until the server says there is no more.
         let mut texts: Vec<String> = Vec::new();
+        let mut all: Vec<Value> = Vec::new();
         let mut from: Option<String> = None;
         for _ in 0..40 {
             let mut path = format!("/rooms/{}/messages?dir=b&limit=40", enc(&room_id));
@@ -285,6 +286,7 @@ async fn paging_back_in_a_joined_room_fetches_older_history_from_synapse() {
                 if event["type"] == "m.room.message" {
                     texts.push(event["content"]["body"].as_str().unwrap().to_owned());
                 }
+                all.push(event.clone());
             }
             match page["end"].as_str() {
                 Some(end) => from = Some(end.to_owned()),
@@ -294,6 +296,19 @@ async fn paging_back_in_a_joined_room_fetches_older_history_from_synapse() {
         texts.reverse();
         let expected: Vec<String> = (0..SENT).map(|n| format!("old {n}")).collect();
         assert_eq!(texts, expected, "{}", log());
+        // Down to the room's creation, which came with the join as part of its state: each
+        // event once, the create event first, then its creator's join.
+        all.reverse();
+        let ids: std::collections::HashSet<&str> =
+            all.iter().filter_map(|event| event["event_id"].as_str()).collect();
+        assert_eq!(ids.len(), all.len(), "an event shown twice");
+        assert_eq!(all[0]["type"], "m.room.create", "{:?}", &all[..3]);
+        assert_eq!(
+            (&all[1]["type"], &all[1]["state_key"]),
+            (&json!("m.room.member"), &json!(bob.user_id)),
+            "{:?}",
+            &all[..3]
+        );
 
         // Fetched history is old news: an incremental sync does not bring it.
         let sync = alice.get(&format!("/sync?timeout=0&since={}", enc(&since))).await.unwrap().ok();

@@ -225,6 +225,27 @@ pub async fn oldest_event_in_room(conn: &mut Conn, room_nid: RoomNid) -> Result<
 }
 
 /// Takes events out of their room's timeline (kept for its state and auth chain only).
+/// Marks another server's soft-failed event (kept to be found by id): an outlier that history
+/// never takes into the timeline (`outlier = 2`; other outliers are 1).
+pub async fn mark_soft_failed(conn: &mut Conn, nid: EventNid) -> Result<()> {
+    sqlx::query("UPDATE events SET outlier = 2 WHERE event_nid = $1").bind(nid.0).execute(conn).await?;
+    Ok(())
+}
+
+/// Takes an outlier (an event fetched for a room's state or auth chain, not a soft-failed one)
+/// into the room's timeline at `stream_pos`, below the rest: the room's history reached it.
+/// Whether it was such an outlier.
+pub async fn promote_outlier(conn: &mut Conn, nid: EventNid, stream_pos: i64) -> Result<bool> {
+    let done =
+        sqlx::query("UPDATE events SET outlier = 0, stream_pos = $2 WHERE event_nid = $1 AND outlier = 1")
+            .bind(nid.0)
+            .bind(stream_pos)
+            .execute(conn)
+            .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// Marks events kept only for their part in a room's state or auth chain (`outlier = 1`).
 pub async fn mark_outliers(conn: &mut Conn, nids: &[EventNid]) -> Result<()> {
     for chunk in nids.chunks(500) {
         let sql = format!(

@@ -34,6 +34,22 @@ impl Batch<'_> {
         let mut outcomes = Vec::with_capacity(events.len());
         for pdu in events {
             let event_id = pdu.event_id.clone();
+            // An event kept with the join for the room's state or auth chain (its creation, say)
+            // that the history reaches takes its place in the timeline.
+            if let Some(existing) = self.event_by_id(event_id.as_str()).await?
+                && existing.row.room_nid == head.room_nid
+            {
+                let position = self.history_pos - 1;
+                let conn = self.connection().await?;
+                if event_store::promote_outlier(conn, existing.row.event_nid, position)
+                    .await
+                    .map_err(internal)?
+                {
+                    self.history_pos = position;
+                }
+                outcomes.push(EventOutcome { event_id, error: None });
+                continue;
+            }
             let result = self.keep_history(&head, &pdu, &given, create.as_ref().map(|c| c.pdu.clone())).await;
             if self.poisoned {
                 return Err(result.err().unwrap_or_else(|| MasterError::internal("the batch failed")));
@@ -161,6 +177,6 @@ impl Batch<'_> {
     pub(crate) async fn keep_soft_failed(&mut self, head: &super::RoomHead, pdu: &Pdu) -> MasterResult<()> {
         let nid = self.store_outside_stream(head, pdu).await?;
         let conn = self.connection().await?;
-        event_store::mark_outliers(conn, &[nid]).await.map_err(internal)
+        event_store::mark_soft_failed(conn, nid).await.map_err(internal)
     }
 }
