@@ -72,7 +72,7 @@ fn key_id(answer: &Value) -> String {
     answer["verify_keys"].as_object().and_then(|keys| keys.keys().next()).cloned().unwrap_or_default()
 }
 
-async fn set_displayname(account: &Account, name: &str) {
+pub(crate) async fn set_displayname(account: &Account, name: &str) {
     account
         .put(&format!("/profile/{}/displayname", enc(&account.user_id)), &json!({ "displayname": name }))
         .await
@@ -293,6 +293,50 @@ async fn requests_signed_wrongly_are_refused_and_a_rotated_key_keeps_verifying()
         // A request signed with the retired key, after it expired, is refused.
         let response = signed_get(&b, &profile_uri, a.server_name(), b.server_name(), &a_key).await;
         assert_unauthorized(response, "a retired key").await;
+    })
+    .await
+}
+
+/// `federation.signing_key` puts the server's key where the operator says (generated there on
+/// first start, and the key the server publishes), and `federation.request_timeout_ms` bounds a
+/// request to another server that never answers.
+#[tokio::test]
+async fn the_signing_key_path_and_the_request_timeout_come_from_the_config() {
+    crate::run(async {
+        use base64::Engine as _;
+        let keys = tempfile::tempdir().unwrap();
+        let key_path = keys.path().join("secrets/ganglion.key");
+        std::fs::create_dir_all(key_path.parent().unwrap()).unwrap();
+        // A peer that takes connections and never answers.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let silent_port = silent.local_addr().unwrap().port();
+        let options = ServerOptions {
+            extra_toml: format!(
+                "[federation]\nsigning_key = {:?}\nrequest_timeout_ms = 1000\nallowed_address_ranges = [\"127.0.0.0/8\"]\n",
+                key_path.display().to_string()
+            ),
+            ..ServerOptions::default()
+        };
+        let server = TestServer::start(Backend::Sqlite, options).await.unwrap();
+        let text = std::fs::read_to_string(&key_path).expect("the key is generated where configured");
+        assert!(!server.dir().join("data/signing.key").exists(), "nor also in the data directory");
+        let parts: Vec<&str> = text.split_whitespace().collect();
+        let der = base64::engine::general_purpose::STANDARD_NO_PAD.decode(parts[2].trim_end_matches('=')).unwrap();
+        let pair = Ed25519KeyPair::from_der(&der, parts[1].to_owned()).unwrap();
+        let published = server.api().get("/_matrix/key/v2/server", None).await.unwrap().ok();
+        let public = base64::engine::general_purpose::STANDARD_NO_PAD.encode(pair.public_key());
+        assert_eq!(published["verify_keys"][format!("ed25519:{}", parts[1])]["key"], public, "{published}");
+
+        let alice = server.register("alice", crate::PASSWORD).await.unwrap();
+        let started = std::time::Instant::now();
+        let response = alice.get(&format!("/profile/{}", enc(&format!("@nobody:127.0.0.1:{silent_port}")))).await.unwrap();
+        let took = started.elapsed();
+        assert_ne!(response.status, 200, "{}", response.text);
+        // It waited for the silent peer (not refused at once), and gave up well before the 30 s
+        // default.
+        assert!(took >= Duration::from_millis(900), "answered after {took:?}: {}", response.text);
+        assert!(took < Duration::from_secs(10), "answered after {took:?}: {}", response.text);
+        drop(silent);
     })
     .await
 }

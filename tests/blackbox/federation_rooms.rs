@@ -742,14 +742,7 @@ async fn a_peer_that_was_down_receives_every_message_it_missed() {
         // them once it is back.
         let mut ganglion = ganglion;
         ganglion.stop().await.unwrap();
-        let renamed = bob
-            .put(
-                &format!("/profile/{}/displayname", enc(&bob.user_id)),
-                &json!({ "displayname": "Bob meanwhile" }),
-            )
-            .await
-            .unwrap();
-        assert_eq!(renamed.status, 200, "{}", renamed.text);
+        crate::federation::set_displayname(&bob, "Bob meanwhile").await;
         for n in 1..=5 {
             bob.send_text(&room_id, &format!("while Ganglion was out {n}")).await.unwrap();
         }
@@ -906,14 +899,7 @@ async fn a_gap_too_long_to_fill_takes_the_state_its_origin_reports() {
         wait_for_messages(&alice, &room_id, 2, || ganglion.log()).await;
 
         ganglion.stop().await.unwrap();
-        let renamed = bob
-            .put(
-                &format!("/profile/{}/displayname", enc(&bob.user_id)),
-                &json!({ "displayname": "Bob at the gap" }),
-            )
-            .await
-            .unwrap();
-        assert_eq!(renamed.status, 200, "{}", renamed.text);
+        crate::federation::set_displayname(&bob, "Bob at the gap").await;
         for n in 1..=15 {
             bob.send_text(&room_id, &format!("while Ganglion was out {n}")).await.unwrap();
         }

@@ -112,6 +112,11 @@ impl Pdu {
     pub fn content_value(&self) -> serde_json::Value {
         serde_json::from_str(self.content.get()).unwrap_or(serde_json::Value::Null)
     }
+
+    /// A member event's `membership`, `leave` when it has none (an event that is not one).
+    pub fn membership(&self) -> String {
+        self.content_value().get("membership").and_then(|m| m.as_str()).unwrap_or("leave").to_owned()
+    }
 }
 
 impl ruma::state_res::Event for Pdu {

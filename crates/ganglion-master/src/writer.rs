@@ -966,13 +966,7 @@ impl<'w> Batch<'w> {
         let own_server = self.svc.config.server_name.clone();
         let membership_of = |event: &StoredEvent| -> Option<(String, String, EventNid, i64)> {
             (event.pdu.kind.to_string() == "m.room.member").then_some(())?;
-            let membership = event
-                .pdu
-                .content_value()
-                .get("membership")
-                .and_then(|m| m.as_str())
-                .unwrap_or("leave")
-                .to_owned();
+            let membership = event.pdu.membership();
             Some((event.pdu.state_key.clone()?, membership, event.row.event_nid, event.row.stream_pos.max(0)))
         };
         let mut memberships: Vec<(String, String, EventNid, i64)> =
@@ -1081,8 +1075,7 @@ impl<'w> Batch<'w> {
             && pdu.kind.to_string() == "m.room.member"
             && let Some(target) = &pdu.state_key
         {
-            let membership =
-                pdu.content_value().get("membership").and_then(|m| m.as_str()).unwrap_or("leave").to_owned();
+            let membership = pdu.membership();
             if let Ok(target_user) = OwnedUserId::try_from(target.as_str())
                 && target_user.server_name().as_str() != own_server
             {

@@ -12,6 +12,7 @@ use std::{
     time::Instant,
 };
 
+use ganglion_events::ruma::room_version_rules::RoomVersionRules;
 use ganglion_events::{
     Pdu,
     ruma::{OwnedEventId, events::StateEventType, state_res::StateMap},
@@ -19,7 +20,7 @@ use ganglion_events::{
 use ganglion_rpc::{MasterError, MasterResult};
 use ganglion_state::{Snapshot, StoredEvent};
 use ganglion_storage::{auth_chains, events as event_store, rooms as room_store, state::StateEntry};
-use ganglion_types::EventNid;
+use ganglion_types::{EventNid, RoomNid};
 
 use super::{Batch, RoomHead};
 use crate::internal;
@@ -36,15 +37,18 @@ pub(crate) type Resolved = Arc<Vec<StateEntry>>;
 /// The index entry of a state event (no other kind has one).
 pub(crate) fn unindexed(head: &RoomHead, event_nid: EventNid, pdu: &Pdu) -> Option<auth_chains::Unindexed> {
     pdu.state_key.as_ref()?;
-    Some(auth_chains::Unindexed {
-        event_nid,
-        room_nid: head.room_nid,
-        auth_events: pdu
-            .auth_events_with_create(&head.rules.authorization)
-            .iter()
-            .map(ToString::to_string)
-            .collect(),
-    })
+    Some(index_entry(&head.rules, head.room_nid, event_nid, pdu))
+}
+
+fn index_entry(
+    rules: &RoomVersionRules,
+    room_nid: RoomNid,
+    event_nid: EventNid,
+    pdu: &Pdu,
+) -> auth_chains::Unindexed {
+    let auth_events =
+        pdu.auth_events_with_create(&rules.authorization).iter().map(ToString::to_string).collect();
+    auth_chains::Unindexed { event_nid, room_nid, auth_events }
 }
 
 pub(crate) fn remember(memo: &mut HashMap<MemoKey, Resolved>, key: MemoKey, resolved: Resolved) {
@@ -288,13 +292,7 @@ impl Batch<'_> {
         let own_server = self.svc.config.server_name.clone();
         for event in caches.events(self.tx(), &changed).await.map_err(internal)? {
             let Some(target) = event.pdu.state_key.clone() else { continue };
-            let membership = event
-                .pdu
-                .content_value()
-                .get("membership")
-                .and_then(|m| m.as_str())
-                .unwrap_or("leave")
-                .to_owned();
+            let membership = event.pdu.membership();
             if let Ok(user) = ganglion_events::ruma::OwnedUserId::try_from(target.as_str())
                 && user.server_name().as_str() != own_server
             {
@@ -341,15 +339,7 @@ pub(crate) async fn index_backlog(db: &ganglion_storage::Db) -> MasterResult<()>
             {
                 let Ok(event_id) = OwnedEventId::try_from(event_id) else { continue };
                 let Ok(pdu) = Pdu::from_json(event_id, Arc::from(json)) else { continue };
-                unindexed.push(auth_chains::Unindexed {
-                    event_nid,
-                    room_nid,
-                    auth_events: pdu
-                        .auth_events_with_create(&rules.authorization)
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect(),
-                });
+                unindexed.push(index_entry(&rules, room_nid, event_nid, &pdu));
             }
         }
         let count = unindexed.len();
