@@ -27,10 +27,13 @@ impl Drop for Leftovers {
     }
 }
 
-/// A base port with every port the script derives from it free.
+/// A base port with every port the script derives from it free. Below the testkit's ports
+/// (20,000 to 32,000, handed to the other tests running at the same time) and the kernel's
+/// ephemeral range, so no other test's process can take one between this check and the
+/// script's start.
 fn free_base() -> anyhow::Result<u16> {
     for attempt in 0..200u32 {
-        let base = 20_000 + ((std::process::id() * 7 + attempt * 131) % 18_000) as u16;
+        let base = 10_000 + ((std::process::id() * 7 + attempt * 131) % 8_000) as u16;
         let ports = [0, 1, 2, 3, 4, 5, 6, 100, 200, 201, 202, 203, 204, 205, 206, 1000, 1001, 1500]
             .map(|offset| base + offset);
         if ports.iter().all(|&port| TcpListener::bind(("127.0.0.1", port)).is_ok()) {
