@@ -517,6 +517,24 @@ async fn a_cluster_federates_through_its_federation_reader() {
             alice.create_room(&json!({ "preset": "public_chat", "room_alias_name": "town" })).await.unwrap();
         let joined = bob.join(&format!("#town:{}", cluster.server_name())).await.unwrap();
         assert_eq!(joined, town);
+        // The room's hierarchy and its first event, asked by the node through nginx of a
+        // federation reader.
+        let node_key = node_key(&node);
+        let mut answers = Vec::new();
+        for uri in [
+            format!("/_matrix/federation/v1/hierarchy/{}", enc(&town)),
+            format!("/_matrix/federation/v1/timestamp_to_event/{}?ts=0&dir=f", enc(&town)),
+        ] {
+            let response =
+                signed_get_at(&federation_url, &uri, node.server_name(), cluster.server_name(), &node_key)
+                    .await;
+            assert_eq!(response.status(), 200, "{uri}");
+            let instance = response.headers()["x-ganglion-instance"].to_str().unwrap().to_owned();
+            assert!(instance.starts_with("federation-reader/"), "{uri}: {instance}");
+            answers.push(response.json::<Value>().await.unwrap());
+        }
+        assert_eq!(answers[0]["room"]["room_id"], town.as_str(), "{}", answers[0]);
+        assert!(answers[1]["event_id"].as_str().is_some_and(|id| id.starts_with('$')), "{}", answers[1]);
         let village = bob.create_room(&json!({ "preset": "public_chat" })).await.unwrap();
         let joined = alice
             .post(&format!("/join/{}?via={}", enc(&village), enc(node.server_name())), &json!({}))

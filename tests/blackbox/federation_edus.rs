@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::{
     events_of,
-    federation_rooms::{joined_members, synapse_account, wait_for_messages},
+    federation_rooms::{join_through, joined_members, synapse_account, wait_for_messages},
     joined_events,
 };
 
@@ -231,11 +231,7 @@ async fn presence_is_sent_again_while_a_user_stays_online() {
         let alice = ganglion.client_api().register("alice", crate::PASSWORD).await.unwrap();
         let bob = synapse_account(&synapse, "bob").await;
         let room_id = alice.create_room(&json!({ "preset": "public_chat" })).await.unwrap();
-        let join = bob
-            .post(&format!("/join/{}?server_name={}", enc(&room_id), enc(ganglion.server_name())), &json!({}))
-            .await
-            .unwrap();
-        assert_eq!(join.status, 200, "{}", join.text);
+        join_through(&bob, &room_id, ganglion.server_name()).await;
         set_presence(&alice, "here all day").await;
         let status = format!("/presence/{}/status", enc(&alice.user_id));
         let mut seen = Value::Null;

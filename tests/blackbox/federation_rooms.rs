@@ -71,6 +71,15 @@ pub(crate) async fn wait_for_members(account: &Account, room_id: &str, members: 
     }
 }
 
+/// Joins `account` to `room_id` through `server` (the room's server), which must succeed.
+pub(crate) async fn join_through(account: &Account, room_id: &str, server: &str) {
+    let join = account
+        .post(&format!("/join/{}?server_name={}", enc(room_id), enc(server)), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(join.status, 200, "{}", join.text);
+}
+
 pub(crate) async fn synapse_account(synapse: &Synapse, localpart: &str) -> Account {
     let (user_id, token) = synapse.register(localpart, crate::PASSWORD).await.unwrap();
     let whoami =
@@ -719,11 +728,7 @@ async fn a_peer_that_was_down_receives_every_message_it_missed() {
         let alice = ganglion.client_api().register("alice", crate::PASSWORD).await.unwrap();
         let bob = synapse_account(&synapse, "bob").await;
         let room_id = alice.create_room(&json!({ "preset": "public_chat" })).await.unwrap();
-        let join = bob
-            .post(&format!("/join/{}?server_name={}", enc(&room_id), enc(ganglion.server_name())), &json!({}))
-            .await
-            .unwrap();
-        assert_eq!(join.status, 200, "{}", join.text);
+        join_through(&bob, &room_id, ganglion.server_name()).await;
 
         synapse.stop().await.unwrap();
         for n in 1..=20 {
@@ -817,11 +822,7 @@ async fn device_list_changes_cross_servers_with_synapse() {
         let alice = ganglion.client_api().register("alice", crate::PASSWORD).await.unwrap();
         let bob = synapse_account(&synapse, "bob").await;
         let room_id = alice.create_room(&json!({ "preset": "public_chat" })).await.unwrap();
-        let join = bob
-            .post(&format!("/join/{}?server_name={}", enc(&room_id), enc(ganglion.server_name())), &json!({}))
-            .await
-            .unwrap();
-        assert_eq!(join.status, 200, "{}", join.text);
+        join_through(&bob, &room_id, ganglion.server_name()).await;
         wait_for_messages(&alice, &room_id, 0, log).await;
 
         device_lists_cross(&alice, &bob, log).await;
@@ -887,11 +888,7 @@ async fn a_gap_too_long_to_fill_takes_the_state_its_origin_reports() {
         let alice = ganglion.client_api().register("alice", crate::PASSWORD).await.unwrap();
         let bob = synapse_account(&synapse, "bob").await;
         let room_id = alice.create_room(&json!({ "preset": "public_chat" })).await.unwrap();
-        let join = bob
-            .post(&format!("/join/{}?server_name={}", enc(&room_id), enc(ganglion.server_name())), &json!({}))
-            .await
-            .unwrap();
-        assert_eq!(join.status, 200, "{}", join.text);
+        join_through(&bob, &room_id, ganglion.server_name()).await;
         alice.send_text(&room_id, "before").await.unwrap();
         wait_for_messages(&bob, &room_id, 1, || synapse.log()).await;
         // Synapse catches up only with a server it has sent events to before.

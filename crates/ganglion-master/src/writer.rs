@@ -70,6 +70,21 @@ pub(crate) struct RoomHead {
 const MAX_PREV_EVENTS: usize = 10;
 
 impl RoomHead {
+    /// A room with no event yet: its create event (ours, or a joined room's) comes next.
+    fn empty(room_nid: RoomNid, rules: RoomVersionRules) -> RoomHead {
+        RoomHead {
+            room_nid,
+            rules: Arc::new(rules),
+            snapshot: Snapshot::empty(),
+            latest_event_id: None,
+            latest_event_nid: None,
+            extremities: Vec::new(),
+            max_depth: 0,
+            bump_pos: 0,
+            remote_joined: Arc::default(),
+        }
+    }
+
     /// The servers other than ours with a joined member.
     pub(crate) fn remote_servers(&self) -> BTreeSet<String> {
         self.remote_joined.iter().map(|user| user.server_name().to_string()).collect()
@@ -330,18 +345,7 @@ impl<'w> Batch<'w> {
                 .await
                 .map_err(internal)?,
         };
-        let head = RoomHead {
-            room_nid,
-            rules: Arc::new(rules.clone()),
-            snapshot: Snapshot::empty(),
-            latest_event_id: None,
-            latest_event_nid: None,
-            extremities: Vec::new(),
-            max_depth: 0,
-            bump_pos: 0,
-            remote_joined: Arc::default(),
-        };
-        self.heads.insert(room_id.to_owned(), head);
+        self.heads.insert(room_id.to_owned(), RoomHead::empty(room_nid, rules.clone()));
         Ok(room_nid)
     }
 
@@ -409,18 +413,7 @@ impl<'w> Batch<'w> {
                         internal(e)
                     }
                 })?;
-        let head = RoomHead {
-            room_nid,
-            rules: Arc::new(rules),
-            snapshot: Snapshot::empty(),
-            latest_event_id: None,
-            latest_event_nid: None,
-            extremities: Vec::new(),
-            max_depth: 0,
-            bump_pos: 0,
-            remote_joined: Arc::default(),
-        };
-        self.heads.insert(room_id.clone(), head);
+        self.heads.insert(room_id.clone(), RoomHead::empty(room_nid, rules));
         let event = self.persist(&room_id, pdu, None).await?;
         Ok((room_id, event))
     }
