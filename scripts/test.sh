@@ -36,6 +36,11 @@ have sigtool || missing+=(clamav)
 have promtool || missing+=(prometheus)
 # The load balancer tests run HAProxy in front of the cluster too.
 have haproxy || [[ -x /usr/sbin/haproxy ]] || missing+=(haproxy)
+# The discovery test answers for server names with dnsmasq, in network and mount namespaces of
+# its own (unshare and ip: util-linux and iproute2).
+have dnsmasq || [[ -x /usr/sbin/dnsmasq ]] || missing+=(dnsmasq-base)
+have unshare || missing+=(util-linux)
+have ip || [[ -x /usr/sbin/ip ]] || missing+=(iproute2)
 # The dashboard tests check the JSON against Grafana's schema package with Node.js (npm).
 have npm || missing+=(npm)
 # The interoperability tests install matrix-nio (PyPI) into a virtual environment.

@@ -141,3 +141,60 @@ async fn an_unknown_variable_stops_the_server_with_its_name() {
     })
     .await
 }
+
+/// `rooms.default_version` as docs/CONFIG.md gives it: the version of rooms created without one
+/// (and the one `/capabilities` names), and a version this server cannot run refused at start.
+#[tokio::test]
+async fn rooms_default_version_sets_the_version_of_new_rooms() {
+    crate::run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let variables = [
+            ("GANGLION_HTTP__LISTEN", format!("127.0.0.1:{port}")),
+            ("GANGLION_ROOMS__DEFAULT_VERSION", "10".to_owned()),
+        ];
+        let (_server, url) = ready(ganglion(dir.path(), None, &variables), dir.path()).await;
+        let api = Api::new(&url);
+        let alice = api.register("alice", "password-alice").await.unwrap();
+        let bob = api.register("bob", "password-bob").await.unwrap();
+        let capabilities = alice.get("/capabilities").await.unwrap().ok();
+        assert_eq!(capabilities["capabilities"]["m.room_versions"]["default"], "10", "{capabilities}");
+        let room = alice.create_room(&serde_json::json!({ "preset": "public_chat" })).await.unwrap();
+        let path = format!("/rooms/{}/state/m.room.create/", ganglion_testkit::enc(&room));
+        let created = alice.get(&path).await.unwrap().ok();
+        assert_eq!(created["room_version"], "10", "{created}");
+        // Version 10 rules: the creator is named, and the room id carries the server name.
+        assert_eq!(created["creator"], alice.user_id, "{created}");
+        assert!(room.ends_with(":localhost"), "{room}");
+        bob.join(&room).await.unwrap();
+        let sent = bob.send_text(&room, "in a version 10 room").await.unwrap();
+        let event = alice
+            .get(&format!("/rooms/{}/event/{}", ganglion_testkit::enc(&room), ganglion_testkit::enc(&sent)))
+            .await
+            .unwrap()
+            .ok();
+        assert_eq!(event["content"]["body"], "in a version 10 room", "{event}");
+        // A client naming a version still gets it.
+        let named = alice.create_room(&serde_json::json!({ "room_version": "12" })).await.unwrap();
+        assert!(!named.contains(':'), "a version 12 room id: {named}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let variables = [
+            ("GANGLION_HTTP__LISTEN", format!("127.0.0.1:{port}")),
+            ("GANGLION_ROOMS__DEFAULT_VERSION", "2".to_owned()),
+        ];
+        let child = ganglion(dir.path(), None, &variables).spawn().expect("spawning ganglion");
+        let pid = child.id();
+        let output = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap());
+        let Ok(output) = tokio::time::timeout(DEADLINE, output).await else {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("ganglion with rooms.default_version 2 did not exit within {DEADLINE:?}");
+        };
+        let output = output.unwrap();
+        assert!(!output.status.success(), "exited with {}", output.status);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("rooms.default_version"), "{stderr}");
+    })
+    .await
+}

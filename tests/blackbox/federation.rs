@@ -588,6 +588,50 @@ async fn a_cluster_federates_through_its_federation_reader() {
         let response = http.get(format!("{federation_url}/_matrix/client/versions")).send().await.unwrap();
         assert_eq!(response.status(), 404);
 
+        // The block list, reloaded on SIGHUP by every process: the federation reader refuses
+        // the node, and nothing of the cluster contacts it.
+        cluster
+            .add_to_section("federation", &format!("blocked_servers = [{:?}]", node.server_name()))
+            .unwrap();
+        for name in cluster.instance_names() {
+            cluster.hangup(name).unwrap();
+        }
+        let profile = |account: &Account, of: &Account| {
+            let (account, path) = (account.clone(), format!("/profile/{}", enc(&of.user_id)));
+            async move { account.get(&path).await.unwrap() }
+        };
+        let refused =
+            ganglion_testkit::eventually(Duration::from_secs(10), "the cluster refuses the node", || async {
+                let response = profile(&bob, &alice).await;
+                Ok((response.status == 403).then_some(response))
+            })
+            .await
+            .unwrap_or_else(|error| panic!("{error}\n{}", log()));
+        assert_eq!(refused.errcode(), Some("M_FORBIDDEN"), "{}", refused.text);
+        // The node's signed request itself, through nginx to a federation reader.
+        let response =
+            signed_get_at(&federation_url, &uri, node.server_name(), cluster.server_name(), &node_key).await;
+        assert_eq!(response.status(), 403);
+        ganglion_testkit::eventually(
+            Duration::from_secs(10),
+            "the cluster's users are refused the node",
+            || async {
+                let response = profile(&alice, &bob).await;
+                Ok((response.status == 403).then_some(response))
+            },
+        )
+        .await
+        .unwrap_or_else(|error| panic!("{error}\n{}", log()));
+        let body = profile(&alice, &bob).await.err(403, "M_FORBIDDEN").clone();
+        assert!(body["error"].as_str().is_some_and(|e| e.contains("federation.blocked_servers")), "{body}");
+        let room = alice.create_room(&json!({ "preset": "private_chat" })).await.unwrap();
+        let invite = alice
+            .post(&format!("/rooms/{}/invite", enc(&room)), &json!({ "user_id": bob.user_id }))
+            .await
+            .unwrap();
+        let body = invite.err(403, "M_FORBIDDEN").clone();
+        assert!(body["error"].as_str().is_some_and(|e| e.contains("federation.blocked_servers")), "{body}");
+
         // HAProxy's federation frontend (from `ganglion routes --format haproxy`) routes the same.
         cluster.haproxy().await.unwrap();
         let haproxy = cluster.haproxy_federation_url().unwrap();
@@ -901,6 +945,92 @@ async fn servers_outside_the_allow_list_are_refused_both_ways_and_the_lists_relo
         let body = profile(&carol, &bob).await.err(403, "M_FORBIDDEN").clone();
         assert!(body["error"].as_str().is_some_and(|e| e.contains("federation.blocked_servers")), "{body}");
         profile(&bob, &carol).await.err(403, "M_FORBIDDEN");
+    })
+    .await
+}
+
+/// `scripts/federation-node.sh` without `GANGLION_BIN` runs the release build of the target
+/// directory (here one made for the test, holding a copy of the binary under test), as its
+/// header says.
+#[tokio::test]
+async fn the_node_script_runs_the_release_build_when_ganglion_bin_is_unset() {
+    crate::run(async {
+        let target = tempfile::tempdir().unwrap();
+        let release = target.path().join("release");
+        std::fs::create_dir_all(&release).unwrap();
+        std::fs::copy(ganglion_testkit::ganglion_binary().unwrap(), release.join("ganglion")).unwrap();
+        let node = tempfile::tempdir().unwrap();
+        let (client_port, federation_port) = (ganglion_testkit::free_port(), ganglion_testkit::free_port());
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/federation-node.sh");
+        let run = |args: Vec<String>| {
+            let script = script.clone();
+            let target = target.path().to_owned();
+            tokio::task::spawn_blocking(move || {
+                std::process::Command::new("bash")
+                    .arg(&script)
+                    .args(&args)
+                    .env_remove("GANGLION_BIN")
+                    .env("CARGO_TARGET_DIR", &target)
+                    .output()
+                    .unwrap()
+            })
+        };
+        let dir = node.path().display().to_string();
+        let started =
+            run(vec!["start".into(), dir.clone(), client_port.to_string(), federation_port.to_string()])
+                .await
+                .unwrap();
+        let log = || std::fs::read_to_string(node.path().join("ganglion.log")).unwrap_or_default();
+        assert!(
+            started.status.success(),
+            "{}{}\n{}",
+            String::from_utf8_lossy(&started.stdout),
+            String::from_utf8_lossy(&started.stderr),
+            log()
+        );
+        let pid = std::fs::read_to_string(node.path().join("ganglion.pid")).unwrap();
+        let exe = std::fs::read_link(format!("/proc/{}/exe", pid.trim())).unwrap();
+        let api = Api::new(format!("http://127.0.0.1:{client_port}"));
+        let alice = api.register("alice", crate::PASSWORD).await;
+        let stopped = run(vec!["stop".into(), dir]).await.unwrap();
+        assert_eq!(exe, release.join("ganglion"), "the node runs another binary");
+        assert_eq!(alice.unwrap().user_id, format!("@alice:127.0.0.1:{federation_port}"));
+        assert!(stopped.status.success(), "{}", String::from_utf8_lossy(&stopped.stderr));
+    })
+    .await
+}
+
+/// Server names resolved as on the internet: a well-known delegation served by Ganglion, and an
+/// SRV record, answered by dnsmasq. `tests/discovery/by-name.sh` runs two embedded Ganglions in
+/// network and mount namespaces of its own (so it may bind port 443 and answer for
+/// /etc/resolv.conf without touching the machine's) and exchanges profiles, a join and a message.
+#[tokio::test]
+async fn servers_find_each_other_by_well_known_and_srv() {
+    crate::run(async {
+        let work = tempfile::tempdir().unwrap();
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("discovery/by-name.sh");
+        let binary = ganglion_testkit::ganglion_binary().unwrap();
+        let mut command = tokio::process::Command::new("unshare");
+        // Root makes the namespaces directly; anyone else maps themselves to root in a user
+        // namespace first.
+        let uid = std::process::Command::new("id").arg("-u").output().unwrap();
+        if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+            command.arg("--user").arg("--map-root-user");
+        }
+        command
+            .args(["--net", "--mount", "--fork", "bash"])
+            .arg(&script)
+            .arg(&binary)
+            .arg(work.path().join("run"));
+        command.kill_on_drop(true);
+        let output = tokio::time::timeout(Duration::from_secs(180), command.output())
+            .await
+            .expect("the discovery script did not finish within 180 s")
+            .unwrap();
+        let (stdout, stderr) =
+            (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        assert!(output.status.success(), "{stdout}\n{stderr}");
+        assert!(stdout.contains("discovered by name both ways"), "{stdout}\n{stderr}");
     })
     .await
 }

@@ -87,3 +87,113 @@ async fn media_crosses_servers_both_ways_with_synapse() {
     })
     .await
 }
+
+/// A server whose media answers name the file by `Location` (which the spec allows, for files
+/// kept behind a CDN or an object store): a small HTTPS server in Python standing in for it,
+/// since neither Synapse nor Ganglion answers that way. The file is fetched from where it
+/// points (through one more redirect), with the type and name that answer gives, and a
+/// `Location` pointing at an address the node does not contact is refused.
+#[tokio::test]
+async fn media_answers_that_redirect_are_followed() {
+    crate::run(async {
+        const PEER: &str = r#"
+import http.server, ssl, sys, threading
+tls_port, plain_port, cert, key = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+
+def multipart(location):
+    return (b"--b\r\nContent-Type: application/json\r\n\r\n{}\r\n--b\r\nLocation: " + location.encode()
+            + b"\r\n\r\n\r\n--b--\r\n")
+
+class Federation(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path.startswith("/_matrix/federation/v1/media/download/redirected"):
+            body = multipart("http://127.0.0.1:%d/hop" % plain_port)
+        elif self.path.startswith("/_matrix/federation/v1/media/download/internal"):
+            body = multipart("http://10.255.255.1/file")
+        else:
+            self.send_response(404)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"errcode": "M_NOT_FOUND", "error": "no"}')
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "multipart/mixed; boundary=b")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+class Files(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/hop":
+            self.send_response(302)
+            self.send_header("Location", "/files/cat.txt")
+            self.end_headers()
+            return
+        body = b"kept behind a redirect"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Disposition", 'inline; filename="cat.txt"')
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+tls = http.server.ThreadingHTTPServer(("127.0.0.1", tls_port), Federation)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(cert, key)
+tls.socket = context.wrap_socket(tls.socket, server_side=True)
+plain = http.server.ThreadingHTTPServer(("127.0.0.1", plain_port), Files)
+threading.Thread(target=plain.serve_forever, daemon=True).start()
+print("ready", flush=True)
+tls.serve_forever()
+"#;
+        let dir = tempfile::tempdir().unwrap();
+        let (certificate, key) = (dir.path().join("peer.crt"), dir.path().join("peer.key"));
+        let made = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&certificate)
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+        std::fs::write(dir.path().join("peer.py"), PEER).unwrap();
+        let (tls_port, plain_port) = (ganglion_testkit::free_port(), ganglion_testkit::free_port());
+        let mut peer = tokio::process::Command::new("python3")
+            .arg(dir.path().join("peer.py"))
+            .args([tls_port.to_string(), plain_port.to_string()])
+            .arg(&certificate)
+            .arg(&key)
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        use tokio::io::AsyncBufReadExt as _;
+        let mut lines = tokio::io::BufReader::new(peer.stdout.take().unwrap()).lines();
+        let ready = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line()).await;
+        assert!(
+            matches!(ready, Ok(Ok(Some(ref line))) if line == "ready"),
+            "the peer did not start: {ready:?}"
+        );
+
+        let node = FederationNode::start().await.unwrap();
+        let alice = node.client_api().register("alice", crate::PASSWORD).await.unwrap();
+        let peer_name = format!("127.0.0.1:{tls_port}");
+        let fetched = get(&alice, &format!("/_matrix/client/v1/media/download/{peer_name}/redirected")).await;
+        assert_eq!(
+            (fetched.status, fetched.text.as_str()),
+            (200, "kept behind a redirect"),
+            "{}",
+            node.log()
+        );
+        let header = |name: &str| {
+            fetched.headers.get(name).and_then(|value| value.to_str().ok()).unwrap_or_default().to_owned()
+        };
+        assert!(header("content-type").starts_with("text/plain"), "{:?}", fetched.headers);
+        assert!(header("content-disposition").contains("cat.txt"), "{:?}", fetched.headers);
+        let refused = get(&alice, &format!("/_matrix/client/v1/media/download/{peer_name}/internal")).await;
+        refused.err(403, "M_FORBIDDEN");
+        drop(peer);
+    })
+    .await
+}

@@ -330,6 +330,63 @@ async fn paging_back_in_a_joined_room_fetches_older_history_from_synapse() {
     .await
 }
 
+#[tokio::test]
+async fn fetched_history_follows_the_history_visibility_of_its_time() {
+    crate::run(async {
+        let (synapse, ganglion) = tokio::join!(Synapse::start(), FederationNode::start());
+        let (synapse, ganglion) = (synapse.unwrap(), ganglion.unwrap());
+        let log = || format!("--- ganglion\n{}\n--- synapse\n{}", ganglion.log(), synapse.log());
+        let alice = ganglion.client_api().register("alice", crate::PASSWORD).await.unwrap();
+        let bob = synapse_account(&synapse, "bob").await;
+        let room_id = bob
+            .create_room(&json!({
+                "preset": "public_chat",
+                "initial_state": [{
+                    "type": "m.room.history_visibility",
+                    "state_key": "",
+                    "content": { "history_visibility": "joined" },
+                }],
+            }))
+            .await
+            .unwrap();
+        let mut hidden = Vec::new();
+        for n in 0..3 {
+            hidden.push(bob.send_text(&room_id, &format!("members only {n}")).await.unwrap());
+        }
+        let shared = bob
+            .put(
+                &format!("/rooms/{}/state/m.room.history_visibility/", enc(&room_id)),
+                &json!({ "history_visibility": "shared" }),
+            )
+            .await
+            .unwrap();
+        assert_eq!(shared.status, 200, "{}", shared.text);
+        let mut shown = Vec::new();
+        for n in 0..3 {
+            shown.push(bob.send_text(&room_id, &format!("for later members {n}")).await.unwrap());
+        }
+        join_through(&alice, &room_id, synapse.server_name()).await;
+
+        // Synapse sends our server the members-only messages too (redacted, as our server had
+        // no member then); alice, who joined after, sees none of them, in any form.
+        let texts = messages(&alice, &room_id).await;
+        let expected: Vec<(String, String)> =
+            (0..3).map(|n| (bob.user_id.clone(), format!("for later members {n}"))).collect();
+        assert_eq!(texts, expected, "{}", log());
+        for event_id in &hidden {
+            let answer =
+                alice.get(&format!("/rooms/{}/event/{}", enc(&room_id), enc(event_id))).await.unwrap();
+            assert_eq!(answer.status, 404, "{event_id}: {}\n{}", answer.text, log());
+        }
+        for event_id in &shown {
+            let answer =
+                alice.get(&format!("/rooms/{}/event/{}", enc(&room_id), enc(event_id))).await.unwrap();
+            assert_eq!(answer.status, 200, "{event_id}: {}", answer.text);
+        }
+    })
+    .await
+}
+
 /// The room ids of a `/publicRooms` answer.
 fn listed(answer: &Value) -> Vec<String> {
     answer["chunk"].as_array().map_or_else(Vec::new, |chunk| {

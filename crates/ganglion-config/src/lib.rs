@@ -388,10 +388,26 @@ impl RateLimitConfig {
     }
 }
 
+/// A string, or a number taken as its decimal text.
+fn string_or_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        String(String),
+        Number(u64),
+    }
+    Ok(match Text::deserialize(deserializer)? {
+        Text::String(text) => text,
+        Text::Number(number) => number.to_string(),
+    })
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoomsConfig {
-    /// Room version for new rooms when the client names none.
+    /// Room version for new rooms when the client names none. A number is taken too: an
+    /// environment variable's `10` arrives as one.
+    #[serde(deserialize_with = "string_or_number")]
     pub default_version: String,
     /// Which new rooms get `m.room.encryption` in their initial state.
     #[serde(default)]

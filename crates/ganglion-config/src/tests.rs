@@ -124,6 +124,8 @@ fn upper_case_variables_override_as_documented() {
         ("GANGLION_RATE_LIMITS__EXEMPT_USERS", "[\"@bot:example.org\"]"),
         ("GANGLION_HTTP__TRUSTED_PROXIES", "[\"10.0.0.0/8\"]"),
         ("GANGLION_HTTP__PUBLIC_BASEURL", "https://matrix.example.org"),
+        // A room version reads as a number, and is taken as the version's name.
+        ("GANGLION_ROOMS__DEFAULT_VERSION", "10"),
         ("GANGLION_BIN", "/usr/bin/ganglion"),
         ("GANGLION_TESTKIT_KEEP", "1"),
         ("PATH", "/usr/bin"),
@@ -137,6 +139,7 @@ fn upper_case_variables_override_as_documented() {
         assert_eq!(config.rate_limits.exempt_users, ["@bot:example.org"]);
         assert!(config.http.trusted_proxies[0].contains("10.1.2.3".parse().unwrap()));
         assert_eq!(config.http.public_baseurl.as_deref(), Some("https://matrix.example.org"));
+        assert_eq!(config.rooms.default_version, "10");
     }
     let over_file =
         load_with(Some("server_name = \"file.example\"\n"), &[("GANGLION_HTTP__LISTEN", "127.0.0.1:9")]);

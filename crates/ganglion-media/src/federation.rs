@@ -175,10 +175,13 @@ async fn fetch(state: &MediaState, origin: &str, media_id: &str) -> MatrixResult
             ));
         }
     };
-    let Some((file_type, disposition, bytes)) = content_type.as_deref().and_then(|ct| file_part(ct, &body))
-    else {
-        tracing::info!(%origin, media_id, "remote media answer is not the multipart the spec says");
-        return Err(MatrixError::new(ErrorClass::BadGateway, format!("{origin} answered with no file")));
+    let (file_type, disposition, bytes) = match content_type.as_deref().and_then(|ct| file_part(ct, &body)) {
+        Some(FilePart::Bytes { content_type, disposition, bytes }) => (content_type, disposition, bytes),
+        Some(FilePart::Location(location)) => follow(state, origin, &location).await?,
+        None => {
+            tracing::info!(%origin, media_id, "remote media answer is not the multipart the spec says");
+            return Err(MatrixError::new(ErrorClass::BadGateway, format!("{origin} answered with no file")));
+        }
     };
     let stored = state
         .store
@@ -197,10 +200,20 @@ async fn fetch(state: &MediaState, origin: &str, media_id: &str) -> MatrixResult
     Ok(row)
 }
 
-/// The file part of a `multipart/mixed` answer: its type, its disposition and its bytes.
-/// `None` when the body is not such an answer (or names its file by `Location`, which this
-/// server does not follow).
-fn file_part(content_type: &str, body: &Bytes) -> Option<(Option<String>, Option<String>, Bytes)> {
+/// The file part of a `multipart/mixed` media answer.
+#[derive(Debug, PartialEq)]
+enum FilePart {
+    Bytes {
+        content_type: Option<String>,
+        disposition: Option<String>,
+        bytes: Bytes,
+    },
+    /// The file is at this URL instead (a plain `GET`, no signature).
+    Location(String),
+}
+
+/// The file part of a `multipart/mixed` answer, `None` when the body is not such an answer.
+fn file_part(content_type: &str, body: &Bytes) -> Option<FilePart> {
     let mut parameters = content_type.split(';').map(str::trim);
     if !parameters.next()?.eq_ignore_ascii_case("multipart/mixed") {
         return None;
@@ -215,22 +228,55 @@ fn file_part(content_type: &str, body: &Bytes) -> Option<(Option<String>, Option
         start += 2;
     }
     let part = body.slice(start..end.max(start));
-    let split = find_all(&part, b"\r\n\r\n").first().copied()?;
+    // A part of headers only (a `Location`) may end right after them.
+    let split = find_all(&part, b"\r\n\r\n").first().copied().unwrap_or(part.len());
     let headers = std::str::from_utf8(&part[..split]).ok()?;
     let mut file_type = None;
     let mut disposition = None;
-    for line in headers.split("\r\n") {
+    for line in headers.split("\r\n").filter(|line| !line.is_empty()) {
         let (name, value) = line.split_once(':')?;
         match name.trim().to_ascii_lowercase().as_str() {
             "content-type" => file_type = Some(value.trim().to_owned()),
             "content-disposition" => disposition = Some(value.trim().to_owned()),
-            "location" => return None,
+            "location" => return Some(FilePart::Location(value.trim().to_owned())),
             _ => {}
         }
     }
+    if split + 4 > part.len() {
+        return None;
+    }
     // The line break before the next delimiter belongs to it.
     let content_end = part.len().saturating_sub(2).max(split + 4);
-    Some((file_type, disposition, part.slice(split + 4..content_end)))
+    Some(FilePart::Bytes { content_type: file_type, disposition, bytes: part.slice(split + 4..content_end) })
+}
+
+/// The file a media answer of `origin` names by `Location`: fetched with a plain `GET` (from
+/// addresses `federation.allowed_address_ranges` lets through, within
+/// `media.max_upload_bytes`), its type and disposition from that answer.
+async fn follow(
+    state: &MediaState,
+    origin: &str,
+    location: &str,
+) -> MatrixResult<(Option<String>, Option<String>, Bytes)> {
+    let Ok(url) = reqwest::Url::parse(location) else {
+        tracing::info!(%origin, location, "remote media answer names its file by an unusable Location");
+        return Err(MatrixError::new(ErrorClass::BadGateway, format!("{origin} answered with no file")));
+    };
+    let federation = &state.config.federation;
+    let limits = crate::outbound::Limits {
+        allowed: &federation.allowed_address_ranges,
+        max_bytes: state.config.media.max_upload_bytes,
+        verify_certificates: federation.verify_certificates,
+        user_agent: concat!("Ganglion/", env!("CARGO_PKG_VERSION")),
+    };
+    let fetched = crate::outbound::get(url, &limits).await.map_err(|error| {
+        tracing::info!(%origin, location, %error, "the file a remote media answer points at");
+        error.into_matrix("file")
+    })?;
+    let header = |name: http::HeaderName| {
+        fetched.headers.get(name).and_then(|value| value.to_str().ok()).map(str::to_owned)
+    };
+    Ok((header(header::CONTENT_TYPE), header(header::CONTENT_DISPOSITION), fetched.body))
 }
 
 fn find_all(haystack: &[u8], needle: &[u8]) -> Vec<usize> {
@@ -274,7 +320,11 @@ mod tests {
             b"--xyz\r\nContent-Type: application/json\r\n\r\n{}\r\n--xyz\r\nContent-Type: image/png\r\n\
               Content-Disposition: inline; filename=\"cat.png\"\r\n\r\n\x89PNG\r\n--x\r\n--xyz--\r\n",
         );
-        let (kind, disposition, bytes) = file_part("multipart/mixed; boundary=xyz", &body).unwrap();
+        let Some(FilePart::Bytes { content_type: kind, disposition, bytes }) =
+            file_part("multipart/mixed; boundary=xyz", &body)
+        else {
+            panic!("no file part")
+        };
         assert_eq!(kind.as_deref(), Some("image/png"));
         assert_eq!(disposition.as_deref().and_then(filename_of).as_deref(), Some("cat.png"));
         assert_eq!(&bytes[..], b"\x89PNG\r\n--x");
@@ -282,7 +332,18 @@ mod tests {
         let redirect = Bytes::from_static(
             b"--b\r\nContent-Type: application/json\r\n\r\n{}\r\n--b\r\nLocation: https://x/y\r\n\r\n\r\n--b--\r\n",
         );
-        assert!(file_part("multipart/mixed; boundary=b", &redirect).is_none());
+        assert_eq!(
+            file_part("multipart/mixed; boundary=b", &redirect),
+            Some(FilePart::Location("https://x/y".to_owned()))
+        );
+        // Headers only, the part ending right after them.
+        let redirect = Bytes::from_static(
+            b"--b\r\nContent-Type: application/json\r\n\r\n{}\r\n--b\r\nLocation: https://x/z\r\n--b--\r\n",
+        );
+        assert_eq!(
+            file_part("multipart/mixed; boundary=b", &redirect),
+            Some(FilePart::Location("https://x/z".to_owned()))
+        );
         assert_eq!(
             filename_of("attachment; filename*=utf-8''R%C3%A9sum%C3%A9.pdf").as_deref(),
             Some("Résumé.pdf")

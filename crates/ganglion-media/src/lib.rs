@@ -10,6 +10,7 @@
 mod content_scanner;
 mod download;
 mod federation;
+mod outbound;
 mod preview;
 pub mod scan;
 mod store;

@@ -7,17 +7,11 @@
 //! description) is answered; its image, or an image URL itself, is stored as media. Previews are
 //! kept for an hour, shared by every media worker.
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    time::Duration,
-};
-
 use axum::{
     Json,
     extract::{Query, State},
 };
 use bytes::Bytes;
-use futures_util::StreamExt as _;
 use ganglion_http::{Auth, MatrixError, MatrixResult};
 use ganglion_storage::media::{self as media_store, MediaContent};
 use ganglion_types::ErrorClass;
@@ -27,8 +21,6 @@ use serde_json::{Map, Value, json};
 
 use crate::{MediaError, MediaState, mxc, new_media_id};
 
-const MAX_REDIRECTS: usize = 5;
-const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a preview is served from the cache.
 const CACHE_MS: i64 = 60 * 60 * 1000;
 /// Descriptions are cut to this many characters, as other servers do.
@@ -99,85 +91,24 @@ struct Fetched {
     body: Bytes,
 }
 
-/// `GET url`, following redirects, from checked addresses only, within the size limit.
-async fn fetch(state: &MediaState, mut url: Url) -> MatrixResult<Fetched> {
+/// `GET url` for a preview: from addresses `media.url_preview_allowed_ranges` lets through,
+/// within `media.url_preview_max_bytes`.
+async fn fetch(state: &MediaState, url: Url) -> MatrixResult<Fetched> {
     let media = &state.config.media;
-    for _ in 0..=MAX_REDIRECTS {
-        let host =
-            url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
-        let port = url.port_or_known_default().unwrap_or(80);
-        let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
-            .await
-            .map_err(|_| MatrixError::new(ErrorClass::BadGateway, format!("Cannot resolve {host}")))?
-            .collect();
-        if addresses.is_empty() {
-            return Err(MatrixError::new(ErrorClass::BadGateway, format!("Cannot resolve {host}")));
-        }
-        if let Some(refused) = addresses.iter().find(|address| !allowed(media, address.ip())) {
-            tracing::info!(%url, address = %refused.ip(), "refused to preview an internal address");
-            return Err(MatrixError::forbidden(
-                "This URL points at an address the server does not fetch from",
-            ));
-        }
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(FETCH_TIMEOUT)
-            .user_agent(USER_AGENT)
-            .resolve_to_addrs(&host, &addresses)
-            .build()
-            .map_err(|error| MatrixError::internal(error.to_string()))?;
-        let unreachable = |error: reqwest::Error| {
-            MatrixError::new(ErrorClass::BadGateway, format!("Fetching the URL failed: {error}"))
-        };
-        let response = client.get(url.clone()).send().await.map_err(unreachable)?;
-        if response.status().is_redirection() {
-            let location = response
-                .headers()
-                .get(http::header::LOCATION)
-                .and_then(|value| value.to_str().ok())
-                .and_then(|location| url.join(location).ok())
-                .filter(|next| matches!(next.scheme(), "http" | "https"))
-                .ok_or_else(|| {
-                    MatrixError::new(ErrorClass::BadGateway, "A redirect without a usable Location")
-                })?;
-            url = location;
-            continue;
-        }
-        if !response.status().is_success() {
-            return Err(MatrixError::new(
-                ErrorClass::BadGateway,
-                format!("The URL answered {}", response.status().as_u16()),
-            ));
-        }
-        let content_type = response
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|value| value.to_str().ok())
-            .map(|value| value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
-            .unwrap_or_default();
-        let limit = media.url_preview_max_bytes;
-        let mut body = Vec::new();
-        let mut stream = response.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(unreachable)?;
-            if (body.len() + chunk.len()) as u64 > limit {
-                return Err(MatrixError::new(
-                    ErrorClass::BadGateway,
-                    "The page is larger than the preview limit",
-                ));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        return Ok(Fetched { url, content_type, body: Bytes::from(body) });
-    }
-    Err(MatrixError::new(ErrorClass::BadGateway, "Too many redirects"))
-}
-
-/// Whether the server may fetch from `ip`: public unicast addresses, and whatever
-/// `media.url_preview_allowed_ranges` lets through.
-fn allowed(media: &ganglion_config::MediaConfig, ip: IpAddr) -> bool {
-    ganglion_config::may_contact(ip, &media.url_preview_allowed_ranges)
+    let limits = crate::outbound::Limits {
+        allowed: &media.url_preview_allowed_ranges,
+        max_bytes: media.url_preview_max_bytes,
+        verify_certificates: true,
+        user_agent: USER_AGENT,
+    };
+    let fetched = crate::outbound::get(url, &limits).await.map_err(|error| error.into_matrix("page"))?;
+    let content_type = fetched
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .map(|value| value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    Ok(Fetched { url: fetched.url, content_type, body: fetched.body })
 }
 
 /// Stores an image fetched for a preview as the user's media; its `og:image` keys.
@@ -292,6 +223,10 @@ mod tests {
         assert_eq!(og["og:url"], "https://example.org/post");
         let og = open_graph("<title>Only a title</title>", &base);
         assert_eq!(og["og:title"], "Only a title");
+    }
+
+    fn allowed(media: &ganglion_config::MediaConfig, ip: std::net::IpAddr) -> bool {
+        ganglion_config::may_contact(ip, &media.url_preview_allowed_ranges)
     }
 
     #[test]

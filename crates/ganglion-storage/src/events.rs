@@ -245,6 +245,42 @@ pub async fn promote_outlier(conn: &mut Conn, nid: EventNid, stream_pos: i64) ->
     Ok(done.rows_affected() > 0)
 }
 
+/// Whether the event with `nid` is kept only for its part in a room's state or auth chain: one
+/// that came with a join (or with the state at a gap) and that fetched history has not reached.
+pub async fn is_outlier(conn: &mut Conn, nid: EventNid) -> Result<bool> {
+    let row = sqlx::query("SELECT event_nid FROM events WHERE event_nid = $1 AND outlier = 1")
+        .bind(nid.0)
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.is_some())
+}
+
+/// The timeline events of `room_nid` below position `below` that set the state
+/// `(kind, state_key)`, newest first. History fetched from other servers changes no state, so
+/// its events are not linked by `replaces_nid`: this is how the state they set is found.
+pub async fn history_state_events(
+    conn: &mut Conn,
+    room_nid: RoomNid,
+    kind: &str,
+    state_key: &str,
+    below: i64,
+) -> Result<Vec<EventRow>> {
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE room_nid = $1 AND stream_pos < $2 AND outlier = 0 \
+         AND type_nid = (SELECT type_nid FROM event_types WHERE event_type = $3) \
+         AND state_key_nid = (SELECT state_key_nid FROM state_keys WHERE state_key = $4) \
+         ORDER BY stream_pos DESC"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(room_nid.0)
+        .bind(below)
+        .bind(kind)
+        .bind(state_key)
+        .fetch_all(conn)
+        .await?;
+    Ok(rows.into_iter().map(event_from_row).collect())
+}
+
 /// Marks events kept only for their part in a room's state or auth chain (`outlier = 1`).
 pub async fn mark_outliers(conn: &mut Conn, nids: &[EventNid]) -> Result<()> {
     for chunk in nids.chunks(500) {

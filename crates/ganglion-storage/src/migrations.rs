@@ -26,6 +26,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (17, include_str!("../migrations/0017_rejected_events.sql")),
     (18, include_str!("../migrations/0018_auth_chains.sql")),
     (19, include_str!("../migrations/0019_events_by_time.sql")),
+    (20, include_str!("../migrations/0020_state_events_by_key.sql")),
 ];
 
 pub(crate) async fn run(db: &Db) -> Result<()> {

@@ -401,6 +401,16 @@ impl Cluster {
         Ok(removed)
     }
 
+    /// Adds `lines` to the start of `[section]` of `cluster.toml`; send [`Cluster::hangup`] to
+    /// the processes for them to see it.
+    pub fn add_to_section(&mut self, section: &str, lines: &str) -> anyhow::Result<()> {
+        let header = format!("[{section}]\n");
+        let at = self.config.find(&header).with_context(|| format!("no {header} in the config"))?;
+        self.config.insert_str(at + header.len(), &format!("{}\n", lines.trim_end()));
+        fs::write(&self.config_path, &self.config)
+            .with_context(|| format!("writing {}", self.config_path.display()))
+    }
+
     /// Puts a section [`Cluster::remove_from_config`] took out back at the end of `cluster.toml`.
     pub fn add_to_config(&mut self, section: &str) -> anyhow::Result<()> {
         self.config.push_str(section);

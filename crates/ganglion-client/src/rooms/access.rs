@@ -9,9 +9,9 @@ use ganglion_events::ruma::{
     EventId, OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId,
 };
 use ganglion_http::{MatrixError, MatrixJson, MatrixResult};
-use ganglion_state::Snapshot;
+use ganglion_state::{Snapshot, StoredEvent};
 use ganglion_storage::{
-    Conn,
+    Conn, events as event_store,
     rooms::{self as room_store, MembershipRow, RoomRow},
 };
 use ganglion_types::{ErrorClass, SnapshotNid, SyncToken};
@@ -313,10 +313,11 @@ pub(crate) async fn history_rules(
 ) -> MatrixResult<HistoryRules> {
     let current = snapshot(state, conn, room.current_snapshot_nid).await?;
     let memberships =
-        state_key_history(state, conn, &current, "m.room.member", user_id, "membership", up_to).await?;
+        state_key_history(state, conn, room, &current, "m.room.member", user_id, "membership", up_to).await?;
     let visibilities = state_key_history(
         state,
         conn,
+        room,
         &current,
         "m.room.history_visibility",
         "",
@@ -335,32 +336,54 @@ pub(crate) async fn history_rules(
 
 /// `(stream_pos, content[field])` of every event up to `up_to` that set the state
 /// `(kind, key)`, oldest first. Walks back from the current holder through the events each one
-/// replaced, so the cost follows the length of that history, not the size of the room. Reads the
-/// original content: `membership` and `history_visibility` both survive redaction.
+/// replaced, so the cost follows the length of that history, not the size of the room; then
+/// through history fetched from other servers, which replaces nothing. Reads the original
+/// content: `membership` and `history_visibility` both survive redaction.
+#[allow(clippy::too_many_arguments)]
 async fn state_key_history(
     state: &ClientState,
     conn: &mut Conn,
+    room: &RoomRow,
     current: &Snapshot,
     kind: &str,
     key: &str,
     field: &str,
     up_to: i64,
 ) -> MatrixResult<Vec<(i64, Option<String>)>> {
+    let value_of =
+        |event: &StoredEvent| event.pdu.content_value().get(field).and_then(Value::as_str).map(str::to_owned);
     let mut history = Vec::new();
     let mut next = state.caches.state_event(conn, current, kind, key).await?;
+    let mut oldest = None;
     while let Some(event) = next {
         let position = event.row.stream_pos;
         if position <= up_to {
-            let value = event.pdu.content_value().get(field).and_then(Value::as_str).map(str::to_owned);
-            history.push((position, value));
+            history.push((position, value_of(&event)));
         }
         next = match event.row.replaces_nid {
             // Each step goes back in the stream, so a corrupt chain cannot loop.
             Some(nid) => state.caches.event(conn, nid).await?.filter(|older| older.row.stream_pos < position),
             None => None,
         };
+        oldest = Some(event);
     }
-    history.reverse();
+    if let Some(oldest) = oldest {
+        if event_store::is_outlier(conn, oldest.row.event_nid).await? {
+            // It came with a join, and the fetched history has not reached it: it was set
+            // before all of that history, whatever position it was stored at.
+            history.retain(|(position, _)| *position != oldest.row.stream_pos);
+            history.push((HISTORY_FLOOR, value_of(&oldest)));
+        } else {
+            let below = oldest.row.stream_pos;
+            for row in event_store::history_state_events(conn, room.room_nid, kind, key, below).await? {
+                let event = StoredEvent::from_row(row)?;
+                if event.row.stream_pos <= up_to {
+                    history.push((event.row.stream_pos, value_of(&event)));
+                }
+            }
+        }
+    }
+    history.sort_by_key(|(position, _)| *position);
     Ok(history)
 }
 
