@@ -13,7 +13,7 @@ on_all_backends!(
     name_topic_and_alias_with_directory_lookup,
     invite_and_is_direct_reach_the_invitee,
     initial_state_and_power_level_override_apply,
-    room_versions_3_to_12_and_unknown,
+    room_versions_2_to_12_and_unknown,
     state_and_event_endpoints,
     identical_rooms_created_at_once_are_distinct_rooms,
 );
@@ -168,19 +168,17 @@ async fn initial_state_and_power_level_override_apply(backend: Backend) {
     denied.err(403, "M_FORBIDDEN");
 }
 
-async fn room_versions_3_to_12_and_unknown(backend: Backend) {
+async fn room_versions_2_to_12_and_unknown(backend: Backend) {
     let server = start(backend).await;
     let [alice, bob] = <[Account; 2]>::try_from(register_all(&server, &["alice", "bob"]).await).unwrap();
     let capabilities = get_ok(&alice, "/capabilities").await;
     let versions = &capabilities["capabilities"]["m.room_versions"];
     assert_eq!(versions["default"], "12", "{capabilities}");
-    let all = ["3", "4", "5", "6", "7", "8", "9", "10", "11", "12"];
+    let all = ["2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"];
     for version in all {
         assert_eq!(versions["available"][version], "stable", "{capabilities}");
     }
-    for version in ["1", "2"] {
-        assert!(versions["available"].get(version).is_none(), "{capabilities}");
-    }
+    assert!(versions["available"].get("1").is_none(), "{capabilities}");
 
     for version in all {
         let room =
@@ -188,7 +186,7 @@ async fn room_versions_3_to_12_and_unknown(backend: Backend) {
         let created = state(&alice, &room, "m.room.create", "").await;
         assert_eq!(created["room_version"], version, "{created}");
         match version {
-            "3" | "4" | "5" | "6" | "7" | "8" | "9" | "10" => {
+            "2" | "3" | "4" | "5" | "6" | "7" | "8" | "9" | "10" => {
                 assert_eq!(created["creator"], "@alice:localhost", "v{version} keeps `creator`");
                 assert!(room.ends_with(":localhost"), "{room}");
             }
@@ -202,6 +200,8 @@ async fn room_versions_3_to_12_and_unknown(backend: Backend) {
             }
         }
         let sent = alice.send_text(&room, "works").await.unwrap();
+        // Version 2's event ids are of the server's making and name it; later ones are hashes.
+        assert_eq!(sent.ends_with(":localhost"), version == "2", "v{version}: {sent}");
         // Version 3's event ids are standard base64, which may hold `/` and `+`.
         let event = get_ok(&alice, &format!("/rooms/{}/event/{}", enc(&room), enc(&sent))).await;
         assert_eq!(event["content"]["body"], "works", "v{version}: {event}");
@@ -214,7 +214,7 @@ async fn room_versions_3_to_12_and_unknown(backend: Backend) {
     let default = alice.create_room(&json!({})).await.unwrap();
     assert_eq!(state(&alice, &default, "m.room.create", "").await["room_version"], "12");
 
-    for version in ["9999", "1", "2"] {
+    for version in ["9999", "1"] {
         let unknown = alice.post("/createRoom", &json!({ "room_version": version })).await.unwrap();
         unknown.err(400, "M_UNSUPPORTED_ROOM_VERSION");
     }

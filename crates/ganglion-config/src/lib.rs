@@ -595,7 +595,7 @@ pub enum ConfigError {
     UnknownVariable { variable: String, key: String },
 }
 
-pub const SUPPORTED_ROOM_VERSIONS: [&str; 10] = ["3", "4", "5", "6", "7", "8", "9", "10", "11", "12"];
+pub const SUPPORTED_ROOM_VERSIONS: [&str; 11] = ["2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"];
 
 impl Config {
     /// The embedded default: what `ganglion run` uses with no config file.
@@ -856,7 +856,7 @@ impl Config {
             });
         }
         if !SUPPORTED_ROOM_VERSIONS.contains(&self.rooms.default_version.as_str()) {
-            return invalid("rooms.default_version", "must be one of 3 to 12");
+            return invalid("rooms.default_version", "must be one of 2 to 12");
         }
         if self.federation.tls_certificate.is_some() != self.federation.tls_private_key.is_some() {
             return invalid(

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use ganglion_types::{ErrorClass, HasErrorClass};
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, RoomId, UserId, int,
-    room_version_rules::RoomVersionRules,
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, RoomId, ServerName, UserId, int,
+    room_version_rules::{EventIdFormatVersion, RoomVersionRules},
 };
 
 use crate::{Pdu, ServerKey};
@@ -97,8 +97,22 @@ pub fn build_pdu(
             object.insert("redacts".into(), CanonicalJsonValue::String(redacts.to_string()));
         }
     }
+    // Room versions 1 and 2 name events by an id their server picks, carried in the event, and
+    // list references as `[id, hashes]` pairs (the hashes unused, so left empty as Synapse does).
+    let own_id = rules.event_id_format == EventIdFormatVersion::V1;
     let ids = |ids: &[OwnedEventId]| {
-        CanonicalJsonValue::Array(ids.iter().map(|id| CanonicalJsonValue::String(id.to_string())).collect())
+        CanonicalJsonValue::Array(
+            ids.iter()
+                .map(|id| {
+                    let id = CanonicalJsonValue::String(id.to_string());
+                    if own_id {
+                        CanonicalJsonValue::Array(vec![id, CanonicalJsonValue::Object(Default::default())])
+                    } else {
+                        id
+                    }
+                })
+                .collect(),
+        )
     };
     object.insert("auth_events".into(), ids(auth_events));
     object.insert("prev_events".into(), ids(prev_events));
@@ -116,10 +130,25 @@ pub fn build_pdu(
         object.insert("state_key".into(), CanonicalJsonValue::String(state_key.clone()));
     }
 
+    let own_event_id = if own_id {
+        let server = ServerName::parse(&key.server_name).map_err(|e| BuildError::Signing(e.to_string()))?;
+        let event_id = EventId::new_v1(&server);
+        object.insert("event_id".into(), CanonicalJsonValue::String(event_id.to_string()));
+        object.insert("origin".into(), CanonicalJsonValue::String(key.server_name.clone()));
+        Some(event_id)
+    } else {
+        None
+    };
+
     ruma::signatures::hash_and_sign_event(&key.server_name, &key.key_pair, &mut object, &rules.redaction)
         .map_err(signing_error)?;
-    let hash = ruma::signatures::reference_hash(&object, rules).map_err(signing_error)?;
-    let event_id = EventId::parse(format!("${hash}")).map_err(|e| BuildError::Signing(e.to_string()))?;
+    let event_id = match own_event_id {
+        Some(event_id) => event_id,
+        None => {
+            let hash = ruma::signatures::reference_hash(&object, rules).map_err(signing_error)?;
+            EventId::parse(format!("${hash}")).map_err(|e| BuildError::Signing(e.to_string()))?
+        }
+    };
     let json = CanonicalJsonValue::Object(object).to_string();
     if json.len() > MAX_PDU_BYTES {
         return Err(BuildError::TooLarge);

@@ -22,7 +22,7 @@ pub use build::{
 };
 pub use client::{client_event, redacted_json};
 pub use key::{KeyError, RetiredKey, ServerKey, retired_path};
-pub use pdu::{Pdu, PduError};
+pub use pdu::{Pdu, PduError, canonical_event_ref_id, event_ref_id};
 pub use resolve::{ResolveError, auth_chain, resolve_state};
 pub use ruma;
 
@@ -52,9 +52,10 @@ pub const STRIPPED_STATE_TYPES: [&str; 7] = [
     "m.room.topic",
 ];
 
-/// Room versions this server creates and joins: every version whose events have hashed ids
-/// (3 and on; 1 and 2 name their events differently). 12 is the default, as the spec recommends.
-pub const SUPPORTED_ROOM_VERSIONS: [RoomVersionId; 10] = [
+/// Room versions this server creates and joins: 2 and on. Version 1 resolves state with the
+/// first algorithm, which ruma does not implement. 12 is the default, as the spec recommends.
+pub const SUPPORTED_ROOM_VERSIONS: [RoomVersionId; 11] = [
+    RoomVersionId::V2,
     RoomVersionId::V3,
     RoomVersionId::V4,
     RoomVersionId::V5,

@@ -13,7 +13,8 @@ use serde_json::value::RawValue as RawJsonValue;
 #[error("malformed PDU: {0}")]
 pub struct PduError(pub String);
 
-/// A PDU. `json` is the exact canonical JSON that was hashed and signed (without `event_id`).
+/// A PDU. `json` is the exact canonical JSON that was hashed and signed: without `event_id`,
+/// except in room versions 1 and 2, whose events carry their id.
 #[derive(Debug, Clone)]
 pub struct Pdu {
     pub event_id: OwnedEventId,
@@ -42,9 +43,9 @@ struct Fields {
     kind: TimelineEventType,
     content: Box<RawJsonValue>,
     state_key: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "event_refs")]
     prev_events: Vec<OwnedEventId>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "event_refs")]
     auth_events: Vec<OwnedEventId>,
     redacts: Option<OwnedEventId>,
     depth: UInt,
@@ -170,5 +171,72 @@ impl ruma::state_res::Event for Pdu {
 impl AsRef<EventId> for Pdu {
     fn as_ref(&self) -> &EventId {
         &self.event_id
+    }
+}
+
+/// The ids of a PDU's `prev_events` or `auth_events`: plain ids, or (room versions 1 and 2)
+/// `[id, hashes]` pairs, of which the id is kept.
+fn event_refs<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<OwnedEventId>, D::Error> {
+    struct Refs;
+    impl<'de> serde::de::Visitor<'de> for Refs {
+        type Value = Vec<OwnedEventId>;
+        fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+            formatter.write_str("a list of event ids or [event id, hashes] pairs")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut ids = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+            while let Some(EventRef(id)) = seq.next_element()? {
+                ids.push(id);
+            }
+            Ok(ids)
+        }
+    }
+    deserializer.deserialize_seq(Refs)
+}
+
+/// One reference: an event id, or an `[id, hashes]` pair.
+struct EventRef(OwnedEventId);
+
+impl<'de> Deserialize<'de> for EventRef {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<EventRef, D::Error> {
+        struct Ref;
+        impl<'de> serde::de::Visitor<'de> for Ref {
+            type Value = EventRef;
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("an event id or an [event id, hashes] pair")
+            }
+            fn visit_str<E: serde::de::Error>(self, id: &str) -> Result<EventRef, E> {
+                EventId::parse(id).map(EventRef).map_err(E::custom)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<EventRef, A::Error> {
+                let id: OwnedEventId =
+                    seq.next_element()?.ok_or_else(|| serde::de::Error::invalid_length(0, &self))?;
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(EventRef(id))
+            }
+        }
+        deserializer.deserialize_any(Ref)
+    }
+}
+
+/// The event id of one entry of a PDU's `prev_events` or `auth_events` as JSON: the id, or the
+/// id of an `[id, hashes]` pair (room versions 1 and 2).
+pub fn event_ref_id(entry: &serde_json::Value) -> Option<&str> {
+    match entry {
+        serde_json::Value::String(id) => Some(id),
+        serde_json::Value::Array(pair) => pair.first().and_then(serde_json::Value::as_str),
+        _ => None,
+    }
+}
+
+/// [`event_ref_id`] over canonical JSON.
+pub fn canonical_event_ref_id(entry: &ruma::CanonicalJsonValue) -> Option<&str> {
+    match entry {
+        ruma::CanonicalJsonValue::String(id) => Some(id),
+        ruma::CanonicalJsonValue::Array(pair) => match pair.first() {
+            Some(ruma::CanonicalJsonValue::String(id)) => Some(id),
+            _ => None,
+        },
+        _ => None,
     }
 }

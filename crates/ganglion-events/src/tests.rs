@@ -102,15 +102,34 @@ fn next(
 }
 
 #[test]
-fn event_id_is_the_reference_hash_and_signature_verifies() {
+fn event_ids_follow_the_room_version_and_signatures_verify() {
     let key = key();
     for version in SUPPORTED_ROOM_VERSIONS {
         let rules = version.rules().unwrap();
         let events = room(&key, &version);
         for pdu in &events {
             let object: ruma::CanonicalJsonObject = serde_json::from_str(&pdu.json).unwrap();
-            let hash = ruma::signatures::reference_hash(&object, &rules).unwrap();
-            assert_eq!(pdu.event_id.as_str(), format!("${hash}"));
+            if version == ruma::RoomVersionId::V2 {
+                // Version 2 events carry an id of their server's making, and list references as
+                // `[id, hashes]` pairs.
+                assert_eq!(object.get("event_id").and_then(|id| id.as_str()), Some(pdu.event_id.as_str()));
+                assert!(pdu.event_id.as_str().ends_with(":example.org"), "{}", pdu.event_id);
+                if let Some(first) = pdu.prev_events.first() {
+                    assert!(
+                        pdu.json.contains(&format!("\"prev_events\":[[\"{first}\",{{}}]")),
+                        "{}",
+                        pdu.json
+                    );
+                }
+                let parsed = Pdu::from_json(pdu.event_id.clone(), pdu.json.clone()).unwrap();
+                assert_eq!(
+                    (parsed.prev_events, parsed.auth_events),
+                    (pdu.prev_events.clone(), pdu.auth_events.clone())
+                );
+            } else {
+                let hash = ruma::signatures::reference_hash(&object, &rules).unwrap();
+                assert_eq!(pdu.event_id.as_str(), format!("${hash}"));
+            }
             assert!(object.contains_key("hashes"));
             let public_key = key.key_pair.public_key();
             let mut keys = std::collections::BTreeMap::new();

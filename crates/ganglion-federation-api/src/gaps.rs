@@ -37,10 +37,7 @@ fn ids_in(object: &CanonicalJsonValue) -> Vec<String> {
     match object {
         CanonicalJsonValue::Array(ids) => ids
             .iter()
-            .filter_map(|id| match id {
-                CanonicalJsonValue::String(id) => Some(id.clone()),
-                _ => None,
-            })
+            .filter_map(|entry| ganglion_events::canonical_event_ref_id(entry).map(str::to_owned))
             .collect(),
         _ => Vec::new(),
     }

@@ -222,10 +222,7 @@ async fn fill_gap(
     let prev_events: Vec<String> = match pdu.object.get("prev_events") {
         Some(CanonicalJsonValue::Array(ids)) => ids
             .iter()
-            .filter_map(|id| match id {
-                CanonicalJsonValue::String(id) => Some(id.clone()),
-                _ => None,
-            })
+            .filter_map(|entry| ganglion_events::canonical_event_ref_id(entry).map(str::to_owned))
             .filter(|id| !taken.contains(id))
             .collect(),
         _ => Vec::new(),

@@ -5,7 +5,7 @@
 
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId,
-    room_version_rules::RoomVersionRules,
+    room_version_rules::{EventIdFormatVersion, RoomVersionRules},
     signatures::{PublicKeyMap, Verified},
 };
 use serde_json::Value;
@@ -41,18 +41,28 @@ impl ganglion_types::HasErrorClass for PduCheckError {
 pub struct CheckedPdu {
     pub event_id: OwnedEventId,
     pub room_id: OwnedRoomId,
-    /// Canonical JSON as hashed and signed: no `event_id`, no `unsigned`; redacted when its
-    /// content did not match its hash.
+    /// Canonical JSON as hashed and signed: no `unsigned`, no `event_id` (except in room
+    /// versions 1 and 2, whose events carry it); redacted when its content did not match its hash.
     pub json: String,
     pub object: CanonicalJsonObject,
     pub redacted: bool,
 }
 
-/// The event id a PDU has in a room of `rules`: its reference hash.
+/// The event id a PDU has in a room of `rules`: its reference hash, or in room versions 1 and 2
+/// the `event_id` it carries.
 pub fn event_id_of(
     object: &CanonicalJsonObject,
     rules: &RoomVersionRules,
 ) -> Result<OwnedEventId, PduCheckError> {
+    if rules.event_id_format == EventIdFormatVersion::V1 {
+        return match object.get("event_id") {
+            Some(CanonicalJsonValue::String(id)) => EventId::parse(id.as_str())
+                .ok()
+                .filter(|id| id.server_name().is_some())
+                .ok_or_else(|| PduCheckError::Malformed(format!("event_id {id:?} is not an event id"))),
+            _ => Err(PduCheckError::Malformed("event_id is missing".into())),
+        };
+    }
     let hash = ruma::signatures::reference_hash(object, rules).map_err(|error| match error {
         ruma::signatures::JsonError::PduTooLarge => PduCheckError::TooLarge,
         other => PduCheckError::Malformed(other.to_string()),
@@ -71,8 +81,11 @@ pub async fn check_pdu(
     let Ok(CanonicalJsonValue::Object(mut object)) = CanonicalJsonValue::try_from(pdu.clone()) else {
         return Err(PduCheckError::Malformed("not a canonical JSON object".into()));
     };
-    // Neither is covered by the signatures; `event_id` is derived in these room versions.
-    object.remove("event_id");
+    // Not covered by the signatures; nor is `event_id` where it is the reference hash (it is
+    // part of the event in room versions 1 and 2).
+    if rules.event_id_format != EventIdFormatVersion::V1 {
+        object.remove("event_id");
+    }
     object.remove("unsigned");
     let event_id = event_id_of(&object, &rules)?;
     let is_create =

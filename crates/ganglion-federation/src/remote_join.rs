@@ -93,9 +93,7 @@ async fn join_through(
     let rules =
         rules_for(&room_version).ok_or_else(|| FederationError::UnsupportedRoomVersion(version.into()))?;
     let template = &made["event"];
-    let ids = |field: &str| -> Result<Vec<OwnedEventId>, FederationError> {
-        serde_json::from_value(template[field].clone()).map_err(|e| bad(format!("{field}: {e}")))
-    };
+    let ids = |field: &str| template_ids(template, field).map_err(bad);
     let (prev_events, auth_events) = (ids("prev_events")?, ids("auth_events")?);
     let depth = template["depth"].as_u64().ok_or_else(|| bad("no depth in the template".into()))?;
     // A restricted room's template names the user who authorises the join.
@@ -208,9 +206,7 @@ pub async fn leave_remote(
     let rules =
         rules_for(&room_version).ok_or_else(|| FederationError::UnsupportedRoomVersion(version.into()))?;
     let template = &made["event"];
-    let ids = |field: &str| -> Result<Vec<OwnedEventId>, FederationError> {
-        serde_json::from_value(template[field].clone()).map_err(|e| bad(format!("{field}: {e}")))
-    };
+    let ids = |field: &str| template_ids(template, field).map_err(bad);
     let depth = template["depth"].as_u64().ok_or_else(|| bad("no depth in the template".into()))?;
     let event =
         EventTemplate::state("m.room.member", user_id.as_str(), serde_json::json!({ "membership": "leave" }));
@@ -235,4 +231,18 @@ pub async fn leave_remote(
     );
     client.request(http::Method::PUT, server, &path, Some(&body)).await?;
     Ok((room_version, pdu))
+}
+
+/// The event ids a `make_join` or `make_leave` template lists in `field` (plain, or as the
+/// `[id, hashes]` pairs of room versions 1 and 2).
+fn template_ids(template: &Value, field: &str) -> Result<Vec<OwnedEventId>, String> {
+    let entries = template[field].as_array().ok_or_else(|| format!("{field}: not a list"))?;
+    entries
+        .iter()
+        .map(|entry| {
+            ganglion_events::event_ref_id(entry)
+                .and_then(|id| OwnedEventId::try_from(id).ok())
+                .ok_or_else(|| format!("{field}: {entry} is not an event id"))
+        })
+        .collect()
 }

@@ -101,6 +101,8 @@ pub(crate) async fn make_join(svc: &MasterService, request: MakeJoin) -> MasterR
         // The joining server hashes and signs it.
         object.remove("hashes");
         object.remove("signatures");
+        // Room versions 1 and 2: the joining server names its event itself.
+        object.remove("event_id");
         object.insert("origin".to_owned(), json!(request.user_id.server_name().as_str()));
     }
     let room_version =
