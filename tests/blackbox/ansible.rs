@@ -130,6 +130,7 @@ async fn scenario() -> anyhow::Result<()> {
     anyhow::ensure!(instance == "federation-reader/federation-localhost-1", "answered by {instance:?}");
     let keys: serde_json::Value = keys.json().await?;
     anyhow::ensure!(keys["server_name"] == "localhost", "{keys}");
+    let master_keys = keys;
 
     // Prometheus (started by the playbook) scrapes every process.
     deployment.every_target_up(6).await?;
@@ -196,6 +197,45 @@ async fn scenario() -> anyhow::Result<()> {
     }
     room.send(RoomMessageEventContent::text_plain("after the rolling restart")).await?;
     sees_message(&bob, &room_id, "after the rolling restart").await?;
+
+    // A second host: a federation reader on `worker2` gets a copy of the master's signing key
+    // and answers other servers with it.
+    deployment.second_host = true;
+    deployment.write_inventory(2)?;
+    let recap = deployment.playbook("site.yml", "5-second-host").await?;
+    eprintln!("ansible: second host at {:?}, {recap:?}", started.elapsed());
+    let key_path = "var/lib/ganglion/signing.key";
+    let master_key = fs::read_to_string(deployment.root().join(key_path))?;
+    let copied = fs::read_to_string(deployment.worker2_root().join(key_path))
+        .context("no signing key on the second host")?;
+    anyhow::ensure!(copied == master_key, "the second host's signing key is not the master's");
+    let url = format!("http://127.0.0.2:{}/_matrix/key/v2/server", deployment.ports.federation_http);
+    let answered = eventually(Duration::from_secs(60), "the second host's federation reader", || {
+        let url = url.clone();
+        async move {
+            let Ok(response) = reqwest::get(&url).await else { return Ok(None) };
+            let instance = response
+                .headers()
+                .get("x-ganglion-instance")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let body: Value = response.json().await.unwrap_or_default();
+            Ok(Some((instance, body)))
+        }
+    })
+    .await?;
+    anyhow::ensure!(
+        answered.0.as_deref() == Some("federation-reader/federation-worker2-1"),
+        "answered by {:?}",
+        answered.0
+    );
+    anyhow::ensure!(answered.1["server_name"] == "localhost", "{}", answered.1);
+    anyhow::ensure!(
+        answered.1["verify_keys"] == master_keys["verify_keys"],
+        "the second host's reader serves other keys: {} and {}",
+        answered.1,
+        master_keys
+    );
 
     // Stop everything the playbook started; nothing may be left.
     deployment.teardown();
@@ -326,6 +366,9 @@ struct Deployment {
     venv: PathBuf,
     binary: PathBuf,
     ports: Ports,
+    /// Whether the inventory has `worker2`, a second host (127.0.0.2, its own base directory
+    /// and supervisord) with a federation reader.
+    second_host: bool,
     torn_down: bool,
 }
 
@@ -341,13 +384,25 @@ impl Deployment {
         // A copy: a build during the test must not change the binary the playbook installs.
         let copy = dir.path().join("ganglion");
         fs::copy(&binary, &copy).with_context(|| format!("copying {}", binary.display()))?;
-        let deployment = Deployment { dir, venv, binary: copy, ports: Ports::pick()?, torn_down: false };
+        let deployment = Deployment {
+            dir,
+            venv,
+            binary: copy,
+            ports: Ports::pick()?,
+            second_host: false,
+            torn_down: false,
+        };
         deployment.write_signatures()?;
         Ok(deployment)
     }
 
     fn root(&self) -> PathBuf {
         self.dir.path().join("root")
+    }
+
+    /// The base directory of the second host's files.
+    fn worker2_root(&self) -> PathBuf {
+        self.dir.path().join("worker2")
     }
 
     fn base_url(&self) -> String {
@@ -389,14 +444,14 @@ all:
     localhost:
       ansible_connection: local
       ansible_python_interpreter: /usr/bin/python3
-  children:
+{second_host}  children:
     postgres: {{ hosts: {{ localhost: }} }}
     redis: {{ hosts: {{ localhost: }} }}
     ganglion_master: {{ hosts: {{ localhost: }} }}
     ganglion_sync: {{ hosts: {{ localhost: }} }}
     ganglion_client_reader: {{ hosts: {{ localhost: }} }}
     ganglion_media: {{ hosts: {{ localhost: }} }}
-    ganglion_federation_reader: {{ hosts: {{ localhost: }} }}
+    ganglion_federation_reader: {{ hosts: {{ localhost: {worker2_reader}}} }}
     ganglion_federation_sender: {{ hosts: {{ localhost: }} }}
     loadbalancer: {{ hosts: {{ localhost: }} }}
     monitoring: {{ hosts: {{ localhost: }} }}
@@ -446,6 +501,16 @@ all:
     grafana_enabled: false
 "#,
             root = self.root().display(),
+            second_host = if self.second_host {
+                format!(
+                    "    worker2:\n      ansible_connection: local\n      ansible_python_interpreter: /usr/bin/python3\n      \
+                     ganglion_address: 127.0.0.2\n      ganglion_base_dir: {}\n",
+                    self.worker2_root().display()
+                )
+            } else {
+                String::new()
+            },
+            worker2_reader = if self.second_host { ", worker2: " } else { "" },
             bin = bin.display(),
             binary = self.binary.display(),
             clamav_db = self.dir.path().join("clamav-db").display(),
@@ -601,31 +666,32 @@ all:
             return;
         }
         self.torn_down = true;
-        let pidfile = self.root().join("run/ganglion/supervisord.pid");
-        let supervisord = fs::read_to_string(&pidfile).ok().and_then(|pid| pid.trim().parse::<u32>().ok());
-        if self.supervisord_conf().is_file() {
-            let _ = Command::new(self.venv.join("bin/supervisorctl"))
-                .arg("-c")
-                .arg(self.supervisord_conf())
-                .arg("shutdown")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+        for root in [self.root(), self.worker2_root()] {
+            let pidfile = root.join("run/ganglion/supervisord.pid");
+            let supervisord =
+                fs::read_to_string(&pidfile).ok().and_then(|pid| pid.trim().parse::<u32>().ok());
+            let conf = root.join("etc/ganglion/supervisord.conf");
+            if conf.is_file() {
+                let _ = Command::new(self.venv.join("bin/supervisorctl"))
+                    .arg("-c")
+                    .arg(&conf)
+                    .arg("shutdown")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+            let deadline = Instant::now() + SHUTDOWN_DEADLINE;
+            while supervisord.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if let Some(pid) = supervisord.filter(|pid| Path::new(&format!("/proc/{pid}")).exists()) {
+                kill(&pid.to_string());
+            }
         }
-        let deadline = Instant::now() + SHUTDOWN_DEADLINE;
-        while supervisord.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        // Only processes this test started: the supervisord whose pidfile is in the temp
-        // directory, and those whose command line names it.
-        let survivors: Vec<u32> = supervisord
-            .filter(|pid| Path::new(&format!("/proc/{pid}")).exists())
-            .into_iter()
-            .chain(self.leftovers())
-            .collect();
-        for pid in survivors {
+        // Only processes this test started: those whose command line names the temp directory.
+        for pid in self.leftovers() {
             kill(&pid.to_string());
         }
     }

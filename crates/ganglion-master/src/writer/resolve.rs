@@ -31,8 +31,9 @@ const MEMO_CAPACITY: usize = 4096;
 /// Memo key: the input snapshots' NIDs, sorted.
 pub(crate) type MemoKey = Vec<i64>;
 
-/// The resolved state as entries.
-pub(crate) type Resolved = Arc<Vec<StateEntry>>;
+/// The resolved state, as the snapshot written for it: the same inputs later take it as it is,
+/// without resolving or writing anything.
+pub(crate) type Resolved = Snapshot;
 
 /// The index entry of a state event (no other kind has one).
 pub(crate) fn unindexed(head: &RoomHead, event_nid: EventNid, pdu: &Pdu) -> Option<auth_chains::Unindexed> {
@@ -139,24 +140,24 @@ impl Batch<'_> {
             .find(|(known, _)| *known == key)
             .map(|(_, resolved)| resolved.clone())
             .or_else(|| self.writer.resolved.get(&key).cloned());
-        let resolved = match memoised {
-            Some(resolved) => resolved,
-            None => {
-                let resolved = Arc::new(self.compute_resolution(head, &unique).await?);
-                self.resolved.push((key, resolved.clone()));
-                resolved
-            }
-        };
+        if let Some(snapshot) = memoised {
+            return Ok(snapshot);
+        }
+        let resolved = self.compute_resolution(head, &unique).await?;
         let changes: Vec<StateEntry> = resolved
             .iter()
             .filter(|entry| base.get(entry.type_nid, entry.state_key_nid) != Some(entry.event_nid))
             .copied()
             .collect();
-        if changes.is_empty() {
-            return Ok(base);
-        }
-        let caches = self.svc.caches.clone();
-        caches.write_snapshot(self.tx(), head.room_nid, &base, &changes).await.map_err(internal)
+        let snapshot = if changes.is_empty() {
+            base
+        } else {
+            let caches = self.svc.caches.clone();
+            caches.write_snapshot(self.tx(), head.room_nid, &base, &changes).await.map_err(internal)?
+        };
+        // Kept with the batch: a snapshot of a batch that fails is never taken again.
+        self.resolved.push((key, snapshot.clone()));
+        Ok(snapshot)
     }
 
     /// Loads the states' events and their auth chains, and resolves on a blocking thread.
