@@ -63,6 +63,21 @@ async fn ready(mut command: Command, dir: &Path) -> (Running, String) {
     (child, url)
 }
 
+/// Runs the server with `variables`, which it must refuse: it exits unsuccessfully (within
+/// [`DEADLINE`]) without listening. Its stderr.
+async fn refused_at_start(dir: &Path, variables: &[(&str, String)]) -> String {
+    let child = ganglion(dir, None, variables).spawn().expect("spawning ganglion");
+    let pid = child.id();
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap());
+    let Ok(output) = tokio::time::timeout(DEADLINE, output).await else {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        panic!("ganglion with {variables:?} did not exit within {DEADLINE:?}");
+    };
+    let output = output.unwrap();
+    assert!(!output.status.success(), "exited with {}", output.status);
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 #[tokio::test]
 async fn documented_environment_variables_configure_the_server() {
     crate::run(async {
@@ -126,16 +141,7 @@ async fn an_unknown_variable_stops_the_server_with_its_name() {
         let port = free_port();
         let variables =
             [("GANGLION_FOO", "1".to_owned()), ("GANGLION_HTTP__LISTEN", format!("127.0.0.1:{port}"))];
-        let child = ganglion(dir.path(), None, &variables).spawn().expect("spawning ganglion");
-        let pid = child.id();
-        let output = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap());
-        let Ok(output) = tokio::time::timeout(DEADLINE, output).await else {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            panic!("ganglion with GANGLION_FOO=1 did not exit within {DEADLINE:?}");
-        };
-        let output = output.unwrap();
-        assert!(!output.status.success(), "exited with {}", output.status);
-        let stderr = String::from_utf8_lossy(&output.stderr);
+        let stderr = refused_at_start(dir.path(), &variables).await;
         assert!(stderr.contains("GANGLION_FOO") && stderr.contains("names no config key"), "{stderr}");
         assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "it listened anyway");
     })
@@ -143,7 +149,8 @@ async fn an_unknown_variable_stops_the_server_with_its_name() {
 }
 
 /// `rooms.default_version` as docs/CONFIG.md gives it: the version of rooms created without one
-/// (and the one `/capabilities` names), and a version this server cannot run refused at start.
+/// (and the one `/capabilities` names), and a version this server cannot run (1) refused at
+/// start.
 #[tokio::test]
 async fn rooms_default_version_sets_the_version_of_new_rooms() {
     crate::run(async {
@@ -182,18 +189,9 @@ async fn rooms_default_version_sets_the_version_of_new_rooms() {
         let port = free_port();
         let variables = [
             ("GANGLION_HTTP__LISTEN", format!("127.0.0.1:{port}")),
-            ("GANGLION_ROOMS__DEFAULT_VERSION", "2".to_owned()),
+            ("GANGLION_ROOMS__DEFAULT_VERSION", "1".to_owned()),
         ];
-        let child = ganglion(dir.path(), None, &variables).spawn().expect("spawning ganglion");
-        let pid = child.id();
-        let output = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap());
-        let Ok(output) = tokio::time::timeout(DEADLINE, output).await else {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            panic!("ganglion with rooms.default_version 2 did not exit within {DEADLINE:?}");
-        };
-        let output = output.unwrap();
-        assert!(!output.status.success(), "exited with {}", output.status);
-        let stderr = String::from_utf8_lossy(&output.stderr);
+        let stderr = refused_at_start(dir.path(), &variables).await;
         assert!(stderr.contains("rooms.default_version"), "{stderr}");
     })
     .await

@@ -148,15 +148,7 @@ tls.serve_forever()
 "#;
         let dir = tempfile::tempdir().unwrap();
         let (certificate, key) = (dir.path().join("peer.crt"), dir.path().join("peer.key"));
-        let made = std::process::Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
-            .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
-            .arg(&key)
-            .arg("-out")
-            .arg(&certificate)
-            .output()
-            .unwrap();
-        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+        ganglion_testkit::self_signed_certificate(&certificate, &key).unwrap();
         std::fs::write(dir.path().join("peer.py"), PEER).unwrap();
         let (tls_port, plain_port) = (ganglion_testkit::free_port(), ganglion_testkit::free_port());
         let mut peer = tokio::process::Command::new("python3")

@@ -31,7 +31,7 @@ fn invalid_value_names_the_key() {
     assert!(error.contains("http.listen"), "{error}");
     let error = load_toml("server_name = \"bad name!\"\n").unwrap_err().to_string();
     assert!(error.contains("server_name"), "{error}");
-    let error = load_toml("[rooms]\ndefault_version = \"2\"\n").unwrap_err().to_string();
+    let error = load_toml("[rooms]\ndefault_version = \"1\"\n").unwrap_err().to_string();
     assert!(error.contains("rooms.default_version"), "{error}");
     let error = load_toml("[federation]\nallowed_servers = [\"a b\"]\n").unwrap_err().to_string();
     assert!(error.contains("federation.allowed_servers"), "{error}");

@@ -759,7 +759,7 @@ fn layout(sync_workers: usize, client_readers: usize) -> anyhow::Result<Vec<(&'s
 }
 
 /// A self-signed certificate for 127.0.0.1, by the `openssl` command.
-fn self_signed_certificate(certificate: &Path, key: &Path) -> anyhow::Result<()> {
+pub fn self_signed_certificate(certificate: &Path, key: &Path) -> anyhow::Result<()> {
     let output = Command::new("openssl")
         .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj", "/CN=127.0.0.1"])
         .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])

@@ -38,7 +38,7 @@ mod wait;
 
 pub use binary::ganglion_binary;
 pub use clamd::{Clamd, EICAR};
-pub use cluster::Cluster;
+pub use cluster::{Cluster, self_signed_certificate};
 pub use federation::FederationNode;
 pub use haproxy::Haproxy;
 pub use http::{Account, Api, Response, enc};
