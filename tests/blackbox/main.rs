@@ -65,6 +65,7 @@ mod membership;
 mod metrics;
 mod pagination;
 mod presence;
+mod push_rules;
 mod ratelimits;
 mod readme_cluster;
 mod restart;

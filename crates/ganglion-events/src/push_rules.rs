@@ -1,7 +1,13 @@
 //! The server-default push rules (spec "Predefined Rules"), built for a user. Clients read
 //! them from `/pushrules/` and from `m.push_rules` account data in `/sync`.
 
-use ruma::UserId;
+use ruma::{
+    OwnedRoomId, OwnedUserId, UserId,
+    push::{
+        Action, InsertPushRuleError, NewConditionalPushRule, NewPatternedPushRule, NewPushRule,
+        NewSimplePushRule, RemovePushRuleError, RuleKind, Ruleset,
+    },
+};
 use serde_json::{Value, json};
 
 /// A server-default rule: `default` is true and every rule starts enabled but the master rule.
@@ -107,4 +113,257 @@ pub fn default_ruleset(user_id: &UserId) -> Value {
         "sender": [],
         "underride": underride_rules,
     })
+}
+
+/// A change to a user's push rules, as the `/pushrules` endpoints ask for it. Applied by the
+/// master, the single writer of `m.push_rules`, so that two changes at once cannot lose one.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum RuleChange {
+    /// `PUT /pushrules/global/{kind}/{ruleId}` with its body and `before`/`after`.
+    Put { kind: String, rule_id: String, before: Option<String>, after: Option<String>, body: Value },
+    /// `DELETE /pushrules/global/{kind}/{ruleId}`.
+    Delete { kind: String, rule_id: String },
+    /// `PUT …/enabled`.
+    SetEnabled { kind: String, rule_id: String, enabled: bool },
+    /// `PUT …/actions`.
+    SetActions { kind: String, rule_id: String, actions: Value },
+}
+
+/// Why a push rule change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RuleError {
+    #[error("Unknown push rule kind {0:?}")]
+    UnknownKind(String),
+    #[error("The push rule was not found")]
+    NotFound,
+    #[error("{0}")]
+    Invalid(String),
+    #[error("Invalid push rule: {0}")]
+    BadJson(String),
+}
+
+impl ganglion_types::HasErrorClass for RuleError {
+    fn class(&self) -> ganglion_types::ErrorClass {
+        use ganglion_types::ErrorClass;
+        match self {
+            RuleError::UnknownKind(_) | RuleError::Invalid(_) => ErrorClass::InvalidParam,
+            RuleError::NotFound => ErrorClass::NotFound,
+            RuleError::BadJson(_) => ErrorClass::BadJson,
+        }
+    }
+}
+
+/// The rule kind named `kind` in a `/pushrules` path.
+pub fn rule_kind(kind: &str) -> Result<RuleKind, RuleError> {
+    match kind {
+        "override" => Ok(RuleKind::Override),
+        "underride" => Ok(RuleKind::Underride),
+        "sender" => Ok(RuleKind::Sender),
+        "room" => Ok(RuleKind::Room),
+        "content" => Ok(RuleKind::Content),
+        other => Err(RuleError::UnknownKind(other.to_owned())),
+    }
+}
+
+/// A user's push rules: the `global` ruleset of their stored `m.push_rules` content, with the
+/// server-default rules brought up to date (a new default appears; the user's `enabled` and
+/// `actions` of the others are kept), or the defaults when nothing is stored.
+pub fn user_ruleset(user_id: &UserId, stored: Option<&Value>) -> Ruleset {
+    let defaults: Ruleset =
+        serde_json::from_value(default_ruleset(user_id)).unwrap_or_else(|_| Ruleset::server_default(user_id));
+    let stored = stored.and_then(|content| serde_json::from_value::<Ruleset>(content["global"].clone()).ok());
+    match stored {
+        Some(mut ruleset) => {
+            ruleset.update_with_server_default(defaults);
+            ruleset
+        }
+        None => defaults,
+    }
+}
+
+/// The `m.push_rules` account data content for `ruleset`, with every kind listed (ruma leaves
+/// empty ones out; clients read all five).
+pub fn push_rules_content(ruleset: &Ruleset) -> Value {
+    let mut global = serde_json::to_value(ruleset).unwrap_or_else(|_| json!({}));
+    if let Some(kinds) = global.as_object_mut() {
+        for kind in ["override", "content", "room", "sender", "underride"] {
+            kinds.entry(kind).or_insert_with(|| json!([]));
+        }
+    }
+    json!({ "global": global })
+}
+
+/// Applies `change` to `ruleset`, as the spec's `/pushrules` endpoints describe.
+pub fn apply(ruleset: &mut Ruleset, change: &RuleChange) -> Result<(), RuleError> {
+    match change {
+        RuleChange::Put { kind, rule_id, before, after, body } => {
+            let kind = rule_kind(kind)?;
+            let actions = actions_of(body.get("actions").unwrap_or(&Value::Null))?;
+            let rule = match kind {
+                RuleKind::Override | RuleKind::Underride => {
+                    let conditions = match body.get("conditions") {
+                        None | Some(Value::Null) => Vec::new(),
+                        Some(conditions) => serde_json::from_value(conditions.clone())
+                            .map_err(|e| RuleError::BadJson(format!("`conditions`: {e}")))?,
+                    };
+                    let rule = NewConditionalPushRule::new(rule_id.clone(), conditions, actions);
+                    if kind == RuleKind::Override {
+                        NewPushRule::Override(rule)
+                    } else {
+                        NewPushRule::Underride(rule)
+                    }
+                }
+                RuleKind::Content => {
+                    let Some(pattern) = body.get("pattern").and_then(Value::as_str) else {
+                        return Err(RuleError::BadJson("a content rule needs a `pattern`".into()));
+                    };
+                    NewPushRule::Content(NewPatternedPushRule::new(
+                        rule_id.clone(),
+                        pattern.to_owned(),
+                        actions,
+                    ))
+                }
+                RuleKind::Room => {
+                    let room_id = OwnedRoomId::try_from(rule_id.as_str())
+                        .map_err(|_| RuleError::Invalid("A room rule's id is the room's id".into()))?;
+                    NewPushRule::Room(NewSimplePushRule::new(room_id, actions))
+                }
+                RuleKind::Sender => {
+                    let user_id = OwnedUserId::try_from(rule_id.as_str()).map_err(|_| {
+                        RuleError::Invalid("A sender rule's id is the sender's user id".into())
+                    })?;
+                    NewPushRule::Sender(NewSimplePushRule::new(user_id, actions))
+                }
+                _ => return Err(RuleError::UnknownKind(format!("{kind:?}"))),
+            };
+            // On a copy: ruma keeps the rule even when it then refuses `before` or `after`.
+            let mut changed = ruleset.clone();
+            // ruma moves an existing rule one place too far down (it takes the neighbour's index
+            // from before taking the rule out): placed anew, it lands where asked.
+            if (before.is_some() || after.is_some())
+                && changed.get(kind.clone(), rule_id).is_some_and(|rule| !rule.is_server_default())
+            {
+                let _ = changed.remove(kind, rule_id);
+            }
+            changed.insert(rule, after.as_deref(), before.as_deref()).map_err(|error| match error {
+                InsertPushRuleError::UnknownRuleId => RuleError::NotFound,
+                other => RuleError::Invalid(other.to_string()),
+            })?;
+            *ruleset = changed;
+            Ok(())
+        }
+        RuleChange::Delete { kind, rule_id } => {
+            ruleset.remove(rule_kind(kind)?, rule_id).map_err(|error| match error {
+                RemovePushRuleError::NotFound => RuleError::NotFound,
+                other => RuleError::Invalid(other.to_string()),
+            })
+        }
+        RuleChange::SetEnabled { kind, rule_id, enabled } => {
+            ruleset.set_enabled(rule_kind(kind)?, rule_id, *enabled).map_err(|_| RuleError::NotFound)
+        }
+        RuleChange::SetActions { kind, rule_id, actions } => {
+            let actions = actions_of(actions)?;
+            ruleset.set_actions(rule_kind(kind)?, rule_id, actions).map_err(|_| RuleError::NotFound)
+        }
+    }
+}
+
+fn actions_of(actions: &Value) -> Result<Vec<Action>, RuleError> {
+    if !actions.is_array() {
+        return Err(RuleError::BadJson("`actions` must be a list".into()));
+    }
+    serde_json::from_value(actions.clone()).map_err(|e| RuleError::BadJson(format!("`actions`: {e}")))
+}
+
+#[cfg(test)]
+mod change_tests {
+    use super::*;
+
+    fn alice() -> OwnedUserId {
+        OwnedUserId::try_from("@alice:example.org").unwrap()
+    }
+
+    fn put(kind: &str, rule_id: &str, before: Option<&str>, after: Option<&str>, body: Value) -> RuleChange {
+        RuleChange::Put {
+            kind: kind.into(),
+            rule_id: rule_id.into(),
+            before: before.map(Into::into),
+            after: after.map(Into::into),
+            body,
+        }
+    }
+
+    fn ids(ruleset: &Ruleset, kind: &str) -> Vec<String> {
+        push_rules_content(ruleset)["global"][kind]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|rule| rule["rule_id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn the_defaults_parse_and_changes_apply_in_order() {
+        let mut ruleset = user_ruleset(&alice(), None);
+        assert_eq!(push_rules_content(&ruleset)["global"], default_ruleset(&alice()));
+        let notify = json!({ "actions": ["notify"], "pattern": "cake" });
+        apply(&mut ruleset, &put("content", "cake", None, None, notify.clone())).unwrap();
+        apply(&mut ruleset, &put("content", "pie", None, None, json!({ "actions": [], "pattern": "pie" })))
+            .unwrap();
+        // A new rule goes first; `after` places one behind another.
+        assert_eq!(&ids(&ruleset, "content")[..2], ["pie", "cake"]);
+        apply(
+            &mut ruleset,
+            &put("content", "pie", None, Some("cake"), json!({ "actions": [], "pattern": "pie" })),
+        )
+        .unwrap();
+        assert_eq!(&ids(&ruleset, "content")[..2], ["cake", "pie"], "{:?}", ids(&ruleset, "content"));
+        // Unknown neighbours, server-default ids, a pattern-less content rule, a bad kind.
+        let before_refusal = push_rules_content(&ruleset);
+        let error =
+            apply(&mut ruleset, &put("content", "x", Some("nope"), None, notify.clone())).unwrap_err();
+        assert!(matches!(error, RuleError::NotFound), "{error}");
+        assert_eq!(push_rules_content(&ruleset), before_refusal, "a refused change changes nothing");
+        let error =
+            apply(&mut ruleset, &put("override", ".m.rule.mine", None, None, json!({ "actions": [] })));
+        assert!(matches!(error, Err(RuleError::Invalid(_))));
+        let error = apply(&mut ruleset, &put("content", "x", None, None, json!({ "actions": [] })));
+        assert!(matches!(error, Err(RuleError::BadJson(_))));
+        let error = apply(&mut ruleset, &put("global", "x", None, None, notify.clone()));
+        assert!(matches!(error, Err(RuleError::UnknownKind(_))));
+        let error = apply(&mut ruleset, &put("room", "not a room", None, None, json!({ "actions": [] })));
+        assert!(matches!(error, Err(RuleError::Invalid(_))));
+        // Enabled and actions, on a default rule too; deleting a default rule is refused.
+        apply(
+            &mut ruleset,
+            &RuleChange::SetEnabled {
+                kind: "override".into(),
+                rule_id: ".m.rule.master".into(),
+                enabled: true,
+            },
+        )
+        .unwrap();
+        let content = push_rules_content(&ruleset);
+        assert_eq!(content["global"]["override"][0]["enabled"], true);
+        apply(
+            &mut ruleset,
+            &RuleChange::SetActions { kind: "content".into(), rule_id: "cake".into(), actions: json!([]) },
+        )
+        .unwrap();
+        let error = apply(
+            &mut ruleset,
+            &RuleChange::Delete { kind: "override".into(), rule_id: ".m.rule.master".into() },
+        );
+        assert!(matches!(error, Err(RuleError::Invalid(_))));
+        apply(&mut ruleset, &RuleChange::Delete { kind: "content".into(), rule_id: "pie".into() }).unwrap();
+        let error =
+            apply(&mut ruleset, &RuleChange::Delete { kind: "content".into(), rule_id: "pie".into() });
+        assert!(matches!(error, Err(RuleError::NotFound)));
+        // Stored and read back, the user's rules and changes stay, beside the defaults.
+        let stored = push_rules_content(&ruleset);
+        let again = user_ruleset(&alice(), Some(&stored));
+        assert_eq!(push_rules_content(&again), stored);
+        assert_eq!(ids(&again, "content")[0], "cake");
+    }
 }

@@ -5,7 +5,7 @@
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use ganglion_events::{
-    ignored_users,
+    ignored_users, push_rules,
     ruma::{OwnedRoomId, OwnedUserId, UserId},
 };
 use ganglion_replication::StreamRow;
@@ -231,14 +231,47 @@ pub(crate) async fn set_account_data(
     }
     let text = serde_json::to_string(&content).map_err(|e| MasterError::bad_json(e.to_string()))?;
     let mut writer = svc.writer.lock().await;
-    let position = writer.last_account_data_pos + 1;
     let mut conn = svc.db.conn().await.map_err(internal)?;
     let room = room_id.map(|room| room.as_str()).unwrap_or("");
-    stream_store::upsert_account_data(&mut conn, user_id.as_str(), room, data_type, &text, position)
+    store_account_data(svc, &mut writer, &mut conn, user_id, room, data_type, &text).await
+}
+
+/// Writes one piece of account data at the next position of its stream and tells the workers.
+async fn store_account_data(
+    svc: &MasterService,
+    writer: &mut crate::writer::Writer,
+    conn: &mut ganglion_storage::Conn,
+    user_id: &OwnedUserId,
+    room: &str,
+    data_type: &str,
+    text: &str,
+) -> MasterResult<()> {
+    let position = writer.last_account_data_pos + 1;
+    stream_store::upsert_account_data(conn, user_id.as_str(), room, data_type, text, position)
         .await
         .map_err(internal)?;
     writer.last_account_data_pos = position;
     let user_ids = vec![Arc::from(user_id.as_str())];
     svc.bus.publish(StreamRow::new(StreamKind::AccountData, StreamPosition(position), None, user_ids));
     Ok(())
+}
+
+/// Applies one change to the user's push rules and stores them as `m.push_rules`. The read and
+/// the write happen under the writer's lock, so two changes at once both take effect.
+pub(crate) async fn update_push_rules(
+    svc: &MasterService,
+    user_id: &OwnedUserId,
+    change: &push_rules::RuleChange,
+) -> MasterResult<()> {
+    let mut writer = svc.writer.lock().await;
+    let mut conn = svc.db.conn().await.map_err(internal)?;
+    let stored = stream_store::account_data_content(&mut conn, user_id.as_str(), "", "m.push_rules")
+        .await
+        .map_err(internal)?
+        .and_then(|text| serde_json::from_str::<Value>(&text).ok());
+    let mut ruleset = push_rules::user_ruleset(user_id, stored.as_ref());
+    push_rules::apply(&mut ruleset, change)
+        .map_err(|error| MasterError::new(error.class(), error.to_string()))?;
+    let text = push_rules::push_rules_content(&ruleset).to_string();
+    store_account_data(svc, &mut writer, &mut conn, user_id, "", "m.push_rules", &text).await
 }

@@ -35,7 +35,7 @@ use ganglion_rpc::{
     RegisterRequest, RenameDevice, RoomKeysUpdate, Rooms, SendEvent, SendToDevice, SessionGrant,
     SetAccountData, SetAlias, SetPassword, SetPresence, SetProfile, SetReceipt, SetRemotePresence,
     SetRoomVisibility, SetTyping, SignatureFailure, StoreInvite, Streams, TypingSnapshot,
-    UpdateBackupVersion, UpdateMembership, UploadKeys, UploadSignatures, UploadSigningKeys,
+    UpdateBackupVersion, UpdateMembership, UpdatePushRules, UploadKeys, UploadSignatures, UploadSigningKeys,
 };
 use ganglion_state::Caches;
 use ganglion_storage::Db;
@@ -270,6 +270,10 @@ impl Ephemeral for MasterService {
 
     async fn set_account_data(&self, r: SetAccountData) -> MasterResult<()> {
         ephemeral::set_account_data(self, &r.user_id, r.room_id.as_ref(), &r.data_type, r.content).await
+    }
+
+    async fn update_push_rules(&self, r: UpdatePushRules) -> MasterResult<()> {
+        ephemeral::update_push_rules(self, &r.user_id, &r.change).await
     }
 }
 

@@ -1,6 +1,9 @@
 //! The `Ephemeral` service: typing, receipts and account data, the per-user streams.
 
-use ganglion_events::ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
+use ganglion_events::{
+    push_rules::RuleChange,
+    ruma::{OwnedEventId, OwnedRoomId, OwnedUserId},
+};
 use ganglion_proto::master::v1 as pb;
 use serde_json::Value;
 
@@ -12,6 +15,7 @@ service! {
         fn set_typing(SetTyping) -> () as pb::Done;
         fn set_receipt(SetReceipt) -> () as pb::Done;
         fn set_account_data(SetAccountData) -> () as pb::Done;
+        fn update_push_rules(UpdatePushRules) -> () as pb::Done;
     }
 }
 
@@ -119,6 +123,34 @@ impl Call for SetAccountData {
             data_type: message.data_type,
             content: json_value("content_json", &message.content_json)?,
         })
+    }
+
+    fn after(&self) -> AfterCall {
+        AfterCall::AwaitReplication
+    }
+}
+
+/// A change to a user's push rules, applied by the master (the single writer of `m.push_rules`).
+#[derive(Debug, Clone)]
+pub struct UpdatePushRules {
+    pub user_id: OwnedUserId,
+    pub change: RuleChange,
+}
+
+impl Call for UpdatePushRules {
+    type Message = pb::UpdatePushRulesRequest;
+
+    fn into_message(self) -> pb::UpdatePushRulesRequest {
+        pb::UpdatePushRulesRequest {
+            user_id: self.user_id.into(),
+            change_json: serde_json::to_string(&self.change).unwrap_or_default(),
+        }
+    }
+
+    fn from_message(message: pb::UpdatePushRulesRequest) -> Result<Self, ConvertError> {
+        let change = serde_json::from_str(&message.change_json)
+            .map_err(|error| ConvertError::Json { field: "change_json", reason: error.to_string() })?;
+        Ok(UpdatePushRules { user_id: id("user_id", message.user_id)?, change })
     }
 
     fn after(&self) -> AfterCall {

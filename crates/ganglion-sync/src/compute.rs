@@ -289,9 +289,12 @@ pub(crate) async fn sync_batch(
         joined_room_ids: listen,
         from_database: false,
     };
-    // Push rules are server defaults (users cannot change them yet); clients such as Element
-    // expect them as `m.push_rules` account data in the initial sync.
-    if request.since.is_none() && request.filter.account_data.allows("m.push_rules", None) {
+    // Clients such as Element expect push rules as `m.push_rules` account data in the initial
+    // sync: the server defaults until the user changes them (then they are stored).
+    if request.since.is_none()
+        && request.filter.account_data.allows("m.push_rules", None)
+        && !global_data.iter().any(|data| data["type"] == "m.push_rules")
+    {
         let user_id = ganglion_events::ruma::UserId::parse(request.user_id)
             .map_err(|e| SyncError::Storage(StorageError::Corrupt(format!("session user id: {e}"))))?;
         global_data.push(json!({

@@ -70,10 +70,36 @@ pub(crate) fn routes() -> Vec<Route<ClientState>> {
         // Filters.
         Route::post("/_matrix/client/v3/user/{userId}/filter", ClientWrite, filters::create_filter),
         Route::get("/_matrix/client/v3/user/{userId}/filter/{filterId}", ClientRead, filters::filter),
-        // Push rules (the server defaults; user-defined rules are not stored yet).
+        // Push rules: read here, changed by the master.
         Route::get("/_matrix/client/v3/pushrules/", ClientRead, push_rules::all_rules),
         Route::get("/_matrix/client/v3/pushrules/global/", ClientRead, push_rules::global_rules),
         Route::get("/_matrix/client/v3/pushrules/global/{kind}/{ruleId}", ClientRead, push_rules::rule_by_id),
+        Route::put("/_matrix/client/v3/pushrules/global/{kind}/{ruleId}", ClientWrite, push_rules::put_rule),
+        Route::delete(
+            "/_matrix/client/v3/pushrules/global/{kind}/{ruleId}",
+            ClientWrite,
+            push_rules::delete_rule,
+        ),
+        Route::get(
+            "/_matrix/client/v3/pushrules/global/{kind}/{ruleId}/enabled",
+            ClientRead,
+            push_rules::enabled,
+        ),
+        Route::put(
+            "/_matrix/client/v3/pushrules/global/{kind}/{ruleId}/enabled",
+            ClientWrite,
+            push_rules::set_enabled,
+        ),
+        Route::get(
+            "/_matrix/client/v3/pushrules/global/{kind}/{ruleId}/actions",
+            ClientRead,
+            push_rules::actions,
+        ),
+        Route::put(
+            "/_matrix/client/v3/pushrules/global/{kind}/{ruleId}/actions",
+            ClientWrite,
+            push_rules::set_actions,
+        ),
     ]
 }
 

@@ -215,7 +215,7 @@ async fn account_data(
             }
         }
     }
-    if cx.since.is_none() {
+    if cx.since.is_none() && !global.iter().any(|data| data["type"] == "m.push_rules") {
         let user_id = ganglion_events::ruma::UserId::parse(cx.user_id).map_err(|e| {
             SyncError::Storage(ganglion_storage::StorageError::Corrupt(format!("user id: {e}")))
         })?;
