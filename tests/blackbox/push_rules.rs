@@ -5,10 +5,11 @@
 use ganglion_testkit::{Account, Backend};
 use serde_json::{Value, json};
 
-use crate::{get_ok, register_all, start};
+use crate::{account_of, get_ok, register_all, start};
 
 on_all_backends!(
     users_change_their_push_rules_and_see_them_in_sync,
+    matrix_sdk_notification_settings_keywords_and_muted_rooms,
     bad_push_rule_changes_get_matrix_errors_and_change_nothing,
     concurrent_changes_all_take_effect,
 );
@@ -107,7 +108,11 @@ async fn users_change_their_push_rules_and_see_them_in_sync(backend: Backend) {
     let synced = push_rules_in(&sync).expect("m.push_rules in the incremental sync");
     assert_eq!(synced, get_ok(&alice, &format!("{RULES}/")).await);
     let initial = alice.get("/sync?timeout=0").await.unwrap().ok();
-    assert_eq!(push_rules_in(&initial), Some(synced), "the stored rules in a new initial sync");
+    assert_eq!(push_rules_in(&initial).as_ref(), Some(&synced), "the stored rules in a new initial sync");
+    let account_data = format!("/user/{}/account_data/m.push_rules", ganglion_testkit::enc(&alice.user_id));
+    assert_eq!(get_ok(&alice, &account_data).await, json!({ "global": synced }));
+    let bobs = format!("/user/{}/account_data/m.push_rules", ganglion_testkit::enc(&bob.user_id));
+    assert_eq!(get_ok(&bob, &bobs).await, json!({ "global": get_ok(&bob, &format!("{RULES}/")).await }));
     assert_eq!(ids(&bob, "content").await, [".m.rule.contains_user_name"]);
     assert_eq!(
         get_ok(&bob, &format!("{RULES}/override/.m.rule.suppress_notices/enabled")).await,
@@ -174,4 +179,47 @@ async fn concurrent_changes_all_take_effect(backend: Backend) {
     expected.push(".m.rule.contains_user_name".to_owned());
     expected.sort();
     assert_eq!(found, expected, "a change made beside another was lost");
+}
+
+/// What Element X does through matrix-sdk's `NotificationSettings`: a keyword, a muted room, a
+/// default rule turned off; the SDK reads its rules back from `/sync`.
+async fn matrix_sdk_notification_settings_keywords_and_muted_rooms(backend: Backend) {
+    use ganglion_events::ruma::push::RuleKind;
+    use matrix_sdk::{config::SyncSettings, notification_settings::RoomNotificationMode};
+
+    let server = start(backend).await;
+    let client = ganglion_testkit::sdk_client(&server.base_url, "alice", crate::PASSWORD).await.unwrap();
+    let account = account_of(&server, &client);
+    let room = account.create_room(&json!({ "preset": "private_chat" })).await.unwrap();
+    let room_id = ganglion_events::ruma::OwnedRoomId::try_from(room.as_str()).unwrap();
+    let settings = SyncSettings::default().timeout(std::time::Duration::from_secs(0));
+    client.sync_once(settings.clone()).await.unwrap();
+
+    let notifications = client.notification_settings().await;
+    notifications.add_keyword("cake".to_owned()).await.unwrap();
+    notifications.set_room_notification_mode(&room_id, RoomNotificationMode::Mute).await.unwrap();
+    notifications.set_push_rule_enabled(RuleKind::Override, ".m.rule.suppress_notices", false).await.unwrap();
+
+    // On the server: a keyword rule, a rule that silences the room, the default rule off.
+    let global = get_ok(&account, &format!("{RULES}/")).await;
+    let cake = global["content"].as_array().unwrap().iter().find(|rule| rule["pattern"] == "cake");
+    assert!(cake.is_some_and(|rule| rule["enabled"] == true), "{global}");
+    let mute = global["override"].as_array().unwrap().iter().find(|rule| rule["rule_id"] == room.as_str());
+    assert!(mute.is_some_and(|rule| rule["actions"] == json!([])), "{global}");
+    assert_eq!(
+        get_ok(&account, &format!("{RULES}/override/.m.rule.suppress_notices/enabled")).await["enabled"],
+        false
+    );
+
+    // A fresh look from the SDK, after a sync, sees the same.
+    client.sync_once(settings).await.unwrap();
+    let notifications = client.notification_settings().await;
+    assert!(notifications.enabled_keywords().await.contains("cake"));
+    assert_eq!(
+        notifications.get_user_defined_room_notification_mode(&room_id).await,
+        Some(RoomNotificationMode::Mute)
+    );
+    assert!(
+        !notifications.is_push_rule_enabled(RuleKind::Override, ".m.rule.suppress_notices").await.unwrap()
+    );
 }

@@ -45,12 +45,17 @@ fn check_settable(data_type: &str) -> MatrixResult<()> {
     Ok(())
 }
 
-/// `GET /user/{userId}/account_data/{type}`.
+/// `GET /user/{userId}/account_data/{type}`. `m.push_rules` is the user's rules whether they
+/// changed them or not, as `/sync` gives them.
 pub(crate) async fn global(
     State(state): State<ClientState>,
     Auth(session): Auth,
     Path((user_id, data_type)): Path<(String, String)>,
 ) -> MatrixResult<Json<Value>> {
+    if data_type == "m.push_rules" {
+        own_user(&session, &user_id, "account data")?;
+        return Ok(Json(serde_json::json!({ "global": super::push_rules::global(&state, &session).await? })));
+    }
     Ok(Json(content(&state, &session, &user_id, "", &data_type).await?))
 }
 

@@ -17,7 +17,7 @@ use serde_json::{Map, Value, json};
 use crate::ClientState;
 
 /// The user's rules as clients see them: the `global` ruleset with every kind listed.
-async fn global(state: &ClientState, session: &Session) -> MatrixResult<Value> {
+pub(super) async fn global(state: &ClientState, session: &Session) -> MatrixResult<Value> {
     let mut conn = state.db.conn().await?;
     let stored =
         stream_store::account_data_content(&mut conn, session.user_id.as_str(), "", "m.push_rules").await?;
