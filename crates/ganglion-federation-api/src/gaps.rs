@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 
-use ganglion_events::ruma::{CanonicalJsonValue, OwnedEventId, RoomVersionId, ServerName};
+use ganglion_events::ruma::{OwnedEventId, RoomVersionId, ServerName};
 use ganglion_federation::{
     client::encode,
     pdu::{CheckedPdu, check_pdu},
@@ -33,20 +33,6 @@ pub(crate) struct Gaps {
     filled: usize,
 }
 
-fn ids_in(object: &CanonicalJsonValue) -> Vec<String> {
-    match object {
-        CanonicalJsonValue::Array(ids) => ids
-            .iter()
-            .filter_map(|entry| ganglion_events::canonical_event_ref_id(entry).map(str::to_owned))
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
-fn field_ids(pdu: &CheckedPdu, field: &str) -> Vec<String> {
-    pdu.object.get(field).map(ids_in).unwrap_or_default()
-}
-
 fn string_ids(value: &Value) -> Vec<String> {
     value.as_array().into_iter().flatten().filter_map(|id| id.as_str().map(str::to_owned)).collect()
 }
@@ -67,7 +53,7 @@ impl Gaps {
         let ours: HashSet<&str> = events.iter().map(|event| event.event_id.as_str()).collect();
         let mut prevs: Vec<String> = events
             .iter()
-            .flat_map(|event| field_ids(event, "prev_events"))
+            .flat_map(|event| event.referenced("prev_events"))
             .filter(|id| !ours.contains(id.as_str()) && !taken.contains(id))
             .filter(|id| !self.states.iter().any(|gap| gap.event_id.as_str() == id))
             .collect();
@@ -121,7 +107,7 @@ impl Gaps {
             .iter()
             .cloned()
             .chain(string_ids(&ids["auth_chain_ids"]))
-            .chain(field_ids(&prev_pdu, "auth_events"))
+            .chain(prev_pdu.referenced("auth_events"))
             .filter(|id| !self.outliers.iter().any(|event| event.event_id.as_str() == id))
             .collect();
         wanted.sort_unstable();

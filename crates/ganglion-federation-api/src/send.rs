@@ -219,14 +219,8 @@ async fn fill_gap(
     pdu: &CheckedPdu,
     taken: &HashSet<String>,
 ) -> MatrixResult<Vec<CheckedPdu>> {
-    let prev_events: Vec<String> = match pdu.object.get("prev_events") {
-        Some(CanonicalJsonValue::Array(ids)) => ids
-            .iter()
-            .filter_map(|entry| ganglion_events::canonical_event_ref_id(entry).map(str::to_owned))
-            .filter(|id| !taken.contains(id))
-            .collect(),
-        _ => Vec::new(),
-    };
+    let prev_events: Vec<String> =
+        pdu.referenced("prev_events").into_iter().filter(|id| !taken.contains(id)).collect();
     if prev_events.is_empty() {
         return Ok(Vec::new());
     }

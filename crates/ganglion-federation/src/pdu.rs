@@ -48,6 +48,19 @@ pub struct CheckedPdu {
     pub redacted: bool,
 }
 
+impl CheckedPdu {
+    /// The event ids the PDU lists in `field` (`prev_events` or `auth_events`), in either form.
+    pub fn referenced(&self, field: &str) -> Vec<String> {
+        match self.object.get(field) {
+            Some(CanonicalJsonValue::Array(entries)) => entries
+                .iter()
+                .filter_map(|entry| ganglion_events::canonical_event_ref_id(entry).map(str::to_owned))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
 /// The event id a PDU has in a room of `rules`: its reference hash, or in room versions 1 and 2
 /// the `event_id` it carries.
 pub fn event_id_of(

@@ -37,6 +37,18 @@ async fn rule(state: &ClientState, session: &Session, kind: &str, rule_id: &str)
     found.ok_or_else(|| MatrixError::not_found("The push rule was not found"))
 }
 
+/// `{field: …}` of one rule (`enabled`, `actions`).
+async fn rule_field(
+    state: &ClientState,
+    session: &Session,
+    kind: &str,
+    rule_id: &str,
+    field: &str,
+) -> MatrixResult<Json<Value>> {
+    let mut rule = rule(state, session, kind, rule_id).await?;
+    Ok(Json(json!({ field: rule[field].take() })))
+}
+
 async fn change(state: &ClientState, session: &Session, change: RuleChange) -> MatrixResult<Json<Value>> {
     state.master.update_push_rules(UpdatePushRules { user_id: session.user_id.clone(), change }).await?;
     Ok(Json(json!({})))
@@ -102,8 +114,7 @@ pub(crate) async fn enabled(
     Auth(session): Auth,
     Path((kind, rule_id)): Path<(String, String)>,
 ) -> MatrixResult<Json<Value>> {
-    let rule = rule(&state, &session, &kind, &rule_id).await?;
-    Ok(Json(json!({ "enabled": rule["enabled"] })))
+    rule_field(&state, &session, &kind, &rule_id, "enabled").await
 }
 
 /// `PUT /pushrules/global/{kind}/{ruleId}/enabled`.
@@ -125,8 +136,7 @@ pub(crate) async fn actions(
     Auth(session): Auth,
     Path((kind, rule_id)): Path<(String, String)>,
 ) -> MatrixResult<Json<Value>> {
-    let rule = rule(&state, &session, &kind, &rule_id).await?;
-    Ok(Json(json!({ "actions": rule["actions"] })))
+    rule_field(&state, &session, &kind, &rule_id, "actions").await
 }
 
 /// `PUT /pushrules/global/{kind}/{ruleId}/actions`.
