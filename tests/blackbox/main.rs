@@ -63,6 +63,7 @@ mod limits;
 mod media;
 mod membership;
 mod metrics;
+mod notifications;
 mod pagination;
 mod presence;
 mod push_rules;

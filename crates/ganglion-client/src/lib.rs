@@ -5,6 +5,7 @@
 mod accounts;
 mod keys;
 mod presence;
+mod push;
 mod rooms;
 
 use std::sync::Arc;
@@ -72,5 +73,6 @@ pub fn routes() -> Vec<Route<ClientState>> {
     routes.extend(rooms::routes());
     routes.extend(keys::routes());
     routes.extend(presence::routes());
+    routes.extend(push::routes());
     ganglion_http::with_r0_aliases(routes)
 }

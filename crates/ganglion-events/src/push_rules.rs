@@ -4,9 +4,11 @@
 use ruma::{
     OwnedRoomId, OwnedUserId, UserId,
     push::{
-        Action, InsertPushRuleError, NewConditionalPushRule, NewPatternedPushRule, NewPushRule,
-        NewSimplePushRule, RemovePushRuleError, RuleKind, Ruleset,
+        Action, FlattenedJson, InsertPushRuleError, NewConditionalPushRule, NewPatternedPushRule,
+        NewPushRule, NewSimplePushRule, PushConditionPowerLevelsCtx, PushConditionRoomCtx,
+        RemovePushRuleError, RuleKind, Ruleset,
     },
+    serde::Raw,
 };
 use serde_json::{Value, json};
 
@@ -366,4 +368,73 @@ mod change_tests {
         assert_eq!(push_rules_content(&again), stored);
         assert_eq!(ids(&again, "content")[0], "cake");
     }
+}
+
+/// What a user's rules decided for an event that notifies them.
+#[derive(Debug, Clone)]
+pub struct Notify {
+    pub highlight: bool,
+    /// The matched rule's actions.
+    pub actions: Vec<Action>,
+}
+
+/// An event prepared once for evaluating every member's rules against it.
+pub struct Evaluated {
+    flat: FlattenedJson,
+    /// The thread root's event id for an event in a thread, else `main`.
+    pub thread_id: String,
+}
+
+impl Evaluated {
+    pub fn new(pdu: &crate::Pdu) -> Evaluated {
+        let flat = match serde_json::value::RawValue::from_string(pdu.json.to_string()) {
+            Ok(raw) => FlattenedJson::from_raw(&Raw::<Value>::from_json(raw)),
+            Err(_) => FlattenedJson::from_raw(&Raw::<Value>::from_json(pdu.content.clone())),
+        };
+        let thread_id = match (
+            flat.get_str("content.m\\.relates_to.rel_type"),
+            flat.get_str("content.m\\.relates_to.event_id"),
+        ) {
+            (Some("m.thread"), Some(root)) => root.to_owned(),
+            _ => "main".to_owned(),
+        };
+        Evaluated { flat, thread_id }
+    }
+
+    /// The first of the user's rules that applies decides (the spec's order of kinds and of
+    /// rules within them); `None` when it does not notify, or when no rule applies.
+    pub async fn decide(&self, ruleset: &Ruleset, context: &PushConditionRoomCtx) -> Option<Notify> {
+        for rule in ruleset.iter() {
+            if rule.applies(&self.flat, context).await {
+                let actions = rule.actions();
+                if !actions.iter().any(Action::should_notify) {
+                    return None;
+                }
+                return Some(Notify {
+                    highlight: actions.iter().any(Action::is_highlight),
+                    actions: actions.to_vec(),
+                });
+            }
+        }
+        None
+    }
+}
+
+/// The power levels part of a room's push rule context: who may notify the whole room.
+pub fn power_levels_context(
+    rules: &ruma::room_version_rules::AuthorizationRules,
+    create: &crate::Pdu,
+    power_levels: Option<&crate::Pdu>,
+) -> PushConditionPowerLevelsCtx {
+    use ruma::events::room::power_levels::{
+        RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource,
+    };
+    let source = power_levels
+        .and_then(|event| serde_json::from_str::<RoomPowerLevelsEventContent>(event.content.get()).ok())
+        .map_or(RoomPowerLevelsSource::None, RoomPowerLevelsSource::Original);
+    let mut creators = vec![create.sender.clone()];
+    if let Some(additional) = create.content_value().get("additional_creators").and_then(Value::as_array) {
+        creators.extend(additional.iter().filter_map(|user| OwnedUserId::try_from(user.as_str()?).ok()));
+    }
+    RoomPowerLevels::new(source, rules, creators).into()
 }

@@ -233,7 +233,11 @@ pub(crate) async fn set_account_data(
     let mut writer = svc.writer.lock().await;
     let mut conn = svc.db.conn().await.map_err(internal)?;
     let room = room_id.map(|room| room.as_str()).unwrap_or("");
-    store_account_data(svc, &mut writer, &mut conn, user_id, room, data_type, &text).await
+    store_account_data(svc, &mut writer, &mut conn, user_id, room, data_type, &text).await?;
+    if room_id.is_none() && data_type == ignored_users::IGNORED_USER_LIST {
+        writer.forget_recipient(user_id);
+    }
+    Ok(())
 }
 
 /// Writes one piece of account data at the next position of its stream and tells the workers.
@@ -273,5 +277,7 @@ pub(crate) async fn update_push_rules(
     push_rules::apply(&mut ruleset, change)
         .map_err(|error| MasterError::new(error.class(), error.to_string()))?;
     let text = push_rules::push_rules_content(&ruleset).to_string();
-    store_account_data(svc, &mut writer, &mut conn, user_id, "", "m.push_rules", &text).await
+    store_account_data(svc, &mut writer, &mut conn, user_id, "", "m.push_rules", &text).await?;
+    writer.forget_recipient(user_id);
+    Ok(())
 }

@@ -11,7 +11,7 @@ use ganglion_events::{
     EventTemplate, Pdu, auth_event_types, build_pdu, check_auth,
     ruma::{
         OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UserId,
-        events::StateEventType, room_version_rules::RoomVersionRules,
+        events::StateEventType, push::PushConditionPowerLevelsCtx, room_version_rules::RoomVersionRules,
     },
 };
 use ganglion_replication::StreamRow;
@@ -26,6 +26,7 @@ use tokio::sync::MutexGuard;
 use crate::{MasterService, internal};
 
 mod history;
+mod push;
 mod resolve;
 
 /// Positions of the streams the master writes, and the heads of rooms it has touched.
@@ -45,6 +46,8 @@ pub struct Writer {
     heads: HashMap<OwnedRoomId, RoomHead>,
     /// State resolutions already computed, by their input snapshots.
     resolved: HashMap<resolve::MemoKey, resolve::Resolved>,
+    /// Users' push rules and ignore lists, for evaluating new events.
+    recipients: HashMap<OwnedUserId, Arc<push::Recipient>>,
 }
 
 /// What the writer needs to append to a room: its current state and newest event.
@@ -63,6 +66,10 @@ pub(crate) struct RoomHead {
     pub bump_pos: i64,
     /// Joined users of other servers: the servers our events in the room are sent to.
     pub remote_joined: Arc<BTreeSet<OwnedUserId>>,
+    /// Joined users of ours: whose push rules each new event is evaluated against.
+    pub local_joined: Arc<BTreeSet<OwnedUserId>>,
+    /// The power levels part of the push rule context, made when first needed after a change.
+    pub push_power: Option<Arc<PushConditionPowerLevelsCtx>>,
 }
 
 /// The most `prev_events` an event of ours names, as Synapse bounds it: more extremities than
@@ -82,6 +89,21 @@ impl RoomHead {
             max_depth: 0,
             bump_pos: 0,
             remote_joined: Arc::default(),
+            local_joined: Arc::default(),
+            push_power: None,
+        }
+    }
+
+    /// Records a member's new membership in the joined sets.
+    pub(crate) fn set_membership(&mut self, user: OwnedUserId, membership: &str, own_server: &str) {
+        let joined = match user.server_name().as_str() == own_server {
+            true => Arc::make_mut(&mut self.local_joined),
+            false => Arc::make_mut(&mut self.remote_joined),
+        };
+        if membership == "join" {
+            joined.insert(user);
+        } else {
+            joined.remove(&user);
         }
     }
 
@@ -116,6 +138,7 @@ impl Writer {
                 .map_err(internal)?,
             heads: HashMap::new(),
             resolved: HashMap::new(),
+            recipients: HashMap::new(),
         })
     }
 }
@@ -150,6 +173,8 @@ struct BatchTx {
     unindexed: Vec<auth_chains::Unindexed>,
     /// Our events owed to other servers: `(destination, event, traceparent)`.
     outbox: Vec<ganglion_storage::federation::QueuedPdu>,
+    /// What the push rules decided for the events' recipients.
+    push_actions: Vec<ganglion_storage::push_actions::PushActionRow>,
 }
 
 impl BatchTx {
@@ -166,6 +191,10 @@ impl BatchTx {
             let now = ganglion_storage::now_ms();
             ganglion_storage::federation::insert_outbox_pdus(&mut self.tx, &self.outbox, now).await?;
             self.outbox.clear();
+        }
+        if !self.push_actions.is_empty() {
+            ganglion_storage::push_actions::insert_push_actions(&mut self.tx, &self.push_actions).await?;
+            self.push_actions.clear();
         }
         Ok(())
     }
@@ -226,6 +255,8 @@ struct Appended {
     redacted: Option<EventNid>,
     /// The `traceparent` of the span that persisted it, when traces are exported.
     trace: Option<Arc<str>>,
+    /// Whom it notified.
+    push: ganglion_replication::Notified,
 }
 
 impl<'w> Batch<'w> {
@@ -245,6 +276,7 @@ impl<'w> Batch<'w> {
                 txns: Vec::new(),
                 unindexed: Vec::new(),
                 outbox: Vec::new(),
+                push_actions: Vec::new(),
             }),
             heads: HashMap::new(),
             next_pos,
@@ -310,11 +342,10 @@ impl<'w> Batch<'w> {
         let members = room_store::memberships_of_room(self.connection().await?, room.room_nid, Some("join"))
             .await
             .map_err(internal)?;
-        let remote_joined = members
+        let (local_joined, remote_joined) = members
             .into_iter()
             .filter_map(|member| OwnedUserId::try_from(member.user_id).ok())
-            .filter(|user| user.server_name().as_str() != own_server)
-            .collect();
+            .partition(|user| user.server_name().as_str() == own_server);
         let head = RoomHead {
             room_nid: room.room_nid,
             rules: Arc::new(rules),
@@ -325,6 +356,8 @@ impl<'w> Batch<'w> {
             max_depth: room.max_depth,
             bump_pos: room.bump_stream_pos,
             remote_joined: Arc::new(remote_joined),
+            local_joined: Arc::new(local_joined),
+            push_power: None,
         };
         self.writer.heads.insert(room_id.to_owned(), head.clone());
         Ok(Some(head))
@@ -745,9 +778,10 @@ impl<'w> Batch<'w> {
         self.placing = None;
         let current = current?;
         head.snapshot = current.clone();
+        head.push_power = None;
         self.heads.insert(room_id.to_owned(), head);
         // Not as state: its effect on the room's state is the resolution's.
-        let event = self.persist_event(room_id, pdu, None, false).await?;
+        let event = self.persist_event(room_id, pdu, None, false, true).await?;
         let mut head = self.head(room_id).await?.ok_or_else(|| MasterError::not_found("Unknown room"))?;
         self.apply_membership_changes(&mut head, &current_before, &current, event.row.stream_pos).await?;
         self.heads.insert(room_id.to_owned(), head);
@@ -896,7 +930,7 @@ impl<'w> Batch<'w> {
         })?;
         self.empty_head(&room_id, version, &rules).await?;
         let is_invite = pdu.content_value()["membership"] == "invite";
-        let event = self.persist_event(&room_id, pdu, None, true).await;
+        let event = self.persist_event(&room_id, pdu, None, true, true).await;
         // Not a head: the room's state is not known here.
         self.heads.remove(&room_id);
         let event = event?;
@@ -955,6 +989,7 @@ impl<'w> Batch<'w> {
             .map_err(internal)?;
         if let Some(head) = self.heads.get_mut(room_id) {
             head.snapshot = snapshot;
+            head.push_power = None;
         }
         let own_server = self.svc.config.server_name.clone();
         let membership_of = |event: &StoredEvent| -> Option<(String, String, EventNid, i64)> {
@@ -979,14 +1014,14 @@ impl<'w> Batch<'w> {
                 outliers.push(stored.row.event_nid);
             }
         }
-        let remote_joined: std::collections::BTreeSet<OwnedUserId> = memberships
+        let (local_joined, remote_joined): (BTreeSet<OwnedUserId>, BTreeSet<OwnedUserId>) = memberships
             .iter()
             .filter(|(_, membership, _, _)| membership == "join")
             .filter_map(|(user, _, _, _)| OwnedUserId::try_from(user.as_str()).ok())
-            .filter(|user| user.server_name().as_str() != own_server)
-            .collect();
+            .partition(|user| user.server_name().as_str() == own_server);
         if let Some(head) = self.heads.get_mut(room_id) {
             head.remote_joined = Arc::new(remote_joined);
+            head.local_joined = Arc::new(local_joined);
         }
         let conn = self.connection().await?;
         room_store::upsert_memberships(conn, room_nid, &memberships).await.map_err(internal)?;
@@ -1002,7 +1037,7 @@ impl<'w> Batch<'w> {
         pdu: Pdu,
         in_state: bool,
     ) -> MasterResult<StoredEvent> {
-        let event = self.persist_event(room_id, pdu, None, in_state).await?;
+        let event = self.persist_event(room_id, pdu, None, in_state, false).await?;
         // The room's servers have their past already, an event of ours among it too.
         let nid = event.row.event_nid;
         self.tx().outbox.retain(|(_, queued, _)| *queued != nid);
@@ -1015,17 +1050,19 @@ impl<'w> Batch<'w> {
         pdu: Pdu,
         txn: Option<(&OwnedDeviceId, &str)>,
     ) -> MasterResult<StoredEvent> {
-        self.persist_event(room_id, pdu, txn, true).await
+        self.persist_event(room_id, pdu, txn, true, true).await
     }
 
     /// Persists an event; a state event changes the room's state (and memberships) only when
-    /// `as_state`.
+    /// `as_state`. A `live` event (not one of a joined room's past) is evaluated against the
+    /// push rules of the members it may notify.
     async fn persist_event(
         &mut self,
         room_id: &RoomId,
         pdu: Pdu,
         txn: Option<(&OwnedDeviceId, &str)>,
         as_state: bool,
+        live: bool,
     ) -> MasterResult<StoredEvent> {
         let mut head = match self.heads.get(room_id) {
             Some(head) => head.clone(),
@@ -1052,6 +1089,7 @@ impl<'w> Batch<'w> {
                 .await
                 .map_err(internal)?;
             head.snapshot = snapshot.clone();
+            head.push_power = None;
             new_snapshot = Some(snapshot);
         }
         let snapshot_nid = head.snapshot.nid.ok_or_else(|| MasterError::internal("room without state"))?;
@@ -1069,16 +1107,10 @@ impl<'w> Batch<'w> {
             && let Some(target) = &pdu.state_key
         {
             let membership = pdu.membership();
-            if let Ok(target_user) = OwnedUserId::try_from(target.as_str())
-                && target_user.server_name().as_str() != own_server
-            {
-                let joined = Arc::make_mut(&mut head.remote_joined);
-                if membership == "join" {
-                    joined.insert(target_user);
-                } else {
-                    joined.remove(&target_user);
-                }
-                if pdu.sender.server_name().as_str() == own_server {
+            if let Ok(target_user) = OwnedUserId::try_from(target.as_str()) {
+                let remote = target_user.server_name().as_str() != own_server;
+                head.set_membership(target_user, &membership, own_server);
+                if remote && pdu.sender.server_name().as_str() == own_server {
                     destinations.extend(head.remote_servers());
                 }
             }
@@ -1097,6 +1129,10 @@ impl<'w> Batch<'w> {
             event_store::set_redacted_by(conn, target.as_str(), &event_id).await.map_err(internal)?;
             redacted = Some(target_row.event_nid);
         }
+        let push = match live {
+            true => self.evaluate_push(room_id, &mut head, &pdu, (event_nid, position)).await?,
+            false => ganglion_replication::Notified::default(),
+        };
         let row = Arc::new(event_store::EventRow {
             event_nid,
             stream_pos: position,
@@ -1141,6 +1177,7 @@ impl<'w> Batch<'w> {
             snapshot: new_snapshot,
             redacted,
             trace: self.trace.take(),
+            push,
         });
         Ok(event)
     }
@@ -1203,7 +1240,8 @@ impl<'w> Batch<'w> {
                     Some(appended.event.row.clone()),
                 )
                 .with_txn(txn)
-                .with_trace(appended.trace),
+                .with_trace(appended.trace)
+                .with_push(appended.push),
             );
             events.push(appended.event);
         }

@@ -13,7 +13,7 @@ pub mod redis;
 mod typing;
 
 pub use notifier::{Listener, Notifier};
-pub use recent::RecentEvents;
+pub use recent::{Notice, RecentEvents};
 pub use typing::TypingStore;
 
 use std::{
@@ -67,6 +67,19 @@ pub struct StreamRow {
     /// The `traceparent` of the span that wrote the row, when traces are exported: carried to the
     /// workers in the Redis entry, and to the long-polls the row wakes.
     pub trace: Option<Arc<str>>,
+    /// For rows of the events stream, when the writer has it at hand: the users of this server
+    /// the event notified. `None` (a row caught up from the database) means unknown.
+    pub push: Option<Arc<Notified>>,
+}
+
+/// Whom an event notified, as the master's push rules decided: readers keep unread counts
+/// up to date from these without asking the database.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Notified {
+    /// The thread root's event id for an event in a thread, else `main`.
+    pub thread_id: Arc<str>,
+    /// `(user id, highlight)`.
+    pub users: Vec<(Arc<str>, bool)>,
 }
 
 impl StreamRow {
@@ -88,6 +101,7 @@ impl StreamRow {
             receipt: None,
             keys_complete: true,
             trace: None,
+            push: None,
         }
     }
 
@@ -111,6 +125,12 @@ impl StreamRow {
 
     pub fn with_trace(mut self, trace: Option<Arc<str>>) -> Self {
         self.trace = trace;
+        self
+    }
+
+    /// Whom the event of this row notified.
+    pub fn with_push(mut self, push: Notified) -> Self {
+        self.push = Some(Arc::new(push));
         self
     }
 
@@ -145,6 +165,7 @@ impl StreamRow {
             receipt: None,
             keys_complete: true,
             trace: None,
+            push: None,
         }
     }
 }
@@ -288,6 +309,7 @@ impl InProcessBus {
         match (row.kind, &row.room_id, row.event_nid) {
             (StreamKind::Events, Some(room_id), Some(event_nid)) => {
                 self.recent.record(room_id, row.position.0, event_nid, &row.user_ids);
+                self.recent.record_notices(room_id, row.position.0, row.push.as_deref());
             }
             (StreamKind::Events | StreamKind::Typing, _, _) => {}
             (StreamKind::Receipts, Some(room_id), _) => {

@@ -19,6 +19,8 @@ const PER_ROOM: usize = 128;
 const RECEIPTS_PER_ROOM: usize = 256;
 /// Keys a [`KeyedLog`] tracks before it starts over (and answers only for later positions).
 const MAX_KEYS: usize = 500_000;
+/// Notifications kept per user; older ones are forgotten (as events are).
+const NOTICES_PER_USER: usize = 256;
 
 /// The latest position at which each key (a user or room id) had a row of one stream.
 struct KeyedLog {
@@ -73,6 +75,29 @@ struct RoomReceipts {
     complete_after: i64,
 }
 
+/// One event that notified a user: the master's push rule decision, from the stream row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    pub position: i64,
+    pub room_id: Arc<str>,
+    pub thread_id: Arc<str>,
+    pub highlight: bool,
+}
+
+/// A user's newest notices, oldest first: every one after `complete_after`.
+struct UserNotices {
+    notices: VecDeque<Notice>,
+    complete_after: i64,
+}
+
+/// The notices of every user, for events after `start` (an events row of unknown notices, caught
+/// up from the database, moves `start` past it).
+struct NoticeLog {
+    start: i64,
+    last: i64,
+    users: HashMap<Arc<str>, UserNotices>,
+}
+
 pub struct RecentEvents {
     /// Rows after this position were all recorded (the position this process started from).
     start: i64,
@@ -88,6 +113,9 @@ pub struct RecentEvents {
     /// Receipt rows after this position were all recorded.
     receipts_start: i64,
     receipts: RwLock<HashMap<String, RoomReceipts>>,
+    notices: RwLock<NoticeLog>,
+    /// Receipts keyed by their user: whose read receipts moved since a position.
+    readers: RwLock<KeyedLog>,
 }
 
 impl RecentEvents {
@@ -101,7 +129,74 @@ impl RecentEvents {
             keyed: StreamKind::all().map(|kind| RwLock::new(KeyedLog::new(start.get(kind).0))),
             receipts_start: start.receipts.0,
             receipts: RwLock::new(HashMap::new()),
+            notices: RwLock::new(NoticeLog {
+                start: start.events.0,
+                last: start.events.0,
+                users: HashMap::new(),
+            }),
+            readers: RwLock::new(KeyedLog::new(start.receipts.0)),
         }
+    }
+
+    /// Records whom the event at `position` notified; `None` when that is not known (a row
+    /// caught up from the database): no user's notices before it can be answered then.
+    pub(crate) fn record_notices(&self, room_id: &Arc<str>, position: i64, push: Option<&crate::Notified>) {
+        let mut log = self.notices.write();
+        log.last = log.last.max(position);
+        let Some(push) = push else {
+            log.users.clear();
+            log.start = log.start.max(position);
+            return;
+        };
+        if log.users.len() >= MAX_KEYS {
+            log.users.clear();
+            log.start = log.start.max(position - 1);
+        }
+        let start = log.start;
+        for (user, highlight) in &push.users {
+            let notices = log.users.entry(user.clone()).or_insert_with(|| UserNotices {
+                notices: VecDeque::with_capacity(4),
+                complete_after: start,
+            });
+            if notices.notices.len() == NOTICES_PER_USER
+                && let Some(evicted) = notices.notices.pop_front()
+            {
+                notices.complete_after = notices.complete_after.max(evicted.position);
+            }
+            notices.notices.push_back(Notice {
+                position,
+                room_id: room_id.clone(),
+                thread_id: push.thread_id.clone(),
+                highlight: *highlight,
+            });
+        }
+    }
+
+    /// The events that notified `user_id` with `after < position <= up_to`, oldest first; `None`
+    /// when this process cannot know them all.
+    pub fn notices_between(&self, user_id: &str, after: i64, up_to: i64) -> Option<Vec<Notice>> {
+        let log = self.notices.read();
+        if after < log.start || up_to > log.last {
+            return None;
+        }
+        let Some(notices) = log.users.get(user_id) else { return Some(Vec::new()) };
+        if after < notices.complete_after {
+            return None;
+        }
+        Some(
+            notices
+                .notices
+                .iter()
+                .filter(|notice| notice.position > after && notice.position <= up_to)
+                .cloned()
+                .collect(),
+        )
+    }
+
+    /// Whether a receipt of `user_id` was recorded after `position` (of the receipts stream);
+    /// `None` when this process cannot tell.
+    pub fn receipt_of_user_after(&self, user_id: &str, position: i64) -> Option<bool> {
+        self.readers.read().changed_after(std::iter::once(user_id), position)
     }
 
     /// Records a receipt row of `room_id`; `None` for a row whose receipt is not known (caught up
@@ -115,8 +210,10 @@ impl RecentEvents {
         let Some(receipt) = receipt else {
             room.rows.clear();
             room.complete_after = room.complete_after.max(position);
+            self.readers.write().forget_up_to(position);
             return;
         };
+        self.readers.write().record(position, std::iter::once(&Arc::from(receipt.user_id.as_str())));
         if room.rows.len() == RECEIPTS_PER_ROOM
             && let Some(evicted) = room.rows.pop_front()
         {

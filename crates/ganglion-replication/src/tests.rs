@@ -16,6 +16,7 @@ fn row(room: &str, position: i64) -> StreamRow {
         receipt: None,
         keys_complete: true,
         trace: None,
+        push: None,
     }
 }
 
@@ -50,6 +51,7 @@ async fn a_row_published_before_waiting_is_not_lost() {
         receipt: None,
         keys_complete: true,
         trace: None,
+        push: None,
     });
     tokio::time::timeout(Duration::from_millis(10), listener.notified()).await.unwrap();
     drop(listener);
@@ -155,4 +157,56 @@ fn receipts_are_answered_as_the_database_holds_them() {
     recent.record_receipt("!r:x", 14, None);
     assert_eq!(between(13, 14), None);
     assert_eq!(between(14, 14), Some(vec![]));
+}
+
+#[test]
+fn notices_and_readers_are_told_per_user_while_every_row_said_whom_it_notified() {
+    let recent = RecentEvents::new(SyncToken {
+        events: StreamPosition(10),
+        receipts: StreamPosition(3),
+        ..SyncToken::default()
+    });
+    let room: Arc<str> = Arc::from("!r:x");
+    let notified = |users: &[(&str, bool)], thread: &str| Notified {
+        thread_id: Arc::from(thread),
+        users: users.iter().map(|(user, highlight)| (Arc::from(*user), *highlight)).collect(),
+    };
+    recent.record_notices(&room, 11, Some(&notified(&[("@a:x", false), ("@b:x", true)], "main")));
+    recent.record_notices(&room, 12, Some(&notified(&[], "main")));
+    recent.record_notices(&room, 13, Some(&notified(&[("@a:x", true)], "$root")));
+    let positions = |after, up_to| {
+        recent.notices_between("@a:x", after, up_to).map(|notices| {
+            notices
+                .into_iter()
+                .map(|n| (n.position, n.thread_id.to_string(), n.highlight))
+                .collect::<Vec<_>>()
+        })
+    };
+    assert_eq!(positions(10, 13), Some(vec![(11, "main".into(), false), (13, "$root".into(), true)]));
+    assert_eq!(positions(11, 12), Some(vec![]));
+    assert_eq!(recent.notices_between("@nobody:x", 10, 13), Some(vec![]));
+    // Before the process started, or past what it saw: unknown.
+    assert_eq!(positions(9, 13), None);
+    assert_eq!(positions(10, 14), None);
+    // A row caught up without its notices: nothing before it can be told.
+    recent.record_notices(&room, 14, None);
+    assert_eq!(positions(13, 14), None);
+    assert_eq!(positions(14, 14), Some(vec![]));
+
+    // Readers: whose receipts moved.
+    let receipt = ganglion_storage::streams::ReceiptRow {
+        room_id: "!r:x".to_owned(),
+        user_id: "@a:x".to_owned(),
+        receipt_type: "m.read".to_owned(),
+        thread_id: String::new(),
+        event_id: "$1".to_owned(),
+        ts: 0,
+        stream_pos: 4,
+    };
+    recent.record_receipt("!r:x", 4, Some(&Arc::new(receipt)));
+    assert_eq!(recent.receipt_of_user_after("@a:x", 3), Some(true));
+    assert_eq!(recent.receipt_of_user_after("@a:x", 4), Some(false));
+    assert_eq!(recent.receipt_of_user_after("@b:x", 3), Some(false));
+    recent.record_receipt("!r:x", 5, None);
+    assert_eq!(recent.receipt_of_user_after("@b:x", 4), None);
 }

@@ -15,6 +15,7 @@ pub mod keys;
 pub mod media;
 mod migrations;
 pub mod presence;
+pub mod push_actions;
 pub mod replication;
 pub mod rooms;
 pub mod secrets;

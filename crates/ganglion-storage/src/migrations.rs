@@ -27,6 +27,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (18, include_str!("../migrations/0018_auth_chains.sql")),
     (19, include_str!("../migrations/0019_events_by_time.sql")),
     (20, include_str!("../migrations/0020_state_events_by_key.sql")),
+    (21, include_str!("../migrations/0021_push_actions.sql")),
 ];
 
 pub(crate) async fn run(db: &Db) -> Result<()> {

@@ -23,6 +23,9 @@ pub(crate) struct JoinedRoom {
     pub ephemeral: Vec<Value>,
     pub account_data: Vec<Value>,
     pub summary: Option<Value>,
+    pub unread: crate::unread::Unread,
+    /// Whether the filter asked for threads' counts apart (`unread_thread_notifications`).
+    pub per_thread: bool,
 }
 
 /// A JSON object written member by member.
@@ -93,10 +96,10 @@ impl JoinedRoom {
         object.object("state", |state| state.events("events", &self.state, now_ms));
         object.object("ephemeral", |ephemeral| ephemeral.member("events", &self.ephemeral));
         object.object("account_data", |data| data.member("events", &self.account_data));
-        object.object("unread_notifications", |counts| {
-            counts.member("highlight_count", &0);
-            counts.member("notification_count", &0);
-        });
+        object.member("unread_notifications", &self.unread.notifications_json(self.per_thread));
+        if self.per_thread {
+            object.member("unread_thread_notifications", &self.unread.threads_json());
+        }
         if let Some(summary) = &self.summary {
             object.member("summary", summary);
         }

@@ -30,6 +30,7 @@ use crate::{
     memory::{IgnoredUsers, RoomMembers},
     presence,
     timeline::{self, Range, Selection, Timeline, Window},
+    unread,
 };
 
 const MEMBER: &str = "m.room.member";
@@ -594,6 +595,7 @@ impl<'a> Computation<'a> {
         }
         let room_ids: Vec<String> = rooms.iter().map(|room| room.room_id.clone()).collect();
         let mut receipts = self.receipts(conn, &room_ids).await?;
+        let mut sent = Vec::new();
 
         for room in rooms {
             let typing_changed =
@@ -700,8 +702,21 @@ impl<'a> Computation<'a> {
                 ephemeral,
                 account_data,
                 summary,
+                unread: Default::default(),
+                per_thread: self.request.filter.room.timeline.unread_thread_notifications,
             };
+            sent.push((room.room_nid, room.room_id.clone()));
             out.insert(room.room_id, section);
+        }
+        // Every room that goes out shows its counts as of `next`.
+        let rooms: Vec<(RoomNid, &str)> =
+            sent.iter().map(|(nid, room_id)| (*nid, room_id.as_str())).collect();
+        let mut unread =
+            unread::unread_counts(self.state, conn, self.request.user_id, &rooms, &self.next).await?;
+        for (room_id, counts) in unread.drain() {
+            if let Some(section) = out.get_mut(&room_id) {
+                section.unread = counts;
+            }
         }
         Ok(())
     }

@@ -13,6 +13,7 @@ mod memory;
 mod presence;
 mod sliding;
 mod timeline;
+mod unread;
 mod wait;
 
 use std::sync::Arc;

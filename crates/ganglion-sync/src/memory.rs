@@ -57,6 +57,8 @@ pub struct SyncMemory {
     /// (user id, device id) -> when the device's last answer went out and the events position
     /// then, for `sync.answer_interval_ms`.
     answered: Mutex<HashMap<(String, String), (tokio::time::Instant, i64)>>,
+    /// Each user's unread counts, kept up to date from the events' notices.
+    pub(crate) unread: crate::unread::UnreadMemory,
 }
 
 impl Default for SyncMemory {
@@ -75,6 +77,7 @@ impl Default for SyncMemory {
             bump_stamps: crate::sliding::BumpStamps::default(),
             direct_rooms: ReadAt::new(RecentEvents::account_data_changed_after),
             answered: Mutex::default(),
+            unread: Default::default(),
         }
     }
 }

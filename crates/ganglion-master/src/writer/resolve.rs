@@ -294,15 +294,8 @@ impl Batch<'_> {
         for event in caches.events(self.tx(), &changed).await.map_err(internal)? {
             let Some(target) = event.pdu.state_key.clone() else { continue };
             let membership = event.pdu.membership();
-            if let Ok(user) = ganglion_events::ruma::OwnedUserId::try_from(target.as_str())
-                && user.server_name().as_str() != own_server
-            {
-                let joined = Arc::make_mut(&mut head.remote_joined);
-                if membership == "join" {
-                    joined.insert(user);
-                } else {
-                    joined.remove(&user);
-                }
+            if let Ok(user) = ganglion_events::ruma::OwnedUserId::try_from(target.as_str()) {
+                head.set_membership(user, &membership, &own_server);
             }
             let conn = self.connection().await?;
             room_store::upsert_membership(

@@ -302,6 +302,7 @@ impl Follower {
                         receipt: receipt.map(Arc::new),
                         keys_complete: true,
                         trace: entry.str("tp").and_then(|parent| received(kind, position, parent)),
+                        push: entry.str("pa").and_then(super::decode_push).map(Arc::new),
                     });
                 }
             }

@@ -142,6 +142,21 @@ fn decode_receipt(field: &str, room_id: &str, stream_pos: i64) -> Option<Receipt
     })
 }
 
+/// An event entry's `pa` field, whom the event notified: `[thread, [[user, highlight], …]]`.
+fn encode_push(push: &crate::Notified) -> String {
+    let users: Vec<(&str, bool)> =
+        push.users.iter().map(|(user, highlight)| (user.as_ref(), *highlight)).collect();
+    json!([push.thread_id.as_ref(), users]).to_string()
+}
+
+fn decode_push(field: &str) -> Option<crate::Notified> {
+    let (thread_id, users): (String, Vec<(String, bool)>) = serde_json::from_str(field).ok()?;
+    Some(crate::Notified {
+        thread_id: Arc::from(thread_id),
+        users: users.into_iter().map(|(user, highlight)| (Arc::from(user), highlight)).collect(),
+    })
+}
+
 /// The (device id, transaction id) of an event entry's `tx` field.
 fn encode_txn((device_id, txn_id): &(Arc<str>, Arc<str>)) -> String {
     json!([device_id.as_ref(), txn_id.as_ref()]).to_string()

@@ -261,6 +261,9 @@ fn pipeline(batch: &[Outgoing], maxlen: u64, epoch: u64) -> redis::Pipeline {
                 if let Some(receipt) = &row.receipt {
                     cmd.arg("rc").arg(super::encode_receipt(receipt));
                 }
+                if let Some(push) = &row.push {
+                    cmd.arg("pa").arg(super::encode_push(push));
+                }
                 let users: Vec<&str> = match typers {
                     Some(typers) => typers.iter().map(String::as_str).collect(),
                     None => row.user_ids.iter().map(|u| u.as_ref()).collect(),

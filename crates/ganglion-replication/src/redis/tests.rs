@@ -75,6 +75,7 @@ mod live {
             receipt: None,
             keys_complete: true,
             trace: None,
+            push: None,
         }
     }
 
@@ -138,6 +139,7 @@ mod live {
             receipt: None,
             keys_complete: true,
             trace: None,
+            push: None,
         });
         until("typing arrives", || typing.typing_in_room("!room:x") == ["@alice:x"]).await;
 

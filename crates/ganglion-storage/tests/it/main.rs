@@ -49,6 +49,7 @@ mod key_backup;
 mod keys;
 mod media;
 mod presence;
+mod push_actions;
 mod remote_members;
 mod to_device;
 
@@ -61,7 +62,7 @@ on_both_backends!(migrations_are_idempotent, |db| {
         .fetch_all(&mut *conn)
         .await
         .unwrap();
-    assert_eq!(applied, (1..=20).map(|version| (version,)).collect::<Vec<(i64,)>>());
+    assert_eq!(applied, (1..=21).map(|version| (version,)).collect::<Vec<(i64,)>>());
 });
 
 on_both_backends!(users_devices_and_tokens, |db| {

@@ -47,6 +47,8 @@ pub(crate) struct RoomSent {
     /// The positions of the last response that covered the room: its receipts, typing and room
     /// account data went out up to there (a room back in range catches up from here).
     pub covered_at: Arc<SyncToken>,
+    /// The unread counts it was last sent with.
+    pub unread: crate::unread::Counts,
 }
 
 /// One state of a connection: what its client holds after one response.
@@ -272,6 +274,7 @@ mod tests {
             config: Arc::default(),
             lazy_members: Arc::default(),
             covered_at: Arc::default(),
+            unread: (0, 0),
         };
         ConnectionState {
             rooms: (0..count)

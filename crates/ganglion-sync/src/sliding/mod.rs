@@ -37,6 +37,7 @@ use crate::{
     body::ObjectWriter,
     compute::{self, Computation, SyncRequest},
     filter::Filter,
+    unread,
 };
 
 #[derive(Deserialize)]
@@ -237,6 +238,40 @@ async fn compute_answer(
         scoped_meta.push((*index, lists.clone(), *subscribed, covered_before, rooms.len(), out.is_some()));
         if let Some(out) = out {
             rooms.push(out);
+        }
+    }
+    // Counts move with new events and with the user's receipts: when either may have, every
+    // joined room in range is counted (one query) and goes out where its counts moved.
+    let receipts_moved = previous.token.is_none_or(|token| token.receipts < next.receipts);
+    if receipts_moved || !rooms.is_empty() {
+        let joined: Vec<&list::Candidate> = wanted
+            .keys()
+            .map(|index| &candidates[*index])
+            .filter(|candidate| candidate.room.membership == "join")
+            .collect();
+        let ids: Vec<_> = joined
+            .iter()
+            .map(|candidate| (candidate.room.room_nid, candidate.room.room_id.as_str()))
+            .collect();
+        let mut unread = unread::unread_counts(state, &mut conn, user_id, &ids, &next).await?;
+        for candidate in joined {
+            let room_id = candidate.room.room_id.as_str();
+            let counts = unread.remove(room_id).map_or((0, 0), |unread| unread.total());
+            let before = next_state.rooms.get(room_id).map(|sent| sent.unread);
+            if let Some(out) = rooms.iter_mut().find(|out| out.room_id == room_id) {
+                out.unread = Some(counts);
+            } else if before != Some(counts) {
+                let is_dm = facts.is_dm(candidate);
+                rooms.push(room::RoomOut::counts_only(
+                    room_id.to_owned(),
+                    is_dm,
+                    candidate.bump_stamp,
+                    counts,
+                ));
+            }
+            if let Some(sent) = next_state.rooms.get_mut(room_id) {
+                sent.unread = counts;
+            }
         }
     }
     let scoped: Vec<extensions::ScopedRoom<'_>> = scoped_meta

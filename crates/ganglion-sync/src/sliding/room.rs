@@ -46,11 +46,40 @@ pub(crate) struct RoomOut {
     pub num_live: usize,
     pub bump_stamp: i64,
     pub counts: Option<(i64, i64)>,
+    /// `(notification_count, highlight_count)`, when they go out.
+    pub unread: Option<crate::unread::Counts>,
     /// The events of the timeline, for the receipts extension.
     pub timeline_event_ids: Vec<String>,
 }
 
 impl RoomOut {
+    /// A room the client has whole, but whose unread counts moved (a receipt read it).
+    pub(crate) fn counts_only(
+        room_id: String,
+        is_dm: bool,
+        bump_stamp: i64,
+        unread: crate::unread::Counts,
+    ) -> RoomOut {
+        RoomOut {
+            room_id,
+            initial: false,
+            name: None,
+            avatar: None,
+            heroes: None,
+            is_dm,
+            invite_state: None,
+            timeline: Vec::new(),
+            required_state: Vec::new(),
+            prev_batch: None,
+            limited: false,
+            num_live: 0,
+            bump_stamp,
+            counts: None,
+            unread: Some(unread),
+            timeline_event_ids: Vec::new(),
+        }
+    }
+
     pub(crate) fn write(&self, object: &mut ObjectWriter<'_>, now_ms: u64) {
         if self.initial {
             object.member("initial", &true);
@@ -81,6 +110,10 @@ impl RoomOut {
         if let Some((joined, invited)) = self.counts {
             object.member("joined_count", &joined);
             object.member("invited_count", &invited);
+        }
+        if let Some((notifications, highlights)) = self.unread {
+            object.member("notification_count", &notifications);
+            object.member("highlight_count", &highlights);
         }
     }
 }
@@ -126,6 +159,7 @@ pub(crate) async fn room(
             _ => Arc::default(),
         },
         covered_at: cx.covered_at.clone(),
+        unread: sent.map_or((0, 0), |sent| sent.unread),
     };
     let mut out = RoomOut {
         room_id: room.room_id.clone(),
@@ -142,6 +176,7 @@ pub(crate) async fn room(
         num_live: 0,
         bump_stamp: candidate.bump_stamp,
         counts: None,
+        unread: None,
         timeline_event_ids: Vec::new(),
     };
     match room.membership.as_str() {

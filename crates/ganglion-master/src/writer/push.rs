@@ -1,0 +1,159 @@
+//! Push rules evaluated for each new event of a room, once per member of ours, inside the
+//! event's batch: the rows it writes (`push_actions`) commit with the event, so the unread
+//! counts, `/notifications` and the pushers never see one without the other.
+
+use std::{collections::HashSet, sync::Arc};
+
+use ganglion_events::{
+    Pdu,
+    push_rules::{self, Evaluated},
+    ruma::{
+        OwnedUserId, RoomId, UInt, UserId,
+        push::{PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset},
+    },
+};
+use ganglion_replication::Notified;
+use ganglion_rpc::MasterResult;
+use ganglion_storage::{push_actions::PushActionRow, streams as stream_store};
+use ganglion_types::EventNid;
+use serde_json::Value;
+
+use super::{Batch, RoomHead, Writer};
+use crate::internal;
+
+/// A user's push rules and ignored users, as the master evaluates them.
+pub(crate) struct Recipient {
+    ruleset: Ruleset,
+    ignored: HashSet<String>,
+}
+
+/// Recipients kept in memory at most; past this the cache starts again.
+const MAX_RECIPIENTS: usize = 100_000;
+
+impl Writer {
+    /// Forgets what is cached of a user's push rules or ignore list, after either changed.
+    pub(crate) fn forget_recipient(&mut self, user_id: &UserId) {
+        self.recipients.remove(user_id);
+    }
+}
+
+impl Batch<'_> {
+    /// The user's rules and ignore list, loaded from their account data on first use.
+    async fn recipient(&mut self, user_id: &OwnedUserId) -> MasterResult<Arc<Recipient>> {
+        if let Some(recipient) = self.writer.recipients.get(user_id) {
+            return Ok(recipient.clone());
+        }
+        let conn = self.connection().await?;
+        let rules = stream_store::account_data_content(conn, user_id.as_str(), "", "m.push_rules")
+            .await
+            .map_err(internal)?
+            .and_then(|text| serde_json::from_str::<Value>(&text).ok());
+        let ignored = stream_store::account_data_content(conn, user_id.as_str(), "", "m.ignored_user_list")
+            .await
+            .map_err(internal)?
+            .and_then(|text| serde_json::from_str::<Value>(&text).ok());
+        let ignored = ignored
+            .as_ref()
+            .and_then(|content| content.get("ignored_users"))
+            .and_then(Value::as_object)
+            .map(|users| users.keys().cloned().collect())
+            .unwrap_or_default();
+        let recipient =
+            Arc::new(Recipient { ruleset: push_rules::user_ruleset(user_id, rules.as_ref()), ignored });
+        if self.writer.recipients.len() >= MAX_RECIPIENTS {
+            self.writer.recipients.clear();
+        }
+        self.writer.recipients.insert(user_id.clone(), recipient.clone());
+        Ok(recipient)
+    }
+
+    /// Who may notify the room (`@room`), from the room's current power levels; `None` in a
+    /// room without a create event, where no one may.
+    async fn push_power(
+        &mut self,
+        head: &mut RoomHead,
+    ) -> MasterResult<Option<Arc<PushConditionPowerLevelsCtx>>> {
+        if let Some(power) = &head.push_power {
+            return Ok(Some(power.clone()));
+        }
+        let Some(create) = self.state_event(head, "m.room.create", "").await? else { return Ok(None) };
+        let power_levels = self.state_event(head, "m.room.power_levels", "").await?;
+        let power = Arc::new(push_rules::power_levels_context(
+            &head.rules.authorization,
+            &create.pdu,
+            power_levels.as_ref().map(|event| event.pdu.as_ref()),
+        ));
+        head.push_power = Some(power.clone());
+        Ok(Some(power))
+    }
+
+    /// Evaluates the push rules of every member of ours the event may notify (the joined ones
+    /// but its sender, and the user an invite names) and queues a row for each it notifies.
+    /// Returns whom it notified, for the event's stream row.
+    pub(super) async fn evaluate_push(
+        &mut self,
+        room_id: &RoomId,
+        head: &mut RoomHead,
+        pdu: &Pdu,
+        (event_nid, position): (EventNid, i64),
+    ) -> MasterResult<Notified> {
+        let mut users: Vec<OwnedUserId> =
+            head.local_joined.iter().filter(|user| **user != pdu.sender).cloned().collect();
+        if pdu.kind.to_string() == "m.room.member"
+            && let Some(target) = &pdu.state_key
+            && let Ok(target) = OwnedUserId::try_from(target.as_str())
+            && target.server_name().as_str() == self.svc.config.server_name
+            && target != pdu.sender
+            && !head.local_joined.contains(&target)
+            && pdu.membership() == "invite"
+        {
+            users.push(target);
+        }
+        if users.is_empty() {
+            return Ok(Notified::default());
+        }
+        let power = self.push_power(head).await?;
+        let member_count = head.local_joined.len() + head.remote_joined.len();
+        let mut context = PushConditionRoomCtx::new(
+            room_id.to_owned(),
+            UInt::try_from(member_count).unwrap_or(UInt::MAX),
+            pdu.sender.clone(),
+            String::new(),
+        );
+        if let Some(power) = power {
+            context = context.with_power_levels((*power).clone());
+        }
+        let event = Evaluated::new(pdu);
+        let mut notified = Notified { thread_id: Arc::from(event.thread_id.as_str()), users: Vec::new() };
+        let ts = ganglion_storage::now_ms();
+        for user in users {
+            let recipient = self.recipient(&user).await?;
+            if recipient.ignored.contains(pdu.sender.as_str()) {
+                continue;
+            }
+            context.user_display_name = self.display_name(head, &user).await?;
+            context.user_id = user.clone();
+            let Some(notify) = event.decide(&recipient.ruleset, &context).await else { continue };
+            notified.users.push((Arc::from(user.as_str()), notify.highlight));
+            self.tx().push_actions.push(PushActionRow {
+                user_id: user.to_string(),
+                stream_pos: position,
+                room_nid: head.room_nid,
+                event_nid,
+                thread_id: event.thread_id.clone(),
+                highlight: notify.highlight,
+                actions: serde_json::to_string(&notify.actions).unwrap_or_else(|_| "[]".to_owned()),
+                ts,
+            });
+        }
+        Ok(notified)
+    }
+
+    /// The user's display name in the room (empty without one: no name to be mentioned by).
+    async fn display_name(&mut self, head: &RoomHead, user: &UserId) -> MasterResult<String> {
+        let member = self.state_event(head, "m.room.member", user.as_str()).await?;
+        Ok(member
+            .and_then(|event| event.pdu.content_value().get("displayname")?.as_str().map(str::to_owned))
+            .unwrap_or_default())
+    }
+}

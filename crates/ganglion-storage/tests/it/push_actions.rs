@@ -1,0 +1,133 @@
+//! Unread counts and notifications from push actions and read receipts, threads included.
+
+use ganglion_storage::{
+    events::{self, EventRow},
+    push_actions::{self, PushActionRow, UnreadCount},
+    rooms, state,
+    streams::{self, ReceiptRow},
+};
+use ganglion_types::{EventNid, RoomNid, SnapshotNid};
+
+fn event(nid: i64, room: RoomNid, kind: ganglion_types::TypeNid) -> std::sync::Arc<EventRow> {
+    std::sync::Arc::new(EventRow {
+        event_nid: EventNid(nid),
+        stream_pos: nid,
+        event_id: format!("$e{nid}"),
+        room_nid: room,
+        depth: nid,
+        type_nid: kind,
+        state_key_nid: None,
+        sender: "@b:x".to_owned(),
+        origin_server_ts: nid,
+        json: "{}".to_owned(),
+        snapshot_nid: SnapshotNid(1),
+        replaces_nid: None,
+        redacted_by: None,
+    })
+}
+
+fn action(user: &str, nid: i64, room: RoomNid, thread: &str, highlight: bool) -> PushActionRow {
+    PushActionRow {
+        user_id: user.to_owned(),
+        stream_pos: nid,
+        room_nid: room,
+        event_nid: EventNid(nid),
+        thread_id: thread.to_owned(),
+        highlight,
+        actions: r#"["notify"]"#.to_owned(),
+        ts: nid * 10,
+    }
+}
+
+fn receipt(user: &str, event_nid: i64, thread: &str, position: i64) -> ReceiptRow {
+    ReceiptRow {
+        room_id: "!r:x".to_owned(),
+        user_id: user.to_owned(),
+        receipt_type: "m.read".to_owned(),
+        thread_id: thread.to_owned(),
+        event_id: format!("$e{event_nid}"),
+        ts: 0,
+        stream_pos: position,
+    }
+}
+
+/// `(room, thread, notifications, highlights)` of `@a:x` in `rooms` as of `up_to`, sorted.
+async fn counts(
+    conn: &mut ganglion_storage::Conn,
+    rooms: &[RoomNid],
+    up_to: i64,
+) -> Vec<(i64, String, i64, i64)> {
+    let mut counts = push_actions::unread_counts(conn, "@a:x", rooms, up_to).await.unwrap();
+    counts.sort_by(|a, b| (a.room_nid, &a.thread_id).cmp(&(b.room_nid, &b.thread_id)));
+    counts
+        .into_iter()
+        .map(|UnreadCount { room_nid, thread_id, notifications, highlights }| {
+            (room_nid.0, thread_id, notifications, highlights)
+        })
+        .collect()
+}
+
+on_both_backends!(unread_counts_follow_receipts_per_thread, |db| {
+    let mut conn = db.conn().await.unwrap();
+    let room = rooms::insert_room(&mut conn, "!r:x", "10", false).await.unwrap();
+    let other = rooms::insert_room(&mut conn, "!o:x", "10", false).await.unwrap();
+    let kind = state::type_nid_or_insert(&mut conn, "m.room.message").await.unwrap();
+    let rows: Vec<_> = (1..=6).map(|nid| event(nid, if nid == 6 { other } else { room }, kind)).collect();
+    events::insert_events(&mut conn, &rows).await.unwrap();
+    // 1, 2 main (2 a highlight); 3, 4 in thread $e1 (4 a highlight); 5 main; 6 another room.
+    let actions = [
+        action("@a:x", 1, room, "main", false),
+        action("@a:x", 2, room, "main", true),
+        action("@a:x", 3, room, "$e1", false),
+        action("@a:x", 4, room, "$e1", true),
+        action("@a:x", 5, room, "main", false),
+        action("@a:x", 6, other, "main", false),
+        action("@c:x", 5, room, "main", true),
+    ];
+    push_actions::insert_push_actions(&mut conn, &actions).await.unwrap();
+    let (r, o) = (room.0, other.0);
+    assert_eq!(
+        counts(&mut conn, &[room, other], 6).await,
+        vec![(r, "$e1".into(), 2, 1), (r, "main".into(), 3, 1), (o, "main".into(), 1, 0)]
+    );
+    // As of an earlier position.
+    assert_eq!(
+        counts(&mut conn, &[room, other], 3).await,
+        vec![(r, "$e1".into(), 1, 0), (r, "main".into(), 2, 1)]
+    );
+    // A threaded receipt reads that thread only.
+    streams::upsert_receipt(&mut conn, &receipt("@a:x", 4, "$e1", 1)).await.unwrap();
+    assert_eq!(
+        counts(&mut conn, &[room, other], 6).await,
+        vec![(r, "main".into(), 3, 1), (o, "main".into(), 1, 0)]
+    );
+    // `main` reads the main timeline up to its event.
+    streams::upsert_receipt(&mut conn, &receipt("@a:x", 2, "main", 2)).await.unwrap();
+    assert_eq!(
+        counts(&mut conn, &[room, other], 6).await,
+        vec![(r, "main".into(), 1, 0), (o, "main".into(), 1, 0)]
+    );
+    // An unthreaded receipt reads everything up to its event, in its room only.
+    streams::upsert_receipt(&mut conn, &receipt("@a:x", 5, "", 3)).await.unwrap();
+    assert_eq!(counts(&mut conn, &[room, other], 6).await, vec![(o, "main".into(), 1, 0)]);
+
+    // Notifications: newest first, read or not, paged, highlights only.
+    let page = push_actions::notifications_of_user(&mut conn, "@a:x", None, 10, false).await.unwrap();
+    let seen: Vec<(i64, &str, bool)> =
+        page.iter().map(|n| (n.stream_pos, n.room_id.as_str(), n.read)).collect();
+    assert_eq!(
+        seen,
+        vec![
+            (6, "!o:x", false),
+            (5, "!r:x", true),
+            (4, "!r:x", true),
+            (3, "!r:x", true),
+            (2, "!r:x", true),
+            (1, "!r:x", true)
+        ]
+    );
+    let before = push_actions::notifications_of_user(&mut conn, "@a:x", Some(4), 2, false).await.unwrap();
+    assert_eq!(before.iter().map(|n| n.stream_pos).collect::<Vec<_>>(), vec![3, 2]);
+    let highlights = push_actions::notifications_of_user(&mut conn, "@a:x", None, 10, true).await.unwrap();
+    assert_eq!(highlights.iter().map(|n| n.stream_pos).collect::<Vec<_>>(), vec![4, 2]);
+});
