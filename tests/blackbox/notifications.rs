@@ -19,6 +19,32 @@ on_all_backends!(
     matrix_sdk_reads_unread_counts,
 );
 
+/// `push.enabled = false`: no event is evaluated, so counts stay 0 and nothing is notified.
+#[tokio::test]
+async fn push_turned_off_counts_nothing() {
+    crate::run(async {
+        let options = ganglion_testkit::ServerOptions {
+            extra_toml: "[push]\nenabled = false\n".to_owned(),
+            ..Default::default()
+        };
+        let server = ganglion_testkit::TestServer::start(Backend::Sqlite, options).await.unwrap();
+        let ([alice, bob, _carol], room) = three_in_a_public_room(&server).await;
+        let mut since = initial_since(&alice, "timeout=0").await;
+        let mention =
+            json!({ "msgtype": "m.text", "body": "alice", "m.mentions": { "user_ids": [alice.user_id] } });
+        let event = bob.send_event(&room, "m.room.message", &mention).await.unwrap();
+        let seen = sync_until(&alice, &mut since, "", |sync| {
+            room_in(sync, "join", &room)["timeline"]["events"]
+                .as_array()
+                .is_some_and(|events| events.iter().any(|e| e["event_id"] == event.as_str()))
+        })
+        .await;
+        assert_eq!(counts(seen.last().unwrap(), &room), Some((0, 0)));
+        assert_eq!(get_ok(&alice, "/notifications").await["notifications"], json!([]));
+    })
+    .await
+}
+
 /// `(notification_count, highlight_count)` of a room in a sync response, if it is there.
 fn counts(sync: &Value, room_id: &str) -> Option<(i64, i64)> {
     let unread = &room_in(sync, "join", room_id)["unread_notifications"];

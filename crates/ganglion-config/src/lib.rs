@@ -36,6 +36,7 @@ pub struct Config {
     pub rate_limits: RateLimitConfig,
     pub rooms: RoomsConfig,
     pub presence: PresenceConfig,
+    pub push: PushConfig,
     pub sync: SyncConfig,
     pub media: MediaConfig,
     /// Cluster mode: Redis carries replication (never the source of truth).
@@ -545,6 +546,16 @@ impl MediaConfig {
     }
 }
 
+/// Push notifications: the push rules the master evaluates for each new event (unread counts,
+/// `/notifications`, what the pushers deliver).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushConfig {
+    /// Off: no event is evaluated, so unread counts stay 0 and nothing is notified or pushed
+    /// (for servers whose users never look, and to measure what evaluation costs).
+    pub enabled: bool,
+}
+
 /// The presence module: online, unavailable (idle) and offline, shown to users who share a room.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -626,6 +637,7 @@ impl Config {
                 offline_timeout_ms: 60_000,
                 federation_ping_interval_ms: 25 * 60 * 1000,
             },
+            push: PushConfig { enabled: true },
             // Short enough to go unnoticed; under load it bounds each device to 50 answers/s.
             sync: SyncConfig { answer_interval_ms: 20 },
             // Synapse's limits; all media served by every endpoint, so older clients work.

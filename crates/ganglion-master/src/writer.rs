@@ -1129,7 +1129,7 @@ impl<'w> Batch<'w> {
             event_store::set_redacted_by(conn, target.as_str(), &event_id).await.map_err(internal)?;
             redacted = Some(target_row.event_nid);
         }
-        let push = match live {
+        let push = match live && self.svc.config.push.enabled {
             true => self.evaluate_push(room_id, &mut head, &pdu, (event_nid, position)).await?,
             false => ganglion_replication::Notified::default(),
         };
