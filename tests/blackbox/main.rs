@@ -67,6 +67,7 @@ mod notifications;
 mod pagination;
 mod presence;
 mod push_rules;
+mod pushers;
 mod ratelimits;
 mod readme_cluster;
 mod restart;

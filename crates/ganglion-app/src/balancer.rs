@@ -19,6 +19,7 @@ pub(crate) fn preference(role: Role) -> u8 {
         Role::All => 4,
         Role::Master => 5,
         Role::FederationSender => 6,
+        Role::Pusher => 7,
     }
 }
 
@@ -32,17 +33,18 @@ pub(crate) fn pool(role: Role) -> &'static str {
         Role::Media => "ganglion_media",
         Role::FederationReader => "ganglion_federation_reader",
         Role::FederationSender => "ganglion_federation_sender",
+        Role::Pusher => "ganglion_pusher",
     }
 }
 
 /// The roles of `instance_map`, each once, the one [`preference`] prefers first.
 pub(crate) fn roles(config: &Config) -> Vec<Role> {
-    // A role that serves no endpoint (the federation sender) gets no pool.
+    // A role that serves no endpoint (the federation sender, the pusher) gets no pool.
     let mut roles: Vec<Role> = config
         .instance_map
         .values()
         .map(|instance| instance.role)
-        .filter(|role| *role != Role::FederationSender)
+        .filter(|role| !matches!(role, Role::FederationSender | Role::Pusher))
         .collect();
     roles.sort_by_key(|role| preference(*role));
     roles.dedup();

@@ -115,7 +115,12 @@ pub async fn run(
     // The master's run identifies the typing stream's epoch; workers learn it from the master.
     let typing_epoch = if matches!(
         role,
-        Role::Sync | Role::ClientReader | Role::Media | Role::FederationReader | Role::FederationSender
+        Role::Sync
+            | Role::ClientReader
+            | Role::Media
+            | Role::FederationReader
+            | Role::FederationSender
+            | Role::Pusher
     ) {
         0
     } else {
@@ -189,7 +194,21 @@ pub async fn run(
             .run(),
         );
     }
-    tokio::spawn(reload_on_sighup(config.clone(), federation.policy.clone(), duty));
+    // Pushes the same way: the master pushes when the cluster has no pusher instances.
+    let (push_duty, push_duty_changes) = tokio::sync::watch::channel(ganglion_pusher::Duty::of(&config));
+    if matches!(role, Role::All | Role::Master | Role::Pusher) {
+        tokio::spawn(
+            ganglion_pusher::Pusher::new(
+                db.clone(),
+                caches.clone(),
+                positions.clone(),
+                config.clone(),
+                push_duty_changes,
+            )
+            .run(),
+        );
+    }
+    tokio::spawn(reload_on_sighup(config.clone(), federation.policy.clone(), (duty, push_duty)));
 
     let mut catch_up: Option<Arc<dyn CatchUp>> = None;
     let mut follower: Option<Arc<Follower>> = None;
@@ -263,7 +282,12 @@ pub async fn run(
             }
             service
         }
-        Role::Sync | Role::ClientReader | Role::Media | Role::FederationReader | Role::FederationSender => {
+        Role::Sync
+        | Role::ClientReader
+        | Role::Media
+        | Role::FederationReader
+        | Role::FederationSender
+        | Role::Pusher => {
             let address = config.master_grpc().ok_or(AppError::Config("instance_map has no master"))?;
             let remote = ganglion_rpc::grpc::RemoteMaster::new(
                 address,
@@ -530,12 +554,16 @@ pub async fn run(
 }
 
 /// On SIGHUP, reads the config file again and takes what can change without a restart: the
-/// servers this one federates with, and which process sends to which of them (the federation
-/// senders of `instance_map`). A config that no longer loads changes nothing.
+/// servers this one federates with, which process sends to which of them (the federation
+/// senders of `instance_map`) and which pushes for which users (its pushers). A config that no
+/// longer loads changes nothing.
 async fn reload_on_sighup(
     config: Arc<Config>,
     policy: Arc<ganglion_federation::ServerPolicy>,
-    duty: tokio::sync::watch::Sender<ganglion_federation_sender::Duty>,
+    (duty, push_duty): (
+        tokio::sync::watch::Sender<ganglion_federation_sender::Duty>,
+        tokio::sync::watch::Sender<ganglion_pusher::Duty>,
+    ),
 ) {
     let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
         return;
@@ -548,6 +576,10 @@ async fn reload_on_sighup(
                 let now = ganglion_federation_sender::Duty::of(&reloaded);
                 if duty.send_replace(now) != now {
                     tracing::info!(duty = ?now, "SIGHUP: this process's federation destinations changed");
+                }
+                let now = ganglion_pusher::Duty::of(&reloaded);
+                if push_duty.send_replace(now) != now {
+                    tracing::info!(duty = ?now, "SIGHUP: the users this process pushes for changed");
                 }
                 tracing::info!(
                     allowed_servers = reloaded.federation.allowed_servers.len(),

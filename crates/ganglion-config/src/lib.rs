@@ -554,6 +554,9 @@ pub struct PushConfig {
     /// Off: no event is evaluated, so unread counts stay 0 and nothing is notified or pushed
     /// (for servers whose users never look, and to measure what evaluation costs).
     pub enabled: bool,
+    /// Internal addresses a push gateway may be at anyway (as `federation.allowed_address_ranges`
+    /// for other servers): a pusher whose URL resolves elsewhere in an internal range is refused.
+    pub allowed_address_ranges: Vec<AddressRange>,
 }
 
 /// The presence module: online, unavailable (idle) and offline, shown to users who share a room.
@@ -637,7 +640,7 @@ impl Config {
                 offline_timeout_ms: 60_000,
                 federation_ping_interval_ms: 25 * 60 * 1000,
             },
-            push: PushConfig { enabled: true },
+            push: PushConfig { enabled: true, allowed_address_ranges: Vec::new() },
             // Short enough to go unnoticed; under load it bounds each device to 50 answers/s.
             sync: SyncConfig { answer_interval_ms: 20 },
             // Synapse's limits; all media served by every endpoint, so older clients work.

@@ -281,3 +281,39 @@ pub(crate) async fn update_push_rules(
     writer.forget_recipient(user_id);
     Ok(())
 }
+
+/// Adds, updates or (`kind: null`) deletes one of the user's pushers, from a `/pushers/set` body
+/// the worker checked. A new pusher delivers what notifies the user from now on.
+pub(crate) async fn set_pusher(svc: &MasterService, user_id: &OwnedUserId, body: &Value) -> MasterResult<()> {
+    let text = |key: &str| body.get(key).and_then(Value::as_str).unwrap_or_default().to_owned();
+    let mut conn = svc.db.conn().await.map_err(internal)?;
+    if body.get("kind").is_none_or(Value::is_null) {
+        ganglion_storage::pushers::delete_pusher(
+            &mut conn,
+            user_id.as_str(),
+            &text("app_id"),
+            &text("pushkey"),
+        )
+        .await
+        .map_err(internal)?;
+        return Ok(());
+    }
+    let row = ganglion_storage::pushers::PusherRow {
+        user_id: user_id.to_string(),
+        app_id: text("app_id"),
+        pushkey: text("pushkey"),
+        kind: text("kind"),
+        app_display_name: text("app_display_name"),
+        device_display_name: text("device_display_name"),
+        profile_tag: body.get("profile_tag").and_then(Value::as_str).map(str::to_owned),
+        lang: text("lang"),
+        data: body.get("data").cloned().unwrap_or_else(|| json!({})).to_string(),
+        created_ts: ganglion_storage::now_ms(),
+        last_stream_pos: svc.positions.get(StreamKind::Events).0,
+    };
+    let append = body.get("append").and_then(Value::as_bool).unwrap_or(false);
+    let mut tx = svc.db.begin().await.map_err(internal)?;
+    ganglion_storage::pushers::upsert_pusher(&mut tx, &row, append).await.map_err(internal)?;
+    tx.commit().await.map_err(|e| internal(ganglion_storage::StorageError::from(e)))?;
+    Ok(())
+}

@@ -33,7 +33,7 @@ use ganglion_rpc::{
     ForgetRoom, ImportRoom, KeyBackup, Keys, LoginRequest, Logout, LogoutAll, MadeJoin, MakeJoin,
     MasterResult, OneTimeKeyCounts, PreparedInvite, Presence, PresenceSyncing, PutBackupKeys,
     RegisterRequest, RenameDevice, RoomKeysUpdate, Rooms, SendEvent, SendToDevice, SessionGrant,
-    SetAccountData, SetAlias, SetPassword, SetPresence, SetProfile, SetReceipt, SetRemotePresence,
+    SetAccountData, SetAlias, SetPassword, SetPresence, SetProfile, SetPusher, SetReceipt, SetRemotePresence,
     SetRoomVisibility, SetTyping, SignatureFailure, StoreInvite, Streams, TypingSnapshot,
     UpdateBackupVersion, UpdateMembership, UpdatePushRules, UploadKeys, UploadSignatures, UploadSigningKeys,
 };
@@ -274,6 +274,10 @@ impl Ephemeral for MasterService {
 
     async fn update_push_rules(&self, r: UpdatePushRules) -> MasterResult<()> {
         ephemeral::update_push_rules(self, &r.user_id, &r.change).await
+    }
+
+    async fn set_pusher(&self, r: SetPusher) -> MasterResult<()> {
+        ephemeral::set_pusher(self, &r.user_id, &r.body).await
     }
 }
 

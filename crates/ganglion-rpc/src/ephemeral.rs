@@ -16,6 +16,7 @@ service! {
         fn set_receipt(SetReceipt) -> () as pb::Done;
         fn set_account_data(SetAccountData) -> () as pb::Done;
         fn update_push_rules(UpdatePushRules) -> () as pb::Done;
+        fn set_pusher(SetPusher) -> () as pb::Done;
     }
 }
 
@@ -155,5 +156,32 @@ impl Call for UpdatePushRules {
 
     fn after(&self) -> AfterCall {
         AfterCall::AwaitReplication
+    }
+}
+
+/// `POST /pushers/set`, its body checked by the worker: adds, updates or (`kind: null`)
+/// deletes one of the user's pushers.
+#[derive(Debug, Clone)]
+pub struct SetPusher {
+    pub user_id: OwnedUserId,
+    pub body: Value,
+}
+
+impl Call for SetPusher {
+    type Message = pb::SetPusherRequest;
+
+    fn into_message(self) -> pb::SetPusherRequest {
+        pb::SetPusherRequest { user_id: self.user_id.into(), body_json: self.body.to_string() }
+    }
+
+    fn from_message(message: pb::SetPusherRequest) -> Result<Self, ConvertError> {
+        Ok(SetPusher {
+            user_id: id("user_id", message.user_id)?,
+            body: json_value("body_json", &message.body_json)?,
+        })
+    }
+
+    fn after(&self) -> AfterCall {
+        AfterCall::Nothing
     }
 }

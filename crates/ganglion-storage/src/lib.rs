@@ -16,6 +16,7 @@ pub mod media;
 mod migrations;
 pub mod presence;
 pub mod push_actions;
+pub mod pushers;
 pub mod replication;
 pub mod rooms;
 pub mod secrets;

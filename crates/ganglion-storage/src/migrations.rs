@@ -28,6 +28,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (19, include_str!("../migrations/0019_events_by_time.sql")),
     (20, include_str!("../migrations/0020_state_events_by_key.sql")),
     (21, include_str!("../migrations/0021_push_actions.sql")),
+    (22, include_str!("../migrations/0022_pushers.sql")),
 ];
 
 pub(crate) async fn run(db: &Db) -> Result<()> {

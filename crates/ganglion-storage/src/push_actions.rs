@@ -142,3 +142,49 @@ pub async fn notifications_of_user(
         })
         .collect())
 }
+
+/// The user's push actions with `after < position <= up_to`, oldest first, at most `limit`.
+pub async fn push_actions_between(
+    conn: &mut Conn,
+    user_id: &str,
+    after: i64,
+    up_to: i64,
+    limit: i64,
+) -> Result<Vec<PushActionRow>> {
+    let rows = sqlx::query(
+        "SELECT user_id, stream_pos, room_nid, event_nid, thread_id, highlight, actions, ts FROM push_actions
+         WHERE user_id = $1 AND stream_pos > $2 AND stream_pos <= $3 ORDER BY stream_pos LIMIT $4",
+    )
+    .bind(user_id)
+    .bind(after)
+    .bind(up_to)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| PushActionRow {
+            user_id: row.get(0),
+            stream_pos: row.get(1),
+            room_nid: RoomNid(row.get(2)),
+            event_nid: EventNid(row.get(3)),
+            thread_id: row.get(4),
+            highlight: row.get::<i64, _>(5) == 1,
+            actions: row.get(6),
+            ts: row.get(7),
+        })
+        .collect())
+}
+
+/// How many of the rooms the user is joined to have an unread notification: the badge a push
+/// gateway shows.
+pub async fn unread_rooms_of_user(conn: &mut Conn, user_id: &str) -> Result<i64> {
+    let sql = format!(
+        "SELECT COUNT(*) FROM memberships m JOIN rooms ro ON ro.room_nid = m.room_nid
+         WHERE m.user_id = $1 AND m.membership = 'join' AND EXISTS (
+             SELECT 1 FROM push_actions a WHERE a.user_id = m.user_id AND a.room_nid = m.room_nid
+             AND a.stream_pos > {READ_UP_TO})"
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(user_id).fetch_one(conn).await?;
+    Ok(row.get(0))
+}

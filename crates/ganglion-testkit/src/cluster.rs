@@ -65,6 +65,9 @@ const FEDERATING: [(&str, &str); 3] = [
     ("fedsender2", "federation-sender"),
 ];
 
+/// The two pusher workers [`Cluster::start_pushing`] adds.
+const PUSHING: [(&str, &str); 2] = [("pusher1", "pusher"), ("pusher2", "pusher")];
+
 /// One process of the cluster.
 struct Instance {
     name: &'static str,
@@ -138,6 +141,14 @@ impl Cluster {
         let mut instances = INSTANCES.to_vec();
         instances.extend(FEDERATING);
         Cluster::start_on(options, false, &instances, true).await
+    }
+
+    /// Like [`Cluster::start`], plus two pusher workers (`pusher1`, `pusher2`) sharing the
+    /// users' pushers.
+    pub async fn start_pushing(options: ServerOptions) -> anyhow::Result<Cluster> {
+        let mut instances = INSTANCES.to_vec();
+        instances.extend(PUSHING);
+        Cluster::start_on(options, false, &instances, false).await
     }
 
     /// `127.0.0.1:FED_PORT` of [`Cluster::start_federating`], else `localhost`.

@@ -224,6 +224,15 @@ impl TestServer {
         Ok(server)
     }
 
+    /// Like [`TestServer::start`], with [`Backend::Cluster`] a cluster with two pusher workers
+    /// ([`Cluster::start_pushing`]).
+    pub async fn start_with_pushers(backend: Backend, options: ServerOptions) -> anyhow::Result<TestServer> {
+        match backend {
+            Backend::Cluster => Ok(TestServer::over_cluster(Cluster::start_pushing(options).await?)),
+            _ => TestServer::start(backend, options).await,
+        }
+    }
+
     fn over_cluster(cluster: Cluster) -> TestServer {
         TestServer {
             base_url: cluster.base_url(),

@@ -27,6 +27,8 @@ pub enum Role {
     FederationReader,
     /// Sends other servers what they are owed; serves no endpoint.
     FederationSender,
+    /// Delivers notifications to push gateways; serves no endpoint.
+    Pusher,
 }
 
 impl Role {
@@ -39,6 +41,7 @@ impl Role {
             Role::Media => "media",
             Role::FederationReader => "federation-reader",
             Role::FederationSender => "federation-sender",
+            Role::Pusher => "pusher",
         }
     }
 
@@ -65,7 +68,7 @@ impl Role {
             Role::FederationReader => {
                 matches!(class, EndpointClass::Federation | EndpointClass::Keys | EndpointClass::WellKnown)
             }
-            Role::FederationSender => false,
+            Role::FederationSender | Role::Pusher => false,
         }
     }
 }

@@ -1,0 +1,347 @@
+//! The pusher role: what the master's push rules decided (`push_actions`, written with each
+//! event) goes to the users' push gateways, in position order, one notification per event and
+//! pusher (a pusher is one device of one app).
+//!
+//! Each pusher stores the events position it has delivered up to, moved on after each
+//! notification the gateway took, so a pusher killed midway resumes where it was: nothing is
+//! lost, and nothing but the one notification in flight at the kill could go twice. A gateway
+//! that fails (5xx, unreachable) is tried again after a back-off that doubles up to a cap, with
+//! the same notification first; one that rejects the pushkey loses the pusher; one that refuses a
+//! notification otherwise (4xx) has it skipped. Woken by the events stream.
+//!
+//! `role = "all"` pushes in process; a cluster's `pusher` instances share the users between them
+//! by a stable hash of the user id (the master pushes when the cluster has none), and take the
+//! new shares when SIGHUP reloads a changed `instance_map`.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures_util::StreamExt as _;
+use ganglion_config::Config;
+use ganglion_push_gateway::{GatewayError, Url};
+use ganglion_replication::Positions;
+use ganglion_state::Caches;
+use ganglion_storage::{
+    Db,
+    push_actions::{self, PushActionRow},
+    pushers::{self, PusherRow},
+};
+use ganglion_types::{Role, StreamKind, SyncToken};
+use parking_lot::Mutex;
+use serde_json::{Map, Value, json};
+
+/// How often pushers are looked at when the events stream does not move.
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+const FIRST_RETRY: Duration = Duration::from_millis(500);
+const MAX_RETRY: Duration = Duration::from_secs(10 * 60);
+/// Notifications read for one user per round.
+const BATCH: i64 = 100;
+/// Users served at once: one slow gateway holds up only its own users.
+const CONCURRENT_USERS: usize = 32;
+
+/// Which users' pushers a process serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Duty {
+    /// None: a cluster's master once it has pushers, and processes of other roles.
+    Nothing,
+    /// Every user: the embedded default, and a cluster's master without pusher instances.
+    Everything,
+    /// The users `ganglion_types::shard_of` puts in share `index` of `of`.
+    Share { index: usize, of: usize },
+}
+
+impl Duty {
+    pub fn of(config: &Config) -> Duty {
+        match config.worker.role {
+            Role::All => Duty::Everything,
+            Role::Master if config.instances_of(Role::Pusher).is_empty() => Duty::Everything,
+            Role::Pusher => match config.own_shard() {
+                Some((index, of)) => Duty::Share { index, of },
+                None => Duty::Nothing,
+            },
+            _ => Duty::Nothing,
+        }
+    }
+
+    fn covers(self, user_id: &str) -> bool {
+        match self {
+            Duty::Nothing => false,
+            Duty::Everything => true,
+            Duty::Share { index, of } => ganglion_types::shard_of(user_id, of) == index,
+        }
+    }
+}
+
+/// A pusher that failed: not tried again before `until`.
+#[derive(Clone, Copy)]
+struct Backoff {
+    until: Instant,
+    interval: Duration,
+}
+
+type PusherKey = (String, String, String);
+
+fn key_of(pusher: &PusherRow) -> PusherKey {
+    (pusher.user_id.clone(), pusher.app_id.clone(), pusher.pushkey.clone())
+}
+
+/// Counts of what the pushers did, for metrics.
+#[derive(Default)]
+pub struct PusherStats {
+    pub sent: std::sync::atomic::AtomicU64,
+    pub failed: std::sync::atomic::AtomicU64,
+    pub dropped: std::sync::atomic::AtomicU64,
+}
+
+pub struct Pusher {
+    db: Db,
+    caches: Arc<Caches>,
+    positions: Arc<Positions>,
+    config: Arc<Config>,
+    duty: tokio::sync::watch::Receiver<Duty>,
+    backoff: Mutex<HashMap<PusherKey, Backoff>>,
+    pub stats: Arc<PusherStats>,
+}
+
+impl Pusher {
+    pub fn new(
+        db: Db,
+        caches: Arc<Caches>,
+        positions: Arc<Positions>,
+        config: Arc<Config>,
+        duty: tokio::sync::watch::Receiver<Duty>,
+    ) -> Pusher {
+        Pusher { db, caches, positions, config, duty, backoff: Mutex::default(), stats: Arc::default() }
+    }
+
+    /// Pushes until the process ends.
+    pub async fn run(mut self) {
+        loop {
+            let duty = *self.duty.borrow_and_update();
+            let up_to = self.positions.get(StreamKind::Events).0;
+            if duty != Duty::Nothing
+                && let Err(error) = self.round(duty, up_to).await
+            {
+                tracing::warn!(%error, "reading the pushers failed");
+            }
+            // Woken by the next event (or a retry coming due).
+            let next =
+                SyncToken { events: ganglion_types::StreamPosition(up_to + 1), ..SyncToken::default() };
+            let wait = self.next_retry().map_or(POLL_INTERVAL, |due| due.min(POLL_INTERVAL));
+            self.positions.wait_for(&next, wait).await;
+        }
+    }
+
+    fn next_retry(&self) -> Option<Duration> {
+        let now = Instant::now();
+        self.backoff.lock().values().map(|backoff| backoff.until.saturating_duration_since(now)).min()
+    }
+
+    /// Delivers what every pusher of the duty's users is owed up to `up_to`.
+    async fn round(&self, duty: Duty, up_to: i64) -> ganglion_storage::Result<()> {
+        let behind = {
+            let mut conn = self.db.conn().await?;
+            pushers::pushers_behind(&mut conn, up_to).await?
+        };
+        let now = Instant::now();
+        let mut by_user: BTreeMap<String, Vec<PusherRow>> = BTreeMap::new();
+        for pusher in behind {
+            let waiting =
+                self.backoff.lock().get(&key_of(&pusher)).is_some_and(|backoff| backoff.until > now);
+            if duty.covers(&pusher.user_id) && !waiting {
+                by_user.entry(pusher.user_id.clone()).or_default().push(pusher);
+            }
+        }
+        futures_util::stream::iter(by_user)
+            .for_each_concurrent(CONCURRENT_USERS, |(user_id, pushers)| async move {
+                if let Err(error) = self.serve_user(&user_id, pushers, up_to).await {
+                    tracing::warn!(%error, %user_id, "pushing failed");
+                }
+            })
+            .await;
+        Ok(())
+    }
+
+    /// Delivers the user's notifications up to `up_to` to each of their `pushers`.
+    async fn serve_user(
+        &self,
+        user_id: &str,
+        pushers: Vec<PusherRow>,
+        up_to: i64,
+    ) -> ganglion_storage::Result<()> {
+        let mut conn = self.db.conn().await?;
+        let after = pushers.iter().map(|pusher| pusher.last_stream_pos).min().unwrap_or(up_to);
+        let actions = push_actions::push_actions_between(&mut conn, user_id, after, up_to, BATCH).await?;
+        // A full batch reaches only as far as its last row.
+        let reached = match actions.len() as i64 == BATCH {
+            true => actions.last().map_or(up_to, |action| action.stream_pos),
+            false => up_to,
+        };
+        let badge = match actions.is_empty() {
+            true => 0,
+            false => push_actions::unread_rooms_of_user(&mut conn, user_id).await?,
+        };
+        let mut built: HashMap<i64, Option<Value>> = HashMap::new();
+        'pushers: for pusher in pushers {
+            let key = (pusher.user_id.as_str(), pusher.app_id.as_str(), pusher.pushkey.as_str());
+            for action in actions.iter().filter(|action| action.stream_pos > pusher.last_stream_pos) {
+                let notification = match built.get(&action.stream_pos) {
+                    Some(notification) => notification.clone(),
+                    None => {
+                        let notification = self.notification(&mut conn, action).await?;
+                        built.insert(action.stream_pos, notification.clone());
+                        notification
+                    }
+                };
+                // An event gone since (purged) is skipped.
+                if let Some(notification) = notification {
+                    match self.deliver(&pusher, &notification, action, badge).await {
+                        Delivery::Taken => {}
+                        Delivery::Retry => continue 'pushers,
+                        Delivery::Dropped => {
+                            pushers::delete_pusher(&mut conn, key.0, key.1, key.2).await?;
+                            continue 'pushers;
+                        }
+                    }
+                }
+                pushers::advance_pusher(&mut conn, key, action.stream_pos).await?;
+            }
+            pushers::advance_pusher(&mut conn, key, reached).await?;
+        }
+        Ok(())
+    }
+
+    /// The event's part of a notification (the full format's fields), or `None` for an event
+    /// that is not there.
+    async fn notification(
+        &self,
+        conn: &mut ganglion_storage::Conn,
+        action: &PushActionRow,
+    ) -> ganglion_storage::Result<Option<Value>> {
+        let state =
+            |error: ganglion_state::StateError| ganglion_storage::StorageError::Corrupt(error.to_string());
+        let Some(event) = self.caches.event(conn, action.event_nid).await.map_err(state)? else {
+            return Ok(None);
+        };
+        let pdu = &event.pdu;
+        let snapshot = self.caches.snapshot(conn, event.row.snapshot_nid).await.map_err(state)?;
+        let content_of = |event: Option<ganglion_state::StoredEvent>, key: &str| {
+            event.and_then(|event| event.pdu.content_value().get(key)?.as_str().map(str::to_owned))
+        };
+        let sender = self
+            .caches
+            .state_event(conn, &snapshot, "m.room.member", pdu.sender.as_str())
+            .await
+            .map_err(state)?;
+        let room_name = self.caches.state_event(conn, &snapshot, "m.room.name", "").await.map_err(state)?;
+        let mut notification = json!({
+            "event_id": pdu.event_id,
+            "room_id": pdu.room_id,
+            "type": pdu.kind.to_string(),
+            "sender": pdu.sender,
+            "content": pdu.content_value(),
+        });
+        if let Some(name) = content_of(sender, "displayname") {
+            notification["sender_display_name"] = json!(name);
+        }
+        if let Some(name) = content_of(room_name, "name") {
+            notification["room_name"] = json!(name);
+        }
+        if let Some(target) = &pdu.state_key
+            && pdu.kind.to_string() == "m.room.member"
+        {
+            notification["user_is_target"] = json!(*target == action.user_id);
+        }
+        Ok(Some(notification))
+    }
+
+    /// Posts one notification to the pusher's gateway.
+    async fn deliver(
+        &self,
+        pusher: &PusherRow,
+        event: &Value,
+        action: &PushActionRow,
+        badge: i64,
+    ) -> Delivery {
+        let key = key_of(pusher);
+        let mut data: Map<String, Value> = serde_json::from_str(&pusher.data).unwrap_or_default();
+        let Some(url) = data.remove("url").and_then(|url| Url::parse(url.as_str()?).ok()) else {
+            tracing::warn!(app_id = %pusher.app_id, "a pusher without a usable URL is dropped");
+            return Delivery::Dropped;
+        };
+        let event_id_only = data.get("format").and_then(Value::as_str) == Some("event_id_only");
+        let actions: Vec<Value> = serde_json::from_str(&action.actions).unwrap_or_default();
+        let tweaks: Map<String, Value> = actions
+            .iter()
+            .filter_map(|action| {
+                let tweak = action.get("set_tweak")?.as_str()?;
+                Some((tweak.to_owned(), action.get("value").cloned().unwrap_or(Value::Bool(true))))
+            })
+            .collect();
+        let high = tweaks.contains_key("sound")
+            || tweaks.get("highlight").is_some_and(|value| value != &Value::Bool(false))
+            || event["type"] == "m.room.encrypted";
+        let device = json!({
+            "app_id": pusher.app_id,
+            "pushkey": pusher.pushkey,
+            "pushkey_ts": pusher.created_ts / 1000,
+            "data": data,
+            "tweaks": tweaks,
+        });
+        let mut notification = match event_id_only {
+            true => json!({ "event_id": event["event_id"], "room_id": event["room_id"] }),
+            false => event.clone(),
+        };
+        notification["prio"] = json!(if high { "high" } else { "low" });
+        notification["counts"] = json!({ "unread": badge });
+        notification["devices"] = json!([device]);
+        let sent = ganglion_push_gateway::notify(
+            &url,
+            &json!({ "notification": notification }),
+            &self.config.push.allowed_address_ranges,
+        )
+        .await;
+        let stats = &self.stats;
+        match sent {
+            Ok(rejected) if rejected.contains(&pusher.pushkey) => {
+                tracing::info!(app_id = %pusher.app_id, user_id = %pusher.user_id, "the gateway rejected the pushkey: pusher dropped");
+                stats.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.backoff.lock().remove(&key);
+                Delivery::Dropped
+            }
+            Ok(_) => {
+                stats.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.backoff.lock().remove(&key);
+                Delivery::Taken
+            }
+            Err(error) => {
+                stats.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.failed(key, pusher, &error)
+            }
+        }
+    }
+
+    fn failed(&self, key: PusherKey, pusher: &PusherRow, error: &GatewayError) -> Delivery {
+        if !error.is_transient() {
+            tracing::warn!(%error, app_id = %pusher.app_id, user_id = %pusher.user_id, "the push gateway refused a notification: skipped");
+            return Delivery::Taken;
+        }
+        let mut backoff = self.backoff.lock();
+        let interval = backoff.get(&key).map_or(FIRST_RETRY, |backoff| (backoff.interval * 2).min(MAX_RETRY));
+        tracing::info!(%error, app_id = %pusher.app_id, user_id = %pusher.user_id, retry_in = ?interval, "the push gateway failed");
+        backoff.insert(key, Backoff { until: Instant::now() + interval, interval });
+        Delivery::Retry
+    }
+}
+
+enum Delivery {
+    /// The gateway took it (or refused it for good): on to the next.
+    Taken,
+    /// Try this one again after the back-off.
+    Retry,
+    /// The pusher is gone (its pushkey rejected).
+    Dropped,
+}
