@@ -438,6 +438,13 @@ async fn cluster_pushers_killed_mid_burst_lose_nothing() {
         }
         let counts = delivered_until(&gateway, &third, &keys).await;
         assert!(counts.values().all(|count| *count == 1), "{counts:?}");
+
+        // pusher1 counted what it sent since its restart (the third burst's 30 at least); the
+        // master, with pushers in its instance_map, pushed nothing.
+        let cluster = server.cluster().unwrap();
+        let sent = pushes(cluster, "pusher1", "sent").await;
+        assert!(sent >= 30.0, "pushes sent: {sent}");
+        assert_eq!(pushes(cluster, "master", "sent").await, 0.0);
     })
     .await
 }
@@ -465,4 +472,15 @@ async fn delivered_until(
         }
     }
     counts
+}
+
+/// `ganglion_pushes_total{result}` of a cluster process (0 if it never pushed since it started).
+async fn pushes(cluster: &ganglion_testkit::Cluster, name: &str, result: &str) -> f64 {
+    let url = format!("{}/metrics", cluster.metrics_url_of(name));
+    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+    let line = format!("ganglion_pushes_total{{result=\"{result}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(line.as_str()))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no {line} in {name}'s metrics:\n{text}"))
 }

@@ -168,6 +168,16 @@ pub async fn run(
         },
     );
     db.count_in(metrics.database.clone());
+    let push_stats = Arc::new(ganglion_pusher::PusherStats::default());
+    if matches!(role, Role::All | Role::Master | Role::Pusher) {
+        let stats = push_stats.clone();
+        metrics.register_counter_fn(
+            "pushes",
+            "Notifications posted to push gateways, by result (sent: the gateway took it; failed: tried again later; pusher_dropped: the gateway rejected the pushkey)",
+            "result",
+            move || stats.counts(),
+        );
+    }
     let metrics = Arc::new(metrics);
     let recent = Arc::new(RecentEvents::new(start));
     let limiter = Arc::new(RateLimiter::new(&config.rate_limits));
@@ -204,6 +214,7 @@ pub async fn run(
                 positions.clone(),
                 config.clone(),
                 push_duty_changes,
+                push_stats,
             )
             .run(),
         );

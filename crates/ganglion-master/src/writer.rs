@@ -68,8 +68,18 @@ pub(crate) struct RoomHead {
     pub remote_joined: Arc<BTreeSet<OwnedUserId>>,
     /// Joined users of ours: whose push rules each new event is evaluated against.
     pub local_joined: Arc<BTreeSet<OwnedUserId>>,
-    /// The power levels part of the push rule context, made when first needed after a change.
-    pub push_power: Option<Arc<PushConditionPowerLevelsCtx>>,
+    /// What push rule evaluation reads of the room's state, kept until the state changes.
+    pub push: PushState,
+}
+
+/// What evaluating push rules reads of a room's state, made when first needed after a change
+/// (reading member events for display names once per event and member would cost the writer a
+/// lookup each, from the database once the event cache has moved on).
+#[derive(Clone, Default)]
+pub(crate) struct PushState {
+    pub power: Option<Arc<PushConditionPowerLevelsCtx>>,
+    /// Members' display names in the room (empty for none).
+    pub names: Arc<HashMap<OwnedUserId, Arc<str>>>,
 }
 
 /// The most `prev_events` an event of ours names, as Synapse bounds it: more extremities than
@@ -90,7 +100,7 @@ impl RoomHead {
             bump_pos: 0,
             remote_joined: Arc::default(),
             local_joined: Arc::default(),
-            push_power: None,
+            push: PushState::default(),
         }
     }
 
@@ -357,7 +367,7 @@ impl<'w> Batch<'w> {
             bump_pos: room.bump_stream_pos,
             remote_joined: Arc::new(remote_joined),
             local_joined: Arc::new(local_joined),
-            push_power: None,
+            push: PushState::default(),
         };
         self.writer.heads.insert(room_id.to_owned(), head.clone());
         Ok(Some(head))
@@ -778,7 +788,7 @@ impl<'w> Batch<'w> {
         self.placing = None;
         let current = current?;
         head.snapshot = current.clone();
-        head.push_power = None;
+        head.push = PushState::default();
         self.heads.insert(room_id.to_owned(), head);
         // Not as state: its effect on the room's state is the resolution's.
         let event = self.persist_event(room_id, pdu, None, false, true).await?;
@@ -989,7 +999,7 @@ impl<'w> Batch<'w> {
             .map_err(internal)?;
         if let Some(head) = self.heads.get_mut(room_id) {
             head.snapshot = snapshot;
-            head.push_power = None;
+            head.push = PushState::default();
         }
         let own_server = self.svc.config.server_name.clone();
         let membership_of = |event: &StoredEvent| -> Option<(String, String, EventNid, i64)> {
@@ -1089,7 +1099,7 @@ impl<'w> Batch<'w> {
                 .await
                 .map_err(internal)?;
             head.snapshot = snapshot.clone();
-            head.push_power = None;
+            head.push = PushState::default();
             new_snapshot = Some(snapshot);
         }
         let snapshot_nid = head.snapshot.nid.ok_or_else(|| MasterError::internal("room without state"))?;

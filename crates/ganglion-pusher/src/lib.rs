@@ -96,6 +96,18 @@ pub struct PusherStats {
     pub dropped: std::sync::atomic::AtomicU64,
 }
 
+impl PusherStats {
+    /// `(result, count)`: notifications the gateways took, attempts that failed, pushers dropped.
+    pub fn counts(&self) -> Vec<(&'static str, u64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        vec![
+            ("sent", self.sent.load(Relaxed)),
+            ("failed", self.failed.load(Relaxed)),
+            ("pusher_dropped", self.dropped.load(Relaxed)),
+        ]
+    }
+}
+
 pub struct Pusher {
     db: Db,
     caches: Arc<Caches>,
@@ -113,8 +125,9 @@ impl Pusher {
         positions: Arc<Positions>,
         config: Arc<Config>,
         duty: tokio::sync::watch::Receiver<Duty>,
+        stats: Arc<PusherStats>,
     ) -> Pusher {
-        Pusher { db, caches, positions, config, duty, backoff: Mutex::default(), stats: Arc::default() }
+        Pusher { db, caches, positions, config, duty, backoff: Mutex::default(), stats }
     }
 
     /// Pushes until the process ends.

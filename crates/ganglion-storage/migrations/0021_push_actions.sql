@@ -15,4 +15,3 @@ CREATE TABLE push_actions (
     PRIMARY KEY (user_id, stream_pos)
 );
 CREATE INDEX push_actions_by_room ON push_actions (user_id, room_nid, stream_pos);
-CREATE INDEX push_actions_by_position ON push_actions (stream_pos);

@@ -73,7 +73,7 @@ impl Batch<'_> {
         &mut self,
         head: &mut RoomHead,
     ) -> MasterResult<Option<Arc<PushConditionPowerLevelsCtx>>> {
-        if let Some(power) = &head.push_power {
+        if let Some(power) = &head.push.power {
             return Ok(Some(power.clone()));
         }
         let Some(create) = self.state_event(head, "m.room.create", "").await? else { return Ok(None) };
@@ -83,7 +83,7 @@ impl Batch<'_> {
             &create.pdu,
             power_levels.as_ref().map(|event| event.pdu.as_ref()),
         ));
-        head.push_power = Some(power.clone());
+        head.push.power = Some(power.clone());
         Ok(Some(power))
     }
 
@@ -131,7 +131,7 @@ impl Batch<'_> {
             if recipient.ignored.contains(pdu.sender.as_str()) {
                 continue;
             }
-            context.user_display_name = self.display_name(head, &user).await?;
+            context.user_display_name = self.display_name(head, &user).await?.to_string();
             context.user_id = user.clone();
             let Some(notify) = event.decide(&recipient.ruleset, &context).await else { continue };
             notified.users.push((Arc::from(user.as_str()), notify.highlight));
@@ -150,10 +150,15 @@ impl Batch<'_> {
     }
 
     /// The user's display name in the room (empty without one: no name to be mentioned by).
-    async fn display_name(&mut self, head: &RoomHead, user: &UserId) -> MasterResult<String> {
+    async fn display_name(&mut self, head: &mut RoomHead, user: &OwnedUserId) -> MasterResult<Arc<str>> {
+        if let Some(name) = head.push.names.get(user) {
+            return Ok(name.clone());
+        }
         let member = self.state_event(head, "m.room.member", user.as_str()).await?;
-        Ok(member
-            .and_then(|event| event.pdu.content_value().get("displayname")?.as_str().map(str::to_owned))
-            .unwrap_or_default())
+        let name: Arc<str> = member
+            .and_then(|event| event.pdu.content_value().get("displayname")?.as_str().map(Arc::from))
+            .unwrap_or_else(|| Arc::from(""));
+        Arc::make_mut(&mut head.push.names).insert(user.clone(), name.clone());
+        Ok(name)
     }
 }
