@@ -59,25 +59,24 @@ pub(crate) async fn notifications(
     };
     let user_id = session.user_id.as_str();
     let mut conn = state.db.conn().await?;
-    // Rows this worker cannot show yet (its events position is behind) wait for the next page.
+    // Only what this worker can show (its events position may be behind the master's).
     let head = state.positions.current().events.0;
-    let mut rows =
-        push_actions::notifications_of_user(&mut conn, user_id, before, limit, only_highlight).await?;
-    rows.retain(|row| row.stream_pos <= head);
+    let before = Some(before.map_or(head + 1, |before| before.min(head + 1)));
+    let (rows, next_token) =
+        push_actions::notifications_of_user(&mut conn, user_id, before, limit as usize, only_highlight)
+            .await?;
     let nids: Vec<_> = rows.iter().map(|row| row.event_nid).collect();
     let events = state.caches.events(&mut conn, &nids).await?;
     let viewer = (user_id, session.device_id.as_str());
     let formatted = state.caches.client_events(&mut conn, &events, Some(viewer)).await?;
     let by_nid: std::collections::HashMap<_, _> =
         events.iter().map(|event| event.row.event_nid).zip(formatted).collect();
-    let next_token = (rows.len() as i64 == limit).then(|| rows.last().map(|row| row.stream_pos.to_string()));
     let notifications: Vec<Value> = rows
         .into_iter()
         .filter_map(|row| {
             let event = by_nid.get(&row.event_nid)?.clone();
-            let actions: Value = serde_json::from_str(&row.actions).unwrap_or_else(|_| json!([]));
             Some(json!({
-                "actions": actions,
+                "actions": row.actions,
                 "event": event,
                 "read": row.read,
                 "room_id": row.room_id,
@@ -86,8 +85,8 @@ pub(crate) async fn notifications(
         })
         .collect();
     let mut body = json!({ "notifications": notifications });
-    if let Some(Some(token)) = next_token {
-        body["next_token"] = json!(token);
+    if let Some(token) = next_token {
+        body["next_token"] = json!(token.to_string());
     }
     Ok(Json(body))
 }

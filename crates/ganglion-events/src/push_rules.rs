@@ -372,10 +372,10 @@ mod change_tests {
 
 /// What a user's rules decided for an event that notifies them.
 #[derive(Debug, Clone)]
-pub struct Notify {
+pub struct Notify<'r> {
     pub highlight: bool,
     /// The matched rule's actions.
-    pub actions: Vec<Action>,
+    pub actions: &'r [Action],
 }
 
 /// An event prepared once for evaluating every member's rules against it.
@@ -383,7 +383,21 @@ pub struct Evaluated {
     flat: FlattenedJson,
     /// The thread root's event id for an event in a thread, else `main`.
     pub thread_id: String,
+    /// Whether the event has `m.mentions`, which turns the legacy mention rules off.
+    mentions: bool,
+    /// `content.body` in lower case, and the users `m.mentions` names, for `may_single_out`.
+    body: String,
+    mentioned: Vec<String>,
+    state_key: Option<String>,
+    /// The text matches already made for this event, by a hash of what they compared: most
+    /// members' rules are the server defaults, alike but for a few user-specific patterns, and
+    /// each match lowercases the text it looks in.
+    matches: std::sync::Mutex<std::collections::HashMap<u64, bool>>,
 }
+
+/// The legacy mention rules, off for an event with `m.mentions` (as ruma applies them).
+const LEGACY_MENTION_RULES: [&str; 3] =
+    [".m.rule.roomnotif", ".m.rule.contains_display_name", ".m.rule.contains_user_name"];
 
 impl Evaluated {
     pub fn new(pdu: &crate::Pdu) -> Evaluated {
@@ -398,25 +412,125 @@ impl Evaluated {
             (Some("m.thread"), Some(root)) => root.to_owned(),
             _ => "main".to_owned(),
         };
-        Evaluated { flat, thread_id }
+        let mentions = flat.contains_mentions();
+        let content = pdu.content_value();
+        let body = content.get("body").and_then(Value::as_str).unwrap_or_default().to_lowercase();
+        let mentioned = content
+            .get("m.mentions")
+            .and_then(|mentions| mentions.get("user_ids"))
+            .and_then(Value::as_array)
+            .map(|users| users.iter().filter_map(|user| user.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        Evaluated {
+            flat,
+            thread_id,
+            mentions,
+            body,
+            mentioned,
+            state_key: pdu.state_key.clone(),
+            matches: Default::default(),
+        }
+    }
+
+    /// Whether the server-default rules could decide differently for `user_id` than for another
+    /// member: the event names them (`m.mentions`, a member event about them) or its body holds
+    /// their localpart or display name. When not, every member with the default rules gets the
+    /// same decision, made once. A superset: the rules match whole words only.
+    pub fn may_single_out(&self, user_id: &UserId, display_name: &str) -> bool {
+        self.state_key.as_deref() == Some(user_id.as_str())
+            || self.mentioned.iter().any(|user| user == user_id.as_str())
+            || self.body.contains(&user_id.localpart().to_lowercase())
+            || (!display_name.is_empty() && self.body.contains(&display_name.to_lowercase()))
+    }
+
+    /// A text match (an `event_match` condition, a content rule's pattern, a display name),
+    /// made once per event and `what` it compares.
+    fn matched(&self, what: (u8, &str, &str), compute: impl FnOnce() -> bool) -> bool {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        what.hash(&mut hasher);
+        let key = hasher.finish();
+        if let Some(known) = self.matches.lock().ok().and_then(|matches| matches.get(&key).copied()) {
+            return known;
+        }
+        let result = compute();
+        if let Ok(mut matches) = self.matches.lock() {
+            matches.insert(key, result);
+        }
+        result
+    }
+
+    /// Whether `condition` holds: as ruma's `PushCondition::applies`, with the text matches
+    /// shared between members.
+    async fn holds(&self, condition: &ruma::push::PushCondition, context: &PushConditionRoomCtx) -> bool {
+        use ruma::push::PushCondition;
+        match condition {
+            PushCondition::EventMatch(data) => self.matched((0, &data.key, &data.pattern), || {
+                let single = ruma::push::PushCondition::EventMatch(data.clone());
+                ready_now(single.applies(&self.flat, context))
+            }),
+            #[allow(deprecated)]
+            PushCondition::ContainsDisplayName => self.matched((1, &context.user_display_name, ""), || {
+                ready_now(condition.applies(&self.flat, context))
+            }),
+            other => other.applies(&self.flat, context).await,
+        }
+    }
+
+    /// Whether `rule` applies (the sender is never notified of their own event; checked by
+    /// `decide`).
+    async fn applies(&self, rule: ruma::push::AnyPushRuleRef<'_>, context: &PushConditionRoomCtx) -> bool {
+        use ruma::push::AnyPushRuleRef;
+        if !rule.enabled() || (self.mentions && LEGACY_MENTION_RULES.contains(&rule.rule_id())) {
+            return false;
+        }
+        match rule {
+            AnyPushRuleRef::Override(rule) | AnyPushRuleRef::Underride(rule) => {
+                for condition in &rule.conditions {
+                    if !self.holds(condition, context).await {
+                        return false;
+                    }
+                }
+                true
+            }
+            AnyPushRuleRef::Content(content) => self.matched((0, "content.body", &content.pattern), || {
+                content.applies_to("content.body", &self.flat, context)
+            }),
+            other => other.applies(&self.flat, context).await,
+        }
     }
 
     /// The first of the user's rules that applies decides (the spec's order of kinds and of
     /// rules within them); `None` when it does not notify, or when no rule applies.
-    pub async fn decide(&self, ruleset: &Ruleset, context: &PushConditionRoomCtx) -> Option<Notify> {
+    pub async fn decide<'r>(
+        &self,
+        ruleset: &'r Ruleset,
+        context: &PushConditionRoomCtx,
+    ) -> Option<Notify<'r>> {
+        if self.flat.get_str("sender") == Some(context.user_id.as_str()) {
+            return None;
+        }
         for rule in ruleset.iter() {
-            if rule.applies(&self.flat, context).await {
+            if self.applies(rule, context).await {
                 let actions = rule.actions();
                 if !actions.iter().any(Action::should_notify) {
                     return None;
                 }
-                return Some(Notify {
-                    highlight: actions.iter().any(Action::is_highlight),
-                    actions: actions.to_vec(),
-                });
+                return Some(Notify { highlight: actions.iter().any(Action::is_highlight), actions });
             }
         }
         None
+    }
+}
+
+/// The answer of a condition check that never waits (ruma's conditions are `async` only for
+/// the thread subscription condition, which this build leaves out); `false` if one ever did.
+fn ready_now<F: std::future::Future<Output = bool>>(future: F) -> bool {
+    let mut future = std::pin::pin!(future);
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut context) {
+        std::task::Poll::Ready(output) => output,
+        std::task::Poll::Pending => false,
     }
 }
 

@@ -184,7 +184,7 @@ struct BatchTx {
     /// Our events owed to other servers: `(destination, event, traceparent)`.
     outbox: Vec<ganglion_storage::federation::QueuedPdu>,
     /// What the push rules decided for the events' recipients.
-    push_actions: Vec<ganglion_storage::push_actions::PushActionRow>,
+    push_notices: Vec<ganglion_storage::push_actions::PushNoticeRow>,
 }
 
 impl BatchTx {
@@ -202,9 +202,9 @@ impl BatchTx {
             ganglion_storage::federation::insert_outbox_pdus(&mut self.tx, &self.outbox, now).await?;
             self.outbox.clear();
         }
-        if !self.push_actions.is_empty() {
-            ganglion_storage::push_actions::insert_push_actions(&mut self.tx, &self.push_actions).await?;
-            self.push_actions.clear();
+        if !self.push_notices.is_empty() {
+            ganglion_storage::push_actions::insert_push_notices(&mut self.tx, &self.push_notices).await?;
+            self.push_notices.clear();
         }
         Ok(())
     }
@@ -286,7 +286,7 @@ impl<'w> Batch<'w> {
                 txns: Vec::new(),
                 unindexed: Vec::new(),
                 outbox: Vec::new(),
-                push_actions: Vec::new(),
+                push_notices: Vec::new(),
             }),
             heads: HashMap::new(),
             next_pos,

@@ -26,7 +26,7 @@ use ganglion_replication::Positions;
 use ganglion_state::Caches;
 use ganglion_storage::{
     Db,
-    push_actions::{self, PushActionRow},
+    push_actions::{self, PushNoticeRow},
     pushers::{self, PusherRow},
 };
 use ganglion_types::{Role, StreamKind, SyncToken};
@@ -37,8 +37,8 @@ use serde_json::{Map, Value, json};
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 const MAX_RETRY: Duration = Duration::from_secs(10 * 60);
-/// Notifications read for one user per round.
-const BATCH: i64 = 100;
+/// Notices read per round (each may concern several of the pushers' users).
+const BATCH: i64 = 200;
 /// Users served at once: one slow gateway holds up only its own users.
 const CONCURRENT_USERS: usize = 32;
 
@@ -153,24 +153,36 @@ impl Pusher {
         self.backoff.lock().values().map(|backoff| backoff.until.saturating_duration_since(now)).min()
     }
 
-    /// Delivers what every pusher of the duty's users is owed up to `up_to`.
+    /// Delivers what every pusher of the duty's users is owed up to `up_to`: the notices after
+    /// the furthest-behind pusher's position, read once for all of them.
     async fn round(&self, duty: Duty, up_to: i64) -> ganglion_storage::Result<()> {
-        let behind = {
+        let (behind, notices) = {
             let mut conn = self.db.conn().await?;
-            pushers::pushers_behind(&mut conn, up_to).await?
+            let now = Instant::now();
+            let behind: Vec<PusherRow> = pushers::pushers_behind(&mut conn, up_to)
+                .await?
+                .into_iter()
+                .filter(|pusher| duty.covers(&pusher.user_id))
+                .filter(|pusher| {
+                    self.backoff.lock().get(&key_of(pusher)).is_none_or(|backoff| backoff.until <= now)
+                })
+                .collect();
+            let Some(after) = behind.iter().map(|pusher| pusher.last_stream_pos).min() else { return Ok(()) };
+            (behind, push_actions::notices_between(&mut conn, after, up_to, BATCH).await?)
         };
-        let now = Instant::now();
+        // A full batch reaches only as far as its last notice.
+        let reached = match notices.len() as i64 == BATCH {
+            true => notices.last().map_or(up_to, |notice| notice.stream_pos),
+            false => up_to,
+        };
         let mut by_user: BTreeMap<String, Vec<PusherRow>> = BTreeMap::new();
         for pusher in behind {
-            let waiting =
-                self.backoff.lock().get(&key_of(&pusher)).is_some_and(|backoff| backoff.until > now);
-            if duty.covers(&pusher.user_id) && !waiting {
-                by_user.entry(pusher.user_id.clone()).or_default().push(pusher);
-            }
+            by_user.entry(pusher.user_id.clone()).or_default().push(pusher);
         }
+        let notices = &notices;
         futures_util::stream::iter(by_user)
             .for_each_concurrent(CONCURRENT_USERS, |(user_id, pushers)| async move {
-                if let Err(error) = self.serve_user(&user_id, pushers, up_to).await {
+                if let Err(error) = self.serve_user(&user_id, pushers, notices, (reached, up_to)).await {
                     tracing::warn!(%error, %user_id, "pushing failed");
                 }
             })
@@ -178,34 +190,37 @@ impl Pusher {
         Ok(())
     }
 
-    /// Delivers the user's notifications up to `up_to` to each of their `pushers`.
+    /// Delivers the user's part of `notices` to each of their `pushers`, then moves them on to
+    /// `reached`.
     async fn serve_user(
         &self,
         user_id: &str,
         pushers: Vec<PusherRow>,
-        up_to: i64,
+        notices: &[PushNoticeRow],
+        (reached, up_to): (i64, i64),
     ) -> ganglion_storage::Result<()> {
         let mut conn = self.db.conn().await?;
-        let after = pushers.iter().map(|pusher| pusher.last_stream_pos).min().unwrap_or(up_to);
-        let actions = push_actions::push_actions_between(&mut conn, user_id, after, up_to, BATCH).await?;
-        // A full batch reaches only as far as its last row.
-        let reached = match actions.len() as i64 == BATCH {
-            true => actions.last().map_or(up_to, |action| action.stream_pos),
-            false => up_to,
-        };
-        let badge = match actions.is_empty() {
+        let mine: Vec<PushActionRow> = notices
+            .iter()
+            .filter_map(|notice| {
+                let (_, actions) = notice.for_user(user_id)?;
+                Some(PushActionRow { notice, actions })
+            })
+            .collect();
+        let badge = match mine.is_empty() {
             true => 0,
-            false => push_actions::unread_rooms_of_user(&mut conn, user_id).await?,
+            false => push_actions::unread_rooms_of_user(&mut conn, user_id, up_to).await?,
         };
         let mut built: HashMap<i64, Option<Value>> = HashMap::new();
         'pushers: for pusher in pushers {
             let key = (pusher.user_id.as_str(), pusher.app_id.as_str(), pusher.pushkey.as_str());
-            for action in actions.iter().filter(|action| action.stream_pos > pusher.last_stream_pos) {
-                let notification = match built.get(&action.stream_pos) {
+            for action in mine.iter().filter(|action| action.notice.stream_pos > pusher.last_stream_pos) {
+                let position = action.notice.stream_pos;
+                let notification = match built.get(&position) {
                     Some(notification) => notification.clone(),
                     None => {
-                        let notification = self.notification(&mut conn, action).await?;
-                        built.insert(action.stream_pos, notification.clone());
+                        let notification = self.notification(&mut conn, action.notice, user_id).await?;
+                        built.insert(position, notification.clone());
                         notification
                     }
                 };
@@ -220,7 +235,7 @@ impl Pusher {
                         }
                     }
                 }
-                pushers::advance_pusher(&mut conn, key, action.stream_pos).await?;
+                pushers::advance_pusher(&mut conn, key, position).await?;
             }
             pushers::advance_pusher(&mut conn, key, reached).await?;
         }
@@ -232,11 +247,12 @@ impl Pusher {
     async fn notification(
         &self,
         conn: &mut ganglion_storage::Conn,
-        action: &PushActionRow,
+        notice: &PushNoticeRow,
+        user_id: &str,
     ) -> ganglion_storage::Result<Option<Value>> {
         let state =
             |error: ganglion_state::StateError| ganglion_storage::StorageError::Corrupt(error.to_string());
-        let Some(event) = self.caches.event(conn, action.event_nid).await.map_err(state)? else {
+        let Some(event) = self.caches.event(conn, notice.event_nid).await.map_err(state)? else {
             return Ok(None);
         };
         let pdu = &event.pdu;
@@ -266,7 +282,7 @@ impl Pusher {
         if let Some(target) = &pdu.state_key
             && pdu.kind.to_string() == "m.room.member"
         {
-            notification["user_is_target"] = json!(*target == action.user_id);
+            notification["user_is_target"] = json!(target == user_id);
         }
         Ok(Some(notification))
     }
@@ -276,7 +292,7 @@ impl Pusher {
         &self,
         pusher: &PusherRow,
         event: &Value,
-        action: &PushActionRow,
+        action: &PushActionRow<'_>,
         badge: i64,
     ) -> Delivery {
         let key = key_of(pusher);
@@ -286,7 +302,7 @@ impl Pusher {
             return Delivery::Dropped;
         };
         let event_id_only = data.get("format").and_then(Value::as_str) == Some("event_id_only");
-        let actions: Vec<Value> = serde_json::from_str(&action.actions).unwrap_or_default();
+        let actions = action.actions.as_array().cloned().unwrap_or_default();
         let tweaks: Map<String, Value> = actions
             .iter()
             .filter_map(|action| {
@@ -348,6 +364,12 @@ impl Pusher {
         backoff.insert(key, Backoff { until: Instant::now() + interval, interval });
         Delivery::Retry
     }
+}
+
+/// One notice of the user's: what their rules decided.
+struct PushActionRow<'n> {
+    notice: &'n PushNoticeRow,
+    actions: Value,
 }
 
 enum Delivery {

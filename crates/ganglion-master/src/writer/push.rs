@@ -14,7 +14,7 @@ use ganglion_events::{
 };
 use ganglion_replication::Notified;
 use ganglion_rpc::MasterResult;
-use ganglion_storage::{push_actions::PushActionRow, streams as stream_store};
+use ganglion_storage::{push_actions::PushNoticeRow, streams as stream_store};
 use ganglion_types::EventNid;
 use serde_json::Value;
 
@@ -25,6 +25,8 @@ use crate::internal;
 pub(crate) struct Recipient {
     ruleset: Ruleset,
     ignored: HashSet<String>,
+    /// No rules of their own: the server defaults.
+    default_rules: bool,
 }
 
 /// Recipients kept in memory at most; past this the cache starts again.
@@ -58,8 +60,11 @@ impl Batch<'_> {
             .and_then(Value::as_object)
             .map(|users| users.keys().cloned().collect())
             .unwrap_or_default();
-        let recipient =
-            Arc::new(Recipient { ruleset: push_rules::user_ruleset(user_id, rules.as_ref()), ignored });
+        let recipient = Arc::new(Recipient {
+            ruleset: push_rules::user_ruleset(user_id, rules.as_ref()),
+            ignored,
+            default_rules: rules.is_none(),
+        });
         if self.writer.recipients.len() >= MAX_RECIPIENTS {
             self.writer.recipients.clear();
         }
@@ -97,19 +102,20 @@ impl Batch<'_> {
         pdu: &Pdu,
         (event_nid, position): (EventNid, i64),
     ) -> MasterResult<Notified> {
-        let mut users: Vec<OwnedUserId> =
-            head.local_joined.iter().filter(|user| **user != pdu.sender).cloned().collect();
+        let joined = head.local_joined.clone();
+        let mut invited = None;
         if pdu.kind.to_string() == "m.room.member"
             && let Some(target) = &pdu.state_key
             && let Ok(target) = OwnedUserId::try_from(target.as_str())
             && target.server_name().as_str() == self.svc.config.server_name
             && target != pdu.sender
-            && !head.local_joined.contains(&target)
+            && !joined.contains(&target)
             && pdu.membership() == "invite"
         {
-            users.push(target);
+            invited = Some(target);
         }
-        if users.is_empty() {
+        let users = joined.iter().filter(|user| **user != pdu.sender).chain(invited.as_ref());
+        if joined.iter().all(|user| *user == pdu.sender) && invited.is_none() {
             return Ok(Notified::default());
         }
         let power = self.push_power(head).await?;
@@ -125,25 +131,65 @@ impl Batch<'_> {
         }
         let event = Evaluated::new(pdu);
         let mut notified = Notified { thread_id: Arc::from(event.thread_id.as_str()), users: Vec::new() };
-        let ts = ganglion_storage::now_ms();
+        // `{user: [highlight, index into the distinct action lists]}`, written as it goes (most
+        // users share one action list).
+        let mut notices = String::from("{");
+        let mut action_lists: Vec<String> = Vec::new();
+        // The decision for members with the default rules whom the event does not single out:
+        // `(highlight, index into action_lists)` when it notifies them.
+        let mut shared: Option<Option<(bool, usize)>> = None;
         for user in users {
-            let recipient = self.recipient(&user).await?;
+            let recipient = self.recipient(user).await?;
             if recipient.ignored.contains(pdu.sender.as_str()) {
                 continue;
             }
-            context.user_display_name = self.display_name(head, &user).await?.to_string();
-            context.user_id = user.clone();
-            let Some(notify) = event.decide(&recipient.ruleset, &context).await else { continue };
-            notified.users.push((Arc::from(user.as_str()), notify.highlight));
-            self.tx().push_actions.push(PushActionRow {
-                user_id: user.to_string(),
+            let display_name = self.display_name(head, user).await?;
+            let alike = recipient.default_rules && !event.may_single_out(user, &display_name);
+            let decision = match shared.filter(|_| alike) {
+                Some(decision) => decision,
+                None => {
+                    context.user_display_name.clear();
+                    context.user_display_name.push_str(&display_name);
+                    context.user_id = user.clone();
+                    let decision = match event.decide(&recipient.ruleset, &context).await {
+                        Some(notify) => {
+                            let actions =
+                                serde_json::to_string(notify.actions).unwrap_or_else(|_| "[]".to_owned());
+                            let index = match action_lists.iter().position(|known| *known == actions) {
+                                Some(index) => index,
+                                None => {
+                                    action_lists.push(actions);
+                                    action_lists.len() - 1
+                                }
+                            };
+                            Some((notify.highlight, index))
+                        }
+                        None => None,
+                    };
+                    if alike {
+                        shared = Some(decision);
+                    }
+                    decision
+                }
+            };
+            let Some((highlight, index)) = decision else { continue };
+            notified.users.push((Arc::from(user.as_str()), highlight));
+            if notices.len() > 1 {
+                notices.push(',');
+            }
+            notices.push_str(&Value::from(user.as_str()).to_string());
+            notices.push_str(&format!(":[{},{index}]", u8::from(highlight)));
+        }
+        notices.push('}');
+        if !notified.users.is_empty() {
+            self.tx().push_notices.push(PushNoticeRow {
                 stream_pos: position,
                 room_nid: head.room_nid,
                 event_nid,
                 thread_id: event.thread_id.clone(),
-                highlight: notify.highlight,
-                actions: serde_json::to_string(&notify.actions).unwrap_or_else(|_| "[]".to_owned()),
-                ts,
+                users: notices,
+                actions: format!("[{}]", action_lists.join(",")),
+                ts: ganglion_storage::now_ms(),
             });
         }
         Ok(notified)

@@ -2,7 +2,7 @@
 
 use ganglion_storage::{
     events::{self, EventRow},
-    push_actions::{self, PushActionRow, UnreadCount},
+    push_actions::{self, PushNoticeRow, UnreadCount},
     rooms, state,
     streams::{self, ReceiptRow},
 };
@@ -26,15 +26,19 @@ fn event(nid: i64, room: RoomNid, kind: ganglion_types::TypeNid) -> std::sync::A
     })
 }
 
-fn action(user: &str, nid: i64, room: RoomNid, thread: &str, highlight: bool) -> PushActionRow {
-    PushActionRow {
-        user_id: user.to_owned(),
+/// The notice of event `nid`: each of `users` notified, `(user, highlight)`.
+fn notice(nid: i64, room: RoomNid, thread: &str, users: &[(&str, bool)]) -> PushNoticeRow {
+    let users: serde_json::Map<String, serde_json::Value> = users
+        .iter()
+        .map(|(user, highlight)| ((*user).to_owned(), serde_json::json!([u8::from(*highlight), 0])))
+        .collect();
+    PushNoticeRow {
         stream_pos: nid,
         room_nid: room,
         event_nid: EventNid(nid),
         thread_id: thread.to_owned(),
-        highlight,
-        actions: r#"["notify"]"#.to_owned(),
+        users: serde_json::Value::Object(users).to_string(),
+        actions: r#"[["notify"]]"#.to_owned(),
         ts: nid * 10,
     }
 }
@@ -75,16 +79,21 @@ on_both_backends!(unread_counts_follow_receipts_per_thread, |db| {
     let rows: Vec<_> = (1..=6).map(|nid| event(nid, if nid == 6 { other } else { room }, kind)).collect();
     events::insert_events(&mut conn, &rows).await.unwrap();
     // 1, 2 main (2 a highlight); 3, 4 in thread $e1 (4 a highlight); 5 main; 6 another room.
-    let actions = [
-        action("@a:x", 1, room, "main", false),
-        action("@a:x", 2, room, "main", true),
-        action("@a:x", 3, room, "$e1", false),
-        action("@a:x", 4, room, "$e1", true),
-        action("@a:x", 5, room, "main", false),
-        action("@a:x", 6, other, "main", false),
-        action("@c:x", 5, room, "main", true),
+    let notices = [
+        notice(1, room, "main", &[("@a:x", false)]),
+        notice(2, room, "main", &[("@a:x", true), ("@aa:x", false)]),
+        notice(3, room, "$e1", &[("@a:x", false)]),
+        notice(4, room, "$e1", &[("@a:x", true)]),
+        notice(5, room, "main", &[("@a:x", false), ("@c:x", true)]),
+        notice(6, other, "main", &[("@a:x", false)]),
     ];
-    push_actions::insert_push_actions(&mut conn, &actions).await.unwrap();
+    push_actions::insert_push_notices(&mut conn, &notices).await.unwrap();
+    // Only @c's in the room, not @a's: @a:x is not a prefix match for @aa:x.
+    let only_c = push_actions::unread_counts(&mut conn, "@c:x", &[room], 6).await.unwrap();
+    assert_eq!(
+        only_c,
+        vec![UnreadCount { room_nid: room, thread_id: "main".into(), notifications: 1, highlights: 1 }]
+    );
     let (r, o) = (room.0, other.0);
     assert_eq!(
         counts(&mut conn, &[room, other], 6).await,
@@ -111,8 +120,12 @@ on_both_backends!(unread_counts_follow_receipts_per_thread, |db| {
     streams::upsert_receipt(&mut conn, &receipt("@a:x", 5, "", 3)).await.unwrap();
     assert_eq!(counts(&mut conn, &[room, other], 6).await, vec![(o, "main".into(), 1, 0)]);
 
-    // Notifications: newest first, read or not, paged, highlights only.
-    let page = push_actions::notifications_of_user(&mut conn, "@a:x", None, 10, false).await.unwrap();
+    // Notifications (of the rooms @a is joined to): newest first, read or not, paged, highlights only.
+    for target in [room, other] {
+        rooms::upsert_membership(&mut conn, target, "@a:x", "join", EventNid(1), 1).await.unwrap();
+    }
+    let (page, next) = push_actions::notifications_of_user(&mut conn, "@a:x", None, 10, false).await.unwrap();
+    assert_eq!(next, None);
     let seen: Vec<(i64, &str, bool)> =
         page.iter().map(|n| (n.stream_pos, n.room_id.as_str(), n.read)).collect();
     assert_eq!(
@@ -126,8 +139,20 @@ on_both_backends!(unread_counts_follow_receipts_per_thread, |db| {
             (1, "!r:x", true)
         ]
     );
-    let before = push_actions::notifications_of_user(&mut conn, "@a:x", Some(4), 2, false).await.unwrap();
+    assert_eq!(page[0].actions, serde_json::json!(["notify"]));
+    let (before, next) =
+        push_actions::notifications_of_user(&mut conn, "@a:x", Some(4), 2, false).await.unwrap();
     assert_eq!(before.iter().map(|n| n.stream_pos).collect::<Vec<_>>(), vec![3, 2]);
-    let highlights = push_actions::notifications_of_user(&mut conn, "@a:x", None, 10, true).await.unwrap();
+    assert_eq!(next, Some(2));
+    let (highlights, _) =
+        push_actions::notifications_of_user(&mut conn, "@a:x", None, 10, true).await.unwrap();
     assert_eq!(highlights.iter().map(|n| n.stream_pos).collect::<Vec<_>>(), vec![4, 2]);
+    // By position, for the pushers.
+    let between = push_actions::notices_between(&mut conn, 2, 5, 2).await.unwrap();
+    assert_eq!(between.iter().map(|n| n.stream_pos).collect::<Vec<_>>(), vec![3, 4]);
+    assert_eq!(
+        push_actions::unread_rooms_of_user(&mut conn, "@a:x", 6).await.unwrap(),
+        1,
+        "only !o:x is unread"
+    );
 });
