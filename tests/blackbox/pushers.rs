@@ -484,3 +484,24 @@ async fn pushes(cluster: &ganglion_testkit::Cluster, name: &str, result: &str) -
         .and_then(|value| value.trim().parse::<f64>().ok())
         .unwrap_or_else(|| panic!("no {line} in {name}'s metrics:\n{text}"))
 }
+
+/// A cluster without pusher workers: the master pushes (and counts what it sent).
+#[tokio::test]
+async fn cluster_without_pushers_has_the_master_push() {
+    crate::run(async {
+        let options = ServerOptions {
+            extra_toml: "[push]\nallowed_address_ranges = [\"127.0.0.0/8\"]\n".to_owned(),
+            ..ServerOptions::default()
+        };
+        let mut server = TestServer::start(Backend::Cluster, options).await.unwrap();
+        let (gateway, url) = Gateway::start().await;
+        let (alice, bob, room) = room_of_three(&server).await;
+        set_pusher(&alice, &pusher(&url, "key", json!({}))).await;
+        let event = bob.send_text(&room, "pushed by the master").await.unwrap();
+        let received = gateway.until("the notification", |received| !received.is_empty()).await;
+        assert_eq!(received[0]["event_id"], event.as_str());
+        let cluster = server.cluster().unwrap();
+        assert!(pushes(cluster, "master", "sent").await >= 1.0);
+    })
+    .await
+}
