@@ -230,11 +230,20 @@ async fn answers_to_a_device_are_spaced_by_the_interval(backend: Backend) {
     alice.send_text(&room, "three").await.unwrap();
     let since = first["next_batch"].as_str().unwrap();
 
-    // Not held: a client that asks for an answer at once gets one.
-    let asked = std::time::Instant::now();
-    let at_once = bob.sync(&format!("since={}&timeout=0", enc(since))).await.unwrap();
-    assert!(asked.elapsed().as_millis() < u128::from(INTERVAL_MS), "timeout=0 was held");
-    assert_eq!(message_bodies(&joined_events(&at_once, &room, "timeline")), ["two", "three"]);
+    // Not held: a client that asks for an answer at once gets one (again, until a cluster's
+    // sync worker has read the second message too).
+    let mut at_once = Vec::new();
+    for _ in 0..40 {
+        let asked = std::time::Instant::now();
+        let answer = bob.sync(&format!("since={}&timeout=0", enc(since))).await.unwrap();
+        assert!(asked.elapsed().as_millis() < u128::from(INTERVAL_MS), "timeout=0 was held");
+        at_once = message_bodies(&joined_events(&answer, &room, "timeline"));
+        if at_once.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(at_once, ["two", "three"]);
 
     // Held: the long-poll waits out the interval, then both messages come in one answer.
     let held = bob.sync(&format!("since={}&timeout=10000", enc(since))).await.unwrap();
