@@ -192,7 +192,8 @@ pub async fn run(
 
     // A cluster without federation senders has its master send (as Synapse's main process does
     // without federation sender workers); SIGHUP may hand the duty over either way.
-    let (duty, duty_changes) = tokio::sync::watch::channel(ganglion_federation_sender::Duty::of(&config));
+    let (duty, duty_changes) =
+        tokio::sync::watch::channel(ganglion_config::Duty::of(&config, Role::FederationSender));
     if matches!(role, Role::All | Role::Master | Role::FederationSender) {
         tokio::spawn(
             ganglion_federation_sender::Sender::new(
@@ -205,7 +206,8 @@ pub async fn run(
         );
     }
     // Pushes the same way: the master pushes when the cluster has no pusher instances.
-    let (push_duty, push_duty_changes) = tokio::sync::watch::channel(ganglion_pusher::Duty::of(&config));
+    let (push_duty, push_duty_changes) =
+        tokio::sync::watch::channel(ganglion_config::Duty::of(&config, Role::Pusher));
     if matches!(role, Role::All | Role::Master | Role::Pusher) {
         tokio::spawn(
             ganglion_pusher::Pusher::new(
@@ -572,8 +574,8 @@ async fn reload_on_sighup(
     config: Arc<Config>,
     policy: Arc<ganglion_federation::ServerPolicy>,
     (duty, push_duty): (
-        tokio::sync::watch::Sender<ganglion_federation_sender::Duty>,
-        tokio::sync::watch::Sender<ganglion_pusher::Duty>,
+        tokio::sync::watch::Sender<ganglion_config::Duty>,
+        tokio::sync::watch::Sender<ganglion_config::Duty>,
     ),
 ) {
     let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
@@ -584,11 +586,11 @@ async fn reload_on_sighup(
         match Config::load_instance(config.source.as_deref(), instance) {
             Ok(reloaded) => {
                 policy.reload(&reloaded.federation);
-                let now = ganglion_federation_sender::Duty::of(&reloaded);
+                let now = ganglion_config::Duty::of(&reloaded, Role::FederationSender);
                 if duty.send_replace(now) != now {
                     tracing::info!(duty = ?now, "SIGHUP: this process's federation destinations changed");
                 }
-                let now = ganglion_pusher::Duty::of(&reloaded);
+                let now = ganglion_config::Duty::of(&reloaded, Role::Pusher);
                 if push_duty.send_replace(now) != now {
                     tracing::info!(duty = ?now, "SIGHUP: the users this process pushes for changed");
                 }

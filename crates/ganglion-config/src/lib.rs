@@ -1015,6 +1015,41 @@ impl Config {
     }
 }
 
+/// Which share of a sharded role's work (federation destinations, pushers' users) a process does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Duty {
+    /// None: a cluster's master once `role` has instances, and processes of other roles.
+    Nothing,
+    /// All of it: the embedded default, and a cluster's master while `role` has no instances.
+    Everything,
+    /// The keys [`ganglion_types::shard_of`] puts in share `index` of `of`.
+    Share { index: usize, of: usize },
+}
+
+impl Duty {
+    /// This process's duty for the work of `role` under `config`.
+    pub fn of(config: &Config, role: Role) -> Duty {
+        match config.worker.role {
+            Role::All => Duty::Everything,
+            Role::Master if config.instances_of(role).is_empty() => Duty::Everything,
+            own if own == role => match config.own_shard() {
+                Some((index, of)) => Duty::Share { index, of },
+                None => Duty::Nothing,
+            },
+            _ => Duty::Nothing,
+        }
+    }
+
+    /// Whether the work keyed by `key` (a destination, a user ID) is this process's.
+    pub fn covers(self, key: &str) -> bool {
+        match self {
+            Duty::Nothing => false,
+            Duty::Everything => true,
+            Duty::Share { index, of } => ganglion_types::shard_of(key, of) == index,
+        }
+    }
+}
+
 /// Server name grammar from the spec appendix: a hostname, IPv4 or bracketed IPv6, optional port.
 fn ruma_server_name_is_valid(name: &str) -> Result<(), ()> {
     if name.is_empty() || name.len() > 255 {

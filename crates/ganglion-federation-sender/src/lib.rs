@@ -22,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ganglion_config::Config;
+use ganglion_config::Duty;
 use ganglion_events::ruma::ServerName;
 use ganglion_federation::FederationClient;
 use ganglion_metrics::{FederationMetrics, TransactionResult};
@@ -30,7 +30,6 @@ use ganglion_storage::{
     Db,
     federation::{OutboxPdu, OutboxRow},
 };
-use ganglion_types::Role;
 use serde_json::{Value, json, value::RawValue};
 
 /// The spec's bounds on EDUs and PDUs per transaction.
@@ -46,40 +45,6 @@ const TYPING_LIFETIME: Duration = Duration::from_secs(30);
 /// How often stale typing notifications are deleted from the whole outbox (those of a
 /// destination that is down would otherwise pile up behind what it has not taken).
 const TYPING_PURGE_INTERVAL: Duration = Duration::from_secs(60);
-
-/// Which destinations a process sends to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Duty {
-    /// None: a cluster's master once it has federation senders, and processes of other roles.
-    Nothing,
-    /// Every destination: the embedded default, and a cluster's master without federation senders.
-    Everything,
-    /// The destinations `ganglion_types::shard_of` puts in share `index` of `of`.
-    Share { index: usize, of: usize },
-}
-
-impl Duty {
-    /// This process's duty under `config`.
-    pub fn of(config: &Config) -> Duty {
-        match config.worker.role {
-            Role::All => Duty::Everything,
-            Role::Master if config.instances_of(Role::FederationSender).is_empty() => Duty::Everything,
-            Role::FederationSender => match config.own_shard() {
-                Some((index, of)) => Duty::Share { index, of },
-                None => Duty::Nothing,
-            },
-            _ => Duty::Nothing,
-        }
-    }
-
-    fn covers(self, destination: &str) -> bool {
-        match self {
-            Duty::Nothing => false,
-            Duty::Everything => true,
-            Duty::Share { index, of } => ganglion_types::shard_of(destination, of) == index,
-        }
-    }
-}
 
 /// A destination that failed: not tried again before `until`.
 #[derive(Clone, Copy)]

@@ -20,7 +20,7 @@ use std::{
 };
 
 use futures_util::StreamExt as _;
-use ganglion_config::Config;
+use ganglion_config::{Config, Duty};
 use ganglion_push_gateway::{GatewayError, Url};
 use ganglion_replication::Positions;
 use ganglion_state::Caches;
@@ -29,7 +29,7 @@ use ganglion_storage::{
     push_actions::{self, PushNoticeRow},
     pushers::{self, PusherRow},
 };
-use ganglion_types::{Role, StreamKind, SyncToken};
+use ganglion_types::{StreamKind, SyncToken};
 use parking_lot::Mutex;
 use serde_json::{Map, Value, json};
 
@@ -41,39 +41,6 @@ const MAX_RETRY: Duration = Duration::from_secs(10 * 60);
 const BATCH: i64 = 200;
 /// Users served at once: one slow gateway holds up only its own users.
 const CONCURRENT_USERS: usize = 32;
-
-/// Which users' pushers a process serves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Duty {
-    /// None: a cluster's master once it has pushers, and processes of other roles.
-    Nothing,
-    /// Every user: the embedded default, and a cluster's master without pusher instances.
-    Everything,
-    /// The users `ganglion_types::shard_of` puts in share `index` of `of`.
-    Share { index: usize, of: usize },
-}
-
-impl Duty {
-    pub fn of(config: &Config) -> Duty {
-        match config.worker.role {
-            Role::All => Duty::Everything,
-            Role::Master if config.instances_of(Role::Pusher).is_empty() => Duty::Everything,
-            Role::Pusher => match config.own_shard() {
-                Some((index, of)) => Duty::Share { index, of },
-                None => Duty::Nothing,
-            },
-            _ => Duty::Nothing,
-        }
-    }
-
-    fn covers(self, user_id: &str) -> bool {
-        match self {
-            Duty::Nothing => false,
-            Duty::Everything => true,
-            Duty::Share { index, of } => ganglion_types::shard_of(user_id, of) == index,
-        }
-    }
-}
 
 /// A pusher that failed: not tried again before `until`.
 #[derive(Clone, Copy)]

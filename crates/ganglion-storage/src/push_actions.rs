@@ -185,13 +185,48 @@ async fn joined_rooms(conn: &mut Conn, user_id: &str) -> Result<Vec<RoomNid>> {
 }
 
 /// How many of the rooms the user is joined to have an unread notification: the badge a push
-/// gateway shows.
+/// gateway shows. Each room is looked at from its newest notice naming the user down, so a
+/// room is settled by its first unread one and a long unread backlog costs nothing.
 pub async fn unread_rooms_of_user(conn: &mut Conn, user_id: &str, up_to: i64) -> Result<i64> {
+    const PAGE: i64 = 16;
     let rooms = joined_rooms(conn, user_id).await?;
-    let counts = unread_counts(conn, user_id, &rooms, up_to).await?;
-    let unread: std::collections::HashSet<RoomNid> =
-        counts.iter().filter(|count| count.notifications > 0).map(|count| count.room_nid).collect();
-    Ok(unread.len() as i64)
+    let read = read_positions(conn, user_id, &rooms).await?;
+    // The user's key in `users`, as a LIKE pattern (`!` escapes): a superset test, checked by
+    // `for_user`, that keeps rows naming only others in the database.
+    let key = serde_json::to_string(user_id).unwrap_or_default();
+    let escaped = key.replace('!', "!!").replace('%', "!%").replace('_', "!_");
+    let pattern = format!("%{escaped}:%");
+    let mut unread = 0;
+    for room in rooms {
+        let unthreaded = read.get(&(room, String::new())).copied().unwrap_or(0);
+        let mut below = up_to + 1;
+        'pages: loop {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {NOTICE_COLUMNS} FROM push_notices WHERE room_nid = $1 AND stream_pos > $2
+                 AND stream_pos < $3 AND users LIKE $4 ESCAPE '!' ORDER BY stream_pos DESC LIMIT {PAGE}"
+            )))
+            .bind(room.0)
+            .bind(unthreaded)
+            .bind(below)
+            .bind(pattern.as_str())
+            .fetch_all(&mut *conn)
+            .await?;
+            let full = rows.len() as i64 == PAGE;
+            for row in rows.into_iter().map(notice) {
+                below = row.stream_pos;
+                if !is_read(&read, row.room_nid, &row.thread_id, row.stream_pos)
+                    && row.for_user(user_id).is_some()
+                {
+                    unread += 1;
+                    break 'pages;
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+    }
+    Ok(unread)
 }
 
 /// One of the user's notifications, with whether a receipt has read it since.

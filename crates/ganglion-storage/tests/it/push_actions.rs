@@ -156,3 +156,47 @@ on_both_backends!(unread_counts_follow_receipts_per_thread, |db| {
         "only !o:x is unread"
     );
 });
+
+on_both_backends!(the_badge_counts_rooms_with_an_unread_notification, |db| {
+    let mut conn = db.conn().await.unwrap();
+    let backlog = rooms::insert_room(&mut conn, "!b:x", "10", false).await.unwrap();
+    let threads = rooms::insert_room(&mut conn, "!r:x", "10", false).await.unwrap();
+    let quiet = rooms::insert_room(&mut conn, "!q:x", "10", false).await.unwrap();
+    let kind = state::type_nid_or_insert(&mut conn, "m.room.message").await.unwrap();
+    let room_of = |nid: i64| match nid {
+        ..=40 => backlog,
+        41 | 42 => threads,
+        _ => quiet,
+    };
+    let rows: Vec<_> = (1..=44).map(|nid| event(nid, room_of(nid), kind)).collect();
+    events::insert_events(&mut conn, &rows).await.unwrap();
+    // `_` in the user's ID must not match `@aXb:x`, whose notices fill pages above the one
+    // notice of the backlog room that names @a_b:x.
+    let me = "@a_b:x";
+    let mut notices = vec![notice(1, backlog, "main", &[(me, false)])];
+    notices.extend((2..=40).map(|nid| notice(nid, backlog, "main", &[("@aXb:x", false)])));
+    notices.push(notice(41, threads, "$t", &[(me, false)]));
+    notices.push(notice(42, threads, "main", &[(me, true)]));
+    notices.push(notice(43, quiet, "main", &[("@c:x", false)]));
+    notices.push(notice(44, quiet, "main", &[(me, false)]));
+    push_actions::insert_push_notices(&mut conn, &notices).await.unwrap();
+    for room in [backlog, threads, quiet] {
+        rooms::upsert_membership(&mut conn, room, me, "join", EventNid(1), 1).await.unwrap();
+    }
+    // Position 44 is beyond `up_to`.
+    assert_eq!(
+        push_actions::unread_rooms_of_user(&mut conn, me, 43).await.unwrap(),
+        2,
+        "the backlog room and the threads room"
+    );
+    assert_eq!(push_actions::unread_rooms_of_user(&mut conn, me, 44).await.unwrap(), 3);
+    // `main` read up to 42 leaves the thread's notice unread; the thread's own receipt reads it.
+    streams::upsert_receipt(&mut conn, &receipt(me, 42, "main", 1)).await.unwrap();
+    assert_eq!(push_actions::unread_rooms_of_user(&mut conn, me, 43).await.unwrap(), 2);
+    streams::upsert_receipt(&mut conn, &receipt(me, 41, "$t", 2)).await.unwrap();
+    assert_eq!(
+        push_actions::unread_rooms_of_user(&mut conn, me, 43).await.unwrap(),
+        1,
+        "the backlog room only"
+    );
+});

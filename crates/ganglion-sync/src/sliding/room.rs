@@ -53,13 +53,8 @@ pub(crate) struct RoomOut {
 }
 
 impl RoomOut {
-    /// A room the client has whole, but whose unread counts moved (a receipt read it).
-    pub(crate) fn counts_only(
-        room_id: String,
-        is_dm: bool,
-        bump_stamp: i64,
-        unread: crate::unread::Counts,
-    ) -> RoomOut {
+    /// A room with nothing to say yet; each use fills in what it has.
+    fn bare(room_id: String, is_dm: bool, bump_stamp: i64) -> RoomOut {
         RoomOut {
             room_id,
             initial: false,
@@ -75,9 +70,19 @@ impl RoomOut {
             num_live: 0,
             bump_stamp,
             counts: None,
-            unread: Some(unread),
+            unread: None,
             timeline_event_ids: Vec::new(),
         }
+    }
+
+    /// A room the client has whole, but whose unread counts moved (a receipt read it).
+    pub(crate) fn counts_only(
+        room_id: String,
+        is_dm: bool,
+        bump_stamp: i64,
+        unread: crate::unread::Counts,
+    ) -> RoomOut {
+        RoomOut { unread: Some(unread), ..RoomOut::bare(room_id, is_dm, bump_stamp) }
     }
 
     pub(crate) fn write(&self, object: &mut ObjectWriter<'_>, now_ms: u64) {
@@ -161,24 +166,7 @@ pub(crate) async fn room(
         covered_at: cx.covered_at.clone(),
         unread: sent.map_or((0, 0), |sent| sent.unread),
     };
-    let mut out = RoomOut {
-        room_id: room.room_id.clone(),
-        initial,
-        name: None,
-        avatar: None,
-        heroes: None,
-        is_dm,
-        invite_state: None,
-        timeline: Vec::new(),
-        required_state: Vec::new(),
-        prev_batch: None,
-        limited: false,
-        num_live: 0,
-        bump_stamp: candidate.bump_stamp,
-        counts: None,
-        unread: None,
-        timeline_event_ids: Vec::new(),
-    };
+    let mut out = RoomOut { initial, ..RoomOut::bare(room.room_id.clone(), is_dm, candidate.bump_stamp) };
     match room.membership.as_str() {
         "join" => {}
         "invite" | "knock" => {
