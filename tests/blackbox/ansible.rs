@@ -4,7 +4,8 @@
 //! ports and supervisord (from the same venv) as the service manager, since this machine has no
 //! systemd. PostgreSQL, Redis, clamd (with a one-signature database the test writes), the
 //! master, one worker of each role, nginx and Prometheus come up; a matrix-sdk client registers,
-//! chats and syncs through the deployed nginx, and the media worker refuses the EICAR file.
+//! chats and syncs through the deployed nginx, the media worker refuses the EICAR file, and the
+//! pusher worker delivers a notification to a push gateway the test runs.
 //! Raising the sync count and running the playbook again starts a second sync worker that nginx
 //! routes to, restarting nothing; a third run changes nothing; `rolling-restart.yml` restarts
 //! every process one at a time, and the client still chats. Everything the playbook started is
@@ -82,6 +83,7 @@ async fn scenario() -> anyhow::Result<()> {
         "ganglion-media-localhost-1",
         "ganglion-federation-localhost-1",
         "ganglion-fedsender-localhost-1",
+        "ganglion-pusher-localhost-1",
         "ganglion-nginx",
         "ganglion-prometheus",
     ] {
@@ -132,8 +134,22 @@ async fn scenario() -> anyhow::Result<()> {
     anyhow::ensure!(keys["server_name"] == "localhost", "{keys}");
     let master_keys = keys;
 
+    // The pusher worker delivers bob's notification to a push gateway on loopback.
+    let (gateway, gateway_url) = crate::pushers::Gateway::start().await;
+    let pusher = crate::pushers::pusher(&gateway_url, "bobs-phone", serde_json::json!({}));
+    let set = bob_account.post("/_matrix/client/v3/pushers/set", &pusher).await?;
+    anyhow::ensure!(set.status == 200, "setting bob's pusher: {} {}", set.status, set.text);
+    room.send(RoomMessageEventContent::text_plain("a push for bob")).await?;
+    let received = gateway
+        .until("bob's push", |received| received.iter().any(|n| n["content"]["body"] == "a push for bob"))
+        .await;
+    anyhow::ensure!(
+        received.iter().all(|n| n["devices"][0]["pushkey"] == "bobs-phone"),
+        "pushes to another device: {received:?}"
+    );
+
     // Prometheus (started by the playbook) scrapes every process.
-    deployment.every_target_up(6).await?;
+    deployment.every_target_up(7).await?;
 
     // A second sync worker: started and ready, nginx reloaded, nothing restarted.
     let before = deployment.programs()?;
@@ -169,7 +185,7 @@ async fn scenario() -> anyhow::Result<()> {
     })
     .await?;
     anyhow::ensure!(served, "sync-localhost-2 answered without bob's room");
-    deployment.every_target_up(7).await?;
+    deployment.every_target_up(8).await?;
 
     // Third run: nothing to do.
     let recap = deployment.playbook("site.yml", "3-again").await?;
@@ -318,6 +334,8 @@ struct Ports {
     federation_metrics: u16,
     fedsender_http: u16,
     fedsender_metrics: u16,
+    pusher_http: u16,
+    pusher_metrics: u16,
     /// nginx's federation listener (TLS).
     federation: u16,
 }
@@ -342,6 +360,8 @@ impl Ports {
             federation_metrics: free_port(),
             fedsender_http: free_port(),
             fedsender_metrics: free_port(),
+            pusher_http: free_port(),
+            pusher_metrics: free_port(),
             federation: free_port(),
         })
     }
@@ -453,6 +473,7 @@ all:
     ganglion_media: {{ hosts: {{ localhost: }} }}
     ganglion_federation_reader: {{ hosts: {{ localhost: {worker2_reader}}} }}
     ganglion_federation_sender: {{ hosts: {{ localhost: }} }}
+    ganglion_pusher: {{ hosts: {{ localhost: }} }}
     loadbalancer: {{ hosts: {{ localhost: }} }}
     monitoring: {{ hosts: {{ localhost: }} }}
   vars:
@@ -496,6 +517,10 @@ all:
     ganglion_federation_sender_count: 1
     ganglion_federation_sender_http_port: {fedsender_http}
     ganglion_federation_sender_metrics_port: {fedsender_metrics}
+    ganglion_pusher_count: 1
+    ganglion_pusher_http_port: {pusher_http}
+    ganglion_pusher_metrics_port: {pusher_metrics}
+    ganglion_push_allowed_address_ranges: ["127.0.0.0/8"]
     ganglion_federation_listen: 127.0.0.1:{federation}
     ganglion_federation_verify_certificates: false
     grafana_enabled: false
@@ -531,6 +556,8 @@ all:
             federation_metrics = p.federation_metrics,
             fedsender_http = p.fedsender_http,
             fedsender_metrics = p.fedsender_metrics,
+            pusher_http = p.pusher_http,
+            pusher_metrics = p.pusher_metrics,
             federation = p.federation,
         );
         fs::write(self.dir.path().join("hosts.yml"), inventory)?;

@@ -23,12 +23,13 @@ on_all_backends!(
     each_notification_reaches_the_gateway_once_per_pusher,
     a_failing_gateway_gets_every_notification_once_it_recovers,
     a_rejected_pushkey_drops_its_pusher,
+    the_badge_counts_unread_rooms_through_receipts_and_leaves,
 );
 
 /// A push gateway on loopback: records what it is sent; answers 500 while told to fail, and
 /// rejects the pushkeys it is told to.
 #[derive(Clone, Default)]
-struct Gateway {
+pub(crate) struct Gateway {
     received: Arc<std::sync::Mutex<Vec<Value>>>,
     failing: Arc<AtomicBool>,
     failures: Arc<AtomicU64>,
@@ -58,7 +59,7 @@ async fn notify(
 
 impl Gateway {
     /// Starts it; its notify URL.
-    async fn start() -> (Gateway, String) {
+    pub(crate) async fn start() -> (Gateway, String) {
         let gateway = Gateway::default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/_matrix/push/v1/notify", listener.local_addr().unwrap());
@@ -73,7 +74,7 @@ impl Gateway {
     }
 
     /// Waits until `done` holds for what it received.
-    async fn until(&self, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    pub(crate) async fn until(&self, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
         let deadline = tokio::time::Instant::now() + SYNC_DEADLINE * 2;
         loop {
             let received = self.received();
@@ -101,7 +102,7 @@ fn deliveries(received: &[Value]) -> Vec<(String, String)> {
         .collect()
 }
 
-fn pusher(url: &str, pushkey: &str, data: Value) -> Value {
+pub(crate) fn pusher(url: &str, pushkey: &str, data: Value) -> Value {
     let mut data = data;
     data["url"] = json!(url);
     json!({
@@ -504,4 +505,44 @@ async fn cluster_without_pushers_has_the_master_push() {
         assert!(pushes(cluster, "master", "sent").await >= 1.0);
     })
     .await
+}
+
+/// The badge (`counts.unread`) counts rooms with an unread notification: a second room raises
+/// it, a read receipt and leaving a room lower it (the pusher keeps badges between rounds).
+async fn the_badge_counts_unread_rooms_through_receipts_and_leaves(backend: Backend) {
+    let server = start_pushing(backend).await;
+    let (gateway, url) = Gateway::start().await;
+    let (alice, bob, first) = room_of_three(&server).await;
+    let second = bob.create_room(&json!({ "preset": "public_chat" })).await.unwrap();
+    alice.join(&second).await.unwrap();
+    // A third member, so the one-to-one rule does not apply there either.
+    let dave = crate::register_all(&server, &["dave"]).await.remove(0);
+    dave.join(&second).await.unwrap();
+    set_pusher(&alice, &pusher(&url, "key", json!({}))).await;
+
+    let badge_of = |received: &[Value], event: &str| {
+        let notification = received.iter().find(|n| n["event_id"] == event);
+        notification.map(|n| n["counts"]["unread"].clone())
+    };
+    let pushed = |event: String| {
+        let gateway = gateway.clone();
+        async move {
+            let received = gateway.until("the push", |received| badge_of(received, &event).is_some()).await;
+            badge_of(&received, &event).unwrap()
+        }
+    };
+    let one = bob.send_text(&first, "one").await.unwrap();
+    assert_eq!(pushed(one.clone()).await, 1, "the first room");
+    let two = bob.send_text(&second, "two").await.unwrap();
+    assert_eq!(pushed(two.clone()).await, 2, "both rooms");
+    let path =
+        format!("/rooms/{}/receipt/m.read/{}", ganglion_testkit::enc(&first), ganglion_testkit::enc(&one));
+    alice.post(&path, &json!({})).await.unwrap().ok();
+    let three = bob.send_text(&second, "three").await.unwrap();
+    assert_eq!(pushed(three).await, 1, "the first room is read");
+    let four = bob.send_text(&first, "four").await.unwrap();
+    assert_eq!(pushed(four).await, 2, "the first room is unread again");
+    alice.post(&format!("/rooms/{}/leave", ganglion_testkit::enc(&second)), &json!({})).await.unwrap().ok();
+    let five = bob.send_text(&first, "five").await.unwrap();
+    assert_eq!(pushed(five).await, 1, "the room left does not count");
 }

@@ -116,6 +116,19 @@ pub struct Args {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub syncing_users: Option<u32>,
 
+    /// Rooms workload: every syncing user also sets an HTTP pusher to a push gateway this tool
+    /// runs on 127.0.0.1, and the report adds the pushes it took, per second (per pusher worker
+    /// of a cluster), duplicates, and the latency from send to gateway. A spawned server is
+    /// configured to allow a loopback gateway (`push.allowed_address_ranges`); a server behind
+    /// --url must allow it itself.
+    #[arg(long)]
+    pub push: bool,
+
+    /// `--spawn cluster` with --push: pusher workers (0 to 2; default 1). With 0 the master
+    /// pushes.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=2))]
+    pub pusher_workers: Option<u32>,
+
     /// Concurrent closed-loop senders. Sender i sends as user i mod users, round-robin over that
     /// user's rooms; with --syncing-users below --users, the senders alternate between syncing
     /// and non-syncing users in proportion (the syncing ones taken from user 0 up, the others
@@ -264,6 +277,12 @@ impl Args {
         if self.lazy_load_members && (self.workload.is_keys() || self.workload.is_sliding()) {
             return Err("--lazy-load-members goes with --workload rooms or to-device".to_owned());
         }
+        if self.push && self.workload != Workload::Rooms {
+            return Err("--push goes with --workload rooms".to_owned());
+        }
+        if self.pusher_workers.is_some() && !(self.push && self.spawn == Some(SpawnBackend::Cluster)) {
+            return Err("--pusher-workers needs --push and --spawn cluster".to_owned());
+        }
         if let Some(syncing) = self.syncing_users {
             if self.workload != Workload::Rooms {
                 return Err("--syncing-users goes with --workload rooms".to_owned());
@@ -298,6 +317,11 @@ impl Args {
 
     pub fn keys_per_request(&self) -> u32 {
         self.keys_per_request.unwrap_or(DEFAULT_KEYS_PER_REQUEST)
+    }
+
+    /// The pusher workers a spawned cluster runs with; `None` unless `--push --spawn cluster`.
+    pub fn cluster_pusher_workers(&self) -> Option<u32> {
+        (self.push && self.spawn == Some(SpawnBackend::Cluster)).then(|| self.pusher_workers.unwrap_or(1))
     }
 
     /// The sync workers a spawned cluster runs with; `None` for anything but `--spawn cluster`.

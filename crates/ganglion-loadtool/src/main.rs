@@ -18,6 +18,7 @@ mod matrix;
 mod media;
 mod plan;
 mod procfs;
+mod push;
 mod receiver;
 mod replication;
 mod report;

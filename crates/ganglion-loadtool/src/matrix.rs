@@ -406,6 +406,22 @@ impl Api {
         Ok(())
     }
 
+    /// `POST /pushers/set` in setup.
+    pub async fn set_pusher(
+        &self,
+        session: &Session,
+        body: &serde_json::Value,
+        rate_limited: &AtomicU64,
+    ) -> anyhow::Result<()> {
+        let url = self.url("/v3/pushers/set");
+        let what = format!("setting a pusher of {}", session.user_id);
+        self.setup_call(&what, rate_limited, || {
+            self.http.post(&url).bearer_auth(&session.access_token).json(body)
+        })
+        .await?;
+        Ok(())
+    }
+
     /// Uploads one-time and fallback keys in setup; answers the server's one-time key counts.
     pub async fn setup_upload_keys(
         &self,

@@ -36,11 +36,11 @@ pub struct Window {
 }
 
 impl Window {
-    fn contains(self, ns: u64) -> bool {
+    pub fn contains(self, ns: u64) -> bool {
         (self.start_ns..self.end_ns).contains(&ns)
     }
 
-    fn seconds(self) -> f64 {
+    pub fn seconds(self) -> f64 {
         self.end_ns.saturating_sub(self.start_ns) as f64 / 1e9
     }
 }
@@ -115,6 +115,8 @@ pub struct Report {
     /// Rate-limit answers during setup (register, createRoom, join), waited out and retried.
     pub setup_rate_limited: u64,
     pub targets: Vec<TargetCheck>,
+    /// `--push`: what the tool's push gateway took.
+    pub push: Option<crate::push::PushReport>,
 }
 
 #[derive(Debug, Serialize)]
@@ -374,6 +376,7 @@ impl Report {
             processes: process_reports,
             setup_rate_limited: measurements.setup_rate_limited,
             targets,
+            push: None,
         }
     }
 
@@ -588,6 +591,9 @@ impl Report {
             if let Some(first) = &errors.first {
                 let _ = writeln!(out, "{:<26}{first}", format!("first {name} failure"));
             }
+        }
+        if let Some(push) = &self.push {
+            out.push_str(&push.table());
         }
         if self.targets.is_empty() {
             return out;

@@ -126,6 +126,24 @@ async fn messages(
         // The to-device workload.
         None => populate_devices(args, &setup, progress).await?,
     };
+    // --push: every receiver (each syncing user) gets a pusher to the tool's gateway.
+    let gateway = match args.push {
+        true => {
+            let gateway = crate::push::Gateway::start().await?;
+            progress.say(&format!("{} pushers to {}", population.receivers.len(), gateway.url));
+            let receivers = &population.receivers;
+            crate::push::set_pushers(
+                &setup_api,
+                receivers,
+                &gateway.url,
+                setup_concurrency,
+                &setup_rate_limited,
+            )
+            .await?;
+            Some(gateway)
+        }
+        false => None,
+    };
     let setup_took = setup_started.elapsed();
     let plain = args.workload == Workload::Rooms && !args.encrypted;
     let event_type = if plain { PLAIN_EVENT_TYPE } else { ENCRYPTED_EVENT_TYPE };
@@ -226,9 +244,14 @@ async fn messages(
     loop {
         let expected = counters.expected_deliveries.load(Ordering::Relaxed);
         let delivered = counters.delivered.load(Ordering::Relaxed);
-        if delivered >= expected || drain_started.elapsed() >= args.drain {
+        let pushed = gateway.as_ref().map_or(expected, crate::push::Gateway::received);
+        if delivered >= expected && pushed >= expected || drain_started.elapsed() >= args.drain {
+            let pushes = match &gateway {
+                Some(_) => format!(", {pushed} of {expected} pushes"),
+                None => String::new(),
+            };
             progress.say(&format!(
-                "senders stopped; {delivered} of {expected} deliveries arrived after {:.1}s of drain",
+                "senders stopped; {delivered} of {expected} deliveries{pushes} arrived after {:.1}s of drain",
                 drain_started.elapsed().as_secs_f64()
             ));
             break;
@@ -267,7 +290,12 @@ async fn messages(
         usage: usage(&server, &window_start, &window_end, rss_samples),
         replication,
     };
-    let report = report::Report::new(args, measurements);
+    let window = measurements.window;
+    let mut report = report::Report::new(args, measurements);
+    report.push = gateway.map(|gateway| {
+        let expected = counters.expected_deliveries.load(Ordering::Relaxed);
+        gateway.report(window, expected, args.cluster_pusher_workers())
+    });
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {

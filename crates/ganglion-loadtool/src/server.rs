@@ -48,9 +48,9 @@ pub struct Server {
 impl Server {
     pub async fn start(args: &Args) -> anyhow::Result<Server> {
         if let Some(backend) = args.spawn {
-            let spawned =
-                crate::spawn::start(backend, args.cluster_sync_workers(), args.server_toml.as_deref())
-                    .await?;
+            let toml = server_toml(args);
+            let workers = (args.cluster_sync_workers(), args.cluster_pusher_workers());
+            let spawned = crate::spawn::start(backend, workers.0, workers.1, toml.as_deref()).await?;
             return Ok(Server {
                 base_url: spawned.base_url.clone(),
                 processes: spawned.processes.clone(),
@@ -104,5 +104,46 @@ impl Server {
 
     pub fn pids(&self) -> Vec<u32> {
         self.processes.iter().map(|process| process.pid).collect()
+    }
+}
+
+/// --server-toml, with `--push`'s loopback gateway allowed (in the user's `[push]` table if
+/// they gave one).
+fn server_toml(args: &Args) -> Option<String> {
+    const ALLOW: &str = "allowed_address_ranges = [\"127.0.0.0/8\"]";
+    let given = args.server_toml.clone();
+    if !args.push {
+        return given;
+    }
+    let given = given.unwrap_or_default();
+    Some(match given.lines().any(|line| line.trim() == "[push]") {
+        true => given.replacen("[push]", &format!("[push]\n{ALLOW}"), 1),
+        false => format!("{given}\n[push]\n{ALLOW}\n"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::server_toml;
+    use crate::cli::Args;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut args = vec!["ganglion-load", "--spawn", "sqlite"];
+        args.extend_from_slice(extra);
+        Args::try_parse_from(args).unwrap()
+    }
+
+    #[test]
+    fn push_allows_the_loopback_gateway_in_the_spawned_config() {
+        assert_eq!(server_toml(&args(&[])), None);
+        assert_eq!(server_toml(&args(&["--server-toml", "a = 1"])).as_deref(), Some("a = 1"));
+        let allow = "allowed_address_ranges = [\"127.0.0.0/8\"]";
+        let alone = server_toml(&args(&["--push"])).unwrap();
+        assert!(alone.contains(&format!("[push]\n{allow}\n")), "{alone}");
+        // The user's own [push] table gets the line, rather than a second table.
+        let merged = server_toml(&args(&["--push", "--server-toml", "[push]\nenabled = false"])).unwrap();
+        assert_eq!(merged, format!("[push]\n{allow}\nenabled = false"));
     }
 }

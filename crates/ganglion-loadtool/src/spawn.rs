@@ -25,11 +25,13 @@ pub struct Spawned {
     _cluster: Option<ganglion_testkit::Cluster>,
 }
 
-/// Starts a server on `backend`; a cluster runs `sync_workers` sync workers (2 if `None`).
+/// Starts a server on `backend`; a cluster runs `sync_workers` sync workers (2 if `None`) and
+/// `pusher_workers` pusher workers (none if `None`).
 #[cfg(feature = "spawn")]
 pub async fn start(
     backend: SpawnBackend,
     sync_workers: Option<u32>,
+    pusher_workers: Option<u32>,
     extra_toml: Option<&str>,
 ) -> anyhow::Result<Spawned> {
     use ganglion_testkit::{Backend, Bucket, Cluster, Postgres, RateLimits, ServerOptions, TestServer};
@@ -48,7 +50,8 @@ pub async fn start(
         SpawnBackend::Postgres => Backend::Postgres,
         SpawnBackend::Cluster => {
             let sync_workers = sync_workers.unwrap_or(crate::cli::DEFAULT_SYNC_WORKERS) as usize;
-            let mut cluster = Cluster::start_with(options, sync_workers, 2).await?;
+            let pushers = pusher_workers.unwrap_or(0) as usize;
+            let mut cluster = Cluster::start_with(options, sync_workers, 2, pushers).await?;
             let mut processes = Vec::new();
             let mut workers = Vec::new();
             for name in cluster.instance_names() {
@@ -99,6 +102,7 @@ pub async fn start(
 pub async fn start(
     backend: SpawnBackend,
     _sync_workers: Option<u32>,
+    _pusher_workers: Option<u32>,
     _extra_toml: Option<&str>,
 ) -> anyhow::Result<Spawned> {
     anyhow::bail!(

@@ -2,7 +2,7 @@
 //! internal address ranges when a pusher is set and again before each notification, which then
 //! goes to the addresses checked (no second lookup to rebind).
 
-use std::{net::SocketAddr, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use ganglion_config::AddressRange;
 pub use reqwest::Url;
@@ -53,37 +53,72 @@ pub async fn check_gateway(url: &Url, allowed: &[AddressRange]) -> Result<Vec<So
     Ok(addresses)
 }
 
-/// Posts one notification (`{"notification": …}`) to the gateway at `url`; the pushkeys the
-/// gateway rejected (the app will never take them again).
-pub async fn notify(url: &Url, body: &Value, allowed: &[AddressRange]) -> Result<Vec<String>, GatewayError> {
-    let addresses = check_gateway(url, allowed).await?;
-    let host = url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(TIMEOUT)
-        .resolve_to_addrs(&host, &addresses)
-        .build()
-        .map_err(|error| GatewayError::Unreachable(error.to_string()))?;
-    let response = client
-        .post(url.clone())
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .map_err(|error| GatewayError::Unreachable(error.to_string()))?;
-    let status = response.status();
-    if !status.is_success() {
-        return Err(GatewayError::Status(status.as_u16()));
+/// Clients kept at most: one per gateway host and checked addresses, so a server pushing to
+/// a few gateways keeps their connections open between notifications.
+const MAX_CLIENTS: usize = 256;
+
+/// HTTP clients to push gateways, each pinned to the addresses its host was checked at, and
+/// kept (with their open connections) from one notification to the next: a new connection,
+/// and for HTTPS a new handshake, per notification would bound a pusher's rate.
+#[derive(Default)]
+pub struct Gateways {
+    clients: parking_lot::Mutex<HashMap<(String, Vec<SocketAddr>), reqwest::Client>>,
+}
+
+impl Gateways {
+    /// Posts one notification (`{"notification": …}`) to the gateway at `url`; the pushkeys the
+    /// gateway rejected (the app will never take them again).
+    pub async fn notify(
+        &self,
+        url: &Url,
+        body: &Value,
+        allowed: &[AddressRange],
+    ) -> Result<Vec<String>, GatewayError> {
+        let addresses = check_gateway(url, allowed).await?;
+        let host =
+            url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
+        let client = self.client(host, addresses)?;
+        let response = client
+            .post(url.clone())
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .map_err(|error| GatewayError::Unreachable(error.to_string()))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(GatewayError::Status(status.as_u16()));
+        }
+        let answer: Value = response
+            .bytes()
+            .await
+            .ok()
+            .and_then(|body| serde_json::from_slice(&body).ok())
+            .unwrap_or(Value::Null);
+        Ok(answer["rejected"]
+            .as_array()
+            .map(|rejected| rejected.iter().filter_map(|key| key.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default())
     }
-    let answer: Value = response
-        .bytes()
-        .await
-        .ok()
-        .and_then(|body| serde_json::from_slice(&body).ok())
-        .unwrap_or(Value::Null);
-    Ok(answer["rejected"]
-        .as_array()
-        .map(|rejected| rejected.iter().filter_map(|key| key.as_str().map(str::to_owned)).collect())
-        .unwrap_or_default())
+
+    /// The client for `host` at `addresses`, made on first use.
+    fn client(&self, host: String, addresses: Vec<SocketAddr>) -> Result<reqwest::Client, GatewayError> {
+        let mut clients = self.clients.lock();
+        let key = (host, addresses);
+        if let Some(client) = clients.get(&key) {
+            return Ok(client.clone());
+        }
+        if clients.len() >= MAX_CLIENTS {
+            clients.clear();
+        }
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(TIMEOUT)
+            .resolve_to_addrs(&key.0, &key.1)
+            .build()
+            .map_err(|error| GatewayError::Unreachable(error.to_string()))?;
+        clients.insert(key, client.clone());
+        Ok(client)
+    }
 }

@@ -4,7 +4,10 @@
 //!
 //! Each pusher stores the events position it has delivered up to, moved on after each
 //! notification the gateway took, so a pusher killed midway resumes where it was: nothing is
-//! lost, and nothing but the one notification in flight at the kill could go twice. A gateway
+//! lost, and nothing but the one notification in flight at the kill could go twice. A pusher
+//! sends its next notification only once the last one's position is committed; the positions
+//! of every pusher waiting on one are committed together (a group commit), so the write per
+//! notification does not bound the rate. A gateway
 //! that fails (5xx, unreachable) is tried again after a back-off that doubles up to a cap, with
 //! the same notification first; one that rejects the pushkey loses the pusher; one that refuses a
 //! notification otherwise (4xx) has it skipped. Woken by the events stream.
@@ -14,14 +17,14 @@
 //! new shares when SIGHUP reloads a changed `instance_map`.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use futures_util::StreamExt as _;
 use ganglion_config::{Config, Duty};
-use ganglion_push_gateway::{GatewayError, Url};
+use ganglion_push_gateway::{GatewayError, Gateways, Url};
 use ganglion_replication::Positions;
 use ganglion_state::Caches;
 use ganglion_storage::{
@@ -29,7 +32,7 @@ use ganglion_storage::{
     push_actions::{self, PushNoticeRow},
     pushers::{self, PusherRow},
 };
-use ganglion_types::{StreamKind, SyncToken};
+use ganglion_types::{RoomNid, StreamKind, SyncToken};
 use parking_lot::Mutex;
 use serde_json::{Map, Value, json};
 
@@ -39,8 +42,34 @@ const FIRST_RETRY: Duration = Duration::from_millis(500);
 const MAX_RETRY: Duration = Duration::from_secs(10 * 60);
 /// Notices read per round (each may concern several of the pushers' users).
 const BATCH: i64 = 200;
-/// Users served at once: one slow gateway holds up only its own users.
-const CONCURRENT_USERS: usize = 32;
+/// Users served at once: one slow gateway holds up only its own users. Delivery holds no
+/// database connection, so this is bounded by the gateways, not the pool.
+const CONCURRENT_USERS: usize = 256;
+/// Positions written in one commit at most.
+const POSITIONS_PER_COMMIT: usize = 1024;
+/// How long a cached badge is trusted at most: a receipt or membership change the pusher
+/// missed (one committed out of position order) is corrected by then.
+const BADGE_TTL: Duration = Duration::from_secs(60);
+
+/// Each served user's badge (the rooms with an unread notification), kept from round to round:
+/// new notices add their rooms; a read receipt or a membership change of the user's drops it,
+/// to be read again. Reading it costs a query per joined room, too much for every round.
+#[derive(Default)]
+struct Badges {
+    users: HashMap<String, Badge>,
+    /// The receipts position whose changes were applied; `None` before the first round.
+    receipts_seen: Option<i64>,
+    /// The events position up to which membership changes were applied.
+    events_seen: i64,
+    swept: Option<Instant>,
+}
+
+struct Badge {
+    rooms: HashSet<RoomNid>,
+    /// The notices up to this events position are in `rooms`.
+    as_of: i64,
+    read_at: Instant,
+}
 
 /// A pusher that failed: not tried again before `until`.
 #[derive(Clone, Copy)]
@@ -82,7 +111,49 @@ pub struct Pusher {
     config: Arc<Config>,
     duty: tokio::sync::watch::Receiver<Duty>,
     backoff: Mutex<HashMap<PusherKey, Backoff>>,
+    gateways: Gateways,
+    positions_written: tokio::sync::mpsc::Sender<Advance>,
+    badges: Mutex<Badges>,
     pub stats: Arc<PusherStats>,
+}
+
+/// A pusher's new position, and who waits for it to be committed.
+struct Advance {
+    key: PusherKey,
+    position: i64,
+    committed: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Commits the positions sent on `advances`: whatever is waiting when a commit starts goes in
+/// it. A failed commit drops its waiters' senders, and they stop for this round.
+async fn write_positions(db: Db, mut advances: tokio::sync::mpsc::Receiver<Advance>) {
+    while let Some(first) = advances.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < POSITIONS_PER_COMMIT {
+            match advances.try_recv() {
+                Ok(advance) => batch.push(advance),
+                Err(_) => break,
+            }
+        }
+        let keys: Vec<((&str, &str, &str), i64)> = batch
+            .iter()
+            .map(|advance| {
+                ((advance.key.0.as_str(), advance.key.1.as_str(), advance.key.2.as_str()), advance.position)
+            })
+            .collect();
+        let written = async {
+            let mut tx = db.begin().await?;
+            pushers::advance_pushers(&mut tx, &keys).await?;
+            tx.commit().await?;
+            Ok::<(), ganglion_storage::StorageError>(())
+        };
+        match written.await {
+            Ok(()) => batch.into_iter().for_each(|advance| {
+                let _ = advance.committed.send(());
+            }),
+            Err(error) => tracing::warn!(%error, "writing the pushers' positions failed"),
+        }
+    }
 }
 
 impl Pusher {
@@ -94,7 +165,20 @@ impl Pusher {
         duty: tokio::sync::watch::Receiver<Duty>,
         stats: Arc<PusherStats>,
     ) -> Pusher {
-        Pusher { db, caches, positions, config, duty, backoff: Mutex::default(), stats }
+        let (positions_written, advances) = tokio::sync::mpsc::channel(POSITIONS_PER_COMMIT);
+        tokio::spawn(write_positions(db.clone(), advances));
+        Pusher {
+            db,
+            caches,
+            positions,
+            config,
+            duty,
+            backoff: Mutex::default(),
+            gateways: Gateways::default(),
+            positions_written,
+            badges: Mutex::default(),
+            stats,
+        }
     }
 
     /// Pushes until the process ends.
@@ -125,6 +209,7 @@ impl Pusher {
     async fn round(&self, duty: Duty, up_to: i64) -> ganglion_storage::Result<()> {
         let (behind, notices) = {
             let mut conn = self.db.conn().await?;
+            self.forget_stale_badges(&mut conn, up_to).await?;
             let now = Instant::now();
             let behind: Vec<PusherRow> = pushers::pushers_behind(&mut conn, up_to)
                 .await?
@@ -158,7 +243,7 @@ impl Pusher {
     }
 
     /// Delivers the user's part of `notices` to each of their `pushers`, then moves them on to
-    /// `reached`.
+    /// `reached`. The database is read first; delivery holds no connection.
     async fn serve_user(
         &self,
         user_id: &str,
@@ -166,7 +251,6 @@ impl Pusher {
         notices: &[PushNoticeRow],
         (reached, up_to): (i64, i64),
     ) -> ganglion_storage::Result<()> {
-        let mut conn = self.db.conn().await?;
         let mine: Vec<PushActionRow> = notices
             .iter()
             .filter_map(|notice| {
@@ -174,39 +258,121 @@ impl Pusher {
                 Some(PushActionRow { notice, actions })
             })
             .collect();
-        let badge = match mine.is_empty() {
-            true => 0,
-            false => push_actions::unread_rooms_of_user(&mut conn, user_id, up_to).await?,
+        // Each notice's notification (`None`: an event gone since, skipped) and the badge.
+        let mut built: Vec<Option<Value>> = Vec::with_capacity(mine.len());
+        let behind = pushers.iter().map(|pusher| pusher.last_stream_pos).min().unwrap_or(reached);
+        let badge = match mine.iter().any(|action| action.notice.stream_pos > behind) {
+            false => 0,
+            true => {
+                let mut conn = self.db.conn().await?;
+                for action in &mine {
+                    built.push(match action.notice.stream_pos > behind {
+                        true => self.notification(&mut conn, action.notice, user_id).await?,
+                        false => None,
+                    });
+                }
+                self.badge(&mut conn, user_id, &mine, (reached, up_to)).await?
+            }
         };
-        let mut built: HashMap<i64, Option<Value>> = HashMap::new();
         'pushers: for pusher in pushers {
-            let key = (pusher.user_id.as_str(), pusher.app_id.as_str(), pusher.pushkey.as_str());
-            for action in mine.iter().filter(|action| action.notice.stream_pos > pusher.last_stream_pos) {
-                let position = action.notice.stream_pos;
-                let notification = match built.get(&position) {
-                    Some(notification) => notification.clone(),
-                    None => {
-                        let notification = self.notification(&mut conn, action.notice, user_id).await?;
-                        built.insert(position, notification.clone());
-                        notification
-                    }
-                };
-                // An event gone since (purged) is skipped.
+            let key = key_of(&pusher);
+            let due = mine
+                .iter()
+                .zip(&built)
+                .filter(|(action, _)| action.notice.stream_pos > pusher.last_stream_pos);
+            for (action, notification) in due {
                 if let Some(notification) = notification {
-                    match self.deliver(&pusher, &notification, action, badge).await {
+                    match self.deliver(&pusher, notification, action, badge).await {
                         Delivery::Taken => {}
                         Delivery::Retry => continue 'pushers,
                         Delivery::Dropped => {
-                            pushers::delete_pusher(&mut conn, key.0, key.1, key.2).await?;
+                            let mut conn = self.db.conn().await?;
+                            pushers::delete_pusher(&mut conn, &key.0, &key.1, &key.2).await?;
                             continue 'pushers;
                         }
                     }
                 }
-                pushers::advance_pusher(&mut conn, key, position).await?;
+                if !self.advance(key.clone(), action.notice.stream_pos).await {
+                    return Ok(());
+                }
             }
-            pushers::advance_pusher(&mut conn, key, reached).await?;
+            if !self.advance(key, reached).await {
+                return Ok(());
+            }
         }
         Ok(())
+    }
+
+    /// Drops the cached badges of users whose read receipts or memberships changed since the
+    /// last round, and those older than [`BADGE_TTL`].
+    async fn forget_stale_badges(
+        &self,
+        conn: &mut ganglion_storage::Conn,
+        up_to: i64,
+    ) -> ganglion_storage::Result<()> {
+        let (receipts_seen, events_seen) = {
+            let badges = self.badges.lock();
+            (badges.receipts_seen, badges.events_seen)
+        };
+        let Some(receipts_seen) = receipts_seen else {
+            // Nothing is cached yet: only where to start watching from.
+            let receipts_now = ganglion_storage::streams::max_receipt_stream_pos(conn).await?;
+            let mut badges = self.badges.lock();
+            (badges.receipts_seen, badges.events_seen) = (Some(receipts_now), up_to);
+            return Ok(());
+        };
+        let (readers, receipts_now) = push_actions::users_with_receipts_after(conn, receipts_seen).await?;
+        let members = match up_to > events_seen {
+            true => push_actions::users_with_membership_changes(conn, events_seen, up_to).await?,
+            false => Vec::new(),
+        };
+        let mut badges = self.badges.lock();
+        for user in readers.iter().chain(&members) {
+            badges.users.remove(user);
+        }
+        badges.receipts_seen = Some(receipts_now);
+        badges.events_seen = badges.events_seen.max(up_to);
+        if badges.swept.is_none_or(|swept| swept.elapsed() >= BADGE_TTL) {
+            badges.users.retain(|_, badge| badge.read_at.elapsed() < BADGE_TTL);
+            badges.swept = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    /// The user's badge as of `up_to`: the cached one with the rooms of `mine` up to
+    /// `reached` added, or read afresh.
+    async fn badge(
+        &self,
+        conn: &mut ganglion_storage::Conn,
+        user_id: &str,
+        mine: &[PushActionRow<'_>],
+        (reached, up_to): (i64, i64),
+    ) -> ganglion_storage::Result<i64> {
+        if let Some(badge) = self.badges.lock().users.get_mut(user_id)
+            && badge.read_at.elapsed() < BADGE_TTL
+        {
+            for action in mine.iter().filter(|action| action.notice.stream_pos > badge.as_of) {
+                badge.rooms.insert(action.notice.room_nid);
+            }
+            badge.as_of = badge.as_of.max(reached);
+            return Ok(badge.rooms.len() as i64);
+        }
+        let rooms: HashSet<RoomNid> =
+            push_actions::unread_rooms_of_user(conn, user_id, up_to).await?.into_iter().collect();
+        let count = rooms.len() as i64;
+        let badge = Badge { rooms, as_of: up_to, read_at: Instant::now() };
+        self.badges.lock().users.insert(user_id.to_owned(), badge);
+        Ok(count)
+    }
+
+    /// Moves a pusher on to `position` and waits until that is committed; `false` if it could
+    /// not be.
+    async fn advance(&self, key: PusherKey, position: i64) -> bool {
+        let (committed, done) = tokio::sync::oneshot::channel();
+        if self.positions_written.send(Advance { key, position, committed }).await.is_err() {
+            return false;
+        }
+        done.await.is_ok()
     }
 
     /// The event's part of a notification (the full format's fields), or `None` for an event
@@ -294,12 +460,10 @@ impl Pusher {
         notification["prio"] = json!(if high { "high" } else { "low" });
         notification["counts"] = json!({ "unread": badge });
         notification["devices"] = json!([device]);
-        let sent = ganglion_push_gateway::notify(
-            &url,
-            &json!({ "notification": notification }),
-            &self.config.push.allowed_address_ranges,
-        )
-        .await;
+        let sent = self
+            .gateways
+            .notify(&url, &json!({ "notification": notification }), &self.config.push.allowed_address_ranges)
+            .await;
         let stats = &self.stats;
         match sent {
             Ok(rejected) if rejected.contains(&pusher.pushkey) => {

@@ -29,6 +29,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (20, include_str!("../migrations/0020_state_events_by_key.sql")),
     (21, include_str!("../migrations/0021_push_actions.sql")),
     (22, include_str!("../migrations/0022_pushers.sql")),
+    (23, include_str!("../migrations/0023_receipts_by_position.sql")),
 ];
 
 pub(crate) async fn run(db: &Db) -> Result<()> {

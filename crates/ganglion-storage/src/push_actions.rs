@@ -184,10 +184,11 @@ async fn joined_rooms(conn: &mut Conn, user_id: &str) -> Result<Vec<RoomNid>> {
     Ok(rows.into_iter().map(|row| RoomNid(row.get(0))).collect())
 }
 
-/// How many of the rooms the user is joined to have an unread notification: the badge a push
-/// gateway shows. Each room is looked at from its newest notice naming the user down, so a
-/// room is settled by its first unread one and a long unread backlog costs nothing.
-pub async fn unread_rooms_of_user(conn: &mut Conn, user_id: &str, up_to: i64) -> Result<i64> {
+/// The rooms the user is joined to that have an unread notification as of `up_to`: the badge
+/// a push gateway shows counts them. Each room is looked at from its newest notice naming the
+/// user down, so a room is settled by its first unread one and a long unread backlog costs
+/// nothing.
+pub async fn unread_rooms_of_user(conn: &mut Conn, user_id: &str, up_to: i64) -> Result<Vec<RoomNid>> {
     const PAGE: i64 = 16;
     let rooms = joined_rooms(conn, user_id).await?;
     let read = read_positions(conn, user_id, &rooms).await?;
@@ -196,7 +197,7 @@ pub async fn unread_rooms_of_user(conn: &mut Conn, user_id: &str, up_to: i64) ->
     let key = serde_json::to_string(user_id).unwrap_or_default();
     let escaped = key.replace('!', "!!").replace('%', "!%").replace('_', "!_");
     let pattern = format!("%{escaped}:%");
-    let mut unread = 0;
+    let mut unread = Vec::new();
     for room in rooms {
         let unthreaded = read.get(&(room, String::new())).copied().unwrap_or(0);
         let mut below = up_to + 1;
@@ -217,7 +218,7 @@ pub async fn unread_rooms_of_user(conn: &mut Conn, user_id: &str, up_to: i64) ->
                 if !is_read(&read, row.room_nid, &row.thread_id, row.stream_pos)
                     && row.for_user(user_id).is_some()
                 {
-                    unread += 1;
+                    unread.push(room);
                     break 'pages;
                 }
             }
@@ -324,4 +325,27 @@ pub async fn notices_between(
     .fetch_all(conn)
     .await?;
     Ok(rows.into_iter().map(notice).collect())
+}
+
+/// Users whose read receipts moved after receipts position `after`, and the newest position
+/// seen (`after` when none moved).
+pub async fn users_with_receipts_after(conn: &mut Conn, after: i64) -> Result<(Vec<String>, i64)> {
+    let rows = sqlx::query(
+        "SELECT user_id, stream_pos FROM receipts WHERE stream_pos > $1 AND receipt_type IN ('m.read', 'm.read.private')",
+    )
+    .bind(after)
+    .fetch_all(conn)
+    .await?;
+    let newest = rows.iter().map(|row| row.get::<i64, _>(1)).max().unwrap_or(after);
+    Ok((rows.into_iter().map(|row| row.get(0)).collect(), newest))
+}
+
+/// Users whose membership of a room changed in events positions `(after, up_to]`.
+pub async fn users_with_membership_changes(conn: &mut Conn, after: i64, up_to: i64) -> Result<Vec<String>> {
+    let rows = sqlx::query("SELECT user_id FROM memberships WHERE stream_pos > $1 AND stream_pos <= $2")
+        .bind(after)
+        .bind(up_to)
+        .fetch_all(conn)
+        .await?;
+    Ok(rows.into_iter().map(|row| row.get(0)).collect())
 }

@@ -128,3 +128,12 @@ pub async fn advance_pusher(
     .await?;
     Ok(())
 }
+
+/// Moves each pusher's delivery position on (never back), in the caller's transaction: the
+/// pushers' positions go in one commit, not one each.
+pub async fn advance_pushers(conn: &mut Conn, advances: &[((&str, &str, &str), i64)]) -> Result<()> {
+    for &(key, position) in advances {
+        advance_pusher(conn, key, position).await?;
+    }
+    Ok(())
+}

@@ -168,14 +168,16 @@ impl Cluster {
     }
 
     /// Like [`Cluster::start`], with `sync_workers` `sync` workers and `client_readers`
-    /// `client-reader`s (1 or 2 each; [`Cluster::start`] runs 2 of each). nginx's upstreams hold
-    /// only the processes that exist, so with one sync worker every `/sync` goes to `sync1`.
+    /// `client-reader`s (1 or 2 each; [`Cluster::start`] runs 2 of each), and `pushers` pusher
+    /// workers (0 to 2). nginx's upstreams hold only the processes that exist, so with one sync
+    /// worker every `/sync` goes to `sync1`.
     pub async fn start_with(
         options: ServerOptions,
         sync_workers: usize,
         client_readers: usize,
+        pushers: usize,
     ) -> anyhow::Result<Cluster> {
-        let instances = layout(sync_workers, client_readers)?;
+        let instances = layout(sync_workers, client_readers, pushers)?;
         Cluster::start_on(options, false, &instances, false).await
     }
 
@@ -755,17 +757,22 @@ impl Drop for Cluster {
 
 /// The processes of a cluster with `sync_workers` sync workers and `client_readers`
 /// client-readers, in start order: a subset of [`INSTANCES`].
-fn layout(sync_workers: usize, client_readers: usize) -> anyhow::Result<Vec<(&'static str, &'static str)>> {
+fn layout(
+    sync_workers: usize,
+    client_readers: usize,
+    pushers: usize,
+) -> anyhow::Result<Vec<(&'static str, &'static str)>> {
     anyhow::ensure!(
-        (1..=2).contains(&sync_workers) && (1..=2).contains(&client_readers),
-        "a test cluster has 1 or 2 sync workers and 1 or 2 client-readers, not {sync_workers} and \
-         {client_readers}"
+        (1..=2).contains(&sync_workers) && (1..=2).contains(&client_readers) && pushers <= 2,
+        "a test cluster has 1 or 2 sync workers, 1 or 2 client-readers and up to 2 pushers, not \
+         {sync_workers}, {client_readers} and {pushers}"
     );
     Ok(INSTANCES
         .into_iter()
         .filter(|&(name, _)| {
             !(name == "sync2" && sync_workers < 2 || name == "reader2" && client_readers < 2)
         })
+        .chain(PUSHING.into_iter().take(pushers))
         .collect())
 }
 

@@ -213,3 +213,32 @@ fn the_media_workload_takes_its_size_and_a_spawned_server_extra_config() {
     let elsewhere = Args::try_parse_from(["ganglion-load", "--url", "http://x", "--server-toml", "[media]"]);
     assert!(elsewhere.unwrap().validate().unwrap_err().contains("--server-toml"));
 }
+
+#[test]
+fn push_goes_with_rooms_and_pusher_workers_with_a_pushing_cluster() {
+    let parse = |extra: &[&str]| {
+        let mut args = vec!["ganglion-load", "--spawn", "cluster"];
+        args.extend_from_slice(extra);
+        Args::try_parse_from(args).unwrap()
+    };
+    let pushing = parse(&["--push"]);
+    assert!(pushing.validate().is_ok());
+    assert_eq!(pushing.cluster_pusher_workers(), Some(1), "one pusher worker unless asked");
+    let master = parse(&["--push", "--pusher-workers", "0"]);
+    assert!(master.validate().is_ok());
+    assert_eq!(master.cluster_pusher_workers(), Some(0));
+    assert_eq!(parse(&["--push", "--pusher-workers", "2"]).cluster_pusher_workers(), Some(2));
+    assert!(
+        Args::try_parse_from(["ganglion-load", "--spawn", "cluster", "--push", "--pusher-workers", "3"])
+            .is_err()
+    );
+    assert!(parse(&["--pusher-workers", "1"]).validate().is_err(), "pusher workers without --push");
+    assert!(parse(&["--push", "--workload", "media"]).validate().is_err());
+    let embedded = Args::try_parse_from(["ganglion-load", "--spawn", "sqlite", "--push"]).unwrap();
+    assert!(embedded.validate().is_ok());
+    assert_eq!(embedded.cluster_pusher_workers(), None);
+    let embedded_workers =
+        Args::try_parse_from(["ganglion-load", "--spawn", "sqlite", "--push", "--pusher-workers", "1"])
+            .unwrap();
+    assert!(embedded_workers.validate().is_err());
+}

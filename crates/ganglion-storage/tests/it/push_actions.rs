@@ -152,7 +152,7 @@ on_both_backends!(unread_counts_follow_receipts_per_thread, |db| {
     assert_eq!(between.iter().map(|n| n.stream_pos).collect::<Vec<_>>(), vec![3, 4]);
     assert_eq!(
         push_actions::unread_rooms_of_user(&mut conn, "@a:x", 6).await.unwrap(),
-        1,
+        vec![other],
         "only !o:x is unread"
     );
 });
@@ -184,19 +184,43 @@ on_both_backends!(the_badge_counts_rooms_with_an_unread_notification, |db| {
         rooms::upsert_membership(&mut conn, room, me, "join", EventNid(1), 1).await.unwrap();
     }
     // Position 44 is beyond `up_to`.
-    assert_eq!(
-        push_actions::unread_rooms_of_user(&mut conn, me, 43).await.unwrap(),
-        2,
-        "the backlog room and the threads room"
-    );
-    assert_eq!(push_actions::unread_rooms_of_user(&mut conn, me, 44).await.unwrap(), 3);
+    let mut unread = push_actions::unread_rooms_of_user(&mut conn, me, 43).await.unwrap();
+    unread.sort();
+    assert_eq!(unread, vec![backlog, threads]);
+    assert_eq!(push_actions::unread_rooms_of_user(&mut conn, me, 44).await.unwrap().len(), 3);
     // `main` read up to 42 leaves the thread's notice unread; the thread's own receipt reads it.
     streams::upsert_receipt(&mut conn, &receipt(me, 42, "main", 1)).await.unwrap();
-    assert_eq!(push_actions::unread_rooms_of_user(&mut conn, me, 43).await.unwrap(), 2);
+    assert_eq!(push_actions::unread_rooms_of_user(&mut conn, me, 43).await.unwrap().len(), 2);
     streams::upsert_receipt(&mut conn, &receipt(me, 41, "$t", 2)).await.unwrap();
     assert_eq!(
         push_actions::unread_rooms_of_user(&mut conn, me, 43).await.unwrap(),
-        1,
+        vec![backlog],
         "the backlog room only"
+    );
+
+    // What clears a pusher's cached badge: read receipts moved since a position, and
+    // membership changes in a range of events positions.
+    assert_eq!(
+        push_actions::users_with_receipts_after(&mut conn, 0).await.unwrap(),
+        (vec![me.to_owned(), me.to_owned()], 2)
+    );
+    assert_eq!(push_actions::users_with_receipts_after(&mut conn, 2).await.unwrap(), (vec![], 2));
+    let moved = |user: &str, position| ReceiptRow {
+        receipt_type: "m.read.private".into(),
+        ..receipt(user, 41, "", position)
+    };
+    streams::upsert_receipt(&mut conn, &moved("@c:x", 3)).await.unwrap();
+    assert_eq!(
+        push_actions::users_with_receipts_after(&mut conn, 2).await.unwrap(),
+        (vec!["@c:x".to_owned()], 3)
+    );
+    rooms::upsert_membership(&mut conn, quiet, "@c:x", "leave", EventNid(43), 43).await.unwrap();
+    assert_eq!(
+        push_actions::users_with_membership_changes(&mut conn, 1, 42).await.unwrap(),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        push_actions::users_with_membership_changes(&mut conn, 1, 43).await.unwrap(),
+        vec!["@c:x".to_owned()]
     );
 });
