@@ -545,4 +545,14 @@ async fn the_badge_counts_unread_rooms_through_receipts_and_leaves(backend: Back
     alice.post(&format!("/rooms/{}/leave", ganglion_testkit::enc(&second)), &json!({})).await.unwrap().ok();
     let five = bob.send_text(&first, "five").await.unwrap();
     assert_eq!(pushed(five).await, 1, "the room left does not count");
+    // An invite is pushed as one: the invited user is its target, and the room is not joined.
+    let private = bob.create_room(&json!({ "preset": "private_chat" })).await.unwrap();
+    bob.invite(&private, &alice.user_id).await.unwrap();
+    let received = gateway
+        .until("the invite's push", |received| received.iter().any(|n| n["type"] == "m.room.member"))
+        .await;
+    let invite = received.iter().find(|n| n["type"] == "m.room.member").unwrap();
+    assert_eq!((&invite["room_id"], &invite["user_is_target"]), (&json!(private), &json!(true)), "{invite}");
+    assert_eq!(invite["content"]["membership"], "invite");
+    assert_eq!(invite["counts"]["unread"], 1, "the invite's room is not joined: {invite}");
 }

@@ -101,6 +101,12 @@ impl Gateway {
             .filter(|key| !seen.insert(*key))
             .count();
         let per_second = in_window as f64 / window.seconds().max(f64::MIN_POSITIVE);
+        // After the window the senders stop: a backlog then drains at the pushers' own pace.
+        let after: Vec<u64> = arrivals.iter().map(|a| a.at_ns).filter(|&at| at >= window.end_ns).collect();
+        let drained_per_second = after
+            .iter()
+            .max()
+            .map(|&last| after.len() as f64 / ((last - window.end_ns) as f64 / 1e9).max(f64::MIN_POSITIVE));
         PushReport {
             received: arrivals.len() as u64,
             expected,
@@ -111,6 +117,8 @@ impl Gateway {
             per_pusher_worker: pusher_workers
                 .filter(|&workers| workers > 0)
                 .map(|w| per_second / f64::from(w)),
+            after_window: after.len() as u64,
+            drained_per_second,
             latency_ms: summarize_ns(&mut latencies),
         }
     }
@@ -158,6 +166,10 @@ pub struct PushReport {
     /// A cluster's pusher workers (0: the master pushes); `None` for a single process.
     pub pusher_workers: Option<u32>,
     pub per_pusher_worker: Option<f64>,
+    /// Taken after the window (the senders stopped), and per second from the window's end to
+    /// the last: the pushers' pace on a backlog, with no sends competing.
+    pub after_window: u64,
+    pub drained_per_second: Option<f64>,
     /// From the send (the sender's clock before its PUT) to the gateway taking it, for the
     /// messages sent in the window, whenever they arrived.
     pub latency_ms: Option<Summary>,
@@ -177,6 +189,12 @@ impl PushReport {
             _ => {}
         }
         out.push('\n');
+        if let Some(rate) = self.drained_per_second.filter(|_| self.after_window > 0) {
+            out.push_str(&format!(
+                "pushes after the window: {} at {rate:.0}/s (senders stopped)\n",
+                self.after_window
+            ));
+        }
         if let Some(latency) = &self.latency_ms {
             out.push_str(&format!(
                 "push latency (send to gateway): p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} pushes)\n",

@@ -183,13 +183,20 @@ impl Pusher {
 
     /// Pushes until the process ends.
     pub async fn run(mut self) {
+        let mut last_reached = None;
         loop {
             let duty = *self.duty.borrow_and_update();
             let up_to = self.positions.get(StreamKind::Events).0;
-            if duty != Duty::Nothing
-                && let Err(error) = self.round(duty, up_to).await
-            {
-                tracing::warn!(%error, "reading the pushers failed");
+            if duty != Duty::Nothing {
+                match self.round(duty, up_to).await {
+                    // A full batch left a backlog: on with it at once, while it moves.
+                    Ok(reached) if reached < up_to && last_reached != Some(reached) => {
+                        last_reached = Some(reached);
+                        continue;
+                    }
+                    Ok(reached) => last_reached = Some(reached),
+                    Err(error) => tracing::warn!(%error, "reading the pushers failed"),
+                }
             }
             // Woken by the next event (or a retry coming due).
             let next =
@@ -205,8 +212,9 @@ impl Pusher {
     }
 
     /// Delivers what every pusher of the duty's users is owed up to `up_to`: the notices after
-    /// the furthest-behind pusher's position, read once for all of them.
-    async fn round(&self, duty: Duty, up_to: i64) -> ganglion_storage::Result<()> {
+    /// the furthest-behind pusher's position, read once for all of them. How far it got:
+    /// `up_to`, or the last notice of a full batch.
+    async fn round(&self, duty: Duty, up_to: i64) -> ganglion_storage::Result<i64> {
         let (behind, notices) = {
             let mut conn = self.db.conn().await?;
             self.forget_stale_badges(&mut conn, up_to).await?;
@@ -219,7 +227,9 @@ impl Pusher {
                     self.backoff.lock().get(&key_of(pusher)).is_none_or(|backoff| backoff.until <= now)
                 })
                 .collect();
-            let Some(after) = behind.iter().map(|pusher| pusher.last_stream_pos).min() else { return Ok(()) };
+            let Some(after) = behind.iter().map(|pusher| pusher.last_stream_pos).min() else {
+                return Ok(up_to);
+            };
             (behind, push_actions::notices_between(&mut conn, after, up_to, BATCH).await?)
         };
         // A full batch reaches only as far as its last notice.
@@ -231,57 +241,55 @@ impl Pusher {
         for pusher in behind {
             by_user.entry(pusher.user_id.clone()).or_default().push(pusher);
         }
-        let notices = &notices;
+        // Each notice naming a served user is parsed and its notification built once, for all
+        // of them.
+        let parsed: Vec<ParsedNotice> = notices
+            .iter()
+            .map(ParsedNotice::of)
+            .filter(|parsed| parsed.users.keys().any(|user| by_user.contains_key(user)))
+            .collect();
+        let mut built: HashMap<i64, Built> = HashMap::new();
+        if !parsed.is_empty() {
+            let mut conn = self.db.conn().await?;
+            for notice in &parsed {
+                if let Some(notification) = self.notification(&mut conn, notice.notice).await? {
+                    built.insert(notice.notice.stream_pos, notification);
+                }
+            }
+        }
+        let (parsed, built) = (&parsed, &built);
         futures_util::stream::iter(by_user)
             .for_each_concurrent(CONCURRENT_USERS, |(user_id, pushers)| async move {
+                let notices = (parsed.as_slice(), built);
                 if let Err(error) = self.serve_user(&user_id, pushers, notices, (reached, up_to)).await {
                     tracing::warn!(%error, %user_id, "pushing failed");
                 }
             })
             .await;
-        Ok(())
+        Ok(reached)
     }
 
     /// Delivers the user's part of `notices` to each of their `pushers`, then moves them on to
-    /// `reached`. The database is read first; delivery holds no connection.
+    /// `reached`. Delivery holds no database connection.
     async fn serve_user(
         &self,
         user_id: &str,
         pushers: Vec<PusherRow>,
-        notices: &[PushNoticeRow],
+        (notices, built): (&[ParsedNotice<'_>], &HashMap<i64, Built>),
         (reached, up_to): (i64, i64),
     ) -> ganglion_storage::Result<()> {
-        let mine: Vec<PushActionRow> = notices
-            .iter()
-            .filter_map(|notice| {
-                let (_, actions) = notice.for_user(user_id)?;
-                Some(PushActionRow { notice, actions })
-            })
-            .collect();
-        // Each notice's notification (`None`: an event gone since, skipped) and the badge.
-        let mut built: Vec<Option<Value>> = Vec::with_capacity(mine.len());
+        let mine: Vec<PushActionRow> = notices.iter().filter_map(|notice| notice.for_user(user_id)).collect();
         let behind = pushers.iter().map(|pusher| pusher.last_stream_pos).min().unwrap_or(reached);
         let badge = match mine.iter().any(|action| action.notice.stream_pos > behind) {
             false => 0,
-            true => {
-                let mut conn = self.db.conn().await?;
-                for action in &mine {
-                    built.push(match action.notice.stream_pos > behind {
-                        true => self.notification(&mut conn, action.notice, user_id).await?,
-                        false => None,
-                    });
-                }
-                self.badge(&mut conn, user_id, &mine, (reached, up_to)).await?
-            }
+            true => self.badge(user_id, &mine, built, (reached, up_to)).await?,
         };
         'pushers: for pusher in pushers {
             let key = key_of(&pusher);
-            let due = mine
-                .iter()
-                .zip(&built)
-                .filter(|(action, _)| action.notice.stream_pos > pusher.last_stream_pos);
-            for (action, notification) in due {
-                if let Some(notification) = notification {
+            let due = mine.iter().filter(|action| action.notice.stream_pos > pusher.last_stream_pos);
+            for action in due {
+                // An event gone since (purged) is skipped.
+                if let Some(notification) = built.get(&action.notice.stream_pos) {
                     match self.deliver(&pusher, notification, action, badge).await {
                         Delivery::Taken => {}
                         Delivery::Retry => continue 'pushers,
@@ -343,13 +351,18 @@ impl Pusher {
     /// `reached` added, or read afresh.
     async fn badge(
         &self,
-        conn: &mut ganglion_storage::Conn,
         user_id: &str,
         mine: &[PushActionRow<'_>],
+        built: &HashMap<i64, Built>,
         (reached, up_to): (i64, i64),
     ) -> ganglion_storage::Result<i64> {
+        // An invite of the user's is a room they are not joined to: read afresh (rarely).
+        let targets_user = |action: &&PushActionRow| {
+            built.get(&action.notice.stream_pos).and_then(|b| b.member_target.as_deref()) == Some(user_id)
+        };
         if let Some(badge) = self.badges.lock().users.get_mut(user_id)
             && badge.read_at.elapsed() < BADGE_TTL
+            && !mine.iter().filter(|action| action.notice.stream_pos > badge.as_of).any(|a| targets_user(&a))
         {
             for action in mine.iter().filter(|action| action.notice.stream_pos > badge.as_of) {
                 badge.rooms.insert(action.notice.room_nid);
@@ -357,8 +370,9 @@ impl Pusher {
             badge.as_of = badge.as_of.max(reached);
             return Ok(badge.rooms.len() as i64);
         }
+        let mut conn = self.db.conn().await?;
         let rooms: HashSet<RoomNid> =
-            push_actions::unread_rooms_of_user(conn, user_id, up_to).await?.into_iter().collect();
+            push_actions::unread_rooms_of_user(&mut conn, user_id, up_to).await?.into_iter().collect();
         let count = rooms.len() as i64;
         let badge = Badge { rooms, as_of: up_to, read_at: Instant::now() };
         self.badges.lock().users.insert(user_id.to_owned(), badge);
@@ -375,14 +389,13 @@ impl Pusher {
         done.await.is_ok()
     }
 
-    /// The event's part of a notification (the full format's fields), or `None` for an event
-    /// that is not there.
+    /// The event's part of a notification (the full format's fields, the same for every user
+    /// it notified), or `None` for an event that is not there.
     async fn notification(
         &self,
         conn: &mut ganglion_storage::Conn,
         notice: &PushNoticeRow,
-        user_id: &str,
-    ) -> ganglion_storage::Result<Option<Value>> {
+    ) -> ganglion_storage::Result<Option<Built>> {
         let state =
             |error: ganglion_state::StateError| ganglion_storage::StorageError::Corrupt(error.to_string());
         let Some(event) = self.caches.event(conn, notice.event_nid).await.map_err(state)? else {
@@ -412,19 +425,18 @@ impl Pusher {
         if let Some(name) = content_of(room_name, "name") {
             notification["room_name"] = json!(name);
         }
-        if let Some(target) = &pdu.state_key
-            && pdu.kind.to_string() == "m.room.member"
-        {
-            notification["user_is_target"] = json!(target == user_id);
-        }
-        Ok(Some(notification))
+        let member_target = match pdu.kind.to_string() == "m.room.member" {
+            true => pdu.state_key.clone(),
+            false => None,
+        };
+        Ok(Some(Built { notification, member_target }))
     }
 
     /// Posts one notification to the pusher's gateway.
     async fn deliver(
         &self,
         pusher: &PusherRow,
-        event: &Value,
+        built: &Built,
         action: &PushActionRow<'_>,
         badge: i64,
     ) -> Delivery {
@@ -445,7 +457,7 @@ impl Pusher {
             .collect();
         let high = tweaks.contains_key("sound")
             || tweaks.get("highlight").is_some_and(|value| value != &Value::Bool(false))
-            || event["type"] == "m.room.encrypted";
+            || built.notification["type"] == "m.room.encrypted";
         let device = json!({
             "app_id": pusher.app_id,
             "pushkey": pusher.pushkey,
@@ -453,10 +465,14 @@ impl Pusher {
             "data": data,
             "tweaks": tweaks,
         });
+        let event = &built.notification;
         let mut notification = match event_id_only {
             true => json!({ "event_id": event["event_id"], "room_id": event["room_id"] }),
             false => event.clone(),
         };
+        if let Some(target) = built.member_target.as_deref().filter(|_| !event_id_only) {
+            notification["user_is_target"] = json!(target == pusher.user_id);
+        }
         notification["prio"] = json!(if high { "high" } else { "low" });
         notification["counts"] = json!({ "unread": badge });
         notification["devices"] = json!([device]);
@@ -501,6 +517,38 @@ impl Pusher {
 struct PushActionRow<'n> {
     notice: &'n PushNoticeRow,
     actions: Value,
+}
+
+/// A notice with its users and actions parsed, once for every user it names.
+struct ParsedNotice<'n> {
+    notice: &'n PushNoticeRow,
+    /// User id -> `(highlight, index into actions)`.
+    users: HashMap<String, (u8, usize)>,
+    actions: Vec<Value>,
+}
+
+impl<'n> ParsedNotice<'n> {
+    fn of(notice: &'n PushNoticeRow) -> ParsedNotice<'n> {
+        ParsedNotice {
+            notice,
+            users: serde_json::from_str(&notice.users).unwrap_or_default(),
+            actions: serde_json::from_str(&notice.actions).unwrap_or_default(),
+        }
+    }
+
+    /// The notice as it concerns `user_id`, if it notified them.
+    fn for_user(&self, user_id: &str) -> Option<PushActionRow<'n>> {
+        let (_, index) = self.users.get(user_id)?;
+        let actions = self.actions.get(*index).cloned().unwrap_or(Value::Array(Vec::new()));
+        Some(PushActionRow { notice: self.notice, actions })
+    }
+}
+
+/// An event's notification, built once for every user it notified.
+struct Built {
+    notification: Value,
+    /// A membership event's target: `user_is_target` differs per user.
+    member_target: Option<String>,
 }
 
 enum Delivery {
