@@ -5,6 +5,8 @@
 //! and CPU; for a cluster, also every worker's replication lag. The rooms may be encrypted; other workloads
 //! send to-device messages to many devices, or claim and query end-to-end encryption keys; two
 //! measure simplified sliding sync: the time to a first room list, and a live update's cost.
+//! With --push every syncing user also has a pusher to a push gateway the tool runs, which
+//! times each push from the send.
 //!
 //! It is a benchmark, not a test: it measures and reports, and asserts nothing about the server
 //! beyond what it needs to run. Every non-2xx answer is counted in the report.
