@@ -77,6 +77,7 @@ mod sliding_sync_sdk;
 mod strangers;
 mod sync;
 mod sync_memory;
+mod third_party;
 mod traces;
 
 /// Upper bound for one scenario, server start included, so a hung server fails instead of hanging.

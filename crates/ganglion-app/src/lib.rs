@@ -9,6 +9,7 @@
 mod auth;
 mod balancer;
 mod cluster;
+pub mod compliance;
 pub mod haproxy;
 pub mod nginx;
 

@@ -7,6 +7,8 @@ mod keys;
 mod presence;
 mod push;
 mod rooms;
+mod third_party;
+mod voip;
 
 use std::sync::Arc;
 
@@ -74,5 +76,52 @@ pub fn routes() -> Vec<Route<ClientState>> {
     routes.extend(keys::routes());
     routes.extend(presence::routes());
     routes.extend(push::routes());
+    routes.extend(other_routes());
     ganglion_http::with_r0_aliases(routes)
+}
+
+/// Third-party identifiers and networks, which this server does not support, and TURN.
+fn other_routes() -> Vec<Route<ClientState>> {
+    use ganglion_types::EndpointClass::{Auth, ClientRead, ClientWrite};
+    vec![
+        Route::get("/_matrix/client/v3/account/3pid", ClientRead, third_party::threepids),
+        Route::post("/_matrix/client/v3/account/3pid", ClientWrite, third_party::add_threepid),
+        Route::post("/_matrix/client/v3/account/3pid/add", ClientWrite, third_party::add_threepid),
+        Route::post("/_matrix/client/v3/account/3pid/bind", ClientWrite, third_party::add_threepid),
+        Route::post("/_matrix/client/v3/account/3pid/delete", ClientWrite, third_party::forget_threepid),
+        Route::post("/_matrix/client/v3/account/3pid/unbind", ClientWrite, third_party::forget_threepid),
+        Route::post("/_matrix/client/v3/account/3pid/email/requestToken", Auth, third_party::request_token),
+        Route::post("/_matrix/client/v3/account/3pid/msisdn/requestToken", Auth, third_party::request_token),
+        Route::post("/_matrix/client/v3/register/email/requestToken", Auth, third_party::request_token),
+        Route::post("/_matrix/client/v3/register/msisdn/requestToken", Auth, third_party::request_token),
+        Route::post(
+            "/_matrix/client/v3/account/password/email/requestToken",
+            Auth,
+            third_party::request_token,
+        ),
+        Route::post(
+            "/_matrix/client/v3/account/password/msisdn/requestToken",
+            Auth,
+            third_party::request_token,
+        ),
+        Route::get("/_matrix/client/v3/thirdparty/protocols", ClientRead, third_party::protocols),
+        Route::get(
+            "/_matrix/client/v3/thirdparty/protocol/{protocol}",
+            ClientRead,
+            third_party::unknown_protocol,
+        ),
+        Route::get(
+            "/_matrix/client/v3/thirdparty/location/{protocol}",
+            ClientRead,
+            third_party::unknown_protocol,
+        ),
+        Route::get(
+            "/_matrix/client/v3/thirdparty/user/{protocol}",
+            ClientRead,
+            third_party::unknown_protocol,
+        ),
+        Route::get("/_matrix/client/v3/thirdparty/location", ClientRead, third_party::no_matches),
+        Route::get("/_matrix/client/v3/thirdparty/user", ClientRead, third_party::no_matches),
+        Route::get("/_matrix/client/v3/voip/turnServer", ClientRead, voip::turn_server),
+    ]
 }

@@ -37,6 +37,7 @@ pub struct Config {
     pub rooms: RoomsConfig,
     pub presence: PresenceConfig,
     pub push: PushConfig,
+    pub voip: VoipConfig,
     pub sync: SyncConfig,
     pub media: MediaConfig,
     /// Cluster mode: Redis carries replication (never the source of truth).
@@ -559,6 +560,19 @@ pub struct PushConfig {
     pub allowed_address_ranges: Vec<AddressRange>,
 }
 
+/// TURN servers for voice and video calls (`GET /voip/turnServer`): clients get credentials that
+/// expire, made from the secret the TURN server shares (coturn's `use-auth-secret`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VoipConfig {
+    /// The TURN servers' `turn:` and `turns:` URIs; none: `/voip/turnServer` answers `{}`.
+    pub turn_uris: Vec<String>,
+    /// The secret shared with the TURN servers (coturn's `static-auth-secret`).
+    pub turn_shared_secret: String,
+    /// How long the credentials handed out last, in seconds.
+    pub turn_user_lifetime_s: u64,
+}
+
 /// The presence module: online, unavailable (idle) and offline, shown to users who share a room.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -641,6 +655,11 @@ impl Config {
                 federation_ping_interval_ms: 25 * 60 * 1000,
             },
             push: PushConfig { enabled: true, allowed_address_ranges: Vec::new() },
+            voip: VoipConfig {
+                turn_uris: Vec::new(),
+                turn_shared_secret: String::new(),
+                turn_user_lifetime_s: 86_400,
+            },
             // Short enough to go unnoticed; under load it bounds each device to 50 answers/s.
             sync: SyncConfig { answer_interval_ms: 20 },
             // Synapse's limits; all media served by every endpoint, so older clients work.
@@ -812,6 +831,17 @@ impl Config {
         }
         if self.database.max_connections == 0 {
             return invalid("database.max_connections", "must be at least 1");
+        }
+        if !self.voip.turn_uris.is_empty() && self.voip.turn_shared_secret.is_empty() {
+            return invalid("voip.turn_shared_secret", "must be set when voip.turn_uris is");
+        }
+        if let Some(uri) =
+            self.voip.turn_uris.iter().find(|uri| !(uri.starts_with("turn:") || uri.starts_with("turns:")))
+        {
+            return invalid("voip.turn_uris", &format!("{uri:?} is not a turn: or turns: URI"));
+        }
+        if self.voip.turn_user_lifetime_s == 0 {
+            return invalid("voip.turn_user_lifetime_s", "must be at least 1");
         }
         if self.media.max_upload_bytes == 0 {
             return invalid("media.max_upload_bytes", "must be at least 1");

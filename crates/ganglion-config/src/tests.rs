@@ -244,3 +244,27 @@ fn s3_media_comes_from_the_file_with_credentials_from_the_environment() {
         load_toml("[media.s3]\nbucket = \"m\"\nendpoint = \"http://10.0.0.5:9000\"\nallow_http = true\n");
     assert!(plain.unwrap().media.s3.unwrap().allow_http);
 }
+
+#[test]
+fn turn_servers_need_a_secret_and_turn_uris() {
+    assert!(Config::embedded_default().voip.turn_uris.is_empty(), "no TURN server unless configured");
+    let config =
+        load_toml("[voip]\nturn_uris = [\"turn:t.example.org\"]\nturn_shared_secret = \"s\"\n").unwrap();
+    assert_eq!(config.voip.turn_user_lifetime_s, 86_400);
+    let error = load_toml("[voip]\nturn_uris = [\"turn:t.example.org\"]\n").unwrap_err().to_string();
+    assert!(error.contains("voip.turn_shared_secret"), "{error}");
+    let error = load_toml("[voip]\nturn_uris = [\"https://t.example.org\"]\nturn_shared_secret = \"s\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("voip.turn_uris"), "{error}");
+    let error = load_toml("[voip]\nturn_user_lifetime_s = 0\n").unwrap_err().to_string();
+    assert!(error.contains("voip.turn_user_lifetime_s"), "{error}");
+    // The documented environment variables set them too.
+    let env = [
+        ("GANGLION_VOIP__TURN_URIS", "[\"turns:t.example.org:5349\"]"),
+        ("GANGLION_VOIP__TURN_SHARED_SECRET", "from-env"),
+    ];
+    let config = load_with(None, &env).unwrap();
+    assert_eq!(config.voip.turn_uris, ["turns:t.example.org:5349"]);
+    assert_eq!(config.voip.turn_shared_secret, "from-env");
+}

@@ -47,6 +47,8 @@ pub enum ErrorClass {
         room_version: String,
     },
     GuestAccessForbidden,
+    /// This server takes no third-party identifier (email, phone) as a contact.
+    ThreepidDenied,
     Exclusive,
     /// A key backup write named a backup version that is not the user's current one (403
     /// `M_WRONG_ROOM_KEYS_VERSION`); the answer names the current version.

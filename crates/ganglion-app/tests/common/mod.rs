@@ -133,6 +133,7 @@ pub fn concrete(path: &str) -> String {
                 "serverName" => "example.org",
                 "mediaId" => "AbCdEf123",
                 "fileName" => "cat.png",
+                "protocol" => "irc",
                 other => panic!("no example value for {{{other}}} in {path}: add one"),
             }),
         })

@@ -58,9 +58,10 @@ pub(crate) fn failure_of(error: &MasterError) -> (pb::MasterFailure, Code) {
         ErrorClass::Exclusive => (Wire::Exclusive, Code::PermissionDenied),
         ErrorClass::WrongRoomKeysVersion { .. } => (Wire::WrongRoomKeysVersion, Code::FailedPrecondition),
         ErrorClass::IncompatibleRoomVersion { .. } => (Wire::IncompatibleRoomVersion, Code::InvalidArgument),
-        // Only the sync role answers it; the master never does.
-        // Answered by the sync and media workers themselves, never by the master.
+        // Answered by the workers themselves (sync, media, the client's third-party
+        // identifiers), never by the master.
         ErrorClass::UnknownPos
+        | ErrorClass::ThreepidDenied
         | ErrorClass::CannotOverwriteMedia
         | ErrorClass::NotYetUploaded
         | ErrorClass::Unauthorized
