@@ -77,6 +77,7 @@ mod sliding_sync_sdk;
 mod strangers;
 mod sync;
 mod sync_memory;
+mod tags;
 mod third_party;
 mod traces;
 

@@ -52,9 +52,6 @@ pub const NOT_YET: &[(&str, &str)] = &[
     ("redirectToSSO", "single sign-on is not supported: clients sign in with a password"),
     ("redirectToIdP", "single sign-on is not supported: clients sign in with a password"),
     ("getWellknownSupport", "not yet: no support contacts can be configured"),
-    ("getRoomTags", "not yet: room tags come with issue 16"),
-    ("setRoomTag", "not yet: room tags come with issue 16"),
-    ("deleteRoomTag", "not yet: room tags come with issue 16"),
     ("getThreadRoots", "not yet: threads come with issue 16"),
     ("searchUserDirectory", "not yet: the user directory comes with issue 16"),
 ];

@@ -240,6 +240,54 @@ pub(crate) async fn set_account_data(
     Ok(())
 }
 
+/// The most bytes of a room tag's name: it is a key of account data, as an event type is.
+const MAX_TAG_BYTES: usize = 255;
+
+/// Sets (`content: Some`) or removes one of the user's tags on a room in their `m.tag` account
+/// data there, under the writer's lock, so concurrent changes of other tags are all kept.
+pub(crate) async fn set_room_tag(
+    svc: &MasterService,
+    user_id: &OwnedUserId,
+    room_id: &OwnedRoomId,
+    tag: &str,
+    content: Option<Value>,
+) -> MasterResult<()> {
+    if tag.is_empty() || tag.len() > MAX_TAG_BYTES {
+        return Err(MasterError::invalid_param(format!("A tag is 1 to {MAX_TAG_BYTES} bytes long")));
+    }
+    if let Some(content) = &content {
+        let Some(object) = content.as_object() else {
+            return Err(MasterError::bad_json("A tag's content must be a JSON object"));
+        };
+        if object.get("order").is_some_and(|order| !order.is_number()) {
+            return Err(MasterError::bad_json("A tag's `order` must be a number"));
+        }
+    }
+    let mut writer = svc.writer.lock().await;
+    let mut conn = svc.db.conn().await.map_err(internal)?;
+    let stored = stream_store::account_data_content(&mut conn, user_id.as_str(), room_id.as_str(), "m.tag")
+        .await
+        .map_err(internal)?;
+    // What is stored was set by a client too (`PUT …/account_data/m.tag`): kept as it is but for
+    // the `tags` object, which is made one if it is not.
+    let mut data: serde_json::Map<String, Value> =
+        stored.and_then(|text| serde_json::from_str(&text).ok()).unwrap_or_default();
+    let mut tags = match data.remove("tags") {
+        Some(Value::Object(tags)) => tags,
+        _ => serde_json::Map::new(),
+    };
+    let changed = match content {
+        Some(content) => tags.insert(tag.to_owned(), content.clone()).as_ref() != Some(&content),
+        None => tags.remove(tag).is_some(),
+    };
+    if !changed {
+        return Ok(());
+    }
+    data.insert("tags".to_owned(), Value::Object(tags));
+    let text = serde_json::to_string(&data).map_err(|e| MasterError::bad_json(e.to_string()))?;
+    store_account_data(svc, &mut writer, &mut conn, user_id, room_id.as_str(), "m.tag", &text).await
+}
+
 /// Writes one piece of account data at the next position of its stream and tells the workers.
 async fn store_account_data(
     svc: &MasterService,

@@ -34,7 +34,7 @@ use ganglion_rpc::{
     MasterResult, OneTimeKeyCounts, PreparedInvite, Presence, PresenceSyncing, PutBackupKeys,
     RegisterRequest, RenameDevice, RoomKeysUpdate, Rooms, SendEvent, SendToDevice, SessionGrant,
     SetAccountData, SetAlias, SetPassword, SetPresence, SetProfile, SetPusher, SetReceipt, SetRemotePresence,
-    SetRoomVisibility, SetTyping, SignatureFailure, StoreInvite, Streams, TypingSnapshot,
+    SetRoomTag, SetRoomVisibility, SetTyping, SignatureFailure, StoreInvite, Streams, TypingSnapshot,
     UpdateBackupVersion, UpdateMembership, UpdatePushRules, UploadKeys, UploadSignatures, UploadSigningKeys,
 };
 use ganglion_state::Caches;
@@ -278,6 +278,10 @@ impl Ephemeral for MasterService {
 
     async fn set_pusher(&self, r: SetPusher) -> MasterResult<()> {
         ephemeral::set_pusher(self, &r.user_id, &r.body).await
+    }
+
+    async fn set_room_tag(&self, r: SetRoomTag) -> MasterResult<()> {
+        ephemeral::set_room_tag(self, &r.user_id, &r.room_id, &r.tag, r.content).await
     }
 }
 

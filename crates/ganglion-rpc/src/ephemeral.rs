@@ -17,6 +17,7 @@ service! {
         fn set_account_data(SetAccountData) -> () as pb::Done;
         fn update_push_rules(UpdatePushRules) -> () as pb::Done;
         fn set_pusher(SetPusher) -> () as pb::Done;
+        fn set_room_tag(SetRoomTag) -> () as pb::Done;
     }
 }
 
@@ -183,5 +184,46 @@ impl Call for SetPusher {
 
     fn after(&self) -> AfterCall {
         AfterCall::Nothing
+    }
+}
+
+/// One of a user's tags on a room set (`content: Some`, the tag's object) or removed (`None`):
+/// the master changes that tag of their `m.tag` account data, so concurrent changes of other
+/// tags are all kept.
+#[derive(Debug, Clone)]
+pub struct SetRoomTag {
+    pub user_id: OwnedUserId,
+    pub room_id: OwnedRoomId,
+    pub tag: String,
+    pub content: Option<Value>,
+}
+
+impl Call for SetRoomTag {
+    type Message = pb::SetRoomTagRequest;
+
+    fn into_message(self) -> pb::SetRoomTagRequest {
+        pb::SetRoomTagRequest {
+            user_id: self.user_id.into(),
+            room_id: self.room_id.into(),
+            tag: self.tag,
+            content_json: self.content.map(|content| content.to_string()),
+        }
+    }
+
+    fn from_message(message: pb::SetRoomTagRequest) -> Result<Self, ConvertError> {
+        let content = match message.content_json {
+            Some(text) => Some(json_value("content_json", &text)?),
+            None => None,
+        };
+        Ok(SetRoomTag {
+            user_id: id("user_id", message.user_id)?,
+            room_id: id("room_id", message.room_id)?,
+            tag: message.tag,
+            content,
+        })
+    }
+
+    fn after(&self) -> AfterCall {
+        AfterCall::AwaitReplication
     }
 }

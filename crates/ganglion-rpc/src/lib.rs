@@ -34,7 +34,9 @@ pub use accounts::{
     Accounts, CheckPassword, CreateFilter, DeleteDevices, LoginRequest, Logout, LogoutAll, RegisterRequest,
     RenameDevice, SessionGrant, SetPassword,
 };
-pub use ephemeral::{Ephemeral, SetAccountData, SetPusher, SetReceipt, SetTyping, UpdatePushRules};
+pub use ephemeral::{
+    Ephemeral, SetAccountData, SetPusher, SetReceipt, SetRoomTag, SetTyping, UpdatePushRules,
+};
 use ganglion_types::{ErrorClass, HasErrorClass};
 pub use key_backup::{
     CreateBackupVersion, DeleteBackupKeys, DeleteBackupVersion, KeyBackup, PutBackupKeys, RoomKeysUpdate,

@@ -134,6 +134,7 @@ pub fn concrete(path: &str) -> String {
                 "mediaId" => "AbCdEf123",
                 "fileName" => "cat.png",
                 "protocol" => "irc",
+                "tag" => "m.favourite",
                 other => panic!("no example value for {{{other}}} in {path}: add one"),
             }),
         })

@@ -14,6 +14,7 @@ pub(crate) mod password;
 mod profile;
 mod push_rules;
 mod register;
+mod tags;
 pub(crate) mod uia;
 
 use ganglion_events::ruma::OwnedUserId;
@@ -66,6 +67,14 @@ pub(crate) fn routes() -> Vec<Route<ClientState>> {
             "/_matrix/client/v3/user/{userId}/rooms/{roomId}/account_data/{type}",
             ClientWrite,
             account_data::set_in_room,
+        ),
+        // Room tags: read here, each one changed by the master.
+        Route::get("/_matrix/client/v3/user/{userId}/rooms/{roomId}/tags", ClientRead, tags::tags),
+        Route::put("/_matrix/client/v3/user/{userId}/rooms/{roomId}/tags/{tag}", ClientWrite, tags::set_tag),
+        Route::delete(
+            "/_matrix/client/v3/user/{userId}/rooms/{roomId}/tags/{tag}",
+            ClientWrite,
+            tags::delete_tag,
         ),
         // Filters.
         Route::post("/_matrix/client/v3/user/{userId}/filter", ClientWrite, filters::create_filter),
