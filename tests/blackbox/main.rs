@@ -79,6 +79,7 @@ mod sync;
 mod sync_memory;
 mod tags;
 mod third_party;
+mod timestamps;
 mod traces;
 
 /// Upper bound for one scenario, server start included, so a hung server fails instead of hanging.

@@ -43,7 +43,6 @@ pub const NOT_YET: &[(&str, &str)] = &[
     ("reportRoom", "not yet: reports come with issue 16"),
     ("reportEvent", "not yet: reports come with issue 16"),
     ("reportUser", "not yet: reports come with issue 16"),
-    ("getEventByTimestamp", "not yet: comes with issue 16 (the federation side is served)"),
     ("roomInitialSync", "not yet: clients use `/sync`"),
     ("getRoomSummary", "not yet: room previews come with issue 16"),
     ("upgradeRoom", "not yet: room upgrades come with issue 16"),

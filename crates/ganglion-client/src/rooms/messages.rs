@@ -289,3 +289,43 @@ pub(crate) async fn event(
     let formatted = state.caches.client_events(&mut conn, std::slice::from_ref(&event), Some(viewer)).await?;
     Ok(Json(formatted.into_iter().next().ok_or_else(not_found)?))
 }
+
+#[derive(Deserialize)]
+pub(crate) struct AtTimestamp {
+    #[serde(default, deserialize_with = "lenient::i64_opt")]
+    ts: Option<i64>,
+    dir: Option<String>,
+}
+
+/// `GET /_matrix/client/v1/rooms/{roomId}/timestamp_to_event?ts=…&dir=f|b`: the room's event
+/// nearest to `ts` in that direction, of those the user may read (a former member's end at
+/// their leave), from this server's copy of the room.
+pub(crate) async fn timestamp_to_event(
+    State(state): State<ClientState>,
+    Auth(session): Auth,
+    Path(room_id): Path<String>,
+    query: MatrixResult<MatrixQuery<AtTimestamp>>,
+) -> MatrixResult<Json<Value>> {
+    let MatrixQuery(AtTimestamp { ts, dir }) = query?;
+    let ts = ts.ok_or_else(|| MatrixError::missing_param("Missing `ts`"))?;
+    let forward = match dir.as_deref() {
+        Some("f") => true,
+        Some("b") => false,
+        Some(_) => return Err(MatrixError::invalid_param("`dir` must be f or b")),
+        None => return Err(MatrixError::missing_param("Missing `dir`")),
+    };
+    let mut conn = state.db.conn().await?;
+    let readable = access::readable_room(&state, &mut conn, &room_id, session.user_id.as_str()).await?;
+    let not_found = || MatrixError::not_found("No event was found in that direction");
+    let (event_id, origin_server_ts) =
+        event_store::event_nearest_to_ts(&mut conn, readable.room.room_nid, ts, forward)
+            .await?
+            .ok_or_else(not_found)?;
+    if let Some(left_at) = readable.left_at {
+        let row = event_store::event_by_id(&mut conn, &event_id).await?.ok_or_else(not_found)?;
+        if row.stream_pos > left_at {
+            return Err(not_found());
+        }
+    }
+    Ok(Json(json!({ "event_id": event_id, "origin_server_ts": origin_server_ts })))
+}

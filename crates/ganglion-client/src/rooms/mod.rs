@@ -52,6 +52,11 @@ pub(crate) fn routes() -> Vec<Route<ClientState>> {
         Route::get("/_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}", ClientRead, state::state_event),
         Route::get("/_matrix/client/v3/rooms/{roomId}/event/{eventId}", ClientRead, messages::event),
         Route::get("/_matrix/client/v3/rooms/{roomId}/messages", ClientRead, messages::messages),
+        Route::get(
+            "/_matrix/client/v1/rooms/{roomId}/timestamp_to_event",
+            ClientRead,
+            messages::timestamp_to_event,
+        ),
         Route::get("/_matrix/client/v3/rooms/{roomId}/members", ClientRead, members::members),
         Route::get("/_matrix/client/v3/rooms/{roomId}/joined_members", ClientRead, members::joined_members),
         Route::get("/_matrix/client/v3/joined_rooms", ClientRead, members::joined_rooms),
