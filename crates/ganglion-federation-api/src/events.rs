@@ -15,7 +15,7 @@ use ganglion_events::ruma::{
     CanonicalJsonObject, EventId, RoomId, ServerName, canonical_json::redact,
     room_version_rules::RoomVersionRules,
 };
-use ganglion_http::{MatrixError, MatrixQuery, MatrixResult, lenient};
+use ganglion_http::{AtTimestamp, MatrixError, MatrixQuery, MatrixResult, lenient};
 use ganglion_state::{Caches, StoredEvent};
 use ganglion_storage::{
     DbConn, auth_chains, events::events_by_id, federation_reads::server_has_joined_member, rooms,
@@ -279,13 +279,6 @@ async fn state_at(
     Ok((reader, state_events, auth_chain))
 }
 
-#[derive(Deserialize)]
-pub(crate) struct AtTimestamp {
-    #[serde(default, deserialize_with = "lenient::i64_opt")]
-    ts: Option<i64>,
-    dir: Option<String>,
-}
-
 /// `GET /_matrix/federation/v1/timestamp_to_event/{roomId}?ts=…&dir=f|b`: the room's event
 /// nearest to `ts` in that direction, for a server that may read the room.
 pub(crate) async fn timestamp_to_event(
@@ -294,15 +287,7 @@ pub(crate) async fn timestamp_to_event(
     query: MatrixResult<MatrixQuery<AtTimestamp>>,
     signed: Signed,
 ) -> MatrixResult<Json<serde_json::Value>> {
-    let MatrixQuery(AtTimestamp { ts, dir }) = query?;
-    let (Some(ts), Some(dir)) = (ts, dir) else {
-        return Err(MatrixError::missing_param("ts and dir are required"));
-    };
-    let forward = match dir.as_str() {
-        "f" => true,
-        "b" => false,
-        _ => return Err(MatrixError::invalid_param("dir must be f or b")),
-    };
+    let (ts, forward) = query?.0.parse()?;
     let mut reader = Reader::new(&state).await?;
     let room = readable_room(&mut reader, &room_id, &signed.origin).await?;
     let (event_id, origin_server_ts) =

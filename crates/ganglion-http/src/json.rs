@@ -95,6 +95,27 @@ fn percent_decode(text: &str) -> Result<String, MatrixError> {
 }
 
 /// Deserializes a query value that arrives as a string into a number or boolean.
+/// `?ts=…&dir=f|b` of `/timestamp_to_event`, which clients and other servers both ask.
+#[derive(Debug, serde::Deserialize)]
+pub struct AtTimestamp {
+    #[serde(default, deserialize_with = "lenient::i64_opt")]
+    ts: Option<i64>,
+    dir: Option<String>,
+}
+
+impl AtTimestamp {
+    /// `(ts, forward)`, or the Matrix error for a missing or bad parameter.
+    pub fn parse(self) -> crate::MatrixResult<(i64, bool)> {
+        let ts = self.ts.ok_or_else(|| crate::MatrixError::missing_param("Missing `ts`"))?;
+        match self.dir.as_deref() {
+            Some("f") => Ok((ts, true)),
+            Some("b") => Ok((ts, false)),
+            Some(_) => Err(crate::MatrixError::invalid_param("`dir` must be f or b")),
+            None => Err(crate::MatrixError::missing_param("Missing `dir`")),
+        }
+    }
+}
+
 pub mod lenient {
     use serde::{Deserialize, Deserializer, de::Error};
 

@@ -12,7 +12,7 @@ mod route;
 
 pub use auth::{Auth, Authenticator, BoxFuture, MaybeAuth, Session, access_token};
 pub use error::{MatrixError, MatrixResult};
-pub use json::{MatrixJson, MatrixQuery, lenient};
+pub use json::{AtTimestamp, MatrixJson, MatrixQuery, lenient};
 pub use ratelimit::{RateLimiter, client_ip, forwarded_client};
 pub use route::{Route, RouteInfo, router_from_routes, with_r0_aliases};
 

@@ -13,7 +13,7 @@ use axum::{
     extract::{Path, State},
 };
 use ganglion_events::ignored_users::{IGNORED_USER_LIST, ignored_users_of};
-use ganglion_http::{Auth, MatrixError, MatrixQuery, MatrixResult, lenient};
+use ganglion_http::{AtTimestamp, Auth, MatrixError, MatrixQuery, MatrixResult, lenient};
 use ganglion_state::StoredEvent;
 use ganglion_storage::{Conn, events as event_store, rooms::RoomRow, streams as stream_store};
 use serde::Deserialize;
@@ -290,13 +290,6 @@ pub(crate) async fn event(
     Ok(Json(formatted.into_iter().next().ok_or_else(not_found)?))
 }
 
-#[derive(Deserialize)]
-pub(crate) struct AtTimestamp {
-    #[serde(default, deserialize_with = "lenient::i64_opt")]
-    ts: Option<i64>,
-    dir: Option<String>,
-}
-
 /// `GET /_matrix/client/v1/rooms/{roomId}/timestamp_to_event?ts=…&dir=f|b`: the room's event
 /// nearest to `ts` in that direction, of those the user may read (a former member's end at
 /// their leave), from this server's copy of the room.
@@ -306,14 +299,7 @@ pub(crate) async fn timestamp_to_event(
     Path(room_id): Path<String>,
     query: MatrixResult<MatrixQuery<AtTimestamp>>,
 ) -> MatrixResult<Json<Value>> {
-    let MatrixQuery(AtTimestamp { ts, dir }) = query?;
-    let ts = ts.ok_or_else(|| MatrixError::missing_param("Missing `ts`"))?;
-    let forward = match dir.as_deref() {
-        Some("f") => true,
-        Some("b") => false,
-        Some(_) => return Err(MatrixError::invalid_param("`dir` must be f or b")),
-        None => return Err(MatrixError::missing_param("Missing `dir`")),
-    };
+    let (ts, forward) = query?.0.parse()?;
     let mut conn = state.db.conn().await?;
     let readable = access::readable_room(&state, &mut conn, &room_id, session.user_id.as_str()).await?;
     let not_found = || MatrixError::not_found("No event was found in that direction");
