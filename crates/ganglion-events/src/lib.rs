@@ -22,7 +22,7 @@ pub use build::{
 };
 pub use client::{client_event, redacted_json};
 pub use key::{KeyError, RetiredKey, ServerKey, retired_path};
-pub use pdu::{Pdu, PduError, canonical_event_ref_id, event_ref_id};
+pub use pdu::{Pdu, PduError, Relation, canonical_event_ref_id, event_ref_id};
 pub use resolve::{ResolveError, auth_chain, resolve_state};
 pub use ruma;
 

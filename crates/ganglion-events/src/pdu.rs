@@ -240,3 +240,60 @@ pub fn canonical_event_ref_id(entry: &ruma::CanonicalJsonValue) -> Option<&str> 
         _ => None,
     }
 }
+
+/// An event's relation to another (`content.m.relates_to` with a `rel_type`). Replies
+/// (`m.in_reply_to` alone) are not relations in this sense: `/relations` does not list them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relation {
+    pub rel_type: String,
+    pub parent: OwnedEventId,
+    /// An annotation's `key`.
+    pub key: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RelatesToInContent {
+    #[serde(rename = "m.relates_to")]
+    relates_to: Option<RelatesTo>,
+}
+
+#[derive(Deserialize)]
+struct RelatesTo {
+    rel_type: Option<String>,
+    event_id: Option<OwnedEventId>,
+    key: Option<String>,
+}
+
+impl Pdu {
+    /// The event's relation, if its content names one (a state event has none: state events
+    /// take no part in relations).
+    pub fn relation(&self) -> Option<Relation> {
+        if self.is_state() || !self.content.get().contains("m.relates_to") {
+            return None;
+        }
+        let content: RelatesToInContent = serde_json::from_str(self.content.get()).ok()?;
+        let relates_to = content.relates_to?;
+        let key = match relates_to.rel_type.as_deref() {
+            Some("m.annotation") => relates_to.key,
+            _ => None,
+        };
+        Some(Relation { rel_type: relates_to.rel_type?, parent: relates_to.event_id?, key })
+    }
+}
+
+impl Pdu {
+    /// The text `/search` finds the event by, with the field it is in: a message's
+    /// `content.body`, a room's `content.name` or `content.topic`.
+    pub fn searchable_text(&self) -> Option<(&'static str, String)> {
+        let (key, field) = match self.kind {
+            TimelineEventType::RoomMessage if !self.is_state() => ("content.body", "body"),
+            TimelineEventType::RoomName if self.state_key.as_deref() == Some("") => ("content.name", "name"),
+            TimelineEventType::RoomTopic if self.state_key.as_deref() == Some("") => {
+                ("content.topic", "topic")
+            }
+            _ => return None,
+        };
+        let text = self.content_value().get(field)?.as_str()?.to_owned();
+        (!text.trim().is_empty()).then_some((key, text))
+    }
+}

@@ -10,7 +10,7 @@ use ganglion_events::{
     },
 };
 use ganglion_rpc::{CreateRoomRequest, MasterError, MasterResult, MembershipChange, Preset, ProfileField};
-use ganglion_storage::{accounts as account_store, rooms as room_store};
+use ganglion_storage::{accounts as account_store, relations as relation_store, rooms as room_store};
 use ganglion_types::ErrorClass;
 use serde_json::{Map, Value, json};
 
@@ -75,12 +75,59 @@ pub(crate) async fn append_send(
     if template.kind == "m.room.redaction" {
         check_redaction(batch, sender, room_id, template).await?;
     }
+    if template.state_key.is_none() {
+        check_relation(batch, sender, template).await?;
+    }
     let txn = match (device_id, txn_id) {
         (Some(device_id), Some(txn_id)) => Some((device_id, txn_id)),
         _ => None,
     };
     let event = batch.append(room_id, sender, template, txn).await?;
     Ok(event.pdu.event_id.clone())
+}
+
+/// What the spec asks a server to refuse of a client's relation: a thread started off an event
+/// that itself relates to another (400 `M_UNKNOWN`), and a second annotation with the same key
+/// by the same user on the same event (400 `M_DUPLICATE_ANNOTATION`). Checked under the writer
+/// lock, so two such sends at once cannot both pass.
+async fn check_relation(
+    batch: &mut Batch<'_>,
+    sender: &OwnedUserId,
+    template: &EventTemplate,
+) -> MasterResult<()> {
+    let Some(relates_to) = template.content.get("m.relates_to") else { return Ok(()) };
+    let (Some(rel_type), Some(parent)) = (
+        relates_to.get("rel_type").and_then(Value::as_str),
+        relates_to.get("event_id").and_then(Value::as_str),
+    ) else {
+        return Ok(());
+    };
+    match rel_type {
+        "m.thread" => {
+            let conn = batch.connection().await?;
+            if relation_store::rel_type_of(conn, parent).await.map_err(internal)?.is_some() {
+                return Err(MasterError::new(
+                    ErrorClass::Unknown,
+                    "A thread cannot start from an event that relates to another",
+                ));
+            }
+        }
+        "m.annotation" => {
+            let Some(key) = relates_to.get("key").and_then(Value::as_str) else { return Ok(()) };
+            let conn = batch.connection().await?;
+            if relation_store::annotation_exists(conn, parent, key, sender.as_str(), &template.kind)
+                .await
+                .map_err(internal)?
+            {
+                return Err(MasterError::new(
+                    ErrorClass::DuplicateAnnotation,
+                    "You already annotated this event with this key",
+                ));
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Users may redact their own events; redacting another's needs the `redact` power level.

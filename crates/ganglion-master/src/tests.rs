@@ -3,6 +3,7 @@ use ganglion_events::ruma::RoomVersionId;
 use super::power;
 
 mod auth_chains;
+mod backlogs;
 mod key_backup;
 
 #[test]

@@ -126,6 +126,8 @@ impl RoomHead {
 impl Writer {
     pub(crate) async fn load(db: &Db) -> MasterResult<Writer> {
         resolve::index_backlog(db).await?;
+        index_relations_backlog(db).await?;
+        index_search_backlog(db).await?;
         let mut conn = db.conn().await.map_err(internal)?;
         Ok(Writer {
             last_event_pos: event_store::max_event_stream_pos(&mut conn).await.map_err(internal)?,
@@ -151,6 +153,76 @@ impl Writer {
             recipients: HashMap::new(),
         })
     }
+}
+
+fn search_row(row: &event_store::EventRow, pdu: &Pdu) -> Option<ganglion_storage::search::SearchRow> {
+    let (key, text) = pdu.searchable_text()?;
+    Some(ganglion_storage::search::SearchRow {
+        event_nid: row.event_nid,
+        room_nid: row.room_nid,
+        key: key.to_owned(),
+        text,
+    })
+}
+
+/// Indexes the searchable text of the rooms whose events predate the search index, one room
+/// per transaction.
+async fn index_search_backlog(db: &Db) -> MasterResult<()> {
+    use ganglion_storage::search;
+    let mut conn = db.conn().await.map_err(internal)?;
+    let rooms = search::backlog(&mut conn).await.map_err(internal)?;
+    drop(conn);
+    for room_nid in rooms {
+        let mut tx = db.begin().await.map_err(internal)?;
+        let mut rows = Vec::new();
+        for (event_nid, event_id, json) in
+            search::searchable_events(&mut tx, room_nid).await.map_err(internal)?
+        {
+            let Ok(event_id) = OwnedEventId::try_from(event_id) else { continue };
+            let Ok(pdu) = Pdu::from_json(event_id, Arc::from(json)) else { continue };
+            if let Some((key, text)) = pdu.searchable_text() {
+                rows.push(search::SearchRow { event_nid, room_nid, key: key.to_owned(), text });
+            }
+        }
+        search::insert_search_rows(&mut tx, &rows).await.map_err(internal)?;
+        search::clear_backlog(&mut tx, room_nid).await.map_err(internal)?;
+        tx.commit().await.map_err(|e| internal(ganglion_storage::StorageError::from(e)))?;
+        tracing::info!(?room_nid, events = rows.len(), "indexed the searchable text of a room");
+    }
+    Ok(())
+}
+
+/// Indexes the relations of the rooms whose events predate the relations table, one room per
+/// transaction.
+async fn index_relations_backlog(db: &Db) -> MasterResult<()> {
+    use ganglion_storage::relations;
+    let mut conn = db.conn().await.map_err(internal)?;
+    let rooms = relations::backlog(&mut conn).await.map_err(internal)?;
+    drop(conn);
+    for room_nid in rooms {
+        let mut tx = db.begin().await.map_err(internal)?;
+        let mut rows = Vec::new();
+        for (event_nid, event_id, json) in
+            relations::events_with_relations(&mut tx, room_nid).await.map_err(internal)?
+        {
+            let Ok(event_id) = OwnedEventId::try_from(event_id) else { continue };
+            let Ok(pdu) = Pdu::from_json(event_id, Arc::from(json)) else { continue };
+            if let Some(relation) = pdu.relation() {
+                rows.push(relations::RelationRow {
+                    event_nid,
+                    room_nid,
+                    parent_id: relation.parent.to_string(),
+                    rel_type: relation.rel_type,
+                    key: relation.key,
+                });
+            }
+        }
+        relations::insert_relations(&mut tx, &rows).await.map_err(internal)?;
+        relations::clear_backlog(&mut tx, room_nid).await.map_err(internal)?;
+        tx.commit().await.map_err(|e| internal(ganglion_storage::StorageError::from(e)))?;
+        tracing::info!(?room_nid, relations = rows.len(), "indexed the relations of a room");
+    }
+    Ok(())
 }
 
 fn now_ms() -> u64 {
@@ -185,6 +257,10 @@ struct BatchTx {
     outbox: Vec<ganglion_storage::federation::QueuedPdu>,
     /// What the push rules decided for the events' recipients.
     push_notices: Vec<ganglion_storage::push_actions::PushNoticeRow>,
+    /// The relations of `events` to others.
+    relations: Vec<ganglion_storage::relations::RelationRow>,
+    /// The searchable text of `events`.
+    search: Vec<ganglion_storage::search::SearchRow>,
 }
 
 impl BatchTx {
@@ -192,6 +268,14 @@ impl BatchTx {
         if !self.events.is_empty() {
             event_store::insert_events(&mut self.tx, &self.events).await?;
             self.events.clear();
+        }
+        if !self.relations.is_empty() {
+            ganglion_storage::relations::insert_relations(&mut self.tx, &self.relations).await?;
+            self.relations.clear();
+        }
+        if !self.search.is_empty() {
+            ganglion_storage::search::insert_search_rows(&mut self.tx, &self.search).await?;
+            self.search.clear();
         }
         if !self.txns.is_empty() {
             event_store::insert_txns(&mut self.tx, &self.txns).await?;
@@ -211,6 +295,24 @@ impl BatchTx {
 }
 
 impl BatchTx {
+    /// Queues an event's row, with its relation to another and its searchable text if it has
+    /// them.
+    fn push_event(&mut self, row: Arc<event_store::EventRow>, pdu: &Pdu) {
+        if let Some(search) = search_row(&row, pdu) {
+            self.search.push(search);
+        }
+        if let Some(relation) = pdu.relation() {
+            self.relations.push(ganglion_storage::relations::RelationRow {
+                event_nid: row.event_nid,
+                room_nid: row.room_nid,
+                parent_id: relation.parent.to_string(),
+                rel_type: relation.rel_type,
+                key: relation.key,
+            });
+        }
+        self.events.push(row);
+    }
+
     /// Indexes the auth chains of the batch's state events so far. Not on every flush: an event
     /// kept before its own auth event (history comes newest first) would miss that event's chain.
     async fn index_auth_chains(&mut self) -> ganglion_storage::Result<()> {
@@ -287,6 +389,8 @@ impl<'w> Batch<'w> {
                 unindexed: Vec::new(),
                 outbox: Vec::new(),
                 push_notices: Vec::new(),
+                relations: Vec::new(),
+                search: Vec::new(),
             }),
             heads: HashMap::new(),
             next_pos,
@@ -1161,7 +1265,7 @@ impl<'w> Batch<'w> {
         let trace = self.trace.clone();
         let unindexed = resolve::unindexed(&head, event_nid, &pdu);
         let tx = self.tx();
-        tx.events.push(row.clone());
+        tx.push_event(row.clone(), &pdu);
         tx.unindexed.extend(unindexed);
         tx.outbox.extend(destinations.into_iter().map(|destination| (destination, event_nid, trace.clone())));
         if let Some((device_id, txn_id)) = txn {

@@ -4,6 +4,7 @@
 //! A linear history needs no state resolution: the state after an event is the state before it
 //! plus the event itself. State resolution arrives with federation, where histories fork.
 
+mod aggregations;
 mod cache;
 pub mod directory;
 pub mod hierarchy;
@@ -11,6 +12,7 @@ pub mod keys;
 mod read;
 mod snapshot;
 
+pub use aggregations::AggregationViewer;
 pub use cache::{BoundedCache, Caches, KeyCounts};
 pub use read::SharedClientEvent;
 pub use snapshot::{BUCKETS, Snapshot, bucket_of};

@@ -65,11 +65,16 @@ impl SharedClientEvent {
         }
     }
 
-    /// Appends the event's JSON as of `now_ms`, with `txn_id` as its `unsigned.transaction_id`.
-    pub fn write(&self, out: &mut Vec<u8>, now_ms: u64, txn_id: Option<&str>) {
+    /// Appends the event's JSON as of `now_ms`, with `txn_id` as its `unsigned.transaction_id`
+    /// and `relations` (a JSON object) as its `unsigned.m.relations`.
+    pub fn write(&self, out: &mut Vec<u8>, now_ms: u64, txn_id: Option<&str>, relations: Option<&str>) {
         out.extend_from_slice(self.head.as_bytes());
         out.extend_from_slice(now_ms.saturating_sub(self.origin_server_ts).to_string().as_bytes());
         out.extend_from_slice(self.unsigned_rest.as_bytes());
+        if let Some(relations) = relations {
+            out.extend_from_slice(b",\"m.relations\":");
+            out.extend_from_slice(relations.as_bytes());
+        }
         if let Some(txn_id) = txn_id {
             out.extend_from_slice(b",\"transaction_id\":");
             // Writing a string into a Vec cannot fail.

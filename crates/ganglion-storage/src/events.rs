@@ -25,10 +25,19 @@ pub struct EventRow {
     pub redacted_by: Option<String>,
 }
 
-const EVENT_COLUMNS: &str = "event_nid, stream_pos, event_id, room_nid, depth, type_nid, state_key_nid, sender, \
+pub(crate) const EVENT_COLUMNS: &str = "event_nid, stream_pos, event_id, room_nid, depth, type_nid, state_key_nid, sender, \
      origin_server_ts, json, snapshot_nid, replaces_nid, redacted_by";
 
-fn event_from_row(row: sqlx::any::AnyRow) -> EventRow {
+/// [`EVENT_COLUMNS`] of the events table under `alias`, for joins.
+pub(crate) fn event_columns_of(alias: &str) -> String {
+    EVENT_COLUMNS
+        .split(", ")
+        .map(|column| format!("{alias}.{}", column.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub(crate) fn event_from_row(row: sqlx::any::AnyRow) -> EventRow {
     EventRow {
         event_nid: EventNid(row.get(0)),
         stream_pos: row.get(1),
@@ -122,6 +131,23 @@ pub async fn events_by_nid(conn: &mut Conn, nids: &[EventNid]) -> Result<Vec<Eve
     Ok(events)
 }
 
+/// The timeline events at the stream positions `positions` (unknown ones skipped).
+pub async fn events_at_positions(conn: &mut Conn, positions: &[i64]) -> Result<Vec<EventRow>> {
+    let mut events = Vec::with_capacity(positions.len());
+    for chunk in positions.chunks(500) {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE stream_pos IN ({}) AND outlier = 0",
+            placeholders(chunk.len(), 1)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for position in chunk {
+            query = query.bind(*position);
+        }
+        events.extend(query.fetch_all(&mut *conn).await?.into_iter().map(event_from_row));
+    }
+    Ok(events)
+}
+
 pub async fn events_by_id(conn: &mut Conn, ids: &[String]) -> Result<Vec<EventRow>> {
     let mut events = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(500) {
@@ -194,13 +220,16 @@ pub async fn latest_event_in_room_at(
     Ok(events_in_room(conn, room_nid, 0, up_to, 1, true).await?.into_iter().next())
 }
 
+/// Marks an event redacted. Redaction strips `m.relates_to` and the searchable text, so the
+/// event's relation and its search row go too.
 pub async fn set_redacted_by(conn: &mut Conn, event_id: &str, redaction_event_id: &str) -> Result<()> {
     sqlx::query("UPDATE events SET redacted_by = $1 WHERE event_id = $2 AND redacted_by IS NULL")
         .bind(redaction_event_id)
         .bind(event_id)
-        .execute(conn)
+        .execute(&mut *conn)
         .await?;
-    Ok(())
+    crate::relations::delete_relation_of(&mut *conn, event_id).await?;
+    crate::search::delete_search_row_of(conn, event_id).await
 }
 
 pub async fn max_event_stream_pos(conn: &mut Conn) -> Result<i64> {

@@ -6,30 +6,46 @@ use sqlx::Executor;
 
 use crate::{Backend, Db, Result, StorageError};
 
-const MIGRATIONS: &[(i64, &str)] = &[
-    (1, include_str!("../migrations/0001_initial.sql")),
-    (2, include_str!("../migrations/0002_e2ee.sql")),
-    (3, include_str!("../migrations/0003_bump_stamps.sql")),
-    (4, include_str!("../migrations/0004_media.sql")),
-    (5, include_str!("../migrations/0005_media_thumbnails.sql")),
-    (6, include_str!("../migrations/0006_media_scans.sql")),
-    (7, include_str!("../migrations/0007_server_secrets.sql")),
-    (8, include_str!("../migrations/0008_url_previews.sql")),
-    (9, include_str!("../migrations/0009_server_keys.sql")),
-    (10, include_str!("../migrations/0010_federation_outbox.sql")),
-    (11, include_str!("../migrations/0011_room_federation.sql")),
-    (12, include_str!("../migrations/0012_remote_invites.sql")),
-    (13, include_str!("../migrations/0013_event_state_after.sql")),
-    (14, include_str!("../migrations/0014_remote_media.sql")),
-    (15, include_str!("../migrations/0015_outbox_traces.sql")),
-    (16, include_str!("../migrations/0016_outliers.sql")),
-    (17, include_str!("../migrations/0017_rejected_events.sql")),
-    (18, include_str!("../migrations/0018_auth_chains.sql")),
-    (19, include_str!("../migrations/0019_events_by_time.sql")),
-    (20, include_str!("../migrations/0020_state_events_by_key.sql")),
-    (21, include_str!("../migrations/0021_push_actions.sql")),
-    (22, include_str!("../migrations/0022_pushers.sql")),
-    (23, include_str!("../migrations/0023_receipts_by_position.sql")),
+/// A migration's SQL: one file for both backends, or one for each where their SQL differs.
+enum Sql {
+    Shared(&'static str),
+    PerBackend { postgres: &'static str, sqlite: &'static str },
+}
+
+use Sql::{PerBackend, Shared};
+
+const MIGRATIONS: &[(i64, Sql)] = &[
+    (1, Shared(include_str!("../migrations/0001_initial.sql"))),
+    (2, Shared(include_str!("../migrations/0002_e2ee.sql"))),
+    (3, Shared(include_str!("../migrations/0003_bump_stamps.sql"))),
+    (4, Shared(include_str!("../migrations/0004_media.sql"))),
+    (5, Shared(include_str!("../migrations/0005_media_thumbnails.sql"))),
+    (6, Shared(include_str!("../migrations/0006_media_scans.sql"))),
+    (7, Shared(include_str!("../migrations/0007_server_secrets.sql"))),
+    (8, Shared(include_str!("../migrations/0008_url_previews.sql"))),
+    (9, Shared(include_str!("../migrations/0009_server_keys.sql"))),
+    (10, Shared(include_str!("../migrations/0010_federation_outbox.sql"))),
+    (11, Shared(include_str!("../migrations/0011_room_federation.sql"))),
+    (12, Shared(include_str!("../migrations/0012_remote_invites.sql"))),
+    (13, Shared(include_str!("../migrations/0013_event_state_after.sql"))),
+    (14, Shared(include_str!("../migrations/0014_remote_media.sql"))),
+    (15, Shared(include_str!("../migrations/0015_outbox_traces.sql"))),
+    (16, Shared(include_str!("../migrations/0016_outliers.sql"))),
+    (17, Shared(include_str!("../migrations/0017_rejected_events.sql"))),
+    (18, Shared(include_str!("../migrations/0018_auth_chains.sql"))),
+    (19, Shared(include_str!("../migrations/0019_events_by_time.sql"))),
+    (20, Shared(include_str!("../migrations/0020_state_events_by_key.sql"))),
+    (21, Shared(include_str!("../migrations/0021_push_actions.sql"))),
+    (22, Shared(include_str!("../migrations/0022_pushers.sql"))),
+    (23, Shared(include_str!("../migrations/0023_receipts_by_position.sql"))),
+    (24, Shared(include_str!("../migrations/0024_event_relations.sql"))),
+    (
+        25,
+        PerBackend {
+            postgres: include_str!("../migrations/0025_event_search.postgres.sql"),
+            sqlite: include_str!("../migrations/0025_event_search.sqlite.sql"),
+        },
+    ),
 ];
 
 pub(crate) async fn run(db: &Db) -> Result<()> {
@@ -43,7 +59,11 @@ pub(crate) async fn run(db: &Db) -> Result<()> {
         if applied.iter().any(|(done,)| done == version) {
             continue;
         }
-        let sql = render(db.backend, sql);
+        let sql = match (sql, db.backend) {
+            (Shared(sql), backend) => render(backend, sql),
+            (PerBackend { postgres, .. }, Backend::Postgres) => render(Backend::Postgres, postgres),
+            (PerBackend { sqlite, .. }, Backend::Sqlite) => render(Backend::Sqlite, sqlite),
+        };
         let mut tx = db.pool.begin().await?;
         for statement in statements(&sql) {
             tx.execute(sqlx::AssertSqlSafe(statement))

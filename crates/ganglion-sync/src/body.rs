@@ -12,6 +12,8 @@ use serde_json::Value;
 pub(crate) struct SyncEvent {
     pub shared: Arc<SharedClientEvent>,
     pub txn_id: Option<String>,
+    /// The bundled aggregations (`unsigned.m.relations`), serialised, on a limited timeline.
+    pub relations: Option<String>,
 }
 
 /// A joined room's section.
@@ -71,7 +73,7 @@ impl<'a> ObjectWriter<'a> {
             if index > 0 {
                 out.push(b',');
             }
-            event.shared.write(out, now_ms, event.txn_id.as_deref());
+            event.shared.write(out, now_ms, event.txn_id.as_deref(), event.relations.as_deref());
         }
         out.push(b']');
     }

@@ -694,8 +694,12 @@ impl<'a> Computation<'a> {
                 true => Some(self.summary(conn, &room).await?.into_json()),
                 false => None,
             };
+            let mut timeline_events = self.sync_events(conn, &timeline.events, self.viewer()).await?;
+            if timeline.limited {
+                self.bundle_aggregations(conn, &timeline.events, &mut timeline_events, range.up_to).await?;
+            }
             let section = JoinedRoom {
-                timeline: self.sync_events(conn, &timeline.events, self.viewer()).await?,
+                timeline: timeline_events,
                 limited: timeline.limited,
                 prev_batch: timeline.prev_batch(range),
                 state: self.sync_events(conn, &state, None).await?,
@@ -736,8 +740,39 @@ impl<'a> Computation<'a> {
         Ok(events
             .iter()
             .zip(shared)
-            .map(|(event, shared)| SyncEvent { shared, txn_id: txn_ids.remove(&event.row.event_id) })
+            .map(|(event, shared)| SyncEvent {
+                shared,
+                txn_id: txn_ids.remove(&event.row.event_id),
+                relations: None,
+            })
             .collect())
+    }
+
+    /// Adds their bundled aggregations to the events of a limited timeline (the spec bundles
+    /// them there: a client that missed the children cannot sum them up itself), counting the
+    /// children up to `up_to`.
+    pub(crate) async fn bundle_aggregations(
+        &self,
+        conn: &mut LazyConn,
+        events: &[StoredEvent],
+        written: &mut [SyncEvent],
+        up_to: i64,
+    ) -> Result<(), SyncError> {
+        let viewer = ganglion_state::AggregationViewer {
+            user_id: self.request.user_id,
+            ignored: &self.ignored,
+            up_to,
+        };
+        let mut bundles = self.caches.aggregations_by_id(conn, events, &viewer).await?;
+        if bundles.is_empty() {
+            return Ok(());
+        }
+        for (event, out) in events.iter().zip(written.iter_mut()) {
+            if let Some(bundle) = bundles.remove(&event.row.event_id) {
+                out.relations = Some(Value::Object(bundle).to_string());
+            }
+        }
+        Ok(())
     }
 
     /// A `leave` section: the timeline up to and including the user's leave (or ban), nothing

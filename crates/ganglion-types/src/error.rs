@@ -49,6 +49,9 @@ pub enum ErrorClass {
     GuestAccessForbidden,
     /// This server takes no third-party identifier (email, phone) as a contact.
     ThreepidDenied,
+    /// A second annotation with the same key on the same event by the same user (400
+    /// `M_DUPLICATE_ANNOTATION`).
+    DuplicateAnnotation,
     Exclusive,
     /// A key backup write named a backup version that is not the user's current one (403
     /// `M_WRONG_ROOM_KEYS_VERSION`); the answer names the current version.

@@ -135,6 +135,7 @@ pub fn concrete(path: &str) -> String {
                 "fileName" => "cat.png",
                 "protocol" => "irc",
                 "tag" => "m.favourite",
+                "relType" => "m.thread",
                 other => panic!("no example value for {{{other}}} in {path}: add one"),
             }),
         })

@@ -14,7 +14,7 @@ use axum::{
 };
 use ganglion_events::ignored_users::{IGNORED_USER_LIST, ignored_users_of};
 use ganglion_http::{AtTimestamp, Auth, MatrixError, MatrixQuery, MatrixResult, lenient};
-use ganglion_state::StoredEvent;
+use ganglion_state::{AggregationViewer, StoredEvent};
 use ganglion_storage::{Conn, events as event_store, rooms::RoomRow, streams as stream_store};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -91,8 +91,8 @@ pub(crate) async fn messages(
     let rules = access::history_rules(&state, &mut conn, &readable.room, user_id, head).await?;
     let ceiling = rules.visible_up_to().map_or(head, |last| last.min(head));
     let (after, up_to) = page_range(direction, from, to, ceiling);
+    let ignored = ignored_users(&mut conn, user_id).await?;
     let page = if filter.allows_room(&readable.room.room_id) {
-        let ignored = ignored_users(&mut conn, user_id).await?;
         let reader =
             PageReader { room: &readable.room, rules: &rules, filter: &filter, ignored: &ignored, user_id };
         let page = reader.read(&mut conn, direction, after, up_to, limit).await?;
@@ -112,8 +112,8 @@ pub(crate) async fn messages(
         Page { events: Vec::new(), end: None }
     };
 
-    let viewer = (user_id, session.device_id.as_str());
-    let chunk = state.caches.client_events(&mut conn, &page.events, Some(viewer)).await?;
+    let viewer = Viewer { user_id, device_id: session.device_id.as_str(), ignored: &ignored, up_to: ceiling };
+    let chunk = viewer.client_events(&state, &mut conn, &page.events).await?;
     let start = match query.from {
         Some(from) => from,
         None => access::point_token(cursor(direction, after, up_to)),
@@ -128,30 +128,35 @@ pub(crate) async fn messages(
         let members = sender_members(&state, &mut conn, &page.events).await?;
         response.insert(
             "state".into(),
-            Value::Array(state.caches.client_events(&mut conn, &members, Some(viewer)).await?),
+            Value::Array(
+                state
+                    .caches
+                    .client_events(&mut conn, &members, Some((user_id, session.device_id.as_str())))
+                    .await?,
+            ),
         );
     }
     Ok(Json(Value::Object(response)))
 }
 
-struct Page {
-    events: Vec<StoredEvent>,
+pub(super) struct Page {
+    pub events: Vec<StoredEvent>,
     /// The point to continue from; `None` when the range is exhausted.
-    end: Option<i64>,
+    pub end: Option<i64>,
 }
 
-struct PageReader<'a> {
-    room: &'a RoomRow,
-    rules: &'a HistoryRules,
-    filter: &'a RoomEventFilter,
-    ignored: &'a HashSet<String>,
-    user_id: &'a str,
+pub(super) struct PageReader<'a> {
+    pub room: &'a RoomRow,
+    pub rules: &'a HistoryRules,
+    pub filter: &'a RoomEventFilter,
+    pub ignored: &'a HashSet<String>,
+    pub user_id: &'a str,
 }
 
 impl PageReader<'_> {
     /// Reads the events of `(after, up_to]` in `direction` until `limit` pass the filter and the
     /// history rules, the range ends, or the scan budget is spent.
-    async fn read(
+    pub(super) async fn read(
         &self,
         conn: &mut Conn,
         direction: Direction,
@@ -201,7 +206,7 @@ impl PageReader<'_> {
         }
     }
 
-    fn wants(&self, event: &StoredEvent) -> bool {
+    pub(super) fn wants(&self, event: &StoredEvent) -> bool {
         let pdu = &event.pdu;
         let kind = pdu.kind.to_string();
         let two_sided = match pdu.state_key.as_deref() {
@@ -222,8 +227,34 @@ impl PageReader<'_> {
     }
 }
 
+/// Who reads events, for the parts of their client form that depend on the reader: their own
+/// transaction ids and the bundled aggregations (without ignored users, within what they may see).
+pub(super) struct Viewer<'a> {
+    pub user_id: &'a str,
+    pub device_id: &'a str,
+    pub ignored: &'a HashSet<String>,
+    pub up_to: i64,
+}
+
+impl Viewer<'_> {
+    /// `events` in client form, with their bundled aggregations.
+    pub(super) async fn client_events(
+        &self,
+        state: &ClientState,
+        conn: &mut Conn,
+        events: &[StoredEvent],
+    ) -> MatrixResult<Vec<Value>> {
+        let mut formatted =
+            state.caches.client_events(conn, events, Some((self.user_id, self.device_id))).await?;
+        let aggregation_viewer =
+            AggregationViewer { user_id: self.user_id, ignored: self.ignored, up_to: self.up_to };
+        state.caches.bundle_aggregations(conn, events, &mut formatted, &aggregation_viewer).await?;
+        Ok(formatted)
+    }
+}
+
 /// The users `user_id` ignores (read at each request: paging is not the hot path).
-async fn ignored_users(conn: &mut Conn, user_id: &str) -> MatrixResult<HashSet<String>> {
+pub(super) async fn ignored_users(conn: &mut Conn, user_id: &str) -> MatrixResult<HashSet<String>> {
     let content = stream_store::account_data_content(conn, user_id, "", IGNORED_USER_LIST).await?;
     Ok(content.map(|content| ignored_users_of(&content, user_id)).unwrap_or_default())
 }
@@ -237,7 +268,7 @@ fn cursor(direction: Direction, after: i64, up_to: i64) -> i64 {
 
 /// The member events of the senders of `events`, as of the first event of the page (lazy
 /// loading of members).
-async fn sender_members(
+pub(super) async fn sender_members(
     state: &ClientState,
     conn: &mut Conn,
     events: &[StoredEvent],
@@ -285,8 +316,9 @@ pub(crate) async fn event(
     if !reader.wants(&event) {
         return Err(not_found());
     }
-    let viewer = (user_id, session.device_id.as_str());
-    let formatted = state.caches.client_events(&mut conn, std::slice::from_ref(&event), Some(viewer)).await?;
+    let ceiling = rules.visible_up_to().map_or(head, |last| last.min(head));
+    let viewer = Viewer { user_id, device_id: session.device_id.as_str(), ignored: &ignored, up_to: ceiling };
+    let formatted = viewer.client_events(&state, &mut conn, std::slice::from_ref(&event)).await?;
     Ok(Json(formatted.into_iter().next().ok_or_else(not_found)?))
 }
 

@@ -15,6 +15,8 @@ mod filter;
 mod members;
 mod membership;
 mod messages;
+mod relations;
+mod search;
 mod send;
 mod state;
 mod visibility;
@@ -57,6 +59,12 @@ pub(crate) fn routes() -> Vec<Route<ClientState>> {
             ClientRead,
             messages::timestamp_to_event,
         ),
+        Route::get("/_matrix/client/v3/rooms/{roomId}/context/{eventId}", ClientRead, relations::context),
+        // Relations and threads.
+        Route::get("/_matrix/client/v1/rooms/{roomId}/relations/{eventId}", ClientRead, relations::relations),
+        Route::get("/_matrix/client/v1/rooms/{roomId}/relations/{eventId}/{relType}", ClientRead, relations::relations_of_type),
+        Route::get("/_matrix/client/v1/rooms/{roomId}/relations/{eventId}/{relType}/{eventType}", ClientRead, relations::relations_of_type_and_event_type),
+        Route::get("/_matrix/client/v1/rooms/{roomId}/threads", ClientRead, relations::threads),
         Route::get("/_matrix/client/v3/rooms/{roomId}/members", ClientRead, members::members),
         Route::get("/_matrix/client/v3/rooms/{roomId}/joined_members", ClientRead, members::joined_members),
         Route::get("/_matrix/client/v3/joined_rooms", ClientRead, members::joined_rooms),
@@ -72,8 +80,9 @@ pub(crate) fn routes() -> Vec<Route<ClientState>> {
         Route::get("/_matrix/client/v3/directory/list/room/{roomId}", ClientRead, visibility::visibility),
         Route::put("/_matrix/client/v3/directory/list/room/{roomId}", ClientWrite, visibility::set_visibility),
         Route::get("/_matrix/client/v3/publicRooms", ClientRead, directory::public_rooms),
-        // A search, so a read, though it is a POST.
+        // Searches, so reads, though they are POSTs.
         Route::post("/_matrix/client/v3/publicRooms", ClientRead, directory::search_public_rooms),
+        Route::post("/_matrix/client/v3/search", ClientRead, search::search),
     ]
 }
 

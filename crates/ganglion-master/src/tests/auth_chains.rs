@@ -10,7 +10,7 @@ use ganglion_types::{EventNid, SyncToken};
 
 use crate::MasterService;
 
-async fn master(db: &Db) -> Arc<MasterService> {
+pub(super) async fn master(db: &Db) -> Arc<MasterService> {
     let positions = Arc::new(Positions::new(SyncToken::default()));
     let recent = Arc::new(RecentEvents::new(SyncToken::default()));
     let bus = Arc::new(InProcessBus::new(positions.clone(), Notifier::new(), recent));

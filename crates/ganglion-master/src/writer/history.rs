@@ -166,7 +166,7 @@ impl Batch<'_> {
         });
         let unindexed = super::resolve::unindexed(head, event_nid, pdu);
         let tx = self.tx();
-        tx.events.push(row);
+        tx.push_event(row, pdu);
         tx.unindexed.extend(unindexed);
         Ok(event_nid)
     }

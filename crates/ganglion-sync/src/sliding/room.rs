@@ -280,6 +280,9 @@ pub(crate) async fn room(
     out.prev_batch = Some(timeline.prev_batch(range));
     out.timeline_event_ids = timeline.events.iter().map(|event| event.row.event_id.clone()).collect();
     out.timeline = cx.sync.sync_events(conn, &timeline.events, Some((cx.user_id, cx.device_id))).await?;
+    if timeline.limited {
+        cx.sync.bundle_aggregations(conn, &timeline.events, &mut out.timeline, range.up_to).await?;
+    }
     out.required_state = cx.sync.sync_events(conn, &state_events, None).await?;
     Ok((Some(out), now_sent))
 }
