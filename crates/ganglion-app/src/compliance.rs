@@ -4,7 +4,6 @@
 
 /// Operations of the spec with no route here, by `operationId`, with the reason.
 pub const NOT_YET: &[(&str, &str)] = &[
-    ("deactivateAccount", "not yet: account deactivation with erasure of the profile comes with issue 16"),
     ("getWhoIs", "no server administration API yet"),
     ("getAdminSuspendUser", "no server administration API yet"),
     ("setAdminSuspendUser", "no server administration API yet"),
@@ -19,7 +18,6 @@ pub const NOT_YET: &[(&str, &str)] = &[
     ("getEvents", "deprecated: clients use `/sync`"),
     ("initialSync", "deprecated: clients use `/sync`"),
     ("getOneEvent", "deprecated: clients use `/rooms/{roomId}/event/{eventId}`"),
-    ("requestOpenIdToken", "not yet: comes with issue 16"),
     ("peekEvents", "peeking into rooms is not supported"),
     ("getWellknownPolicy", "policy servers are not supported"),
     (
@@ -36,13 +34,8 @@ pub const NOT_YET: &[(&str, &str)] = &[
     ),
     ("refresh", "refresh tokens are not issued: access tokens do not expire"),
     ("registrationTokenValidity", "registration tokens are not supported"),
-    ("reportRoom", "not yet: reports come with issue 16"),
-    ("reportEvent", "not yet: reports come with issue 16"),
-    ("reportUser", "not yet: reports come with issue 16"),
     ("roomInitialSync", "not yet: clients use `/sync`"),
-    ("getRoomSummary", "not yet: room previews come with issue 16"),
     ("upgradeRoom", "not yet: room upgrades come with issue 16"),
-    ("getSpaceHierarchy", "not yet: comes with issue 16 (the federation side is served)"),
     ("redirectToSSO", "single sign-on is not supported: clients sign in with a password"),
     ("redirectToIdP", "single sign-on is not supported: clients sign in with a password"),
     ("getWellknownSupport", "not yet: no support contacts can be configured"),

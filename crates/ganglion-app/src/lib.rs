@@ -672,3 +672,26 @@ async fn initial_token(db: &Db, typing_epoch: u64) -> Result<SyncToken, AppError
         presence: StreamPosition(ganglion_storage::presence::max_presence_stream_pos(&mut conn).await?),
     })
 }
+
+/// The newest `limit` reports users filed (`ganglion reports`), newest first, as JSON objects.
+pub async fn newest_reports(config: &Config, limit: i64) -> Result<Vec<serde_json::Value>, AppError> {
+    let db = Db::connect(&config.database_url(), 2).await?;
+    let mut conn = db.conn().await?;
+    let reports = ganglion_storage::reports::newest_reports(&mut conn, limit).await?;
+    Ok(reports
+        .into_iter()
+        .map(|report| {
+            serde_json::json!({
+                "report_id": report.report_id,
+                "kind": report.kind,
+                "reporter": report.reporter,
+                "room_id": report.room_id,
+                "event_id": report.event_id,
+                "user_id": report.user_id,
+                "reason": report.reason,
+                "score": report.score,
+                "received_ts": report.received_ts,
+            })
+        })
+        .collect())
+}

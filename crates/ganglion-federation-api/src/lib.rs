@@ -63,6 +63,7 @@ pub fn routes() -> Vec<Route<FederationState>> {
         Route::get("/_matrix/federation/v1/hierarchy/{roomId}", Fed, hierarchy::hierarchy),
         Route::post("/_matrix/federation/v1/get_missing_events/{roomId}", Fed, events::get_missing_events),
         Route::get("/_matrix/federation/v1/query/profile", Fed, query::profile),
+        Route::get("/_matrix/federation/v1/openid/userinfo", Fed, query::openid_userinfo),
         Route::get("/_matrix/federation/v1/query/directory", Fed, query::directory),
         Route::get("/_matrix/federation/v1/publicRooms", Fed, query::public_rooms),
         Route::post("/_matrix/federation/v1/publicRooms", Fed, query::search_public_rooms),

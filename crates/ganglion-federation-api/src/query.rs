@@ -16,6 +16,27 @@ pub(crate) async fn version() -> Json<Value> {
 }
 
 #[derive(Deserialize)]
+pub(crate) struct UserInfoQuery {
+    access_token: Option<String>,
+}
+
+/// `GET /_matrix/federation/v1/openid/userinfo?access_token=…` (unauthenticated: the token is
+/// the proof): the local user an unexpired OpenID token was issued to.
+pub(crate) async fn openid_userinfo(
+    State(state): State<FederationState>,
+    query: MatrixResult<MatrixQuery<UserInfoQuery>>,
+) -> MatrixResult<Json<Value>> {
+    let unknown = || MatrixError::new(ganglion_types::ErrorClass::UnknownToken, "Unknown or expired token");
+    let token = query?.0.access_token.ok_or_else(unknown)?;
+    let mut conn = state.db.conn().await?;
+    let user_id =
+        ganglion_storage::reports::user_of_openid_token(&mut conn, &token, ganglion_storage::now_ms())
+            .await?
+            .ok_or_else(unknown)?;
+    Ok(Json(json!({ "sub": user_id })))
+}
+
+#[derive(Deserialize)]
 pub(crate) struct ProfileQuery {
     user_id: String,
     #[serde(default)]

@@ -299,3 +299,79 @@ fn published(svc: &MasterService, writer: &mut Writer, row: Option<StreamRow>) {
         keys::publish_device_list_row(svc, writer, row);
     }
 }
+
+/// Deactivates an account: with `erase` the profile is cleared first (so the leave events carry
+/// none), then the user leaves every room they are in, invited to or knocking on, and last their
+/// devices, sessions and pushers go and the account is locked. Leaving comes before locking: an
+/// interrupted deactivation leaves an account that can still sign in and deactivate again,
+/// never a locked one still in its rooms.
+pub(crate) async fn deactivate(svc: &MasterService, user_id: &OwnedUserId, erase: bool) -> MasterResult<()> {
+    let mut conn = svc.db.conn().await.map_err(internal)?;
+    if erase {
+        store::set_profile(&mut conn, user_id.as_str(), &store::Profile::default())
+            .await
+            .map_err(internal)?;
+    }
+    let memberships =
+        ganglion_storage::rooms::memberships_of_user(&mut conn, user_id.as_str()).await.map_err(internal)?;
+    let rooms: Vec<_> = memberships
+        .into_iter()
+        .filter(|m| matches!(m.membership.as_str(), "join" | "invite" | "knock"))
+        .map(|m| m.room_nid)
+        .collect();
+    let rooms = ganglion_storage::rooms::rooms_by_nid(&mut conn, &rooms).await.map_err(internal)?;
+    drop(conn);
+    for room in rooms {
+        let Ok(room_id) = ganglion_events::ruma::OwnedRoomId::try_from(room.room_id.as_str()) else {
+            continue;
+        };
+        let left = crate::rooms::update_membership(
+            svc,
+            user_id,
+            &room_id,
+            user_id,
+            ganglion_rpc::MembershipChange::Leave,
+            None,
+        )
+        .await;
+        match left {
+            // A room where the user may not leave (an invite to a room of other servers that
+            // this server is not in) keeps its row; the locked account cannot use it.
+            Ok(_) => {}
+            Err(error) if matches!(error.class, ErrorClass::Forbidden | ErrorClass::NotFound) => {}
+            Err(error) => return Err(error),
+        }
+    }
+    let mut writer = svc.writer.lock().await;
+    let mut tx = svc.db.begin().await.map_err(internal)?;
+    let devices = store::devices_of_user(&mut tx, user_id.as_str()).await.map_err(internal)?;
+    let devices = devices.into_iter().map(|device| device.device_id).collect();
+    let row = delete_devices_in(&writer, &mut tx, user_id.as_str(), devices).await?;
+    store::delete_access_tokens_of_user(&mut tx, user_id.as_str(), None).await.map_err(internal)?;
+    ganglion_storage::pushers::delete_pushers_of_user(&mut tx, user_id.as_str()).await.map_err(internal)?;
+    store::deactivate_user(&mut tx, user_id.as_str(), erase).await.map_err(internal)?;
+    tx.commit().await.map_err(|e| internal(ganglion_storage::StorageError::from(e)))?;
+    published(svc, &mut writer, row);
+    svc.caches.forget_sessions();
+    svc.bus.invalidate(ganglion_replication::Invalidation::Sessions);
+    tracing::info!(%user_id, erase, "deactivated an account");
+    Ok(())
+}
+
+/// How long an OpenID token is valid.
+const OPENID_TOKEN_LIFETIME_MS: u64 = 3_600_000;
+
+/// A new OpenID token for `user_id`, valid for an hour.
+pub(crate) async fn create_open_id_token(
+    svc: &MasterService,
+    user_id: &OwnedUserId,
+) -> MasterResult<ganglion_rpc::OpenIdToken> {
+    let token = random_string(40);
+    let now = now_ms();
+    let expires = now + OPENID_TOKEN_LIFETIME_MS as i64;
+    let mut conn = svc.db.conn().await.map_err(internal)?;
+    ganglion_storage::reports::insert_openid_token(&mut conn, &token, user_id.as_str(), expires, now)
+        .await
+        .map_err(internal)?;
+    Ok(ganglion_rpc::OpenIdToken { access_token: token, expires_in_ms: OPENID_TOKEN_LIFETIME_MS })
+}

@@ -29,13 +29,14 @@ use ganglion_events::{
 use ganglion_replication::{Bus, Positions, TypingStore};
 use ganglion_rpc::{
     AcceptEvents, Accounts, CheckPassword, ClaimKeys, ClaimedKey, CreateBackupVersion, CreateFilter,
-    CreateRoom, DeleteAlias, DeleteBackupKeys, DeleteBackupVersion, DeleteDevices, Ephemeral, EventOutcome,
-    ForgetRoom, ImportRoom, KeyBackup, Keys, LoginRequest, Logout, LogoutAll, MadeJoin, MakeJoin,
-    MasterResult, OneTimeKeyCounts, PreparedInvite, Presence, PresenceSyncing, PutBackupKeys,
-    RegisterRequest, RenameDevice, RoomKeysUpdate, Rooms, SendEvent, SendToDevice, SessionGrant,
-    SetAccountData, SetAlias, SetPassword, SetPresence, SetProfile, SetPusher, SetReceipt, SetRemotePresence,
-    SetRoomTag, SetRoomVisibility, SetTyping, SignatureFailure, StoreInvite, Streams, TypingSnapshot,
-    UpdateBackupVersion, UpdateMembership, UpdatePushRules, UploadKeys, UploadSignatures, UploadSigningKeys,
+    CreateOpenIdToken, CreateRoom, DeactivateAccount, DeleteAlias, DeleteBackupKeys, DeleteBackupVersion,
+    DeleteDevices, Ephemeral, EventOutcome, FileReport, ForgetRoom, ImportRoom, KeyBackup, Keys,
+    LoginRequest, Logout, LogoutAll, MadeJoin, MakeJoin, MasterResult, OneTimeKeyCounts, OpenIdToken,
+    PreparedInvite, Presence, PresenceSyncing, PutBackupKeys, RegisterRequest, RenameDevice, RoomKeysUpdate,
+    Rooms, SendEvent, SendToDevice, SessionGrant, SetAccountData, SetAlias, SetPassword, SetPresence,
+    SetProfile, SetPusher, SetReceipt, SetRemotePresence, SetRoomTag, SetRoomVisibility, SetTyping,
+    SignatureFailure, StoreInvite, Streams, TypingSnapshot, UpdateBackupVersion, UpdateMembership,
+    UpdatePushRules, UploadKeys, UploadSignatures, UploadSigningKeys,
 };
 use ganglion_state::Caches;
 use ganglion_storage::Db;
@@ -192,6 +193,14 @@ impl Accounts for MasterService {
     async fn create_filter(&self, r: CreateFilter) -> MasterResult<String> {
         accounts::create_filter(self, &r.user_id, r.filter).await
     }
+
+    async fn deactivate_account(&self, r: DeactivateAccount) -> MasterResult<()> {
+        accounts::deactivate(self, &r.user_id, r.erase).await
+    }
+
+    async fn create_open_id_token(&self, r: CreateOpenIdToken) -> MasterResult<OpenIdToken> {
+        accounts::create_open_id_token(self, &r.user_id).await
+    }
 }
 
 #[async_trait]
@@ -255,6 +264,10 @@ impl Rooms for MasterService {
 
     async fn store_invite(&self, r: StoreInvite) -> MasterResult<()> {
         federation::store_invite(self, r).await
+    }
+
+    async fn file_report(&self, r: FileReport) -> MasterResult<()> {
+        rooms::file_report(self, r).await
     }
 }
 

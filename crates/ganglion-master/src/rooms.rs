@@ -595,3 +595,40 @@ async fn require_state_power(
     }
     Ok(head.room_nid)
 }
+
+/// Keeps a user's report for the server's operators (the client-reader checked that its target
+/// exists and that the reporter may see it).
+pub(crate) async fn file_report(svc: &MasterService, report: ganglion_rpc::FileReport) -> MasterResult<()> {
+    use ganglion_rpc::ReportTarget;
+    let (kind, room_id, event_id, user_id) = match &report.target {
+        ReportTarget::Event { room_id, event_id } => {
+            ("event", Some(room_id.to_string()), Some(event_id.to_string()), None)
+        }
+        ReportTarget::Room { room_id } => ("room", Some(room_id.to_string()), None, None),
+        ReportTarget::User { user_id } => ("user", None, None, Some(user_id.to_string())),
+    };
+    let row = ganglion_storage::reports::ReportRow {
+        report_id: 0,
+        kind: kind.to_owned(),
+        reporter: report.reporter.to_string(),
+        room_id,
+        event_id,
+        user_id,
+        reason: report.reason,
+        score: report.score,
+        received_ts: 0,
+    };
+    let mut conn = svc.db.conn().await.map_err(internal)?;
+    ganglion_storage::reports::insert_report(&mut conn, &row, ganglion_storage::now_ms())
+        .await
+        .map_err(internal)?;
+    tracing::warn!(
+        reporter = %row.reporter,
+        kind,
+        room_id = row.room_id.as_deref(),
+        event_id = row.event_id.as_deref(),
+        user_id = row.user_id.as_deref(),
+        "a user filed a report"
+    );
+    Ok(())
+}

@@ -21,6 +21,10 @@ service! {
         fn delete_devices(DeleteDevices) -> () as pb::Done;
         fn rename_device(RenameDevice) -> () as pb::Done;
         fn create_filter(CreateFilter) -> String as pb::CreateFilterResponse;
+        /// Leaves every room, ends every session and locks the account; `erase` clears the
+        /// profile first, so the leave events carry none.
+        fn deactivate_account(DeactivateAccount) -> () as pb::Done;
+        fn create_open_id_token(CreateOpenIdToken) -> OpenIdToken as pb::CreateOpenIdTokenResponse;
     }
 }
 
@@ -323,5 +327,65 @@ impl Answer<pb::CreateFilterResponse> for String {
 
     fn from_message(message: pb::CreateFilterResponse) -> Result<String, ConvertError> {
         Ok(message.filter_id)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DeactivateAccount {
+    pub user_id: OwnedUserId,
+    pub erase: bool,
+}
+
+impl Call for DeactivateAccount {
+    type Message = pb::DeactivateAccountRequest;
+
+    fn into_message(self) -> pb::DeactivateAccountRequest {
+        pb::DeactivateAccountRequest { user_id: self.user_id.into(), erase: self.erase }
+    }
+
+    fn from_message(message: pb::DeactivateAccountRequest) -> Result<Self, ConvertError> {
+        Ok(DeactivateAccount { user_id: id("user_id", message.user_id)?, erase: message.erase })
+    }
+
+    fn after(&self) -> AfterCall {
+        AfterCall::ForgetSessions
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CreateOpenIdToken {
+    pub user_id: OwnedUserId,
+}
+
+impl Call for CreateOpenIdToken {
+    type Message = pb::CreateOpenIdTokenRequest;
+
+    fn into_message(self) -> pb::CreateOpenIdTokenRequest {
+        pb::CreateOpenIdTokenRequest { user_id: self.user_id.into() }
+    }
+
+    fn from_message(message: pb::CreateOpenIdTokenRequest) -> Result<Self, ConvertError> {
+        Ok(CreateOpenIdToken { user_id: id("user_id", message.user_id)? })
+    }
+
+    fn after(&self) -> AfterCall {
+        AfterCall::Nothing
+    }
+}
+
+/// An OpenID token and how long it is valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenIdToken {
+    pub access_token: String,
+    pub expires_in_ms: u64,
+}
+
+impl Answer<pb::CreateOpenIdTokenResponse> for OpenIdToken {
+    fn into_message(self) -> pb::CreateOpenIdTokenResponse {
+        pb::CreateOpenIdTokenResponse { access_token: self.access_token, expires_in_ms: self.expires_in_ms }
+    }
+
+    fn from_message(message: pb::CreateOpenIdTokenResponse) -> Result<Self, ConvertError> {
+        Ok(OpenIdToken { access_token: message.access_token, expires_in_ms: message.expires_in_ms })
     }
 }

@@ -31,8 +31,8 @@ pub mod trace;
 mod wire;
 
 pub use accounts::{
-    Accounts, CheckPassword, CreateFilter, DeleteDevices, LoginRequest, Logout, LogoutAll, RegisterRequest,
-    RenameDevice, SessionGrant, SetPassword,
+    Accounts, CheckPassword, CreateFilter, CreateOpenIdToken, DeactivateAccount, DeleteDevices, LoginRequest,
+    Logout, LogoutAll, OpenIdToken, RegisterRequest, RenameDevice, SessionGrant, SetPassword,
 };
 pub use ephemeral::{
     Ephemeral, SetAccountData, SetPusher, SetReceipt, SetRoomTag, SetTyping, UpdatePushRules,
@@ -48,9 +48,10 @@ pub use keys::{
 };
 pub use presence::{Presence, PresenceSyncing, RemotePresence, SetPresence, SetRemotePresence};
 pub use rooms::{
-    AcceptEvents, CreateRoom, CreateRoomRequest, DeleteAlias, EventOutcome, ForgetRoom, GapState, ImportRoom,
-    InitialStateEvent, MadeJoin, MakeJoin, MembershipChange, PreparedInvite, Preset, ProfileField, Rooms,
-    SendEvent, SetAlias, SetProfile, SetRoomVisibility, StoreInvite, UpdateMembership,
+    AcceptEvents, CreateRoom, CreateRoomRequest, DeleteAlias, EventOutcome, FileReport, ForgetRoom, GapState,
+    ImportRoom, InitialStateEvent, MadeJoin, MakeJoin, MembershipChange, PreparedInvite, Preset,
+    ProfileField, ReportTarget, Rooms, SendEvent, SetAlias, SetProfile, SetRoomVisibility, StoreInvite,
+    UpdateMembership,
 };
 pub use streams::{Streams, TypingSnapshot};
 pub use wire::{AfterCall, Answer, Call, ConvertError};

@@ -48,6 +48,8 @@ service! {
         /// Older events of a room from another server (`/backfill`), kept as history below every
         /// event this server has (not published on the events stream).
         fn backfill(AcceptEvents) -> Vec<EventOutcome> as pb::AcceptEventsResponse;
+        /// A user's report of an event, a room or a user, kept for the server's operators.
+        fn file_report(FileReport) -> () as pb::Done;
     }
 }
 
@@ -764,5 +766,71 @@ impl Answer<pb::MakeJoinResponse> for MadeJoin {
             room_version: id("room_version", message.room_version)?,
             event: json_value("event_json", &message.event_json)?,
         })
+    }
+}
+
+/// What a report is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReportTarget {
+    Event { room_id: OwnedRoomId, event_id: OwnedEventId },
+    Room { room_id: OwnedRoomId },
+    User { user_id: OwnedUserId },
+}
+
+#[derive(Debug, Clone)]
+pub struct FileReport {
+    pub reporter: OwnedUserId,
+    pub target: ReportTarget,
+    pub reason: String,
+    pub score: Option<i64>,
+}
+
+impl Call for FileReport {
+    type Message = pb::FileReportRequest;
+
+    fn into_message(self) -> pb::FileReportRequest {
+        let (kind, room_id, event_id, user_id) = match self.target {
+            ReportTarget::Event { room_id, event_id } => {
+                ("event", room_id.into(), event_id.into(), String::new())
+            }
+            ReportTarget::Room { room_id } => ("room", room_id.into(), String::new(), String::new()),
+            ReportTarget::User { user_id } => ("user", String::new(), String::new(), user_id.into()),
+        };
+        pb::FileReportRequest {
+            reporter: self.reporter.into(),
+            kind: kind.to_owned(),
+            room_id,
+            event_id,
+            user_id,
+            reason: self.reason,
+            score: self.score,
+        }
+    }
+
+    fn from_message(message: pb::FileReportRequest) -> Result<Self, ConvertError> {
+        let target = match message.kind.as_str() {
+            "event" => ReportTarget::Event {
+                room_id: id("room_id", message.room_id)?,
+                event_id: id("event_id", message.event_id)?,
+            },
+            "room" => ReportTarget::Room { room_id: id("room_id", message.room_id)? },
+            "user" => ReportTarget::User { user_id: id("user_id", message.user_id)? },
+            _ => {
+                return Err(ConvertError::InvalidParam {
+                    field: "kind",
+                    reason: format!("unknown kind {}", message.kind),
+                });
+            }
+        };
+        Ok(FileReport {
+            reporter: id("reporter", message.reporter)?,
+            target,
+            reason: message.reason,
+            score: message.score,
+        })
+    }
+
+    fn after(&self) -> AfterCall {
+        AfterCall::Nothing
     }
 }

@@ -257,3 +257,15 @@ pub async fn filter_by_id(conn: &mut Conn, user_id: &str, filter_id: i64) -> Res
         .await?;
     Ok(row.map(|row| row.get(0)))
 }
+
+/// Locks a user's account: no password, so no login; with `erase`, no profile either.
+pub async fn deactivate_user(conn: &mut Conn, user_id: &str, erase: bool) -> Result<()> {
+    let sql = match erase {
+        true => {
+            "UPDATE users SET deactivated = 1, password_hash = NULL, displayname = NULL, avatar_url = NULL WHERE user_id = $1"
+        }
+        false => "UPDATE users SET deactivated = 1, password_hash = NULL WHERE user_id = $1",
+    };
+    sqlx::query(sql).bind(user_id).execute(conn).await?;
+    Ok(())
+}

@@ -19,6 +19,7 @@ pub mod push_actions;
 pub mod pushers;
 pub mod relations;
 pub mod replication;
+pub mod reports;
 pub mod rooms;
 pub mod search;
 pub mod secrets;

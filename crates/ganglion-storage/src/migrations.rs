@@ -46,6 +46,7 @@ const MIGRATIONS: &[(i64, Sql)] = &[
             sqlite: include_str!("../migrations/0025_event_search.sqlite.sql"),
         },
     ),
+    (26, Shared(include_str!("../migrations/0026_reports_and_openid.sql"))),
 ];
 
 pub(crate) async fn run(db: &Db) -> Result<()> {

@@ -327,6 +327,15 @@ impl TestServer {
         &self.dir_path
     }
 
+    /// The config file the server runs with (a cluster's: the one every process runs with), for
+    /// the binary's other commands (`ganglion reports --config …`).
+    pub fn config_path(&self) -> PathBuf {
+        match &self.cluster {
+            Some(cluster) => cluster.config_path().to_path_buf(),
+            None => self.dir_path.join("ganglion.toml"),
+        }
+    }
+
     /// `database.url` as written to the config (empty for SQLite).
     pub fn database_url(&self) -> &str {
         &self.database_url

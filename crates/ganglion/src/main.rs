@@ -45,6 +45,14 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Prints the newest reports users filed about events, rooms and users, newest first, one
+    /// JSON object a line.
+    Reports {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -62,7 +70,20 @@ fn main() -> anyhow::Result<()> {
         Command::Routes { format, config } => routes(format, config),
         Command::Run { config, worker } => run(config, worker),
         Command::RotateSigningKey { config } => rotate_signing_key(config),
+        Command::Reports { config, limit } => reports(config, limit),
     }
+}
+
+fn reports(config_path: Option<PathBuf>, limit: i64) -> anyhow::Result<()> {
+    let config =
+        ganglion_config::Config::load(config_path.as_deref()).map_err(|error| anyhow::anyhow!("{error}"))?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let reports = runtime.block_on(ganglion_app::newest_reports(&config, limit.clamp(1, 100_000)))?;
+    let mut out = std::io::stdout().lock();
+    for report in reports {
+        writeln!(out, "{report}")?;
+    }
+    Ok(())
 }
 
 fn rotate_signing_key(config_path: Option<PathBuf>) -> anyhow::Result<()> {

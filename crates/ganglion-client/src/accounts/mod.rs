@@ -6,6 +6,7 @@
 //! short-lived and a lost one only makes the client start the flow again.
 
 mod account_data;
+mod deactivate;
 mod devices;
 mod discovery;
 mod filters;
@@ -39,6 +40,12 @@ pub(crate) fn routes() -> Vec<Route<ClientState>> {
         Route::post("/_matrix/client/v3/logout/all", Auth, login::logout_all),
         Route::get("/_matrix/client/v3/account/whoami", ClientRead, login::whoami),
         Route::post("/_matrix/client/v3/account/password", Auth, password::change_password),
+        Route::post("/_matrix/client/v3/account/deactivate", Auth, deactivate::deactivate),
+        Route::post(
+            "/_matrix/client/v3/user/{userId}/openid/request_token",
+            ClientWrite,
+            deactivate::request_openid_token,
+        ),
         // Devices.
         Route::get("/_matrix/client/v3/devices", ClientRead, devices::devices),
         Route::get("/_matrix/client/v3/devices/{deviceId}", ClientRead, devices::device),

@@ -16,8 +16,10 @@ mod members;
 mod membership;
 mod messages;
 mod relations;
+mod report;
 mod search;
 mod send;
+mod spaces;
 mod state;
 mod visibility;
 
@@ -68,6 +70,16 @@ pub(crate) fn routes() -> Vec<Route<ClientState>> {
         Route::get("/_matrix/client/v3/rooms/{roomId}/members", ClientRead, members::members),
         Route::get("/_matrix/client/v3/rooms/{roomId}/joined_members", ClientRead, members::joined_members),
         Route::get("/_matrix/client/v3/joined_rooms", ClientRead, members::joined_rooms),
+        // Previews and spaces.
+        Route::get("/_matrix/client/v1/room_summary/{roomIdOrAlias}", ClientRead, spaces::room_summary),
+        // MSC3266's path, where clients (matrix-sdk) ask a server advertising spec versions
+        // before v1.15.
+        Route::get("/_matrix/client/unstable/im.nheko.summary/rooms/{roomIdOrAlias}/summary", ClientRead, spaces::room_summary),
+        Route::get("/_matrix/client/v1/rooms/{roomId}/hierarchy", ClientRead, spaces::hierarchy),
+        // Reports to the server's operators.
+        Route::post("/_matrix/client/v3/rooms/{roomId}/report/{eventId}", ClientWrite, report::report_event),
+        Route::post("/_matrix/client/v3/rooms/{roomId}/report", ClientWrite, report::report_room),
+        Route::post("/_matrix/client/v3/users/{userId}/report", ClientWrite, report::report_user),
         // Typing, receipts and read markers.
         Route::put("/_matrix/client/v3/rooms/{roomId}/typing/{userId}", ClientWrite, ephemeral::typing),
         Route::post("/_matrix/client/v3/rooms/{roomId}/receipt/{receiptType}/{eventId}", ClientWrite, ephemeral::receipt),

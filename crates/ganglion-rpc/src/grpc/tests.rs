@@ -75,6 +75,12 @@ impl Canned for String {
     }
 }
 
+impl Canned for crate::OpenIdToken {
+    fn canned() -> crate::OpenIdToken {
+        crate::OpenIdToken { access_token: "openid".to_owned(), expires_in_ms: 3_600_000 }
+    }
+}
+
 impl Canned for i64 {
     fn canned() -> i64 {
         7
@@ -324,6 +330,25 @@ async fn calls_round_trip_exactly() {
     round_trip(f, rename, async |r| m.rename_device(r).await).await;
     let filter = CreateFilter { user_id: alice(), filter: json!({ "room": { "timeline": { "limit": 5 } } }) };
     assert_eq!(round_trip(f, filter, async |r| m.create_filter(r).await).await, "filter-1");
+    let deactivate = crate::DeactivateAccount { user_id: alice(), erase: true };
+    round_trip(f, deactivate, async |r| m.deactivate_account(r).await).await;
+    let openid = crate::CreateOpenIdToken { user_id: alice() };
+    assert_eq!(
+        round_trip(f, openid, async |r| m.create_open_id_token(r).await).await,
+        crate::OpenIdToken::canned()
+    );
+    for target in [
+        crate::ReportTarget::Event {
+            room_id: owned_room_id!("!room:test"),
+            event_id: owned_event_id!("$event:test"),
+        },
+        crate::ReportTarget::Room { room_id: owned_room_id!("!room:test") },
+        crate::ReportTarget::User { user_id: owned_user_id!("@bob:test") },
+    ] {
+        let report =
+            crate::FileReport { reporter: alice(), target, reason: "rude".to_owned(), score: Some(-100) };
+        round_trip(f, report, async |r| m.file_report(r).await).await;
+    }
 
     let request = CreateRoomRequest {
         public: true,

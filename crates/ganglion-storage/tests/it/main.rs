@@ -62,7 +62,7 @@ on_both_backends!(migrations_are_idempotent, |db| {
         .fetch_all(&mut *conn)
         .await
         .unwrap();
-    assert_eq!(applied, (1..=25).map(|version| (version,)).collect::<Vec<(i64,)>>());
+    assert_eq!(applied, (1..=26).map(|version| (version,)).collect::<Vec<(i64,)>>());
 });
 
 on_both_backends!(users_devices_and_tokens, |db| {
