@@ -49,6 +49,7 @@ mod chat;
 mod config;
 mod dashboards;
 mod deactivation;
+mod directories;
 mod e2ee;
 mod errors;
 mod federation;

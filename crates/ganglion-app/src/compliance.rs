@@ -39,7 +39,6 @@ pub const NOT_YET: &[(&str, &str)] = &[
     ("redirectToSSO", "single sign-on is not supported: clients sign in with a password"),
     ("redirectToIdP", "single sign-on is not supported: clients sign in with a password"),
     ("getWellknownSupport", "not yet: no support contacts can be configured"),
-    ("searchUserDirectory", "not yet: the user directory comes with issue 16"),
 ];
 
 /// Operations whose route is served, but only in part, by `operationId`, with what is missing.

@@ -8,6 +8,7 @@ mod presence;
 mod push;
 mod rooms;
 mod third_party;
+mod user_directory;
 mod voip;
 
 use std::sync::Arc;
@@ -84,6 +85,8 @@ pub fn routes() -> Vec<Route<ClientState>> {
 fn other_routes() -> Vec<Route<ClientState>> {
     use ganglion_types::EndpointClass::{Auth, ClientRead, ClientWrite};
     vec![
+        // A search, so a read, though it is a POST.
+        Route::post("/_matrix/client/v3/user_directory/search", ClientRead, user_directory::search),
         Route::get("/_matrix/client/v3/account/3pid", ClientRead, third_party::threepids),
         Route::post("/_matrix/client/v3/account/3pid", ClientWrite, third_party::add_threepid),
         Route::post("/_matrix/client/v3/account/3pid/add", ClientWrite, third_party::add_threepid),

@@ -38,6 +38,7 @@ pub struct Config {
     pub presence: PresenceConfig,
     pub push: PushConfig,
     pub voip: VoipConfig,
+    pub user_directory: UserDirectoryConfig,
     pub sync: SyncConfig,
     pub media: MediaConfig,
     /// Cluster mode: Redis carries replication (never the source of truth).
@@ -573,6 +574,15 @@ pub struct VoipConfig {
     pub turn_user_lifetime_s: u64,
 }
 
+/// `/user_directory/search`: whom a user finds by name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserDirectoryConfig {
+    /// Every active user of this server, not only those who share a room with the searcher or
+    /// are in a room published in the room directory.
+    pub search_all_users: bool,
+}
+
 /// The presence module: online, unavailable (idle) and offline, shown to users who share a room.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -660,6 +670,7 @@ impl Config {
                 turn_shared_secret: String::new(),
                 turn_user_lifetime_s: 86_400,
             },
+            user_directory: UserDirectoryConfig { search_all_users: false },
             // Short enough to go unnoticed; under load it bounds each device to 50 answers/s.
             sync: SyncConfig { answer_interval_ms: 20 },
             // Synapse's limits; all media served by every endpoint, so older clients work.

@@ -268,3 +268,14 @@ fn turn_servers_need_a_secret_and_turn_uris() {
     assert_eq!(config.voip.turn_uris, ["turns:t.example.org:5349"]);
     assert_eq!(config.voip.turn_shared_secret, "from-env");
 }
+
+#[test]
+fn the_user_directory_searches_users_in_shared_and_public_rooms_unless_told_all() {
+    assert!(!Config::embedded_default().user_directory.search_all_users);
+    let config = load_toml("[user_directory]\nsearch_all_users = true\n").unwrap();
+    assert!(config.user_directory.search_all_users);
+    let config = load_with(None, &[("GANGLION_USER_DIRECTORY__SEARCH_ALL_USERS", "true")]).unwrap();
+    assert!(config.user_directory.search_all_users);
+    let error = load_toml("[user_directory]\nsearch_everyone = true\n").unwrap_err().to_string();
+    assert!(error.contains("search_everyone"), "{error}");
+}

@@ -90,6 +90,7 @@ impl MatrixError {
             ErrorClass::GuestAccessForbidden => (StatusCode::FORBIDDEN, "M_GUEST_ACCESS_FORBIDDEN"),
             ErrorClass::ThreepidDenied => (StatusCode::FORBIDDEN, "M_THREEPID_DENIED"),
             ErrorClass::DuplicateAnnotation => (StatusCode::BAD_REQUEST, "M_DUPLICATE_ANNOTATION"),
+            ErrorClass::BadAlias => (StatusCode::BAD_REQUEST, "M_BAD_ALIAS"),
             ErrorClass::Exclusive => (StatusCode::BAD_REQUEST, "M_EXCLUSIVE"),
             ErrorClass::WrongRoomKeysVersion { .. } => (StatusCode::FORBIDDEN, "M_WRONG_ROOM_KEYS_VERSION"),
             ErrorClass::UnknownPos => (StatusCode::BAD_REQUEST, "M_UNKNOWN_POS"),

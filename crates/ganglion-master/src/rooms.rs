@@ -78,12 +78,62 @@ pub(crate) async fn append_send(
     if template.state_key.is_none() {
         check_relation(batch, sender, template).await?;
     }
+    if template.kind == "m.room.canonical_alias" && template.state_key.as_deref() == Some("") {
+        let own_server = batch.server_name();
+        check_canonical_alias(batch, own_server, room_id, template).await?;
+    }
     let txn = match (device_id, txn_id) {
         (Some(device_id), Some(txn_id)) => Some((device_id, txn_id)),
         _ => None,
     };
     let event = batch.append(room_id, sender, template, txn).await?;
     Ok(event.pdu.event_id.clone())
+}
+
+/// The aliases of an `m.room.canonical_alias` (`alias` and `alt_aliases`) must be valid, and
+/// those of this server must exist and point to the room (400 `M_BAD_ALIAS` otherwise, as the
+/// spec asks). Other servers' aliases are not looked up.
+async fn check_canonical_alias(
+    batch: &mut Batch<'_>,
+    own_server: String,
+    room_id: &OwnedRoomId,
+    template: &EventTemplate,
+) -> MasterResult<()> {
+    let content = &template.content;
+    let mut aliases = Vec::new();
+    match content.get("alias") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(alias)) => aliases.push(alias.clone()),
+        Some(_) => return Err(MasterError::invalid_param("`alias` must be a string")),
+    }
+    match content.get("alt_aliases") {
+        None => {}
+        Some(Value::Array(alt)) => {
+            for alias in alt {
+                let Some(alias) = alias.as_str() else {
+                    return Err(MasterError::invalid_param("`alt_aliases` must be strings"));
+                };
+                aliases.push(alias.to_owned());
+            }
+        }
+        Some(_) => return Err(MasterError::invalid_param("`alt_aliases` must be a list")),
+    }
+    for alias in aliases {
+        let parsed = RoomAliasId::parse(&alias)
+            .map_err(|_| MasterError::invalid_param(format!("{alias:?} is not a room alias")))?;
+        if parsed.server_name().as_str() != own_server {
+            continue;
+        }
+        let conn = batch.connection().await?;
+        let target = room_store::room_id_by_alias(conn, parsed.as_str()).await.map_err(internal)?;
+        if target.as_deref() != Some(room_id.as_str()) {
+            return Err(MasterError::new(
+                ErrorClass::BadAlias,
+                format!("The alias {alias} does not point to this room"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// What the spec asks a server to refuse of a client's relation: a thread started off an event

@@ -407,6 +407,11 @@ impl<'w> Batch<'w> {
         })
     }
 
+    /// This server's name.
+    pub(crate) fn server_name(&self) -> String {
+        self.svc.config.server_name.clone()
+    }
+
     /// The transaction, for the caches (which reach the database only on a miss).
     fn tx(&mut self) -> &mut BatchTx {
         self.tx.as_mut().expect("transaction is open until commit")

@@ -62,7 +62,11 @@ async fn state_string(
 
 /// A `since` token of `/publicRooms`: the offset into the directory, newest room first.
 pub fn directory_offset(token: &str) -> Option<i64> {
-    let digits = token.strip_prefix('o')?;
+    offset_after(token, 'o')
+}
+
+fn offset_after(token: &str, prefix: char) -> Option<i64> {
+    let digits = token.strip_prefix(prefix)?;
     if digits.is_empty() || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
         return None;
     }
@@ -73,54 +77,109 @@ fn directory_token(offset: i64) -> String {
     format!("o{offset}")
 }
 
+/// The token of the page before offset `offset` of a filtered search: the rooms matching the
+/// filter just before it, read backwards.
+fn backward_token(offset: i64) -> String {
+    format!("b{offset}")
+}
+
+/// Where a page starts: forwards from an offset (`o…`), or backwards from one (`b…`, a
+/// filtered search's `prev_batch`).
+enum Since {
+    Forwards(i64),
+    Backwards(i64),
+}
+
 /// One page of the directory. Without a filter `since` is a plain offset; with one, rooms are
 /// read in batches from the offset and `next_batch` is the offset after the last room read, so
-/// the next page continues where this one stopped.
+/// the next page continues where this one stopped; its `prev_batch` reads backwards from where
+/// the page started, to the `limit` matching rooms before it.
 pub async fn public_rooms_page(
     caches: &Caches,
     conn: &mut Conn,
     search: DirectorySearch,
 ) -> Result<Value, DirectoryError> {
     let limit = search.limit.unwrap_or(DEFAULT_PUBLIC_ROOMS_LIMIT).clamp(1, MAX_PUBLIC_ROOMS_LIMIT) as i64;
-    let start = match search.since.as_deref() {
-        Some(token) => directory_offset(token).ok_or(DirectoryError::BadSince)?,
-        None => 0,
+    let since = match search.since.as_deref() {
+        Some(token) => match (directory_offset(token), offset_after(token, 'b')) {
+            (Some(offset), _) => Since::Forwards(offset),
+            (None, Some(offset)) => Since::Backwards(offset),
+            (None, None) => return Err(DirectoryError::BadSince),
+        },
+        None => Since::Forwards(0),
     };
     let term =
         search.filter.generic_search_term.as_deref().map(str::to_lowercase).filter(|term| !term.is_empty());
     let filtered = term.is_some() || search.filter.room_types.is_some();
-    let mut chunk = Vec::new();
-    let mut offset = start;
-    let mut next_batch = None;
     // A filter may skip many rooms, so read more than a page at a time.
     let batch = if filtered { limit.max(100) } else { limit };
-    'pages: loop {
-        let room_ids = room_store::public_room_ids(conn, batch, offset).await?;
-        let exhausted = (room_ids.len() as i64) < batch;
-        for room_id in room_ids {
-            offset += 1;
-            let Some(room) = room_store::room_by_id(conn, &room_id).await? else { continue };
-            let summary = summary_of(caches, conn, &room).await?;
-            if summary.matches(term.as_deref(), search.filter.room_types.as_deref()) {
-                chunk.push(summary.to_json(&room.room_id));
-                if chunk.len() as i64 == limit {
-                    next_batch = Some(offset);
-                    break 'pages;
+    let matches = async |conn: &mut Conn, room_id: &str| -> Result<Option<Value>, DirectoryError> {
+        let Some(room) = room_store::room_by_id(conn, room_id).await? else { return Ok(None) };
+        let summary = summary_of(caches, conn, &room).await?;
+        Ok(summary
+            .matches(term.as_deref(), search.filter.room_types.as_deref())
+            .then(|| summary.to_json(&room.room_id)))
+    };
+    let mut chunk = Vec::new();
+    let (first, next_batch) = match since {
+        Since::Forwards(start) => {
+            let mut offset = start;
+            let mut next_batch = None;
+            'pages: loop {
+                let room_ids = room_store::public_room_ids(conn, batch, offset).await?;
+                let exhausted = (room_ids.len() as i64) < batch;
+                for room_id in room_ids {
+                    offset += 1;
+                    if let Some(entry) = matches(conn, &room_id).await? {
+                        chunk.push(entry);
+                        if chunk.len() as i64 == limit {
+                            next_batch = Some(offset);
+                            break 'pages;
+                        }
+                    }
+                }
+                if exhausted {
+                    break;
                 }
             }
+            (start, next_batch)
         }
-        if exhausted {
-            break;
+        Since::Backwards(end) => {
+            // Read down from `end`; the page is the `limit` matches nearest before it.
+            let mut offset = end;
+            while offset > 0 && (chunk.len() as i64) < limit {
+                let from = (offset - batch).max(0);
+                let room_ids = room_store::public_room_ids(conn, offset - from, from).await?;
+                let mut full = false;
+                for room_id in room_ids.iter().rev() {
+                    offset -= 1;
+                    if let Some(entry) = matches(conn, room_id).await? {
+                        chunk.push(entry);
+                        if chunk.len() as i64 == limit {
+                            full = true;
+                            break;
+                        }
+                    }
+                }
+                if !full {
+                    offset = from;
+                }
+            }
+            chunk.reverse();
+            (offset, Some(end))
         }
-    }
+    };
     let mut response = Map::new();
     response.insert("chunk".into(), Value::Array(chunk));
     if let Some(next) = next_batch {
         response.insert("next_batch".into(), json!(directory_token(next)));
     }
-    // Going back needs the offsets of earlier filtered pages, which only the client has seen.
-    if start > 0 && !filtered {
-        response.insert("prev_batch".into(), json!(directory_token((start - limit).max(0))));
+    if first > 0 {
+        let prev = match filtered {
+            true => backward_token(first),
+            false => directory_token((first - limit).max(0)),
+        };
+        response.insert("prev_batch".into(), json!(prev));
     }
     response.insert("total_room_count_estimate".into(), json!(room_store::public_room_count(conn).await?));
     Ok(Value::Object(response))

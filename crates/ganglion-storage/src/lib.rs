@@ -27,6 +27,7 @@ pub mod server_keys;
 pub mod state;
 pub mod streams;
 pub mod to_device;
+pub mod user_directory;
 
 use std::{str::FromStr, sync::Arc};
 

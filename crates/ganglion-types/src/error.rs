@@ -52,6 +52,9 @@ pub enum ErrorClass {
     /// A second annotation with the same key on the same event by the same user (400
     /// `M_DUPLICATE_ANNOTATION`).
     DuplicateAnnotation,
+    /// An `m.room.canonical_alias` naming an alias that does not point to the room (400
+    /// `M_BAD_ALIAS`).
+    BadAlias,
     Exclusive,
     /// A key backup write named a backup version that is not the user's current one (403
     /// `M_WRONG_ROOM_KEYS_VERSION`); the answer names the current version.

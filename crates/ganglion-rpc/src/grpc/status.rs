@@ -57,6 +57,7 @@ pub(crate) fn failure_of(error: &MasterError) -> (pb::MasterFailure, Code) {
         ErrorClass::GuestAccessForbidden => (Wire::GuestAccessForbidden, Code::PermissionDenied),
         ErrorClass::Exclusive => (Wire::Exclusive, Code::PermissionDenied),
         ErrorClass::DuplicateAnnotation => (Wire::DuplicateAnnotation, Code::AlreadyExists),
+        ErrorClass::BadAlias => (Wire::BadAlias, Code::InvalidArgument),
         ErrorClass::WrongRoomKeysVersion { .. } => (Wire::WrongRoomKeysVersion, Code::FailedPrecondition),
         ErrorClass::IncompatibleRoomVersion { .. } => (Wire::IncompatibleRoomVersion, Code::InvalidArgument),
         // Answered by the workers themselves (sync, media, the client's third-party
@@ -143,6 +144,7 @@ fn error_class(failure: &pb::MasterFailure) -> Option<ErrorClass> {
         Wire::GuestAccessForbidden => ErrorClass::GuestAccessForbidden,
         Wire::Exclusive => ErrorClass::Exclusive,
         Wire::DuplicateAnnotation => ErrorClass::DuplicateAnnotation,
+        Wire::BadAlias => ErrorClass::BadAlias,
         Wire::IncompatibleRoomVersion => {
             ErrorClass::IncompatibleRoomVersion { room_version: failure.current_version.clone() }
         }

@@ -808,6 +808,7 @@ fn every_error_class_crosses_the_wire() {
         ErrorClass::GuestAccessForbidden,
         ErrorClass::Exclusive,
         ErrorClass::DuplicateAnnotation,
+        ErrorClass::BadAlias,
         ErrorClass::WrongRoomKeysVersion { current_version: "42".to_owned() },
         ErrorClass::IncompatibleRoomVersion { room_version: "11".to_owned() },
         ErrorClass::Unavailable,
