@@ -60,6 +60,7 @@ mod federation_rooms;
 mod haproxy;
 mod ignoring;
 mod interop;
+mod knocking;
 mod legacy;
 mod limits;
 mod media;

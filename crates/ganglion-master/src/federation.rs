@@ -92,8 +92,16 @@ pub(crate) async fn make_join(svc: &MasterService, request: MakeJoin) -> MasterR
         (false, true) => "knock",
         (false, false) => "join",
     };
-    let template =
-        EventTemplate::state("m.room.member", request.user_id.as_str(), json!({ "membership": membership }));
+    let mut content = json!({ "membership": membership });
+    // A restricted room: one of our members vouches for a user of an allowed room.
+    if membership == "join"
+        && let Some(head) = batch.head(&request.room_id).await?
+        && let Some(authoriser) =
+            crate::rooms::restricted_join_authoriser(&mut batch, &head, &request.user_id).await?
+    {
+        content["join_authorised_via_users_server"] = json!(authoriser);
+    }
+    let template = EventTemplate::state("m.room.member", request.user_id.as_str(), content);
     let pdu = batch.build_checked(&request.room_id, &request.user_id, &template).await?;
     let mut event: serde_json::Value =
         serde_json::from_str(&pdu.json).map_err(|e| MasterError::internal(e.to_string()))?;

@@ -36,7 +36,7 @@ use ganglion_rpc::{
     Rooms, SendEvent, SendToDevice, SessionGrant, SetAccountData, SetAlias, SetPassword, SetPresence,
     SetProfile, SetPusher, SetReceipt, SetRemotePresence, SetRoomTag, SetRoomVisibility, SetTyping,
     SignatureFailure, StoreInvite, Streams, TypingSnapshot, UpdateBackupVersion, UpdateMembership,
-    UpdatePushRules, UploadKeys, UploadSignatures, UploadSigningKeys,
+    UpdatePushRules, UpgradeRoom, UploadKeys, UploadSignatures, UploadSigningKeys,
 };
 use ganglion_state::Caches;
 use ganglion_storage::Db;
@@ -268,6 +268,10 @@ impl Rooms for MasterService {
 
     async fn file_report(&self, r: FileReport) -> MasterResult<()> {
         rooms::file_report(self, r).await
+    }
+
+    async fn upgrade_room(&self, r: UpgradeRoom) -> MasterResult<OwnedRoomId> {
+        rooms::upgrade_room(self, r).await
     }
 }
 

@@ -7,6 +7,7 @@ use ganglion_events::{
     EventTemplate,
     ruma::{
         OwnedDeviceId, OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomAliasId, RoomVersionId,
+        UserId,
     },
 };
 use ganglion_rpc::{CreateRoomRequest, MasterError, MasterResult, MembershipChange, Preset, ProfileField};
@@ -243,14 +244,17 @@ pub(crate) async fn update_membership(
         MembershipChange::Invite => ("invite", target),
         MembershipChange::Kick | MembershipChange::Unban => ("leave", target),
         MembershipChange::Ban => ("ban", target),
+        MembershipChange::Knock => ("knock", sender),
     };
-    // The member event of a join or invite carries the profile of the user it is about.
+    // The member event of a join, invite or knock carries the profile of the user it is about.
     let profile = match change {
-        MembershipChange::Join | MembershipChange::Invite => profile(svc, target.as_str()).await?,
+        MembershipChange::Join | MembershipChange::Invite | MembershipChange::Knock => {
+            profile(svc, target.as_str()).await?
+        }
         _ => account_store::Profile::default(),
     };
     let content = member_content(membership, &profile, reason);
-    let template = EventTemplate::state("m.room.member", target.as_str(), content);
+    let mut template = EventTemplate::state("m.room.member", target.as_str(), content);
     check_template(&template, Some(room_id), sender)?;
     if change == MembershipChange::Invite && target.server_name() == svc.config.server_name.as_str() {
         let mut conn = svc.db.conn().await.map_err(internal)?;
@@ -276,11 +280,83 @@ pub(crate) async fn update_membership(
         MembershipChange::Join if current.as_deref() == Some("join") => {
             // Joining twice is idempotent for the client; no new event unless the profile moved.
         }
+        MembershipChange::Knock if matches!(current.as_deref(), Some("join" | "invite" | "ban")) => {
+            return Err(MasterError::forbidden(
+                "You cannot knock on a room you are in, invited to or banned from",
+            ));
+        }
+        MembershipChange::Join => {
+            if let Some(authoriser) = restricted_join_authoriser(&mut batch, &head, sender).await?
+                && let Some(content) = template.content.as_object_mut()
+            {
+                content.insert("join_authorised_via_users_server".into(), json!(authoriser));
+            }
+        }
         _ => {}
     }
     let event = batch.append(room_id, sender, &template, None).await?;
     batch.commit().await?;
     Ok(event.pdu.event_id.clone())
+}
+
+/// Under a `restricted` or `knock_restricted` join rule, the member of ours who authorises
+/// `user`'s join (`join_authorised_via_users_server`): a joined local user who may invite, when
+/// `user` is joined to one of the rooms the rule allows. `None` when the rule is another, the
+/// user is already invited or joined (no authorisation needed), or nothing lets them in (the
+/// auth rules then refuse the join).
+pub(crate) async fn restricted_join_authoriser(
+    batch: &mut Batch<'_>,
+    head: &crate::writer::RoomHead,
+    user: &UserId,
+) -> MasterResult<Option<String>> {
+    if !head.rules.authorization.restricted_join_rule {
+        return Ok(None);
+    }
+    let Some(join_rules) = batch.state_event(head, "m.room.join_rules", "").await? else { return Ok(None) };
+    let content = join_rules.pdu.content_value();
+    if !matches!(content.get("join_rule").and_then(Value::as_str), Some("restricted" | "knock_restricted")) {
+        return Ok(None);
+    }
+    let current = batch.state_event(head, "m.room.member", user.as_str()).await?;
+    if current.is_some_and(|event| matches!(event.pdu.membership().as_str(), "join" | "invite")) {
+        return Ok(None);
+    }
+    let allowed: Vec<String> = content
+        .get("allow")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|allow| allow.get("type").and_then(Value::as_str) == Some("m.room_membership"))
+        .filter_map(|allow| allow.get("room_id").and_then(Value::as_str).map(str::to_owned))
+        .collect();
+    let mut in_allowed_room = false;
+    for room_id in allowed {
+        let conn = batch.connection().await?;
+        if let Some(room) = room_store::room_by_id(conn, &room_id).await.map_err(internal)?
+            && room_store::membership_of_user_in_room(conn, room.room_nid, user.as_str())
+                .await
+                .map_err(internal)?
+                .is_some_and(|row| row.membership == "join")
+        {
+            in_allowed_room = true;
+            break;
+        }
+    }
+    if !in_allowed_room {
+        return Ok(None);
+    }
+    let create = batch.state_event(head, "m.room.create", "").await?;
+    let power_levels = batch.state_event(head, "m.room.power_levels", "").await?;
+    let Some(create) = create else { return Err(MasterError::internal("room without create event")) };
+    let power_levels = power_levels.as_ref().map(|event| &*event.pdu);
+    let needed = power::required_power(power_levels, "invite", 0);
+    Ok(head
+        .local_joined
+        .iter()
+        .find(|member| {
+            power::user_power(&head.rules.authorization, &create.pdu, power_levels, member.as_str()) >= needed
+        })
+        .map(ToString::to_string))
 }
 
 pub(crate) async fn forget_room(
@@ -681,4 +757,185 @@ pub(crate) async fn file_report(svc: &MasterService, report: ganglion_rpc::FileR
         "a user filed a report"
     );
     Ok(())
+}
+
+/// The state an upgrade copies to the replacement room, as the spec recommends (membership
+/// never: other servers' users cannot be joined for them).
+const TRANSFERRED_STATE: [&str; 9] = [
+    "m.room.server_acl",
+    "m.room.encryption",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.topic",
+    "m.room.guest_access",
+    "m.room.history_visibility",
+    "m.room.join_rules",
+    "m.room.power_levels",
+];
+
+/// Replaces a room by a new one of another version, as the spec's room upgrades module says:
+/// the sender must be allowed to send `m.room.tombstone`; the new room's create event names its
+/// `predecessor` (and keeps the old `type`); the transferable state is copied; our aliases move
+/// (the canonical alias with them); the directory listing moves; the old room gets its
+/// tombstone, and power levels that keep anyone but moderators from talking or inviting.
+pub(crate) async fn upgrade_room(
+    svc: &MasterService,
+    request: ganglion_rpc::UpgradeRoom,
+) -> MasterResult<OwnedRoomId> {
+    let ganglion_rpc::UpgradeRoom { sender, room_id, new_version, additional_creators } = request;
+    let Some(new_rules) = ganglion_events::rules_for(&new_version) else {
+        return Err(MasterError::new(
+            ErrorClass::UnsupportedRoomVersion,
+            format!("Room version {new_version} is not supported"),
+        ));
+    };
+    // What the old room holds, read under the writer and written nothing.
+    let (copied, room_type, federate, latest, old_power, canonical) = {
+        let mut batch = Batch::begin(svc).await?;
+        let Some(head) = batch.head(&room_id).await? else {
+            return Err(MasterError::not_found("Unknown room"));
+        };
+        let member = batch.state_event(&head, "m.room.member", sender.as_str()).await?;
+        if member.is_none_or(|event| event.pdu.membership() != "join") {
+            return Err(MasterError::forbidden("You are not joined to this room"));
+        }
+        let Some(create) = batch.state_event(&head, "m.room.create", "").await? else {
+            return Err(MasterError::internal("room without create event"));
+        };
+        let power_levels = batch.state_event(&head, "m.room.power_levels", "").await?;
+        let levels = power_levels.as_ref().map(|event| &*event.pdu);
+        let needed = levels
+            .and_then(|levels| levels.content_value()["events"]["m.room.tombstone"].as_i64())
+            .unwrap_or_else(|| {
+                power::required_power(levels, "state_default", if levels.is_some() { 50 } else { 0 })
+            });
+        if power::user_power(&head.rules.authorization, &create.pdu, levels, sender.as_str()) < needed {
+            return Err(MasterError::forbidden("You may not upgrade this room"));
+        }
+        let create_content = create.pdu.content_value();
+        let mut copied = Vec::new();
+        for kind in TRANSFERRED_STATE {
+            if let Some(event) = batch.state_event(&head, kind, "").await? {
+                copied.push((kind, event.pdu.content_value()));
+            }
+        }
+        let canonical =
+            batch.state_event(&head, "m.room.canonical_alias", "").await?.map(|e| e.pdu.content_value());
+        (
+            copied,
+            create_content.get("type").cloned(),
+            create_content.get("m.federate").cloned(),
+            head.latest_event_id.clone(),
+            power_levels.map(|event| event.pdu.content_value()),
+            canonical,
+        )
+    };
+
+    let mut creation = Map::new();
+    let mut predecessor = json!({ "room_id": room_id });
+    if let Some(latest) = &latest {
+        predecessor["event_id"] = json!(latest);
+    }
+    creation.insert("predecessor".into(), predecessor);
+    if let Some(room_type) = room_type {
+        creation.insert("type".into(), room_type);
+    }
+    if let Some(federate) = federate {
+        creation.insert("m.federate".into(), federate);
+    }
+    if new_rules.authorization.additional_room_creators && !additional_creators.is_empty() {
+        creation.insert("additional_creators".into(), json!(additional_creators));
+    }
+    let mut initial_state = Vec::new();
+    for (kind, content) in copied {
+        let mut content = content.as_object().cloned().unwrap_or_default();
+        if kind == "m.room.power_levels"
+            && let Some(Value::Object(users)) = content.get_mut("users")
+        {
+            // The new room's creators have their power from the create event where the room
+            // version says so, and may then not be listed; elsewhere the upgrader keeps theirs.
+            if new_rules.authorization.explicitly_privilege_room_creators {
+                users.remove(sender.as_str());
+                for creator in &additional_creators {
+                    users.remove(creator.as_str());
+                }
+            } else if !users.contains_key(sender.as_str()) {
+                users.insert(sender.to_string(), json!(100));
+            }
+        }
+        initial_state.push(ganglion_rpc::InitialStateEvent {
+            kind: kind.to_owned(),
+            state_key: String::new(),
+            content,
+        });
+    }
+    let create_request = CreateRoomRequest {
+        room_version: Some(new_version),
+        creation_content: Some(creation),
+        initial_state,
+        preset: Some(Preset::PrivateChat),
+        ..CreateRoomRequest::default()
+    };
+    let new_room = create_room(svc, &sender, create_request).await?;
+
+    // Our aliases and the directory listing move to the new room.
+    let mut conn = svc.db.conn().await.map_err(internal)?;
+    for alias in room_store::aliases_of_room(&mut conn, room_id.as_str()).await.map_err(internal)? {
+        let creator =
+            room_store::alias(&mut conn, &alias).await.map_err(internal)?.map(|(_, creator)| creator);
+        room_store::delete_alias(&mut conn, &alias).await.map_err(internal)?;
+        room_store::insert_alias(
+            &mut conn,
+            &alias,
+            new_room.as_str(),
+            creator.as_deref().unwrap_or(sender.as_str()),
+        )
+        .await
+        .map_err(internal)?;
+    }
+    let old = room_store::room_by_id(&mut conn, room_id.as_str()).await.map_err(internal)?;
+    let new = room_store::room_by_id(&mut conn, new_room.as_str()).await.map_err(internal)?;
+    if let (Some(old), Some(new)) = (old, new)
+        && old.is_public
+    {
+        room_store::set_room_public(&mut conn, new.room_nid, true).await.map_err(internal)?;
+        room_store::set_room_public(&mut conn, old.room_nid, false).await.map_err(internal)?;
+    }
+    drop(conn);
+
+    let mut templates = Vec::new();
+    if let Some(canonical) = canonical.filter(|content| content.as_object().is_some_and(|c| !c.is_empty())) {
+        templates.push((new_room.clone(), EventTemplate::state("m.room.canonical_alias", "", canonical)));
+        templates.push((room_id.clone(), EventTemplate::state("m.room.canonical_alias", "", json!({}))));
+    }
+    templates.push((
+        room_id.clone(),
+        EventTemplate::state(
+            "m.room.tombstone",
+            "",
+            json!({ "body": "This room has been replaced", "replacement_room": new_room }),
+        ),
+    ));
+    if let Some(mut levels) = old_power {
+        let users_default = levels.get("users_default").and_then(Value::as_i64).unwrap_or(0);
+        let restricted = 50.max(users_default + 1);
+        levels["events_default"] = json!(restricted);
+        levels["invite"] = json!(restricted);
+        templates.push((room_id.clone(), EventTemplate::state("m.room.power_levels", "", levels)));
+    }
+    for (target, template) in templates {
+        let mut batch = Batch::begin(svc).await?;
+        let tombstone = template.kind == "m.room.tombstone";
+        match append_send(&mut batch, &sender, &target, &template, None, None).await {
+            Ok(_) => {
+                batch.commit().await?;
+            }
+            // The tombstone is what makes it an upgrade; the rest is best effort (an upgrader
+            // who may send tombstones but not change power levels, say).
+            Err(error) if !tombstone && error.class == ErrorClass::Forbidden => {}
+            Err(error) => return Err(error),
+        }
+    }
+    tracing::info!(%room_id, %new_room, %sender, "upgraded a room");
+    Ok(new_room)
 }

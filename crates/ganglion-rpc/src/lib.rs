@@ -51,7 +51,7 @@ pub use rooms::{
     AcceptEvents, CreateRoom, CreateRoomRequest, DeleteAlias, EventOutcome, FileReport, ForgetRoom, GapState,
     ImportRoom, InitialStateEvent, MadeJoin, MakeJoin, MembershipChange, PreparedInvite, Preset,
     ProfileField, ReportTarget, Rooms, SendEvent, SetAlias, SetProfile, SetRoomVisibility, StoreInvite,
-    UpdateMembership,
+    UpdateMembership, UpgradeRoom,
 };
 pub use streams::{Streams, TypingSnapshot};
 pub use wire::{AfterCall, Answer, Call, ConvertError};

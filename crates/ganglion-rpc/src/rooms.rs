@@ -50,6 +50,8 @@ service! {
         fn backfill(AcceptEvents) -> Vec<EventOutcome> as pb::AcceptEventsResponse;
         /// A user's report of an event, a room or a user, kept for the server's operators.
         fn file_report(FileReport) -> () as pb::Done;
+        /// Replaces a room by a new one of `new_version`: the replacement's id.
+        fn upgrade_room(UpgradeRoom) -> OwnedRoomId as pb::CreateRoomResponse;
     }
 }
 
@@ -237,6 +239,8 @@ pub enum MembershipChange {
     Kick,
     Ban,
     Unban,
+    /// Asks to be let in a room whose join rule is `knock` or `knock_restricted`.
+    Knock,
 }
 
 #[derive(Debug, Clone)]
@@ -259,6 +263,7 @@ impl Call for UpdateMembership {
             MembershipChange::Kick => pb::MembershipChange::Kick,
             MembershipChange::Ban => pb::MembershipChange::Ban,
             MembershipChange::Unban => pb::MembershipChange::Unban,
+            MembershipChange::Knock => pb::MembershipChange::Knock,
         };
         pb::UpdateMembershipRequest {
             sender: self.sender.into(),
@@ -277,6 +282,7 @@ impl Call for UpdateMembership {
             Ok(pb::MembershipChange::Kick) => MembershipChange::Kick,
             Ok(pb::MembershipChange::Ban) => MembershipChange::Ban,
             Ok(pb::MembershipChange::Unban) => MembershipChange::Unban,
+            Ok(pb::MembershipChange::Knock) => MembershipChange::Knock,
             Ok(pb::MembershipChange::Unspecified) | Err(_) => {
                 return Err(unknown_enum("change", message.change));
             }
@@ -832,5 +838,40 @@ impl Call for FileReport {
 
     fn after(&self) -> AfterCall {
         AfterCall::Nothing
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct UpgradeRoom {
+    pub sender: OwnedUserId,
+    pub room_id: OwnedRoomId,
+    pub new_version: RoomVersionId,
+    /// Room version 12 on: more creators of the new room.
+    pub additional_creators: Vec<OwnedUserId>,
+}
+
+impl Call for UpgradeRoom {
+    type Message = pb::UpgradeRoomRequest;
+
+    fn into_message(self) -> pb::UpgradeRoomRequest {
+        pb::UpgradeRoomRequest {
+            sender: self.sender.into(),
+            room_id: self.room_id.into(),
+            new_version: self.new_version.into(),
+            additional_creators: self.additional_creators.into_iter().map(Into::into).collect(),
+        }
+    }
+
+    fn from_message(message: pb::UpgradeRoomRequest) -> Result<Self, ConvertError> {
+        Ok(UpgradeRoom {
+            sender: id("sender", message.sender)?,
+            room_id: id("room_id", message.room_id)?,
+            new_version: id("new_version", message.new_version)?,
+            additional_creators: ids("additional_creators", message.additional_creators)?,
+        })
+    }
+
+    fn after(&self) -> AfterCall {
+        AfterCall::AwaitReplication
     }
 }

@@ -80,6 +80,8 @@ pub(crate) struct SyncBatch {
     pub join: BTreeMap<String, JoinedRoom>,
     pub invite: Map<String, Value>,
     pub leave: Map<String, Value>,
+    /// Rooms the user knocked on and is waiting to be let in, with their stripped state.
+    pub knock: Map<String, Value>,
     pub account_data: Vec<Value>,
     pub to_device: Vec<Value>,
     pub device_lists: DeviceListChanges,
@@ -97,6 +99,7 @@ impl SyncBatch {
         self.join.is_empty()
             && self.invite.is_empty()
             && self.leave.is_empty()
+            && self.knock.is_empty()
             && self.account_data.is_empty()
             && self.to_device.is_empty()
             && self.device_lists.is_empty()
@@ -116,7 +119,7 @@ impl SyncBatch {
             });
             rooms.member("invite", &self.invite);
             rooms.member("leave", &self.leave);
-            rooms.member("knock", &json!({}));
+            rooms.member("knock", &self.knock);
         });
         body.object("account_data", |data| data.member("events", &self.account_data));
         body.object("presence", |presence| presence.member("events", &self.presence));
@@ -245,6 +248,7 @@ pub(crate) async fn sync_batch(
     let key_counts = e2ee::key_counts(state, &mut conn, request.user_id, request.device_id).await?;
     let mut joined = Vec::new();
     let mut invited = Vec::new();
+    let mut knocked = Vec::new();
     let mut left = Vec::new();
     let mut listen = Vec::new();
     for row in rows {
@@ -264,6 +268,7 @@ pub(crate) async fn sync_batch(
             "invite" if request.since.is_none() || changed_in_range || sync.ignore_list_changed => {
                 invited.push(membership)
             }
+            "knock" if request.since.is_none() || changed_in_range => knocked.push(membership),
             "leave" | "ban"
                 if changed_in_range && (request.since.is_some() || request.filter.room.include_leave) =>
             {
@@ -282,6 +287,7 @@ pub(crate) async fn sync_batch(
         join: BTreeMap::new(),
         invite: Map::new(),
         leave: Map::new(),
+        knock: Map::new(),
         account_data: Vec::new(),
         to_device,
         device_lists,
@@ -313,6 +319,11 @@ pub(crate) async fn sync_batch(
         // Invites from ignored users are never delivered (the spec's Ignoring Users module).
         let Some(invite_state) = sync.invite_state(&mut conn, &room).await? else { continue };
         batch.invite.insert(room.room_id, json!({ "invite_state": { "events": invite_state } }));
+    }
+    for room in knocked {
+        // The room as the knock saw it: its stripped state and the knock itself.
+        let Some(knock_state) = sync.invite_state(&mut conn, &room).await? else { continue };
+        batch.knock.insert(room.room_id, json!({ "knock_state": { "events": knock_state } }));
     }
     for room in left {
         let account_data = room_data.remove(&room.room_id).unwrap_or_default();

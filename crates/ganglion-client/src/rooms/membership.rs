@@ -67,6 +67,44 @@ pub(crate) async fn join_by_id_or_alias(
     join_room(&state, &session.user_id, room_id, body.reason, via).await
 }
 
+/// `POST /knock/{roomIdOrAlias}`: asks to be let in a room whose join rule is `knock` or
+/// `knock_restricted` (room versions 7 and 10 on); a member who may invite lets the user in by
+/// inviting them. Only rooms this server is in: knocking on other servers' rooms is not
+/// supported yet (404).
+pub(crate) async fn knock(
+    State(state): State<ClientState>,
+    Auth(session): Auth,
+    Path(room_id_or_alias): Path<String>,
+    RawQuery(query): RawQuery,
+    MatrixJson(body): MatrixJson<Map<String, Value>>,
+) -> MatrixResult<Json<Value>> {
+    let body: ReasonBody = access::from_object(body)?;
+    via_servers(query.as_deref())?;
+    let user_id = &session.user_id;
+    state.authenticator.rate_limiter().check_user(RateLimitAction::Joins, user_id.as_str())?;
+    let mut conn = state.db.conn().await?;
+    let room_id = if room_id_or_alias.starts_with('#') {
+        let alias = access::room_alias(&room_id_or_alias)?;
+        let room_id = room_store::room_id_by_alias(&mut conn, alias.as_str()).await?;
+        room_id.ok_or_else(|| MatrixError::not_found(format!("Room alias {alias} not found")))?
+    } else {
+        access::room_id(&room_id_or_alias)?.to_string()
+    };
+    let known = room_store::room_by_id(&mut conn, &room_id)
+        .await?
+        .is_some_and(|room| room.latest_event_nid.is_some());
+    drop(conn);
+    if !known {
+        return Err(MatrixError::not_found("This server is not in that room"));
+    }
+    let room_id = access::room_id(&room_id)?;
+    state
+        .master
+        .update_membership(own(user_id, room_id.clone(), MembershipChange::Knock, body.reason))
+        .await?;
+    Ok(Json(json!({ "room_id": room_id })))
+}
+
 /// The servers named by `via` and `server_name` in a query string.
 fn via_servers(query: Option<&str>) -> MatrixResult<Vec<OwnedServerName>> {
     form_urlencoded::parse(query.unwrap_or_default().as_bytes())

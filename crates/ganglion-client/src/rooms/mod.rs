@@ -21,6 +21,7 @@ mod search;
 mod send;
 mod spaces;
 mod state;
+mod upgrade;
 mod visibility;
 
 use ganglion_http::Route;
@@ -36,9 +37,11 @@ pub(crate) fn routes() -> Vec<Route<ClientState>> {
         // Membership.
         Route::post("/_matrix/client/v3/join/{roomIdOrAlias}", ClientWrite, membership::join_by_id_or_alias),
         Route::post("/_matrix/client/v3/rooms/{roomId}/join", ClientWrite, membership::join),
+        Route::post("/_matrix/client/v3/knock/{roomIdOrAlias}", ClientWrite, membership::knock),
         Route::post("/_matrix/client/v3/rooms/{roomId}/invite", ClientWrite, membership::invite),
         Route::post("/_matrix/client/v3/rooms/{roomId}/leave", ClientWrite, membership::leave),
         Route::post("/_matrix/client/v3/rooms/{roomId}/forget", ClientWrite, membership::forget),
+        Route::post("/_matrix/client/v3/rooms/{roomId}/upgrade", ClientWrite, upgrade::upgrade),
         Route::post("/_matrix/client/v3/rooms/{roomId}/kick", ClientWrite, membership::kick),
         Route::post("/_matrix/client/v3/rooms/{roomId}/ban", ClientWrite, membership::ban),
         Route::post("/_matrix/client/v3/rooms/{roomId}/unban", ClientWrite, membership::unban),

@@ -349,6 +349,13 @@ async fn calls_round_trip_exactly() {
             crate::FileReport { reporter: alice(), target, reason: "rude".to_owned(), score: Some(-100) };
         round_trip(f, report, async |r| m.file_report(r).await).await;
     }
+    let upgrade = crate::UpgradeRoom {
+        sender: alice(),
+        room_id: owned_room_id!("!room:test"),
+        new_version: RoomVersionId::V12,
+        additional_creators: vec![owned_user_id!("@bob:test")],
+    };
+    round_trip(f, upgrade, async |r| m.upgrade_room(r).await).await;
 
     let request = CreateRoomRequest {
         public: true,
