@@ -258,6 +258,93 @@ async fn a_synapse_user_knocks_on_a_ganglion_room_and_is_let_in() {
     .await
 }
 
+/// The other way: a Ganglion user knocks on a Synapse room (make_knock and send_knock sent from
+/// here), sees it under `knock` in `/sync` with the room's stripped state, and is let in by the
+/// Synapse user's invite.
+#[tokio::test]
+async fn a_ganglion_user_knocks_on_a_synapse_room_and_is_let_in() {
+    crate::run(async {
+        let (synapse, ganglion) = tokio::join!(Synapse::start(), FederationNode::start());
+        let (synapse, ganglion) = (synapse.unwrap(), ganglion.unwrap());
+        let log = || format!("--- ganglion\n{}\n--- synapse\n{}", ganglion.log(), synapse.log());
+        let alice = synapse_account(&synapse, "alice").await;
+        let bob = ganglion.client_api().register("bob", crate::PASSWORD).await.unwrap();
+        let room_id = alice
+            .create_room(&json!({
+                "preset": "private_chat",
+                "name": "Synapse knocks",
+                "room_version": "10",
+                "initial_state": [{ "type": "m.room.join_rules", "state_key": "", "content": { "join_rule": "knock" } }],
+            }))
+            .await
+            .unwrap();
+        let via = enc(synapse.server_name());
+        let knock =
+            bob.post(&format!("/knock/{}?via={via}", enc(&room_id)), &json!({ "reason": "me too" })).await.unwrap();
+        assert_eq!(knock.status, 200, "{}\n{}", knock.text, log());
+        let synced = bob.sync("").await.unwrap();
+        let knock_state = synced["rooms"]["knock"][&room_id]["knock_state"]["events"].as_array().cloned();
+        let knock_state = knock_state.unwrap_or_else(|| panic!("no knock section: {synced}\n{}", log()));
+        assert!(knock_state.iter().any(|e| e["type"] == json!("m.room.name") && e["content"]["name"] == json!("Synapse knocks")));
+        assert!(knock_state.iter().any(|e| e["type"] == json!("m.room.member") && e["content"]["membership"] == json!("knock")));
+        let member_path = format!("/rooms/{}/state/m.room.member/{}", enc(&room_id), enc(&bob.user_id));
+        let seen = alice.get(&member_path).await.unwrap();
+        assert_eq!((seen.body["membership"].clone(), seen.body["reason"].clone()), (json!("knock"), json!("me too")), "{}", log());
+
+        alice.invite(&room_id, &bob.user_id).await.unwrap();
+        wait_for_invite(&bob, &room_id, log).await;
+        join_through(&bob, &room_id, synapse.server_name()).await;
+        let mut members = vec![alice.user_id.clone(), bob.user_id.clone()];
+        members.sort();
+        wait_for_members(&alice, &room_id, &members).await;
+
+        // A room that takes no knocks refuses one, as Synapse answers.
+        let closed = alice.create_room(&json!({ "preset": "private_chat" })).await.unwrap();
+        let refused = bob.post(&format!("/knock/{}?via={via}", enc(&closed)), &json!({})).await.unwrap();
+        assert_eq!(refused.status, 403, "{}", refused.text);
+    })
+    .await
+}
+
+/// A Ganglion user in a Synapse space browses its hierarchy: the child rooms this server is not
+/// in come from Synapse's federation `/hierarchy`.
+#[tokio::test]
+async fn a_synapse_space_is_browsed_from_ganglion() {
+    crate::run(async {
+        let (synapse, ganglion) = tokio::join!(Synapse::start(), FederationNode::start());
+        let (synapse, ganglion) = (synapse.unwrap(), ganglion.unwrap());
+        let log = || format!("--- ganglion\n{}\n--- synapse\n{}", ganglion.log(), synapse.log());
+        let alice = synapse_account(&synapse, "alice").await;
+        let bob = ganglion.client_api().register("bob", crate::PASSWORD).await.unwrap();
+        let space = alice
+            .create_room(&json!({ "preset": "public_chat", "name": "Agency", "creation_content": { "type": "m.space" } }))
+            .await
+            .unwrap();
+        let desk = alice.create_room(&json!({ "preset": "public_chat", "name": "Front desk" })).await.unwrap();
+        let via = json!([synapse.server_name()]);
+        alice.send_state(&space, "m.space.child", &desk, &json!({ "via": via })).await.unwrap();
+        join_through(&bob, &space, synapse.server_name()).await;
+
+        let mut names = Vec::new();
+        for _ in 0..50 {
+            let hierarchy = bob.get(&format!("/_matrix/client/v1/rooms/{}/hierarchy", enc(&space))).await.unwrap();
+            assert_eq!(hierarchy.status, 200, "{}\n{}", hierarchy.text, log());
+            names = hierarchy.body["rooms"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|room| room["name"].as_str().unwrap_or_default().to_owned())
+                .collect::<Vec<_>>();
+            if names.len() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(names, ["Agency", "Front desk"], "{}", log());
+    })
+    .await
+}
+
 /// A Ganglion user joins a Synapse room with a long history: the join brings the latest events,
 /// and paging back with `/messages` fetches the older ones from Synapse (`/backfill`) down to the
 /// room's creation, in order, once each; none of them shows up as new in `/sync`.

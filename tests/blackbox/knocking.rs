@@ -117,6 +117,31 @@ async fn a_restricted_room_lets_in_members_of_its_space(backend: Backend) {
     // Carol is in no allowed room.
     let refused = carol.post(&format!("/rooms/{}/join", enc(&room)), &json!({})).await.unwrap();
     assert_eq!((refused.status, refused.errcode()), (403, Some("M_FORBIDDEN")), "{}", refused.text);
+    let knock = carol.post(&format!("/knock/{}", enc(&room)), &json!({})).await.unwrap();
+    assert_eq!(
+        (knock.status, knock.errcode()),
+        (403, Some("M_FORBIDDEN")),
+        "a restricted room takes no knocks"
+    );
+
+    // `knock_restricted`: members of the space walk in, others knock.
+    let rule = json!({ "join_rule": "knock_restricted", "allow": [{ "type": "m.room_membership", "room_id": space }] });
+    let lounge = alice
+        .create_room(&json!({
+            "preset": "private_chat",
+            "initial_state": [{ "type": "m.room.join_rules", "state_key": "", "content": rule }],
+        }))
+        .await
+        .unwrap();
+    bob.join(&lounge).await.unwrap();
+    let knock = carol.post(&format!("/knock/{}", enc(&lounge)), &json!({ "reason": "hello" })).await.unwrap();
+    assert_eq!(knock.status, 200, "{}", knock.text);
+    let member = alice
+        .get(&format!("/rooms/{}/state/m.room.member/{}", enc(&lounge), enc(&carol.user_id)))
+        .await
+        .unwrap()
+        .ok();
+    assert_eq!(member["membership"], json!("knock"));
 }
 
 async fn both_users_follow_a_room_upgrade(backend: Backend) {

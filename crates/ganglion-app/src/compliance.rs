@@ -42,8 +42,8 @@ pub const NOT_YET: &[(&str, &str)] = &[
 /// Operations whose route is served, but only in part, by `operationId`, with what is missing.
 pub const PARTLY: &[(&str, &str)] = &[
     (
-        "knockRoom",
-        "knocks on the rooms this server is in; a room only other servers are in answers 404 (this server does not knock over federation yet; other servers' knocks on our rooms are served)",
+        "getRoomSummary",
+        "summarises the rooms this server is in; for a room only other servers are in, the `via` servers are not asked (404)",
     ),
     (
         "inviteBy3PID",

@@ -233,6 +233,102 @@ pub async fn leave_remote(
     Ok((room_version, pdu))
 }
 
+/// Our user's knock on a room of other servers, as a server in the room accepted it.
+#[derive(Debug)]
+pub struct RemoteKnock {
+    pub room_version: RoomVersionId,
+    pub knock: ganglion_events::Pdu,
+    /// The stripped state the room shows knockers (`knock_room_state`).
+    pub knock_room_state: Value,
+}
+
+/// Knocks `user_id` on `room_id` through the first of `servers` that takes it: `make_knock`,
+/// our knock signed on its template, `send_knock`. `content` is the knock's content (profile,
+/// reason) without `membership`.
+pub async fn knock_remote(
+    federation: &Federation,
+    room_id: &RoomId,
+    user_id: &UserId,
+    content: Map<String, Value>,
+    servers: &[OwnedServerName],
+) -> Result<RemoteKnock, FederationError> {
+    let mut last_error = None;
+    for server in servers {
+        if server.as_str() == federation.client.server_name().as_str() {
+            continue;
+        }
+        match knock_through(federation, server, room_id, user_id, content.clone()).await {
+            Ok(knock) => return Ok(knock),
+            Err(error) => {
+                tracing::info!(%server, %room_id, %error, "knocking through a server failed");
+                if matches!(error, FederationError::Remote { status: 403, .. }) {
+                    return Err(error);
+                }
+                last_error = Some(error);
+            }
+        }
+    }
+    Err(last_error.unwrap_or_else(|| FederationError::Remote {
+        destination: room_id.to_string(),
+        status: 404,
+        errcode: "M_NOT_FOUND".into(),
+        error: "No server to knock on the room through".into(),
+    }))
+}
+
+async fn knock_through(
+    federation: &Federation,
+    server: &ServerName,
+    room_id: &RoomId,
+    user_id: &UserId,
+    mut content: Map<String, Value>,
+) -> Result<RemoteKnock, FederationError> {
+    let client = &federation.client;
+    let bad = |message: String| FederationError::BadResponse { destination: server.to_string(), message };
+    let versions: String =
+        ganglion_events::SUPPORTED_ROOM_VERSIONS.iter().map(|version| format!("&ver={version}")).collect();
+    let path = format!(
+        "/_matrix/federation/v1/make_knock/{}/{}?{}",
+        encode(room_id.as_str()),
+        encode(user_id.as_str()),
+        &versions[1..]
+    );
+    let made = client.get(server, &path).await?;
+    let version = made["room_version"].as_str().unwrap_or("1");
+    let room_version =
+        RoomVersionId::try_from(version).map_err(|_| bad(format!("room version {version:?}")))?;
+    let rules =
+        rules_for(&room_version).ok_or_else(|| FederationError::UnsupportedRoomVersion(version.into()))?;
+    let template = &made["event"];
+    let ids = |field: &str| template_ids(template, field).map_err(bad);
+    let depth = template["depth"].as_u64().ok_or_else(|| bad("no depth in the template".into()))?;
+    content.insert("membership".into(), "knock".into());
+    let event = EventTemplate::state("m.room.member", user_id.as_str(), Value::Object(content));
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let pdu = build_pdu(
+        client.key(),
+        &rules,
+        Some(room_id),
+        user_id,
+        &event,
+        &ids("prev_events")?,
+        &ids("auth_events")?,
+        depth,
+        now,
+    )
+    .map_err(|error| bad(format!("the knock event cannot be built: {error}")))?;
+    let body: Value = serde_json::from_str(&pdu.json).map_err(|e| bad(e.to_string()))?;
+    let path = format!(
+        "/_matrix/federation/v1/send_knock/{}/{}",
+        encode(room_id.as_str()),
+        encode(pdu.event_id.as_str())
+    );
+    let answer = client.request(http::Method::PUT, server, &path, Some(&body)).await?;
+    let knock_room_state = answer.get("knock_room_state").filter(|state| state.is_array()).cloned();
+    let knock_room_state = knock_room_state.unwrap_or_else(|| Value::Array(Vec::new()));
+    Ok(RemoteKnock { room_version, knock: pdu, knock_room_state })
+}
+
 /// The event ids a `make_join` or `make_leave` template lists in `field` (plain, or as the
 /// `[id, hashes]` pairs of room versions 1 and 2).
 fn template_ids(template: &Value, field: &str) -> Result<Vec<OwnedEventId>, String> {

@@ -240,12 +240,17 @@ pub(crate) async fn store_invite(svc: &MasterService, request: StoreInvite) -> M
     let target = pdu.state_key.as_deref().and_then(|key| ganglion_events::ruma::UserId::parse(key).ok());
     let ours = |user: &ganglion_events::ruma::UserId| user.server_name().as_str() == svc.config.server_name;
     let invite = pdu.content_value()["membership"] == "invite" && target.as_deref().is_some_and(ours);
-    // Our user's rejection of such an invite.
-    let rejection = pdu.content_value()["membership"] == "leave"
+    // Our user's rejection of such an invite, or their knock on such a room.
+    let own_membership = matches!(pdu.content_value()["membership"].as_str(), Some("leave" | "knock"))
         && ours(&pdu.sender)
         && target.as_deref() == Some(&*pdu.sender);
-    if pdu.kind.to_string() != "m.room.member" || pdu.room_id != request.room_id || !(invite || rejection) {
-        return Err(MasterError::bad_json("Neither an invite of a user of this server nor its rejection"));
+    if pdu.kind.to_string() != "m.room.member"
+        || pdu.room_id != request.room_id
+        || !(invite || own_membership)
+    {
+        return Err(MasterError::bad_json(
+            "Neither an invite of a user of this server, nor its rejection, nor its knock",
+        ));
     }
     let mut batch = Batch::begin(svc).await?;
     batch.store_remote_invite(&request.room_version, pdu, &request.invite_room_state.to_string()).await?;

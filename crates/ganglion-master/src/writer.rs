@@ -1048,7 +1048,8 @@ impl<'w> Batch<'w> {
             MasterError::new(ErrorClass::UnsupportedRoomVersion, "unsupported room version")
         })?;
         self.empty_head(&room_id, version, &rules).await?;
-        let is_invite = pdu.content_value()["membership"] == "invite";
+        // An invite or a knock keeps the stripped state the room showed with it.
+        let is_invite = matches!(pdu.content_value()["membership"].as_str(), Some("invite" | "knock"));
         let event = self.persist_event(&room_id, pdu, None, true, true).await;
         // Not a head: the room's state is not known here.
         self.heads.remove(&room_id);

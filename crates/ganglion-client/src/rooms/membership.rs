@@ -69,8 +69,8 @@ pub(crate) async fn join_by_id_or_alias(
 
 /// `POST /knock/{roomIdOrAlias}`: asks to be let in a room whose join rule is `knock` or
 /// `knock_restricted` (room versions 7 and 10 on); a member who may invite lets the user in by
-/// inviting them. Only rooms this server is in: knocking on other servers' rooms is not
-/// supported yet (404).
+/// inviting them. A room of other servers is knocked on through the servers the client names
+/// (`via`, `server_name`), the alias's server and those its directory names.
 pub(crate) async fn knock(
     State(state): State<ClientState>,
     Auth(session): Auth,
@@ -79,29 +79,74 @@ pub(crate) async fn knock(
     MatrixJson(body): MatrixJson<Map<String, Value>>,
 ) -> MatrixResult<Json<Value>> {
     let body: ReasonBody = access::from_object(body)?;
-    via_servers(query.as_deref())?;
+    let mut via = via_servers(query.as_deref())?;
     let user_id = &session.user_id;
     state.authenticator.rate_limiter().check_user(RateLimitAction::Joins, user_id.as_str())?;
     let mut conn = state.db.conn().await?;
     let room_id = if room_id_or_alias.starts_with('#') {
         let alias = access::room_alias(&room_id_or_alias)?;
-        let room_id = room_store::room_id_by_alias(&mut conn, alias.as_str()).await?;
-        room_id.ok_or_else(|| MatrixError::not_found(format!("Room alias {alias} not found")))?
+        match room_store::room_id_by_alias(&mut conn, alias.as_str()).await? {
+            Some(room_id) => access::room_id(&room_id)?,
+            None if alias.server_name().as_str() != state.config.server_name => {
+                let answer = state.federation.client.room_alias(&alias).await?;
+                via.push(alias.server_name().to_owned());
+                via.extend(
+                    answer["servers"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|server| OwnedServerName::try_from(server.as_str()?).ok()),
+                );
+                access::room_id(answer["room_id"].as_str().unwrap_or_default())?
+            }
+            None => return Err(MatrixError::not_found(format!("Room alias {alias} not found"))),
+        }
     } else {
-        access::room_id(&room_id_or_alias)?.to_string()
+        access::room_id(&room_id_or_alias)?
     };
-    let known = room_store::room_by_id(&mut conn, &room_id)
+    let known = room_store::room_by_id(&mut conn, room_id.as_str())
         .await?
         .is_some_and(|room| room.latest_event_nid.is_some());
+    let profile = ganglion_storage::accounts::profile_of_user(&mut conn, user_id.as_str()).await?;
     drop(conn);
-    if !known {
-        return Err(MatrixError::not_found("This server is not in that room"));
+    let ours = room_id.server_name().is_some_and(|server| server.as_str() == state.config.server_name);
+    if known || ours {
+        if !known {
+            return Err(MatrixError::not_found("Unknown room"));
+        }
+        state
+            .master
+            .update_membership(own(user_id, room_id.clone(), MembershipChange::Knock, body.reason))
+            .await?;
+        return Ok(Json(json!({ "room_id": room_id })));
     }
-    let room_id = access::room_id(&room_id)?;
-    state
-        .master
-        .update_membership(own(user_id, room_id.clone(), MembershipChange::Knock, body.reason))
-        .await?;
+    // A room this server is not in: knocked on through a server that is.
+    if let Some(server) = room_id.server_name() {
+        via.push(server.to_owned());
+    }
+    let mut seen = std::collections::HashSet::new();
+    via.retain(|server| seen.insert(server.clone()));
+    let mut content = Map::new();
+    let profile = profile.unwrap_or_default();
+    if let Some(displayname) = profile.displayname {
+        content.insert("displayname".into(), json!(displayname));
+    }
+    if let Some(avatar_url) = profile.avatar_url {
+        content.insert("avatar_url".into(), json!(avatar_url));
+    }
+    if let Some(reason) = body.reason {
+        content.insert("reason".into(), json!(reason));
+    }
+    let knocked =
+        ganglion_federation::remote_join::knock_remote(&state.federation, &room_id, user_id, content, &via)
+            .await?;
+    let store = StoreInvite {
+        room_id: room_id.clone(),
+        room_version: knocked.room_version,
+        event: (knocked.knock.event_id.clone(), knocked.knock.json.to_string()),
+        invite_room_state: knocked.knock_room_state,
+    };
+    state.master.store_invite(store).await?;
     Ok(Json(json!({ "room_id": room_id })))
 }
 

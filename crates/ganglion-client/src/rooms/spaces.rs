@@ -4,7 +4,9 @@
 //! A room is shown to those who may see it: anyone when its join rule is `public`, `knock` or
 //! `knock_restricted` or its history is world-readable; its members, invitees and knockers; and,
 //! under a `restricted` join rule, the members of a room it allows. Others get 404, as if it
-//! did not exist. Rooms this server is not in are not fetched from other servers.
+//! did not exist. A hierarchy's rooms this server is not in are asked of the servers their
+//! `m.space.child` events name (the federation `/hierarchy`), which answer as they see fit for
+//! this server; a room summary of such a room is not.
 
 use std::collections::{HashSet, VecDeque};
 
@@ -28,6 +30,8 @@ use crate::ClientState;
 const MAX_LIMIT: u64 = 100;
 /// Rooms one hierarchy request walks at most, however the space nests.
 const MAX_WALK: usize = 2000;
+/// Rooms of other servers one hierarchy request asks about at most.
+const MAX_REMOTE: usize = 50;
 
 /// A room this server is in (has events of, not just an invite to).
 async fn known_room(conn: &mut Conn, room_id: &str) -> MatrixResult<Option<RoomRow>> {
@@ -112,7 +116,7 @@ pub(crate) struct HierarchyQuery {
 /// A space's children in the spec's order: by their `order` (when it is a valid one: at most 50
 /// printable ASCII characters) before those without, then by when their `m.space.child` event
 /// was sent, then by room id.
-fn ordered_children(space: &SpaceRoom) -> Vec<(String, bool)> {
+fn ordered_children(space: &SpaceRoom) -> Vec<(String, bool, Vec<String>)> {
     let state = space.summary["children_state"].as_array().cloned().unwrap_or_default();
     let mut keyed: Vec<(Option<String>, u64, String, bool)> = space
         .children
@@ -133,7 +137,61 @@ fn ordered_children(space: &SpaceRoom) -> Vec<(String, bool)> {
         (None, Some(_)) => std::cmp::Ordering::Greater,
         (None, None) => a.1.cmp(&b.1).then(a.2.cmp(&b.2)),
     });
-    keyed.into_iter().map(|(_, _, child, suggested)| (child, suggested)).collect()
+    let via_of = |child: &str| {
+        let event = state.iter().find(|event| event["state_key"].as_str() == Some(child));
+        event
+            .and_then(|event| event["content"]["via"].as_array())
+            .map(|via| via.iter().filter_map(|server| server.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
+    };
+    keyed
+        .into_iter()
+        .map(|(_, _, child, suggested)| {
+            let via = via_of(&child);
+            (child, suggested, via)
+        })
+        .collect()
+}
+
+/// A room of other servers as the first of `via` that answers shows it to this server (the
+/// federation `/hierarchy`, which leaves out what this server may not see); `None` when none
+/// does.
+async fn remote_space_room(
+    state: &ClientState,
+    room_id: &str,
+    via: &[String],
+    suggested_only: bool,
+) -> Option<SpaceRoom> {
+    let path = format!(
+        "/_matrix/federation/v1/hierarchy/{}?suggested_only={suggested_only}",
+        ganglion_federation::client::encode(room_id)
+    );
+    for server in via.iter().filter(|server| **server != state.config.server_name) {
+        let Ok(server) = ganglion_events::ruma::OwnedServerName::try_from(server.as_str()) else { continue };
+        let answer = match state.federation.client.get(&server, &path).await {
+            Ok(answer) => answer,
+            Err(error) => {
+                tracing::info!(%server, room_id, %error, "a server would not show a room of a space");
+                continue;
+            }
+        };
+        let summary = answer["room"].clone();
+        if summary["room_id"].as_str() != Some(room_id) {
+            continue;
+        }
+        let children = summary["children_state"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|event| {
+                let child = event["state_key"].as_str()?.to_owned();
+                Some((child, event["content"]["suggested"] == json!(true)))
+            })
+            .collect();
+        let join_rule = summary["join_rule"].as_str().map(str::to_owned);
+        return Some(SpaceRoom { summary, children, join_rule, allowed_room_ids: Vec::new() });
+    }
+    None
 }
 
 /// The token of a hierarchy page: the rooms already given, and the walk's parameters, which a
@@ -182,26 +240,41 @@ pub(crate) async fn hierarchy(
         return Err(forbidden());
     }
 
-    let mut queue: VecDeque<(String, u64)> = VecDeque::from([(room_id.to_string(), 0)]);
+    // Each room to walk, its depth, and the servers its parent's child event names.
+    let mut queue: VecDeque<(String, u64, Vec<String>)> =
+        VecDeque::from([(room_id.to_string(), 0, Vec::new())]);
     let mut seen: HashSet<String> = HashSet::from([room_id.to_string()]);
     let mut shown = 0;
     let mut rooms = Vec::new();
     let mut more = false;
     let mut walked = 0;
-    while let Some((current, depth)) = queue.pop_front() {
+    let mut asked = 0;
+    while let Some((current, depth, via)) = queue.pop_front() {
         walked += 1;
         if walked > MAX_WALK {
             break;
         }
-        let Some(room) = known_room(&mut conn, &current).await? else { continue };
-        let space = space_room(&state.caches, &mut conn, &room).await?;
-        if !may_preview(&mut conn, &space, &room, Some(user_id)).await? {
-            continue;
-        }
+        let space = match known_room(&mut conn, &current).await? {
+            Some(room) => {
+                let space = space_room(&state.caches, &mut conn, &room).await?;
+                if !may_preview(&mut conn, &space, &room, Some(user_id)).await? {
+                    continue;
+                }
+                space
+            }
+            None if asked < MAX_REMOTE => {
+                asked += 1;
+                match remote_space_room(&state, &current, &via, suggested_only).await {
+                    Some(space) => space,
+                    None => continue,
+                }
+            }
+            None => continue,
+        };
         if query.max_depth.is_none_or(|max_depth| depth < max_depth) {
-            for (child, suggested) in ordered_children(&space) {
+            for (child, suggested, via) in ordered_children(&space) {
                 if (!suggested_only || suggested) && seen.insert(child.clone()) {
-                    queue.push_back((child, depth + 1));
+                    queue.push_back((child, depth + 1, via));
                 }
             }
         }
