@@ -607,6 +607,8 @@ impl<'a> Computation<'a> {
         let room_ids: Vec<String> = rooms.iter().map(|room| room.room_id.clone()).collect();
         let mut receipts = self.receipts(conn, &room_ids).await?;
         let mut sent = Vec::new();
+        // The limited timelines' events, whose aggregations are looked up together below.
+        let mut limited: Vec<(String, Vec<StoredEvent>)> = Vec::new();
 
         for room in rooms {
             let typing_changed =
@@ -705,9 +707,9 @@ impl<'a> Computation<'a> {
                 true => Some(self.summary(conn, &room).await?.into_json()),
                 false => None,
             };
-            let mut timeline_events = self.sync_events(conn, &timeline.events, self.viewer()).await?;
+            let timeline_events = self.sync_events(conn, &timeline.events, self.viewer()).await?;
             if timeline.limited {
-                self.bundle_aggregations(conn, &timeline.events, &mut timeline_events, range.up_to).await?;
+                limited.push((room.room_id.clone(), timeline.events.clone()));
             }
             let section = JoinedRoom {
                 timeline: timeline_events,
@@ -722,6 +724,25 @@ impl<'a> Computation<'a> {
             };
             sent.push((room.room_nid, room.room_id.clone()));
             out.insert(room.room_id, section);
+        }
+        // One look-up for every limited timeline of the response, not one per room.
+        if !limited.is_empty() {
+            let events: Vec<StoredEvent> =
+                limited.iter().flat_map(|(_, events)| events.iter().cloned()).collect();
+            let viewer = ganglion_state::AggregationViewer {
+                user_id: self.request.user_id,
+                ignored: &self.ignored,
+                up_to: range.up_to,
+            };
+            let mut bundles = self.caches.aggregations_by_id(conn, &events, &viewer).await?;
+            for (room_id, events) in &limited {
+                let Some(section) = out.get_mut(room_id) else { continue };
+                for (event, written) in events.iter().zip(section.timeline.iter_mut()) {
+                    if let Some(bundle) = bundles.remove(&event.row.event_id) {
+                        written.relations = Some(Value::Object(bundle).to_string());
+                    }
+                }
+            }
         }
         // Every room that goes out shows its counts as of `next`.
         let rooms: Vec<(RoomNid, &str)> =
