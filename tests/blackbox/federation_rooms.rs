@@ -341,6 +341,13 @@ async fn a_synapse_space_is_browsed_from_ganglion() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         assert_eq!(names, ["Agency", "Front desk"], "{}", log());
+        // The room summary of a room only Synapse is in, asked of the `via` server.
+        let path = format!("/_matrix/client/v1/room_summary/{}?via={}", enc(&desk), enc(synapse.server_name()));
+        let summary = bob.get(&path).await.unwrap();
+        assert_eq!(summary.status, 200, "{}\n{}", summary.text, log());
+        assert_eq!((summary.body["name"].clone(), summary.body["room_id"].clone()), (json!("Front desk"), json!(desk)));
+        let without_via = bob.get(&format!("/_matrix/client/v1/room_summary/{}", enc(&desk))).await.unwrap();
+        assert_eq!(without_via.status, 404, "no server to ask");
     })
     .await
 }

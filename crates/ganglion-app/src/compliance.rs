@@ -42,10 +42,6 @@ pub const NOT_YET: &[(&str, &str)] = &[
 /// Operations whose route is served, but only in part, by `operationId`, with what is missing.
 pub const PARTLY: &[(&str, &str)] = &[
     (
-        "getRoomSummary",
-        "summarises the rooms this server is in; for a room only other servers are in, the `via` servers are not asked (404)",
-    ),
-    (
         "inviteBy3PID",
         "the route serves invites by user ID; an invite by email answers 400 `M_MISSING_PARAM`, as no identity server is supported",
     ),

@@ -70,12 +70,26 @@ async fn may_preview(
     Ok(false)
 }
 
-/// `GET /_matrix/client/v1/room_summary/{roomIdOrAlias}`, with or without an access token.
+#[derive(Deserialize)]
+pub(crate) struct SummaryQuery {
+    /// One server, or several (the key repeated).
+    via: Option<Value>,
+}
+
+/// `GET /_matrix/client/v1/room_summary/{roomIdOrAlias}`, with or without an access token. A
+/// room only other servers are in is asked of the `via` servers (their federation
+/// `/hierarchy`, which shows this server what it may see).
 pub(crate) async fn room_summary(
     State(state): State<ClientState>,
     MaybeAuth(session): MaybeAuth,
     Path(room_id_or_alias): Path<String>,
+    query: MatrixResult<MatrixQuery<SummaryQuery>>,
 ) -> MatrixResult<Json<Value>> {
+    let via: Vec<String> = match query?.0.via {
+        Some(Value::String(server)) => vec![server],
+        Some(Value::Array(servers)) => servers.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect(),
+        _ => Vec::new(),
+    };
     let not_found = || MatrixError::not_found("Room not found");
     let mut conn = state.db.conn().await?;
     let room_id = if room_id_or_alias.starts_with('#') {
@@ -84,7 +98,15 @@ pub(crate) async fn room_summary(
     } else {
         access::room_id(&room_id_or_alias)?.to_string()
     };
-    let room = known_room(&mut conn, &room_id).await?.ok_or_else(not_found)?;
+    let Some(room) = known_room(&mut conn, &room_id).await? else {
+        drop(conn);
+        let space = remote_space_room(&state, &room_id, &via, false).await.ok_or_else(not_found)?;
+        let mut summary = space.summary;
+        if let Some(entry) = summary.as_object_mut() {
+            entry.remove("children_state");
+        }
+        return Ok(Json(summary));
+    };
     let space = space_room(&state.caches, &mut conn, &room).await?;
     let user_id = session.as_ref().map(|session| session.user_id.as_str());
     if !may_preview(&mut conn, &space, &room, user_id).await? {
